@@ -1,0 +1,1 @@
+"""Generated from protos/dockyard/v1; do not edit."""
