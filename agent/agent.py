@@ -1,0 +1,86 @@
+"""The agent: wires the runtime, the task book, the task loops, the Docker observer and the controller link."""
+
+from __future__ import annotations
+
+import asyncio
+import platform
+from datetime import UTC, datetime
+
+import structlog
+
+from agent.config import AgentConfig
+from agent.identity import load_or_create_node_id
+from agent.link import ControllerLink
+from agent.observer import Observer
+from agent.reporter import Reporter
+from agent.runtime.base import ContainerRuntime, HostFacts, RuntimeFailure
+from agent.task_book import TaskBook
+from agent.worker import Worker
+from dockyard import __version__
+from dockyard.v1 import types_pb2 as pb
+
+log = structlog.get_logger()
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Agent:
+    """One host's agent; run() keeps going until cancelled, whatever the controller or Docker do."""
+
+    def __init__(self, config: AgentConfig, runtime: ContainerRuntime) -> None:
+        self.config = config
+        self.runtime = runtime
+        self.node_id = load_or_create_node_id(config.state_dir)
+        self.book = TaskBook(config.state_dir / "tasks.pb")
+        self.reporter = Reporter()
+        self.worker = Worker(runtime, self.book, self.reporter, self.node_id, _now, config.parallel_operations)
+        self.observer = Observer(
+            runtime, self.book, self.worker, self.node_id, _now, config.relist_period, config.stranger_grace
+        )
+        self.link = ControllerLink(
+            config.controller,
+            self.node_id,
+            self.describe,
+            self.book,
+            self.worker,
+            self.reporter,
+            config.heartbeat_period,
+        )
+        self._facts: HostFacts | None = None
+
+    async def describe(self) -> pb.NodeDescription:
+        """Returns this host's facts for the hello; the last known ones when Docker does not answer."""
+        try:
+            self._facts = await self.runtime.host_facts()
+        except RuntimeFailure:
+            if self._facts is None:
+                raise
+        facts = self._facts
+        return pb.NodeDescription(
+            hostname=self.config.hostname or facts.hostname or platform.node(),
+            labels=dict(self.config.labels),
+            cpus=facts.cpus,
+            memory_bytes=facts.memory_bytes,
+            docker_version=facts.docker_version,
+            os=facts.os,
+            arch=facts.arch,
+            agent_version=__version__,
+        )
+
+    async def run(self) -> None:
+        """Resumes from the persisted tasks, then converges and talks to the controller until cancelled."""
+        self.book.load()
+        log.info("agent starting", node_id=self.node_id, tasks=len(self.book), controller=self.config.controller)
+        try:
+            await self.observer.relist()
+        except RuntimeFailure as exc:
+            log.warning("docker not answering at start", error=str(exc))
+        self.worker.wake([t.id for t in self.book], stale=True)
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self.observer.run())
+                group.create_task(self.link.run())
+        finally:
+            await self.worker.close()

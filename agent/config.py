@@ -1,0 +1,23 @@
+"""How one agent runs."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """The agent's settings; the controller's Welcome may override the heartbeat period."""
+
+    controller: str = "127.0.0.1:7465"
+    state_dir: Path = Path("/var/lib/dockyard/agent")
+    docker_url: str | None = None
+    hostname: str = ""  # empty: the name Docker reports
+    labels: Mapping[str, str] = field(default_factory=dict)
+    heartbeat_period: float = 1.0
+    relist_period: float = 5.0
+    stranger_grace: float = 30.0
+    parallel_operations: int = 8
+    connect_timeout: float = 5.0

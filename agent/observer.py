@@ -1,0 +1,104 @@
+"""Watches Docker for changes to this node's containers: the event stream at once, a full re-list periodically."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from datetime import datetime
+
+import structlog
+
+from agent.runtime.base import ContainerRuntime, RuntimeFailure
+from agent.task_book import TaskBook
+from agent.worker import Worker
+from dockyard import labels
+from dockyard.backoff import Backoff
+
+log = structlog.get_logger()
+
+
+class Observer:
+    """Wakes task loops when their containers change, and reaps containers of tasks nobody assigned."""
+
+    def __init__(
+        self,
+        runtime: ContainerRuntime,
+        book: TaskBook,
+        worker: Worker,
+        node_id: str,
+        now: Callable[[], datetime],
+        relist_period: float,
+        stranger_grace: float,
+    ) -> None:
+        self._runtime = runtime
+        self._book = book
+        self._worker = worker
+        self._node_id = node_id
+        self._now = now
+        self._relist_period = relist_period
+        self._stranger_grace = stranger_grace
+        self._strangers: dict[str, datetime] = {}
+
+    async def run(self) -> None:
+        """Runs the event watcher and the re-lister until cancelled."""
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self._follow_events())
+            group.create_task(self._relist_forever())
+
+    async def _follow_events(self) -> None:
+        backoff = Backoff(base=0.2, cap=5.0)
+        while True:
+            try:
+                async for event in self._runtime.events({labels.NODE_ID: self._node_id}):
+                    backoff.reset()
+                    task_id = event.labels.get(labels.TASK_ID, "")
+                    if self._book.get(task_id) is not None:
+                        self._worker.wake([task_id], stale=True)
+                log.warning("docker event stream ended; reconnecting")
+            except RuntimeFailure as exc:
+                log.warning("docker event stream failed; reconnecting", error=str(exc))
+            await asyncio.sleep(backoff.next_delay())
+            # Whatever happened while the stream was down is caught by looking at everything again.
+            await self.relist()
+
+    async def _relist_forever(self) -> None:
+        while True:
+            try:
+                await self.relist()
+            except RuntimeFailure as exc:
+                log.warning("re-list failed", error=str(exc))
+            await asyncio.sleep(self._relist_period)
+
+    async def relist(self) -> None:
+        """Compares every container of this node with what the task loops believe, waking those that differ."""
+        containers = await self._runtime.list({labels.NODE_ID: self._node_id})
+        known = self._worker.known_containers
+        seen: set[str] = set()
+        now = self._now()
+        for info in containers:
+            task_id = info.labels.get(labels.TASK_ID, "")
+            if self._book.get(task_id) is None:
+                await self._consider_stranger(info.id, info.name, now)
+                continue
+            seen.add(task_id)
+            cached = known.get(task_id)
+            if cached is None or cached.id != info.id or cached.state != info.state:
+                self._worker.wake([task_id], stale=True)
+        for task in self._book:
+            if task.id not in seen and known.get(task.id) is not None:
+                self._worker.wake([task.id], stale=True)
+        live = {info.id for info in containers}
+        for container_id in list(self._strangers):
+            if container_id not in live:
+                del self._strangers[container_id]
+        self._worker.wake([t.id for t in self._book])
+
+    async def _consider_stranger(self, container_id: str, name: str, now: datetime) -> None:
+        """Removes a container labelled for this node but for no known task, once it stayed so for the grace."""
+        first = self._strangers.setdefault(container_id, now)
+        # Until the controller has sent a full set, an unknown container may be one we are about to adopt.
+        if not self._book.full_sync_seen or (now - first).total_seconds() < self._stranger_grace:
+            return
+        log.warning("reaping container of no known task", container_id=container_id[:12], name=name)
+        await self._runtime.remove(container_id)
+        del self._strangers[container_id]

@@ -1,0 +1,1 @@
+"""Container runtimes behind one small protocol: the aiodocker adapter and a fake."""

@@ -1,0 +1,364 @@
+"""The ContainerRuntime over a real dockerd, through aiodocker: the only module that imports aiodocker."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import time
+from collections.abc import AsyncIterator, Iterator, Mapping
+from datetime import datetime
+from typing import Any
+
+import aiodocker
+import aiohttp
+from aiodocker.exceptions import DockerError
+
+from agent.runtime.base import (
+    ContainerInfo,
+    ContainerNotFound,
+    ContainerSpec,
+    ContainerState,
+    HostFacts,
+    ImageNotFound,
+    NameConflict,
+    RuntimeEvent,
+    RuntimeFailure,
+    RuntimeUnavailable,
+)
+
+# aiodocker reports a failed connection as a DockerError with this pseudo HTTP status.
+_CONNECTION_FAILED = 900
+# Docker's way of saying "never": the zero value of Go's time.Time.
+_ZERO_TIME_PREFIX = "0001-01-01"
+# Event attributes that Docker adds next to the container's labels; they are not labels.
+_DOCKER_EVENT_ATTRIBUTES = frozenset(
+    {"image", "name", "exitCode", "signal", "execID", "execDuration", "oldName", "container"}
+)
+# Connecting to a local socket is instant; a daemon that does not accept within this is gone.
+_CONNECT_TIMEOUT = 10.0
+
+_Json = dict[str, Any]
+
+
+class _Errors:
+    """Which RuntimeFailure a call's HTTP 404 and 409 mean."""
+
+    def __init__(
+        self,
+        not_found: type[RuntimeFailure] = ContainerNotFound,
+        conflict: type[RuntimeFailure] = RuntimeFailure,
+    ) -> None:
+        self.not_found = not_found
+        self.conflict = conflict
+
+    def translate(self, exc: DockerError) -> RuntimeFailure:
+        """Returns the RuntimeFailure that stands for a DockerError."""
+        message = str(exc.message)
+        if exc.status == _CONNECTION_FAILED:
+            return RuntimeUnavailable(message)
+        if exc.status == 404:
+            return self.not_found(message)
+        if exc.status == 409:
+            return self.conflict(message)
+        return RuntimeFailure(message)
+
+
+_CONTAINER_CALL = _Errors()
+
+
+@contextlib.contextmanager
+def _mapped_errors(errors: _Errors = _CONTAINER_CALL) -> Iterator[None]:
+    """Turns aiodocker, aiohttp and socket errors into the protocol's RuntimeFailure family."""
+    try:
+        yield
+    except DockerError as exc:
+        raise errors.translate(exc) from exc
+    except TimeoutError as exc:
+        # Before OSError, of which TimeoutError is a subclass.
+        raise RuntimeUnavailable("docker did not answer in time") from exc
+    except (aiohttp.ClientError, OSError) as exc:
+        # OSError covers a missing or refused socket file that slips past aiodocker's wrapping.
+        raise RuntimeUnavailable(f"cannot reach docker: {exc}") from exc
+
+
+def _parse_time(value: object) -> datetime | None:
+    """Parses Docker's RFC 3339 timestamps; Go's zero time and garbage become None."""
+    if not isinstance(value, str) or not value or value.startswith(_ZERO_TIME_PREFIX):
+        return None
+    try:
+        # Python keeps microseconds; Docker's nanoseconds beyond that are dropped by fromisoformat.
+        return datetime.fromisoformat(value)
+    except ValueError:
+        return None
+
+
+def _parse_info(data: Mapping[str, Any]) -> ContainerInfo:
+    """Builds a ContainerInfo from a `docker inspect` document."""
+    state = data.get("State") or {}
+    config = data.get("Config") or {}
+    try:
+        status = ContainerState(state.get("Status", ""))
+    except ValueError as exc:
+        raise RuntimeFailure(f"docker reported an unknown container state {state.get('Status')!r}") from exc
+    return ContainerInfo(
+        id=str(data["Id"]),
+        name=str(data.get("Name", "")).lstrip("/"),
+        image=str(config.get("Image", "")),
+        labels=dict(config.get("Labels") or {}),
+        state=status,
+        exit_code=int(state.get("ExitCode") or 0),
+        error=str(state.get("Error") or ""),
+        oom_killed=bool(state.get("OOMKilled", False)),
+        started_at=_parse_time(state.get("StartedAt")),
+        finished_at=_parse_time(state.get("FinishedAt")),
+        restart_count=int(data.get("RestartCount") or 0),
+    )
+
+
+def _parse_event(raw: Mapping[str, Any]) -> RuntimeEvent | None:
+    """Builds a RuntimeEvent from one `docker events` message; non-container messages give None."""
+    if raw.get("Type") != "container":
+        return None
+    actor = raw.get("Actor") or {}
+    attributes: Mapping[str, str] = actor.get("Attributes") or {}
+    action = str(raw.get("Action") or raw.get("status") or "")
+    exit_code: int | None = None
+    if action == "die" and "exitCode" in attributes:
+        with contextlib.suppress(ValueError):
+            exit_code = int(attributes["exitCode"])
+    return RuntimeEvent(
+        container_id=str(actor.get("ID") or raw.get("id") or ""),
+        action=action,
+        labels={k: v for k, v in attributes.items() if k not in _DOCKER_EVENT_ATTRIBUTES},
+        exit_code=exit_code,
+    )
+
+
+def _label_filter(labels: Mapping[str, str]) -> list[str]:
+    """Docker's `label=key=value` filter terms; Docker requires every one of them to match."""
+    return [f"{key}={value}" for key, value in sorted(labels.items())]
+
+
+def _create_config(spec: ContainerSpec) -> _Json:
+    """The body of POST /containers/create for a spec."""
+    exposed: _Json = {}
+    bindings: dict[str, list[_Json]] = {}
+    for port in spec.ports:
+        key = f"{port.container_port}/{port.protocol}"
+        exposed[key] = {}
+        # An empty HostPort asks Docker to pick a free ephemeral port.
+        host_port = str(port.host_port) if port.host_port else ""
+        bindings.setdefault(key, []).append({"HostPort": host_port})
+    config: _Json = {
+        "Image": spec.image,
+        "Env": [f"{key}={value}" for key, value in spec.env.items()],
+        "Labels": dict(spec.labels),
+        "ExposedPorts": exposed,
+        "HostConfig": {
+            "PortBindings": bindings,
+            "NanoCpus": round(spec.cpu_limit * 1e9),
+            "Memory": spec.memory_limit_bytes,
+            # The orchestrator replaces failed tasks itself; a Docker restart would hide the failure.
+            "RestartPolicy": {"Name": "no"},
+        },
+    }
+    if spec.command:
+        config["Cmd"] = list(spec.command)
+    return config
+
+
+class DockerRuntime:
+    """ContainerRuntime backed by a dockerd reached over its HTTP API."""
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        request_timeout: float = 60.0,
+        pull_timeout: float = 600.0,
+        heartbeat_seconds: float = 5.0,
+    ) -> None:
+        """Talks to `url` (e.g. unix:///var/run/docker.sock); None means DOCKER_HOST or the default socket."""
+        self._url = url
+        self._request_timeout = request_timeout
+        self._pull_timeout = pull_timeout
+        self._heartbeat = heartbeat_seconds
+        self._docker: aiodocker.Docker | None = None
+
+    def _new_client(self, total: float | None) -> aiodocker.Docker:
+        """Opens a client; created lazily because aiohttp sessions belong to a running loop."""
+        timeout = aiohttp.ClientTimeout(total=total, sock_connect=_CONNECT_TIMEOUT)
+        try:
+            return aiodocker.Docker(url=self._url, timeout=timeout)
+        except (ValueError, DockerError) as exc:
+            raise RuntimeUnavailable(f"no docker daemon configured: {exc}") from exc
+
+    def _client(self) -> aiodocker.Docker:
+        """The shared client for request/response calls."""
+        if self._docker is None:
+            self._docker = self._new_client(self._request_timeout)
+        return self._docker
+
+    def _container(self, container_id: str) -> Any:
+        """An aiodocker handle on a container; making it sends nothing."""
+        return self._client().containers.container(container_id)
+
+    async def host_facts(self) -> HostFacts:
+        """Returns the host's facts from `docker info`; raises RuntimeUnavailable when there is no answer."""
+        with _mapped_errors():
+            info = await self._client().system.info()
+        return HostFacts(
+            hostname=str(info.get("Name", "")),
+            cpus=float(info.get("NCPU") or 0),
+            memory_bytes=int(info.get("MemTotal") or 0),
+            docker_version=str(info.get("ServerVersion", "")),
+            os=str(info.get("OperatingSystem", "")),
+            arch=str(info.get("Architecture", "")),
+        )
+
+    async def has_image(self, image: str) -> bool:
+        """Tells whether the image is present locally."""
+        try:
+            with _mapped_errors(_Errors(not_found=ImageNotFound)):
+                await self._client().images.inspect(image)
+        except ImageNotFound:
+            return False
+        return True
+
+    async def pull(self, image: str) -> None:
+        """Pulls the image within the pull timeout; raises ImageNotFound when it cannot."""
+        deadline = asyncio.timeout(self._pull_timeout)
+        try:
+            with _mapped_errors(_Errors(not_found=ImageNotFound)):
+                async with deadline:
+                    await self._client().images.pull(image)
+        except RuntimeUnavailable as exc:
+            if deadline.expired():
+                raise ImageNotFound(f"pulling {image} timed out after {self._pull_timeout:g}s") from exc
+            raise
+        except RuntimeFailure as exc:
+            # An unknown, unreachable or refusing registry all mean the same to the agent.
+            raise ImageNotFound(f"cannot pull {image}: {exc}") from exc
+
+    async def create(self, spec: ContainerSpec) -> str:
+        """Creates (does not start) a container and returns its id; raises ImageNotFound or NameConflict."""
+        with _mapped_errors(_Errors(not_found=ImageNotFound, conflict=NameConflict)):
+            container = await self._client().containers.create(_create_config(spec), name=spec.name or None)
+        return str(container.id)
+
+    async def start(self, container_id: str) -> None:
+        """Starts a created or exited container; raises ContainerNotFound, or RuntimeFailure with why."""
+        with _mapped_errors():
+            await self._container(container_id).start()
+
+    async def stop(self, container_id: str, grace_seconds: float) -> None:
+        """Sends SIGTERM, then SIGKILL after the grace (rounded up to whole seconds, Docker's unit)."""
+        grace = max(0, math.ceil(grace_seconds))
+        # The daemon answers only once the container is down, so the request must outlive the grace.
+        timeout = aiohttp.ClientTimeout(total=grace + self._request_timeout, sock_connect=_CONNECT_TIMEOUT)
+        with _mapped_errors():
+            await self._container(container_id).stop(t=grace, timeout=timeout)
+
+    async def remove(self, container_id: str) -> None:
+        """Force-removes the container and its anonymous volumes; a missing one is not an error."""
+        timeout = aiohttp.ClientTimeout(total=self._request_timeout, sock_connect=_CONNECT_TIMEOUT)
+        try:
+            with _mapped_errors():
+                await self._container(container_id).delete(force=True, v=True, timeout=timeout)
+        except ContainerNotFound:
+            return
+        except RuntimeUnavailable:
+            raise
+        except RuntimeFailure as exc:
+            if "already in progress" not in str(exc):
+                raise
+
+    async def inspect(self, container_id: str) -> ContainerInfo:
+        """Returns the container's current state; raises ContainerNotFound."""
+        with _mapped_errors():
+            data = await self._container(container_id).show()
+        return _parse_info(data)
+
+    async def list(self, labels: Mapping[str, str]) -> list[ContainerInfo]:
+        """Returns every container, running or not, that carries all the given labels."""
+        filters = {"label": _label_filter(labels)} if labels else {}
+        with _mapped_errors():
+            summaries = await self._client().containers.list(all=True, filters=filters)
+        # The summary lacks exit codes and times, so each container is inspected; one removed
+        # in between is simply no longer there.
+        results = await asyncio.gather(*(self.inspect(c.id) for c in summaries), return_exceptions=True)
+        infos: list[ContainerInfo] = []
+        for result in results:
+            if isinstance(result, ContainerInfo):
+                infos.append(result)
+            elif not isinstance(result, ContainerNotFound):
+                raise result
+        return infos
+
+    def events(self, labels: Mapping[str, str]) -> AsyncIterator[RuntimeEvent]:
+        """Streams container events with all the given labels from the moment of this call.
+
+        Raises RuntimeUnavailable when the stream breaks or the daemon stops answering the heartbeat.
+        """
+        # Asking Docker for events since now (its clock is ours on a local socket) keeps the events
+        # that happen before the stream's HTTP request is actually made.
+        return self._event_stream(dict(labels), time.time())
+
+    async def _event_stream(self, labels: dict[str, str], since: float) -> AsyncIterator[RuntimeEvent]:
+        """The generator behind events(); owns a dedicated client so its filters are its own."""
+        filters: dict[str, list[str]] = {"type": ["container"]}
+        if labels:
+            filters["label"] = _label_filter(labels)
+        # aiodocker runs one event stream per client, so every subscription gets its own client.
+        client = self._new_client(None)
+        # DockerEvents is untyped in aiodocker.
+        docker_events: Any = client.events
+        try:
+            subscriber = docker_events.subscribe(filters=filters, since=f"{since:.9f}")
+            while True:
+                raw = await self._next_message(subscriber)
+                if raw is None:
+                    raise await self._stream_end(docker_events)
+                event = _parse_event(raw)
+                if event is not None:
+                    yield event
+        finally:
+            with contextlib.suppress(DockerError, aiohttp.ClientError, OSError):
+                await client.close()
+
+    async def _next_message(self, subscriber: Any) -> Mapping[str, Any] | None:
+        """Waits for the next event message, pinging the daemon whenever the stream is quiet."""
+        while True:
+            try:
+                async with asyncio.timeout(self._heartbeat):
+                    message: Mapping[str, Any] | None = await subscriber.get()
+                    return message
+            except TimeoutError:
+                await self._ping()
+
+    async def _ping(self) -> None:
+        """Raises RuntimeUnavailable unless the daemon answers within one heartbeat."""
+        with _mapped_errors():
+            async with asyncio.timeout(self._heartbeat):
+                await self._client().version()
+
+    @staticmethod
+    async def _stream_end(docker_events: Any) -> RuntimeFailure:
+        """Explains why the event stream ended: it never does while the daemon lives."""
+        try:
+            with _mapped_errors():
+                await docker_events.stop()
+        except RuntimeFailure as exc:
+            return exc
+        except ValueError as exc:
+            # A line of the stream that is not JSON: the connection is not to be trusted any more.
+            return RuntimeFailure(f"docker sent a malformed event: {exc}")
+        return RuntimeUnavailable("docker closed the event stream")
+
+    async def close(self) -> None:
+        """Releases the shared connection; open event streams close with their iterators."""
+        if self._docker is not None:
+            docker, self._docker = self._docker, None
+            with contextlib.suppress(DockerError, aiohttp.ClientError, OSError):
+                await docker.close()

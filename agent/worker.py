@@ -1,0 +1,250 @@
+"""Drives each task toward its desired state, one runtime operation per step, and reports transitions."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Iterable
+from datetime import datetime
+
+import structlog
+
+from agent.container_spec import container_name, container_spec, stop_grace
+from agent.reporter import Reporter
+from agent.runtime.base import (
+    ContainerInfo,
+    ContainerNotFound,
+    ContainerRuntime,
+    ImageNotFound,
+    NameConflict,
+    RuntimeFailure,
+    RuntimeUnavailable,
+)
+from agent.step import Op, Step, next_step
+from agent.task_book import TaskBook
+from dockyard import labels
+from dockyard.backoff import Backoff
+from dockyard.task_state import is_terminal, state_name
+from dockyard.timestamps import to_timestamp
+from dockyard.v1 import types_pb2 as pb
+
+log = structlog.get_logger()
+
+PULL_TIMEOUT = 300.0
+MAX_STEPS_PER_PASS = 16
+
+
+class _Rejected(Exception):
+    """The operation can never succeed for this task; it ends in the given state."""
+
+    def __init__(self, state: int, error: str) -> None:
+        super().__init__(error)
+        self.state = state
+        self.error = error
+
+
+class Worker:
+    """One loop per task; loops wake on assignment changes, container events and re-lists."""
+
+    def __init__(
+        self,
+        runtime: ContainerRuntime,
+        book: TaskBook,
+        reporter: Reporter,
+        node_id: str,
+        now: Callable[[], datetime],
+        parallel_operations: int = 8,
+    ) -> None:
+        self._runtime = runtime
+        self._book = book
+        self._reporter = reporter
+        self._node_id = node_id
+        self._now = now
+        self._limit = asyncio.Semaphore(parallel_operations)
+        self._containers: dict[str, ContainerInfo | None] = {}
+        self._stale: set[str] = set()
+        self._wakes: dict[str, asyncio.Event] = {}
+        self._loops: dict[str, asyncio.Task[None]] = {}
+
+    @property
+    def known_containers(self) -> dict[str, ContainerInfo | None]:
+        """The cached container of each task (None: looked up and absent)."""
+        return dict(self._containers)
+
+    def wake(self, task_ids: Iterable[str], stale: bool = False) -> None:
+        """Makes the tasks' loops run a pass; stale means their cached container must be looked up again."""
+        for task_id in task_ids:
+            if stale:
+                self._stale.add(task_id)
+            event = self._wakes.get(task_id)
+            if event is None:
+                event = self._wakes[task_id] = asyncio.Event()
+                self._loops[task_id] = asyncio.create_task(self._loop(task_id, event), name=f"task-{task_id[:12]}")
+            event.set()
+
+    async def close(self) -> None:
+        """Stops every task loop (containers keep running)."""
+        loops = list(self._loops.values())
+        for loop in loops:
+            loop.cancel()
+        await asyncio.gather(*loops, return_exceptions=True)
+
+    async def _loop(self, task_id: str, event: asyncio.Event) -> None:
+        backoff = Backoff(base=0.5, cap=10.0)
+        try:
+            while True:
+                await event.wait()
+                event.clear()
+                try:
+                    if await self._converge(task_id):
+                        return
+                    backoff.reset()
+                except RuntimeFailure as exc:
+                    # The daemon is away or flaky: keep what runs, and try again later.
+                    delay = backoff.next_delay()
+                    log.warning(
+                        "task step failed; retrying",
+                        task_id=task_id,
+                        error=str(exc),
+                        retry_in=round(delay, 2),
+                    )
+                    self._stale.add(task_id)
+                    await asyncio.sleep(delay)
+                    event.set()
+        finally:
+            if self._loops.get(task_id) is asyncio.current_task():
+                del self._loops[task_id]
+                del self._wakes[task_id]
+
+    async def _converge(self, task_id: str) -> bool:
+        """Runs steps until idle; returns True when the task is finished and forgotten."""
+        for _ in range(MAX_STEPS_PER_PASS):
+            task = self._book.get(task_id)
+            if task is None:
+                return True
+            container = await self._container(task_id)
+            step = next_step(task, container)
+            if step.idle:
+                if self._finished(task, container):
+                    self._book.forget(task_id)
+                    self._book.save()
+                    self._containers.pop(task_id, None)
+                    return True
+                return False
+            await self._perform(task, step, container)
+        self._wake_later(task_id)
+        return False
+
+    def _finished(self, task: pb.Task, container: ContainerInfo | None) -> bool:
+        return container is None and task.desired_state != pb.DESIRED_STATE_RUNNING and is_terminal(task.status.state)
+
+    def _wake_later(self, task_id: str) -> None:
+        event = self._wakes.get(task_id)
+        if event is not None:
+            event.set()
+
+    async def _container(self, task_id: str) -> ContainerInfo | None:
+        """Returns the task's container, looking it up when unknown or marked stale."""
+        if task_id in self._containers and task_id not in self._stale:
+            return self._containers[task_id]
+        self._stale.discard(task_id)
+        cached = self._containers.get(task_id)
+        info: ContainerInfo | None = None
+        async with self._limit:
+            if cached is not None:
+                with contextlib.suppress(ContainerNotFound):
+                    info = await self._runtime.inspect(cached.id)
+            else:
+                found = await self._runtime.list({labels.TASK_ID: task_id, labels.NODE_ID: self._node_id})
+                info = found[0] if found else None
+        self._containers[task_id] = info
+        return info
+
+    async def _perform(self, task: pb.Task, step: Step, container: ContainerInfo | None) -> None:
+        try:
+            container_id = await self._operate(task, step.op, container)
+        except _Rejected as exc:
+            self._report(task, exc.state, "", exc.error, 0, container.id if container else "")
+            return
+        if step.report is not None:
+            cid = container_id or (container.id if container else task.status.container_id)
+            self._report(task, step.report, step.message, step.error, step.exit_code, cid)
+
+    async def _operate(self, task: pb.Task, op: Op, container: ContainerInfo | None) -> str:
+        """Performs one operation; returns the container id it concerns ("" when none)."""
+        if op is Op.NONE:
+            return ""
+        async with self._limit:
+            if op is Op.PREPARE:
+                await self._prepare(task.spec.image)
+                return ""
+            if op is Op.CREATE:
+                return await self._create(task)
+            assert container is not None, f"{op} needs a container"
+            try:
+                if op is Op.START:
+                    try:
+                        await self._runtime.start(container.id)
+                    except (ContainerNotFound, RuntimeUnavailable):
+                        raise
+                    except RuntimeFailure as exc:
+                        raise _Rejected(pb.TASK_STATE_FAILED, f"start failed: {exc}") from exc
+                elif op is Op.STOP:
+                    await self._runtime.stop(container.id, stop_grace(task))
+                elif op is Op.REMOVE:
+                    await self._runtime.remove(container.id)
+                    self._containers[task.id] = None
+                    return container.id
+                self._containers[task.id] = await self._runtime.inspect(container.id)
+            except ContainerNotFound:
+                self._containers[task.id] = None
+            return container.id
+
+    async def _prepare(self, image: str) -> None:
+        if await self._runtime.has_image(image):
+            return
+        try:
+            await asyncio.wait_for(self._runtime.pull(image), PULL_TIMEOUT)
+        except (ImageNotFound, TimeoutError) as exc:
+            raise _Rejected(
+                pb.TASK_STATE_REJECTED, f"image {image!r} is not on this host and could not be pulled: {exc}"
+            ) from exc
+
+    async def _create(self, task: pb.Task) -> str:
+        try:
+            container_id = await self._runtime.create(container_spec(task, self._node_id))
+        except ImageNotFound as exc:
+            raise _Rejected(pb.TASK_STATE_REJECTED, f"image {task.spec.image!r} not found: {exc}") from exc
+        except NameConflict as exc:
+            # Ours from a crash between create and record? Adopt it; otherwise the name belongs to a stranger.
+            found = await self._runtime.list({labels.TASK_ID: task.id, labels.NODE_ID: self._node_id})
+            if found:
+                self._containers[task.id] = found[0]
+                return found[0].id
+            raise _Rejected(
+                pb.TASK_STATE_REJECTED,
+                f"container name {container_name(task)!r} is taken by another container",
+            ) from exc
+        self._containers[task.id] = await self._runtime.inspect(container_id)
+        return container_id
+
+    def _report(self, task: pb.Task, state: int, message: str, error: str, exit_code: int, container_id: str) -> None:
+        status = pb.TaskStatus(
+            state=state,  # type: ignore[arg-type]
+            message=message,
+            error=error,
+            exit_code=exit_code,
+            container_id=container_id,
+        )
+        status.timestamp.CopyFrom(to_timestamp(self._now()))
+        self._book.set_status(task.id, status)
+        self._book.save()
+        self._reporter.report(task.id, status)
+        log.info(
+            "task state",
+            task_id=task.id,
+            service=task.service_name,
+            slot=task.slot,
+            state=state_name(state),
+            message=message or error,
+        )

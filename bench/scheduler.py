@@ -1,0 +1,191 @@
+"""Measures scheduler placements per second on synthetic clusters, against a first-fit baseline.
+
+Run from anywhere: python bench/scheduler.py [--repetitions N]. Both contenders get the same protobuf inputs
+and are timed end to end (conversion, accounting and placement), so the ratio is measured in this run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+# The script runs as a file, not as an installed package, so the repository root must be importable.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from controller.scheduler import holds_resources, schedule
+from dockyard.v1 import types_pb2 as pb
+
+GIB = 1 << 30
+MIB = 1 << 20
+NOW = datetime(2025, 1, 1, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class ServiceShape:
+    """One synthetic service: how many tasks, what each reserves and which host ports it publishes."""
+
+    name: str
+    replicas: int
+    cpu: float
+    memory: int
+    ports: tuple[tuple[int, str], ...] = ()
+
+
+FEW_SERVICES = (
+    ServiceShape("web", 500, 0.25, 256 * MIB, ((8080, "tcp"),)),
+    ServiceShape("api", 2000, 0.5, 512 * MIB),
+    ServiceShape("worker", 1500, 1.0, 1 * GIB),
+    ServiceShape("cache", 500, 0.5, 4 * GIB),
+    ServiceShape("dns", 500, 0.1, 64 * MIB, ((53, "udp"), (53, "tcp"))),
+)
+# The scheduler pays one pass over the nodes per service, so many small services is its worst realistic case.
+MANY_SERVICES = tuple(ServiceShape(f"small{i}", 5, 0.1, 128 * MIB) for i in range(1_000))
+WORKLOADS = {"5 services": FEW_SERVICES, "1000 services": MANY_SERVICES}
+RUNNING_PER_NODE = 2  # background load, so accounting has real work
+
+
+def make_node(index: int) -> pb.Node:
+    """Returns a 16-CPU 64GiB node; a few percent are down, drained or paused."""
+    node = pb.Node(id=f"node-{index:05d}", status=pb.NODE_STATUS_READY)
+    node.description.cpus = 16
+    node.description.memory_bytes = 64 * GIB
+    if index % 50 == 7:
+        node.status = pb.NODE_STATUS_DOWN
+    elif index % 100 == 13:
+        node.availability = pb.NODE_AVAILABILITY_DRAIN
+    elif index % 100 == 31:
+        node.availability = pb.NODE_AVAILABILITY_PAUSE
+    return node
+
+
+def make_task(shape: ServiceShape, slot: int, node_id: str = "") -> pb.Task:
+    """Returns a task of the shape; with a node_id it is RUNNING there, without it is PENDING."""
+    task = pb.Task(
+        id=f"{shape.name}-{slot}{'-run' if node_id else ''}",
+        service_id=f"svc-{shape.name}{'-old' if node_id else ''}",
+        slot=slot,
+        node_id=node_id,
+        desired_state=pb.DESIRED_STATE_RUNNING,
+    )
+    task.status.state = pb.TASK_STATE_RUNNING if node_id else pb.TASK_STATE_PENDING
+    task.spec.resources.cpu_reservation = shape.cpu
+    task.spec.resources.memory_reservation_bytes = shape.memory
+    for port, protocol in shape.ports:
+        task.spec.ports.add(host_port=port, container_port=port, protocol=protocol)
+    return task
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """Inputs for one run: all nodes, every current task, and the pending subset."""
+
+    nodes: list[pb.Node]
+    tasks: list[pb.Task]
+    pending: list[pb.Task]
+
+
+def make_cluster(node_count: int, services: Sequence[ServiceShape]) -> Cluster:
+    """Builds the cluster: RUNNING_PER_NODE background tasks per ready node plus the pending services."""
+    nodes = [make_node(i) for i in range(node_count)]
+    background = ServiceShape("bg", 0, 0.5, 1 * GIB)
+    running = [
+        make_task(background, i * RUNNING_PER_NODE + j, node.id)
+        for i, node in enumerate(nodes)
+        if node.status == pb.NODE_STATUS_READY
+        for j in range(RUNNING_PER_NODE)
+    ]
+    pending = [make_task(shape, slot) for shape in services for slot in range(shape.replicas)]
+    return Cluster(nodes, running + pending, pending)
+
+
+def first_fit(nodes: Sequence[pb.Node], tasks: Sequence[pb.Task], pending: Sequence[pb.Task]) -> int:
+    """The baseline: per task, scan nodes in list order and take the first that fits. Returns placements."""
+    index = {node.id: i for i, node in enumerate(nodes)}
+    usable = [
+        n.status == pb.NODE_STATUS_READY
+        and n.availability in (pb.NODE_AVAILABILITY_UNSPECIFIED, pb.NODE_AVAILABILITY_ACTIVE)
+        for n in nodes
+    ]
+    free_cpu = [n.description.cpus for n in nodes]
+    free_memory = [n.description.memory_bytes for n in nodes]
+    used_ports: list[set[tuple[int, str]]] = [set() for _ in nodes]
+    pending_ids = {t.id for t in pending}
+    for task in tasks:
+        i = index.get(task.node_id, -1)
+        if i >= 0 and task.id not in pending_ids and holds_resources(task):
+            free_cpu[i] -= task.spec.resources.cpu_reservation
+            free_memory[i] -= task.spec.resources.memory_reservation_bytes
+            used_ports[i].update((p.host_port, p.protocol) for p in task.spec.ports if p.host_port)
+    placed = 0
+    for task in pending:
+        cpu = task.spec.resources.cpu_reservation
+        memory = task.spec.resources.memory_reservation_bytes
+        ports = {(p.host_port, p.protocol) for p in task.spec.ports if p.host_port}
+        for i in range(len(nodes)):
+            if usable[i] and free_cpu[i] >= cpu and free_memory[i] >= memory and not ports & used_ports[i]:
+                free_cpu[i] -= cpu
+                free_memory[i] -= memory
+                used_ports[i] |= ports
+                placed += 1
+                break
+    return placed
+
+
+def scheduler_run(cluster: Cluster) -> int:
+    """Runs the real scheduler once and returns how many tasks it placed."""
+    decisions = schedule(cluster.nodes, cluster.tasks, cluster.pending, NOW, seed=42)
+    return sum(1 for d in decisions if d.node_id is not None)
+
+
+def baseline_run(cluster: Cluster) -> int:
+    """Runs the first-fit baseline once and returns how many tasks it placed."""
+    return first_fit(cluster.nodes, cluster.tasks, cluster.pending)
+
+
+def rates(run: Callable[[Cluster], int], cluster: Cluster, repetitions: int) -> tuple[int, list[float]]:
+    """Returns the placements of one run and the placements/s of each repetition."""
+    placed = 0
+    per_second = []
+    for _ in range(repetitions):
+        start = time.perf_counter()
+        placed = run(cluster)
+        per_second.append(placed / (time.perf_counter() - start))
+    return placed, per_second
+
+
+def main() -> None:
+    """Prints one row per cluster size and workload: placements/s of each contender and their ratio."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--repetitions", type=int, default=5)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1_000, 10_000])
+    args = parser.parse_args()
+    header = (
+        f"{'nodes':>6} {'workload':>13} {'pending':>7} {'placed':>6} "
+        f"{'sched/s med':>11} {'sched/s best':>12} {'base placed':>11} "
+        f"{'base/s med':>10} {'base/s best':>11} {'ratio':>6}"
+    )
+    print(f"{args.repetitions} repetitions; placements/s = placed tasks / wall time of one whole call;")
+    print("ratio = scheduler median / first-fit baseline median, both measured in this run")
+    print(header)
+    print("-" * len(header))
+    for size in args.sizes:
+        for workload, services in WORKLOADS.items():
+            cluster = make_cluster(size, services)
+            placed, sched = rates(scheduler_run, cluster, args.repetitions)
+            base_placed, base = rates(baseline_run, cluster, args.repetitions)
+            sched_median, base_median = statistics.median(sched), statistics.median(base)
+            print(
+                f"{size:>6} {workload:>13} {len(cluster.pending):>7} {placed:>6} {sched_median:>11,.0f} "
+                f"{max(sched):>12,.0f} {base_placed:>11} {base_median:>10,.0f} {max(base):>11,.0f} "
+                f"{sched_median / base_median:>5.2f}x"
+            )
+
+
+if __name__ == "__main__":
+    main()

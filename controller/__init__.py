@@ -1,0 +1,1 @@
+"""The Dockyard controller: stores desired state, schedules tasks and talks to agents."""

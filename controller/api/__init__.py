@@ -1,0 +1,1 @@
+"""The api role: validates requests and writes desired state. Nothing else."""

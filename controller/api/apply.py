@@ -1,0 +1,53 @@
+"""Turns validated specs into service writes: pure, so apply and dry-run share one path."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from controller.store.base import Put
+from dockyard.timestamps import to_timestamp
+from dockyard.v1 import controller_pb2 as cpb
+from dockyard.v1 import types_pb2 as pb
+
+
+@dataclass(frozen=True)
+class ApplyPlan:
+    """The results to report and the puts to commit (empty when nothing changed)."""
+
+    results: list[cpb.ApplyResult]
+    puts: list[Put]
+
+
+def plan_apply(
+    specs: Sequence[pb.ServiceSpec],
+    existing: dict[str, pb.Service],
+    now: datetime,
+    new_id: Callable[[], str],
+) -> ApplyPlan:
+    """Decides per spec whether it creates, updates (revision + 1) or leaves a service unchanged."""
+    results: list[cpb.ApplyResult] = []
+    puts: list[Put] = []
+    stamp = to_timestamp(now)
+    for spec in specs:
+        current = existing.get(spec.name)
+        service = pb.Service()
+        if current is None:
+            service.id = new_id()
+            service.name = spec.name
+            service.revision = 1
+            service.created_at.CopyFrom(stamp)
+            action = cpb.ApplyResult.ACTION_CREATED
+        else:
+            service.CopyFrom(current)
+            if current.spec == spec:
+                results.append(cpb.ApplyResult(service=current, action=cpb.ApplyResult.ACTION_UNCHANGED))
+                continue
+            service.revision = current.revision + 1
+            action = cpb.ApplyResult.ACTION_UPDATED
+        service.spec.CopyFrom(spec)
+        service.updated_at.CopyFrom(stamp)
+        puts.append(Put(service, expect_version=current.version if current is not None else 0))
+        results.append(cpb.ApplyResult(service=service, action=action))
+    return ApplyPlan(results, puts)

@@ -1,0 +1,1 @@
+"""The dispatcher role: agents' sessions, heartbeats, assignments out and task status in."""

@@ -1,0 +1,208 @@
+"""The dispatcher: serves AgentService.Session, routes task changes to agents, marks silent nodes down."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from datetime import datetime, timedelta
+
+import grpc
+import structlog
+
+from controller.clock import Clock
+from controller.dispatcher.identity import IdentityError, node_identity
+from controller.dispatcher.session import AgentSession
+from controller.dispatcher.status import judge_status
+from controller.store.base import ConflictError, Kind, Put, Store, WatchExpired
+from dockyard.timestamps import duration, to_timestamp
+from dockyard.v1 import agent_pb2 as apb
+from dockyard.v1 import agent_pb2_grpc as apb_grpc
+from dockyard.v1 import types_pb2 as pb
+
+log = structlog.get_logger()
+
+Context = grpc.aio.ServicerContext[apb.AgentMessage, apb.ControllerMessage]
+
+
+class Dispatcher(apb_grpc.AgentServiceServicer):
+    """Holds every agent session; writes node status and reported task status, nothing else."""
+
+    def __init__(self, store: Store, clock: Clock, heartbeat_period: float = 1.0, grace_periods: float = 3.0) -> None:
+        self._store = store
+        self._clock = clock
+        self._period = heartbeat_period
+        self._grace = timedelta(seconds=heartbeat_period * grace_periods)
+        self._sessions: dict[str, AgentSession] = {}
+        self._last_seen: dict[str, datetime] = {}
+        self._started = clock.now()
+
+    async def run(self) -> None:
+        """Routes task changes to sessions and watches heartbeats until cancelled."""
+        await self._forget_readiness()
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self._route_changes())
+            group.create_task(self._watch_heartbeats())
+
+    async def Session(  # type: ignore[override]
+        self, request_iterator: object, context: Context
+    ) -> None:
+        """Serves one agent: hello, then heartbeats and status in, assignments out, until either side ends."""
+        del request_iterator
+        first = await context.read()
+        if not isinstance(first, apb.AgentMessage) or not first.HasField("hello"):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message of a session must be a hello")
+            return
+        try:
+            node_id = node_identity(context, first.hello)
+        except IdentityError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            return
+        session = AgentSession(node_id=node_id, session_id=uuid.uuid4().hex)
+        previous = self._sessions.get(node_id)
+        if previous is not None:
+            previous.closed.set()
+        # Register before reading the snapshot so no change falls between the two; agents ignore stale versions.
+        self._sessions[node_id] = session
+        self._last_seen[node_id] = self._clock.now()
+        bound = log.bind(node_id=node_id, session_id=session.session_id)
+        try:
+            await self._register(node_id, first.hello, context.peer())
+            await self._apply_statuses(node_id, [(i.task_id, i.status) for i in first.hello.inventory])
+            await context.write(
+                apb.ControllerMessage(
+                    welcome=apb.Welcome(
+                        node_id=node_id,
+                        session_id=session.session_id,
+                        heartbeat_period=duration(self._period),
+                    )
+                )
+            )
+            session.send_full(await self._store.list_tasks(node_id=node_id))
+            bound.info("agent session started", hostname=first.hello.description.hostname)
+            tasks = {
+                asyncio.create_task(self._read(session, context)),
+                asyncio.create_task(self._write(session, context)),
+                asyncio.create_task(session.closed.wait()),
+            }
+            try:
+                await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+        finally:
+            if self._sessions.get(node_id) is session:
+                del self._sessions[node_id]
+            bound.info("agent session ended")
+
+    async def _read(self, session: AgentSession, context: Context) -> None:
+        while True:
+            message = await context.read()
+            if not isinstance(message, apb.AgentMessage):
+                return  # end of stream
+            self._last_seen[session.node_id] = self._clock.now()
+            kind = message.WhichOneof("msg")
+            if kind == "heartbeat":
+                session.outbox.put_nowait(
+                    apb.ControllerMessage(heartbeat_ack=apb.HeartbeatAck(received_at=to_timestamp(self._clock.now())))
+                )
+            elif kind == "status":
+                await self._apply_statuses(session.node_id, [(u.task_id, u.status) for u in message.status.updates])
+
+    async def _write(self, session: AgentSession, context: Context) -> None:
+        while True:
+            await context.write(await session.outbox.get())
+
+    async def _register(self, node_id: str, hello: apb.Hello, address: str) -> None:
+        for _ in range(10):
+            existing = await self._store.get_node(node_id)
+            node = pb.Node()
+            if existing is not None:
+                node.CopyFrom(existing)
+            else:
+                node.id = node_id
+                node.availability = pb.NODE_AVAILABILITY_ACTIVE
+                node.created_at.CopyFrom(to_timestamp(self._clock.now()))
+            node.description.CopyFrom(hello.description)
+            node.status = pb.NODE_STATUS_READY
+            node.status_message = ""
+            node.address = address
+            node.last_heartbeat.CopyFrom(to_timestamp(self._clock.now()))
+            try:
+                await self._store.commit([Put(node, expect_version=existing.version if existing else 0)])
+                return
+            except ConflictError:
+                continue
+        raise RuntimeError(f"could not register node {node_id}: too many concurrent writes")
+
+    async def _apply_statuses(self, node_id: str, updates: list[tuple[str, pb.TaskStatus]]) -> None:
+        if not updates:
+            return
+        for _ in range(10):
+            ops: list[Put] = []
+            for task_id, status in updates:
+                verdict = judge_status(await self._store.get_task(task_id), node_id, status)
+                if verdict.refused:
+                    log.warning("status refused", node_id=node_id, task_id=task_id, reason=verdict.refused)
+                if verdict.task is not None:
+                    ops.append(Put(verdict.task, expect_version=verdict.task.version))
+            if not ops:
+                return
+            try:
+                await self._store.commit(ops)
+                return
+            except ConflictError:
+                continue
+        log.warning("status dropped after repeated conflicts", node_id=node_id, count=len(updates))
+
+    async def _route_changes(self) -> None:
+        since = self._store.revision
+        while True:
+            try:
+                async for event in self._store.watch(since):
+                    since = event.revision
+                    if event.kind is not Kind.TASK or not isinstance(event.obj, pb.Task):
+                        continue
+                    session = self._sessions.get(event.obj.node_id)
+                    if session is not None:
+                        session.on_task(event.obj, deleted=event.action.value == "delete")
+                return
+            except WatchExpired:
+                # Too far behind to replay: resend every session its full set instead.
+                since = self._store.revision
+                for session in list(self._sessions.values()):
+                    session.send_full(await self._store.list_tasks(node_id=session.node_id))
+
+    async def _forget_readiness(self) -> None:
+        """Marks every node unknown at start: readiness must be observed afresh, not inherited from the store."""
+        for node in await self._store.list_nodes():
+            if node.status == pb.NODE_STATUS_READY:
+                await self._set_status(node.id, pb.NODE_STATUS_UNKNOWN, "controller restarted; waiting for the agent")
+
+    async def _watch_heartbeats(self) -> None:
+        while True:
+            await asyncio.sleep(self._period / 2)
+            now = self._clock.now()
+            for node in await self._store.list_nodes():
+                if node.status == pb.NODE_STATUS_DOWN:
+                    continue
+                seen = self._last_seen.get(node.id, self._started)
+                if now - seen > self._grace:
+                    silent = (now - seen).total_seconds()
+                    log.warning("node down", node_id=node.id, silent_seconds=round(silent, 1))
+                    await self._set_status(node.id, pb.NODE_STATUS_DOWN, f"no heartbeat for {silent:.1f}s")
+                    session = self._sessions.get(node.id)
+                    if session is not None:
+                        session.closed.set()
+
+    async def _set_status(self, node_id: str, status: int, message: str) -> None:
+        for _ in range(10):
+            node = await self._store.get_node(node_id)
+            if node is None:
+                return
+            node.status = status  # type: ignore[assignment]
+            node.status_message = message
+            with contextlib.suppress(ConflictError):
+                await self._store.commit([Put(node, expect_version=node.version)])
+                return

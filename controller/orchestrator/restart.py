@@ -1,0 +1,63 @@
+"""The restart policy decision for a slot whose task has stopped: pure, given the time."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from dockyard.task_state import is_terminal
+from dockyard.timestamps import from_timestamp, seconds
+from dockyard.v1 import types_pb2 as pb
+
+DEFAULT_DELAY = 5.0
+
+
+class Verdict(enum.Enum):
+    """What to do with a slot whose live task has stopped."""
+
+    REPLACE = "replace"
+    WAIT = "wait"
+    LEAVE = "leave"
+
+
+@dataclass(frozen=True)
+class RestartDecision:
+    """A verdict, and for WAIT the time at which to look again."""
+
+    verdict: Verdict
+    at: datetime | None = None
+
+
+def decide_restart(stopped: pb.Task, slot_history: Sequence[pb.Task], now: datetime) -> RestartDecision:
+    """Decides whether a stopped task gets a replacement now, later, or never, from its restart policy."""
+    policy = stopped.spec.restart
+    condition = policy.condition or pb.RestartPolicy.CONDITION_ON_FAILURE
+    succeeded = stopped.status.state == pb.TASK_STATE_COMPLETE
+    if condition == pb.RestartPolicy.CONDITION_NONE or (
+        condition == pb.RestartPolicy.CONDITION_ON_FAILURE and succeeded
+    ):
+        return RestartDecision(Verdict.LEAVE)
+    if policy.max_attempts and _attempts(slot_history, policy, now) > policy.max_attempts:
+        return RestartDecision(Verdict.LEAVE)
+    delay = seconds(policy.delay) if policy.HasField("delay") else DEFAULT_DELAY
+    stopped_at = from_timestamp(stopped.status.timestamp) or now
+    due = stopped_at + timedelta(seconds=delay)
+    if now < due:
+        return RestartDecision(Verdict.WAIT, due)
+    return RestartDecision(Verdict.REPLACE)
+
+
+def _attempts(slot_history: Sequence[pb.Task], policy: pb.RestartPolicy, now: datetime) -> int:
+    """Counts the slot's stopped tasks, only those inside the window when one is set."""
+    window = seconds(policy.window)
+    count = 0
+    for task in slot_history:
+        if not is_terminal(task.status.state):
+            continue
+        stopped_at = from_timestamp(task.status.timestamp)
+        if window and stopped_at is not None and now - stopped_at > timedelta(seconds=window):
+            continue
+        count += 1
+    return count

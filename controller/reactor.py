@@ -1,0 +1,83 @@
+"""The loop every level-triggered role runs: reconcile, then sleep until the store changes or a timer fires."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Collection
+from datetime import datetime
+
+import structlog
+
+from controller.clock import Clock
+from controller.store.base import Kind, Store, WatchExpired
+
+log = structlog.get_logger()
+
+Reconcile = Callable[[], Awaitable[datetime | None]]
+
+
+class Reactor:
+    """Runs reconcile() whenever objects of the given kinds change, at the time it asks for, and every resync."""
+
+    def __init__(
+        self,
+        name: str,
+        store: Store,
+        reconcile: Reconcile,
+        kinds: Collection[Kind],
+        clock: Clock,
+        resync_seconds: float = 30.0,
+    ) -> None:
+        self._name = name
+        self._store = store
+        self._reconcile = reconcile
+        self._kinds = frozenset(kinds)
+        self._clock = clock
+        self._resync = resync_seconds
+        self._wake = asyncio.Event()
+
+    def poke(self) -> None:
+        """Asks for a reconcile pass as soon as possible."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Runs until cancelled; a failing pass is logged and retried, never fatal."""
+        watcher = asyncio.create_task(self._watch(), name=f"{self._name}-watch")
+        try:
+            while True:
+                self._wake.clear()
+                next_at: datetime | None = None
+                try:
+                    next_at = await self._reconcile()
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("reconcile failed", role=self._name)
+                    next_at = self._clock.now()
+                await self._sleep_until(next_at)
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+
+    async def _sleep_until(self, next_at: datetime | None) -> None:
+        timeout = self._resync
+        if next_at is not None:
+            # A pass that asks to run again "now" (after a write conflict) still yields a moment to writers.
+            timeout = min(timeout, max(0.05, (next_at - self._clock.now()).total_seconds()))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout)
+
+    async def _watch(self) -> None:
+        since = self._store.revision
+        while True:
+            try:
+                async for event in self._store.watch(since):
+                    since = event.revision
+                    if event.kind in self._kinds:
+                        self._wake.set()
+                return
+            except WatchExpired:
+                since = self._store.revision
+                self._wake.set()

@@ -1,0 +1,38 @@
+"""The contract of a feasibility filter: can this node take this demand, and if not, why."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from controller.scheduler.demand import Demand
+from controller.scheduler.node_state import NodeState
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """Why a node cannot take a task, as a predicate for "1 node ..." (one) and "3 nodes ..." (many).
+
+    Equal rejections are counted together in the unplaced reason, so the text carries the detail that makes
+    them different (the port, the amount needed).
+    """
+
+    one: str
+    many: str
+
+
+class Filter(Protocol):
+    """A feasibility check. Filters run cheapest first and the first rejection is the one reported.
+
+    check must depend only on the node's state and the demand, and a rejection must stay valid while usage
+    only grows: the scheduler re-checks a node only after placing a task on it.
+    """
+
+    @property
+    def name(self) -> str:
+        """Returns a short stable name for logs and tests."""
+        ...
+
+    def check(self, node: NodeState, demand: Demand) -> Rejection | None:
+        """Returns None when the node can take the demand, otherwise why it cannot."""
+        ...

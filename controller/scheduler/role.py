@@ -1,0 +1,77 @@
+"""The scheduler's I/O shell: snapshots the cluster, runs the pure scheduler, commits its decisions."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import structlog
+
+from controller.clock import Clock
+from controller.scheduler import Decision, schedule
+from controller.store.base import Check, ConflictError, Kind, Op, Put, Store
+from dockyard.timestamps import to_timestamp
+from dockyard.v1 import types_pb2 as pb
+
+log = structlog.get_logger()
+
+
+def is_pending(task: pb.Task) -> bool:
+    """Tells whether a task waits for a node."""
+    return task.desired_state == pb.DESIRED_STATE_RUNNING and task.status.state == pb.TASK_STATE_PENDING
+
+
+class Scheduler:
+    """Places pending tasks; each commit re-checks that the chosen nodes did not change since the snapshot."""
+
+    def __init__(self, store: Store, clock: Clock, seed: int = 0) -> None:
+        self._store = store
+        self._clock = clock
+        self._seed = seed
+
+    async def reconcile(self) -> datetime | None:
+        """Places every pending task it can; returns "now" when a commit lost a race, else None."""
+        tasks = await self._store.list_tasks()
+        pending = [t for t in tasks if is_pending(t) and not t.node_id]
+        if not pending:
+            return None
+        nodes = await self._store.list_nodes()
+        now = self._clock.now()
+        decisions = schedule(nodes, tasks, pending, now, self._seed)
+        ops = _ops(decisions, {t.id: t for t in pending}, {n.id: n for n in nodes}, now)
+        if not ops:
+            return None
+        try:
+            await self._store.commit(ops)
+        except ConflictError as exc:
+            log.debug("scheduler conflict", error=str(exc))
+            return now
+        placed = sum(1 for d in decisions if d.node_id)
+        if placed:
+            log.info("scheduled", placed=placed, pending=len(decisions) - placed)
+        return None
+
+
+def _ops(decisions: list[Decision], pending: dict[str, pb.Task], nodes: dict[str, pb.Node], now: datetime) -> list[Op]:
+    ops: list[Op] = []
+    checked: set[str] = set()
+    for decision in decisions:
+        task = pending[decision.task_id]
+        changed = pb.Task()
+        changed.CopyFrom(task)
+        if decision.node_id is None:
+            message = f"no suitable node: {decision.reason}"
+            if task.status.message == message:
+                continue
+            changed.status.message = message
+        else:
+            node = nodes[decision.node_id]
+            changed.node_id = node.id
+            changed.status.state = pb.TASK_STATE_ASSIGNED
+            changed.status.message = f"assigned to {node.description.hostname or node.id}"
+            changed.status.timestamp.CopyFrom(to_timestamp(now))
+            if node.id not in checked:
+                checked.add(node.id)
+                ops.append(Check(Kind.NODE, node.id, node.version))
+        changed.updated_at.CopyFrom(to_timestamp(now))
+        ops.append(Put(changed, expect_version=task.version))
+    return ops

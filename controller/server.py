@@ -1,0 +1,123 @@
+"""Assembles the controller: store, roles and the gRPC server, and runs them until stopped."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from controller.api.servicer import ControllerApi
+from controller.clock import Clock, SystemClock
+from controller.dispatcher.dispatcher import Dispatcher
+from controller.ids import new_id
+from controller.orchestrator.role import Orchestrator
+from controller.reactor import Reactor
+from controller.scheduler.role import Scheduler
+from controller.store.base import Kind, Store
+from controller.store.sqlite import SqliteStore
+from dockyard.v1 import agent_pb2, agent_pb2_grpc, controller_pb2, controller_pb2_grpc
+
+log = structlog.get_logger()
+
+
+@dataclass(frozen=True)
+class ControllerConfig:
+    """How one controller runs."""
+
+    listen: str = "127.0.0.1:7465"
+    state_dir: Path = Path("/var/lib/dockyard/controller")
+    heartbeat_period: float = 1.0
+    heartbeat_grace_periods: float = 3.0
+    seed: int = 0
+
+
+class Controller:
+    """The running controller: start() serves, stop() drains and closes the store."""
+
+    def __init__(self, config: ControllerConfig, clock: Clock | None = None, store: Store | None = None) -> None:
+        self.config = config
+        self._clock = clock or SystemClock()
+        config.state_dir.mkdir(parents=True, exist_ok=True)
+        self.store = store or SqliteStore(config.state_dir / "controller.db")
+        self._server: grpc.aio.Server | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self.port = 0
+
+    async def start(self) -> None:
+        """Opens the store, starts the roles and serves the gRPC API."""
+        await self.store.open()
+        dispatcher = Dispatcher(
+            self.store, self._clock, self.config.heartbeat_period, self.config.heartbeat_grace_periods
+        )
+        orchestrator = Orchestrator(self.store, self._clock, new_id)
+        scheduler = Scheduler(self.store, self._clock, self.config.seed)
+        server = grpc.aio.server()
+        controller_pb2_grpc.add_ControllerServiceServicer_to_server(
+            ControllerApi(self.store, self._clock, new_id), server
+        )
+        agent_pb2_grpc.add_AgentServiceServicer_to_server(dispatcher, server)
+        health_servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        names = (
+            controller_pb2.DESCRIPTOR.services_by_name["ControllerService"].full_name,
+            agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name,
+            health.SERVICE_NAME,
+            reflection.SERVICE_NAME,
+        )
+        reflection.enable_server_reflection(names, server)
+        self.port = server.add_insecure_port(self.config.listen)
+        if self.port == 0:
+            raise OSError(f"--listen: cannot bind {self.config.listen}; is another controller running?")
+        await server.start()
+        self._server = server
+        self._tasks = [
+            asyncio.create_task(dispatcher.run(), name="dispatcher"),
+            asyncio.create_task(
+                Reactor(
+                    "orchestrator", self.store, orchestrator.reconcile, (Kind.SERVICE, Kind.TASK), self._clock
+                ).run(),
+                name="orchestrator",
+            ),
+            asyncio.create_task(
+                Reactor("scheduler", self.store, scheduler.reconcile, (Kind.NODE, Kind.TASK), self._clock).run(),
+                name="scheduler",
+            ),
+        ]
+        for name in names[:2]:
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+        log.info(
+            "controller serving",
+            listen=self.config.listen,
+            port=self.port,
+            state_dir=str(self.config.state_dir),
+        )
+
+    async def stop(self, grace: float = 2.0) -> None:
+        """Stops serving, cancels the roles and closes the store."""
+        if self._server is not None:
+            await self._server.stop(grace)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.store.close()
+
+    async def wait(self) -> None:
+        """Waits until a role fails (it should not) or the server terminates."""
+        if self._server is None:
+            return
+        done, _ = await asyncio.wait(
+            [*self._tasks, asyncio.create_task(self._server.wait_for_termination())],
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+        for task in done:
+            if task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]

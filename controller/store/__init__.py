@@ -1,0 +1,1 @@
+"""The controller's transactional, revisioned store of services, nodes and tasks."""

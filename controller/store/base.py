@@ -1,0 +1,139 @@
+"""The store interface every role uses; SQLite implements it, a distributed backend may later."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from dockyard.v1 import types_pb2 as pb
+
+
+class Kind(enum.StrEnum):
+    """The kinds of object the store holds."""
+
+    SERVICE = "service"
+    NODE = "node"
+    TASK = "task"
+
+
+class Action(enum.StrEnum):
+    """What happened to an object."""
+
+    PUT = "put"
+    DELETE = "delete"
+
+
+StoredObject = pb.Service | pb.Node | pb.Task
+
+
+@dataclass(frozen=True)
+class Put:
+    """Creates or replaces an object; when expect_version is set, the stored version must equal it.
+
+    expect_version 0 means "must not exist yet". The store sets obj.version to the new store revision.
+    A put of a Service also records its spec under (service id, service revision) in the history.
+    """
+
+    obj: StoredObject
+    expect_version: int | None = None
+
+
+@dataclass(frozen=True)
+class Delete:
+    """Deletes an object by id; when expect_version is set, the stored version must equal it."""
+
+    kind: Kind
+    id: str
+    expect_version: int | None = None
+
+
+@dataclass(frozen=True)
+class Check:
+    """Writes nothing; the batch fails with ConflictError unless the object's stored version is version.
+
+    It lets a writer commit a decision only if an object it read (such as a node) did not change since.
+    """
+
+    kind: Kind
+    id: str
+    version: int
+
+
+Op = Put | Delete | Check
+
+
+@dataclass(frozen=True)
+class Event:
+    """One change, in store-revision order. obj is the new value, or the last value for a delete."""
+
+    revision: int
+    kind: Kind
+    action: Action
+    id: str
+    obj: StoredObject
+
+
+class ConflictError(Exception):
+    """An expect_version did not match: someone else wrote first. Nothing of the batch was written."""
+
+
+class WatchExpired(Exception):
+    """The requested revision is older than the oldest event the store still keeps."""
+
+
+class Store(Protocol):
+    """Transactional storage with a change feed; objects are the protocol's own messages."""
+
+    async def open(self) -> None:
+        """Opens (and if needed creates) the store."""
+        ...
+
+    async def close(self) -> None:
+        """Closes the store; watchers end."""
+        ...
+
+    @property
+    def revision(self) -> int:
+        """The revision of the last committed batch (0 for an empty store)."""
+        ...
+
+    async def commit(self, ops: Sequence[Op]) -> int:
+        """Applies every op in one transaction, or none (ConflictError); returns the new revision."""
+        ...
+
+    async def get_service(self, name_or_id: str) -> pb.Service | None:
+        """Returns the service with that id or name."""
+        ...
+
+    async def list_services(self) -> list[pb.Service]:
+        """Returns every service, ordered by name."""
+        ...
+
+    async def get_service_spec(self, service_id: str, revision: int) -> pb.ServiceSpec | None:
+        """Returns the spec a service had at one of its revisions (kept for rollback)."""
+        ...
+
+    async def get_node(self, node_id: str) -> pb.Node | None:
+        """Returns the node with that id."""
+        ...
+
+    async def list_nodes(self) -> list[pb.Node]:
+        """Returns every node, ordered by hostname then id."""
+        ...
+
+    async def get_task(self, task_id: str) -> pb.Task | None:
+        """Returns the task with that id."""
+        ...
+
+    async def list_tasks(self, service_id: str | None = None, node_id: str | None = None) -> list[pb.Task]:
+        """Returns the tasks, filtered by service id and/or node id, ordered by service, slot, creation."""
+        ...
+
+    def watch(self, since: int) -> AsyncIterator[Event]:
+        """Yields every event with a revision above since, then live ones, until the store closes.
+
+        Raises WatchExpired when events after since were already trimmed.
+        """
+        ...

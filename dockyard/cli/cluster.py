@@ -1,0 +1,176 @@
+"""`dockyard up` and `dockyard down`: the all-in-one local cluster."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from dockyard import logs
+from dockyard.cli.context import LocalContext, default_state_dir, read_context, write_context
+from dockyard.cli.output import emit_object
+from dockyard.client import ApiError, Client
+from dockyard.local.pidfile import read_pid, write_pid
+from dockyard.v1 import types_pb2 as pb
+
+READY_TIMEOUT = 60.0
+
+
+def _connect_address(listen: str) -> str:
+    host, _, port = listen.rpartition(":")
+    if host in ("0.0.0.0", "[::]", ""):
+        host = "127.0.0.1"
+    return f"{host}:{port}"
+
+
+@click.command()
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where the store, agent state, pid file and logs live (default: ~/.local/share/dockyard).",
+)
+@click.option("--listen", default="127.0.0.1:7465", show_default=True, help="Controller address.")
+@click.option("--detach", "-d", is_flag=True, help="Run in the background; logs go to STATE_DIR/dockyard.log.")
+@click.option("--docker-url", default=None, help="Docker socket for the local agent.")
+@click.option("--hostname", default="", help="Name the local node registers as.")
+@click.option("--label", "labels", multiple=True, help="Label KEY=VALUE for the local node (repeatable).")
+@click.option("--output", "-o", type=click.Choice(["table", "json"]), default="table", show_default=True)
+def up(
+    state_dir: Path | None,
+    listen: str,
+    detach: bool,
+    docker_url: str | None,
+    hostname: str,
+    labels: tuple[str, ...],
+    output: str,
+) -> None:
+    """Run a controller and a local agent on this host (embedded SQLite state)."""
+    from dockyard.local.supervisor import LocalCluster, supervise
+
+    state = (state_dir or default_state_dir()).resolve()
+    pid_path = state / "dockyard.pid"
+    running = read_pid(pid_path)
+    if running is not None:
+        raise click.ClickException(f"already running (pid {running}) with state in {state}; run `dockyard down` first")
+    address = _connect_address(listen)
+    if detach:
+        _start_detached(state, listen, docker_url, hostname, labels)
+        write_context(LocalContext(controller=address, state_dir=str(state)))
+        node = asyncio.run(_wait_ready(address, READY_TIMEOUT))
+        info = {
+            "controller": address,
+            "state_dir": str(state),
+            "pid": read_pid(pid_path),
+            "log": str(state / "dockyard.log"),
+            "node": node,
+        }
+        emit_object(
+            info,
+            output,
+            f"Dockyard is up: controller {address}, node {node}, state in {state}\n"
+            f"logs: {state / 'dockyard.log'}; stop with `dockyard down`",
+        )
+        return
+    logs.configure("info", "console", component="supervisor")
+    state.mkdir(parents=True, exist_ok=True)
+    write_pid(pid_path, os.getpid())
+    write_context(LocalContext(controller=address, state_dir=str(state)))
+    cluster = LocalCluster(state_dir=state, listen=listen, docker_url=docker_url, hostname=hostname, labels=labels)
+    try:
+        asyncio.run(supervise(cluster))
+    finally:
+        if read_pid(pid_path) == os.getpid():
+            pid_path.unlink()
+
+
+def _start_detached(state: Path, listen: str, docker_url: str | None, hostname: str, labels: tuple[str, ...]) -> None:
+    state.mkdir(parents=True, exist_ok=True)
+    argv = [sys.executable, "-m", "dockyard.cli.main", "up", "--state-dir", str(state), "--listen", listen]
+    if docker_url:
+        argv += ["--docker-url", docker_url]
+    if hostname:
+        argv += ["--hostname", hostname]
+    for label in labels:
+        argv += ["--label", label]
+    with open(state / "dockyard.log", "ab") as log_file:
+        subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    deadline = time.monotonic() + 10
+    while read_pid(state / "dockyard.pid") is None:
+        if time.monotonic() > deadline:
+            raise click.ClickException(f"the cluster did not start; see {state / 'dockyard.log'}")
+        time.sleep(0.05)
+
+
+async def _wait_ready(address: str, wait_seconds: float) -> str:
+    """Waits until the controller answers and a node is ready; returns that node's host name."""
+    deadline = time.monotonic() + wait_seconds
+    last = "the controller did not answer"
+    async with Client(address, deadline=2.0) as client:
+        while time.monotonic() < deadline:
+            try:
+                for node in await client.list_nodes():
+                    if node.status == pb.NODE_STATUS_READY:
+                        return node.description.hostname or node.id
+                last = "no node is ready yet"
+            except ApiError as exc:
+                last = str(exc)
+            await asyncio.sleep(0.1)
+    raise click.ClickException(f"the cluster is not ready after {wait_seconds:g}s: {last}")
+
+
+@click.command()
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="State directory of the cluster to stop (default: the one `dockyard up` recorded).",
+)
+@click.option("--timeout", type=click.FloatRange(min=1), default=30.0, show_default=True)
+@click.option("--output", "-o", type=click.Choice(["table", "json"]), default="table", show_default=True)
+def down(state_dir: Path | None, timeout: float, output: str) -> None:
+    """Stop the local controller and agent; containers keep running."""
+    if state_dir is None:
+        context = read_context()
+        state_dir = Path(context.state_dir) if context else default_state_dir()
+    pid_path = state_dir.resolve() / "dockyard.pid"
+    pid = read_pid(pid_path)
+    if pid is None:
+        emit_object({"stopped": False, "state_dir": str(state_dir)}, output, f"not running (state in {state_dir})")
+        return
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while read_pid(pid_path) is not None and _alive(pid):
+        if time.monotonic() > deadline:
+            _kill_group(pid)
+            break
+        time.sleep(0.05)
+    emit_object(
+        {"stopped": True, "pid": pid, "state_dir": str(state_dir)},
+        output,
+        f"stopped (pid {pid}); containers keep running",
+    )
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _kill_group(pid: int) -> None:
+    """Kills a detached cluster's whole process group (it leads its own session), or the one process."""
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        os.kill(pid, signal.SIGKILL)

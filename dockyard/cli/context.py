@@ -1,0 +1,60 @@
+"""Where the CLI finds the controller: --controller, then DOCKYARD_CONTROLLER, then what `dockyard up` wrote."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_CONTROLLER = "127.0.0.1:7465"
+
+
+@dataclass(frozen=True)
+class LocalContext:
+    """What `dockyard up` recorded about the cluster it started."""
+
+    controller: str
+    state_dir: str
+
+
+def config_dir() -> Path:
+    """Returns ~/.config/dockyard, honouring XDG_CONFIG_HOME."""
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "dockyard"
+
+
+def default_state_dir() -> Path:
+    """Returns the default state directory of `dockyard up`, honouring XDG_DATA_HOME."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "dockyard"
+
+
+def read_context() -> LocalContext | None:
+    """Returns the recorded context, or None when there is none or it is unreadable."""
+    path = config_dir() / "context.json"
+    try:
+        data = json.loads(path.read_text())
+        return LocalContext(controller=str(data["controller"]), state_dir=str(data["state_dir"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def write_context(context: LocalContext) -> None:
+    """Records the context atomically."""
+    directory = config_dir()
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = directory / "context.json.tmp"
+    tmp.write_text(json.dumps({"controller": context.controller, "state_dir": context.state_dir}, indent=2) + "\n")
+    os.replace(tmp, directory / "context.json")
+
+
+def resolve_controller(flag: str | None) -> str:
+    """Returns the controller address the CLI should use."""
+    if flag:
+        return flag
+    env = os.environ.get("DOCKYARD_CONTROLLER")
+    if env:
+        return env
+    context = read_context()
+    return context.controller if context else DEFAULT_CONTROLLER

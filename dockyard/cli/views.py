@@ -1,0 +1,88 @@
+"""Protocol objects as the flat dictionaries that the tables and --output json show."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from dockyard.task_state import desired_name, state_name
+from dockyard.timestamps import from_timestamp
+from dockyard.v1 import types_pb2 as pb
+
+
+def _iso(ts: Any) -> str | None:
+    when = from_timestamp(ts)
+    return when.isoformat() if when else None
+
+
+def _enum(value: int, enum_type: Any, prefix: str) -> str:
+    return str(enum_type.Name(value)).removeprefix(prefix).lower()
+
+
+def port_text(port: pb.PortMapping) -> str:
+    """Returns a port as "8080:80/tcp", or "80/tcp" when Docker picks the host port."""
+    protocol = port.protocol or "tcp"
+    if port.host_port:
+        return f"{port.host_port}:{port.container_port}/{protocol}"
+    return f"{port.container_port}/{protocol}"
+
+
+def task_view(task: pb.Task, nodes: Mapping[str, pb.Node]) -> dict[str, Any]:
+    """Returns a task as a row: node is the host name that `dockyard nodes` shows."""
+    node = nodes.get(task.node_id)
+    return {
+        "id": task.id,
+        "service": task.service_name,
+        "slot": task.slot,
+        "name": f"{task.service_name}.{task.slot}",
+        "node": (node.description.hostname or node.id) if node else (task.node_id or None),
+        "node_id": task.node_id or None,
+        "state": state_name(task.status.state),
+        "desired_state": desired_name(task.desired_state),
+        "message": task.status.message,
+        "error": task.status.error,
+        "exit_code": task.status.exit_code,
+        "container_id": task.status.container_id or None,
+        "revision": task.revision,
+        "image": task.spec.image,
+        "ports": [port_text(p) for p in task.spec.ports],
+        "created_at": _iso(task.created_at),
+        "updated_at": _iso(task.status.timestamp),
+    }
+
+
+def node_view(node: pb.Node, tasks: Iterable[pb.Task] = ()) -> dict[str, Any]:
+    """Returns a node as a row; labels merge the agent's and the operator's (the operator's win)."""
+    running = sum(1 for t in tasks if t.node_id == node.id and t.status.state == pb.TASK_STATE_RUNNING)
+    return {
+        "id": node.id,
+        "hostname": node.description.hostname,
+        "status": _enum(node.status, pb.NodeStatus, "NODE_STATUS_"),
+        "availability": _enum(
+            node.availability or pb.NODE_AVAILABILITY_ACTIVE, pb.NodeAvailability, "NODE_AVAILABILITY_"
+        ),
+        "labels": {**dict(node.description.labels), **dict(node.labels)},
+        "cpus": node.description.cpus,
+        "memory_bytes": node.description.memory_bytes,
+        "docker_version": node.description.docker_version,
+        "address": node.address,
+        "message": node.status_message,
+        "tasks_running": running,
+    }
+
+
+def service_view(service: pb.Service, tasks: Iterable[pb.Task]) -> dict[str, Any]:
+    """Returns a service as a row with how many of its tasks run."""
+    mine = [t for t in tasks if t.service_id == service.id and t.desired_state == pb.DESIRED_STATE_RUNNING]
+    running = sum(1 for t in mine if t.status.state == pb.TASK_STATE_RUNNING)
+    return {
+        "id": service.id,
+        "name": service.name,
+        "revision": service.revision,
+        "image": service.spec.image,
+        "replicas": service.spec.replicas,
+        "running": running,
+        "ports": [port_text(p) for p in service.spec.ports],
+        "created_at": _iso(service.created_at),
+        "updated_at": _iso(service.updated_at),
+    }

@@ -1,0 +1,223 @@
+"""Commands about services and their tasks: apply, services, ps, scale, rm."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import click
+
+from dockyard.cli.common import controller_option, output_option, run
+from dockyard.cli.output import emit, emit_object
+from dockyard.cli.rollout import Progress, progress
+from dockyard.cli.views import service_view, task_view
+from dockyard.client import ApiError, Client
+from dockyard.spec import SpecError, load_spec_file
+from dockyard.v1 import controller_pb2 as cpb
+from dockyard.v1 import types_pb2 as pb
+
+POLL_SECONDS = 0.1
+
+TASK_COLUMNS = [
+    ("ID", "short_id"),
+    ("NAME", "name"),
+    ("NODE", "node"),
+    ("DESIRED", "desired_state"),
+    ("STATE", "state"),
+    ("CONTAINER", "short_container"),
+    ("REV", "revision"),
+    ("MESSAGE", "detail"),
+]
+
+
+def _action(result: cpb.ApplyResult) -> str:
+    return cpb.ApplyResult.Action.Name(result.action).removeprefix("ACTION_").lower()
+
+
+@click.command()
+@click.option(
+    "-f",
+    "--file",
+    "path",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Service spec (YAML).",
+)
+@click.option("--detach", "-d", is_flag=True, help="Return once the change is stored; do not wait for tasks.")
+@click.option("--dry-run", is_flag=True, help="Validate and show what would change; change nothing.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=1),
+    default=300.0,
+    show_default=True,
+    help="Seconds to wait for the tasks to run.",
+)
+@controller_option
+@output_option
+def apply(path: Path, detach: bool, dry_run: bool, timeout: float, controller: str | None, output: str) -> None:
+    """Create or update the services of a spec file, then wait until their tasks run."""
+    try:
+        specs = load_spec_file(path)
+    except SpecError as exc:
+        raise click.ClickException(f"{path}: invalid spec\n{exc}") from None
+
+    async def body(client: Client) -> None:
+        response = await client.apply(specs, dry_run=dry_run)
+        rows: list[dict[str, object]] = [
+            {"service": r.service.name, "action": _action(r), "revision": r.service.revision} for r in response.results
+        ]
+        if output != "json":
+            for row in rows:
+                click.echo(f"{row['service']}: {row['action']} (revision {row['revision']})", err=True)
+        if dry_run or detach:
+            emit(rows, [("SERVICE", "service"), ("ACTION", "action"), ("REVISION", "revision")], output)
+            return
+        final = await _wait(client, [r.service.name for r in response.results], timeout, quiet=output == "json")
+        for row, result in zip(rows, response.results, strict=True):
+            row["running"] = final[result.service.name].running
+            row["replicas"] = final[result.service.name].desired
+        emit(
+            rows,
+            [
+                ("SERVICE", "service"),
+                ("ACTION", "action"),
+                ("REVISION", "revision"),
+                ("RUNNING", "running"),
+                ("REPLICAS", "replicas"),
+            ],
+            output,
+        )
+
+    run(body, controller)
+
+
+async def _wait(client: Client, names: list[str], wait_seconds: float, quiet: bool) -> dict[str, Progress]:
+    """Polls until every named service has converged; raises ApiError on rejection or timeout."""
+    deadline = time.monotonic() + wait_seconds
+    last: dict[str, str] = {}
+    while True:
+        services = {s.name: s for s in await client.list_services() if s.name in names}
+        tasks = await client.list_tasks(include_finished=True)
+        current = {name: progress(services[name], tasks) for name in names if name in services}
+        for name, state in current.items():
+            line = state.line()
+            if not quiet and last.get(name) != line:
+                click.echo(line, err=True)
+                last[name] = line
+            if state.rejected:
+                raise ApiError("; ".join(state.rejected))
+        if all(p.done for p in current.values()):
+            return current
+        if time.monotonic() > deadline:
+            problems = [msg for p in current.values() for msg in (*p.failed, *p.waiting)]
+            detail = f": {'; '.join(problems[:5])}" if problems else ""
+            raise ApiError(f"timed out after {wait_seconds:g}s waiting for tasks to run{detail}")
+        await asyncio.sleep(POLL_SECONDS)
+
+
+@click.command()
+@controller_option
+@output_option
+def services(controller: str | None, output: str) -> None:
+    """List services with how many of their tasks run."""
+
+    async def body(client: Client) -> None:
+        tasks = await client.list_tasks()
+        rows = [service_view(s, tasks) for s in await client.list_services()]
+        for row in rows:
+            row["short_id"] = row["id"][:12]
+            row["tasks"] = f"{row['running']}/{row['replicas']}"
+        emit(
+            rows,
+            [
+                ("ID", "short_id"),
+                ("NAME", "name"),
+                ("REV", "revision"),
+                ("IMAGE", "image"),
+                ("TASKS", "tasks"),
+                ("PORTS", "ports"),
+            ],
+            output,
+        )
+
+    run(body, controller)
+
+
+@click.command()
+@click.argument("service", required=False, default="")
+@click.option("--all", "-a", "show_all", is_flag=True, help="Also show finished tasks.")
+@controller_option
+@output_option
+def ps(service: str, show_all: bool, controller: str | None, output: str) -> None:
+    """List tasks, of one SERVICE when given."""
+
+    async def body(client: Client) -> None:
+        nodes = {n.id: n for n in await client.list_nodes()}
+        tasks = await client.list_tasks(service=service, include_finished=show_all)
+        rows = [task_view(t, nodes) for t in tasks]
+        for row in rows:
+            row["short_id"] = row["id"][:12]
+            row["short_container"] = (row["container_id"] or "")[:12]
+            row["detail"] = row["error"] or row["message"]
+        emit(rows, TASK_COLUMNS, output)
+
+    run(body, controller)
+
+
+@click.command()
+@click.argument("service")
+@click.argument("replicas", type=int)
+@click.option("--detach", "-d", is_flag=True, help="Return at once; do not wait for the tasks.")
+@click.option("--timeout", type=click.FloatRange(min=1), default=300.0, show_default=True)
+@controller_option
+@output_option
+def scale(service: str, replicas: int, detach: bool, timeout: float, controller: str | None, output: str) -> None:
+    """Set the number of replicas of SERVICE, then wait until exactly that many run."""
+
+    async def body(client: Client) -> None:
+        scaled = await client.scale(service, replicas)
+        if not detach:
+            await _wait(client, [scaled.name], timeout, quiet=output == "json")
+        emit_object(
+            {"service": scaled.name, "replicas": scaled.spec.replicas, "revision": scaled.revision},
+            output,
+            f"{scaled.name} scaled to {scaled.spec.replicas}",
+        )
+
+    run(body, controller)
+
+
+@click.command()
+@click.argument("names", nargs=-1, required=True)
+@click.option("--detach", "-d", is_flag=True, help="Return at once; do not wait for the containers to go.")
+@click.option("--timeout", type=click.FloatRange(min=1), default=120.0, show_default=True)
+@controller_option
+@output_option
+def rm(names: tuple[str, ...], detach: bool, timeout: float, controller: str | None, output: str) -> None:
+    """Remove services; their containers are stopped (with their grace period) and removed."""
+
+    async def body(client: Client) -> None:
+        removed = [await client.delete_service(name) for name in names]
+        if not detach:
+            await _wait_gone(client, [s.id for s in removed], timeout)
+        rows = [{"service": s.name, "id": s.id, "removed": True} for s in removed]
+        if output == "json":
+            emit(rows, [], output)
+        else:
+            for s in removed:
+                click.echo(f"{s.name} removed")
+
+    run(body, controller)
+
+
+async def _wait_gone(client: Client, service_ids: list[str], wait_seconds: float) -> None:
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        tasks = await client.list_tasks(include_finished=True)
+        left = [t for t in tasks if t.service_id in service_ids and t.status.state < pb.TASK_STATE_COMPLETE]
+        if not left:
+            return
+        if time.monotonic() > deadline:
+            raise ApiError(f"timed out after {wait_seconds:g}s; {len(left)} task(s) still stopping")
+        await asyncio.sleep(POLL_SECONDS)

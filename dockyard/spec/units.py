@@ -1,0 +1,163 @@
+"""Byte sizes and durations in the spec's unit syntax, parsed exactly and formatted without loss.
+
+Parsing raises ValueError whose text is a message fragment meant to follow a field path.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from fractions import Fraction
+
+from dockyard.spec.display import quote
+
+KIB = 1024
+MIB = 1024**2
+GIB = 1024**3
+TIB = 1024**4
+
+# The largest value a protobuf int64 byte count can hold.
+MAX_BYTES = 2**63 - 1
+
+# Letters follow Docker: a bare k/m/g/t is binary. Only the explicit "KB"-style symbols are decimal.
+_BYTE_UNITS: dict[str, int] = {
+    "": 1,
+    "B": 1,
+    "k": KIB,
+    "K": KIB,
+    "KiB": KIB,
+    "m": MIB,
+    "M": MIB,
+    "MiB": MIB,
+    "g": GIB,
+    "G": GIB,
+    "GiB": GIB,
+    "t": TIB,
+    "T": TIB,
+    "TiB": TIB,
+    "kB": 1000,
+    "KB": 1000,
+    "MB": 1000**2,
+    "GB": 1000**3,
+    "TB": 1000**4,
+}
+_BINARY_UNITS = (("TiB", TIB), ("GiB", GIB), ("MiB", MIB), ("KiB", KIB))
+_SIZE = re.compile(r"\s*(?P<number>\d+(?:\.\d+)?|\.\d+)\s*(?P<unit>[A-Za-z]*)\s*\Z")
+
+NANOS_PER_SECOND = 10**9
+# google.protobuf.Duration covers +-10000 years.
+MAX_DURATION_SECONDS = 315_576_000_000
+_DURATION_UNITS: dict[str, int] = {
+    "h": 3600 * NANOS_PER_SECOND,
+    "m": 60 * NANOS_PER_SECOND,
+    "s": NANOS_PER_SECOND,
+    "ms": 10**6,
+    "us": 10**3,
+    "ns": 1,
+}
+_NUMBER = r"(?:\d+(?:\.\d*)?|\.\d+)"
+_DURATION = re.compile(rf"\s*(?P<sign>[-+]?)(?P<body>(?:{_NUMBER}[A-Za-z]*)+)\s*\Z")
+_COMPONENT = re.compile(rf"(?P<number>{_NUMBER})(?P<unit>[A-Za-z]*)")
+_BARE_SECONDS = re.compile(rf"{_NUMBER}\Z")
+DURATION_SHAPE = "must be a duration like 10s, 1m30s or 500ms, or a number of seconds"
+
+
+def parse_bytes(text: str) -> int:
+    """Parses a size such as "512MiB", "1.5G" or "1000" into bytes, rounding fractions of a byte down."""
+    match = _SIZE.match(text)
+    if match is None:
+        raise ValueError(f"must be a size like 512MiB or 2GiB, got {quote(text)}")
+    unit = match["unit"]
+    if unit not in _BYTE_UNITS:
+        raise ValueError(f"unknown unit {quote(unit)}; use bytes or a unit like 512MiB or 2GiB")
+    size = math.floor(Fraction(match["number"]) * _BYTE_UNITS[unit])
+    if size > MAX_BYTES:
+        raise ValueError(f"is too large, got {quote(text)}; the maximum is {MAX_BYTES} bytes")
+    return size
+
+
+def format_bytes(n: int, *, approximate: bool = False) -> str:
+    """Formats a byte count exactly in the largest binary unit that divides it ("512MiB", "1000B").
+
+    With approximate=True it rounds to one decimal in the largest unit not above it ("7.6GiB"), which
+    reads better for measured amounts but no longer parses back to the same number.
+    """
+    if approximate:
+        for name, size in _BINARY_UNITS:
+            if abs(n) >= size:
+                return f"{n / size:.1f}".rstrip("0").rstrip(".") + name
+        return f"{n}B"
+    for name, size in _BINARY_UNITS:
+        if n != 0 and n % size == 0:
+            return f"{n // size}{name}"
+    return f"{n}B"
+
+
+def parse_duration_nanos(text: str) -> int:
+    """Parses "500ms", "1m30s", "2h", "1.5s" or a bare number of seconds into whole nanoseconds."""
+    match = _DURATION.match(text)
+    if match is None:
+        raise ValueError(f"{DURATION_SHAPE}, got {quote(text)}")
+    body = match["body"]
+    if _BARE_SECONDS.match(body):
+        total = Fraction(body) * NANOS_PER_SECOND
+    else:
+        total = Fraction(0)
+        for component in _COMPONENT.finditer(body):
+            unit = component["unit"]
+            if not unit:
+                raise ValueError(f"{DURATION_SHAPE}, got {quote(text)}; {component['number']} has no unit")
+            if unit not in _DURATION_UNITS:
+                raise ValueError(f"unknown unit {quote(unit)} in {quote(text)}; use h, m, s, ms, us or ns, like 1m30s")
+            total += Fraction(component["number"]) * _DURATION_UNITS[unit]
+    nanos = round(total)
+    return check_duration_range(-nanos if match["sign"] == "-" else nanos, text)
+
+
+def seconds_to_nanos(seconds: float) -> int:
+    """Converts a number of seconds to whole nanoseconds; raises ValueError for NaN and infinities."""
+    if not math.isfinite(seconds):
+        raise ValueError(f"{DURATION_SHAPE}, got {seconds!r}")
+    return check_duration_range(round(Fraction(seconds) * NANOS_PER_SECOND), repr(seconds))
+
+
+def check_duration_range(nanos: int, shown: str) -> int:
+    """Returns `nanos` if a protobuf Duration can hold it, else raises ValueError naming `shown`."""
+    if abs(nanos) > MAX_DURATION_SECONDS * NANOS_PER_SECOND:
+        raise ValueError(f"is too large, got {shown}; durations are limited to 10000 years")
+    return nanos
+
+
+def parse_duration(text: str) -> float:
+    """Parses a duration such as "1m30s" into seconds."""
+    return parse_duration_nanos(text) / NANOS_PER_SECOND
+
+
+def format_duration_nanos(nanos: int) -> str:
+    """Formats nanoseconds exactly as hours, minutes and decimal seconds, e.g. "1h30m", "1.5s", "250ms"."""
+    if nanos == 0:
+        return "0s"
+    sign = "-" if nanos < 0 else ""
+    nanos = abs(nanos)
+    if nanos < NANOS_PER_SECOND:
+        unit = "ms" if nanos >= 10**6 else "us" if nanos >= 10**3 else "ns"
+        return f"{sign}{_decimal(nanos, _DURATION_UNITS[unit])}{unit}"
+    hours, rest = divmod(nanos, _DURATION_UNITS["h"])
+    minutes, rest = divmod(rest, _DURATION_UNITS["m"])
+    parts = [f"{hours}h" if hours else "", f"{minutes}m" if minutes else ""]
+    parts.append(f"{_decimal(rest, NANOS_PER_SECOND)}s" if rest else "")
+    return sign + "".join(parts)
+
+
+def format_duration(seconds: float) -> str:
+    """Formats seconds (rounded to the nanosecond) like format_duration_nanos: 90 -> "1m30s"."""
+    return format_duration_nanos(seconds_to_nanos(seconds))
+
+
+def _decimal(amount: int, unit: int) -> str:
+    """Writes amount/unit as an exact decimal; unit must be a power of ten."""
+    whole, fraction = divmod(amount, unit)
+    if not fraction:
+        return str(whole)
+    digits = len(str(unit)) - 1
+    return f"{whole}.{str(fraction).rjust(digits, '0').rstrip('0')}"

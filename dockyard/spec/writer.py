@@ -1,0 +1,86 @@
+"""Writing a ServiceSpec back as the YAML-shaped mapping a user would have written."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from google.protobuf.duration_pb2 import Duration
+
+from dockyard.spec import defaults, rules
+from dockyard.spec.port_syntax import format_port
+from dockyard.spec.units import format_bytes, format_duration_nanos
+from dockyard.v1 import types_pb2 as pb
+
+_CONDITION_NAMES = {
+    pb.RestartPolicy.CONDITION_NONE: "none",
+    pb.RestartPolicy.CONDITION_ON_FAILURE: "on-failure",
+    pb.RestartPolicy.CONDITION_ANY: "any",
+}
+
+
+def spec_to_document(spec: pb.ServiceSpec) -> dict[str, Any]:
+    """Returns the body of `spec` under `services.<name>`, leaving out fields that hold their default.
+
+    Unset fields count as defaults. For any valid spec in the form load_spec returns,
+    load_spec(yaml.safe_dump({"services": {spec.name: spec_to_document(spec)}})) gives back `spec`.
+    """
+    document: dict[str, Any] = {"image": spec.image}
+    if spec.command:
+        document["command"] = list(spec.command)
+    if spec.env:
+        document["env"] = dict(sorted(spec.env.items()))
+    if spec.ports:
+        document["ports"] = [_port(port) for port in spec.ports]
+    if spec.replicas != defaults.REPLICAS:
+        document["replicas"] = spec.replicas
+    if resources := _resources(spec.resources):
+        document["resources"] = resources
+    if spec.labels:
+        document["labels"] = dict(sorted(spec.labels.items()))
+    if restart := _restart(spec.restart):
+        document["restart"] = restart
+    if _differs(spec.HasField("stop_grace_period"), spec.stop_grace_period, defaults.STOP_GRACE_PERIOD_NANOS):
+        document["stop_grace_period"] = format_duration_nanos(spec.stop_grace_period.ToNanoseconds())
+    return document
+
+
+def _port(port: pb.PortMapping) -> str | dict[str, Any]:
+    if port.protocol in rules.PROTOCOLS:
+        return format_port(port.host_port, port.container_port, port.protocol)
+    # The short syntax cannot carry an arbitrary protocol string; the long form can.
+    return {"published": port.host_port, "target": port.container_port, "protocol": port.protocol}
+
+
+def _resources(resources: pb.Resources) -> dict[str, Any]:
+    limits: dict[str, Any] = {}
+    reservations: dict[str, Any] = {}
+    if resources.cpu_limit:
+        limits["cpus"] = resources.cpu_limit
+    if resources.memory_limit_bytes:
+        limits["memory"] = format_bytes(resources.memory_limit_bytes)
+    if resources.cpu_reservation:
+        reservations["cpus"] = resources.cpu_reservation
+    if resources.memory_reservation_bytes:
+        reservations["memory"] = format_bytes(resources.memory_reservation_bytes)
+    sections = {"limits": limits, "reservations": reservations}
+    return {name: amounts for name, amounts in sections.items() if amounts}
+
+
+def _restart(restart: pb.RestartPolicy) -> dict[str, Any]:
+    document: dict[str, Any] = {}
+    condition = restart.condition or defaults.RESTART_CONDITION
+    if condition != defaults.RESTART_CONDITION:
+        # An out-of-range number has no name; writing it as is lets load_spec report it.
+        document["condition"] = _CONDITION_NAMES.get(condition, condition)
+    if _differs(restart.HasField("delay"), restart.delay, defaults.RESTART_DELAY_NANOS):
+        document["delay"] = format_duration_nanos(restart.delay.ToNanoseconds())
+    if restart.max_attempts != defaults.RESTART_MAX_ATTEMPTS:
+        document["max_attempts"] = restart.max_attempts
+    if _differs(restart.HasField("window"), restart.window, defaults.RESTART_WINDOW_NANOS):
+        document["window"] = format_duration_nanos(restart.window.ToNanoseconds())
+    return document
+
+
+def _differs(is_set: bool, duration: Duration, default_nanos: int) -> bool:
+    """Tells whether a duration field is set to something other than its default."""
+    return is_set and duration.ToNanoseconds() != default_nanos

@@ -1,0 +1,29 @@
+"""Facts about task states that the controller, the agent and the CLI share."""
+
+from __future__ import annotations
+
+from dockyard.v1 import types_pb2 as pb
+
+TERMINAL_FROM = pb.TASK_STATE_COMPLETE
+
+
+def is_terminal(state: int) -> bool:
+    """Tells whether a task in this state will never run again."""
+    return state >= TERMINAL_FROM
+
+
+def can_move(current: int, new: int) -> bool:
+    """Tells whether an observed state may replace another: states only move forward, terminal ones never."""
+    if is_terminal(current):
+        return False
+    return new >= current
+
+
+def state_name(state: int) -> str:
+    """Returns the short lower-case name of a task state ("running")."""
+    return pb.TaskState.Name(state).removeprefix("TASK_STATE_").lower()  # type: ignore[arg-type]
+
+
+def desired_name(state: int) -> str:
+    """Returns the short lower-case name of a desired state ("shutdown")."""
+    return pb.DesiredState.Name(state).removeprefix("DESIRED_STATE_").lower()  # type: ignore[arg-type]

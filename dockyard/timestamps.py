@@ -1,0 +1,34 @@
+"""Conversions between protobuf Timestamp/Duration and Python time values."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.timestamp_pb2 import Timestamp
+
+
+def to_timestamp(when: datetime) -> Timestamp:
+    """Returns a Timestamp for an aware datetime."""
+    ts = Timestamp()
+    ts.FromDatetime(when.astimezone(UTC))
+    return ts
+
+
+def from_timestamp(ts: Timestamp) -> datetime | None:
+    """Returns the aware datetime of a Timestamp, or None when it is unset (zero)."""
+    if ts.seconds == 0 and ts.nanos == 0:
+        return None
+    return ts.ToDatetime(tzinfo=UTC)
+
+
+def seconds(duration: Duration) -> float:
+    """Returns a Duration as float seconds."""
+    return duration.seconds + duration.nanos / 1e9
+
+
+def duration(value: float) -> Duration:
+    """Returns a Duration for float seconds."""
+    d = Duration()
+    d.FromNanoseconds(round(value * 1e9))
+    return d

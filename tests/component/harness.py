@@ -1,0 +1,111 @@
+"""An in-process cluster: the real controller and real agents over real gRPC, with fake runtimes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+from agent.agent import Agent
+from agent.config import AgentConfig
+from agent.runtime.base import ContainerInfo, ContainerState
+from agent.runtime.fake import FakeRuntime
+from controller.server import Controller, ControllerConfig
+from dockyard import labels
+from dockyard.client import Client
+
+IMAGE = "dockyard-test:latest"
+T = TypeVar("T")
+
+
+async def eventually(check: Callable[[], Awaitable[T]], timeout: float = 10.0, what: str = "condition") -> T:
+    """Awaits check() until it returns something truthy; fails after timeout seconds."""
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = await check()
+        if last:
+            return last
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
+
+
+@dataclass
+class HostUnderTest:
+    """One agent with its own fake Docker and state directory."""
+
+    name: str
+    runtime: FakeRuntime
+    state_dir: Path
+    agent: Agent | None = None
+    task: asyncio.Task[None] | None = None
+
+
+@dataclass
+class FakeCluster:
+    """A controller on a loopback port and any number of agents on fake runtimes."""
+
+    root: Path
+    controller: Controller | None = None
+    port: int = 0
+    hosts: dict[str, HostUnderTest] = field(default_factory=dict)
+
+    async def start_controller(self) -> None:
+        """Starts (or restarts, on the same port and database) the controller."""
+        listen = f"127.0.0.1:{self.port}"
+        config = ControllerConfig(listen=listen, state_dir=self.root / "controller", heartbeat_period=0.2)
+        self.controller = Controller(config)
+        await self.controller.start()
+        self.port = self.controller.port
+
+    async def stop_controller(self) -> None:
+        """Stops the controller; agents keep their containers."""
+        if self.controller is not None:
+            await self.controller.stop(grace=0.1)
+            self.controller = None
+
+    async def start_agent(self, name: str, runtime: FakeRuntime | None = None) -> HostUnderTest:
+        """Starts an agent (a new one, or again on the same fake daemon and state)."""
+        host = self.hosts.get(name) or HostUnderTest(name, runtime or FakeRuntime(images=[IMAGE]), self.root / name)
+        self.hosts[name] = host
+        config = AgentConfig(
+            controller=f"127.0.0.1:{self.port}",
+            state_dir=host.state_dir,
+            hostname=name,
+            heartbeat_period=0.2,
+            relist_period=0.5,
+        )
+        host.agent = Agent(config, host.runtime)
+        host.task = asyncio.create_task(host.agent.run())
+        return host
+
+    async def stop_agent(self, name: str) -> None:
+        """Cancels an agent as a crash would (nothing is cleaned up)."""
+        host = self.hosts[name]
+        if host.task is not None:
+            host.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await host.task
+            host.task = None
+
+    def client(self) -> Client:
+        """A public API client for the controller."""
+        return Client(f"127.0.0.1:{self.port}")
+
+    async def close(self) -> None:
+        """Stops every agent and the controller."""
+        for name in list(self.hosts):
+            await self.stop_agent(name)
+        await self.stop_controller()
+
+
+async def running(host: HostUnderTest, service: str | None = None) -> list[ContainerInfo]:
+    """The running containers of a host (of one service when named)."""
+    selector = {labels.MANAGED: "true"}
+    if service:
+        selector[labels.SERVICE_NAME] = service
+    return [c for c in await host.runtime.list(selector) if c.state is ContainerState.RUNNING]

@@ -1,0 +1,181 @@
+"""A one-host cluster of real processes on the real dockerd, driven through the real CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agent.runtime.base import ContainerInfo
+from agent.runtime.docker import DockerRuntime
+from dockyard import labels
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    """Returns a TCP port on loopback that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 60.0, what: str = "condition") -> Any:
+    """Polls condition until it returns something truthy, or fails after timeout seconds."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = condition()
+        if last:
+            return last
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
+
+
+@dataclass
+class Cluster:
+    """A controller and an agent as separate processes, each restartable, with its own state and port."""
+
+    root: Path
+    port: int = field(default_factory=free_port)
+    controller: subprocess.Popen[bytes] | None = None
+    agent: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        """The controller's address."""
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The environment for CLI calls: this cluster's controller, a private config home."""
+        return {
+            **os.environ,
+            "DOCKYARD_CONTROLLER": self.address,
+            "XDG_CONFIG_HOME": str(self.root / "config"),
+        }
+
+    def start_controller(self) -> None:
+        """Starts the controller process."""
+        with open(self.root / "controller.log", "ab") as log:
+            self.controller = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "controller.main",
+                    "--listen",
+                    self.address,
+                    "--state-dir",
+                    str(self.root / "controller"),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=ROOT,
+            )
+
+    def start_agent(self) -> None:
+        """Starts the agent process."""
+        with open(self.root / "agent.log", "ab") as log:
+            self.agent = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "agent.main",
+                    "--controller",
+                    self.address,
+                    "--state-dir",
+                    str(self.root / "agent"),
+                    "--hostname",
+                    f"e2e-{self.port}",
+                    "--relist-period",
+                    "1",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=ROOT,
+            )
+
+    @property
+    def node_id(self) -> str:
+        """The agent's node id (known once the agent has started)."""
+        path = self.root / "agent" / "node-id"
+        wait_for(path.exists, 10, "the agent's node id")
+        return path.read_text().strip()
+
+    def stop(self, which: str, sig: int = signal.SIGTERM) -> None:
+        """Stops the controller or the agent with a signal and waits for it."""
+        process: subprocess.Popen[bytes] | None = getattr(self, which)
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(sig)
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+
+    def cli(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        """Runs the dockyard CLI against this cluster."""
+        result = subprocess.run(
+            [sys.executable, "-m", "dockyard.cli.main", *args],
+            capture_output=True,
+            text=True,
+            env=self.env,
+            cwd=ROOT,
+            timeout=timeout,
+            check=False,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"dockyard {' '.join(args)} failed ({result.returncode}):\n{result.stderr}")
+        return result
+
+    def json(self, *args: str) -> Any:
+        """Runs a CLI command with --output json and parses it."""
+        return json.loads(self.cli(*args, "--output", "json").stdout)
+
+    def containers(self, **extra: str) -> list[ContainerInfo]:
+        """Every container of this cluster's node on the real dockerd (running or not)."""
+        return asyncio.run(_list({labels.NODE_ID: self.node_id, **extra}))
+
+    def running(self, service: str) -> list[ContainerInfo]:
+        """The running containers of one service."""
+        return [c for c in self.containers(**{labels.SERVICE_NAME: service}) if c.state == "running"]
+
+    def logs(self) -> str:
+        """The tail of both processes' logs, for failure messages."""
+        parts = []
+        for name in ("controller", "agent"):
+            path = self.root / f"{name}.log"
+            if path.exists():
+                parts.append(f"--- {name} ---\n" + "\n".join(path.read_text().splitlines()[-40:]))
+        return "\n".join(parts)
+
+    def remove_containers(self) -> None:
+        """Removes every container this cluster's node made."""
+        asyncio.run(_remove({labels.NODE_ID: self.node_id}))
+
+
+async def _list(selector: dict[str, str]) -> list[ContainerInfo]:
+    runtime = DockerRuntime()
+    try:
+        return await runtime.list(selector)
+    finally:
+        await runtime.close()
+
+
+async def _remove(selector: dict[str, str]) -> None:
+    runtime = DockerRuntime()
+    try:
+        for info in await runtime.list(selector):
+            await runtime.remove(info.id)
+    finally:
+        await runtime.close()

@@ -1,0 +1,226 @@
+"""The pure replicated-service reconciler: table tests and properties."""
+
+from __future__ import annotations
+
+import itertools
+from datetime import UTC, datetime, timedelta
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from controller.orchestrator.replicated import reconcile_service
+from dockyard.task_state import is_terminal
+from dockyard.timestamps import duration, to_timestamp
+from dockyard.v1 import types_pb2 as pb
+
+NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+
+
+def ids() -> itertools.count[int]:
+    return itertools.count(1)
+
+
+def new_id_factory() -> object:
+    counter = itertools.count(1)
+    return lambda: f"t{next(counter)}"
+
+
+def service(replicas: int = 3, image: str = "img:1", revision: int = 1, **restart: object) -> pb.Service:
+    svc = pb.Service(id="svc", name="web", revision=revision)
+    svc.spec.name = "web"
+    svc.spec.image = image
+    svc.spec.replicas = replicas
+    if restart:
+        svc.spec.restart.CopyFrom(pb.RestartPolicy(**restart))  # type: ignore[arg-type]
+    return svc
+
+
+def task(
+    slot: int,
+    state: int = pb.TASK_STATE_RUNNING,
+    desired: int = pb.DESIRED_STATE_RUNNING,
+    svc: pb.Service | None = None,
+    task_id: str = "",
+    node: str = "n1",
+    stopped_ago: float = 0.0,
+) -> pb.Task:
+    svc = svc or service()
+    t = pb.Task(
+        id=task_id or f"old{slot}-{state}-{desired}",
+        service_id=svc.id,
+        service_name=svc.name,
+        slot=slot,
+        revision=svc.revision,
+        node_id=node,
+        desired_state=desired,  # type: ignore[arg-type]
+        version=7,
+    )
+    t.spec.CopyFrom(svc.spec)
+    t.status.state = state  # type: ignore[assignment]
+    t.status.timestamp.CopyFrom(to_timestamp(NOW - timedelta(seconds=stopped_ago)))
+    t.created_at.CopyFrom(to_timestamp(NOW - timedelta(seconds=100)))
+    return t
+
+
+def reconcile(svc: pb.Service | None, tasks: list[pb.Task]):  # type: ignore[no-untyped-def]
+    return reconcile_service(svc, tasks, NOW, new_id_factory())  # type: ignore[arg-type]
+
+
+def test_new_service_gets_one_pending_task_per_slot() -> None:
+    plan = reconcile(service(3), [])
+    assert sorted(t.slot for t in plan.create) == [1, 2, 3]
+    assert all(t.status.state == pb.TASK_STATE_PENDING and not t.node_id for t in plan.create)
+    assert all(t.desired_state == pb.DESIRED_STATE_RUNNING and t.spec.image == "img:1" for t in plan.create)
+    assert not plan.update and not plan.delete
+
+
+def test_converged_service_needs_nothing() -> None:
+    plan = reconcile(service(2), [task(1), task(2)])
+    assert plan.empty()
+
+
+def test_scale_down_shuts_down_the_highest_slots() -> None:
+    plan = reconcile(service(1), [task(1), task(2), task(3)])
+    assert sorted(t.slot for t in plan.update) == [2, 3]
+    assert all(t.desired_state == pb.DESIRED_STATE_SHUTDOWN for t in plan.update)
+    assert not plan.create
+
+
+def test_scaled_away_stopped_tasks_are_forgotten() -> None:
+    gone = task(2, pb.TASK_STATE_SHUTDOWN, pb.DESIRED_STATE_SHUTDOWN)
+    plan = reconcile(service(1), [task(1), gone])
+    assert plan.delete == [gone]
+
+
+def test_failed_task_is_replaced_after_the_restart_delay() -> None:
+    svc = service(1, condition=pb.RestartPolicy.CONDITION_ON_FAILURE, delay=duration(5))
+    failed = task(1, pb.TASK_STATE_FAILED, svc=svc, stopped_ago=2)
+    waiting = reconcile(svc, [failed])
+    assert waiting.empty()
+    assert waiting.wake_at == NOW + timedelta(seconds=3)
+    due = reconcile(svc, [task(1, pb.TASK_STATE_FAILED, svc=svc, stopped_ago=6)])
+    assert [t.slot for t in due.create] == [1]
+    assert [t.desired_state for t in due.update] == [pb.DESIRED_STATE_SHUTDOWN]
+
+
+def test_restart_policy_none_and_completed_on_failure_leave_the_slot() -> None:
+    none = service(1, condition=pb.RestartPolicy.CONDITION_NONE)
+    assert reconcile(none, [task(1, pb.TASK_STATE_FAILED, svc=none, stopped_ago=60)]).empty()
+    on_failure = service(1, condition=pb.RestartPolicy.CONDITION_ON_FAILURE)
+    assert reconcile(on_failure, [task(1, pb.TASK_STATE_COMPLETE, svc=on_failure, stopped_ago=60)]).empty()
+
+
+def test_max_attempts_stops_replacing() -> None:
+    svc = service(1, condition=pb.RestartPolicy.CONDITION_ANY, max_attempts=2, delay=duration(0))
+    history = [task(1, pb.TASK_STATE_FAILED, pb.DESIRED_STATE_SHUTDOWN, svc=svc, task_id=f"h{i}") for i in range(2)]
+    current = task(1, pb.TASK_STATE_FAILED, svc=svc, task_id="now")
+    assert reconcile(svc, [*history, current]).create == []
+    assert len(reconcile(svc, [history[0], current]).create) == 1
+
+
+def test_update_is_stop_first_one_slot_at_a_time() -> None:
+    old = service(3, image="img:1")
+    new = service(3, image="img:2", revision=2)
+    tasks = [task(s, svc=old) for s in (1, 2, 3)]
+    plan = reconcile(new, tasks)
+    assert [t.slot for t in plan.update] == [1]
+    assert plan.update[0].desired_state == pb.DESIRED_STATE_SHUTDOWN
+    assert not plan.create, "the new task waits until the old one stopped"
+    stopping = plan.update[0]
+    assert reconcile(new, [stopping, *tasks[1:]]).empty()
+    stopped = task(1, pb.TASK_STATE_SHUTDOWN, pb.DESIRED_STATE_SHUTDOWN, svc=old)
+    plan = reconcile(new, [stopped, *tasks[1:]])
+    assert [(t.slot, t.spec.image) for t in plan.create] == [(1, "img:2")]
+    assert not plan.update
+
+
+def test_scaling_does_not_replace_running_tasks() -> None:
+    old = service(2, revision=1)
+    scaled = service(3, revision=2)
+    plan = reconcile(scaled, [task(1, svc=old), task(2, svc=old)])
+    assert [t.slot for t in plan.create] == [3]
+    assert not plan.update
+
+
+def test_deleted_service_shuts_everything_down_then_forgets() -> None:
+    running, pending = task(1), task(2, pb.TASK_STATE_PENDING, node="")
+    plan = reconcile(None, [running, pending])
+    by_slot = {t.slot: t for t in plan.update}
+    assert by_slot[1].desired_state == pb.DESIRED_STATE_SHUTDOWN
+    assert by_slot[2].status.state == pb.TASK_STATE_SHUTDOWN, "never placed: settled at once"
+    done = task(1, pb.TASK_STATE_SHUTDOWN, pb.DESIRED_STATE_SHUTDOWN)
+    assert reconcile(None, [done]).delete == [done]
+
+
+def test_duplicate_live_tasks_in_a_slot_keep_the_running_one() -> None:
+    a = task(1, pb.TASK_STATE_RUNNING, task_id="a")
+    b = task(1, pb.TASK_STATE_STARTING, task_id="b")
+    plan = reconcile(service(1), [a, b])
+    assert [t.id for t in plan.update] == ["b"]
+
+
+STATES = [
+    pb.TASK_STATE_PENDING,
+    pb.TASK_STATE_ASSIGNED,
+    pb.TASK_STATE_RUNNING,
+    pb.TASK_STATE_FAILED,
+    pb.TASK_STATE_SHUTDOWN,
+    pb.TASK_STATE_COMPLETE,
+]
+
+
+@st.composite
+def scenarios(draw: st.DrawFn) -> tuple[pb.Service, list[pb.Task]]:
+    replicas = draw(st.integers(0, 6))
+    svc = service(
+        replicas,
+        image=draw(st.sampled_from(["img:1", "img:2"])),
+        revision=3,
+        condition=draw(st.sampled_from([0, 1, 2, 3])),
+        delay=duration(0),
+    )
+    old = service(replicas, image="img:1", revision=2)
+    tasks = []
+    for i in range(draw(st.integers(0, 10))):
+        state = draw(st.sampled_from(STATES))
+        desired = draw(st.sampled_from([pb.DESIRED_STATE_RUNNING, pb.DESIRED_STATE_SHUTDOWN]))
+        tasks.append(
+            task(
+                draw(st.integers(1, 8)),
+                state,
+                desired,
+                svc=draw(st.sampled_from([svc, old])),
+                task_id=f"x{i}",
+            )
+        )
+    return svc, tasks
+
+
+@settings(max_examples=300, deadline=None)
+@given(scenarios())
+def test_never_more_live_tasks_than_replicas_once_settled(scenario: tuple[pb.Service, list[pb.Task]]) -> None:
+    svc, tasks = scenario
+    plan = reconcile(svc, tasks)
+    after = {t.id: t for t in tasks}
+    for changed in plan.update:
+        after[changed.id] = changed
+    for gone in plan.delete:
+        after.pop(gone.id)
+    for created in plan.create:
+        after[created.id] = created
+    live = [t for t in after.values() if t.desired_state == pb.DESIRED_STATE_RUNNING]
+    # Every slot has at most one live task, and only slots 1..replicas have any.
+    slots = [t.slot for t in live]
+    assert len(slots) == len(set(slots))
+    assert all(1 <= s <= svc.spec.replicas for s in slots)
+    # A slot never gets a new task while an old one there still runs (stop-first).
+    for created in plan.create:
+        assert not any(
+            t.slot == created.slot and t.id != created.id and not is_terminal(t.status.state) for t in after.values()
+        )
+    # Writes never touch a task twice, and terminal tasks are never revived.
+    assert len({t.id for t in plan.update}) == len(plan.update)
+    for changed in plan.update:
+        original = next(t for t in tasks if t.id == changed.id)
+        if is_terminal(original.status.state):
+            assert changed.status.state == original.status.state
