@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from datetime import datetime
 
@@ -49,17 +50,23 @@ class Observer:
         backoff = Backoff(base=0.2, cap=5.0)
         while True:
             try:
-                async for event in self._runtime.events({labels.NODE_ID: self._node_id}):
-                    backoff.reset()
-                    task_id = event.labels.get(labels.TASK_ID, "")
-                    if self._book.get(task_id) is not None:
-                        self._worker.wake([task_id], stale=True)
+                # aclosing releases the daemon connection when this loop is cancelled.
+                events = self._runtime.events({labels.NODE_ID: self._node_id})
+                async with contextlib.aclosing(events):
+                    async for event in events:
+                        backoff.reset()
+                        task_id = event.labels.get(labels.TASK_ID, "")
+                        if self._book.get(task_id) is not None:
+                            self._worker.wake([task_id], stale=True)
                 log.warning("docker event stream ended; reconnecting")
             except RuntimeFailure as exc:
                 log.warning("docker event stream failed; reconnecting", error=str(exc))
             await asyncio.sleep(backoff.next_delay())
             # Whatever happened while the stream was down is caught by looking at everything again.
-            await self.relist()
+            try:
+                await self.relist()
+            except RuntimeFailure as exc:
+                log.warning("re-list failed", error=str(exc))
 
     async def _relist_forever(self) -> None:
         while True:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
@@ -142,7 +142,7 @@ class ContainerRuntime(Protocol):
         """Returns every container, running or not, that carries all the given labels."""
         ...
 
-    def events(self, labels: Mapping[str, str]) -> AsyncIterator[RuntimeEvent]:
+    def events(self, labels: Mapping[str, str]) -> AsyncGenerator[RuntimeEvent, None]:
         """Streams container events for containers with all the given labels, from now on.
 
         The iterator ends or raises RuntimeUnavailable when the daemon goes away; the caller re-subscribes.

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import math
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncGenerator, Iterator, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -296,7 +296,7 @@ class DockerRuntime:
                 raise result
         return infos
 
-    def events(self, labels: Mapping[str, str]) -> AsyncIterator[RuntimeEvent]:
+    def events(self, labels: Mapping[str, str]) -> AsyncGenerator[RuntimeEvent, None]:
         """Streams container events with all the given labels from the moment of this call.
 
         Raises RuntimeUnavailable when the stream breaks or the daemon stops answering the heartbeat.
@@ -305,7 +305,7 @@ class DockerRuntime:
         # that happen before the stream's HTTP request is actually made.
         return self._event_stream(dict(labels), time.time())
 
-    async def _event_stream(self, labels: dict[str, str], since: float) -> AsyncIterator[RuntimeEvent]:
+    async def _event_stream(self, labels: dict[str, str], since: float) -> AsyncGenerator[RuntimeEvent, None]:
         """The generator behind events(); owns a dedicated client so its filters are its own."""
         filters: dict[str, list[str]] = {"type": ["container"]}
         if labels:

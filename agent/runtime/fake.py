@@ -7,8 +7,8 @@ Processes are modelled by their command, so a test chooses the behaviour by choo
   stop kills it (events: kill, kill, die 137, stop), as real Docker does after the grace period.
 * a command whose program starts with ``/nonexistent/`` cannot be executed: start raises RuntimeFailure,
   the container stays created with exit code 127 and the error set, and no event is emitted.
-* anything else, including the image's default command, runs until stopped and honours SIGTERM
-  (events: kill, die 143, stop).
+* anything else runs until stopped and honours SIGTERM (events: kill, die 143, stop). That includes an
+  empty command, though on real Docker the test image's default /bin/sh exits at once without stdin.
 
 Other events, as Docker 20.10 emits them: create; start; remove of a running container gives
 kill, die 137, destroy, of a stopped one destroy. Stopping or starting a container that is already in
@@ -22,7 +22,7 @@ import asyncio
 import builtins
 import hashlib
 import re
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncGenerator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -235,7 +235,7 @@ class FakeRuntime:
         matching = [c.info() for c in self._containers.values() if _matches(c.spec.labels, labels)]
         return matching[::-1]
 
-    def events(self, labels: Mapping[str, str]) -> AsyncIterator[RuntimeEvent]:
+    def events(self, labels: Mapping[str, str]) -> AsyncGenerator[RuntimeEvent, None]:
         """Streams events of containers with all the given labels, from this call on."""
         # Subscribing now, not at the first iteration, matches DockerRuntime's "since this call".
         subscriber = _Subscriber(dict(labels))
@@ -245,7 +245,7 @@ class FakeRuntime:
             subscriber.queue.put_nowait(None)
         return self._event_stream(subscriber)
 
-    async def _event_stream(self, subscriber: _Subscriber) -> AsyncIterator[RuntimeEvent]:
+    async def _event_stream(self, subscriber: _Subscriber) -> AsyncGenerator[RuntimeEvent, None]:
         """The generator behind events()."""
         try:
             while True:

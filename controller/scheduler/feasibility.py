@@ -24,8 +24,9 @@ class Rejection:
 class Filter(Protocol):
     """A feasibility check. Filters run cheapest first and the first rejection is the one reported.
 
-    check must depend only on the node's state and the demand, and a rejection must stay valid while usage
-    only grows: the scheduler re-checks a node only after placing a task on it.
+    check must depend only on this node's state and the demand (a node is judged again only when a task is
+    placed on it), and on the demand's service only through node.services.get(demand.service_id, 0): one
+    judgement serves every service with the same footprint on nodes that hold none of its tasks (shapes.py).
     """
 
     @property

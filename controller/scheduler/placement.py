@@ -5,14 +5,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from controller.scheduler.accounting import node_states
+from controller.scheduler.accounting import Accounting
 from controller.scheduler.decision import Decision
-from controller.scheduler.demand import Demand, demand_of
+from controller.scheduler.demand import demand_of
 from controller.scheduler.feasibility import Filter
 from controller.scheduler.filters import DEFAULT_FILTERS
-from controller.scheduler.pool import CandidatePool
 from controller.scheduler.ranking import Scorer
 from controller.scheduler.scorers import SPREAD_SCORERS
+from controller.scheduler.service_run import ServiceRun
+from controller.scheduler.shapes import ShapePools
 from controller.scheduler.tiebreak import ring_point
 from dockyard.v1 import types_pb2 as pb
 
@@ -38,23 +39,24 @@ def schedule(
     and the seed, not on the order of nodes, tasks or pending. now is accepted so time-aware filters can be
     added without an API change; the built-in ones do not use it.
 
-    Cost: O(nodes + tasks) accounting, O(nodes) per run of consecutive pending tasks with the same demand
-    (usually one per service), then O(log nodes) per placement.
+    Cost: O(nodes + tasks) accounting; O(nodes) per distinct reservation/port shape; per run of one service
+    O(nodes already holding it); O(log nodes) per placement.
     """
     del now  # see the docstring
     ordered = sorted(pending, key=_placement_order)
-    states = node_states(nodes, tasks, seed, {task.id for task in ordered})
+    accounting = Accounting(nodes, tasks, seed, {task.id for task in ordered})
+    shapes = ShapePools(accounting, filters, scorers)
     decisions: list[Decision] = []
-    pool: CandidatePool | None = None
-    pool_demand: Demand | None = None
+    run: ServiceRun | None = None
     for task in ordered:
         demand = demand_of(task)
-        if pool is None or demand != pool_demand:
-            pool = CandidatePool(states, demand, filters, scorers)
-            pool_demand = demand
-        node = pool.place(ring_point(seed, task.id))
+        if run is None or demand != run.demand:
+            if run is not None:
+                shapes.checkin(run.close())
+            run = ServiceRun(accounting, shapes.checkout(demand), demand, filters, scorers)
+        node = run.place(ring_point(seed, task.id))
         if node is None:
-            decisions.append(Decision(task.id, None, pool.reason()))
+            decisions.append(Decision(task.id, None, run.reason()))
         else:
             decisions.append(Decision(task.id, node.id, ""))
     return decisions

@@ -13,6 +13,7 @@ class Scorer(Protocol):
 
     score must depend only on that node's state and the demand (never on other nodes or on totals across the
     cluster): after a placement only the chosen node is re-scored, which is what keeps a placement O(log n).
+    As for filters, the service may matter only through node.services.get(demand.service_id, 0).
     """
 
     @property

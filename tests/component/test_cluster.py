@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from dockyard.timestamps import duration
-from dockyard.v1 import types_pb2 as pb
 from agent.runtime.base import ContainerInfo
 from dockyard.client import Client
+from dockyard.timestamps import duration
+from dockyard.v1 import types_pb2 as pb
 from tests.component.harness import IMAGE, FakeCluster, HostUnderTest, eventually, running
 
 
@@ -100,8 +100,8 @@ async def test_controller_outage_touches_no_container(fake_cluster: FakeCluster)
     await fake_cluster.start_controller()
     async with fake_cluster.client() as client:
         # The crash is reported on reconnect and the slot is refilled; the survivor is untouched.
-        await eventually(lambda: _exactly(host, 2), timeout=20, what="slot refilled after the outage")
-        await eventually(lambda: _all_running(client, 2), timeout=20, what="resync after outage")
+        await eventually(lambda: _exactly(host, 2), within=20, what="slot refilled after the outage")
+        await eventually(lambda: _all_running(client, 2), within=20, what="resync after outage")
     after = {c.id for c in await running(host)}
     assert len(after & before) == 1
     assert host.runtime.count("create") == 3

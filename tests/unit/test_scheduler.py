@@ -196,6 +196,17 @@ CASES = [
         want={"t1": "a", "t2": "a", "t3": "a"},
     ),
     Case(
+        name="a task sees what tasks of other services and shapes took before it",
+        nodes=[node("a", memory=1 * GIB)],
+        pending=[
+            pending("first", service="s1", memory=512 * MIB),
+            pending("between", service="s2", memory=256 * MIB),
+            pending("last", service="s3", memory=512 * MIB),
+        ],
+        want={"first": "a", "between": "a", "last": None},
+        reasons={"last": "1 node: 1 lacks memory (need 512MiB)"},
+    ),
+    Case(
         name="terminal tasks hold nothing",
         nodes=[node("a", cpus=1, memory=1 * GIB)],
         running=[

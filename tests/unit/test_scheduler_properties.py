@@ -9,7 +9,23 @@ from datetime import UTC, datetime
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from controller.scheduler import Decision, schedule
+from controller.scheduler import (
+    DEFAULT_FILTERS,
+    SPREAD_SCORERS,
+    Decision,
+    Demand,
+    FewestTasks,
+    LeastLoaded,
+    NodeState,
+    Scorer,
+    ServiceSpread,
+    schedule,
+)
+from controller.scheduler.accounting import Accounting
+from controller.scheduler.demand import demand_of
+from controller.scheduler.reason import RejectionKey, unplaced_reason
+from controller.scheduler.scorers import load_fraction
+from controller.scheduler.tiebreak import ring_point
 from dockyard.v1 import types_pb2 as pb
 
 MIB = 1 << 20
@@ -82,12 +98,12 @@ class Cluster:
 
 
 @st.composite
-def clusters(draw: st.DrawFn) -> Cluster:
+def clusters(draw: st.DrawFn, max_pending: int = 12) -> Cluster:
     """Nodes, current tasks (some holding, some terminal), and pending tasks that are also current."""
     nodes = draw(nodes_strategy())
     node_ids = [n.id for n in nodes]
     current = [draw(task_strategy(f"r{i}", node_ids, placed=True)) for i in range(draw(st.integers(0, 10)))]
-    pending = [draw(task_strategy(f"p{i}", node_ids, placed=False)) for i in range(draw(st.integers(0, 12)))]
+    pending = [draw(task_strategy(f"p{i}", node_ids, placed=False)) for i in range(draw(st.integers(0, max_pending)))]
     return Cluster(nodes, current + pending, pending)
 
 
@@ -198,3 +214,61 @@ def test_replicas_spread_evenly(node_count: int, replicas: list[int], cpu: float
         counts = Counter(d.node_id for d in decisions if d.task_id.startswith(f"s{s}-"))
         per_node = [counts.get(n.id, 0) for n in nodes]
         assert max(per_node) - min(per_node) <= 1
+
+
+class MostLoaded:
+    """A binpack-style scorer: fullest node first."""
+
+    name = "most-loaded"
+
+    def score(self, node: NodeState, demand: Demand) -> float:
+        """Returns the negated load fraction after the placement."""
+        return -load_fraction(node, demand)
+
+
+STRATEGIES: list[tuple[Scorer, ...]] = [
+    SPREAD_SCORERS,
+    (LeastLoaded(),),
+    (MostLoaded(), FewestTasks()),
+    (ServiceSpread(), MostLoaded()),
+    (),
+]
+
+
+def brute_force(cluster: Cluster, seed: int, scorers: tuple[Scorer, ...]) -> list[Decision]:
+    """The plan by definition: per task, judge every node afresh and take the smallest (score, ring distance)."""
+    ordered = sorted(cluster.pending, key=lambda t: (t.service_id, t.slot, t.id))
+    accounting = Accounting(cluster.nodes, cluster.tasks, seed, {t.id for t in ordered})
+    plan = []
+    for task in ordered:
+        demand = demand_of(task)
+        point = ring_point(seed, task.id)
+        best: tuple[tuple[float, ...], int, str] | None = None
+        rejections: Counter[RejectionKey] = Counter()
+        for node in accounting.nodes.values():
+            rejected = False
+            for index, check in enumerate(DEFAULT_FILTERS):
+                rejection = check.check(node, demand)
+                if rejection is not None:
+                    rejections[(index, rejection)] += 1
+                    rejected = True
+                    break
+            if rejected:
+                continue
+            score = tuple(scorer.score(node, demand) for scorer in scorers)
+            candidate = (score, (node.ring[0] - point) % 2**64, node.id)
+            best = candidate if best is None else min(best, candidate)
+        if best is None:
+            plan.append(Decision(task.id, None, unplaced_reason(len(accounting.nodes), rejections)))
+        else:
+            accounting.charge(accounting.nodes[best[2]], demand)
+            plan.append(Decision(task.id, best[2], ""))
+    return plan
+
+
+@settings(deadline=None, max_examples=300)
+@given(clusters(max_pending=30), st.integers(0, 2**32), st.sampled_from(STRATEGIES))
+def test_incremental_plan_equals_brute_force(cluster: Cluster, seed: int, scorers: tuple[Scorer, ...]) -> None:
+    """Shared pools and per-service runs give exactly the plan of re-judging every node for every task."""
+    plan = schedule(cluster.nodes, cluster.tasks, cluster.pending, NOW, seed, scorers=scorers)
+    assert plan == brute_force(cluster, seed, scorers)

@@ -1,0 +1,335 @@
+"""The dispatcher's pure parts: judging reported statuses, choosing assignments, and what a session sends."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from controller.dispatcher.assignment import belongs, fingerprint
+from controller.dispatcher.session import AgentSession
+from controller.dispatcher.status import judge_status
+from dockyard.task_state import is_terminal
+from dockyard.timestamps import to_timestamp
+from dockyard.v1 import agent_pb2 as apb
+from dockyard.v1 import types_pb2 as pb
+
+EARLIER = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
+LATER = datetime(2026, 5, 1, 12, 5, tzinfo=UTC)
+ALL_STATES: list[pb.TaskState.ValueType] = list(pb.TaskState.values())
+
+
+def make_task(
+    task_id: str = "t1",
+    node: str = "n1",
+    state: pb.TaskState.ValueType = pb.TASK_STATE_ASSIGNED,
+    desired: pb.DesiredState.ValueType = pb.DESIRED_STATE_RUNNING,
+    revision: int = 1,
+    generation: int = 1,
+    image: str = "dockyard-test:latest",
+) -> pb.Task:
+    task = pb.Task(
+        id=task_id,
+        service_id="svc",
+        service_name="web",
+        slot=1,
+        revision=revision,
+        node_id=node,
+        desired_state=desired,
+        generation=generation,
+        version=4,
+    )
+    task.spec.image = image
+    task.status.state = state
+    task.status.message = "assigned to n1"
+    task.status.timestamp.CopyFrom(to_timestamp(EARLIER))
+    task.updated_at.CopyFrom(to_timestamp(EARLIER))
+    return task
+
+
+def report(
+    state: pb.TaskState.ValueType,
+    message: str = "",
+    error: str = "",
+    exit_code: int = 0,
+    container_id: str = "",
+    when: datetime = LATER,
+) -> pb.TaskStatus:
+    status = pb.TaskStatus(state=state, message=message, error=error, exit_code=exit_code, container_id=container_id)
+    status.timestamp.CopyFrom(to_timestamp(when))
+    return status
+
+
+def state_id(state: int) -> str:
+    return pb.TaskState.Name(state).removeprefix("TASK_STATE_").lower()  # type: ignore[arg-type]
+
+
+# --- judge_status ---------------------------------------------------------------------------------------
+
+
+def test_an_unknown_task_is_refused() -> None:
+    verdict = judge_status(None, "n1", report(pb.TASK_STATE_RUNNING))
+    assert verdict.task is None
+    assert verdict.refused == "unknown task"
+
+
+def test_a_report_from_another_node_is_refused_with_the_owner() -> None:
+    verdict = judge_status(make_task(node="n2"), "n1", report(pb.TASK_STATE_RUNNING))
+    assert verdict.task is None
+    assert verdict.refused == "task is assigned to node n2, not n1"
+
+
+def test_a_report_on_an_unplaced_task_is_refused() -> None:
+    verdict = judge_status(make_task(node=""), "n1", report(pb.TASK_STATE_RUNNING))
+    assert verdict.task is None
+    assert verdict.refused == "task is assigned to node (none), not n1"
+
+
+@pytest.mark.parametrize(
+    "state",
+    [pb.TASK_STATE_UNSPECIFIED, pb.TASK_STATE_NEW, pb.TASK_STATE_PENDING],
+    ids=state_id,
+)
+def test_a_state_below_assigned_is_refused(state: pb.TaskState.ValueType) -> None:
+    verdict = judge_status(make_task(), "n1", report(state))
+    assert verdict.task is None
+    assert verdict.refused == f"an agent cannot report state {state_id(state)}"
+
+
+@pytest.mark.parametrize(
+    ("current", "reported"),
+    [
+        (pb.TASK_STATE_RUNNING, pb.TASK_STATE_STARTING),
+        (pb.TASK_STATE_RUNNING, pb.TASK_STATE_ASSIGNED),
+        (pb.TASK_STATE_STARTING, pb.TASK_STATE_PREPARING),
+    ],
+    ids=state_id,
+)
+def test_a_backwards_move_is_ignored_without_refusal(
+    current: pb.TaskState.ValueType, reported: pb.TaskState.ValueType
+) -> None:
+    verdict = judge_status(make_task(state=current), "n1", report(reported))
+    assert verdict.task is None
+    assert verdict.refused == ""
+
+
+@pytest.mark.parametrize(
+    "current",
+    [s for s in ALL_STATES if is_terminal(s)],
+    ids=state_id,
+)
+def test_a_terminal_state_never_changes(current: pb.TaskState.ValueType) -> None:
+    task = make_task(state=current)
+    for reported in ALL_STATES:
+        if reported < pb.TASK_STATE_ASSIGNED:
+            continue
+        verdict = judge_status(task, "n1", report(reported, message="late news", container_id="c9"))
+        assert verdict.task is None, state_id(reported)
+        assert verdict.refused == "", state_id(reported)
+
+
+def test_an_identical_status_is_ignored_even_with_a_new_timestamp() -> None:
+    task = make_task(state=pb.TASK_STATE_RUNNING)
+    task.status.CopyFrom(report(pb.TASK_STATE_RUNNING, "started", container_id="c1", when=EARLIER))
+    verdict = judge_status(task, "n1", report(pb.TASK_STATE_RUNNING, "started", container_id="c1", when=LATER))
+    assert verdict.task is None
+    assert verdict.refused == ""
+
+
+@pytest.mark.parametrize(
+    ("current", "status"),
+    [
+        (pb.TASK_STATE_ASSIGNED, report(pb.TASK_STATE_PREPARING, "image ready")),
+        (pb.TASK_STATE_ASSIGNED, report(pb.TASK_STATE_RUNNING, "running", container_id="c1")),
+        (pb.TASK_STATE_RUNNING, report(pb.TASK_STATE_FAILED, error="exited with code 3", exit_code=3)),
+        (pb.TASK_STATE_RUNNING, report(pb.TASK_STATE_SHUTDOWN, "stopped and removed", container_id="c1")),
+        (pb.TASK_STATE_ASSIGNED, report(pb.TASK_STATE_ASSIGNED, "re-sent with a container", container_id="c1")),
+        (pb.TASK_STATE_PREPARING, report(pb.TASK_STATE_REJECTED, error="image not found")),
+    ],
+    ids=lambda v: state_id(v.state) if isinstance(v, pb.TaskStatus) else state_id(v),
+)
+def test_a_forward_move_is_applied_with_updated_at(current: pb.TaskState.ValueType, status: pb.TaskStatus) -> None:
+    task = make_task(state=current)
+    original = task.SerializeToString()
+
+    verdict = judge_status(task, "n1", status)
+
+    assert verdict.refused == ""
+    assert verdict.task is not None
+    assert verdict.task.status == status
+    assert verdict.task.updated_at == status.timestamp
+    # Everything else is the stored task's, including the version the write must expect.
+    expected = make_task(state=current)
+    expected.status.CopyFrom(status)
+    expected.updated_at.CopyFrom(status.timestamp)
+    assert verdict.task == expected
+    assert verdict.task.version == 4
+    assert task.SerializeToString() == original, "judge_status must not modify the stored task"
+
+
+# --- belongs and fingerprint ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("task", "expected"),
+    [
+        (make_task(), True),
+        (make_task(state=pb.TASK_STATE_FAILED), True),  # still wanted: the orchestrator decides
+        (make_task(state=pb.TASK_STATE_RUNNING, desired=pb.DESIRED_STATE_SHUTDOWN), True),  # must be stopped
+        (make_task(state=pb.TASK_STATE_SHUTDOWN, desired=pb.DESIRED_STATE_SHUTDOWN), False),
+        (make_task(state=pb.TASK_STATE_FAILED, desired=pb.DESIRED_STATE_SHUTDOWN), False),
+        (make_task(node="n2"), False),
+        (make_task(node=""), False),
+    ],
+)
+def test_belongs(task: pb.Task, expected: bool) -> None:
+    assert belongs(task, "n1") is expected
+
+
+def test_fingerprint_covers_what_the_agent_acts_on_and_nothing_else() -> None:
+    base = fingerprint(make_task())
+    assert fingerprint(make_task(desired=pb.DESIRED_STATE_SHUTDOWN)) != base
+    assert fingerprint(make_task(revision=2)) != base
+    assert fingerprint(make_task(generation=2)) != base
+    assert fingerprint(make_task(image="other:1")) != base
+    # The status is what the agent itself reported: not news to it.
+    reported = make_task(state=pb.TASK_STATE_RUNNING)
+    reported.status.message = "started"
+    reported.version = 9
+    assert fingerprint(reported) == base
+
+
+# --- AgentSession ---------------------------------------------------------------------------------------
+
+
+def drain(session: AgentSession) -> list[apb.Assignments]:
+    sent: list[apb.Assignments] = []
+    while not session.outbox.empty():
+        message = session.outbox.get_nowait()
+        assert message.WhichOneof("msg") == "assignments"
+        sent.append(message.assignments)
+    return sent
+
+
+def test_send_full_sends_only_this_nodes_tasks_that_belong() -> None:
+    session = AgentSession(node_id="n1", session_id="s1")
+    tasks = [
+        make_task("mine"),
+        make_task("stopping", state=pb.TASK_STATE_RUNNING, desired=pb.DESIRED_STATE_SHUTDOWN),
+        make_task("stopped", state=pb.TASK_STATE_SHUTDOWN, desired=pb.DESIRED_STATE_SHUTDOWN),
+        make_task("theirs", node="n2"),
+    ]
+
+    session.send_full(tasks)
+
+    [full] = drain(session)
+    assert full.kind == apb.Assignments.KIND_FULL
+    assert [t.id for t in full.tasks] == ["mine", "stopping"]
+    assert list(full.removed_task_ids) == []
+    assert full.sequence == 1
+    assert set(session.sent) == {"mine", "stopping"}
+
+
+def test_send_full_replaces_what_was_sent_before() -> None:
+    session = AgentSession(node_id="n1", session_id="s1")
+    session.send_full([make_task("a"), make_task("b")])
+    session.send_full([make_task("b")])
+    first, second = drain(session)
+    assert [t.id for t in second.tasks] == ["b"]
+    assert set(session.sent) == {"b"}
+    assert (first.sequence, second.sequence) == (1, 2)
+    # "a" was never re-sent after the second full set, so its deletion is not news.
+    session.on_task(make_task("a"), deleted=True)
+    assert drain(session) == []
+
+
+def test_an_empty_full_set_is_still_sent() -> None:
+    session = AgentSession(node_id="n1", session_id="s1")
+    session.send_full([make_task("theirs", node="n2")])
+    [full] = drain(session)
+    assert full.kind == apb.Assignments.KIND_FULL
+    assert list(full.tasks) == []
+
+
+def test_on_task_sends_a_new_task_then_only_fingerprint_changes() -> None:
+    session = AgentSession(node_id="n1", session_id="s1")
+    session.send_full([])
+    drain(session)
+
+    session.on_task(make_task("a"), deleted=False)
+    [added] = drain(session)
+    assert added.kind == apb.Assignments.KIND_INCREMENTAL
+    assert [t.id for t in added.tasks] == ["a"]
+
+    # The agent's own status coming back is not news.
+    echoed = make_task("a", state=pb.TASK_STATE_RUNNING)
+    echoed.version = 9
+    session.on_task(echoed, deleted=False)
+    assert drain(session) == []
+
+    session.on_task(make_task("a", state=pb.TASK_STATE_RUNNING, revision=2), deleted=False)
+    [updated] = drain(session)
+    assert updated.kind == apb.Assignments.KIND_INCREMENTAL
+    assert updated.tasks[0].revision == 2
+    assert list(updated.removed_task_ids) == []
+
+
+def test_on_task_ignores_other_nodes_tasks() -> None:
+    session = AgentSession(node_id="n1", session_id="s1")
+    session.on_task(make_task("theirs", node="n2"), deleted=False)
+    session.on_task(make_task("theirs", node="n2"), deleted=True)
+    assert drain(session) == []
+    assert session.sequence == 0
+
+
+def test_a_task_that_stops_belonging_is_removed_once() -> None:
+    session = AgentSession(node_id="n1", session_id="s1")
+    session.send_full([make_task("a", state=pb.TASK_STATE_RUNNING)])
+    drain(session)
+
+    session.on_task(make_task("a", state=pb.TASK_STATE_RUNNING, desired=pb.DESIRED_STATE_SHUTDOWN), deleted=False)
+    [told] = drain(session)
+    assert told.tasks[0].desired_state == pb.DESIRED_STATE_SHUTDOWN
+
+    stopped = make_task("a", state=pb.TASK_STATE_SHUTDOWN, desired=pb.DESIRED_STATE_SHUTDOWN)
+    session.on_task(stopped, deleted=False)
+    [removal] = drain(session)
+    assert removal.kind == apb.Assignments.KIND_INCREMENTAL
+    assert list(removal.tasks) == []
+    assert list(removal.removed_task_ids) == ["a"]
+
+    session.on_task(stopped, deleted=False)
+    session.on_task(stopped, deleted=True)
+    assert drain(session) == []
+    assert "a" not in session.sent
+
+
+def test_a_deleted_task_is_removed_once() -> None:
+    session = AgentSession(node_id="n1", session_id="s1")
+    session.send_full([make_task("a")])
+    drain(session)
+    session.on_task(make_task("a"), deleted=True)
+    session.on_task(make_task("a"), deleted=True)
+    [removal] = drain(session)
+    assert list(removal.removed_task_ids) == ["a"]
+
+
+def test_a_task_moved_to_another_node_is_removed() -> None:
+    session = AgentSession(node_id="n1", session_id="s1")
+    session.send_full([make_task("a")])
+    drain(session)
+    session.on_task(make_task("a", node="n2"), deleted=False)
+    [removal] = drain(session)
+    assert list(removal.removed_task_ids) == ["a"]
+
+
+def test_sequence_numbers_grow_across_full_and_incremental_sends() -> None:
+    session = AgentSession(node_id="n1", session_id="s1")
+    session.send_full([make_task("a")])
+    session.on_task(make_task("b"), deleted=False)
+    session.on_task(make_task("a", revision=2), deleted=False)
+    session.on_task(make_task("b"), deleted=True)
+    session.send_full([make_task("a", revision=2)])
+    sequences = [a.sequence for a in drain(session)]
+    assert sequences == [1, 2, 3, 4, 5]
+    assert session.sequence == 5

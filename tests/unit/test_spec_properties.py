@@ -1,0 +1,269 @@
+"""Properties of the spec package: round trips through YAML, robustness on any input, lossless units."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+from google.protobuf.duration_pb2 import Duration
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dockyard.spec import (
+    SpecError,
+    format_bytes,
+    format_duration,
+    load_spec,
+    parse_bytes,
+    spec_to_document,
+    validate_service,
+)
+from dockyard.spec.units import (
+    MAX_BYTES,
+    MAX_DURATION_SECONDS,
+    format_duration_nanos,
+    parse_duration_nanos,
+    seconds_to_nanos,
+)
+from dockyard.v1 import types_pb2 as pb
+
+SECOND = 10**9
+HOUR = 3600 * SECOND
+MIB = 1024**2
+MAX_NANOS = MAX_DURATION_SECONDS * SECOND
+UINT32 = st.integers(0, 2**32 - 1)
+CONDITIONS = [
+    pb.RestartPolicy.CONDITION_NONE,
+    pb.RestartPolicy.CONDITION_ON_FAILURE,
+    pb.RestartPolicy.CONDITION_ANY,
+]
+
+# Any text a protobuf string can hold except NUL, which the spec forbids in env, labels and commands.
+free_text = st.text(st.characters(codec="utf-8", exclude_characters="\0"), max_size=20)
+
+names = st.from_regex(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?", fullmatch=True)
+path_components = st.from_regex(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*", fullmatch=True)
+images = st.builds(
+    lambda registry, path, tag: registry + "/".join(path) + tag,
+    st.sampled_from(["", "localhost:5000/", "registry.example.com/", "ghcr.io/"]),
+    st.lists(path_components, min_size=1, max_size=3),
+    st.sampled_from(["", ":latest", ":1.27", ":v2.0-rc_1"]),
+)
+env_names = free_text.filter(lambda name: name != "" and "=" not in name)
+label_keys = free_text.filter(lambda key: key != "" and not key.startswith("dockyard."))
+protocols = st.sampled_from(["tcp", "udp"])
+
+
+@st.composite
+def port_lists(draw: st.DrawFn) -> list[pb.PortMapping]:
+    """Ports where no host port is published twice for the same protocol."""
+    ports = draw(st.lists(st.tuples(st.integers(0, 65535), st.integers(1, 65535), protocols), max_size=4))
+    seen: set[tuple[int, str]] = set()
+    result = []
+    for host, container, protocol in ports:
+        if host and (host, protocol) in seen:
+            continue
+        seen.add((host, protocol))
+        result.append(pb.PortMapping(host_port=host, container_port=container, protocol=protocol))
+    return result
+
+
+@st.composite
+def resources(draw: st.DrawFn) -> pb.Resources:
+    """Limits and reservations, each possibly unset, with reservations within limits."""
+    cpus = st.floats(min_value=0, max_value=1024, exclude_min=True)
+    cpu_limit = draw(st.just(0.0) | cpus)
+    cpu_reservation = draw(st.just(0.0) | (cpus.filter(lambda c: c <= cpu_limit) if cpu_limit else cpus))
+    memory_limit = draw(st.just(0) | st.integers(6 * MIB, MAX_BYTES))
+    memory_reservation = draw(st.just(0) | st.integers(1, memory_limit or MAX_BYTES))
+    return pb.Resources(
+        cpu_limit=cpu_limit,
+        cpu_reservation=cpu_reservation,
+        memory_limit_bytes=memory_limit,
+        memory_reservation_bytes=memory_reservation,
+    )
+
+
+def duration(nanos: int) -> Duration:
+    """Returns a Duration of `nanos`."""
+    result = Duration()
+    result.FromNanoseconds(nanos)
+    return result
+
+
+@st.composite
+def valid_specs(draw: st.DrawFn) -> pb.ServiceSpec:
+    """Valid specs in the form load_spec returns them, with every default set explicitly."""
+    return pb.ServiceSpec(
+        name=draw(names),
+        image=draw(images),
+        command=draw(st.lists(free_text, max_size=4)),
+        env=draw(st.dictionaries(env_names, free_text, max_size=4)),
+        ports=draw(port_lists()),
+        replicas=draw(st.integers(0, 10000)),
+        resources=draw(resources()),
+        labels=draw(st.dictionaries(label_keys, free_text, max_size=4)),
+        restart=pb.RestartPolicy(
+            condition=draw(st.sampled_from(CONDITIONS)),
+            delay=duration(draw(st.integers(0, HOUR))),
+            max_attempts=draw(UINT32),
+            window=duration(draw(st.integers(0, MAX_NANOS))),
+        ),
+        stop_grace_period=duration(draw(st.integers(0, HOUR))),
+    )
+
+
+def dump(specs: list[pb.ServiceSpec]) -> str:
+    """Writes specs as a YAML file, the way a user would keep them."""
+    return yaml.safe_dump({"services": {spec.name: spec_to_document(spec) for spec in specs}})
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(valid_specs(), min_size=1, max_size=3, unique_by=lambda spec: spec.name))
+def test_valid_specs_round_trip_through_yaml(specs: list[pb.ServiceSpec]) -> None:
+    for spec in specs:
+        assert validate_service(spec) == []
+    assert load_spec(dump(specs)) == specs
+
+
+@st.composite
+def sparse_specs(draw: st.DrawFn) -> pb.ServiceSpec:
+    """Valid specs as a gRPC client may send them: defaults partly left unset."""
+    spec = draw(valid_specs())
+    if draw(st.booleans()):
+        spec.ClearField("resources")
+    if draw(st.booleans()):
+        spec.ClearField("stop_grace_period")
+    if draw(st.booleans()):
+        spec.restart.ClearField("delay")
+    if draw(st.booleans()):
+        spec.restart.ClearField("window")
+    if draw(st.booleans()):
+        spec.ClearField("restart")
+    if draw(st.booleans()):
+        spec.restart.condition = pb.RestartPolicy.CONDITION_UNSPECIFIED
+    return spec
+
+
+@settings(max_examples=100, deadline=None)
+@given(sparse_specs())
+def test_unset_fields_are_written_as_defaults(spec: pb.ServiceSpec) -> None:
+    assert validate_service(spec) == []
+    [loaded] = load_spec(dump([spec]))
+    assert validate_service(loaded) == []
+    assert spec_to_document(loaded) == spec_to_document(spec)
+
+
+any_text = st.text(max_size=12)
+int64 = st.integers(-(2**63), 2**63 - 1)
+any_durations = st.none() | st.builds(Duration, seconds=int64, nanos=st.integers(-(2**31), 2**31 - 1))
+any_specs = st.builds(
+    pb.ServiceSpec,
+    name=any_text,
+    image=any_text,
+    command=st.lists(any_text, max_size=3),
+    env=st.dictionaries(any_text, any_text, max_size=3),
+    ports=st.lists(st.builds(pb.PortMapping, host_port=UINT32, container_port=UINT32, protocol=any_text), max_size=4),
+    replicas=UINT32,
+    resources=st.none()
+    | st.builds(
+        pb.Resources,
+        cpu_limit=st.floats(width=64),
+        memory_limit_bytes=int64,
+        cpu_reservation=st.floats(width=64),
+        memory_reservation_bytes=int64,
+    ),
+    labels=st.dictionaries(any_text, any_text, max_size=3),
+    restart=st.none()
+    | st.builds(
+        pb.RestartPolicy,
+        condition=st.integers(-(2**31), 2**31 - 1),
+        delay=any_durations,
+        max_attempts=UINT32,
+        window=any_durations,
+    ),
+    stop_grace_period=any_durations,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(any_specs)
+def test_validate_service_never_raises_and_reports_one_line_per_problem(spec: pb.ServiceSpec) -> None:
+    errors = validate_service(spec)
+    for line in errors:
+        assert line.startswith("services")
+        assert len(line.splitlines()) == 1
+    yaml.safe_dump(spec_to_document(spec))
+
+
+yaml_scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=10)
+yaml_values = st.recursive(
+    yaml_scalars,
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=12,
+)
+service_keys = st.sampled_from(
+    ["image", "command", "env", "ports", "replicas", "resources", "labels", "restart", "stop_grace_period"]
+)
+
+
+def load_errors(text: str) -> list[str]:
+    """Returns the error lines of loading `text`, or [] when it loads."""
+    try:
+        load_spec(text)
+    except SpecError as error:
+        return error.errors
+    return []
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(st.sampled_from(["web", "api", "Bad_Name"]), st.dictionaries(service_keys, yaml_values)))
+def test_loader_reports_any_document_as_spec_errors(services: dict[str, Any]) -> None:
+    for line in load_errors(yaml.safe_dump({"services": services})):
+        assert len(line.splitlines()) == 1
+        assert ": " in line
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=60))
+def test_loader_reports_any_text_as_spec_errors(text: str) -> None:
+    for line in load_errors(text):
+        assert len(line.splitlines()) == 1
+
+
+@given(st.integers(0, MAX_BYTES))
+def test_bytes_format_and_parse_round_trip(size: int) -> None:
+    assert parse_bytes(format_bytes(size)) == size
+
+
+@given(
+    st.integers(0, 10**6),
+    st.sampled_from([("", 1), ("B", 1), ("K", 1024), ("KiB", 1024), ("m", MIB), ("GiB", 1024**3), ("MB", 10**6)]),
+)
+def test_bytes_parse_multiplies_by_the_unit(number: int, unit: tuple[str, int]) -> None:
+    assert parse_bytes(f"{number}{unit[0]}") == number * unit[1]
+
+
+@given(st.integers(1024, MAX_BYTES))
+def test_approximate_bytes_stay_within_rounding(size: int) -> None:
+    text = format_bytes(size, approximate=True)
+    number = float(text.rstrip("KMGTiB"))
+    unit = {"KiB": 1024, "MiB": MIB, "GiB": 1024**3, "TiB": 1024**4}[text[len(text.rstrip("KMGTiB")) :]]
+    assert abs(number * unit - size) <= 0.05 * unit
+
+
+@given(st.integers(-MAX_NANOS, MAX_NANOS))
+def test_duration_format_and_parse_round_trip(nanos: int) -> None:
+    assert parse_duration_nanos(format_duration_nanos(nanos)) == nanos
+
+
+@given(st.floats(min_value=-MAX_DURATION_SECONDS, max_value=MAX_DURATION_SECONDS))
+def test_duration_of_float_seconds_round_trips_to_the_nanosecond(seconds: float) -> None:
+    assert parse_duration_nanos(format_duration(seconds)) == seconds_to_nanos(seconds)
+
+
+@given(st.lists(st.tuples(st.integers(0, 1000), st.sampled_from(["h", "m", "s", "ms", "us", "ns"])), min_size=1))
+def test_duration_components_add_up(components: list[tuple[int, str]]) -> None:
+    factor = {"h": HOUR, "m": 60 * SECOND, "s": SECOND, "ms": 10**6, "us": 10**3, "ns": 1}
+    text = "".join(f"{number}{unit}" for number, unit in components)
+    assert parse_duration_nanos(text) == sum(number * factor[unit] for number, unit in components)
