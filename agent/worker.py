@@ -37,10 +37,11 @@ MAX_STEPS_PER_PASS = 16
 class _Rejected(Exception):
     """The operation can never succeed for this task; it ends in the given state."""
 
-    def __init__(self, state: int, error: str) -> None:
+    def __init__(self, state: int, error: str, exit_code: int = 0) -> None:
         super().__init__(error)
         self.state = state
         self.error = error
+        self.exit_code = exit_code
 
 
 class Worker:
@@ -164,7 +165,7 @@ class Worker:
         try:
             container_id = await self._operate(task, step.op, container)
         except _Rejected as exc:
-            self._report(task, exc.state, "", exc.error, 0, container.id if container else "")
+            self._report(task, exc.state, "", exc.error, exc.exit_code, container.id if container else "")
             return
         if step.report is not None:
             cid = container_id or (container.id if container else task.status.container_id)
@@ -188,7 +189,11 @@ class Worker:
                     except (ContainerNotFound, RuntimeUnavailable):
                         raise
                     except RuntimeFailure as exc:
-                        raise _Rejected(pb.TASK_STATE_FAILED, f"start failed: {exc}") from exc
+                        # Docker records an exit code (127: no such command) on a container that failed to start.
+                        code = 0
+                        with contextlib.suppress(RuntimeFailure):
+                            code = (await self._runtime.inspect(container.id)).exit_code
+                        raise _Rejected(pb.TASK_STATE_FAILED, f"start failed: {exc}", code) from exc
                 elif op is Op.STOP:
                     await self._runtime.stop(container.id, stop_grace(task))
                 elif op is Op.REMOVE:

@@ -17,7 +17,7 @@ class Backoff:
 
     def next_delay(self) -> float:
         """Returns the delay before the next attempt and counts the attempt."""
-        ceiling = min(self.cap, self.base * (2.0**self.attempt))
+        ceiling = min(self.cap, self.base * 2.0 ** min(self.attempt, 64))
         self.attempt += 1
         return ceiling / 2 + self.rng.random() * ceiling / 2
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from dockyard.spec import validate_service
+from dockyard.spec.paths import key_path
 from dockyard.v1 import types_pb2 as pb
 
 MAX_REPLICAS = 10000
@@ -18,7 +19,9 @@ def apply_errors(specs: Sequence[pb.ServiceSpec]) -> list[str]:
     seen: set[str] = set()
     for spec in specs:
         if spec.name in seen:
-            errors.append(f"services.{spec.name}: listed more than once; give each service once per request")
+            errors.append(
+                f"{key_path('services', spec.name)}: listed more than once; give each service once per request"
+            )
         seen.add(spec.name)
         errors.extend(validate_service(spec))
     return errors

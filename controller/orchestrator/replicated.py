@@ -83,6 +83,12 @@ def _reconcile_slot(
     task = live[-1]
     if is_terminal(task.status.state):
         decision = decide_restart(task, slot_tasks, now)
+        if decision.verdict is Verdict.LEAVE and _outdated(service, task):
+            # A finished task stays finished, but a new spec deserves a run of its own.
+            _shut_down(task, now, f"updating to revision {service.revision}", plan)
+            if not draining:
+                plan.create.append(_new_task(service, slot, now, new_id()))
+            return 0
         if decision.verdict is Verdict.WAIT:
             plan.wake_no_later_than(decision.at)
         elif decision.verdict is Verdict.REPLACE:

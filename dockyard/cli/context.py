@@ -35,9 +35,12 @@ def read_context() -> LocalContext | None:
     path = config_dir() / "context.json"
     try:
         data = json.loads(path.read_text())
-        return LocalContext(controller=str(data["controller"]), state_dir=str(data["state_dir"]))
+        controller, state_dir = data["controller"], data["state_dir"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
+    if not isinstance(controller, str) or not controller or not isinstance(state_dir, str):
+        return None
+    return LocalContext(controller=controller, state_dir=state_dir)
 
 
 def write_context(context: LocalContext) -> None:

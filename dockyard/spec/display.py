@@ -5,9 +5,12 @@ from __future__ import annotations
 import datetime
 import json
 import math
+import re
 
+_NUMERIC = re.compile(r"\s*[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?\s*\Z")
 # Long values are cut so that one bad value cannot drown the rest of the report.
 _MAX_SHOWN = 60
+_MAX_DIGITS = 30
 
 
 def quote(text: str) -> str:
@@ -22,6 +25,9 @@ def describe(value: object) -> str:
         return "null"
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, int) and abs(value) >= 10**_MAX_DIGITS:
+        # Also keeps clear of the interpreter's limit on converting huge integers to text.
+        return f"a number with more than {_MAX_DIGITS} digits"
     if isinstance(value, int | float):
         return repr(value)
     if isinstance(value, str):
@@ -45,3 +51,27 @@ def format_number(value: float) -> str:
     if math.isfinite(value) and value.is_integer() and abs(value) < 1e15:
         return str(int(value))
     return repr(value)
+
+
+def got(value: object) -> str:
+    """The "got ..." text for a value of the wrong kind, with a hint when it is null."""
+    if value is None:
+        return "null; leave the field out to use the default"
+    return describe(value)
+
+
+def got_number(value: object) -> str:
+    """Like got, also pointing out a number written in quotes."""
+    if isinstance(value, str) and _NUMERIC.match(value):
+        return f"{describe(value)}; write the number without quotes"
+    return got(value)
+
+
+def got_string(value: object) -> str:
+    """The "got ..." text for a value that should have been a string, with a hint to quote it."""
+    if value is None:
+        return 'null; write "" for an empty value'
+    if isinstance(value, list | dict):
+        return describe(value)
+    # YAML turned it into a number, boolean or date; quoting keeps the text as written.
+    return f"{describe(value)}; put the value in quotes"

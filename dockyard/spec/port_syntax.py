@@ -5,9 +5,10 @@ from __future__ import annotations
 import re
 
 from dockyard.spec.defaults import PORT_PROTOCOL
-from dockyard.spec.display import quote
+from dockyard.spec.display import describe
 
 _SHORT_PORT = re.compile(r"(?:(?P<host>\d+):)?(?P<container>\d+)(?:/(?P<protocol>[^/]*))?\Z")
+_MAX_DIGITS = 30
 PORT_SHAPE = (
     'must be "[HOST:]CONTAINER[/PROTOCOL]" like "8080:80/tcp", or a mapping with published, target and protocol'
 )
@@ -22,15 +23,22 @@ def parse_port(text: str) -> tuple[int, int, str]:
     match = _SHORT_PORT.match(text)
     if match is not None:
         protocol = match["protocol"] if match["protocol"] is not None else PORT_PROTOCOL
-        return int(match["host"] or 0), int(match["container"]), protocol
+        return _number(match["host"] or "0"), _number(match["container"]), protocol
     ports = text.partition("/")[0]
     if "-" in ports:
-        raise ValueError(f"port ranges are not supported, got {quote(text)}; list each port separately")
+        raise ValueError(f"port ranges are not supported, got {describe(text)}; list each port separately")
     if ports.count(":") >= 2 or "[" in ports:
         raise ValueError(
-            f"binding to a host address is not supported, got {quote(text)}; write HOST:CONTAINER without the address"
+            f"binding to a host address is not supported, got {describe(text)}; "
+            "write HOST:CONTAINER without the address"
         )
-    raise ValueError(f"{PORT_SHAPE}, got {quote(text)}")
+    raise ValueError(f"{PORT_SHAPE}, got {describe(text)}")
+
+
+def _number(digits: str) -> int:
+    # Any port this long is out of range anyway; capping avoids converting thousands of digits.
+    significant = digits.lstrip("0") or "0"
+    return int(significant) if len(significant) <= _MAX_DIGITS else 10**_MAX_DIGITS
 
 
 def format_port(host_port: int, container_port: int, protocol: str) -> str:

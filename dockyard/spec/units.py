@@ -9,7 +9,7 @@ import math
 import re
 from fractions import Fraction
 
-from dockyard.spec.display import quote
+from dockyard.spec.display import describe
 
 KIB = 1024
 MIB = 1024**2
@@ -44,6 +44,9 @@ _BYTE_UNITS: dict[str, int] = {
 _BINARY_UNITS = (("TiB", TIB), ("GiB", GIB), ("MiB", MIB), ("KiB", KIB))
 _SIZE = re.compile(r"\s*(?P<number>\d+(?:\.\d+)?|\.\d+)\s*(?P<unit>[A-Za-z]*)\s*\Z")
 
+# Enough for any exact size or duration; far below the interpreter's limit on parsing integers.
+_MAX_NUMBER_LENGTH = 60
+
 NANOS_PER_SECOND = 10**9
 # google.protobuf.Duration covers +-10000 years.
 MAX_DURATION_SECONDS = 315_576_000_000
@@ -66,13 +69,13 @@ def parse_bytes(text: str) -> int:
     """Parses a size such as "512MiB", "1.5G" or "1000" into bytes, rounding fractions of a byte down."""
     match = _SIZE.match(text)
     if match is None:
-        raise ValueError(f"must be a size like 512MiB or 2GiB, got {quote(text)}")
+        raise ValueError(f"must be a size like 512MiB or 2GiB, got {describe(text)}")
     unit = match["unit"]
     if unit not in _BYTE_UNITS:
-        raise ValueError(f"unknown unit {quote(unit)}; use bytes or a unit like 512MiB or 2GiB")
-    size = math.floor(Fraction(match["number"]) * _BYTE_UNITS[unit])
+        raise ValueError(f"unknown unit {describe(unit)}; use bytes or a unit like 512MiB or 2GiB")
+    size = math.floor(_number(match["number"], text) * _BYTE_UNITS[unit])
     if size > MAX_BYTES:
-        raise ValueError(f"is too large, got {quote(text)}; the maximum is {MAX_BYTES} bytes")
+        raise ValueError(f"is too large, got {describe(text)}; the maximum is {MAX_BYTES} bytes")
     return size
 
 
@@ -85,7 +88,7 @@ def format_bytes(n: int, *, approximate: bool = False) -> str:
     if approximate:
         for name, size in _BINARY_UNITS:
             if abs(n) >= size:
-                return f"{n / size:.1f}".rstrip("0").rstrip(".") + name
+                return _decimal(round(Fraction(n, size) * 10), 10) + name
         return f"{n}B"
     for name, size in _BINARY_UNITS:
         if n != 0 and n % size == 0:
@@ -97,28 +100,30 @@ def parse_duration_nanos(text: str) -> int:
     """Parses "500ms", "1m30s", "2h", "1.5s" or a bare number of seconds into whole nanoseconds."""
     match = _DURATION.match(text)
     if match is None:
-        raise ValueError(f"{DURATION_SHAPE}, got {quote(text)}")
+        raise ValueError(f"{DURATION_SHAPE}, got {describe(text)}")
     body = match["body"]
     if _BARE_SECONDS.match(body):
-        total = Fraction(body) * NANOS_PER_SECOND
+        total = _number(body, text) * NANOS_PER_SECOND
     else:
         total = Fraction(0)
         for component in _COMPONENT.finditer(body):
             unit = component["unit"]
             if not unit:
-                raise ValueError(f"{DURATION_SHAPE}, got {quote(text)}; {component['number']} has no unit")
+                raise ValueError(f"{DURATION_SHAPE}, got {describe(text)}; every number needs a unit")
             if unit not in _DURATION_UNITS:
-                raise ValueError(f"unknown unit {quote(unit)} in {quote(text)}; use h, m, s, ms, us or ns, like 1m30s")
-            total += Fraction(component["number"]) * _DURATION_UNITS[unit]
+                raise ValueError(
+                    f"unknown unit {describe(unit)} in {describe(text)}; use h, m, s, ms, us or ns, like 1m30s"
+                )
+            total += _number(component["number"], text) * _DURATION_UNITS[unit]
     nanos = round(total)
     return check_duration_range(-nanos if match["sign"] == "-" else nanos, text)
 
 
 def seconds_to_nanos(seconds: float) -> int:
     """Converts a number of seconds to whole nanoseconds; raises ValueError for NaN and infinities."""
-    if not math.isfinite(seconds):
-        raise ValueError(f"{DURATION_SHAPE}, got {seconds!r}")
-    return check_duration_range(round(Fraction(seconds) * NANOS_PER_SECOND), repr(seconds))
+    if isinstance(seconds, float) and not math.isfinite(seconds):
+        raise ValueError(f"{DURATION_SHAPE}, got {describe(seconds)}")
+    return check_duration_range(round(Fraction(seconds) * NANOS_PER_SECOND), describe(seconds))
 
 
 def check_duration_range(nanos: int, shown: str) -> int:
@@ -154,10 +159,18 @@ def format_duration(seconds: float) -> str:
     return format_duration_nanos(seconds_to_nanos(seconds))
 
 
+def _number(digits: str, text: str) -> Fraction:
+    """Reads a decimal number exactly; refuses absurdly long ones, which no size or duration needs."""
+    if len(digits) > _MAX_NUMBER_LENGTH:
+        raise ValueError(f"has too many digits, got {describe(text)}")
+    return Fraction(digits)
+
+
 def _decimal(amount: int, unit: int) -> str:
     """Writes amount/unit as an exact decimal; unit must be a power of ten."""
-    whole, fraction = divmod(amount, unit)
+    sign = "-" if amount < 0 else ""
+    whole, fraction = divmod(abs(amount), unit)
     if not fraction:
-        return str(whole)
+        return f"{sign}{whole}"
     digits = len(str(unit)) - 1
-    return f"{whole}.{str(fraction).rjust(digits, '0').rstrip('0')}"
+    return f"{sign}{whole}.{str(fraction).rjust(digits, '0').rstrip('0')}"

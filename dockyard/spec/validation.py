@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from google.protobuf.duration_pb2 import Duration
 
 from dockyard.spec import rules
-from dockyard.spec.display import format_number, quote
+from dockyard.spec.display import describe, format_number
 from dockyard.spec.errors import Issue
 from dockyard.spec.image_reference import is_image_reference
 from dockyard.spec.paths import index_path, key_path
@@ -57,7 +57,7 @@ def _name_issues(name: str, path: str) -> list[Issue]:
             Issue(
                 path,
                 'service name must be 1 to 63 lowercase letters, digits or "-", starting and ending with '
-                f"a letter or digit, got {quote(name)}",
+                f"a letter or digit, got {describe(name)}",
             )
         ]
     return []
@@ -67,14 +67,14 @@ def _image_issues(image: str, path: str) -> list[Issue]:
     if not image:
         return [Issue(path, f"must not be empty; name the container image to run, like {_IMAGE_EXAMPLE}")]
     if any(c.isspace() for c in image):
-        return [Issue(path, f"must not contain whitespace, got {quote(image)}")]
+        return [Issue(path, f"must not contain whitespace, got {describe(image)}")]
     if not is_image_reference(image):
         return [
             Issue(
                 path,
                 f"must be an image reference like {_IMAGE_EXAMPLE} or "
                 '"registry.example.com/team/app:v2" (lowercase name, optional :tag and @digest), '
-                f"got {quote(image)}",
+                f"got {describe(image)}",
             )
         ]
     return []
@@ -134,7 +134,7 @@ def _port_issues(ports: Sequence[pb.PortMapping], path: str) -> list[Issue]:
         if not published_ok:
             issues.append(Issue(key_path(where, "published"), rules.published_port_message(str(port.host_port))))
         if not protocol_ok:
-            issues.append(Issue(key_path(where, "protocol"), rules.protocol_message(quote(port.protocol))))
+            issues.append(Issue(key_path(where, "protocol"), rules.protocol_message(describe(port.protocol))))
         if port.host_port == 0 or not (published_ok and protocol_ok):
             continue
         owner = first_use.setdefault((port.host_port, port.protocol), i)

@@ -1,4 +1,4 @@
-"""Parsing spec text as YAML, refusing what PyYAML would otherwise accept silently: duplicate keys."""
+"""Parsing spec text as YAML, without YAML 1.1's surprising scalars and refusing duplicate keys."""
 
 from __future__ import annotations
 
@@ -27,6 +27,15 @@ _FLOAT = re.compile(
 
 class _SpecLoader(yaml.SafeLoader):
     """A SafeLoader without YAML 1.1's surprising scalars that reports duplicated mapping keys."""
+
+    def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
+        """Builds an integer, turning the interpreter's refusal of huge ones into a located YAML error."""
+        try:
+            return super().construct_yaml_int(node)
+        except ValueError:
+            raise yaml.constructor.ConstructorError(
+                None, None, "this integer has too many digits", node.start_mark
+            ) from None
 
     def duplicate_keys(self, root: yaml.Node) -> list[Issue]:
         """Walks the node graph once (aliases included) and returns one issue per repeated key."""
@@ -78,6 +87,7 @@ _SpecLoader.yaml_implicit_resolvers = {
     first: [(tag, regexp) for tag, regexp in resolvers if tag not in (_BOOL_TAG, _INT_TAG, _FLOAT_TAG)]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
+_SpecLoader.add_constructor(_INT_TAG, _SpecLoader.construct_yaml_int)
 _SpecLoader.add_implicit_resolver(_BOOL_TAG, _BOOL, list("tTfF"))
 _SpecLoader.add_implicit_resolver(_INT_TAG, _INT, list("-+0123456789"))
 _SpecLoader.add_implicit_resolver(_FLOAT_TAG, _FLOAT, list("-+.0123456789"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -97,10 +98,19 @@ class FakeCluster:
         return Client(f"127.0.0.1:{self.port}")
 
     async def close(self) -> None:
-        """Stops every agent and the controller."""
-        for name in list(self.hosts):
-            await self.stop_agent(name)
-        await self.stop_controller()
+        """Stops every agent and the controller; a step that hangs fails with every task's stack."""
+        steps = [(f"agent {name}", self.stop_agent(name)) for name in list(self.hosts)]
+        steps.append(("controller", self.stop_controller()))
+        for what, step in steps:
+            try:
+                t0 = time.monotonic()
+                await asyncio.wait_for(step, 10)
+                print("CLOSE", what, round(time.monotonic() - t0, 2))
+            except TimeoutError:
+                stacks = io.StringIO()
+                for task in asyncio.all_tasks():
+                    task.print_stack(limit=6, file=stacks)
+                raise AssertionError(f"stopping the {what} hung:\n{stacks.getvalue()}") from None
 
 
 async def running(host: HostUnderTest, service: str | None = None) -> list[ContainerInfo]:

@@ -149,15 +149,6 @@ def test_request_errors_come_with_every_spec_error() -> None:
     assert len(errors) == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        'controller/api/validation.py:21 formats the duplicate-name path as f"services.{spec.name}" while every '
-        "other error path goes through dockyard.spec.paths.key_path, which brackets and quotes names that are not "
-        'plain words (services["my app"], services[""]); the duplicate error for such names reads '
-        '"services.my app: ..." / "services.: ..."'
-    ),
-)
 @pytest.mark.parametrize(("name", "path"), [("my app", 'services["my app"]'), ("", 'services[""]')])
 def test_the_duplicate_error_path_is_quoted_like_every_other_path(name: str, path: str) -> None:
     errors = apply_errors([make_spec(name), make_spec(name)])

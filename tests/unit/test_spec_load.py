@@ -247,6 +247,19 @@ VALID_FILES = [
     ),
     pytest.param(
         """
+        x-defaults: &defaults
+          image: nginx:1.27
+          labels: {team: web}
+        services:
+          web:
+            <<: *defaults
+            replicas: 2
+        """,
+        [make_spec(labels={"team": "web"}, replicas=2)],
+        id="top-level-extension-keys-for-anchors",
+    ),
+    pytest.param(
+        """
         services:
           web:
             image: localhost:5000/team/app@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef
@@ -715,7 +728,7 @@ SERVICE_ERRORS = [
         "grace-missing-unit",
         "image: x\nstop_grace_period: 1m30",
         "services.web.stop_grace_period: must be a duration like 10s, 1m30s or 500ms, or a number of "
-        'seconds, got "1m30"; 30 has no unit',
+        'seconds, got "1m30"; every number needs a unit',
     ),
     case(
         "grace-type",
@@ -828,11 +841,10 @@ DOCUMENT_ERRORS = [
         'and ending with a letter or digit, got "my app"',
     ),
     case(
-        "name-too-long",
-        "services: {aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa: {image: x}}\n",
-        "services.aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa: service name "
-        'must be 1 to 63 lowercase letters, digits or "-", starting and ending with a letter or '
-        'digit, got "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"',
+        "name-too-long-is-shown-shortened",
+        f"services: {{{'a' * 64}: {{image: x}}}}\n",
+        f"services.{'a' * 64}: service name must be 1 to 63 lowercase letters, digits or "
+        f'"-", starting and ending with a letter or digit, got "{"a" * 57}..."',
     ),
     case(
         "name-empty",
@@ -875,6 +887,44 @@ def test_all_errors_of_a_file_are_reported_in_reading_order() -> None:
         'services.Api: service name must be 1 to 63 lowercase letters, digits or "-", starting and ending with '
         'a letter or digit, got "Api"',
         'services.Api.restart.condition: must be none, on-failure or any, got "always"',
+    ]
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (
+            f"replicas: {'9' * 40}",
+            "replicas: must be an integer from 0 to 10000, got a number with more than 30 digits",
+        ),
+        (
+            f"ports: ['{'9' * 5000}:80']",
+            "ports[0].published: must be a host port from 0 to 65535 (0 lets Docker pick a free one), "
+            "got a number with more than 30 digits",
+        ),
+        (
+            f"stop_grace_period: {'9' * 400}",
+            "stop_grace_period: is too large, got a number with more than 30 digits; "
+            "durations are limited to 10000 years",
+        ),
+        (
+            f"stop_grace_period: '{'9' * 5000}s'",
+            f'stop_grace_period: has too many digits, got "{"9" * 57}..."',
+        ),
+        (
+            f"resources: {{limits: {{memory: '{'9' * 5000}KiB'}}}}",
+            f'resources.limits.memory: has too many digits, got "{"9" * 57}..."',
+        ),
+    ],
+    ids=["replicas", "port", "duration-number", "duration-string", "memory"],
+)
+def test_huge_numbers_are_reported_briefly(body: str, expected: str) -> None:
+    assert service_errors(f"image: x\n{body}") == [f"services.web.{expected}"]
+
+
+def test_integers_beyond_the_interpreters_limit_are_a_yaml_error() -> None:
+    assert service_errors(f"image: x\nreplicas: {'9' * 5000}") == [
+        "<spec>:4:15: invalid YAML: this integer has too many digits"
     ]
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from fractions import Fraction
 from typing import Any
 
 import yaml
@@ -27,6 +29,8 @@ from dockyard.spec.units import (
 )
 from dockyard.v1 import types_pb2 as pb
 
+# libyaml's emitter, when present, keeps the many dumps below cheap; the loader under test stays the same.
+DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 SECOND = 10**9
 HOUR = 3600 * SECOND
 MIB = 1024**2
@@ -39,18 +43,25 @@ CONDITIONS = [
 ]
 
 # Any text a protobuf string can hold except NUL, which the spec forbids in env, labels and commands.
-free_text = st.text(st.characters(codec="utf-8", exclude_characters="\0"), max_size=20)
+free_text = st.text(st.characters(codec="utf-8", exclude_characters="\0"), max_size=12)
 
-names = st.from_regex(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?", fullmatch=True)
-path_components = st.from_regex(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*", fullmatch=True)
+ALNUM = "abcdefghijklmnopqrstuvwxyz0123456789"
+names = st.text(ALNUM + "-", min_size=1, max_size=63).filter(lambda name: "-" not in (name[0], name[-1]))
+path_components = st.builds(
+    lambda words, separator: separator.join(words),
+    st.lists(st.text(ALNUM, min_size=1, max_size=6), min_size=1, max_size=3),
+    st.sampled_from([".", "_", "__", "-", "---"]),
+)
 images = st.builds(
     lambda registry, path, tag: registry + "/".join(path) + tag,
     st.sampled_from(["", "localhost:5000/", "registry.example.com/", "ghcr.io/"]),
     st.lists(path_components, min_size=1, max_size=3),
     st.sampled_from(["", ":latest", ":1.27", ":v2.0-rc_1"]),
 )
-env_names = free_text.filter(lambda name: name != "" and "=" not in name)
-label_keys = free_text.filter(lambda key: key != "" and not key.startswith("dockyard."))
+env_names = st.text(st.characters(codec="utf-8", exclude_characters="\0="), min_size=1, max_size=12)
+label_keys = st.text(st.characters(codec="utf-8", exclude_characters="\0"), min_size=1, max_size=12).filter(
+    lambda key: not key.startswith("dockyard.")
+)
 protocols = st.sampled_from(["tcp", "udp"])
 
 
@@ -73,7 +84,8 @@ def resources(draw: st.DrawFn) -> pb.Resources:
     """Limits and reservations, each possibly unset, with reservations within limits."""
     cpus = st.floats(min_value=0, max_value=1024, exclude_min=True)
     cpu_limit = draw(st.just(0.0) | cpus)
-    cpu_reservation = draw(st.just(0.0) | (cpus.filter(lambda c: c <= cpu_limit) if cpu_limit else cpus))
+    within_limit = st.floats(min_value=0, max_value=cpu_limit, exclude_min=True) if cpu_limit else cpus
+    cpu_reservation = draw(st.just(0.0) | within_limit)
     memory_limit = draw(st.just(0) | st.integers(6 * MIB, MAX_BYTES))
     memory_reservation = draw(st.just(0) | st.integers(1, memory_limit or MAX_BYTES))
     return pb.Resources(
@@ -115,11 +127,12 @@ def valid_specs(draw: st.DrawFn) -> pb.ServiceSpec:
 
 def dump(specs: list[pb.ServiceSpec]) -> str:
     """Writes specs as a YAML file, the way a user would keep them."""
-    return yaml.safe_dump({"services": {spec.name: spec_to_document(spec) for spec in specs}})
+    document = {"services": {spec.name: spec_to_document(spec) for spec in specs}}
+    return yaml.dump(document, Dumper=DUMPER, sort_keys=False)
 
 
-@settings(max_examples=150, deadline=None)
-@given(st.lists(valid_specs(), min_size=1, max_size=3, unique_by=lambda spec: spec.name))
+@settings(max_examples=40, deadline=None)
+@given(st.lists(valid_specs(), min_size=1, max_size=2, unique_by=lambda spec: spec.name))
 def test_valid_specs_round_trip_through_yaml(specs: list[pb.ServiceSpec]) -> None:
     for spec in specs:
         assert validate_service(spec) == []
@@ -145,7 +158,7 @@ def sparse_specs(draw: st.DrawFn) -> pb.ServiceSpec:
     return spec
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=25, deadline=None)
 @given(sparse_specs())
 def test_unset_fields_are_written_as_defaults(spec: pb.ServiceSpec) -> None:
     assert validate_service(spec) == []
@@ -186,14 +199,14 @@ any_specs = st.builds(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(any_specs)
 def test_validate_service_never_raises_and_reports_one_line_per_problem(spec: pb.ServiceSpec) -> None:
     errors = validate_service(spec)
     for line in errors:
         assert line.startswith("services")
         assert len(line.splitlines()) == 1
-    yaml.safe_dump(spec_to_document(spec))
+    yaml.dump(spec_to_document(spec), Dumper=DUMPER)
 
 
 yaml_scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=10)
@@ -216,15 +229,15 @@ def load_errors(text: str) -> list[str]:
     return []
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(st.dictionaries(st.sampled_from(["web", "api", "Bad_Name"]), st.dictionaries(service_keys, yaml_values)))
 def test_loader_reports_any_document_as_spec_errors(services: dict[str, Any]) -> None:
-    for line in load_errors(yaml.safe_dump({"services": services})):
+    for line in load_errors(yaml.dump({"services": services}, Dumper=DUMPER)):
         assert len(line.splitlines()) == 1
         assert ": " in line
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(st.text(max_size=60))
 def test_loader_reports_any_text_as_spec_errors(text: str) -> None:
     for line in load_errors(text):
@@ -246,10 +259,10 @@ def test_bytes_parse_multiplies_by_the_unit(number: int, unit: tuple[str, int]) 
 
 @given(st.integers(1024, MAX_BYTES))
 def test_approximate_bytes_stay_within_rounding(size: int) -> None:
-    text = format_bytes(size, approximate=True)
-    number = float(text.rstrip("KMGTiB"))
-    unit = {"KiB": 1024, "MiB": MIB, "GiB": 1024**3, "TiB": 1024**4}[text[len(text.rstrip("KMGTiB")) :]]
-    assert abs(number * unit - size) <= 0.05 * unit
+    match = re.fullmatch(r"(\d+(?:\.\d)?)([KMGT]iB)", format_bytes(size, approximate=True))
+    assert match is not None
+    unit = {"KiB": 1024, "MiB": MIB, "GiB": 1024**3, "TiB": 1024**4}[match[2]]
+    assert abs(Fraction(match[1]) * unit - size) <= Fraction(unit, 20)
 
 
 @given(st.integers(-MAX_NANOS, MAX_NANOS))
