@@ -73,7 +73,8 @@ class ControllerLink:
             self._reporter.clear()
             hello = apb.Hello(node_id=self._node_id, description=description, inventory=self._book.inventory())
             await call.write(apb.AgentMessage(hello=hello))
-            first = await asyncio.wait_for(call.read(), timeout=self._period * MISSED_HEARTBEATS + 5)
+            async with asyncio.timeout(self._period * MISSED_HEARTBEATS + 5):
+                first = await call.read()
             if not isinstance(first, apb.ControllerMessage) or not first.HasField("welcome"):
                 raise SessionLost("the controller did not welcome the session")
             period = seconds(first.welcome.heartbeat_period) or self._period

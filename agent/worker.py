@@ -209,7 +209,8 @@ class Worker:
         if await self._runtime.has_image(image):
             return
         try:
-            await asyncio.wait_for(self._runtime.pull(image), PULL_TIMEOUT)
+            async with asyncio.timeout(PULL_TIMEOUT):
+                await self._runtime.pull(image)
         except (ImageNotFound, TimeoutError) as exc:
             raise _Rejected(
                 pb.TASK_STATE_REJECTED, f"image {image!r} is not on this host and could not be pulled: {exc}"

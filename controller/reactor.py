@@ -66,8 +66,11 @@ class Reactor:
         if next_at is not None:
             # A pass that asks to run again "now" (after a write conflict) still yields a moment to writers.
             timeout = min(timeout, max(0.05, (next_at - self._clock.now()).total_seconds()))
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation that
+        # races the wake-up, leaving a role that will not stop.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._wake.wait()
 
     async def _watch(self) -> None:
         since = self._store.revision

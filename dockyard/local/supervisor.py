@@ -106,7 +106,8 @@ async def _terminate(process: asyncio.subprocess.Process, waiter: asyncio.Task[i
     if process.returncode is None:
         process.send_signal(signal.SIGTERM)
     try:
-        await asyncio.wait_for(asyncio.shield(waiter), STOP_TIMEOUT)
+        async with asyncio.timeout(STOP_TIMEOUT):
+            await asyncio.shield(waiter)
     except TimeoutError:
         process.kill()
         await waiter

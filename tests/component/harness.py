@@ -102,15 +102,14 @@ class FakeCluster:
         steps = [(f"agent {name}", self.stop_agent(name)) for name in list(self.hosts)]
         steps.append(("controller", self.stop_controller()))
         for what, step in steps:
-            try:
-                t0 = time.monotonic()
-                await asyncio.wait_for(step, 10)
-                print("CLOSE", what, round(time.monotonic() - t0, 2))
-            except TimeoutError:
+            running_step = asyncio.ensure_future(step)
+            done, _ = await asyncio.wait([running_step], timeout=3)
+            if not done:
                 stacks = io.StringIO()
                 for task in asyncio.all_tasks():
-                    task.print_stack(limit=6, file=stacks)
-                raise AssertionError(f"stopping the {what} hung:\n{stacks.getvalue()}") from None
+                    task.print_stack(limit=8, file=stacks)
+                print(f"SLOW stopping the {what}:\n{stacks.getvalue()}")
+            await running_step
 
 
 async def running(host: HostUnderTest, service: str | None = None) -> list[ContainerInfo]:
