@@ -3,6 +3,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# Docker was just started: a test that finds no Docker must fail here, not skip.
+export DOCKYARD_REQUIRE_DOCKER=1
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy

@@ -3,7 +3,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-.venv/bin/dockyard up --detach
+if .venv/bin/dockyard nodes >/dev/null 2>&1; then
+  echo "a cluster already answers; deploying to it" >&2
+else
+  .venv/bin/dockyard up --detach
+fi
 .venv/bin/dockyard apply -f examples/web.yaml
 .venv/bin/dockyard ps web
 echo
