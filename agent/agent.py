@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 import structlog
 
 from agent.config import AgentConfig
+from agent.disconnect import overdue
 from agent.identity import load_or_create_node_id
 from agent.link import ControllerLink
 from agent.observer import Observer
@@ -69,6 +70,27 @@ class Agent:
             agent_version=__version__,
         )
 
+    async def _enforce_on_disconnect(self) -> None:
+        """Stops the containers of tasks whose on_disconnect.stop_after ran out while cut off."""
+        while True:
+            await asyncio.sleep(min(1.0, self.config.heartbeat_period))
+            away = self.link.disconnected_for()
+            if not away:
+                continue
+            stopped = []
+            for task in overdue(self.book, away):
+                if self.book.drop(task.id):
+                    stopped.append(task.id)
+                    log.warning(
+                        "stopping a task cut off from the controller",
+                        task_id=task.id,
+                        service=task.service_name,
+                        away_seconds=round(away, 1),
+                    )
+            if stopped:
+                self.book.save()
+                self.worker.wake(stopped)
+
     async def run(self) -> None:
         """Resumes from the persisted tasks, then converges and talks to the controller until cancelled."""
         self.book.load()
@@ -82,5 +104,6 @@ class Agent:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self.observer.run())
                 group.create_task(self.link.run())
+                group.create_task(self._enforce_on_disconnect())
         finally:
             await self.worker.close()

@@ -51,10 +51,16 @@ class ControllerLink:
         self._reporter = reporter
         self._period = heartbeat_period
         self.connected = asyncio.Event()
+        # Counted from start: an agent that never reached the controller has been cut off all along.
+        self.disconnected_since: float | None = time.monotonic()
+
+    def disconnected_for(self) -> float:
+        """Returns the seconds since the controller was last reachable (0 while connected)."""
+        return 0.0 if self.disconnected_since is None else time.monotonic() - self.disconnected_since
 
     async def run(self) -> None:
         """Dials the controller until cancelled; running containers are never touched for a lost link."""
-        backoff = Backoff(base=0.2, cap=10.0)
+        backoff = Backoff(base=0.2, cap=5.0)
         while True:
             try:
                 await self._session(backoff)
@@ -62,6 +68,8 @@ class ControllerLink:
                 detail = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else str(exc)
                 log.warning("controller session lost", controller=self._address, error=detail)
             finally:
+                if self.connected.is_set():
+                    self.disconnected_since = time.monotonic()
                 self.connected.clear()
             await asyncio.sleep(backoff.next_delay())
 
@@ -80,6 +88,7 @@ class ControllerLink:
             period = seconds(first.welcome.heartbeat_period) or self._period
             backoff.reset()
             self.connected.set()
+            self.disconnected_since = None
             log.info("controller session open", controller=self._address, session_id=first.welcome.session_id)
             heard = [time.monotonic()]
             tasks = {

@@ -80,7 +80,11 @@ class Controller:
             asyncio.create_task(dispatcher.run(), name="dispatcher"),
             asyncio.create_task(
                 Reactor(
-                    "orchestrator", self.store, orchestrator.reconcile, (Kind.SERVICE, Kind.TASK), self._clock
+                    "orchestrator",
+                    self.store,
+                    orchestrator.reconcile,
+                    (Kind.SERVICE, Kind.TASK, Kind.NODE),
+                    self._clock,
                 ).run(),
                 name="orchestrator",
             ),

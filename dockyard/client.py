@@ -73,6 +73,26 @@ class Client:
         request = cpb.ListTasksRequest(service=service, include_finished=include_finished)
         return list((await self._call(self._stub.ListTasks, request)).tasks)
 
+    async def update_node(
+        self,
+        node: str,
+        availability: int = 0,
+        set_labels: dict[str, str] | None = None,
+        remove_labels: list[str] | None = None,
+    ) -> pb.Node:
+        """Changes a node's availability and/or operator labels."""
+        request = cpb.UpdateNodeRequest(
+            node=node,
+            availability=availability,  # type: ignore[arg-type]
+            set_labels=set_labels or {},
+            remove_labels=remove_labels or [],
+        )
+        return await self._call(self._stub.UpdateNode, request)
+
+    async def remove_node(self, node: str, force: bool = False) -> pb.Node:
+        """Forgets a node."""
+        return (await self._call(self._stub.RemoveNode, cpb.RemoveNodeRequest(node=node, force=force))).node
+
 
 def _describe(exc: grpc.aio.AioRpcError, address: str) -> str:
     code = exc.code()

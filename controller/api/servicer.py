@@ -8,7 +8,7 @@ from typing import NoReturn
 import grpc
 
 from controller.api.apply import plan_apply
-from controller.api.validation import apply_errors, replicas_error
+from controller.api.validation import apply_errors, node_label_errors, replicas_error
 from controller.clock import Clock
 from controller.store.base import ConflictError, Delete, Kind, Put, Store
 from dockyard.task_state import is_terminal
@@ -89,6 +89,61 @@ class ControllerApi(cpb_grpc.ControllerServiceServicer):
         if not request.include_finished:
             tasks = [t for t in tasks if t.desired_state == pb.DESIRED_STATE_RUNNING or not is_terminal(t.status.state)]
         return cpb.ListTasksResponse(tasks=tasks)
+
+    async def UpdateNode(self, request: cpb.UpdateNodeRequest, context: Context) -> pb.Node:  # noqa: N802
+        """Sets a node's availability and operator labels; the orchestrator and scheduler react."""
+        problems = node_label_errors(request.set_labels, request.remove_labels)
+        if problems:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "\n".join(problems))
+        node = await self._node(request.node, context)
+        changed = pb.Node()
+        changed.CopyFrom(node)
+        if request.availability:
+            changed.availability = request.availability
+        for key in request.remove_labels:
+            changed.labels.pop(key, None)
+        changed.labels.update(request.set_labels)
+        if changed == node:
+            return node
+        try:
+            await self._store.commit([Put(changed, expect_version=node.version)])
+        except ConflictError:
+            await _abort(context, grpc.StatusCode.ABORTED, f"node: {request.node!r} changed concurrently; try again")
+        return changed
+
+    async def RemoveNode(  # noqa: N802
+        self, request: cpb.RemoveNodeRequest, context: Context
+    ) -> cpb.RemoveNodeResponse:
+        """Forgets a node; its tasks count as lost and move. A ready node needs force."""
+        node = await self._node(request.node, context)
+        if node.status == pb.NODE_STATUS_READY and not request.force:
+            await _abort(
+                context,
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"node: {request.node!r} is ready; drain it and stop its agent first, or force the removal",
+            )
+        try:
+            await self._store.commit([Delete(Kind.NODE, node.id, expect_version=node.version)])
+        except ConflictError:
+            await _abort(context, grpc.StatusCode.ABORTED, f"node: {request.node!r} changed concurrently; try again")
+        return cpb.RemoveNodeResponse(node=node)
+
+    async def _node(self, name: str, context: Context) -> pb.Node:
+        if not name:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "node: is required; give a node id or host name")
+        nodes = await self._store.list_nodes()
+        by_id = [n for n in nodes if n.id == name]
+        if by_id:
+            return by_id[0]
+        by_name = [n for n in nodes if n.description.hostname == name]
+        if len(by_name) > 1:
+            ids = ", ".join(n.id for n in by_name)
+            await _abort(
+                context, grpc.StatusCode.INVALID_ARGUMENT, f"node: {name!r} names several nodes ({ids}); use an id"
+            )
+        if not by_name:
+            await _abort(context, grpc.StatusCode.NOT_FOUND, f"node: {name!r} not found; see `dockyard nodes`")
+        return by_name[0]
 
     async def _service(self, name: str, context: Context) -> pb.Service:
         if not name:

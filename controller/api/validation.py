@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from dockyard.spec import validate_service
 from dockyard.spec.paths import key_path
@@ -32,3 +32,15 @@ def replicas_error(replicas: int) -> str | None:
     if 0 <= replicas <= MAX_REPLICAS:
         return None
     return f"replicas: must be an integer from 0 to {MAX_REPLICAS}, got {replicas}"
+
+
+def node_label_errors(set_labels: Mapping[str, str], remove_labels: Sequence[str]) -> list[str]:
+    """Returns the problems of a node label change: empty or reserved keys, a key both set and removed."""
+    errors: list[str] = []
+    for key in [*set_labels, *remove_labels]:
+        if not key or any(c.isspace() or c in "=," for c in key):
+            errors.append(f"labels: {key!r} is not a usable key; use letters, digits, '.', '-' or '_'")
+        elif key.startswith("dockyard."):
+            errors.append(f"labels.{key}: the dockyard. prefix is reserved; choose another key")
+    errors.extend(f"labels.{key}: both set and removed; do one" for key in sorted(set(set_labels) & set(remove_labels)))
+    return errors

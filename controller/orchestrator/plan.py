@@ -13,9 +13,27 @@ class Plan:
     """Tasks to create, changed copies of tasks to write, task records to forget, and the next wake-up."""
 
     create: list[pb.Task] = field(default_factory=list)
-    update: list[pb.Task] = field(default_factory=list)
+    changed: dict[str, pb.Task] = field(default_factory=dict)
     delete: list[pb.Task] = field(default_factory=list)
     wake_at: datetime | None = None
+
+    @property
+    def update(self) -> list[pb.Task]:
+        """The changed tasks, each once, in the order they were first changed."""
+        return list(self.changed.values())
+
+    def edit(self, task: pb.Task) -> pb.Task:
+        """Returns the plan's working copy of a task, making one on first use; change that copy."""
+        copy = self.changed.get(task.id)
+        if copy is None:
+            copy = pb.Task()
+            copy.CopyFrom(task)
+            self.changed[task.id] = copy
+        return copy
+
+    def current(self, task: pb.Task) -> pb.Task:
+        """Returns the task as the plan will leave it (the working copy if there is one)."""
+        return self.changed.get(task.id, task)
 
     def wake_no_later_than(self, when: datetime | None) -> None:
         """Moves the wake-up earlier to when, if when is set and sooner."""
@@ -24,4 +42,4 @@ class Plan:
 
     def empty(self) -> bool:
         """Tells whether there is nothing to write."""
-        return not (self.create or self.update or self.delete)
+        return not (self.create or self.changed or self.delete)

@@ -10,7 +10,8 @@ import structlog
 
 from controller.clock import Clock
 from controller.orchestrator.plan import Plan
-from controller.orchestrator.replicated import reconcile_service
+from controller.orchestrator.nodes import NodeFacts
+from controller.orchestrator.reconciler import reconcile_service
 from controller.store.base import ConflictError, Delete, Kind, Op, Put, Store
 from dockyard.v1 import types_pb2 as pb
 
@@ -31,10 +32,13 @@ class Orchestrator:
         tasks_by_service: dict[str, list[pb.Task]] = defaultdict(list)
         for task in await self._store.list_tasks():
             tasks_by_service[task.service_id].append(task)
+        nodes = NodeFacts.of(await self._store.list_nodes())
         now = self._clock.now()
         wake: Plan = Plan()
         for service_id in sorted(set(services) | set(tasks_by_service)):
-            plan = reconcile_service(services.get(service_id), tasks_by_service.get(service_id, []), now, self._new_id)
+            plan = reconcile_service(
+                services.get(service_id), tasks_by_service.get(service_id, []), nodes, now, self._new_id
+            )
             wake.wake_no_later_than(plan.wake_at)
             if plan.empty():
                 continue

@@ -42,6 +42,7 @@ class Accounting:
             node_id = node.id
             self.nodes[node_id] = NodeState(
                 id=node_id,
+                hostname=description.hostname,
                 ring=(ring_point(seed, node_id), node_id),
                 status=node.status,
                 availability=node.availability or pb.NODE_AVAILABILITY_ACTIVE,

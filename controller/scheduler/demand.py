@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import NamedTuple
 
+from controller.scheduler.constraint_texts import NO_CONSTRAINTS, parse_constraints
 from controller.scheduler.units import nano_cpus
+from dockyard.constraints import Constraint
 from dockyard.v1 import types_pb2 as pb
 
 HostPort = tuple[int, str]
@@ -19,6 +21,10 @@ class Demand(NamedTuple):
     cpu: int  # nano-CPUs reserved
     memory: int  # bytes reserved
     ports: tuple[HostPort, ...]  # sorted host ports > 0; port 0 lets Docker choose, so it never conflicts
+    constraints: tuple[Constraint, ...] = ()  # every one must match the node
+    max_per_node: int = 0  # most tasks of the service one node may hold; 0 means no limit
+    binpack: bool = False  # rank with the binpack strategy instead of spread
+    invalid: str = ""  # why the task can never be placed (a constraint that does not parse), else ""
 
 
 def host_ports(ports: Iterable[pb.PortMapping]) -> tuple[HostPort, ...]:
@@ -32,13 +38,23 @@ def host_ports(ports: Iterable[pb.PortMapping]) -> tuple[HostPort, ...]:
 
 
 def demand_of(task: pb.Task) -> Demand:
-    """Returns the reservations and host ports of the task's spec; negative reservations count as zero."""
+    """Returns the reservations, host ports and placement rules of the task's spec.
+
+    Negative reservations count as zero; an unknown strategy counts as spread, the documented default.
+    """
     spec = task.spec
     resources = spec.resources
     ports = spec.ports
+    placement = spec.placement
+    texts = placement.constraints
+    constraints, invalid = parse_constraints(tuple(texts)) if texts else NO_CONSTRAINTS
     return Demand(
         service_id=task.service_id,
         cpu=nano_cpus(resources.cpu_reservation),
         memory=max(0, resources.memory_reservation_bytes),
         ports=host_ports(ports) if ports else (),
+        constraints=constraints,
+        max_per_node=placement.max_replicas_per_node,
+        binpack=placement.strategy == pb.Placement.STRATEGY_BINPACK,
+        invalid=invalid,
     )

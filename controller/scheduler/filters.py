@@ -7,6 +7,7 @@ from functools import lru_cache
 from controller.scheduler.demand import Demand
 from controller.scheduler.feasibility import Filter, Rejection
 from controller.scheduler.node_state import NodeState
+from controller.scheduler.rule_filters import ConstraintsMatch, MaxReplicasPerNode
 from controller.scheduler.units import format_bytes, format_cpus
 from dockyard.v1 import types_pb2 as pb
 
@@ -79,5 +80,12 @@ class ResourcesFit:
         return _lacking(demand.cpu, demand.memory, cpu_short, memory_short)
 
 
-DEFAULT_FILTERS: tuple[Filter, ...] = (NodeAvailable(), HostPortsFree(), ResourcesFit())
-"""Cheapest first; a new filter (constraints, max replicas per node) is one more class in this tuple."""
+DEFAULT_FILTERS: tuple[Filter, ...] = (
+    NodeAvailable(),
+    ConstraintsMatch(),
+    MaxReplicasPerNode(),
+    HostPortsFree(),
+    ResourcesFit(),
+)
+"""Cheap first, and the service's own rules before contention: the first rejection is the one a user reads,
+and "doesn't match node.labels.zone == a" says more about a node than the memory it happens to lack."""

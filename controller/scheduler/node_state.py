@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from controller.scheduler.demand import Demand, HostPort
@@ -13,10 +14,11 @@ class NodeState:
     """Plain-attribute copy of a node, so filters and scorers never touch protobuf in the hot loop.
 
     ring is the node's position on the seeded tie-break ring, paired with its id to make it unique.
-    source keeps the original message for filters that need rarely read fields such as labels.
+    source keeps the original message for filters that need rarely read fields.
     """
 
     id: str
+    hostname: str
     ring: tuple[int, str]
     status: int
     availability: int  # UNSPECIFIED is already mapped to ACTIVE
@@ -28,6 +30,16 @@ class NodeState:
     task_count: int = 0
     ports: set[HostPort] = field(default_factory=set)
     services: dict[str, int] = field(default_factory=dict)  # service id -> tasks held here
+    _labels: dict[str, str] | None = field(default=None, init=False, repr=False)
+
+    def labels(self) -> Mapping[str, str]:
+        """Returns the agent's labels overlaid with the operator's (operators win), built on first use."""
+        # Built lazily: copying two protobuf maps per node would tax every call, and only constraints read them.
+        labels = self._labels
+        if labels is None:
+            source = self.source
+            labels = self._labels = {**source.description.labels, **source.labels}
+        return labels
 
     def take(self, demand: Demand) -> None:
         """Records that one more task with this demand holds resources, ports and a service slot here."""

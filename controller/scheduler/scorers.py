@@ -1,8 +1,4 @@
-"""The built-in scorers and the spread strategy built from them.
-
-A binpack strategy is a different tuple over the same machinery, e.g. (ServiceSpread(), MostLoaded()) where
-MostLoaded returns the negated load fraction; schedule() takes the tuple as its scorers argument.
-"""
+"""The built-in scorers and the spread strategy built from them; binpack.py holds the other strategy."""
 
 from __future__ import annotations
 

@@ -6,7 +6,9 @@ import click
 
 from dockyard import __version__
 from dockyard.cli.cluster import down, up
+from dockyard.cli.node import node
 from dockyard.cli.nodes import nodes
+from dockyard.cli.service import service
 from dockyard.cli.workloads import apply, ps, rm, scale, services
 
 
@@ -16,7 +18,7 @@ def cli() -> None:
     """Dockyard: run containers across a small fleet of hosts."""
 
 
-for command in (up, down, apply, services, ps, nodes, scale, rm):
+for command in (up, down, apply, services, ps, nodes, node, service, scale, rm):
     cli.add_command(command)
 
 

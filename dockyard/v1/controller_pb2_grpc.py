@@ -70,6 +70,16 @@ class ControllerServiceStub:
                 request_serializer=dockyard_dot_v1_dot_controller__pb2.ListTasksRequest.SerializeToString,
                 response_deserializer=dockyard_dot_v1_dot_controller__pb2.ListTasksResponse.FromString,
                 _registered_method=True)
+        self.UpdateNode = channel.unary_unary(
+                '/dockyard.v1.ControllerService/UpdateNode',
+                request_serializer=dockyard_dot_v1_dot_controller__pb2.UpdateNodeRequest.SerializeToString,
+                response_deserializer=dockyard_dot_v1_dot_types__pb2.Node.FromString,
+                _registered_method=True)
+        self.RemoveNode = channel.unary_unary(
+                '/dockyard.v1.ControllerService/RemoveNode',
+                request_serializer=dockyard_dot_v1_dot_controller__pb2.RemoveNodeRequest.SerializeToString,
+                response_deserializer=dockyard_dot_v1_dot_controller__pb2.RemoveNodeResponse.FromString,
+                _registered_method=True)
 
 
 class ControllerServiceServicer:
@@ -118,6 +128,20 @@ class ControllerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpdateNode(self, request, context):
+        """Changes a node's availability and/or its operator labels.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveNode(self, request, context):
+        """Forgets a node. Refused while the node is ready unless force is set.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControllerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -155,6 +179,16 @@ def add_ControllerServiceServicer_to_server(servicer, server):
                     servicer.ListTasks,
                     request_deserializer=dockyard_dot_v1_dot_controller__pb2.ListTasksRequest.FromString,
                     response_serializer=dockyard_dot_v1_dot_controller__pb2.ListTasksResponse.SerializeToString,
+            ),
+            'UpdateNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateNode,
+                    request_deserializer=dockyard_dot_v1_dot_controller__pb2.UpdateNodeRequest.FromString,
+                    response_serializer=dockyard_dot_v1_dot_types__pb2.Node.SerializeToString,
+            ),
+            'RemoveNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveNode,
+                    request_deserializer=dockyard_dot_v1_dot_controller__pb2.RemoveNodeRequest.FromString,
+                    response_serializer=dockyard_dot_v1_dot_controller__pb2.RemoveNodeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -346,6 +380,60 @@ class ControllerService:
             '/dockyard.v1.ControllerService/ListTasks',
             dockyard_dot_v1_dot_controller__pb2.ListTasksRequest.SerializeToString,
             dockyard_dot_v1_dot_controller__pb2.ListTasksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dockyard.v1.ControllerService/UpdateNode',
+            dockyard_dot_v1_dot_controller__pb2.UpdateNodeRequest.SerializeToString,
+            dockyard_dot_v1_dot_types__pb2.Node.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dockyard.v1.ControllerService/RemoveNode',
+            dockyard_dot_v1_dot_controller__pb2.RemoveNodeRequest.SerializeToString,
+            dockyard_dot_v1_dot_controller__pb2.RemoveNodeResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -40,6 +40,10 @@ class ControllerServiceStub:
     ScaleService: _grpc.UnaryUnaryMultiCallable[_controller_pb2.ScaleServiceRequest, _types_pb2.Service]
     ListNodes: _grpc.UnaryUnaryMultiCallable[_controller_pb2.ListNodesRequest, _controller_pb2.ListNodesResponse]
     ListTasks: _grpc.UnaryUnaryMultiCallable[_controller_pb2.ListTasksRequest, _controller_pb2.ListTasksResponse]
+    UpdateNode: _grpc.UnaryUnaryMultiCallable[_controller_pb2.UpdateNodeRequest, _types_pb2.Node]
+    """Changes a node's availability and/or its operator labels."""
+    RemoveNode: _grpc.UnaryUnaryMultiCallable[_controller_pb2.RemoveNodeRequest, _controller_pb2.RemoveNodeResponse]
+    """Forgets a node. Refused while the node is ready unless force is set."""
 
 @_typing.type_check_only
 class ControllerServiceAsyncStub(ControllerServiceStub):
@@ -52,6 +56,10 @@ class ControllerServiceAsyncStub(ControllerServiceStub):
     ScaleService: _aio.UnaryUnaryMultiCallable[_controller_pb2.ScaleServiceRequest, _types_pb2.Service]  # type: ignore[assignment]
     ListNodes: _aio.UnaryUnaryMultiCallable[_controller_pb2.ListNodesRequest, _controller_pb2.ListNodesResponse]  # type: ignore[assignment]
     ListTasks: _aio.UnaryUnaryMultiCallable[_controller_pb2.ListTasksRequest, _controller_pb2.ListTasksResponse]  # type: ignore[assignment]
+    UpdateNode: _aio.UnaryUnaryMultiCallable[_controller_pb2.UpdateNodeRequest, _types_pb2.Node]  # type: ignore[assignment]
+    """Changes a node's availability and/or its operator labels."""
+    RemoveNode: _aio.UnaryUnaryMultiCallable[_controller_pb2.RemoveNodeRequest, _controller_pb2.RemoveNodeResponse]  # type: ignore[assignment]
+    """Forgets a node. Refused while the node is ready unless force is set."""
 
 class ControllerServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -103,5 +111,21 @@ class ControllerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _controller_pb2.ListTasksRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_controller_pb2.ListTasksResponse, _abc.Awaitable[_controller_pb2.ListTasksResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def UpdateNode(
+        self,
+        request: _controller_pb2.UpdateNodeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_types_pb2.Node, _abc.Awaitable[_types_pb2.Node]]:
+        """Changes a node's availability and/or its operator labels."""
+
+    @_abc_1.abstractmethod
+    def RemoveNode(
+        self,
+        request: _controller_pb2.RemoveNodeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.RemoveNodeResponse, _abc.Awaitable[_controller_pb2.RemoveNodeResponse]]:
+        """Forgets a node. Refused while the node is ready unless force is set."""
 
 def add_ControllerServiceServicer_to_server(servicer: ControllerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -26,7 +26,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x64ockyard/v1/types.proto\x12\x0b\x64ockyard.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"J\n\x0bPortMapping\x12\x11\n\thost_port\x18\x01 \x01(\r\x12\x16\n\x0e\x63ontainer_port\x18\x02 \x01(\r\x12\x10\n\x08protocol\x18\x03 \x01(\t\"u\n\tResources\x12\x11\n\tcpu_limit\x18\x01 \x01(\x01\x12\x1a\n\x12memory_limit_bytes\x18\x02 \x01(\x03\x12\x17\n\x0f\x63pu_reservation\x18\x03 \x01(\x01\x12 \n\x18memory_reservation_bytes\x18\x04 \x01(\x03\"\x9c\x02\n\rRestartPolicy\x12\x37\n\tcondition\x18\x01 \x01(\x0e\x32$.dockyard.v1.RestartPolicy.Condition\x12(\n\x05\x64\x65lay\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x14\n\x0cmax_attempts\x18\x03 \x01(\r\x12)\n\x06window\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"g\n\tCondition\x12\x19\n\x15\x43ONDITION_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x43ONDITION_NONE\x10\x01\x12\x18\n\x14\x43ONDITION_ON_FAILURE\x10\x02\x12\x11\n\rCONDITION_ANY\x10\x03\"\xc5\x03\n\x0bServiceSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05image\x18\x02 \x01(\t\x12\x0f\n\x07\x63ommand\x18\x03 \x03(\t\x12.\n\x03\x65nv\x18\x04 \x03(\x0b\x32!.dockyard.v1.ServiceSpec.EnvEntry\x12\'\n\x05ports\x18\x05 \x03(\x0b\x32\x18.dockyard.v1.PortMapping\x12\x10\n\x08replicas\x18\x06 \x01(\r\x12)\n\tresources\x18\x07 \x01(\x0b\x32\x16.dockyard.v1.Resources\x12\x34\n\x06labels\x18\x08 \x03(\x0b\x32$.dockyard.v1.ServiceSpec.LabelsEntry\x12+\n\x07restart\x18\t \x01(\x0b\x32\x1a.dockyard.v1.RestartPolicy\x12\x34\n\x11stop_grace_period\x18\n \x01(\x0b\x32\x19.google.protobuf.Duration\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xce\x01\n\x07Service\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x10\n\x08revision\x18\x03 \x01(\x04\x12&\n\x04spec\x18\x04 \x01(\x0b\x32\x18.dockyard.v1.ServiceSpec\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07version\x18\x07 \x01(\x04\"\xab\x01\n\nTaskStatus\x12%\n\x05state\x18\x01 \x01(\x0e\x32\x16.dockyard.v1.TaskState\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12\x11\n\texit_code\x18\x04 \x01(\x05\x12\x14\n\x0c\x63ontainer_id\x18\x05 \x01(\t\x12-\n\ttimestamp\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xf5\x02\n\x04Task\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\nservice_id\x18\x02 \x01(\t\x12\x14\n\x0cservice_name\x18\x03 \x01(\t\x12\x0c\n\x04slot\x18\x04 \x01(\r\x12\x10\n\x08revision\x18\x05 \x01(\x04\x12&\n\x04spec\x18\x06 \x01(\x0b\x32\x18.dockyard.v1.ServiceSpec\x12\x0f\n\x07node_id\x18\x07 \x01(\t\x12\x30\n\rdesired_state\x18\x08 \x01(\x0e\x32\x19.dockyard.v1.DesiredState\x12\'\n\x06status\x18\t \x01(\x0b\x32\x17.dockyard.v1.TaskStatus\x12\x12\n\ngeneration\x18\n \x01(\x04\x12.\n\ncreated_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07version\x18\r \x01(\x04\"\xf9\x01\n\x0fNodeDescription\x12\x10\n\x08hostname\x18\x01 \x01(\t\x12\x38\n\x06labels\x18\x02 \x03(\x0b\x32(.dockyard.v1.NodeDescription.LabelsEntry\x12\x0c\n\x04\x63pus\x18\x03 \x01(\x01\x12\x14\n\x0cmemory_bytes\x18\x04 \x01(\x03\x12\x16\n\x0e\x64ocker_version\x18\x05 \x01(\t\x12\n\n\x02os\x18\x06 \x01(\t\x12\x0c\n\x04\x61rch\x18\x07 \x01(\t\x12\x15\n\ragent_version\x18\x08 \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x9f\x03\n\x04Node\x12\n\n\x02id\x18\x01 \x01(\t\x12\x31\n\x0b\x64\x65scription\x18\x02 \x01(\x0b\x32\x1c.dockyard.v1.NodeDescription\x12\'\n\x06status\x18\x03 \x01(\x0e\x32\x17.dockyard.v1.NodeStatus\x12\x16\n\x0estatus_message\x18\x04 \x01(\t\x12\x33\n\x0c\x61vailability\x18\x05 \x01(\x0e\x32\x1d.dockyard.v1.NodeAvailability\x12-\n\x06labels\x18\x06 \x03(\x0b\x32\x1d.dockyard.v1.Node.LabelsEntry\x12\x32\n\x0elast_heartbeat\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x61\x64\x64ress\x18\x08 \x01(\t\x12.\n\ncreated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07version\x18\n \x01(\x04\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*\xb2\x02\n\tTaskState\x12\x1a\n\x16TASK_STATE_UNSPECIFIED\x10\x00\x12\x12\n\x0eTASK_STATE_NEW\x10\x01\x12\x16\n\x12TASK_STATE_PENDING\x10\x02\x12\x17\n\x13TASK_STATE_ASSIGNED\x10\x03\x12\x18\n\x14TASK_STATE_PREPARING\x10\x04\x12\x17\n\x13TASK_STATE_STARTING\x10\x05\x12\x16\n\x12TASK_STATE_RUNNING\x10\x06\x12\x17\n\x13TASK_STATE_COMPLETE\x10\x07\x12\x15\n\x11TASK_STATE_FAILED\x10\x08\x12\x17\n\x13TASK_STATE_SHUTDOWN\x10\t\x12\x17\n\x13TASK_STATE_REJECTED\x10\n\x12\x17\n\x13TASK_STATE_ORPHANED\x10\x0b*d\n\x0c\x44\x65siredState\x12\x1d\n\x19\x44\x45SIRED_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15\x44\x45SIRED_STATE_RUNNING\x10\x01\x12\x1a\n\x16\x44\x45SIRED_STATE_SHUTDOWN\x10\x02*o\n\nNodeStatus\x12\x1b\n\x17NODE_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13NODE_STATUS_UNKNOWN\x10\x01\x12\x15\n\x11NODE_STATUS_READY\x10\x02\x12\x14\n\x10NODE_STATUS_DOWN\x10\x03*\x8d\x01\n\x10NodeAvailability\x12!\n\x1dNODE_AVAILABILITY_UNSPECIFIED\x10\x00\x12\x1c\n\x18NODE_AVAILABILITY_ACTIVE\x10\x01\x12\x1b\n\x17NODE_AVAILABILITY_PAUSE\x10\x02\x12\x1b\n\x17NODE_AVAILABILITY_DRAIN\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x64ockyard/v1/types.proto\x12\x0b\x64ockyard.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"J\n\x0bPortMapping\x12\x11\n\thost_port\x18\x01 \x01(\r\x12\x16\n\x0e\x63ontainer_port\x18\x02 \x01(\r\x12\x10\n\x08protocol\x18\x03 \x01(\t\"u\n\tResources\x12\x11\n\tcpu_limit\x18\x01 \x01(\x01\x12\x1a\n\x12memory_limit_bytes\x18\x02 \x01(\x03\x12\x17\n\x0f\x63pu_reservation\x18\x03 \x01(\x01\x12 \n\x18memory_reservation_bytes\x18\x04 \x01(\x03\"\x9c\x02\n\rRestartPolicy\x12\x37\n\tcondition\x18\x01 \x01(\x0e\x32$.dockyard.v1.RestartPolicy.Condition\x12(\n\x05\x64\x65lay\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x14\n\x0cmax_attempts\x18\x03 \x01(\r\x12)\n\x06window\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"g\n\tCondition\x12\x19\n\x15\x43ONDITION_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x43ONDITION_NONE\x10\x01\x12\x18\n\x14\x43ONDITION_ON_FAILURE\x10\x02\x12\x11\n\rCONDITION_ANY\x10\x03\"\xc3\x01\n\tPlacement\x12\x13\n\x0b\x63onstraints\x18\x01 \x03(\t\x12\x1d\n\x15max_replicas_per_node\x18\x02 \x01(\r\x12\x31\n\x08strategy\x18\x03 \x01(\x0e\x32\x1f.dockyard.v1.Placement.Strategy\"O\n\x08Strategy\x12\x18\n\x14STRATEGY_UNSPECIFIED\x10\x00\x12\x13\n\x0fSTRATEGY_SPREAD\x10\x01\x12\x14\n\x10STRATEGY_BINPACK\x10\x02\"=\n\x0cOnDisconnect\x12-\n\nstop_after\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xca\x04\n\x0bServiceSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05image\x18\x02 \x01(\t\x12\x0f\n\x07\x63ommand\x18\x03 \x03(\t\x12.\n\x03\x65nv\x18\x04 \x03(\x0b\x32!.dockyard.v1.ServiceSpec.EnvEntry\x12\'\n\x05ports\x18\x05 \x03(\x0b\x32\x18.dockyard.v1.PortMapping\x12\x10\n\x08replicas\x18\x06 \x01(\r\x12)\n\tresources\x18\x07 \x01(\x0b\x32\x16.dockyard.v1.Resources\x12\x34\n\x06labels\x18\x08 \x03(\x0b\x32$.dockyard.v1.ServiceSpec.LabelsEntry\x12+\n\x07restart\x18\t \x01(\x0b\x32\x1a.dockyard.v1.RestartPolicy\x12\x34\n\x11stop_grace_period\x18\n \x01(\x0b\x32\x19.google.protobuf.Duration\x12&\n\x04mode\x18\x0b \x01(\x0e\x32\x18.dockyard.v1.ServiceMode\x12)\n\tplacement\x18\x0c \x01(\x0b\x32\x16.dockyard.v1.Placement\x12\x30\n\ron_disconnect\x18\r \x01(\x0b\x32\x19.dockyard.v1.OnDisconnect\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xce\x01\n\x07Service\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x10\n\x08revision\x18\x03 \x01(\x04\x12&\n\x04spec\x18\x04 \x01(\x0b\x32\x18.dockyard.v1.ServiceSpec\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07version\x18\x07 \x01(\x04\"\xab\x01\n\nTaskStatus\x12%\n\x05state\x18\x01 \x01(\x0e\x32\x16.dockyard.v1.TaskState\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12\x11\n\texit_code\x18\x04 \x01(\x05\x12\x14\n\x0c\x63ontainer_id\x18\x05 \x01(\t\x12-\n\ttimestamp\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xf5\x02\n\x04Task\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\nservice_id\x18\x02 \x01(\t\x12\x14\n\x0cservice_name\x18\x03 \x01(\t\x12\x0c\n\x04slot\x18\x04 \x01(\r\x12\x10\n\x08revision\x18\x05 \x01(\x04\x12&\n\x04spec\x18\x06 \x01(\x0b\x32\x18.dockyard.v1.ServiceSpec\x12\x0f\n\x07node_id\x18\x07 \x01(\t\x12\x30\n\rdesired_state\x18\x08 \x01(\x0e\x32\x19.dockyard.v1.DesiredState\x12\'\n\x06status\x18\t \x01(\x0b\x32\x17.dockyard.v1.TaskStatus\x12\x12\n\ngeneration\x18\n \x01(\x04\x12.\n\ncreated_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07version\x18\r \x01(\x04\"\xf9\x01\n\x0fNodeDescription\x12\x10\n\x08hostname\x18\x01 \x01(\t\x12\x38\n\x06labels\x18\x02 \x03(\x0b\x32(.dockyard.v1.NodeDescription.LabelsEntry\x12\x0c\n\x04\x63pus\x18\x03 \x01(\x01\x12\x14\n\x0cmemory_bytes\x18\x04 \x01(\x03\x12\x16\n\x0e\x64ocker_version\x18\x05 \x01(\t\x12\n\n\x02os\x18\x06 \x01(\t\x12\x0c\n\x04\x61rch\x18\x07 \x01(\t\x12\x15\n\ragent_version\x18\x08 \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x9f\x03\n\x04Node\x12\n\n\x02id\x18\x01 \x01(\t\x12\x31\n\x0b\x64\x65scription\x18\x02 \x01(\x0b\x32\x1c.dockyard.v1.NodeDescription\x12\'\n\x06status\x18\x03 \x01(\x0e\x32\x17.dockyard.v1.NodeStatus\x12\x16\n\x0estatus_message\x18\x04 \x01(\t\x12\x33\n\x0c\x61vailability\x18\x05 \x01(\x0e\x32\x1d.dockyard.v1.NodeAvailability\x12-\n\x06labels\x18\x06 \x03(\x0b\x32\x1d.dockyard.v1.Node.LabelsEntry\x12\x32\n\x0elast_heartbeat\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x61\x64\x64ress\x18\x08 \x01(\t\x12.\n\ncreated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07version\x18\n \x01(\x04\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*a\n\x0bServiceMode\x12\x1c\n\x18SERVICE_MODE_UNSPECIFIED\x10\x00\x12\x1b\n\x17SERVICE_MODE_REPLICATED\x10\x01\x12\x17\n\x13SERVICE_MODE_GLOBAL\x10\x02*\xc7\x02\n\tTaskState\x12\x1a\n\x16TASK_STATE_UNSPECIFIED\x10\x00\x12\x12\n\x0eTASK_STATE_NEW\x10\x01\x12\x16\n\x12TASK_STATE_PENDING\x10\x02\x12\x17\n\x13TASK_STATE_ASSIGNED\x10\x03\x12\x18\n\x14TASK_STATE_PREPARING\x10\x04\x12\x17\n\x13TASK_STATE_STARTING\x10\x05\x12\x16\n\x12TASK_STATE_RUNNING\x10\x06\x12\x17\n\x13TASK_STATE_COMPLETE\x10\x07\x12\x15\n\x11TASK_STATE_FAILED\x10\x08\x12\x17\n\x13TASK_STATE_SHUTDOWN\x10\t\x12\x17\n\x13TASK_STATE_REJECTED\x10\n\x12\x17\n\x13TASK_STATE_ORPHANED\x10\x0b\x12\x13\n\x0fTASK_STATE_LOST\x10\x0c*d\n\x0c\x44\x65siredState\x12\x1d\n\x19\x44\x45SIRED_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15\x44\x45SIRED_STATE_RUNNING\x10\x01\x12\x1a\n\x16\x44\x45SIRED_STATE_SHUTDOWN\x10\x02*o\n\nNodeStatus\x12\x1b\n\x17NODE_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13NODE_STATUS_UNKNOWN\x10\x01\x12\x15\n\x11NODE_STATUS_READY\x10\x02\x12\x14\n\x10NODE_STATUS_DOWN\x10\x03*\x8d\x01\n\x10NodeAvailability\x12!\n\x1dNODE_AVAILABILITY_UNSPECIFIED\x10\x00\x12\x1c\n\x18NODE_AVAILABILITY_ACTIVE\x10\x01\x12\x1b\n\x17NODE_AVAILABILITY_PAUSE\x10\x02\x12\x1b\n\x17NODE_AVAILABILITY_DRAIN\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,14 +41,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_NODEDESCRIPTION_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_NODE_LABELSENTRY']._loaded_options = None
   _globals['_NODE_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_TASKSTATE']._serialized_start=2473
-  _globals['_TASKSTATE']._serialized_end=2779
-  _globals['_DESIREDSTATE']._serialized_start=2781
-  _globals['_DESIREDSTATE']._serialized_end=2881
-  _globals['_NODESTATUS']._serialized_start=2883
-  _globals['_NODESTATUS']._serialized_end=2994
-  _globals['_NODEAVAILABILITY']._serialized_start=2997
-  _globals['_NODEAVAILABILITY']._serialized_end=3138
+  _globals['_SERVICEMODE']._serialized_start=2866
+  _globals['_SERVICEMODE']._serialized_end=2963
+  _globals['_TASKSTATE']._serialized_start=2966
+  _globals['_TASKSTATE']._serialized_end=3293
+  _globals['_DESIREDSTATE']._serialized_start=3295
+  _globals['_DESIREDSTATE']._serialized_end=3395
+  _globals['_NODESTATUS']._serialized_start=3397
+  _globals['_NODESTATUS']._serialized_end=3508
+  _globals['_NODEAVAILABILITY']._serialized_start=3511
+  _globals['_NODEAVAILABILITY']._serialized_end=3652
   _globals['_PORTMAPPING']._serialized_start=105
   _globals['_PORTMAPPING']._serialized_end=179
   _globals['_RESOURCES']._serialized_start=181
@@ -57,24 +59,30 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RESTARTPOLICY']._serialized_end=585
   _globals['_RESTARTPOLICY_CONDITION']._serialized_start=482
   _globals['_RESTARTPOLICY_CONDITION']._serialized_end=585
-  _globals['_SERVICESPEC']._serialized_start=588
-  _globals['_SERVICESPEC']._serialized_end=1041
-  _globals['_SERVICESPEC_ENVENTRY']._serialized_start=952
-  _globals['_SERVICESPEC_ENVENTRY']._serialized_end=994
-  _globals['_SERVICESPEC_LABELSENTRY']._serialized_start=996
-  _globals['_SERVICESPEC_LABELSENTRY']._serialized_end=1041
-  _globals['_SERVICE']._serialized_start=1044
-  _globals['_SERVICE']._serialized_end=1250
-  _globals['_TASKSTATUS']._serialized_start=1253
-  _globals['_TASKSTATUS']._serialized_end=1424
-  _globals['_TASK']._serialized_start=1427
-  _globals['_TASK']._serialized_end=1800
-  _globals['_NODEDESCRIPTION']._serialized_start=1803
-  _globals['_NODEDESCRIPTION']._serialized_end=2052
-  _globals['_NODEDESCRIPTION_LABELSENTRY']._serialized_start=996
-  _globals['_NODEDESCRIPTION_LABELSENTRY']._serialized_end=1041
-  _globals['_NODE']._serialized_start=2055
-  _globals['_NODE']._serialized_end=2470
-  _globals['_NODE_LABELSENTRY']._serialized_start=996
-  _globals['_NODE_LABELSENTRY']._serialized_end=1041
+  _globals['_PLACEMENT']._serialized_start=588
+  _globals['_PLACEMENT']._serialized_end=783
+  _globals['_PLACEMENT_STRATEGY']._serialized_start=704
+  _globals['_PLACEMENT_STRATEGY']._serialized_end=783
+  _globals['_ONDISCONNECT']._serialized_start=785
+  _globals['_ONDISCONNECT']._serialized_end=846
+  _globals['_SERVICESPEC']._serialized_start=849
+  _globals['_SERVICESPEC']._serialized_end=1435
+  _globals['_SERVICESPEC_ENVENTRY']._serialized_start=1346
+  _globals['_SERVICESPEC_ENVENTRY']._serialized_end=1388
+  _globals['_SERVICESPEC_LABELSENTRY']._serialized_start=1390
+  _globals['_SERVICESPEC_LABELSENTRY']._serialized_end=1435
+  _globals['_SERVICE']._serialized_start=1438
+  _globals['_SERVICE']._serialized_end=1644
+  _globals['_TASKSTATUS']._serialized_start=1647
+  _globals['_TASKSTATUS']._serialized_end=1818
+  _globals['_TASK']._serialized_start=1821
+  _globals['_TASK']._serialized_end=2194
+  _globals['_NODEDESCRIPTION']._serialized_start=2197
+  _globals['_NODEDESCRIPTION']._serialized_end=2446
+  _globals['_NODEDESCRIPTION_LABELSENTRY']._serialized_start=1390
+  _globals['_NODEDESCRIPTION_LABELSENTRY']._serialized_end=1435
+  _globals['_NODE']._serialized_start=2449
+  _globals['_NODE']._serialized_end=2864
+  _globals['_NODE_LABELSENTRY']._serialized_start=1390
+  _globals['_NODE_LABELSENTRY']._serialized_end=1435
 # @@protoc_insertion_point(module_scope)

@@ -21,6 +21,27 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _ServiceMode:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ServiceModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ServiceMode.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SERVICE_MODE_UNSPECIFIED: _ServiceMode.ValueType  # 0
+    """replicated"""
+    SERVICE_MODE_REPLICATED: _ServiceMode.ValueType  # 1
+    SERVICE_MODE_GLOBAL: _ServiceMode.ValueType  # 2
+    """one task on every eligible node"""
+
+class ServiceMode(_ServiceMode, metaclass=_ServiceModeEnumTypeWrapper): ...
+
+SERVICE_MODE_UNSPECIFIED: ServiceMode.ValueType  # 0
+"""replicated"""
+SERVICE_MODE_REPLICATED: ServiceMode.ValueType  # 1
+SERVICE_MODE_GLOBAL: ServiceMode.ValueType  # 2
+"""one task on every eligible node"""
+Global___ServiceMode: _TypeAlias = ServiceMode  # noqa: Y015
+
 class _TaskState:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -39,6 +60,8 @@ class _TaskStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TaskState.V
     TASK_STATE_SHUTDOWN: _TaskState.ValueType  # 9
     TASK_STATE_REJECTED: _TaskState.ValueType  # 10
     TASK_STATE_ORPHANED: _TaskState.ValueType  # 11
+    TASK_STATE_LOST: _TaskState.ValueType  # 12
+    """its node went down; a replacement runs elsewhere"""
 
 class TaskState(_TaskState, metaclass=_TaskStateEnumTypeWrapper):
     """Observed task states. They only move forward; every state from COMPLETE on is terminal."""
@@ -55,6 +78,8 @@ TASK_STATE_FAILED: TaskState.ValueType  # 8
 TASK_STATE_SHUTDOWN: TaskState.ValueType  # 9
 TASK_STATE_REJECTED: TaskState.ValueType  # 10
 TASK_STATE_ORPHANED: TaskState.ValueType  # 11
+TASK_STATE_LOST: TaskState.ValueType  # 12
+"""its node went down; a replacement runs elsewhere"""
 Global___TaskState: _TypeAlias = TaskState  # noqa: Y015
 
 class _DesiredState:
@@ -233,6 +258,87 @@ class RestartPolicy(_message.Message):
 Global___RestartPolicy: _TypeAlias = RestartPolicy  # noqa: Y015
 
 @_typing.final
+class Placement(_message.Message):
+    """Where a service's tasks may run and how they are spread."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _Strategy:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _StrategyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[Placement._Strategy.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        STRATEGY_UNSPECIFIED: Placement._Strategy.ValueType  # 0
+        """spread"""
+        STRATEGY_SPREAD: Placement._Strategy.ValueType  # 1
+        """spread a service's replicas, then least loaded"""
+        STRATEGY_BINPACK: Placement._Strategy.ValueType  # 2
+        """fill the most loaded node that still fits"""
+
+    class Strategy(_Strategy, metaclass=_StrategyEnumTypeWrapper): ...
+    STRATEGY_UNSPECIFIED: Placement.Strategy.ValueType  # 0
+    """spread"""
+    STRATEGY_SPREAD: Placement.Strategy.ValueType  # 1
+    """spread a service's replicas, then least loaded"""
+    STRATEGY_BINPACK: Placement.Strategy.ValueType  # 2
+    """fill the most loaded node that still fits"""
+
+    CONSTRAINTS_FIELD_NUMBER: _builtins.int
+    MAX_REPLICAS_PER_NODE_FIELD_NUMBER: _builtins.int
+    STRATEGY_FIELD_NUMBER: _builtins.int
+    max_replicas_per_node: _builtins.int
+    """0 = unlimited"""
+    strategy: Global___Placement.Strategy.ValueType
+    @_builtins.property
+    def constraints(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Each must hold on a node: "node.labels.KEY == VALUE", "node.labels.KEY != VALUE",
+        "node.hostname == NAME" (or !=), "node.id == ID" (or !=). Node labels are the agent's
+        configured labels overlaid with the operator's.
+        """
+
+    def __init__(
+        self,
+        *,
+        constraints: _abc.Iterable[_builtins.str] | None = ...,
+        max_replicas_per_node: _builtins.int = ...,
+        strategy: Global___Placement.Strategy.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["constraints", b"constraints", "max_replicas_per_node", b"max_replicas_per_node", "strategy", b"strategy"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Placement: _TypeAlias = Placement  # noqa: Y015
+
+@_typing.final
+class OnDisconnect(_message.Message):
+    """What an agent does with a task's container when it loses the controller."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STOP_AFTER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def stop_after(self) -> _duration_pb2.Duration:
+        """Unset or zero: keep running (the default). Set: stop the container once the agent has been
+        cut off from the controller for this long, for workloads that must never run twice.
+        """
+
+    def __init__(
+        self,
+        *,
+        stop_after: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["stop_after", b"stop_after"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["stop_after", b"stop_after"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OnDisconnect: _TypeAlias = OnDisconnect  # noqa: Y015
+
+@_typing.final
 class ServiceSpec(_message.Message):
     """What the user asks for; validated by the controller before it is stored."""
 
@@ -288,9 +394,13 @@ class ServiceSpec(_message.Message):
     LABELS_FIELD_NUMBER: _builtins.int
     RESTART_FIELD_NUMBER: _builtins.int
     STOP_GRACE_PERIOD_FIELD_NUMBER: _builtins.int
+    MODE_FIELD_NUMBER: _builtins.int
+    PLACEMENT_FIELD_NUMBER: _builtins.int
+    ON_DISCONNECT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     image: _builtins.str
     replicas: _builtins.int
+    mode: Global___ServiceMode.ValueType
     @_builtins.property
     def command(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -305,6 +415,10 @@ class ServiceSpec(_message.Message):
     def restart(self) -> Global___RestartPolicy: ...
     @_builtins.property
     def stop_grace_period(self) -> _duration_pb2.Duration: ...
+    @_builtins.property
+    def placement(self) -> Global___Placement: ...
+    @_builtins.property
+    def on_disconnect(self) -> Global___OnDisconnect: ...
     def __init__(
         self,
         *,
@@ -318,10 +432,13 @@ class ServiceSpec(_message.Message):
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         restart: Global___RestartPolicy | None = ...,
         stop_grace_period: _duration_pb2.Duration | None = ...,
+        mode: Global___ServiceMode.ValueType = ...,
+        placement: Global___Placement | None = ...,
+        on_disconnect: Global___OnDisconnect | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["resources", b"resources", "restart", b"restart", "stop_grace_period", b"stop_grace_period"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["on_disconnect", b"on_disconnect", "placement", b"placement", "resources", b"resources", "restart", b"restart", "stop_grace_period", b"stop_grace_period"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "env", b"env", "image", b"image", "labels", b"labels", "name", b"name", "ports", b"ports", "replicas", b"replicas", "resources", b"resources", "restart", b"restart", "stop_grace_period", b"stop_grace_period"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "env", b"env", "image", b"image", "labels", b"labels", "mode", b"mode", "name", b"name", "on_disconnect", b"on_disconnect", "placement", b"placement", "ports", b"ports", "replicas", b"replicas", "resources", b"resources", "restart", b"restart", "stop_grace_period", b"stop_grace_period"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -427,12 +544,15 @@ class Task(_message.Message):
     service_id: _builtins.str
     service_name: _builtins.str
     slot: _builtins.int
+    """replicated services; 0 for global ones (keyed by node_id)"""
     revision: _builtins.int
     """revision of the service spec this task runs"""
     node_id: _builtins.str
     desired_state: Global___DesiredState.ValueType
     generation: _builtins.int
-    """fencing generation, also on the container's labels"""
+    """Fencing generation: grows by one for every new task in the same slot (or on the same node for a
+    global service), so the newest instance of a slot always wins; also on the container's labels.
+    """
     version: _builtins.int
     @_builtins.property
     def spec(self) -> Global___ServiceSpec:

@@ -148,3 +148,70 @@ async def _no_tasks(client: Client) -> bool:
 async def _nodes_ready(client: Client, count: int) -> bool:
     nodes = await client.list_nodes()
     return sum(1 for n in nodes if n.status == pb.NODE_STATUS_READY) == count
+
+
+async def _node_id(client: Client, hostname: str) -> str:
+    return next(n.id for n in await client.list_nodes() if n.description.hostname == hostname)
+
+
+async def test_dead_node_tasks_are_lost_and_replaced_then_fenced_on_return(fake_cluster: FakeCluster) -> None:
+    a = await fake_cluster.start_agent("a")
+    b = await fake_cluster.start_agent("b")
+    async with fake_cluster.client() as client:
+        await eventually(lambda: _nodes_ready(client, 2))
+        await client.apply([spec(replicas=2)])
+        await eventually(lambda: _all_running(client, 2))
+        on_a = await running(a)
+        assert len(on_a) == 1
+        await fake_cluster.stop_agent("a")  # the host is cut off: its container keeps running
+
+        async def moved() -> bool:
+            return len(await running(b)) == 2
+
+        await eventually(moved, within=10, what="replacement on b")
+        tasks = await client.list_tasks("web", include_finished=True)
+        lost = [t for t in tasks if t.status.state == pb.TASK_STATE_LOST]
+        assert [t.status.container_id for t in lost] == [on_a[0].id]
+        live = [t for t in tasks if t.desired_state == pb.DESIRED_STATE_RUNNING]
+        assert max(t.generation for t in live) == 2
+        assert len(await running(a)) == 1, "a cut-off host's container still runs"
+        await fake_cluster.start_agent("a")  # the host comes back
+        await eventually(lambda: _exactly_async(a, 0), within=5, what="the stale container stopped on a")
+        assert len(await running(b)) == 2, "the replacements are never the ones stopped"
+
+
+async def _exactly_async(host: HostUnderTest, count: int) -> bool:
+    return len(await running(host)) == count
+
+
+async def test_drain_moves_tasks_start_first_and_global_follows_nodes(fake_cluster: FakeCluster) -> None:
+    a = await fake_cluster.start_agent("a")
+    b = await fake_cluster.start_agent("b")
+    async with fake_cluster.client() as client:
+        await eventually(lambda: _nodes_ready(client, 2))
+        everywhere = spec(name="everywhere", replicas=0)
+        everywhere.mode = pb.SERVICE_MODE_GLOBAL
+        await client.apply([spec(replicas=2), everywhere])
+        await eventually(lambda: _all_running(client, 4))
+        await client.update_node("a", availability=pb.NODE_AVAILABILITY_DRAIN)
+
+        async def drained() -> bool:
+            return not await running(a) and len(await running(b, "web")) == 2
+
+        await eventually(drained, within=10, what="a drained")
+        assert len(await running(b, "everywhere")) == 1
+        await client.update_node("a", availability=pb.NODE_AVAILABILITY_ACTIVE)
+        await eventually(lambda: _exactly_async(a, 1), what="the global task back on a")
+        assert [c.labels["dockyard.service.name"] for c in await running(a)] == ["everywhere"]
+
+
+async def test_stop_after_disconnect_stops_containers_while_cut_off(fake_cluster: FakeCluster) -> None:
+    host = await fake_cluster.start_agent("h1")
+    async with fake_cluster.client() as client:
+        careful = spec(name="careful", replicas=1)
+        careful.on_disconnect.stop_after.CopyFrom(duration(0.5))
+        await client.apply([careful, spec(name="relaxed", replicas=1)])
+        await eventually(lambda: _all_running(client, 2))
+    await fake_cluster.stop_controller()
+    await eventually(lambda: _exactly_async(host, 1), within=5, what="the careful container stopped")
+    assert [c.labels["dockyard.service.name"] for c in await running(host)] == ["relaxed"]

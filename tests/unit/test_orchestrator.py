@@ -8,12 +8,14 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from controller.orchestrator.replicated import reconcile_service
+from controller.orchestrator.nodes import NodeFacts
+from controller.orchestrator.reconciler import reconcile_service
 from dockyard.task_state import is_terminal
 from dockyard.timestamps import duration, to_timestamp
 from dockyard.v1 import types_pb2 as pb
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+NODES = NodeFacts.of([pb.Node(id="n1", status=pb.NODE_STATUS_READY, availability=pb.NODE_AVAILABILITY_ACTIVE)])
 
 
 def ids() -> itertools.count[int]:
@@ -63,7 +65,7 @@ def task(
 
 
 def reconcile(svc: pb.Service | None, tasks: list[pb.Task]):  # type: ignore[no-untyped-def]
-    return reconcile_service(svc, tasks, NOW, new_id_factory())  # type: ignore[arg-type]
+    return reconcile_service(svc, tasks, NODES, NOW, new_id_factory())  # type: ignore[arg-type]
 
 
 def test_new_service_gets_one_pending_task_per_slot() -> None:
@@ -224,3 +226,102 @@ def test_never_more_live_tasks_than_replicas_once_settled(scenario: tuple[pb.Ser
         original = next(t for t in tasks if t.id == changed.id)
         if is_terminal(original.status.state):
             assert changed.status.state == original.status.state
+
+
+def node(
+    node_id: str, status: int = pb.NODE_STATUS_READY, availability: int = pb.NODE_AVAILABILITY_ACTIVE, **labels: str
+) -> pb.Node:
+    n = pb.Node(id=node_id, status=status, availability=availability)  # type: ignore[arg-type]
+    n.description.hostname = f"host-{node_id}"
+    n.description.labels.update(labels)
+    return n
+
+
+def reconcile_on(svc: pb.Service | None, tasks: list[pb.Task], nodes: list[pb.Node]):  # type: ignore[no-untyped-def]
+    return reconcile_service(svc, tasks, NodeFacts.of(nodes), NOW, new_id_factory())  # type: ignore[arg-type]
+
+
+def test_tasks_of_a_down_node_are_lost_and_replaced_with_a_higher_generation() -> None:
+    svc = service(2, condition=pb.RestartPolicy.CONDITION_NONE)
+    on_a, on_b = task(1, node="a", task_id="ta"), task(2, node="b", task_id="tb")
+    on_a.generation = 4
+    plan = reconcile_on(svc, [on_a, on_b], [node("a", pb.NODE_STATUS_DOWN), node("b")])
+    [lost] = plan.update
+    assert lost.id == "ta"
+    assert lost.status.state == pb.TASK_STATE_LOST, "lost is terminal and recorded by the controller"
+    assert lost.desired_state == pb.DESIRED_STATE_SHUTDOWN
+    assert "host-a" in lost.status.message
+    [replacement] = plan.create
+    assert (replacement.slot, replacement.node_id, replacement.generation) == (1, "", 5)
+
+
+def test_a_removed_node_counts_as_down() -> None:
+    plan = reconcile_on(service(1), [task(1, node="gone")], [node("b")])
+    assert plan.update[0].status.state == pb.TASK_STATE_LOST
+    assert len(plan.create) == 1
+
+
+def test_unknown_nodes_after_a_controller_restart_keep_their_tasks() -> None:
+    plan = reconcile_on(service(1), [task(1, node="a")], [node("a", pb.NODE_STATUS_UNKNOWN)])
+    assert plan.empty()
+
+
+def test_drain_is_start_first() -> None:
+    svc = service(1)
+    old = task(1, node="a", task_id="old")
+    nodes = [node("a", availability=pb.NODE_AVAILABILITY_DRAIN), node("b")]
+    plan = reconcile_on(svc, [old], nodes)
+    assert not plan.update, "the drained task keeps running until its replacement runs"
+    [new] = plan.create
+    assert new.slot == 1
+    starting = task(1, pb.TASK_STATE_STARTING, node="b", task_id="new")
+    assert reconcile_on(svc, [old, starting], nodes).empty()
+    running_new = task(1, pb.TASK_STATE_RUNNING, node="b", task_id="new")
+    plan = reconcile_on(svc, [old, running_new], nodes)
+    assert [(t.id, t.desired_state) for t in plan.update] == [("old", pb.DESIRED_STATE_SHUTDOWN)]
+    assert not plan.create
+
+
+def global_service(*constraints: str) -> pb.Service:
+    svc = service(0)
+    svc.spec.mode = pb.SERVICE_MODE_GLOBAL
+    svc.spec.placement.constraints.extend(constraints)
+    return svc
+
+
+def test_global_service_runs_one_pinned_task_per_matching_active_ready_node() -> None:
+    svc = global_service("node.labels.zone == a")
+    nodes = [
+        node("n1", zone="a"),
+        node("n2", zone="b"),
+        node("n3", pb.NODE_STATUS_DOWN, zone="a"),
+        node("n4", availability=pb.NODE_AVAILABILITY_PAUSE, zone="a"),
+        node("n5", zone="a"),
+    ]
+    plan = reconcile_on(svc, [], nodes)
+    assert sorted(t.node_id for t in plan.create) == ["n1", "n5"]
+    assert all(t.slot == 0 and t.status.state == pb.TASK_STATE_PENDING for t in plan.create)
+
+
+def test_global_service_follows_label_changes_drains_and_pauses() -> None:
+    svc = global_service("node.labels.zone == a")
+    t1 = task(0, node="n1", task_id="t1", svc=svc)
+    t2 = task(0, node="n2", task_id="t2", svc=svc)
+    t3 = task(0, node="n3", task_id="t3", svc=svc)
+    nodes = [
+        node("n1", zone="b"),  # relabelled away
+        node("n2", availability=pb.NODE_AVAILABILITY_PAUSE, zone="a"),  # paused: keeps what runs
+        node("n3", availability=pb.NODE_AVAILABILITY_DRAIN, zone="a"),
+    ]
+    plan = reconcile_on(svc, [t1, t2, t3], nodes)
+    assert sorted(t.id for t in plan.update) == ["t1", "t3"]
+    assert all(t.desired_state == pb.DESIRED_STATE_SHUTDOWN for t in plan.update)
+    assert not plan.create
+
+
+def test_global_task_of_a_down_node_is_lost_and_not_moved() -> None:
+    svc = global_service()
+    t1 = task(0, node="n1", task_id="t1", svc=svc)
+    plan = reconcile_on(svc, [t1], [node("n1", pb.NODE_STATUS_DOWN), node("n2")])
+    assert plan.update[0].status.state == pb.TASK_STATE_LOST
+    assert [t.node_id for t in plan.create] == ["n2"]

@@ -1,0 +1,65 @@
+"""What the orchestrator needs to know about nodes: which are gone, draining, or may run a global task."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from dockyard.constraints import ConstraintError, parse_constraint
+from dockyard.v1 import types_pb2 as pb
+
+
+@dataclass(frozen=True)
+class NodeFacts:
+    """A read-only view of the cluster's nodes for one reconcile pass."""
+
+    nodes: Mapping[str, pb.Node]
+
+    @classmethod
+    def of(cls, nodes: Iterable[pb.Node]) -> NodeFacts:
+        """Indexes nodes by id."""
+        return cls({n.id: n for n in nodes})
+
+    def lost(self, node_id: str) -> bool:
+        """Tells whether a task placed on this node can no longer be trusted to run: node down or removed."""
+        node = self.nodes.get(node_id)
+        return node is None or node.status == pb.NODE_STATUS_DOWN
+
+    def draining(self, node_id: str) -> bool:
+        """Tells whether the node's tasks should move elsewhere."""
+        node = self.nodes.get(node_id)
+        return node is not None and node.availability == pb.NODE_AVAILABILITY_DRAIN
+
+    def name(self, node_id: str) -> str:
+        """Returns the host name of a node, or its id when unknown."""
+        node = self.nodes.get(node_id)
+        return (node.description.hostname or node_id) if node else node_id
+
+    def global_keep(self, node_id: str, spec: pb.ServiceSpec) -> bool:
+        """Tells whether a global task on this node may stay: node not lost or draining, constraints hold."""
+        node = self.nodes.get(node_id)
+        if node is None or self.lost(node_id) or self.draining(node_id):
+            return False
+        return _constraints_hold(node, spec)
+
+    def global_targets(self, spec: pb.ServiceSpec) -> list[str]:
+        """Returns the ids of the nodes that should get a new global task: ready, active, matching."""
+        return sorted(
+            n.id
+            for n in self.nodes.values()
+            if n.status == pb.NODE_STATUS_READY
+            and n.availability in (pb.NODE_AVAILABILITY_ACTIVE, pb.NODE_AVAILABILITY_UNSPECIFIED)
+            and _constraints_hold(n, spec)
+        )
+
+
+def _constraints_hold(node: pb.Node, spec: pb.ServiceSpec) -> bool:
+    labels = {**dict(node.description.labels), **dict(node.labels)}
+    for text in spec.placement.constraints:
+        try:
+            constraint = parse_constraint(text)
+        except ConstraintError:
+            return False  # the API rejects these; a stored bad one must not place anything
+        if not constraint.matches(node.id, node.description.hostname, labels):
+            return False
+    return True
