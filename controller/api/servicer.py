@@ -90,7 +90,7 @@ class ControllerApi(cpb_grpc.ControllerServiceServicer):
             tasks = [t for t in tasks if t.desired_state == pb.DESIRED_STATE_RUNNING or not is_terminal(t.status.state)]
         return cpb.ListTasksResponse(tasks=tasks)
 
-    async def UpdateNode(self, request: cpb.UpdateNodeRequest, context: Context) -> pb.Node:  # noqa: N802
+    async def UpdateNode(self, request: cpb.UpdateNodeRequest, context: Context) -> pb.Node:
         """Sets a node's availability and operator labels; the orchestrator and scheduler react."""
         problems = node_label_errors(request.set_labels, request.remove_labels)
         if problems:
@@ -111,9 +111,7 @@ class ControllerApi(cpb_grpc.ControllerServiceServicer):
             await _abort(context, grpc.StatusCode.ABORTED, f"node: {request.node!r} changed concurrently; try again")
         return changed
 
-    async def RemoveNode(  # noqa: N802
-        self, request: cpb.RemoveNodeRequest, context: Context
-    ) -> cpb.RemoveNodeResponse:
+    async def RemoveNode(self, request: cpb.RemoveNodeRequest, context: Context) -> cpb.RemoveNodeResponse:
         """Forgets a node; its tasks count as lost and move. A ready node needs force."""
         node = await self._node(request.node, context)
         if node.status == pb.NODE_STATUS_READY and not request.force:

@@ -49,9 +49,9 @@ def reconcile_service(
     """Returns the writes that move a service's tasks toward its spec; service None means it was deleted."""
     plan = Plan()
     for task in tasks:
-        if task.node_id and not is_terminal(task.status.state) and nodes.lost(task.node_id):
-            if task.status.state >= pb.TASK_STATE_ASSIGNED:
-                mark_lost(task, now, nodes.name(task.node_id), plan)
+        placed = task.node_id and task.status.state >= pb.TASK_STATE_ASSIGNED
+        if placed and not is_terminal(task.status.state) and nodes.lost(task.node_id):
+            mark_lost(task, now, nodes.name(task.node_id), plan)
     current = [plan.current(t) for t in tasks]
     if service is None:
         for task in current:

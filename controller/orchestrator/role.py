@@ -9,8 +9,8 @@ from datetime import datetime
 import structlog
 
 from controller.clock import Clock
-from controller.orchestrator.plan import Plan
 from controller.orchestrator.nodes import NodeFacts
+from controller.orchestrator.plan import Plan
 from controller.orchestrator.reconciler import reconcile_service
 from controller.store.base import ConflictError, Delete, Kind, Op, Put, Store
 from dockyard.v1 import types_pb2 as pb
