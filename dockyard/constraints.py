@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 _SYNTAX = re.compile(r"^\s*node\.(?P<field>labels\.(?P<key>[^\s=!]+)|hostname|id)\s*(?P<op>==|!=)\s*(?P<value>\S+)\s*$")
+# Near misses worth a specific hint: a lone "=" as in label selectors, and a value with spaces.
+_SINGLE_EQUALS = re.compile(r"^[^=!]*[^=!\s]\s*=\s*[^=\s]")
+_SPACED_VALUE = re.compile(r"^\s*node\.(?:labels\.[^\s=!]+|hostname|id)\s*(?:==|!=)\s*\S+\s+\S")
 
-EXAMPLES = "node.labels.KEY == VALUE, node.hostname != NAME or node.id == ID"
+EXAMPLES = "node.labels.KEY == VALUE, node.hostname == NAME or node.id == ID (or != instead of ==)"
+# Long constraints are cut in messages so that one bad value cannot drown a whole report.
+_MAX_SHOWN = 60
 
 
 class ConstraintError(ValueError):
@@ -43,6 +49,21 @@ def parse_constraint(text: str) -> Constraint:
     """Parses one constraint; raises ConstraintError naming the accepted forms."""
     match = _SYNTAX.match(text)
     if match is None:
-        raise ConstraintError(f"cannot read {text!r}; write {EXAMPLES}")
+        raise ConstraintError(f"must have the form {EXAMPLES}, got {_shown(text)}{_hint(text)}")
     field = "labels" if match["key"] else match["field"]
     return Constraint(field=field, key=match["key"] or "", equal=match["op"] == "==", value=match["value"])
+
+
+def _hint(text: str) -> str:
+    if _SINGLE_EQUALS.match(text):
+        return "; compare with == or !="
+    if _SPACED_VALUE.match(text):
+        return "; the value cannot contain spaces"
+    return ""
+
+
+def _shown(text: str) -> str:
+    """Double-quotes `text` with non-printable characters escaped, so a message stays on one line."""
+    short = text if len(text) <= _MAX_SHOWN else text[: _MAX_SHOWN - 3] + "..."
+    encoded = json.dumps(short, ensure_ascii=False)
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in encoded)

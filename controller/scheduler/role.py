@@ -16,7 +16,7 @@ log = structlog.get_logger()
 
 
 def is_pending(task: pb.Task) -> bool:
-    """Tells whether a task waits for a node."""
+    """Tells whether a task waits for a node, or pinned to one (global services) waits to be admitted there."""
     return task.desired_state == pb.DESIRED_STATE_RUNNING and task.status.state == pb.TASK_STATE_PENDING
 
 
@@ -31,7 +31,7 @@ class Scheduler:
     async def reconcile(self) -> datetime | None:
         """Places every pending task it can; returns "now" when a commit lost a race, else None."""
         tasks = await self._store.list_tasks()
-        pending = [t for t in tasks if is_pending(t) and not t.node_id]
+        pending = [t for t in tasks if is_pending(t)]
         if not pending:
             return None
         nodes = await self._store.list_nodes()

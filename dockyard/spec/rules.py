@@ -19,16 +19,41 @@ MAX_CPUS = 1024
 MIN_MEMORY_LIMIT = 6 * MIB
 MAX_STOP_GRACE_PERIOD_NANOS = 3600 * NANOS_PER_SECOND
 MAX_RESTART_DELAY_NANOS = 3600 * NANOS_PER_SECOND
+# A day covers any maintenance window; beyond that a cut-off task is better rescheduled by hand.
+MAX_STOP_AFTER_NANOS = 24 * 3600 * NANOS_PER_SECOND
 MAX_UINT32 = 2**32 - 1
 RESERVED_LABEL_PREFIX = "dockyard."
 # Lowercase RFC 1123 label, so the name can appear in container and DNS names.
 DNS_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\Z")
 CONDITION_NAMES = ("none", "on-failure", "any")
+MODE_NAMES = ("replicated", "global")
+STRATEGY_NAMES = ("spread", "binpack")
+GLOBAL_REPLICAS_MESSAGE = "a global service runs one task per eligible node; remove replicas or use mode: replicated"
 
 
 def replicas_message(got: str) -> str:
     """Wording for a replica count outside 0..MAX_REPLICAS or of the wrong type."""
     return f"must be an integer from 0 to {MAX_REPLICAS}, got {got}"
+
+
+def mode_message(got: str) -> str:
+    """Wording for an unknown service mode."""
+    return f"must be replicated or global, got {got}"
+
+
+def max_replicas_per_node_message(got: str) -> str:
+    """Wording for a per-node replica cap outside 0..MAX_REPLICAS or of the wrong type."""
+    return f"must be an integer from 0 to {MAX_REPLICAS} (0 means no limit), got {got}"
+
+
+def strategy_message(got: str) -> str:
+    """Wording for an unknown placement strategy."""
+    return f"must be spread or binpack, got {got}"
+
+
+def stop_after_message(got: str) -> str:
+    """Wording for an on_disconnect.stop_after outside (0s, 24h]."""
+    return f"must be a duration greater than 0s and at most 24h, got {got}"
 
 
 def target_port_message(got: str) -> str:

@@ -69,7 +69,9 @@ class FakeCluster:
             await self.controller.stop(grace=0.1)
             self.controller = None
 
-    async def start_agent(self, name: str, runtime: FakeRuntime | None = None) -> HostUnderTest:
+    async def start_agent(
+        self, name: str, runtime: FakeRuntime | None = None, stranger_grace: float = 30.0
+    ) -> HostUnderTest:
         """Starts an agent (a new one, or again on the same fake daemon and state)."""
         host = self.hosts.get(name) or HostUnderTest(name, runtime or FakeRuntime(images=[IMAGE]), self.root / name)
         self.hosts[name] = host
@@ -79,6 +81,7 @@ class FakeCluster:
             hostname=name,
             heartbeat_period=0.2,
             relist_period=0.5,
+            stranger_grace=stranger_grace,
         )
         host.agent = Agent(config, host.runtime)
         host.task = asyncio.create_task(host.agent.run())

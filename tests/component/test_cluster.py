@@ -215,3 +215,33 @@ async def test_stop_after_disconnect_stops_containers_while_cut_off(fake_cluster
     await fake_cluster.stop_controller()
     await eventually(lambda: _exactly_async(host, 1), within=5, what="the careful container stopped")
     assert [c.labels["dockyard.service.name"] for c in await running(host)] == ["relaxed"]
+
+
+async def test_strangers_with_our_labels_are_reaped_and_foreign_containers_left_alone(
+    fake_cluster: FakeCluster,
+) -> None:
+    from agent.runtime.base import ContainerSpec
+
+    host = await fake_cluster.start_agent("h1", stranger_grace=0.5)
+    node_id = host.agent.node_id  # type: ignore[union-attr]
+    runtime = host.runtime
+    ours = await runtime.create(
+        ContainerSpec(
+            name="leftover",
+            image=IMAGE,
+            command=("sleep", "3600"),
+            labels={"dockyard.managed": "true", "dockyard.node.id": node_id, "dockyard.task.id": "gone"},
+        )
+    )
+    foreign = await runtime.create(ContainerSpec(name="someone-else", image=IMAGE, command=("sleep", "3600")))
+    for cid in (ours, foreign):
+        await runtime.start(cid)
+    async with fake_cluster.client() as client:
+        await eventually(lambda: _nodes_ready(client, 1))
+
+        async def reaped() -> bool:
+            ids = {c.id for c in await runtime.list({})}
+            return ours not in ids
+
+        await eventually(reaped, within=10, what="the stranger reaped")
+    assert foreign in {c.id for c in await runtime.list({})}
