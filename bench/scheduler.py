@@ -11,7 +11,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -19,6 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from controller.scheduler import holds_resources, schedule
+from dockyard.constraints import Constraint, parse_constraint
 from dockyard.v1 import types_pb2 as pb
 
 GIB = 1 << 30
@@ -28,13 +29,19 @@ NOW = datetime(2025, 1, 1, tzinfo=UTC)
 
 @dataclass(frozen=True)
 class ServiceShape:
-    """One synthetic service: how many tasks, what each reserves and which host ports it publishes."""
+    """One synthetic service: how many tasks, what each reserves, which host ports it publishes, its placement.
+
+    A global service gets one task pinned to each ready, active node instead of replicas.
+    """
 
     name: str
     replicas: int
     cpu: float
     memory: int
     ports: tuple[tuple[int, str], ...] = ()
+    constraints: tuple[str, ...] = ()
+    binpack: bool = False
+    global_: bool = False
 
 
 FEW_SERVICES = (
@@ -46,13 +53,27 @@ FEW_SERVICES = (
 )
 # The scheduler pays one pass over the nodes per service, so many small services is its worst realistic case.
 MANY_SERVICES = tuple(ServiceShape(f"small{i}", 5, 0.1, 128 * MIB) for i in range(1_000))
-WORKLOADS = {"5 services": FEW_SERVICES, "1000 services": MANY_SERVICES}
+# Half the nodes are in zone a (see make_node), so the constrained services compete for half the room.
+ZONED_SERVICES = tuple(replace(shape, constraints=("node.labels.zone == a",)) for shape in FEW_SERVICES)
+BINPACK_SERVICES = tuple(replace(shape, binpack=True) for shape in FEW_SERVICES)
+GLOBAL_SERVICES = tuple(
+    ServiceShape(f"agent{i}", 0, 0.1, 64 * MIB, ports=((9100 + i, "tcp"),), global_=True) for i in range(5)
+)
+WORKLOADS = {
+    "5 services": FEW_SERVICES,
+    "1000 services": MANY_SERVICES,
+    "5 svc zone==a": ZONED_SERVICES,
+    "5 svc binpack": BINPACK_SERVICES,
+    "5 global": GLOBAL_SERVICES,
+}
 RUNNING_PER_NODE = 2  # background load, so accounting has real work
 
 
 def make_node(index: int) -> pb.Node:
-    """Returns a 16-CPU 64GiB node; a few percent are down, drained or paused."""
+    """Returns a 16-CPU 64GiB node in zone a or b (alternately); a few percent are down, drained or paused."""
     node = pb.Node(id=f"node-{index:05d}", status=pb.NODE_STATUS_READY)
+    node.description.hostname = f"host-{index:05d}"
+    node.description.labels["zone"] = "ab"[index % 2]
     node.description.cpus = 16
     node.description.memory_bytes = 64 * GIB
     if index % 50 == 7:
@@ -64,20 +85,23 @@ def make_node(index: int) -> pb.Node:
     return node
 
 
-def make_task(shape: ServiceShape, slot: int, node_id: str = "") -> pb.Task:
-    """Returns a task of the shape; with a node_id it is RUNNING there, without it is PENDING."""
+def make_task(shape: ServiceShape, slot: int, node_id: str = "", running: bool = False) -> pb.Task:
+    """Returns a task of the shape: RUNNING on node_id when running, else PENDING (pinned when node_id is set)."""
     task = pb.Task(
-        id=f"{shape.name}-{slot}{'-run' if node_id else ''}",
-        service_id=f"svc-{shape.name}{'-old' if node_id else ''}",
+        id=f"{shape.name}-{slot}{'-run' if running else ''}",
+        service_id=f"svc-{shape.name}{'-old' if running else ''}",
         slot=slot,
         node_id=node_id,
         desired_state=pb.DESIRED_STATE_RUNNING,
     )
-    task.status.state = pb.TASK_STATE_RUNNING if node_id else pb.TASK_STATE_PENDING
+    task.status.state = pb.TASK_STATE_RUNNING if running else pb.TASK_STATE_PENDING
     task.spec.resources.cpu_reservation = shape.cpu
     task.spec.resources.memory_reservation_bytes = shape.memory
     for port, protocol in shape.ports:
         task.spec.ports.add(host_port=port, container_port=port, protocol=protocol)
+    task.spec.placement.constraints.extend(shape.constraints)
+    if shape.binpack:
+        task.spec.placement.strategy = pb.Placement.STRATEGY_BINPACK
     return task
 
 
@@ -90,28 +114,51 @@ class Cluster:
     pending: list[pb.Task]
 
 
+def usable(node: pb.Node) -> bool:
+    """Tells whether the node is READY and ACTIVE."""
+    return node.status == pb.NODE_STATUS_READY and node.availability in (
+        pb.NODE_AVAILABILITY_UNSPECIFIED,
+        pb.NODE_AVAILABILITY_ACTIVE,
+    )
+
+
 def make_cluster(node_count: int, services: Sequence[ServiceShape]) -> Cluster:
     """Builds the cluster: RUNNING_PER_NODE background tasks per ready node plus the pending services."""
     nodes = [make_node(i) for i in range(node_count)]
     background = ServiceShape("bg", 0, 0.5, 1 * GIB)
     running = [
-        make_task(background, i * RUNNING_PER_NODE + j, node.id)
+        make_task(background, i * RUNNING_PER_NODE + j, node.id, running=True)
         for i, node in enumerate(nodes)
         if node.status == pb.NODE_STATUS_READY
         for j in range(RUNNING_PER_NODE)
     ]
-    pending = [make_task(shape, slot) for shape in services for slot in range(shape.replicas)]
+    pending = []
+    for shape in services:
+        if shape.global_:
+            # As the orchestrator does: one task per eligible node, pinned there, slot 0, told apart by node.
+            pending += [replace_id(make_task(shape, 0, node.id), node.id) for node in nodes if usable(node)]
+        else:
+            pending += [make_task(shape, slot) for slot in range(shape.replicas)]
     return Cluster(nodes, running + pending, pending)
 
 
+def replace_id(task: pb.Task, node_id: str) -> pb.Task:
+    """Makes a global task's id unique by appending its node."""
+    task.id = f"{task.id}-{node_id}"
+    return task
+
+
 def first_fit(nodes: Sequence[pb.Node], tasks: Sequence[pb.Task], pending: Sequence[pb.Task]) -> int:
-    """The baseline: per task, scan nodes in list order and take the first that fits. Returns placements."""
+    """The baseline: per task, scan nodes in list order and take the first that fits. Returns placements.
+
+    It honours constraints (each distinct list parsed once) and pins, so every workload compares like with like.
+    """
     index = {node.id: i for i, node in enumerate(nodes)}
-    usable = [
-        n.status == pb.NODE_STATUS_READY
-        and n.availability in (pb.NODE_AVAILABILITY_UNSPECIFIED, pb.NODE_AVAILABILITY_ACTIVE)
-        for n in nodes
-    ]
+    ready = [usable(n) for n in nodes]
+    # Built on first use, so that workloads without constraints do not pay for copying every node's labels.
+    labels: list[dict[str, str]] = []
+    hostnames: list[str] = []
+    parsed: dict[tuple[str, ...], list[Constraint]] = {}
     free_cpu = [n.description.cpus for n in nodes]
     free_memory = [n.description.memory_bytes for n in nodes]
     used_ports: list[set[tuple[int, str]]] = [set() for _ in nodes]
@@ -127,8 +174,24 @@ def first_fit(nodes: Sequence[pb.Node], tasks: Sequence[pb.Task], pending: Seque
         cpu = task.spec.resources.cpu_reservation
         memory = task.spec.resources.memory_reservation_bytes
         ports = {(p.host_port, p.protocol) for p in task.spec.ports if p.host_port}
-        for i in range(len(nodes)):
-            if usable[i] and free_cpu[i] >= cpu and free_memory[i] >= memory and not ports & used_ports[i]:
+        rules: list[Constraint] = []
+        texts = task.spec.placement.constraints
+        if texts:
+            key = tuple(texts)
+            rules = parsed.get(key) or parsed.setdefault(key, [parse_constraint(text) for text in key])
+            if not labels:
+                labels = [{**n.description.labels, **n.labels} for n in nodes]
+                hostnames = [n.description.hostname for n in nodes]
+        node_id = task.node_id
+        candidates = range(len(nodes)) if not node_id else [index[node_id]] if node_id in index else []
+        for i in candidates:
+            if (
+                ready[i]
+                and free_cpu[i] >= cpu
+                and free_memory[i] >= memory
+                and not ports & used_ports[i]
+                and (not rules or all(rule.matches(nodes[i].id, hostnames[i], labels[i]) for rule in rules))
+            ):
                 free_cpu[i] -= cpu
                 free_memory[i] -= memory
                 used_ports[i] |= ports
@@ -166,7 +229,7 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[1_000, 10_000])
     args = parser.parse_args()
     header = (
-        f"{'nodes':>6} {'workload':>13} {'pending':>7} {'placed':>6} "
+        f"{'nodes':>6} {'workload':>14} {'pending':>7} {'placed':>6} "
         f"{'sched/s med':>11} {'sched/s best':>12} {'base placed':>11} "
         f"{'base/s med':>10} {'base/s best':>11} {'ratio':>6}"
     )
@@ -181,7 +244,7 @@ def main() -> None:
             base_placed, base = rates(baseline_run, cluster, args.repetitions)
             sched_median, base_median = statistics.median(sched), statistics.median(base)
             print(
-                f"{size:>6} {workload:>13} {len(cluster.pending):>7} {placed:>6} {sched_median:>11,.0f} "
+                f"{size:>6} {workload:>14} {len(cluster.pending):>7} {placed:>6} {sched_median:>11,.0f} "
                 f"{max(sched):>12,.0f} {base_placed:>11} {base_median:>10,.0f} {max(base):>11,.0f} "
                 f"{sched_median / base_median:>5.2f}x"
             )

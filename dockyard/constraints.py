@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 _SYNTAX = re.compile(r"^\s*node\.(?P<field>labels\.(?P<key>[^\s=!]+)|hostname|id)\s*(?P<op>==|!=)\s*(?P<value>\S+)\s*$")
-# Near misses worth a specific hint: a lone "=" as in label selectors, and a value with spaces.
+# Near misses worth a specific hint: a lone "=" as in label selectors, and a value with whitespace.
 _SINGLE_EQUALS = re.compile(r"^[^=!]*[^=!\s]\s*=\s*[^=\s]")
 _SPACED_VALUE = re.compile(r"^\s*node\.(?:labels\.[^\s=!]+|hostname|id)\s*(?:==|!=)\s*\S+\s+\S")
 
@@ -58,7 +58,7 @@ def _hint(text: str) -> str:
     if _SINGLE_EQUALS.match(text):
         return "; compare with == or !="
     if _SPACED_VALUE.match(text):
-        return "; the value cannot contain spaces"
+        return "; the value cannot contain whitespace"
     return ""
 
 

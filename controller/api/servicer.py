@@ -65,6 +65,12 @@ class ControllerApi(cpb_grpc.ControllerServiceServicer):
         if problem:
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, problem)
         service = await self._service(request.name, context)
+        if service.spec.mode == pb.SERVICE_MODE_GLOBAL:
+            await _abort(
+                context,
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"name: {service.name!r} is a global service (one task per eligible node); it cannot be scaled",
+            )
         if service.spec.replicas == request.replicas:
             return service
         scaled = pb.Service()

@@ -21,10 +21,8 @@ from controller.scheduler.tiebreak import ring_point
 from dockyard.v1 import types_pb2 as pb
 
 
-def _placement_order(task: pb.Task) -> tuple[bool, str, int, str]:
-    # Pinned tasks go first: each has a single possible node, which a task free to go anywhere could
-    # otherwise fill just before it.
-    return (not task.node_id, task.service_id, task.slot, task.id)
+def _placement_order(task: pb.Task) -> tuple[str, int, str]:
+    return (task.service_id, task.slot, task.id)
 
 
 def schedule(
@@ -51,20 +49,25 @@ def schedule(
     run of one service O(nodes already holding it); O(log nodes) per placement; O(filters) per pinned task.
     """
     del now  # see the docstring
-    ordered = sorted(pending, key=_placement_order)
-    accounting = Accounting(nodes, tasks, seed, {task.id for task in ordered})
-    strategies = Strategies(tuple(scorers), tuple(binpack_scorers))
-    shapes = ShapePools(accounting, filters, strategies)
+    # Pinned tasks go first: each has a single possible node, which a task free to go anywhere could
+    # otherwise fill just before it.
+    pinned = sorted((task for task in pending if task.node_id), key=_placement_order)
+    free = sorted((task for task in pending if not task.node_id), key=_placement_order)
+    accounting = Accounting(nodes, tasks, seed, {task.id for task in pending})
     decisions: list[Decision] = []
-    run: ServiceRun | None = None
-    for task in ordered:
+    for task in pinned:
         demand = demand_of(task)
         if demand.invalid:
             decisions.append(Decision(task.id, None, demand.invalid))
-            continue
-        if task.node_id:
-            # Sorting put every pinned task before the first run opened, so no run's pools go stale here.
+        else:
             decisions.append(place_pinned(accounting, filters, task.id, task.node_id, demand))
+    strategies = Strategies(tuple(scorers), tuple(binpack_scorers))
+    shapes = ShapePools(accounting, filters, strategies)
+    run: ServiceRun | None = None
+    for task in free:
+        demand = demand_of(task)
+        if demand.invalid:
+            decisions.append(Decision(task.id, None, demand.invalid))
             continue
         if run is None or demand != run.demand:
             if run is not None:

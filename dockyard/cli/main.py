@@ -6,6 +6,7 @@ import click
 
 from dockyard import __version__
 from dockyard.cli.cluster import down, up
+from dockyard.cli.dev import dev
 from dockyard.cli.node import node
 from dockyard.cli.nodes import nodes
 from dockyard.cli.service import service
@@ -20,6 +21,7 @@ def cli() -> None:
 
 for command in (up, down, apply, services, ps, nodes, node, service, scale, rm):
     cli.add_command(command)
+cli.add_command(dev)
 
 
 def main() -> None:

@@ -14,6 +14,7 @@ from google.protobuf.duration_pb2 import Duration
 
 from dockyard.spec import defaults, rules
 from dockyard.spec.display import describe, got, got_number, got_string, quote
+from dockyard.spec.enum_names import CONDITIONS, Number
 from dockyard.spec.errors import Issue
 from dockyard.spec.fields import closest, unknown_field_issues
 from dockyard.spec.paths import index_path, key_path
@@ -28,15 +29,10 @@ from dockyard.spec.units import (
 )
 from dockyard.v1 import types_pb2 as pb
 
-_PORT_FIELDS = ("published", "target", "protocol")
-_RESOURCE_SECTIONS = ("limits", "reservations")
+PORT_FIELDS = ("published", "target", "protocol")
+RESOURCE_SECTIONS = ("limits", "reservations")
 _RESOURCE_FIELDS = ("cpus", "memory")
-_RESTART_FIELDS = ("condition", "delay", "max_attempts", "window")
-_CONDITIONS = {
-    "none": pb.RestartPolicy.CONDITION_NONE,
-    "on-failure": pb.RestartPolicy.CONDITION_ON_FAILURE,
-    "any": pb.RestartPolicy.CONDITION_ANY,
-}
+RESTART_FIELDS = ("condition", "delay", "max_attempts", "window")
 _IMAGE_EXAMPLE = '"nginx:1.27"'
 
 
@@ -145,7 +141,7 @@ class FieldReader:
         if not isinstance(value, dict):
             self.fail(path, f"{PORT_SHAPE}, got {describe(value)}")
             return pb.PortMapping()
-        self.fields(value, path, _PORT_FIELDS)
+        self.fields(value, path, PORT_FIELDS)
         port = pb.PortMapping(protocol=defaults.PORT_PROTOCOL)
         if "target" not in value:
             self.fail(key_path(path, "target"), "is required; give the port the container listens on")
@@ -189,8 +185,8 @@ class FieldReader:
         if not isinstance(value, dict):
             self.fail(path, f"must be a mapping with limits and/or reservations, got {got(value)}")
             return
-        self.fields(value, path, _RESOURCE_SECTIONS)
-        for section in _RESOURCE_SECTIONS:
+        self.fields(value, path, RESOURCE_SECTIONS)
+        for section in RESOURCE_SECTIONS:
             if section not in value:
                 continue
             where = key_path(path, section)
@@ -250,16 +246,12 @@ class FieldReader:
         if not isinstance(value, dict):
             self.fail(path, f"must be a mapping like {{condition: on-failure, delay: 5s}}, got {got(value)}")
             return
-        self.fields(value, path, _RESTART_FIELDS)
+        self.fields(value, path, RESTART_FIELDS)
         if "condition" in value:
-            condition = value["condition"]
-            if isinstance(condition, str) and condition in _CONDITIONS:
-                restart.condition = _CONDITIONS[condition]
-            else:
-                message = rules.condition_message(got(condition))
-                if isinstance(condition, str) and (guess := closest(condition, rules.CONDITION_NAMES)):
-                    message += f"; did you mean {quote(guess)}?"
-                self.fail(key_path(path, "condition"), message)
+            where = key_path(path, "condition")
+            condition = self.choice(value["condition"], where, CONDITIONS, rules.condition_message)
+            if condition is not None:
+                restart.condition = condition
         if "delay" in value:
             self.duration(value["delay"], key_path(path, "delay"), restart.delay)
         if "max_attempts" in value:
@@ -269,8 +261,20 @@ class FieldReader:
         if "window" in value:
             self.duration(value["window"], key_path(path, "window"), restart.window)
 
-    def duration(self, value: object, path: str, target: Duration) -> None:
-        """Reads a duration into `target`, leaving it untouched when the value is unusable."""
+    def choice(
+        self, value: object, path: str, names: Mapping[str, Number], message: Callable[[str], str]
+    ) -> Number | None:
+        """Returns the enum number `value` names, or records `message` with a guess at the name meant."""
+        if isinstance(value, str) and value in names:
+            return names[value]
+        text = message(got(value))
+        if isinstance(value, str) and (guess := closest(value, list(names))):
+            text += f"; did you mean {quote(guess)}?"
+        self.fail(path, text)
+        return None
+
+    def duration(self, value: object, path: str, target: Duration) -> int | None:
+        """Reads a duration into `target` and returns it in nanoseconds; None leaves `target` untouched."""
         try:
             if isinstance(value, str):
                 nanos = parse_duration_nanos(value)
@@ -280,5 +284,6 @@ class FieldReader:
                 raise ValueError(f"{DURATION_SHAPE}, got {got(value)}")
         except ValueError as exc:
             self.fail(path, str(exc))
-            return
+            return None
         target.FromNanoseconds(nanos)
+        return nanos

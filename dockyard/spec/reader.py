@@ -11,12 +11,13 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
-from dockyard.spec import defaults, rules
+from dockyard.spec import defaults
 from dockyard.spec.display import describe
 from dockyard.spec.errors import Issue
-from dockyard.spec.field_reader import FieldReader
+from dockyard.spec.field_reader import PORT_FIELDS, RESOURCE_SECTIONS, RESTART_FIELDS
 from dockyard.spec.fields import unknown_field_issues
 from dockyard.spec.paths import is_within, key_path
+from dockyard.spec.scheduling_reader import ON_DISCONNECT_FIELDS, PLACEMENT_FIELDS, SchedulingReader
 from dockyard.spec.validation import service_issues
 from dockyard.v1 import types_pb2 as pb
 
@@ -25,19 +26,30 @@ SERVICE_FIELDS = (
     "command",
     "env",
     "ports",
+    "mode",
     "replicas",
+    "placement",
     "resources",
     "labels",
     "restart",
     "stop_grace_period",
+    "on_disconnect",
 )
 # Spellings people bring from Docker Compose, where difflib alone would not find our field.
 _SERVICE_HINTS = {
     "environment": 'did you mean "env"?',
-    "deploy": "write replicas, resources and restart directly under the service",
+    "deploy": "write mode, replicas, placement, resources and restart directly under the service",
     "restart_policy": 'did you mean "restart"?',
 }
-_FIELD_AND_INDEX = re.compile(r"\.([A-Za-z0-9_-]+)(?:\[(\d+)\])?")
+_SEGMENT = re.compile(r"\.([A-Za-z0-9_-]+)(?:\[(\d+)\])?")
+# Field order inside the sections, so that their issues too come out in reading order.
+_SECTION_FIELDS: dict[str, tuple[str, ...]] = {
+    "ports": PORT_FIELDS,
+    "placement": PLACEMENT_FIELDS,
+    "resources": RESOURCE_SECTIONS,
+    "restart": RESTART_FIELDS,
+    "on_disconnect": ON_DISCONNECT_FIELDS,
+}
 
 
 def read_document(data: object, source: str) -> tuple[list[pb.ServiceSpec], list[Issue]]:
@@ -51,33 +63,46 @@ def read_document(data: object, source: str) -> tuple[list[pb.ServiceSpec], list
     return specs, reader.issues
 
 
-def _ordering(service_path: str) -> Callable[[Issue], tuple[int, int]]:
+def _ordering(service_path: str) -> Callable[[Issue], tuple[int, int, int, int]]:
     """Sort key putting a service's issues in reading order: name, unknown fields, then known fields."""
 
-    def key(issue: Issue) -> tuple[int, int]:
-        match = _FIELD_AND_INDEX.match(issue.path, len(service_path))
+    def key(issue: Issue) -> tuple[int, int, int, int]:
+        match = _SEGMENT.match(issue.path, len(service_path))
         if match is None:
-            return (0 if issue.path == service_path else 1, 0)
+            return (0 if issue.path == service_path else 1, -1, 0, -1)
         field, index = match[1], match[2]
-        rank = SERVICE_FIELDS.index(field) + 2 if field in SERVICE_FIELDS else 1
-        return (rank, int(index) if index else -1)
+        inner = _SEGMENT.match(issue.path, match.end()) if field in _SECTION_FIELDS else None
+        if inner is None:
+            return (_rank(field, SERVICE_FIELDS), _index(index), 0, -1)
+        return (_rank(field, SERVICE_FIELDS), _index(index), _rank(inner[1], _SECTION_FIELDS[field]), _index(inner[2]))
 
     return key
 
 
+def _rank(field: str, known: tuple[str, ...]) -> int:
+    """Unknown fields come first, as they are reported first; then known ones in their listed order."""
+    return known.index(field) + 2 if field in known else 1
+
+
+def _index(index: str | None) -> int:
+    return int(index) if index else -1
+
+
 def _default_spec(name: str) -> pb.ServiceSpec:
-    """A spec with every default set explicitly, so loaded specs compare equal field by field."""
-    spec = pb.ServiceSpec(name=name, replicas=defaults.REPLICAS)
+    """A spec with the defaults set explicitly, so loaded specs compare equal field by field."""
+    spec = pb.ServiceSpec(name=name, replicas=defaults.REPLICAS, mode=defaults.MODE)
     spec.resources.SetInParent()
     spec.restart.condition = defaults.RESTART_CONDITION
     spec.restart.delay.FromNanoseconds(defaults.RESTART_DELAY_NANOS)
     spec.restart.max_attempts = defaults.RESTART_MAX_ATTEMPTS
     spec.restart.window.FromNanoseconds(defaults.RESTART_WINDOW_NANOS)
     spec.stop_grace_period.FromNanoseconds(defaults.STOP_GRACE_PERIOD_NANOS)
+    # placement and on_disconnect stay unset while they hold only defaults: the scheduler skips an
+    # unset placement on its hot path, and "keep" is the absence of a stop_after deadline.
     return spec
 
 
-class _Reader(FieldReader):
+class _Reader(SchedulingReader):
     """Reads a whole document on top of the field readers."""
 
     def document(self, data: object, source: str) -> list[pb.ServiceSpec]:
@@ -126,10 +151,9 @@ class _Reader(FieldReader):
             spec.env.update(self.string_map(body["env"], key_path(path, "env"), "env", "NAME"))
         if "ports" in body:
             spec.ports.extend(self.ports(body["ports"], key_path(path, "ports")))
-        if "replicas" in body:
-            replicas = self.uint32(body["replicas"], key_path(path, "replicas"), rules.replicas_message)
-            if replicas is not None:
-                spec.replicas = replicas
+        self.mode_and_replicas(body, path, spec)
+        if "placement" in body:
+            self.placement(body["placement"], key_path(path, "placement"), spec)
         if "resources" in body:
             self.resources(body["resources"], key_path(path, "resources"), spec.resources)
         if "labels" in body:
@@ -138,6 +162,8 @@ class _Reader(FieldReader):
             self.restart(body["restart"], key_path(path, "restart"), spec.restart)
         if "stop_grace_period" in body:
             self.duration(body["stop_grace_period"], key_path(path, "stop_grace_period"), spec.stop_grace_period)
+        if "on_disconnect" in body:
+            self.on_disconnect(body["on_disconnect"], key_path(path, "on_disconnect"), spec.on_disconnect)
 
         rejected = [issue.path for issue in self.issues[first:]]
         self.issues += [

@@ -25,9 +25,6 @@ MAX_UINT32 = 2**32 - 1
 RESERVED_LABEL_PREFIX = "dockyard."
 # Lowercase RFC 1123 label, so the name can appear in container and DNS names.
 DNS_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\Z")
-CONDITION_NAMES = ("none", "on-failure", "any")
-MODE_NAMES = ("replicated", "global")
-STRATEGY_NAMES = ("spread", "binpack")
 GLOBAL_REPLICAS_MESSAGE = "a global service runs one task per eligible node; remove replicas or use mode: replicated"
 
 

@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from google.protobuf.duration_pb2 import Duration
 
 from dockyard.spec import rules
+from dockyard.spec.constraint_checks import constraint_issues
 from dockyard.spec.display import describe, format_number
 from dockyard.spec.errors import Issue
 from dockyard.spec.image_reference import is_image_reference
@@ -22,7 +23,8 @@ def validate_service(spec: pb.ServiceSpec) -> list[str]:
 
     Paths start with `services.<name>`, where a name that is not a plain word is quoted in brackets
     (`services["my app"]`, `services[""]`); problems with the name itself are reported on that path.
-    Unset message fields (restart, durations, resources) mean "the default" and are accepted.
+    Unset message fields (restart, durations, resources, placement, on_disconnect) mean "the default"
+    and are accepted, as are the UNSPECIFIED values of mode (replicated) and strategy (spread).
     """
     return [str(issue) for issue in service_issues(spec)]
 
@@ -37,8 +39,8 @@ def service_issues(spec: pb.ServiceSpec) -> list[Issue]:
         *_env_issues(spec.env, key_path(base, "env")),
         *_port_issues(spec.ports, key_path(base, "ports")),
     ]
-    if spec.replicas > rules.MAX_REPLICAS:
-        issues.append(Issue(key_path(base, "replicas"), rules.replicas_message(str(spec.replicas))))
+    issues += _mode_and_replicas_issues(spec, base)
+    issues += _placement_issues(spec.placement, key_path(base, "placement"))
     issues += _resource_issues(spec.resources, key_path(base, "resources"))
     issues += _label_issues(spec.labels, key_path(base, "labels"))
     issues += _restart_issues(spec.restart, key_path(base, "restart"))
@@ -46,6 +48,9 @@ def service_issues(spec: pb.ServiceSpec) -> list[Issue]:
         issues += _bounded_duration_issues(
             spec.stop_grace_period, key_path(base, "stop_grace_period"), rules.MAX_STOP_GRACE_PERIOD_NANOS
         )
+    if spec.on_disconnect.HasField("stop_after"):
+        stop_after_path = key_path(key_path(base, "on_disconnect"), "stop_after")
+        issues += _stop_after_issues(spec.on_disconnect.stop_after, stop_after_path)
     return issues
 
 
@@ -147,6 +152,38 @@ def _port_issues(ports: Sequence[pb.PortMapping], path: str) -> list[Issue]:
                 )
             )
     return issues
+
+
+def _mode_and_replicas_issues(spec: pb.ServiceSpec, base: str) -> list[Issue]:
+    mode_path, replicas_path = key_path(base, "mode"), key_path(base, "replicas")
+    if spec.mode not in pb.ServiceMode.values():
+        return [Issue(mode_path, rules.mode_message(str(spec.mode)))]
+    if spec.mode == pb.SERVICE_MODE_GLOBAL:
+        # The count follows the eligible nodes, so any number here would be ignored or misread.
+        return [Issue(replicas_path, rules.GLOBAL_REPLICAS_MESSAGE)] if spec.replicas else []
+    if spec.replicas > rules.MAX_REPLICAS:
+        return [Issue(replicas_path, rules.replicas_message(str(spec.replicas)))]
+    return []
+
+
+def _placement_issues(placement: pb.Placement, path: str) -> list[Issue]:
+    issues = constraint_issues(placement.constraints, key_path(path, "constraints"))
+    if placement.max_replicas_per_node > rules.MAX_REPLICAS:
+        message = rules.max_replicas_per_node_message(str(placement.max_replicas_per_node))
+        issues.append(Issue(key_path(path, "max_replicas_per_node"), message))
+    if placement.strategy not in pb.Placement.Strategy.values():
+        issues.append(Issue(key_path(path, "strategy"), rules.strategy_message(str(placement.strategy))))
+    return issues
+
+
+def _stop_after_issues(stop_after: Duration, path: str) -> list[Issue]:
+    nanos = _duration_nanos(stop_after)
+    if nanos is None:
+        return [_malformed_duration(stop_after, path)]
+    # Zero is how the proto says "keep", so only a negative or too long deadline is wrong.
+    if not 0 <= nanos <= rules.MAX_STOP_AFTER_NANOS:
+        return [Issue(path, rules.stop_after_message(format_duration_nanos(nanos)))]
+    return []
 
 
 def _resource_issues(resources: pb.Resources, path: str) -> list[Issue]:

@@ -7,15 +7,10 @@ from typing import Any
 from google.protobuf.duration_pb2 import Duration
 
 from dockyard.spec import defaults, rules
+from dockyard.spec.enum_names import CONDITIONS, MODES, STRATEGIES, name_of
 from dockyard.spec.port_syntax import format_port
 from dockyard.spec.units import format_bytes, format_duration_nanos
 from dockyard.v1 import types_pb2 as pb
-
-_CONDITION_NAMES = {
-    pb.RestartPolicy.CONDITION_NONE: "none",
-    pb.RestartPolicy.CONDITION_ON_FAILURE: "on-failure",
-    pb.RestartPolicy.CONDITION_ANY: "any",
-}
 
 
 def spec_to_document(spec: pb.ServiceSpec) -> dict[str, Any]:
@@ -31,8 +26,15 @@ def spec_to_document(spec: pb.ServiceSpec) -> dict[str, Any]:
         document["env"] = dict(sorted(spec.env.items()))
     if spec.ports:
         document["ports"] = [_port(port) for port in spec.ports]
-    if spec.replicas != defaults.REPLICAS:
+    mode = spec.mode or defaults.MODE
+    if mode != defaults.MODE:
+        document["mode"] = name_of(MODES, mode)
+    # A valid global service has no replica count; one that has is written out for load_spec to report.
+    default_replicas = defaults.GLOBAL_REPLICAS if mode == pb.SERVICE_MODE_GLOBAL else defaults.REPLICAS
+    if spec.replicas != default_replicas:
         document["replicas"] = spec.replicas
+    if placement := _placement(spec.placement):
+        document["placement"] = placement
     if resources := _resources(spec.resources):
         document["resources"] = resources
     if spec.labels:
@@ -41,6 +43,9 @@ def spec_to_document(spec: pb.ServiceSpec) -> dict[str, Any]:
         document["restart"] = restart
     if _differs(spec.HasField("stop_grace_period"), spec.stop_grace_period, defaults.STOP_GRACE_PERIOD_NANOS):
         document["stop_grace_period"] = format_duration_nanos(spec.stop_grace_period.ToNanoseconds())
+    # An unset or zero deadline means "keep", the default.
+    if stop_after := spec.on_disconnect.stop_after.ToNanoseconds():
+        document["on_disconnect"] = {"stop_after": format_duration_nanos(stop_after)}
     return document
 
 
@@ -49,6 +54,18 @@ def _port(port: pb.PortMapping) -> str | dict[str, Any]:
         return format_port(port.host_port, port.container_port, port.protocol)
     # The short syntax cannot carry an arbitrary protocol string; the long form can.
     return {"published": port.host_port, "target": port.container_port, "protocol": port.protocol}
+
+
+def _placement(placement: pb.Placement) -> dict[str, Any]:
+    document: dict[str, Any] = {}
+    if placement.constraints:
+        document["constraints"] = list(placement.constraints)
+    if placement.max_replicas_per_node != defaults.MAX_REPLICAS_PER_NODE:
+        document["max_replicas_per_node"] = placement.max_replicas_per_node
+    strategy = placement.strategy or defaults.PLACEMENT_STRATEGY
+    if strategy != defaults.PLACEMENT_STRATEGY:
+        document["strategy"] = name_of(STRATEGIES, strategy)
+    return document
 
 
 def _resources(resources: pb.Resources) -> dict[str, Any]:
@@ -71,7 +88,7 @@ def _restart(restart: pb.RestartPolicy) -> dict[str, Any]:
     condition = restart.condition or defaults.RESTART_CONDITION
     if condition != defaults.RESTART_CONDITION:
         # An out-of-range number has no name; writing it as is lets load_spec report it.
-        document["condition"] = _CONDITION_NAMES.get(condition, condition)
+        document["condition"] = name_of(CONDITIONS, condition)
     if _differs(restart.HasField("delay"), restart.delay, defaults.RESTART_DELAY_NANOS):
         document["delay"] = format_duration_nanos(restart.delay.ToNanoseconds())
     if restart.max_attempts != defaults.RESTART_MAX_ATTEMPTS:

@@ -472,7 +472,7 @@ def test_a_long_outage_keeps_the_delay_at_the_cap() -> None:
 def test_terminal_states_start_at_complete() -> None:
     assert TERMINAL_FROM == pb.TASK_STATE_COMPLETE
     terminal = {state_name(s) for s in ALL_STATES if is_terminal(s)}
-    assert terminal == {"complete", "failed", "shutdown", "rejected", "orphaned"}
+    assert terminal == {"complete", "failed", "shutdown", "rejected", "orphaned", "lost"}
     assert not is_terminal(pb.TASK_STATE_RUNNING)
     assert not is_terminal(pb.TASK_STATE_UNSPECIFIED)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -18,6 +19,7 @@ from controller.scheduler import (
     schedule,
 )
 from controller.scheduler.units import format_bytes, format_cpus
+from dockyard.constraints import ConstraintError, parse_constraint
 from dockyard.v1 import types_pb2 as pb
 
 MIB = 1 << 20
@@ -31,11 +33,17 @@ def node(
     memory: int = 8 * GIB,
     status: pb.NodeStatus.ValueType = pb.NODE_STATUS_READY,
     availability: pb.NodeAvailability.ValueType = pb.NODE_AVAILABILITY_ACTIVE,
+    *,
+    hostname: str = "",
+    labels: Mapping[str, str] | None = None,
+    operator_labels: Mapping[str, str] | None = None,
 ) -> pb.Node:
-    """Returns a node with the given capacity and state."""
-    result = pb.Node(id=node_id, status=status, availability=availability)
+    """Returns a node with the given capacity and state; labels are the agent's, operator_labels the API's."""
+    result = pb.Node(id=node_id, status=status, availability=availability, labels=operator_labels)
+    result.description.hostname = hostname
     result.description.cpus = cpus
     result.description.memory_bytes = memory
+    result.description.labels.update(labels or {})
     return result
 
 
@@ -50,14 +58,22 @@ def task(
     ports: tuple[tuple[int, str], ...] = (),
     state: pb.TaskState.ValueType = pb.TASK_STATE_RUNNING,
     desired: pb.DesiredState.ValueType = pb.DESIRED_STATE_RUNNING,
+    constraints: tuple[str, ...] = (),
+    max_per_node: int = 0,
+    binpack: bool = False,
 ) -> pb.Task:
-    """Returns a task; pending ones are the same with no node_id and state PENDING."""
+    """Returns a task; pending ones are the same with state PENDING and, unless pinned, no node_id."""
     result = pb.Task(id=task_id, service_id=service, slot=slot, node_id=node_id, desired_state=desired)
     result.status.state = state
     result.spec.resources.cpu_reservation = cpu
     result.spec.resources.memory_reservation_bytes = memory
     for port, protocol in ports:
         result.spec.ports.add(host_port=port, container_port=port, protocol=protocol)
+    placement = result.spec.placement
+    placement.constraints.extend(constraints)
+    placement.max_replicas_per_node = max_per_node
+    if binpack:
+        placement.strategy = pb.Placement.STRATEGY_BINPACK
     return result
 
 
@@ -70,8 +86,11 @@ def pending(
     memory: int = 0,
     ports: tuple[tuple[int, str], ...] = (),
     node_id: str = "",
+    constraints: tuple[str, ...] = (),
+    max_per_node: int = 0,
+    binpack: bool = False,
 ) -> pb.Task:
-    """Returns a task waiting for a node."""
+    """Returns a task waiting for a node, or pinned to node_id and waiting to be admitted there."""
     return task(
         task_id,
         service=service,
@@ -81,6 +100,9 @@ def pending(
         memory=memory,
         ports=ports,
         state=pb.TASK_STATE_PENDING,
+        constraints=constraints,
+        max_per_node=max_per_node,
+        binpack=binpack,
     )
 
 
@@ -268,7 +290,259 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+ZONE_A = "node.labels.zone == a"
+
+CONSTRAINT_CASES = [
+    Case(
+        name="constraints: replicas go only to matching nodes, even when spread would prefer others",
+        nodes=[node("a", labels={"zone": "a"}), node("b", labels={"zone": "b"}), node("c")],
+        pending=[pending(f"t{i}", slot=i, constraints=(ZONE_A,)) for i in (1, 2)],
+        want={"t1": "a", "t2": "a"},
+    ),
+    Case(
+        name="constraints: no node matches, a missing label never equals",
+        nodes=[node("a", labels={"zone": "b"}), node("b"), node("c", labels={"zone": "A"})],
+        pending=[pending("t1", constraints=(ZONE_A,))],
+        want={"t1": None},
+        reasons={"t1": "3 nodes: 3 don't match node.labels.zone == a"},
+    ),
+    Case(
+        name="constraints: the first failing constraint is the one named",
+        nodes=[
+            node("a", labels={"zone": "a", "disk": "hdd"}),
+            node("b", labels={"zone": "b", "disk": "ssd"}),
+            node("c", labels={"zone": "a"}),
+        ],
+        pending=[pending("t1", constraints=(ZONE_A, "node.labels.disk == ssd"))],
+        want={"t1": None},
+        reasons={"t1": "3 nodes: 2 don't match node.labels.disk == ssd, 1 doesn't match node.labels.zone == a"},
+    ),
+    Case(
+        name="constraints: operator labels win over the agent's",
+        nodes=[
+            node("a", labels={"zone": "a"}, operator_labels={"zone": "b"}),
+            node("b", labels={"zone": "b"}, operator_labels={"zone": "a"}),
+            node("c", labels={"rack": "1"}, operator_labels={"zone": "a"}),
+        ],
+        pending=[pending("t1", constraints=(ZONE_A, "node.labels.rack == 1"))],
+        want={"t1": "c"},
+    ),
+    Case(
+        name="constraints: != passes a node without the label; hostname and id are matched too",
+        nodes=[
+            node("n1", hostname="h1"),
+            node("n2", hostname="h2", labels={"zone": "b"}),
+            node("n3", hostname="h3"),
+            node("n4", hostname="h4"),
+        ],
+        pending=[pending("t1", constraints=("node.labels.zone != b", "node.hostname != h1", "node.id == n4"))],
+        want={"t1": "n4"},
+    ),
+    Case(
+        name="constraints: rejections mix with the other filters, each node counted once",
+        nodes=[
+            node("a", status=pb.NODE_STATUS_DOWN, labels={"zone": "b"}),
+            node("b", labels={"zone": "b"}, memory=GIB),
+            node("c", labels={"zone": "a"}, memory=256 * MIB),
+            node("d", labels={"zone": "a"}, availability=pb.NODE_AVAILABILITY_DRAIN),
+        ],
+        pending=[pending("t1", memory=512 * MIB, constraints=(ZONE_A,))],
+        want={"t1": None},
+        reasons={
+            "t1": "4 nodes: 1 draining, 1 not ready, 1 doesn't match node.labels.zone == a, "
+            "1 lacks memory (need 512MiB)"
+        },
+    ),
+    Case(
+        name="constraints: services with and without them share a call",
+        nodes=[node("a", cpus=1, labels={"zone": "a"}), node("b", cpus=1)],
+        running=[task("x", service="other", node_id="b", cpu=0.5)],
+        pending=[
+            pending("free", service="s1", cpu=0.5),
+            pending("zoned", service="s2", cpu=1, constraints=(ZONE_A,)),
+        ],
+        want={"free": "a", "zoned": None},
+        reasons={"zoned": "2 nodes: 1 doesn't match node.labels.zone == a, 1 lacks CPU (need 1 CPU)"},
+    ),
+]
+
+MAX_PER_NODE_CASES = [
+    Case(
+        name="max per node: one each, then the rest wait",
+        nodes=[node("a"), node("b")],
+        pending=[pending(f"t{i}", slot=i, max_per_node=1) for i in (1, 2, 3)],
+        want={"t1": "?", "t2": "?", "t3": None},
+        reasons={"t3": "2 nodes: 2 already run 1 task of this service (max_replicas_per_node: 1)"},
+    ),
+    Case(
+        name="max per node: held tasks count, other services and finished tasks do not",
+        nodes=[node("a"), node("b")],
+        running=[
+            task("held", node_id="a"),
+            task("done", node_id="b", state=pb.TASK_STATE_COMPLETE),
+            task("other", service="other", node_id="b"),
+        ],
+        pending=[pending("t1", slot=2, max_per_node=1), pending("t2", slot=3, max_per_node=1)],
+        want={"t1": "b", "t2": None},
+        reasons={"t2": "2 nodes: 2 already run 1 task of this service (max_replicas_per_node: 1)"},
+    ),
+    Case(
+        name="max per node: a single node, limit two",
+        nodes=[node("a")],
+        pending=[pending(f"t{i}", slot=i, max_per_node=2) for i in (1, 2, 3)],
+        want={"t1": "a", "t2": "a", "t3": None},
+        reasons={"t3": "1 node: 1 already runs 2 tasks of this service (max_replicas_per_node: 2)"},
+    ),
+    Case(
+        name="max per node: a node already over a lowered limit reports what it holds",
+        nodes=[node("a")],
+        running=[task(f"r{i}", node_id="a", slot=i) for i in (1, 2, 3)],
+        pending=[pending("t1", slot=4, max_per_node=2)],
+        want={"t1": None},
+        reasons={"t1": "1 node: 1 already runs 3 tasks of this service (max_replicas_per_node: 2)"},
+    ),
+    Case(
+        name="max per node: zero means no limit",
+        nodes=[node("a")],
+        pending=[pending(f"t{i}", slot=i, max_per_node=0) for i in (1, 2, 3)],
+        want={"t1": "a", "t2": "a", "t3": "a"},
+    ),
+]
+
+BINPACK_CASES = [
+    Case(
+        name="binpack: the most reserved node that fits, where spread takes the emptiest",
+        nodes=[node("a"), node("b"), node("c")],
+        running=[
+            task("x", service="other", node_id="a", cpu=2),
+            task("y", service="other", node_id="b", cpu=1),
+            task("z", service="other", node_id="c", cpu=3.5),
+        ],
+        pending=[pending("pack", service="p", cpu=1, binpack=True), pending("spread", service="s", cpu=1)],
+        want={"pack": "a", "spread": "b"},
+    ),
+    Case(
+        name="binpack: counting the task itself, the small node it nearly fills beats a fuller big one",
+        nodes=[node("big", cpus=16), node("small", cpus=2)],
+        running=[
+            task("x", service="other", node_id="big", cpu=8),
+            task("y", service="other", node_id="small", cpu=0.5),
+        ],
+        pending=[pending("t1", cpu=1, binpack=True)],
+        want={"t1": "small"},
+    ),
+    Case(
+        name="binpack: equally full, the node with less free memory wins",
+        nodes=[node("a", cpus=4, memory=8 * GIB), node("b", cpus=8, memory=16 * GIB)],
+        running=[task("x", service="o", node_id="a", cpu=2), task("y", service="o", node_id="b", cpu=4)],
+        pending=[pending("t1", binpack=True)],
+        want={"t1": "a"},
+    ),
+    Case(
+        name="binpack: equally full with equal free memory, the node with fewer free CPUs wins",
+        nodes=[node("a", cpus=8, memory=8 * GIB), node("b", cpus=4, memory=8 * GIB)],
+        running=[
+            task("x", service="o", node_id="a", memory=4 * GIB),
+            task("y", service="o", node_id="b", memory=4 * GIB),
+        ],
+        pending=[pending("t1", binpack=True)],
+        want={"t1": "b"},
+    ),
+    Case(
+        name="binpack: a full node is skipped with the usual reason",
+        nodes=[node("a", cpus=1)],
+        running=[task("x", service="o", node_id="a", cpu=1)],
+        pending=[pending("t1", cpu=1, binpack=True)],
+        want={"t1": None},
+        reasons={"t1": "1 node: 1 lacks CPU (need 1 CPU)"},
+    ),
+]
+
+PINNED_CASES = [
+    Case(
+        name="pinned: placed on its node although spread and load would choose another",
+        nodes=[node("a"), node("b")],
+        running=[task("mine", node_id="b"), task("heavy", service="other", node_id="b", cpu=3)],
+        pending=[pending("t1", slot=0, node_id="b", cpu=0.5)],
+        want={"t1": "b"},
+    ),
+    Case(
+        name="pinned: its node lacks memory, named by host name",
+        nodes=[node("n1", hostname="h1"), node("n2", hostname="h2", memory=256 * MIB)],
+        pending=[pending("t1", slot=0, node_id="n2", memory=512 * MIB)],
+        want={"t1": None},
+        reasons={"t1": "node h2: lacks memory (need 512MiB)"},
+    ),
+    Case(
+        name="pinned: a node without a host name is named by id",
+        nodes=[node("n1", availability=pb.NODE_AVAILABILITY_PAUSE)],
+        pending=[pending("t1", slot=0, node_id="n1")],
+        want={"t1": None},
+        reasons={"t1": "node n1: paused"},
+    ),
+    Case(
+        name="pinned: an unknown node",
+        nodes=[node("a")],
+        pending=[pending("t1", slot=0, node_id="ghost")],
+        want={"t1": None},
+        reasons={"t1": "node ghost is not in the cluster"},
+    ),
+    Case(
+        name="pinned: no nodes at all",
+        nodes=[],
+        pending=[pending("t1", slot=0, node_id="ghost")],
+        want={"t1": None},
+        reasons={"t1": "node ghost is not in the cluster"},
+    ),
+    Case(
+        name="pinned: every filter applies on its node",
+        nodes=[node("a", hostname="h1", labels={"zone": "b"}), node("b", hostname="h2"), node("c", hostname="h3")],
+        running=[task("r1", service="s2", node_id="b"), task("r2", service="other", node_id="c", ports=((80, "tcp"),))],
+        pending=[
+            pending("zoned", service="s1", slot=0, node_id="a", constraints=(ZONE_A,)),
+            pending("limited", service="s2", slot=0, node_id="b", max_per_node=1),
+            pending("port", service="s3", slot=0, node_id="c", ports=((80, "tcp"),)),
+        ],
+        want={"zoned": None, "limited": None, "port": None},
+        reasons={
+            "zoned": "node h1: doesn't match node.labels.zone == a",
+            "limited": "node h2: already runs 1 task of this service (max_replicas_per_node: 1)",
+            "port": "node h3: has port 80/tcp in use",
+        },
+    ),
+    Case(
+        name="pinned: tasks pinned to one node see each other",
+        nodes=[node("a", cpus=1)],
+        pending=[
+            pending("g1", service="g1", slot=0, node_id="a", cpu=1),
+            pending("g2", service="g2", node_id="a", cpu=1),
+        ],
+        want={"g1": "a", "g2": None},
+        reasons={"g2": "node a: lacks CPU (need 1 CPU)"},
+    ),
+    Case(
+        name="pinned: placed before free tasks, which cannot take its only node's room",
+        nodes=[node("a", cpus=1), node("b", cpus=1)],
+        pending=[
+            pending("free1", service="a-first", slot=1, cpu=1),
+            pending("free2", service="a-first", slot=2, cpu=1),
+            pending("pinned", service="z-global", slot=0, node_id="a", cpu=1),
+        ],
+        want={"pinned": "a", "free1": "b", "free2": None},
+        reasons={"free2": "2 nodes: 2 lack CPU (need 1 CPU)"},
+    ),
+    Case(
+        name="pinned: its placement counts towards spreading the free tasks of its service",
+        nodes=[node("a"), node("b")],
+        pending=[pending("pinned", slot=0, node_id="a"), pending("free", slot=1)],
+        want={"pinned": "a", "free": "b"},
+    ),
+]
+
+ALL_CASES = CASES + CONSTRAINT_CASES + MAX_PER_NODE_CASES + BINPACK_CASES + PINNED_CASES
+
+
+@pytest.mark.parametrize("case", ALL_CASES, ids=[c.name for c in ALL_CASES])
 def test_table(case: Case) -> None:
     """Each row's placements and reasons come out as listed ("?" means placed anywhere)."""
     decisions = schedule(case.nodes, case.running + case.pending, case.pending, NOW, seed=7)
@@ -340,12 +614,69 @@ def test_ties_follow_the_seed_not_node_order() -> None:
     assert winners == {"n0", "n1", "n2", "n3"}
 
 
-def test_pending_task_with_old_node_is_not_double_counted() -> None:
-    """A task being re-placed does not hold its old node's resources against itself."""
+def test_pinned_task_is_not_counted_against_itself() -> None:
+    """A pending task that names its node does not hold that node's resources against itself."""
     stale = pending("t1", node_id="a", cpu=1)
     stale.status.state = pb.TASK_STATE_ASSIGNED
     decisions = schedule([node("a", cpus=1)], [stale], [stale], NOW, seed=0)
     assert decisions == [Decision("t1", "a", "")]
+
+
+def test_invalid_constraint_leaves_the_task_unplaced_with_the_parser_message() -> None:
+    """A constraint that does not parse never raises: its task stays unplaced, the others are placed."""
+    with pytest.raises(ConstraintError) as error:
+        parse_constraint("node.labels.zone = a")
+    tasks = [
+        pending("bad", service="s1", constraints=(ZONE_A, "node.labels.zone = a")),
+        pending("bad-pinned", service="s2", node_id="a", constraints=("zone",)),
+        pending("good", service="s3", constraints=(ZONE_A,)),
+    ]
+    decisions = {d.task_id: d for d in schedule([node("a", labels={"zone": "a"})], tasks, tasks, NOW, seed=0)}
+    assert decisions["bad"] == Decision("bad", None, f"invalid placement constraint: {error.value}")
+    assert decisions["bad-pinned"].node_id is None
+    assert decisions["bad-pinned"].reason.startswith("invalid placement constraint: ")
+    assert decisions["good"] == Decision("good", "a", "")
+    assert schedule([], tasks[:1], tasks[:1], NOW, seed=0)[0].reason.startswith("invalid placement constraint: ")
+
+
+def test_binpack_fills_one_node_where_spread_uses_all() -> None:
+    """On identical nodes binpack stacks a service on one node and spread puts each replica apart, any seed."""
+    nodes = [node("a"), node("b"), node("c")]
+    for seed in range(20):
+        packed = [pending(f"p{i}", service="pack", slot=i, cpu=0.5, binpack=True) for i in range(3)]
+        spread = [pending(f"s{i}", service="spread", slot=i, cpu=0.5) for i in range(3)]
+        decisions = schedule(nodes, packed + spread, packed + spread, NOW, seed)
+        assert len({d.node_id for d in decisions if d.task_id.startswith("p")}) == 1
+        assert len({d.node_id for d in decisions if d.task_id.startswith("s")}) == 3
+
+
+def test_binpack_moves_on_only_when_a_node_is_full() -> None:
+    """Binpack fills a node to capacity before it starts the next one."""
+    nodes = [node(name, cpus=2) for name in "abc"]
+    tasks = [pending(f"t{i}", slot=i, cpu=1, binpack=True) for i in range(5)]
+    decisions = schedule(nodes, tasks, tasks, NOW, seed=5)
+    assert sorted(Counter(d.node_id for d in decisions).values()) == [1, 2, 2]
+    assert all(d.node_id is not None for d in decisions)
+
+
+def test_max_per_node_beats_binpack() -> None:
+    """A limit of one forces binpack replicas onto distinct nodes."""
+    nodes = [node("a"), node("b"), node("c")]
+    tasks = [pending(f"t{i}", slot=i, cpu=1, max_per_node=1, binpack=True) for i in range(3)]
+    decisions = schedule(nodes, tasks, tasks, NOW, seed=1)
+    assert sorted(d.node_id or "" for d in decisions) == ["a", "b", "c"]
+
+
+def test_pinned_decisions_come_first() -> None:
+    """Decisions list pinned tasks first, then the others, each by service id then slot."""
+    tasks = [
+        pending("free-b", service="b", slot=1),
+        pending("pin-z", service="z", node_id="n"),
+        pending("free-a", service="a", slot=1),
+        pending("pin-c", service="c", node_id="n"),
+    ]
+    decisions = schedule([node("n")], tasks, tasks, NOW, seed=1)
+    assert [d.task_id for d in decisions] == ["pin-c", "pin-z", "free-a", "free-b"]
 
 
 def test_custom_filter_is_reported() -> None:

@@ -1,8 +1,10 @@
-"""Hypothesis properties of the scheduler: capacity, ports, determinism and spread hold on any cluster."""
+"""Hypothesis properties of the scheduler: capacity, ports, placement rules, pins, determinism and spread."""
 
 from __future__ import annotations
 
+import math
 from collections import Counter, defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -10,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from controller.scheduler import (
+    BINPACK_SCORERS,
     DEFAULT_FILTERS,
     SPREAD_SCORERS,
     Decision,
@@ -26,12 +29,16 @@ from controller.scheduler.demand import demand_of
 from controller.scheduler.reason import RejectionKey, unplaced_reason
 from controller.scheduler.scorers import load_fraction
 from controller.scheduler.tiebreak import ring_point
+from dockyard.constraints import parse_constraint
 from dockyard.v1 import types_pb2 as pb
 
 MIB = 1 << 20
 NOW = datetime(2025, 1, 1, tzinfo=UTC)
 PORTS = [(80, "tcp"), (80, "udp"), (443, "tcp"), (0, "tcp")]
 SERVICES = ["s0", "s1", "s2"]
+CONSTRAINTS = ["node.labels.zone == a", "node.labels.zone != b", "node.hostname != h0", "node.id != n1"]
+INVALID_CONSTRAINT = "node.labels.zone = a"
+ZONES = [None, "a", "b"]
 
 
 def nano(cpus: float) -> int:
@@ -61,18 +68,43 @@ def nodes_strategy(draw: st.DrawFn, max_nodes: int = 6) -> list[pb.Node]:
             status=draw(st.sampled_from([*pb.NodeStatus.values(), *[pb.NODE_STATUS_READY] * 4])),
             availability=draw(st.sampled_from([*pb.NodeAvailability.values(), *[pb.NODE_AVAILABILITY_ACTIVE] * 4])),
         )
+        node.description.hostname = f"h{i}"
         node.description.cpus = draw(st.sampled_from([0, 0.5, 1, 2, 4]))
         node.description.memory_bytes = draw(st.sampled_from([0, 256 * MIB, 1024 * MIB, 2048 * MIB]))
+        agent_zone, operator_zone = draw(st.sampled_from(ZONES)), draw(st.sampled_from(ZONES))
+        if agent_zone:
+            node.description.labels["zone"] = agent_zone
+        if operator_zone:
+            node.labels["zone"] = operator_zone
         nodes.append(node)
     return nodes
 
 
 @st.composite
-def task_strategy(draw: st.DrawFn, task_id: str, node_ids: list[str], placed: bool) -> pb.Task:
-    """A task of a random service, reservations and ports; placed ones also get a node and a state."""
+def placement_strategy(draw: st.DrawFn) -> pb.Placement:
+    """A service's placement rules: a few constraints (rarely an invalid one), a limit, a strategy."""
+    placement = pb.Placement(
+        constraints=draw(st.lists(st.sampled_from(CONSTRAINTS), max_size=2, unique=True)),
+        max_replicas_per_node=draw(st.sampled_from([0, 0, 1, 2])),
+        strategy=draw(st.sampled_from(list(pb.Placement.Strategy.values()))),
+    )
+    if draw(st.integers(0, 9)) == 0:
+        placement.constraints.append(INVALID_CONSTRAINT)
+    return placement
+
+
+@st.composite
+def task_strategy(
+    draw: st.DrawFn, task_id: str, node_ids: list[str], placed: bool, placements: Mapping[str, pb.Placement]
+) -> pb.Task:
+    """A task of a random service, reservations, ports and its service's placement rules.
+
+    Placed ones also get a node and a state; pending ones are sometimes pinned, to a node or to a stranger.
+    """
+    service_id = draw(st.sampled_from(SERVICES))
     task = pb.Task(
         id=task_id,
-        service_id=draw(st.sampled_from(SERVICES)),
+        service_id=service_id,
         slot=draw(st.integers(0, 5)),
         desired_state=draw(st.sampled_from(list(pb.DesiredState.values()))),
     )
@@ -80,10 +112,12 @@ def task_strategy(draw: st.DrawFn, task_id: str, node_ids: list[str], placed: bo
     task.spec.resources.memory_reservation_bytes = draw(st.sampled_from([0, 128 * MIB, 512 * MIB]))
     for port, protocol in draw(st.lists(st.sampled_from(PORTS), max_size=2, unique=True)):
         task.spec.ports.add(host_port=port, container_port=8000 + port, protocol=protocol)
+    task.spec.placement.CopyFrom(placements[service_id])
     if placed:
         task.node_id = draw(st.sampled_from([*node_ids, "", "elsewhere"]))
         task.status.state = draw(st.sampled_from(list(pb.TaskState.values())))
     else:
+        task.node_id = draw(st.sampled_from(["", "", "", *node_ids, "ghost"]))
         task.status.state = pb.TASK_STATE_PENDING
     return task
 
@@ -102,8 +136,9 @@ def clusters(draw: st.DrawFn, max_pending: int = 12) -> Cluster:
     """Nodes, current tasks (some holding, some terminal), and pending tasks that are also current."""
     nodes = draw(nodes_strategy())
     node_ids = [n.id for n in nodes]
-    current = [draw(task_strategy(f"r{i}", node_ids, placed=True)) for i in range(draw(st.integers(0, 10)))]
-    pending = [draw(task_strategy(f"p{i}", node_ids, placed=False)) for i in range(draw(st.integers(0, max_pending)))]
+    rules = {service: draw(placement_strategy()) for service in SERVICES}
+    current = [draw(task_strategy(f"r{i}", node_ids, True, rules)) for i in range(draw(st.integers(0, 10)))]
+    pending = [draw(task_strategy(f"p{i}", node_ids, False, rules)) for i in range(draw(st.integers(0, max_pending)))]
     return Cluster(nodes, current + pending, pending)
 
 
@@ -228,6 +263,7 @@ class MostLoaded:
 
 STRATEGIES: list[tuple[Scorer, ...]] = [
     SPREAD_SCORERS,
+    BINPACK_SCORERS,
     (LeastLoaded(),),
     (MostLoaded(), FewestTasks()),
     (ServiceSpread(), MostLoaded()),
@@ -235,31 +271,56 @@ STRATEGIES: list[tuple[Scorer, ...]] = [
 ]
 
 
-def brute_force(cluster: Cluster, seed: int, scorers: tuple[Scorer, ...]) -> list[Decision]:
-    """The plan by definition: per task, judge every node afresh and take the smallest (score, ring distance)."""
-    ordered = sorted(cluster.pending, key=lambda t: (t.service_id, t.slot, t.id))
+def brute_force(
+    cluster: Cluster, seed: int, scorers: tuple[Scorer, ...], binpack_scorers: tuple[Scorer, ...]
+) -> list[Decision]:
+    """The plan by definition: per task, judge every node afresh and take the smallest (score, ring distance).
+
+    Pinned tasks come first and are judged on their own node only; a task with a bad constraint is never placed.
+    """
+
+    def order(task: pb.Task) -> tuple[bool, str, int, str]:
+        return (not task.node_id, task.service_id, task.slot, task.id)
+
+    ordered = sorted(cluster.pending, key=order)
     accounting = Accounting(cluster.nodes, cluster.tasks, seed, {t.id for t in ordered})
     plan = []
     for task in ordered:
         demand = demand_of(task)
+        if demand.invalid:
+            plan.append(Decision(task.id, None, demand.invalid))
+            continue
+        if task.node_id:
+            pinned = accounting.nodes.get(task.node_id)
+            if pinned is None:
+                plan.append(Decision(task.id, None, f"node {task.node_id} is not in the cluster"))
+                continue
+            rejections = [r for r in (f.check(pinned, demand) for f in DEFAULT_FILTERS) if r is not None]
+            if rejections:
+                plan.append(Decision(task.id, None, f"node {pinned.hostname or pinned.id}: {rejections[0].one}"))
+            else:
+                accounting.charge(pinned, demand)
+                plan.append(Decision(task.id, pinned.id, ""))
+            continue
+        ranking = binpack_scorers if demand.binpack else scorers
         point = ring_point(seed, task.id)
         best: tuple[tuple[float, ...], int, str] | None = None
-        rejections: Counter[RejectionKey] = Counter()
+        counts: Counter[RejectionKey] = Counter()
         for node in accounting.nodes.values():
             rejected = False
             for index, check in enumerate(DEFAULT_FILTERS):
                 rejection = check.check(node, demand)
                 if rejection is not None:
-                    rejections[(index, rejection)] += 1
+                    counts[(index, rejection)] += 1
                     rejected = True
                     break
             if rejected:
                 continue
-            score = tuple(scorer.score(node, demand) for scorer in scorers)
+            score = tuple(scorer.score(node, demand) for scorer in ranking)
             candidate = (score, (node.ring[0] - point) % 2**64, node.id)
             best = candidate if best is None else min(best, candidate)
         if best is None:
-            plan.append(Decision(task.id, None, unplaced_reason(len(accounting.nodes), rejections)))
+            plan.append(Decision(task.id, None, unplaced_reason(len(accounting.nodes), counts)))
         else:
             accounting.charge(accounting.nodes[best[2]], demand)
             plan.append(Decision(task.id, best[2], ""))
@@ -267,8 +328,141 @@ def brute_force(cluster: Cluster, seed: int, scorers: tuple[Scorer, ...]) -> lis
 
 
 @settings(deadline=None, max_examples=300)
-@given(clusters(max_pending=30), st.integers(0, 2**32), st.sampled_from(STRATEGIES))
-def test_incremental_plan_equals_brute_force(cluster: Cluster, seed: int, scorers: tuple[Scorer, ...]) -> None:
+@given(
+    clusters(max_pending=30),
+    st.integers(0, 2**32),
+    st.sampled_from(STRATEGIES),
+    st.sampled_from(STRATEGIES),
+)
+def test_incremental_plan_equals_brute_force(
+    cluster: Cluster, seed: int, scorers: tuple[Scorer, ...], binpack_scorers: tuple[Scorer, ...]
+) -> None:
     """Shared pools and per-service runs give exactly the plan of re-judging every node for every task."""
-    plan = schedule(cluster.nodes, cluster.tasks, cluster.pending, NOW, seed, scorers=scorers)
-    assert plan == brute_force(cluster, seed, scorers)
+    plan = schedule(
+        cluster.nodes, cluster.tasks, cluster.pending, NOW, seed, scorers=scorers, binpack_scorers=binpack_scorers
+    )
+    assert plan == brute_force(cluster, seed, scorers, binpack_scorers)
+
+
+def labels_of(node: pb.Node) -> dict[str, str]:
+    """The documented rule, restated: the agent's labels overlaid with the operator's."""
+    return {**dict(node.description.labels), **dict(node.labels)}
+
+
+@settings(deadline=None)
+@given(clusters(), st.integers(0, 2**32))
+def test_constraints_never_violated(cluster: Cluster, seed: int) -> None:
+    """Every placed task's node satisfies all its constraints; a task with an unreadable one is never placed."""
+    decisions = schedule(cluster.nodes, cluster.tasks, cluster.pending, NOW, seed)
+    by_id = {t.id: t for t in cluster.pending}
+    nodes = {n.id: n for n in cluster.nodes}
+    for decision in decisions:
+        texts = by_id[decision.task_id].spec.placement.constraints
+        if INVALID_CONSTRAINT in texts:
+            assert decision.node_id is None
+            assert decision.reason.startswith("invalid placement constraint: ")
+            continue
+        if decision.node_id is None:
+            continue
+        node = nodes[decision.node_id]
+        for text in texts:
+            assert parse_constraint(text).matches(node.id, node.description.hostname, labels_of(node)), text
+
+
+@settings(deadline=None)
+@given(clusters(), st.integers(0, 2**32))
+def test_max_replicas_per_node_never_exceeded(cluster: Cluster, seed: int) -> None:
+    """A node that receives a task of a limited service ends with at most the limit of its holders."""
+    decisions = schedule(cluster.nodes, cluster.tasks, cluster.pending, NOW, seed)
+    pending_ids = {t.id for t in cluster.pending}
+    for node_id, new in placements(decisions, cluster.pending).items():
+        for service_id in {t.service_id for t in new}:
+            limit = next(t for t in new if t.service_id == service_id).spec.placement.max_replicas_per_node
+            if not limit:
+                continue
+            held = [
+                t
+                for t in cluster.tasks
+                if t.node_id == node_id and t.service_id == service_id and is_holder(t) and t.id not in pending_ids
+            ]
+            assert len(held) + sum(1 for t in new if t.service_id == service_id) <= limit
+
+
+@settings(deadline=None)
+@given(
+    st.integers(1, 5),
+    st.integers(1, 3),
+    st.lists(st.integers(0, 4), min_size=1, max_size=5),
+    st.integers(0, 20),
+    st.booleans(),
+    st.integers(0, 2**32),
+)
+def test_max_replicas_per_node_caps_each_node(
+    node_count: int, limit: int, held: list[int], count: int, binpack: bool, seed: int
+) -> None:
+    """With more replicas than room, each node ends at the limit (or what it held), and the rest wait."""
+    nodes = []
+    for i in range(node_count):
+        node = pb.Node(id=f"n{i}", status=pb.NODE_STATUS_READY)
+        node.description.cpus = 64
+        node.description.memory_bytes = 64 << 30
+        nodes.append(node)
+    running = []
+    for i, node in enumerate(nodes):
+        for j in range(held[i % len(held)]):
+            task = pb.Task(id=f"r{i}-{j}", service_id="s", node_id=node.id)
+            task.status.state = pb.TASK_STATE_RUNNING
+            running.append(task)
+    pending = []
+    for slot in range(count):
+        task = pb.Task(id=f"t{slot}", service_id="s", slot=slot)
+        task.status.state = pb.TASK_STATE_PENDING
+        task.spec.placement.max_replicas_per_node = limit
+        if binpack:
+            task.spec.placement.strategy = pb.Placement.STRATEGY_BINPACK
+        pending.append(task)
+    decisions = schedule(nodes, running + pending, pending, NOW, seed)
+    before = Counter(t.node_id for t in running)
+    after = before + Counter(d.node_id for d in decisions if d.node_id is not None)
+    room = sum(max(0, limit - before[n.id]) for n in nodes)
+    assert sum(1 for d in decisions if d.node_id is not None) == min(count, room)
+    for node in nodes:
+        assert after[node.id] <= max(limit, before[node.id])
+
+
+@settings(deadline=None)
+@given(clusters(), st.integers(0, 2**32))
+def test_pinned_tasks_go_only_to_their_node(cluster: Cluster, seed: int) -> None:
+    """A pinned task is placed on its own node or not at all, and one pinned to a stranger says so."""
+    decisions = schedule(cluster.nodes, cluster.tasks, cluster.pending, NOW, seed)
+    by_id = {t.id: t for t in cluster.pending}
+    known = {n.id for n in cluster.nodes}
+    for decision in decisions:
+        pinned = by_id[decision.task_id].node_id
+        if not pinned:
+            continue
+        assert decision.node_id in (None, pinned)
+        if pinned not in known and INVALID_CONSTRAINT not in by_id[decision.task_id].spec.placement.constraints:
+            assert decision.reason == f"node {pinned} is not in the cluster"
+
+
+@settings(deadline=None)
+@given(st.integers(1, 8), st.integers(1, 4), st.integers(0, 30), st.integers(0, 2**32))
+def test_binpack_uses_as_few_nodes_as_possible(node_count: int, per_node: int, count: int, seed: int) -> None:
+    """On identical empty nodes binpack fills each node before opening the next."""
+    nodes = []
+    for i in range(node_count):
+        node = pb.Node(id=f"n{i}", status=pb.NODE_STATUS_READY)
+        node.description.cpus = per_node
+        node.description.memory_bytes = 64 << 30
+        nodes.append(node)
+    pending = []
+    for slot in range(count):
+        task = pb.Task(id=f"t{slot}", service_id="s", slot=slot)
+        task.spec.resources.cpu_reservation = 1
+        task.spec.placement.strategy = pb.Placement.STRATEGY_BINPACK
+        pending.append(task)
+    decisions = schedule(nodes, pending, pending, NOW, seed)
+    placed = [d.node_id for d in decisions if d.node_id is not None]
+    assert len(placed) == min(count, node_count * per_node)
+    assert len(set(placed)) == math.ceil(len(placed) / per_node)

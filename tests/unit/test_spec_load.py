@@ -27,12 +27,19 @@ from dockyard.v1 import types_pb2 as pb
 MIB = 1024**2
 GIB = 1024**3
 SECOND = 10**9
+GLOBAL_REPLICAS = "a global service runs one task per eligible node; remove replicas or use mode: replicated"
+FORMS = "must have the form node.labels.KEY == VALUE, node.hostname == NAME or node.id == ID (or != instead of ==)"
 
 
 def make_spec(name: str = "web", image: str = "nginx:1.27", **fields: Any) -> pb.ServiceSpec:
     """Builds a spec the way load_spec returns it: every default filled in explicitly."""
     restart = fields.pop("restart", {})
-    spec = pb.ServiceSpec(name=name, image=image, replicas=fields.pop("replicas", 1), **fields)
+    mode = fields.pop("mode", pb.SERVICE_MODE_REPLICATED)
+    replicas = fields.pop("replicas", 0 if mode == pb.SERVICE_MODE_GLOBAL else 1)
+    spec = pb.ServiceSpec(name=name, image=image, mode=mode, replicas=replicas, **fields)
+    # Placement and on_disconnect are only set when they say something; then the strategy is explicit.
+    if spec.HasField("placement") and not spec.placement.strategy:
+        spec.placement.strategy = pb.Placement.STRATEGY_SPREAD
     spec.resources.SetInParent()
     spec.restart.condition = restart.get("condition", pb.RestartPolicy.CONDITION_ON_FAILURE)
     spec.restart.delay.FromNanoseconds(restart.get("delay", 5 * SECOND))
@@ -271,6 +278,74 @@ VALID_FILES = [
         ],
         id="image-with-registry-and-digest",
     ),
+    pytest.param(
+        """
+        services:
+          agentd:
+            image: dockyard-test:latest
+            mode: global
+            placement:
+              constraints: ["node.labels.zone == a", "node.hostname != h3"]
+              max_replicas_per_node: 1
+              strategy: binpack
+            on_disconnect: {stop_after: 30s}
+        """,
+        [
+            make_spec(
+                "agentd",
+                "dockyard-test:latest",
+                mode=pb.SERVICE_MODE_GLOBAL,
+                placement=pb.Placement(
+                    constraints=["node.labels.zone == a", "node.hostname != h3"],
+                    max_replicas_per_node=1,
+                    strategy=pb.Placement.STRATEGY_BINPACK,
+                ),
+                on_disconnect=pb.OnDisconnect(stop_after=duration(30 * SECOND)),
+            )
+        ],
+        id="global-with-placement-and-stop-after",
+    ),
+    pytest.param(
+        """
+        services:
+          web:
+            image: nginx:1.27
+            mode: replicated
+            replicas: 1
+            placement: {constraints: [], max_replicas_per_node: 0, strategy: spread}
+            on_disconnect: keep
+        """,
+        [make_spec()],
+        id="scheduling-defaults-written-out",
+    ),
+    pytest.param(
+        """
+        services:
+          web:
+            image: nginx:1.27
+            placement:
+              constraints:
+                - node.labels.com.example.zone==a
+                - node.id != n1
+                - node.labels.zone != a
+                - node.labels.zone != b
+            on_disconnect: {stop_after: 24h}
+        """,
+        [
+            make_spec(
+                placement=pb.Placement(
+                    constraints=[
+                        "node.labels.com.example.zone==a",
+                        "node.id != n1",
+                        "node.labels.zone != a",
+                        "node.labels.zone != b",
+                    ]
+                ),
+                on_disconnect=pb.OnDisconnect(stop_after=duration(24 * 3600 * SECOND)),
+            )
+        ],
+        id="constraints-kept-as-written-and-longest-stop-after",
+    ),
 ]
 
 
@@ -322,13 +397,14 @@ SERVICE_ERRORS = [
     case(
         "compose-deploy",
         "image: x\ndeploy: {replicas: 2}",
-        "services.web.deploy: unknown field; write replicas, resources and restart directly under the service",
+        "services.web.deploy: unknown field; write mode, replicas, placement, resources and restart directly "
+        "under the service",
     ),
     case(
         "unknown-field",
         "image: x\nvolumes: [a]",
-        "services.web.volumes: unknown field; expected one of image, command, env, ports, replicas, "
-        "resources, labels, restart, stop_grace_period",
+        "services.web.volumes: unknown field; expected one of image, command, env, ports, mode, replicas, "
+        "placement, resources, labels, restart, stop_grace_period, on_disconnect",
     ),
     case(
         "replicas-negative",
@@ -751,6 +827,213 @@ SERVICE_ERRORS = [
         "image: x\nstop_grace_period: 1.0e+300",
         "services.web.stop_grace_period: is too large, got 1e+300; durations are limited to 10000 years",
     ),
+    case(
+        "mode-unknown",
+        "image: x\nmode: daemon",
+        'services.web.mode: must be replicated or global, got "daemon"',
+    ),
+    case(
+        "mode-typo",
+        "image: x\nmode: Global",
+        'services.web.mode: must be replicated or global, got "Global"; did you mean "global"?',
+    ),
+    case(
+        "mode-type",
+        "image: x\nmode: 2",
+        "services.web.mode: must be replicated or global, got 2",
+    ),
+    case(
+        "mode-unusable-still-reads-replicas",
+        "image: x\nmode: globl\nreplicas: -1",
+        'services.web.mode: must be replicated or global, got "globl"; did you mean "global"?',
+        "services.web.replicas: must be an integer from 0 to 10000, got -1",
+    ),
+    case(
+        "global-with-replicas",
+        "image: x\nmode: global\nreplicas: 3",
+        f"services.web.replicas: {GLOBAL_REPLICAS}",
+    ),
+    case(
+        "global-with-zero-replicas",
+        "image: x\nmode: global\nreplicas: 0",
+        f"services.web.replicas: {GLOBAL_REPLICAS}",
+    ),
+    case(
+        "global-with-unusable-replicas-is-reported-once",
+        "image: x\nreplicas: many\nmode: global",
+        f"services.web.replicas: {GLOBAL_REPLICAS}",
+    ),
+    case(
+        "placement-type",
+        "image: x\nplacement: [node.labels.zone == a]",
+        "services.web.placement: must be a mapping with constraints, max_replicas_per_node and/or strategy, got a list",
+    ),
+    case(
+        "placement-null",
+        "image: x\nplacement:",
+        "services.web.placement: must be a mapping with constraints, max_replicas_per_node and/or strategy, "
+        "got null; leave the field out to use the default",
+    ),
+    case(
+        "placement-typo",
+        "image: x\nplacement: {constraint: [node.id == a]}",
+        'services.web.placement.constraint: unknown field; did you mean "constraints"?',
+    ),
+    case(
+        "placement-unknown",
+        "image: x\nplacement: {preferences: [{spread: node.labels.zone}]}",
+        "services.web.placement.preferences: unknown field; expected one of constraints, max_replicas_per_node, "
+        "strategy",
+    ),
+    case(
+        "constraints-string",
+        "image: x\nplacement: {constraints: node.labels.zone == a}",
+        'services.web.placement.constraints: must be a list of constraints like ["node.labels.zone == a"], '
+        'got "node.labels.zone == a"',
+    ),
+    case(
+        "constraint-number",
+        "image: x\nplacement: {constraints: [5]}",
+        'services.web.placement.constraints[0]: must be a string like "node.labels.zone == a", got 5; '
+        "put the value in quotes",
+    ),
+    case(
+        "constraint-written-as-mapping",
+        "image: x\nplacement:\n  constraints:\n    - node.labels.zone: a",
+        'services.web.placement.constraints[0]: must be a string like "node.labels.zone == a", got a mapping; '
+        'compare with == or != rather than ":"',
+    ),
+    case(
+        "constraint-syntax",
+        "image: x\nplacement: {constraints: [node.role == manager]}",
+        f'services.web.placement.constraints[0]: {FORMS}, got "node.role == manager"',
+    ),
+    case(
+        "constraint-single-equals",
+        "image: x\nplacement: {constraints: [node.labels.zone=a]}",
+        f'services.web.placement.constraints[0]: {FORMS}, got "node.labels.zone=a"; compare with == or !=',
+    ),
+    case(
+        "constraint-value-with-spaces",
+        "image: x\nplacement: {constraints: [node.labels.region == eu west]}",
+        f'services.web.placement.constraints[0]: {FORMS}, got "node.labels.region == eu west"; '
+        "the value cannot contain whitespace",
+    ),
+    case(
+        "constraint-empty",
+        "image: x\nplacement: {constraints: ['']}",
+        f'services.web.placement.constraints[0]: {FORMS}, got ""',
+    ),
+    case(
+        "constraint-duplicate",
+        "image: x\nplacement: {constraints: [node.id != a, node.labels.zone == a, node.labels.zone==a]}",
+        "services.web.placement.constraints[2]: is the same as constraints[1]; remove one of them",
+    ),
+    case(
+        "constraint-contradicting-labels",
+        "image: x\nplacement: {constraints: [node.labels.zone == a, node.labels.zone == b]}",
+        "services.web.placement.constraints[1]: contradicts constraints[0]: all constraints must hold, but a "
+        'node\'s label "zone" cannot be both "a" and "b"; keep one of them',
+    ),
+    case(
+        "constraint-contradicting-negation",
+        "image: x\nplacement: {constraints: [node.hostname != h1, node.hostname == h1]}",
+        "services.web.placement.constraints[1]: contradicts constraints[0]: all constraints must hold, but a "
+        'node\'s hostname cannot both be and not be "h1"; remove one of them',
+    ),
+    case(
+        "constraint-contradictions-are-against-the-first",
+        "image: x\nplacement: {constraints: [node.id == a, node.id == b, node.id == b]}",
+        "services.web.placement.constraints[1]: contradicts constraints[0]: all constraints must hold, but a "
+        'node\'s id cannot be both "a" and "b"; keep one of them',
+        "services.web.placement.constraints[2]: contradicts constraints[0]: all constraints must hold, but a "
+        'node\'s id cannot be both "a" and "b"; keep one of them',
+    ),
+    case(
+        "max-replicas-per-node-large",
+        "image: x\nplacement: {max_replicas_per_node: 10001}",
+        "services.web.placement.max_replicas_per_node: must be an integer from 0 to 10000 (0 means no limit), "
+        "got 10001",
+    ),
+    case(
+        "max-replicas-per-node-negative",
+        "image: x\nplacement: {max_replicas_per_node: -1}",
+        "services.web.placement.max_replicas_per_node: must be an integer from 0 to 10000 (0 means no limit), got -1",
+    ),
+    case(
+        "max-replicas-per-node-quoted",
+        "image: x\nplacement: {max_replicas_per_node: '2'}",
+        "services.web.placement.max_replicas_per_node: must be an integer from 0 to 10000 (0 means no limit), "
+        'got "2"; write the number without quotes',
+    ),
+    case(
+        "strategy-unknown",
+        "image: x\nplacement: {strategy: random}",
+        'services.web.placement.strategy: must be spread or binpack, got "random"',
+    ),
+    case(
+        "strategy-typo",
+        "image: x\nplacement: {strategy: bin-pack}",
+        'services.web.placement.strategy: must be spread or binpack, got "bin-pack"; did you mean "binpack"?',
+    ),
+    case(
+        "on-disconnect-unknown-word",
+        "image: x\non_disconnect: stop",
+        'services.web.on_disconnect: must be keep or a mapping like {stop_after: 30s}, got "stop"',
+    ),
+    case(
+        "on-disconnect-typo",
+        "image: x\non_disconnect: Keep",
+        'services.web.on_disconnect: must be keep or a mapping like {stop_after: 30s}, got "Keep"; '
+        'did you mean "keep"?',
+    ),
+    case(
+        "on-disconnect-bare-duration",
+        "image: x\non_disconnect: 30",
+        "services.web.on_disconnect: must be keep or a mapping like {stop_after: 30s}, got 30",
+    ),
+    case(
+        "on-disconnect-null",
+        "image: x\non_disconnect:",
+        "services.web.on_disconnect: must be keep or a mapping like {stop_after: 30s}, got null; "
+        "leave the field out to use the default",
+    ),
+    case(
+        "stop-after-required",
+        "image: x\non_disconnect: {}",
+        "services.web.on_disconnect.stop_after: is required; give a duration like 30s, or write on_disconnect: keep",
+    ),
+    case(
+        "stop-after-misspelt-is-reported-once",
+        "image: x\non_disconnect: {stop_afer: 30s}",
+        'services.web.on_disconnect.stop_afer: unknown field; did you mean "stop_after"?',
+    ),
+    case(
+        "on-disconnect-unknown-key",
+        "image: x\non_disconnect: {stop_after: 30s, restart: true}",
+        'services.web.on_disconnect.restart: unknown field; the only field allowed here is "stop_after"',
+    ),
+    case(
+        "stop-after-zero",
+        "image: x\non_disconnect: {stop_after: 0s}",
+        "services.web.on_disconnect.stop_after: must be a duration greater than 0s and at most 24h, got 0s",
+    ),
+    case(
+        "stop-after-negative",
+        "image: x\non_disconnect: {stop_after: -30s}",
+        "services.web.on_disconnect.stop_after: must be a duration greater than 0s and at most 24h, got -30s",
+    ),
+    case(
+        "stop-after-too-long",
+        "image: x\non_disconnect: {stop_after: 24h0.001s}",
+        "services.web.on_disconnect.stop_after: must be a duration greater than 0s and at most 24h, got 24h0.001s",
+    ),
+    case(
+        "stop-after-syntax",
+        "image: x\non_disconnect: {stop_after: soon}",
+        "services.web.on_disconnect.stop_after: must be a duration like 10s, 1m30s or 500ms, or a number of "
+        'seconds, got "soon"',
+    ),
 ]
 
 
@@ -945,6 +1228,55 @@ def test_rejected_port_keeps_later_indexes_aligned() -> None:
     ]
 
 
+def test_rejected_constraint_keeps_later_indexes_aligned_and_placement_reads_in_field_order() -> None:
+    body = """
+        image: x
+        placement:
+          strategy: fill
+          max_replicas_per_node: 10001
+          constraints: [node.id == a, 7, zone == a, node.id == a]
+          spread: zone
+    """
+    assert service_errors(body) == [
+        "services.web.placement.spread: unknown field; expected one of constraints, max_replicas_per_node, strategy",
+        'services.web.placement.constraints[1]: must be a string like "node.labels.zone == a", got 7; '
+        "put the value in quotes",
+        f'services.web.placement.constraints[2]: {FORMS}, got "zone == a"',
+        "services.web.placement.constraints[3]: is the same as constraints[0]; remove one of them",
+        "services.web.placement.max_replicas_per_node: must be an integer from 0 to 10000 (0 means no limit), "
+        "got 10001",
+        'services.web.placement.strategy: must be spread or binpack, got "fill"',
+    ]
+
+
+def test_issues_inside_a_section_follow_its_field_order() -> None:
+    # The reader finds max_attempts and validate_service finds delay; the report still reads top down.
+    body = "image: x\nrestart: {max_attempts: -1, delay: 2h}"
+    assert service_errors(body) == [
+        "services.web.restart.delay: must be a duration from 0s to 1h, got 2h",
+        "services.web.restart.max_attempts: must be an integer from 0 to 4294967295 (0 means no limit), got -1",
+    ]
+
+
+def test_default_placement_and_on_disconnect_stay_unset() -> None:
+    # The scheduler skips an unset placement on its hot path; an all-default one must not cost it that.
+    text = """
+        services:
+          web: {image: x}
+          api: {image: x, placement: {constraints: [], max_replicas_per_node: 0, strategy: spread}, on_disconnect: keep}
+    """
+    for spec in load(text):
+        assert not spec.HasField("placement")
+        assert not spec.HasField("on_disconnect")
+
+
+def test_global_service_is_stored_with_zero_replicas() -> None:
+    [spec] = load("services: {agentd: {image: x, mode: global}}")
+    assert spec.mode == pb.SERVICE_MODE_GLOBAL
+    assert spec.replicas == 0
+    assert validate_service(spec) == []
+
+
 def test_same_host_port_is_allowed_for_tcp_and_udp_and_port_zero_repeats() -> None:
     [spec] = load("services: {web: {image: x, ports: ['53:53/tcp', '53:53/udp', '80', '81']}}")
     assert [(p.host_port, p.protocol) for p in spec.ports] == [(53, "tcp"), (53, "udp"), (0, "tcp"), (0, "tcp")]
@@ -1109,6 +1441,24 @@ def test_validate_service_reports_the_same_message_as_the_loader() -> None:
     assert validate_service(spec) == service_errors(body)
 
 
+def test_validate_service_words_scheduling_fields_like_the_loader() -> None:
+    spec = valid_proto(mode=pb.SERVICE_MODE_GLOBAL, replicas=3)
+    spec.placement.constraints.extend(["node.labels.zone == a", "node.labels.zone = b", "node.labels.zone == b"])
+    spec.placement.max_replicas_per_node = 10001
+    spec.on_disconnect.stop_after.FromNanoseconds(25 * 3600 * SECOND)
+    body = """
+        image: nginx:1.27
+        mode: global
+        replicas: 3
+        placement:
+          constraints: ["node.labels.zone == a", "node.labels.zone = b", "node.labels.zone == b"]
+          max_replicas_per_node: 10001
+        on_disconnect: {stop_after: 25h}
+    """
+    assert validate_service(spec) == service_errors(body)
+    assert len(service_errors(body)) == 5
+
+
 @pytest.mark.parametrize(
     ("change", "expected"),
     [
@@ -1182,6 +1532,71 @@ def test_validate_service_reports_the_same_message_as_the_loader() -> None:
             ["services.web.command[0]: must not contain NUL characters"],
             id="command-nul",
         ),
+        pytest.param(
+            lambda s: setattr(s, "mode", 7),
+            ["services.web.mode: must be replicated or global, got 7"],
+            id="unknown-mode-number",
+        ),
+        pytest.param(
+            lambda s: setattr(s, "mode", pb.SERVICE_MODE_GLOBAL),
+            [f"services.web.replicas: {GLOBAL_REPLICAS}"],
+            id="global-with-replicas",
+        ),
+        pytest.param(
+            lambda s: (setattr(s, "mode", pb.SERVICE_MODE_GLOBAL), setattr(s, "replicas", 20000)),
+            [f"services.web.replicas: {GLOBAL_REPLICAS}"],
+            id="global-with-too-many-replicas-is-reported-once",
+        ),
+        pytest.param(
+            lambda s: (setattr(s, "mode", pb.SERVICE_MODE_GLOBAL), setattr(s, "replicas", 0)),
+            [],
+            id="global-with-zero-replicas",
+        ),
+        pytest.param(
+            lambda s: setattr(s, "mode", pb.SERVICE_MODE_UNSPECIFIED),
+            [],
+            id="unspecified-mode-is-replicated",
+        ),
+        pytest.param(
+            lambda s: s.placement.constraints.extend(["node.id == a\nnode.id == b", "node.id==c", "node.id == c"]),
+            [
+                f'services.web.placement.constraints[0]: {FORMS}, got "node.id == a\\nnode.id == b"; '
+                "the value cannot contain whitespace",
+                "services.web.placement.constraints[2]: is the same as constraints[1]; remove one of them",
+            ],
+            id="constraints",
+        ),
+        pytest.param(
+            lambda s: setattr(s.placement, "strategy", 9),
+            ["services.web.placement.strategy: must be spread or binpack, got 9"],
+            id="unknown-strategy-number",
+        ),
+        pytest.param(
+            lambda s: setattr(s.placement, "max_replicas_per_node", 2**32 - 1),
+            [
+                "services.web.placement.max_replicas_per_node: must be an integer from 0 to 10000 "
+                "(0 means no limit), got 4294967295"
+            ],
+            id="max-replicas-per-node",
+        ),
+        pytest.param(
+            lambda s: s.on_disconnect.stop_after.FromNanoseconds(0),
+            [],
+            id="zero-stop-after-means-keep",
+        ),
+        pytest.param(
+            lambda s: s.on_disconnect.stop_after.FromNanoseconds(-SECOND),
+            ["services.web.on_disconnect.stop_after: must be a duration greater than 0s and at most 24h, got -1s"],
+            id="negative-stop-after",
+        ),
+        pytest.param(
+            lambda s: s.on_disconnect.stop_after.CopyFrom(Duration(seconds=-1, nanos=5)),
+            [
+                "services.web.on_disconnect.stop_after: is not a valid duration (seconds=-1, nanos=5); seconds must "
+                "be within +-315576000000 and nanos within +-999999999 with the same sign"
+            ],
+            id="malformed-stop-after",
+        ),
     ],
 )
 def test_validate_service_on_protos(change: Any, expected: list[str]) -> None:
@@ -1193,6 +1608,42 @@ def test_validate_service_on_protos(change: Any, expected: list[str]) -> None:
 def test_spec_to_document_omits_defaults() -> None:
     assert spec_to_document(make_spec()) == {"image": "nginx:1.27"}
     assert spec_to_document(pb.ServiceSpec(name="web", image="nginx", replicas=1)) == {"image": "nginx"}
+
+
+def test_spec_to_document_omits_scheduling_defaults() -> None:
+    spec = valid_proto(mode=pb.SERVICE_MODE_REPLICATED)
+    spec.placement.strategy = pb.Placement.STRATEGY_SPREAD
+    spec.on_disconnect.stop_after.FromNanoseconds(0)
+    assert spec_to_document(spec) == {"image": "nginx:1.27"}
+
+
+def test_spec_to_document_writes_scheduling_fields() -> None:
+    spec = make_spec(
+        mode=pb.SERVICE_MODE_GLOBAL,
+        placement=pb.Placement(
+            constraints=["node.labels.zone==a"], max_replicas_per_node=2, strategy=pb.Placement.STRATEGY_BINPACK
+        ),
+        on_disconnect=pb.OnDisconnect(stop_after=duration(90 * SECOND)),
+    )
+    document = spec_to_document(spec)
+    assert document == {
+        "image": "nginx:1.27",
+        "mode": "global",
+        "placement": {"constraints": ["node.labels.zone==a"], "max_replicas_per_node": 2, "strategy": "binpack"},
+        "on_disconnect": {"stop_after": "1m30s"},
+    }
+    assert load_spec(yaml.safe_dump({"services": {"web": document}})) == [spec]
+
+
+def test_spec_to_document_writes_what_load_spec_must_reject() -> None:
+    spec = valid_proto(mode=pb.SERVICE_MODE_GLOBAL, replicas=1)
+    spec.placement.strategy = 5
+    document = spec_to_document(spec)
+    assert document == {"image": "nginx:1.27", "mode": "global", "replicas": 1, "placement": {"strategy": 5}}
+    assert errors_of(yaml.safe_dump({"services": {"web": document}})) == [
+        f"services.web.replicas: {GLOBAL_REPLICAS}",
+        "services.web.placement.strategy: must be spread or binpack, got 5",
+    ]
 
 
 def test_spec_to_document_writes_the_short_forms() -> None:

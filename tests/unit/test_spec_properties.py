@@ -63,6 +63,15 @@ label_keys = st.text(st.characters(codec="utf-8", exclude_characters="\0"), min_
     lambda key: not key.startswith("dockyard.")
 )
 protocols = st.sampled_from(["tcp", "udp"])
+# Constraint keys and values end at whitespace; keys also at the operator's "=" and "!".
+constraint_values = st.text(st.characters(codec="utf-8").filter(lambda c: not c.isspace()), min_size=1, max_size=8)
+constraint_keys = st.text(
+    st.characters(codec="utf-8", exclude_characters="=!").filter(lambda c: not c.isspace()), min_size=1, max_size=8
+)
+constraint_subjects = st.tuples(st.just("labels"), constraint_keys) | st.tuples(
+    st.sampled_from(["hostname", "id"]), st.just("")
+)
+spacing = st.sampled_from(["", " ", "  "])
 
 
 @st.composite
@@ -96,6 +105,30 @@ def resources(draw: st.DrawFn) -> pb.Resources:
     )
 
 
+@st.composite
+def constraint_lists(draw: st.DrawFn) -> list[str]:
+    """Constraints as users write them, spacing included; one per subject, so none repeat or contradict."""
+    subjects = draw(st.lists(constraint_subjects, max_size=4, unique=True))
+    constraints = []
+    for field, key in subjects:
+        subject = f"node.labels.{key}" if field == "labels" else f"node.{field}"
+        operator = draw(st.sampled_from(["==", "!="]))
+        before, after, outside = draw(spacing), draw(spacing), draw(st.sampled_from(["", " "]))
+        constraints.append(f"{outside}{subject}{before}{operator}{after}{draw(constraint_values)}{outside}")
+    return constraints
+
+
+@st.composite
+def placements(draw: st.DrawFn) -> pb.Placement | None:
+    """Valid placements as load_spec returns them: unset when all default, else with an explicit strategy."""
+    placement = pb.Placement(
+        constraints=draw(constraint_lists()),
+        max_replicas_per_node=draw(st.integers(0, 10000)),
+        strategy=draw(st.sampled_from([pb.Placement.STRATEGY_SPREAD, pb.Placement.STRATEGY_BINPACK])),
+    )
+    return None if placement == pb.Placement(strategy=pb.Placement.STRATEGY_SPREAD) else placement
+
+
 def duration(nanos: int) -> Duration:
     """Returns a Duration of `nanos`."""
     result = Duration()
@@ -106,13 +139,18 @@ def duration(nanos: int) -> Duration:
 @st.composite
 def valid_specs(draw: st.DrawFn) -> pb.ServiceSpec:
     """Valid specs in the form load_spec returns them, with every default set explicitly."""
+    mode = draw(st.sampled_from([pb.SERVICE_MODE_REPLICATED, pb.SERVICE_MODE_GLOBAL]))
+    stop_after = draw(st.just(None) | st.integers(1, 24 * HOUR))
     return pb.ServiceSpec(
         name=draw(names),
         image=draw(images),
         command=draw(st.lists(free_text, max_size=4)),
         env=draw(st.dictionaries(env_names, free_text, max_size=4)),
         ports=draw(port_lists()),
-        replicas=draw(st.integers(0, 10000)),
+        mode=mode,
+        # A global service's task count follows the nodes; load_spec stores 0 for it.
+        replicas=0 if mode == pb.SERVICE_MODE_GLOBAL else draw(st.integers(0, 10000)),
+        placement=draw(placements()),
         resources=draw(resources()),
         labels=draw(st.dictionaries(label_keys, free_text, max_size=4)),
         restart=pb.RestartPolicy(
@@ -122,6 +160,7 @@ def valid_specs(draw: st.DrawFn) -> pb.ServiceSpec:
             window=duration(draw(st.integers(0, MAX_NANOS))),
         ),
         stop_grace_period=duration(draw(st.integers(0, HOUR))),
+        on_disconnect=None if stop_after is None else pb.OnDisconnect(stop_after=duration(stop_after)),
     )
 
 
@@ -155,6 +194,17 @@ def sparse_specs(draw: st.DrawFn) -> pb.ServiceSpec:
         spec.ClearField("restart")
     if draw(st.booleans()):
         spec.restart.condition = pb.RestartPolicy.CONDITION_UNSPECIFIED
+    if spec.mode == pb.SERVICE_MODE_REPLICATED and draw(st.booleans()):
+        spec.mode = pb.SERVICE_MODE_UNSPECIFIED
+    if draw(st.booleans()):
+        spec.placement.strategy = pb.Placement.STRATEGY_UNSPECIFIED
+    if draw(st.booleans()):
+        spec.ClearField("placement")
+    if draw(st.booleans()):
+        # Zero is the proto's other way to say "keep".
+        spec.on_disconnect.stop_after.FromNanoseconds(0)
+    if draw(st.booleans()):
+        spec.ClearField("on_disconnect")
     return spec
 
 
@@ -169,7 +219,10 @@ def test_unset_fields_are_written_as_defaults(spec: pb.ServiceSpec) -> None:
 
 any_text = st.text(max_size=12)
 int64 = st.integers(-(2**63), 2**63 - 1)
-any_durations = st.none() | st.builds(Duration, seconds=int64, nanos=st.integers(-(2**31), 2**31 - 1))
+int32 = st.integers(-(2**31), 2**31 - 1)
+any_durations = st.none() | st.builds(Duration, seconds=int64, nanos=int32)
+# Near-identical constraints make repeats and contradictions likely, besides text that does not parse.
+any_constraints = st.sampled_from(["node.id == a", "node.id==b", "node.id != a", "node.labels.k == v"]) | any_text
 any_specs = st.builds(
     pb.ServiceSpec,
     name=any_text,
@@ -177,7 +230,15 @@ any_specs = st.builds(
     command=st.lists(any_text, max_size=3),
     env=st.dictionaries(any_text, any_text, max_size=3),
     ports=st.lists(st.builds(pb.PortMapping, host_port=UINT32, container_port=UINT32, protocol=any_text), max_size=4),
+    mode=int32,
     replicas=UINT32,
+    placement=st.none()
+    | st.builds(
+        pb.Placement,
+        constraints=st.lists(any_constraints, max_size=4),
+        max_replicas_per_node=UINT32,
+        strategy=int32,
+    ),
     resources=st.none()
     | st.builds(
         pb.Resources,
@@ -190,12 +251,13 @@ any_specs = st.builds(
     restart=st.none()
     | st.builds(
         pb.RestartPolicy,
-        condition=st.integers(-(2**31), 2**31 - 1),
+        condition=int32,
         delay=any_durations,
         max_attempts=UINT32,
         window=any_durations,
     ),
     stop_grace_period=any_durations,
+    on_disconnect=st.none() | st.builds(pb.OnDisconnect, stop_after=any_durations),
 )
 
 
@@ -216,7 +278,20 @@ yaml_values = st.recursive(
     max_leaves=12,
 )
 service_keys = st.sampled_from(
-    ["image", "command", "env", "ports", "replicas", "resources", "labels", "restart", "stop_grace_period"]
+    [
+        "image",
+        "command",
+        "env",
+        "ports",
+        "mode",
+        "replicas",
+        "placement",
+        "resources",
+        "labels",
+        "restart",
+        "stop_grace_period",
+        "on_disconnect",
+    ]
 )
 
 
@@ -235,6 +310,39 @@ def test_loader_reports_any_document_as_spec_errors(services: dict[str, Any]) ->
     for line in load_errors(yaml.dump({"services": services}, Dumper=DUMPER)):
         assert len(line.splitlines()) == 1
         assert ": " in line
+
+
+scheduling_fields = st.fixed_dictionaries(
+    {},
+    optional={
+        "mode": st.sampled_from(["replicated", "global"]) | yaml_values,
+        "replicas": st.integers(-1, 3),
+        "placement": st.dictionaries(
+            st.sampled_from(["constraints", "max_replicas_per_node", "strategy", "preferences"]),
+            st.lists(any_constraints | yaml_scalars, max_size=4) | yaml_values,
+        )
+        | yaml_values,
+        "on_disconnect": st.just("keep")
+        | st.dictionaries(
+            st.sampled_from(["stop_after", "stop_afer"]), st.sampled_from(["30s", "0s", "25h"]) | yaml_values
+        )
+        | yaml_values,
+    },
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(scheduling_fields)
+def test_loader_reports_any_scheduling_fields_as_spec_errors(fields: dict[str, Any]) -> None:
+    text = yaml.dump({"services": {"web": {"image": "nginx", **fields}}}, Dumper=DUMPER)
+    errors = load_errors(text)
+    for line in errors:
+        assert len(line.splitlines()) == 1
+        assert line.startswith("services.web.")
+    if not errors:
+        [spec] = load_spec(text)
+        assert validate_service(spec) == []
+        assert load_spec(dump([spec])) == [spec]
 
 
 @settings(max_examples=100, deadline=None)

@@ -1,0 +1,95 @@
+"""The dev cluster end to end: three namespaced hosts, one replica on each host's own dockerd, nothing left after."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from deploy.devcluster import procs
+from tests.cluster.harness import ROOT, ClusterHarness
+from tests.e2e.test_one_host import write_spec
+
+
+def traces_of(cluster_id: str) -> list[str]:
+    """What the machine's own tools show of the cluster: namespaces, links, mounts, processes."""
+    marker = f"dy-{cluster_id}"
+    found: list[str] = []
+    for argv in (["ip", "netns", "list"], ["ip", "-o", "link", "show"], ["ps", "-eo", "pid,args"]):
+        out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+        found += [f"{argv[0]} {argv[1]}: {line.strip()}" for line in out.splitlines() if marker in line]
+    found += [f"mount: {line}" for line in Path("/proc/self/mountinfo").read_text().splitlines() if marker in line]
+    for hierarchy in Path("/sys/fs/cgroup").iterdir():
+        found += [f"cgroup: {p}" for p in hierarchy.glob(f"{marker}-*")]
+    return found
+
+
+def test_three_hosts_run_one_replica_each_and_down_leaves_nothing(dev_cluster: ClusterHarness, tmp_path: Path) -> None:
+    nodes = dev_cluster.json("nodes")
+    assert sorted((n["hostname"], n["status"]) for n in nodes) == [("h1", "ready"), ("h2", "ready"), ("h3", "ready")]
+    node_ids = {n["hostname"]: n["id"] for n in nodes}
+    status = dev_cluster.dev("status")
+    assert [(h["host"], h["link"]) for h in status["hosts"]] == [("h1", "up"), ("h2", "up"), ("h3", "up")]
+    assert all(h["dockerd_pid"] and h["agent_pid"] for h in status["hosts"])
+
+    result = dev_cluster.json("apply", "-f", str(write_spec(tmp_path / "sleeper.yaml", replicas=3)))
+    assert result == [{"service": "sleeper", "action": "created", "revision": 1, "running": 3, "replicas": 3}]
+    for host in dev_cluster.hosts:
+        running = dev_cluster.running(host, "sleeper")
+        assert len(running) == 1, f"{host} runs {len(running)} sleeper containers"
+        assert running[0].labels["dockyard.node.id"] == node_ids[host]
+    assert sorted(t["node"] for t in dev_cluster.json("ps", "sleeper")) == ["h1", "h2", "h3"]
+
+    cluster_id = dev_cluster.cluster.cluster_id
+    assert traces_of(cluster_id), "the checks below would not see the cluster at all"
+    report = dev_cluster.down()
+    assert report["leftovers"] == []
+    assert traces_of(cluster_id) == []
+    assert not dev_cluster.cluster.state_dir.exists()
+    assert dev_cluster.down()["leftovers"] == [], "down again is a no-op"
+
+
+def test_cli_up_points_the_cli_at_the_cluster_and_down_restores_it(
+    tmp_path: Path, dev_cluster_prerequisites: str
+) -> None:
+    env = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path / "config")}
+    env.pop("DOCKYARD_CONTROLLER", None)
+    # The keeper that `up` starts outlives `up`: make it our child when orphaned, so that we can reap it.
+    procs.become_subreaper()
+    request_subreaper_off = True
+
+    def dockyard(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "dockyard.cli.main", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=ROOT,
+            timeout=180,
+            check=False,
+        )
+
+    up = dockyard("dev", "cluster", "up", "--hosts", "1", "--label", "h1:zone=a", "-o", "json")
+    assert up.returncode == 0, up.stderr
+    info = json.loads(up.stdout)
+    try:
+        assert [(h["host"], h["labels"]) for h in info["hosts"]] == [("h1", {"zone": "a"})]
+        nodes = dockyard("nodes", "-o", "json")
+        assert nodes.returncode == 0, nodes.stderr
+        assert [(n["hostname"], n["status"], n["labels"]) for n in json.loads(nodes.stdout)] == [
+            ("h1", "ready", {"zone": "a"})
+        ]
+        wrong = dockyard("dev", "cluster", "kill", "h7")
+        assert wrong.returncode == 1
+        assert wrong.stderr.strip().splitlines() == [f"Error: unknown host 'h7'; cluster {info['cluster_id']} has h1"]
+    finally:
+        down = dockyard("dev", "cluster", "down", "-o", "json")
+    assert down.returncode == 0, down.stderr
+    assert json.loads(down.stdout)["leftovers"] == []
+    assert traces_of(info["cluster_id"]) == []
+    assert not (tmp_path / "config" / "dockyard" / "context.json").exists(), "the context is restored (to none)"
+    procs.reap(info["keeper_pid"])
+    if request_subreaper_off:
+        procs.become_subreaper(False)
