@@ -99,7 +99,9 @@ def make_task(shape: ServiceShape, slot: int, node_id: str = "", running: bool =
     task.spec.resources.memory_reservation_bytes = shape.memory
     for port, protocol in shape.ports:
         task.spec.ports.add(host_port=port, container_port=port, protocol=protocol)
-    task.spec.placement.constraints.extend(shape.constraints)
+    # Touching placement at all would set it; the spec reader leaves it unset when every field is a default.
+    if shape.constraints:
+        task.spec.placement.constraints.extend(shape.constraints)
     if shape.binpack:
         task.spec.placement.strategy = pb.Placement.STRATEGY_BINPACK
     return task

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Container, Sequence
 
-from controller.scheduler.demand import Demand, demand_of
+from controller.scheduler.demand import Demand, footprint_of
 from controller.scheduler.node_state import NodeState
 from controller.scheduler.tiebreak import ring_point
 from controller.scheduler.units import nano_cpus
@@ -55,7 +55,7 @@ class Accounting:
                 continue
             state = self.nodes.get(task.node_id)
             if state is not None:
-                state.take(demand_of(task))
+                state.take(footprint_of(task))
         for state in self.nodes.values():
             for service_id in state.services:
                 self.service_nodes.setdefault(service_id, set()).add(state.id)

@@ -41,23 +41,32 @@ def host_ports(ports: Iterable[pb.PortMapping]) -> tuple[HostPort, ...]:
     return tuple(sorted(set(found))) if len(found) > 1 else tuple(found)
 
 
-def demand_of(task: pb.Task) -> Demand:
-    """Returns the reservations, host ports and placement rules of the task's spec.
+def footprint_of(task: pb.Task) -> Demand:
+    """Returns what a task holds on its node: reservations (negative ones count as zero) and host ports.
 
-    Negative reservations count as zero; an unknown strategy counts as spread, the documented default.
+    Its placement rules are left at their defaults: they matter for where a task goes, not for what it holds,
+    and skipping them keeps accounting, which reads every task, cheap.
     """
     spec = task.spec
     resources = spec.resources
     ports = spec.ports
-    service_id = task.service_id
-    cpu = nano_cpus(resources.cpu_reservation)
-    memory = max(0, resources.memory_reservation_bytes)
-    published = host_ports(ports) if ports else ()
-    # Most specs set no placement; skipping its reads is a measurable share of this once-per-task call.
+    return Demand(
+        task.service_id,
+        nano_cpus(resources.cpu_reservation),
+        max(0, resources.memory_reservation_bytes),
+        host_ports(ports) if ports else (),
+    )
+
+
+def demand_of(task: pb.Task) -> Demand:
+    """Returns the task's footprint and its spec's placement rules; an unknown strategy counts as spread."""
+    footprint = footprint_of(task)
+    spec = task.spec
+    # The spec reader leaves placement unset when every field is a default, as for most services.
     if not spec.HasField("placement"):
-        return Demand(service_id, cpu, memory, published)
+        return footprint
     placement = spec.placement
     texts = placement.constraints
     constraints, invalid = parse_constraints(tuple(texts)) if texts else NO_CONSTRAINTS
     binpack = placement.strategy == pb.Placement.STRATEGY_BINPACK
-    return Demand(service_id, cpu, memory, published, constraints, placement.max_replicas_per_node, binpack, invalid)
+    return Demand(*footprint[:4], constraints, placement.max_replicas_per_node, binpack, invalid)

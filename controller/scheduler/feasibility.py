@@ -34,6 +34,10 @@ class Filter(Protocol):
         """Returns a short stable name for logs and tests."""
         ...
 
+    def applies(self, demand: Demand) -> bool:
+        """Tells whether check could reject any node for this demand; pools skip the filter when it cannot."""
+        ...
+
     def check(self, node: NodeState, demand: Demand) -> Rejection | None:
         """Returns None when the node can take the demand, otherwise why it cannot."""
         ...

@@ -22,6 +22,10 @@ class NodeAvailable:
     __slots__ = ()
     name = "node-available"
 
+    def applies(self, demand: Demand) -> bool:
+        """Returns True: any demand needs a usable node."""
+        return True
+
     def check(self, node: NodeState, demand: Demand) -> Rejection | None:
         """Returns None for a READY node that is ACTIVE, else not ready / paused / draining."""
         if node.status != pb.NODE_STATUS_READY:
@@ -43,6 +47,10 @@ class HostPortsFree:
 
     __slots__ = ()
     name = "host-ports"
+
+    def applies(self, demand: Demand) -> bool:
+        """Tells whether the demand publishes any host port."""
+        return bool(demand.ports)
 
     def check(self, node: NodeState, demand: Demand) -> Rejection | None:
         """Returns None when every demanded host port is free, else names the lowest one in use."""
@@ -70,6 +78,10 @@ class ResourcesFit:
 
     __slots__ = ()
     name = "resources"
+
+    def applies(self, demand: Demand) -> bool:
+        """Returns True: even a zero reservation is refused by a node already over its capacity."""
+        return True
 
     def check(self, node: NodeState, demand: Demand) -> Rejection | None:
         """Returns None when both reservations fit in capacity minus what held tasks reserve."""

@@ -35,7 +35,8 @@ class CandidatePool:
     def __init__(self, demand: Demand, filters: Sequence[Filter], scorers: Sequence[Scorer]) -> None:
         """Creates an empty pool for the demand."""
         self.demand = demand
-        self._checks = tuple(enumerate(f.check for f in filters))
+        # A filter that cannot reject anything for this demand would only cost a call per judgement.
+        self._checks = tuple((index, f.check) for index, f in enumerate(filters) if f.applies(demand))
         self._scores = tuple(s.score for s in scorers)
         self._tiers: dict[Score, list[RingSlot]] = {}
         # Keys of emptied tiers may linger in the heap; best() drops them when they surface.

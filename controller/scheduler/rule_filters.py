@@ -21,6 +21,10 @@ class ConstraintsMatch:
     __slots__ = ()
     name = "constraints"
 
+    def applies(self, demand: Demand) -> bool:
+        """Tells whether the demand has any constraint."""
+        return bool(demand.constraints)
+
     def check(self, node: NodeState, demand: Demand) -> Rejection | None:
         """Returns None when every constraint holds for the node's id, host name and merged labels."""
         constraints = demand.constraints
@@ -44,6 +48,10 @@ class MaxReplicasPerNode:
 
     __slots__ = ()
     name = "max-replicas-per-node"
+
+    def applies(self, demand: Demand) -> bool:
+        """Tells whether the demand sets a limit."""
+        return demand.max_per_node > 0
 
     def check(self, node: NodeState, demand: Demand) -> Rejection | None:
         """Returns None when there is no limit or the node holds fewer of the service's tasks than it."""

@@ -31,7 +31,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -164,6 +164,8 @@ class DevCluster:
         unknown = sorted(set(labels or {}) - set(names))
         if unknown:
             raise DevClusterError(f"labels for unknown host(s) {', '.join(unknown)}; hosts are h1..h{hosts}")
+        if images:
+            await dockerd.check_images(images)
         cluster_id = _unused_cluster_id()
         directory = (state_dir or layout.default_state_dir(cluster_id)).resolve()
         layout.check_path_lengths(directory, hosts)
@@ -196,7 +198,9 @@ class DevCluster:
             async with cluster._exclusive():
                 await cluster._bring_up(ready_timeout)
         except BaseException as exc:
-            cluster._say(f"cluster {cluster_id}: bring-up failed ({_one_line(exc)}); tearing down, logs kept")
+            cluster._say(
+                f"cluster {cluster_id}: bring-up failed ({_one_line(exc)}); tearing down, logs kept in {directory}"
+            )
             try:
                 await asyncio.shield(cluster.down(remove_state=False, phase="failed"))
             except Exception as cleanup:  # report the original failure, not the cleanup's
@@ -208,8 +212,6 @@ class DevCluster:
         started = time.monotonic()
         record = self.record
         self._say(f"cluster {self.cluster_id}: {len(record.hosts)} host(s), state in {self.state_dir}")
-        if record.images:
-            await dockerd.check_images(record.images)
         await self._start_keeper()
         await self._create_bridge()
         record.created_netns_dir = not network.netns_dir_is_mounted()
@@ -405,19 +407,25 @@ class DevCluster:
             record = self.record
             self._say(f"cluster {self.cluster_id}: tearing down")
             # Agents first, so that none reports the teardown of its containers as task failures.
-            await asyncio.gather(*(procs.stop(h.agent, signal.SIGTERM, 5.0) for h in record.hosts.values()))
+            await asyncio.gather(
+                *(
+                    self._attempt(f"stop agent {h.name}", procs.stop(h.agent, signal.SIGTERM, 5.0))
+                    for h in record.hosts.values()
+                )
+            )
             await asyncio.gather(*(self._teardown_host(name) for name in self.hosts))
-            await procs.stop(record.controller, signal.SIGTERM, 5.0)
-            await network.delete_link(record.bridge)
+            await self._attempt("stop controller", procs.stop(record.controller, signal.SIGTERM, 5.0))
+            await self._attempt(f"delete bridge {record.bridge}", network.delete_link(record.bridge))
             # The keeper goes last of the processes: it reaps what the others left as zombies.
-            await self._stop_keeper()
-            swept = await sweep(self.cluster_id, self.state_dir)
+            await self._attempt("stop keeper", self._stop_keeper())
+            swept: list[str] = []
+            await self._attempt("sweep", _collect(sweep(self.cluster_id, self.state_dir), swept))
             if record.created_netns_dir:
-                _remove_netns_dir_if_unused()
+                self._attempt_now("tidy /var/run/netns", _remove_netns_dir_if_unused)
             record.controller = None
             record.phase = phase
             inodes = [h.netns_inode for h in record.hosts.values() if h.netns_inode is not None]
-            self._remove_files(remove_state)
+            self._attempt_now("remove files", functools.partial(self._remove_files, remove_state))
         leftovers = find_leftovers(self.cluster_id, self.state_dir, inodes)
         seconds = time.monotonic() - started
         if leftovers:
@@ -434,22 +442,37 @@ class DevCluster:
         }
 
     async def _teardown_host(self, name: str) -> None:
+        """Removes one host; every step is tried even when an earlier one failed."""
         host = self.record.hosts[name]
         paths = self.paths(name)
-        await procs.stop(host.agent, signal.SIGKILL)
+        await self._attempt(f"{name}: kill agent", procs.stop(host.agent, signal.SIGKILL))
         # Containers first: then dockerd's own shutdown has nothing to wait for and unmounts what it mounted.
-        await procs.kill_all(lambda: cgroups.cgroup_pids(host.cgroup))
-        await procs.stop(host.dockerd, signal.SIGTERM, 20.0)
-        await procs.kill_all(lambda: _host_pids(host))
-        dockerd.remove_shim_sockets(paths)
-        stuck = mounts.unmount_under(paths.root)
-        if stuck:
-            log.error("mounts stay", host=name, mounts=stuck)
-        cgroups.remove_cgroup(host.cgroup)
-        await network.delete_link(host.veth)
-        await network.delete_netns(host.netns)
+        await self._attempt(f"{name}: kill containers", procs.kill_all(lambda: cgroups.cgroup_pids(host.cgroup)))
+        await self._attempt(f"{name}: stop dockerd", procs.stop(host.dockerd, signal.SIGTERM, 20.0))
+        await self._attempt(f"{name}: kill what runs in {host.netns}", procs.kill_all(lambda: _host_pids(host)))
+        self._attempt_now(f"{name}: remove shim sockets", functools.partial(dockerd.remove_shim_sockets, paths))
+        self._attempt_now(f"{name}: unmount", functools.partial(mounts.unmount_under, paths.root))
+        self._attempt_now(f"{name}: remove cgroups", functools.partial(cgroups.remove_cgroup, host.cgroup))
+        await self._attempt(f"{name}: delete link", network.delete_link(host.veth))
+        await self._attempt(f"{name}: delete namespace", network.delete_netns(host.netns))
         host.dockerd = host.agent = None
         log.info("host removed", host=name)
+
+    async def _attempt(self, what: str, step: Awaitable[object]) -> None:
+        """Awaits one teardown step; a failure is reported and the teardown goes on."""
+        try:
+            await step
+        except Exception as exc:
+            log.error("teardown step failed", step=what, error=str(exc))
+            self._say(f"cluster {self.cluster_id}: {what} failed: {_one_line(exc)}")
+
+    def _attempt_now(self, what: str, step: Callable[[], object]) -> None:
+        """Runs one synchronous teardown step; a failure is reported and the teardown goes on."""
+        try:
+            step()
+        except Exception as exc:
+            log.error("teardown step failed", step=what, error=str(exc))
+            self._say(f"cluster {self.cluster_id}: {what} failed: {_one_line(exc)}")
 
     async def _stop_keeper(self) -> None:
         ref = self.record.keeper
@@ -656,9 +679,12 @@ async def sweep(cluster_id: str, state_dir: Path | None = None) -> list[str]:
         for pid, cmd in procs.processes_matching(*markers).items()
         if pid not in _ancestors() and any(d in cmd for d in _DAEMON_MARKERS)
     }
-    if daemons:
-        await procs.kill_all(lambda: set(daemons) & set(procs.processes_matching(*markers)))
-        removed += [f"process {pid} ({cmd[:60]})" for pid, cmd in daemons.items()]
+    # The keeper last: it reaps the others.
+    for keepers in (False, True):
+        batch = {pid for pid, cmd in daemons.items() if ("deploy.devcluster.keeper" in cmd) == keepers}
+        if batch:
+            await procs.kill_all(functools.partial(_still_running, batch, tuple(markers)))
+    removed += [f"process {pid} ({cmd[:60]})" for pid, cmd in daemons.items()]
     points = mounts.mounts_containing(f"/{prefix}") + mounts.mounts_containing(f"/{layout.PREFIX}{cluster_id}/")
     if state_dir is not None:
         points += mounts.mounts_under(state_dir)
@@ -688,6 +714,14 @@ def find_leftovers(cluster_id: str, state_dir: Path, netns_inodes: Sequence[int]
     ancestors = _ancestors()
     found += [f"process {p} ({cmd[:80]})" for p, cmd in sorted(pids.items()) if p not in ancestors]
     return found
+
+
+async def _collect(step: Awaitable[list[str]], into: list[str]) -> None:
+    into.extend(await step)
+
+
+def _still_running(pids: set[int], markers: tuple[str, ...]) -> set[int]:
+    return pids & set(procs.processes_matching(*markers))
 
 
 def _host_pids(host: HostRecord) -> set[int]:

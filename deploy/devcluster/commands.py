@@ -5,11 +5,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-import structlog
-
 from deploy.devcluster.errors import CommandFailed, DevClusterError
-
-log = structlog.get_logger()
 
 
 @dataclass(frozen=True)
@@ -42,7 +38,6 @@ async def run(*argv: str, check: bool = True, stdin: bytes | None = None, limit:
         await _kill(process)
         raise
     result = Result(process.returncode or 0, out.decode(errors="replace"), err.decode(errors="replace"))
-    log.debug("ran", argv=argv, code=result.code)
     if check and result.code != 0:
         raise CommandFailed(list(argv), result.code, result.stderr or result.stdout)
     return result

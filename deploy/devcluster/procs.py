@@ -17,6 +17,8 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from deploy.devcluster.errors import DevClusterError
+
 _PROC = Path("/proc")
 _PR_SET_CHILD_SUBREAPER = 36
 
@@ -94,6 +96,9 @@ async def stop(ref: ProcRef | None, sig: int = signal.SIGTERM, grace: float = 10
     """Signals the process group, waits, and SIGKILLs it after grace seconds; returns whether it had to be killed."""
     if not signal_process(ref, sig):
         return False
+    if sig != signal.SIGKILL:
+        # A stopped process (SIGSTOP) handles the signal only once it runs again.
+        signal_process(ref, signal.SIGCONT)
     if sig != signal.SIGKILL and await wait_dead([ref], grace):
         return False
     signal_process(ref, signal.SIGKILL)
@@ -132,7 +137,7 @@ async def kill_all(find: Callable[[], set[int]], wait_seconds: float = 10.0) -> 
         if not pids:
             return killed
         if time.monotonic() > deadline:
-            raise TimeoutError(f"processes {sorted(pids)} survive SIGKILL")
+            raise DevClusterError(f"processes {sorted(pids)} survive SIGKILL")
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import signal
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -192,6 +193,10 @@ def down(state_dir: Path | None, cluster_id: str | None, keep_state: bool, outpu
             "swept": swept,
             "leftovers": find_leftovers(cluster_id, directory),
         }
+        if not report["leftovers"] and directory.is_dir():
+            # Named after the cluster id by `up`: nothing else lives there.
+            shutil.rmtree(directory, ignore_errors=True)
+            report["swept"].append(f"dir {directory}")
     else:
         if cluster_id is not None and state_dir is None:
             state_dir = default_state_dir(cluster_id)

@@ -56,9 +56,6 @@ def test_cli_up_points_the_cli_at_the_cluster_and_down_restores_it(
 ) -> None:
     env = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path / "config")}
     env.pop("DOCKYARD_CONTROLLER", None)
-    # The keeper that `up` starts outlives `up`: make it our child when orphaned, so that we can reap it.
-    procs.become_subreaper()
-    request_subreaper_off = True
 
     def dockyard(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -71,25 +68,28 @@ def test_cli_up_points_the_cli_at_the_cluster_and_down_restores_it(
             check=False,
         )
 
-    up = dockyard("dev", "cluster", "up", "--hosts", "1", "--label", "h1:zone=a", "-o", "json")
-    assert up.returncode == 0, up.stderr
-    info = json.loads(up.stdout)
+    # The keeper that `up` starts outlives `up`: while this runs, orphans become our children, so we reap it.
+    procs.become_subreaper()
     try:
-        assert [(h["host"], h["labels"]) for h in info["hosts"]] == [("h1", {"zone": "a"})]
-        nodes = dockyard("nodes", "-o", "json")
-        assert nodes.returncode == 0, nodes.stderr
-        assert [(n["hostname"], n["status"], n["labels"]) for n in json.loads(nodes.stdout)] == [
-            ("h1", "ready", {"zone": "a"})
-        ]
-        wrong = dockyard("dev", "cluster", "kill", "h7")
-        assert wrong.returncode == 1
-        assert wrong.stderr.strip().splitlines() == [f"Error: unknown host 'h7'; cluster {info['cluster_id']} has h1"]
+        up = dockyard("dev", "cluster", "up", "--hosts", "1", "--label", "h1:zone=a", "-o", "json")
+        assert up.returncode == 0, up.stderr
+        info = json.loads(up.stdout)
+        try:
+            assert [(h["host"], h["labels"]) for h in info["hosts"]] == [("h1", {"zone": "a"})]
+            nodes = dockyard("nodes", "-o", "json")
+            assert nodes.returncode == 0, nodes.stderr
+            assert [(n["hostname"], n["status"], n["labels"]) for n in json.loads(nodes.stdout)] == [
+                ("h1", "ready", {"zone": "a"})
+            ]
+            wrong = dockyard("dev", "cluster", "kill", "h7")
+            assert wrong.returncode == 1
+            assert wrong.stderr.strip() == f"Error: unknown host 'h7'; cluster {info['cluster_id']} has h1"
+        finally:
+            down = dockyard("dev", "cluster", "down", "-o", "json")
+            procs.reap(info["keeper_pid"])
     finally:
-        down = dockyard("dev", "cluster", "down", "-o", "json")
+        procs.become_subreaper(False)
     assert down.returncode == 0, down.stderr
     assert json.loads(down.stdout)["leftovers"] == []
     assert traces_of(info["cluster_id"]) == []
     assert not (tmp_path / "config" / "dockyard" / "context.json").exists(), "the context is restored (to none)"
-    procs.reap(info["keeper_pid"])
-    if request_subreaper_off:
-        procs.become_subreaper(False)

@@ -685,6 +685,9 @@ def test_custom_filter_is_reported() -> None:
     class NeverOnA:
         name = "never-on-a"
 
+        def applies(self, demand: Demand) -> bool:
+            return True
+
         def check(self, state: NodeState, demand: Demand) -> Rejection | None:
             return Rejection("is a", "are a") if state.id == "a" else None
 

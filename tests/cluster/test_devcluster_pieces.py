@@ -1,0 +1,82 @@
+"""The dev cluster's pure pieces: names, addresses, path limits, the state file, mountinfo parsing (no root needed)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from deploy.devcluster import DevClusterError, layout, mounts, state
+from deploy.devcluster.dockerd import dockerd_argv
+from deploy.devcluster.procs import ProcRef, is_alive, ref_of
+
+
+def test_names_carry_the_cluster_prefix_and_fit_in_ifnamsiz() -> None:
+    cluster_id = "ab12"
+    host = layout.host_name(layout.MAX_HOSTS)
+    names = (layout.veth_name(cluster_id, host), layout.bridge_name(cluster_id), layout.netns_name(cluster_id, host))
+    for name in names:
+        assert name.startswith("dy-ab12-")
+        assert len(name) <= 15
+    assert layout.host_address(3, "h2") == "10.213.3.12"
+    assert layout.bridge_address(3) == "10.213.3.1"
+    assert layout.docker_bip("h7") == "172.30.7.1/24"
+
+
+@pytest.mark.parametrize("name", ["h0", "x1", "h01", "h", "H1"])
+def test_bad_host_names_are_refused(name: str) -> None:
+    with pytest.raises(DevClusterError):
+        layout.host_index(name)
+
+
+def test_long_state_dirs_are_refused_before_anything_starts() -> None:
+    layout.check_path_lengths(Path("/tmp/dy-ab12"), layout.MAX_HOSTS)
+    with pytest.raises(DevClusterError, match="too long"):
+        layout.check_path_lengths(Path("/tmp/" + "x" * 80), 3)
+
+
+def test_dockerd_never_touches_iptables_and_keeps_its_containers_apart() -> None:
+    paths = layout.host_paths(Path("/tmp/dy-ab12"), "h1")
+    argv = dockerd_argv(paths, "172.30.1.1/24", "dy-ab12-h1")
+    assert "--iptables=false" in argv
+    assert "--ip-forward=false" in argv
+    assert argv[argv.index("--cgroup-parent") + 1] == "/dy-ab12-h1"
+    assert argv[argv.index("--host") + 1] == "unix:///tmp/dy-ab12/h1/docker.sock"
+
+
+def test_state_file_round_trips(tmp_path: Path) -> None:
+    record = state.ClusterRecord(
+        cluster_id="ab12",
+        state_dir=str(tmp_path),
+        bridge="dy-ab12-br",
+        controller_port=7465,
+        subnet_index=4,
+        hosts={
+            "h1": state.HostRecord(
+                name="h1",
+                netns="dy-ab12-h1",
+                veth="dy-ab12-h1",
+                cgroup="dy-ab12-h1",
+                address="10.213.4.11",
+                bip="172.30.1.1/24",
+                dockerd=ProcRef(pid=12, start=34),
+            )
+        },
+    )
+    state.save(record)
+    assert state.load(tmp_path) == record
+    assert state.load(tmp_path).bridge_address == "10.213.4.1"
+    (tmp_path / state.STATE_FILE).write_text("{}")
+    with pytest.raises(DevClusterError, match="not a dev cluster state file"):
+        state.load(tmp_path)
+
+
+def test_a_recorded_process_is_recognised_only_with_its_start_time() -> None:
+    me = ref_of(os.getpid())
+    assert me is not None and is_alive(me)
+    assert not is_alive(ProcRef(pid=me.pid, start=me.start + 1))
+
+
+def test_mountinfo_escapes_are_undone() -> None:
+    assert mounts._unescape("/tmp/a\\040b\\134c") == "/tmp/a b\\c"
