@@ -280,6 +280,19 @@ class DevCluster:
             f"agent started ({time.monotonic() - started:.1f}s)"
         )
 
+    async def stop_controller(self, sig: int = signal.SIGTERM) -> None:
+        """Stops the controller process (agents keep running and keep redialling)."""
+        async with self._exclusive():
+            await procs.stop(self.record.controller, sig, 10.0)
+            self.record.controller = None
+            state.save(self.record)
+
+    async def start_controller(self) -> None:
+        """Starts the controller again on the same address and state."""
+        async with self._exclusive():
+            if self.record.controller is None or not procs.is_alive(self.record.controller):
+                await self._start_controller()
+
     async def _start_controller(self) -> None:
         record = self.record
         argv = [

@@ -121,6 +121,14 @@ class ClusterHarness:
         """Starts the host's agent unless it runs."""
         self.run(self.cluster.start_agent(host))
 
+    def stop_controller(self) -> None:
+        """Stops the controller; agents and containers keep running."""
+        self.run(self.cluster.stop_controller())
+
+    def start_controller(self) -> None:
+        """Starts the controller again with the same state."""
+        self.run(self.cluster.start_controller())
+
     def down(self) -> dict[str, Any]:
         """Tears the cluster down (idempotent) and returns the report."""
         return self.run(self.cluster.down())
