@@ -1,7 +1,7 @@
 """Benchmark: deploy 20 replicas with `dockyard apply` against creating and starting them straight on Docker.
 
 Both run in the same process and alternate, so machine noise hits both alike; the figure that matters is
-the ratio of medians (target: at most 1.15). Run: python bench/deploy.py [--replicas 20] [--rounds 5]
+the ratio of medians (target: at most 1.15). Run: python bench/apply20.py [--replicas 20] [--rounds 5]
 """
 
 from __future__ import annotations
