@@ -462,6 +462,8 @@ class DevCluster:
         # Containers first: then dockerd's own shutdown has nothing to wait for and unmounts what it mounted.
         await self._attempt(f"{name}: kill containers", procs.kill_all(lambda: cgroups.cgroup_pids(host.cgroup)))
         await self._attempt(f"{name}: stop dockerd", procs.stop(host.dockerd, signal.SIGTERM, 20.0))
+        # Again: a start the agent asked for just before it died may have completed after the first sweep.
+        await self._attempt(f"{name}: kill late containers", procs.kill_all(lambda: cgroups.cgroup_pids(host.cgroup)))
         await self._attempt(f"{name}: kill what runs in {host.netns}", procs.kill_all(lambda: _host_pids(host)))
         self._attempt_now(f"{name}: remove shim sockets", functools.partial(dockerd.remove_shim_sockets, paths))
         self._attempt_now(f"{name}: unmount", functools.partial(mounts.unmount_under, paths.root))
