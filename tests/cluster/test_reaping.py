@@ -1,0 +1,67 @@
+"""A container labelled for a node but for no task is reaped after the grace period; others are never touched."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from agent.runtime.base import ContainerSpec
+from agent.runtime.docker import DockerRuntime
+from tests.cluster.harness import ClusterHarness
+
+STRANGER_GRACE = 30.0  # the agent's default
+
+
+async def _create(url: str, spec: ContainerSpec) -> str:
+    runtime = DockerRuntime(url)
+    try:
+        container_id = await runtime.create(spec)
+        await runtime.start(container_id)
+        return container_id
+    finally:
+        await runtime.close()
+
+
+async def _ids(url: str) -> set[str]:
+    runtime = DockerRuntime(url)
+    try:
+        return {c.id for c in await runtime.list({})}
+    finally:
+        await runtime.close()
+
+
+async def _remove(url: str, container_id: str) -> None:
+    runtime = DockerRuntime(url)
+    try:
+        await runtime.remove(container_id)
+    finally:
+        await runtime.close()
+
+
+def test_strangers_are_reaped_after_the_grace_and_foreign_containers_left_alone(dev_cluster: ClusterHarness) -> None:
+    node_id = {n["hostname"]: n["id"] for n in dev_cluster.json("nodes")}["h2"]
+    url = dev_cluster.cluster.docker_url("h2")
+    ours = asyncio.run(
+        _create(
+            url,
+            ContainerSpec(
+                name="leftover-task",
+                image="dockyard-test:latest",
+                command=("sleep", "3600"),
+                labels={"dockyard.managed": "true", "dockyard.node.id": node_id, "dockyard.task.id": "no-such-task"},
+            ),
+        )
+    )
+    foreign = asyncio.run(
+        _create(url, ContainerSpec(name="not-ours", image="dockyard-test:latest", command=("sleep", "3600")))
+    )
+    try:
+        created = time.monotonic()
+        deadline = created + STRANGER_GRACE + 20
+        while ours in asyncio.run(_ids(url)):
+            assert time.monotonic() < deadline, "the stranger was never reaped"
+            time.sleep(0.5)
+        assert time.monotonic() - created >= STRANGER_GRACE - 1, "reaped before its grace period"
+        assert foreign in asyncio.run(_ids(url)), "a container without our labels is never touched"
+    finally:
+        asyncio.run(_remove(url, foreign))
