@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from dockyard import logs
+from dockyard.cli.common import output_option
 from dockyard.cli.context import LocalContext, default_state_dir, read_context, write_context
 from dockyard.cli.output import emit_object
 from dockyard.client import ApiError, Client
@@ -41,7 +42,7 @@ def _connect_address(listen: str) -> str:
 @click.option("--docker-url", default=None, help="Docker socket for the local agent.")
 @click.option("--hostname", default="", help="Name the local node registers as.")
 @click.option("--label", "labels", multiple=True, help="Label KEY=VALUE for the local node (repeatable).")
-@click.option("--output", "-o", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@output_option
 def up(
     state_dir: Path | None,
     listen: str,
@@ -135,7 +136,7 @@ async def _wait_ready(address: str, wait_seconds: float) -> str:
     help="State directory of the cluster to stop (default: the one `dockyard up` recorded).",
 )
 @click.option("--timeout", type=click.FloatRange(min=1), default=30.0, show_default=True)
-@click.option("--output", "-o", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@output_option
 def down(state_dir: Path | None, timeout: float, output: str) -> None:
     """Stop the local controller and agent; containers keep running."""
     if state_dir is None:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from dockyard import logs
+from dockyard.cli.common import output_option
 from dockyard.cli.context import LocalContext, config_dir, read_context, write_context
 from dockyard.cli.output import emit, emit_object
 
@@ -37,17 +38,6 @@ HOST_COLUMNS = [
     ("DOCKER", "docker_url"),
     ("LABELS", "labels"),
 ]
-
-
-def _output(fn: F) -> F:
-    return click.option(
-        "--output",
-        "-o",
-        type=click.Choice(["table", "json"]),
-        default="table",
-        show_default=True,
-        help="Human text or JSON for programs.",
-    )(fn)
 
 
 def _state_dir_option(fn: F) -> F:
@@ -128,7 +118,7 @@ def cluster(log_level: str) -> None:
     help="Image copied from this machine's dockerd into every host (repeatable).",
 )
 @click.option("--timeout", type=click.FloatRange(min=1), default=90.0, show_default=True, help="Seconds to wait.")
-@_output
+@output_option
 def up(
     hosts: int,
     state_dir: Path | None,
@@ -180,7 +170,7 @@ def up(
 @_state_dir_option
 @click.option("--id", "cluster_id", default=None, help="Sweep a cluster by id alone (when its state dir is gone).")
 @click.option("--keep-state", is_flag=True, help="Keep the state file and logs (docker roots go anyway).")
-@_output
+@output_option
 def down(state_dir: Path | None, cluster_id: str | None, keep_state: bool, output: str) -> None:
     """Stop the cluster and remove everything it created (idempotent)."""
     from deploy.devcluster import default_state_dir, find_leftovers, sweep
@@ -238,7 +228,7 @@ def _host_command(
     @click.command(name=name, help=summary)
     @click.argument("host")
     @_state_dir_option
-    @_output
+    @output_option
     def command(host: str, state_dir: Path | None, output: str) -> None:
         opened = _open(state_dir)
         _run(action(opened, host))
@@ -310,7 +300,7 @@ for _name, _action, _summary, _done in (
 
 @cluster.command()
 @_state_dir_option
-@_output
+@output_option
 def status(state_dir: Path | None, output: str) -> None:
     """Show the cluster's hosts with their processes, addresses and link states."""
     opened = _open(state_dir)

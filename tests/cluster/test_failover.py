@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import textwrap
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
-
 from tests.cluster.harness import ClusterHarness
+from tests.e2e.harness import wait_for
 
 
 def spec(path: Path, name: str, replicas: int | None = 3, extra: str = "") -> Path:
@@ -31,18 +29,6 @@ def spec(path: Path, name: str, replicas: int | None = 3, extra: str = "") -> Pa
     return path
 
 
-def until(condition: Callable[[], Any], within: float, what: str) -> Any:
-    """Polls condition every 0.1 s until it is truthy; fails after within seconds."""
-    deadline = time.monotonic() + within
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = condition()
-        if last:
-            return last
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {within}s waiting for {what}; last: {last!r}")
-
-
 def running_by_host(cluster: ClusterHarness, service: str, hosts: list[str] | None = None) -> dict[str, list[str]]:
     """The running container ids of a service on each host's own dockerd."""
     return {h: sorted(c.id for c in cluster.running(h, service)) for h in (hosts or cluster.hosts)}
@@ -60,7 +46,7 @@ def test_a_dead_host_is_marked_down_and_its_work_moves_fast(dev_cluster: Cluster
     started = time.monotonic()
     dev_cluster.kill("h1")
     survivors = ["h2", "h3"]
-    until(
+    wait_for(
         lambda: sum(len(v) for v in running_by_host(dev_cluster, "web", survivors).values()) == 3,
         15,
         "three web containers on h2 and h3",
@@ -81,8 +67,8 @@ def test_partition_heal_stops_only_the_stale_copy(dev_cluster: ClusterHarness, t
     before = running_by_host(dev_cluster, "web")
     stale = before["h1"][0]
     dev_cluster.partition("h1")
-    until(lambda: dev_cluster.node_statuses()["h1"] == "down", 15, "h1 marked down")
-    until(
+    wait_for(lambda: dev_cluster.node_statuses()["h1"] == "down", 15, "h1 marked down")
+    wait_for(
         lambda: sum(len(v) for v in running_by_host(dev_cluster, "web", ["h2", "h3"]).values()) == 3,
         15,
         "replacement running on h2 or h3",
@@ -90,10 +76,10 @@ def test_partition_heal_stops_only_the_stale_copy(dev_cluster: ClusterHarness, t
     replacements = running_by_host(dev_cluster, "web", ["h2", "h3"])
     assert running_by_host(dev_cluster, "web", ["h1"])["h1"] == [stale], "cut off, h1 keeps running (keep policy)"
     dev_cluster.heal("h1")
-    until(lambda: dev_cluster.node_statuses()["h1"] == "ready", 15, "h1 back")
-    until(lambda: not dev_cluster.running("h1", "web"), 5, "the stale copy on h1 stopped")
+    wait_for(lambda: dev_cluster.node_statuses()["h1"] == "ready", 15, "h1 back")
+    wait_for(lambda: not dev_cluster.running("h1", "web"), 5, "the stale copy on h1 stopped")
     assert running_by_host(dev_cluster, "web", ["h2", "h3"]) == replacements, "replacements are never stopped"
-    until(lambda: not dev_cluster.containers("h1", **{"dockyard.service.name": "web"}), 5, "the stale copy removed")
+    wait_for(lambda: not dev_cluster.containers("h1", **{"dockyard.service.name": "web"}), 5, "the stale copy removed")
     generations = sorted(
         int(c.labels["dockyard.generation"]) for h in ("h2", "h3") for c in dev_cluster.running(h, "web")
     )
@@ -107,11 +93,11 @@ def test_stop_after_disconnect_stops_the_container_on_the_cut_off_host(
     dev_cluster.cli("apply", "-f", str(spec(tmp_path / "s.yaml", "single", replicas=1, extra=extra)))
     [host] = [h for h, ids in running_by_host(dev_cluster, "single").items() if ids]
     dev_cluster.partition(host)
-    until(lambda: not dev_cluster.running(host, "single"), 10, f"the agent on {host} stopping its container")
+    wait_for(lambda: not dev_cluster.running(host, "single"), 10, f"the agent on {host} stopping its container")
     others = [h for h in dev_cluster.hosts if h != host]
-    until(lambda: sum(len(v) for v in running_by_host(dev_cluster, "single", others).values()) == 1, 15, "moved")
+    wait_for(lambda: sum(len(v) for v in running_by_host(dev_cluster, "single", others).values()) == 1, 15, "moved")
     dev_cluster.heal(host)
-    until(lambda: dev_cluster.node_statuses()[host] == "ready", 15, f"{host} back")
+    wait_for(lambda: dev_cluster.node_statuses()[host] == "ready", 15, f"{host} back")
     assert sum(len(v) for v in running_by_host(dev_cluster, "single").values()) == 1
 
 
@@ -144,10 +130,10 @@ def test_drain_pause_activate_label_and_remove(dev_cluster: ClusterHarness, tmp_
     assert refused.returncode != 0
     assert "is ready" in refused.stderr
     dev_cluster.stop_agent("h1")
-    until(lambda: dev_cluster.node_statuses()["h1"] == "down", 15, "h1 down")
+    wait_for(lambda: dev_cluster.node_statuses()["h1"] == "down", 15, "h1 down")
     dev_cluster.cli("node", "rm", "h1")
     assert "h1" not in dev_cluster.node_statuses()
-    until(
+    wait_for(
         lambda: sum(len(v) for v in running_by_host(dev_cluster, "web", ["h2", "h3"]).values()) == 5,
         20,
         "h1's web tasks moved",
@@ -159,14 +145,14 @@ def test_global_service_follows_nodes_and_pending_reasons_explain(dev_cluster: C
     dev_cluster.cli("apply", "-f", str(spec(tmp_path / "g.yaml", "probe", replicas=None, extra=extra)), "--detach")
     dev_cluster.cli("node", "label", "h1", "role=edge")
     dev_cluster.cli("node", "label", "h3", "role=edge")
-    until(
+    wait_for(
         lambda: {h: len(v) for h, v in running_by_host(dev_cluster, "probe").items()} == {"h1": 1, "h2": 0, "h3": 1},
         20,
         "one probe on each edge host",
     )
     dev_cluster.cli("node", "label", "h3", "role-")
     dev_cluster.cli("node", "label", "h2", "role=edge")
-    until(
+    wait_for(
         lambda: {h: len(v) for h, v in running_by_host(dev_cluster, "probe").items()} == {"h1": 1, "h2": 1, "h3": 0},
         20,
         "the probe following the labels",
@@ -174,7 +160,7 @@ def test_global_service_follows_nodes_and_pending_reasons_explain(dev_cluster: C
 
     impossible = "    placement: {constraints: [node.labels.gpu == yes]}\n"
     dev_cluster.cli("apply", "-f", str(spec(tmp_path / "gpu.yaml", "gpu", replicas=1, extra=impossible)), "--detach")
-    reason = until(
+    reason = wait_for(
         lambda: [t["message"] for t in dev_cluster.json("ps", "gpu") if "no suitable node" in t["message"]],
         10,
         "a pending reason",
