@@ -5,6 +5,7 @@ from __future__ import annotations
 import textwrap
 import time
 from pathlib import Path
+
 from tests.cluster.harness import ClusterHarness
 from tests.e2e.harness import wait_for
 
