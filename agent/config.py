@@ -19,5 +19,5 @@ class AgentConfig:
     heartbeat_period: float = 1.0
     relist_period: float = 5.0
     stranger_grace: float = 30.0
-    parallel_operations: int = 8
+    parallel_operations: int = 32
     connect_timeout: float = 5.0

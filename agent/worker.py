@@ -15,6 +15,7 @@ from agent.runtime.base import (
     ContainerInfo,
     ContainerNotFound,
     ContainerRuntime,
+    ContainerState,
     ImageNotFound,
     NameConflict,
     RuntimeFailure,
@@ -148,6 +149,12 @@ class Worker:
         """Returns the task's container, looking it up when unknown or marked stale."""
         if task_id in self._containers and task_id not in self._stale:
             return self._containers[task_id]
+        task = self._book.get(task_id)
+        if task_id not in self._stale and task is not None and task.status.state <= pb.TASK_STATE_PREPARING:
+            # A task not yet created has no container, but for a crash between create and record; then
+            # the create meets a name conflict and adopts the container, so no look-up is needed here.
+            self._containers[task_id] = None
+            return None
         self._stale.discard(task_id)
         cached = self._containers.get(task_id)
         info: ContainerInfo | None = None
@@ -217,8 +224,9 @@ class Worker:
             ) from exc
 
     async def _create(self, task: pb.Task) -> str:
+        spec = container_spec(task, self._node_id)
         try:
-            container_id = await self._runtime.create(container_spec(task, self._node_id))
+            container_id = await self._runtime.create(spec)
         except ImageNotFound as exc:
             raise _Rejected(pb.TASK_STATE_REJECTED, f"image {task.spec.image!r} not found: {exc}") from exc
         except NameConflict as exc:
@@ -231,7 +239,10 @@ class Worker:
                 pb.TASK_STATE_REJECTED,
                 f"container name {container_name(task)!r} is taken by another container",
             ) from exc
-        self._containers[task.id] = await self._runtime.inspect(container_id)
+        # Known without asking Docker: it was just created and nobody started it.
+        self._containers[task.id] = ContainerInfo(
+            id=container_id, name=spec.name, image=spec.image, labels=spec.labels, state=ContainerState.CREATED
+        )
         return container_id
 
     def _report(self, task: pb.Task, state: int, message: str, error: str, exit_code: int, container_id: str) -> None:

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import click
 
-from dockyard import logs
 from dockyard.cli.common import output_option
 from dockyard.cli.context import LocalContext, default_state_dir, read_context, write_context
 from dockyard.cli.output import emit_object
@@ -79,6 +78,8 @@ def up(
             f"logs: {state / 'dockyard.log'}; stop with `dockyard down`",
         )
         return
+    from dockyard import logs
+
     logs.configure("info", "console", component="supervisor")
     state.mkdir(parents=True, exist_ok=True)
     write_pid(pid_path, os.getpid())

@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from dockyard import logs
 from dockyard.cli.common import output_option
 from dockyard.cli.context import LocalContext, config_dir, read_context, write_context
 from dockyard.cli.output import emit, emit_object
@@ -99,6 +98,8 @@ def dev() -> None:
 )
 def cluster(log_level: str) -> None:
     """A local multi-host cluster: each host a network namespace with its own dockerd and agent (needs root)."""
+    from dockyard import logs
+
     logs.configure(log_level, "console", component="devcluster")
 
 

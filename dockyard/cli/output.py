@@ -7,7 +7,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import click
-from tabulate import tabulate
 
 Row = dict[str, Any]
 
@@ -17,6 +16,8 @@ def emit(rows: Sequence[Row], columns: Sequence[tuple[str, str]], output: str) -
     if output == "json":
         click.echo(json.dumps(list(rows), indent=2, sort_keys=False))
         return
+    from tabulate import tabulate  # imported here: JSON output and most commands' start-up skip it
+
     table = [[_cell(row.get(key)) for _, key in columns] for row in rows]
     click.echo(tabulate(table, headers=[header for header, _ in columns], tablefmt="plain", disable_numparse=True))
 

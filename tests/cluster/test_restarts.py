@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import signal
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -54,6 +55,7 @@ services:
 # One task pinned to every node: its replacement always lands on the same host, so a container killed there
 # tells whether that host's agent hears Docker's events.
 PROBE_SPEC = f"""\
+services:
   {PROBE}:
     image: {IMAGE}
     command: ["sleep", "3600"]
@@ -219,10 +221,10 @@ def ps_all(harness: ClusterHarness, service: str = SERVICE) -> list[dict[str, An
 # ----- deploying and checking the service ---------------------------------------------------------------------------
 
 
-def deploy(harness: ClusterHarness, tmp_path: Path, probe: bool = False) -> Census:
-    """Applies the service (and the global probe); returns the census once every replica runs, one per host."""
-    spec = tmp_path / "restarts.yaml"
-    spec.write_text(SLEEPER_SPEC + (PROBE_SPEC if probe else ""))
+def deploy(harness: ClusterHarness, tmp_path: Path) -> Census:
+    """Applies the service; returns the census of every host once its replicas run, one per host."""
+    spec = tmp_path / "sleeper.yaml"
+    spec.write_text(SLEEPER_SPEC)
     harness.cli("apply", "-f", str(spec))
     before = census(harness)
     sleepers = of(before, SERVICE)
@@ -231,6 +233,22 @@ def deploy(harness: ClusterHarness, tmp_path: Path, probe: bool = False) -> Cens
     assert all(s.restart_count == 0 and s.started_at is not None for s in before.values()), describe(before)
     assert_tasks_match(harness, sleepers)
     return before
+
+
+def deploy_probe(harness: ClusterHarness, tmp_path: Path) -> Census:
+    """Adds the global probe service; returns the census once a probe runs on every host."""
+    spec = tmp_path / "probe.yaml"
+    spec.write_text(PROBE_SPEC)
+    # --detach: `apply` never returns for a global service (it waits for `replicas`, 0, tasks to run).
+    harness.cli("apply", "--detach", "-f", str(spec))
+
+    def every_host_probed() -> Census:
+        now = census(harness)
+        probes = of(now, PROBE)
+        hosts = sorted(s.host for s in running(probes).values())
+        return now if hosts == harness.hosts and len(probes) == len(hosts) else {}
+
+    return wait_for(every_host_probed, 60, "a running probe on every host")
 
 
 def assert_tasks_match(harness: ClusterHarness, containers: Census) -> None:
@@ -380,6 +398,22 @@ def test_containers_without_our_labels_survive_agent_restarts(
 # ----- 4. controller outage -----------------------------------------------------------------------------------------
 
 
+class NodeDownAfterControllerRestart(AssertionError):
+    """The known bug: a restarted controller declares a node down whose agent is still in its re-dial backoff."""
+
+
+# Within the agent's own re-dial backoff (at most 5 s between attempts, protocol.md), beyond the node grace (3 x 1 s).
+SLOW_REDIAL = 4.0
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=NodeDownAfterControllerRestart,
+    reason="A restarted controller marks every node that has not said hello within heartbeat x grace (3 s) of its "
+    "start down (Dispatcher._watch_heartbeats falls back to the controller's start time for nodes it has not heard "
+    "from), although an agent re-dials up to 5 s apart; the down node's tasks become lost and are replaced "
+    "elsewhere, and its running containers are fenced off when it says hello a moment later.",
+)
 def test_controller_outage_changes_no_container(
     dev_cluster: ClusterHarness, plain_containers: list[Plain], tmp_path: Path
 ) -> None:
@@ -389,31 +423,49 @@ def test_controller_outage_changes_no_container(
 
     dev_cluster.stop_controller()
     stopped = time.monotonic()
-    # The outage lasts OUTAGE seconds and at least until every agent logged a lost session and a failed re-dial;
-    # all the while every host's containers are watched.
+    # The outage lasts at least OUTAGE seconds, until every agent logged a lost session and failed re-dials, and
+    # until the plain containers are older than the stranger grace plus a re-list (a reaper that looked past our
+    # labels would have struck by then); every host's containers are watched all the while.
+    old_enough = max(p.created for p in plain_containers) + STRANGER_GRACE + RELIST + 1
     redialling: set[str] = set()
     while True:
         assert_same(dev_cluster, before, "while the controller is down")
-        redialling |= {h for h in dev_cluster.hosts if log_since(dev_cluster, h, offsets[h]).count(SESSION_LOST) >= 2}
-        elapsed = time.monotonic() - stopped
-        if (elapsed >= OUTAGE and redialling == set(dev_cluster.hosts)) or elapsed > OUTAGE + 20:
+        redialling |= {h for h in dev_cluster.hosts if log_since(dev_cluster, h, offsets[h]).count(SESSION_LOST) >= 3}
+        now = time.monotonic()
+        if now - stopped >= OUTAGE and now >= old_enough and redialling == set(dev_cluster.hosts):
             break
+        assert now - stopped < OUTAGE + STRANGER_GRACE, f"agents re-dialling: {sorted(redialling)}"
         time.sleep(0.5)
-    assert redialling == set(dev_cluster.hosts), f"agents re-dialling: {sorted(redialling)}\n{dev_cluster.logs()}"
     assert all(procs.is_alive(ref) for ref in agents.values()), "an agent exited while the controller was away"
+    assert_plain_untouched(dev_cluster, plain_containers, before)
 
-    dev_cluster.start_controller()
+    # One agent is still waiting out its re-dial backoff when the controller comes back (frozen for SLOW_REDIAL s,
+    # which its own backoff may take anyway): deterministic, where the agents' jitter makes it so only by chance.
+    slow = "h2"
+    dev_cluster.stop_agent(slow, signal.SIGSTOP)
+    try:
+        dev_cluster.start_controller()
+        back = time.monotonic()
+        wait_for(lambda: time.monotonic() - back >= SLOW_REDIAL, SLOW_REDIAL + 1, f"{slow}'s re-dial delay")
+    finally:
+        dev_cluster.stop_agent(slow, signal.SIGCONT)
     wait_for(lambda: all_ready(dev_cluster), 30, "every node ready after the controller came back")
-    assert_same(dev_cluster, before, "after the controller came back")
-    wait_for(
-        lambda: all(t["state"] == "running" for t in ps_all(dev_cluster)), 15, "every task running after the outage"
-    )
-    assert_tasks_match(dev_cluster, of(before, SERVICE))
+    wait_for(lambda: all(t["state"] == "running" for t in dev_cluster.json("ps", SERVICE)), 15, "every task running")
 
-    # Hold until the plain containers have been around longer than the stranger grace plus a re-list.
-    earliest = min(p.created for p in plain_containers)
-    hold = max(RELIST + 1, earliest + STRANGER_GRACE + RELIST + 1 - time.monotonic())
-    hold_steady(dev_cluster, before, hold, "after the controller outage")
+    after = census(dev_cluster)
+    tasks = ps_all(dev_cluster)
+    if after != before or len(tasks) != REPLICAS:
+        controller_log = (dev_cluster.cluster.state_dir / "controller.log").read_text()
+        restarted = controller_log[controller_log.rindex("controller serving") :]
+        failure = NodeDownAfterControllerRestart if "node down" in restarted else AssertionError
+        raise failure(
+            f"containers or tasks changed after the controller came back:\n--- before ---\n{describe(before)}\n"
+            f"--- now ---\n{describe(after)}\n--- ps --all ---\n"
+            + "\n".join(f"{t['node']} {t['id']} {t['state']}/{t['desired_state']} {t['error']}" for t in tasks)
+            + f"\n--- controller since its restart ---\n{restarted}"
+        )
+    assert_tasks_match(dev_cluster, of(before, SERVICE))
+    hold_steady(dev_cluster, before, RELIST + 1, "after the controller outage")
     assert_plain_untouched(dev_cluster, plain_containers, before)
     assert_tasks_match(dev_cluster, of(before, SERVICE))
     assert all(procs.is_alive(ref) for ref in agents.values()), "an agent exited"
@@ -437,8 +489,8 @@ SLOW_RELIST = 30.0
 
 @pytest.mark.parametrize("dev_cluster", [{"relist_period": SLOW_RELIST}], indirect=True)
 def test_dockerd_restart_converges_back_to_three_replicas(dev_cluster: ClusterHarness, tmp_path: Path) -> None:
-    before = deploy(dev_cluster, tmp_path, probe=True)
-    assert sorted(s.host for s in of(before, PROBE).values()) == dev_cluster.hosts
+    deploy(dev_cluster, tmp_path)
+    before = deploy_probe(dev_cluster, tmp_path)
     host = "h1"
     agent = agent_ref(dev_cluster, host)
     offset = log_offset(dev_cluster, host)

@@ -434,11 +434,12 @@ async def test_an_unavailable_runtime_is_retried_and_the_task_converges_without_
 async def test_a_running_task_survives_an_outage_untouched(rig: Rig) -> None:
     container_id = await run_to_running(rig, make_task())
     reports = len(rig.reporter.history)
+    looks = rig.fake.count("inspect")
     rig.fake.set_available(False)
     rig.worker.wake(["t1"], stale=True)
     await asyncio.sleep(0.1)
     rig.fake.set_available(True)
-    await eventually(lambda: rig.fake.count("inspect") > 2, "a successful look after the outage")
+    await eventually(lambda: rig.fake.count("inspect") > looks, "a successful look after the outage")
     await quiet(rig)
     assert len(rig.reporter.history) == reports
     assert rig.state("t1") == pb.TASK_STATE_RUNNING
@@ -532,8 +533,11 @@ async def test_a_created_but_never_started_container_is_adopted_and_started(rig:
     await eventually(lambda: rig.state("t1") == pb.TASK_STATE_RUNNING, "t1 running")
     await quiet(rig)
     assert rig.status("t1").container_id == container_id
-    assert rig.reporter.states("t1") == [pb.TASK_STATE_RUNNING]
-    assert (rig.fake.count("create"), rig.fake.count("start")) == (1, 1)
+    # The agent does not look before creating a task it was never told it created: the create meets
+    # the name conflict and adopts the container instead of making a second one.
+    assert rig.reporter.states("t1") == [pb.TASK_STATE_STARTING, pb.TASK_STATE_RUNNING]
+    assert [c.id for c in await rig.fake.list({})] == [container_id]
+    assert rig.fake.count("start") == 1
 
 
 # --- with the observer that wakes it --------------------------------------------------------------------
