@@ -22,6 +22,8 @@ from dockyard.v1 import types_pb2 as pb
 
 log = structlog.get_logger()
 
+REDIAL_ALLOWANCE = 7.0
+
 Context = grpc.aio.ServicerContext[apb.AgentMessage, apb.ControllerMessage]
 
 
@@ -33,6 +35,9 @@ class Dispatcher(apb_grpc.AgentServiceServicer):
         self._clock = clock
         self._period = heartbeat_period
         self._grace = timedelta(seconds=heartbeat_period * grace_periods)
+        # After a controller restart every agent must first notice and re-dial (its backoff is capped at
+        # 5 s): a node not heard from since the start gets that long on top of the usual grace.
+        self._startup_grace = self._grace + timedelta(seconds=REDIAL_ALLOWANCE)
         self._sessions: dict[str, AgentSession] = {}
         self._last_seen: dict[str, datetime] = {}
         self._started = clock.now()
@@ -187,8 +192,10 @@ class Dispatcher(apb_grpc.AgentServiceServicer):
             for node in await self._store.list_nodes():
                 if node.status == pb.NODE_STATUS_DOWN:
                     continue
-                seen = self._last_seen.get(node.id, self._started)
-                if now - seen > self._grace:
+                seen = self._last_seen.get(node.id)
+                grace = self._grace if seen is not None else self._startup_grace
+                seen = seen or self._started
+                if now - seen > grace:
                     silent = (now - seen).total_seconds()
                     log.warning("node down", node_id=node.id, silent_seconds=round(silent, 1))
                     await self._set_status(node.id, pb.NODE_STATUS_DOWN, f"no heartbeat for {silent:.1f}s")

@@ -45,6 +45,11 @@ def _same_spec(a: pb.ServiceSpec, b: pb.ServiceSpec) -> bool:
 def progress(service: pb.Service, tasks: Iterable[pb.Task]) -> Progress:
     """Summarises the tasks of one service against its current spec."""
     result = Progress(service.name, service.spec.replicas)
+    if service.spec.mode == pb.SERVICE_MODE_GLOBAL:
+        # One task per eligible node: the orchestrator's live tasks are the target.
+        result.desired = sum(
+            1 for t in tasks if t.service_id == service.id and t.desired_state == pb.DESIRED_STATE_RUNNING
+        )
     for task in tasks:
         if task.service_id != service.id:
             continue

@@ -325,3 +325,14 @@ def test_global_task_of_a_down_node_is_lost_and_not_moved() -> None:
     plan = reconcile_on(svc, [t1], [node("n1", pb.NODE_STATUS_DOWN), node("n2")])
     assert plan.update[0].status.state == pb.TASK_STATE_LOST
     assert [t.node_id for t in plan.create] == ["n2"]
+
+
+def test_rollout_of_a_global_service_targets_its_live_tasks() -> None:
+    from dockyard.cli.rollout import progress
+
+    svc = global_service()
+    live = [task(0, node=n, task_id=f"g{n}", svc=svc) for n in ("n1", "n2")]
+    state = progress(svc, live)
+    assert (state.desired, state.running, state.done) == (2, 2, True)
+    starting = task(0, pb.TASK_STATE_STARTING, node="n3", task_id="g3", svc=svc)
+    assert not progress(svc, [*live, starting]).done
