@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ from agent.runtime.base import ContainerInfo, ContainerState
 from agent.runtime.docker import DockerRuntime
 from deploy.devcluster import DevCluster
 from deploy.devcluster.dockerd import tail
+from tests.e2e.harness import run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
@@ -51,18 +51,7 @@ class ClusterHarness:
 
     def cli(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         """Runs the dockyard CLI against this cluster."""
-        result = subprocess.run(
-            [sys.executable, "-m", "dockyard.cli.main", *args],
-            capture_output=True,
-            text=True,
-            env=self.env,
-            cwd=ROOT,
-            timeout=timeout,
-            check=False,
-        )
-        if check and result.returncode != 0:
-            raise AssertionError(f"dockyard {' '.join(args)} failed ({result.returncode}):\n{result.stderr}")
-        return result
+        return run_cli(self.env, *args, check=check, timeout=timeout)
 
     def json(self, *args: str) -> Any:
         """Runs a CLI command with --output json and parses it."""

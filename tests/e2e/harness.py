@@ -41,6 +41,24 @@ def wait_for(condition: Callable[[], Any], timeout: float = 60.0, what: str = "c
     raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
 
 
+def run_cli(
+    env: dict[str, str], *args: str, check: bool = True, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """Runs the dockyard CLI with env; when check is set a failure raises with the CLI's stderr."""
+    result = subprocess.run(
+        [sys.executable, "-m", "dockyard.cli.main", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=timeout,
+        check=False,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"dockyard {' '.join(args)} failed ({result.returncode}):\n{result.stderr}")
+    return result
+
+
 @dataclass
 class Cluster:
     """A controller and an agent as separate processes, each restartable, with its own state and port."""
@@ -125,18 +143,7 @@ class Cluster:
 
     def cli(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         """Runs the dockyard CLI against this cluster."""
-        result = subprocess.run(
-            [sys.executable, "-m", "dockyard.cli.main", *args],
-            capture_output=True,
-            text=True,
-            env=self.env,
-            cwd=ROOT,
-            timeout=timeout,
-            check=False,
-        )
-        if check and result.returncode != 0:
-            raise AssertionError(f"dockyard {' '.join(args)} failed ({result.returncode}):\n{result.stderr}")
-        return result
+        return run_cli(self.env, *args, check=check, timeout=timeout)
 
     def json(self, *args: str) -> Any:
         """Runs a CLI command with --output json and parses it."""
