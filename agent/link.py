@@ -11,6 +11,7 @@ import grpc
 import structlog
 
 from agent.reporter import Reporter
+from agent.runtime.base import RuntimeFailure
 from agent.task_book import TaskBook
 from agent.worker import Worker
 from dockyard.backoff import Backoff
@@ -64,7 +65,7 @@ class ControllerLink:
         while True:
             try:
                 await self._session(backoff)
-            except (grpc.aio.AioRpcError, SessionLost, OSError) as exc:
+            except (grpc.aio.AioRpcError, SessionLost, OSError, RuntimeFailure, TimeoutError) as exc:
                 detail = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else str(exc)
                 log.warning("controller session lost", controller=self._address, error=detail)
             finally:

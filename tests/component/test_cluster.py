@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from agent.runtime.base import ContainerInfo
 from dockyard.client import Client
 from dockyard.timestamps import duration
@@ -245,3 +247,17 @@ async def test_strangers_with_our_labels_are_reaped_and_foreign_containers_left_
 
         await eventually(reaped, within=10, what="the stranger reaped")
     assert foreign in {c.id for c in await runtime.list({})}
+
+
+async def test_agent_survives_docker_down_at_start_and_registers_once_it_answers(fake_cluster: FakeCluster) -> None:
+    from agent.runtime.fake import FakeRuntime
+
+    runtime = FakeRuntime(images=[IMAGE])
+    runtime.set_available(False)
+    host = await fake_cluster.start_agent("late", runtime=runtime)
+    async with fake_cluster.client() as client:
+        await asyncio.sleep(0.5)
+        assert host.task is not None and not host.task.done(), "the agent keeps trying instead of exiting"
+        assert not await client.list_nodes()
+        runtime.set_available(True)
+        await eventually(lambda: _nodes_ready(client, 1), within=15, what="registration once Docker answers")
