@@ -12,6 +12,7 @@ import structlog
 
 from controller.clock import Clock
 from controller.dispatcher.identity import IdentityError, node_identity
+from controller.dispatcher.liveness import silent_nodes
 from controller.dispatcher.session import AgentSession
 from controller.dispatcher.status import judge_status
 from controller.store.base import ConflictError, Kind, Put, Store, WatchExpired
@@ -188,20 +189,14 @@ class Dispatcher(apb_grpc.AgentServiceServicer):
     async def _watch_heartbeats(self) -> None:
         while True:
             await asyncio.sleep(self._period / 2)
+            nodes = await self._store.list_nodes()
             now = self._clock.now()
-            for node in await self._store.list_nodes():
-                if node.status == pb.NODE_STATUS_DOWN:
-                    continue
-                seen = self._last_seen.get(node.id)
-                grace = self._grace if seen is not None else self._startup_grace
-                seen = seen or self._started
-                if now - seen > grace:
-                    silent = (now - seen).total_seconds()
-                    log.warning("node down", node_id=node.id, silent_seconds=round(silent, 1))
-                    await self._set_status(node.id, pb.NODE_STATUS_DOWN, f"no heartbeat for {silent:.1f}s")
-                    session = self._sessions.get(node.id)
-                    if session is not None:
-                        session.closed.set()
+            for silent in silent_nodes(nodes, self._last_seen, self._started, now, self._grace, self._startup_grace):
+                log.warning("node down", node_id=silent.node_id, silent_seconds=round(silent.seconds, 1))
+                await self._set_status(silent.node_id, pb.NODE_STATUS_DOWN, f"no heartbeat for {silent.seconds:.1f}s")
+                session = self._sessions.get(silent.node_id)
+                if session is not None:
+                    session.closed.set()
 
     async def _set_status(self, node_id: str, status: int, message: str) -> None:
         for _ in range(10):

@@ -1,0 +1,37 @@
+"""The pure rule that marks silent nodes down."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from controller.dispatcher.liveness import silent_nodes
+from dockyard.v1 import types_pb2 as pb
+
+START = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+GRACE = timedelta(seconds=3)
+STARTUP = timedelta(seconds=10)
+
+
+def node(node_id: str, status: int = pb.NODE_STATUS_READY) -> pb.Node:
+    return pb.Node(id=node_id, status=status)  # type: ignore[arg-type]
+
+
+def silent(nodes: list[pb.Node], seen: dict[str, float], at: float) -> list[tuple[str, float]]:
+    last_seen = {k: START + timedelta(seconds=v) for k, v in seen.items()}
+    found = silent_nodes(nodes, last_seen, START, START + timedelta(seconds=at), GRACE, STARTUP)
+    return [(s.node_id, s.seconds) for s in found]
+
+
+def test_a_node_heard_from_is_down_only_after_the_grace() -> None:
+    assert silent([node("a")], {"a": 5.0}, at=8.0) == []
+    assert silent([node("a")], {"a": 5.0}, at=8.5) == [("a", 3.5)]
+
+
+def test_after_a_restart_unheard_nodes_get_the_startup_grace() -> None:
+    nodes = [node("a", pb.NODE_STATUS_UNKNOWN)]
+    assert silent(nodes, {}, at=9.9) == []
+    assert silent(nodes, {}, at=10.5) == [("a", 10.5)]
+
+
+def test_nodes_already_down_are_not_reported_again() -> None:
+    assert silent([node("a", pb.NODE_STATUS_DOWN)], {"a": 0.0}, at=60.0) == []
