@@ -38,6 +38,13 @@ def _labels(values: tuple[str, ...]) -> dict[str, str]:
 @click.option("--label", "label_values", multiple=True, help="Node label KEY=VALUE (repeatable).")
 @click.option("--heartbeat-period", type=click.FloatRange(min=0.05), default=1.0, show_default=True)
 @click.option("--relist-period", type=click.FloatRange(min=0.5), default=5.0, show_default=True)
+@click.option(
+    "--stranger-grace",
+    type=click.FloatRange(min=0),
+    default=30.0,
+    show_default=True,
+    help="Seconds a container labelled for this node but for no known task may stay before it is removed.",
+)
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info")
 @click.option("--log-format", type=click.Choice(["console", "json"]), default="console")
 def main(
@@ -48,6 +55,7 @@ def main(
     label_values: tuple[str, ...],
     heartbeat_period: float,
     relist_period: float,
+    stranger_grace: float,
     log_level: str,
     log_format: str,
 ) -> None:
@@ -61,6 +69,7 @@ def main(
         labels=_labels(label_values),
         heartbeat_period=heartbeat_period,
         relist_period=relist_period,
+        stranger_grace=stranger_grace,
     )
     asyncio.run(_run(config))
 
