@@ -107,3 +107,4 @@ class Agent:
                 group.create_task(self._enforce_on_disconnect())
         finally:
             await self.worker.close()
+            self.book.close()

@@ -5,6 +5,7 @@ It is persisted after every change so that a restarted agent resumes without the
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +23,26 @@ class TaskBook:
         self._path = path
         self._tasks: dict[str, pb.Task] = {}
         self.full_sync_seen = False  # a full assignment set arrived in this process's life
+        self._pending_save: asyncio.TimerHandle | None = None
+
+    def save_soon(self, delay: float = 0.05) -> None:
+        """Saves within delay seconds, coalescing a burst of changes into one write.
+
+        Losing the last few changes to a crash is harmless: the agent re-adopts its containers by label
+        and the controller's full set restores its assignments.
+        """
+        if self._pending_save is None:
+            self._pending_save = asyncio.get_running_loop().call_later(delay, self._flush)
+
+    def _flush(self) -> None:
+        self._pending_save = None
+        self.save()
+
+    def close(self) -> None:
+        """Writes any pending change now."""
+        if self._pending_save is not None:
+            self._pending_save.cancel()
+            self._flush()
 
     def load(self) -> None:
         """Reads the persisted tasks, if any."""

@@ -129,7 +129,7 @@ class Worker:
             if step.idle:
                 if self._finished(task, container):
                     self._book.forget(task_id)
-                    self._book.save()
+                    self._book.save_soon()
                     self._containers.pop(task_id, None)
                     return True
                 return False
@@ -255,7 +255,7 @@ class Worker:
         )
         status.timestamp.CopyFrom(to_timestamp(self._now()))
         self._book.set_status(task.id, status)
-        self._book.save()
+        self._book.save_soon()
         self._reporter.report(task.id, status)
         log.info(
             "task state",

@@ -17,7 +17,7 @@ from dockyard.spec import SpecError, load_spec_file
 from dockyard.v1 import controller_pb2 as cpb
 from dockyard.v1 import types_pb2 as pb
 
-POLL_SECONDS = 0.05
+POLL_SECONDS = 0.1
 
 TASK_COLUMNS = [
     ("ID", "short_id"),
