@@ -8,6 +8,7 @@ import time
 from agent.runtime.base import ContainerSpec
 from agent.runtime.docker import DockerRuntime
 from tests.cluster.harness import ClusterHarness
+from tests.polling import wait_for
 
 STRANGER_GRACE = 30.0  # the agent's default
 
@@ -57,10 +58,7 @@ def test_strangers_are_reaped_after_the_grace_and_foreign_containers_left_alone(
     )
     try:
         created = time.monotonic()
-        deadline = created + STRANGER_GRACE + 20
-        while ours in asyncio.run(_ids(url)):
-            assert time.monotonic() < deadline, "the stranger was never reaped"
-            time.sleep(0.5)
+        wait_for(lambda: ours not in asyncio.run(_ids(url)), STRANGER_GRACE + 20, "the stranger reaped", every=0.5)
         assert time.monotonic() - created >= STRANGER_GRACE - 1, "reaped before its grace period"
         assert foreign in asyncio.run(_ids(url)), "a container without our labels is never touched"
     finally:

@@ -11,11 +11,11 @@ import contextlib
 import json
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
@@ -25,8 +25,7 @@ from agent.runtime.docker import DockerRuntime
 from deploy.devcluster import procs
 from dockyard.v1 import agent_pb2 as apb
 from tests.cluster.harness import ClusterHarness
-
-T = TypeVar("T")
+from tests.polling import wait_for
 
 IMAGE = "dockyard-test:latest"
 SERVICE = "sleeper"
@@ -34,7 +33,6 @@ PROBE = "probe"
 REPLICAS = 3
 SERVICE_LABEL = "dockyard.service.name"
 TASK_LABEL = "dockyard.task.id"
-POLL = 0.2
 # The agents run with the defaults: a periodic re-list every 5 s, strangers (our labels, no task) reaped after 30 s.
 RELIST = AgentConfig().relist_period
 STRANGER_GRACE = AgentConfig().stranger_grace
@@ -81,18 +79,6 @@ Census = dict[str, Seen]  # container id -> what its host's dockerd says
 
 
 # ----- polling ------------------------------------------------------------------------------------------------------
-
-
-def wait_for(check: Callable[[], T], within: float, what: str) -> T:
-    """Calls check() until it returns something truthy; fails after `within` seconds."""
-    deadline = time.monotonic() + within
-    while True:
-        last = check()
-        if last:
-            return last
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within:g}s waiting for {what}; last: {last!r}")
-        time.sleep(POLL)
 
 
 # ----- what every host's dockerd holds ------------------------------------------------------------------------------
@@ -148,11 +134,12 @@ def assert_same(harness: ClusterHarness, before: Census, when: str) -> Census:
 def hold_steady(harness: ClusterHarness, before: Census, seconds: float, when: str) -> None:
     """Polls every host's containers for `seconds` and fails the moment any of them differs from `before`."""
     deadline = time.monotonic() + seconds
-    while True:
+
+    def still_same_until_deadline() -> bool:
         assert_same(harness, before, when)
-        if time.monotonic() > deadline:
-            return
-        time.sleep(0.5)
+        return time.monotonic() > deadline
+
+    wait_for(still_same_until_deadline, seconds + 60, f"{seconds:g}s of watching", every=0.5)
 
 
 # ----- the CLI, agents and their logs -------------------------------------------------------------------------------
@@ -421,14 +408,16 @@ def test_controller_outage_changes_no_container(
     # labels would have struck by then); every host's containers are watched all the while.
     old_enough = max(p.created for p in plain_containers) + STRANGER_GRACE + RELIST + 1
     redialling: set[str] = set()
-    while True:
+
+    def outage_over() -> bool:
         assert_same(dev_cluster, before, "while the controller is down")
-        redialling |= {h for h in dev_cluster.hosts if log_since(dev_cluster, h, offsets[h]).count(SESSION_LOST) >= 3}
+        redialling.update(
+            h for h in dev_cluster.hosts if log_since(dev_cluster, h, offsets[h]).count(SESSION_LOST) >= 3
+        )
         now = time.monotonic()
-        if now - stopped >= OUTAGE and now >= old_enough and redialling == set(dev_cluster.hosts):
-            break
-        assert now - stopped < OUTAGE + STRANGER_GRACE, f"agents re-dialling: {sorted(redialling)}"
-        time.sleep(0.5)
+        return now - stopped >= OUTAGE and now >= old_enough and redialling == set(dev_cluster.hosts)
+
+    wait_for(outage_over, OUTAGE + STRANGER_GRACE, "every agent re-dialling through the outage", every=0.5)
     assert all(procs.is_alive(ref) for ref in agents.values()), "an agent exited while the controller was away"
     assert_plain_untouched(dev_cluster, plain_containers, before)
 

@@ -9,8 +9,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,8 +16,11 @@ from typing import Any
 from agent.runtime.base import ContainerInfo
 from agent.runtime.docker import DockerRuntime
 from dockyard import labels
+from tests.polling import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
+
+__all__ = ["ROOT", "Cluster", "free_port", "run_cli", "wait_for"]
 
 
 def free_port() -> int:
@@ -27,18 +28,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def wait_for(condition: Callable[[], Any], timeout: float = 60.0, what: str = "condition") -> Any:
-    """Polls condition until it returns something truthy, or fails after timeout seconds."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = condition()
-        if last:
-            return last
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
 
 
 def run_cli(
