@@ -9,7 +9,7 @@ from datetime import datetime
 
 import structlog
 
-from controller.clock import Clock
+from dockyard.clock import Clock
 from controller.store.base import Kind, Store, WatchExpired
 
 log = structlog.get_logger()

@@ -13,7 +13,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from controller.api.servicer import ControllerApi
-from controller.clock import Clock, SystemClock
+from dockyard.clock import Clock, SystemClock
 from controller.dispatcher.dispatcher import Dispatcher
 from controller.ids import new_id
 from controller.orchestrator.role import Orchestrator

@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 import grpc
 import structlog
 
-from controller.clock import Clock
+from dockyard.clock import Clock
 from controller.dispatcher.identity import IdentityError, node_identity
 from controller.dispatcher.liveness import silent_nodes
 from controller.dispatcher.session import AgentSession

@@ -8,7 +8,7 @@ from datetime import datetime
 
 import structlog
 
-from controller.clock import Clock
+from dockyard.clock import Clock
 from controller.orchestrator.nodes import NodeFacts
 from controller.orchestrator.plan import Plan
 from controller.orchestrator.reconciler import reconcile_service

@@ -6,7 +6,7 @@ from datetime import datetime
 
 import structlog
 
-from controller.clock import Clock
+from dockyard.clock import Clock
 from controller.scheduler import Decision, schedule
 from controller.store.base import Check, ConflictError, Kind, Op, Put, Store
 from dockyard.timestamps import to_timestamp

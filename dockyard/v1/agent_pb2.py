@@ -27,13 +27,14 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from dockyard.v1 import types_pb2 as dockyard_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x64ockyard/v1/agent.proto\x12\x0b\x64ockyard.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17\x64ockyard/v1/types.proto\"\xca\x01\n\x0c\x41gentMessage\x12#\n\x05hello\x18\x01 \x01(\x0b\x32\x12.dockyard.v1.HelloH\x00\x12+\n\theartbeat\x18\x02 \x01(\x0b\x32\x16.dockyard.v1.HeartbeatH\x00\x12+\n\x06status\x18\x03 \x01(\x0b\x32\x19.dockyard.v1.StatusUpdateH\x00\x12\x34\n\x0e\x63ommand_result\x18\x04 \x01(\x0b\x32\x1a.dockyard.v1.CommandResultH\x00\x42\x05\n\x03msg\"]\n\rInventoryItem\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\'\n\x06status\x18\x02 \x01(\x0b\x32\x17.dockyard.v1.TaskStatus\x12\x12\n\ngeneration\x18\x03 \x01(\x04\"z\n\x05Hello\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x31\n\x0b\x64\x65scription\x18\x02 \x01(\x0b\x32\x1c.dockyard.v1.NodeDescription\x12-\n\tinventory\x18\x03 \x03(\x0b\x32\x1a.dockyard.v1.InventoryItem\"8\n\tHeartbeat\x12+\n\x07sent_at\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"L\n\x10TaskStatusUpdate\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\'\n\x06status\x18\x02 \x01(\x0b\x32\x17.dockyard.v1.TaskStatus\">\n\x0cStatusUpdate\x12.\n\x07updates\x18\x01 \x03(\x0b\x32\x1d.dockyard.v1.TaskStatusUpdate\"\xd1\x01\n\x11\x43ontrollerMessage\x12\'\n\x07welcome\x18\x01 \x01(\x0b\x32\x14.dockyard.v1.WelcomeH\x00\x12/\n\x0b\x61ssignments\x18\x02 \x01(\x0b\x32\x18.dockyard.v1.AssignmentsH\x00\x12\'\n\x07\x63ommand\x18\x03 \x01(\x0b\x32\x14.dockyard.v1.CommandH\x00\x12\x32\n\rheartbeat_ack\x18\x04 \x01(\x0b\x32\x19.dockyard.v1.HeartbeatAckH\x00\x42\x05\n\x03msg\"c\n\x07Welcome\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x33\n\x10heartbeat_period\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"?\n\x0cHeartbeatAck\x12/\n\x0breceived_at\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xcb\x01\n\x0b\x41ssignments\x12+\n\x04kind\x18\x01 \x01(\x0e\x32\x1d.dockyard.v1.Assignments.Kind\x12 \n\x05tasks\x18\x02 \x03(\x0b\x32\x11.dockyard.v1.Task\x12\x18\n\x10removed_task_ids\x18\x03 \x03(\t\x12\x10\n\x08sequence\x18\x04 \x01(\x04\"A\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\r\n\tKIND_FULL\x10\x01\x12\x14\n\x10KIND_INCREMENTAL\x10\x02\"<\n\x0bLogsRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0c\n\x04tail\x18\x02 \x01(\r\x12\x0e\n\x06\x66ollow\x18\x03 \x01(\x08\"O\n\x07\x43ommand\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12(\n\x04logs\x18\x02 \x01(\x0b\x32\x18.dockyard.v1.LogsRequestH\x00\x42\x06\n\x04kind\"N\n\rCommandResult\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x0c\n\x04\x64one\x18\x03 \x01(\x08\x12\r\n\x05\x65rror\x18\x04 \x01(\t2X\n\x0c\x41gentService\x12H\n\x07Session\x12\x19.dockyard.v1.AgentMessage\x1a\x1e.dockyard.v1.ControllerMessage(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x64ockyard/v1/agent.proto\x12\x0b\x64ockyard.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17\x64ockyard/v1/types.proto\"\xca\x01\n\x0c\x41gentMessage\x12#\n\x05hello\x18\x01 \x01(\x0b\x32\x12.dockyard.v1.HelloH\x00\x12+\n\theartbeat\x18\x02 \x01(\x0b\x32\x16.dockyard.v1.HeartbeatH\x00\x12+\n\x06status\x18\x03 \x01(\x0b\x32\x19.dockyard.v1.StatusUpdateH\x00\x12\x34\n\x0e\x63ommand_result\x18\x04 \x01(\x0b\x32\x1a.dockyard.v1.CommandResultH\x00\x42\x05\n\x03msg\"]\n\rInventoryItem\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\'\n\x06status\x18\x02 \x01(\x0b\x32\x17.dockyard.v1.TaskStatus\x12\x12\n\ngeneration\x18\x03 \x01(\x04\"z\n\x05Hello\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x31\n\x0b\x64\x65scription\x18\x02 \x01(\x0b\x32\x1c.dockyard.v1.NodeDescription\x12-\n\tinventory\x18\x03 \x03(\x0b\x32\x1a.dockyard.v1.InventoryItem\"8\n\tHeartbeat\x12+\n\x07sent_at\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"L\n\x10TaskStatusUpdate\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\'\n\x06status\x18\x02 \x01(\x0b\x32\x17.dockyard.v1.TaskStatus\">\n\x0cStatusUpdate\x12.\n\x07updates\x18\x01 \x03(\x0b\x32\x1d.dockyard.v1.TaskStatusUpdate\"\xd1\x01\n\x11\x43ontrollerMessage\x12\'\n\x07welcome\x18\x01 \x01(\x0b\x32\x14.dockyard.v1.WelcomeH\x00\x12/\n\x0b\x61ssignments\x18\x02 \x01(\x0b\x32\x18.dockyard.v1.AssignmentsH\x00\x12\'\n\x07\x63ommand\x18\x03 \x01(\x0b\x32\x14.dockyard.v1.CommandH\x00\x12\x32\n\rheartbeat_ack\x18\x04 \x01(\x0b\x32\x19.dockyard.v1.HeartbeatAckH\x00\x42\x05\n\x03msg\"c\n\x07Welcome\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x33\n\x10heartbeat_period\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"?\n\x0cHeartbeatAck\x12/\n\x0breceived_at\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xfc\x01\n\x0b\x41ssignments\x12+\n\x04kind\x18\x01 \x01(\x0e\x32\x1d.dockyard.v1.Assignments.Kind\x12 \n\x05tasks\x18\x02 \x03(\x0b\x32\x11.dockyard.v1.Task\x12\x18\n\x10removed_task_ids\x18\x03 \x03(\t\x12\x10\n\x08sequence\x18\x04 \x01(\x04\x12/\n\x05specs\x18\x05 \x03(\x0b\x32 .dockyard.v1.ServiceRevisionSpec\"A\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\r\n\tKIND_FULL\x10\x01\x12\x14\n\x10KIND_INCREMENTAL\x10\x02\"c\n\x13ServiceRevisionSpec\x12\x12\n\nservice_id\x18\x01 \x01(\t\x12\x10\n\x08revision\x18\x02 \x01(\x04\x12&\n\x04spec\x18\x03 \x01(\x0b\x32\x18.dockyard.v1.ServiceSpec\"<\n\x0bLogsRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0c\n\x04tail\x18\x02 \x01(\r\x12\x0e\n\x06\x66ollow\x18\x03 \x01(\x08\"O\n\x07\x43ommand\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12(\n\x04logs\x18\x02 \x01(\x0b\x32\x18.dockyard.v1.LogsRequestH\x00\x42\x06\n\x04kind\"N\n\rCommandResult\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x0c\n\x04\x64one\x18\x03 \x01(\x08\x12\r\n\x05\x65rror\x18\x04 \x01(\t2X\n\x0c\x41gentService\x12H\n\x07Session\x12\x19.dockyard.v1.AgentMessage\x1a\x1e.dockyard.v1.ControllerMessage(\x01\x30\x01\x42y\n\x0f\x64\x65v.dockyard.v1B\nAgentProtoP\x01Z\'dockyard.dev/api/dockyard/v1;dockyardv1\xa2\x02\x03\x44KY\xaa\x02\x0b\x44ockyard.V1\xca\x02\x0b\x44ockyard\\V1\xea\x02\x0c\x44ockyard::V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'dockyard.v1.agent_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
-  DESCRIPTOR._loaded_options = None
+  _globals['DESCRIPTOR']._loaded_options = None
+  _globals['DESCRIPTOR']._serialized_options = b'\n\017dev.dockyard.v1B\nAgentProtoP\001Z\'dockyard.dev/api/dockyard/v1;dockyardv1\242\002\003DKY\252\002\013Dockyard.V1\312\002\013Dockyard\\V1\352\002\014Dockyard::V1'
   _globals['_AGENTMESSAGE']._serialized_start=131
   _globals['_AGENTMESSAGE']._serialized_end=333
   _globals['_INVENTORYITEM']._serialized_start=335
@@ -53,15 +54,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HEARTBEATACK']._serialized_start=1067
   _globals['_HEARTBEATACK']._serialized_end=1130
   _globals['_ASSIGNMENTS']._serialized_start=1133
-  _globals['_ASSIGNMENTS']._serialized_end=1336
-  _globals['_ASSIGNMENTS_KIND']._serialized_start=1271
-  _globals['_ASSIGNMENTS_KIND']._serialized_end=1336
-  _globals['_LOGSREQUEST']._serialized_start=1338
-  _globals['_LOGSREQUEST']._serialized_end=1398
-  _globals['_COMMAND']._serialized_start=1400
-  _globals['_COMMAND']._serialized_end=1479
-  _globals['_COMMANDRESULT']._serialized_start=1481
-  _globals['_COMMANDRESULT']._serialized_end=1559
-  _globals['_AGENTSERVICE']._serialized_start=1561
-  _globals['_AGENTSERVICE']._serialized_end=1649
+  _globals['_ASSIGNMENTS']._serialized_end=1385
+  _globals['_ASSIGNMENTS_KIND']._serialized_start=1320
+  _globals['_ASSIGNMENTS_KIND']._serialized_end=1385
+  _globals['_SERVICEREVISIONSPEC']._serialized_start=1387
+  _globals['_SERVICEREVISIONSPEC']._serialized_end=1486
+  _globals['_LOGSREQUEST']._serialized_start=1488
+  _globals['_LOGSREQUEST']._serialized_end=1548
+  _globals['_COMMAND']._serialized_start=1550
+  _globals['_COMMAND']._serialized_end=1629
+  _globals['_COMMANDRESULT']._serialized_start=1631
+  _globals['_COMMANDRESULT']._serialized_end=1709
+  _globals['_AGENTSERVICE']._serialized_start=1711
+  _globals['_AGENTSERVICE']._serialized_end=1799
 # @@protoc_insertion_point(module_scope)

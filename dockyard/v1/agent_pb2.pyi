@@ -286,15 +286,23 @@ class Assignments(_message.Message):
     TASKS_FIELD_NUMBER: _builtins.int
     REMOVED_TASK_IDS_FIELD_NUMBER: _builtins.int
     SEQUENCE_FIELD_NUMBER: _builtins.int
+    SPECS_FIELD_NUMBER: _builtins.int
     kind: Global___Assignments.Kind.ValueType
     sequence: _builtins.int
     """grows within a session"""
     @_builtins.property
     def tasks(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.Task]:
-        """full set, or tasks added or changed"""
+        """full set, or tasks added or changed; their spec is unset"""
 
     @_builtins.property
     def removed_task_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def specs(self) -> _containers.RepeatedCompositeFieldContainer[Global___ServiceRevisionSpec]:
+        """The spec of every (service, revision) that a task of this message runs, once each. The agent
+        fills Task.spec from it; a spec it already has from this session may be left out of an
+        incremental message.
+        """
+
     def __init__(
         self,
         *,
@@ -302,14 +310,41 @@ class Assignments(_message.Message):
         tasks: _abc.Iterable[_types_pb2.Task] | None = ...,
         removed_task_ids: _abc.Iterable[_builtins.str] | None = ...,
         sequence: _builtins.int = ...,
+        specs: _abc.Iterable[Global___ServiceRevisionSpec] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "removed_task_ids", b"removed_task_ids", "sequence", b"sequence", "tasks", b"tasks"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "removed_task_ids", b"removed_task_ids", "sequence", b"sequence", "specs", b"specs", "tasks", b"tasks"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Assignments: _TypeAlias = Assignments  # noqa: Y015
+
+@_typing.final
+class ServiceRevisionSpec(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERVICE_ID_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
+    SPEC_FIELD_NUMBER: _builtins.int
+    service_id: _builtins.str
+    revision: _builtins.int
+    @_builtins.property
+    def spec(self) -> _types_pb2.ServiceSpec: ...
+    def __init__(
+        self,
+        *,
+        service_id: _builtins.str = ...,
+        revision: _builtins.int = ...,
+        spec: _types_pb2.ServiceSpec | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["revision", b"revision", "service_id", b"service_id", "spec", b"spec"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ServiceRevisionSpec: _TypeAlias = ServiceRevisionSpec  # noqa: Y015
 
 @_typing.final
 class LogsRequest(_message.Message):

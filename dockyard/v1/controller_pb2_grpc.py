@@ -27,7 +27,16 @@ if _version_not_supported:
 
 
 class ControllerServiceStub:
-    """Missing associated documentation comment in .proto file."""
+    """Conventions every RPC follows:
+    - Bad input is INVALID_ARGUMENT. The message is one line per problem, "<field path>: <problem and fix>",
+    capped at a few lines plus "... and N more"; the same problems are in a google.rpc.BadRequest detail
+    (grpc-status-details-bin), also capped, so a program reads them without parsing text.
+    - if_revision makes a write conditional on a service's revision as this API returned it (0: the
+    service must not exist yet). A stale one is FAILED_PRECONDITION naming the service; nothing changes.
+    - List calls page: page_size (0 = the server's default; larger than the server's maximum is clamped)
+    and page_token from the previous response's next_page_token (empty: no more pages). A page also
+    ends early when it would outgrow the server's byte budget, so no response nears the 4 MiB limit.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -83,7 +92,16 @@ class ControllerServiceStub:
 
 
 class ControllerServiceServicer:
-    """Missing associated documentation comment in .proto file."""
+    """Conventions every RPC follows:
+    - Bad input is INVALID_ARGUMENT. The message is one line per problem, "<field path>: <problem and fix>",
+    capped at a few lines plus "... and N more"; the same problems are in a google.rpc.BadRequest detail
+    (grpc-status-details-bin), also capped, so a program reads them without parsing text.
+    - if_revision makes a write conditional on a service's revision as this API returned it (0: the
+    service must not exist yet). A stale one is FAILED_PRECONDITION naming the service; nothing changes.
+    - List calls page: page_size (0 = the server's default; larger than the server's maximum is clamped)
+    and page_token from the previous response's next_page_token (empty: no more pages). A page also
+    ends early when it would outgrow the server's byte budget, so no response nears the 4 MiB limit.
+    """
 
     def ApplyService(self, request, context):
         """Creates or updates every service of the request in one transaction, or none.
@@ -199,7 +217,16 @@ def add_ControllerServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class ControllerService:
-    """Missing associated documentation comment in .proto file."""
+    """Conventions every RPC follows:
+    - Bad input is INVALID_ARGUMENT. The message is one line per problem, "<field path>: <problem and fix>",
+    capped at a few lines plus "... and N more"; the same problems are in a google.rpc.BadRequest detail
+    (grpc-status-details-bin), also capped, so a program reads them without parsing text.
+    - if_revision makes a write conditional on a service's revision as this API returned it (0: the
+    service must not exist yet). A stale one is FAILED_PRECONDITION naming the service; nothing changes.
+    - List calls page: page_size (0 = the server's default; larger than the server's maximum is clamped)
+    and page_token from the previous response's next_page_token (empty: no more pages). A page also
+    ends early when it would outgrow the server's byte budget, so no response nears the 4 MiB limit.
+    """
 
     @staticmethod
     def ApplyService(request,

@@ -28,6 +28,17 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class ControllerServiceStub:
+    """Conventions every RPC follows:
+    - Bad input is INVALID_ARGUMENT. The message is one line per problem, "<field path>: <problem and fix>",
+      capped at a few lines plus "... and N more"; the same problems are in a google.rpc.BadRequest detail
+      (grpc-status-details-bin), also capped, so a program reads them without parsing text.
+    - if_revision makes a write conditional on a service's revision as this API returned it (0: the
+      service must not exist yet). A stale one is FAILED_PRECONDITION naming the service; nothing changes.
+    - List calls page: page_size (0 = the server's default; larger than the server's maximum is clamped)
+      and page_token from the previous response's next_page_token (empty: no more pages). A page also
+      ends early when it would outgrow the server's byte budget, so no response nears the 4 MiB limit.
+    """
+
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
@@ -47,6 +58,17 @@ class ControllerServiceStub:
 
 @_typing.type_check_only
 class ControllerServiceAsyncStub(ControllerServiceStub):
+    """Conventions every RPC follows:
+    - Bad input is INVALID_ARGUMENT. The message is one line per problem, "<field path>: <problem and fix>",
+      capped at a few lines plus "... and N more"; the same problems are in a google.rpc.BadRequest detail
+      (grpc-status-details-bin), also capped, so a program reads them without parsing text.
+    - if_revision makes a write conditional on a service's revision as this API returned it (0: the
+      service must not exist yet). A stale one is FAILED_PRECONDITION naming the service; nothing changes.
+    - List calls page: page_size (0 = the server's default; larger than the server's maximum is clamped)
+      and page_token from the previous response's next_page_token (empty: no more pages). A page also
+      ends early when it would outgrow the server's byte budget, so no response nears the 4 MiB limit.
+    """
+
     def __init__(self, channel: _aio.Channel) -> None: ...
     ApplyService: _aio.UnaryUnaryMultiCallable[_controller_pb2.ApplyServiceRequest, _controller_pb2.ApplyServiceResponse]  # type: ignore[assignment]
     """Creates or updates every service of the request in one transaction, or none."""
@@ -62,6 +84,17 @@ class ControllerServiceAsyncStub(ControllerServiceStub):
     """Forgets a node. Refused while the node is ready unless force is set."""
 
 class ControllerServiceServicer(metaclass=_abc_1.ABCMeta):
+    """Conventions every RPC follows:
+    - Bad input is INVALID_ARGUMENT. The message is one line per problem, "<field path>: <problem and fix>",
+      capped at a few lines plus "... and N more"; the same problems are in a google.rpc.BadRequest detail
+      (grpc-status-details-bin), also capped, so a program reads them without parsing text.
+    - if_revision makes a write conditional on a service's revision as this API returned it (0: the
+      service must not exist yet). A stale one is FAILED_PRECONDITION naming the service; nothing changes.
+    - List calls page: page_size (0 = the server's default; larger than the server's maximum is clamped)
+      and page_token from the previous response's next_page_token (empty: no more pages). A page also
+      ends early when it would outgrow the server's byte budget, so no response nears the 4 MiB limit.
+    """
+
     @_abc_1.abstractmethod
     def ApplyService(
         self,

@@ -556,7 +556,9 @@ class Task(_message.Message):
     version: _builtins.int
     @_builtins.property
     def spec(self) -> Global___ServiceSpec:
-        """that revision's spec, so an agent needs nothing else"""
+        """The spec of that revision. Never stored with the task (the store keeps each revision's spec once):
+        the agent fills it from Assignments.specs, and ListTasks fills it only for TASK_VIEW_FULL.
+        """
 
     @_builtins.property
     def status(self) -> Global___TaskStatus: ...
