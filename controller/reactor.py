@@ -9,8 +9,8 @@ from datetime import datetime
 
 import structlog
 
-from dockyard.clock import Clock
 from controller.store.base import Kind, Store, WatchExpired
+from dockyard.clock import Clock
 
 log = structlog.get_logger()
 

@@ -13,7 +13,6 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from controller.api.servicer import ControllerApi
-from dockyard.clock import Clock, SystemClock
 from controller.dispatcher.dispatcher import Dispatcher
 from controller.ids import new_id
 from controller.orchestrator.role import Orchestrator
@@ -21,6 +20,7 @@ from controller.reactor import Reactor
 from controller.scheduler.role import Scheduler
 from controller.store.base import Kind, Store
 from controller.store.sqlite import SqliteStore
+from dockyard.clock import Clock, SystemClock
 from dockyard.v1 import agent_pb2, agent_pb2_grpc, controller_pb2, controller_pb2_grpc
 
 log = structlog.get_logger()

@@ -9,8 +9,8 @@ import grpc
 
 from controller.api.apply import plan_apply
 from controller.api.validation import apply_errors, node_label_errors, replicas_error
-from dockyard.clock import Clock
 from controller.store.base import ConflictError, Delete, Kind, Put, Store
+from dockyard.clock import Clock
 from dockyard.task_state import is_terminal
 from dockyard.timestamps import to_timestamp
 from dockyard.v1 import controller_pb2 as cpb

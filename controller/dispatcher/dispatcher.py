@@ -10,12 +10,12 @@ from datetime import datetime, timedelta
 import grpc
 import structlog
 
-from dockyard.clock import Clock
 from controller.dispatcher.identity import IdentityError, node_identity
 from controller.dispatcher.liveness import silent_nodes
 from controller.dispatcher.session import AgentSession
 from controller.dispatcher.status import judge_status
 from controller.store.base import ConflictError, Kind, Put, Store, WatchExpired
+from dockyard.clock import Clock
 from dockyard.timestamps import duration, to_timestamp
 from dockyard.v1 import agent_pb2 as apb
 from dockyard.v1 import agent_pb2_grpc as apb_grpc

@@ -8,11 +8,11 @@ from datetime import datetime
 
 import structlog
 
-from dockyard.clock import Clock
 from controller.orchestrator.nodes import NodeFacts
 from controller.orchestrator.plan import Plan
 from controller.orchestrator.reconciler import reconcile_service
 from controller.store.base import ConflictError, Delete, Kind, Op, Put, Store
+from dockyard.clock import Clock
 from dockyard.v1 import types_pb2 as pb
 
 log = structlog.get_logger()

@@ -6,9 +6,9 @@ from datetime import datetime
 
 import structlog
 
-from dockyard.clock import Clock
 from controller.scheduler import Decision, schedule
 from controller.store.base import Check, ConflictError, Kind, Op, Put, Store
+from dockyard.clock import Clock
 from dockyard.timestamps import to_timestamp
 from dockyard.v1 import types_pb2 as pb
 
