@@ -53,9 +53,11 @@ class SystemClock:
         """Sleeps on the event loop."""
         await asyncio.sleep(max(0.0, seconds))
 
-    def timeout(self, seconds: float) -> contextlib.AbstractAsyncContextManager[None]:
+    @contextlib.asynccontextmanager
+    async def timeout(self, seconds: float) -> AsyncIterator[None]:
         """asyncio.timeout, never wait_for: on 3.11 wait_for can swallow a cancellation that races the timeout."""
-        return asyncio.timeout(max(0.0, seconds))
+        async with asyncio.timeout(max(0.0, seconds)):
+            yield
 
 
 class FakeClock:
