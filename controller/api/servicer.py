@@ -32,7 +32,7 @@ class ControllerApi(cpb_grpc.ControllerServiceServicer):
         """Creates or updates every service of the request atomically; an invalid request writes nothing."""
         errors = apply_errors(request.services)
         if errors:
-            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "\n".join(errors))
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "\n".join(map(str, errors)))
         existing = {s.name: s for s in await self._store.list_services()}
         plan = plan_apply(request.services, existing, self._clock.now(), self._new_id)
         if plan.puts and not request.dry_run:
@@ -63,7 +63,7 @@ class ControllerApi(cpb_grpc.ControllerServiceServicer):
         """Sets a service's replica count as a new revision."""
         problem = replicas_error(request.replicas)
         if problem:
-            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, problem)
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(problem))
         service = await self._service(request.name, context)
         if service.spec.mode == pb.SERVICE_MODE_GLOBAL:
             await _abort(
@@ -100,7 +100,7 @@ class ControllerApi(cpb_grpc.ControllerServiceServicer):
         """Sets a node's availability and operator labels; the orchestrator and scheduler react."""
         problems = node_label_errors(request.set_labels, request.remove_labels)
         if problems:
-            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "\n".join(problems))
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "\n".join(map(str, problems)))
         node = await self._node(request.node, context)
         changed = pb.Node()
         changed.CopyFrom(node)

@@ -129,21 +129,21 @@ def test_an_empty_request_plans_nothing() -> None:
 
 
 def test_an_empty_request_is_an_error() -> None:
-    assert apply_errors([]) == ["services: at least one service is required"]
+    assert errors_of([]) == ["services: at least one service is required"]
 
 
 def test_a_valid_request_has_no_errors() -> None:
-    assert apply_errors([make_spec("web"), make_spec("api")]) == []
+    assert errors_of([make_spec("web"), make_spec("api")]) == []
 
 
 def test_a_name_given_twice_is_an_error_per_extra_copy() -> None:
-    errors = apply_errors([make_spec("web"), make_spec("api"), make_spec("web", replicas=3), make_spec("web")])
+    errors = errors_of([make_spec("web"), make_spec("api"), make_spec("web", replicas=3), make_spec("web")])
     duplicate = "services.web: listed more than once; give each service once per request"
     assert errors == [duplicate, duplicate]
 
 
 def test_request_errors_come_with_every_spec_error() -> None:
-    errors = apply_errors([make_spec("web", image=""), make_spec("web")])
+    errors = errors_of([make_spec("web", image=""), make_spec("web")])
     assert errors[0].startswith("services.web.image: must not be empty")
     assert "services.web: listed more than once; give each service once per request" in errors
     assert len(errors) == 2
@@ -151,7 +151,7 @@ def test_request_errors_come_with_every_spec_error() -> None:
 
 @pytest.mark.parametrize(("name", "path"), [("my app", 'services["my app"]'), ("", 'services[""]')])
 def test_the_duplicate_error_path_is_quoted_like_every_other_path(name: str, path: str) -> None:
-    errors = apply_errors([make_spec(name), make_spec(name)])
+    errors = errors_of([make_spec(name), make_spec(name)])
     assert f"{path}: listed more than once; give each service once per request" in errors
 
 
@@ -162,9 +162,14 @@ def test_replica_counts_in_range_are_allowed(replicas: int) -> None:
 
 @pytest.mark.parametrize("replicas", [-1, MAX_REPLICAS + 1, 2**32])
 def test_replica_counts_out_of_range_are_errors(replicas: int) -> None:
-    assert replicas_error(replicas) == f"replicas: must be an integer from 0 to 10000, got {replicas}"
+    assert str(replicas_error(replicas)) == f"replicas: must be an integer from 0 to 10000, got {replicas}"
 
 
 def test_the_api_and_the_spec_loader_agree_on_the_replica_limit() -> None:
     assert MAX_REPLICAS == rules.MAX_REPLICAS == 10_000
-    assert replicas_error(MAX_REPLICAS + 1) == f"replicas: {rules.replicas_message(str(MAX_REPLICAS + 1))}"
+    assert str(replicas_error(MAX_REPLICAS + 1)) == f"replicas: {rules.replicas_message(str(MAX_REPLICAS + 1))}"
+
+
+def errors_of(specs: list[pb.ServiceSpec]) -> list[str]:
+    """Returns apply_errors as the one-line texts users see."""
+    return [str(issue) for issue in apply_errors(specs)]

@@ -1,0 +1,21 @@
+"""The errors that stop the controller or take it out of service; one line each, for an operator to act on."""
+
+from __future__ import annotations
+
+__all__ = ["EXIT_CONFIG", "StartupError", "StoreDamaged"]
+
+# sysexits' EX_CONFIG: the supervisor of `dockyard up` does not restart a controller that exits with it,
+# because starting again with the same state and flags fails the same way.
+EXIT_CONFIG = 78
+
+
+class StartupError(Exception):
+    """The controller cannot start as configured (address in use, damaged store); str() is the whole story."""
+
+
+class StoreDamaged(StartupError):
+    """The state file cannot be read as a Dockyard store; the message names the file and how to restore it.
+
+    Raised at open (the controller then exits with EXIT_CONFIG), and by reads and commits that meet a
+    damaged page while running (the API then answers UNAVAILABLE and health reports NOT_SERVING).
+    """
