@@ -1,4 +1,4 @@
-"""The spec each task runs, looked up by (service id, revision): tasks name their revision, the store keeps its spec once."""
+"""The spec each task runs, by (service id, revision): tasks name their revision, the store keeps its spec once."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ SpecKey = tuple[str, int]
 
 
 class SpecCache:
-    """A read-through cache of the store's service history; a revision's spec never changes, so entries never go stale."""
+    """A read-through cache of the service history: a revision's spec never changes, so entries never go stale."""
 
     def __init__(self, store: Store, max_entries: int = 1024) -> None:
         """Keeps at most max_entries specs, dropping the least recently used."""
