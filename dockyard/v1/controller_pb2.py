@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from dockyard.v1 import types_pb2 as dockyard_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x64ockyard/v1/controller.proto\x12\x0b\x64ockyard.v1\x1a\x17\x64ockyard/v1/types.proto\"\xcc\x01\n\x13\x41pplyServiceRequest\x12*\n\x08services\x18\x01 \x03(\x0b\x32\x18.dockyard.v1.ServiceSpec\x12\x0f\n\x07\x64ry_run\x18\x02 \x01(\x08\x12\x45\n\x0bif_revision\x18\x03 \x03(\x0b\x32\x30.dockyard.v1.ApplyServiceRequest.IfRevisionEntry\x1a\x31\n\x0fIfRevisionEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"\xc5\x01\n\x0b\x41pplyResult\x12%\n\x07service\x18\x01 \x01(\x0b\x32\x14.dockyard.v1.Service\x12/\n\x06\x61\x63tion\x18\x02 \x01(\x0e\x32\x1f.dockyard.v1.ApplyResult.Action\"^\n\x06\x41\x63tion\x12\x16\n\x12\x41\x43TION_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x41\x43TION_CREATED\x10\x01\x12\x12\n\x0e\x41\x43TION_UPDATED\x10\x02\x12\x14\n\x10\x41\x43TION_UNCHANGED\x10\x03\"A\n\x14\x41pplyServiceResponse\x12)\n\x07results\x18\x01 \x03(\x0b\x32\x18.dockyard.v1.ApplyResult\"!\n\x11GetServiceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"<\n\x13ListServicesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\"W\n\x14ListServicesResponse\x12&\n\x08services\x18\x01 \x03(\x0b\x32\x14.dockyard.v1.Service\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"N\n\x14\x44\x65leteServiceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x18\n\x0bif_revision\x18\x02 \x01(\x04H\x00\x88\x01\x01\x42\x0e\n\x0c_if_revision\">\n\x15\x44\x65leteServiceResponse\x12%\n\x07service\x18\x01 \x01(\x0b\x32\x14.dockyard.v1.Service\"_\n\x13ScaleServiceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08replicas\x18\x02 \x01(\r\x12\x18\n\x0bif_revision\x18\x03 \x01(\x04H\x00\x88\x01\x01\x42\x0e\n\x0c_if_revision\"9\n\x10ListNodesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\"N\n\x11ListNodesResponse\x12 \n\x05nodes\x18\x01 \x03(\x0b\x32\x11.dockyard.v1.Node\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x9a\x01\n\x10ListTasksRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x18\n\x10include_finished\x18\x03 \x01(\x08\x12\x11\n\tpage_size\x18\x04 \x01(\r\x12\x12\n\npage_token\x18\x05 \x01(\t\x12#\n\x04view\x18\x06 \x01(\x0e\x32\x15.dockyard.v1.TaskView\"N\n\x11ListTasksResponse\x12 \n\x05tasks\x18\x01 \x03(\x0b\x32\x11.dockyard.v1.Task\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x8a\x02\n\x11UpdateNodeRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x33\n\x0c\x61vailability\x18\x02 \x01(\x0e\x32\x1d.dockyard.v1.NodeAvailability\x12\x41\n\nset_labels\x18\x03 \x03(\x0b\x32-.dockyard.v1.UpdateNodeRequest.SetLabelsEntry\x12\x15\n\rremove_labels\x18\x04 \x03(\t\x12\x17\n\nif_version\x18\x05 \x01(\x04H\x00\x88\x01\x01\x1a\x30\n\x0eSetLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\r\n\x0b_if_version\"X\n\x11RemoveNodeRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\x12\x17\n\nif_version\x18\x03 \x01(\x04H\x00\x88\x01\x01\x42\r\n\x0b_if_version\"5\n\x12RemoveNodeResponse\x12\x1f\n\x04node\x18\x01 \x01(\x0b\x32\x11.dockyard.v1.Node*N\n\x08TaskView\x12\x19\n\x15TASK_VIEW_UNSPECIFIED\x10\x00\x12\x13\n\x0fTASK_VIEW_BASIC\x10\x01\x12\x12\n\x0eTASK_VIEW_FULL\x10\x02\x32\xc9\x05\n\x11\x43ontrollerService\x12S\n\x0c\x41pplyService\x12 .dockyard.v1.ApplyServiceRequest\x1a!.dockyard.v1.ApplyServiceResponse\x12\x42\n\nGetService\x12\x1e.dockyard.v1.GetServiceRequest\x1a\x14.dockyard.v1.Service\x12S\n\x0cListServices\x12 .dockyard.v1.ListServicesRequest\x1a!.dockyard.v1.ListServicesResponse\x12V\n\rDeleteService\x12!.dockyard.v1.DeleteServiceRequest\x1a\".dockyard.v1.DeleteServiceResponse\x12\x46\n\x0cScaleService\x12 .dockyard.v1.ScaleServiceRequest\x1a\x14.dockyard.v1.Service\x12J\n\tListNodes\x12\x1d.dockyard.v1.ListNodesRequest\x1a\x1e.dockyard.v1.ListNodesResponse\x12J\n\tListTasks\x12\x1d.dockyard.v1.ListTasksRequest\x1a\x1e.dockyard.v1.ListTasksResponse\x12?\n\nUpdateNode\x12\x1e.dockyard.v1.UpdateNodeRequest\x1a\x11.dockyard.v1.Node\x12M\n\nRemoveNode\x12\x1e.dockyard.v1.RemoveNodeRequest\x1a\x1f.dockyard.v1.RemoveNodeResponseB~\n\x0f\x64\x65v.dockyard.v1B\x0f\x43ontrollerProtoP\x01Z\'dockyard.dev/api/dockyard/v1;dockyardv1\xa2\x02\x03\x44KY\xaa\x02\x0b\x44ockyard.V1\xca\x02\x0b\x44ockyard\\V1\xea\x02\x0c\x44ockyard::V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x64ockyard/v1/controller.proto\x12\x0b\x64ockyard.v1\x1a\x17\x64ockyard/v1/types.proto\"\xcc\x01\n\x13\x41pplyServiceRequest\x12*\n\x08services\x18\x01 \x03(\x0b\x32\x18.dockyard.v1.ServiceSpec\x12\x0f\n\x07\x64ry_run\x18\x02 \x01(\x08\x12\x45\n\x0bif_revision\x18\x03 \x03(\x0b\x32\x30.dockyard.v1.ApplyServiceRequest.IfRevisionEntry\x1a\x31\n\x0fIfRevisionEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"\xc5\x01\n\x0b\x41pplyResult\x12%\n\x07service\x18\x01 \x01(\x0b\x32\x14.dockyard.v1.Service\x12/\n\x06\x61\x63tion\x18\x02 \x01(\x0e\x32\x1f.dockyard.v1.ApplyResult.Action\"^\n\x06\x41\x63tion\x12\x16\n\x12\x41\x43TION_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x41\x43TION_CREATED\x10\x01\x12\x12\n\x0e\x41\x43TION_UPDATED\x10\x02\x12\x14\n\x10\x41\x43TION_UNCHANGED\x10\x03\"A\n\x14\x41pplyServiceResponse\x12)\n\x07results\x18\x01 \x03(\x0b\x32\x18.dockyard.v1.ApplyResult\"3\n\x11GetServiceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08revision\x18\x02 \x01(\x04\"<\n\x13ListServicesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\"W\n\x14ListServicesResponse\x12&\n\x08services\x18\x01 \x03(\x0b\x32\x14.dockyard.v1.Service\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"N\n\x14\x44\x65leteServiceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x18\n\x0bif_revision\x18\x02 \x01(\x04H\x00\x88\x01\x01\x42\x0e\n\x0c_if_revision\">\n\x15\x44\x65leteServiceResponse\x12%\n\x07service\x18\x01 \x01(\x0b\x32\x14.dockyard.v1.Service\"_\n\x13ScaleServiceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08replicas\x18\x02 \x01(\r\x12\x18\n\x0bif_revision\x18\x03 \x01(\x04H\x00\x88\x01\x01\x42\x0e\n\x0c_if_revision\"9\n\x10ListNodesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\"N\n\x11ListNodesResponse\x12 \n\x05nodes\x18\x01 \x03(\x0b\x32\x11.dockyard.v1.Node\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x9a\x01\n\x10ListTasksRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x18\n\x10include_finished\x18\x03 \x01(\x08\x12\x11\n\tpage_size\x18\x04 \x01(\r\x12\x12\n\npage_token\x18\x05 \x01(\t\x12#\n\x04view\x18\x06 \x01(\x0e\x32\x15.dockyard.v1.TaskView\"N\n\x11ListTasksResponse\x12 \n\x05tasks\x18\x01 \x03(\x0b\x32\x11.dockyard.v1.Task\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x8a\x02\n\x11UpdateNodeRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x33\n\x0c\x61vailability\x18\x02 \x01(\x0e\x32\x1d.dockyard.v1.NodeAvailability\x12\x41\n\nset_labels\x18\x03 \x03(\x0b\x32-.dockyard.v1.UpdateNodeRequest.SetLabelsEntry\x12\x15\n\rremove_labels\x18\x04 \x03(\t\x12\x17\n\nif_version\x18\x05 \x01(\x04H\x00\x88\x01\x01\x1a\x30\n\x0eSetLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\r\n\x0b_if_version\"X\n\x11RemoveNodeRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\x12\x17\n\nif_version\x18\x03 \x01(\x04H\x00\x88\x01\x01\x42\r\n\x0b_if_version\"5\n\x12RemoveNodeResponse\x12\x1f\n\x04node\x18\x01 \x01(\x0b\x32\x11.dockyard.v1.Node*N\n\x08TaskView\x12\x19\n\x15TASK_VIEW_UNSPECIFIED\x10\x00\x12\x13\n\x0fTASK_VIEW_BASIC\x10\x01\x12\x12\n\x0eTASK_VIEW_FULL\x10\x02\x32\xc9\x05\n\x11\x43ontrollerService\x12S\n\x0c\x41pplyService\x12 .dockyard.v1.ApplyServiceRequest\x1a!.dockyard.v1.ApplyServiceResponse\x12\x42\n\nGetService\x12\x1e.dockyard.v1.GetServiceRequest\x1a\x14.dockyard.v1.Service\x12S\n\x0cListServices\x12 .dockyard.v1.ListServicesRequest\x1a!.dockyard.v1.ListServicesResponse\x12V\n\rDeleteService\x12!.dockyard.v1.DeleteServiceRequest\x1a\".dockyard.v1.DeleteServiceResponse\x12\x46\n\x0cScaleService\x12 .dockyard.v1.ScaleServiceRequest\x1a\x14.dockyard.v1.Service\x12J\n\tListNodes\x12\x1d.dockyard.v1.ListNodesRequest\x1a\x1e.dockyard.v1.ListNodesResponse\x12J\n\tListTasks\x12\x1d.dockyard.v1.ListTasksRequest\x1a\x1e.dockyard.v1.ListTasksResponse\x12?\n\nUpdateNode\x12\x1e.dockyard.v1.UpdateNodeRequest\x1a\x11.dockyard.v1.Node\x12M\n\nRemoveNode\x12\x1e.dockyard.v1.RemoveNodeRequest\x1a\x1f.dockyard.v1.RemoveNodeResponseB~\n\x0f\x64\x65v.dockyard.v1B\x0f\x43ontrollerProtoP\x01Z\'dockyard.dev/api/dockyard/v1;dockyardv1\xa2\x02\x03\x44KY\xaa\x02\x0b\x44ockyard.V1\xca\x02\x0b\x44ockyard\\V1\xea\x02\x0c\x44ockyard::V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,8 +37,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_APPLYSERVICEREQUEST_IFREVISIONENTRY']._serialized_options = b'8\001'
   _globals['_UPDATENODEREQUEST_SETLABELSENTRY']._loaded_options = None
   _globals['_UPDATENODEREQUEST_SETLABELSENTRY']._serialized_options = b'8\001'
-  _globals['_TASKVIEW']._serialized_start=1761
-  _globals['_TASKVIEW']._serialized_end=1839
+  _globals['_TASKVIEW']._serialized_start=1779
+  _globals['_TASKVIEW']._serialized_end=1857
   _globals['_APPLYSERVICEREQUEST']._serialized_start=71
   _globals['_APPLYSERVICEREQUEST']._serialized_end=275
   _globals['_APPLYSERVICEREQUEST_IFREVISIONENTRY']._serialized_start=226
@@ -50,33 +50,33 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_APPLYSERVICERESPONSE']._serialized_start=477
   _globals['_APPLYSERVICERESPONSE']._serialized_end=542
   _globals['_GETSERVICEREQUEST']._serialized_start=544
-  _globals['_GETSERVICEREQUEST']._serialized_end=577
-  _globals['_LISTSERVICESREQUEST']._serialized_start=579
-  _globals['_LISTSERVICESREQUEST']._serialized_end=639
-  _globals['_LISTSERVICESRESPONSE']._serialized_start=641
-  _globals['_LISTSERVICESRESPONSE']._serialized_end=728
-  _globals['_DELETESERVICEREQUEST']._serialized_start=730
-  _globals['_DELETESERVICEREQUEST']._serialized_end=808
-  _globals['_DELETESERVICERESPONSE']._serialized_start=810
-  _globals['_DELETESERVICERESPONSE']._serialized_end=872
-  _globals['_SCALESERVICEREQUEST']._serialized_start=874
-  _globals['_SCALESERVICEREQUEST']._serialized_end=969
-  _globals['_LISTNODESREQUEST']._serialized_start=971
-  _globals['_LISTNODESREQUEST']._serialized_end=1028
-  _globals['_LISTNODESRESPONSE']._serialized_start=1030
-  _globals['_LISTNODESRESPONSE']._serialized_end=1108
-  _globals['_LISTTASKSREQUEST']._serialized_start=1111
-  _globals['_LISTTASKSREQUEST']._serialized_end=1265
-  _globals['_LISTTASKSRESPONSE']._serialized_start=1267
-  _globals['_LISTTASKSRESPONSE']._serialized_end=1345
-  _globals['_UPDATENODEREQUEST']._serialized_start=1348
-  _globals['_UPDATENODEREQUEST']._serialized_end=1614
-  _globals['_UPDATENODEREQUEST_SETLABELSENTRY']._serialized_start=1551
-  _globals['_UPDATENODEREQUEST_SETLABELSENTRY']._serialized_end=1599
-  _globals['_REMOVENODEREQUEST']._serialized_start=1616
-  _globals['_REMOVENODEREQUEST']._serialized_end=1704
-  _globals['_REMOVENODERESPONSE']._serialized_start=1706
-  _globals['_REMOVENODERESPONSE']._serialized_end=1759
-  _globals['_CONTROLLERSERVICE']._serialized_start=1842
-  _globals['_CONTROLLERSERVICE']._serialized_end=2555
+  _globals['_GETSERVICEREQUEST']._serialized_end=595
+  _globals['_LISTSERVICESREQUEST']._serialized_start=597
+  _globals['_LISTSERVICESREQUEST']._serialized_end=657
+  _globals['_LISTSERVICESRESPONSE']._serialized_start=659
+  _globals['_LISTSERVICESRESPONSE']._serialized_end=746
+  _globals['_DELETESERVICEREQUEST']._serialized_start=748
+  _globals['_DELETESERVICEREQUEST']._serialized_end=826
+  _globals['_DELETESERVICERESPONSE']._serialized_start=828
+  _globals['_DELETESERVICERESPONSE']._serialized_end=890
+  _globals['_SCALESERVICEREQUEST']._serialized_start=892
+  _globals['_SCALESERVICEREQUEST']._serialized_end=987
+  _globals['_LISTNODESREQUEST']._serialized_start=989
+  _globals['_LISTNODESREQUEST']._serialized_end=1046
+  _globals['_LISTNODESRESPONSE']._serialized_start=1048
+  _globals['_LISTNODESRESPONSE']._serialized_end=1126
+  _globals['_LISTTASKSREQUEST']._serialized_start=1129
+  _globals['_LISTTASKSREQUEST']._serialized_end=1283
+  _globals['_LISTTASKSRESPONSE']._serialized_start=1285
+  _globals['_LISTTASKSRESPONSE']._serialized_end=1363
+  _globals['_UPDATENODEREQUEST']._serialized_start=1366
+  _globals['_UPDATENODEREQUEST']._serialized_end=1632
+  _globals['_UPDATENODEREQUEST_SETLABELSENTRY']._serialized_start=1569
+  _globals['_UPDATENODEREQUEST_SETLABELSENTRY']._serialized_end=1617
+  _globals['_REMOVENODEREQUEST']._serialized_start=1634
+  _globals['_REMOVENODEREQUEST']._serialized_end=1722
+  _globals['_REMOVENODERESPONSE']._serialized_start=1724
+  _globals['_REMOVENODERESPONSE']._serialized_end=1777
+  _globals['_CONTROLLERSERVICE']._serialized_start=1860
+  _globals['_CONTROLLERSERVICE']._serialized_end=2573
 # @@protoc_insertion_point(module_scope)

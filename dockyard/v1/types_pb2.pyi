@@ -455,12 +455,17 @@ class Service(_message.Message):
     CREATED_AT_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
+    SPEC_REVISION_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     name: _builtins.str
     revision: _builtins.int
     """grows by one on every change of the spec"""
     version: _builtins.int
     """store revision of the last write, for optimistic concurrency"""
+    spec_revision: _builtins.int
+    """The revision at which the spec last changed in anything but replicas. A task whose revision is at
+    least this runs the current spec; an older one is updated. Scaling changes revision, not this.
+    """
     @_builtins.property
     def spec(self) -> Global___ServiceSpec: ...
     @_builtins.property
@@ -477,10 +482,11 @@ class Service(_message.Message):
         created_at: _timestamp_pb2.Timestamp | None = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
         version: _builtins.int = ...,
+        spec_revision: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "spec", b"spec", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "id", b"id", "name", b"name", "revision", b"revision", "spec", b"spec", "updated_at", b"updated_at", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "id", b"id", "name", b"name", "revision", b"revision", "spec", b"spec", "spec_revision", b"spec_revision", "updated_at", b"updated_at", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
