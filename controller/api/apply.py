@@ -37,6 +37,7 @@ def plan_apply(
             service.id = new_id()
             service.name = spec.name
             service.revision = 1
+            service.spec_revision = 1
             service.created_at.CopyFrom(stamp)
             action = cpb.ApplyResult.ACTION_CREATED
         else:
@@ -45,9 +46,21 @@ def plan_apply(
                 results.append(cpb.ApplyResult(service=current, action=cpb.ApplyResult.ACTION_UNCHANGED))
                 continue
             service.revision = current.revision + 1
+            if not same_apart_from_replicas(current.spec, spec):
+                service.spec_revision = service.revision
             action = cpb.ApplyResult.ACTION_UPDATED
         service.spec.CopyFrom(spec)
         service.updated_at.CopyFrom(stamp)
         puts.append(Put(service, expect_version=current.version if current is not None else 0))
         results.append(cpb.ApplyResult(service=service, action=action))
     return ApplyPlan(results, puts)
+
+
+def same_apart_from_replicas(a: pb.ServiceSpec, b: pb.ServiceSpec) -> bool:
+    """Tells whether two specs differ at most in their replica count (tasks of one then run the other)."""
+    if a.replicas == b.replicas:
+        return a == b
+    b_scaled = pb.ServiceSpec()
+    b_scaled.CopyFrom(b)
+    b_scaled.replicas = a.replicas
+    return a == b_scaled
