@@ -12,7 +12,11 @@ from dockyard.v1 import types_pb2 as pb
 
 
 def new_task(service: pb.Service, slot: int, node_id: str, generation: int, now: datetime, task_id: str) -> pb.Task:
-    """Builds a pending task at the service's current revision; node_id pins it (global services)."""
+    """Builds a pending task at the service's current revision; node_id pins it (global services).
+
+    The task names its spec by (service id, revision) and carries no copy of it: the store keeps each
+    revision's spec once, and the dispatcher sends it to agents once per revision.
+    """
     task = pb.Task(
         id=task_id,
         service_id=service.id,
@@ -23,7 +27,6 @@ def new_task(service: pb.Service, slot: int, node_id: str, generation: int, now:
         desired_state=pb.DESIRED_STATE_RUNNING,
         generation=generation,
     )
-    task.spec.CopyFrom(service.spec)
     task.status.state = pb.TASK_STATE_PENDING
     task.status.message = "waiting for a node" if not node_id else "waiting to be admitted to its node"
     stamp = to_timestamp(now)

@@ -133,7 +133,7 @@ def _replace_stopped(
     if task.status.state == pb.TASK_STATE_LOST:
         verdict = Verdict.REPLACE  # its node is gone: move it, whatever the restart policy says
     else:
-        decision = decide_restart(task, group, now)
+        decision = decide_restart(state.service.spec.restart, task, group, now)
         verdict = decision.verdict
         if verdict is Verdict.LEAVE and _outdated(state.service, task):
             verdict = Verdict.REPLACE  # a finished task stays finished, but a new spec deserves a run
@@ -185,14 +185,8 @@ def _in_flux(group: list[pb.Task]) -> bool:
 
 
 def _outdated(service: pb.Service, task: pb.Task) -> bool:
-    """Tells whether a task runs another spec than the service's, ignoring the replica count."""
-    current = pb.ServiceSpec()
-    current.CopyFrom(service.spec)
-    current.replicas = 0
-    running = pb.ServiceSpec()
-    running.CopyFrom(task.spec)
-    running.replicas = 0
-    return current != running
+    """Tells whether a task runs an older spec than the service's; a change of replicas alone leaves it current."""
+    return task.revision < service.spec_revision
 
 
 def _retire(task: pb.Task, now: datetime, why: str, plan: Plan) -> None:

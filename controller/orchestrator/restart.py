@@ -30,9 +30,10 @@ class RestartDecision:
     at: datetime | None = None
 
 
-def decide_restart(stopped: pb.Task, slot_history: Sequence[pb.Task], now: datetime) -> RestartDecision:
-    """Decides whether a stopped task gets a replacement now, later, or never, from its restart policy."""
-    policy = stopped.spec.restart
+def decide_restart(
+    policy: pb.RestartPolicy, stopped: pb.Task, slot_history: Sequence[pb.Task], now: datetime
+) -> RestartDecision:
+    """Decides whether a stopped task gets a replacement now, later, or never, under the service's policy."""
     condition = policy.condition or pb.RestartPolicy.CONDITION_ON_FAILURE
     succeeded = stopped.status.state == pb.TASK_STATE_COMPLETE
     if condition == pb.RestartPolicy.CONDITION_NONE or (

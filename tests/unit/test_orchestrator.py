@@ -28,7 +28,7 @@ def new_id_factory() -> object:
 
 
 def service(replicas: int = 3, image: str = "img:1", revision: int = 1, **restart: object) -> pb.Service:
-    svc = pb.Service(id="svc", name="web", revision=revision)
+    svc = pb.Service(id="svc", name="web", revision=revision, spec_revision=revision)
     svc.spec.name = "web"
     svc.spec.image = image
     svc.spec.replicas = replicas
@@ -57,7 +57,6 @@ def task(
         desired_state=desired,  # type: ignore[arg-type]
         version=7,
     )
-    t.spec.CopyFrom(svc.spec)
     t.status.state = state  # type: ignore[assignment]
     t.status.timestamp.CopyFrom(to_timestamp(NOW - timedelta(seconds=stopped_ago)))
     t.created_at.CopyFrom(to_timestamp(NOW - timedelta(seconds=100)))
@@ -72,7 +71,8 @@ def test_new_service_gets_one_pending_task_per_slot() -> None:
     plan = reconcile(service(3), [])
     assert sorted(t.slot for t in plan.create) == [1, 2, 3]
     assert all(t.status.state == pb.TASK_STATE_PENDING and not t.node_id for t in plan.create)
-    assert all(t.desired_state == pb.DESIRED_STATE_RUNNING and t.spec.image == "img:1" for t in plan.create)
+    assert all(t.desired_state == pb.DESIRED_STATE_RUNNING and t.revision == 1 for t in plan.create)
+    assert not any(t.HasField("spec") for t in plan.create), "tasks name their spec's revision, never copy it"
     assert not plan.update and not plan.delete
 
 
@@ -132,13 +132,14 @@ def test_update_is_stop_first_one_slot_at_a_time() -> None:
     assert reconcile(new, [stopping, *tasks[1:]]).empty()
     stopped = task(1, pb.TASK_STATE_SHUTDOWN, pb.DESIRED_STATE_SHUTDOWN, svc=old)
     plan = reconcile(new, [stopped, *tasks[1:]])
-    assert [(t.slot, t.spec.image) for t in plan.create] == [(1, "img:2")]
+    assert [(t.slot, t.revision) for t in plan.create] == [(1, new.revision)]
     assert not plan.update
 
 
 def test_scaling_does_not_replace_running_tasks() -> None:
     old = service(2, revision=1)
     scaled = service(3, revision=2)
+    scaled.spec_revision = 1  # the API keeps spec_revision when only replicas change
     plan = reconcile(scaled, [task(1, svc=old), task(2, svc=old)])
     assert [t.slot for t in plan.create] == [3]
     assert not plan.update
