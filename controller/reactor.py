@@ -9,7 +9,8 @@ from datetime import datetime
 
 import structlog
 
-from controller.store.base import Kind, Store, WatchExpired
+from controller.store.base import Kind, Store
+from controller.store.follow import Resync, follow
 from dockyard.clock import Clock
 
 log = structlog.get_logger()
@@ -66,21 +67,12 @@ class Reactor:
         if next_at is not None:
             # A pass that asks to run again "now" (after a write conflict) still yields a moment to writers.
             timeout = min(timeout, max(0.05, (next_at - self._clock.now()).total_seconds()))
-        # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation that
-        # races the wake-up, leaving a role that will not stop.
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout):
+            async with self._clock.timeout(timeout):
                 await self._wake.wait()
 
     async def _watch(self) -> None:
-        since = self._store.revision
-        while True:
-            try:
-                async for event in self._store.watch(since):
-                    since = event.revision
-                    if event.kind in self._kinds:
-                        self._wake.set()
-                return
-            except WatchExpired:
-                since = self._store.revision
+        async for event in follow(self._store):
+            # After a gap the pass re-reads everything anyway, so a resync is just a wake-up.
+            if isinstance(event, Resync) or event.kind in self._kinds:
                 self._wake.set()

@@ -6,7 +6,8 @@ from dockyard.task_state import is_terminal
 from dockyard.v1 import types_pb2 as pb
 
 # What the agent acts on; a change to anything else (such as the status it reported itself) is not news.
-Fingerprint = tuple[int, int, int, str]
+# The revision stands for the spec: a task's spec never changes without its revision.
+Fingerprint = tuple[int, int, int]
 
 
 def belongs(task: pb.Task, node_id: str) -> bool:
@@ -18,4 +19,4 @@ def belongs(task: pb.Task, node_id: str) -> bool:
 
 def fingerprint(task: pb.Task) -> Fingerprint:
     """Returns the parts of a task an agent acts on."""
-    return (task.desired_state, task.revision, task.generation, task.spec.image)
+    return (task.desired_state, task.revision, task.generation)

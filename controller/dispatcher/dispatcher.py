@@ -14,8 +14,12 @@ from controller.dispatcher.identity import IdentityError, node_identity
 from controller.dispatcher.liveness import silent_nodes
 from controller.dispatcher.session import AgentSession
 from controller.dispatcher.status import judge_status
-from controller.store.base import ConflictError, Kind, Put, Store, WatchExpired
+from controller.store.base import ConflictError, Kind, Put, Store
+from controller.store.follow import Resync, follow
+from controller.store.retry import retry_on_conflict
+from controller.store.specs import SpecCache, SpecKey
 from dockyard.clock import Clock
+from dockyard.limits import STATUS_TEXT_BYTES, truncate_text
 from dockyard.timestamps import duration, to_timestamp
 from dockyard.v1 import agent_pb2 as apb
 from dockyard.v1 import agent_pb2_grpc as apb_grpc
@@ -42,6 +46,7 @@ class Dispatcher(apb_grpc.AgentServiceServicer):
         self._sessions: dict[str, AgentSession] = {}
         self._last_seen: dict[str, datetime] = {}
         self._started = clock.now()
+        self._specs = SpecCache(store)
 
     async def run(self) -> None:
         """Routes task changes to sessions and watches heartbeats until cancelled."""
@@ -84,7 +89,7 @@ class Dispatcher(apb_grpc.AgentServiceServicer):
                     )
                 )
             )
-            session.send_full(await self._store.list_tasks(node_id=node_id))
+            await self._send_full(session)
             bound.info("agent session started", hostname=first.hello.description.hostname)
             tasks = {
                 asyncio.create_task(self._read(session, context)),
@@ -120,8 +125,12 @@ class Dispatcher(apb_grpc.AgentServiceServicer):
         while True:
             await context.write(await session.outbox.get())
 
+    async def _send_full(self, session: AgentSession) -> None:
+        tasks = await self._store.list_tasks(node_id=session.node_id)
+        session.send_full(tasks, await self._specs.for_tasks(tasks))
+
     async def _register(self, node_id: str, hello: apb.Hello, address: str) -> None:
-        for _ in range(10):
+        async def attempt() -> None:
             existing = await self._store.get_node(node_id)
             node = pb.Node()
             if existing is not None:
@@ -135,17 +144,17 @@ class Dispatcher(apb_grpc.AgentServiceServicer):
             node.status_message = ""
             node.address = address
             node.last_heartbeat.CopyFrom(to_timestamp(self._clock.now()))
-            try:
-                await self._store.commit([Put(node, expect_version=existing.version if existing else 0)])
-                return
-            except ConflictError:
-                continue
-        raise RuntimeError(f"could not register node {node_id}: too many concurrent writes")
+            await self._store.commit([Put(node, expect_version=existing.version if existing else 0)])
+
+        await retry_on_conflict(attempt)
 
     async def _apply_statuses(self, node_id: str, updates: list[tuple[str, pb.TaskStatus]]) -> None:
         if not updates:
             return
-        for _ in range(10):
+        for _, status in updates:
+            bound_status_text(status)
+
+        async def attempt() -> None:
             ops: list[Put] = []
             for task_id, status in updates:
                 verdict = judge_status(await self._store.get_task(task_id), node_id, status)
@@ -153,32 +162,33 @@ class Dispatcher(apb_grpc.AgentServiceServicer):
                     log.warning("status refused", node_id=node_id, task_id=task_id, reason=verdict.refused)
                 if verdict.task is not None:
                     ops.append(Put(verdict.task, expect_version=verdict.task.version))
-            if not ops:
-                return
-            try:
+            if ops:
                 await self._store.commit(ops)
-                return
-            except ConflictError:
-                continue
-        log.warning("status dropped after repeated conflicts", node_id=node_id, count=len(updates))
+
+        try:
+            await retry_on_conflict(attempt)
+        except ConflictError:
+            log.warning("status dropped after repeated conflicts", node_id=node_id, count=len(updates))
 
     async def _route_changes(self) -> None:
-        since = self._store.revision
-        while True:
-            try:
-                async for event in self._store.watch(since):
-                    since = event.revision
-                    if event.kind is not Kind.TASK or not isinstance(event.obj, pb.Task):
-                        continue
-                    session = self._sessions.get(event.obj.node_id)
-                    if session is not None:
-                        session.on_task(event.obj, deleted=event.action.value == "delete")
-                return
-            except WatchExpired:
+        async for event in follow(self._store):
+            if isinstance(event, Resync):
                 # Too far behind to replay: resend every session its full set instead.
-                since = self._store.revision
-                for session in list(self._sessions.values()):
-                    session.send_full(await self._store.list_tasks(node_id=session.node_id))
+                for live in list(self._sessions.values()):
+                    await self._send_full(live)
+                continue
+            if event.kind is not Kind.TASK or not isinstance(event.obj, pb.Task):
+                continue
+            task, deleted = event.obj, event.action.value == "delete"
+            session = self._sessions.get(task.node_id)
+            if session is None or not session.wants(task, deleted):
+                continue
+            specs: dict[SpecKey, pb.ServiceSpec] = {}
+            if not deleted:
+                spec = await self._specs.get(task.service_id, task.revision)
+                if spec is not None:
+                    specs[(task.service_id, task.revision)] = spec
+            session.on_task(task, deleted, specs)
 
     async def _forget_readiness(self) -> None:
         """Marks every node unknown at start: readiness must be observed afresh, not inherited from the store."""
@@ -188,7 +198,7 @@ class Dispatcher(apb_grpc.AgentServiceServicer):
 
     async def _watch_heartbeats(self) -> None:
         while True:
-            await asyncio.sleep(self._period / 2)
+            await self._clock.sleep(self._period / 2)
             nodes = await self._store.list_nodes()
             now = self._clock.now()
             for silent in silent_nodes(nodes, self._last_seen, self._started, now, self._grace, self._startup_grace):
@@ -199,12 +209,19 @@ class Dispatcher(apb_grpc.AgentServiceServicer):
                     session.closed.set()
 
     async def _set_status(self, node_id: str, status: int, message: str) -> None:
-        for _ in range(10):
+        async def attempt() -> None:
             node = await self._store.get_node(node_id)
             if node is None:
                 return
             node.status = status  # type: ignore[assignment]
             node.status_message = message
-            with contextlib.suppress(ConflictError):
-                await self._store.commit([Put(node, expect_version=node.version)])
-                return
+            await self._store.commit([Put(node, expect_version=node.version)])
+
+        with contextlib.suppress(ConflictError):
+            await retry_on_conflict(attempt)
+
+
+def bound_status_text(status: pb.TaskStatus) -> None:
+    """Cuts an agent-reported status message and error to the protocol's limit, in place."""
+    status.message = truncate_text(status.message, STATUS_TEXT_BYTES)
+    status.error = truncate_text(status.error, STATUS_TEXT_BYTES)

@@ -3,40 +3,72 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from controller.dispatcher.assignment import Fingerprint, belongs, fingerprint
+from controller.store.specs import SpecKey
 from dockyard.v1 import agent_pb2 as apb
 from dockyard.v1 import types_pb2 as pb
+
+# Transition: agents that predate Assignments.specs read Task.spec. Off once every agent reads specs.
+EMBED_SPECS_IN_TASKS = True
 
 
 @dataclass
 class AgentSession:
-    """Tracks the tasks sent to one agent so that only real changes are sent again."""
+    """Tracks the tasks and specs sent to one agent so that only real changes are sent again."""
 
     node_id: str
     session_id: str
     outbox: asyncio.Queue[apb.ControllerMessage] = field(default_factory=asyncio.Queue)
     sent: dict[str, Fingerprint] = field(default_factory=dict)
+    # The (service, revision) specs this session already carried: an agent keeps them for the session.
+    sent_specs: set[SpecKey] = field(default_factory=set)
     sequence: int = 0
     closed: asyncio.Event = field(default_factory=asyncio.Event)
 
-    def send_full(self, tasks: list[pb.Task]) -> None:
-        """Queues the complete assignment set; anything the agent has that is not in it goes."""
+    def send_full(self, tasks: list[pb.Task], specs: Mapping[SpecKey, pb.ServiceSpec]) -> None:
+        """Queues the complete assignment set with the spec of every revision in it, once each.
+
+        Anything the agent has that is not in the set goes. `specs` must hold each chosen task's spec.
+        """
         chosen = [t for t in tasks if belongs(t, self.node_id)]
         self.sent = {t.id: fingerprint(t) for t in chosen}
-        self._queue(apb.Assignments(kind=apb.Assignments.KIND_FULL, tasks=chosen))
+        self.sent_specs = set()
+        assignments = apb.Assignments(kind=apb.Assignments.KIND_FULL, tasks=chosen)
+        self._attach_specs(assignments, specs)
+        self._queue(assignments)
 
-    def on_task(self, task: pb.Task, deleted: bool) -> None:
+    def wants(self, task: pb.Task, deleted: bool) -> bool:
+        """Tells whether a change to this task is news for the agent (so its spec may be needed)."""
+        if not deleted and belongs(task, self.node_id):
+            return self.sent.get(task.id) != fingerprint(task)
+        return task.id in self.sent
+
+    def on_task(self, task: pb.Task, deleted: bool, specs: Mapping[SpecKey, pb.ServiceSpec]) -> None:
         """Queues an incremental assignment when a change to this task matters to the agent."""
         if not deleted and belongs(task, self.node_id):
             print_ = fingerprint(task)
             if self.sent.get(task.id) == print_:
                 return
             self.sent[task.id] = print_
-            self._queue(apb.Assignments(kind=apb.Assignments.KIND_INCREMENTAL, tasks=[task]))
+            assignments = apb.Assignments(kind=apb.Assignments.KIND_INCREMENTAL, tasks=[task])
+            self._attach_specs(assignments, specs)
+            self._queue(assignments)
         elif self.sent.pop(task.id, None) is not None:
             self._queue(apb.Assignments(kind=apb.Assignments.KIND_INCREMENTAL, removed_task_ids=[task.id]))
+
+    def _attach_specs(self, assignments: apb.Assignments, specs: Mapping[SpecKey, pb.ServiceSpec]) -> None:
+        for task in assignments.tasks:
+            key = (task.service_id, task.revision)
+            spec = specs.get(key)
+            if EMBED_SPECS_IN_TASKS and spec is not None:
+                task.spec.CopyFrom(spec)
+            if key in self.sent_specs or spec is None:
+                continue  # a missing spec (service deleted meanwhile): the agent stops what it cannot run
+            self.sent_specs.add(key)
+            assignments.specs.append(apb.ServiceRevisionSpec(service_id=key[0], revision=key[1], spec=spec))
 
     def _queue(self, assignments: apb.Assignments) -> None:
         self.sequence += 1

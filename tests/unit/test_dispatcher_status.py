@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+from controller.dispatcher import session as session_module
 from controller.dispatcher.assignment import belongs, fingerprint
 from controller.dispatcher.session import AgentSession
 from controller.dispatcher.status import judge_status
@@ -17,6 +18,7 @@ from dockyard.v1 import types_pb2 as pb
 EARLIER = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
 LATER = datetime(2026, 5, 1, 12, 5, tzinfo=UTC)
 ALL_STATES: list[pb.TaskState.ValueType] = list(pb.TaskState.values())
+SPECS = {("svc", rev): pb.ServiceSpec(name="web", image=f"dockyard-test:{rev}") for rev in (1, 2)}
 
 
 def make_task(
@@ -26,7 +28,6 @@ def make_task(
     desired: pb.DesiredState.ValueType = pb.DESIRED_STATE_RUNNING,
     revision: int = 1,
     generation: int = 1,
-    image: str = "dockyard-test:latest",
 ) -> pb.Task:
     task = pb.Task(
         id=task_id,
@@ -39,7 +40,6 @@ def make_task(
         generation=generation,
         version=4,
     )
-    task.spec.image = image
     task.status.state = state
     task.status.message = "assigned to n1"
     task.status.timestamp.CopyFrom(to_timestamp(EARLIER))
@@ -191,7 +191,7 @@ def test_fingerprint_covers_what_the_agent_acts_on_and_nothing_else() -> None:
     assert fingerprint(make_task(desired=pb.DESIRED_STATE_SHUTDOWN)) != base
     assert fingerprint(make_task(revision=2)) != base
     assert fingerprint(make_task(generation=2)) != base
-    assert fingerprint(make_task(image="other:1")) != base
+    assert not make_task().HasField("spec"), "a task names its spec by revision; the revision is the news"
     # The status is what the agent itself reported: not news to it.
     reported = make_task(state=pb.TASK_STATE_RUNNING)
     reported.status.message = "started"
@@ -220,7 +220,7 @@ def test_send_full_sends_only_this_nodes_tasks_that_belong() -> None:
         make_task("theirs", node="n2"),
     ]
 
-    session.send_full(tasks)
+    session.send_full(tasks, SPECS)
 
     [full] = drain(session)
     assert full.kind == apb.Assignments.KIND_FULL
@@ -232,20 +232,20 @@ def test_send_full_sends_only_this_nodes_tasks_that_belong() -> None:
 
 def test_send_full_replaces_what_was_sent_before() -> None:
     session = AgentSession(node_id="n1", session_id="s1")
-    session.send_full([make_task("a"), make_task("b")])
-    session.send_full([make_task("b")])
+    session.send_full([make_task("a"), make_task("b")], SPECS)
+    session.send_full([make_task("b")], SPECS)
     first, second = drain(session)
     assert [t.id for t in second.tasks] == ["b"]
     assert set(session.sent) == {"b"}
     assert (first.sequence, second.sequence) == (1, 2)
     # "a" was never re-sent after the second full set, so its deletion is not news.
-    session.on_task(make_task("a"), deleted=True)
+    session.on_task(make_task("a"), deleted=True, specs=SPECS)
     assert drain(session) == []
 
 
 def test_an_empty_full_set_is_still_sent() -> None:
     session = AgentSession(node_id="n1", session_id="s1")
-    session.send_full([make_task("theirs", node="n2")])
+    session.send_full([make_task("theirs", node="n2")], SPECS)
     [full] = drain(session)
     assert full.kind == apb.Assignments.KIND_FULL
     assert list(full.tasks) == []
@@ -253,10 +253,10 @@ def test_an_empty_full_set_is_still_sent() -> None:
 
 def test_on_task_sends_a_new_task_then_only_fingerprint_changes() -> None:
     session = AgentSession(node_id="n1", session_id="s1")
-    session.send_full([])
+    session.send_full([], SPECS)
     drain(session)
 
-    session.on_task(make_task("a"), deleted=False)
+    session.on_task(make_task("a"), deleted=False, specs=SPECS)
     [added] = drain(session)
     assert added.kind == apb.Assignments.KIND_INCREMENTAL
     assert [t.id for t in added.tasks] == ["a"]
@@ -264,10 +264,10 @@ def test_on_task_sends_a_new_task_then_only_fingerprint_changes() -> None:
     # The agent's own status coming back is not news.
     echoed = make_task("a", state=pb.TASK_STATE_RUNNING)
     echoed.version = 9
-    session.on_task(echoed, deleted=False)
+    session.on_task(echoed, deleted=False, specs=SPECS)
     assert drain(session) == []
 
-    session.on_task(make_task("a", state=pb.TASK_STATE_RUNNING, revision=2), deleted=False)
+    session.on_task(make_task("a", state=pb.TASK_STATE_RUNNING, revision=2), deleted=False, specs=SPECS)
     [updated] = drain(session)
     assert updated.kind == apb.Assignments.KIND_INCREMENTAL
     assert updated.tasks[0].revision == 2
@@ -276,60 +276,113 @@ def test_on_task_sends_a_new_task_then_only_fingerprint_changes() -> None:
 
 def test_on_task_ignores_other_nodes_tasks() -> None:
     session = AgentSession(node_id="n1", session_id="s1")
-    session.on_task(make_task("theirs", node="n2"), deleted=False)
-    session.on_task(make_task("theirs", node="n2"), deleted=True)
+    session.on_task(make_task("theirs", node="n2"), deleted=False, specs=SPECS)
+    session.on_task(make_task("theirs", node="n2"), deleted=True, specs=SPECS)
     assert drain(session) == []
     assert session.sequence == 0
 
 
 def test_a_task_that_stops_belonging_is_removed_once() -> None:
     session = AgentSession(node_id="n1", session_id="s1")
-    session.send_full([make_task("a", state=pb.TASK_STATE_RUNNING)])
+    session.send_full([make_task("a", state=pb.TASK_STATE_RUNNING)], SPECS)
     drain(session)
 
-    session.on_task(make_task("a", state=pb.TASK_STATE_RUNNING, desired=pb.DESIRED_STATE_SHUTDOWN), deleted=False)
+    session.on_task(
+        make_task("a", state=pb.TASK_STATE_RUNNING, desired=pb.DESIRED_STATE_SHUTDOWN), deleted=False, specs=SPECS
+    )
     [told] = drain(session)
     assert told.tasks[0].desired_state == pb.DESIRED_STATE_SHUTDOWN
 
     stopped = make_task("a", state=pb.TASK_STATE_SHUTDOWN, desired=pb.DESIRED_STATE_SHUTDOWN)
-    session.on_task(stopped, deleted=False)
+    session.on_task(stopped, deleted=False, specs=SPECS)
     [removal] = drain(session)
     assert removal.kind == apb.Assignments.KIND_INCREMENTAL
     assert list(removal.tasks) == []
     assert list(removal.removed_task_ids) == ["a"]
 
-    session.on_task(stopped, deleted=False)
-    session.on_task(stopped, deleted=True)
+    session.on_task(stopped, deleted=False, specs=SPECS)
+    session.on_task(stopped, deleted=True, specs=SPECS)
     assert drain(session) == []
     assert "a" not in session.sent
 
 
 def test_a_deleted_task_is_removed_once() -> None:
     session = AgentSession(node_id="n1", session_id="s1")
-    session.send_full([make_task("a")])
+    session.send_full([make_task("a")], SPECS)
     drain(session)
-    session.on_task(make_task("a"), deleted=True)
-    session.on_task(make_task("a"), deleted=True)
+    session.on_task(make_task("a"), deleted=True, specs=SPECS)
+    session.on_task(make_task("a"), deleted=True, specs=SPECS)
     [removal] = drain(session)
     assert list(removal.removed_task_ids) == ["a"]
 
 
 def test_a_task_moved_to_another_node_is_removed() -> None:
     session = AgentSession(node_id="n1", session_id="s1")
-    session.send_full([make_task("a")])
+    session.send_full([make_task("a")], SPECS)
     drain(session)
-    session.on_task(make_task("a", node="n2"), deleted=False)
+    session.on_task(make_task("a", node="n2"), deleted=False, specs=SPECS)
     [removal] = drain(session)
     assert list(removal.removed_task_ids) == ["a"]
 
 
 def test_sequence_numbers_grow_across_full_and_incremental_sends() -> None:
     session = AgentSession(node_id="n1", session_id="s1")
-    session.send_full([make_task("a")])
-    session.on_task(make_task("b"), deleted=False)
-    session.on_task(make_task("a", revision=2), deleted=False)
-    session.on_task(make_task("b"), deleted=True)
-    session.send_full([make_task("a", revision=2)])
+    session.send_full([make_task("a")], SPECS)
+    session.on_task(make_task("b"), deleted=False, specs=SPECS)
+    session.on_task(make_task("a", revision=2), deleted=False, specs=SPECS)
+    session.on_task(make_task("b"), deleted=True, specs=SPECS)
+    session.send_full([make_task("a", revision=2)], SPECS)
     sequences = [a.sequence for a in drain(session)]
     assert sequences == [1, 2, 3, 4, 5]
     assert session.sequence == 5
+
+
+def test_each_revision_spec_travels_once_per_session() -> None:
+    session = AgentSession(node_id="n1", session_id="s1")
+    session.send_full([make_task("a"), make_task("b")], SPECS)
+    session.on_task(make_task("c"), deleted=False, specs=SPECS)
+    session.on_task(make_task("a", revision=2), deleted=False, specs=SPECS)
+    session.on_task(make_task("b", revision=2), deleted=False, specs=SPECS)
+    full, added, first_at_2, second_at_2 = drain(session)
+    assert [(s.service_id, s.revision, s.spec.image) for s in full.specs] == [("svc", 1, "dockyard-test:1")]
+    assert all(t.spec.image == "dockyard-test:1" for t in full.tasks) == session_module.EMBED_SPECS_IN_TASKS
+    assert list(added.specs) == [], "revision 1 was already sent in this session"
+    assert [s.revision for s in first_at_2.specs] == [2]
+    assert list(second_at_2.specs) == []
+    # A new full set starts a new record: the agent may have restarted its session state.
+    session.send_full([make_task("a", revision=2)], SPECS)
+    [again] = drain(session)
+    assert [s.revision for s in again.specs] == [2]
+
+
+def test_a_task_whose_spec_is_gone_is_sent_without_one() -> None:
+    session = AgentSession(node_id="n1", session_id="s1")
+    session.send_full([make_task("a", revision=7)], SPECS)
+    [full] = drain(session)
+    assert [t.id for t in full.tasks] == ["a"]
+    assert list(full.specs) == []
+    assert not session.sent_specs
+
+
+def test_wants_tells_news_apart() -> None:
+    session = AgentSession(node_id="n1", session_id="s1")
+    session.send_full([make_task("a")], SPECS)
+    assert not session.wants(make_task("a", state=pb.TASK_STATE_RUNNING), deleted=False)
+    assert session.wants(make_task("a", revision=2), deleted=False)
+    assert session.wants(make_task("a"), deleted=True)
+    assert not session.wants(make_task("theirs", node="n2"), deleted=False)
+    assert session.wants(make_task("new"), deleted=False)
+
+
+def test_status_text_from_an_agent_is_bounded() -> None:
+    from controller.dispatcher.dispatcher import bound_status_text
+    from dockyard.limits import STATUS_TEXT_BYTES
+
+    status = report(pb.TASK_STATE_FAILED, message="m" * 3_000_000, error="é" * 100_000)
+    bound_status_text(status)
+    assert len(status.message.encode()) <= STATUS_TEXT_BYTES
+    assert len(status.error.encode()) <= STATUS_TEXT_BYTES
+    assert status.message.endswith("[truncated]") and status.error.startswith("éé")
+    short = report(pb.TASK_STATE_FAILED, message="exited", error="code 1")
+    bound_status_text(short)
+    assert (short.message, short.error) == ("exited", "code 1")
