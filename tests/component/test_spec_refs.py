@@ -51,7 +51,7 @@ async def test_a_large_spec_is_stored_once_and_reaches_every_container(fake_clus
         # The agents still ran the whole spec.
         for host in hosts:
             for container in await running(host, "fat"):
-                env = host.runtime._containers[container.id].spec.env  # noqa: SLF001 - the fake's record
+                env = host.runtime._containers[container.id].spec.env
                 assert env["PAYLOAD"] == BIG
 
         # A new revision reaches the containers too, and old specs are found for what still runs.
@@ -61,7 +61,7 @@ async def test_a_large_spec_is_stored_once_and_reaches_every_container(fake_clus
         await eventually(lambda: _all_at_revision(client, 2), within=60, what="rollout to revision 2")
         for host in hosts:
             for container in await running(host, "fat"):
-                assert host.runtime._containers[container.id].spec.env["PAYLOAD"][0] == "y"  # noqa: SLF001
+                assert host.runtime._containers[container.id].spec.env["PAYLOAD"][0] == "y"
 
 
 async def _nodes(client, count: int) -> bool:  # type: ignore[no-untyped-def]
