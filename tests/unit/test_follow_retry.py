@@ -1,0 +1,86 @@
+"""Following the store's feed across a gap, and the one retry policy for optimistic writes."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from controller.store.base import ConflictError, Event, Put
+from controller.store.follow import RESYNC, Resync, follow
+from controller.store.retry import CONFLICT_TRIES, retry_on_conflict
+from controller.store.sqlite import SqliteStore
+from dockyard.v1 import types_pb2 as pb
+
+
+async def test_follow_yields_live_events_then_resync_after_a_trimmed_gap() -> None:
+    store = SqliteStore(":memory:", keep_events=2, watch_buffer=1)
+    await store.open()
+    try:
+        seen: list[Event | Resync] = []
+        ready = asyncio.Event()
+
+        async def consume() -> None:
+            async for item in follow(store, since=0):
+                seen.append(item)
+                ready.set()
+                await asyncio.sleep(0.05)  # a slow follower: falls behind on purpose
+
+        consumer = asyncio.create_task(consume())
+        await store.commit([Put(pb.Node(id="n0"))])
+        await ready.wait()
+        for i in range(1, 8):
+            await store.commit([Put(pb.Node(id=f"n{i}"))])
+        await asyncio.sleep(0.5)
+        consumer.cancel()
+        assert isinstance(seen[0], Event) and seen[0].id == "n0"
+        assert RESYNC in seen, "a follower whose backlog was trimmed is told to re-read, not left with a hole"
+        after = seen[seen.index(RESYNC) + 1 :]
+        revisions = [e.revision for e in after if isinstance(e, Event)]
+        assert revisions == sorted(revisions)
+    finally:
+        await store.close()
+
+
+async def test_follow_ends_when_the_store_closes() -> None:
+    store = SqliteStore(":memory:")
+    await store.open()
+    items: list[Event | Resync] = []
+
+    async def consume() -> None:
+        async for item in follow(store):
+            items.append(item)
+
+    consumer = asyncio.create_task(consume())
+    await asyncio.sleep(0)
+    await store.commit([Put(pb.Node(id="n1"))])
+    await store.close()
+    await asyncio.wait_for(consumer, 2)
+    assert [i.id for i in items if isinstance(i, Event)] == ["n1"]
+
+
+async def test_retry_on_conflict_reruns_until_the_attempt_wins() -> None:
+    calls = 0
+
+    async def attempt() -> str:
+        nonlocal calls
+        calls += 1
+        if calls < 3:
+            raise ConflictError("someone wrote first")
+        return "written"
+
+    assert await retry_on_conflict(attempt) == "written"
+    assert calls == 3
+
+
+async def test_retry_on_conflict_gives_up_after_its_tries() -> None:
+    calls = 0
+
+    async def attempt() -> None:
+        nonlocal calls
+        calls += 1
+        raise ConflictError("always")
+
+    with pytest.raises(ConflictError):
+        await retry_on_conflict(attempt)
+    assert calls == CONFLICT_TRIES
