@@ -1,1 +1,1 @@
-"""The conformance suite every ContainerRuntime must pass."""
+"""Runs the runtime conformance suite of agent.testing against the FakeRuntime and the aiodocker adapter."""

@@ -1,8 +1,10 @@
-"""Keeps aiodocker behind the runtime protocol: only the Docker adapter may import it."""
+"""Keeps aiodocker behind the runtime protocol (only the Docker adapter imports it) and the testing kit light."""
 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -47,3 +49,20 @@ def test_only_the_docker_adapter_imports_aiodocker() -> None:
         and any(name == "aiodocker" or name.startswith("aiodocker.") for name in imported_modules(path))
     ]
     assert offenders == [], f"only agent/runtime/docker.py may import aiodocker: {offenders}"
+
+
+def test_the_testing_kit_imports_without_pytest_or_aiodocker() -> None:
+    # agent.testing is product code an adapter's author imports; it must not drag in test tools or Docker.
+    code = (
+        "import sys\n"
+        "class NoPytest:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('pytest', '_pytest'):\n"
+        "            raise ImportError(name)\n"
+        "sys.meta_path.insert(0, NoPytest())\n"
+        "import agent.testing\n"
+        "loaded = sorted(n for n in sys.modules if n.split('.')[0] in ('aiodocker', '_pytest'))\n"
+        "print(','.join(loaded))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert result.stdout.strip() == ""

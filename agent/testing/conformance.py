@@ -1,0 +1,507 @@
+"""The runtime conformance suite: one behavioural contract that every ContainerRuntime must pass.
+
+The fake runtime and the aiodocker adapter both run it, which is what lets agent tests trust the fake.
+`RuntimeConformance` holds every check as an async ``test_*`` method; an adapter's test module subclasses
+it and says how to connect (see `agent.testing` for a complete example). Each check opens its own runtime,
+marks everything it creates with a label unique to the check, and removes all of it afterwards, so checks
+are independent and can run against a shared daemon.
+
+The checks run real commands in `RuntimeConformance.image`: it must have a POSIX ``sh`` (with ``trap``,
+``exit N``, ``&`` and ``wait``) and ``sleep`` on its PATH; scripts/build-test-image.sh builds such an image
+(`dockyard-test:latest`, busybox only) into any dockerd. They wait in real time, but never for more than
+a fraction of a second unless the runtime is slow (each wait gives up after `DEADLINE` seconds).
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import contextlib
+import gc
+import time
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from dataclasses import dataclass, replace
+from types import TracebackType
+from typing import Any, ClassVar, Generic, Literal, TypeVar
+
+from agent.runtime.base import (
+    ContainerNotFound,
+    ContainerRuntime,
+    ContainerSpec,
+    ContainerState,
+    ImageNotFound,
+    NameConflict,
+    PortBinding,
+    RuntimeEvent,
+    RuntimeFailure,
+    RuntimeUnavailable,
+)
+
+__all__ = [
+    "DEADLINE",
+    "RUN_LABEL",
+    "TEST_IMAGE",
+    "EventLog",
+    "Outage",
+    "OutageMode",
+    "RuntimeConformance",
+]
+
+TEST_IMAGE = "dockyard-test:latest"
+# Every container a check creates carries this label with a value unique to the check.
+RUN_LABEL = "dockyard.test-run"
+DEADLINE = 10.0
+POLL = 0.05
+# Runs until stopped and exits 143 on SIGTERM. A plain `sleep` would not: as PID 1 without a handler
+# it ignores SIGTERM, and Docker kills it with SIGKILL (137) after the grace period.
+TERM_HONOURING = ("sh", "-c", 'trap "exit 143" TERM; sleep 600 & wait')
+SIGTERM_DEAF = ("sleep", "600")
+# A registry on a closed loopback port: the pull fails at once without leaving the host.
+UNPULLABLE = "127.0.0.1:1/dockyard-nonexistent:latest"
+MISSING_IMAGE = "dockyard-nonexistent:latest"
+
+OutageMode = Literal["closed", "hung"]
+"""How the daemon goes away: "closed" means it dies (connections close), "hung" that it stops answering."""
+
+Outage = Callable[[OutageMode], Awaitable[None]]
+"""Takes the daemon behind a runtime away, in the given mode."""
+
+E = TypeVar("E", bound=BaseException)
+
+
+class _Raised(Generic[E]):
+    """What `_raises` caught."""
+
+    value: E
+
+
+@contextlib.contextmanager
+def _raises(kind: type[E]) -> Iterator[_Raised[E]]:
+    """Fails the check unless the body raises `kind`; a framework-neutral pytest.raises."""
+    raised = _Raised[E]()
+    try:
+        yield raised
+    except kind as exc:
+        raised.value = exc
+        return
+    raise AssertionError(f"expected {kind.__name__} to be raised")
+
+
+async def _eventually(check: Callable[[], Awaitable[bool]], what: str, deadline: float = DEADLINE) -> None:
+    """Polls `check` until it holds, failing the check after `deadline` seconds."""
+    give_up = time.monotonic() + deadline
+    while not await check():
+        if time.monotonic() > give_up:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(POLL)
+
+
+async def _wait_state(runtime: ContainerRuntime, container_id: str, state: ContainerState) -> None:
+    """Waits until the container reaches `state`."""
+
+    async def reached() -> bool:
+        return (await runtime.inspect(container_id)).state is state
+
+    await _eventually(reached, f"{container_id[:12]} to be {state}")
+
+
+async def _settle() -> None:
+    """Gives a just-started shell time to install its SIGTERM trap (it needs about a millisecond)."""
+    await asyncio.sleep(0.2)
+
+
+class EventLog:
+    """Collects a runtime's events in the background so a check can wait for them."""
+
+    def __init__(self, runtime: ContainerRuntime, labels: Mapping[str, str]) -> None:
+        """Subscribes now and starts collecting."""
+        self.events: list[RuntimeEvent] = []
+        self._stream = runtime.events(labels)
+        self.task = asyncio.create_task(self._collect())
+
+    async def __aenter__(self) -> EventLog:
+        """Returns the log, already collecting."""
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        """Stops collecting."""
+        await self.stop()
+
+    async def _collect(self) -> None:
+        """Appends every event until the stream ends or fails."""
+        try:
+            async for event in self._stream:
+                self.events.append(event)
+        finally:
+            # The protocol promises only an AsyncIterator; both runtimes hand out async generators.
+            if isinstance(self._stream, AsyncGenerator):
+                await self._stream.aclose()
+
+    def of(self, container_id: str) -> list[tuple[str, int | None]]:
+        """Returns the (action, exit_code) pairs seen for one container, in order."""
+        return [(e.action, e.exit_code) for e in self.events if e.container_id == container_id]
+
+    def count(self, container_id: str, action: str) -> int:
+        """Returns how many events with that action the container has had."""
+        return sum(1 for seen, _ in self.of(container_id) if seen == action)
+
+    async def wait_for(self, container_id: str, action: str) -> RuntimeEvent:
+        """Waits until an event with that action arrives for the container and returns it."""
+
+        async def seen() -> bool:
+            if self.task.done():
+                self.task.result()
+            return any(e.container_id == container_id and e.action == action for e in self.events)
+
+        await _eventually(seen, f"{action} event of {container_id[:12]}")
+        return next(e for e in self.events if e.container_id == container_id and e.action == action)
+
+    async def stop(self) -> None:
+        """Cancels the collector; a failure it already met was the check's business."""
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, RuntimeFailure):
+            await self.task
+
+
+@dataclass(frozen=True)
+class _Trial:
+    """One check's runtime, the labels that mark what the check creates, and the image it runs."""
+
+    runtime: ContainerRuntime
+    labels: dict[str, str]
+    image: str
+
+    def spec(
+        self, command: tuple[str, ...] = TERM_HONOURING, *, extra_labels: Mapping[str, str] | None = None, **fields: Any
+    ) -> ContainerSpec:
+        """A spec with a unique name, the image, the trial's labels plus `extra_labels`, and any other `fields`."""
+        name = f"dy-test-{uuid.uuid4().hex[:12]}"
+        labels = {**self.labels, **(extra_labels or {})}
+        spec = ContainerSpec(name=name, image=self.image, command=command, labels=labels)
+        return replace(spec, **fields)
+
+    async def started(self, command: tuple[str, ...] = TERM_HONOURING, **extra_labels: str) -> str:
+        """Creates and starts a container running `command`; returns its id."""
+        container_id = await self.runtime.create(self.spec(command, extra_labels=extra_labels))
+        await self.runtime.start(container_id)
+        return container_id
+
+
+class RuntimeConformance(abc.ABC):
+    """Every check a ContainerRuntime must pass; subclass it in a test module and implement the two openers.
+
+    The ``test_*`` methods are coroutines: run them with pytest-asyncio (auto mode, or mark the subclass
+    with ``pytest.mark.asyncio``) or any runner that awaits async test methods.
+    """
+
+    image: ClassVar[str] = TEST_IMAGE
+    """An image the daemon already has, with ``sh`` and ``sleep`` (see the module docstring)."""
+
+    @abc.abstractmethod
+    def open_runtime(self) -> contextlib.AbstractAsyncContextManager[ContainerRuntime]:
+        """Returns a context that connects a runtime to a working daemon that has `image`, and closes it on exit."""
+
+    @abc.abstractmethod
+    def open_outage(
+        self, runtime: ContainerRuntime
+    ) -> contextlib.AbstractAsyncContextManager[tuple[ContainerRuntime, Outage]]:
+        """Returns a context with a runtime on `runtime`'s daemon and an Outage that takes that daemon away.
+
+        The runtime it yields may be `runtime` itself or a second one (say, behind a `UnixSocketProxy`);
+        when the context exits, `runtime` must work again, because it then removes what the check made.
+        """
+
+    @contextlib.asynccontextmanager
+    async def _trial(self) -> AsyncIterator[_Trial]:
+        """Opens a runtime for one check and removes every container the check made."""
+        labels = {RUN_LABEL: uuid.uuid4().hex}
+        async with self.open_runtime() as runtime:
+            try:
+                yield _Trial(runtime, labels, self.image)
+            finally:
+                for info in await runtime.list(labels):
+                    await runtime.remove(info.id)
+
+    @contextlib.asynccontextmanager
+    async def _trial_with_events(self) -> AsyncIterator[tuple[_Trial, EventLog]]:
+        """A trial with an event log of its containers, subscribed before the check acts."""
+        async with self._trial() as trial, EventLog(trial.runtime, trial.labels) as events:
+            yield trial, events
+
+    # --- host and images --------------------------------------------------------------------------
+
+    async def test_host_facts_are_sane(self) -> None:
+        """host_facts() names the host, its capacity and its versions."""
+        async with self._trial() as trial:
+            facts = await trial.runtime.host_facts()
+        assert facts.hostname
+        assert facts.cpus > 0
+        assert facts.memory_bytes > 0
+        assert facts.docker_version
+        assert facts.os
+        assert facts.arch
+
+    async def test_has_image(self) -> None:
+        """has_image() finds the image, also without its ':latest' tag, and not a missing one."""
+        async with self._trial() as trial:
+            runtime = trial.runtime
+            assert await runtime.has_image(self.image)
+            untagged = self.image.removesuffix(":latest")
+            if untagged != self.image:
+                assert await runtime.has_image(untagged), "no tag means :latest"
+            assert not await runtime.has_image(MISSING_IMAGE)
+
+    # --- create, start, inspect -------------------------------------------------------------------
+
+    async def test_create_then_start_runs_the_container(self) -> None:
+        """create() gives a 64-hex id and a created container; start() runs it; inspect() by id or name."""
+        async with self._trial() as trial:
+            runtime = trial.runtime
+            spec = trial.spec()
+            container_id = await runtime.create(spec)
+            assert len(container_id) == 64
+            assert all(c in "0123456789abcdef" for c in container_id)
+            created = await runtime.inspect(container_id)
+            assert created.state is ContainerState.CREATED
+            assert created.started_at is None
+            assert created.finished_at is None
+
+            await runtime.start(container_id)
+            running = await runtime.inspect(container_id)
+            assert running.state is ContainerState.RUNNING
+            assert running.id == container_id
+            assert running.name == spec.name
+            assert running.image == self.image
+            assert running.exit_code == 0
+            assert running.started_at is not None
+            assert running.started_at.tzinfo is not None
+            assert running.finished_at is None
+            assert running.restart_count == 0
+            assert (await runtime.inspect(spec.name)).id == container_id
+
+    async def test_labels_env_and_ports_round_trip(self) -> None:
+        """A container with env, published ports and limits runs and keeps exactly its labels."""
+        async with self._trial() as trial:
+            extra = {"dockyard.service": "web", "dockyard.slot": "2"}
+            spec = trial.spec(
+                extra_labels=extra,
+                env={"GREETING": "hello world", "EMPTY": ""},
+                ports=(PortBinding(host_port=0, container_port=8080), PortBinding(0, 5353, "udp")),
+                cpu_limit=0.5,
+                memory_limit_bytes=64 * 1024 * 1024,
+            )
+            container_id = await trial.runtime.create(spec)
+            await trial.runtime.start(container_id)
+            info = await trial.runtime.inspect(container_id)
+            assert info.state is ContainerState.RUNNING
+            assert dict(info.labels) == {**trial.labels, **extra}
+
+    # --- exits and stops --------------------------------------------------------------------------
+
+    async def test_exit_code_shows_in_inspect_and_die_event(self) -> None:
+        """A process's own exit code shows in its die event and in inspect()."""
+        async with self._trial_with_events() as (trial, events):
+            container_id = await trial.started(("sh", "-c", "exit 3"))
+            die = await events.wait_for(container_id, "die")
+            assert die.exit_code == 3
+            assert die.labels[RUN_LABEL] == trial.labels[RUN_LABEL]
+            assert events.of(container_id) == [("create", None), ("start", None), ("die", 3)]
+            info = await trial.runtime.inspect(container_id)
+            assert info.state is ContainerState.EXITED
+            assert info.exit_code == 3
+            assert info.started_at is not None
+            assert info.finished_at is not None
+            assert info.restart_count == 0
+
+    async def test_exited_container_starts_again_without_restart_count(self) -> None:
+        """start() of an exited container runs it again, and that is not counted as a restart."""
+        async with self._trial_with_events() as (trial, events):
+            container_id = await trial.started(("sh", "-c", "exit 4"))
+            await _wait_state(trial.runtime, container_id, ContainerState.EXITED)
+            await trial.runtime.start(container_id)
+
+            async def died_twice() -> bool:
+                return events.count(container_id, "die") >= 2
+
+            await _eventually(died_twice, "second die")
+            info = await trial.runtime.inspect(container_id)
+            assert info.exit_code == 4
+            assert info.restart_count == 0
+
+    async def test_stop_honoured_within_grace(self) -> None:
+        """stop() of a process that honours SIGTERM returns when it exits (143), not after the grace."""
+        async with self._trial_with_events() as (trial, events):
+            container_id = await trial.started(TERM_HONOURING)
+            await _settle()
+            began = time.monotonic()
+            await trial.runtime.stop(container_id, grace_seconds=5)
+            assert time.monotonic() - began < 3, "a process that honours SIGTERM must not wait out the grace"
+            info = await trial.runtime.inspect(container_id)
+            assert info.state is ContainerState.EXITED
+            assert info.exit_code == 143
+            await events.wait_for(container_id, "stop")
+            assert events.of(container_id)[2:] == [("kill", None), ("die", 143), ("stop", None)]
+
+    async def test_stop_kills_a_process_deaf_to_sigterm(self) -> None:
+        """stop() kills a process that ignores SIGTERM once the grace is over (137)."""
+        async with self._trial_with_events() as (trial, events):
+            container_id = await trial.started(SIGTERM_DEAF)
+            await trial.runtime.stop(container_id, grace_seconds=0)
+            info = await trial.runtime.inspect(container_id)
+            assert info.state is ContainerState.EXITED
+            assert info.exit_code == 137
+            await events.wait_for(container_id, "stop")
+            assert events.of(container_id)[2:] == [("kill", None), ("kill", None), ("die", 137), ("stop", None)]
+
+    async def test_stop_of_stopped_or_created_container_is_no_error(self) -> None:
+        """stop() leaves an exited or a never-started container as it is."""
+        async with self._trial() as trial:
+            runtime = trial.runtime
+            exited = await trial.started(("sh", "-c", "exit 0"))
+            await _wait_state(runtime, exited, ContainerState.EXITED)
+            await runtime.stop(exited, grace_seconds=1)
+            assert (await runtime.inspect(exited)).state is ContainerState.EXITED
+            created = await runtime.create(trial.spec())
+            await runtime.stop(created, grace_seconds=1)
+            assert (await runtime.inspect(created)).state is ContainerState.CREATED
+
+    # --- remove -----------------------------------------------------------------------------------
+
+    async def test_remove_running_container(self) -> None:
+        """remove() kills a running container (137) and deletes it."""
+        async with self._trial_with_events() as (trial, events):
+            container_id = await trial.started()
+            await trial.runtime.remove(container_id)
+            with _raises(ContainerNotFound):
+                await trial.runtime.inspect(container_id)
+            await events.wait_for(container_id, "destroy")
+            assert events.of(container_id)[2:] == [("kill", None), ("die", 137), ("destroy", None)]
+
+    async def test_remove_missing_container_is_no_error(self) -> None:
+        """remove() of an unknown id or name succeeds."""
+        async with self._trial() as trial:
+            await trial.runtime.remove(uuid.uuid4().hex * 2)
+            await trial.runtime.remove(f"dy-test-missing-{uuid.uuid4().hex}")
+
+    # --- errors -----------------------------------------------------------------------------------
+
+    async def test_missing_container_raises_not_found(self) -> None:
+        """inspect(), start() and stop() of an unknown container raise ContainerNotFound."""
+        async with self._trial() as trial:
+            missing = uuid.uuid4().hex * 2
+            with _raises(ContainerNotFound):
+                await trial.runtime.inspect(missing)
+            with _raises(ContainerNotFound):
+                await trial.runtime.start(missing)
+            with _raises(ContainerNotFound):
+                await trial.runtime.stop(missing, grace_seconds=1)
+
+    async def test_duplicate_name_conflicts(self) -> None:
+        """A second create() with a name in use raises NameConflict."""
+        async with self._trial() as trial:
+            spec = trial.spec()
+            await trial.runtime.create(spec)
+            with _raises(NameConflict):
+                await trial.runtime.create(spec)
+
+    async def test_invalid_name_is_a_plain_failure(self) -> None:
+        """A name the daemon refuses raises RuntimeFailure, neither NameConflict nor ImageNotFound."""
+        async with self._trial() as trial:
+            with _raises(RuntimeFailure) as caught:
+                await trial.runtime.create(trial.spec(name="no spaces allowed"))
+            assert not isinstance(caught.value, NameConflict | ImageNotFound)
+
+    async def test_missing_image_at_create(self) -> None:
+        """create() with an image the host lacks raises ImageNotFound (it does not pull)."""
+        async with self._trial() as trial:
+            with _raises(ImageNotFound):
+                await trial.runtime.create(trial.spec(image=MISSING_IMAGE))
+
+    async def test_pull_of_unreachable_image_fails_promptly(self) -> None:
+        """pull() from an unreachable registry raises ImageNotFound within the deadline."""
+        async with self._trial() as trial:
+            async with asyncio.timeout(DEADLINE):
+                with _raises(ImageNotFound):
+                    await trial.runtime.pull(UNPULLABLE)
+            assert not await trial.runtime.has_image(UNPULLABLE)
+
+    async def test_start_of_missing_program_fails(self) -> None:
+        """start() of a command that cannot run raises RuntimeFailure; the container stays created, 127."""
+        async with self._trial() as trial:
+            container_id = await trial.runtime.create(trial.spec(("/nonexistent/program",)))
+            with _raises(RuntimeFailure) as caught:
+                await trial.runtime.start(container_id)
+            assert not isinstance(caught.value, ContainerNotFound)
+            info = await trial.runtime.inspect(container_id)
+            assert info.state is ContainerState.CREATED
+            assert info.exit_code == 127
+            assert "/nonexistent/program" in info.error
+
+    # --- list and events --------------------------------------------------------------------------
+
+    async def test_list_filters_by_every_label_and_includes_exited(self) -> None:
+        """list() returns the containers carrying all the given labels, running or exited."""
+        async with self._trial() as trial:
+            runtime = trial.runtime
+            web = await trial.started(role="web")
+            db = await runtime.create(trial.spec(extra_labels={"role": "db"}))
+            done = await trial.started(("sh", "-c", "exit 0"), role="web")
+            await _wait_state(runtime, done, ContainerState.EXITED)
+
+            assert {c.id for c in await runtime.list(trial.labels)} == {web, db, done}
+            webs = await runtime.list({**trial.labels, "role": "web"})
+            assert {c.id for c in webs} == {web, done}
+            assert {c.id: c.state for c in webs} == {web: ContainerState.RUNNING, done: ContainerState.EXITED}
+            assert await runtime.list({**trial.labels, "role": "cache"}) == []
+
+    async def test_events_of_other_labels_are_not_delivered(self) -> None:
+        """events() delivers only the events of containers carrying all the given labels."""
+        async with self._trial() as trial:
+            async with EventLog(trial.runtime, {**trial.labels, "role": "watched"}) as watched:
+                await trial.started(("sh", "-c", "exit 0"), role="other")
+                mine = await trial.started(("sh", "-c", "exit 0"), role="watched")
+                await watched.wait_for(mine, "die")
+            # Docker delivers in order, so the other container's earlier events would have come first.
+            assert {e.container_id for e in watched.events} == {mine}
+            assert [e.action for e in watched.events] == ["create", "start", "die"]
+
+    async def test_cancelling_the_consumer_cleans_up(self) -> None:
+        """Cancelling the task that consumes events() leaves no task of the runtime's behind."""
+        async with self._trial() as trial:
+            async with EventLog(trial.runtime, trial.labels) as log:
+                container_id = await trial.runtime.create(trial.spec())
+                await log.wait_for(container_id, "create")
+                await log.stop()
+            gc.collect()
+            await asyncio.sleep(0)
+            others = asyncio.all_tasks() - {asyncio.current_task()}
+            assert not others, f"the subscription left tasks behind: {others}"
+
+    # --- daemon outages ---------------------------------------------------------------------------
+
+    async def test_daemon_death_is_noticed(self) -> None:
+        """When the daemon dies, the event stream and calls raise RuntimeUnavailable within the deadline."""
+        await self._check_outage_is_noticed("closed")
+
+    async def test_daemon_hang_is_noticed(self) -> None:
+        """When the daemon hangs, the event stream and calls raise RuntimeUnavailable within the deadline."""
+        await self._check_outage_is_noticed("hung")
+
+    async def _check_outage_is_noticed(self, mode: OutageMode) -> None:
+        """Takes the daemon away in `mode` while a stream is open and a container exists."""
+        async with (
+            self._trial() as trial,
+            self.open_outage(trial.runtime) as (runtime, outage),
+            EventLog(runtime, trial.labels) as log,
+        ):
+            container_id = await runtime.create(trial.spec())
+            await log.wait_for(container_id, "create")
+            await outage(mode)
+            async with asyncio.timeout(DEADLINE):
+                with _raises(RuntimeUnavailable):
+                    await log.task
+                with _raises(RuntimeUnavailable):
+                    await runtime.inspect(container_id)
