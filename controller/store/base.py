@@ -84,10 +84,19 @@ class WatchExpired(Exception):
 
 
 class Store(Protocol):
-    """Transactional storage with a change feed; objects are the protocol's own messages."""
+    """Transactional storage with a change feed; objects are the protocol's own messages.
+
+    Damage. open() raises controller.errors.StartupError when the store cannot serve as configured, and its
+    subclass StoreDamaged when the stored data is unreadable; either message is one line naming the store
+    and what to do. While open, any read, commit or watch may raise StoreDamaged when the backend finds its
+    data damaged (SQLite: a damaged page or a row that does not decode; etcd: a CORRUPT alarm). The first
+    such error marks the store damaged until it is reopened: commits are then refused. A backend tells the
+    server about it (so health reports NOT_SERVING) through a `damage` property (the error, or None) and
+    `on_damage(callback)`, called once with the error; SqliteStore has both.
+    """
 
     async def open(self) -> None:
-        """Opens (and if needed creates) the store."""
+        """Opens (and if needed creates) the store; StartupError (StoreDamaged) when it cannot serve."""
         ...
 
     async def close(self) -> None:
@@ -100,7 +109,10 @@ class Store(Protocol):
         ...
 
     async def commit(self, ops: Sequence[Op]) -> int:
-        """Applies every op in one transaction, or none (ConflictError); returns the new revision."""
+        """Applies every op in one transaction, or none (ConflictError); returns the new revision.
+
+        Raises StoreDamaged, writing nothing, when the store is (or is found to be) damaged.
+        """
         ...
 
     async def get_service(self, name_or_id: str) -> pb.Service | None:

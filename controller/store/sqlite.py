@@ -24,6 +24,16 @@ Semantics this backend pins down where the Store protocol leaves room:
   the two sources. A watcher that falls behind by more than its queue holds is not buffered further; it
   re-reads the missed revisions from the table (WatchExpired if they were trimmed meanwhile). So a slow
   watcher never blocks or slows a commit, and costs bounded memory.
+- Damage. open() refuses, with StoreDamaged naming the file and the way to restore it, a file that is not a
+  SQLite database, is shorter than its header says, fails `PRAGMA quick_check`, or does not hold Dockyard's
+  schema. While open, a read or commit that meets a damaged page (SQLite's CORRUPT or NOTADB) or a row that
+  does not decode raises StoreDamaged too; the first such error marks the store damaged for good (see
+  `damage` and `on_damage`), after which commits are refused without touching the file: writing on top of
+  damage can only spread it.
+- One owner. While open, the store holds an exclusive lock on `<file>.lock` (its pid inside); a second store
+  on the same file, in this process or another, refuses to open, and `restore_file` takes the same lock.
+- Backup and restore (`backup_file`, `restore_file`) go through SQLite's online backup API in one step, so a
+  backup is one consistent revision even while a controller commits, and is a single self-contained file.
 """
 
 from __future__ import annotations
@@ -31,16 +41,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import fcntl
+import functools
 import os
 import sqlite3
+import time
 from collections import deque
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import TracebackType
-from typing import Final, Self
+from typing import BinaryIO, Final, Self, TypeVar
 
 import aiosqlite
+import structlog
+from google.protobuf.message import DecodeError, Message
 
+from controller.errors import StartupError, StoreDamaged
 from controller.store.base import (
     Action,
     Check,
@@ -54,6 +71,21 @@ from controller.store.base import (
     WatchExpired,
 )
 from dockyard.v1 import types_pb2 as pb
+
+__all__ = [
+    "STORE_FILE",
+    "BackupError",
+    "SqliteStore",
+    "StoreInUse",
+    "StoreSummary",
+    "backup_file",
+    "restore_file",
+]
+
+log = structlog.get_logger()
+
+# The store's file name inside the controller's state directory.
+STORE_FILE: Final = "controller.db"
 
 _SCHEMA_VERSION: Final = 1
 
@@ -109,6 +141,363 @@ _ID_CHUNK: Final = 500
 _REPLAY_PAGE: Final = 256
 
 _Row = tuple[str | int | bytes, ...]
+
+_M = TypeVar("_M", bound=Message)
+
+# SQLite's result codes for a file that is damaged or is not a database; others (busy, full, I/O) are not damage.
+_DAMAGE_CODES: Final = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
+_MAGIC: Final = b"SQLite format 3\x00"
+# How many problems quick_check reports at most: the first says enough, the count says how bad.
+_QUICK_CHECK_ROWS: Final = 20
+# Waiting for a busy database beats failing: the controller's commits are short.
+_BUSY_TIMEOUT_SECONDS: Final = 10.0
+
+
+class StoreInUse(StartupError):
+    """Another store (another controller, or a restore) holds the file's lock; holder is its pid as recorded."""
+
+    def __init__(self, message: str, holder: str) -> None:
+        """Keeps the holder's recorded pid ("" when unknown) beside the one-line message."""
+        super().__init__(message)
+        self.holder = holder
+
+
+class BackupError(Exception):
+    """A backup or restore that cannot be done; str() is one line that says why."""
+
+
+@dataclass(frozen=True)
+class StoreSummary:
+    """What a store file holds, as backup and restore report it."""
+
+    revision: int
+    services: int
+    nodes: int
+    tasks: int
+
+    def __str__(self) -> str:
+        """Returns e.g. "revision 12: 2 services, 1 nodes, 5 tasks"."""
+        return f"revision {self.revision}: {self.services} services, {self.nodes} nodes, {self.tasks} tasks"
+
+
+def _remedy(path: str) -> str:
+    """Returns the sentence that tells an operator how to get past a damaged store file."""
+    directory = Path(path).parent
+    return (
+        f"restore a backup with `dockyard-controller restore BACKUP --state-dir {directory}`,"
+        f" or move {Path(path).name} away to start a new cluster"
+    )
+
+
+def _damaged(path: str, what: str) -> StoreDamaged:
+    """Returns the one-line error for a damaged store file: the file, what is wrong, how to restore."""
+    return StoreDamaged(f"{path}: {what}; {_remedy(path)}")
+
+
+def _one_line(text: str, limit: int = 240) -> str:
+    """Returns text on one line, cut to about limit characters."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+def _is_damage(exc: sqlite3.Error) -> bool:
+    """Tells whether SQLite reported a damaged file (extended codes count by their primary code)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(code, int) and code & 0xFF in _DAMAGE_CODES
+
+
+def _non_empty(path: Path) -> bool:
+    """Tells whether a file exists and holds at least one byte."""
+    try:
+        return path.stat().st_size > 0
+    except FileNotFoundError:
+        return False
+
+
+def _header_problem(path: Path) -> str | None:
+    """Returns what is wrong with a database file's header and length, or None if nothing visible is.
+
+    Missing and empty files are fine: SQLite makes a new database of them.
+    """
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return None
+    if size == 0:
+        return None
+    with path.open("rb") as f:
+        head = f.read(100)
+    if not head.startswith(_MAGIC[: len(head)]):
+        return "not a SQLite database (it does not start with SQLite's header)"
+    if len(head) < 100:
+        return f"truncated ({size} bytes, shorter than SQLite's 100-byte header)"
+    raw_page_size = int.from_bytes(head[16:18], "big")
+    page_size = 65536 if raw_page_size == 1 else raw_page_size
+    if page_size < 512 or page_size & (page_size - 1):
+        return f"damaged (its header gives page size {raw_page_size})"
+    pages = int.from_bytes(head[28:32], "big")
+    # The header's page count is valid only when the change counter matches "version valid for". A crash in
+    # a checkpoint may leave the file shorter than page 1 says until the WAL is replayed, so only a file
+    # without a journal beside it must be at least that long.
+    valid = pages > 0 and head[24:28] == head[92:96]
+    journals = (path.with_name(path.name + suffix) for suffix in ("-wal", "-journal"))
+    if valid and size < pages * page_size and not any(_non_empty(j) for j in journals):
+        return f"truncated ({size} bytes, its header says {pages * page_size})"
+    return None
+
+
+@functools.cache
+def _expected_layout() -> dict[str, tuple[str, ...]]:
+    """Returns the tables and columns the schema creates, read from a scratch in-memory database."""
+    conn = sqlite3.connect(":memory:", isolation_level=None)
+    try:
+        conn.executescript(_SCHEMA)
+        return _layout(conn)
+    finally:
+        conn.close()
+
+
+def _layout(conn: sqlite3.Connection) -> dict[str, tuple[str, ...]]:
+    """Returns each table's columns in order, SQLite's own tables aside."""
+    names = [row[0] for row in conn.execute("SELECT name FROM sqlite_schema WHERE type = 'table' ORDER BY name")]
+    return {
+        name: tuple(row[0] for row in conn.execute("SELECT name FROM pragma_table_info(?) ORDER BY cid", (name,)))
+        for name in names
+        if not name.startswith("sqlite_")
+    }
+
+
+def _verify(conn: sqlite3.Connection, path: str) -> StoreSummary | None:
+    """Checks an open database's pages and schema; returns None for a new (empty) one.
+
+    Raises StoreDamaged for damaged pages or a foreign schema, StartupError for a newer Dockyard schema.
+    """
+    rows = [str(row[0]) for row in conn.execute(f"PRAGMA quick_check({_QUICK_CHECK_ROWS})")]
+    if rows != ["ok"]:
+        # Each row may hold several lines, headed by the name of the database they are about.
+        problems = [line for row in rows for line in row.splitlines() if line and not line.startswith("***")]
+        more = f", and {len(problems) - 1} more problems" if len(problems) > 1 else ""
+        first = _one_line(problems[0] if problems else "; ".join(rows), 160)
+        raise _damaged(path, f"damaged pages (quick_check: {first}{more})")
+    (version,) = conn.execute("PRAGMA user_version").fetchone()
+    layout = _layout(conn)
+    if not layout and version == 0:
+        return None
+    if version > _SCHEMA_VERSION:
+        raise StartupError(
+            f"{path}: written by a newer controller (store schema {version}; this one knows {_SCHEMA_VERSION});"
+            " run that version, or restore a backup made by this one"
+        )
+    if version != _SCHEMA_VERSION or layout != _expected_layout():
+        tables = _one_line(", ".join(layout) or "none", 120)
+        raise _damaged(path, f"not a Dockyard store (schema version {version}, tables: {tables})")
+    return _summary(conn)
+
+
+def _summary(conn: sqlite3.Connection) -> StoreSummary:
+    """Returns the revision and object counts of a verified store."""
+    (revision,) = conn.execute("SELECT value FROM meta WHERE key = 'revision'").fetchone()
+    counts = [conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0] for table in ("services", "nodes", "tasks")]
+    return StoreSummary(int(revision), *counts)
+
+
+def _uri(path: Path, mode: str) -> str:
+    """Returns a SQLite URI for an existing file (mode ro or rw: neither creates it)."""
+    return f"{path.resolve().as_uri()}?mode={mode}"
+
+
+def _check_file(path: str) -> StoreSummary | None:
+    """Checks a store file before it is opened for good; None when it is new. See _verify for the errors."""
+    file = Path(path)
+    problem = _header_problem(file)
+    if problem is not None:
+        raise _damaged(path, problem)
+    if not _non_empty(file):
+        return None
+    try:
+        conn = sqlite3.connect(_uri(file, "rw"), uri=True, isolation_level=None, timeout=_BUSY_TIMEOUT_SECONDS)
+        try:
+            return _verify(conn, path)
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        raise _open_error(path, exc) from exc
+
+
+def _open_error(path: str, exc: sqlite3.Error) -> StartupError:
+    """Returns the one-line startup error for an SQLite error met while opening the store."""
+    if _is_damage(exc):
+        return _damaged(path, f"damaged ({exc})")
+    return StartupError(f"{path}: cannot open the store ({exc})")
+
+
+class _FileLock:
+    """An exclusive advisory lock on `<db>.lock` that records its holder's pid; released on close or exit."""
+
+    def __init__(self, db_path: str) -> None:
+        """Names the lock beside the database file without taking it."""
+        self._db_path = db_path
+        self.path = Path(db_path + ".lock")
+        self._file: BinaryIO | None = None
+
+    def acquire(self, purpose: str) -> None:
+        """Takes the lock without waiting and records this pid; StoreInUse when someone holds it."""
+        # "a+b": opening must not truncate the holder's pid before we know whether we hold the lock.
+        handle = self.path.open("a+b")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read(64).decode("ascii", "replace").strip()
+            handle.close()
+            who = f"pid {holder}" if holder else "another process"
+            raise StoreInUse(f"{self._db_path}: in use by {who}; {purpose}", holder) from None
+        except BaseException:
+            handle.close()
+            raise
+        handle.truncate(0)
+        handle.write(f"{os.getpid()}\n".encode())
+        handle.flush()
+        self._file = handle
+
+    def release(self) -> None:
+        """Lets go of the lock; the file stays, since removing it would race with the next taker."""
+        handle, self._file = self._file, None
+        if handle is not None:
+            handle.close()
+
+
+def _fsync(path: Path) -> None:
+    """Flushes a file, or a directory's entries, to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _copy_verified(source: Path, target: Path, label: str) -> StoreSummary:
+    """Copies a store file through SQLite's backup API in one step and checks the copy; BackupError if bad.
+
+    One step means one read transaction: the copy is one committed revision even while a controller writes.
+    The copy is a self-contained file (rollback journal mode), flushed to disk.
+    """
+    problem = _header_problem(source)
+    if problem is not None:
+        raise BackupError(f"{label}: {source} is {problem}")
+    if not _non_empty(source):
+        raise BackupError(f"{label}: {source} is empty")
+    with contextlib.suppress(FileNotFoundError):
+        target.unlink()
+    try:
+        src = sqlite3.connect(_uri(source, "ro"), uri=True, timeout=_BUSY_TIMEOUT_SECONDS)
+        try:
+            dst = sqlite3.connect(target, isolation_level=None)
+            try:
+                src.backup(dst)
+                dst.execute("PRAGMA journal_mode = DELETE")
+                summary = _verify(dst, str(source))
+            finally:
+                dst.close()
+        finally:
+            src.close()
+    except (sqlite3.Error, StartupError) as exc:
+        with contextlib.suppress(FileNotFoundError):
+            target.unlink()
+        reason = str(exc)
+        if isinstance(exc, StoreDamaged):
+            # The copy's own remedy (restore a backup) is no advice for a backup; keep what is wrong.
+            reason = reason.split("; restore a backup", 1)[0]
+        elif isinstance(exc, sqlite3.Error):
+            reason = f"{source}: {exc}"
+        raise BackupError(f"{label}: {reason}") from exc
+    if summary is None:
+        target.unlink()
+        raise BackupError(f"{label}: {source} holds no Dockyard store (no tables)")
+    _fsync(target)
+    return summary
+
+
+def backup_file(db_path: Path, backup_path: Path, *, force: bool = False) -> StoreSummary:
+    """Writes a consistent copy of a store file to backup_path, safe while a controller runs on it.
+
+    Refuses (BackupError) a missing or damaged store, and an existing backup_path unless force. The copy is
+    checked before it takes the name backup_path, so a failed backup leaves nothing behind.
+    """
+    if not db_path.exists():
+        raise BackupError(f"cannot back up: there is no store at {db_path}")
+    if backup_path.resolve() == db_path.resolve():
+        raise BackupError(f"cannot back up {db_path} onto itself")
+    if backup_path.exists() and not force:
+        raise BackupError(f"cannot back up: {backup_path} exists; use --force to overwrite it")
+    backup_path.parent.mkdir(parents=True, exist_ok=True)
+    scratch = backup_path.with_name(f".{backup_path.name}.{os.getpid()}.partial")
+    try:
+        summary = _copy_verified(db_path, scratch, "cannot back up")
+        if backup_path.exists() and not force:
+            raise BackupError(f"cannot back up: {backup_path} appeared meanwhile; use --force to overwrite it")
+        os.replace(scratch, backup_path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            scratch.unlink()
+    _fsync(backup_path.parent)
+    return summary
+
+
+def _aside_name(db_path: Path) -> Path:
+    """Returns a free name `<db>.<UTC timestamp>[.N].bak` beside the store for the file a restore replaces."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    candidate = db_path.with_name(f"{db_path.name}.{stamp}.bak")
+    n = 1
+    while any(candidate.with_name(candidate.name + s).exists() for s in ("", "-wal", "-journal")):
+        candidate = db_path.with_name(f"{db_path.name}.{stamp}.{n}.bak")
+        n += 1
+    return candidate
+
+
+def restore_file(backup_path: Path, db_path: Path) -> tuple[StoreSummary, Path | None]:
+    """Puts a checked backup in place of the store file; returns what it holds and where the old file went.
+
+    Refuses (BackupError) while a controller holds the store, and a backup that is not a sound Dockyard store.
+    The replaced file keeps its WAL beside it under the new name (SQLite finds it there), so nothing it held
+    is lost; the stale shared-memory index goes. Returns None for the old file when there was none.
+    """
+    if not backup_path.is_file():
+        raise BackupError(f"cannot restore: there is no file at {backup_path}")
+    if backup_path.resolve() == db_path.resolve():
+        raise BackupError(f"cannot restore {db_path} onto itself")
+    db_path.parent.mkdir(parents=True, exist_ok=True)
+    lock = _FileLock(str(db_path))
+    try:
+        lock.acquire("stop the controller before restoring")
+    except StoreInUse as exc:
+        raise BackupError(f"cannot restore: {exc}") from None
+    try:
+        scratch = db_path.with_name(f"{db_path.name}.restoring")
+        try:
+            summary = _copy_verified(backup_path, scratch, "cannot restore")
+            aside = _set_aside(db_path)
+            os.replace(scratch, db_path)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                scratch.unlink()
+        _fsync(db_path.parent)
+    finally:
+        lock.release()
+    return summary, aside
+
+
+def _set_aside(db_path: Path) -> Path | None:
+    """Renames the store file and its journals to a free .bak name; drops the -shm index; None if no file."""
+    siblings = {suffix: db_path.with_name(db_path.name + suffix) for suffix in ("", "-wal", "-journal")}
+    present = {suffix: path for suffix, path in siblings.items() if path.exists()}
+    aside = _aside_name(db_path) if present else None
+    if aside is not None:
+        for suffix, path in present.items():
+            os.rename(path, aside.with_name(aside.name + suffix))
+    with contextlib.suppress(FileNotFoundError):
+        db_path.with_name(db_path.name + "-shm").unlink()
+    return aside
 
 
 def _kind_of(obj: StoredObject) -> Kind:
@@ -268,6 +657,13 @@ class SqliteStore:
         self._event_count = 0
         self._revision_sizes: deque[tuple[int, int]] = deque()
         self._subscribers: set[_Subscriber] = set()
+        self._lockfile = None if self._in_memory else _FileLock(self._path)
+        self._damage: StoreDamaged | None = None
+        self._damage_callbacks: list[Callable[[StoreDamaged], None]] = []
+
+    @property
+    def _in_memory(self) -> bool:
+        return self._path == ":memory:"
 
     async def __aenter__(self) -> Self:
         """Opens the store."""
@@ -281,25 +677,59 @@ class SqliteStore:
         await self.close()
 
     async def open(self) -> None:
-        """Opens (creating if needed) and loads the revision and event horizon; RuntimeError if open."""
+        """Opens (creating if needed) and loads the revision and event horizon; RuntimeError if open.
+
+        Raises StoreInUse when another store holds the file, StoreDamaged when the file is damaged or not a
+        Dockyard store, and StartupError for anything else that keeps it from opening (permissions).
+        """
         if self._db is not None:
             raise RuntimeError("store is already open")
-        db = await aiosqlite.connect(self._path, isolation_level=None)
+        if self._lockfile is not None:
+            try:
+                self._lockfile.acquire("is another controller running on it? stop it, or use another --state-dir")
+            except OSError as exc:
+                raise StartupError(f"{self._lockfile.path}: cannot take the store's lock ({exc})") from exc
+        try:
+            sizes = await self._load()
+        except BaseException:
+            if self._lockfile is not None:
+                self._lockfile.release()
+            raise
+        self._revision_sizes = deque((rev, count) for rev, count in sizes)
+        self._event_count = sum(count for _, count in self._revision_sizes)
+        self._trimmed_through = self._revision_sizes[0][0] - 1 if self._revision_sizes else self._revision
+        self._closed = False
+        self._subscribers = set()
+        self._damage = None
+
+    async def _load(self) -> list[tuple[int, int]]:
+        """Checks the file, connects, creates the schema if new; returns each kept revision's event count."""
+        fresh = True
+        if not self._in_memory:
+            # A plain connection in a thread checks the file before the long-lived one trusts it.
+            fresh = await asyncio.to_thread(_check_file, self._path) is None
+        try:
+            db = await aiosqlite.connect(self._path, isolation_level=None, timeout=_BUSY_TIMEOUT_SECONDS)
+        except sqlite3.Error as exc:
+            raise _open_error(self._path, exc) from exc
         try:
             await db.execute_fetchall("PRAGMA journal_mode = WAL")
             await db.execute("PRAGMA synchronous = NORMAL")
-            (version,) = next(iter(await db.execute_fetchall("PRAGMA user_version")))
-            if version > _SCHEMA_VERSION:
-                raise RuntimeError(f"store schema {version} is newer than this controller's {_SCHEMA_VERSION}")
-            await db.executescript(_SCHEMA)
+            if fresh:
+                await db.executescript(_SCHEMA)
             rows = await db.execute_fetchall("SELECT value FROM meta WHERE key = 'revision'")
             (self._revision,) = next(iter(rows))
             sizes = await db.execute_fetchall(
                 "SELECT revision, COUNT(*) FROM events GROUP BY revision ORDER BY revision"
             )
+        except sqlite3.Error as exc:
+            await db.close()
+            raise _open_error(self._path, exc) from exc
         except BaseException:
             await db.close()
             raise
+        self._db = db
+        return [(int(rev), int(count)) for rev, count in sizes]
         self._revision_sizes = deque((rev, count) for rev, count in sizes)
         self._event_count = sum(count for _, count in self._revision_sizes)
         self._trimmed_through = self._revision_sizes[0][0] - 1 if self._revision_sizes else self._revision
@@ -314,8 +744,12 @@ class SqliteStore:
             subscriber.close()
         async with self._lock:
             db, self._db = self._db, None
-            if db is not None:
-                await db.close()
+            try:
+                if db is not None:
+                    await db.close()
+            finally:
+                if db is not None and self._lockfile is not None:
+                    self._lockfile.release()
 
     @property
     def revision(self) -> int:
@@ -328,14 +762,65 @@ class SqliteStore:
             raise RuntimeError("store is closed" if self._closed else "store is not open")
         return self._db
 
+    @property
+    def damage(self) -> StoreDamaged | None:
+        """The error that first found the open store damaged, or None while it reads and writes cleanly."""
+        return self._damage
+
+    def on_damage(self, callback: Callable[[StoreDamaged], None]) -> None:
+        """Calls callback(error) once, in the event loop, when a read or commit first finds the store damaged.
+
+        Called at once if the store is damaged already. The callback must not block; it is how the server
+        turns health to NOT_SERVING.
+        """
+        if self._damage is not None:
+            callback(self._damage)
+        else:
+            self._damage_callbacks.append(callback)
+
+    def _mark_damaged(self, what: str) -> StoreDamaged:
+        """Returns the error for damage met while open; the first one marks the store and tells the callbacks."""
+        error = _damaged(self._path, what)
+        if self._damage is None:
+            self._damage = error
+            log.error("store damaged", path=self._path, error=str(error))
+            callbacks, self._damage_callbacks = self._damage_callbacks, []
+            for callback in callbacks:
+                try:
+                    callback(error)
+                except Exception:
+                    log.exception("store damage callback failed")
+        return error
+
+    @contextlib.contextmanager
+    def _guarded(self) -> Iterator[None]:
+        """Turns damage met by SQLite, or a row that does not decode, into StoreDamaged (and marks the store)."""
+        try:
+            yield
+        except sqlite3.DatabaseError as exc:
+            if not _is_damage(exc):
+                raise
+            raise self._mark_damaged(f"damaged ({exc})") from exc
+        except DecodeError as exc:
+            raise self._mark_damaged(f"damaged (a stored object does not decode: {exc})") from exc
+
     async def _fetch(self, sql: str, params: Sequence[str | int] = ()) -> list[sqlite3.Row]:
         """Runs one query outside any commit's transaction and returns all rows."""
         async with self._lock:
-            return list(await self._connection().execute_fetchall(sql, params))
+            with self._guarded():
+                return list(await self._connection().execute_fetchall(sql, params))
+
+    async def _objects(self, message: type[_M], sql: str, params: Sequence[str | int] = ()) -> list[_M]:
+        """Runs a query whose rows hold one serialized message each and returns them decoded."""
+        rows = await self._fetch(sql, params)
+        with self._guarded():
+            return [message.FromString(row[0]) for row in rows]
 
     async def commit(self, ops: Sequence[Op]) -> int:
         """Applies every op in one transaction, or none (ConflictError); returns the new revision."""
         self._connection()
+        if self._damage is not None:
+            raise StoreDamaged(str(self._damage))
         steps: list[_Step] = []
         for op in ops:
             if isinstance(op, Put):
@@ -352,20 +837,21 @@ class SqliteStore:
         """Runs the transaction under the lock, then publishes; see commit()."""
         async with self._lock:
             db = self._connection()
-            await db.execute("BEGIN IMMEDIATE")
-            try:
-                batch = await self._plan(db, steps)
-                if not batch.records:
-                    await db.execute("ROLLBACK")
-                    return self._revision
-                cutoff, remaining = self._trim_point(len(batch.records))
-                await self._write(db, batch, cutoff)
-                await db.execute("COMMIT")
-            except BaseException:
-                # A failed COMMIT may have rolled back already; the original error is the one to report.
-                with contextlib.suppress(sqlite3.Error):
-                    await db.execute("ROLLBACK")
-                raise
+            with self._guarded():
+                await db.execute("BEGIN IMMEDIATE")
+                try:
+                    batch = await self._plan(db, steps)
+                    if not batch.records:
+                        await db.execute("ROLLBACK")
+                        return self._revision
+                    cutoff, remaining = self._trim_point(len(batch.records))
+                    await self._write(db, batch, cutoff)
+                    await db.execute("COMMIT")
+                except BaseException:
+                    # A failed COMMIT may have rolled back already; the original error is the one to report.
+                    with contextlib.suppress(sqlite3.Error):
+                        await db.execute("ROLLBACK")
+                    raise
             self._committed(batch, cutoff, remaining, steps)
             return batch.revision
 
@@ -460,38 +946,39 @@ class SqliteStore:
 
     async def get_service(self, name_or_id: str) -> pb.Service | None:
         """Returns the service with that id or, failing that, that name."""
-        rows = await self._fetch(
+        found = await self._objects(
+            pb.Service,
             "SELECT data FROM services WHERE id = ?1 OR name = ?1 ORDER BY id = ?1 DESC LIMIT 1",
             (name_or_id,),
         )
-        return pb.Service.FromString(rows[0][0]) if rows else None
+        return found[0] if found else None
 
     async def list_services(self) -> list[pb.Service]:
         """Returns every service, ordered by name."""
-        rows = await self._fetch("SELECT data FROM services ORDER BY name")
-        return [pb.Service.FromString(row[0]) for row in rows]
+        return await self._objects(pb.Service, "SELECT data FROM services ORDER BY name")
 
     async def get_service_spec(self, service_id: str, revision: int) -> pb.ServiceSpec | None:
         """Returns the spec a service had at one of its revisions, None once the service is deleted."""
-        rows = await self._fetch(
-            "SELECT spec FROM service_history WHERE service_id = ? AND revision = ?", (service_id, revision)
+        found = await self._objects(
+            pb.ServiceSpec,
+            "SELECT spec FROM service_history WHERE service_id = ? AND revision = ?",
+            (service_id, revision),
         )
-        return pb.ServiceSpec.FromString(rows[0][0]) if rows else None
+        return found[0] if found else None
 
     async def get_node(self, node_id: str) -> pb.Node | None:
         """Returns the node with that id."""
-        rows = await self._fetch("SELECT data FROM nodes WHERE id = ?", (node_id,))
-        return pb.Node.FromString(rows[0][0]) if rows else None
+        found = await self._objects(pb.Node, "SELECT data FROM nodes WHERE id = ?", (node_id,))
+        return found[0] if found else None
 
     async def list_nodes(self) -> list[pb.Node]:
         """Returns every node, ordered by hostname then id."""
-        rows = await self._fetch("SELECT data FROM nodes ORDER BY hostname, id")
-        return [pb.Node.FromString(row[0]) for row in rows]
+        return await self._objects(pb.Node, "SELECT data FROM nodes ORDER BY hostname, id")
 
     async def get_task(self, task_id: str) -> pb.Task | None:
         """Returns the task with that id."""
-        rows = await self._fetch("SELECT data FROM tasks WHERE id = ?", (task_id,))
-        return pb.Task.FromString(rows[0][0]) if rows else None
+        found = await self._objects(pb.Task, "SELECT data FROM tasks WHERE id = ?", (task_id,))
+        return found[0] if found else None
 
     async def list_tasks(self, service_id: str | None = None, node_id: str | None = None) -> list[pb.Task]:
         """Returns the tasks, filtered by service id and/or node id, ordered by service, slot, creation."""
@@ -504,8 +991,8 @@ class SqliteStore:
             clauses.append("node_id = ?")
             params.append(node_id)
         where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
-        rows = await self._fetch(f"SELECT data FROM tasks{where} ORDER BY service_id, slot, created_ns, id", params)
-        return [pb.Task.FromString(row[0]) for row in rows]
+        sql = f"SELECT data FROM tasks{where} ORDER BY service_id, slot, created_ns, id"
+        return await self._objects(pb.Task, sql, params)
 
     async def watch(self, since: int) -> AsyncGenerator[Event, None]:
         """Yields every event with a revision above since, then live ones, until the store closes.
@@ -533,7 +1020,7 @@ class SqliteStore:
                     if records is None:
                         return
                     for record in records:
-                        yield record.to_event()
+                        yield self._event(record)
                     cursor = upto
                 while True:
                     if subscriber.buffer:
@@ -541,7 +1028,7 @@ class SqliteStore:
                         # Only a watcher asking from beyond the current revision can see older events here.
                         if record.revision > since:
                             cursor = record.revision
-                            yield record.to_event()
+                            yield self._event(record)
                     elif subscriber.overflowed:
                         break
                     elif subscriber.closed:
@@ -560,8 +1047,15 @@ class SqliteStore:
             if after < self._trimmed_through:
                 kept = self._trimmed_through + 1
                 raise WatchExpired(f"events after revision {after} were trimmed; the oldest kept is {kept}")
-            rows = await self._db.execute_fetchall(
-                "SELECT revision, kind, action, id, data FROM events WHERE revision > ? AND revision <= ? ORDER BY seq",
-                (after, upto),
-            )
+            with self._guarded():
+                rows = await self._db.execute_fetchall(
+                    "SELECT revision, kind, action, id, data FROM events WHERE revision > ? AND revision <= ?"
+                    " ORDER BY seq",
+                    (after, upto),
+                )
         return [_Record(rev, Kind(kind), Action(action), oid, data) for rev, kind, action, oid, data in rows]
+
+    def _event(self, record: _Record) -> Event:
+        """Returns a record as an event with its own decoded object; StoreDamaged if it does not decode."""
+        with self._guarded():
+            return record.to_event()
