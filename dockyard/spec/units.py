@@ -159,6 +159,13 @@ def format_duration(seconds: float) -> str:
     return format_duration_nanos(seconds_to_nanos(seconds))
 
 
+def format_cpus(cpus: float) -> str:
+    """Formats a number of CPUs as written in a spec, without a noisy trailing ".0": 2, 0.5, 1e+20."""
+    if math.isfinite(cpus) and float(cpus).is_integer() and abs(cpus) < 1e15:
+        return str(int(cpus))
+    return repr(float(cpus))
+
+
 def _number(digits: str, text: str) -> Fraction:
     """Reads a decimal number exactly; refuses absurdly long ones, which no size or duration needs."""
     if len(digits) > _MAX_NUMBER_LENGTH:
