@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from agent.runtime.base import ContainerSpec, PortBinding
 from dockyard import labels
+from dockyard.spec import schema
 from dockyard.v1 import types_pb2 as pb
 
-DEFAULT_STOP_GRACE = 10.0
+DEFAULT_STOP_GRACE = schema.STOP_GRACE_PERIOD.default_seconds
 
 
 def container_name(task: pb.Task) -> str:

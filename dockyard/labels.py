@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-PREFIX = "dockyard."
-MANAGED = "dockyard.managed"
-TASK_ID = "dockyard.task.id"
-SERVICE_ID = "dockyard.service.id"
-SERVICE_NAME = "dockyard.service.name"
-SLOT = "dockyard.slot"
-REVISION = "dockyard.revision"
-NODE_ID = "dockyard.node.id"
-GENERATION = "dockyard.generation"
+from dockyard.spec.schema import LABELS
+
+# Users may not set labels under this prefix (the spec's table reserves it), so these are always ours.
+PREFIX = LABELS.reserved_prefix
+MANAGED = f"{PREFIX}managed"
+TASK_ID = f"{PREFIX}task.id"
+SERVICE_ID = f"{PREFIX}service.id"
+SERVICE_NAME = f"{PREFIX}service.name"
+SLOT = f"{PREFIX}slot"
+REVISION = f"{PREFIX}revision"
+NODE_ID = f"{PREFIX}node.id"
+GENERATION = f"{PREFIX}generation"

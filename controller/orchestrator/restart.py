@@ -7,11 +7,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from dockyard.spec import schema
 from dockyard.task_state import is_terminal
 from dockyard.timestamps import from_timestamp, seconds
 from dockyard.v1 import types_pb2 as pb
 
-DEFAULT_DELAY = 5.0
+DEFAULT_DELAY = schema.RESTART_DELAY.default_seconds
 
 
 class Verdict(enum.Enum):
@@ -34,7 +35,7 @@ def decide_restart(
     policy: pb.RestartPolicy, stopped: pb.Task, slot_history: Sequence[pb.Task], now: datetime
 ) -> RestartDecision:
     """Decides whether a stopped task gets a replacement now, later, or never, under the service's policy."""
-    condition = policy.condition or pb.RestartPolicy.CONDITION_ON_FAILURE
+    condition = policy.condition or schema.RESTART_CONDITION.default
     succeeded = stopped.status.state == pb.TASK_STATE_COMPLETE
     if condition == pb.RestartPolicy.CONDITION_NONE or (
         condition == pb.RestartPolicy.CONDITION_ON_FAILURE and succeeded
