@@ -1,26 +1,54 @@
-"""The dockyard-controller command."""
+"""The dockyard-controller command: with no subcommand it runs the controller; `backup` and `restore` keep its store."""
 
 from __future__ import annotations
 
 import asyncio
 import signal
+import sys
 from pathlib import Path
+from typing import IO, NoReturn
 
 import click
 import structlog
 
+from controller.errors import EXIT_CONFIG, StartupError
 from controller.server import Controller, ControllerConfig
+from controller.store.sqlite import STORE_FILE, BackupError, backup_file, restore_file
 from dockyard import logs
 
 log = structlog.get_logger()
 
+PROG = "dockyard-controller"
+DEFAULT_STATE_DIR = Path("/var/lib/dockyard/controller")
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+
+class _Failure(click.ClickException):
+    """A one-line failure printed as `dockyard-controller: <message>`; exits 1."""
+
+    def show(self, file: IO[str] | None = None) -> None:
+        """Prints the one line to stderr."""
+        click.echo(f"{PROG}: {self.message}", file=file or sys.stderr)
+
+
+class _StartupFailure(_Failure):
+    """A StartupError: restarting with the same state and flags would fail the same way."""
+
+    exit_code = EXIT_CONFIG
+
+
+_STATE_DIR_TYPE = click.Path(file_okay=False, path_type=Path)
+
+
+@click.group(
+    invoke_without_command=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    epilog="Run with no command to start the controller in the foreground.",
+)
 @click.option("--listen", default="127.0.0.1:7465", show_default=True, help="Address for agents and the API.")
 @click.option(
     "--state-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path("/var/lib/dockyard/controller"),
+    type=_STATE_DIR_TYPE,
+    default=DEFAULT_STATE_DIR,
     show_default=True,
     help="Where the SQLite store lives.",
 )
@@ -34,7 +62,9 @@ log = structlog.get_logger()
 )
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info")
 @click.option("--log-format", type=click.Choice(["console", "json"]), default="console")
+@click.pass_context
 def main(
+    ctx: click.Context,
     listen: str,
     state_dir: Path,
     heartbeat_period: float,
@@ -42,7 +72,14 @@ def main(
     log_level: str,
     log_format: str,
 ) -> None:
-    """Runs the Dockyard controller in the foreground."""
+    """Runs the Dockyard controller in the foreground, or backs up or restores its store.
+
+    A startup error (damaged store, address in use, store held by another controller) prints one line and
+    exits with 78 (EX_CONFIG), which `dockyard up` takes as "do not restart".
+    """
+    ctx.obj = state_dir
+    if ctx.invoked_subcommand is not None:
+        return
     logs.configure(log_level, log_format, component="controller")
     config = ControllerConfig(
         listen=listen,
@@ -50,24 +87,84 @@ def main(
         heartbeat_period=heartbeat_period,
         heartbeat_grace_periods=heartbeat_grace,
     )
-    asyncio.run(_serve(config))
+    try:
+        asyncio.run(_serve(config))
+    except StartupError as exc:
+        raise _StartupFailure(str(exc)) from None
 
 
 async def _serve(config: ControllerConfig) -> None:
     controller = Controller(config)
-    await controller.start()
+    try:
+        await controller.start()
+    except BaseException:
+        # Whatever start() got to (the store, a bound port) is let go before the one-line error.
+        await controller.stop()
+        raise
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     waiter = asyncio.create_task(controller.wait())
     stopper = asyncio.create_task(stop.wait())
-    await asyncio.wait([waiter, stopper], return_when=asyncio.FIRST_COMPLETED)
-    log.info("controller stopping")
-    waiter.cancel()
-    stopper.cancel()
-    await controller.stop()
+    try:
+        await asyncio.wait([waiter, stopper], return_when=asyncio.FIRST_COMPLETED)
+        log.info("controller stopping")
+        waiter.cancel()
+        stopper.cancel()
+    finally:
+        await controller.stop()
+    if waiter.done() and not waiter.cancelled() and waiter.exception() is not None:
+        raise waiter.exception()  # type: ignore[misc]
+
+
+def _store_path(ctx: click.Context, state_dir: Path | None) -> Path:
+    """Returns the store file of the subcommand's --state-dir, else of the one given before the subcommand."""
+    directory = state_dir if state_dir is not None else ctx.find_root().obj
+    assert isinstance(directory, Path)
+    return directory / STORE_FILE
+
+
+@main.command()
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--state-dir", type=_STATE_DIR_TYPE, default=None, help=f"The controller's state dir [{DEFAULT_STATE_DIR}]."
+)
+@click.option("--force", is_flag=True, help="Overwrite FILE if it exists.")
+@click.pass_context
+def backup(ctx: click.Context, file: Path, state_dir: Path | None, force: bool) -> None:
+    """Write a consistent copy of the store to FILE; safe while the controller runs."""
+    db = _store_path(ctx, state_dir)
+    try:
+        summary = backup_file(db, file, force=force)
+    except BackupError as exc:
+        _fail(exc)
+    click.echo(f"backed up {db} at {summary} to {file}")
+
+
+@main.command()
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--state-dir", type=_STATE_DIR_TYPE, default=None, help=f"The controller's state dir [{DEFAULT_STATE_DIR}]."
+)
+@click.pass_context
+def restore(ctx: click.Context, file: Path, state_dir: Path | None) -> None:
+    """Check the backup FILE and put it in place of the store; the controller must be stopped.
+
+    The store it replaces is kept beside it as controller.db.<UTC time>.bak.
+    """
+    db = _store_path(ctx, state_dir)
+    try:
+        summary, aside = restore_file(file, db)
+    except BackupError as exc:
+        _fail(exc)
+    kept = f"; the previous store is kept as {aside}" if aside is not None else ""
+    click.echo(f"restored {file} ({summary}) into {db}{kept}")
+
+
+def _fail(exc: Exception) -> NoReturn:
+    raise _Failure(str(exc)) from None
 
 
 if __name__ == "__main__":
-    main()
+    main(prog_name=PROG)

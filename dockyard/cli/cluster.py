@@ -8,6 +8,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
@@ -52,7 +54,7 @@ def up(
     output: str,
 ) -> None:
     """Run a controller and a local agent on this host (embedded SQLite state)."""
-    from dockyard.local.supervisor import LocalCluster, supervise
+    from dockyard.local.supervisor import ChildFailed, LocalCluster, supervise
 
     state = (state_dir or default_state_dir()).resolve()
     pid_path = state / "dockyard.pid"
@@ -61,9 +63,9 @@ def up(
         raise click.ClickException(f"already running (pid {running}) with state in {state}; run `dockyard down` first")
     address = _connect_address(listen)
     if detach:
-        _start_detached(state, listen, docker_url, hostname, labels)
+        background = _start_detached(state, listen, docker_url, hostname, labels)
         write_context(LocalContext(controller=address, state_dir=str(state)))
-        node = asyncio.run(_wait_ready(address, READY_TIMEOUT))
+        node = asyncio.run(_wait_ready(address, READY_TIMEOUT, background.check))
         info = {
             "controller": address,
             "state_dir": str(state),
@@ -87,12 +89,41 @@ def up(
     cluster = LocalCluster(state_dir=state, listen=listen, docker_url=docker_url, hostname=hostname, labels=labels)
     try:
         asyncio.run(supervise(cluster))
+    except ChildFailed as exc:
+        # The child's own line says what is wrong and what to do; restarting would fail the same way.
+        raise click.ClickException(str(exc)) from None
     finally:
         if read_pid(pid_path) == os.getpid():
             pid_path.unlink()
 
 
-def _start_detached(state: Path, listen: str, docker_url: str | None, hostname: str, labels: tuple[str, ...]) -> None:
+@dataclass(frozen=True)
+class _Background:
+    """A detached `dockyard up` and where its log starts for this run."""
+
+    process: subprocess.Popen[bytes]
+    log: Path
+    log_offset: int
+
+    def check(self) -> None:
+        """Raises ClickException with the background's own one-line error once it has exited."""
+        code = self.process.poll()
+        if code is None:
+            return
+        with open(self.log, "rb") as log_file:
+            log_file.seek(self.log_offset)
+            lines = log_file.read().decode(errors="replace").splitlines()
+        last = next((line.strip() for line in reversed(lines) if line.strip()), "")
+        # A ClickException in the background ends its log with "Error: <the one line>".
+        if last.startswith("Error: "):
+            raise click.ClickException(last.removeprefix("Error: "))
+        raise click.ClickException(f"the cluster exited (code {code}); see {self.log}")
+
+
+def _start_detached(
+    state: Path, listen: str, docker_url: str | None, hostname: str, labels: tuple[str, ...]
+) -> _Background:
+    """Starts `dockyard up` in its own session, logging to STATE/dockyard.log; returns once it has a pid file."""
     state.mkdir(parents=True, exist_ok=True)
     argv = [sys.executable, "-m", "dockyard.cli.main", "up", "--state-dir", str(state), "--listen", listen]
     if docker_url:
@@ -101,23 +132,32 @@ def _start_detached(state: Path, listen: str, docker_url: str | None, hostname: 
         argv += ["--hostname", hostname]
     for label in labels:
         argv += ["--label", label]
-    with open(state / "dockyard.log", "ab") as log_file:
-        subprocess.Popen(
+    log_path = state / "dockyard.log"
+    with open(log_path, "ab") as log_file:
+        offset = log_file.tell()
+        process = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
         )
+    background = _Background(process, log_path, offset)
     deadline = time.monotonic() + 10
     while read_pid(state / "dockyard.pid") is None:
+        background.check()
         if time.monotonic() > deadline:
-            raise click.ClickException(f"the cluster did not start; see {state / 'dockyard.log'}")
+            raise click.ClickException(f"the cluster did not start; see {log_path}")
         time.sleep(0.05)
+    return background
 
 
-async def _wait_ready(address: str, wait_seconds: float) -> str:
-    """Waits until the controller answers and a node is ready; returns that node's host name."""
+async def _wait_ready(address: str, wait_seconds: float, check: Callable[[], None] = lambda: None) -> str:
+    """Waits until the controller answers and a node is ready; returns that node's host name.
+
+    check() is called on every round and may raise to give up early (the cluster exited).
+    """
     deadline = time.monotonic() + wait_seconds
     last = "the controller did not answer"
     async with Client(address, deadline=2.0) as client:
         while time.monotonic() < deadline:
+            check()
             try:
                 for node in await client.list_nodes():
                     if node.status == pb.NODE_STATUS_READY:

@@ -1,22 +1,46 @@
-"""Runs the controller and the local agent as child processes, restarting either if it dies."""
+"""Runs the controller and the local agent as child processes, restarting either if it dies.
+
+A child that exits with EX_CONFIG (78) is not restarted: it says that starting again with the same state
+and flags fails the same way (a damaged store, an address in use). The supervisor then stops the other
+child and raises ChildFailed with the last line the child wrote to stderr, which is its one-line reason.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Final
 
 import structlog
 
 from dockyard.backoff import Backoff
 
+__all__ = ["EXIT_CONFIG", "STOP_TIMEOUT", "ChildFailed", "LocalCluster", "supervise", "supervise_children"]
+
 log = structlog.get_logger()
 
 STOP_TIMEOUT = 20.0
+# sysexits' EX_CONFIG, as controller.errors.EXIT_CONFIG; repeated so the supervisor imports nothing of the
+# controller (it only starts it).
+EXIT_CONFIG: Final = 78
+# How much of a child's stderr is kept to find its last line.
+_TAIL_BYTES: Final = 8192
+_CHUNK: Final = 65536
+
+
+class ChildFailed(Exception):
+    """A child exited with EX_CONFIG; str() is the last line it wrote to stderr (its reason)."""
+
+    def __init__(self, child: str, message: str) -> None:
+        """Keeps which child failed and its one-line reason."""
+        super().__init__(message)
+        self.child = child
 
 
 @dataclass(frozen=True)
@@ -67,39 +91,106 @@ class LocalCluster:
 
 
 async def supervise(cluster: LocalCluster) -> None:
-    """Runs both children until SIGTERM or SIGINT, then stops the agent first and the controller last."""
+    """Runs the controller and the agent until SIGTERM or SIGINT, then stops the agent first.
+
+    Raises ChildFailed, after stopping the other child, when one exits with EX_CONFIG.
+    """
+    await supervise_children([("controller", cluster.controller_argv()), ("agent", cluster.agent_argv())])
+
+
+async def supervise_children(children: Sequence[tuple[str, Sequence[str]]]) -> None:
+    """Runs each (name, argv), restarting any that exits, until SIGTERM or SIGINT; stops them in reverse order.
+
+    Each child's stderr passes through to ours. Raises ChildFailed, after stopping the others, when a child
+    exits with EX_CONFIG.
+    """
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    children = {
-        "controller": asyncio.create_task(_keep_running("controller", cluster.controller_argv(), stop)),
-        "agent": asyncio.create_task(_keep_running("agent", cluster.agent_argv(), stop)),
-    }
-    await stop.wait()
-    log.info("stopping local cluster; containers keep running")
-    # The agent goes first so it never sees its controller vanish.
-    for name in ("agent", "controller"):
-        with contextlib.suppress(asyncio.CancelledError):
-            await children[name]
+    try:
+        running = {
+            name: asyncio.create_task(_keep_running(name, list(argv), stop), name=f"supervise-{name}")
+            for name, argv in children
+        }
+        stopper = asyncio.create_task(stop.wait())
+        await asyncio.wait([stopper, *running.values()], return_when=asyncio.FIRST_COMPLETED)
+        stopper.cancel()
+        failed = next((task for task in running.values() if task.done() and task.exception() is not None), None)
+        if failed is None:
+            log.info("stopping local cluster; containers keep running")
+        stop.set()
+        # The agent goes first so it never sees its controller vanish.
+        for name, _ in reversed(children):
+            try:
+                await running[name]
+            except Exception as exc:
+                if running[name] is not failed:
+                    log.error("child failed while stopping", child=name, error=str(exc))
+        if failed is not None:
+            raise failed.exception()  # type: ignore[misc]
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
 
 
 async def _keep_running(name: str, argv: list[str], stop: asyncio.Event) -> None:
+    """Runs and restarts one child until stop is set; ChildFailed when it exits with EX_CONFIG."""
     backoff = Backoff(base=0.5, cap=10.0)
     while not stop.is_set():
-        process = await asyncio.create_subprocess_exec(*argv)
+        process = await asyncio.create_subprocess_exec(*argv, stderr=asyncio.subprocess.PIPE)
         log.info("started", child=name, pid=process.pid)
+        assert process.stderr is not None
+        tail = asyncio.create_task(_pass_through(process.stderr))
         waiter = asyncio.create_task(process.wait())
         stopper = asyncio.create_task(stop.wait())
         await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        if stop.is_set():
-            stopper.cancel()
-            await _terminate(process, waiter)
-            return
         stopper.cancel()
+        if stop.is_set():
+            await _terminate(process, waiter)
+            await _last_words(tail)
+            return
+        last_line = await _last_words(tail)
+        if process.returncode == EXIT_CONFIG:
+            log.error("child cannot start as configured; not restarting", child=name, code=process.returncode)
+            raise ChildFailed(name, last_line or f"the {name} exited with code {EXIT_CONFIG} (configuration error)")
         delay = backoff.next_delay()
         log.error("child exited; restarting", child=name, code=process.returncode, restart_in=round(delay, 2))
-        await asyncio.sleep(delay)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(delay):
+                await stop.wait()
+
+
+async def _pass_through(stream: asyncio.StreamReader) -> bytes:
+    """Copies a child's stderr to ours until EOF; returns the last bytes of it."""
+    tail = b""
+    while chunk := await stream.read(_CHUNK):
+        _write_stderr(chunk)
+        tail = (tail + chunk)[-_TAIL_BYTES:]
+    return tail
+
+
+def _write_stderr(data: bytes) -> None:
+    """Writes bytes to file descriptor 2, where the child's stderr went before it was piped through us."""
+    view = memoryview(data)
+    while view:
+        try:
+            written = os.write(2, view)
+        except BlockingIOError:
+            continue
+        view = view[written:]
+
+
+async def _last_words(tail: asyncio.Task[bytes]) -> str:
+    """Returns the last non-empty line the child wrote to stderr ("" if none, or if its pipe stays open)."""
+    try:
+        # A grandchild could hold the pipe open; the line that matters was written before the exit.
+        async with asyncio.timeout(2.0):
+            data = await tail
+    except TimeoutError:
+        return ""
+    lines = [line.strip() for line in data.decode(errors="replace").splitlines()]
+    return next((line for line in reversed(lines) if line), "")
 
 
 async def _terminate(process: asyncio.subprocess.Process, waiter: asyncio.Task[int]) -> None:
