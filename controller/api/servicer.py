@@ -1,72 +1,178 @@
-"""The public ControllerService: validates each request and writes desired state to the store."""
+"""The public ControllerService: validates each request and writes desired state to the store.
+
+Every error goes through controller.api.status (bounded message and details), every write through
+controller.api.writes.commit_or_abort, every list through controller.api.paging. Requests arrive
+already parsed by controller.api.handlers, which also turns a damaged store into UNAVAILABLE.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import NoReturn
 
 import grpc
 
-from controller.api.apply import plan_apply
+from controller.api.apply import plan_apply, same_apart_from_replicas
+from controller.api.paging import Key, PageLimits, PageTokenError, decode_token, encode_token, ordered_source, read_page
+from controller.api.status import Context, Stale, abort, abort_invalid, abort_stale
 from controller.api.validation import apply_errors, node_label_errors, replicas_error
-from controller.store.base import ConflictError, Delete, Kind, Put, Store
+from controller.api.writes import commit_or_abort, revision_stale, version_stale
+from controller.store.base import Check, Delete, Kind, Op, Put, Store
+from controller.store.specs import SpecCache
 from dockyard.clock import Clock
+from dockyard.spec.errors import Issue
+from dockyard.spec.paths import key_path
 from dockyard.task_state import is_terminal
 from dockyard.timestamps import to_timestamp
 from dockyard.v1 import controller_pb2 as cpb
-from dockyard.v1 import controller_pb2_grpc as cpb_grpc
 from dockyard.v1 import types_pb2 as pb
 
-Context = grpc.aio.ServicerContext[object, object]
+__all__ = ["ControllerApi"]
 
 
-class ControllerApi(cpb_grpc.ControllerServiceServicer):
-    """Validates, then writes services; reads nodes and tasks. It never talks to the other roles."""
+def _service_key(service: pb.Service) -> Key:
+    return (service.name,)
 
-    def __init__(self, store: Store, clock: Clock, new_id: Callable[[], str]) -> None:
+
+def _node_key(node: pb.Node) -> Key:
+    return (node.description.hostname, node.id)
+
+
+def _task_key(task: pb.Task) -> Key:
+    created_ns = task.created_at.seconds * 1_000_000_000 + task.created_at.nanos
+    return (task.service_id, task.slot, created_ns, task.id)
+
+
+_SERVICE_KEY_SHAPE = (str,)
+_NODE_KEY_SHAPE = (str, str)
+_TASK_KEY_SHAPE = (str, int, int, str)
+
+
+def _service_subject(name: str) -> str:
+    return key_path("services", name)
+
+
+def _node_subject(node: pb.Node) -> str:
+    return key_path("nodes", node.description.hostname or node.id)
+
+
+class ControllerApi:
+    """Validates, then writes services; reads nodes and tasks. It never talks to the other roles.
+
+    Its methods have the ControllerService signatures; controller.api.handlers registers them.
+    """
+
+    def __init__(
+        self, store: Store, clock: Clock, new_id: Callable[[], str], page_limits: PageLimits | None = None
+    ) -> None:
+        """Serves from `store`; `page_limits` bounds every list response."""
         self._store = store
         self._clock = clock
         self._new_id = new_id
+        self._limits = page_limits or PageLimits()
+        self._specs = SpecCache(store)
 
     async def ApplyService(self, request: cpb.ApplyServiceRequest, context: Context) -> cpb.ApplyServiceResponse:
-        """Creates or updates every service of the request atomically; an invalid request writes nothing."""
-        errors = apply_errors(request.services)
-        if errors:
-            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "\n".join(map(str, errors)))
+        """Creates or updates every service in one transaction; an invalid or stale request writes nothing."""
+        issues = apply_errors(request.services)
+        names = {spec.name for spec in request.services}
+        issues.extend(
+            Issue(key_path("if_revision", name), "names no service of this request; name one that it applies")
+            for name in sorted(request.if_revision)
+            if name not in names
+        )
+        if issues:
+            await abort_invalid(context, issues)
         existing = {s.name: s for s in await self._store.list_services()}
+        expected = dict(request.if_revision)
+        stale = [
+            problem
+            for name in sorted(expected)
+            if (problem := revision_stale(_service_subject(name), expected[name], existing.get(name))) is not None
+        ]
+        if stale:
+            await abort_stale(context, stale)
         plan = plan_apply(request.services, existing, self._clock.now(), self._new_id)
         if plan.puts and not request.dry_run:
-            try:
-                await self._store.commit(plan.puts)
-            except ConflictError:
-                await _abort(context, grpc.StatusCode.ABORTED, "services: changed concurrently; apply again")
+            written = {put.obj.id for put in plan.puts}
+            # A conditioned service that stays unchanged still conditions the whole batch.
+            checks: list[Op] = [
+                Check(Kind.SERVICE, existing[name].id, existing[name].version)
+                for name in expected
+                if name in existing and existing[name].id not in written
+            ]
+            subject = _service_subject(plan.results[0].service.name) if len(request.services) == 1 else "services"
+            await commit_or_abort(self._store, context, [*plan.puts, *checks], subject, conditional=bool(expected))
         return cpb.ApplyServiceResponse(results=plan.results)
 
     async def GetService(self, request: cpb.GetServiceRequest, context: Context) -> pb.Service:
-        """Returns one service by name or id."""
-        return await self._service(request.name, context)
+        """Returns one service by name or id: as it is now, or with the spec it had at `revision`."""
+        service = await self._service(request.name, context)
+        if request.revision in (0, service.revision):
+            return service
+        spec = await self._specs.get(service.id, request.revision) if request.revision < service.revision else None
+        if spec is None:
+            await abort(
+                context,
+                grpc.StatusCode.NOT_FOUND,
+                f"revision: service {service.name!r} has no revision {request.revision} "
+                f"(it is at revision {service.revision})",
+            )
+        past = pb.Service()
+        past.CopyFrom(service)
+        past.revision = request.revision
+        past.spec.CopyFrom(spec)
+        past.spec_revision = await self._spec_revision_at(service, request.revision, spec)
+        return past
+
+    async def _spec_revision_at(self, service: pb.Service, revision: int, spec: pb.ServiceSpec) -> int:
+        """Returns the revision at which the spec of `revision` last changed apart from replicas."""
+        if service.spec_revision <= revision:
+            return service.spec_revision  # nothing but replicas changed since, so it was already this
+        at = revision
+        while at > 1:
+            earlier = await self._specs.get(service.id, at - 1)
+            if earlier is None or not same_apart_from_replicas(earlier, spec):
+                break
+            at -= 1
+        return at
 
     async def ListServices(self, request: cpb.ListServicesRequest, context: Context) -> cpb.ListServicesResponse:
-        """Returns every service."""
-        return cpb.ListServicesResponse(services=await self._store.list_services())
+        """Returns one page of services, by name."""
+        after = await self._after(request.page_token, "services", "", _SERVICE_KEY_SHAPE, context)
+        page = await read_page(
+            ordered_source(self._store.list_services, _service_key),
+            _service_key,
+            after=after,
+            size=self._limits.size(request.page_size),
+            max_bytes=self._limits.max_bytes,
+            token_for=lambda key: encode_token("services", "", key),
+        )
+        return cpb.ListServicesResponse(services=page.items, next_page_token=page.next_token)
 
     async def DeleteService(self, request: cpb.DeleteServiceRequest, context: Context) -> cpb.DeleteServiceResponse:
         """Deletes a service; the orchestrator then stops and removes its tasks."""
         service = await self._service(request.name, context)
-        try:
-            await self._store.commit([Delete(Kind.SERVICE, service.id, expect_version=service.version)])
-        except ConflictError:
-            await _abort(context, grpc.StatusCode.ABORTED, f"name: service {request.name!r} changed; try again")
+        expected = request.if_revision if request.HasField("if_revision") else None
+        await self._check_revision(service, expected, context)
+        await commit_or_abort(
+            self._store,
+            context,
+            [Delete(Kind.SERVICE, service.id, expect_version=service.version)],
+            _service_subject(service.name),
+            conditional=expected is not None,
+        )
         return cpb.DeleteServiceResponse(service=service)
 
     async def ScaleService(self, request: cpb.ScaleServiceRequest, context: Context) -> pb.Service:
-        """Sets a service's replica count as a new revision."""
+        """Sets a service's replica count as a new revision (its spec_revision stays)."""
         problem = replicas_error(request.replicas)
         if problem:
-            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(problem))
+            await abort_invalid(context, [problem])
         service = await self._service(request.name, context)
+        expected = request.if_revision if request.HasField("if_revision") else None
+        await self._check_revision(service, expected, context)
         if service.spec.mode == pb.SERVICE_MODE_GLOBAL:
-            await _abort(
+            await abort(
                 context,
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"name: {service.name!r} is a global service (one task per eligible node); it cannot be scaled",
@@ -78,30 +184,72 @@ class ControllerApi(cpb_grpc.ControllerServiceServicer):
         scaled.spec.replicas = request.replicas
         scaled.revision += 1
         scaled.updated_at.CopyFrom(to_timestamp(self._clock.now()))
-        try:
-            await self._store.commit([Put(scaled, expect_version=service.version)])
-        except ConflictError:
-            await _abort(context, grpc.StatusCode.ABORTED, f"name: service {request.name!r} changed; try again")
+        await commit_or_abort(
+            self._store,
+            context,
+            [Put(scaled, expect_version=service.version)],
+            _service_subject(service.name),
+            conditional=expected is not None,
+        )
         return scaled
 
     async def ListNodes(self, request: cpb.ListNodesRequest, context: Context) -> cpb.ListNodesResponse:
-        """Returns every node."""
-        return cpb.ListNodesResponse(nodes=await self._store.list_nodes())
+        """Returns one page of nodes, by hostname then id."""
+        after = await self._after(request.page_token, "nodes", "", _NODE_KEY_SHAPE, context)
+        page = await read_page(
+            ordered_source(self._store.list_nodes, _node_key),
+            _node_key,
+            after=after,
+            size=self._limits.size(request.page_size),
+            max_bytes=self._limits.max_bytes,
+            token_for=lambda key: encode_token("nodes", "", key),
+        )
+        return cpb.ListNodesResponse(nodes=page.items, next_page_token=page.next_token)
 
     async def ListTasks(self, request: cpb.ListTasksRequest, context: Context) -> cpb.ListTasksResponse:
-        """Returns tasks, by service and node; finished ones only when asked for."""
-        service_id = (await self._service(request.service, context)).id if request.service else None
-        tasks = await self._store.list_tasks(service_id=service_id, node_id=request.node_id or None)
-        if not request.include_finished:
-            tasks = [t for t in tasks if t.desired_state == pb.DESIRED_STATE_RUNNING or not is_terminal(t.status.state)]
-        return cpb.ListTasksResponse(tasks=tasks)
+        """Returns one page of tasks, by service, slot and age; finished ones only when asked for.
+
+        TASK_VIEW_FULL fills each task's spec from the service history; otherwise tasks have none.
+        """
+        service_id = (await self._service(request.service, context)).id if request.service else ""
+        query = f"{service_id}\0{request.node_id}\0{int(request.include_finished)}"
+        after = await self._after(request.page_token, "tasks", query, _TASK_KEY_SHAPE, context)
+
+        async def fetch() -> list[pb.Task]:
+            tasks = await self._store.list_tasks(service_id=service_id or None, node_id=request.node_id or None)
+            if request.include_finished:
+                return tasks
+            return [t for t in tasks if t.desired_state == pb.DESIRED_STATE_RUNNING or not is_terminal(t.status.state)]
+
+        full = request.view == cpb.TASK_VIEW_FULL
+
+        async def finish(task: pb.Task) -> pb.Task:
+            task.ClearField("spec")
+            if full:
+                spec = await self._specs.get(task.service_id, task.revision)
+                if spec is not None:
+                    task.spec.CopyFrom(spec)
+            return task
+
+        page = await read_page(
+            ordered_source(fetch, _task_key),
+            _task_key,
+            after=after,
+            size=self._limits.size(request.page_size),
+            max_bytes=self._limits.max_bytes,
+            token_for=lambda key: encode_token("tasks", query, key),
+            finish=finish,
+        )
+        return cpb.ListTasksResponse(tasks=page.items, next_page_token=page.next_token)
 
     async def UpdateNode(self, request: cpb.UpdateNodeRequest, context: Context) -> pb.Node:
         """Sets a node's availability and operator labels; the orchestrator and scheduler react."""
         problems = node_label_errors(request.set_labels, request.remove_labels)
         if problems:
-            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "\n".join(map(str, problems)))
+            await abort_invalid(context, problems)
         node = await self._node(request.node, context)
+        expected = request.if_version if request.HasField("if_version") else None
+        await self._check_version(node, expected, context)
         changed = pb.Node()
         changed.CopyFrom(node)
         if request.availability:
@@ -111,30 +259,59 @@ class ControllerApi(cpb_grpc.ControllerServiceServicer):
         changed.labels.update(request.set_labels)
         if changed == node:
             return node
-        try:
-            await self._store.commit([Put(changed, expect_version=node.version)])
-        except ConflictError:
-            await _abort(context, grpc.StatusCode.ABORTED, f"node: {request.node!r} changed concurrently; try again")
+        await commit_or_abort(
+            self._store,
+            context,
+            [Put(changed, expect_version=node.version)],
+            _node_subject(node),
+            conditional=expected is not None,
+        )
         return changed
 
     async def RemoveNode(self, request: cpb.RemoveNodeRequest, context: Context) -> cpb.RemoveNodeResponse:
         """Forgets a node; its tasks count as lost and move. A ready node needs force."""
         node = await self._node(request.node, context)
+        expected = request.if_version if request.HasField("if_version") else None
+        await self._check_version(node, expected, context)
         if node.status == pb.NODE_STATUS_READY and not request.force:
-            await _abort(
+            await abort(
                 context,
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"node: {request.node!r} is ready; drain it and stop its agent first, or force the removal",
             )
-        try:
-            await self._store.commit([Delete(Kind.NODE, node.id, expect_version=node.version)])
-        except ConflictError:
-            await _abort(context, grpc.StatusCode.ABORTED, f"node: {request.node!r} changed concurrently; try again")
+        await commit_or_abort(
+            self._store,
+            context,
+            [Delete(Kind.NODE, node.id, expect_version=node.version)],
+            _node_subject(node),
+            conditional=expected is not None,
+        )
         return cpb.RemoveNodeResponse(node=node)
+
+    async def _check_revision(self, service: pb.Service, expected: int | None, context: Context) -> None:
+        stale = revision_stale(_service_subject(service.name), expected, service)
+        if stale is not None:
+            await abort_stale(context, [stale])
+
+    async def _check_version(self, node: pb.Node, expected: int | None, context: Context) -> None:
+        stale: Stale | None = version_stale(_node_subject(node), expected, node)
+        if stale is not None:
+            await abort_stale(context, [stale])
+
+    async def _after(self, token: str, kind: str, query: str, shape: tuple[type, ...], context: Context) -> Key | None:
+        """Returns the key a page token continues after (None without a token); INVALID_ARGUMENT for a bad one."""
+        if not token:
+            return None
+        try:
+            return decode_token(token, kind, query, shape)
+        except PageTokenError as exc:
+            await abort_invalid(
+                context, [Issue("page_token", f"{exc}; pass next_page_token of the previous page, or none")]
+            )
 
     async def _node(self, name: str, context: Context) -> pb.Node:
         if not name:
-            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "node: is required; give a node id or host name")
+            await abort_invalid(context, [Issue("node", "is required; give a node id or host name")])
         nodes = await self._store.list_nodes()
         by_id = [n for n in nodes if n.id == name]
         if by_id:
@@ -142,22 +319,15 @@ class ControllerApi(cpb_grpc.ControllerServiceServicer):
         by_name = [n for n in nodes if n.description.hostname == name]
         if len(by_name) > 1:
             ids = ", ".join(n.id for n in by_name)
-            await _abort(
-                context, grpc.StatusCode.INVALID_ARGUMENT, f"node: {name!r} names several nodes ({ids}); use an id"
-            )
+            await abort_invalid(context, [Issue("node", f"{name!r} names several nodes ({ids}); use an id")])
         if not by_name:
-            await _abort(context, grpc.StatusCode.NOT_FOUND, f"node: {name!r} not found; see `dockyard nodes`")
+            await abort(context, grpc.StatusCode.NOT_FOUND, f"node: {name!r} not found; see `dockyard nodes`")
         return by_name[0]
 
     async def _service(self, name: str, context: Context) -> pb.Service:
         if not name:
-            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "name: is required; give a service name or id")
+            await abort_invalid(context, [Issue("name", "is required; give a service name or id")])
         service = await self._store.get_service(name)
         if service is None:
-            await _abort(context, grpc.StatusCode.NOT_FOUND, f"name: service {name!r} not found")
+            await abort(context, grpc.StatusCode.NOT_FOUND, f"name: service {name!r} not found")
         return service
-
-
-async def _abort(context: Context, code: grpc.StatusCode, message: str) -> NoReturn:
-    await context.abort(code, message)
-    raise AssertionError("context.abort returned")  # abort always raises; this satisfies the type checker

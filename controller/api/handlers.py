@@ -1,0 +1,73 @@
+"""Registers ControllerService with a parsing seam in front of every method.
+
+grpcio parses a request with the registered deserializer before the method runs, and a DecodeError
+there (invalid UTF-8 in a string, nesting past protobuf's recursion limit) becomes UNKNOWN with
+"Unexpected DecodeError", which tells the caller nothing. Here the methods receive the raw bytes and
+parse them in one wrapper, so such a request is INVALID_ARGUMENT naming the request type. The same
+wrapper turns a damaged store met by any read into UNAVAILABLE with the store's one-line message.
+A request above the receive limit is still refused by grpcio before any of this (RESOURCE_EXHAUSTED).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import grpc
+from google.protobuf import message_factory
+from google.protobuf.descriptor import MethodDescriptor
+from google.protobuf.message import DecodeError, Message
+
+from controller.api.servicer import ControllerApi
+from controller.api.status import Context, abort, abort_store_damaged
+from controller.errors import StoreDamaged
+from dockyard.v1 import controller_pb2 as cpb
+
+__all__ = ["SERVICE_NAME", "add_controller_api"]
+
+SERVICE = cpb.DESCRIPTOR.services_by_name["ControllerService"]
+SERVICE_NAME = SERVICE.full_name
+
+Behaviour = Callable[[Message, Context], Awaitable[Message]]
+DamageHandler = Callable[[StoreDamaged], Awaitable[None]]
+
+
+def _parsing(
+    method: MethodDescriptor, behaviour: Behaviour, on_store_damaged: DamageHandler | None
+) -> Callable[[bytes, Context], Awaitable[Message]]:
+    request_class = message_factory.GetMessageClass(method.input_type)
+    type_name = method.input_type.full_name
+
+    async def handle(raw: bytes, context: Context) -> Message:
+        try:
+            request = request_class.FromString(raw)
+        except DecodeError as exc:
+            reason = str(exc).rpartition(": ")[2] or "cannot be parsed"
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"request: not a valid {type_name}: {reason}")
+        try:
+            return await behaviour(request, context)
+        except StoreDamaged as exc:
+            if on_store_damaged is not None:
+                await on_store_damaged(exc)
+            await abort_store_damaged(context, exc)
+
+    return handle
+
+
+def add_controller_api(
+    api: ControllerApi, server: grpc.aio.Server, on_store_damaged: DamageHandler | None = None
+) -> None:
+    """Serves every ControllerService method of `api` on `server`, each behind the parsing seam.
+
+    `on_store_damaged` runs when a request meets a damaged store (e.g. to report NOT_SERVING).
+    """
+    handlers: dict[str, grpc.RpcMethodHandler[bytes, Message]] = {}
+    for method in SERVICE.methods:
+        assert not method.client_streaming and not method.server_streaming, method.full_name  # all unary today
+        behaviour: Behaviour = getattr(api, method.name)
+        response_class = message_factory.GetMessageClass(method.output_type)
+        handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+            _parsing(method, behaviour, on_store_damaged),
+            request_deserializer=None,  # bytes in: _parsing parses
+            response_serializer=response_class.SerializeToString,
+        )
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)])
