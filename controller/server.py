@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
+from controller.api import reflection
+from controller.api.handlers import add_controller_api
 from controller.api.servicer import ControllerApi
 from controller.dispatcher.dispatcher import Dispatcher
+from controller.errors import StartupError, StoreDamaged
 from controller.ids import new_id
 from controller.orchestrator.role import Orchestrator
 from controller.reactor import Reactor
@@ -21,7 +26,7 @@ from controller.scheduler.role import Scheduler
 from controller.store.base import Kind, Store
 from controller.store.sqlite import SqliteStore
 from dockyard.clock import Clock, SystemClock
-from dockyard.v1 import agent_pb2, agent_pb2_grpc, controller_pb2, controller_pb2_grpc
+from dockyard.v1 import agent_pb2, agent_pb2_grpc, controller_pb2
 
 log = structlog.get_logger()
 
@@ -50,30 +55,40 @@ class Controller:
         self.port = 0
 
     async def start(self) -> None:
-        """Opens the store, starts the roles and serves the gRPC API."""
-        await self.store.open()
+        """Binds the address, opens the store, starts the roles and serves the gRPC API.
+
+        Raises StartupError when the address is in use (naming what holds it, where it can tell).
+        """
         dispatcher = Dispatcher(
             self.store, self._clock, self.config.heartbeat_period, self.config.heartbeat_grace_periods
         )
         orchestrator = Orchestrator(self.store, self._clock, new_id)
         scheduler = Scheduler(self.store, self._clock, self.config.seed)
-        server = grpc.aio.server()
-        controller_pb2_grpc.add_ControllerServiceServicer_to_server(
-            ControllerApi(self.store, self._clock, new_id), server
-        )
-        agent_pb2_grpc.add_AgentServiceServicer_to_server(dispatcher, server)
+        # gRPC sets SO_REUSEPORT by default, and then a second controller on the same address shares it
+        # silently and the kernel splits the connections between two clusters.
+        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
         health_servicer = health.aio.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         names = (
             controller_pb2.DESCRIPTOR.services_by_name["ControllerService"].full_name,
             agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name,
             health.SERVICE_NAME,
-            reflection.SERVICE_NAME,
         )
-        reflection.enable_server_reflection(names, server)
-        self.port = server.add_insecure_port(self.config.listen)
-        if self.port == 0:
-            raise OSError(f"--listen: cannot bind {self.config.listen}; is another controller running?")
+
+        async def out_of_service(damage: StoreDamaged) -> None:
+            log.error("store damaged; not serving", error=str(damage))
+            for name in ("", *names[:2]):
+                await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+
+        add_controller_api(ControllerApi(self.store, self._clock, new_id), server, on_store_damaged=out_of_service)
+        agent_pb2_grpc.add_AgentServiceServicer_to_server(dispatcher, server)
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        reflection.enable_reflection(names, server)
+        self.port = _bind(server, self.config.listen)
+        try:
+            await self.store.open()
+        except BaseException:
+            await server.stop(None)
+            raise
         await server.start()
         self._server = server
         self._tasks = [
@@ -125,3 +140,95 @@ class Controller:
         for task in done:
             if task.exception() is not None:
                 raise task.exception()  # type: ignore[misc]
+
+
+def _bind(server: grpc.aio.Server, listen: str) -> int:
+    """Adds the listening port and returns it; StartupError when the address is taken or unusable."""
+    _refuse_if_in_use(listen)
+    try:
+        port = server.add_insecure_port(listen)
+    except RuntimeError:
+        port = 0
+    if port == 0:
+        # The check above missed it (taken in between, or an address form it does not parse).
+        raise StartupError(_in_use_message(listen, _port_of(listen)))
+    return port
+
+
+def _split(listen: str) -> tuple[str, int] | None:
+    """Returns (host, port) of "host:port" or "[v6]:port"; None for other forms (such as unix:)."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit() or host.startswith("unix"):
+        return None
+    return host.removeprefix("[").removesuffix("]"), int(port)
+
+
+def _port_of(listen: str) -> int:
+    parts = _split(listen)
+    return parts[1] if parts else 0
+
+
+def _refuse_if_in_use(listen: str) -> None:
+    """Binds each address `listen` resolves to as gRPC would, without SO_REUSEPORT; StartupError when taken.
+
+    Checking first gives the one-line message without gRPC's own log line about the failed bind.
+    """
+    parts = _split(listen)
+    if parts is None or parts[1] == 0:
+        return
+    host, port = parts
+    try:
+        addresses = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError:
+        return  # gRPC's own bind reports what it makes of the address
+    for family, kind, proto, _, address in addresses:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC: TIME_WAIT is no conflict
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise StartupError(_in_use_message(listen, port)) from None
+
+
+def _in_use_message(listen: str, port: int) -> str:
+    holder = _port_holder(port) if port else None
+    held = f" by {holder}" if holder else ""
+    return f"--listen {listen}: address already in use{held}; stop it or choose another address"
+
+
+def _listening_inodes(port: int) -> set[str]:
+    """Returns the socket inodes listening on `port` in this network namespace (from /proc/net/tcp{,6})."""
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            if len(fields) < 10 or fields[3] != "0A":  # 0A: LISTEN
+                continue
+            if int(fields[1].rpartition(":")[2], 16) == port:
+                inodes.add(fields[9])
+    return inodes
+
+
+def _port_holder(port: int) -> str | None:
+    """Names the process listening on `port` ("pid 123 (dockyard-controller ...)"), or None when unknown."""
+    sockets = {f"socket:[{inode}]" for inode in _listening_inodes(port)}
+    if not sockets:
+        return None
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            owns = any(os.readlink(fd) in sockets for fd in (proc / "fd").iterdir())
+            command = (proc / "cmdline").read_bytes()
+        except OSError:
+            continue  # gone, or another user's
+        if owns:
+            words = [Path(w).name if i == 0 else w for i, w in enumerate(command.decode(errors="replace").split("\0"))]
+            text = " ".join(w for w in words if w)
+            return f"pid {proc.name} ({text[:120]}{'...' if len(text) > 120 else ''})"
+    return "a process of another user"
