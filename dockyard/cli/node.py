@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
-
 import click
 
 from dockyard.cli.common import controller_option, output_option, run
 from dockyard.cli.output import emit_object
+from dockyard.cli.polling import poll_until
 from dockyard.cli.views import node_view
-from dockyard.client import ApiError, Client
+from dockyard.client import Client
 from dockyard.task_state import is_terminal
 from dockyard.v1 import types_pb2 as pb
-
-POLL_SECONDS = 0.2
 
 
 @click.group()
@@ -60,19 +56,23 @@ def drain(host: str, detach: bool, timeout: float, controller: str | None, outpu
 
 
 async def _wait_empty(client: Client, node_id: str, wait_seconds: float, quiet: bool) -> None:
-    deadline = time.monotonic() + wait_seconds
+    left: list[pb.Task] = []
     last = -1
-    while True:
-        left = [t for t in await client.list_tasks() if t.node_id == node_id and not is_terminal(t.status.state)]
+
+    async def empty() -> bool | None:
+        nonlocal left, last
+        left = [t for t in await client.list_tasks(node_id=node_id) if not is_terminal(t.status.state)]
         if len(left) != last and not quiet:
             click.echo(f"{len(left)} task(s) left on the node", err=True)
             last = len(left)
-        if not left:
-            return
-        if time.monotonic() > deadline:
-            names = ", ".join(f"{t.service_name}.{t.slot}" for t in left[:5])
-            raise ApiError(f"timed out after {wait_seconds:g}s; still on the node: {names}")
-        await asyncio.sleep(POLL_SECONDS)
+        return True if not left else None
+
+    def still_there() -> str:
+        return "waiting for the node to empty; still on it: " + ", ".join(
+            f"{t.service_name}.{t.slot}" for t in left[:5]
+        )
+
+    await poll_until(empty, within=wait_seconds, waiting_for=still_there)
 
 
 @node.command()

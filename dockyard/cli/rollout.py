@@ -34,16 +34,8 @@ class Progress:
         return f"{self.name}: {self.running}/{self.desired} running{extra}"
 
 
-def _same_spec(a: pb.ServiceSpec, b: pb.ServiceSpec) -> bool:
-    left, right = pb.ServiceSpec(), pb.ServiceSpec()
-    left.CopyFrom(a)
-    right.CopyFrom(b)
-    left.replicas = right.replicas = 0
-    return left == right
-
-
 def progress(service: pb.Service, tasks: Iterable[pb.Task]) -> Progress:
-    """Summarises the tasks of one service against its current spec."""
+    """Summarises the tasks of one service against its current spec (a task older than spec_revision is stale)."""
     result = Progress(service.name, service.spec.replicas)
     if service.spec.mode == pb.SERVICE_MODE_GLOBAL:
         # One task per eligible node: the orchestrator's live tasks are the target.
@@ -59,7 +51,8 @@ def progress(service: pb.Service, tasks: Iterable[pb.Task]) -> Progress:
             if not is_terminal(state) and task.node_id:
                 result.stopping += 1
             continue
-        if not _same_spec(task.spec, service.spec):
+        if task.revision < service.spec_revision:
+            # Tasks name the revision they run; scaling moves revision but not spec_revision.
             result.stale += 1
         elif state == pb.TASK_STATE_RUNNING:
             result.running += 1

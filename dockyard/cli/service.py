@@ -29,9 +29,10 @@ def inspect(name: str, controller: str | None, output: str) -> None:
         found = await client.get_service(name)
         nodes = {n.id: n for n in await client.list_nodes()}
         tasks = await client.list_tasks(service=found.id)
+        specs = await client.specs_for(tasks)
         view = service_view(found, tasks)
         view["spec"] = spec_to_document(found.spec)
-        view["tasks"] = [task_view(t, nodes) for t in tasks]
+        view["tasks"] = [task_view(t, nodes, specs.get((t.service_id, t.revision))) for t in tasks]
         view["pending"] = [
             {"task": f"{t['name']}", "reason": t["message"]} for t in view["tasks"] if t["state"] == "pending"
         ]

@@ -27,9 +27,15 @@ def port_text(port: pb.PortMapping) -> str:
     return f"{port.container_port}/{protocol}"
 
 
-def task_view(task: pb.Task, nodes: Mapping[str, pb.Node]) -> dict[str, Any]:
-    """Returns a task as a row: node is the host name that `dockyard nodes` shows."""
+def task_view(task: pb.Task, nodes: Mapping[str, pb.Node], spec: pb.ServiceSpec | None = None) -> dict[str, Any]:
+    """Returns a task as a row: node is the host name that `dockyard nodes` shows.
+
+    Image and ports come from `spec`, the spec of the task's revision (tasks carry none unless listed
+    with the full view, which is then used); without either they are empty.
+    """
     node = nodes.get(task.node_id)
+    if spec is None:
+        spec = task.spec
     return {
         "id": task.id,
         "service": task.service_name,
@@ -44,8 +50,8 @@ def task_view(task: pb.Task, nodes: Mapping[str, pb.Node]) -> dict[str, Any]:
         "exit_code": task.status.exit_code,
         "container_id": task.status.container_id or None,
         "revision": task.revision,
-        "image": task.spec.image,
-        "ports": [port_text(p) for p in task.spec.ports],
+        "image": spec.image,
+        "ports": [port_text(p) for p in spec.ports],
         "created_at": _iso(task.created_at),
         "updated_at": _iso(task.status.timestamp),
     }

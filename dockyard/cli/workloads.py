@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import click
 
 from dockyard.cli.common import controller_option, output_option, run
 from dockyard.cli.output import emit, emit_object
+from dockyard.cli.polling import poll_until
 from dockyard.cli.rollout import Progress, progress
 from dockyard.cli.views import service_view, task_view
 from dockyard.client import ApiError, Client
@@ -17,7 +17,8 @@ from dockyard.spec import SpecError, load_spec_file
 from dockyard.v1 import controller_pb2 as cpb
 from dockyard.v1 import types_pb2 as pb
 
-POLL_SECONDS = 0.1
+# Waiting for more services than this reads all tasks in one list instead of one list per service.
+_PER_SERVICE_LISTS = 4
 
 TASK_COLUMNS = [
     ("ID", "short_id"),
@@ -35,6 +36,34 @@ def _action(result: cpb.ApplyResult) -> str:
     return cpb.ApplyResult.Action.Name(result.action).removeprefix("ACTION_").lower()
 
 
+def parse_if_revision(values: Sequence[str], names: Sequence[str]) -> dict[str, int]:
+    """Turns --if-revision values into service name -> expected revision (0: must not exist yet).
+
+    A bare N is allowed once and only for a file of one service; with several services each value is
+    NAME=N, and NAME must be one of them. Raises click.BadParameter naming the bad value.
+    """
+    expected: dict[str, int] = {}
+    for value in values:
+        name, sep, number = value.rpartition("=")
+        if not sep:
+            if len(names) != 1 or len(values) != 1:
+                raise click.BadParameter(
+                    f"{value!r}: a bare N is for a file of one service; write NAME=N for each service",
+                    param_hint="--if-revision",
+                )
+            name = names[0]
+        if not (number.isascii() and number.isdigit()):
+            raise click.BadParameter(
+                f"{value!r}: N must be a revision number (0: must not exist yet)", param_hint="--if-revision"
+            )
+        if name not in names:
+            raise click.BadParameter(f"{value!r}: the file has no service {name!r}", param_hint="--if-revision")
+        if name in expected:
+            raise click.BadParameter(f"{value!r}: {name!r} is given twice", param_hint="--if-revision")
+        expected[name] = int(number)
+    return expected
+
+
 @click.command()
 @click.option(
     "-f",
@@ -47,6 +76,14 @@ def _action(result: cpb.ApplyResult) -> str:
 @click.option("--detach", "-d", is_flag=True, help="Return once the change is stored; do not wait for tasks.")
 @click.option("--dry-run", is_flag=True, help="Validate and show what would change; change nothing.")
 @click.option(
+    "--if-revision",
+    "if_revision",
+    multiple=True,
+    metavar="N|NAME=N",
+    help="Change nothing unless the service is still at revision N (0: does not exist yet); "
+    "NAME=N per service when the file has several. Refused with the current revision when it moved.",
+)
+@click.option(
     "--timeout",
     type=click.FloatRange(min=1),
     default=300.0,
@@ -55,15 +92,24 @@ def _action(result: cpb.ApplyResult) -> str:
 )
 @controller_option
 @output_option
-def apply(path: Path, detach: bool, dry_run: bool, timeout: float, controller: str | None, output: str) -> None:
+def apply(
+    path: Path,
+    detach: bool,
+    dry_run: bool,
+    if_revision: tuple[str, ...],
+    timeout: float,
+    controller: str | None,
+    output: str,
+) -> None:
     """Create or update the services of a spec file, then wait until their tasks run."""
     try:
         specs = load_spec_file(path)
     except SpecError as exc:
         raise click.ClickException(f"{path}: invalid spec\n{exc}") from None
+    expected = parse_if_revision(if_revision, [s.name for s in specs])
 
     async def body(client: Client) -> None:
-        response = await client.apply(specs, dry_run=dry_run)
+        response = await client.apply(specs, dry_run=dry_run, if_revision=expected)
         rows: list[dict[str, object]] = [
             {"service": r.service.name, "action": _action(r), "revision": r.service.revision} for r in response.results
         ]
@@ -94,11 +140,16 @@ def apply(path: Path, detach: bool, dry_run: bool, timeout: float, controller: s
 
 async def _wait(client: Client, names: list[str], wait_seconds: float, quiet: bool) -> dict[str, Progress]:
     """Polls until every named service has converged; raises ApiError on rejection or timeout."""
-    deadline = time.monotonic() + wait_seconds
     last: dict[str, str] = {}
-    while True:
+    current: dict[str, Progress] = {}
+
+    async def converged() -> dict[str, Progress] | None:
+        nonlocal current
         services = {s.name: s for s in await client.list_services() if s.name in names}
-        tasks = await client.list_tasks(include_finished=True)
+        if len(names) <= _PER_SERVICE_LISTS:
+            tasks = [t for name in services for t in await client.list_tasks(name, include_finished=True)]
+        else:
+            tasks = await client.list_tasks(include_finished=True)
         current = {name: progress(services[name], tasks) for name in names if name in services}
         for name, state in current.items():
             line = state.line()
@@ -107,13 +158,13 @@ async def _wait(client: Client, names: list[str], wait_seconds: float, quiet: bo
                 last[name] = line
             if state.rejected:
                 raise ApiError("; ".join(state.rejected))
-        if all(p.done for p in current.values()):
-            return current
-        if time.monotonic() > deadline:
-            problems = [msg for p in current.values() for msg in (*p.failed, *p.waiting)]
-            detail = f": {'; '.join(problems[:5])}" if problems else ""
-            raise ApiError(f"timed out after {wait_seconds:g}s waiting for tasks to run{detail}")
-        await asyncio.sleep(POLL_SECONDS)
+        return current if all(p.done for p in current.values()) else None
+
+    def missing() -> str:
+        problems = [msg for p in current.values() for msg in (*p.failed, *p.waiting)]
+        return "waiting for tasks to run" + (f": {'; '.join(problems[:5])}" if problems else "")
+
+    return await poll_until(converged, within=wait_seconds, waiting_for=missing)
 
 
 @click.command()
@@ -155,7 +206,8 @@ def ps(service: str, show_all: bool, controller: str | None, output: str) -> Non
     async def body(client: Client) -> None:
         nodes = {n.id: n for n in await client.list_nodes()}
         tasks = await client.list_tasks(service=service, include_finished=show_all)
-        rows = [task_view(t, nodes) for t in tasks]
+        specs = await client.specs_for(tasks)
+        rows = [task_view(t, nodes, specs.get((t.service_id, t.revision))) for t in tasks]
         for row in rows:
             row["short_id"] = row["id"][:12]
             row["short_container"] = (row["container_id"] or "")[:12]
@@ -169,14 +221,29 @@ def ps(service: str, show_all: bool, controller: str | None, output: str) -> Non
 @click.argument("service")
 @click.argument("replicas", type=int)
 @click.option("--detach", "-d", is_flag=True, help="Return at once; do not wait for the tasks.")
+@click.option(
+    "--if-revision",
+    type=click.IntRange(min=0),
+    default=None,
+    metavar="N",
+    help="Change nothing unless SERVICE is still at revision N; refused with the current revision when it moved.",
+)
 @click.option("--timeout", type=click.FloatRange(min=1), default=300.0, show_default=True)
 @controller_option
 @output_option
-def scale(service: str, replicas: int, detach: bool, timeout: float, controller: str | None, output: str) -> None:
+def scale(
+    service: str,
+    replicas: int,
+    detach: bool,
+    if_revision: int | None,
+    timeout: float,
+    controller: str | None,
+    output: str,
+) -> None:
     """Set the number of replicas of SERVICE, then wait until exactly that many run."""
 
     async def body(client: Client) -> None:
-        scaled = await client.scale(service, replicas)
+        scaled = await client.scale(service, replicas, if_revision=if_revision)
         if not detach:
             await _wait(client, [scaled.name], timeout, quiet=output == "json")
         emit_object(
@@ -212,12 +279,13 @@ def rm(names: tuple[str, ...], detach: bool, timeout: float, controller: str | N
 
 
 async def _wait_gone(client: Client, service_ids: list[str], wait_seconds: float) -> None:
-    deadline = time.monotonic() + wait_seconds
-    while True:
+    left: list[pb.Task] = []
+
+    async def gone() -> bool | None:
+        nonlocal left
+        # All tasks, not per service: the services are deleted, so the API no longer knows their names.
         tasks = await client.list_tasks(include_finished=True)
         left = [t for t in tasks if t.service_id in service_ids and t.status.state < pb.TASK_STATE_COMPLETE]
-        if not left:
-            return
-        if time.monotonic() > deadline:
-            raise ApiError(f"timed out after {wait_seconds:g}s; {len(left)} task(s) still stopping")
-        await asyncio.sleep(POLL_SECONDS)
+        return True if not left else None
+
+    await poll_until(gone, within=wait_seconds, waiting_for=lambda: f"waiting for {len(left)} task(s) to stop")

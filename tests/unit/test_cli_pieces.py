@@ -29,8 +29,8 @@ UPDATED = datetime(2026, 2, 1, 9, 30, tzinfo=UTC)
 ALL_STATES: list[pb.TaskState.ValueType] = list(pb.TaskState.values())
 
 
-def make_service(replicas: int = 3, image: str = "app:2") -> pb.Service:
-    service = pb.Service(id="svc", name="web", revision=2)
+def make_service(replicas: int = 3, image: str = "app:2", revision: int = 2, spec_revision: int = 2) -> pb.Service:
+    service = pb.Service(id="svc", name="web", revision=revision, spec_revision=spec_revision)
     service.spec.name = "web"
     service.spec.image = image
     service.spec.replicas = replicas
@@ -57,7 +57,6 @@ def make_task(
         node_id=node,
         desired_state=desired,
     )
-    task.spec.CopyFrom(service.spec)
     task.status.state = state
     task.status.message = message
     task.status.error = error
@@ -85,9 +84,9 @@ def test_a_service_scaled_to_zero_with_nothing_left_is_done() -> None:
     assert progress(make_service(replicas=0), []).done
 
 
-def test_the_replica_count_is_not_part_of_the_spec_comparison() -> None:
-    service = make_service(replicas=3)
-    old_count = make_service(replicas=1)
+def test_a_task_from_before_a_scale_runs_the_current_spec() -> None:
+    service = make_service(replicas=3, revision=2, spec_revision=1)  # revision 2 only scaled revision 1
+    old_count = make_service(replicas=1, revision=1, spec_revision=1)
     result = progress(service, [make_task(slot, service=old_count) for slot in (1, 2, 3)])
     assert result.stale == 0
     assert result.done
@@ -95,7 +94,7 @@ def test_the_replica_count_is_not_part_of_the_spec_comparison() -> None:
 
 def test_tasks_on_an_older_spec_count_as_stale_whatever_their_state() -> None:
     service = make_service(replicas=2)
-    old = make_service(image="app:1")
+    old = make_service(image="app:1", revision=1, spec_revision=1)
     tasks = [
         make_task(1),
         make_task(2, service=old),
@@ -155,9 +154,16 @@ def test_rejected_failed_and_pending_tasks_are_explained() -> None:
     assert not result.done
 
 
+def test_a_task_newer_than_spec_revision_is_current() -> None:
+    service = make_service(replicas=1, revision=5, spec_revision=3)
+    result = progress(service, [make_task(1, service=make_service(revision=4, spec_revision=3))])
+    assert (result.stale, result.running) == (0, 1)
+    assert progress(service, [make_task(1, service=make_service(revision=2))]).stale == 1
+
+
 def test_problems_of_stale_or_stopping_tasks_are_not_reported() -> None:
     service = make_service(replicas=1)
-    old = make_service(image="app:1")
+    old = make_service(image="app:1", revision=1, spec_revision=1)
     tasks = [
         make_task(1),
         make_task(2, state=pb.TASK_STATE_FAILED, service=old, error="old failure"),
@@ -201,7 +207,7 @@ def test_task_view_fields() -> None:
     task.status.timestamp.CopyFrom(to_timestamp(UPDATED))
     task.created_at.CopyFrom(to_timestamp(CREATED))
 
-    view = task_view(task, {"n1": make_node()})
+    view = task_view(task, {"n1": make_node()}, make_service().spec)
 
     assert view == {
         "id": task.id,
@@ -239,6 +245,13 @@ def test_task_view_node_column(node_id: str, nodes: dict[str, pb.Node], node: st
     assert view["created_at"] is None
     assert view["updated_at"] is None
     assert view["state"] == "pending"
+
+
+def test_task_view_without_a_spec_has_no_image_or_ports_and_uses_a_full_view_spec() -> None:
+    task = make_task(1)
+    assert (task_view(task, {})["image"], task_view(task, {})["ports"]) == ("", [])
+    task.spec.CopyFrom(make_service(image="app:9").spec)  # as TASK_VIEW_FULL returns it
+    assert task_view(task, {})["image"] == "app:9"
 
 
 def test_node_view_fields() -> None:
