@@ -11,13 +11,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
+import grpc
+
 from agent.agent import Agent
 from agent.config import AgentConfig
 from agent.runtime.base import ContainerInfo, ContainerState
 from agent.runtime.fake import FakeRuntime
+from controller.api.handlers import add_controller_api
+from controller.api.paging import PageLimits
+from controller.api.servicer import ControllerApi
+from controller.ids import new_id
 from controller.server import Controller, ControllerConfig
+from controller.store.sqlite import SqliteStore
 from dockyard import labels
 from dockyard.client import Client
+from dockyard.clock import SystemClock
 
 IMAGE = "dockyard-test:latest"
 T = TypeVar("T")
@@ -121,3 +129,44 @@ async def running(host: HostUnderTest, service: str | None = None) -> list[Conta
     if service:
         selector[labels.SERVICE_NAME] = service
     return [c for c in await host.runtime.list(selector) if c.state is ContainerState.RUNNING]
+
+
+@dataclass
+class ApiUnderTest:
+    """The public API alone over a real gRPC server and SQLite store: no orchestrator or scheduler writes.
+
+    Tests that need exact store contents (tasks written by hand, conflicting writes) use it.
+    """
+
+    store: SqliteStore
+    server: grpc.aio.Server
+    port: int
+
+    @property
+    def address(self) -> str:
+        """The server's address for clients."""
+        return f"127.0.0.1:{self.port}"
+
+    def client(self) -> Client:
+        """A public API client for this server."""
+        return Client(self.address)
+
+    def channel(self) -> grpc.aio.Channel:
+        """A raw channel, for requests the client would never send."""
+        return grpc.aio.insecure_channel(self.address)
+
+    async def close(self) -> None:
+        """Stops the server and closes the store."""
+        await self.server.stop(None)
+        await self.store.close()
+
+
+async def start_api(root: Path, page_limits: PageLimits | None = None) -> ApiUnderTest:
+    """Serves ControllerService (as the controller registers it) over a new store under root."""
+    store = SqliteStore(root / "api.db")
+    await store.open()
+    server = grpc.aio.server()
+    add_controller_api(ControllerApi(store, SystemClock(), new_id, page_limits), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    return ApiUnderTest(store, server, port)
