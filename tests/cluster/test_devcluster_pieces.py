@@ -1,15 +1,24 @@
-"""The dev cluster's pure pieces: names, addresses, path limits, the state file, mountinfo parsing (no root needed)."""
+"""The dev cluster's pure pieces: names, addresses, path limits, the state file, mountinfo parsing, and how the
+`dockyard` CLI finds `dockyard dev` (no root needed)."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from importlib import metadata
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 from deploy.devcluster import DevClusterError, layout, mounts, state
+from deploy.devcluster.cli import dev
 from deploy.devcluster.dockerd import dockerd_argv
 from deploy.devcluster.procs import ProcRef, is_alive, ref_of
+from dockyard.cli.main import ENTRY_POINT_GROUP, cli
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_names_carry_the_cluster_prefix_and_fit_in_ifnamsiz() -> None:
@@ -80,3 +89,27 @@ def test_a_recorded_process_is_recognised_only_with_its_start_time() -> None:
 
 def test_mountinfo_escapes_are_undone() -> None:
     assert mounts._unescape("/tmp/a\\040b\\134c") == "/tmp/a b\\c"
+
+
+def test_dockyard_dev_comes_from_the_entry_point() -> None:
+    entries = [e for e in metadata.entry_points(group=ENTRY_POINT_GROUP) if e.name == "dev"]
+    assert entries, "no `dev` entry point: run .venv/bin/pip install -e '.[test]' after changing pyproject.toml"
+    assert entries[0].load() is dev
+    runner = CliRunner()
+    assert "dev " in runner.invoke(cli, ["--help"]).output
+    result = runner.invoke(cli, ["dev", "cluster", "--help"])
+    assert result.exit_code == 0, result.output
+    for command in ("up", "down", "status", "kill", "revive", "partition", "heal", "restart-agent", "stop-agent"):
+        assert f"  {command} " in result.output
+
+
+def test_built_in_commands_never_load_dev_tooling() -> None:
+    code = (
+        "import sys\n"
+        "from click.testing import CliRunner\n"
+        "from dockyard.cli.main import cli\n"
+        "assert CliRunner().invoke(cli, ['ps', '--help']).exit_code == 0\n"
+        "print(','.join(sorted(n for n in sys.modules if n.split('.')[0] == 'deploy')))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert result.stdout.strip() == ""

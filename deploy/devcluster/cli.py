@@ -2,6 +2,9 @@
 
 Needs root. Each host hN is a network namespace with its own dockerd and agent; the controller listens on the
 cluster bridge (10.213.X.1:7465), and `up` points the CLI at it like `dockyard up` does. See deploy/devcluster.
+
+The product CLI does not import this module: it finds the `dev` group through the `dockyard.cli` entry point
+that pyproject.toml declares, and loads it only when `dockyard dev ...` (or the help listing) asks for it.
 """
 
 from __future__ import annotations
@@ -12,16 +15,16 @@ import shutil
 import signal
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import click
 
+from deploy.devcluster.cluster import DevCluster, find_leftovers, stderr_progress, sweep
+from deploy.devcluster.errors import DevClusterError
+from deploy.devcluster.layout import default_state_dir
 from dockyard.cli.common import output_option
 from dockyard.cli.context import LocalContext, config_dir, read_context, write_context
 from dockyard.cli.output import emit, emit_object
-
-if TYPE_CHECKING:
-    from deploy.devcluster import DevCluster
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -50,8 +53,6 @@ def _state_dir_option(fn: F) -> F:
 
 def _run(body: Coroutine[Any, Any, T]) -> T:
     """Runs a coroutine; the dev cluster's errors become a one-line error and exit 1."""
-    from deploy.devcluster import DevClusterError
-
     try:
         return asyncio.run(body)
     except DevClusterError as exc:
@@ -59,8 +60,6 @@ def _run(body: Coroutine[Any, Any, T]) -> T:
 
 
 def _open(state_dir: Path | None) -> DevCluster:
-    from deploy.devcluster import DevCluster, DevClusterError, stderr_progress
-
     if state_dir is None:
         context = read_context()
         if context is None or not (Path(context.state_dir) / "cluster.json").exists():
@@ -132,8 +131,6 @@ def up(
     output: str,
 ) -> None:
     """Start a cluster of HOSTS hosts and point the CLI at it."""
-    from deploy.devcluster import DevCluster, stderr_progress
-
     created = _run(
         DevCluster.up(
             hosts,
@@ -174,8 +171,6 @@ def up(
 @output_option
 def down(state_dir: Path | None, cluster_id: str | None, keep_state: bool, output: str) -> None:
     """Stop the cluster and remove everything it created (idempotent)."""
-    from deploy.devcluster import default_state_dir, find_leftovers, sweep
-
     if cluster_id is not None and state_dir is None and not (default_state_dir(cluster_id) / "cluster.json").exists():
         directory = default_state_dir(cluster_id)
         swept = _run(sweep(cluster_id, directory))
