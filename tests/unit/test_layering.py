@@ -1,28 +1,159 @@
-"""The agent is what every host installs: it must never import the controller."""
+"""Which code may import which, and what each package says it exports.
+
+* The agent is what every host installs: it never imports the controller.
+* The controller's roles (api, orchestrator, scheduler, dispatcher) never import each other. From the
+  controller they import only the shared modules: `controller.store`, `controller.errors`, `controller.ids`.
+  They talk through the store; wiring them together is `controller.server`'s job, which no role imports.
+* The product packages (dockyard, agent, controller) never import dev tooling (`deploy`) or `tests`.
+* Exports: a package's `__init__.py` "binds a public name" when a module-level statement (outside an
+  ``if TYPE_CHECKING:`` block) defines a function or class, assigns a name, or brings one in with
+  ``from ... import`` (except from `__future__` and `typing`: those, like plain ``import module``
+  lines, bring in tools, not exports), and the name does not start with an underscore. Every package
+  under dockyard/, agent/, controller/ and deploy/ obeys: an `__init__.py` that binds a public name
+  declares `__all__`; `__all__` is a literal list or tuple of distinct strings, equal to the set of
+  public names the file binds; and each of them is an attribute of the imported package.
+
+Imports are read from the source with `ast`, everywhere in a file (functions and TYPE_CHECKING blocks
+too), relative ones resolved; one test also imports every product module and looks at what got loaded.
+"""
 
 from __future__ import annotations
 
 import ast
+import importlib
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
+PRODUCT = ("dockyard", "agent", "controller")
+PACKAGES = (*PRODUCT, "deploy")
+ROLES = ("api", "orchestrator", "scheduler", "dispatcher")
+SHARED_CONTROLLER = ("controller.store", "controller.errors", "controller.ids")
+# `from` these imports tools for the module itself, never exports.
+TOOL_MODULES = ("__future__", "typing")
 
 
-def _imported_roots(path: Path) -> set[str]:
-    roots: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+def module_name(path: Path) -> str:
+    """The dotted module name of a source file under ROOT (a package's `__init__` names the package)."""
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def sources(*packages: str) -> list[Path]:
+    """Every Python file of the given top-level packages."""
+    return [path for package in packages for path in sorted((ROOT / package).rglob("*.py"))]
+
+
+def imported_names(path: Path) -> set[str]:
+    """Every module a file imports, as dotted names; ``from a import b`` counts as both `a` and `a.b`.
+
+    The second form catches ``from controller import scheduler``; for ``from a import SomeClass`` it names
+    no module, which is harmless for prefix checks.
+    """
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    package = module_name(path) if path.name == "__init__.py" else module_name(path).rpartition(".")[0]
+    names: set[str] = set()
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            roots.update(alias.name.split(".")[0] for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            roots.add(node.module.split(".")[0])
-    return roots
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base_parts = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                base = ".".join([*base_parts, node.module] if node.module else base_parts)
+            else:
+                base = node.module or ""
+            names.add(base)
+            names.update(f"{base}.{alias.name}" for alias in node.names if alias.name != "*")
+    return names
+
+
+def within(name: str, package: str) -> bool:
+    """Whether the dotted `name` is `package` or inside it."""
+    return name == package or name.startswith(package + ".")
+
+
+def role_of(name: str) -> str | None:
+    """The controller role a dotted module name belongs to, if any."""
+    parts = name.split(".")
+    if len(parts) >= 2 and parts[0] == "controller" and parts[1] in ROLES:
+        return parts[1]
+    return None
+
+
+def test_the_scans_see_every_role_and_resolve_relative_imports(tmp_path: Path) -> None:
+    for role in ROLES:
+        assert any(role_of(module_name(path)) == role for path in sources("controller")), role
+    assert "agent.runtime.base" in imported_names(ROOT / "agent" / "runtime" / "fake.py")
+    assert "dockyard.clock.FakeClock" in imported_names(ROOT / "agent" / "testing" / "__init__.py")
 
 
 def test_agent_sources_never_name_the_controller() -> None:
-    offenders = [str(p) for p in (ROOT / "agent").rglob("*.py") if "controller" in _imported_roots(p)]
+    offenders = [
+        f"{path.relative_to(ROOT)}: {name}"
+        for path in sources("agent")
+        for name in sorted(imported_names(path))
+        if within(name, "controller")
+    ]
     assert offenders == []
+
+
+def test_controller_roles_never_import_each_other() -> None:
+    offenders = [
+        f"{path.relative_to(ROOT)} imports {name}"
+        for path in sources("controller")
+        if (own := role_of(module_name(path))) is not None
+        for name in sorted(imported_names(path))
+        if (other := role_of(name)) is not None and other != own
+    ]
+    assert offenders == [], "roles talk through the store, never to each other"
+
+
+def test_controller_roles_import_only_the_shared_controller_modules() -> None:
+    def allowed(name: str, own: str) -> bool:
+        return (
+            not within(name, "controller")
+            or name == "controller"
+            or within(name, f"controller.{own}")
+            or any(within(name, shared) for shared in SHARED_CONTROLLER)
+        )
+
+    offenders = [
+        f"{path.relative_to(ROOT)} imports {name}"
+        for path in sources("controller")
+        if (own := role_of(module_name(path))) is not None
+        for name in sorted(imported_names(path))
+        if not allowed(name, own)
+    ]
+    assert offenders == [], f"a role may import only its own package and {', '.join(SHARED_CONTROLLER)}"
+
+
+def test_product_sources_never_name_dev_tooling_or_tests() -> None:
+    offenders = [
+        f"{path.relative_to(ROOT)} imports {name}"
+        for path in sources(*PRODUCT)
+        for name in sorted(imported_names(path))
+        if within(name, "deploy") or within(name, "tests")
+    ]
+    assert offenders == []
+
+
+def test_importing_every_product_module_loads_no_dev_tooling_or_tests() -> None:
+    code = (
+        "import importlib, pkgutil, sys\n"
+        f"for root in {PRODUCT!r}:\n"
+        "    package = importlib.import_module(root)\n"
+        "    for info in pkgutil.walk_packages(package.__path__, root + '.'):\n"
+        "        importlib.import_module(info.name)\n"
+        "print(','.join(sorted(n for n in sys.modules if n.split('.')[0] in ('deploy', 'tests'))))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert result.stdout.strip() == ""
 
 
 def test_importing_every_agent_module_loads_no_controller_module() -> None:
@@ -35,3 +166,111 @@ def test_importing_every_agent_module_loads_no_controller_module() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert result.stdout.strip() == ""
+
+
+# --- __all__ ----------------------------------------------------------------------------------------
+
+
+def package_inits() -> list[Path]:
+    """The `__init__.py` of every package under the checked top-level packages."""
+    return [path for path in sources(*PACKAGES) if path.name == "__init__.py"]
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+
+
+def _module_statements(body: list[ast.stmt]) -> Iterator[ast.stmt]:
+    """The statements that run at import, looking into if/try/with blocks but not `if TYPE_CHECKING:`."""
+    for statement in body:
+        yield statement
+        if isinstance(statement, ast.If):
+            if not _is_type_checking(statement.test):
+                yield from _module_statements(statement.body)
+            yield from _module_statements(statement.orelse)
+        elif isinstance(statement, ast.Try):
+            for block in (statement.body, statement.orelse, statement.finalbody):
+                yield from _module_statements(block)
+            for handler in statement.handlers:
+                yield from _module_statements(handler.body)
+        elif isinstance(statement, ast.With):
+            yield from _module_statements(statement.body)
+
+
+def _target_names(target: ast.expr) -> Iterator[str]:
+    if isinstance(target, ast.Name):
+        yield target.id
+    elif isinstance(target, ast.Tuple | ast.List):
+        for element in target.elts:
+            yield from _target_names(element)
+
+
+def public_bindings(tree: ast.Module) -> set[str]:
+    """The public names the module binds, by the rule in this file's docstring."""
+    names: set[str] = set()
+    for statement in _module_statements(tree.body):
+        if isinstance(statement, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            names.add(statement.name)
+        elif isinstance(statement, ast.ImportFrom) and statement.module not in TOOL_MODULES:
+            names.update(alias.asname or alias.name for alias in statement.names)
+        elif isinstance(statement, ast.Assign):
+            for target in statement.targets:
+                names.update(_target_names(target))
+        elif isinstance(statement, ast.AnnAssign | ast.AugAssign):
+            names.update(_target_names(statement.target))
+    return {name for name in names if not name.startswith("_")}
+
+
+def declared_all(tree: ast.Module) -> list[str] | None:
+    """The literal value of `__all__`, or None when the module does not declare it."""
+    for statement in tree.body:
+        targets = statement.targets if isinstance(statement, ast.Assign) else []
+        if isinstance(statement, ast.AnnAssign):
+            targets = [statement.target]
+        if any(isinstance(t, ast.Name) and t.id == "__all__" for t in targets):
+            assert statement.value is not None
+            value = ast.literal_eval(statement.value)
+            assert isinstance(value, list | tuple), "__all__ must be a literal list or tuple"
+            assert all(isinstance(name, str) for name in value), "__all__ holds names as strings"
+            return list(value)
+    return None
+
+
+def test_the_export_rule_reads_what_it_should() -> None:
+    tree = ast.parse(
+        "from __future__ import annotations\n"
+        "import sys\n"
+        "from typing import TYPE_CHECKING\n"
+        "from a import B, c as d, _e\n"
+        "if TYPE_CHECKING:\n"
+        "    from f import G\n"
+        "try:\n"
+        "    from h import I\n"
+        "except ImportError:\n"
+        "    I = None\n"
+        "VERSION, _x = 1, 2\n"
+        "def f(): ...\n"
+        "__all__ = ['B', 'd']\n"
+    )
+    assert public_bindings(tree) == {"B", "d", "I", "VERSION", "f"}
+    assert declared_all(tree) == ["B", "d"]
+
+
+@pytest.mark.parametrize("init", package_inits(), ids=lambda path: str(path.parent.relative_to(ROOT)))
+def test_package_all_lists_exactly_what_the_package_exports(init: Path) -> None:
+    tree = ast.parse(init.read_text(encoding="utf-8"), filename=str(init))
+    public = public_bindings(tree)
+    exported = declared_all(tree)
+    if exported is None:
+        assert not public, f"{init.relative_to(ROOT)} binds {sorted(public)} but declares no __all__"
+        return
+    assert len(exported) == len(set(exported)), f"duplicates in __all__: {exported}"
+    assert set(exported) == public, (
+        f"{init.relative_to(ROOT)}: not in __all__: {sorted(public - set(exported))}; "
+        f"in __all__ but not bound: {sorted(set(exported) - public)}"
+    )
+    package = importlib.import_module(module_name(init))
+    missing = [name for name in exported if not hasattr(package, name)]
+    assert missing == [], f"{module_name(init)}.__all__ names what it lacks: {missing}"
