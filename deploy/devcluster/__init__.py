@@ -5,7 +5,8 @@
     await cluster.kill("h2")                      # and partition, heal, restart_agent, restart_docker, ...
     await cluster.down()                          # leaves nothing behind; also DevCluster.open(dir).down()
 
-See deploy/devcluster/cluster.py for the layout and the exact meaning of each fault.
+See deploy/devcluster/cluster.py for the layout and the exact meaning of each fault, and
+deploy/devcluster/cli.py for `dockyard dev cluster ...`, which drives it from the command line.
 """
 
 from deploy.devcluster.cluster import DEFAULT_IMAGE, DevCluster, find_leftovers, stderr_progress, sweep
