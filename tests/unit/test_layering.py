@@ -37,6 +37,13 @@ SHARED_CONTROLLER = ("controller.store", "controller.errors", "controller.ids")
 TOOL_MODULES = ("__future__", "typing")
 
 
+def run_python(code: str) -> str:
+    """Runs `code` in a fresh interpreter at ROOT and returns what it printed; failing, shows its stderr."""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=False)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
 def module_name(path: Path) -> str:
     """The dotted module name of a source file under ROOT (a package's `__init__` names the package)."""
     parts = list(path.relative_to(ROOT).with_suffix("").parts)
@@ -152,8 +159,7 @@ def test_importing_every_product_module_loads_no_dev_tooling_or_tests() -> None:
         "        importlib.import_module(info.name)\n"
         "print(','.join(sorted(n for n in sys.modules if n.split('.')[0] in ('deploy', 'tests'))))\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
-    assert result.stdout.strip() == ""
+    assert run_python(code) == ""
 
 
 def test_importing_every_agent_module_loads_no_controller_module() -> None:
@@ -164,8 +170,7 @@ def test_importing_every_agent_module_loads_no_controller_module() -> None:
         "bad = sorted(n for n in sys.modules if n == 'controller' or n.startswith('controller.'))\n"
         "print(','.join(bad))\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
-    assert result.stdout.strip() == ""
+    assert run_python(code) == ""
 
 
 # --- __all__ ----------------------------------------------------------------------------------------
@@ -226,12 +231,16 @@ def public_bindings(tree: ast.Module) -> set[str]:
 def declared_all(tree: ast.Module) -> list[str] | None:
     """The literal value of `__all__`, or None when the module does not declare it."""
     for statement in tree.body:
-        targets = statement.targets if isinstance(statement, ast.Assign) else []
-        if isinstance(statement, ast.AnnAssign):
-            targets = [statement.target]
+        assigned: ast.expr | None
+        if isinstance(statement, ast.Assign):
+            targets, assigned = statement.targets, statement.value
+        elif isinstance(statement, ast.AnnAssign):
+            targets, assigned = [statement.target], statement.value
+        else:
+            continue
         if any(isinstance(t, ast.Name) and t.id == "__all__" for t in targets):
-            assert statement.value is not None
-            value = ast.literal_eval(statement.value)
+            assert assigned is not None, "__all__ is declared without a value"
+            value = ast.literal_eval(assigned)
             assert isinstance(value, list | tuple), "__all__ must be a literal list or tuple"
             assert all(isinstance(name, str) for name in value), "__all__ holds names as strings"
             return list(value)
