@@ -1,6 +1,6 @@
 """The one time source of every role, the agent's link, worker and observer: replace it to run in virtual time.
 
-`SystemClock` is the real thing. `FakeClock` (also in `dockyard.testing`) moves only when a test calls
+`SystemClock` is the real thing. `FakeClock` (also in `agent.testing`, the testing kit) moves only when a test calls
 `advance()`, so grace periods, backoff and heartbeats are tested without waiting for them.
 """
 
