@@ -19,6 +19,7 @@ from dockyard.cli.context import LocalContext, default_state_dir, read_context, 
 from dockyard.cli.output import emit_object
 from dockyard.client import ApiError, Client
 from dockyard.local.pidfile import read_pid, write_pid
+from dockyard.local.preflight import address_problem
 from dockyard.v1 import types_pb2 as pb
 
 READY_TIMEOUT = 60.0
@@ -62,6 +63,9 @@ def up(
     if running is not None:
         raise click.ClickException(f"already running (pid {running}) with state in {state}; run `dockyard down` first")
     address = _connect_address(listen)
+    problem = address_problem(listen)
+    if problem is not None:
+        raise click.ClickException(problem)
     if detach:
         background = _start_detached(state, listen, docker_url, hostname, labels)
         write_context(LocalContext(controller=address, state_dir=str(state)))
