@@ -1,49 +1,61 @@
-"""Request checks that are about the request, not about one service spec."""
+"""Request checks that are about the request, not about one service spec; limits come from the spec's table."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from dockyard.spec.errors import Issue
-from dockyard.spec.paths import key_path
-from dockyard.spec.validation import service_issues
+from dockyard.spec import schema
+from dockyard.spec.issues import Issue, key_path, service_path
+from dockyard.spec.validation import label_key_issues, replica_budget_issues, replicas_message, service_issues
 from dockyard.v1 import types_pb2 as pb
 
-MAX_REPLICAS = 10000
+MAX_REPLICAS = schema.REPLICAS.maximum
 
 
-def apply_errors(specs: Sequence[pb.ServiceSpec]) -> list[Issue]:
-    """Returns every problem of an apply request; str(issue) is "<field path>: <problem and fix>"."""
+def apply_errors(specs: Sequence[pb.ServiceSpec], existing: Mapping[str, pb.Service] | None = None) -> list[Issue]:
+    """Returns every problem of an apply request; str(issue) is "<field path>: <problem and fix>".
+
+    `existing` maps the name of every service in the cluster to it; given, the replicas the request
+    would leave in the cluster are checked against the cluster's cap too.
+    """
     if not specs:
         return [Issue("services", "at least one service is required")]
     errors: list[Issue] = []
     seen: set[str] = set()
     for spec in specs:
         if spec.name in seen:
-            errors.append(
-                Issue(key_path("services", spec.name), "listed more than once; give each service once per request")
-            )
+            errors.append(Issue(service_path(spec.name), "listed more than once; give each service once per request"))
         seen.add(spec.name)
         errors.extend(service_issues(spec))
+    errors.extend(replica_budget_issues(specs, existing or {}))
     return errors
 
 
 def replicas_error(replicas: int) -> Issue | None:
     """Returns the problem with a replica count, or None when it is allowed."""
-    if 0 <= replicas <= MAX_REPLICAS:
+    if schema.REPLICAS.minimum <= replicas <= MAX_REPLICAS:
         return None
-    return Issue("replicas", f"must be an integer from 0 to {MAX_REPLICAS}, got {replicas}")
+    return Issue("replicas", replicas_message(str(replicas)))
+
+
+def scale_errors(service: pb.Service, replicas: int, existing: Mapping[str, pb.Service]) -> list[Issue]:
+    """Returns the problems of scaling `service` to `replicas`: the count itself, then the cluster's cap."""
+    problem = replicas_error(replicas)
+    if problem is not None:
+        return [problem]
+    scaled = pb.ServiceSpec()
+    scaled.CopyFrom(service.spec)
+    scaled.replicas = replicas
+    return replica_budget_issues([scaled], existing)
 
 
 def node_label_errors(set_labels: Mapping[str, str], remove_labels: Sequence[str]) -> list[Issue]:
-    """Returns the problems of a node label change: empty or reserved keys, a key both set and removed."""
+    """Returns the problems of a node label change: keys a service label could not have, a key both set and removed."""
     errors: list[Issue] = []
     for key in [*set_labels, *remove_labels]:
-        if not key or any(c.isspace() or c in "=," for c in key):
-            errors.append(Issue("labels", f"{key!r} is not a usable key; use letters, digits, '.', '-' or '_'"))
-        elif key.startswith("dockyard."):
-            errors.append(Issue(f"labels.{key}", "the dockyard. prefix is reserved; choose another key"))
+        errors.extend(label_key_issues(key, key_path("labels", key)))
     errors.extend(
-        Issue(f"labels.{key}", "both set and removed; do one") for key in sorted(set(set_labels) & set(remove_labels))
+        Issue(key_path("labels", key), "both set and removed; do one")
+        for key in sorted(set(set_labels) & set(remove_labels))
     )
     return errors

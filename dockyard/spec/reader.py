@@ -1,59 +1,63 @@
-"""Reading a parsed YAML document into ServiceSpecs, collecting every problem rather than the first.
+"""Reading a parsed YAML document into pb.ServiceSpecs, field by field, with every problem found in it.
 
-Each service is read field by field (see field_reader), then validate_service runs on the spec that
-was built, so a rule broken in a file is worded exactly as when a gRPC client breaks it. A field the
-reader rejects keeps its default, and validate_service's findings at or below its path are dropped,
-so that one mistake is reported once.
+The reader walks a service's fields in the table's order (dockyard.spec.schema). For each value it
+checks what only a file can get wrong (shapes, types, unit syntax, text a proto cannot hold, an
+explicit 0 that the proto would read as "not set"), then hands the value to the same check that
+validate_service runs on a proto. A value refused by either keeps its default and goes no further,
+so one mistake is reported once and the problems come out in field order as they are found.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable
+import shlex
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
+from typing import TypeVar
 
-from dockyard.spec import defaults
-from dockyard.spec.display import describe
-from dockyard.spec.errors import Issue
-from dockyard.spec.field_reader import PORT_FIELDS, RESOURCE_SECTIONS, RESTART_FIELDS
-from dockyard.spec.fields import unknown_field_issues
-from dockyard.spec.paths import is_within, key_path
-from dockyard.spec.scheduling_reader import ON_DISCONNECT_FIELDS, PLACEMENT_FIELDS, SchedulingReader
-from dockyard.spec.validation import service_issues
+from dockyard.spec import schema, validation
+from dockyard.spec.issues import (
+    Issue,
+    closest,
+    describe,
+    got,
+    got_number,
+    got_string,
+    index_path,
+    key_path,
+    quote,
+    service_path,
+    unknown_fields,
+)
+from dockyard.spec.schema import Bounded, Field
+from dockyard.spec.units import (
+    DURATION_SHAPE,
+    MAX_BYTES,
+    PORT_SHAPE,
+    parse_bytes,
+    parse_duration_nanos,
+    parse_port,
+    seconds_to_nanos,
+)
 from dockyard.v1 import types_pb2 as pb
 
-SERVICE_FIELDS = (
-    "image",
-    "command",
-    "env",
-    "ports",
-    "mode",
-    "replicas",
-    "placement",
-    "resources",
-    "labels",
-    "restart",
-    "stop_grace_period",
-    "on_disconnect",
-)
+Number = TypeVar("Number", bound=int | str)
+
+SERVICE_FIELDS = schema.children("")
 # Spellings people bring from Docker Compose, where difflib alone would not find our field.
 _SERVICE_HINTS = {
     "environment": 'did you mean "env"?',
     "deploy": "write mode, replicas, placement, resources and restart directly under the service",
     "restart_policy": 'did you mean "restart"?',
 }
-_SEGMENT = re.compile(r"\.([A-Za-z0-9_-]+)(?:\[(\d+)\])?")
-# Field order inside the sections, so that their issues too come out in reading order.
-_SECTION_FIELDS: dict[str, tuple[str, ...]] = {
-    "ports": PORT_FIELDS,
-    "placement": PLACEMENT_FIELDS,
-    "resources": RESOURCE_SECTIONS,
-    "restart": RESTART_FIELDS,
-    "on_disconnect": ON_DISCONNECT_FIELDS,
-}
+_MAX_UINT32 = 2**32 - 1
+_KEEP = "keep"
+_CONSTRAINT_EXAMPLE = '"node.labels.zone == a"'
+_DEFAULT_PLACEMENT = pb.Placement(
+    max_replicas_per_node=schema.MAX_REPLICAS_PER_NODE.default, strategy=schema.STRATEGY.default
+)
 
 
 def read_document(data: object, source: str) -> tuple[list[pb.ServiceSpec], list[Issue]]:
-    """Converts a parsed document into specs in file order, with every problem found in it.
+    """Converts a parsed document into specs in file order, with every problem found in it, in order.
 
     `source` names the file in problems about the document as a whole. The specs are only
     meaningful when no issues are returned.
@@ -63,47 +67,41 @@ def read_document(data: object, source: str) -> tuple[list[pb.ServiceSpec], list
     return specs, reader.issues
 
 
-def _ordering(service_path: str) -> Callable[[Issue], tuple[int, int, int, int]]:
-    """Sort key putting a service's issues in reading order: name, unknown fields, then known fields."""
-
-    def key(issue: Issue) -> tuple[int, int, int, int]:
-        match = _SEGMENT.match(issue.path, len(service_path))
-        if match is None:
-            return (0 if issue.path == service_path else 1, -1, 0, -1)
-        field, index = match[1], match[2]
-        inner = _SEGMENT.match(issue.path, match.end()) if field in _SECTION_FIELDS else None
-        if inner is None:
-            return (_rank(field, SERVICE_FIELDS), _index(index), 0, -1)
-        return (_rank(field, SERVICE_FIELDS), _index(index), _rank(inner[1], _SECTION_FIELDS[field]), _index(inner[2]))
-
-    return key
-
-
-def _rank(field: str, known: tuple[str, ...]) -> int:
-    """Unknown fields come first, as they are reported first; then known ones in their listed order."""
-    return known.index(field) + 2 if field in known else 1
-
-
-def _index(index: str | None) -> int:
-    return int(index) if index else -1
-
-
-def _default_spec(name: str) -> pb.ServiceSpec:
-    """A spec with the defaults set explicitly, so loaded specs compare equal field by field."""
-    spec = pb.ServiceSpec(name=name, replicas=defaults.REPLICAS, mode=defaults.MODE)
+def default_spec(name: str) -> pb.ServiceSpec:
+    """A spec holding the table's defaults explicitly, so loaded specs compare equal field by field."""
+    spec = pb.ServiceSpec(name=name, replicas=schema.REPLICAS.default, mode=schema.MODE.default)
     spec.resources.SetInParent()
-    spec.restart.condition = defaults.RESTART_CONDITION
-    spec.restart.delay.FromNanoseconds(defaults.RESTART_DELAY_NANOS)
-    spec.restart.max_attempts = defaults.RESTART_MAX_ATTEMPTS
-    spec.restart.window.FromNanoseconds(defaults.RESTART_WINDOW_NANOS)
-    spec.stop_grace_period.FromNanoseconds(defaults.STOP_GRACE_PERIOD_NANOS)
+    spec.restart.condition = schema.RESTART_CONDITION.default
+    spec.restart.delay.FromNanoseconds(schema.RESTART_DELAY.default)
+    spec.restart.max_attempts = schema.RESTART_MAX_ATTEMPTS.default
+    spec.restart.window.FromNanoseconds(schema.RESTART_WINDOW.default)
+    spec.stop_grace_period.FromNanoseconds(schema.STOP_GRACE_PERIOD.default)
     # placement and on_disconnect stay unset while they hold only defaults: the scheduler skips an
     # unset placement on its hot path, and "keep" is the absence of a stop_after deadline.
     return spec
 
 
-class _Reader(SchedulingReader):
-    """Reads a whole document on top of the field readers."""
+class _Reader:
+    """Reads values and collects the problems found in them, in the order found."""
+
+    def __init__(self) -> None:
+        self.issues: list[Issue] = []
+
+    def fail(self, path: str, message: str) -> None:
+        """Records a problem at `path`."""
+        self.issues.append(Issue(path, message))
+
+    def passes(self, found: Iterable[Issue]) -> bool:
+        """Records the problems a check found; tells whether there were none."""
+        before = len(self.issues)
+        self.issues.extend(found)
+        return len(self.issues) == before
+
+    def known(self, mapping: Mapping[object, object], path: str, section: str) -> None:
+        """Records the keys of `mapping` that the table does not list in `section`."""
+        self.issues.extend(unknown_fields(mapping, path, schema.children(section)))
+
+    # --- The document and its services --------------------------------------------------------------
 
     def document(self, data: object, source: str) -> list[pb.ServiceSpec]:
         """Reads the top level and every service under it."""
@@ -114,7 +112,9 @@ class _Reader(SchedulingReader):
             self.fail(source, f'must be a mapping with a top-level "services" key, got {describe(data)}')
             return []
         # Top-level "x-" keys are free for YAML anchors to share settings between services, as in Compose.
-        self.fields({key: None for key in data if not str(key).startswith("x-")}, "", ("services",))
+        self.issues.extend(
+            unknown_fields({key: None for key in data if not str(key).startswith("x-")}, "", ("services",))
+        )
         if "services" not in data:
             self.fail("services", 'is required; put each service under a top-level "services:" mapping')
             return []
@@ -136,19 +136,20 @@ class _Reader(SchedulingReader):
         return specs
 
     def service(self, name: str, body: object) -> pb.ServiceSpec | None:
-        """Reads one service, then adds validate_service's findings that the reader has not covered."""
-        path = key_path("services", name)
+        """Reads one service's fields in the table's order."""
+        path = service_path(name)
         if not isinstance(body, dict):
             self.fail(path, f'must be a mapping of service fields with at least "image", got {describe(body)}')
             return None
-        first = len(self.issues)
-        self.issues += unknown_field_issues(body, path, SERVICE_FIELDS, _SERVICE_HINTS)
-        spec = _default_spec(name)
+        name_ok = self.passes(validation.name_issues(name, path))
+        self.issues.extend(unknown_fields(body, path, SERVICE_FIELDS, _SERVICE_HINTS))
+        # An invalid name may not even be storable (a lone surrogate); the spec is only kept when all is well.
+        spec = default_spec(name if name_ok else "")
         self.image(body, key_path(path, "image"), spec)
         if "command" in body:
             spec.command.extend(self.command(body["command"], key_path(path, "command")))
         if "env" in body:
-            spec.env.update(self.string_map(body["env"], key_path(path, "env"), "env", "NAME"))
+            self.string_map(body["env"], key_path(path, "env"), "env", "NAME", validation.env_issues, spec.env)
         if "ports" in body:
             spec.ports.extend(self.ports(body["ports"], key_path(path, "ports")))
         self.mode_and_replicas(body, path, spec)
@@ -157,17 +158,387 @@ class _Reader(SchedulingReader):
         if "resources" in body:
             self.resources(body["resources"], key_path(path, "resources"), spec.resources)
         if "labels" in body:
-            spec.labels.update(self.string_map(body["labels"], key_path(path, "labels"), "labels", "key"))
+            where = key_path(path, "labels")
+            self.string_map(body["labels"], where, "labels", "key", validation.label_issues, spec.labels)
         if "restart" in body:
             self.restart(body["restart"], key_path(path, "restart"), spec.restart)
         if "stop_grace_period" in body:
-            self.duration(body["stop_grace_period"], key_path(path, "stop_grace_period"), spec.stop_grace_period)
+            where = key_path(path, "stop_grace_period")
+            nanos = self.duration(body["stop_grace_period"], where, schema.STOP_GRACE_PERIOD)
+            if nanos is not None:
+                spec.stop_grace_period.FromNanoseconds(nanos)
         if "on_disconnect" in body:
             self.on_disconnect(body["on_disconnect"], key_path(path, "on_disconnect"), spec.on_disconnect)
-
-        rejected = [issue.path for issue in self.issues[first:]]
-        self.issues += [
-            issue for issue in service_issues(spec) if not any(is_within(issue.path, bad) for bad in rejected)
-        ]
-        self.issues[first:] = sorted(self.issues[first:], key=_ordering(path))
+        self.passes(validation.size_issues(spec, path))
         return spec
+
+    # --- Text -------------------------------------------------------------------------------------------
+
+    def text(self, value: str, path: str) -> bool:
+        """Tells whether a string can be stored; records the lone surrogate that stops it otherwise."""
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            # YAML's "\ud83d\ude00" escapes give two halves rather than one character.
+            self.fail(
+                path,
+                f"is not valid Unicode text: it holds the lone surrogate U+{ord(value[exc.start]):04X}; "
+                "write the character itself, or escape it with \\U and eight hex digits",
+            )
+            return False
+        return True
+
+    def image(self, body: Mapping[object, object], path: str, spec: pb.ServiceSpec) -> None:
+        """Reads the required image reference."""
+        if "image" not in body:
+            self.fail(path, f"is required; name the container image to run, like {validation.IMAGE_EXAMPLE}")
+        elif not isinstance(image := body["image"], str):
+            self.fail(path, f"must be a string like {validation.IMAGE_EXAMPLE}, got {describe(image)}")
+        elif self.text(image, path) and self.passes(validation.image_issues(image, path)):
+            spec.image = image
+
+    def command(self, value: object, path: str) -> list[str]:
+        """Reads a command given as a list of arguments or as one string split like a shell would."""
+        if isinstance(value, str):
+            try:
+                words = shlex.split(value)
+            except ValueError as exc:
+                reason = str(exc).lower()
+                self.fail(path, f"cannot be split into words ({reason}); fix the quoting or write a list")
+                return []
+        elif isinstance(value, list):
+            words = value
+        else:
+            self.fail(path, f"must be a list of strings or a string, got {got(value)}")
+            return []
+        arguments = []
+        for i, argument in enumerate(words):
+            where = index_path(path, i)
+            if not isinstance(argument, str):
+                self.fail(where, f"must be a string, got {got_string(argument)}")
+            elif self.text(argument, where) and self.passes(validation.argument_issues(argument, where)):
+                arguments.append(argument)
+        return arguments
+
+    def string_map(
+        self,
+        value: object,
+        path: str,
+        field: str,
+        word: str,
+        check: Callable[[str, str, str], Iterable[Issue]],
+        target: MutableMapping[str, str],
+    ) -> None:
+        """Reads env or labels, given as a mapping or as a list of "NAME=value" strings, into `target`."""
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if not isinstance(key, str):
+                    self.fail(path, f"{word} {describe(key)} must be a string; put it in quotes")
+                elif not isinstance(item, str):
+                    self.fail(key_path(path, key), f"must be a string, got {got_string(item)}")
+                else:
+                    self.entry(key, item, key_path(path, key), check, target)
+            return
+        if not isinstance(value, list):
+            self.fail(
+                path,
+                f'must be a mapping of {word}: value or a list of "{word}=value" strings, got {got(value)}',
+            )
+            return
+        first_index: dict[str, int] = {}
+        for i, entry in enumerate(value):
+            where = index_path(path, i)
+            if not isinstance(entry, str):
+                self.fail(where, f'must be a "{word}=value" string, got {got_string(entry)}')
+                continue
+            key, equals, item = entry.partition("=")
+            if not equals:
+                self.fail(
+                    where,
+                    f"must have the form {word}=value, got {describe(entry)}; "
+                    f"write {quote(entry + '=')} for an empty value",
+                )
+            elif key in first_index:
+                self.fail(where, f"{quote(key)} is already set by {field}[{first_index[key]}]; remove one of them")
+            else:
+                first_index[key] = i
+                self.entry(key, item, key_path(path, key), check, target)
+
+    def entry(
+        self,
+        key: str,
+        item: str,
+        path: str,
+        check: Callable[[str, str, str], Iterable[Issue]],
+        target: MutableMapping[str, str],
+    ) -> None:
+        """Checks one env variable or label and stores it when it passes."""
+        if self.text(key, path) and self.text(item, path) and self.passes(check(key, item, path)):
+            target[key] = item
+
+    # --- Ports ------------------------------------------------------------------------------------------
+
+    def ports(self, value: object, path: str) -> list[pb.PortMapping]:
+        """Reads the list of published ports."""
+        if not isinstance(value, list):
+            self.fail(path, f'must be a list of ports like "8080:80/tcp", got {got(value)}')
+            return []
+        host_ports = validation.HostPorts()
+        ports = []
+        for i, item in enumerate(value):
+            port = self.port(item, index_path(path, i), i, host_ports)
+            if port is not None:
+                ports.append(port)
+        return ports
+
+    def port(self, value: object, path: str, index: int, host_ports: validation.HostPorts) -> pb.PortMapping | None:
+        """Reads one port in the short syntax, as a bare container port, or as a mapping."""
+        published: object = schema.PORT_PUBLISHED.default
+        protocol: object = schema.PORT_PROTOCOL.default
+        target: object = None
+        if isinstance(value, int) and not isinstance(value, bool):
+            target = value
+        elif isinstance(value, str):
+            try:
+                published, target, written = parse_port(value)
+            except ValueError as exc:
+                self.fail(path, str(exc))
+                return None
+            protocol = written if written is not None else protocol
+        elif isinstance(value, dict):
+            self.known(value, path, "ports[]")
+            published = value.get("published", published)
+            target = value.get("target")
+            protocol = value.get("protocol", protocol)
+        else:
+            self.fail(path, f"{PORT_SHAPE}, got {describe(value)}")
+            return None
+        port = pb.PortMapping()
+        where = key_path(path, "published")
+        host = self.uint32(published, where, validation.published_port_message)
+        host_ok = host is not None and self.passes(validation.published_issues(host, where))
+        if host is not None and host_ok:
+            port.host_port = host
+        where = key_path(path, "target")
+        if target is None:
+            self.fail(where, "is required; give the port the container listens on")
+        else:
+            container = self.uint32(target, where, validation.target_port_message)
+            if container is not None and self.passes(validation.target_issues(container, where)):
+                port.container_port = container
+        where = key_path(path, "protocol")
+        if not isinstance(protocol, str):
+            self.fail(where, validation.protocol_message(got(protocol)))
+        elif self.text(protocol, where) and self.passes(validation.protocol_issues(protocol, where)):
+            port.protocol = protocol
+        if host_ok and port.protocol:
+            self.passes(host_ports.claim(port, index, path))
+        return port
+
+    # --- Scheduling ---------------------------------------------------------------------------------------
+
+    def mode_and_replicas(self, body: Mapping[object, object], path: str, spec: pb.ServiceSpec) -> None:
+        """Reads mode, then replicas, which a global service must leave out."""
+        if "mode" in body:
+            mode = self.choice(body["mode"], key_path(path, "mode"), schema.MODE, validation.mode_message)
+            if mode is not None:
+                spec.mode = mode
+        replicas_path = key_path(path, "replicas")
+        if spec.mode == pb.SERVICE_MODE_GLOBAL:
+            spec.replicas = 0
+            # Even "replicas: 0" is refused: it suggests a count that a global service does not have.
+            if "replicas" in body:
+                self.fail(replicas_path, validation.GLOBAL_REPLICAS_MESSAGE)
+        elif "replicas" in body:
+            replicas = self.uint32(body["replicas"], replicas_path, validation.replicas_message)
+            if replicas is not None and self.passes(validation.replicas_issues(spec.mode, replicas, replicas_path)):
+                spec.replicas = replicas
+
+    def placement(self, value: object, path: str, spec: pb.ServiceSpec) -> None:
+        """Reads constraints, per-node cap and strategy into spec.placement, which stays unset if all are defaults."""
+        if not isinstance(value, dict):
+            self.fail(
+                path, f"must be a mapping with constraints, max_replicas_per_node and/or strategy, got {got(value)}"
+            )
+            return
+        self.known(value, path, "placement")
+        placement = pb.Placement()
+        placement.CopyFrom(_DEFAULT_PLACEMENT)
+        if "constraints" in value:
+            placement.constraints.extend(self.constraints(value["constraints"], key_path(path, "constraints")))
+        if "max_replicas_per_node" in value:
+            where = key_path(path, "max_replicas_per_node")
+            cap = self.uint32(value["max_replicas_per_node"], where, validation.max_replicas_per_node_message)
+            if cap is not None and self.passes(validation.max_replicas_per_node_issues(cap, where)):
+                placement.max_replicas_per_node = cap
+        if "strategy" in value:
+            where = key_path(path, "strategy")
+            strategy = self.choice(value["strategy"], where, schema.STRATEGY, validation.strategy_message)
+            if strategy is not None:
+                placement.strategy = strategy
+        if placement != _DEFAULT_PLACEMENT:
+            spec.placement.CopyFrom(placement)
+
+    def constraints(self, value: object, path: str) -> list[str]:
+        """Reads the list of constraint strings as written."""
+        if not isinstance(value, list):
+            self.fail(path, f"must be a list of constraints like [{_CONSTRAINT_EXAMPLE}], got {got(value)}")
+            return []
+        checks = validation.Constraints()
+        constraints = []
+        for i, item in enumerate(value):
+            where = index_path(path, i)
+            if isinstance(item, str):
+                if self.text(item, where) and self.passes(checks.check(item, i, where)):
+                    constraints.append(item)
+                continue
+            message = f"must be a string like {_CONSTRAINT_EXAMPLE}, got {got_string(item)}"
+            if isinstance(item, dict):
+                # `- node.labels.zone: a` is valid YAML, but a mapping rather than a comparison.
+                message += '; compare with == or != rather than ":"'
+            self.fail(where, message)
+        return constraints
+
+    def on_disconnect(self, value: object, path: str, on_disconnect: pb.OnDisconnect) -> None:
+        """Reads "keep" or a mapping with stop_after."""
+        if value == _KEEP:
+            return
+        if not isinstance(value, dict):
+            message = f"must be {_KEEP} or a mapping like {{stop_after: 30s}}, got {got(value)}"
+            if isinstance(value, str) and closest(value, (_KEEP,)):
+                message += f'; did you mean "{_KEEP}"?'
+            self.fail(path, message)
+            return
+        self.known(value, path, "on_disconnect")
+        where = key_path(path, "stop_after")
+        if "stop_after" not in value:
+            # Another key has just been reported, most likely a misspelt stop_after; once is enough.
+            if not value:
+                self.fail(where, f"is required; give a duration like 30s, or write on_disconnect: {_KEEP}")
+            return
+        # An explicit 0s is refused: the proto reads a zero deadline as "keep", the opposite of what was asked.
+        nanos = self.duration(value["stop_after"], where, schema.STOP_AFTER)
+        if nanos is not None:
+            on_disconnect.stop_after.FromNanoseconds(nanos)
+
+    # --- Resources ----------------------------------------------------------------------------------------
+
+    def resources(self, value: object, path: str, resources: pb.Resources) -> None:
+        """Reads resource limits and reservations; an explicit 0 is refused since the proto reads it as "not set"."""
+        if not isinstance(value, dict):
+            self.fail(path, f"must be a mapping with limits and/or reservations, got {got(value)}")
+            return
+        self.known(value, path, "resources")
+        for section in schema.children("resources"):
+            if section not in value:
+                continue
+            where = key_path(path, section)
+            amounts = value[section]
+            if not isinstance(amounts, dict):
+                self.fail(where, f"must be a mapping with cpus and/or memory, got {got(amounts)}")
+                continue
+            self.known(amounts, where, f"resources.{section}")
+            is_limit = section == "limits"
+            if "cpus" in amounts and (cpus := self.cpus(amounts["cpus"], key_path(where, "cpus"))):
+                if is_limit:
+                    resources.cpu_limit = cpus
+                else:
+                    resources.cpu_reservation = cpus
+            if "memory" in amounts and (memory := self.memory(amounts["memory"], key_path(where, "memory"), is_limit)):
+                if is_limit:
+                    resources.memory_limit_bytes = memory
+                else:
+                    resources.memory_reservation_bytes = memory
+        self.passes(validation.reservation_issues(resources, path))
+
+    def cpus(self, value: object, path: str) -> float | None:
+        """Reads a CPU amount; judged before it becomes a float, which a huge integer could not."""
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            self.fail(path, validation.cpus_message(got_number(value)))
+            return None
+        if not validation.cpus_ok(value):
+            self.fail(path, validation.cpus_message(describe(value)))
+            return None
+        return float(value)
+
+    def memory(self, value: object, path: str, is_limit: bool) -> int | None:
+        """Reads a byte size for a memory limit or reservation."""
+        if isinstance(value, int) and not isinstance(value, bool):
+            size = value
+        elif isinstance(value, str):
+            try:
+                size = parse_bytes(value)
+            except ValueError as exc:
+                self.fail(path, str(exc))
+                return None
+        else:
+            self.fail(path, f"must be a size like 512MiB or 2GiB, got {got(value)}")
+            return None
+        if size > MAX_BYTES:
+            self.fail(path, f"is too large, got {describe(value)}; the maximum is {MAX_BYTES} bytes")
+            return None
+        check = validation.memory_limit_issues if is_limit else validation.memory_reservation_issues
+        return size if self.passes(check(size, path)) else None
+
+    # --- Restart --------------------------------------------------------------------------------------------
+
+    def restart(self, value: object, path: str, restart: pb.RestartPolicy) -> None:
+        """Reads the restart policy over its defaults."""
+        if not isinstance(value, dict):
+            self.fail(path, f"must be a mapping like {{condition: on-failure, delay: 5s}}, got {got(value)}")
+            return
+        self.known(value, path, "restart")
+        if "condition" in value:
+            where = key_path(path, "condition")
+            condition = self.choice(value["condition"], where, schema.RESTART_CONDITION, validation.condition_message)
+            if condition is not None:
+                restart.condition = condition
+        if "delay" in value:
+            nanos = self.duration(value["delay"], key_path(path, "delay"), schema.RESTART_DELAY)
+            if nanos is not None:
+                restart.delay.FromNanoseconds(nanos)
+        if "max_attempts" in value:
+            where = key_path(path, "max_attempts")
+            attempts = self.uint32(value["max_attempts"], where, validation.max_attempts_message)
+            if attempts is not None:
+                restart.max_attempts = attempts
+        if "window" in value:
+            nanos = self.duration(value["window"], key_path(path, "window"), schema.RESTART_WINDOW)
+            if nanos is not None:
+                restart.window.FromNanoseconds(nanos)
+
+    # --- Values ---------------------------------------------------------------------------------------------
+
+    def uint32(self, value: object, path: str, message: Callable[[str], str]) -> int | None:
+        """Returns `value` if it is an integer a proto uint32 holds; records `message` otherwise."""
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.fail(path, message(got_number(value)))
+            return None
+        if not 0 <= value <= _MAX_UINT32:
+            self.fail(path, message(describe(value)))
+            return None
+        return value
+
+    def choice(self, value: object, path: str, field: Field[Number], message: Callable[[str], str]) -> Number | None:
+        """Returns the value a choice names, or records `message` with a guess at the name meant."""
+        if isinstance(value, str) and value in field.choices:
+            return field.choices[value]
+        text = message(got(value))
+        if isinstance(value, str) and (guess := closest(value, list(field.choices))):
+            text += f"; did you mean {quote(guess)}?"
+        self.fail(path, text)
+        return None
+
+    def duration(self, value: object, path: str, field: Bounded[int]) -> int | None:
+        """Reads a duration in nanoseconds and checks it against its field; None when refused."""
+        try:
+            if isinstance(value, str):
+                nanos = parse_duration_nanos(value)
+            elif isinstance(value, int | float) and not isinstance(value, bool):
+                nanos = seconds_to_nanos(value)
+            else:
+                raise ValueError(f"{DURATION_SHAPE}, got {got(value)}")
+        except ValueError as exc:
+            self.fail(path, str(exc))
+            return None
+        return nanos if self.passes(validation.duration_issues(field, nanos, path)) else None

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any, Generic, TypeVar
 
 from dockyard.spec.units import (
@@ -51,6 +51,7 @@ class Field(Generic[T]):
     type: str
     default: T
     help: str
+    _: KW_ONLY
     unit: Unit = Unit.PLAIN
     # The reference shows this instead of the default's value where that alone would mislead.
     shown_default: str | None = None
@@ -88,6 +89,13 @@ class Field(Generic[T]):
         return next((name for name, number in self.choices.items() if number == value), value)
 
     @property
+    def default_seconds(self) -> float:
+        """The default of a duration field in seconds, for code that keeps time in float seconds."""
+        if self.unit is not Unit.DURATION or not isinstance(self.default, int):
+            raise TypeError(f"{self.path} is not a duration")
+        return self.default / NANOS_PER_SECOND
+
+    @property
     def default_text(self) -> str:
         """The default as the reference shows it."""
         return self.shown_default if self.shown_default is not None else f"`{self.shown(self.default)}`"
@@ -118,13 +126,17 @@ class Field(Generic[T]):
 
 
 @dataclass(frozen=True, eq=False)
-class DurationField(Field[int]):
-    """A duration field; its values are nanoseconds."""
+class Bounded(Field[T]):
+    """A field with a lower bound."""
 
-    @property
-    def default_seconds(self) -> float:
-        """The default in seconds, for code that keeps time in float seconds."""
-        return self.default / NANOS_PER_SECOND
+    minimum: T
+
+
+@dataclass(frozen=True, eq=False)
+class Ranged(Bounded[T]):
+    """A field with a lower and an upper bound."""
+
+    maximum: T
 
 
 @dataclass(frozen=True)
@@ -190,7 +202,7 @@ PORTS = Field[None](
     shown_default="none",
     note="see [ports](#ports)",
 )
-PORT_PUBLISHED = Field[int](
+PORT_PUBLISHED = Ranged[int](
     "ports[].published",
     "integer",
     0,
@@ -198,7 +210,7 @@ PORT_PUBLISHED = Field[int](
     minimum=0,
     maximum=65_535,
 )
-PORT_TARGET = Field[int](
+PORT_TARGET = Ranged[int](
     "ports[].target",
     "integer",
     0,
@@ -215,7 +227,7 @@ PORT_PROTOCOL = Field[str](
     unit=Unit.CHOICE,
     choices={"tcp": "tcp", "udp": "udp"},
 )
-REPLICAS = Field[int](
+REPLICAS = Ranged[int](
     "replicas",
     "integer",
     _DEFAULT_REPLICAS,
@@ -242,7 +254,7 @@ CONSTRAINTS = Field[None](
     max_bytes_of="each",
     note="no control characters; see [placement](#placement)",
 )
-MAX_REPLICAS_PER_NODE = Field[int](
+MAX_REPLICAS_PER_NODE = Ranged[int](
     "placement.max_replicas_per_node",
     "integer",
     0,
@@ -274,7 +286,7 @@ RESOURCES = Field[None](
     shown_default="no limits, no reservations",
     note="see [resources](#resources)",
 )
-CPU_LIMIT = Field[float](
+CPU_LIMIT = Ranged[float](
     "resources.limits.cpus",
     "number of CPUs",
     0.0,
@@ -285,7 +297,7 @@ CPU_LIMIT = Field[float](
     maximum=1024.0,
     exclusive_minimum=True,
 )
-MEMORY_LIMIT = Field[int](
+MEMORY_LIMIT = Bounded[int](
     "resources.limits.memory",
     "byte size",
     0,
@@ -295,7 +307,7 @@ MEMORY_LIMIT = Field[int](
     # Docker refuses smaller limits when it creates the container; refusing them here fails earlier.
     minimum=6 * MIB,
 )
-CPU_RESERVATION = Field[float](
+CPU_RESERVATION = Ranged[float](
     "resources.reservations.cpus",
     "number of CPUs",
     0.0,
@@ -307,7 +319,7 @@ CPU_RESERVATION = Field[float](
     exclusive_minimum=True,
     note="not above `limits.cpus`",
 )
-MEMORY_RESERVATION = Field[int](
+MEMORY_RESERVATION = Bounded[int](
     "resources.reservations.memory",
     "byte size",
     0,
@@ -342,7 +354,7 @@ RESTART_CONDITION = Field[pb.RestartPolicy.Condition.ValueType](
         "any": pb.RestartPolicy.CONDITION_ANY,
     },
 )
-RESTART_DELAY = DurationField(
+RESTART_DELAY = Ranged[int](
     "restart.delay",
     "duration",
     5 * _SECOND,
@@ -351,7 +363,7 @@ RESTART_DELAY = DurationField(
     minimum=0,
     maximum=_HOUR,
 )
-RESTART_MAX_ATTEMPTS = Field[int](
+RESTART_MAX_ATTEMPTS = Ranged[int](
     "restart.max_attempts",
     "integer",
     0,
@@ -359,7 +371,7 @@ RESTART_MAX_ATTEMPTS = Field[int](
     minimum=0,
     maximum=_MAX_UINT32,
 )
-RESTART_WINDOW = DurationField(
+RESTART_WINDOW = Bounded[int](
     "restart.window",
     "duration",
     0,
@@ -378,7 +390,7 @@ RESTART = Field[None](
     ),
     note="see [restart](#restart)",
 )
-STOP_GRACE_PERIOD = DurationField(
+STOP_GRACE_PERIOD = Ranged[int](
     "stop_grace_period",
     "duration",
     10 * _SECOND,
@@ -395,7 +407,7 @@ ON_DISCONNECT = Field[None](
     shown_default="`keep`",
     note="see [on_disconnect](#on_disconnect)",
 )
-STOP_AFTER = DurationField(
+STOP_AFTER = Ranged[int](
     "on_disconnect.stop_after",
     "duration",
     0,

@@ -1,6 +1,7 @@
-"""Byte sizes and durations in the spec's unit syntax, parsed exactly and formatted without loss.
+"""The spec's units: byte sizes, durations, CPUs and ports, parsed exactly and formatted without loss.
 
-Parsing raises ValueError whose text is a message fragment meant to follow a field path.
+Parsing raises ValueError whose text is a message fragment meant to follow a field path. The CLI and
+the scheduler format bytes and ports with these functions too, so every output writes them alike.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ import math
 import re
 from fractions import Fraction
 
-from dockyard.spec.display import describe
+from dockyard.spec.issues import describe
 
 KIB = 1024
 MIB = 1024**2
@@ -64,6 +65,11 @@ _COMPONENT = re.compile(rf"(?P<number>{_NUMBER})(?P<unit>[A-Za-z]*)")
 _BARE_SECONDS = re.compile(rf"{_NUMBER}\Z")
 DURATION_SHAPE = "must be a duration like 10s, 1m30s or 500ms, or a number of seconds"
 
+_SHORT_PORT = re.compile(r"(?:(?P<host>\d+):)?(?P<container>\d+)(?:/(?P<protocol>[^/]*))?\Z")
+PORT_SHAPE = (
+    'must be "[HOST:]CONTAINER[/PROTOCOL]" like "8080:80/tcp", or a mapping with published, target and protocol'
+)
+
 
 def parse_bytes(text: str) -> int:
     """Parses a size such as "512MiB", "1.5G" or "1000" into bytes, rounding fractions of a byte down."""
@@ -82,18 +88,55 @@ def parse_bytes(text: str) -> int:
 def format_bytes(n: int, *, approximate: bool = False) -> str:
     """Formats a byte count exactly in the largest binary unit that divides it ("512MiB", "1000B").
 
-    With approximate=True it rounds to one decimal in the largest unit not above it ("7.6GiB"), which
-    reads better for measured amounts but no longer parses back to the same number.
+    With approximate=True it rounds to at most two decimals in the largest unit not above it ("7.6GiB",
+    "1.25GiB"), which reads better for measured amounts but no longer parses back to the same number.
     """
     if approximate:
         for name, size in _BINARY_UNITS:
             if abs(n) >= size:
-                return _decimal(round(Fraction(n, size) * 10), 10) + name
+                return _decimal(round(Fraction(n, size) * 100), 100) + name
         return f"{n}B"
     for name, size in _BINARY_UNITS:
         if n != 0 and n % size == 0:
             return f"{n // size}{name}"
     return f"{n}B"
+
+
+def format_cpus(cpus: float) -> str:
+    """Formats a number of CPUs as a spec writes it, without a noisy trailing ".0": 2, 0.5, 1e+20."""
+    if math.isfinite(cpus) and float(cpus).is_integer() and abs(cpus) < 1e15:
+        return str(int(cpus))
+    return repr(float(cpus))
+
+
+def parse_port(text: str) -> tuple[int, int, str | None]:
+    """Splits "8080:80/udp" into (host port, container port, protocol); host 0 and protocol None when left out.
+
+    Numbers are returned unchecked; raises ValueError for anything that is not the short syntax.
+    """
+    text = text.strip()
+    match = _SHORT_PORT.match(text)
+    if match is not None:
+        return _port_number(match["host"] or "0"), _port_number(match["container"]), match["protocol"]
+    ports = text.partition("/")[0]
+    if "-" in ports:
+        raise ValueError(f"port ranges are not supported, got {describe(text)}; list each port separately")
+    if ports.count(":") >= 2 or "[" in ports:
+        raise ValueError(
+            f"binding to a host address is not supported, got {describe(text)}; "
+            "write HOST:CONTAINER without the address"
+        )
+    raise ValueError(f"{PORT_SHAPE}, got {describe(text)}")
+
+
+def format_port(host_port: int, container_port: int, protocol: str, *, implied_protocol: str = "") -> str:
+    """Writes a port as "8080:80/tcp", or "80/tcp" when Docker picks the host port.
+
+    The protocol is left out when it is `implied_protocol`: the spec writer passes the default, tcp, to
+    get the shortest form parse_port reads back.
+    """
+    text = f"{host_port}:{container_port}" if host_port else str(container_port)
+    return text if protocol == implied_protocol else f"{text}/{protocol}"
 
 
 def parse_duration_nanos(text: str) -> int:
@@ -159,18 +202,17 @@ def format_duration(seconds: float) -> str:
     return format_duration_nanos(seconds_to_nanos(seconds))
 
 
-def format_cpus(cpus: float) -> str:
-    """Formats a number of CPUs as written in a spec, without a noisy trailing ".0": 2, 0.5, 1e+20."""
-    if math.isfinite(cpus) and float(cpus).is_integer() and abs(cpus) < 1e15:
-        return str(int(cpus))
-    return repr(float(cpus))
-
-
 def _number(digits: str, text: str) -> Fraction:
     """Reads a decimal number exactly; refuses absurdly long ones, which no size or duration needs."""
     if len(digits) > _MAX_NUMBER_LENGTH:
         raise ValueError(f"has too many digits, got {describe(text)}")
     return Fraction(digits)
+
+
+def _port_number(digits: str) -> int:
+    # Any port this long is out of range anyway; capping avoids converting thousands of digits.
+    significant = digits.lstrip("0") or "0"
+    return int(significant) if len(significant) <= _MAX_NUMBER_LENGTH else 10**_MAX_NUMBER_LENGTH
 
 
 def _decimal(amount: int, unit: int) -> str:

@@ -1,21 +1,434 @@
-"""Semantic checks of a typed ServiceSpec, shared by the YAML loader and the controller's API."""
+"""Semantic checks of a pb.ServiceSpec, shared by the YAML reader and the controller's API.
+
+service_issues makes one pass over a spec's fields in the table's order (dockyard.spec.schema), so
+its problems come out in the order a spec file lists the fields, and nothing is sorted afterwards.
+The pass is made of small checks, one per field or list item; the YAML reader calls the same checks
+right after reading each value, so a file and a gRPC client get the same words, in the same order.
+
+A check judges a value that is present. The pass over a proto decides what counts as absent: 0 in
+`cpus`, memory and `stop_after` means "not set" there, while a file that writes 0 is refused.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 from google.protobuf.duration_pb2 import Duration
 
-from dockyard.spec import rules
-from dockyard.spec.constraint_checks import constraint_issues
-from dockyard.spec.display import describe, format_number
-from dockyard.spec.errors import Issue
-from dockyard.spec.image_reference import is_image_reference
-from dockyard.spec.paths import index_path, key_path
-from dockyard.spec.units import MAX_DURATION_SECONDS, NANOS_PER_SECOND, format_bytes, format_duration_nanos
+from dockyard.constraints import Constraint, ConstraintError, parse_constraint
+from dockyard.spec import schema
+from dockyard.spec.issues import Issue, describe, index_path, key_path, quote, service_path
+from dockyard.spec.schema import Bounded, Field, Ranged
+from dockyard.spec.units import (
+    MAX_DURATION_SECONDS,
+    NANOS_PER_SECOND,
+    format_bytes,
+    format_cpus,
+    format_duration_nanos,
+)
 from dockyard.v1 import types_pb2 as pb
 
-_IMAGE_EXAMPLE = '"nginx:1.27"'
+IMAGE_EXAMPLE = '"nginx:1.27"'
+GLOBAL_REPLICAS_MESSAGE = "a global service runs one task per eligible node; remove replicas or use mode: replicated"
+_MAX_UINT32 = 2**32 - 1
+
+# Lowercase RFC 1123 label, so the name can appear in container and DNS names.
+_DNS_LABEL = re.compile(rf"[a-z0-9](?:[a-z0-9-]{{0,{(schema.NAME.max_bytes or 2) - 2}}}[a-z0-9])?\Z")
+# C0 controls and DEL: invisible in logs and terminals, and meaningless in names and keys.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# The same without the ones that count as whitespace, which constraint parsing explains better.
+_INVISIBLE = re.compile(r"[\x00-\x08\x0e-\x1b\x7f]")
+# Written from the reference grammar Docker documents; catching a bad name here beats a failed pull later.
+_DOMAIN_PART = r"(?:[A-Za-z0-9]|[A-Za-z0-9][A-Za-z0-9-]*[A-Za-z0-9])"
+_HOST = rf"(?:{_DOMAIN_PART}(?:\.{_DOMAIN_PART})*|\[[0-9A-Fa-f:]+\])"
+_REGISTRY = rf"{_HOST}(?::[0-9]+)?"
+_PATH_PART = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_NAME = rf"(?:{_REGISTRY}/)?{_PATH_PART}(?:/{_PATH_PART})*"
+_TAG = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"
+_DIGEST = r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9A-Fa-f]{32,}"
+_REFERENCE = re.compile(rf"(?P<name>{_NAME})(?::{_TAG})?(?:@{_DIGEST})?\Z")
+# Docker refuses repository names longer than this.
+_MAX_REPOSITORY_LENGTH = 255
+
+
+# --- Wording of the rules, shared with the reader ------------------------------------------------------
+
+
+def _choices(field: Field[Any], quoted: bool = False) -> str:
+    """Lists a field's choices as "a, b or c"."""
+    names = [quote(name) if quoted else name for name in field.choices]
+    return ", ".join(names[:-1]) + f" or {names[-1]}"
+
+
+def _from_to(field: Ranged[int]) -> str:
+    return f"from {field.shown(field.minimum)} to {field.shown(field.maximum)}"
+
+
+def replicas_message(got: str) -> str:
+    """Wording for a replica count out of range or of the wrong type."""
+    return f"must be an integer {_from_to(schema.REPLICAS)}, got {got}"
+
+
+def mode_message(got: str) -> str:
+    """Wording for an unknown service mode."""
+    return f"must be {_choices(schema.MODE)}, got {got}"
+
+
+def max_replicas_per_node_message(got: str) -> str:
+    """Wording for a per-node replica cap out of range or of the wrong type."""
+    return f"must be an integer {_from_to(schema.MAX_REPLICAS_PER_NODE)} (0 means no limit), got {got}"
+
+
+def strategy_message(got: str) -> str:
+    """Wording for an unknown placement strategy."""
+    return f"must be {_choices(schema.STRATEGY)}, got {got}"
+
+
+def stop_after_message(got: str) -> str:
+    """Wording for an on_disconnect.stop_after out of range."""
+    field = schema.STOP_AFTER
+    return (
+        f"must be a duration greater than {field.shown(field.minimum)} and at most {field.shown(field.maximum)}, "
+        f"got {got}"
+    )
+
+
+def target_port_message(got: str) -> str:
+    """Wording for a container port out of range or of the wrong type."""
+    return f"must be a container port {_from_to(schema.PORT_TARGET)}, got {got}"
+
+
+def published_port_message(got: str) -> str:
+    """Wording for a host port out of range or of the wrong type."""
+    return f"must be a host port {_from_to(schema.PORT_PUBLISHED)} (0 lets Docker pick a free one), got {got}"
+
+
+def protocol_message(got: str) -> str:
+    """Wording for a protocol other than the allowed ones."""
+    return f"must be {_choices(schema.PORT_PROTOCOL, quoted=True)}, got {got}"
+
+
+def condition_message(got: str) -> str:
+    """Wording for an unknown restart condition."""
+    return f"must be {_choices(schema.RESTART_CONDITION)}, got {got}"
+
+
+def max_attempts_message(got: str) -> str:
+    """Wording for a restart attempt count that is negative, too large or of the wrong type."""
+    return f"must be an integer {_from_to(schema.RESTART_MAX_ATTEMPTS)} (0 means no limit), got {got}"
+
+
+def cpus_ok(cpus: float) -> bool:
+    """Tells whether an explicitly given CPU amount is within the table's range (NaN is not)."""
+    return schema.CPU_LIMIT.minimum < cpus <= schema.CPU_LIMIT.maximum
+
+
+def cpus_message(got: str) -> str:
+    """Wording for a CPU amount out of range or of the wrong type."""
+    field = schema.CPU_LIMIT
+    return (
+        f"must be a number of CPUs greater than {field.shown(field.minimum)} and at most "
+        f"{field.shown(field.maximum)}, got {got}"
+    )
+
+
+def memory_limit_message(got: str) -> str:
+    """Wording for a memory limit below Docker's minimum."""
+    minimum = schema.MEMORY_LIMIT.minimum
+    return f"must be at least {format_bytes(minimum)} (the smallest limit Docker accepts), got {got}"
+
+
+def memory_reservation_message(got: str) -> str:
+    """Wording for a memory reservation that is not positive."""
+    return f"must be greater than {schema.MEMORY_RESERVATION.minimum}, got {got}; leave it out to reserve nothing"
+
+
+# --- Checks of single values, in the table's order --------------------------------------------------------
+
+
+def name_issues(name: str, path: str) -> Iterator[Issue]:
+    """Checks a service name, reported on the service's own path."""
+    if not name:
+        yield Issue(path, "service name must not be empty")
+    elif not _DNS_LABEL.match(name):
+        yield Issue(
+            path,
+            f'service name must be 1 to {schema.NAME.max_bytes} lowercase letters, digits or "-", starting and '
+            f"ending with a letter or digit, got {describe(name)}",
+        )
+
+
+def image_issues(image: str, path: str) -> Iterator[Issue]:
+    """Checks an image reference."""
+    if not image:
+        yield Issue(path, f"must not be empty; name the container image to run, like {IMAGE_EXAMPLE}")
+    elif too_long := _length_problem(image, schema.IMAGE.max_bytes):
+        yield Issue(path, f"{too_long}; no image reference is that long")
+    elif any(c.isspace() for c in image):
+        yield Issue(path, f"must not contain whitespace, got {describe(image)}")
+    elif _CONTROL.search(image):
+        yield Issue(path, f"{_control_problem(image)}; remove it")
+    elif not _is_image_reference(image):
+        yield Issue(
+            path,
+            f"must be an image reference like {IMAGE_EXAMPLE} or "
+            '"registry.example.com/team/app:v2" (lowercase name, optional :tag and @digest), '
+            f"got {describe(image)}",
+        )
+
+
+def argument_issues(argument: str, path: str) -> Iterator[Issue]:
+    """Checks one argument of the command."""
+    # execve() cannot pass NUL, so such an argument would be cut short silently.
+    if "\0" in argument:
+        yield Issue(path, "must not contain NUL characters")
+    elif too_long := _length_problem(argument, schema.COMMAND.max_bytes):
+        yield Issue(path, f"{too_long}, the most Linux passes to a program; put long scripts in a file in the image")
+
+
+def env_issues(name: str, value: str, path: str) -> Iterator[Issue]:
+    """Checks one environment variable; `path` is the variable's own path."""
+    if not name:
+        yield Issue(path, "variable name must not be empty")
+    elif "=" in name:
+        yield Issue(path, 'variable name must not contain "="')
+    elif "\0" in name:
+        yield Issue(path, "variable name must not contain NUL characters")
+    elif _CONTROL.search(name):
+        yield Issue(path, f"variable name {_control_problem(name)}; remove it")
+    elif too_long := _length_problem(name, schema.ENV.max_key_bytes):
+        yield Issue(path, f"variable name {too_long}; use a shorter name")
+    if "\0" in value:
+        yield Issue(path, "value must not contain NUL characters")
+    elif (size := _utf8_size(name) + 1 + _utf8_size(value)) > (limit := schema.ENV.max_bytes or size):
+        yield Issue(
+            path,
+            f"NAME=value must be at most {limit} bytes long, got {size} bytes, more than Linux passes to a "
+            "program; put large values in a file in the image instead",
+        )
+
+
+def label_key_issues(key: str, path: str) -> Iterator[Issue]:
+    """Checks a label key, of a service or of a node: not empty, one word, not reserved for Dockyard."""
+    prefix = schema.LABELS.reserved_prefix
+    if not key:
+        yield Issue(path, "label key must not be empty")
+    elif _CONTROL.search(key) or any(c.isspace() or c == "=" for c in key):
+        yield Issue(
+            path,
+            f'label key must not contain whitespace, control characters or "=", got {describe(key)}; '
+            'use letters, digits, ".", "-" or "_"',
+        )
+    elif too_long := _length_problem(key, schema.LABELS.max_key_bytes):
+        yield Issue(path, f"label key {too_long}; use a shorter key")
+    elif key.startswith(prefix):
+        yield Issue(
+            path, f'keys starting with "{prefix}" are reserved for the labels Dockyard sets itself; choose another key'
+        )
+
+
+def label_issues(key: str, value: str, path: str) -> Iterator[Issue]:
+    """Checks one label of a service; `path` is the label's own path."""
+    yield from label_key_issues(key, path)
+    if "\0" in value:
+        yield Issue(path, "value must not contain NUL characters; remove them")
+    elif too_long := _length_problem(value, schema.LABELS.max_bytes):
+        yield Issue(path, f"value {too_long}; keep large data out of labels")
+
+
+def published_issues(port: int, path: str) -> Iterator[Issue]:
+    """Checks a host port."""
+    if not _within(schema.PORT_PUBLISHED, port):
+        yield Issue(path, published_port_message(str(port)))
+
+
+def target_issues(port: int, path: str) -> Iterator[Issue]:
+    """Checks a container port."""
+    if not _within(schema.PORT_TARGET, port):
+        yield Issue(path, target_port_message(str(port)))
+
+
+def protocol_issues(protocol: str, path: str) -> Iterator[Issue]:
+    """Checks a port's protocol; the proto has no default, so it must be given."""
+    if protocol not in schema.PORT_PROTOCOL.choices:
+        yield Issue(path, protocol_message(describe(protocol)))
+
+
+class HostPorts:
+    """The host ports a service's earlier ports publish, to refuse a second use of one."""
+
+    def __init__(self) -> None:
+        self._first_use: dict[tuple[int, str], int] = {}
+
+    def claim(self, port: pb.PortMapping, index: int, path: str) -> Iterator[Issue]:
+        """Records the host port of a valid port; yields an issue when an earlier port has it already."""
+        if port.host_port == 0:
+            return  # Docker picks a free port, so 0 never conflicts.
+        owner = self._first_use.setdefault((port.host_port, port.protocol), index)
+        if owner != index:
+            yield Issue(
+                path,
+                f"host port {port.host_port}/{port.protocol} is already published by ports[{owner}]; "
+                "use another host port",
+            )
+
+
+def mode_issues(mode: int, path: str) -> Iterator[Issue]:
+    """Checks a mode number; UNSPECIFIED means the default."""
+    if mode not in pb.ServiceMode.values():
+        yield Issue(path, mode_message(str(mode)))
+
+
+def replicas_issues(mode: int, replicas: int, path: str) -> Iterator[Issue]:
+    """Checks the replica count against the mode."""
+    if mode == pb.SERVICE_MODE_GLOBAL:
+        # The count follows the eligible nodes, so any number here would be ignored or misread.
+        if replicas:
+            yield Issue(path, GLOBAL_REPLICAS_MESSAGE)
+    elif not _within(schema.REPLICAS, replicas):
+        yield Issue(path, replicas_message(str(replicas)))
+
+
+class Constraints:
+    """A service's constraints checked one by one: each must parse, and all must hold together."""
+
+    def __init__(self) -> None:
+        self._first: dict[Constraint, int] = {}
+        self._first_equal: dict[tuple[str, str], int] = {}
+        self._first_value: dict[tuple[str, str, str, bool], int] = {}
+        self._accepted: dict[int, Constraint] = {}
+
+    def check(self, text: str, index: int, path: str) -> Iterator[Issue]:
+        """Yields the problems of constraint `index`: it is too long, does not parse, repeats or contradicts."""
+        if too_long := _length_problem(text, schema.CONSTRAINTS.max_bytes):
+            yield Issue(path, f"{too_long}; compare shorter labels or values")
+            return
+        if _INVISIBLE.search(text):
+            yield Issue(path, f"{_control_problem(text, _INVISIBLE)}; remove it")
+            return
+        try:
+            constraint = parse_constraint(text)
+        except ConstraintError as exc:
+            yield Issue(path, str(exc))
+            return
+        problem = self._conflict(constraint)
+        if problem is not None:
+            yield Issue(path, problem)
+            return
+        self._accepted[index] = constraint
+        self._first[constraint] = index
+        subject = (constraint.field, constraint.key)
+        if constraint.equal:
+            self._first_equal.setdefault(subject, index)
+        self._first_value.setdefault((*subject, constraint.value, constraint.equal), index)
+
+    def _conflict(self, constraint: Constraint) -> str | None:
+        """Says how `constraint` clashes with the first earlier accepted one it clashes with, if any."""
+        if (same := self._first.get(constraint)) is not None:
+            return f"is the same as constraints[{same}]; remove one of them"
+        subject = (constraint.field, constraint.key)
+        # Constraints are combined with "and": two equalities on one subject, or = and != of one value,
+        # leave no eligible node at all.
+        candidates = [self._first_value.get((*subject, constraint.value, not constraint.equal))]
+        if constraint.equal:
+            candidates.append(self._first_equal.get(subject))
+        found = [index for index in candidates if index is not None]
+        if not found:
+            return None
+        index = min(found)
+        other = self._accepted[index]
+        thing = f"label {describe(constraint.key)}" if constraint.field == "labels" else constraint.field
+        if other.value == constraint.value:
+            return (
+                f"contradicts constraints[{index}]: all constraints must hold, but a node's {thing} "
+                f"cannot both be and not be {describe(constraint.value)}; remove one of them"
+            )
+        return (
+            f"contradicts constraints[{index}]: all constraints must hold, but a node's {thing} "
+            f"cannot be both {describe(other.value)} and {describe(constraint.value)}; keep one of them"
+        )
+
+
+def max_replicas_per_node_issues(cap: int, path: str) -> Iterator[Issue]:
+    """Checks the per-node replica cap."""
+    if not _within(schema.MAX_REPLICAS_PER_NODE, cap):
+        yield Issue(path, max_replicas_per_node_message(str(cap)))
+
+
+def strategy_issues(strategy: int, path: str) -> Iterator[Issue]:
+    """Checks a strategy number; UNSPECIFIED means the default."""
+    if strategy not in pb.Placement.Strategy.values():
+        yield Issue(path, strategy_message(str(strategy)))
+
+
+def cpus_issues(cpus: float, path: str) -> Iterator[Issue]:
+    """Checks a CPU limit or reservation that is given."""
+    if not cpus_ok(cpus):
+        yield Issue(path, cpus_message(format_cpus(cpus)))
+
+
+def memory_limit_issues(size: int, path: str) -> Iterator[Issue]:
+    """Checks a memory limit that is given."""
+    if size < schema.MEMORY_LIMIT.minimum:
+        yield Issue(path, memory_limit_message(format_bytes(size)))
+
+
+def memory_reservation_issues(size: int, path: str) -> Iterator[Issue]:
+    """Checks a memory reservation that is given."""
+    if size <= schema.MEMORY_RESERVATION.minimum:
+        yield Issue(path, memory_reservation_message(format_bytes(size)))
+
+
+def reservation_issues(resources: pb.Resources, path: str) -> Iterator[Issue]:
+    """Checks that valid reservations stay within valid limits; `path` is that of resources."""
+    reservations = key_path(path, "reservations")
+    cpu_limit, cpu_reserved = resources.cpu_limit, resources.cpu_reservation
+    if cpus_ok(cpu_limit) and cpus_ok(cpu_reserved) and cpu_reserved > cpu_limit:
+        yield Issue(
+            key_path(reservations, "cpus"),
+            _exceeds(schema.CPU_LIMIT, format_cpus(cpu_limit), format_cpus(cpu_reserved)),
+        )
+    limit_bytes, reserved_bytes = resources.memory_limit_bytes, resources.memory_reservation_bytes
+    if limit_bytes >= schema.MEMORY_LIMIT.minimum and reserved_bytes > limit_bytes:
+        yield Issue(
+            key_path(reservations, "memory"),
+            _exceeds(schema.MEMORY_LIMIT, format_bytes(limit_bytes), format_bytes(reserved_bytes)),
+        )
+
+
+def condition_issues(condition: int, path: str) -> Iterator[Issue]:
+    """Checks a restart condition number; UNSPECIFIED means the default."""
+    if condition not in pb.RestartPolicy.Condition.values():
+        yield Issue(path, condition_message(str(condition)))
+
+
+def duration_issues(field: Bounded[int], nanos: int, path: str) -> Iterator[Issue]:
+    """Checks a duration that is given against its field's range."""
+    if _within(field, nanos):
+        return
+    shown = format_duration_nanos(nanos)
+    if field is schema.STOP_AFTER:
+        yield Issue(path, stop_after_message(shown))
+    elif isinstance(field, Ranged):
+        yield Issue(path, f"must be a duration {_from_to(field)}, got {shown}")
+    else:
+        yield Issue(path, f"must be a duration of {field.shown(field.minimum)} or more, got {shown}")
+
+
+def size_issues(spec: pb.ServiceSpec, path: str) -> Iterator[Issue]:
+    """Checks the size of the whole spec as stored; `path` is the service's."""
+    size, limit = spec.ByteSize(), schema.SPEC_BYTES
+    if size > limit.maximum:
+        yield Issue(
+            path,
+            f"the spec is {size} bytes when stored, more than the limit of {limit.shown} for one service; "
+            "move large env values, commands or labels into the image or a file it reads",
+        )
+
+
+# --- One pass over a whole spec -------------------------------------------------------------------------
 
 
 def validate_service(spec: pb.ServiceSpec) -> list[str]:
@@ -30,231 +443,171 @@ def validate_service(spec: pb.ServiceSpec) -> list[str]:
 
 
 def service_issues(spec: pb.ServiceSpec) -> list[Issue]:
-    """Like validate_service, but keeps path and message apart so callers can filter by path."""
-    base = key_path("services", spec.name)
-    issues = [
-        *_name_issues(spec.name, base),
-        *_image_issues(spec.image, key_path(base, "image")),
-        *_command_issues(spec.command, key_path(base, "command")),
-        *_env_issues(spec.env, key_path(base, "env")),
-        *_port_issues(spec.ports, key_path(base, "ports")),
-    ]
-    issues += _mode_and_replicas_issues(spec, base)
-    issues += _placement_issues(spec.placement, key_path(base, "placement"))
-    issues += _resource_issues(spec.resources, key_path(base, "resources"))
-    issues += _label_issues(spec.labels, key_path(base, "labels"))
-    issues += _restart_issues(spec.restart, key_path(base, "restart"))
+    """Like validate_service, but keeps path and message apart; problems come in the table's field order."""
+    return list(_service(spec))
+
+
+def _service(spec: pb.ServiceSpec) -> Iterator[Issue]:
+    base = service_path(spec.name)
+    yield from name_issues(spec.name, base)
+    yield from image_issues(spec.image, key_path(base, "image"))
+    command = key_path(base, "command")
+    for i, argument in enumerate(spec.command):
+        yield from argument_issues(argument, index_path(command, i))
+    env = key_path(base, "env")
+    # A proto map has no order of its own; sorting keeps reports stable.
+    for name in sorted(spec.env):
+        yield from env_issues(name, spec.env[name], key_path(env, name))
+    yield from _ports(spec.ports, key_path(base, "ports"))
+    mode_problems = list(mode_issues(spec.mode, key_path(base, "mode")))
+    yield from mode_problems
+    if not mode_problems:
+        yield from replicas_issues(spec.mode, spec.replicas, key_path(base, "replicas"))
+    yield from _placement(spec.placement, key_path(base, "placement"))
+    yield from _resources(spec.resources, key_path(base, "resources"))
+    labels = key_path(base, "labels")
+    for key in sorted(spec.labels):
+        yield from label_issues(key, spec.labels[key], key_path(labels, key))
+    yield from _restart(spec.restart, key_path(base, "restart"))
     if spec.HasField("stop_grace_period"):
-        issues += _bounded_duration_issues(
-            spec.stop_grace_period, key_path(base, "stop_grace_period"), rules.MAX_STOP_GRACE_PERIOD_NANOS
-        )
-    if spec.on_disconnect.HasField("stop_after"):
-        stop_after_path = key_path(key_path(base, "on_disconnect"), "stop_after")
-        issues += _stop_after_issues(spec.on_disconnect.stop_after, stop_after_path)
-    return issues
+        yield from _duration(schema.STOP_GRACE_PERIOD, spec.stop_grace_period, key_path(base, "stop_grace_period"))
+    stop_after = spec.on_disconnect.stop_after
+    # An unset or zero deadline is how the proto says "keep".
+    if stop_after.seconds or stop_after.nanos:
+        where = key_path(key_path(base, "on_disconnect"), "stop_after")
+        yield from _duration(schema.STOP_AFTER, stop_after, where)
+    yield from size_issues(spec, base)
 
 
-def _name_issues(name: str, path: str) -> list[Issue]:
-    if not name:
-        return [Issue(path, "service name must not be empty")]
-    if not rules.DNS_LABEL.match(name):
-        return [
-            Issue(
-                path,
-                'service name must be 1 to 63 lowercase letters, digits or "-", starting and ending with '
-                f"a letter or digit, got {describe(name)}",
-            )
-        ]
-    return []
-
-
-def _image_issues(image: str, path: str) -> list[Issue]:
-    if not image:
-        return [Issue(path, f"must not be empty; name the container image to run, like {_IMAGE_EXAMPLE}")]
-    if any(c.isspace() for c in image):
-        return [Issue(path, f"must not contain whitespace, got {describe(image)}")]
-    if not is_image_reference(image):
-        return [
-            Issue(
-                path,
-                f"must be an image reference like {_IMAGE_EXAMPLE} or "
-                '"registry.example.com/team/app:v2" (lowercase name, optional :tag and @digest), '
-                f"got {describe(image)}",
-            )
-        ]
-    return []
-
-
-def _command_issues(command: Sequence[str], path: str) -> list[Issue]:
-    # execve() cannot pass NUL, so such an argument would be cut short silently.
-    return [
-        Issue(index_path(path, i), "must not contain NUL characters")
-        for i, argument in enumerate(command)
-        if "\0" in argument
-    ]
-
-
-def _env_issues(env: Mapping[str, str], path: str) -> list[Issue]:
-    issues = []
-    for name, value in sorted(env.items()):
-        where = key_path(path, name)
-        if not name:
-            issues.append(Issue(where, "variable name must not be empty"))
-        elif "=" in name:
-            issues.append(Issue(where, 'variable name must not contain "="'))
-        elif "\0" in name:
-            issues.append(Issue(where, "variable name must not contain NUL characters"))
-        if "\0" in value:
-            issues.append(Issue(where, "value must not contain NUL characters"))
-    return issues
-
-
-def _label_issues(labels: Mapping[str, str], path: str) -> list[Issue]:
-    issues = []
-    for key in sorted(labels):
-        where = key_path(path, key)
-        if not key:
-            issues.append(Issue(where, "label key must not be empty"))
-        elif key.startswith(rules.RESERVED_LABEL_PREFIX):
-            issues.append(
-                Issue(
-                    where,
-                    f'keys starting with "{rules.RESERVED_LABEL_PREFIX}" are reserved for the labels '
-                    "Dockyard sets itself; choose another key",
-                )
-            )
-    return issues
-
-
-def _port_issues(ports: Sequence[pb.PortMapping], path: str) -> list[Issue]:
-    issues = []
-    first_use: dict[tuple[int, str], int] = {}
+def _ports(ports: Sequence[pb.PortMapping], path: str) -> Iterator[Issue]:
+    host_ports = HostPorts()
     for i, port in enumerate(ports):
         where = index_path(path, i)
-        target_ok = 1 <= port.container_port <= rules.MAX_PORT
-        published_ok = port.host_port <= rules.MAX_PORT
-        protocol_ok = port.protocol in rules.PROTOCOLS
-        if not target_ok:
-            issues.append(Issue(key_path(where, "target"), rules.target_port_message(str(port.container_port))))
-        if not published_ok:
-            issues.append(Issue(key_path(where, "published"), rules.published_port_message(str(port.host_port))))
-        if not protocol_ok:
-            issues.append(Issue(key_path(where, "protocol"), rules.protocol_message(describe(port.protocol))))
-        if port.host_port == 0 or not (published_ok and protocol_ok):
-            continue
-        owner = first_use.setdefault((port.host_port, port.protocol), i)
-        if owner != i:
-            issues.append(
-                Issue(
-                    where,
-                    f"host port {port.host_port}/{port.protocol} is already published by ports[{owner}]; "
-                    "use another host port",
-                )
-            )
-    return issues
+        yield from published_issues(port.host_port, key_path(where, "published"))
+        yield from target_issues(port.container_port, key_path(where, "target"))
+        protocol_problems = list(protocol_issues(port.protocol, key_path(where, "protocol")))
+        yield from protocol_problems
+        if _within(schema.PORT_PUBLISHED, port.host_port) and not protocol_problems:
+            yield from host_ports.claim(port, i, where)
 
 
-def _mode_and_replicas_issues(spec: pb.ServiceSpec, base: str) -> list[Issue]:
-    mode_path, replicas_path = key_path(base, "mode"), key_path(base, "replicas")
-    if spec.mode not in pb.ServiceMode.values():
-        return [Issue(mode_path, rules.mode_message(str(spec.mode)))]
-    if spec.mode == pb.SERVICE_MODE_GLOBAL:
-        # The count follows the eligible nodes, so any number here would be ignored or misread.
-        return [Issue(replicas_path, rules.GLOBAL_REPLICAS_MESSAGE)] if spec.replicas else []
-    if spec.replicas > rules.MAX_REPLICAS:
-        return [Issue(replicas_path, rules.replicas_message(str(spec.replicas)))]
-    return []
+def _placement(placement: pb.Placement, path: str) -> Iterator[Issue]:
+    constraints, where = Constraints(), key_path(path, "constraints")
+    for i, text in enumerate(placement.constraints):
+        yield from constraints.check(text, i, index_path(where, i))
+    yield from max_replicas_per_node_issues(placement.max_replicas_per_node, key_path(path, "max_replicas_per_node"))
+    yield from strategy_issues(placement.strategy, key_path(path, "strategy"))
 
 
-def _placement_issues(placement: pb.Placement, path: str) -> list[Issue]:
-    issues = constraint_issues(placement.constraints, key_path(path, "constraints"))
-    if placement.max_replicas_per_node > rules.MAX_REPLICAS:
-        message = rules.max_replicas_per_node_message(str(placement.max_replicas_per_node))
-        issues.append(Issue(key_path(path, "max_replicas_per_node"), message))
-    if placement.strategy not in pb.Placement.Strategy.values():
-        issues.append(Issue(key_path(path, "strategy"), rules.strategy_message(str(placement.strategy))))
-    return issues
-
-
-def _stop_after_issues(stop_after: Duration, path: str) -> list[Issue]:
-    nanos = _duration_nanos(stop_after)
-    if nanos is None:
-        return [_malformed_duration(stop_after, path)]
-    # Zero is how the proto says "keep", so only a negative or too long deadline is wrong.
-    if not 0 <= nanos <= rules.MAX_STOP_AFTER_NANOS:
-        return [Issue(path, rules.stop_after_message(format_duration_nanos(nanos)))]
-    return []
-
-
-def _resource_issues(resources: pb.Resources, path: str) -> list[Issue]:
+def _resources(resources: pb.Resources, path: str) -> Iterator[Issue]:
     limits, reservations = key_path(path, "limits"), key_path(path, "reservations")
-    issues = []
-    # Zero means "not set" in the proto, so only non-zero amounts are checked.
-    for value, where in (
-        (resources.cpu_limit, key_path(limits, "cpus")),
-        (resources.cpu_reservation, key_path(reservations, "cpus")),
-    ):
-        if value != 0 and not rules.cpus_ok(value):
-            issues.append(Issue(where, rules.cpus_message(format_number(value))))
-    limit_bytes, reserved_bytes = resources.memory_limit_bytes, resources.memory_reservation_bytes
-    if limit_bytes != 0 and limit_bytes < rules.MIN_MEMORY_LIMIT:
-        message = rules.memory_limit_message(format_bytes(limit_bytes))
-        issues.append(Issue(key_path(limits, "memory"), message))
-    if reserved_bytes < 0:
-        message = rules.memory_reservation_message(format_bytes(reserved_bytes))
-        issues.append(Issue(key_path(reservations, "memory"), message))
-    cpu_limit, cpu_reserved = resources.cpu_limit, resources.cpu_reservation
-    if rules.cpus_ok(cpu_limit) and rules.cpus_ok(cpu_reserved) and cpu_reserved > cpu_limit:
-        message = rules.exceeds_limit_message(
-            "resources.limits.cpus", format_number(cpu_limit), format_number(cpu_reserved)
-        )
-        issues.append(Issue(key_path(reservations, "cpus"), message))
-    if limit_bytes >= rules.MIN_MEMORY_LIMIT and reserved_bytes > limit_bytes:
-        message = rules.exceeds_limit_message(
-            "resources.limits.memory", format_bytes(limit_bytes), format_bytes(reserved_bytes)
-        )
-        issues.append(Issue(key_path(reservations, "memory"), message))
-    return issues
+    # Zero means "not set" in the proto, so only other amounts are checked.
+    if resources.cpu_limit:
+        yield from cpus_issues(resources.cpu_limit, key_path(limits, "cpus"))
+    if resources.memory_limit_bytes:
+        yield from memory_limit_issues(resources.memory_limit_bytes, key_path(limits, "memory"))
+    if resources.cpu_reservation:
+        yield from cpus_issues(resources.cpu_reservation, key_path(reservations, "cpus"))
+    if resources.memory_reservation_bytes:
+        yield from memory_reservation_issues(resources.memory_reservation_bytes, key_path(reservations, "memory"))
+    yield from reservation_issues(resources, path)
 
 
-def _restart_issues(restart: pb.RestartPolicy, path: str) -> list[Issue]:
-    issues = []
-    if restart.condition not in pb.RestartPolicy.Condition.values():
-        issues.append(Issue(key_path(path, "condition"), rules.condition_message(str(restart.condition))))
+def _restart(restart: pb.RestartPolicy, path: str) -> Iterator[Issue]:
+    yield from condition_issues(restart.condition, key_path(path, "condition"))
     if restart.HasField("delay"):
-        issues += _bounded_duration_issues(restart.delay, key_path(path, "delay"), rules.MAX_RESTART_DELAY_NANOS)
+        yield from _duration(schema.RESTART_DELAY, restart.delay, key_path(path, "delay"))
     if restart.HasField("window"):
-        where = key_path(path, "window")
-        nanos = _duration_nanos(restart.window)
-        if nanos is None:
-            issues.append(_malformed_duration(restart.window, where))
-        elif nanos < 0:
-            issues.append(Issue(where, rules.window_message(format_duration_nanos(nanos))))
+        yield from _duration(schema.RESTART_WINDOW, restart.window, key_path(path, "window"))
+
+
+def _duration(field: Bounded[int], duration: Duration, path: str) -> Iterator[Issue]:
+    seconds, nanos = duration.seconds, duration.nanos
+    same_sign = not (seconds > 0 > nanos or seconds < 0 < nanos)
+    if abs(seconds) > MAX_DURATION_SECONDS or abs(nanos) >= NANOS_PER_SECOND or not same_sign:
+        yield Issue(
+            path,
+            f"is not a valid duration (seconds={seconds}, nanos={nanos}); seconds must be within "
+            f"+-{MAX_DURATION_SECONDS} and nanos within +-{NANOS_PER_SECOND - 1} with the same sign",
+        )
+    else:
+        yield from duration_issues(field, seconds * NANOS_PER_SECOND + nanos, path)
+
+
+# --- Limits over many services ----------------------------------------------------------------------------
+
+
+def replica_budget_issues(specs: Sequence[pb.ServiceSpec], existing: Mapping[str, pb.Service]) -> list[Issue]:
+    """Checks the replicas a request asks for against the per-request and per-cluster caps.
+
+    `existing` maps the name of every service in the cluster to it; services the request names count
+    with their new spec only. A global service counts 0: its tasks follow the nodes. A change that
+    lowers the cluster's total is always allowed, even above the cap.
+    """
+    issues = []
+    requested = _replicas(specs)
+    request_cap, cluster_cap = schema.REQUEST_REPLICAS.maximum, schema.CLUSTER_REPLICAS.maximum
+    if requested > request_cap:
+        issues.append(
+            Issue(
+                "services",
+                f"ask for {requested} replicas in all, more than the limit of {request_cap} per request; "
+                "apply the services in several requests",
+            )
+        )
+    names = {spec.name for spec in specs}
+    others = _replicas(service.spec for name, service in existing.items() if name not in names)
+    total, before = others + requested, _replicas(service.spec for service in existing.values())
+    if total > cluster_cap and total > before:
+        issues.append(
+            Issue(
+                "services",
+                f"would bring the cluster to {total} replicas ({others} of them in other services), more than "
+                f"the limit of {cluster_cap}; scale down or delete other services first",
+            )
+        )
     return issues
 
 
-def _bounded_duration_issues(duration: Duration, path: str, maximum_nanos: int) -> list[Issue]:
-    nanos = _duration_nanos(duration)
-    if nanos is None:
-        return [_malformed_duration(duration, path)]
-    if not 0 <= nanos <= maximum_nanos:
-        return [Issue(path, rules.bounded_duration_message(format_duration_nanos(nanos)))]
-    return []
+def _replicas(specs: Iterable[pb.ServiceSpec]) -> int:
+    return sum(spec.replicas for spec in specs if spec.mode != pb.SERVICE_MODE_GLOBAL)
 
 
-def _duration_nanos(duration: Duration) -> int | None:
-    """Returns the duration in nanoseconds, or None if it breaks the Duration invariants."""
-    seconds, nanos = duration.seconds, duration.nanos
-    if abs(seconds) > MAX_DURATION_SECONDS or abs(nanos) >= NANOS_PER_SECOND:
-        return None
-    if (seconds > 0 and nanos < 0) or (seconds < 0 and nanos > 0):
-        return None
-    return seconds * NANOS_PER_SECOND + nanos
+# --- Helpers ------------------------------------------------------------------------------------------
 
 
-def _malformed_duration(duration: Duration, path: str) -> Issue:
-    return Issue(
-        path,
-        f"is not a valid duration (seconds={duration.seconds}, nanos={duration.nanos}); seconds must be "
-        f"within +-{MAX_DURATION_SECONDS} and nanos within +-{NANOS_PER_SECOND - 1} with the same sign",
-    )
+def _within(field: Bounded[int], value: int) -> bool:
+    """Tells whether an integer is within its field's range."""
+    if value < field.minimum or (field.exclusive_minimum and value == field.minimum):
+        return False
+    return not isinstance(field, Ranged) or value <= field.maximum
+
+
+def _utf8_size(text: str) -> int:
+    # Limits are in bytes as stored; surrogates cannot reach a proto, but counting must not fail on them.
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
+def _length_problem(text: str, limit: int | None) -> str:
+    """Says "must be at most N bytes long, got M bytes" when `text` is longer than `limit`, else ""."""
+    if limit is None or len(text) * 4 <= limit:
+        return ""  # Quick exit: no character takes more than four bytes.
+    size = _utf8_size(text)
+    return f"must be at most {limit} bytes long, got {size} bytes" if size > limit else ""
+
+
+def _control_problem(text: str, pattern: re.Pattern[str] = _CONTROL) -> str:
+    """Names the first control character of `text`, which has one."""
+    found = pattern.search(text)
+    code = ord(found[0]) if found else 0
+    return f"must not contain control characters, got U+{code:04X} in {describe(text)}"
+
+
+def _exceeds(limit: Field[Any], shown_limit: str, got: str) -> str:
+    return f"must not exceed {limit.path} ({shown_limit}), got {got}"
+
+
+def _is_image_reference(text: str) -> bool:
+    """Tells whether `text` is a well-formed image reference such as "nginx:1.27" or "reg:5000/a/b:v1"."""
+    match = _REFERENCE.match(text)
+    return match is not None and len(match["name"]) <= _MAX_REPOSITORY_LENGTH

@@ -1,4 +1,4 @@
-"""Writing a ServiceSpec back as the YAML-shaped mapping a user would have written."""
+"""Writing a ServiceSpec back as the YAML-shaped mapping a user would have written, for `service inspect`."""
 
 from __future__ import annotations
 
@@ -6,10 +6,9 @@ from typing import Any
 
 from google.protobuf.duration_pb2 import Duration
 
-from dockyard.spec import defaults, rules
-from dockyard.spec.enum_names import CONDITIONS, MODES, STRATEGIES, name_of
-from dockyard.spec.port_syntax import format_port
-from dockyard.spec.units import format_bytes, format_duration_nanos
+from dockyard.spec import schema
+from dockyard.spec.schema import Field
+from dockyard.spec.units import format_bytes, format_duration_nanos, format_port
 from dockyard.v1 import types_pb2 as pb
 
 
@@ -26,11 +25,11 @@ def spec_to_document(spec: pb.ServiceSpec) -> dict[str, Any]:
         document["env"] = dict(sorted(spec.env.items()))
     if spec.ports:
         document["ports"] = [_port(port) for port in spec.ports]
-    mode = spec.mode or defaults.MODE
-    if mode != defaults.MODE:
-        document["mode"] = name_of(MODES, mode)
+    mode = spec.mode or schema.MODE.default
+    if mode != schema.MODE.default:
+        document["mode"] = schema.MODE.choice_name(mode)
     # A valid global service has no replica count; one that has is written out for load_spec to report.
-    default_replicas = defaults.GLOBAL_REPLICAS if mode == pb.SERVICE_MODE_GLOBAL else defaults.REPLICAS
+    default_replicas = 0 if mode == pb.SERVICE_MODE_GLOBAL else schema.REPLICAS.default
     if spec.replicas != default_replicas:
         document["replicas"] = spec.replicas
     if placement := _placement(spec.placement):
@@ -41,7 +40,7 @@ def spec_to_document(spec: pb.ServiceSpec) -> dict[str, Any]:
         document["labels"] = dict(sorted(spec.labels.items()))
     if restart := _restart(spec.restart):
         document["restart"] = restart
-    if _differs(spec.HasField("stop_grace_period"), spec.stop_grace_period, defaults.STOP_GRACE_PERIOD_NANOS):
+    if _differs(spec.HasField("stop_grace_period"), spec.stop_grace_period, schema.STOP_GRACE_PERIOD):
         document["stop_grace_period"] = format_duration_nanos(spec.stop_grace_period.ToNanoseconds())
     # An unset or zero deadline means "keep", the default.
     if stop_after := spec.on_disconnect.stop_after.ToNanoseconds():
@@ -50,8 +49,9 @@ def spec_to_document(spec: pb.ServiceSpec) -> dict[str, Any]:
 
 
 def _port(port: pb.PortMapping) -> str | dict[str, Any]:
-    if port.protocol in rules.PROTOCOLS:
-        return format_port(port.host_port, port.container_port, port.protocol)
+    if port.protocol in schema.PORT_PROTOCOL.choices:
+        implied = schema.PORT_PROTOCOL.default
+        return format_port(port.host_port, port.container_port, port.protocol, implied_protocol=implied)
     # The short syntax cannot carry an arbitrary protocol string; the long form can.
     return {"published": port.host_port, "target": port.container_port, "protocol": port.protocol}
 
@@ -60,11 +60,11 @@ def _placement(placement: pb.Placement) -> dict[str, Any]:
     document: dict[str, Any] = {}
     if placement.constraints:
         document["constraints"] = list(placement.constraints)
-    if placement.max_replicas_per_node != defaults.MAX_REPLICAS_PER_NODE:
+    if placement.max_replicas_per_node != schema.MAX_REPLICAS_PER_NODE.default:
         document["max_replicas_per_node"] = placement.max_replicas_per_node
-    strategy = placement.strategy or defaults.PLACEMENT_STRATEGY
-    if strategy != defaults.PLACEMENT_STRATEGY:
-        document["strategy"] = name_of(STRATEGIES, strategy)
+    strategy = placement.strategy or schema.STRATEGY.default
+    if strategy != schema.STRATEGY.default:
+        document["strategy"] = schema.STRATEGY.choice_name(strategy)
     return document
 
 
@@ -85,19 +85,19 @@ def _resources(resources: pb.Resources) -> dict[str, Any]:
 
 def _restart(restart: pb.RestartPolicy) -> dict[str, Any]:
     document: dict[str, Any] = {}
-    condition = restart.condition or defaults.RESTART_CONDITION
-    if condition != defaults.RESTART_CONDITION:
+    condition = restart.condition or schema.RESTART_CONDITION.default
+    if condition != schema.RESTART_CONDITION.default:
         # An out-of-range number has no name; writing it as is lets load_spec report it.
-        document["condition"] = name_of(CONDITIONS, condition)
-    if _differs(restart.HasField("delay"), restart.delay, defaults.RESTART_DELAY_NANOS):
+        document["condition"] = schema.RESTART_CONDITION.choice_name(condition)
+    if _differs(restart.HasField("delay"), restart.delay, schema.RESTART_DELAY):
         document["delay"] = format_duration_nanos(restart.delay.ToNanoseconds())
-    if restart.max_attempts != defaults.RESTART_MAX_ATTEMPTS:
+    if restart.max_attempts != schema.RESTART_MAX_ATTEMPTS.default:
         document["max_attempts"] = restart.max_attempts
-    if _differs(restart.HasField("window"), restart.window, defaults.RESTART_WINDOW_NANOS):
+    if _differs(restart.HasField("window"), restart.window, schema.RESTART_WINDOW):
         document["window"] = format_duration_nanos(restart.window.ToNanoseconds())
     return document
 
 
-def _differs(is_set: bool, duration: Duration, default_nanos: int) -> bool:
+def _differs(is_set: bool, duration: Duration, field: Field[int]) -> bool:
     """Tells whether a duration field is set to something other than its default."""
-    return is_set and duration.ToNanoseconds() != default_nanos
+    return is_set and duration.ToNanoseconds() != field.default

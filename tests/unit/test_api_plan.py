@@ -9,8 +9,9 @@ from datetime import UTC, datetime
 import pytest
 
 from controller.api.apply import plan_apply
-from controller.api.validation import MAX_REPLICAS, apply_errors, replicas_error
-from dockyard.spec import rules
+from controller.api.validation import MAX_REPLICAS, apply_errors, node_label_errors, replicas_error, scale_errors
+from dockyard.spec import schema
+from dockyard.spec.validation import replicas_message
 from dockyard.timestamps import to_timestamp
 from dockyard.v1 import controller_pb2 as cpb
 from dockyard.v1 import types_pb2 as pb
@@ -166,8 +167,140 @@ def test_replica_counts_out_of_range_are_errors(replicas: int) -> None:
 
 
 def test_the_api_and_the_spec_loader_agree_on_the_replica_limit() -> None:
-    assert MAX_REPLICAS == rules.MAX_REPLICAS == 10_000
-    assert str(replicas_error(MAX_REPLICAS + 1)) == f"replicas: {rules.replicas_message(str(MAX_REPLICAS + 1))}"
+    assert MAX_REPLICAS == schema.REPLICAS.maximum == 10_000
+    assert str(replicas_error(MAX_REPLICAS + 1)) == f"replicas: {replicas_message(str(MAX_REPLICAS + 1))}"
+
+
+# --- replica caps -----------------------------------------------------------------------------------------
+
+REQUEST_CAP = schema.REQUEST_REPLICAS.maximum
+CLUSTER_CAP = schema.CLUSTER_REPLICAS.maximum
+
+
+def cluster(*replicas: int) -> dict[str, pb.Service]:
+    """Existing services s0, s1, ... with the given replica counts."""
+    return {f"s{i}": stored(make_spec(f"s{i}", replicas=n), service_id=f"svc-{i}") for i, n in enumerate(replicas)}
+
+
+def budget_errors(specs: list[pb.ServiceSpec], existing: dict[str, pb.Service]) -> list[str]:
+    return [str(issue) for issue in apply_errors(specs, existing) if issue.path == "services"]
+
+
+def test_the_caps_are_the_documented_ones() -> None:
+    assert (REQUEST_CAP, CLUSTER_CAP) == (50_000, 100_000)
+
+
+@pytest.mark.parametrize(
+    ("requested", "existing", "expected"),
+    [
+        pytest.param([10_000] * 5, [], [], id="request-at-its-cap"),
+        pytest.param(
+            [10_000] * 5 + [1],
+            [],
+            [
+                "services: ask for 50001 replicas in all, more than the limit of 50000 per request; "
+                "apply the services in several requests"
+            ],
+            id="request-over-its-cap",
+        ),
+        pytest.param([10_000] * 5, [10_000] * 5, [], id="cluster-at-its-cap"),
+        pytest.param(
+            [10_000] * 5,
+            [10_000] * 5 + [1],
+            [
+                "services: would bring the cluster to 100001 replicas (50001 of them in other services), more "
+                "than the limit of 100000; scale down or delete other services first"
+            ],
+            id="cluster-over-its-cap",
+        ),
+    ],
+)
+def test_replica_caps(requested: list[int], existing: list[int], expected: list[str]) -> None:
+    specs = [make_spec(f"new{i}", replicas=n) for i, n in enumerate(requested)]
+    assert budget_errors(specs, cluster(*existing)) == expected
+
+
+def test_a_service_the_request_replaces_counts_once() -> None:
+    existing = cluster(*[10_000] * 10)
+    assert budget_errors([make_spec("s0", replicas=10_000)], existing) == []
+    assert len(budget_errors([make_spec("s0", replicas=10_000), make_spec("new", replicas=1)], existing)) == 1
+
+
+def test_lowering_a_cluster_over_its_cap_is_allowed() -> None:
+    existing = cluster(*[10_000] * 11)
+    assert budget_errors([make_spec("s0", replicas=5_000)], existing) == []
+    assert len(budget_errors([make_spec("s0", replicas=10_000), make_spec("new", replicas=1)], existing)) == 1
+
+
+def test_global_services_count_no_replicas() -> None:
+    spec = make_spec("agentd", replicas=0)
+    spec.mode = pb.SERVICE_MODE_GLOBAL
+    assert budget_errors([spec], cluster(*[10_000] * 10)) == []
+
+
+def test_without_existing_services_only_the_request_cap_applies() -> None:
+    assert apply_errors([make_spec("web", replicas=10_000)]) == []
+
+
+def test_scaling_is_held_to_the_cluster_cap() -> None:
+    existing = cluster(*[10_000] * 10)
+    assert scale_errors(existing["s0"], 10_000, existing) == []
+    assert scale_errors(existing["s0"], 5, existing) == []
+    assert [str(e) for e in scale_errors(existing["s0"], MAX_REPLICAS + 1, existing)] == [
+        "replicas: must be an integer from 0 to 10000, got 10001"
+    ]
+    existing["s10"] = stored(make_spec("s10", replicas=0), service_id="svc-10")
+    assert len(scale_errors(existing["s10"], 1, existing)) == 1
+
+
+# --- node labels ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("set_labels", "remove", "expected"),
+    [
+        pytest.param({"zone": "a", "com.example.rack": "7"}, ["old"], [], id="valid"),
+        pytest.param({"": "a"}, [], ['labels[""]: label key must not be empty'], id="empty"),
+        pytest.param(
+            {"my zone": "a"},
+            [],
+            [
+                'labels["my zone"]: label key must not contain whitespace, control characters or "=", got "my zone"; '
+                'use letters, digits, ".", "-" or "_"'
+            ],
+            id="whitespace",
+        ),
+        pytest.param(
+            {},
+            ["a\0b"],
+            [
+                'labels["a\\u0000b"]: label key must not contain whitespace, control characters or "=", '
+                'got "a\\u0000b"; use letters, digits, ".", "-" or "_"'
+            ],
+            id="nul",
+        ),
+        pytest.param(
+            {"dockyard.node.id": "x"},
+            [],
+            [
+                'labels["dockyard.node.id"]: keys starting with "dockyard." are reserved for the labels Dockyard '
+                "sets itself; choose another key"
+            ],
+            id="reserved",
+        ),
+        pytest.param(
+            {"k" * 257: "x"},
+            [],
+            [f"labels.{'k' * 257}: label key must be at most 256 bytes long, got 257 bytes; use a shorter key"],
+            id="too-long",
+        ),
+        pytest.param({"zone": "a"}, ["zone"], ["labels.zone: both set and removed; do one"], id="set-and-removed"),
+    ],
+)
+def test_node_labels_follow_the_spec_label_key_rule(
+    set_labels: dict[str, str], remove: list[str], expected: list[str]
+) -> None:
+    assert [str(issue) for issue in node_label_errors(set_labels, remove)] == expected
 
 
 def errors_of(specs: list[pb.ServiceSpec]) -> list[str]:
