@@ -14,13 +14,12 @@ import grpc
 from controller.api.apply import plan_apply, same_apart_from_replicas
 from controller.api.paging import Key, PageLimits, PageTokenError, decode_token, encode_token, ordered_source, read_page
 from controller.api.status import Context, Stale, abort, abort_invalid, abort_stale
-from controller.api.validation import apply_errors, node_label_errors, replicas_error
+from controller.api.validation import apply_errors, node_label_errors, replicas_error, scale_errors
 from controller.api.writes import commit_or_abort, revision_stale, version_stale
 from controller.store.base import Check, Delete, Kind, Op, Put, Store
 from controller.store.specs import SpecCache
 from dockyard.clock import Clock
-from dockyard.spec.errors import Issue
-from dockyard.spec.paths import key_path
+from dockyard.spec.issues import Issue, key_path, service_path
 from dockyard.task_state import is_terminal
 from dockyard.timestamps import to_timestamp
 from dockyard.v1 import controller_pb2 as cpb
@@ -47,10 +46,6 @@ _NODE_KEY_SHAPE = (str, str)
 _TASK_KEY_SHAPE = (str, int, int, str)
 
 
-def _service_subject(name: str) -> str:
-    return key_path("services", name)
-
-
 def _node_subject(node: pb.Node) -> str:
     return key_path("nodes", node.description.hostname or node.id)
 
@@ -73,7 +68,8 @@ class ControllerApi:
 
     async def ApplyService(self, request: cpb.ApplyServiceRequest, context: Context) -> cpb.ApplyServiceResponse:
         """Creates or updates every service in one transaction; an invalid or stale request writes nothing."""
-        issues = apply_errors(request.services)
+        existing = {s.name: s for s in await self._store.list_services()}
+        issues = apply_errors(request.services, existing)
         names = {spec.name for spec in request.services}
         issues.extend(
             Issue(key_path("if_revision", name), "names no service of this request; name one that it applies")
@@ -82,12 +78,11 @@ class ControllerApi:
         )
         if issues:
             await abort_invalid(context, issues)
-        existing = {s.name: s for s in await self._store.list_services()}
         expected = dict(request.if_revision)
         stale = [
             problem
             for name in sorted(expected)
-            if (problem := revision_stale(_service_subject(name), expected[name], existing.get(name))) is not None
+            if (problem := revision_stale(service_path(name), expected[name], existing.get(name))) is not None
         ]
         if stale:
             await abort_stale(context, stale)
@@ -100,7 +95,7 @@ class ControllerApi:
                 for name in expected
                 if name in existing and existing[name].id not in written
             ]
-            subject = _service_subject(plan.results[0].service.name) if len(request.services) == 1 else "services"
+            subject = service_path(plan.results[0].service.name) if len(request.services) == 1 else "services"
             await commit_or_abort(self._store, context, [*plan.puts, *checks], subject, conditional=bool(expected))
         return cpb.ApplyServiceResponse(results=plan.results)
 
@@ -158,7 +153,7 @@ class ControllerApi:
             self._store,
             context,
             [Delete(Kind.SERVICE, service.id, expect_version=service.version)],
-            _service_subject(service.name),
+            service_path(service.name),
             conditional=expected is not None,
         )
         return cpb.DeleteServiceResponse(service=service)
@@ -179,6 +174,9 @@ class ControllerApi:
             )
         if service.spec.replicas == request.replicas:
             return service
+        over = scale_errors(service, request.replicas, {s.name: s for s in await self._store.list_services()})
+        if over:
+            await abort_invalid(context, over)
         scaled = pb.Service()
         scaled.CopyFrom(service)
         scaled.spec.replicas = request.replicas
@@ -188,7 +186,7 @@ class ControllerApi:
             self._store,
             context,
             [Put(scaled, expect_version=service.version)],
-            _service_subject(service.name),
+            service_path(service.name),
             conditional=expected is not None,
         )
         return scaled
@@ -289,7 +287,7 @@ class ControllerApi:
         return cpb.RemoveNodeResponse(node=node)
 
     async def _check_revision(self, service: pb.Service, expected: int | None, context: Context) -> None:
-        stale = revision_stale(_service_subject(service.name), expected, service)
+        stale = revision_stale(service_path(service.name), expected, service)
         if stale is not None:
             await abort_stale(context, [stale])
 

@@ -22,7 +22,7 @@ from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2  # type: ignore[import-untyped,unused-ignore]
 from grpc_status import rpc_status  # type: ignore[import-untyped,unused-ignore]
 
-from dockyard.spec.errors import Issue
+from dockyard.spec.issues import Issue
 
 __all__ = [
     "ERROR_DOMAIN",
