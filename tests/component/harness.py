@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -170,3 +171,29 @@ async def start_api(root: Path, page_limits: PageLimits | None = None) -> ApiUnd
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     return ApiUnderTest(store, server, port)
+
+
+class ApiInThread:
+    """start_api on an event loop of its own thread, for synchronous tests that run the CLI in-process."""
+
+    def __init__(self, root: Path, page_limits: PageLimits | None = None) -> None:
+        """Starts the loop and the API; close() stops both."""
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="api-under-test", daemon=True)
+        self._thread.start()
+        self.api = self.run(start_api(root, page_limits))
+
+    def run(self, step: Awaitable[T]) -> T:
+        """Runs a coroutine on the API's loop (e.g. a store write) and returns its result."""
+
+        async def wrapped() -> T:
+            return await step
+
+        return asyncio.run_coroutine_threadsafe(wrapped(), self._loop).result(timeout=30)
+
+    def close(self) -> None:
+        """Stops the API, then the loop and its thread."""
+        self.run(self.api.close())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        self._loop.close()

@@ -1,12 +1,14 @@
-"""The CLI's pure pieces: rollout progress, table views, controller resolution, backoff and task states."""
+"""The CLI's pure pieces: rollout progress, table views, controller resolution, backoff, task states, waiting."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 from datetime import UTC, datetime
 from pathlib import Path
 
+import click
 import pytest
 
 from dockyard.backoff import Backoff
@@ -18,8 +20,12 @@ from dockyard.cli.context import (
     resolve_controller,
     write_context,
 )
+from dockyard.cli.polling import poll_until
 from dockyard.cli.rollout import Progress, progress
 from dockyard.cli.views import node_view, port_text, service_view, task_view
+from dockyard.cli.workloads import parse_if_revision
+from dockyard.client import ApiError
+from dockyard.clock import FakeClock
 from dockyard.task_state import TERMINAL_FROM, can_move, desired_name, is_terminal, state_name
 from dockyard.timestamps import to_timestamp
 from dockyard.v1 import types_pb2 as pb
@@ -535,3 +541,75 @@ def test_state_name(state: int, name: str) -> None:
 )
 def test_desired_name(state: int, name: str) -> None:
     assert desired_name(state) == name
+
+
+# --- waiting and --if-revision --------------------------------------------------------------------------
+
+
+async def test_poll_until_returns_the_first_result_and_sleeps_on_the_clock_between_checks() -> None:
+    clock = FakeClock()
+    answers = iter([None, None, "done"])
+    calls: list[float] = []
+
+    async def check() -> str | None:
+        calls.append(clock.monotonic())
+        return next(answers)
+
+    waiter = asyncio.ensure_future(poll_until(check, within=5, waiting_for=lambda: "", every=0.5, clock=clock))
+    await clock.advance(2, step=0.5)
+    assert await waiter == "done"
+    assert calls == [0.0, 0.5, 1.0]
+
+
+async def test_poll_until_times_out_saying_what_it_waited_for() -> None:
+    clock = FakeClock()
+    seen = 0
+
+    async def check() -> None:
+        nonlocal seen
+        seen += 1
+
+    waiter = asyncio.ensure_future(
+        poll_until(check, within=1, waiting_for=lambda: f"after {seen} looks", every=0.25, clock=clock)
+    )
+    await clock.advance(2, step=0.25)
+    with pytest.raises(ApiError, match=r"^timed out after 1s after 5 looks$"):
+        await waiter
+
+
+async def test_an_error_in_the_check_ends_the_wait() -> None:
+    async def check() -> None:
+        raise ApiError("web.1: rejected: no such image")
+
+    with pytest.raises(ApiError, match="rejected"):
+        await poll_until(check, within=10, waiting_for=lambda: "", clock=FakeClock())
+
+
+@pytest.mark.parametrize(
+    ("values", "names", "expected"),
+    [
+        ((), ["web"], {}),
+        (("3",), ["web"], {"web": 3}),
+        (("0",), ["web"], {"web": 0}),
+        (("web=2", "db=0"), ["web", "db"], {"web": 2, "db": 0}),
+        (("db=5",), ["web", "db"], {"db": 5}),
+    ],
+)
+def test_parse_if_revision(values: tuple[str, ...], names: list[str], expected: dict[str, int]) -> None:
+    assert parse_if_revision(values, names) == expected
+
+
+@pytest.mark.parametrize(
+    ("values", "names", "problem"),
+    [
+        (("3",), ["web", "db"], "a bare N is for a file of one service"),
+        (("3", "4"), ["web"], "a bare N is for a file of one service"),
+        (("web=x",), ["web"], "N must be a revision number"),
+        (("web=-1",), ["web"], "N must be a revision number"),
+        (("cache=1",), ["web"], "the file has no service 'cache'"),
+        (("web=1", "web=2"), ["web"], "'web' is given twice"),
+    ],
+)
+def test_parse_if_revision_refuses(values: tuple[str, ...], names: list[str], problem: str) -> None:
+    with pytest.raises(click.BadParameter, match=problem):
+        parse_if_revision(values, names)

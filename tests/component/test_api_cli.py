@@ -1,0 +1,117 @@
+"""The CLI against the real API: conditional apply and scale, following pages, images of each task's revision."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from controller.api.paging import PageLimits
+from controller.store.base import Put
+from dockyard.cli.main import cli
+from dockyard.v1 import types_pb2 as pb
+from tests.component.harness import ApiInThread
+
+
+@pytest.fixture
+def api(tmp_path: Path) -> Iterator[ApiInThread]:
+    # Tiny pages, so that every list the CLI makes spans several of them.
+    server = ApiInThread(tmp_path, PageLimits(default_size=2, max_size=3))
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+def dockyard(api: ApiInThread, *args: str) -> Result:
+    return CliRunner().invoke(cli, [*args, "--controller", api.api.address], catch_exceptions=False)
+
+
+def spec_file(tmp_path: Path, *services: tuple[str, str]) -> str:
+    path = tmp_path / "spec.yaml"
+    body = "".join(f"  {name}:\n    image: {image}\n    replicas: 1\n" for name, image in services)
+    path.write_text(f"services:\n{body}")
+    return str(path)
+
+
+def test_apply_if_revision_refuses_a_stale_file_and_accepts_a_fresh_one(api: ApiInThread, tmp_path: Path) -> None:
+    path = spec_file(tmp_path, ("web", "app:1"))
+    created = dockyard(api, "apply", "-f", path, "-d", "--if-revision", "0", "-o", "json")
+    assert created.exit_code == 0, created.output
+    assert json.loads(created.stdout)[0]["action"] == "created"
+
+    path = spec_file(tmp_path, ("web", "app:2"))
+    stale = dockyard(api, "apply", "-f", path, "-d", "--if-revision", "0")
+    assert stale.exit_code == 1
+    assert "services.web: exists at revision 1, expected it not to exist; read it again and retry" in stale.output
+
+    fresh = dockyard(api, "apply", "-f", path, "-d", "--if-revision", "1", "-o", "json")
+    assert fresh.exit_code == 0, fresh.output
+    assert json.loads(fresh.stdout)[0] == {"service": "web", "action": "updated", "revision": 2}
+
+
+def test_apply_if_revision_per_service(api: ApiInThread, tmp_path: Path) -> None:
+    path = spec_file(tmp_path, ("web", "app:1"), ("db", "db:1"))
+    bare = dockyard(api, "apply", "-f", path, "-d", "--if-revision", "0")
+    assert bare.exit_code == 2
+    assert "write NAME=N for each service" in bare.output
+    unknown = dockyard(api, "apply", "-f", path, "-d", "--if-revision", "cache=0")
+    assert unknown.exit_code == 2
+    assert "the file has no service 'cache'" in unknown.output
+    both = dockyard(api, "apply", "-f", path, "-d", "--if-revision", "web=0", "--if-revision", "db=0", "-o", "json")
+    assert both.exit_code == 0, both.output
+    assert [r["action"] for r in json.loads(both.stdout)] == ["created", "created"]
+
+
+def test_scale_if_revision(api: ApiInThread, tmp_path: Path) -> None:
+    assert dockyard(api, "apply", "-f", spec_file(tmp_path, ("web", "app:1")), "-d").exit_code == 0
+    stale = dockyard(api, "scale", "web", "3", "-d", "--if-revision", "4")
+    assert stale.exit_code == 1
+    assert "services.web: revision is 1, not 4 as expected" in stale.output
+    fresh = dockyard(api, "scale", "web", "3", "-d", "--if-revision", "1", "-o", "json")
+    assert fresh.exit_code == 0, fresh.output
+    assert json.loads(fresh.stdout) == {"service": "web", "replicas": 3, "revision": 2}
+
+
+def test_services_lists_every_page(api: ApiInThread, tmp_path: Path) -> None:
+    names = [f"svc-{i:02}" for i in range(11)]
+    assert dockyard(api, "apply", "-f", spec_file(tmp_path, *[(n, "app:1") for n in names]), "-d").exit_code == 0
+    listed = dockyard(api, "services", "-o", "json")
+    assert listed.exit_code == 0, listed.output
+    assert [row["name"] for row in json.loads(listed.stdout)] == names
+
+
+def test_ps_shows_the_image_and_ports_of_each_tasks_revision(api: ApiInThread) -> None:
+    service = pb.Service(id="svc-web", name="web", revision=1, spec_revision=1)
+    service.spec.CopyFrom(pb.ServiceSpec(name="web", image="app:1", replicas=2))
+    api.run(api.api.store.commit([Put(service)]))
+    older = pb.Service()
+    older.CopyFrom(service)
+    service.revision = service.spec_revision = 2
+    service.spec.image = "app:2"
+    service.spec.ports.add(host_port=8080, container_port=80, protocol="tcp")
+    api.run(api.api.store.commit([Put(service)]))
+    tasks = [
+        pb.Task(id=f"t{slot}", service_id="svc-web", service_name="web", slot=slot, revision=revision)
+        for slot, revision in [(1, 1), (2, 2), (3, 2), (4, 1), (5, 2)]
+    ]
+    for task in tasks:
+        task.desired_state = pb.DESIRED_STATE_RUNNING
+        task.status.state = pb.TASK_STATE_RUNNING
+    api.run(api.api.store.commit([Put(t) for t in tasks]))
+
+    listed = dockyard(api, "ps", "-o", "json")
+    assert listed.exit_code == 0, listed.output
+    rows = json.loads(listed.stdout)
+    assert [(r["name"], r["revision"], r["image"], r["ports"]) for r in rows] == [
+        ("web.1", 1, "app:1", []),
+        ("web.2", 2, "app:2", ["8080:80/tcp"]),
+        ("web.3", 2, "app:2", ["8080:80/tcp"]),
+        ("web.4", 1, "app:1", []),
+        ("web.5", 2, "app:2", ["8080:80/tcp"]),
+    ]
+    inspected = dockyard(api, "service", "inspect", "web", "-o", "json")
+    assert [t["image"] for t in json.loads(inspected.stdout)["tasks"]] == ["app:1", "app:2", "app:2", "app:1", "app:2"]
