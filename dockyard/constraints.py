@@ -1,11 +1,18 @@
-"""Placement constraints: parsing "node.labels.zone == a" and matching it against a node."""
+"""Placement constraints: parsing "node.labels.zone == a", and node_satisfies(), the one test of a node.
+
+node_satisfies is what every role asks ("may this service's tasks run on that node?"), so that the scheduler
+and the orchestrator (global services) can never disagree about a node.
+"""
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from functools import lru_cache
+
+from dockyard.v1 import types_pb2 as pb
 
 _SYNTAX = re.compile(r"^\s*node\.(?P<field>labels\.(?P<key>[^\s=!]+)|hostname|id)\s*(?P<op>==|!=)\s*(?P<value>\S+)\s*$")
 # Near misses worth a specific hint: a lone "=" as in label selectors, and a value with whitespace.
@@ -31,7 +38,7 @@ class Constraint:
     value: str
 
     def matches(self, node_id: str, hostname: str, labels: Mapping[str, str]) -> bool:
-        """Tells whether a node satisfies the constraint (a missing label never equals a value)."""
+        """Tells whether a node with these facts satisfies the constraint; prefer node_satisfies() for a pb.Node."""
         if self.field == "labels":
             actual: str | None = labels.get(self.key)
         elif self.field == "hostname":
@@ -52,6 +59,43 @@ def parse_constraint(text: str) -> Constraint:
         raise ConstraintError(f"must have the form {EXAMPLES}, got {_shown(text)}{_hint(text)}")
     field = "labels" if match["key"] else match["field"]
     return Constraint(field=field, key=match["key"] or "", equal=match["op"] == "==", value=match["value"])
+
+
+def node_satisfies(node: pb.Node, constraints: Iterable[str]) -> bool:
+    """Tells whether every constraint text holds for the node; one that does not parse matches no node.
+
+    The node's labels are its agent-reported ones (node.description.labels) overlaid with its operator's
+    (node.labels): an operator label wins over an agent label of the same key. A missing label never equals
+    a value, so "node.labels.k != v" holds for a node without k.
+    """
+    for text in constraints:
+        constraint = _parsed(text)
+        if constraint is None or not _holds(constraint, node):
+            return False
+    return True
+
+
+@lru_cache(maxsize=4096)
+def _parsed(text: str) -> Constraint | None:
+    # Every node of a call is judged against the same few texts, so each is parsed once, not once per node.
+    try:
+        return parse_constraint(text)
+    except ConstraintError:
+        # The API refuses these; one that is stored anyway (older or buggy writer) must place nothing.
+        return None
+
+
+def _holds(constraint: Constraint, node: pb.Node) -> bool:
+    if constraint.field == "labels":
+        # Two map look-ups instead of merging the maps: this runs once per node and constraint.
+        actual = node.labels.get(constraint.key)
+        if actual is None:
+            actual = node.description.labels.get(constraint.key)
+    elif constraint.field == "hostname":
+        actual = node.description.hostname
+    else:
+        actual = node.id
+    return (actual == constraint.value) == constraint.equal
 
 
 def _hint(text: str) -> str:
