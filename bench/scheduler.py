@@ -10,7 +10,7 @@ import argparse
 import statistics
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,8 +18,8 @@ from pathlib import Path
 # The script runs as a file, not as an installed package, so the repository root must be importable.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from controller.scheduler import holds_resources, schedule
-from dockyard.constraints import Constraint, parse_constraint
+from controller.scheduler import SpecKey, holds_resources, schedule
+from dockyard.constraints import node_satisfies
 from dockyard.v1 import types_pb2 as pb
 
 GIB = 1 << 30
@@ -85,35 +85,48 @@ def make_node(index: int) -> pb.Node:
     return node
 
 
+def make_spec(shape: ServiceShape) -> pb.ServiceSpec:
+    """Returns the spec of the shape's service: its reservations, host ports and placement."""
+    spec = pb.ServiceSpec(name=shape.name)
+    spec.resources.cpu_reservation = shape.cpu
+    spec.resources.memory_reservation_bytes = shape.memory
+    for port, protocol in shape.ports:
+        spec.ports.add(host_port=port, container_port=port, protocol=protocol)
+    # Touching placement at all would set it; the spec reader leaves it unset when every field is a default.
+    if shape.constraints:
+        spec.placement.constraints.extend(shape.constraints)
+    if shape.binpack:
+        spec.placement.strategy = pb.Placement.STRATEGY_BINPACK
+    return spec
+
+
 def make_task(shape: ServiceShape, slot: int, node_id: str = "", running: bool = False) -> pb.Task:
-    """Returns a task of the shape: RUNNING on node_id when running, else PENDING (pinned when node_id is set)."""
+    """Returns a task of the shape at revision 1, no spec: RUNNING on node_id if running, else PENDING (pinned)."""
     task = pb.Task(
         id=f"{shape.name}-{slot}{'-run' if running else ''}",
-        service_id=f"svc-{shape.name}{'-old' if running else ''}",
+        service_id=service_id(shape, running),
         slot=slot,
+        revision=1,
         node_id=node_id,
         desired_state=pb.DESIRED_STATE_RUNNING,
     )
     task.status.state = pb.TASK_STATE_RUNNING if running else pb.TASK_STATE_PENDING
-    task.spec.resources.cpu_reservation = shape.cpu
-    task.spec.resources.memory_reservation_bytes = shape.memory
-    for port, protocol in shape.ports:
-        task.spec.ports.add(host_port=port, container_port=port, protocol=protocol)
-    # Touching placement at all would set it; the spec reader leaves it unset when every field is a default.
-    if shape.constraints:
-        task.spec.placement.constraints.extend(shape.constraints)
-    if shape.binpack:
-        task.spec.placement.strategy = pb.Placement.STRATEGY_BINPACK
     return task
+
+
+def service_id(shape: ServiceShape, running: bool = False) -> str:
+    """Returns the id of the shape's service; running background tasks belong to an older one."""
+    return f"svc-{shape.name}{'-old' if running else ''}"
 
 
 @dataclass(frozen=True)
 class Cluster:
-    """Inputs for one run: all nodes, every current task, and the pending subset."""
+    """Inputs for one run: all nodes, every current task, the pending subset, and the specs they run."""
 
     nodes: list[pb.Node]
     tasks: list[pb.Task]
     pending: list[pb.Task]
+    specs: dict[SpecKey, pb.ServiceSpec]
 
 
 def usable(node: pb.Node) -> bool:
@@ -134,14 +147,16 @@ def make_cluster(node_count: int, services: Sequence[ServiceShape]) -> Cluster:
         if node.status == pb.NODE_STATUS_READY
         for j in range(RUNNING_PER_NODE)
     ]
+    specs = {(service_id(background, running=True), 1): make_spec(background)}
     pending = []
     for shape in services:
+        specs[(service_id(shape), 1)] = make_spec(shape)
         if shape.global_:
             # As the orchestrator does: one task per eligible node, pinned there, slot 0, told apart by node.
             pending += [replace_id(make_task(shape, 0, node.id), node.id) for node in nodes if usable(node)]
         else:
             pending += [make_task(shape, slot) for slot in range(shape.replicas)]
-    return Cluster(nodes, running + pending, pending)
+    return Cluster(nodes, running + pending, pending, specs)
 
 
 def replace_id(task: pb.Task, node_id: str) -> pb.Task:
@@ -150,17 +165,18 @@ def replace_id(task: pb.Task, node_id: str) -> pb.Task:
     return task
 
 
-def first_fit(nodes: Sequence[pb.Node], tasks: Sequence[pb.Task], pending: Sequence[pb.Task]) -> int:
+def first_fit(
+    nodes: Sequence[pb.Node],
+    tasks: Sequence[pb.Task],
+    pending: Sequence[pb.Task],
+    specs: Mapping[SpecKey, pb.ServiceSpec],
+) -> int:
     """The baseline: per task, scan nodes in list order and take the first that fits. Returns placements.
 
-    It honours constraints (each distinct list parsed once) and pins, so every workload compares like with like.
+    It honours constraints and pins, so every workload compares like with like.
     """
     index = {node.id: i for i, node in enumerate(nodes)}
     ready = [usable(n) for n in nodes]
-    # Built on first use, so that workloads without constraints do not pay for copying every node's labels.
-    labels: list[dict[str, str]] = []
-    hostnames: list[str] = []
-    parsed: dict[tuple[str, ...], list[Constraint]] = {}
     free_cpu = [n.description.cpus for n in nodes]
     free_memory = [n.description.memory_bytes for n in nodes]
     used_ports: list[set[tuple[int, str]]] = [set() for _ in nodes]
@@ -168,22 +184,17 @@ def first_fit(nodes: Sequence[pb.Node], tasks: Sequence[pb.Task], pending: Seque
     for task in tasks:
         i = index.get(task.node_id, -1)
         if i >= 0 and task.id not in pending_ids and holds_resources(task):
-            free_cpu[i] -= task.spec.resources.cpu_reservation
-            free_memory[i] -= task.spec.resources.memory_reservation_bytes
-            used_ports[i].update((p.host_port, p.protocol) for p in task.spec.ports if p.host_port)
+            spec = specs[(task.service_id, task.revision)]
+            free_cpu[i] -= spec.resources.cpu_reservation
+            free_memory[i] -= spec.resources.memory_reservation_bytes
+            used_ports[i].update((p.host_port, p.protocol) for p in spec.ports if p.host_port)
     placed = 0
     for task in pending:
-        cpu = task.spec.resources.cpu_reservation
-        memory = task.spec.resources.memory_reservation_bytes
-        ports = {(p.host_port, p.protocol) for p in task.spec.ports if p.host_port}
-        rules: list[Constraint] = []
-        texts = task.spec.placement.constraints
-        if texts:
-            key = tuple(texts)
-            rules = parsed.get(key) or parsed.setdefault(key, [parse_constraint(text) for text in key])
-            if not labels:
-                labels = [{**n.description.labels, **n.labels} for n in nodes]
-                hostnames = [n.description.hostname for n in nodes]
+        spec = specs[(task.service_id, task.revision)]
+        cpu = spec.resources.cpu_reservation
+        memory = spec.resources.memory_reservation_bytes
+        ports = {(p.host_port, p.protocol) for p in spec.ports if p.host_port}
+        texts = spec.placement.constraints
         node_id = task.node_id
         candidates = range(len(nodes)) if not node_id else [index[node_id]] if node_id in index else []
         for i in candidates:
@@ -192,7 +203,7 @@ def first_fit(nodes: Sequence[pb.Node], tasks: Sequence[pb.Task], pending: Seque
                 and free_cpu[i] >= cpu
                 and free_memory[i] >= memory
                 and not ports & used_ports[i]
-                and (not rules or all(rule.matches(nodes[i].id, hostnames[i], labels[i]) for rule in rules))
+                and (not texts or node_satisfies(nodes[i], texts))
             ):
                 free_cpu[i] -= cpu
                 free_memory[i] -= memory
@@ -204,13 +215,13 @@ def first_fit(nodes: Sequence[pb.Node], tasks: Sequence[pb.Task], pending: Seque
 
 def scheduler_run(cluster: Cluster) -> int:
     """Runs the real scheduler once and returns how many tasks it placed."""
-    decisions = schedule(cluster.nodes, cluster.tasks, cluster.pending, NOW, seed=42)
+    decisions = schedule(cluster.nodes, cluster.tasks, cluster.pending, cluster.specs, NOW, seed=42)
     return sum(1 for d in decisions if d.node_id is not None)
 
 
 def baseline_run(cluster: Cluster) -> int:
     """Runs the first-fit baseline once and returns how many tasks it placed."""
-    return first_fit(cluster.nodes, cluster.tasks, cluster.pending)
+    return first_fit(cluster.nodes, cluster.tasks, cluster.pending, cluster.specs)
 
 
 def rates(run: Callable[[Cluster], int], cluster: Cluster, repetitions: int) -> tuple[int, list[float]]:

@@ -1,20 +1,44 @@
-"""The scheduler's pure core: decides which node each pending task runs on. No I/O, no clock."""
+"""The scheduler: decides which node each pending task runs on. Start reading at stack.py.
 
-from controller.scheduler.accounting import holds_resources
-from controller.scheduler.binpack import BINPACK_SCORERS, LeastFreeCpu, LeastFreeMemory, MostReserved
-from controller.scheduler.decision import Decision
-from controller.scheduler.demand import Demand
-from controller.scheduler.feasibility import Filter, Rejection
-from controller.scheduler.filters import DEFAULT_FILTERS, HostPortsFree, NodeAvailable, ResourcesFit
-from controller.scheduler.node_state import NodeState
-from controller.scheduler.placement import schedule
-from controller.scheduler.ranking import Scorer
-from controller.scheduler.rule_filters import ConstraintsMatch, MaxReplicasPerNode
-from controller.scheduler.scorers import SPREAD_SCORERS, FewestTasks, LeastLoaded, ServiceSpread
+- stack.py: the pipeline, the order of the filters and the scorers of each strategy.
+- model.py: the snapshot a call works on: what each task demands, what each node holds.
+- filters.py: each feasibility filter, the reasons it gives, and how an unplaced task's reason is worded.
+- scorers.py: each ranking criterion.
+- engine.py: schedule(), the fast placement loop, and the seeded tie-break.
+- reference.py: the same plan by brute force, which the engine is tested against.
+- role.py: the I/O shell that reads the store, calls schedule() and commits its decisions.
+
+Everything but role.py is pure: no I/O, no clock, the same inputs and seed give the same plan.
+docs/design/scheduler.md is the design note.
+"""
+
+from controller.scheduler.engine import ring_point, schedule
+from controller.scheduler.filters import (
+    ConstraintsMatch,
+    Filter,
+    HostPortsFree,
+    MaxReplicasPerNode,
+    NodeAvailable,
+    Rejection,
+    ResourcesFit,
+)
+from controller.scheduler.model import Decision, Demand, NodeState, SpecKey, holds_resources
+from controller.scheduler.reference import reference_schedule
+from controller.scheduler.scorers import (
+    FewestTasks,
+    LeastFreeCpu,
+    LeastFreeMemory,
+    LeastLoaded,
+    MostReserved,
+    Scorer,
+    ServiceSpread,
+)
+from controller.scheduler.stack import BINPACK_SCORERS, DEFAULT_FILTERS, DEFAULT_STACK, SPREAD_SCORERS, Stack
 
 __all__ = [
     "BINPACK_SCORERS",
     "DEFAULT_FILTERS",
+    "DEFAULT_STACK",
     "SPREAD_SCORERS",
     "ConstraintsMatch",
     "Decision",
@@ -33,6 +57,10 @@ __all__ = [
     "ResourcesFit",
     "Scorer",
     "ServiceSpread",
+    "SpecKey",
+    "Stack",
     "holds_resources",
+    "reference_schedule",
+    "ring_point",
     "schedule",
 ]

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
 
 import structlog
 
-from controller.scheduler import Decision, schedule
+from controller.scheduler import Decision, SpecKey, holds_resources, schedule
 from controller.store.base import Check, ConflictError, Kind, Op, Put, Store
+from controller.store.specs import SpecCache
 from dockyard.clock import Clock
 from dockyard.timestamps import to_timestamp
 from dockyard.v1 import types_pb2 as pb
@@ -24,9 +26,11 @@ class Scheduler:
     """Places pending tasks; each commit re-checks that the chosen nodes did not change since the snapshot."""
 
     def __init__(self, store: Store, clock: Clock, seed: int = 0) -> None:
+        """Schedules with the given tie-break seed; specs read from the store are cached for its lifetime."""
         self._store = store
         self._clock = clock
         self._seed = seed
+        self._specs = SpecCache(store)
 
     async def reconcile(self) -> datetime | None:
         """Places every pending task it can; returns "now" when a commit lost a race, else None."""
@@ -35,8 +39,11 @@ class Scheduler:
         if not pending:
             return None
         nodes = await self._store.list_nodes()
+        # Only the tasks being placed and those holding a node matter; finished tasks may name old revisions
+        # whose specs would cost a read each.
+        specs = await self._specs_of(t for t in tasks if holds_resources(t) or is_pending(t))
         now = self._clock.now()
-        decisions = schedule(nodes, tasks, pending, now, self._seed)
+        decisions = schedule(nodes, tasks, pending, specs, now, self._seed)
         ops = _ops(decisions, {t.id: t for t in pending}, {n.id: n for n in nodes}, now)
         if not ops:
             return None
@@ -49,6 +56,26 @@ class Scheduler:
         if placed:
             log.info("scheduled", placed=placed, pending=len(decisions) - placed)
         return None
+
+    async def _specs_of(self, tasks: Iterable[pb.Task]) -> dict[SpecKey, pb.ServiceSpec]:
+        """Returns the spec of each task's (service, revision) that can still be found."""
+        services = {s.id: s for s in await self._store.list_services()}
+        found: dict[SpecKey, pb.ServiceSpec] = {}
+        older: list[pb.Task] = []
+        for task in tasks:
+            key = (task.service_id, task.revision)
+            if key in found:
+                continue
+            service = services.get(task.service_id)
+            # From spec_revision on, revisions differ only in replicas, which the scheduler never reads; so
+            # tasks left at their revision by a scale need no read. 0 means the field was never set.
+            if service is not None and 0 < service.spec_revision <= task.revision <= service.revision:
+                found[key] = service.spec
+            else:
+                older.append(task)
+        if older:
+            found.update(await self._specs.for_tasks(older, services))
+        return found
 
 
 def _ops(decisions: list[Decision], pending: dict[str, pb.Task], nodes: dict[str, pb.Node], now: datetime) -> list[Op]:

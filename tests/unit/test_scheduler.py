@@ -15,16 +15,32 @@ from controller.scheduler import (
     Demand,
     NodeState,
     Rejection,
+    SpecKey,
+    Stack,
     holds_resources,
     schedule,
 )
-from controller.scheduler.units import format_bytes, format_cpus
+from controller.scheduler.filters import cpus_text
 from dockyard.constraints import ConstraintError, parse_constraint
 from dockyard.v1 import types_pb2 as pb
 
 MIB = 1 << 20
 GIB = 1 << 30
 NOW = datetime(2025, 1, 1, tzinfo=UTC)
+
+SPECS: dict[SpecKey, pb.ServiceSpec] = {}
+"""The specs every call gets: each distinct spec the helpers below made, by (service id, revision)."""
+_REVISIONS: dict[tuple[str, bytes], int] = {}
+
+
+def revision_of(service: str, spec: pb.ServiceSpec) -> int:
+    """Returns the revision under which SPECS holds this spec of the service, adding it when it is new."""
+    content = (service, spec.SerializeToString(deterministic=True))
+    revision = _REVISIONS.get(content)
+    if revision is None:
+        revision = _REVISIONS[content] = sum(1 for sid, _ in SPECS if sid == service) + 1
+        SPECS[(service, revision)] = spec
+    return revision
 
 
 def node(
@@ -62,18 +78,22 @@ def task(
     max_per_node: int = 0,
     binpack: bool = False,
 ) -> pb.Task:
-    """Returns a task; pending ones are the same with state PENDING and, unless pinned, no node_id."""
-    result = pb.Task(id=task_id, service_id=service, slot=slot, node_id=node_id, desired_state=desired)
-    result.status.state = state
-    result.spec.resources.cpu_reservation = cpu
-    result.spec.resources.memory_reservation_bytes = memory
+    """Returns a task whose spec is in SPECS under its revision; pending: PENDING, no node_id unless pinned."""
+    spec = pb.ServiceSpec(name=service)
+    spec.resources.cpu_reservation = cpu
+    spec.resources.memory_reservation_bytes = memory
     for port, protocol in ports:
-        result.spec.ports.add(host_port=port, container_port=port, protocol=protocol)
-    placement = result.spec.placement
+        spec.ports.add(host_port=port, container_port=port, protocol=protocol)
+    placement = spec.placement
     placement.constraints.extend(constraints)
     placement.max_replicas_per_node = max_per_node
     if binpack:
         placement.strategy = pb.Placement.STRATEGY_BINPACK
+    revision = revision_of(service, spec)
+    result = pb.Task(
+        id=task_id, service_id=service, slot=slot, revision=revision, node_id=node_id, desired_state=desired
+    )
+    result.status.state = state
     return result
 
 
@@ -545,7 +565,7 @@ ALL_CASES = CASES + CONSTRAINT_CASES + MAX_PER_NODE_CASES + BINPACK_CASES + PINN
 @pytest.mark.parametrize("case", ALL_CASES, ids=[c.name for c in ALL_CASES])
 def test_table(case: Case) -> None:
     """Each row's placements and reasons come out as listed ("?" means placed anywhere)."""
-    decisions = schedule(case.nodes, case.running + case.pending, case.pending, NOW, seed=7)
+    decisions = schedule(case.nodes, case.running + case.pending, case.pending, SPECS, NOW, seed=7)
     got = {d.task_id: d for d in decisions}
     assert set(got) == set(case.want)
     for task_id, want in case.want.items():
@@ -567,7 +587,7 @@ def test_three_replicas_spread_over_three_nodes() -> None:
     nodes = [node("a"), node("b"), node("c")]
     replicas = [pending(f"t{i}", slot=i) for i in range(1, 4)]
     for seed in range(20):
-        decisions = schedule(nodes, replicas, replicas, NOW, seed)
+        decisions = schedule(nodes, replicas, replicas, SPECS, NOW, seed)
         assert sorted(d.node_id or "" for d in decisions) == ["a", "b", "c"]
 
 
@@ -575,7 +595,7 @@ def test_six_replicas_two_per_node() -> None:
     """With more replicas than nodes every node gets the same share."""
     nodes = [node("a"), node("b"), node("c")]
     replicas = [pending(f"t{i}", slot=i) for i in range(1, 7)]
-    decisions = schedule(nodes, replicas, replicas, NOW, seed=3)
+    decisions = schedule(nodes, replicas, replicas, SPECS, NOW, seed=3)
     assert Counter(d.node_id for d in decisions) == {"a": 2, "b": 2, "c": 2}
 
 
@@ -587,14 +607,14 @@ def test_pending_placed_in_service_then_slot_order() -> None:
         pending("b1", service="b", slot=1),
         pending("a2", service="a", slot=2),
     ]
-    decisions = schedule([node("n")], tasks, tasks, NOW, seed=1)
+    decisions = schedule([node("n")], tasks, tasks, SPECS, NOW, seed=1)
     assert [d.task_id for d in decisions] == ["a2", "a10", "b1", "b2"]
 
 
 def test_order_decides_who_gets_the_last_room() -> None:
     """The lower slot is placed first, so it gets the only free spot."""
     tasks = [pending("second", slot=2, cpu=1), pending("first", slot=1, cpu=1)]
-    decisions = schedule([node("a", cpus=1)], tasks, tasks, NOW, seed=1)
+    decisions = schedule([node("a", cpus=1)], tasks, tasks, SPECS, NOW, seed=1)
     assert decisions == [
         Decision("first", "a", ""),
         Decision("second", None, "1 node: 1 lacks CPU (need 1 CPU)"),
@@ -607,8 +627,8 @@ def test_ties_follow_the_seed_not_node_order() -> None:
     one = [pending("t1")]
     winners = set()
     for seed in range(40):
-        forward = schedule(nodes, one, one, NOW, seed)
-        backward = schedule(nodes[::-1], one, one, NOW, seed)
+        forward = schedule(nodes, one, one, SPECS, NOW, seed)
+        backward = schedule(nodes[::-1], one, one, SPECS, NOW, seed)
         assert forward == backward
         winners.add(forward[0].node_id)
     assert winners == {"n0", "n1", "n2", "n3"}
@@ -618,7 +638,7 @@ def test_pinned_task_is_not_counted_against_itself() -> None:
     """A pending task that names its node does not hold that node's resources against itself."""
     stale = pending("t1", node_id="a", cpu=1)
     stale.status.state = pb.TASK_STATE_ASSIGNED
-    decisions = schedule([node("a", cpus=1)], [stale], [stale], NOW, seed=0)
+    decisions = schedule([node("a", cpus=1)], [stale], [stale], SPECS, NOW, seed=0)
     assert decisions == [Decision("t1", "a", "")]
 
 
@@ -631,12 +651,53 @@ def test_invalid_constraint_leaves_the_task_unplaced_with_the_parser_message() -
         pending("bad-pinned", service="s2", node_id="a", constraints=("zone",)),
         pending("good", service="s3", constraints=(ZONE_A,)),
     ]
-    decisions = {d.task_id: d for d in schedule([node("a", labels={"zone": "a"})], tasks, tasks, NOW, seed=0)}
+    decisions = {d.task_id: d for d in schedule([node("a", labels={"zone": "a"})], tasks, tasks, SPECS, NOW, seed=0)}
     assert decisions["bad"] == Decision("bad", None, f"invalid placement constraint: {error.value}")
     assert decisions["bad-pinned"].node_id is None
     assert decisions["bad-pinned"].reason.startswith("invalid placement constraint: ")
     assert decisions["good"] == Decision("good", "a", "")
-    assert schedule([], tasks[:1], tasks[:1], NOW, seed=0)[0].reason.startswith("invalid placement constraint: ")
+    assert schedule([], tasks[:1], tasks[:1], SPECS, NOW, seed=0)[0].reason.startswith("invalid placement constraint: ")
+
+
+def test_a_pending_task_whose_spec_is_gone_stays_unplaced_and_says_so() -> None:
+    """Free or pinned, a task whose (service, revision) has no spec is not placed; the others are."""
+    gone = pending("gone", service="deleted")
+    gone.revision = 99
+    gone_pinned = pending("gone-pinned", service="deleted", node_id="a")
+    gone_pinned.revision = 99
+    tasks = [gone, gone_pinned, pending("kept", service="kept")]
+    decisions = {d.task_id: d for d in schedule([node("a")], tasks, tasks, SPECS, NOW, seed=0)}
+    reason = "the spec of its service at revision 99 is gone (was the service deleted?)"
+    assert decisions == {
+        "gone": Decision("gone", None, reason),
+        "gone-pinned": Decision("gone-pinned", None, reason),
+        "kept": Decision("kept", "a", ""),
+    }
+
+
+def test_a_running_task_whose_spec_is_gone_holds_its_slot_only() -> None:
+    """A holder without a spec counts for spread and max per node, but holds no reservation and no port."""
+    orphan = task("orphan", service="web", node_id="a")
+    orphan.revision = 99
+    placed = pending("p", service="web", cpu=4, memory=8 * GIB, ports=((80, "tcp"),))
+    decisions = schedule([node("a"), node("b")], [orphan, placed], [placed], SPECS, NOW, seed=0)
+    assert decisions == [Decision("p", "b", "")]  # spread: a already runs one task of web
+    limited = pending("l", service="web", max_per_node=1, cpu=4, memory=8 * GIB, ports=((80, "tcp"),))
+    decisions = schedule([node("a")], [orphan, limited], [limited], SPECS, NOW, seed=0)
+    assert decisions == [
+        Decision("l", None, "1 node: 1 already runs 1 task of this service (max_replicas_per_node: 1)")
+    ]
+    alone = pending("x", service="other", cpu=4, memory=8 * GIB, ports=((80, "tcp"),))
+    assert schedule([node("a")], [orphan, alone], [alone], SPECS, NOW, seed=0) == [Decision("x", "a", "")]
+
+
+def test_the_copy_of_a_spec_on_a_task_is_never_read() -> None:
+    """Only the specs mapping counts: a stale copy on the task (as older stores kept) changes nothing."""
+    held = task("held", service="other", node_id="a")
+    held.spec.resources.cpu_reservation = 4
+    waiting = pending("t1", cpu=1)
+    waiting.spec.placement.constraints.append("node.labels.zone == nowhere")
+    assert schedule([node("a", cpus=1)], [held, waiting], [waiting], SPECS, NOW, seed=0) == [Decision("t1", "a", "")]
 
 
 def test_binpack_fills_one_node_where_spread_uses_all() -> None:
@@ -645,7 +706,7 @@ def test_binpack_fills_one_node_where_spread_uses_all() -> None:
     for seed in range(20):
         packed = [pending(f"p{i}", service="pack", slot=i, cpu=0.5, binpack=True) for i in range(3)]
         spread = [pending(f"s{i}", service="spread", slot=i, cpu=0.5) for i in range(3)]
-        decisions = schedule(nodes, packed + spread, packed + spread, NOW, seed)
+        decisions = schedule(nodes, packed + spread, packed + spread, SPECS, NOW, seed)
         assert len({d.node_id for d in decisions if d.task_id.startswith("p")}) == 1
         assert len({d.node_id for d in decisions if d.task_id.startswith("s")}) == 3
 
@@ -654,7 +715,7 @@ def test_binpack_moves_on_only_when_a_node_is_full() -> None:
     """Binpack fills a node to capacity before it starts the next one."""
     nodes = [node(name, cpus=2) for name in "abc"]
     tasks = [pending(f"t{i}", slot=i, cpu=1, binpack=True) for i in range(5)]
-    decisions = schedule(nodes, tasks, tasks, NOW, seed=5)
+    decisions = schedule(nodes, tasks, tasks, SPECS, NOW, seed=5)
     assert sorted(Counter(d.node_id for d in decisions).values()) == [1, 2, 2]
     assert all(d.node_id is not None for d in decisions)
 
@@ -663,7 +724,7 @@ def test_max_per_node_beats_binpack() -> None:
     """A limit of one forces binpack replicas onto distinct nodes."""
     nodes = [node("a"), node("b"), node("c")]
     tasks = [pending(f"t{i}", slot=i, cpu=1, max_per_node=1, binpack=True) for i in range(3)]
-    decisions = schedule(nodes, tasks, tasks, NOW, seed=1)
+    decisions = schedule(nodes, tasks, tasks, SPECS, NOW, seed=1)
     assert sorted(d.node_id or "" for d in decisions) == ["a", "b", "c"]
 
 
@@ -675,7 +736,7 @@ def test_pinned_decisions_come_first() -> None:
         pending("free-a", service="a", slot=1),
         pending("pin-c", service="c", node_id="n"),
     ]
-    decisions = schedule([node("n")], tasks, tasks, NOW, seed=1)
+    decisions = schedule([node("n")], tasks, tasks, SPECS, NOW, seed=1)
     assert [d.task_id for d in decisions] == ["pin-c", "pin-z", "free-a", "free-b"]
 
 
@@ -692,10 +753,14 @@ def test_custom_filter_is_reported() -> None:
             return Rejection("is a", "are a") if state.id == "a" else None
 
     tasks = [pending("t1", slot=1), pending("t2", slot=2)]
-    decisions = schedule([node("a"), node("b")], tasks, tasks, NOW, seed=0, filters=(*DEFAULT_FILTERS, NeverOnA()))
+    decisions = schedule(
+        [node("a"), node("b")], tasks, tasks, SPECS, NOW, seed=0, stack=Stack(filters=(*DEFAULT_FILTERS, NeverOnA()))
+    )
     assert decisions[0] == Decision("t1", "b", "")
     assert decisions[1] == Decision("t2", "b", "")
-    blocked = schedule([node("a")], tasks, tasks, NOW, seed=0, filters=(*DEFAULT_FILTERS, NeverOnA()))
+    blocked = schedule(
+        [node("a")], tasks, tasks, SPECS, NOW, seed=0, stack=Stack(filters=(*DEFAULT_FILTERS, NeverOnA()))
+    )
     assert blocked[0].reason == "1 node: 1 is a"
 
 
@@ -718,24 +783,9 @@ def test_holds_resources(
 
 
 @pytest.mark.parametrize(
-    ("count", "text"),
-    [
-        (0, "0B"),
-        (1000, "1000B"),
-        (1024, "1KiB"),
-        (512 * MIB, "512MiB"),
-        (int(1.5 * GIB), "1.5GiB"),
-        (GIB, "1GiB"),
-    ],
+    ("nano", "text"),
+    [(500_000_000, "0.5 CPUs"), (300_000_000, "0.3 CPUs"), (1_000_000_000, "1 CPU"), (2_250_000_000, "2.25 CPUs")],
 )
-def test_format_bytes(count: int, text: str) -> None:
-    """Bytes are shown in the largest binary unit reached, trailing zeros dropped."""
-    assert format_bytes(count) == text
-
-
-@pytest.mark.parametrize(
-    ("nano", "text"), [(500_000_000, "0.5 CPUs"), (1_000_000_000, "1 CPU"), (2_250_000_000, "2.25 CPUs")]
-)
-def test_format_cpus(nano: int, text: str) -> None:
-    """CPUs are shown with up to three decimals and a unit that agrees in number."""
-    assert format_cpus(nano) == text
+def test_cpus_text(nano: int, text: str) -> None:
+    """CPUs are shown as the spec writes them, with a unit that agrees in number."""
+    assert cpus_text(nano) == text
