@@ -34,7 +34,7 @@ class Filter(Protocol):
 
     check must depend only on this node's state and the demand (a node is judged again only when a task is
     placed on it), and on the demand's service only through node.services.get(demand.service_id, 0): one
-    judgement serves every service with the same footprint on nodes that hold none of its tasks (pools.py).
+    judgement serves every service with the same footprint on nodes that hold none of its tasks (engine.py).
     """
 
     @property

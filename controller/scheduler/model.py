@@ -51,7 +51,7 @@ def holds_resources(task: pb.Task) -> bool:
 class Demand(NamedTuple):
     """A task's footprint on a node and its service's placement rules.
 
-    A tuple because equal demands share one judgement of the nodes (see pools.ShapePools) and must compare
+    A tuple because equal demands share one judgement of the nodes (see engine.ShapePools) and must compare
     and hash cheaply.
     """
 

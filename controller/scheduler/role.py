@@ -74,7 +74,10 @@ class Scheduler:
             else:
                 older.append(task)
         if older:
-            found.update(await self._specs.for_tasks(older, services))
+            # Only these tasks' services: remembering every service on every pass would push the older
+            # revisions this pass needs out of the cache once there are more services than it holds.
+            involved = {t.service_id: services[t.service_id] for t in older if t.service_id in services}
+            found.update(await self._specs.for_tasks(older, involved))
         return found
 
 

@@ -62,7 +62,7 @@ VALUES = ["a", "b"]
 
 @st.composite
 def constraint_texts(draw: st.DrawFn) -> tuple[str, str, str, bool]:
-    """A constraint on a label, the host name or the id, as (text, field, key, equal) plus its value."""
+    """A constraint on a label, the host name or the id, as (text, field, key, equal)."""
     field = draw(st.sampled_from(["labels", "hostname", "id"]))
     key = draw(st.sampled_from(KEYS)) if field == "labels" else ""
     value = draw(st.sampled_from([*VALUES, "h1", "n1"]))
