@@ -94,7 +94,11 @@ def main(
 
 
 async def _serve(config: ControllerConfig) -> None:
-    controller = Controller(config)
+    try:
+        controller = Controller(config)
+    except OSError as exc:
+        # Creating the state directory is the only I/O here: a path or permission problem of the flag.
+        raise StartupError(f"--state-dir {config.state_dir}: {exc.strerror or exc}") from exc
     try:
         await controller.start()
     except BaseException:
