@@ -267,30 +267,36 @@ def _layout(conn: sqlite3.Connection) -> dict[str, tuple[str, ...]]:
     }
 
 
-def _verify(conn: sqlite3.Connection, path: str) -> StoreSummary | None:
-    """Checks an open database's pages and schema; returns None for a new (empty) one.
+class _Unsound(Exception):
+    """What _verify found wrong with a database (str()); newer: it is a Dockyard store of a newer schema."""
 
-    Raises StoreDamaged for damaged pages or a foreign schema, StartupError for a newer Dockyard schema.
-    """
+    def __init__(self, what: str, *, newer: bool = False) -> None:
+        """Keeps what is wrong and whether it is only a newer schema (not damage)."""
+        super().__init__(what)
+        self.newer = newer
+
+
+def _verify(conn: sqlite3.Connection) -> StoreSummary | None:
+    """Checks an open database's pages and schema; returns None for a new (empty) one, _Unsound if bad."""
     rows = [str(row[0]) for row in conn.execute(f"PRAGMA quick_check({_QUICK_CHECK_ROWS})")]
     if rows != ["ok"]:
         # Each row may hold several lines, headed by the name of the database they are about.
         problems = [line for row in rows for line in row.splitlines() if line and not line.startswith("***")]
-        more = f", and {len(problems) - 1} more problems" if len(problems) > 1 else ""
+        at_least = "at least " if len(rows) >= _QUICK_CHECK_ROWS else ""
+        more = f", and {at_least}{len(problems) - 1} more problems" if len(problems) > 1 else ""
         first = _one_line(problems[0] if problems else "; ".join(rows), 160)
-        raise _damaged(path, f"damaged pages (quick_check: {first}{more})")
+        raise _Unsound(f"damaged pages (quick_check: {first}{more})")
     (version,) = conn.execute("PRAGMA user_version").fetchone()
     layout = _layout(conn)
     if not layout and version == 0:
         return None
     if version > _SCHEMA_VERSION:
-        raise StartupError(
-            f"{path}: written by a newer controller (store schema {version}; this one knows {_SCHEMA_VERSION});"
-            " run that version, or restore a backup made by this one"
+        raise _Unsound(
+            f"written by a newer controller (schema {version}; this one knows {_SCHEMA_VERSION})", newer=True
         )
     if version != _SCHEMA_VERSION or layout != _expected_layout():
         tables = _one_line(", ".join(layout) or "none", 120)
-        raise _damaged(path, f"not a Dockyard store (schema version {version}, tables: {tables})")
+        raise _Unsound(f"not a Dockyard store (schema version {version}, tables: {tables})")
     return _summary(conn)
 
 
@@ -317,11 +323,15 @@ def _check_file(path: str) -> StoreSummary | None:
     try:
         conn = sqlite3.connect(_uri(file, "rw"), uri=True, isolation_level=None, timeout=_BUSY_TIMEOUT_SECONDS)
         try:
-            return _verify(conn, path)
+            return _verify(conn)
         finally:
             conn.close()
     except sqlite3.Error as exc:
         raise _open_error(path, exc) from exc
+    except _Unsound as exc:
+        if exc.newer:
+            raise StartupError(f"{path}: {exc}; run that version, or restore a backup made by this one") from None
+        raise _damaged(path, str(exc)) from None
 
 
 def _open_error(path: str, exc: sqlite3.Error) -> StartupError:
@@ -384,9 +394,9 @@ def _copy_verified(source: Path, target: Path, label: str) -> StoreSummary:
     """
     problem = _header_problem(source)
     if problem is not None:
-        raise BackupError(f"{label}: {source} is {problem}")
+        raise BackupError(f"{label}: {source}: {problem}")
     if not _non_empty(source):
-        raise BackupError(f"{label}: {source} is empty")
+        raise BackupError(f"{label}: {source}: empty")
     with contextlib.suppress(FileNotFoundError):
         target.unlink()
     try:
@@ -396,24 +406,18 @@ def _copy_verified(source: Path, target: Path, label: str) -> StoreSummary:
             try:
                 src.backup(dst)
                 dst.execute("PRAGMA journal_mode = DELETE")
-                summary = _verify(dst, str(source))
+                summary = _verify(dst)
             finally:
                 dst.close()
         finally:
             src.close()
-    except (sqlite3.Error, StartupError) as exc:
+    except (sqlite3.Error, _Unsound) as exc:
         with contextlib.suppress(FileNotFoundError):
             target.unlink()
-        reason = str(exc)
-        if isinstance(exc, StoreDamaged):
-            # The copy's own remedy (restore a backup) is no advice for a backup; keep what is wrong.
-            reason = reason.split("; restore a backup", 1)[0]
-        elif isinstance(exc, sqlite3.Error):
-            reason = f"{source}: {exc}"
-        raise BackupError(f"{label}: {reason}") from exc
+        raise BackupError(f"{label}: {source}: {exc}") from exc
     if summary is None:
         target.unlink()
-        raise BackupError(f"{label}: {source} holds no Dockyard store (no tables)")
+        raise BackupError(f"{label}: {source}: no Dockyard store in it (no tables)")
     _fsync(target)
     return summary
 
