@@ -734,12 +734,6 @@ class SqliteStore:
             raise
         self._db = db
         return [(int(rev), int(count)) for rev, count in sizes]
-        self._revision_sizes = deque((rev, count) for rev, count in sizes)
-        self._event_count = sum(count for _, count in self._revision_sizes)
-        self._trimmed_through = self._revision_sizes[0][0] - 1 if self._revision_sizes else self._revision
-        self._db = db
-        self._closed = False
-        self._subscribers = set()
 
     async def close(self) -> None:
         """Ends every watcher, waits for a running commit, and closes; closing twice is harmless."""
