@@ -815,7 +815,10 @@ class SqliteStore:
             return [message.FromString(row[0]) for row in rows]
 
     async def commit(self, ops: Sequence[Op]) -> int:
-        """Applies every op in one transaction, or none (ConflictError); returns the new revision."""
+        """Applies every op in one transaction, or none (ConflictError); returns the new revision.
+
+        Raises StoreDamaged, writing nothing, once the store is damaged (or when this commit finds it so).
+        """
         self._connection()
         if self._damage is not None:
             raise StoreDamaged(str(self._damage))
