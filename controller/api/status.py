@@ -19,8 +19,8 @@ from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
 # Neither package marks itself typed; the second code keeps this line clean once mypy is told to skip them.
-from google.rpc import error_details_pb2, status_pb2  # type: ignore[import-untyped,unused-ignore]
-from grpc_status import rpc_status  # type: ignore[import-untyped,unused-ignore]
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
 
 from dockyard.spec.issues import Issue
 
