@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from dockyard.constraints import ConstraintError, parse_constraint
+from dockyard.constraints import node_satisfies
 from dockyard.v1 import types_pb2 as pb
 
 
@@ -40,7 +40,7 @@ class NodeFacts:
         node = self.nodes.get(node_id)
         if node is None or self.lost(node_id) or self.draining(node_id):
             return False
-        return _constraints_hold(node, spec)
+        return node_satisfies(node, spec.placement.constraints)
 
     def global_targets(self, spec: pb.ServiceSpec) -> list[str]:
         """Returns the ids of the nodes that should get a new global task: ready, active, matching."""
@@ -49,17 +49,6 @@ class NodeFacts:
             for n in self.nodes.values()
             if n.status == pb.NODE_STATUS_READY
             and n.availability in (pb.NODE_AVAILABILITY_ACTIVE, pb.NODE_AVAILABILITY_UNSPECIFIED)
-            and _constraints_hold(n, spec)
+            and node_satisfies(n, spec.placement.constraints)
         )
 
-
-def _constraints_hold(node: pb.Node, spec: pb.ServiceSpec) -> bool:
-    labels = {**dict(node.description.labels), **dict(node.labels)}
-    for text in spec.placement.constraints:
-        try:
-            constraint = parse_constraint(text)
-        except ConstraintError:
-            return False  # the API rejects these; a stored bad one must not place anything
-        if not constraint.matches(node.id, node.description.hostname, labels):
-            return False
-    return True
