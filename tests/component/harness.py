@@ -6,8 +6,7 @@ import asyncio
 import contextlib
 import io
 import threading
-import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -30,18 +29,6 @@ from dockyard.clock import SystemClock
 
 IMAGE = "dockyard-test:latest"
 T = TypeVar("T")
-
-
-async def eventually(check: Callable[[], Awaitable[T]], within: float = 10.0, what: str = "condition") -> T:
-    """Awaits check() until it returns something truthy; fails after within seconds."""
-    deadline = time.monotonic() + within
-    last: T | None = None
-    while time.monotonic() < deadline:
-        last = await check()
-        if last:
-            return last
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"timed out after {within}s waiting for {what}; last: {last!r}")
 
 
 @dataclass
