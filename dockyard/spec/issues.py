@@ -17,6 +17,8 @@ _NUMERIC = re.compile(r"\s*[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?\s*\Z")
 # Keys that read unambiguously after a dot; anything else (dots, spaces, empty) is bracketed and quoted.
 _PLAIN_KEY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*\Z")
 _MAX_SHOWN = 60
+# Beyond any key the field table allows, so that a valid key always appears whole in a path.
+_MAX_KEY_SHOWN = 300
 _MAX_DIGITS = 30
 
 
@@ -49,8 +51,14 @@ class SpecError(ValueError):
 
 
 def key_path(parent: str, key: str) -> str:
-    """Returns the path of mapping key `key` under `parent`, quoting keys that would be ambiguous."""
-    segment = f".{key}" if _PLAIN_KEY.match(key) else f"[{quote(key)}]"
+    """Returns the path of mapping key `key` under `parent`, quoting keys that would be ambiguous.
+
+    A very long key is cut short like a value, so that one such key cannot make every line huge.
+    """
+    if len(key) > _MAX_KEY_SHOWN:
+        segment = f"[{quote(key[: _MAX_SHOWN - 3] + '...')}]"
+    else:
+        segment = f".{key}" if _PLAIN_KEY.match(key) else f"[{quote(key)}]"
     return f"{parent}{segment}" if parent else segment.removeprefix(".")
 
 

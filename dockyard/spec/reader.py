@@ -32,6 +32,7 @@ from dockyard.spec.units import (
     DURATION_SHAPE,
     MAX_BYTES,
     PORT_SHAPE,
+    format_cpus,
     parse_bytes,
     parse_duration_nanos,
     parse_port,
@@ -457,7 +458,9 @@ class _Reader:
             self.fail(path, validation.cpus_message(got_number(value)))
             return None
         if not validation.cpus_ok(value):
-            self.fail(path, validation.cpus_message(describe(value)))
+            # Floats are shown as the proto's checks show them; integers as written, however long.
+            shown = format_cpus(value) if isinstance(value, float) else describe(value)
+            self.fail(path, validation.cpus_message(shown))
             return None
         return float(value)
 

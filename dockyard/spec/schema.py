@@ -77,7 +77,7 @@ class Field(Generic[T]):
         if self.unit is Unit.DURATION and isinstance(value, int):
             return format_duration_nanos(value)
         if self.unit is Unit.BYTES and isinstance(value, int):
-            return format_bytes(value)
+            return format_bytes(value) if value else "0"
         if self.unit is Unit.CPUS and isinstance(value, int | float):
             return format_cpus(value)
         if self.unit is Unit.CHOICE:

@@ -459,10 +459,9 @@ def _service(spec: pb.ServiceSpec) -> Iterator[Issue]:
     for name in sorted(spec.env):
         yield from env_issues(name, spec.env[name], key_path(env, name))
     yield from _ports(spec.ports, key_path(base, "ports"))
-    mode_problems = list(mode_issues(spec.mode, key_path(base, "mode")))
-    yield from mode_problems
-    if not mode_problems:
-        yield from replicas_issues(spec.mode, spec.replicas, key_path(base, "replicas"))
+    yield from mode_issues(spec.mode, key_path(base, "mode"))
+    # An unknown mode reads as the default, replicated, as it does in a file.
+    yield from replicas_issues(spec.mode, spec.replicas, key_path(base, "replicas"))
     yield from _placement(spec.placement, key_path(base, "placement"))
     yield from _resources(spec.resources, key_path(base, "resources"))
     labels = key_path(base, "labels")

@@ -11,6 +11,7 @@ from google.protobuf.duration_pb2 import Duration
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dockyard.constraints import Constraint, ConstraintError, parse_constraint
 from dockyard.spec import (
     SpecError,
     format_bytes,
@@ -27,6 +28,7 @@ from dockyard.spec.units import (
     parse_duration_nanos,
     seconds_to_nanos,
 )
+from dockyard.spec.validation import Constraints
 from dockyard.v1 import types_pb2 as pb
 
 # libyaml's emitter, when present, keeps the many dumps below cheap; the loader under test stays the same.
@@ -397,3 +399,97 @@ def test_duration_components_add_up(components: list[tuple[int, str]]) -> None:
     factor = {"h": HOUR, "m": 60 * SECOND, "s": SECOND, "ms": 10**6, "us": 10**3, "ns": 1}
     text = "".join(f"{number}{unit}" for number, unit in components)
     assert parse_duration_nanos(text) == sum(number * factor[unit] for number, unit in components)
+
+
+# Protos whose every value the writer can put in a file: durations well-formed, memory not negative.
+valid_durations = st.none() | st.builds(duration, st.integers(-MAX_NANOS, MAX_NANOS))
+writable_specs = st.builds(
+    pb.ServiceSpec,
+    name=any_text,
+    image=any_text,
+    command=st.lists(any_text, max_size=3),
+    env=st.dictionaries(any_text, any_text, max_size=3),
+    ports=st.lists(st.builds(pb.PortMapping, host_port=UINT32, container_port=UINT32, protocol=any_text), max_size=4),
+    mode=int32,
+    replicas=UINT32,
+    placement=st.none()
+    | st.builds(
+        pb.Placement,
+        constraints=st.lists(any_constraints, max_size=4),
+        max_replicas_per_node=UINT32,
+        strategy=int32,
+    ),
+    resources=st.none()
+    | st.builds(
+        pb.Resources,
+        cpu_limit=st.floats(width=64),
+        memory_limit_bytes=st.integers(0, MAX_BYTES),
+        cpu_reservation=st.floats(width=64),
+        memory_reservation_bytes=st.integers(0, MAX_BYTES),
+    ),
+    labels=st.dictionaries(any_text, any_text, max_size=3),
+    restart=st.none()
+    | st.builds(pb.RestartPolicy, condition=int32, delay=valid_durations, max_attempts=UINT32, window=valid_durations),
+    stop_grace_period=valid_durations,
+    on_disconnect=st.none() | st.builds(pb.OnDisconnect, stop_after=valid_durations),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(writable_specs)
+def test_a_file_and_a_proto_get_the_same_problems_in_the_same_order(spec: pb.ServiceSpec) -> None:
+    # One pass in each: the reader runs validation's checks as it reads, in the table's order.
+    assert load_errors(dump([spec])) == validate_service(spec)
+
+
+def reference_conflicts(texts: list[str]) -> list[str]:
+    """The obvious quadratic check of a constraint list, which Constraints must agree with."""
+    problems = []
+    accepted: list[tuple[int, Constraint]] = []
+    for i, text in enumerate(texts):
+        try:
+            constraint = parse_constraint(text)
+        except ConstraintError:
+            problems.append(f"{i}: does not parse")
+            continue
+        clash = next((j for j, other in accepted if other == constraint), None)
+        if clash is not None:
+            problems.append(f"{i}: same as {clash}")
+            continue
+        clash = next(
+            (
+                j
+                for j, other in accepted
+                if (other.field, other.key) == (constraint.field, constraint.key)
+                and ((other.equal and constraint.equal) or other.value == constraint.value)
+            ),
+            None,
+        )
+        if clash is None:
+            accepted.append((i, constraint))
+        else:
+            problems.append(f"{i}: contradicts {clash}")
+    return problems
+
+
+constraint_atoms = st.builds(
+    lambda subject, operator, value: f"{subject} {operator} {value}",
+    st.sampled_from(["node.id", "node.hostname", "node.labels.a", "node.labels.b"]),
+    st.sampled_from(["==", "!="]),
+    st.sampled_from(["x", "y", "z"]),
+) | st.just("nonsense")
+
+
+@given(st.lists(constraint_atoms, max_size=12))
+def test_constraint_checks_agree_with_the_quadratic_reference(texts: list[str]) -> None:
+    checks = Constraints()
+    found = []
+    for i, text in enumerate(texts):
+        for issue in checks.check(text, i, f"c[{i}]"):
+            if issue.message.startswith("is the same as constraints["):
+                found.append(f"{i}: same as {issue.message.split('[')[1].split(']')[0]}")
+            elif issue.message.startswith("contradicts constraints["):
+                found.append(f"{i}: contradicts {issue.message.split('[')[1].split(']')[0]}")
+            else:
+                found.append(f"{i}: does not parse")
+    assert found == reference_conflicts(texts)
