@@ -8,7 +8,8 @@ from agent.runtime.base import ContainerInfo
 from dockyard.client import Client
 from dockyard.timestamps import duration
 from dockyard.v1 import types_pb2 as pb
-from tests.component.harness import IMAGE, FakeCluster, HostUnderTest, eventually, running
+from tests.component.harness import IMAGE, FakeCluster, HostUnderTest, running
+from tests.polling import eventually
 
 
 def spec(name: str = "web", replicas: int = 3, image: str = IMAGE) -> pb.ServiceSpec:

@@ -6,7 +6,8 @@ import os
 
 from controller.store.base import Kind
 from dockyard.v1 import types_pb2 as pb
-from tests.component.harness import IMAGE, FakeCluster, eventually, running
+from tests.component.harness import IMAGE, FakeCluster, running
+from tests.polling import eventually
 
 BIG = "x" * (100 * 1024)
 REPLICAS = 30
