@@ -31,6 +31,7 @@ from dockyard.spec.schema import Bounded, Field
 from dockyard.spec.units import (
     DURATION_SHAPE,
     MAX_BYTES,
+    MAX_UINT32,
     PORT_SHAPE,
     format_cpus,
     parse_bytes,
@@ -49,7 +50,6 @@ _SERVICE_HINTS = {
     "deploy": "write mode, replicas, placement, resources and restart directly under the service",
     "restart_policy": 'did you mean "restart"?',
 }
-_MAX_UINT32 = 2**32 - 1
 _KEEP = "keep"
 _CONSTRAINT_EXAMPLE = '"node.labels.zone == a"'
 _DEFAULT_PLACEMENT = pb.Placement(
@@ -517,7 +517,7 @@ class _Reader:
         if isinstance(value, bool) or not isinstance(value, int):
             self.fail(path, message(got_number(value)))
             return None
-        if not 0 <= value <= _MAX_UINT32:
+        if not 0 <= value <= MAX_UINT32:
             self.fail(path, message(describe(value)))
             return None
         return value

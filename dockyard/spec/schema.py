@@ -9,12 +9,14 @@ limits are in the proto's units: nanoseconds, bytes, CPUs and enum numbers.
 from __future__ import annotations
 
 import enum
+import functools
 from collections.abc import Mapping
 from dataclasses import KW_ONLY, dataclass, field
 from typing import Any, Generic, TypeVar
 
 from dockyard.spec.units import (
     KIB,
+    MAX_UINT32,
     MIB,
     NANOS_PER_SECOND,
     format_bytes,
@@ -27,7 +29,6 @@ T = TypeVar("T")
 
 _SECOND = NANOS_PER_SECOND
 _HOUR = 3600 * NANOS_PER_SECOND
-_MAX_UINT32 = 2**32 - 1
 _DEFAULT_REPLICAS = 1
 # Linux refuses a single argument or NAME=value string longer than MAX_ARG_STRLEN (128KiB with its NUL).
 _MAX_ARG_BYTES = 128 * KIB - 1
@@ -369,7 +370,7 @@ RESTART_MAX_ATTEMPTS = Ranged[int](
     0,
     "How many restarts to try; 0 means no limit.",
     minimum=0,
-    maximum=_MAX_UINT32,
+    maximum=MAX_UINT32,
 )
 RESTART_WINDOW = Bounded[int](
     "restart.window",
@@ -472,6 +473,7 @@ CLUSTER_REPLICAS = Limit(
 LIMITS = (SPEC_BYTES, REQUEST_REPLICAS, CLUSTER_REPLICAS)
 
 
+@functools.cache
 def children(section: str) -> tuple[str, ...]:
     """Returns the keys allowed directly inside `section` ("" for a service, "ports[]" for a port), in order."""
     prefix = f"{section}." if section else ""

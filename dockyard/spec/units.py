@@ -19,6 +19,8 @@ TIB = 1024**4
 
 # The largest value a protobuf int64 byte count can hold.
 MAX_BYTES = 2**63 - 1
+# The largest value a protobuf uint32 (ports, counts) can hold.
+MAX_UINT32 = 2**32 - 1
 
 # Letters follow Docker: a bare k/m/g/t is binary. Only the explicit "KB"-style symbols are decimal.
 _BYTE_UNITS: dict[str, int] = {

@@ -32,10 +32,9 @@ from dockyard.v1 import types_pb2 as pb
 
 IMAGE_EXAMPLE = '"nginx:1.27"'
 GLOBAL_REPLICAS_MESSAGE = "a global service runs one task per eligible node; remove replicas or use mode: replicated"
-_MAX_UINT32 = 2**32 - 1
 
 # Lowercase RFC 1123 label, so the name can appear in container and DNS names.
-_DNS_LABEL = re.compile(rf"[a-z0-9](?:[a-z0-9-]{{0,{(schema.NAME.max_bytes or 2) - 2}}}[a-z0-9])?\Z")
+_DNS_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?\Z")
 # C0 controls and DEL: invisible in logs and terminals, and meaningless in names and keys.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # The same without the ones that count as whitespace, which constraint parsing explains better.
@@ -152,7 +151,7 @@ def name_issues(name: str, path: str) -> Iterator[Issue]:
     """Checks a service name, reported on the service's own path."""
     if not name:
         yield Issue(path, "service name must not be empty")
-    elif not _DNS_LABEL.match(name):
+    elif not _DNS_LABEL.match(name) or len(name) > (schema.NAME.max_bytes or len(name)):
         yield Issue(
             path,
             f'service name must be 1 to {schema.NAME.max_bytes} lowercase letters, digits or "-", starting and '
