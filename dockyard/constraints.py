@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -36,16 +36,6 @@ class Constraint:
     key: str
     equal: bool
     value: str
-
-    def matches(self, node_id: str, hostname: str, labels: Mapping[str, str]) -> bool:
-        """Tells whether a node with these facts satisfies the constraint; prefer node_satisfies() for a pb.Node."""
-        if self.field == "labels":
-            actual: str | None = labels.get(self.key)
-        elif self.field == "hostname":
-            actual = hostname
-        else:
-            actual = node_id
-        return (actual == self.value) == self.equal
 
     def __str__(self) -> str:
         subject = f"node.labels.{self.key}" if self.field == "labels" else f"node.{self.field}"
