@@ -38,7 +38,9 @@ def container_spec(task: pb.Task, node_id: str) -> ContainerSpec:
         command=tuple(spec.command),
         env=dict(spec.env),
         labels={**dict(spec.labels), **task_labels(task, node_id)},
-        ports=tuple(PortBinding(p.host_port, p.container_port, p.protocol or "tcp") for p in spec.ports),
+        ports=tuple(
+            PortBinding(p.host_port, p.container_port, p.protocol or schema.PORT_PROTOCOL.default) for p in spec.ports
+        ),
         cpu_limit=spec.resources.cpu_limit,
         memory_limit_bytes=spec.resources.memory_limit_bytes,
     )
