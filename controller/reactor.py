@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Collection
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import structlog
 
+from controller.errors import StoreDamaged
 from controller.store.base import Kind, Store
 from controller.store.follow import Resync, follow
+from dockyard.backoff import Backoff
 from dockyard.clock import Clock
 
 log = structlog.get_logger()
@@ -45,17 +47,28 @@ class Reactor:
     async def run(self) -> None:
         """Runs until cancelled; a failing pass is logged and retried, never fatal."""
         watcher = asyncio.create_task(self._watch(), name=f"{self._name}-watch")
+        # A pass that keeps crashing must not spin: retries back off up to the resync period.
+        failures = Backoff(base=0.1, cap=self._resync)
         try:
             while True:
                 self._wake.clear()
                 next_at: datetime | None = None
                 try:
                     next_at = await self._reconcile()
+                    failures.reset()
                 except asyncio.CancelledError:
                     raise
+                except StoreDamaged as exc:
+                    # Nothing a retry can fix: the server is already out of service. Say so once per stretch.
+                    if failures.attempt == 0:
+                        log.error("reconcile stopped: store damaged", role=self._name, error=str(exc))
+                    failures.attempt += 1
+                    next_at = self._clock.now() + timedelta(seconds=self._resync)
                 except Exception:
-                    log.exception("reconcile failed", role=self._name)
-                    next_at = self._clock.now()
+                    delay = failures.next_delay()
+                    if failures.attempt <= 3 or failures.attempt % 20 == 0:
+                        log.exception("reconcile failed", role=self._name, attempt=failures.attempt)
+                    next_at = self._clock.now() + timedelta(seconds=delay)
                 await self._sleep_until(next_at)
         finally:
             watcher.cancel()

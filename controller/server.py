@@ -7,6 +7,7 @@ import contextlib
 import errno
 import os
 import socket
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,7 +53,14 @@ class Controller:
         self.store = store or SqliteStore(config.state_dir / "controller.db")
         self._server: grpc.aio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._side_tasks: set[asyncio.Task[None]] = set()
         self.port = 0
+
+    def _spawn(self, work: Coroutine[object, object, None]) -> None:
+        """Runs a short piece of work beside the roles, holding a reference until it ends."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._side_tasks.add(task)
+        task.add_done_callback(self._side_tasks.discard)
 
     async def start(self) -> None:
         """Binds the address, opens the store, starts the roles and serves the gRPC API.
@@ -89,6 +97,8 @@ class Controller:
         except BaseException:
             await server.stop(None)
             raise
+        # Damage a role meets (not only an API call) takes the controller out of service too.
+        self.store.on_damage(lambda damage: self._spawn(out_of_service(damage)))
         await server.start()
         self._server = server
         self._tasks = [

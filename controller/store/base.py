@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from controller.errors import StoreDamaged
 from dockyard.v1 import types_pb2 as pb
 
 
@@ -91,8 +92,8 @@ class Store(Protocol):
     and what to do. While open, any read, commit or watch may raise StoreDamaged when the backend finds its
     data damaged (SQLite: a damaged page or a row that does not decode; etcd: a CORRUPT alarm). The first
     such error marks the store damaged until it is reopened: commits are then refused. A backend tells the
-    server about it (so health reports NOT_SERVING) through a `damage` property (the error, or None) and
-    `on_damage(callback)`, called once with the error; SqliteStore has both.
+    server about it (so health reports NOT_SERVING) through the `damage` property (the error, or None) and
+    `on_damage(callback)`, called once with the error.
     """
 
     async def open(self) -> None:
@@ -106,6 +107,15 @@ class Store(Protocol):
     @property
     def revision(self) -> int:
         """The revision of the last committed batch (0 for an empty store)."""
+        ...
+
+    @property
+    def damage(self) -> StoreDamaged | None:
+        """The error that first found the open store damaged, or None while it reads and writes cleanly."""
+        ...
+
+    def on_damage(self, callback: Callable[[StoreDamaged], None]) -> None:
+        """Calls callback(error) once, in the event loop, when the store is first found damaged (at once if so)."""
         ...
 
     async def commit(self, ops: Sequence[Op]) -> int:
