@@ -8,6 +8,7 @@ from dockyard.cli.common import controller_option, output_option, run
 from dockyard.cli.output import emit
 from dockyard.cli.views import node_view
 from dockyard.client import Client
+from dockyard.spec import format_bytes
 
 
 @click.command()
@@ -21,7 +22,7 @@ def nodes(controller: str | None, output: str) -> None:
         rows = [node_view(n, tasks) for n in await client.list_nodes()]
         for row in rows:
             row["short_id"] = row["id"][:12]
-            row["memory"] = f"{row['memory_bytes'] / 2**30:.1f}GiB"
+            row["memory"] = format_bytes(row["memory_bytes"], approximate=True)
         emit(
             rows,
             [

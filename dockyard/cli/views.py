@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from dockyard.spec import format_port, schema
 from dockyard.task_state import desired_name, state_name
 from dockyard.timestamps import from_timestamp
 from dockyard.v1 import types_pb2 as pb
@@ -21,10 +22,7 @@ def _enum(value: int, enum_type: Any, prefix: str) -> str:
 
 def port_text(port: pb.PortMapping) -> str:
     """Returns a port as "8080:80/tcp", or "80/tcp" when Docker picks the host port."""
-    protocol = port.protocol or "tcp"
-    if port.host_port:
-        return f"{port.host_port}:{port.container_port}/{protocol}"
-    return f"{port.container_port}/{protocol}"
+    return format_port(port.host_port, port.container_port, port.protocol or schema.PORT_PROTOCOL.default)
 
 
 def task_view(task: pb.Task, nodes: Mapping[str, pb.Node], spec: pb.ServiceSpec | None = None) -> dict[str, Any]:
