@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import platform
-from datetime import UTC, datetime
 
 import structlog
 
@@ -18,27 +17,38 @@ from agent.runtime.base import ContainerRuntime, HostFacts, RuntimeFailure
 from agent.task_book import TaskBook
 from agent.worker import Worker
 from dockyard import __version__
+from dockyard.clock import Clock, SystemClock
 from dockyard.v1 import types_pb2 as pb
 
 log = structlog.get_logger()
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
 class Agent:
     """One host's agent; run() keeps going until cancelled, whatever the controller or Docker do."""
 
-    def __init__(self, config: AgentConfig, runtime: ContainerRuntime) -> None:
+    def __init__(self, config: AgentConfig, runtime: ContainerRuntime, clock: Clock | None = None) -> None:
         self.config = config
         self.runtime = runtime
+        self.clock: Clock = clock or SystemClock()
         self.node_id = load_or_create_node_id(config.state_dir)
-        self.book = TaskBook(config.state_dir / "tasks.pb")
+        self.book = TaskBook(config.state_dir / "tasks.pb", clock=self.clock)
         self.reporter = Reporter()
-        self.worker = Worker(runtime, self.book, self.reporter, self.node_id, _now, config.parallel_operations)
+        self.worker = Worker(
+            runtime,
+            self.book,
+            self.reporter,
+            self.node_id,
+            clock=self.clock,
+            parallel_operations=config.parallel_operations,
+        )
         self.observer = Observer(
-            runtime, self.book, self.worker, self.node_id, _now, config.relist_period, config.stranger_grace
+            runtime,
+            self.book,
+            self.worker,
+            self.node_id,
+            relist_period=config.relist_period,
+            stranger_grace=config.stranger_grace,
+            clock=self.clock,
         )
         self.link = ControllerLink(
             config.controller,
@@ -48,6 +58,8 @@ class Agent:
             self.worker,
             self.reporter,
             config.heartbeat_period,
+            connect_timeout=config.connect_timeout,
+            clock=self.clock,
         )
         self._facts: HostFacts | None = None
 
@@ -73,12 +85,12 @@ class Agent:
     async def _enforce_on_disconnect(self) -> None:
         """Stops the containers of tasks whose on_disconnect.stop_after ran out while cut off."""
         while True:
-            await asyncio.sleep(min(1.0, self.config.heartbeat_period))
+            await self.clock.sleep(min(1.0, self.config.heartbeat_period))
             away = self.link.disconnected_for()
             if not away:
                 continue
             stopped = []
-            for task in overdue(self.book, away):
+            for task in overdue(self.book, self.book.spec_of, away):
                 if self.book.drop(task.id):
                     stopped.append(task.id)
                     log.warning(

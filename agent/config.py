@@ -20,4 +20,4 @@ class AgentConfig:
     relist_period: float = 5.0
     stranger_grace: float = 30.0
     parallel_operations: int = 32
-    connect_timeout: float = 5.0
+    connect_timeout: float = 3.0  # a dial not connected by then is abandoned and made again

@@ -1,20 +1,31 @@
-"""The agent's link to the controller: one Session stream, re-dialled with jittered backoff forever."""
+"""The agent's link to the controller: one Session stream, re-dialled quickly with jitter, forever.
+
+How fast it notices a dead link and comes back once the network returns (all on the agent's Clock):
+
+* Dial: every attempt builds a fresh channel that must be ready within the connect timeout or is
+  abandoned. The channel has its own subchannel and short reconnect settings, so no attempt ever waits
+  on gRPC's own reconnect backoff, which grows to two minutes and outlives a healed partition.
+* Redial: jittered backoff from REDIAL_BASE, capped at REDIAL_CAP; after a partition heals the agent is
+  back within about that cap.
+* Dead link: the controller acks every heartbeat; MISSED_HEARTBEATS periods of silence end the session,
+  whatever a write blocked on a dead connection is doing. HTTP/2 keepalive pings back this up.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 
 import grpc
 import structlog
 
+from agent.config import AgentConfig
 from agent.reporter import Reporter
 from agent.runtime.base import RuntimeFailure
-from agent.task_book import TaskBook
+from agent.task_book import TaskBook, spec_key
 from agent.worker import Worker
 from dockyard.backoff import Backoff
+from dockyard.clock import Clock, SystemClock
 from dockyard.timestamps import seconds, to_timestamp
 from dockyard.v1 import agent_pb2 as apb
 from dockyard.v1 import agent_pb2_grpc as apb_grpc
@@ -23,8 +34,33 @@ from dockyard.v1 import types_pb2 as pb
 log = structlog.get_logger()
 
 MISSED_HEARTBEATS = 3.0
+REDIAL_BASE = 0.25
+REDIAL_CAP = 1.5
+# Assignments carry specs; a full set for a busy node can be large. The controller caps what it sends.
+MAX_RECEIVE_BYTES = 64 * 1024 * 1024
 
 _Call = grpc.aio.StreamStreamCall[apb.AgentMessage, apb.ControllerMessage]
+# What ends a session or a dial in the ordinary course of a network's life; anything else is logged as a bug.
+_EXPECTED = (grpc.aio.AioRpcError, asyncio.InvalidStateError, OSError, TimeoutError)
+
+
+def session_channel_options(connect_timeout: float) -> list[tuple[str, int]]:
+    """Returns the gRPC options of the agent's session channel; this is the one place they are set."""
+    return [
+        ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES),
+        # gRPC's own timeout for one TCP connect (default 20 s): no longer than the dial may take.
+        ("grpc.min_reconnect_backoff_ms", max(100, int(connect_timeout * 1000))),
+        # Within one dial, a refused or unreachable connect is retried within a second, not after 1-120 s.
+        ("grpc.initial_reconnect_backoff_ms", 200),
+        ("grpc.max_reconnect_backoff_ms", 1000),
+        # A private subchannel per channel: a new dial never inherits an abandoned one's backoff.
+        ("grpc.use_local_subchannel_pool", 1),
+        # Transport check beside the heartbeat acks. The controller permits it because it sends data (acks)
+        # far more often than this, which resets its ping-abuse counter.
+        ("grpc.keepalive_time_ms", 10_000),
+        ("grpc.keepalive_timeout_ms", 3_000),
+        ("grpc.enable_retries", 0),
+    ]
 
 
 class SessionLost(Exception):
@@ -43,6 +79,9 @@ class ControllerLink:
         worker: Worker,
         reporter: Reporter,
         heartbeat_period: float,
+        *,
+        connect_timeout: float = AgentConfig.connect_timeout,
+        clock: Clock | None = None,
     ) -> None:
         self._address = address
         self._node_id = node_id
@@ -51,77 +90,120 @@ class ControllerLink:
         self._worker = worker
         self._reporter = reporter
         self._period = heartbeat_period
+        self._connect_timeout = connect_timeout
+        self._clock: Clock = clock or SystemClock()
+        self._options = session_channel_options(connect_timeout)
+        self._heard = 0.0  # monotonic time of the controller's last message in this session
         self.connected = asyncio.Event()
         # Counted from start: an agent that never reached the controller has been cut off all along.
-        self.disconnected_since: float | None = time.monotonic()
+        self.disconnected_since: float | None = self._clock.monotonic()
 
     def disconnected_for(self) -> float:
         """Returns the seconds since the controller was last reachable (0 while connected)."""
-        return 0.0 if self.disconnected_since is None else time.monotonic() - self.disconnected_since
+        return 0.0 if self.disconnected_since is None else self._clock.monotonic() - self.disconnected_since
 
     async def run(self) -> None:
         """Dials the controller until cancelled; running containers are never touched for a lost link."""
-        backoff = Backoff(base=0.2, cap=5.0)
+        backoff = Backoff(base=REDIAL_BASE, cap=REDIAL_CAP)
         while True:
             try:
                 await self._session(backoff)
-            except (grpc.aio.AioRpcError, SessionLost, OSError, RuntimeFailure, TimeoutError) as exc:
-                detail = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else str(exc)
-                log.warning("controller session lost", controller=self._address, error=detail)
+            except SessionLost as exc:
+                log.warning("controller session lost", controller=self._address, error=str(exc))
+            except RuntimeFailure as exc:
+                log.warning("docker not answering; no hello without this host's facts", error=str(exc))
+            except _EXPECTED as exc:
+                detail = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else str(exc) or type(exc).__name__
+                if self.connected.is_set():
+                    log.warning("controller session lost", controller=self._address, error=detail)
+                else:
+                    log.info(
+                        "controller unreachable",
+                        controller=self._address,
+                        failed_dials=backoff.attempt + 1,
+                        error=detail,
+                    )
+            except Exception:  # the link must outlive any one bad session
+                log.exception("controller session failed", controller=self._address)
             finally:
                 if self.connected.is_set():
-                    self.disconnected_since = time.monotonic()
+                    self.disconnected_since = self._clock.monotonic()
                 self.connected.clear()
-            await asyncio.sleep(backoff.next_delay())
+            await self._clock.sleep(backoff.next_delay())
+
+    async def _dial(self) -> grpc.aio.Channel:
+        """Returns a fresh channel once it is connected; a dial not done within the connect timeout is abandoned."""
+        channel = grpc.aio.insecure_channel(self._address, options=self._options)
+        try:
+            async with self._clock.timeout(self._connect_timeout):
+                await channel.channel_ready()
+        except BaseException:
+            await channel.close(grace=None)
+            raise
+        return channel
 
     async def _session(self, backoff: Backoff) -> None:
-        description = await self._describe()
-        options = [("grpc.keepalive_time_ms", 10000), ("grpc.keepalive_timeout_ms", 5000)]
-        async with grpc.aio.insecure_channel(self._address, options=options) as channel:
+        async with await self._dial() as channel:
+            description = await self._describe()
             call = apb_grpc.AgentServiceStub(channel).Session()
-            self._reporter.clear()
-            hello = apb.Hello(node_id=self._node_id, description=description, inventory=self._book.inventory())
-            await call.write(apb.AgentMessage(hello=hello))
-            async with asyncio.timeout(self._period * MISSED_HEARTBEATS + 5):
-                first = await call.read()
-            if not isinstance(first, apb.ControllerMessage) or not first.HasField("welcome"):
-                raise SessionLost("the controller did not welcome the session")
-            period = seconds(first.welcome.heartbeat_period) or self._period
-            backoff.reset()
-            self.connected.set()
-            self.disconnected_since = None
-            log.info("controller session open", controller=self._address, session_id=first.welcome.session_id)
-            heard = [time.monotonic()]
-            tasks = {
-                asyncio.create_task(self._receive(call, heard)),
-                asyncio.create_task(self._heartbeat(call, period, heard)),
-                asyncio.create_task(self._send_status(call)),
-            }
             try:
-                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                await self._serve(call, description, backoff)
             finally:
-                for task in tasks:
-                    task.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
                 call.cancel()
-            for task in done:
-                task.result()
 
-    async def _receive(self, call: _Call, heard: list[float]) -> None:
+    async def _serve(self, call: _Call, description: pb.NodeDescription, backoff: Backoff) -> None:
+        self._reporter.clear()
+        hello = apb.Hello(node_id=self._node_id, description=description, inventory=self._book.inventory())
+        async with self._clock.timeout(self._period * MISSED_HEARTBEATS + self._connect_timeout):
+            await call.write(apb.AgentMessage(hello=hello))
+            first = await call.read()
+        if not isinstance(first, apb.ControllerMessage) or not first.HasField("welcome"):
+            raise SessionLost("the controller did not welcome the session")
+        period = seconds(first.welcome.heartbeat_period) or self._period
+        backoff.reset()
+        self.connected.set()
+        self.disconnected_since = None
+        log.info("controller session open", controller=self._address, session_id=first.welcome.session_id)
+        self._heard = self._clock.monotonic()
+        send = _Sender(call)
+        tasks = {
+            asyncio.create_task(self._receive(call)),
+            asyncio.create_task(self._heartbeat(send, period)),
+            asyncio.create_task(self._watch_silence(period * MISSED_HEARTBEATS)),
+            asyncio.create_task(self._send_status(send)),
+        }
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        for task in done:
+            task.result()
+
+    async def _receive(self, call: _Call) -> None:
         while True:
             message = await call.read()
             if message is grpc.aio.EOF or not isinstance(message, apb.ControllerMessage):
                 raise SessionLost("the controller closed the session")
-            heard[0] = time.monotonic()
+            self._heard = self._clock.monotonic()
             if message.HasField("assignments"):
                 self._apply(message.assignments)
 
     def _apply(self, assignments: apb.Assignments) -> None:
-        if assignments.kind == apb.Assignments.KIND_FULL:
-            changed = self._book.apply_full(list(assignments.tasks))
-        else:
-            changed = {t.id for t in assignments.tasks if self._book.upsert(t)}
-            changed |= {i for i in assignments.removed_task_ids if self._book.drop(i)}
+        changed = self._book.apply(assignments)
+        missing = {
+            spec_key(t)
+            for t in assignments.tasks
+            if t.desired_state == pb.DESIRED_STATE_RUNNING and self._book.spec_of(t) is None
+        }
+        if missing:
+            # The worker rejects these tasks rather than run a container from an empty spec.
+            log.warning(
+                "assigned tasks whose spec was never sent",
+                revisions=sorted(f"{service_id}@{revision}" for service_id, revision in missing),
+                sequence=assignments.sequence,
+            )
         if changed:
             self._book.save()
             self._worker.wake(changed)
@@ -129,14 +211,32 @@ class ControllerLink:
             # Loops for unchanged tasks too: an adopted task must report what it finds.
             self._worker.wake([t.id for t in self._book])
 
-    async def _heartbeat(self, call: _Call, period: float, heard: list[float]) -> None:
+    async def _heartbeat(self, send: _Sender, period: float) -> None:
         while True:
-            await call.write(apb.AgentMessage(heartbeat=apb.Heartbeat(sent_at=to_timestamp(datetime.now(UTC)))))
-            await asyncio.sleep(period)
-            if time.monotonic() - heard[0] > period * MISSED_HEARTBEATS:
-                raise SessionLost(f"no word from the controller for {time.monotonic() - heard[0]:.1f}s")
+            await send(apb.AgentMessage(heartbeat=apb.Heartbeat(sent_at=to_timestamp(self._clock.now()))))
+            await self._clock.sleep(period)
 
-    async def _send_status(self, call: _Call) -> None:
+    async def _watch_silence(self, limit: float) -> None:
+        """Ends the session once the controller said nothing (not even a heartbeat ack) for `limit` seconds."""
+        while True:
+            silent = self._clock.monotonic() - self._heard
+            if silent >= limit:
+                raise SessionLost(f"no word from the controller for {silent:.1f}s")
+            await self._clock.sleep(limit - silent)
+
+    async def _send_status(self, send: _Sender) -> None:
         while True:
             update = await self._reporter.take()
-            await call.write(apb.AgentMessage(status=update))
+            await send(apb.AgentMessage(status=update))
+
+
+class _Sender:
+    """Writes to the session one message at a time: gRPC fails the whole call on overlapping writes."""
+
+    def __init__(self, call: _Call) -> None:
+        self._call = call
+        self._lock = asyncio.Lock()
+
+    async def __call__(self, message: apb.AgentMessage) -> None:
+        async with self._lock:
+            await self._call.write(message)

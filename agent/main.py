@@ -45,6 +45,13 @@ def _labels(values: tuple[str, ...]) -> dict[str, str]:
     show_default=True,
     help="Seconds a container labelled for this node but for no known task may stay before it is removed.",
 )
+@click.option(
+    "--connect-timeout",
+    type=click.FloatRange(min=0.1),
+    default=3.0,
+    show_default=True,
+    help="Seconds a dial to the controller may take before it is abandoned and made again.",
+)
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info")
 @click.option("--log-format", type=click.Choice(["console", "json"]), default="console")
 def main(
@@ -56,6 +63,7 @@ def main(
     heartbeat_period: float,
     relist_period: float,
     stranger_grace: float,
+    connect_timeout: float,
     log_level: str,
     log_format: str,
 ) -> None:
@@ -70,6 +78,7 @@ def main(
         heartbeat_period=heartbeat_period,
         relist_period=relist_period,
         stranger_grace=stranger_grace,
+        connect_timeout=connect_timeout,
     )
     asyncio.run(_run(config))
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
-from datetime import datetime
 
 import structlog
 
@@ -14,6 +12,7 @@ from agent.task_book import TaskBook
 from agent.worker import Worker
 from dockyard import labels
 from dockyard.backoff import Backoff
+from dockyard.clock import Clock, SystemClock
 
 log = structlog.get_logger()
 
@@ -27,18 +26,19 @@ class Observer:
         book: TaskBook,
         worker: Worker,
         node_id: str,
-        now: Callable[[], datetime],
+        *,
         relist_period: float,
         stranger_grace: float,
+        clock: Clock | None = None,
     ) -> None:
         self._runtime = runtime
         self._book = book
         self._worker = worker
         self._node_id = node_id
-        self._now = now
+        self._clock: Clock = clock or SystemClock()
         self._relist_period = relist_period
         self._stranger_grace = stranger_grace
-        self._strangers: dict[str, datetime] = {}
+        self._strangers: dict[str, float] = {}  # container id -> when first seen (monotonic)
 
     async def run(self) -> None:
         """Runs the event watcher and the re-lister until cancelled."""
@@ -61,7 +61,7 @@ class Observer:
                 log.warning("docker event stream ended; reconnecting")
             except RuntimeFailure as exc:
                 log.warning("docker event stream failed; reconnecting", error=str(exc))
-            await asyncio.sleep(backoff.next_delay())
+            await self._clock.sleep(backoff.next_delay())
             # Whatever happened while the stream was down is caught by looking at everything again.
             try:
                 await self.relist()
@@ -74,14 +74,14 @@ class Observer:
                 await self.relist()
             except RuntimeFailure as exc:
                 log.warning("re-list failed", error=str(exc))
-            await asyncio.sleep(self._relist_period)
+            await self._clock.sleep(self._relist_period)
 
     async def relist(self) -> None:
         """Compares every container of this node with what the task loops believe, waking those that differ."""
         containers = await self._runtime.list({labels.NODE_ID: self._node_id})
         known = self._worker.known_containers
         seen: set[str] = set()
-        now = self._now()
+        now = self._clock.monotonic()
         for info in containers:
             task_id = info.labels.get(labels.TASK_ID, "")
             if self._book.get(task_id) is None:
@@ -100,11 +100,11 @@ class Observer:
                 del self._strangers[container_id]
         self._worker.wake([t.id for t in self._book])
 
-    async def _consider_stranger(self, container_id: str, name: str, now: datetime) -> None:
+    async def _consider_stranger(self, container_id: str, name: str, now: float) -> None:
         """Removes a container labelled for this node but for no known task, once it stayed so for the grace."""
         first = self._strangers.setdefault(container_id, now)
         # Until the controller has sent a full set, an unknown container may be one we are about to adopt.
-        if not self._book.full_sync_seen or (now - first).total_seconds() < self._stranger_grace:
+        if not self._book.full_sync_seen or now - first < self._stranger_grace:
             return
         log.warning("reaping container of no known task", container_id=container_id[:12], name=name)
         await self._runtime.remove(container_id)

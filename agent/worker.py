@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Iterable
-from datetime import datetime
+from collections.abc import Iterable
 
 import structlog
 
@@ -25,6 +24,7 @@ from agent.step import Op, Step, next_step
 from agent.task_book import TaskBook
 from dockyard import labels
 from dockyard.backoff import Backoff
+from dockyard.clock import Clock, SystemClock
 from dockyard.task_state import is_terminal, state_name
 from dockyard.timestamps import to_timestamp
 from dockyard.v1 import types_pb2 as pb
@@ -54,14 +54,15 @@ class Worker:
         book: TaskBook,
         reporter: Reporter,
         node_id: str,
-        now: Callable[[], datetime],
+        *,
+        clock: Clock | None = None,
         parallel_operations: int = 8,
     ) -> None:
         self._runtime = runtime
         self._book = book
         self._reporter = reporter
         self._node_id = node_id
-        self._now = now
+        self._clock: Clock = clock or SystemClock()
         self._limit = asyncio.Semaphore(parallel_operations)
         self._containers: dict[str, ContainerInfo | None] = {}
         self._stale: set[str] = set()
@@ -111,7 +112,7 @@ class Worker:
                         retry_in=round(delay, 2),
                     )
                     self._stale.add(task_id)
-                    await asyncio.sleep(delay)
+                    await self._clock.sleep(delay)
                     event.set()
         finally:
             if self._loops.get(task_id) is asyncio.current_task():
@@ -182,12 +183,20 @@ class Worker:
         """Performs one operation; returns the container id it concerns ("" when none)."""
         if op is Op.NONE:
             return ""
+        if op is Op.PREPARE:
+            spec = self._book.spec_of(task)
+            if spec is None:
+                raise self._no_spec(task)
+            async with self._limit:
+                await self._prepare(spec.image)
+            return ""
+        if op is Op.CREATE:
+            full = self._book.with_spec(task)
+            if full is None:
+                raise self._no_spec(task)
+            async with self._limit:
+                return await self._create(full)
         async with self._limit:
-            if op is Op.PREPARE:
-                await self._prepare(task.spec.image)
-                return ""
-            if op is Op.CREATE:
-                return await self._create(task)
             assert container is not None, f"{op} needs a container"
             try:
                 if op is Op.START:
@@ -202,7 +211,8 @@ class Worker:
                             code = (await self._runtime.inspect(container.id)).exit_code
                         raise _Rejected(pb.TASK_STATE_FAILED, f"start failed: {exc}", code) from exc
                 elif op is Op.STOP:
-                    await self._runtime.stop(container.id, stop_grace(task))
+                    # Without its spec (never sent) a task still stops, with the default grace.
+                    await self._runtime.stop(container.id, stop_grace(self._book.with_spec(task) or task))
                 elif op is Op.REMOVE:
                     await self._runtime.remove(container.id)
                     self._containers[task.id] = None
@@ -216,14 +226,23 @@ class Worker:
         if await self._runtime.has_image(image):
             return
         try:
-            async with asyncio.timeout(PULL_TIMEOUT):
+            async with self._clock.timeout(PULL_TIMEOUT):
                 await self._runtime.pull(image)
         except (ImageNotFound, TimeoutError) as exc:
             raise _Rejected(
                 pb.TASK_STATE_REJECTED, f"image {image!r} is not on this host and could not be pulled: {exc}"
             ) from exc
 
+    def _no_spec(self, task: pb.Task) -> _Rejected:
+        error = (
+            f"the controller sent no spec for service {task.service_name or task.service_id!r} "
+            f"revision {task.revision}; the task is not started"
+        )
+        log.warning("task without a spec", task_id=task.id, service_id=task.service_id, revision=task.revision)
+        return _Rejected(pb.TASK_STATE_REJECTED, error)
+
     async def _create(self, task: pb.Task) -> str:
+        """Creates the container of a task whose spec is filled in."""
         spec = container_spec(task, self._node_id)
         try:
             container_id = await self._runtime.create(spec)
@@ -253,7 +272,7 @@ class Worker:
             exit_code=exit_code,
             container_id=container_id,
         )
-        status.timestamp.CopyFrom(to_timestamp(self._now()))
+        status.timestamp.CopyFrom(to_timestamp(self._clock.now()))
         self._book.set_status(task.id, status)
         self._book.save_soon()
         self._reporter.report(task.id, status)

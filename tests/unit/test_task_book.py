@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from agent.task_book import TaskBook
+from dockyard.clock import FakeClock
 from dockyard.v1 import agent_pb2 as apb
 from dockyard.v1 import types_pb2 as pb
 
@@ -135,7 +137,9 @@ def test_a_torn_file_is_ignored(path: Path, tear: Callable[[bytes], bytes]) -> N
 def test_upsert_adds_a_new_task_and_reports_the_change(path: Path) -> None:
     book = TaskBook(path)
     assert book.upsert(make_task("a"))
-    assert book.get("a") == make_task("a")
+    stored = book.get("a")
+    assert stored is not None
+    assert book.with_spec(stored) == make_task("a")
     assert book.get("missing") is None
 
 
@@ -337,3 +341,181 @@ def test_inventory_lists_every_task_with_its_status_and_generation(path: Path) -
 
 def test_inventory_of_an_empty_book_is_empty(path: Path) -> None:
     assert TaskBook(path).inventory() == []
+
+
+# --- specs, once per revision ---------------------------------------------------------------------------
+
+
+def revision_spec(service_id: str = "svc", revision: int = 1, image: str = "app:1") -> apb.ServiceRevisionSpec:
+    return apb.ServiceRevisionSpec(service_id=service_id, revision=revision, spec=pb.ServiceSpec(image=image))
+
+
+def bare_task(task_id: str, revision: int = 1, **kwargs: Any) -> pb.Task:
+    """A task as the controller now sends it: naming its revision, without a spec."""
+    task = make_task(task_id, **kwargs)
+    task.revision = revision
+    task.ClearField("spec")
+    return task
+
+
+def incremental(*tasks: pb.Task, specs: tuple[apb.ServiceRevisionSpec, ...] = ()) -> apb.Assignments:
+    return apb.Assignments(kind=apb.Assignments.KIND_INCREMENTAL, tasks=tasks, specs=specs)
+
+
+def full_set(*tasks: pb.Task, specs: tuple[apb.ServiceRevisionSpec, ...] = ()) -> apb.Assignments:
+    return apb.Assignments(kind=apb.Assignments.KIND_FULL, tasks=tasks, specs=specs)
+
+
+def image_of(book: TaskBook, task_id: str) -> str | None:
+    task = book.get(task_id)
+    assert task is not None, task_id
+    spec = book.spec_of(task)
+    return None if spec is None else spec.image
+
+
+def test_tasks_take_their_spec_from_the_message_and_are_kept_without_it(path: Path) -> None:
+    book = TaskBook(path)
+    changed = book.apply(incremental(bare_task("a"), bare_task("b"), specs=(revision_spec(image="app:1"),)))
+    assert changed == {"a", "b"}
+    assert image_of(book, "a") == image_of(book, "b") == "app:1"
+    assert not any(t.HasField("spec") for t in book)
+    a = book.get("a")
+    assert a is not None
+    full = book.with_spec(a)
+    assert full is not None
+    assert (full.id, full.spec.image) == ("a", "app:1")
+    assert not a.HasField("spec"), "with_spec returns a copy"
+
+
+def test_a_task_with_its_spec_inside_still_works(path: Path) -> None:
+    # Controllers that predate Assignments.specs put the spec in every task.
+    book = TaskBook(path)
+    old_style = make_task("a")
+    assert book.apply(incremental(old_style)) == {"a"}
+    assert image_of(book, "a") == "dockyard-test:latest"
+    stored = book.get("a")
+    assert stored is not None
+    assert not stored.HasField("spec")
+    # The same copy again is no change, whether it carries the spec or not.
+    assert not book.upsert(make_task("a"))
+    assert not book.upsert(bare_task("a"))
+
+
+def test_a_spec_sent_per_revision_wins_over_one_inside_the_task(path: Path) -> None:
+    book = TaskBook(path)
+    book.apply(incremental(make_task("a"), specs=(revision_spec(image="sent:1"),)))
+    assert image_of(book, "a") == "sent:1"
+
+
+def test_a_task_whose_spec_never_came_has_none(path: Path) -> None:
+    book = TaskBook(path)
+    book.apply(incremental(bare_task("a", revision=7)))
+    a = book.get("a")
+    assert a is not None
+    assert book.spec_of(a) is None
+    assert book.with_spec(a) is None
+
+
+def test_a_spec_stays_for_the_session_after_its_last_task_is_forgotten(path: Path) -> None:
+    # The controller leaves out specs it sent earlier in the session, e.g. for a replacement of a finished task.
+    book = TaskBook(path)
+    book.apply(incremental(bare_task("a"), specs=(revision_spec(),)))
+    book.forget("a")
+    book.apply(incremental(bare_task("b")))
+    assert image_of(book, "b") == "app:1"
+
+
+def test_a_full_set_keeps_the_specs_its_tasks_and_the_books_tasks_run_and_no_others(path: Path) -> None:
+    book = TaskBook(path)
+    book.apply(incremental(bare_task("old", revision=1), specs=(revision_spec(revision=1, image="app:1"),)))
+    book.apply(incremental(bare_task("gone", revision=2), specs=(revision_spec(revision=2, image="app:2"),)))
+    book.forget("gone")
+
+    changed = book.apply(full_set(bare_task("new", revision=3), specs=(revision_spec(revision=3, image="app:3"),)))
+
+    assert changed == {"new", "old"}
+    assert image_of(book, "new") == "app:3"
+    assert image_of(book, "old") == "app:1", "a task being shut down keeps its spec (its stop grace)"
+    # Revision 2: no task runs it, and the controller starts over counting what it sent.
+    book.apply(incremental(bare_task("again", revision=2)))
+    assert image_of(book, "again") is None
+
+
+def test_the_file_holds_each_revisions_spec_once_and_round_trips(path: Path) -> None:
+    big = revision_spec(image="app:1")
+    big.spec.env["BLOB"] = "x" * 100_000
+    book = TaskBook(path)
+    book.apply(incremental(*(bare_task(f"t{i}") for i in range(20)), specs=(big,)))
+    book.apply(incremental(specs=(revision_spec(revision=9),)))  # no task runs it: not persisted
+    book.save()
+    assert path.stat().st_size < 2 * 100_000, "one copy of the spec, not one per task"
+
+    again = TaskBook(path)
+    again.load()
+    assert len(again) == 20
+    assert image_of(again, "t7") == "app:1"
+    t7 = again.get("t7")
+    assert t7 is not None
+    spec = again.spec_of(t7)
+    assert spec is not None
+    assert spec.env["BLOB"] == "x" * 100_000
+    again.apply(incremental(bare_task("late", revision=9)))
+    assert image_of(again, "late") is None
+
+
+def test_a_file_written_with_specs_inside_tasks_loads(path: Path) -> None:
+    old_file = apb.Assignments(kind=apb.Assignments.KIND_FULL, tasks=[make_task("a"), make_task("b")])
+    path.parent.mkdir(parents=True)
+    path.write_bytes(old_file.SerializeToString())
+    book = TaskBook(path)
+    book.load()
+    assert image_of(book, "a") == image_of(book, "b") == "dockyard-test:latest"
+    assert not any(t.HasField("spec") for t in book)
+    book.save()
+    saved = apb.Assignments.FromString(path.read_bytes())
+    assert len(saved.specs) == 1
+    assert not any(t.HasField("spec") for t in saved.tasks)
+
+
+def test_an_incremental_removal_drops_the_task(path: Path) -> None:
+    book = TaskBook(path)
+    book.apply(incremental(bare_task("a"), specs=(revision_spec(),)))
+    assert book.apply(apb.Assignments(kind=apb.Assignments.KIND_INCREMENTAL, removed_task_ids=["a"])) == {"a"}
+    a = book.get("a")
+    assert a is not None
+    assert a.desired_state == pb.DESIRED_STATE_SHUTDOWN
+    assert image_of(book, "a") == "app:1"
+
+
+# --- coalesced writes, in virtual time ------------------------------------------------------------------
+
+
+def on_disk(path: Path) -> set[str]:
+    """The ids of the tasks in the file (none when there is no file)."""
+    saved = TaskBook(path)
+    saved.load()
+    return set(by_id(saved))
+
+
+async def test_save_soon_writes_once_after_the_delay(path: Path) -> None:
+    clock = FakeClock()
+    book = TaskBook(path, clock=clock)
+    book.upsert(make_task("a"))
+    book.save_soon()
+    book.upsert(make_task("b"))
+    book.save_soon()
+    await clock.advance(0.04)
+    assert on_disk(path) == set()
+    await clock.advance(0.01)
+    assert on_disk(path) == {"a", "b"}
+
+
+async def test_close_writes_a_pending_save_at_once(path: Path) -> None:
+    clock = FakeClock()
+    book = TaskBook(path, clock=clock)
+    book.upsert(make_task("a"))
+    book.save_soon()
+    book.close()
+    assert on_disk(path) == {"a"}
+    await clock.advance(1)
+    assert clock.sleepers == 0

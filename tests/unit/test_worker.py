@@ -1,17 +1,19 @@
-"""The agent's task loops against the in-memory FakeRuntime: convergence, failures, shutdown and adoption."""
+"""The agent's task loops against the in-memory FakeRuntime: convergence, failures, shutdown and adoption.
+
+Everything runs in virtual time (FakeClock): retries, backoff and the book's coalesced writes happen when
+the test moves the clock, so no test waits for a real delay.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-import agent.observer as observer_module
-import agent.worker as worker_module
 from agent.container_spec import container_spec
 from agent.observer import Observer
 from agent.reporter import Reporter
@@ -20,15 +22,16 @@ from agent.runtime.fake import FakeRuntime
 from agent.task_book import TaskBook
 from agent.worker import Worker
 from dockyard import labels
-from dockyard.backoff import Backoff
+from dockyard.clock import FakeClock
 from dockyard.timestamps import duration, to_timestamp
+from dockyard.v1 import agent_pb2 as apb
 from dockyard.v1 import types_pb2 as pb
 
 NODE = "n1"
 IMAGE = "dockyard-test:latest"
 NOW = datetime(2026, 3, 4, 5, 6, 7, tzinfo=UTC)
-DEADLINE = 2.0
-POLL = 0.01
+WITHIN = 60.0  # virtual seconds: longer than any backoff the worker or the observer uses
+STEP = 0.05  # virtual seconds the clock moves between two looks
 
 
 class RecordingReporter(Reporter):
@@ -55,10 +58,12 @@ class Rig:
     reporter: RecordingReporter
     worker: Worker
     path: Path
+    clock: FakeClock
 
-    def assign(self, task: pb.Task) -> None:
+    def assign(self, task: pb.Task, specs: Iterable[apb.ServiceRevisionSpec] = ()) -> None:
         """Does what the controller link does with an incremental assignment."""
-        if self.book.upsert(task):
+        assignments = apb.Assignments(kind=apb.Assignments.KIND_INCREMENTAL, tasks=[task], specs=specs)
+        if self.book.apply(assignments):
             self.book.save()
             self.worker.wake([task.id])
 
@@ -71,6 +76,28 @@ class Rig:
         assert task is not None, f"{task_id} is not in the book"
         return task.status
 
+    async def eventually(self, condition: Callable[[], bool], what: str, within: float = WITHIN) -> None:
+        """Lets the loops run, moving virtual time on only when they are stuck, until the condition holds."""
+        deadline = self.clock.monotonic() + within
+        while True:
+            await self.clock.advance(0)  # whatever needs no time happens at the current instant
+            if condition():
+                return
+            if self.clock.monotonic() >= deadline:
+                raise AssertionError(f"timed out after {within} virtual seconds waiting for {what}")
+            await self.clock.advance(STEP)
+
+    async def quiet(self, period: float = 1.0) -> None:
+        """Moves virtual time on until no runtime call has been made for `period` virtual seconds."""
+        deadline = self.clock.monotonic() + WITHIN
+        seen, since = len(self.fake.calls), self.clock.monotonic()
+        while self.clock.monotonic() - since < period:
+            if self.clock.monotonic() > deadline:
+                raise AssertionError("the worker never went quiet")
+            await self.clock.advance(STEP)
+            if len(self.fake.calls) != seen:
+                seen, since = len(self.fake.calls), self.clock.monotonic()
+
 
 def make_task(
     task_id: str = "t1",
@@ -80,6 +107,7 @@ def make_task(
     version: int = 1,
     slot: int = 1,
 ) -> pb.Task:
+    """A task as an older controller sent it: with its spec inside."""
     task = pb.Task(
         id=task_id,
         service_id="svc1",
@@ -98,6 +126,15 @@ def make_task(
     return task
 
 
+def bare(task: pb.Task) -> tuple[pb.Task, apb.ServiceRevisionSpec]:
+    """Splits a task as the controller now sends it: the task without its spec, and the revision's spec."""
+    spec = apb.ServiceRevisionSpec(service_id=task.service_id, revision=task.revision, spec=task.spec)
+    without = pb.Task()
+    without.CopyFrom(task)
+    without.ClearField("spec")
+    return without, spec
+
+
 def shutdown_of(task: pb.Task) -> pb.Task:
     """The controller's next copy of a task, told to shut down."""
     changed = pb.Task()
@@ -107,46 +144,19 @@ def shutdown_of(task: pb.Task) -> pb.Task:
     return changed
 
 
-async def eventually(condition: Callable[[], bool], what: str, within: float = DEADLINE) -> None:
-    """Polls until the condition holds, failing after the deadline."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not condition():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {within}s waiting for {what}")
-        await asyncio.sleep(POLL)
-
-
-async def quiet(rig: Rig, period: float = 0.05) -> None:
-    """Waits until no runtime call has been made for `period` seconds (bounded by the deadline)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + DEADLINE
-    seen, since = len(rig.fake.calls), loop.time()
-    while loop.time() - since < period:
-        if loop.time() > deadline:
-            raise AssertionError("the worker never went quiet")
-        await asyncio.sleep(POLL)
-        if len(rig.fake.calls) != seen:
-            seen, since = len(rig.fake.calls), loop.time()
-
-
-def fast_backoff(base: float = 0.0, cap: float = 0.0) -> Backoff:
-    """A Backoff with the worker's shape but millisecond delays, so retry tests stay fast."""
-    del base, cap
-    return Backoff(base=0.01, cap=0.04)
-
-
-def make_rig(tmp_path: Path, fake: FakeRuntime | None = None, book: TaskBook | None = None) -> Rig:
-    fake = fake or FakeRuntime(images=[IMAGE], clock=lambda: NOW)
+def make_rig(
+    tmp_path: Path, fake: FakeRuntime | None = None, book: TaskBook | None = None, clock: FakeClock | None = None
+) -> Rig:
+    clock = clock or FakeClock(NOW)
+    fake = fake or FakeRuntime(images=[IMAGE], clock=clock.now)
     path = tmp_path / "tasks.pb"
-    book = book or TaskBook(path)
+    book = book or TaskBook(path, clock=clock)
     reporter = RecordingReporter()
-    return Rig(fake, book, reporter, Worker(fake, book, reporter, NODE, lambda: NOW), path)
+    return Rig(fake, book, reporter, Worker(fake, book, reporter, NODE, clock=clock), path, clock)
 
 
 @pytest.fixture
-async def rig(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Rig]:
-    monkeypatch.setattr(worker_module, "Backoff", fast_backoff)
+async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
     made = make_rig(tmp_path)
     try:
         yield made
@@ -157,7 +167,7 @@ async def rig(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[
 async def run_to_running(rig: Rig, task: pb.Task) -> str:
     """Assigns the task, waits until it runs and returns its container id."""
     rig.assign(task)
-    await eventually(lambda: rig.state(task.id) == pb.TASK_STATE_RUNNING, f"{task.id} running")
+    await rig.eventually(lambda: rig.state(task.id) == pb.TASK_STATE_RUNNING, f"{task.id} running")
     return rig.status(task.id).container_id
 
 
@@ -166,7 +176,7 @@ async def run_to_running(rig: Rig, task: pb.Task) -> str:
 
 async def test_a_task_goes_preparing_starting_running_with_one_create_and_one_start(rig: Rig) -> None:
     container_id = await run_to_running(rig, make_task())
-    await quiet(rig)
+    await rig.quiet()
 
     assert rig.reporter.states("t1") == [pb.TASK_STATE_PREPARING, pb.TASK_STATE_STARTING, pb.TASK_STATE_RUNNING]
     assert [s.message for _, s in rig.reporter.history] == ["image ready", "container created", "started"]
@@ -187,7 +197,7 @@ async def test_a_task_goes_preparing_starting_running_with_one_create_and_one_st
 
 async def test_the_reporter_hands_over_the_latest_status_only(rig: Rig) -> None:
     await run_to_running(rig, make_task())
-    update = await asyncio.wait_for(rig.reporter.take(), DEADLINE)
+    update = await asyncio.wait_for(rig.reporter.take(), 1)
     assert [(u.task_id, u.status.state) for u in update.updates] == [("t1", pb.TASK_STATE_RUNNING)]
 
 
@@ -201,16 +211,16 @@ async def test_the_book_is_persisted_shortly_after_every_transition(rig: Rig) ->
         return task.status.state if task is not None and task.status.container_id else 0
 
     # Writes are coalesced for 50 ms, so a burst of transitions costs one write.
-    await eventually(lambda: saved_state() == pb.TASK_STATE_RUNNING, "the running state on disk")
+    await rig.eventually(lambda: saved_state() == pb.TASK_STATE_RUNNING, "the running state on disk")
 
 
 async def test_waking_a_converged_task_does_nothing_more(rig: Rig) -> None:
     await run_to_running(rig, make_task())
-    await quiet(rig)
+    await rig.quiet()
     reports = len(rig.reporter.history)
     rig.worker.wake(["t1"], stale=True)
     rig.worker.wake(["t1"])
-    await quiet(rig)
+    await rig.quiet()
     assert len(rig.reporter.history) == reports
     assert (rig.fake.count("create"), rig.fake.count("start")) == (1, 1)
 
@@ -219,11 +229,11 @@ async def test_several_tasks_converge_side_by_side(rig: Rig) -> None:
     tasks = [make_task(f"t{i}", slot=i) for i in range(1, 5)]
     for task in tasks:
         rig.assign(task)
-    await eventually(
+    await rig.eventually(
         lambda: all(rig.state(t.id) == pb.TASK_STATE_RUNNING for t in tasks),
         "every task running",
     )
-    await quiet(rig)
+    await rig.quiet()
     assert rig.fake.count("create") == 4
     assert rig.fake.count("start") == 4
     assert len({rig.status(t.id).container_id for t in tasks}) == 4
@@ -259,8 +269,8 @@ async def test_a_container_that_dies_reports_failed_with_its_exit_code(
     kill(rig.fake, container_id)
     rig.worker.wake(["t1"], stale=True)  # as the observer does on the container's events
 
-    await eventually(lambda: rig.state("t1") == pb.TASK_STATE_FAILED, "t1 failed")
-    await quiet(rig)
+    await rig.eventually(lambda: rig.state("t1") == pb.TASK_STATE_FAILED, "t1 failed")
+    await rig.quiet()
     status = rig.status("t1")
     assert (status.exit_code, status.error, status.container_id) == (exit_code, error, container_id)
     assert rig.reporter.states("t1")[-1] == pb.TASK_STATE_FAILED
@@ -270,7 +280,7 @@ async def test_a_container_that_dies_reports_failed_with_its_exit_code(
 
 async def test_an_exit_with_code_zero_reports_complete(rig: Rig) -> None:
     rig.assign(make_task(command=("sh", "-c", "exit 0")))
-    await eventually(lambda: rig.state("t1") == pb.TASK_STATE_COMPLETE, "t1 complete")
+    await rig.eventually(lambda: rig.state("t1") == pb.TASK_STATE_COMPLETE, "t1 complete")
     status = rig.status("t1")
     assert (status.exit_code, status.message, status.error) == (0, "exited with code 0", "")
 
@@ -280,8 +290,8 @@ async def test_a_container_removed_behind_the_agents_back_reports_failed(rig: Ri
     rig.fake.remove_behind_back(container_id)
     rig.worker.wake(["t1"], stale=True)
 
-    await eventually(lambda: rig.state("t1") == pb.TASK_STATE_FAILED, "t1 failed")
-    await quiet(rig)
+    await rig.eventually(lambda: rig.state("t1") == pb.TASK_STATE_FAILED, "t1 failed")
+    await rig.quiet()
     status = rig.status("t1")
     assert "removed outside" in status.error
     assert status.container_id == container_id
@@ -292,8 +302,8 @@ async def test_a_container_removed_behind_the_agents_back_reports_failed(rig: Ri
 async def test_a_missing_image_reports_rejected_with_a_reason(rig: Rig) -> None:
     rig.assign(make_task(image="nowhere.example.com/missing:1"))
 
-    await eventually(lambda: rig.state("t1") == pb.TASK_STATE_REJECTED, "t1 rejected")
-    await quiet(rig)
+    await rig.eventually(lambda: rig.state("t1") == pb.TASK_STATE_REJECTED, "t1 rejected")
+    await rig.quiet()
     status = rig.status("t1")
     assert "nowhere.example.com/missing:1" in status.error
     assert "could not be pulled" in status.error
@@ -305,8 +315,8 @@ async def test_a_missing_image_reports_rejected_with_a_reason(rig: Rig) -> None:
 async def test_a_program_that_cannot_start_reports_failed(rig: Rig) -> None:
     rig.assign(make_task(command=("/nonexistent/app",)))
 
-    await eventually(lambda: rig.state("t1") == pb.TASK_STATE_FAILED, "t1 failed")
-    await quiet(rig)
+    await rig.eventually(lambda: rig.state("t1") == pb.TASK_STATE_FAILED, "t1 failed")
+    await rig.quiet()
     status = rig.status("t1")
     assert status.error.startswith("start failed: ")
     assert "/nonexistent/app" in status.error
@@ -318,7 +328,7 @@ async def test_a_name_taken_by_a_stranger_reports_rejected(rig: Rig) -> None:
     await rig.fake.create(ContainerSpec(name="web.1.t1", image=IMAGE))  # no Dockyard labels
 
     rig.assign(task)
-    await eventually(lambda: rig.state("t1") == pb.TASK_STATE_REJECTED, "t1 rejected")
+    await rig.eventually(lambda: rig.state("t1") == pb.TASK_STATE_REJECTED, "t1 rejected")
     assert "'web.1.t1' is taken by another container" in rig.status("t1").error
     assert len(await rig.fake.list({})) == 1
 
@@ -342,12 +352,83 @@ async def test_a_name_conflict_with_our_own_container_adopts_it(tmp_path: Path) 
     rig = make_rig(tmp_path, RacingRuntime(container_spec(task, NODE)))
     try:
         container_id = await run_to_running(rig, task)
-        await quiet(rig)
+        await rig.quiet()
         [info] = await rig.fake.list({})
         assert info.id == container_id
         assert rig.fake.count("start") == 1
     finally:
         await rig.worker.close()
+
+
+# --- specs sent once per revision -----------------------------------------------------------------------
+
+
+class CreateRecorder(FakeRuntime):
+    """Keeps the spec of every container created."""
+
+    def __init__(self) -> None:
+        super().__init__(images=[IMAGE])
+        self.created: list[ContainerSpec] = []
+
+    async def create(self, spec: ContainerSpec) -> str:
+        self.created.append(spec)
+        return await super().create(spec)
+
+
+async def test_a_task_sent_without_its_spec_runs_the_spec_sent_for_its_revision(tmp_path: Path) -> None:
+    fake = CreateRecorder()
+    rig = make_rig(tmp_path, fake)
+    full = make_task(command=("sleep", "60"))
+    full.spec.env["MODE"] = "bare"
+    task, spec = bare(full)
+    try:
+        rig.assign(task, [spec])
+        await rig.eventually(lambda: rig.state("t1") == pb.TASK_STATE_RUNNING, "t1 running")
+    finally:
+        await rig.worker.close()
+
+    [created] = fake.created
+    assert (created.image, created.command, created.env) == (IMAGE, ("sleep", "60"), {"MODE": "bare"})
+    stored = rig.book.get("t1")
+    assert stored is not None
+    assert not stored.HasField("spec"), "the book keeps one spec per revision, none inside tasks"
+
+
+async def test_a_later_task_of_a_revision_already_sent_needs_no_spec(rig: Rig) -> None:
+    first, spec = bare(make_task("t1", slot=1))
+    second, _ = bare(make_task("t2", slot=2))
+    rig.assign(first, [spec])
+    rig.assign(second)  # the controller leaves out a spec it sent earlier in the session
+    await rig.eventually(lambda: rig.state("t1") == rig.state("t2") == pb.TASK_STATE_RUNNING, "both tasks running")
+    assert rig.fake.count("create") == 2
+
+
+async def test_a_task_whose_spec_never_came_is_rejected_and_not_started(rig: Rig) -> None:
+    task, _ = bare(make_task())
+    rig.assign(task)
+    await rig.eventually(lambda: rig.state("t1") == pb.TASK_STATE_REJECTED, "t1 rejected")
+    await rig.quiet()
+
+    error = rig.status("t1").error
+    assert "no spec" in error
+    assert "'web' revision 1" in error
+    assert rig.reporter.states("t1") == [pb.TASK_STATE_REJECTED]
+    assert rig.fake.calls == [], "nothing pulled, created or started"
+
+
+async def test_a_running_task_whose_spec_is_unknown_still_shuts_down(rig: Rig) -> None:
+    # A container the agent adopted for a task it knows only by its id and revision, e.g. after its spec
+    # was lost: it stops with the default grace rather than staying.
+    full = make_task()
+    container_id = await rig.fake.create(container_spec(full, NODE))
+    await rig.fake.start(container_id)
+    task, _ = bare(full)
+    task.status.state = pb.TASK_STATE_RUNNING
+    task.status.container_id = container_id
+    rig.assign(shutdown_of(task))
+    await rig.eventually(lambda: rig.book.get("t1") is None, "t1 forgotten")
+    assert ("stop", container_id, "10") in rig.fake.calls
+    assert await rig.fake.list({}) == []
 
 
 # --- shutdown -------------------------------------------------------------------------------------------
@@ -359,8 +440,8 @@ async def test_desired_shutdown_stops_removes_reports_shutdown_and_forgets(rig: 
     container_id = await run_to_running(rig, task)
 
     rig.assign(shutdown_of(task))
-    await eventually(lambda: rig.book.get("t1") is None, "t1 forgotten")
-    await quiet(rig)
+    await rig.eventually(lambda: rig.book.get("t1") is None, "t1 forgotten")
+    await rig.quiet()
 
     final_id, final = rig.reporter.history[-1]
     assert final_id == "t1"
@@ -383,7 +464,7 @@ async def test_a_dropped_task_is_shut_down_like_one_told_to(rig: Rig) -> None:
     container_id = await run_to_running(rig, make_task())
     assert rig.book.drop("t1")
     rig.worker.wake(["t1"])
-    await eventually(lambda: rig.book.get("t1") is None, "t1 forgotten")
+    await rig.eventually(lambda: rig.book.get("t1") is None, "t1 forgotten")
     assert rig.reporter.history[-1][1].state == pb.TASK_STATE_SHUTDOWN
     assert rig.fake.count("remove") == 1
     assert ("stop", container_id, "10") in rig.fake.calls
@@ -391,7 +472,7 @@ async def test_a_dropped_task_is_shut_down_like_one_told_to(rig: Rig) -> None:
 
 async def test_shutdown_before_any_container_reports_shutdown_without_creating(rig: Rig) -> None:
     rig.assign(make_task(desired=pb.DESIRED_STATE_SHUTDOWN))
-    await eventually(lambda: rig.book.get("t1") is None, "t1 forgotten")
+    await rig.eventually(lambda: rig.book.get("t1") is None, "t1 forgotten")
     assert rig.reporter.states("t1") == [pb.TASK_STATE_SHUTDOWN]
     assert rig.fake.count("create") == 0
 
@@ -401,10 +482,10 @@ async def test_shutdown_of_a_failed_task_removes_its_container_and_keeps_failed(
     container_id = await run_to_running(rig, task)
     rig.fake.crash(container_id, 1)
     rig.worker.wake(["t1"], stale=True)
-    await eventually(lambda: rig.state("t1") == pb.TASK_STATE_FAILED, "t1 failed")
+    await rig.eventually(lambda: rig.state("t1") == pb.TASK_STATE_FAILED, "t1 failed")
 
     rig.assign(shutdown_of(task))
-    await eventually(lambda: rig.book.get("t1") is None, "t1 forgotten")
+    await rig.eventually(lambda: rig.book.get("t1") is None, "t1 forgotten")
     assert rig.reporter.states("t1")[-1] == pb.TASK_STATE_FAILED
     assert rig.fake.count("stop") == 0
     assert rig.fake.count("remove") == 1
@@ -423,13 +504,14 @@ async def test_close_leaves_containers_running(rig: Rig) -> None:
 async def test_an_unavailable_runtime_is_retried_and_the_task_converges_without_duplicates(rig: Rig) -> None:
     rig.fake.set_available(False)
     rig.assign(make_task())
-    await asyncio.sleep(0.15)  # several fast retries against the dead daemon
+    await rig.clock.advance(10)  # several retries against the dead daemon, backing off
     assert rig.reporter.history == []
     assert rig.fake.calls == []
+    assert rig.clock.sleepers == 1, "the task loop waits to retry"
 
     rig.fake.set_available(True)
-    await eventually(lambda: rig.state("t1") == pb.TASK_STATE_RUNNING, "t1 running")
-    await quiet(rig)
+    await rig.eventually(lambda: rig.state("t1") == pb.TASK_STATE_RUNNING, "t1 running")
+    await rig.quiet()
     assert rig.reporter.states("t1") == [pb.TASK_STATE_PREPARING, pb.TASK_STATE_STARTING, pb.TASK_STATE_RUNNING]
     assert (rig.fake.count("create"), rig.fake.count("start")) == (1, 1)
 
@@ -440,10 +522,10 @@ async def test_a_running_task_survives_an_outage_untouched(rig: Rig) -> None:
     looks = rig.fake.count("inspect")
     rig.fake.set_available(False)
     rig.worker.wake(["t1"], stale=True)
-    await asyncio.sleep(0.1)
+    await rig.clock.advance(2)
     rig.fake.set_available(True)
-    await eventually(lambda: rig.fake.count("inspect") > looks, "a successful look after the outage")
-    await quiet(rig)
+    await rig.eventually(lambda: rig.fake.count("inspect") > looks, "a successful look after the outage")
+    await rig.quiet()
     assert len(rig.reporter.history) == reports
     assert rig.state("t1") == pb.TASK_STATE_RUNNING
     assert (await rig.fake.inspect(container_id)).state is ContainerState.RUNNING
@@ -464,19 +546,16 @@ class DownAfterCreate(FakeRuntime):
         return container_id
 
 
-async def test_an_outage_right_after_create_does_not_create_twice(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(worker_module, "Backoff", fast_backoff)
+async def test_an_outage_right_after_create_does_not_create_twice(tmp_path: Path) -> None:
     fake = DownAfterCreate()
     rig = make_rig(tmp_path, fake)
     try:
         rig.assign(make_task())
-        await asyncio.wait_for(fake.went_down.wait(), DEADLINE)
-        await asyncio.sleep(0.05)
+        await rig.eventually(fake.went_down.is_set, "the daemon going down after the create")
+        await rig.clock.advance(1)
         fake.set_available(True)
-        await eventually(lambda: rig.state("t1") == pb.TASK_STATE_RUNNING, "t1 running")
-        await quiet(rig)
+        await rig.eventually(lambda: rig.state("t1") == pb.TASK_STATE_RUNNING, "t1 running")
+        await rig.quiet()
         assert (fake.count("create"), fake.count("start")) == (1, 1)
         assert len(await fake.list({})) == 1
     finally:
@@ -491,11 +570,11 @@ async def test_a_second_worker_adopts_the_running_container(rig: Rig) -> None:
     await rig.worker.close()
 
     reporter = RecordingReporter()
-    second = Worker(rig.fake, rig.book, reporter, NODE, lambda: NOW)
+    second = Worker(rig.fake, rig.book, reporter, NODE, clock=rig.clock)
     try:
         second.wake([t.id for t in rig.book], stale=True)
-        await eventually(lambda: "t1" in second.known_containers, "the second worker looked")
-        await quiet(rig)
+        await rig.eventually(lambda: "t1" in second.known_containers, "the second worker looked")
+        await rig.quiet()
         info = second.known_containers["t1"]
         assert info is not None
         assert info.id == container_id
@@ -510,16 +589,16 @@ async def test_a_restarted_agent_with_a_reloaded_book_adopts_and_reports_what_it
     container_id = await run_to_running(rig, task)
     await rig.worker.close()
     # The agent died before it could record the last transitions.
-    reloaded = TaskBook(rig.path)
+    reloaded = TaskBook(rig.path, clock=rig.clock)
     reloaded.load()
     reloaded.set_status("t1", pb.TaskStatus(state=pb.TASK_STATE_PREPARING))
 
     reporter = RecordingReporter()
-    second = Worker(rig.fake, reloaded, reporter, NODE, lambda: NOW)
+    second = Worker(rig.fake, reloaded, reporter, NODE, clock=rig.clock)
     try:
         second.wake(["t1"], stale=True)
-        await eventually(lambda: reporter.states("t1") == [pb.TASK_STATE_RUNNING], "t1 reported running")
-        await quiet(rig)
+        await rig.eventually(lambda: reporter.states("t1") == [pb.TASK_STATE_RUNNING], "t1 reported running")
+        await rig.quiet()
         assert reporter.history[0][1].container_id == container_id
         assert (rig.fake.count("create"), rig.fake.count("start")) == (1, 1)
     finally:
@@ -533,8 +612,8 @@ async def test_a_created_but_never_started_container_is_adopted_and_started(rig:
     container_id = await rig.fake.create(container_spec(task, NODE))
 
     rig.assign(task)
-    await eventually(lambda: rig.state("t1") == pb.TASK_STATE_RUNNING, "t1 running")
-    await quiet(rig)
+    await rig.eventually(lambda: rig.state("t1") == pb.TASK_STATE_RUNNING, "t1 running")
+    await rig.quiet()
     assert rig.status("t1").container_id == container_id
     # The agent does not look before creating a task it was never told it created: the create meets
     # the name conflict and adopts the container instead of making a second one.
@@ -546,36 +625,73 @@ async def test_a_created_but_never_started_container_is_adopted_and_started(rig:
 # --- with the observer that wakes it --------------------------------------------------------------------
 
 
-async def test_the_observer_wakes_the_worker_when_a_container_dies(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(observer_module, "Backoff", fast_backoff)
-    observer = Observer(rig.fake, rig.book, rig.worker, NODE, lambda: NOW, relist_period=30.0, stranger_grace=60.0)
+def observer_of(rig: Rig, stranger_grace: float = 60.0) -> Observer:
+    return Observer(
+        rig.fake, rig.book, rig.worker, NODE, relist_period=30.0, stranger_grace=stranger_grace, clock=rig.clock
+    )
+
+
+async def test_the_observer_wakes_the_worker_when_a_container_dies(rig: Rig) -> None:
+    observer = observer_of(rig)
     watching = asyncio.create_task(observer.run())
     try:
         container_id = await run_to_running(rig, make_task())
         rig.fake.crash(container_id, 2)  # no explicit wake: the die event must do it
-        await eventually(lambda: rig.state("t1") == pb.TASK_STATE_FAILED, "t1 failed")
+        await rig.eventually(lambda: rig.state("t1") == pb.TASK_STATE_FAILED, "t1 failed")
         assert rig.status("t1").exit_code == 2
     finally:
         watching.cancel()
         await asyncio.gather(watching, return_exceptions=True)
 
 
-async def test_the_observer_survives_a_docker_outage(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_the_observer_survives_a_docker_outage(rig: Rig) -> None:
     # Regression: the re-list after a broken event stream once ran outside the try, so an outage ended
     # Observer.run() and with it Agent.run().
-    monkeypatch.setattr(observer_module, "Backoff", fast_backoff)
-    observer = Observer(rig.fake, rig.book, rig.worker, NODE, lambda: NOW, relist_period=30.0, stranger_grace=60.0)
+    observer = observer_of(rig)
     watching = asyncio.create_task(observer.run())
     try:
         container_id = await run_to_running(rig, make_task())
         rig.fake.set_available(False)
-        await asyncio.sleep(0.15)
+        await rig.clock.advance(10)  # the event stream fails and is retried with backoff, and so does the re-list
         rig.fake.set_available(True)
-        await asyncio.sleep(0.05)
+        await rig.clock.advance(6)  # longer than the observer's backoff cap
         assert not watching.done(), f"the observer ended: {watching.exception()!r}"
         # And it still delivers events once Docker is back.
         rig.fake.crash(container_id, 2)
-        await eventually(lambda: rig.state("t1") == pb.TASK_STATE_FAILED, "t1 failed")
+        await rig.eventually(lambda: rig.state("t1") == pb.TASK_STATE_FAILED, "t1 failed")
     finally:
         watching.cancel()
         await asyncio.gather(watching, return_exceptions=True)
+
+
+async def test_a_stranger_is_reaped_once_it_outlived_the_grace_after_a_full_set(rig: Rig) -> None:
+    observer = observer_of(rig, stranger_grace=30.0)
+    stranger = await rig.fake.create(
+        ContainerSpec(
+            name="leftover",
+            image=IMAGE,
+            labels={labels.MANAGED: "true", labels.NODE_ID: NODE, labels.TASK_ID: "no-such-task"},
+        )
+    )
+    await observer.relist()  # first seen now
+    await rig.clock.advance(40)
+    await observer.relist()
+    assert [c.id for c in await rig.fake.list({})] == [stranger], "kept until the controller's full set came"
+
+    rig.book.apply_full([])
+    await observer.relist()  # the grace counts from when it was first seen, 40 s ago
+    assert await rig.fake.list({}) == []
+
+
+async def test_a_stranger_seen_for_less_than_the_grace_stays(rig: Rig) -> None:
+    observer = observer_of(rig, stranger_grace=30.0)
+    rig.book.apply_full([])
+    labels_ = {labels.MANAGED: "true", labels.NODE_ID: NODE, labels.TASK_ID: "no-such-task"}
+    stranger = await rig.fake.create(ContainerSpec(name="leftover", image=IMAGE, labels=labels_))
+    await observer.relist()
+    await rig.clock.advance(29)
+    await observer.relist()
+    assert [c.id for c in await rig.fake.list({})] == [stranger]
+    await rig.clock.advance(1)
+    await observer.relist()
+    assert await rig.fake.list({}) == []
