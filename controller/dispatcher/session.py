@@ -11,9 +11,6 @@ from controller.store.specs import SpecKey
 from dockyard.v1 import agent_pb2 as apb
 from dockyard.v1 import types_pb2 as pb
 
-# Transition: agents that predate Assignments.specs read Task.spec. Off once every agent reads specs.
-EMBED_SPECS_IN_TASKS = True
-
 
 @dataclass
 class AgentSession:
@@ -63,8 +60,6 @@ class AgentSession:
         for task in assignments.tasks:
             key = (task.service_id, task.revision)
             spec = specs.get(key)
-            if EMBED_SPECS_IN_TASKS and spec is not None:
-                task.spec.CopyFrom(spec)
             if key in self.sent_specs or spec is None:
                 continue  # a missing spec (service deleted meanwhile): the agent stops what it cannot run
             self.sent_specs.add(key)
