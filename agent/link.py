@@ -105,6 +105,7 @@ class ControllerLink:
     async def run(self) -> None:
         """Dials the controller until cancelled; running containers are never touched for a lost link."""
         backoff = Backoff(base=REDIAL_BASE, cap=REDIAL_CAP)
+        failed_dials = 0  # since the last session
         while True:
             try:
                 await self._session(backoff)
@@ -117,16 +118,16 @@ class ControllerLink:
                 if self.connected.is_set():
                     log.warning("controller session lost", controller=self._address, error=detail)
                 else:
-                    log.info(
-                        "controller unreachable",
-                        controller=self._address,
-                        failed_dials=backoff.attempt + 1,
-                        error=detail,
+                    # Same event as a lost session (operators and tests watch for it), counted while cut off.
+                    failed_dials += 1
+                    log.warning(
+                        "controller session lost", controller=self._address, failed_dials=failed_dials, error=detail
                     )
             except Exception:  # the link must outlive any one bad session
                 log.exception("controller session failed", controller=self._address)
             finally:
                 if self.connected.is_set():
+                    failed_dials = 0
                     self.disconnected_since = self._clock.monotonic()
                 self.connected.clear()
             await self._clock.sleep(backoff.next_delay())
@@ -137,8 +138,10 @@ class ControllerLink:
         try:
             async with self._clock.timeout(self._connect_timeout):
                 await channel.channel_ready()
-        except BaseException:
+        except BaseException as exc:
             await channel.close(grace=None)
+            if isinstance(exc, TimeoutError):
+                raise TimeoutError(f"not connected within {self._connect_timeout:g}s") from None
             raise
         return channel
 
@@ -154,9 +157,13 @@ class ControllerLink:
     async def _serve(self, call: _Call, description: pb.NodeDescription, backoff: Backoff) -> None:
         self._reporter.clear()
         hello = apb.Hello(node_id=self._node_id, description=description, inventory=self._book.inventory())
-        async with self._clock.timeout(self._period * MISSED_HEARTBEATS + self._connect_timeout):
-            await call.write(apb.AgentMessage(hello=hello))
-            first = await call.read()
+        welcome_within = self._period * MISSED_HEARTBEATS + self._connect_timeout
+        try:
+            async with self._clock.timeout(welcome_within):
+                await call.write(apb.AgentMessage(hello=hello))
+                first = await call.read()
+        except TimeoutError:
+            raise SessionLost(f"no welcome within {welcome_within:g}s of the hello") from None
         if not isinstance(first, apb.ControllerMessage) or not first.HasField("welcome"):
             raise SessionLost("the controller did not welcome the session")
         period = seconds(first.welcome.heartbeat_period) or self._period
