@@ -27,7 +27,7 @@ from dockyard.v1 import types_pb2 as pb
 
 log = structlog.get_logger()
 
-REDIAL_ALLOWANCE = 7.0
+REDIAL_ALLOWANCE = 5.0
 
 Context = grpc.aio.ServicerContext[apb.AgentMessage, apb.ControllerMessage]
 
@@ -40,8 +40,9 @@ class Dispatcher(apb_grpc.AgentServiceServicer):
         self._clock = clock
         self._period = heartbeat_period
         self._grace = timedelta(seconds=heartbeat_period * grace_periods)
-        # After a controller restart every agent must first notice and re-dial (its backoff is capped at
-        # 5 s): a node not heard from since the start gets that long on top of the usual grace.
+        # After a controller restart every agent must first notice and re-dial (a redial delay of at most
+        # 1.5 s plus a dial of at most 3 s): a node not heard from since the start gets that long on top of
+        # the usual grace.
         self._startup_grace = self._grace + timedelta(seconds=REDIAL_ALLOWANCE)
         self._sessions: dict[str, AgentSession] = {}
         self._last_seen: dict[str, datetime] = {}

@@ -390,7 +390,7 @@ class NodeDownAfterControllerRestart(AssertionError):
     """The known bug: a restarted controller declares a node down whose agent is still in its re-dial backoff."""
 
 
-# Within the agent's own re-dial backoff (at most 5 s between attempts, protocol.md), beyond the node grace (3 x 1 s).
+# Beyond the node grace (3 x 1 s); the agent is frozen (SIGSTOP) meanwhile, so its own redial delay does not matter.
 SLOW_REDIAL = 4.0
 
 
