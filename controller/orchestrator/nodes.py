@@ -51,4 +51,3 @@ class NodeFacts:
             and n.availability in (pb.NODE_AVAILABILITY_ACTIVE, pb.NODE_AVAILABILITY_UNSPECIFIED)
             and node_satisfies(n, spec.placement.constraints)
         )
-
