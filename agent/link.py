@@ -26,6 +26,7 @@ from agent.task_book import TaskBook, spec_key
 from agent.worker import Worker
 from dockyard.backoff import Backoff
 from dockyard.clock import Clock, SystemClock
+from dockyard.limits import AGENT_MESSAGE_BYTES
 from dockyard.timestamps import seconds, to_timestamp
 from dockyard.v1 import agent_pb2 as apb
 from dockyard.v1 import agent_pb2_grpc as apb_grpc
@@ -36,8 +37,6 @@ log = structlog.get_logger()
 MISSED_HEARTBEATS = 3.0
 REDIAL_BASE = 0.25
 REDIAL_CAP = 1.5
-# Assignments carry specs; a full set for a busy node can be large. The controller caps what it sends.
-MAX_RECEIVE_BYTES = 64 * 1024 * 1024
 
 _Call = grpc.aio.StreamStreamCall[apb.AgentMessage, apb.ControllerMessage]
 # What ends a session or a dial in the ordinary course of a network's life; anything else is logged as a bug.
@@ -47,7 +46,7 @@ _EXPECTED = (grpc.aio.AioRpcError, asyncio.InvalidStateError, OSError, TimeoutEr
 def session_channel_options(connect_timeout: float) -> list[tuple[str, int]]:
     """Returns the gRPC options of the agent's session channel; this is the one place they are set."""
     return [
-        ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES),
+        ("grpc.max_receive_message_length", AGENT_MESSAGE_BYTES),
         # gRPC's own timeout for one TCP connect (default 20 s): no longer than the dial may take.
         ("grpc.min_reconnect_backoff_ms", max(100, int(connect_timeout * 1000))),
         # Within one dial, a refused or unreachable connect is retried within a second, not after 1-120 s.

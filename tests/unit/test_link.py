@@ -17,13 +17,14 @@ import grpc
 import pytest
 
 import agent.link as link_module
-from agent.link import MAX_RECEIVE_BYTES, REDIAL_BASE, REDIAL_CAP, ControllerLink, session_channel_options
+from agent.link import REDIAL_BASE, REDIAL_CAP, ControllerLink, session_channel_options
 from agent.reporter import Reporter
 from agent.runtime.fake import FakeRuntime
 from agent.task_book import TaskBook
 from agent.worker import Worker
 from dockyard.backoff import Backoff
 from dockyard.clock import Clock, FakeClock, SystemClock
+from dockyard.limits import AGENT_MESSAGE_BYTES
 from dockyard.timestamps import duration
 from dockyard.v1 import agent_pb2 as apb
 from dockyard.v1 import agent_pb2_grpc as apb_grpc
@@ -91,7 +92,7 @@ class FakeController(apb_grpc.AgentServiceServicer):
 @contextlib.asynccontextmanager
 async def serving(controller: FakeController) -> AsyncIterator[str]:
     """Serves the fake controller on a free loopback port; yields its address."""
-    server = grpc.aio.server(options=[("grpc.max_send_message_length", MAX_RECEIVE_BYTES)])
+    server = grpc.aio.server(options=[("grpc.max_send_message_length", AGENT_MESSAGE_BYTES)])
     apb_grpc.add_AgentServiceServicer_to_server(controller, server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
