@@ -17,6 +17,7 @@ import click
 from dockyard.cli.common import output_option
 from dockyard.cli.context import LocalContext, default_state_dir, read_context, write_context
 from dockyard.cli.output import emit_object
+from dockyard.cli.polling import poll_until
 from dockyard.client import ApiError, Client
 from dockyard.local.pidfile import read_pid, write_pid
 from dockyard.local.preflight import address_problem
@@ -157,10 +158,11 @@ async def _wait_ready(address: str, wait_seconds: float, check: Callable[[], Non
 
     check() is called on every round and may raise to give up early (the cluster exited).
     """
-    deadline = time.monotonic() + wait_seconds
     last = "the controller did not answer"
     async with Client(address, deadline=2.0) as client:
-        while time.monotonic() < deadline:
+
+        async def ready_node() -> str | None:
+            nonlocal last
             check()
             try:
                 for node in await client.list_nodes():
@@ -169,8 +171,12 @@ async def _wait_ready(address: str, wait_seconds: float, check: Callable[[], Non
                 last = "no node is ready yet"
             except ApiError as exc:
                 last = str(exc)
-            await asyncio.sleep(0.1)
-    raise click.ClickException(f"the cluster is not ready after {wait_seconds:g}s: {last}")
+            return None
+
+        try:
+            return await poll_until(ready_node, within=wait_seconds, waiting_for=lambda: f"for a ready node: {last}")
+        except ApiError as exc:
+            raise click.ClickException(f"the cluster is not ready: {exc}") from None
 
 
 @click.command()
