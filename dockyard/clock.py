@@ -102,10 +102,12 @@ class FakeClock:
         assert task is not None, "FakeClock.timeout needs a running task"
         timer = self._timer(seconds)
         fired = False
+        exited = False
 
         def fire(_: asyncio.Future[None]) -> None:
             nonlocal fired
-            if not timer.cancelled():
+            # A done callback runs a loop turn after the timer is set: the body may have left meanwhile.
+            if not timer.cancelled() and not exited:
                 fired = True
                 task.cancel()
 
@@ -117,6 +119,7 @@ class FakeClock:
                 raise TimeoutError from None
             raise
         finally:
+            exited = True
             timer.remove_done_callback(fire)
             if not timer.done():
                 timer.cancel()

@@ -104,3 +104,27 @@ async def test_system_clock_sleeps_and_times_out_for_real() -> None:
 def test_both_clocks_satisfy_the_protocol() -> None:
     clocks: list[Clock] = [SystemClock(), FakeClock()]
     assert all(callable(c.now) and callable(c.monotonic) for c in clocks)
+
+
+async def test_a_timer_due_as_the_body_leaves_does_not_cancel_what_follows() -> None:
+    clock = FakeClock()
+    event = asyncio.Event()
+    log: list[str] = []
+
+    async def body() -> None:
+        async with clock.timeout(5):
+            await event.wait()
+        log.append("left the block")
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        log.append("still running")
+
+    task = asyncio.create_task(body())
+    await asyncio.sleep(0)
+    # The body's wake-up and the timer's callback land in the same loop turn, the wake-up first. advance()
+    # lets woken tasks run before it fires timers, so this reaches into the clock to make the race certain.
+    clock._elapsed = 5
+    event.set()
+    clock._fire_due()
+    await task
+    assert log == ["left the block", "still running"]
