@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-__all__ = ["EXIT_CONFIG", "StartupError", "StoreDamaged"]
+__all__ = ["DAMAGED_RETRY_SECONDS", "EXIT_CONFIG", "StartupError", "StoreDamaged"]
 
 # sysexits' EX_CONFIG: the supervisor of `dockyard up` does not restart a controller that exits with it,
 # because starting again with the same state and flags fails the same way.
 EXIT_CONFIG = 78
+
+# How often a role that met a damaged store looks again (after a restore, or a transient read error). Until
+# then the controller stays up, NOT_SERVING, so the damage can be seen and the state file replaced.
+DAMAGED_RETRY_SECONDS = 30.0
 
 
 class StartupError(Exception):

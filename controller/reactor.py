@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 
 import structlog
 
-from controller.errors import StoreDamaged
+from controller.errors import DAMAGED_RETRY_SECONDS, StoreDamaged
 from controller.store.base import Kind, Store
 from controller.store.follow import Resync, follow
 from dockyard.backoff import Backoff
@@ -63,7 +63,7 @@ class Reactor:
                     if failures.attempt == 0:
                         log.error("reconcile stopped: store damaged", role=self._name, error=str(exc))
                     failures.attempt += 1
-                    next_at = self._clock.now() + timedelta(seconds=self._resync)
+                    next_at = self._clock.now() + timedelta(seconds=DAMAGED_RETRY_SECONDS)
                 except Exception:
                     delay = failures.next_delay()
                     if failures.attempt <= 3 or failures.attempt % 20 == 0:
@@ -72,7 +72,8 @@ class Reactor:
                 await self._sleep_until(next_at)
         finally:
             watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            # A watcher that already died (a damaged store) must not turn a clean stop into a crash.
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await watcher
 
     async def _sleep_until(self, next_at: datetime | None) -> None:
@@ -85,7 +86,14 @@ class Reactor:
                 await self._wake.wait()
 
     async def _watch(self) -> None:
-        async for event in follow(self._store):
-            # After a gap the pass re-reads everything anyway, so a resync is just a wake-up.
-            if isinstance(event, Resync) or event.kind in self._kinds:
+        while True:
+            try:
+                async for event in follow(self._store):
+                    # After a gap the pass re-reads everything anyway, so a resync is just a wake-up.
+                    if isinstance(event, Resync) or event.kind in self._kinds:
+                        self._wake.set()
+                return
+            except StoreDamaged:
+                # The pass reports it; the watch tries again when the pass would.
+                await self._clock.sleep(DAMAGED_RETRY_SECONDS)
                 self._wake.set()

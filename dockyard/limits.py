@@ -1,7 +1,9 @@
 """Limits on what crosses the wire, in one place: the controller enforces them, the agent and the CLI plan by them.
 
 Limits on what a service spec may hold live in the spec's field table (dockyard.spec); these are the
-protocol's own.
+protocol's own. What an agent sends is cut or dropped to these sizes by the dispatcher; what the controller
+sends an agent is bounded by the spec limits and the tasks a node runs, and the dispatcher logs an error
+when a node's full set would not fit in AGENT_MESSAGE_BYTES (the agent then cannot hold a session).
 """
 
 from __future__ import annotations
@@ -10,17 +12,28 @@ from typing import Final
 
 __all__ = [
     "AGENT_MESSAGE_BYTES",
+    "CONTAINER_ID_BYTES",
+    "NODE_LABELS",
+    "NODE_TEXT_BYTES",
     "STATUS_TEXT_BYTES",
     "truncate_text",
 ]
 
-# An agent's session carries full assignment sets with one spec per revision; specs are capped by the spec
-# table, so a node's set stays far below this, but it is above gRPC's 4 MiB default on purpose.
+# An agent's session carries full assignment sets with one spec per revision. Specs are capped by the spec
+# table (256 KiB), so a node would need about 250 distinct revisions to reach this; it is above gRPC's 4 MiB
+# default on purpose.
 AGENT_MESSAGE_BYTES: Final = 64 * 1024 * 1024
 
 # A task's status message and error as an agent reports them. Longer text is cut, so that one agent's
 # chatter can never make a list of tasks too big for anyone to read.
 STATUS_TEXT_BYTES: Final = 2048
+
+# A container id as Docker makes it is 64 hex characters.
+CONTAINER_ID_BYTES: Final = 128
+
+# What an agent says about its host: each text (host name, OS, versions) and how many labels it may set.
+NODE_TEXT_BYTES: Final = 255
+NODE_LABELS: Final = 64
 
 _CUT_MARK: Final = " [truncated]"
 

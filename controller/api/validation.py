@@ -6,7 +6,13 @@ from collections.abc import Mapping, Sequence
 
 from dockyard.spec import schema
 from dockyard.spec.issues import Issue, key_path, service_path
-from dockyard.spec.validation import label_key_issues, replica_budget_issues, replicas_message, service_issues
+from dockyard.spec.validation import (
+    label_issues,
+    label_key_issues,
+    replica_budget_issues,
+    replicas_message,
+    service_issues,
+)
 from dockyard.v1 import types_pb2 as pb
 
 MAX_REPLICAS = schema.REPLICAS.maximum
@@ -50,9 +56,11 @@ def scale_errors(service: pb.Service, replicas: int, existing: Mapping[str, pb.S
 
 
 def node_label_errors(set_labels: Mapping[str, str], remove_labels: Sequence[str]) -> list[Issue]:
-    """Returns the problems of a node label change: keys a service label could not have, a key both set and removed."""
+    """Returns the problems of a node label change: labels a service could not have, a key both set and removed."""
     errors: list[Issue] = []
-    for key in [*set_labels, *remove_labels]:
+    for key, value in set_labels.items():
+        errors.extend(label_issues(key, value, key_path("labels", key)))
+    for key in remove_labels:
         errors.extend(label_key_issues(key, key_path("labels", key)))
     errors.extend(
         Issue(key_path("labels", key), "both set and removed; do one")

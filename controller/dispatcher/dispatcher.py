@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 
 import grpc
@@ -14,12 +15,15 @@ from controller.dispatcher.identity import IdentityError, node_identity
 from controller.dispatcher.liveness import silent_nodes
 from controller.dispatcher.session import AgentSession
 from controller.dispatcher.status import judge_status
+from controller.errors import DAMAGED_RETRY_SECONDS, StoreDamaged
 from controller.store.base import ConflictError, Kind, Put, Store
 from controller.store.follow import Resync, follow
 from controller.store.retry import retry_on_conflict
 from controller.store.specs import SpecCache, SpecKey
 from dockyard.clock import Clock
-from dockyard.limits import STATUS_TEXT_BYTES, truncate_text
+from dockyard.limits import CONTAINER_ID_BYTES, NODE_LABELS, NODE_TEXT_BYTES, STATUS_TEXT_BYTES, truncate_text
+from dockyard.spec.issues import key_path
+from dockyard.spec.validation import label_issues
 from dockyard.timestamps import duration, to_timestamp
 from dockyard.v1 import agent_pb2 as apb
 from dockyard.v1 import agent_pb2_grpc as apb_grpc
@@ -53,8 +57,21 @@ class Dispatcher(apb_grpc.AgentServiceServicer):
         """Routes task changes to sessions and watches heartbeats until cancelled."""
         await self._forget_readiness()
         async with asyncio.TaskGroup() as group:
-            group.create_task(self._route_changes())
-            group.create_task(self._watch_heartbeats())
+            group.create_task(self._outlast_damage("routing", self._route_changes))
+            group.create_task(self._outlast_damage("heartbeat watch", self._watch_heartbeats))
+
+    async def _outlast_damage(self, what: str, loop: Callable[[], Awaitable[None]]) -> None:
+        """Runs a loop of the dispatcher; a damaged store pauses it (logged once) instead of ending the controller."""
+        reported = False
+        while True:
+            try:
+                await loop()
+                return
+            except StoreDamaged as exc:
+                if not reported:
+                    log.error("dispatcher paused: store damaged", loop=what, error=str(exc))
+                    reported = True
+                await self._clock.sleep(DAMAGED_RETRY_SECONDS)
 
     async def Session(  # type: ignore[override]
         self, request_iterator: object, context: Context
@@ -91,7 +108,7 @@ class Dispatcher(apb_grpc.AgentServiceServicer):
                 )
             )
             await self._send_full(session)
-            bound.info("agent session started", hostname=first.hello.description.hostname)
+            bound.info("agent session started", hostname=truncate_text(first.hello.description.hostname, 64))
             tasks = {
                 asyncio.create_task(self._read(session, context)),
                 asyncio.create_task(self._write(session, context)),
@@ -103,6 +120,9 @@ class Dispatcher(apb_grpc.AgentServiceServicer):
                 for task in tasks:
                     task.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
+        except StoreDamaged as exc:
+            # The agent keeps its containers and re-dials; the controller is out of service meanwhile.
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
         finally:
             if self._sessions.get(node_id) is session:
                 del self._sessions[node_id]
@@ -127,10 +147,35 @@ class Dispatcher(apb_grpc.AgentServiceServicer):
             await context.write(await session.outbox.get())
 
     async def _send_full(self, session: AgentSession) -> None:
+        """Queues the node's full set, then the changes that arrived while it was read, in order.
+
+        While the set is read (several awaits), the change feed keeps moving: its events for this session are
+        held back (session.backlog) and replayed after the full set, skipping those the snapshot already
+        holds, so an incremental change can never overtake the full set it belongs after.
+        """
+        if session.backlog is None:
+            session.backlog = []
+        snapshot_revision = self._store.revision
         tasks = await self._store.list_tasks(node_id=session.node_id)
         session.send_full(tasks, await self._specs.for_tasks(tasks))
+        while True:
+            held, session.backlog = session.backlog, []
+            later = [(task, deleted) for revision, task, deleted in held if revision > snapshot_revision]
+            specs = await self._specs.for_tasks(task for task, deleted in later if not deleted)
+            for task, deleted in later:  # no await in this loop: nothing can slip in between
+                if session.wants(task, deleted):
+                    session.on_task(task, deleted, specs)
+            if not session.backlog:
+                session.backlog = None
+                return
 
     async def _register(self, node_id: str, hello: apb.Hello, address: str) -> None:
+        description = pb.NodeDescription()
+        description.CopyFrom(hello.description)
+        dropped = bound_description(description)
+        if dropped:
+            log.warning("agent labels dropped", node_id=node_id, dropped=dropped[:5], count=len(dropped))
+
         async def attempt() -> None:
             existing = await self._store.get_node(node_id)
             node = pb.Node()
@@ -140,7 +185,7 @@ class Dispatcher(apb_grpc.AgentServiceServicer):
                 node.id = node_id
                 node.availability = pb.NODE_AVAILABILITY_ACTIVE
                 node.created_at.CopyFrom(to_timestamp(self._clock.now()))
-            node.description.CopyFrom(hello.description)
+            node.description.CopyFrom(description)
             node.status = pb.NODE_STATUS_READY
             node.status_message = ""
             node.address = address
@@ -182,7 +227,12 @@ class Dispatcher(apb_grpc.AgentServiceServicer):
                 continue
             task, deleted = event.obj, event.action.value == "delete"
             session = self._sessions.get(task.node_id)
-            if session is None or not session.wants(task, deleted):
+            if session is None:
+                continue
+            if session.backlog is not None:
+                session.backlog.append((event.revision, task, deleted))  # its full set is being read
+                continue
+            if not session.wants(task, deleted):
                 continue
             specs: dict[SpecKey, pb.ServiceSpec] = {}
             if not deleted:
@@ -223,6 +273,27 @@ class Dispatcher(apb_grpc.AgentServiceServicer):
 
 
 def bound_status_text(status: pb.TaskStatus) -> None:
-    """Cuts an agent-reported status message and error to the protocol's limit, in place."""
+    """Cuts an agent-reported status message, error and container id to the protocol's limits, in place."""
     status.message = truncate_text(status.message, STATUS_TEXT_BYTES)
     status.error = truncate_text(status.error, STATUS_TEXT_BYTES)
+    status.container_id = truncate_text(status.container_id, CONTAINER_ID_BYTES)
+
+
+def bound_description(description: pb.NodeDescription) -> list[str]:
+    """Cuts an agent's host facts to the protocol's limits in place; returns the labels it dropped, and why.
+
+    Labels follow the rules of service labels (so constraints read them the same way); past NODE_LABELS, the
+    rest (by key) are dropped.
+    """
+    for name in ("hostname", "docker_version", "os", "arch", "agent_version"):
+        setattr(description, name, truncate_text(getattr(description, name), NODE_TEXT_BYTES))
+    dropped: list[str] = []
+    kept = 0
+    for key in sorted(description.labels):
+        problems = list(label_issues(key, description.labels[key], key_path("labels", key)))
+        if problems or kept >= NODE_LABELS:
+            dropped.append(str(problems[0]) if problems else f"labels: more than {NODE_LABELS}")
+            del description.labels[key]
+        else:
+            kept += 1
+    return dropped

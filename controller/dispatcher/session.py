@@ -6,10 +6,15 @@ import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+import structlog
+
 from controller.dispatcher.assignment import Fingerprint, belongs, fingerprint
 from controller.store.specs import SpecKey
+from dockyard.limits import AGENT_MESSAGE_BYTES
 from dockyard.v1 import agent_pb2 as apb
 from dockyard.v1 import types_pb2 as pb
+
+log = structlog.get_logger()
 
 
 @dataclass
@@ -24,6 +29,9 @@ class AgentSession:
     sent_specs: set[SpecKey] = field(default_factory=set)
     sequence: int = 0
     closed: asyncio.Event = field(default_factory=asyncio.Event)
+    # Task changes (store revision, task, deleted) held back while the full set is read; None otherwise.
+    # A new session starts holding: it is registered before its snapshot is read.
+    backlog: list[tuple[int, pb.Task, bool]] | None = field(default_factory=list)
 
     def send_full(self, tasks: list[pb.Task], specs: Mapping[SpecKey, pb.ServiceSpec]) -> None:
         """Queues the complete assignment set with the spec of every revision in it, once each.
@@ -35,6 +43,10 @@ class AgentSession:
         self.sent_specs = set()
         assignments = apb.Assignments(kind=apb.Assignments.KIND_FULL, tasks=chosen)
         self._attach_specs(assignments, specs)
+        size = assignments.ByteSize()
+        if size > AGENT_MESSAGE_BYTES:
+            # Nothing smaller can be sent that still means "everything else goes"; say so where it is seen.
+            log.error("full assignment set too large for the agent", node_id=self.node_id, bytes=size)
         self._queue(assignments)
 
     def wants(self, task: pb.Task, deleted: bool) -> bool:

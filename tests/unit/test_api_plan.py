@@ -306,3 +306,16 @@ def test_node_labels_follow_the_spec_label_key_rule(
 def errors_of(specs: list[pb.ServiceSpec]) -> list[str]:
     """Returns apply_errors as the one-line texts users see."""
     return [str(issue) for issue in apply_errors(specs)]
+
+
+@pytest.mark.parametrize(
+    ("labels", "problem"),
+    [
+        ({"zone": "a\x00b"}, "value must not contain NUL"),
+        ({"zone": "v" * 5000}, "value must be at most 4096 bytes"),
+        ({"a b": "x"}, "label key must not contain whitespace"),
+    ],
+)
+def test_node_label_values_follow_the_service_label_rules(labels: dict[str, str], problem: str) -> None:
+    issues = node_label_errors(labels, [])
+    assert len(issues) == 1 and problem in issues[0].message, issues

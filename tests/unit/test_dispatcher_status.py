@@ -385,3 +385,18 @@ def test_status_text_from_an_agent_is_bounded() -> None:
     short = report(pb.TASK_STATE_FAILED, message="exited", error="code 1")
     bound_status_text(short)
     assert (short.message, short.error) == ("exited", "code 1")
+
+
+def test_host_facts_from_an_agent_are_bounded_and_bad_labels_dropped() -> None:
+    from controller.dispatcher.dispatcher import bound_description
+    from dockyard.limits import NODE_LABELS, NODE_TEXT_BYTES
+
+    description = pb.NodeDescription(hostname="h" * 5000, os="linux\x00")
+    description.labels.update({f"k{i:03}": "v" for i in range(NODE_LABELS + 10)})
+    description.labels["bad"] = "a\x00b"
+    description.labels["dockyard.node.id"] = "someone-else"
+    dropped = bound_description(description)
+    assert len(description.hostname.encode()) <= NODE_TEXT_BYTES
+    assert len(description.labels) == NODE_LABELS
+    assert "bad" not in description.labels and "dockyard.node.id" not in description.labels
+    assert len(dropped) == 12 and any("NUL" in d for d in dropped) and any("reserved" in d for d in dropped)
