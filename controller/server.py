@@ -87,7 +87,7 @@ class Controller:
             for name in ("", *names[:2]):
                 await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
 
-        add_controller_api(ControllerApi(self.store, self._clock, new_id), server, on_store_damaged=out_of_service)
+        add_controller_api(ControllerApi(self.store, self._clock, new_id), server)
         agent_pb2_grpc.add_AgentServiceServicer_to_server(dispatcher, server)
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_reflection(names, server)
@@ -97,7 +97,10 @@ class Controller:
         except BaseException:
             await server.stop(None)
             raise
-        # Damage a role meets (not only an API call) takes the controller out of service too.
+        # SERVING before anything can meet damage, so a later NOT_SERVING is never overwritten; the store
+        # reports damage that any role or request meets, once.
+        for name in ("", *names[:2]):
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
         self.store.on_damage(lambda damage: self._spawn(out_of_service(damage)))
         await server.start()
         self._server = server
@@ -118,9 +121,6 @@ class Controller:
                 name="scheduler",
             ),
         ]
-        for name in names[:2]:
-            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-        await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
         log.info(
             "controller serving",
             listen=self.config.listen,

@@ -4,7 +4,8 @@ grpcio parses a request with the registered deserializer before the method runs,
 there (invalid UTF-8 in a string, nesting past protobuf's recursion limit) becomes UNKNOWN with
 "Unexpected DecodeError", which tells the caller nothing. Here the methods receive the raw bytes and
 parse them in one wrapper, so such a request is INVALID_ARGUMENT naming the request type. The same
-wrapper turns a damaged store met by any read into UNAVAILABLE with the store's one-line message.
+wrapper turns a damaged store met by any read into UNAVAILABLE with the store's one-line message (the
+store itself reports the damage once, which is how the server turns health to NOT_SERVING).
 A request above the receive limit is still refused by grpcio before any of this (RESOURCE_EXHAUSTED).
 """
 
@@ -28,12 +29,9 @@ SERVICE = cpb.DESCRIPTOR.services_by_name["ControllerService"]
 SERVICE_NAME = SERVICE.full_name
 
 Behaviour = Callable[[Message, Context], Awaitable[Message]]
-DamageHandler = Callable[[StoreDamaged], Awaitable[None]]
 
 
-def _parsing(
-    method: MethodDescriptor, behaviour: Behaviour, on_store_damaged: DamageHandler | None
-) -> Callable[[bytes, Context], Awaitable[Message]]:
+def _parsing(method: MethodDescriptor, behaviour: Behaviour) -> Callable[[bytes, Context], Awaitable[Message]]:
     request_class = message_factory.GetMessageClass(method.input_type)
     type_name = method.input_type.full_name
 
@@ -46,27 +44,20 @@ def _parsing(
         try:
             return await behaviour(request, context)
         except StoreDamaged as exc:
-            if on_store_damaged is not None:
-                await on_store_damaged(exc)
             await abort_store_damaged(context, exc)
 
     return handle
 
 
-def add_controller_api(
-    api: ControllerApi, server: grpc.aio.Server, on_store_damaged: DamageHandler | None = None
-) -> None:
-    """Serves every ControllerService method of `api` on `server`, each behind the parsing seam.
-
-    `on_store_damaged` runs when a request meets a damaged store (e.g. to report NOT_SERVING).
-    """
+def add_controller_api(api: ControllerApi, server: grpc.aio.Server) -> None:
+    """Serves every ControllerService method of `api` on `server`, each behind the parsing seam."""
     handlers: dict[str, grpc.RpcMethodHandler[bytes, Message]] = {}
     for method in SERVICE.methods:
         assert not method.client_streaming and not method.server_streaming, method.full_name  # all unary today
         behaviour: Behaviour = getattr(api, method.name)
         response_class = message_factory.GetMessageClass(method.output_type)
         handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-            _parsing(method, behaviour, on_store_damaged),
+            _parsing(method, behaviour),
             request_deserializer=None,  # bytes in: _parsing parses
             response_serializer=response_class.SerializeToString,
         )
