@@ -48,7 +48,7 @@ def container_spec(task: pb.Task, node_id: str) -> ContainerSpec:
 
 def stop_grace(task: pb.Task) -> float:
     """Returns the seconds a container gets between SIGTERM and SIGKILL."""
-    grace = task.spec.stop_grace_period
-    if grace.seconds == 0 and grace.nanos == 0:
+    if not task.spec.HasField("stop_grace_period"):
         return DEFAULT_STOP_GRACE
+    grace = task.spec.stop_grace_period  # an explicit 0s means "kill at once", as the spec table allows
     return grace.seconds + grace.nanos / 1e9
