@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
-import os
-import socket
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +23,7 @@ from controller.reactor import Reactor
 from controller.scheduler.role import Scheduler
 from controller.store.base import Kind, Store
 from controller.store.sqlite import SqliteStore
+from dockyard.addresses import address_in_use, in_use_message
 from dockyard.clock import Clock, SystemClock
 from dockyard.v1 import agent_pb2, agent_pb2_grpc, controller_pb2
 
@@ -154,91 +152,15 @@ class Controller:
 
 def _bind(server: grpc.aio.Server, listen: str) -> int:
     """Adds the listening port and returns it; StartupError when the address is taken or unusable."""
-    _refuse_if_in_use(listen)
+    # Checking first gives the one-line message without gRPC's own log line about the failed bind.
+    problem = address_in_use(listen)
+    if problem:
+        raise StartupError(problem)
     try:
         port = server.add_insecure_port(listen)
     except RuntimeError:
         port = 0
     if port == 0:
         # The check above missed it (taken in between, or an address form it does not parse).
-        raise StartupError(_in_use_message(listen, _port_of(listen)))
+        raise StartupError(in_use_message(listen))
     return port
-
-
-def _split(listen: str) -> tuple[str, int] | None:
-    """Returns (host, port) of "host:port" or "[v6]:port"; None for other forms (such as unix:)."""
-    host, sep, port = listen.rpartition(":")
-    if not sep or not port.isdigit() or host.startswith("unix"):
-        return None
-    return host.removeprefix("[").removesuffix("]"), int(port)
-
-
-def _port_of(listen: str) -> int:
-    parts = _split(listen)
-    return parts[1] if parts else 0
-
-
-def _refuse_if_in_use(listen: str) -> None:
-    """Binds each address `listen` resolves to as gRPC would, without SO_REUSEPORT; StartupError when taken.
-
-    Checking first gives the one-line message without gRPC's own log line about the failed bind.
-    """
-    parts = _split(listen)
-    if parts is None or parts[1] == 0:
-        return
-    host, port = parts
-    try:
-        addresses = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except OSError:
-        return  # gRPC's own bind reports what it makes of the address
-    for family, kind, proto, _, address in addresses:
-        with socket.socket(family, kind, proto) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC: TIME_WAIT is no conflict
-            try:
-                probe.bind(address)
-            except OSError as exc:
-                if exc.errno == errno.EADDRINUSE:
-                    raise StartupError(_in_use_message(listen, port)) from None
-
-
-def _in_use_message(listen: str, port: int) -> str:
-    holder = _port_holder(port) if port else None
-    held = f" by {holder}" if holder else ""
-    return f"--listen {listen}: address already in use{held}; stop it or choose another address"
-
-
-def _listening_inodes(port: int) -> set[str]:
-    """Returns the socket inodes listening on `port` in this network namespace (from /proc/net/tcp{,6})."""
-    inodes: set[str] = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            rows = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for row in rows:
-            fields = row.split()
-            if len(fields) < 10 or fields[3] != "0A":  # 0A: LISTEN
-                continue
-            if int(fields[1].rpartition(":")[2], 16) == port:
-                inodes.add(fields[9])
-    return inodes
-
-
-def _port_holder(port: int) -> str | None:
-    """Names the process listening on `port` ("pid 123 (dockyard-controller ...)"), or None when unknown."""
-    sockets = {f"socket:[{inode}]" for inode in _listening_inodes(port)}
-    if not sockets:
-        return None
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            owns = any(os.readlink(fd) in sockets for fd in (proc / "fd").iterdir())
-            command = (proc / "cmdline").read_bytes()
-        except OSError:
-            continue  # gone, or another user's
-        if owns:
-            words = [Path(w).name if i == 0 else w for i, w in enumerate(command.decode(errors="replace").split("\0"))]
-            text = " ".join(w for w in words if w)
-            return f"pid {proc.name} ({text[:120]}{'...' if len(text) > 120 else ''})"
-    return "a process of another user"

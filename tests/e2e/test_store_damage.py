@@ -373,6 +373,6 @@ def test_up_on_an_address_another_cluster_holds_says_so_in_one_line(
         timeout=60,
     )
     assert result.returncode == 1
-    assert_one_line(result.stderr, other.address, "already in use", prefix="Error: ")
+    assert_one_line(result.stderr, other.address, f"already in use by pid {other.process.pid}", prefix="Error: ")
     assert not (tmp_path / "state" / "agent").exists(), "no agent was started to dial the other cluster"
     assert health(other.address) == SERVING, "the other cluster is unharmed"
