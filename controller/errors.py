@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-__all__ = ["DAMAGED_RETRY_SECONDS", "EXIT_CONFIG", "StartupError", "StoreDamaged"]
+# The exit code of a StartupError: the supervisor of `dockyard up` does not restart a child that exits with
+# it, because starting again with the same state and flags fails the same way. Its home is that contract.
+from dockyard.local.supervisor import EXIT_CONFIG
 
-# sysexits' EX_CONFIG: the supervisor of `dockyard up` does not restart a controller that exits with it,
-# because starting again with the same state and flags fails the same way.
-EXIT_CONFIG = 78
+__all__ = ["DAMAGED_RETRY_SECONDS", "EXIT_CONFIG", "StartupError", "StoreDamaged"]
 
 # How often a role that met a damaged store looks again (after a restore, or a transient read error). Until
 # then the controller stays up, NOT_SERVING, so the damage can be seen and the state file replaced.

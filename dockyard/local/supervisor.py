@@ -26,8 +26,8 @@ __all__ = ["EXIT_CONFIG", "STOP_TIMEOUT", "ChildFailed", "LocalCluster", "superv
 log = structlog.get_logger()
 
 STOP_TIMEOUT = 20.0
-# sysexits' EX_CONFIG, as controller.errors.EXIT_CONFIG; repeated so the supervisor imports nothing of the
-# controller (it only starts it).
+# sysexits' EX_CONFIG: a child that exits with it is not restarted. The controller exits with it on a
+# StartupError (controller.errors imports it from here).
 EXIT_CONFIG: Final = 78
 # How much of a child's stderr is kept to find its last line.
 _TAIL_BYTES: Final = 8192
