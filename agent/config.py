@@ -6,6 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dockyard.limits import CONNECT_TIMEOUT_SECONDS
+
 
 @dataclass(frozen=True)
 class AgentConfig:
@@ -20,4 +22,4 @@ class AgentConfig:
     relist_period: float = 5.0
     stranger_grace: float = 30.0
     parallel_operations: int = 32
-    connect_timeout: float = 3.0  # a dial not connected by then is abandoned and made again
+    connect_timeout: float = CONNECT_TIMEOUT_SECONDS  # a dial not connected by then is abandoned and made again

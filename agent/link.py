@@ -26,7 +26,7 @@ from agent.task_book import TaskBook, spec_key
 from agent.worker import Worker
 from dockyard.backoff import Backoff
 from dockyard.clock import Clock, SystemClock
-from dockyard.limits import AGENT_MESSAGE_BYTES
+from dockyard.limits import AGENT_MESSAGE_BYTES, REDIAL_CAP_SECONDS
 from dockyard.timestamps import seconds, to_timestamp
 from dockyard.v1 import agent_pb2 as apb
 from dockyard.v1 import agent_pb2_grpc as apb_grpc
@@ -36,7 +36,7 @@ log = structlog.get_logger()
 
 MISSED_HEARTBEATS = 3.0
 REDIAL_BASE = 0.25
-REDIAL_CAP = 1.5
+REDIAL_CAP = REDIAL_CAP_SECONDS
 
 _Call = grpc.aio.StreamStreamCall[apb.AgentMessage, apb.ControllerMessage]
 # What ends a session or a dial in the ordinary course of a network's life; anything else is logged as a bug.

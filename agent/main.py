@@ -48,7 +48,7 @@ def _labels(values: tuple[str, ...]) -> dict[str, str]:
 @click.option(
     "--connect-timeout",
     type=click.FloatRange(min=0.1),
-    default=3.0,
+    default=AgentConfig.connect_timeout,
     show_default=True,
     help="Seconds a dial to the controller may take before it is abandoned and made again.",
 )

@@ -12,9 +12,11 @@ from typing import Final
 
 __all__ = [
     "AGENT_MESSAGE_BYTES",
+    "CONNECT_TIMEOUT_SECONDS",
     "CONTAINER_ID_BYTES",
     "NODE_LABELS",
     "NODE_TEXT_BYTES",
+    "REDIAL_CAP_SECONDS",
     "STATUS_TEXT_BYTES",
     "truncate_text",
 ]
@@ -34,6 +36,12 @@ CONTAINER_ID_BYTES: Final = 128
 # What an agent says about its host: each text (host name, OS, versions) and how many labels it may set.
 NODE_TEXT_BYTES: Final = 255
 NODE_LABELS: Final = 64
+
+# How an agent re-dials: a dial not connected within CONNECT_TIMEOUT_SECONDS (the agent's default for
+# --connect-timeout) is abandoned, and the delay between dials grows to at most REDIAL_CAP_SECONDS. A
+# restarted controller gives silent nodes that long on top of the heartbeat grace.
+CONNECT_TIMEOUT_SECONDS: Final = 3.0
+REDIAL_CAP_SECONDS: Final = 1.5
 
 _CUT_MARK: Final = " [truncated]"
 

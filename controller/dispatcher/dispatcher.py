@@ -21,7 +21,15 @@ from controller.store.follow import Resync, follow
 from controller.store.retry import retry_on_conflict
 from controller.store.specs import SpecCache, SpecKey
 from dockyard.clock import Clock
-from dockyard.limits import CONTAINER_ID_BYTES, NODE_LABELS, NODE_TEXT_BYTES, STATUS_TEXT_BYTES, truncate_text
+from dockyard.limits import (
+    CONNECT_TIMEOUT_SECONDS,
+    CONTAINER_ID_BYTES,
+    NODE_LABELS,
+    NODE_TEXT_BYTES,
+    REDIAL_CAP_SECONDS,
+    STATUS_TEXT_BYTES,
+    truncate_text,
+)
 from dockyard.spec.issues import key_path
 from dockyard.spec.validation import label_issues
 from dockyard.timestamps import duration, to_timestamp
@@ -31,7 +39,8 @@ from dockyard.v1 import types_pb2 as pb
 
 log = structlog.get_logger()
 
-REDIAL_ALLOWANCE = 5.0
+# An agent notices the restart, waits at most the redial cap, and its dial takes at most the connect timeout.
+REDIAL_ALLOWANCE = REDIAL_CAP_SECONDS + CONNECT_TIMEOUT_SECONDS + 0.5
 
 Context = grpc.aio.ServicerContext[apb.AgentMessage, apb.ControllerMessage]
 
@@ -44,9 +53,8 @@ class Dispatcher(apb_grpc.AgentServiceServicer):
         self._clock = clock
         self._period = heartbeat_period
         self._grace = timedelta(seconds=heartbeat_period * grace_periods)
-        # After a controller restart every agent must first notice and re-dial (a redial delay of at most
-        # 1.5 s plus a dial of at most 3 s): a node not heard from since the start gets that long on top of
-        # the usual grace.
+        # After a controller restart every agent must first notice and re-dial: a node not heard from since
+        # the start gets REDIAL_ALLOWANCE on top of the usual grace.
         self._startup_grace = self._grace + timedelta(seconds=REDIAL_ALLOWANCE)
         self._sessions: dict[str, AgentSession] = {}
         self._last_seen: dict[str, datetime] = {}
