@@ -22,11 +22,12 @@ import structlog
 from agent.config import AgentConfig
 from agent.reporter import Reporter
 from agent.runtime.base import RuntimeFailure
-from agent.task_book import TaskBook, spec_key
+from agent.task_book import TaskBook
 from agent.worker import Worker
 from dockyard.backoff import Backoff
 from dockyard.clock import Clock, SystemClock
 from dockyard.limits import AGENT_MESSAGE_BYTES, REDIAL_CAP_SECONDS
+from dockyard.task_state import spec_key
 from dockyard.timestamps import seconds, to_timestamp
 from dockyard.v1 import agent_pb2 as apb
 from dockyard.v1 import agent_pb2_grpc as apb_grpc

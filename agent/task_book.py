@@ -20,15 +20,9 @@ from pathlib import Path
 from google.protobuf.message import DecodeError
 
 from dockyard.clock import Clock, SystemClock
+from dockyard.task_state import SpecKey, spec_key
 from dockyard.v1 import agent_pb2 as apb
 from dockyard.v1 import types_pb2 as pb
-
-SpecKey = tuple[str, int]  # (service id, revision)
-
-
-def spec_key(task: pb.Task) -> SpecKey:
-    """Returns the (service id, revision) whose spec the task runs."""
-    return (task.service_id, task.revision)
 
 
 class TaskBook:

@@ -8,6 +8,7 @@ from typing import Protocol, TypeVar
 
 import grpc
 
+from dockyard.task_state import SpecKey, spec_key
 from dockyard.v1 import controller_pb2 as cpb
 from dockyard.v1 import controller_pb2_grpc as cpb_grpc
 from dockyard.v1 import types_pb2 as pb
@@ -20,7 +21,6 @@ R = TypeVar("R", bound="_Paged")
 DEFAULT_DEADLINE = 10.0
 PAGE_SIZE = 1000  # the server's maximum; it may return fewer (its byte budget per page)
 
-SpecKey = tuple[str, int]  # (service id, revision)
 _DETAILS_KEY = "grpc-status-details-bin"
 
 
@@ -117,7 +117,7 @@ class Client:
         specs: dict[SpecKey, pb.ServiceSpec] = {}
         missing: set[SpecKey] = set()
         for task in tasks:
-            key = (task.service_id, task.revision)
+            key = spec_key(task)
             if key in specs or key in missing:
                 continue
             try:

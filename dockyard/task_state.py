@@ -1,10 +1,18 @@
-"""Facts about task states that the controller, the agent and the CLI share."""
+"""Facts about tasks that the controller, the agent and the CLI share: their states and the spec they name."""
 
 from __future__ import annotations
 
 from dockyard.v1 import types_pb2 as pb
 
 TERMINAL_FROM = pb.TASK_STATE_COMPLETE
+
+# A task names the spec it runs by (service id, revision); it never carries a copy in the store.
+SpecKey = tuple[str, int]
+
+
+def spec_key(task: pb.Task) -> SpecKey:
+    """Returns the (service id, revision) whose spec the task runs."""
+    return (task.service_id, task.revision)
 
 
 def is_terminal(state: int) -> bool:

@@ -32,6 +32,7 @@ from dockyard.limits import (
 )
 from dockyard.spec.issues import key_path
 from dockyard.spec.validation import label_issues
+from dockyard.task_state import spec_key
 from dockyard.timestamps import duration, to_timestamp
 from dockyard.v1 import agent_pb2 as apb
 from dockyard.v1 import agent_pb2_grpc as apb_grpc
@@ -246,7 +247,7 @@ class Dispatcher(apb_grpc.AgentServiceServicer):
             if not deleted:
                 spec = await self._specs.get(task.service_id, task.revision)
                 if spec is not None:
-                    specs[(task.service_id, task.revision)] = spec
+                    specs[spec_key(task)] = spec
             session.on_task(task, deleted, specs)
 
     async def _forget_readiness(self) -> None:

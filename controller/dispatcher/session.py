@@ -11,6 +11,7 @@ import structlog
 from controller.dispatcher.assignment import Fingerprint, belongs, fingerprint
 from controller.store.specs import SpecKey
 from dockyard.limits import AGENT_MESSAGE_BYTES
+from dockyard.task_state import spec_key
 from dockyard.v1 import agent_pb2 as apb
 from dockyard.v1 import types_pb2 as pb
 
@@ -70,7 +71,7 @@ class AgentSession:
 
     def _attach_specs(self, assignments: apb.Assignments, specs: Mapping[SpecKey, pb.ServiceSpec]) -> None:
         for task in assignments.tasks:
-            key = (task.service_id, task.revision)
+            key = spec_key(task)
             spec = specs.get(key)
             if key in self.sent_specs or spec is None:
                 continue  # a missing spec (service deleted meanwhile): the agent stops what it cannot run

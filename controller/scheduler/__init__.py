@@ -22,7 +22,7 @@ from controller.scheduler.filters import (
     Rejection,
     ResourcesFit,
 )
-from controller.scheduler.model import Decision, Demand, NodeState, SpecKey, holds_resources
+from controller.scheduler.model import Decision, Demand, NodeState, holds_resources
 from controller.scheduler.reference import reference_schedule
 from controller.scheduler.scorers import (
     FewestTasks,
@@ -34,6 +34,7 @@ from controller.scheduler.scorers import (
     ServiceSpread,
 )
 from controller.scheduler.stack import BINPACK_SCORERS, DEFAULT_FILTERS, DEFAULT_STACK, SPREAD_SCORERS, Stack
+from dockyard.task_state import SpecKey
 
 __all__ = [
     "BINPACK_SCORERS",

@@ -23,9 +23,10 @@ from controller.scheduler.filters import (
     unknown_node_reason,
     unplaced_reason,
 )
-from controller.scheduler.model import Cluster, Decision, Demand, Demands, NodeState, SpecKey
+from controller.scheduler.model import Cluster, Decision, Demand, Demands, NodeState
 from controller.scheduler.scorers import Scorer
 from controller.scheduler.stack import DEFAULT_STACK, Stack
+from dockyard.task_state import SpecKey
 from dockyard.v1 import types_pb2 as pb
 
 # The seeded ring that breaks ties between equally ranked nodes.

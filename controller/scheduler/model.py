@@ -13,9 +13,9 @@ from functools import lru_cache
 from typing import NamedTuple
 
 from dockyard.constraints import ConstraintError, parse_constraint
+from dockyard.task_state import SpecKey, spec_key
 from dockyard.v1 import types_pb2 as pb
 
-SpecKey = tuple[str, int]
 """A spec's key: (service id, service revision), as a task names the spec it runs."""
 
 HostPort = tuple[int, str]
@@ -138,7 +138,7 @@ class Demands:
 
     def of(self, task: pb.Task) -> Demand | str:
         """Returns a pending task's demand, or why it cannot be placed (spec gone, constraint unreadable)."""
-        key = (task.service_id, task.revision)
+        key = spec_key(task)
         found = self._demands.get(key)
         if found is None:
             spec = self._specs.get(key)
@@ -147,7 +147,7 @@ class Demands:
 
     def held_by(self, task: pb.Task) -> Demand:
         """Returns what a task holds on its node; one whose spec is gone holds only its slot, nothing else."""
-        key = (task.service_id, task.revision)
+        key = spec_key(task)
         found = self._footprints.get(key)
         if found is None:
             spec = self._specs.get(key)

@@ -16,8 +16,9 @@ from functools import partial
 
 from controller.scheduler.engine import ring_distance, ring_point
 from controller.scheduler.filters import RejectionKey, pinned_reason, unknown_node_reason, unplaced_reason
-from controller.scheduler.model import Cluster, Decision, Demands, SpecKey
+from controller.scheduler.model import Cluster, Decision, Demands
 from controller.scheduler.stack import DEFAULT_STACK, Stack
+from dockyard.task_state import SpecKey
 from dockyard.v1 import types_pb2 as pb
 
 

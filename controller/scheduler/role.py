@@ -11,6 +11,7 @@ from controller.scheduler import Decision, SpecKey, holds_resources, schedule
 from controller.store.base import Check, ConflictError, Kind, Op, Put, Store
 from controller.store.specs import SpecCache
 from dockyard.clock import Clock
+from dockyard.task_state import spec_key
 from dockyard.timestamps import to_timestamp
 from dockyard.v1 import types_pb2 as pb
 
@@ -63,7 +64,7 @@ class Scheduler:
         found: dict[SpecKey, pb.ServiceSpec] = {}
         older: list[pb.Task] = []
         for task in tasks:
-            key = (task.service_id, task.revision)
+            key = spec_key(task)
             if key in found:
                 continue
             service = services.get(task.service_id)

@@ -6,11 +6,10 @@ from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 
 from controller.store.base import Store
+from dockyard.task_state import SpecKey, spec_key
 from dockyard.v1 import types_pb2 as pb
 
 __all__ = ["SpecCache", "SpecKey"]
-
-SpecKey = tuple[str, int]
 
 
 class SpecCache:
@@ -50,7 +49,7 @@ class SpecCache:
             self.remember(service)
         found: dict[SpecKey, pb.ServiceSpec] = {}
         for task in tasks:
-            key = (task.service_id, task.revision)
+            key = spec_key(task)
             if key in found:
                 continue
             spec = await self.get(*key)

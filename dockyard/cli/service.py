@@ -11,6 +11,7 @@ from dockyard.cli.common import controller_option, output_option, run
 from dockyard.cli.views import service_view, task_view
 from dockyard.client import Client
 from dockyard.spec import spec_to_document
+from dockyard.task_state import spec_key
 
 
 @click.group()
@@ -32,7 +33,7 @@ def inspect(name: str, controller: str | None, output: str) -> None:
         specs = await client.specs_for(tasks)
         view = service_view(found, tasks)
         view["spec"] = spec_to_document(found.spec)
-        view["tasks"] = [task_view(t, nodes, specs.get((t.service_id, t.revision))) for t in tasks]
+        view["tasks"] = [task_view(t, nodes, specs.get(spec_key(t))) for t in tasks]
         view["pending"] = [
             {"task": f"{t['name']}", "reason": t["message"]} for t in view["tasks"] if t["state"] == "pending"
         ]

@@ -14,6 +14,7 @@ from dockyard.cli.rollout import Progress, progress
 from dockyard.cli.views import service_view, task_view
 from dockyard.client import ApiError, Client
 from dockyard.spec import SpecError, load_spec_file
+from dockyard.task_state import spec_key
 from dockyard.v1 import controller_pb2 as cpb
 from dockyard.v1 import types_pb2 as pb
 
@@ -207,7 +208,7 @@ def ps(service: str, show_all: bool, controller: str | None, output: str) -> Non
         nodes = {n.id: n for n in await client.list_nodes()}
         tasks = await client.list_tasks(service=service, include_finished=show_all)
         specs = await client.specs_for(tasks)
-        rows = [task_view(t, nodes, specs.get((t.service_id, t.revision))) for t in tasks]
+        rows = [task_view(t, nodes, specs.get(spec_key(t))) for t in tasks]
         for row in rows:
             row["short_id"] = row["id"][:12]
             row["short_container"] = (row["container_id"] or "")[:12]
