@@ -119,14 +119,6 @@ class TaskBook:
         full.spec.CopyFrom(spec)
         return full
 
-    def missing_specs(self) -> set[SpecKey]:
-        """Returns the revisions that tasks still meant to run refer to but whose spec is not known."""
-        return {
-            spec_key(t)
-            for t in self._tasks.values()
-            if t.desired_state == pb.DESIRED_STATE_RUNNING and spec_key(t) not in self._specs
-        }
-
     def inventory(self) -> list[apb.InventoryItem]:
         """Returns every task's id, status and generation, for the session's hello."""
         return [apb.InventoryItem(task_id=t.id, status=t.status, generation=t.generation) for t in self._tasks.values()]

@@ -88,8 +88,6 @@ def test_ps_shows_the_image_and_ports_of_each_tasks_revision(api: ApiInThread) -
     service = pb.Service(id="svc-web", name="web", revision=1, spec_revision=1)
     service.spec.CopyFrom(pb.ServiceSpec(name="web", image="app:1", replicas=2))
     api.run(api.api.store.commit([Put(service)]))
-    older = pb.Service()
-    older.CopyFrom(service)
     service.revision = service.spec_revision = 2
     service.spec.image = "app:2"
     service.spec.ports.add(host_port=8080, container_port=80, protocol="tcp")

@@ -201,7 +201,7 @@ async def test_the_session_takes_assignments_far_larger_than_grpcs_default_4_mib
 
 def test_the_session_channel_options_are_set_in_one_place() -> None:
     options = dict(session_channel_options(connect_timeout=2.5))
-    assert options["grpc.max_receive_message_length"] == 64 * 1024 * 1024
+    assert options["grpc.max_receive_message_length"] == AGENT_MESSAGE_BYTES
     # gRPC's own connect attempt gives up when the dial does, and its reconnect backoff stays short.
     assert options["grpc.min_reconnect_backoff_ms"] == 2500
     assert options["grpc.max_reconnect_backoff_ms"] <= 1000
