@@ -4,8 +4,8 @@ grpcio and grpc-java refuse response metadata beyond 8 KiB (the status message t
 `grpc-message` header, the details in `grpc-status-details-bin`, base64-encoded, and the message is
 repeated inside the details). So one request with a thousand problems must not produce a thousand
 lines: the message keeps the first few and says how many more there were, the details keep the first
-problems that fit a byte budget, and an ErrorInfo gives a program the full count. Worst case the whole
-error is about 4 KiB on the wire.
+problems that fit a byte budget, and an ErrorInfo gives a program the full count. The budgets keep a
+whole error under 5 KiB on the wire (a test holds them to it; 1,000 invalid services measure 4.6 KiB).
 """
 
 from __future__ import annotations
