@@ -65,11 +65,16 @@ class Client:
         """Calls a list RPC for every page, passing each next_page_token back, and returns the responses."""
         request.page_size = PAGE_SIZE
         responses: list[R] = []
+        seen: set[str] = set()
         while True:
             response = await self._call(fn, request)
             responses.append(response)
             if not response.next_page_token:
                 return responses
+            if response.next_page_token in seen:
+                # A server that hands back a token twice would keep this loop going for ever.
+                raise ApiError("the controller repeated a page token; the list is incomplete")
+            seen.add(response.next_page_token)
             request.page_token = response.next_page_token
 
     async def apply(
