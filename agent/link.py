@@ -48,8 +48,9 @@ def session_channel_options(connect_timeout: float) -> list[tuple[str, int]]:
     """Returns the gRPC options of the agent's session channel; this is the one place they are set."""
     return [
         ("grpc.max_receive_message_length", AGENT_MESSAGE_BYTES),
-        # gRPC's own timeout for one TCP connect (default 20 s): no longer than the dial may take.
-        ("grpc.min_reconnect_backoff_ms", max(100, int(connect_timeout * 1000))),
+        # gRPC's own timeout for one TCP connect (default 20 s). At most a second: a SYN sent into a partition
+        # that heals is then sent again within the same dial, instead of waiting out the kernel's retransmit.
+        ("grpc.min_reconnect_backoff_ms", max(100, int(min(connect_timeout, 1.0) * 1000))),
         # Within one dial, a refused or unreachable connect is retried within a second, not after 1-120 s.
         ("grpc.initial_reconnect_backoff_ms", 200),
         ("grpc.max_reconnect_backoff_ms", 1000),

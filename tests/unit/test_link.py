@@ -202,8 +202,9 @@ async def test_the_session_takes_assignments_far_larger_than_grpcs_default_4_mib
 def test_the_session_channel_options_are_set_in_one_place() -> None:
     options = dict(session_channel_options(connect_timeout=2.5))
     assert options["grpc.max_receive_message_length"] == AGENT_MESSAGE_BYTES
-    # gRPC's own connect attempt gives up when the dial does, and its reconnect backoff stays short.
-    assert options["grpc.min_reconnect_backoff_ms"] == 2500
+    # gRPC's own connect attempt gives up within a second (or the dial), and its reconnect backoff stays short.
+    assert options["grpc.min_reconnect_backoff_ms"] == 1000
+    assert dict(session_channel_options(connect_timeout=0.5))["grpc.min_reconnect_backoff_ms"] == 500
     assert options["grpc.max_reconnect_backoff_ms"] <= 1000
     assert options["grpc.initial_reconnect_backoff_ms"] <= 1000
     assert options["grpc.use_local_subchannel_pool"] == 1
