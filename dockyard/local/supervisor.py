@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import select
 import signal
 import sys
 from collections.abc import Sequence
@@ -177,7 +178,11 @@ def _write_stderr(data: bytes) -> None:
         try:
             written = os.write(2, view)
         except BlockingIOError:
+            # A non-blocking stderr that is full (a slow terminal or pipe): wait until it drains, briefly.
+            select.select([], [2], [], 1.0)
             continue
+        except OSError:
+            return  # stderr closed: the tail is still kept for the child's last line
         view = view[written:]
 
 
