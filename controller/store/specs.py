@@ -15,11 +15,15 @@ __all__ = ["SpecCache", "SpecKey"]
 class SpecCache:
     """A read-through cache of the service history: a revision's spec never changes, so entries never go stale."""
 
-    def __init__(self, store: Store, max_entries: int = 1024) -> None:
-        """Keeps at most max_entries specs, dropping the least recently used."""
+    def __init__(self, store: Store, max_bytes: int = 16 * 1024 * 1024) -> None:
+        """Keeps specs of at most max_bytes in all (serialized), dropping the least recently used.
+
+        The newest spec is always kept, whatever its size, so a lookup just made is never wasted.
+        """
         self._store = store
-        self._max = max_entries
-        self._specs: OrderedDict[SpecKey, pb.ServiceSpec] = OrderedDict()
+        self._max_bytes = max_bytes
+        self._bytes = 0
+        self._specs: OrderedDict[SpecKey, tuple[pb.ServiceSpec, int]] = OrderedDict()
 
     def remember(self, service: pb.Service) -> None:
         """Caches a service's current spec under its revision (saves a read for tasks at that revision)."""
@@ -28,10 +32,10 @@ class SpecCache:
     async def get(self, service_id: str, revision: int) -> pb.ServiceSpec | None:
         """Returns the spec of that revision, or None once the service (and its history) is gone."""
         key = (service_id, revision)
-        spec = self._specs.get(key)
-        if spec is not None:
+        cached = self._specs.get(key)
+        if cached is not None:
             self._specs.move_to_end(key)
-            return spec
+            return cached[0]
         spec = await self._store.get_service_spec(service_id, revision)
         if spec is not None:
             self._put(key, spec)
@@ -58,7 +62,12 @@ class SpecCache:
         return found
 
     def _put(self, key: SpecKey, spec: pb.ServiceSpec) -> None:
-        self._specs[key] = spec
-        self._specs.move_to_end(key)
-        while len(self._specs) > self._max:
-            self._specs.popitem(last=False)
+        old = self._specs.pop(key, None)
+        if old is not None:
+            self._bytes -= old[1]
+        size = spec.ByteSize()
+        self._specs[key] = (spec, size)
+        self._bytes += size
+        while self._bytes > self._max_bytes and len(self._specs) > 1:
+            _, (_, dropped) = self._specs.popitem(last=False)
+            self._bytes -= dropped

@@ -84,3 +84,35 @@ async def test_retry_on_conflict_gives_up_after_its_tries() -> None:
     with pytest.raises(ConflictError):
         await retry_on_conflict(attempt)
     assert calls == CONFLICT_TRIES
+
+
+async def test_the_spec_cache_is_bounded_by_bytes_and_reads_each_revision_once() -> None:
+    from controller.store.specs import SpecCache
+
+    store = SqliteStore(":memory:")
+    await store.open()
+    try:
+        for revision in range(1, 6):
+            service = pb.Service(id="svc", name="web", revision=revision, spec_revision=revision)
+            service.spec.name = "web"
+            service.spec.env["BLOB"] = str(revision) * 10_000
+            await store.commit([Put(service)])
+        reads: list[tuple[str, int]] = []
+        real = store.get_service_spec
+
+        async def counted(service_id: str, revision: int) -> pb.ServiceSpec | None:
+            reads.append((service_id, revision))
+            return await real(service_id, revision)
+
+        store.get_service_spec = counted  # type: ignore[method-assign]
+        cache = SpecCache(store, max_bytes=25_000)
+        for revision in (1, 2, 1, 2):
+            spec = await cache.get("svc", revision)
+            assert spec is not None and spec.env["BLOB"][0] == str(revision)
+        assert reads == [("svc", 1), ("svc", 2)], "a revision's spec is read once while it fits"
+        await cache.get("svc", 3)  # three 10 KB specs do not fit in 25 KB: the least recently used goes
+        await cache.get("svc", 1)
+        assert reads[-1] == ("svc", 1)
+        assert await cache.get("svc", 99) is None
+    finally:
+        await store.close()
