@@ -6,14 +6,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dockyard.limits import CONNECT_TIMEOUT_SECONDS
+from dockyard.limits import CONNECT_TIMEOUT_SECONDS, DEFAULT_CONTROLLER
 
 
 @dataclass(frozen=True)
 class AgentConfig:
     """The agent's settings; the controller's Welcome may override the heartbeat period."""
 
-    controller: str = "127.0.0.1:7465"
+    controller: str = DEFAULT_CONTROLLER
     state_dir: Path = Path("/var/lib/dockyard/agent")
     docker_url: str | None = None
     hostname: str = ""  # empty: the name Docker reports

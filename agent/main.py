@@ -12,6 +12,7 @@ from agent.agent import Agent
 from agent.config import AgentConfig
 from agent.runtime.docker import DockerRuntime
 from dockyard import logs
+from dockyard.limits import DEFAULT_CONTROLLER
 
 
 def _labels(values: tuple[str, ...]) -> dict[str, str]:
@@ -25,7 +26,7 @@ def _labels(values: tuple[str, ...]) -> dict[str, str]:
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--controller", default="127.0.0.1:7465", show_default=True, help="The controller's address.")
+@click.option("--controller", default=DEFAULT_CONTROLLER, show_default=True, help="The controller's address.")
 @click.option(
     "--state-dir",
     type=click.Path(file_okay=False, path_type=Path),

@@ -15,6 +15,7 @@ from controller.errors import EXIT_CONFIG, StartupError
 from controller.server import Controller, ControllerConfig
 from controller.store.sqlite import STORE_FILE, BackupError, backup_file, restore_file
 from dockyard import logs
+from dockyard.limits import DEFAULT_CONTROLLER
 
 log = structlog.get_logger()
 
@@ -44,7 +45,7 @@ _STATE_DIR_TYPE = click.Path(file_okay=False, path_type=Path)
     context_settings={"help_option_names": ["-h", "--help"]},
     epilog="Run with no command to start the controller in the foreground.",
 )
-@click.option("--listen", default="127.0.0.1:7465", show_default=True, help="Address for agents and the API.")
+@click.option("--listen", default=DEFAULT_CONTROLLER, show_default=True, help="Address for agents and the API.")
 @click.option(
     "--state-dir",
     type=_STATE_DIR_TYPE,

@@ -25,6 +25,7 @@ from controller.store.base import Kind, Store
 from controller.store.sqlite import SqliteStore
 from dockyard.addresses import address_in_use, in_use_message
 from dockyard.clock import Clock, SystemClock
+from dockyard.limits import DEFAULT_CONTROLLER
 from dockyard.v1 import agent_pb2, agent_pb2_grpc, controller_pb2
 
 log = structlog.get_logger()
@@ -34,7 +35,7 @@ log = structlog.get_logger()
 class ControllerConfig:
     """How one controller runs."""
 
-    listen: str = "127.0.0.1:7465"
+    listen: str = DEFAULT_CONTROLLER
     state_dir: Path = Path("/var/lib/dockyard/controller")
     heartbeat_period: float = 1.0
     heartbeat_grace_periods: float = 3.0

@@ -14,12 +14,18 @@ __all__ = [
     "AGENT_MESSAGE_BYTES",
     "CONNECT_TIMEOUT_SECONDS",
     "CONTAINER_ID_BYTES",
+    "CONTROLLER_PORT",
+    "DEFAULT_CONTROLLER",
     "NODE_LABELS",
     "NODE_TEXT_BYTES",
     "REDIAL_CAP_SECONDS",
     "STATUS_TEXT_BYTES",
     "truncate_text",
 ]
+
+# Where the controller listens unless told otherwise, and where the CLI and agents look for it.
+CONTROLLER_PORT: Final = 7465
+DEFAULT_CONTROLLER: Final = f"127.0.0.1:{CONTROLLER_PORT}"
 
 # An agent's session carries full assignment sets with one spec per revision. Specs are capped by the spec
 # table (256 KiB), so a node would need about 250 distinct revisions to reach this; it is above gRPC's 4 MiB

@@ -42,6 +42,7 @@ from deploy.devcluster.commands import Result, run
 from deploy.devcluster.errors import DevClusterError
 from deploy.devcluster.procs import ProcRef
 from deploy.devcluster.state import ClusterRecord, HostRecord
+from dockyard.limits import CONTROLLER_PORT
 
 log = structlog.get_logger()
 
@@ -174,7 +175,7 @@ class DevCluster:
             cluster_id=cluster_id,
             state_dir=str(directory),
             bridge=layout.bridge_name(cluster_id),
-            controller_port=layout.CONTROLLER_PORT,
+            controller_port=CONTROLLER_PORT,
             heartbeat_period=heartbeat_period,
             heartbeat_grace=heartbeat_grace,
             relist_period=relist_period,

@@ -21,7 +21,6 @@ HOST_OFFSET = 10
 MAX_HOSTS = 50
 # Docker's default bridge inside host hN; it lives in the host's own namespace, so clusters never collide.
 DOCKER_BIP = "172.30.{index}.1/24"
-CONTROLLER_PORT = 7465
 # sun_path holds 108 bytes with the terminating NUL.
 UNIX_PATH_MAX = 107
 # The longest socket path dockerd's managed containerd makes under the exec root.

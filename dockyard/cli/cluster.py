@@ -19,6 +19,7 @@ from dockyard.cli.context import LocalContext, default_state_dir, read_context, 
 from dockyard.cli.output import emit_object
 from dockyard.cli.polling import poll_until
 from dockyard.client import ApiError, Client
+from dockyard.limits import DEFAULT_CONTROLLER
 from dockyard.local.pidfile import read_pid, write_pid
 from dockyard.local.preflight import address_problem
 from dockyard.v1 import types_pb2 as pb
@@ -40,7 +41,7 @@ def _connect_address(listen: str) -> str:
     default=None,
     help="Where the store, agent state, pid file and logs live (default: ~/.local/share/dockyard).",
 )
-@click.option("--listen", default="127.0.0.1:7465", show_default=True, help="Controller address.")
+@click.option("--listen", default=DEFAULT_CONTROLLER, show_default=True, help="Controller address.")
 @click.option("--detach", "-d", is_flag=True, help="Run in the background; logs go to STATE_DIR/dockyard.log.")
 @click.option("--docker-url", default=None, help="Docker socket for the local agent.")
 @click.option("--hostname", default="", help="Name the local node registers as.")

@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-DEFAULT_CONTROLLER = "127.0.0.1:7465"
+from dockyard.limits import DEFAULT_CONTROLLER
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from typing import Final
 import structlog
 
 from dockyard.backoff import Backoff
+from dockyard.limits import DEFAULT_CONTROLLER
 
 __all__ = ["EXIT_CONFIG", "STOP_TIMEOUT", "ChildFailed", "LocalCluster", "supervise", "supervise_children"]
 
@@ -49,7 +50,7 @@ class LocalCluster:
     """What `dockyard up` runs."""
 
     state_dir: Path
-    listen: str = "127.0.0.1:7465"
+    listen: str = DEFAULT_CONTROLLER
     docker_url: str | None = None
     hostname: str = ""
     labels: Sequence[str] = field(default_factory=tuple)
