@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import textwrap
@@ -130,3 +131,25 @@ def test_example_web_service_answers(cluster: Cluster, tmp_path: Path) -> None:
 
     page = wait_for(fetch, 30, "the example page")
     assert "Hello from Dockyard" in page
+
+
+def test_a_large_spec_reaches_real_containers_once_per_revision(cluster: Cluster, tmp_path: Path) -> None:
+    """Tasks carry no spec copy; the agent gets each revision's spec once and Docker gets all of it."""
+    payload = "p" * (100 * 1024)
+    extra = f"    env:\n      PAYLOAD: {payload}\n"
+    spec = write_spec(tmp_path / "fat.yaml", replicas=3, name="fat", extra=extra)
+    cluster.cli("apply", "-f", str(spec))
+    running = cluster.running("fat")
+    assert len(running) == 3
+    for container in running:
+        inspected = subprocess.run(
+            ["docker", "inspect", "--format", "{{json .Config.Env}}", container.id],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        assert f"PAYLOAD={payload}" in json.loads(inspected.stdout)
+    # The API shows tasks without copies; the full view fills each from its revision.
+    basic = cluster.json("ps", "fat")
+    assert len(basic) == 3 and all("PAYLOAD" not in json.dumps(t) for t in basic)
+    cluster.cli("rm", "fat")
