@@ -5,8 +5,12 @@ twice and a change between pages moves nothing it has not passed. The token carr
 list and query it belongs to) as base64 of JSON; clients must treat it as opaque.
 
 Items come from a `Source`: "the items after this key, in key order, at most this many". The store's
-list methods do not take a cursor yet, so `ordered_source` adapts a whole ordered list; a store that
-pages itself replaces that adapter and nothing else.
+`list_*_page` methods are sources (keyset paging on their indexes), so a page costs what it returns, not
+the whole table. `read_page` asks for a few items first and then for as many as the byte budget still
+seems to hold at their average size, so a page of large items does not read (and decode) a thousand of
+them to keep ten. `filtered_source` drops items a list's filter refuses and reads on until the page is
+full or the source ends, so filtering never shortens a page. `ordered_source` adapts a list already in
+memory (tests, small fixed lists).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ __all__ = [
     "Source",
     "decode_token",
     "encode_token",
+    "filtered_source",
     "ordered_source",
     "read_page",
 ]
@@ -47,6 +52,12 @@ MAX_PAGE_SIZE: Final = 1000
 MAX_PAGE_BYTES: Final = 1024 * 1024
 _MAX_TOKEN_CHARS: Final = 4096
 _TOKEN_FORMAT: Final = 1
+# read_page's first read: enough for small items to need one more read at most, few enough that a page of
+# items near the byte budget decodes only a handful it will not send.
+_FIRST_READ: Final = 8
+# filtered_source reads at least this many items at a time, so skipping a long run of refused items (such
+# as finished tasks) takes few reads.
+_MIN_FILTERED_READ: Final = 100
 
 
 @dataclass(frozen=True)
@@ -112,7 +123,7 @@ def decode_token(token: str, kind: str, query: str, shape: Sequence[type]) -> Ke
 
 
 def ordered_source(fetch: Callable[[], Awaitable[list[T]]], key: Callable[[T], Key]) -> Source[T]:
-    """Adapts "every item" to a Source, ordering by `key` here so the order is the API's, not the store's."""
+    """Adapts "every item" (a list in memory) to a Source, ordering by `key`; each call reads them all."""
 
     async def source(after: Key | None, limit: int) -> list[T]:
         items = sorted(await fetch(), key=key)
@@ -121,6 +132,28 @@ def ordered_source(fetch: Callable[[], Awaitable[list[T]]], key: Callable[[T], K
         return items[:limit]
 
     return source
+
+
+def filtered_source(source: Source[T], key: Callable[[T], Key], keep: Callable[[T], bool]) -> Source[T]:
+    """Returns a Source of the items of `source` that `keep` accepts, in the same order.
+
+    It reads on past refused items until it has `limit` accepted ones or the source ends, so the page
+    size stays honest; each read continues after the last item read, accepted or not.
+    """
+
+    async def filtered(after: Key | None, limit: int) -> list[T]:
+        found: list[T] = []
+        while len(found) < limit:
+            want = max(limit - len(found), _MIN_FILTERED_READ)
+            batch = await source(after, want)
+            found.extend(item for item in batch if keep(item))
+            if len(batch) < want:
+                break
+            after = key(batch[-1])
+        # Whatever was read beyond limit is read again by the next call, which starts after the last kept.
+        return found[:limit]
+
+    return filtered
 
 
 def _framed_size(message: Message) -> int:
@@ -142,17 +175,28 @@ async def read_page(
     """Reads up to `size` items after `after` whose framed sizes add up to at most `max_bytes`.
 
     `finish` completes an item before it is measured (e.g. fills a task's spec). A page always holds
-    at least one item when there is one, so a single item larger than the budget is still listed.
+    at least one item when there is one, so a single item larger than the budget is still listed. The
+    source is read in steps: a few items, then as many as the rest of the budget holds at the average
+    size so far (plus one, to learn whether more follow), never more than size + 1 in all.
     """
-    fetched = await source(after, size + 1)
     items: list[T] = []
     used = 0
-    for item in fetched[:size]:
-        done = await finish(item) if finish is not None else item
-        cost = _framed_size(done)
-        if items and used + cost > max_bytes:
-            break
-        items.append(done)
-        used += cost
-    more = len(items) < len(fetched)
-    return Page(items, token_for(key(items[-1])) if more else "")
+    cursor = after
+    want = min(size + 1, _FIRST_READ)
+    while True:
+        fetched = await source(cursor, want)
+        for item in fetched:
+            if len(items) == size:
+                return Page(items, token_for(key(items[-1])))
+            done = await finish(item) if finish is not None else item
+            cost = _framed_size(done)
+            if items and used + cost > max_bytes:
+                return Page(items, token_for(key(items[-1])))
+            items.append(done)
+            used += cost
+        if len(fetched) < want:
+            return Page(items, "")
+        cursor = key(fetched[-1])
+        average = max(1, used // len(items))
+        # At least one: a first item alone may have spent more than the budget; the next then ends the page.
+        want = min(size + 1 - len(items), max(1, (max_bytes - used) // average + 1))

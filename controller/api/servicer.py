@@ -12,11 +12,19 @@ from collections.abc import Callable
 import grpc
 
 from controller.api.apply import plan_apply, same_apart_from_replicas
-from controller.api.paging import Key, PageLimits, PageTokenError, decode_token, encode_token, ordered_source, read_page
+from controller.api.paging import (
+    Key,
+    PageLimits,
+    PageTokenError,
+    decode_token,
+    encode_token,
+    filtered_source,
+    read_page,
+)
 from controller.api.status import Context, Stale, abort, abort_invalid, abort_stale
 from controller.api.validation import apply_errors, node_label_errors, replicas_error, scale_errors
 from controller.api.writes import commit_or_abort, revision_stale, version_stale
-from controller.store.base import Check, Delete, Kind, Op, Put, Store
+from controller.store.base import Check, Delete, Kind, NodeKey, Op, Put, Store, TaskKey
 from controller.store.specs import SpecCache
 from dockyard.clock import Clock
 from dockyard.spec.issues import Issue, key_path, service_path
@@ -44,6 +52,27 @@ def _task_key(task: pb.Task) -> Key:
 _SERVICE_KEY_SHAPE = (str,)
 _NODE_KEY_SHAPE = (str, str)
 _TASK_KEY_SHAPE = (str, int, int, str)
+
+
+# A key comes from decode_token (which checked it against the shape above) or from an item of the list, so
+# these conversions only restate its types for the store.
+def _node_after(key: Key | None) -> NodeKey | None:
+    if key is None:
+        return None
+    hostname, node_id = key
+    return str(hostname), str(node_id)
+
+
+def _task_after(key: Key | None) -> TaskKey | None:
+    if key is None:
+        return None
+    service_id, slot, created_ns, task_id = key
+    return str(service_id), int(slot), int(created_ns), str(task_id)
+
+
+def _live(task: pb.Task) -> bool:
+    """Tells whether a task is listed without include_finished: meant to run, or not yet finished."""
+    return task.desired_state == pb.DESIRED_STATE_RUNNING or not is_terminal(task.status.state)
 
 
 def _node_subject(node: pb.Node) -> str:
@@ -134,8 +163,12 @@ class ControllerApi:
     async def ListServices(self, request: cpb.ListServicesRequest, context: Context) -> cpb.ListServicesResponse:
         """Returns one page of services, by name."""
         after = await self._after(request.page_token, "services", "", _SERVICE_KEY_SHAPE, context)
+
+        async def services(after: Key | None, limit: int) -> list[pb.Service]:
+            return await self._store.list_services_page(None if after is None else str(after[0]), limit)
+
         page = await read_page(
-            ordered_source(self._store.list_services, _service_key),
+            services,
             _service_key,
             after=after,
             size=self._limits.size(request.page_size),
@@ -194,8 +227,12 @@ class ControllerApi:
     async def ListNodes(self, request: cpb.ListNodesRequest, context: Context) -> cpb.ListNodesResponse:
         """Returns one page of nodes, by hostname then id."""
         after = await self._after(request.page_token, "nodes", "", _NODE_KEY_SHAPE, context)
+
+        async def nodes(after: Key | None, limit: int) -> list[pb.Node]:
+            return await self._store.list_nodes_page(_node_after(after), limit)
+
         page = await read_page(
-            ordered_source(self._store.list_nodes, _node_key),
+            nodes,
             _node_key,
             after=after,
             size=self._limits.size(request.page_size),
@@ -213,11 +250,10 @@ class ControllerApi:
         query = f"{service_id}\0{request.node_id}\0{int(request.include_finished)}"
         after = await self._after(request.page_token, "tasks", query, _TASK_KEY_SHAPE, context)
 
-        async def fetch() -> list[pb.Task]:
-            tasks = await self._store.list_tasks(service_id=service_id or None, node_id=request.node_id or None)
-            if request.include_finished:
-                return tasks
-            return [t for t in tasks if t.desired_state == pb.DESIRED_STATE_RUNNING or not is_terminal(t.status.state)]
+        async def tasks(after: Key | None, limit: int) -> list[pb.Task]:
+            return await self._store.list_tasks_page(
+                service_id or None, request.node_id or None, _task_after(after), limit
+            )
 
         full = request.view == cpb.TASK_VIEW_FULL
 
@@ -230,7 +266,7 @@ class ControllerApi:
             return task
 
         page = await read_page(
-            ordered_source(fetch, _task_key),
+            tasks if request.include_finished else filtered_source(tasks, _task_key, _live),
             _task_key,
             after=after,
             size=self._limits.size(request.page_size),

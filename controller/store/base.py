@@ -27,6 +27,10 @@ class Action(enum.StrEnum):
 
 
 StoredObject = pb.Service | pb.Node | pb.Task
+# Where an object stands in its list's order, for paging: nodes by (hostname, id); tasks by
+# (service id, slot, creation time in ns since the epoch, id). Services page by name alone.
+NodeKey = tuple[str, str]
+TaskKey = tuple[str, int, int, str]
 
 
 @dataclass(frozen=True)
@@ -34,7 +38,8 @@ class Put:
     """Creates or replaces an object; when expect_version is set, the stored version must equal it.
 
     expect_version 0 means "must not exist yet". The store sets obj.version to the new store revision.
-    A put of a Service also records its spec under (service id, service revision) in the history.
+    A put of a Service also records its spec under (service id, service revision) in the history, which
+    may keep only each service's newest revisions (always its current one).
     """
 
     obj: StoredObject
@@ -133,8 +138,20 @@ class Store(Protocol):
         """Returns every service, ordered by name."""
         ...
 
+    async def list_services_page(self, after: str | None, limit: int) -> list[pb.Service]:
+        """Returns at most limit services whose name sorts after `after` (None: from the first), by name.
+
+        Like every *_page method it reads only what it returns (keyset paging), so a caller that lists a
+        table in pages pays for each page, not for the table; a change between pages moves nothing it passed.
+        """
+        ...
+
     async def get_service_spec(self, service_id: str, revision: int) -> pb.ServiceSpec | None:
-        """Returns the spec a service had at one of its revisions (kept for rollback)."""
+        """Returns the spec a service had at one of its revisions (kept for rollback); None if not kept.
+
+        None once the service is deleted, and for a revision older than the backend keeps (SqliteStore:
+        history_limit per service); the current revision is always kept.
+        """
         ...
 
     async def get_node(self, node_id: str) -> pb.Node | None:
@@ -145,12 +162,22 @@ class Store(Protocol):
         """Returns every node, ordered by hostname then id."""
         ...
 
+    async def list_nodes_page(self, after: NodeKey | None, limit: int) -> list[pb.Node]:
+        """Returns at most limit nodes after the (hostname, id) key `after` (None: from the first), in that order."""
+        ...
+
     async def get_task(self, task_id: str) -> pb.Task | None:
         """Returns the task with that id."""
         ...
 
     async def list_tasks(self, service_id: str | None = None, node_id: str | None = None) -> list[pb.Task]:
         """Returns the tasks, filtered by service id and/or node id, ordered by service, slot, creation."""
+        ...
+
+    async def list_tasks_page(
+        self, service_id: str | None, node_id: str | None, after: TaskKey | None, limit: int
+    ) -> list[pb.Task]:
+        """Returns at most limit tasks after the TaskKey `after` (None: from the first), filtered as list_tasks."""
         ...
 
     def watch(self, since: int) -> AsyncIterator[Event]:

@@ -14,22 +14,38 @@ Semantics this backend pins down where the Store protocol leaves room:
   Reads and events always hand out freshly decoded messages that the caller may mutate.
 - Cancellation. A commit that has started runs to completion even if its caller is cancelled (the caller
   then does not learn the outcome); otherwise the database and the in-memory revision could disagree.
-- History. A service's spec is kept per (service id, service.revision), first write wins. Deleting the
-  service deletes its history too: nothing can roll back a service that no longer exists.
-- Tasks list ordered by service id, slot, creation time, then id.
+- Specs, stored once each. A service spec is content-addressed: its body with `replicas` cleared is kept
+  once in the `specs` table under the sha256 of its deterministic serialization. The `services` row and
+  every service event hold the service with its spec cut down to `replicas` alone, plus the digest; reads
+  and watchers get the whole `pb.Service` back (the stored body merged into the stub), so nothing outside
+  this module sees the split. Scaling a service therefore adds a few dozen bytes, not a copy of its spec.
+  A spec body lives while a history row, a service row or a kept event refers to it; the commit that drops
+  the last reference (a service delete, history pruning, event trimming) deletes it too.
+- History. A service's spec is kept per (service id, service.revision), first write wins, as a small row
+  (replicas, spec_revision, digest). At most history_limit revisions per service are kept: each commit that
+  writes a service drops its oldest beyond that, but never the revision the service is at now. So
+  get_service_spec answers None for a pruned revision, as it does once the service is deleted: deleting
+  the service deletes its history too, since nothing can roll back a service that no longer exists.
+- Lists. Services list by name, nodes by hostname then id, tasks by service id, slot, creation time, then
+  id; the `*_page` methods continue strictly after a key in that order (keyset paging on the indexes), so
+  a page costs what it returns, however long the table.
 - Trimming keeps whole revisions: a revision's events go only once the newer ones alone number keep_events.
 - Watching. Each watcher has a bounded in-memory queue that commits fill synchronously, in the same step in
   which they advance the revision. A watcher registers its queue and notes the revision in one step, reads
   everything up to that revision from the events table, then drains the queue: no commit can fall between
   the two sources. A watcher that falls behind by more than its queue holds is not buffered further; it
   re-reads the missed revisions from the table (WatchExpired if they were trimmed meanwhile). So a slow
-  watcher never blocks or slows a commit, and costs bounded memory.
+  watcher never blocks or slows a commit, and costs bounded memory: a queued service event shares its
+  commit's one serialized spec body with every other queue, never a copy per watcher.
 - Damage. open() refuses, with StoreDamaged naming the file and the way to restore it, a file that is not a
   SQLite database, is shorter than its header says, fails `PRAGMA quick_check`, or does not hold Dockyard's
-  schema. While open, a read or commit that meets a damaged page (SQLite's CORRUPT or NOTADB) or a row that
-  does not decode raises StoreDamaged too; the first such error marks the store damaged for good (see
-  `damage` and `on_damage`), after which commits are refused without touching the file: writing on top of
-  damage can only spread it.
+  schema. While open, a read or commit that meets a damaged page (SQLite's CORRUPT or NOTADB), a row that
+  does not decode, or a reference to a spec body that is missing raises StoreDamaged too; the first such
+  error marks the store damaged for good (see `damage` and `on_damage`), after which commits are refused
+  without touching the file: writing on top of damage can only spread it.
+- Schema versions. A file of schema 1 (a full spec per history row, service event and service row) is
+  migrated in place when opened, in one transaction (all or nothing), then vacuumed so the file shrinks.
+  A backup of either schema restores; the controller migrates it on open. A newer schema is refused.
 - One owner. While open, the store holds an exclusive lock on `<file>.lock` (its pid inside); a second store
   on the same file, in this process or another, refuses to open, and `restore_file` takes the same lock.
 - Backup and restore (`backup_file`, `restore_file`) go through SQLite's online backup API in one step, so a
@@ -43,6 +59,7 @@ import contextlib
 import copy
 import fcntl
 import functools
+import hashlib
 import os
 import sqlite3
 import time
@@ -65,9 +82,11 @@ from controller.store.base import (
     Delete,
     Event,
     Kind,
+    NodeKey,
     Op,
     Put,
     StoredObject,
+    TaskKey,
     WatchExpired,
 )
 from dockyard.v1 import types_pb2 as pb
@@ -87,15 +106,32 @@ log = structlog.get_logger()
 # The store's file name inside the controller's state directory.
 STORE_FILE: Final = "controller.db"
 
-_SCHEMA_VERSION: Final = 1
+_SCHEMA_VERSION: Final = 2
+
+# Spec bodies, content-addressed (see the module docstring). A rowid table, not WITHOUT ROWID: its rows are
+# large, and SQLite advises WITHOUT ROWID only for small ones.
+_CREATE_SPECS: Final = "CREATE TABLE IF NOT EXISTS specs (digest BLOB PRIMARY KEY, data BLOB NOT NULL)"
+_CREATE_HISTORY: Final = (
+    "CREATE TABLE IF NOT EXISTS service_history ("
+    " service_id TEXT NOT NULL, revision INTEGER NOT NULL, replicas INTEGER NOT NULL,"
+    " spec_revision INTEGER NOT NULL, digest BLOB NOT NULL, PRIMARY KEY (service_id, revision)) WITHOUT ROWID"
+)
+# What a commit asks when it may have dropped the last reference to a spec body.
+_SPEC_INDEXES: Final = (
+    "CREATE INDEX IF NOT EXISTS services_by_spec ON services (spec_digest) WHERE spec_digest IS NOT NULL",
+    "CREATE INDEX IF NOT EXISTS history_by_spec ON service_history (digest)",
+    "CREATE INDEX IF NOT EXISTS events_by_spec ON events (spec_digest) WHERE spec_digest IS NOT NULL",
+)
 
 # The script runs in autocommit mode, so it brackets itself in one transaction to create all or nothing.
-_SCHEMA: Final = """
+# Columns added since schema 1 come last, where the migration's ALTER TABLE puts them, so both give one layout.
+_SCHEMA: Final = f"""
 BEGIN IMMEDIATE;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
 INSERT OR IGNORE INTO meta (key, value) VALUES ('revision', 0);
 CREATE TABLE IF NOT EXISTS services (
-    id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, version INTEGER NOT NULL, data BLOB NOT NULL);
+    id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, version INTEGER NOT NULL, data BLOB NOT NULL,
+    spec_digest BLOB);
 CREATE TABLE IF NOT EXISTS nodes (
     id TEXT PRIMARY KEY, hostname TEXT NOT NULL, version INTEGER NOT NULL, data BLOB NOT NULL);
 CREATE INDEX IF NOT EXISTS nodes_by_hostname ON nodes (hostname, id);
@@ -104,16 +140,41 @@ CREATE TABLE IF NOT EXISTS tasks (
     created_ns INTEGER NOT NULL, version INTEGER NOT NULL, data BLOB NOT NULL);
 CREATE INDEX IF NOT EXISTS tasks_by_service ON tasks (service_id, slot, created_ns, id);
 CREATE INDEX IF NOT EXISTS tasks_by_node ON tasks (node_id, service_id, slot, created_ns, id);
-CREATE TABLE IF NOT EXISTS service_history (
-    service_id TEXT NOT NULL, revision INTEGER NOT NULL, spec BLOB NOT NULL,
-    PRIMARY KEY (service_id, revision)) WITHOUT ROWID;
+{_CREATE_SPECS};
+{_CREATE_HISTORY};
 CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY, revision INTEGER NOT NULL, kind TEXT NOT NULL, action TEXT NOT NULL,
-    id TEXT NOT NULL, data BLOB NOT NULL);
+    id TEXT NOT NULL, data BLOB NOT NULL, spec_digest BLOB);
 CREATE INDEX IF NOT EXISTS events_by_revision ON events (revision);
-PRAGMA user_version = 1;
+{";".join(_SPEC_INDEXES)};
+PRAGMA user_version = {_SCHEMA_VERSION};
 COMMIT;
 """
+
+# Schema 1's tables and columns, to recognise a file to migrate: a full spec in every history row, service
+# row and service event.
+_V1_LAYOUT: Final = {
+    "events": ("seq", "revision", "kind", "action", "id", "data"),
+    "meta": ("key", "value"),
+    "nodes": ("id", "hostname", "version", "data"),
+    "service_history": ("service_id", "revision", "spec"),
+    "services": ("id", "name", "version", "data"),
+    "tasks": ("id", "service_id", "node_id", "slot", "created_ns", "version", "data"),
+}
+
+# A service's history rows beyond the newest ?3, never its current revision ?2: the ones pruning drops.
+_PRUNABLE_HISTORY: Final = (
+    "SELECT revision, digest FROM service_history WHERE service_id = ?1 AND revision NOT IN ("
+    "SELECT revision FROM service_history WHERE service_id = ?1 ORDER BY revision = ?2 DESC, revision DESC"
+    " LIMIT ?3)"
+)
+# Deletes a spec body once nothing refers to it (each NOT EXISTS is one probe of a *_by_spec index).
+_DROP_UNUSED_SPEC: Final = (
+    "DELETE FROM specs WHERE digest = ?1"
+    " AND NOT EXISTS (SELECT 1 FROM service_history WHERE digest = ?1)"
+    " AND NOT EXISTS (SELECT 1 FROM services WHERE spec_digest = ?1)"
+    " AND NOT EXISTS (SELECT 1 FROM events WHERE spec_digest = ?1)"
+)
 
 _TABLES: Final = {Kind.SERVICE: "services", Kind.NODE: "nodes", Kind.TASK: "tasks"}
 _MESSAGES: Final[dict[Kind, type[pb.Service] | type[pb.Node] | type[pb.Task]]] = {
@@ -124,8 +185,9 @@ _MESSAGES: Final[dict[Kind, type[pb.Service] | type[pb.Node] | type[pb.Task]]] =
 
 # ON CONFLICT (id), not INSERT OR REPLACE: REPLACE would silently delete another service holding the name.
 _UPSERTS: Final = {
-    Kind.SERVICE: "INSERT INTO services (id, name, version, data) VALUES (?, ?, ?, ?)"
-    " ON CONFLICT (id) DO UPDATE SET name = excluded.name, version = excluded.version, data = excluded.data",
+    Kind.SERVICE: "INSERT INTO services (id, name, version, data, spec_digest) VALUES (?, ?, ?, ?, ?)"
+    " ON CONFLICT (id) DO UPDATE SET name = excluded.name, version = excluded.version, data = excluded.data,"
+    " spec_digest = excluded.spec_digest",
     Kind.NODE: "INSERT INTO nodes (id, hostname, version, data) VALUES (?, ?, ?, ?)"
     " ON CONFLICT (id) DO UPDATE SET hostname = excluded.hostname, version = excluded.version,"
     " data = excluded.data",
@@ -140,9 +202,10 @@ _ID_CHUNK: Final = 500
 # A replaying watcher reads this many revisions per query, so it never holds the lock for long.
 _REPLAY_PAGE: Final = 256
 
-_Row = tuple[str | int | bytes, ...]
+_Row = tuple[str | int | bytes | None, ...]
 
 _M = TypeVar("_M", bound=Message)
+_T = TypeVar("_T")
 
 # SQLite's result codes for a file that is damaged or is not a database; others (busy, full, I/O) are not damage.
 _DAMAGE_CODES: Final = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
@@ -277,7 +340,10 @@ class _Unsound(Exception):
 
 
 def _verify(conn: sqlite3.Connection) -> StoreSummary | None:
-    """Checks an open database's pages and schema; returns None for a new (empty) one, _Unsound if bad."""
+    """Checks an open database's pages and schema; returns None for a new (empty) one, _Unsound if bad.
+
+    A store of an older schema that open() migrates (schema 1) is sound too.
+    """
     rows = [str(row[0]) for row in conn.execute(f"PRAGMA quick_check({_QUICK_CHECK_ROWS})")]
     if rows != ["ok"]:
         # Each row may hold several lines, headed by the name of the database they are about.
@@ -294,7 +360,8 @@ def _verify(conn: sqlite3.Connection) -> StoreSummary | None:
         raise _Unsound(
             f"written by a newer controller (schema {version}; this one knows {_SCHEMA_VERSION})", newer=True
         )
-    if version != _SCHEMA_VERSION or layout != _expected_layout():
+    known = {_SCHEMA_VERSION: _expected_layout(), 1: _V1_LAYOUT}
+    if layout != known.get(version):
         tables = _one_line(", ".join(layout) or "none", 120)
         raise _Unsound(f"not a Dockyard store (schema version {version}, tables: {tables})")
     return _summary(conn)
@@ -312,26 +379,110 @@ def _uri(path: Path, mode: str) -> str:
     return f"{path.resolve().as_uri()}?mode={mode}"
 
 
-def _check_file(path: str) -> StoreSummary | None:
-    """Checks a store file before it is opened for good; None when it is new. See _verify for the errors."""
+def _prepare_file(path: str, history_limit: int) -> bool:
+    """Checks a store file before it is opened for good, migrating an older schema; True when it is new.
+
+    See _verify for what is refused. The migration runs here, on a plain connection in a thread, so a large
+    file never stalls the event loop.
+    """
     file = Path(path)
     problem = _header_problem(file)
     if problem is not None:
         raise _damaged(path, problem)
     if not _non_empty(file):
-        return None
+        return True
     try:
         conn = sqlite3.connect(_uri(file, "rw"), uri=True, isolation_level=None, timeout=_BUSY_TIMEOUT_SECONDS)
         try:
-            return _verify(conn)
+            if _verify(conn) is None:
+                return True
+            (version,) = conn.execute("PRAGMA user_version").fetchone()
+            if version < _SCHEMA_VERSION:
+                _migrate_v1(conn, history_limit)
+                log.info("store migrated", path=path, schema_from=version, schema_to=_SCHEMA_VERSION)
+            return False
         finally:
             conn.close()
     except sqlite3.Error as exc:
         raise _open_error(path, exc) from exc
+    except DecodeError as exc:
+        raise _damaged(path, f"damaged (a stored object does not decode: {exc})") from None
     except _Unsound as exc:
         if exc.newer:
             raise StartupError(f"{path}: {exc}; run that version, or restore a backup made by this one") from None
         raise _damaged(path, str(exc)) from None
+
+
+def _migrate_v1(conn: sqlite3.Connection, history_limit: int) -> None:
+    """Converts a schema-1 store to this schema in one transaction, then vacuums it; see the module docstring.
+
+    Every full spec (history rows, service rows, service events) becomes a reference to one stored body;
+    each history row's spec_revision is derived as the API does (the revision since which all but replicas
+    is the same); history beyond history_limit is pruned as a commit would.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute("ALTER TABLE services ADD COLUMN spec_digest BLOB")
+        conn.execute("ALTER TABLE events ADD COLUMN spec_digest BLOB")
+        conn.execute("ALTER TABLE service_history RENAME TO service_history_v1")
+        conn.execute(_CREATE_SPECS)
+        conn.execute(_CREATE_HISTORY)
+        last: tuple[str, int, int, bytes] | None = None  # service, revision, spec_revision, digest
+        old_rows = conn.execute("SELECT service_id, revision, spec FROM service_history_v1 ORDER BY 1, 2")
+        for service_id, revision, data in old_rows:
+            spec = pb.ServiceSpec.FromString(data)
+            replicas = spec.replicas
+            digest, body = _spec_body(spec)
+            same = last is not None and last[:2] == (service_id, revision - 1) and last[3] == digest
+            spec_revision = last[2] if same and last is not None else revision
+            conn.execute("INSERT OR IGNORE INTO specs (digest, data) VALUES (?, ?)", (digest, body))
+            conn.execute(
+                "INSERT INTO service_history (service_id, revision, replicas, spec_revision, digest)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (service_id, revision, replicas, spec_revision, digest),
+            )
+            last = (service_id, revision, spec_revision, digest)
+        conn.execute("DROP TABLE service_history_v1")
+        revisions: dict[str, int] = {}  # each service's current revision, which pruning keeps
+        for table, key in (("services", "id"), ("events", "seq")):
+            where = " WHERE kind = 'service'" if table == "events" else ""
+            # Keys first: rewriting rows of the table a SELECT is still stepping through is not safe.
+            keys = [row[0] for row in conn.execute(f"SELECT {key} FROM {table}{where}")]
+            for row_key in keys:
+                (data,) = conn.execute(f"SELECT data FROM {table} WHERE {key} = ?", (row_key,)).fetchone()
+                service = pb.Service.FromString(data)
+                if table == "services":
+                    revisions[service.id] = service.revision
+                split = _split_spec(service)
+                if split is None:
+                    continue
+                digest, body = split
+                conn.execute("INSERT OR IGNORE INTO specs (digest, data) VALUES (?, ?)", (digest, body))
+                conn.execute(
+                    f"UPDATE {table} SET data = ?, spec_digest = ? WHERE {key} = ?",
+                    (service.SerializeToString(), digest, row_key),
+                )
+        for statement in _SPEC_INDEXES:
+            conn.execute(statement)
+        for service_id, revision in revisions.items():
+            pruned = conn.execute(_PRUNABLE_HISTORY, (service_id, revision, history_limit)).fetchall()
+            conn.executemany(
+                "DELETE FROM service_history WHERE service_id = ? AND revision = ?",
+                [(service_id, rev) for rev, _ in pruned],
+            )
+        conn.execute(
+            "DELETE FROM specs WHERE NOT EXISTS (SELECT 1 FROM service_history h WHERE h.digest = specs.digest)"
+            " AND NOT EXISTS (SELECT 1 FROM services s WHERE s.spec_digest = specs.digest)"
+            " AND NOT EXISTS (SELECT 1 FROM events e WHERE e.spec_digest = specs.digest)"
+        )
+        conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+        conn.execute("COMMIT")
+    except BaseException:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+        raise
+    # The copies the migration dropped leave free pages; give them back so the file shrinks to what it holds.
+    conn.execute("VACUUM")
 
 
 def _open_error(path: str, exc: sqlite3.Error) -> StartupError:
@@ -515,15 +666,54 @@ def _kind_of(obj: StoredObject) -> Kind:
     raise TypeError(f"not a storable object: {type(obj).__name__}")
 
 
-def _decode(kind: Kind, data: bytes) -> StoredObject:
-    """Returns a fresh message of the kind parsed from data."""
-    return _MESSAGES[kind].FromString(data)
+def _digest(body: bytes) -> bytes:
+    """Returns the content address of a spec body."""
+    return hashlib.sha256(body).digest()
 
 
-def _columns(obj: StoredObject, data: bytes) -> _Row:
+def _spec_body(spec: pb.ServiceSpec) -> tuple[bytes, bytes]:
+    """Returns the digest and body of a spec with replicas cleared; the spec itself is left as it was.
+
+    Deterministic serialization (maps sorted by key) makes equal specs equal bytes, hence one stored body.
+    """
+    replicas = spec.replicas
+    spec.replicas = 0
+    try:
+        body = spec.SerializeToString(deterministic=True)
+    finally:
+        spec.replicas = replicas
+    return _digest(body), body
+
+
+def _split_spec(service: pb.Service) -> tuple[bytes, bytes] | None:
+    """Cuts a service's spec down to its replicas; returns the digest and body of the rest (None: no spec)."""
+    if not service.HasField("spec"):
+        return None
+    digest, body = _spec_body(service.spec)
+    replicas = service.spec.replicas
+    service.ClearField("spec")
+    # Present even with 0 replicas: a stored service without a spec must come back without one, and with.
+    service.spec.SetInParent()
+    service.spec.replicas = replicas
+    return digest, body
+
+
+def _decode(kind: Kind, data: bytes, spec: bytes | None = None) -> StoredObject:
+    """Returns a fresh message of the kind parsed from data, a service with its spec body merged back in.
+
+    The stub's spec holds only replicas and the body everything but (cleared, so absent on the wire), so
+    merging the body into the stub's spec gives back the whole spec.
+    """
+    obj = _MESSAGES[kind].FromString(data)
+    if spec is not None and isinstance(obj, pb.Service):
+        obj.spec.MergeFromString(spec)
+    return obj
+
+
+def _columns(obj: StoredObject, data: bytes, digest: bytes | None) -> _Row:
     """Returns the row for the kind's upsert statement."""
     if isinstance(obj, pb.Service):
-        return (obj.id, obj.name, obj.version, data)
+        return (obj.id, obj.name, obj.version, data, digest)
     if isinstance(obj, pb.Node):
         return (obj.id, obj.description.hostname, obj.version, data)
     created_ns = obj.created_at.seconds * 1_000_000_000 + obj.created_at.nanos
@@ -532,17 +722,23 @@ def _columns(obj: StoredObject, data: bytes) -> _Row:
 
 @dataclass(frozen=True, slots=True)
 class _Record:
-    """One event as stored: the watcher decodes it itself, so every watcher gets its own message."""
+    """One event as stored: the watcher decodes it itself, so every watcher gets its own message.
+
+    A service event's data is the stub (spec cut to replicas) and `spec` the body that `digest` names: the
+    bytes object the commit serialized (or the replay read) once, shared by every watcher that queues it.
+    """
 
     revision: int
     kind: Kind
     action: Action
     id: str
     data: bytes
+    digest: bytes | None = None
+    spec: bytes | None = None
 
     def to_event(self) -> Event:
         """Returns the event with a freshly decoded object."""
-        return Event(self.revision, self.kind, self.action, self.id, _decode(self.kind, self.data))
+        return Event(self.revision, self.kind, self.action, self.id, _decode(self.kind, self.data, self.spec))
 
 
 # eq=False keeps identity hashing: subscribers live in a set.
@@ -582,6 +778,67 @@ class _Step:
     snapshot: StoredObject | None
 
 
+def _chunks(items: list[_T]) -> Iterator[list[_T]]:
+    """Yields items in slices that fit SQLite's host-parameter limit."""
+    for start in range(0, len(items), _ID_CHUNK):
+        yield items[start : start + _ID_CHUNK]
+
+
+def _limit(limit: int) -> int:
+    """Returns a page's item limit; ValueError for a negative one (SQLite would read that as no limit)."""
+    if limit < 0:
+        raise ValueError(f"a page limit must not be negative, not {limit}")
+    return limit
+
+
+def _task_query(
+    service_id: str | None, node_id: str | None, after: TaskKey | None, limit: int | None
+) -> tuple[str, list[str | int]]:
+    """Returns the query for tasks in key order, filtered, strictly after a key, at most limit (None: all).
+
+    Every form is one range of tasks_by_service or tasks_by_node. With a service filter the key's service
+    id is fixed, so only the rest of the key bounds the range: SQLite seeks on
+    `service_id = ? AND (slot, created_ns, id) > (...)`, but would merely filter on a row value that
+    repeats the equality column, reading the service's tasks from its first.
+    """
+    clauses: list[str] = []
+    params: list[str | int] = []
+    if node_id is not None:
+        clauses.append("node_id = ?")
+        params.append(node_id)
+    if service_id is not None:
+        clauses.append("service_id = ?")
+        params.append(service_id)
+    if after is not None:
+        if service_id is None:
+            clauses.append("(service_id, slot, created_ns, id) > (?, ?, ?, ?)")
+            params.extend(after)
+        elif after[0] == service_id:
+            clauses.append("(slot, created_ns, id) > (?, ?, ?)")
+            params.extend(after[1:])
+        elif after[0] > service_id:
+            clauses.append("0")  # the key is past every task of the service
+    where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+    sql = f"SELECT data FROM tasks{where} ORDER BY service_id, slot, created_ns, id"
+    if limit is not None:
+        sql += " LIMIT ?"
+        params.append(limit)
+    return sql, params
+
+
+@dataclass(frozen=True, slots=True)
+class _Found:
+    """An object as a batch sees it: its stored row, or what an earlier op of the same batch left."""
+
+    version: int
+    data: bytes
+    digest: bytes | None = None
+
+
+# (replicas, spec_revision, digest) of one history row.
+_HistoryRow = tuple[int, int, bytes]
+
+
 @dataclass(slots=True)
 class _Batch:
     """What a commit will write, worked out against the rows it read inside its transaction."""
@@ -591,36 +848,59 @@ class _Batch:
     deletes: dict[Kind, set[str]] = field(default_factory=dict)
     records: list[_Record] = field(default_factory=list)
     history_cleared: set[str] = field(default_factory=set)
-    history: dict[str, dict[int, bytes]] = field(default_factory=dict)
+    history: dict[str, dict[int, _HistoryRow]] = field(default_factory=dict)
+    # The revision each written service is at after the batch: pruning keeps it whatever its age.
+    current_revision: dict[str, int] = field(default_factory=dict)
+    # Spec bodies the batch's puts bring (by digest), and those read for the last value of a deleted service.
+    new_specs: dict[bytes, bytes] = field(default_factory=dict)
+    loaded_specs: dict[bytes, bytes] = field(default_factory=dict)
+    # Digests the batch stops referring to from a service row; each goes if nothing else refers to it.
+    released: set[bytes] = field(default_factory=set)
+
+    def spec(self, digest: bytes) -> bytes:
+        """Returns a body this batch brings or has read."""
+        found = self.new_specs.get(digest)
+        return found if found is not None else self.loaded_specs[digest]
 
 
-def _check(kind: Kind, oid: str, expected: int | None, found: tuple[int, bytes] | None) -> None:
+def _check(kind: Kind, oid: str, expected: int | None, found: _Found | None) -> None:
     """Raises ConflictError unless expected is None or equals the found version (0: absent)."""
-    actual = found[0] if found is not None else 0
+    actual = found.version if found is not None else 0
     if expected is not None and expected != actual:
         raise ConflictError(f"{kind} {oid}: expected version {expected}, found {actual}")
 
 
 def _plan_put(
     batch: _Batch,
-    current: dict[tuple[Kind, str], tuple[int, bytes] | None],
+    current: dict[tuple[Kind, str], _Found | None],
     kind: Kind,
     obj: StoredObject,
     expected: int | None,
 ) -> None:
-    """Adds one put to the batch after checking it."""
-    _check(kind, obj.id, expected, current[(kind, obj.id)])
+    """Adds one put to the batch after checking it; a service's spec goes to the specs table, cut from obj."""
+    found = current[(kind, obj.id)]
+    _check(kind, obj.id, expected, found)
     obj.version = batch.revision
-    data = obj.SerializeToString()
-    current[(kind, obj.id)] = (batch.revision, data)
-    batch.deletes.get(kind, set()).discard(obj.id)
-    batch.upserts.setdefault(kind, {})[obj.id] = _columns(obj, data)
-    batch.records.append(_Record(batch.revision, kind, Action.PUT, obj.id, data))
+    digest = body = None
     if isinstance(obj, pb.Service):
-        batch.history.setdefault(obj.id, {}).setdefault(obj.revision, obj.spec.SerializeToString())
+        if found is not None and found.digest is not None:
+            batch.released.add(found.digest)
+        spec_revision = obj.spec_revision
+        split = _split_spec(obj)  # obj is the commit's own snapshot: cutting it touches nobody's copy
+        digest, body = split if split is not None else _spec_body(pb.ServiceSpec())
+        batch.new_specs[digest] = body
+        batch.history.setdefault(obj.id, {}).setdefault(obj.revision, (obj.spec.replicas, spec_revision, digest))
+        batch.current_revision[obj.id] = obj.revision
+        if split is None:  # no spec to refer to; the history still records an empty one, as it always did
+            digest = body = None
+    data = obj.SerializeToString()
+    current[(kind, obj.id)] = _Found(batch.revision, data, digest)
+    batch.deletes.get(kind, set()).discard(obj.id)
+    batch.upserts.setdefault(kind, {})[obj.id] = _columns(obj, data, digest)
+    batch.records.append(_Record(batch.revision, kind, Action.PUT, obj.id, data, digest, body))
 
 
-def _plan_delete(batch: _Batch, current: dict[tuple[Kind, str], tuple[int, bytes] | None], op: Delete) -> None:
+def _plan_delete(batch: _Batch, current: dict[tuple[Kind, str], _Found | None], op: Delete) -> None:
     """Adds one delete to the batch after checking it; a blind delete of nothing is dropped.
 
     A checked delete of a missing object conflicts even with expect_version 0: the caller believed it
@@ -635,21 +915,36 @@ def _plan_delete(batch: _Batch, current: dict[tuple[Kind, str], tuple[int, bytes
     current[(op.kind, op.id)] = None
     batch.upserts.get(op.kind, {}).pop(op.id, None)
     batch.deletes.setdefault(op.kind, set()).add(op.id)
-    batch.records.append(_Record(batch.revision, op.kind, Action.DELETE, op.id, found[1]))
+    body = batch.spec(found.digest) if found.digest is not None else None
+    batch.records.append(_Record(batch.revision, op.kind, Action.DELETE, op.id, found.data, found.digest, body))
     if op.kind is Kind.SERVICE:
+        if found.digest is not None:
+            batch.released.add(found.digest)
         batch.history.pop(op.id, None)
+        batch.current_revision.pop(op.id, None)
         batch.history_cleared.add(op.id)
 
 
 class SqliteStore:
     """A Store on one SQLite file (or ":memory:"), in WAL mode, with an in-process change feed."""
 
-    def __init__(self, path: str | os.PathLike[str], *, keep_events: int = 10000, watch_buffer: int = 4096) -> None:
-        """Prepares a store without touching the disk; watch_buffer bounds each watcher's queue (events)."""
-        if keep_events < 1 or watch_buffer < 1:
-            raise ValueError("keep_events and watch_buffer must be at least 1")
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        keep_events: int = 10000,
+        watch_buffer: int = 4096,
+        history_limit: int = 100,
+    ) -> None:
+        """Prepares a store without touching the disk; watch_buffer bounds each watcher's queue (events).
+
+        history_limit is how many revisions of each service the history keeps (the current one always).
+        """
+        if keep_events < 1 or watch_buffer < 1 or history_limit < 1:
+            raise ValueError("keep_events, watch_buffer and history_limit must be at least 1")
         self._path = os.fspath(path)
         self._keep = keep_events
+        self._history_limit = history_limit
         self._watch_buffer = watch_buffer
         self._db: aiosqlite.Connection | None = None
         self._closed = False
@@ -683,8 +978,9 @@ class SqliteStore:
     async def open(self) -> None:
         """Opens (creating if needed) and loads the revision and event horizon; RuntimeError if open.
 
-        Raises StoreInUse when another store holds the file, StoreDamaged when the file is damaged or not a
-        Dockyard store, and StartupError for anything else that keeps it from opening (permissions).
+        A file of an older schema is migrated first (see the module docstring). Raises StoreInUse when
+        another store holds the file, StoreDamaged when the file is damaged or not a Dockyard store, and
+        StartupError for anything else that keeps it from opening (permissions).
         """
         if self._db is not None:
             raise RuntimeError("store is already open")
@@ -707,11 +1003,11 @@ class SqliteStore:
         self._damage = None
 
     async def _load(self) -> list[tuple[int, int]]:
-        """Checks the file, connects, creates the schema if new; returns each kept revision's event count."""
+        """Checks (and migrates) the file, connects, creates the schema if new; returns each revision's event count."""
         fresh = True
         if not self._in_memory:
             # A plain connection in a thread checks the file before the long-lived one trusts it.
-            fresh = await asyncio.to_thread(_check_file, self._path) is None
+            fresh = await asyncio.to_thread(_prepare_file, self._path, self._history_limit)
         try:
             db = await aiosqlite.connect(self._path, isolation_level=None, timeout=_BUSY_TIMEOUT_SECONDS)
         except sqlite3.Error as exc:
@@ -861,19 +1157,27 @@ class SqliteStore:
         wanted: dict[Kind, set[str]] = {}
         for step in steps:
             wanted.setdefault(step.kind, set()).add(step.id)
-        current: dict[tuple[Kind, str], tuple[int, bytes] | None] = {}
+        current: dict[tuple[Kind, str], _Found | None] = {}
         for kind, ids in wanted.items():
             for oid in ids:
                 current[(kind, oid)] = None
-            ordered = sorted(ids)
-            for start in range(0, len(ordered), _ID_CHUNK):
-                chunk = ordered[start : start + _ID_CHUNK]
+            digest = "spec_digest" if kind is Kind.SERVICE else "NULL"
+            for chunk in _chunks(sorted(ids)):
                 marks = ", ".join("?" * len(chunk))
-                sql = f"SELECT id, version, data FROM {_TABLES[kind]} WHERE id IN ({marks})"
-                for oid, version, data in await db.execute_fetchall(sql, chunk):
-                    current[(kind, oid)] = (version, data)
+                sql = f"SELECT id, version, data, {digest} FROM {_TABLES[kind]} WHERE id IN ({marks})"
+                for oid, version, data, spec_digest in await db.execute_fetchall(sql, chunk):
+                    current[(kind, oid)] = _Found(version, data, spec_digest)
 
         batch = _Batch(revision=self._revision + 1)
+        # A deleted service's event carries its last value, spec and all: read the bodies it refers to.
+        doomed = {
+            found.digest
+            for step in steps
+            if isinstance(step.op, Delete)
+            and (found := current[(step.kind, step.id)]) is not None
+            and found.digest is not None
+        }
+        batch.loaded_specs = await self._read_specs(db, doomed)
         for step in steps:
             if isinstance(step.op, Put):
                 assert step.snapshot is not None
@@ -883,6 +1187,18 @@ class SqliteStore:
             else:
                 _plan_delete(batch, current, step.op)
         return batch
+
+    async def _read_specs(self, db: aiosqlite.Connection, digests: set[bytes]) -> dict[bytes, bytes]:
+        """Returns the stored bodies of these digests; StoreDamaged if one is missing (a dangling reference)."""
+        found: dict[bytes, bytes] = {}
+        for chunk in _chunks(sorted(digests)):
+            marks = ", ".join("?" * len(chunk))
+            rows = await db.execute_fetchall(f"SELECT digest, data FROM specs WHERE digest IN ({marks})", chunk)
+            found.update((digest, data) for digest, data in rows)
+        missing = digests - found.keys()
+        if missing:
+            raise self._mark_damaged(f"damaged (spec {min(missing).hex()[:16]} is referred to but missing)")
+        return found
 
     def _trim_point(self, new_events: int) -> tuple[int | None, int]:
         """Returns the newest revision whose events may go (None: none) and the event count left after."""
@@ -907,22 +1223,44 @@ class SqliteStore:
             except sqlite3.IntegrityError as exc:
                 names = sorted(str(row[1]) for row in rows.values())
                 raise ConflictError(f"service name already taken by another service (one of {names})") from exc
-        if batch.history_cleared:
-            await db.executemany(
-                "DELETE FROM service_history WHERE service_id = ?", [(i,) for i in batch.history_cleared]
+        if batch.new_specs:
+            await db.executemany("INSERT OR IGNORE INTO specs (digest, data) VALUES (?, ?)", batch.new_specs.items())
+        released = set(batch.released)
+        for service_id in batch.history_cleared:
+            held = await db.execute_fetchall(
+                "SELECT DISTINCT digest FROM service_history WHERE service_id = ?", (service_id,)
             )
-        history = [(sid, rev, spec) for sid, specs in batch.history.items() for rev, spec in specs.items()]
+            released.update(digest for (digest,) in held)
+            await db.execute("DELETE FROM service_history WHERE service_id = ?", (service_id,))
+        history = [(sid, rev, *row) for sid, revs in batch.history.items() for rev, row in revs.items()]
         if history:
             await db.executemany(
-                "INSERT OR IGNORE INTO service_history (service_id, revision, spec) VALUES (?, ?, ?)", history
+                "INSERT OR IGNORE INTO service_history (service_id, revision, replicas, spec_revision, digest)"
+                " VALUES (?, ?, ?, ?, ?)",
+                history,
             )
+        for service_id, revision in batch.current_revision.items():
+            pruned = await db.execute_fetchall(_PRUNABLE_HISTORY, (service_id, revision, self._history_limit))
+            if pruned:
+                await db.executemany(
+                    "DELETE FROM service_history WHERE service_id = ? AND revision = ?",
+                    [(service_id, rev) for rev, _ in pruned],
+                )
+                released.update(digest for _, digest in pruned)
         await db.executemany(
-            "INSERT INTO events (revision, kind, action, id, data) VALUES (?, ?, ?, ?, ?)",
-            [(r.revision, r.kind.value, r.action.value, r.id, r.data) for r in batch.records],
+            "INSERT INTO events (revision, kind, action, id, data, spec_digest) VALUES (?, ?, ?, ?, ?, ?)",
+            [(r.revision, r.kind.value, r.action.value, r.id, r.data, r.digest) for r in batch.records],
         )
         await db.execute("UPDATE meta SET value = ? WHERE key = 'revision'", (batch.revision,))
         if cutoff is not None:
+            trimmed = await db.execute_fetchall(
+                "SELECT DISTINCT spec_digest FROM events WHERE revision <= ? AND spec_digest IS NOT NULL", (cutoff,)
+            )
+            released.update(digest for (digest,) in trimmed)
             await db.execute("DELETE FROM events WHERE revision <= ?", (cutoff,))
+        # Last, once every row this batch writes or drops is in place: a body goes when nothing refers to it.
+        if released:
+            await db.executemany(_DROP_UNUSED_SPEC, [(digest,) for digest in released])
 
     def _committed(
         self,
@@ -945,27 +1283,51 @@ class SqliteStore:
         for subscriber in self._subscribers:
             subscriber.offer(batch.records)
 
+    async def _services(self, where: str, params: Sequence[str | int] = ()) -> list[pb.Service]:
+        """Returns the services a query's tail (WHERE, ORDER BY, LIMIT on `s`) selects, specs merged back in."""
+        joined = "SELECT s.data, s.spec_digest, b.data FROM services s LEFT JOIN specs b ON b.digest = s.spec_digest"
+        rows = await self._fetch(f"{joined} {where}", params)
+        services: list[pb.Service] = []
+        with self._guarded():
+            for data, digest, spec in rows:
+                if digest is not None and spec is None:
+                    raise self._mark_damaged(f"damaged (spec {digest.hex()[:16]} is referred to but missing)")
+                services.append(pb.Service.FromString(data))
+                if spec is not None:
+                    services[-1].spec.MergeFromString(spec)
+        return services
+
     async def get_service(self, name_or_id: str) -> pb.Service | None:
         """Returns the service with that id or, failing that, that name."""
-        found = await self._objects(
-            pb.Service,
-            "SELECT data FROM services WHERE id = ?1 OR name = ?1 ORDER BY id = ?1 DESC LIMIT 1",
-            (name_or_id,),
-        )
+        found = await self._services("WHERE s.id = ?1 OR s.name = ?1 ORDER BY s.id = ?1 DESC LIMIT 1", (name_or_id,))
         return found[0] if found else None
 
     async def list_services(self) -> list[pb.Service]:
         """Returns every service, ordered by name."""
-        return await self._objects(pb.Service, "SELECT data FROM services ORDER BY name")
+        return await self._services("ORDER BY s.name")
+
+    async def list_services_page(self, after: str | None, limit: int) -> list[pb.Service]:
+        """Returns at most limit services whose name sorts after `after` (None: from the first), by name."""
+        if after is None:
+            return await self._services("ORDER BY s.name LIMIT ?", (_limit(limit),))
+        return await self._services("WHERE s.name > ? ORDER BY s.name LIMIT ?", (after, _limit(limit)))
 
     async def get_service_spec(self, service_id: str, revision: int) -> pb.ServiceSpec | None:
-        """Returns the spec a service had at one of its revisions, None once the service is deleted."""
-        found = await self._objects(
-            pb.ServiceSpec,
-            "SELECT spec FROM service_history WHERE service_id = ? AND revision = ?",
+        """Returns the spec a service had at one of its revisions; None once pruned or the service is deleted."""
+        rows = await self._fetch(
+            "SELECT h.replicas, h.digest, b.data FROM service_history h LEFT JOIN specs b ON b.digest = h.digest"
+            " WHERE h.service_id = ? AND h.revision = ?",
             (service_id, revision),
         )
-        return found[0] if found else None
+        if not rows:
+            return None
+        ((replicas, digest, body),) = rows
+        with self._guarded():
+            if body is None:
+                raise self._mark_damaged(f"damaged (spec {digest.hex()[:16]} is referred to but missing)")
+            spec = pb.ServiceSpec.FromString(body)
+        spec.replicas = replicas
+        return spec
 
     async def get_node(self, node_id: str) -> pb.Node | None:
         """Returns the node with that id."""
@@ -981,18 +1343,25 @@ class SqliteStore:
         found = await self._objects(pb.Task, "SELECT data FROM tasks WHERE id = ?", (task_id,))
         return found[0] if found else None
 
+    async def list_nodes_page(self, after: NodeKey | None, limit: int) -> list[pb.Node]:
+        """Returns at most limit nodes after the (hostname, id) key `after` (None: from the first), in that order."""
+        if after is None:
+            return await self._objects(
+                pb.Node, "SELECT data FROM nodes ORDER BY hostname, id LIMIT ?", (_limit(limit),)
+            )
+        sql = "SELECT data FROM nodes WHERE (hostname, id) > (?, ?) ORDER BY hostname, id LIMIT ?"
+        return await self._objects(pb.Node, sql, (*after, _limit(limit)))
+
     async def list_tasks(self, service_id: str | None = None, node_id: str | None = None) -> list[pb.Task]:
         """Returns the tasks, filtered by service id and/or node id, ordered by service, slot, creation."""
-        clauses: list[str] = []
-        params: list[str] = []
-        if service_id is not None:
-            clauses.append("service_id = ?")
-            params.append(service_id)
-        if node_id is not None:
-            clauses.append("node_id = ?")
-            params.append(node_id)
-        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
-        sql = f"SELECT data FROM tasks{where} ORDER BY service_id, slot, created_ns, id"
+        sql, params = _task_query(service_id, node_id, None, None)
+        return await self._objects(pb.Task, sql, params)
+
+    async def list_tasks_page(
+        self, service_id: str | None, node_id: str | None, after: TaskKey | None, limit: int
+    ) -> list[pb.Task]:
+        """Returns at most limit tasks after the (service id, slot, created_ns, id) key `after`, filtered, in order."""
+        sql, params = _task_query(service_id, node_id, after, _limit(limit))
         return await self._objects(pb.Task, sql, params)
 
     async def watch(self, since: int) -> AsyncGenerator[Event, None]:
@@ -1041,7 +1410,10 @@ class SqliteStore:
             self._subscribers.discard(subscriber)
 
     async def _read_events(self, after: int, upto: int) -> list[_Record] | None:
-        """Returns stored events with after < revision <= upto (None once closed); WatchExpired if trimmed."""
+        """Returns stored events with after < revision <= upto (None once closed); WatchExpired if trimmed.
+
+        Each spec body is read once per call and shared by the records that refer to it.
+        """
         async with self._lock:
             if self._db is None:
                 return None
@@ -1050,11 +1422,15 @@ class SqliteStore:
                 raise WatchExpired(f"events after revision {after} were trimmed; the oldest kept is {kept}")
             with self._guarded():
                 rows = await self._db.execute_fetchall(
-                    "SELECT revision, kind, action, id, data FROM events WHERE revision > ? AND revision <= ?"
-                    " ORDER BY seq",
+                    "SELECT revision, kind, action, id, data, spec_digest FROM events"
+                    " WHERE revision > ? AND revision <= ? ORDER BY seq",
                     (after, upto),
                 )
-        return [_Record(rev, Kind(kind), Action(action), oid, data) for rev, kind, action, oid, data in rows]
+                specs = await self._read_specs(self._db, {row[5] for row in rows if row[5] is not None})
+        return [
+            _Record(rev, Kind(kind), Action(action), oid, data, digest, specs[digest] if digest is not None else None)
+            for rev, kind, action, oid, data, digest in rows
+        ]
 
     def _event(self, record: _Record) -> Event:
         """Returns a record as an event with its own decoded object; StoreDamaged if it does not decode."""

@@ -199,3 +199,37 @@ async def test_specs_for_reads_each_revision_once_and_skips_gone_services(api: A
         orphan = pb.Task(id="x", service_id="deleted", revision=1)
         specs = await client.specs_for([*tasks, orphan])
     assert {key: spec.image for key, spec in specs.items()} == {("svc-big", 1): "app:1", ("svc-big", 2): "app:2"}
+
+
+async def test_finished_tasks_do_not_shorten_pages(api: ApiUnderTest) -> None:
+    """Nine in ten tasks finished: a page still holds page_size live ones; include_finished lists all."""
+    service = await put_service(api, pb.ServiceSpec(name="big", image="app:1"))
+    tasks = []
+    for slot in range(1, 301):
+        task = pb.Task(id=f"task-{slot:04}", service_id=service.id, slot=slot, revision=1, node_id=f"n{slot % 3}")
+        live = slot % 10 == 0
+        task.desired_state = pb.DESIRED_STATE_RUNNING if live else pb.DESIRED_STATE_SHUTDOWN
+        task.status.state = pb.TASK_STATE_RUNNING if live else pb.TASK_STATE_COMPLETE
+        task.created_at.CopyFrom(to_timestamp(START))
+        tasks.append(Put(task))
+    await api.store.commit(tasks)
+
+    async def pages(request: cpb.ListTasksRequest) -> list[list[str]]:
+        found: list[list[str]] = []
+        async with api.channel() as channel:
+            stub = cpb_grpc.ControllerServiceStub(channel)
+            while True:
+                page = await stub.ListTasks(request, timeout=10)
+                found.append([t.id for t in page.tasks])
+                if not page.next_page_token:
+                    return found
+                request.page_token = page.next_page_token
+
+    live = await pages(cpb.ListTasksRequest(page_size=7))
+    assert [len(p) for p in live] == [7, 7, 7, 7, 2]
+    assert [i for p in live for i in p] == [f"task-{slot:04}" for slot in range(10, 301, 10)]
+    everything = await pages(cpb.ListTasksRequest(page_size=100, include_finished=True))
+    assert [len(p) for p in everything] == [100, 100, 100]
+    on_node = await pages(cpb.ListTasksRequest(page_size=4, node_id="n1", service="big"))
+    assert [i for p in on_node for i in p] == [f"task-{slot:04}" for slot in range(10, 301, 10) if slot % 3 == 1]
+    assert all(len(p) == 4 for p in on_node[:-1])

@@ -10,13 +10,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from controller.api.paging import (
+    Key,
     PageLimits,
     PageTokenError,
     decode_token,
     encode_token,
+    filtered_source,
     ordered_source,
     read_page,
 )
+from dockyard.v1 import controller_pb2 as cpb
 from dockyard.v1 import types_pb2 as pb
 
 SHAPE = (str, int)
@@ -135,4 +138,84 @@ async def test_every_item_is_seen_exactly_once_and_pages_keep_their_budget(
     assert [s.name for p in pages for s in p] == [s.name for s in items]
     for page in pages:
         assert len(page) <= size
-        assert len(page) == 1 or sum(s.ByteSize() + 4 for s in page) <= budget
+        # The page's items as the response encodes them: what the budget bounds.
+        assert len(page) == 1 or cpb.ListServicesResponse(services=page).ByteSize() <= budget
+
+
+class CountingSource:
+    """A source over a sorted list that counts what it hands out, as a store's page method would read it."""
+
+    def __init__(self, items: list[pb.Service]) -> None:
+        self.items = sorted(items, key=key)
+        self.read = 0
+        self.calls = 0
+
+    async def __call__(self, after: Key | None, limit: int) -> list[pb.Service]:
+        self.calls += 1
+        found = [s for s in self.items if after is None or key(s) > after][:limit]
+        self.read += len(found)
+        return found
+
+
+async def one_page(source: CountingSource, size: int, max_bytes: int, after: Key | None = None) -> list[pb.Service]:
+    page = await read_page(source, key, after=after, size=size, max_bytes=max_bytes, token_for=lambda k: "t")
+    return page.items
+
+
+async def test_a_page_of_small_items_reads_one_more_than_it_holds() -> None:
+    source = CountingSource([service(f"s{i:04}") for i in range(5000)])
+    assert len(await one_page(source, size=100, max_bytes=1 << 20)) == 100
+    assert source.read == 101
+    assert source.calls <= 2
+
+
+async def test_a_page_of_large_items_reads_few_it_does_not_send() -> None:
+    """Ten 100 KiB items fill a 1 MiB page: the source is not asked for the thousand the page size allows."""
+    source = CountingSource([service(f"s{i:04}", env_bytes=100 * 1024) for i in range(2000)])
+    page = await one_page(source, size=1000, max_bytes=1 << 20)
+    assert len(page) == 10
+    assert source.read <= 10 + 8
+    deep = CountingSource(source.items)
+    assert len(await one_page(deep, size=1000, max_bytes=1 << 20, after=("s1500",))) == 10
+    assert deep.read == source.read
+
+
+async def test_filtering_reads_on_until_the_page_is_full() -> None:
+    """Most items refused: pages still hold `size` items, each accepted item once, in order."""
+    items = [service(f"s{i:04}") for i in range(1000)]
+    wanted = [s.name for s in items if int(s.name[1:]) % 37 == 0]
+
+    def keep(s: pb.Service) -> bool:
+        return int(s.name[1:]) % 37 == 0
+
+    source = filtered_source(CountingSource(items), key, keep)
+    names: list[list[str]] = []
+    after: Key | None = None
+    while True:
+        page = await read_page(source, key, after=after, size=5, max_bytes=1 << 20, token_for=repr)
+        names.append([s.name for s in page.items])
+        if not page.next_token:
+            break
+        after = key(page.items[-1])
+    assert [n for p in names for n in p] == wanted
+    assert [len(p) for p in names] == [5] * (len(wanted) // 5) + ([len(wanted) % 5] if len(wanted) % 5 else [])
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    kept=st.lists(st.booleans(), max_size=300),
+    size=st.integers(min_value=1, max_value=20),
+)
+async def test_a_filtered_source_gives_every_accepted_item_once_in_full_pages(kept: list[bool], size: int) -> None:
+    items = [service(f"s{i:03}", env_bytes=int(k)) for i, k in enumerate(kept)]
+    source = filtered_source(CountingSource(items), key, lambda s: bool(s.spec.env))
+    pages: list[list[str]] = []
+    after: Key | None = None
+    while True:
+        page = await read_page(source, key, after=after, size=size, max_bytes=1 << 20, token_for=lambda k: "t")
+        pages.append([s.name for s in page.items])
+        if not page.next_token:
+            break
+        after = key(page.items[-1])
+    assert [n for p in pages for n in p] == [s.name for s, k in zip(items, kept, strict=True) if k]
+    assert all(len(p) == size for p in pages[:-1])

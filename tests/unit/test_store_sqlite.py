@@ -592,3 +592,79 @@ async def test_check_op_guards_a_batch_without_writing() -> None:
         assert store.revision == revision
     finally:
         await store.close()
+
+
+# Specs are stored once and referred to by digest: a model of services, their bounded history and the
+# spec bodies, under random puts, deletes and trimming.
+
+spec_op_strategy = st.tuples(
+    st.sampled_from("ab"),
+    st.booleans(),
+    st.integers(1, 6),
+    st.integers(0, 2),
+    st.integers(0, 2),
+)
+
+
+async def _check_spec_references(store: SqliteStore) -> None:
+    """Every digest a row refers to has its body, and every body is referred to by something."""
+    db = store._connection()
+    referred = {
+        row[0]
+        for sql in (
+            "SELECT spec_digest FROM services WHERE spec_digest IS NOT NULL",
+            "SELECT digest FROM service_history",
+            "SELECT spec_digest FROM events WHERE spec_digest IS NOT NULL",
+        )
+        for row in await db.execute_fetchall(sql)
+    }
+    stored = {row[0] for row in await db.execute_fetchall("SELECT digest FROM specs")}
+    assert referred == stored
+
+
+async def _run_spec_model(batches: list[list[tuple[str, bool, int, int, int]]], limit: int) -> None:
+    """Applies service batches to a store and to a model of its rows and history; compares after each."""
+    services: dict[str, pb.Service] = {}
+    history: dict[str, dict[int, pb.ServiceSpec]] = {}
+    async with SqliteStore(":memory:", keep_events=4, history_limit=limit) as store:
+        for batch in batches:
+            ops: list[Op] = []
+            written: dict[str, int] = {}
+            for sid, is_put, revision, image, replicas in batch:
+                if is_put:
+                    svc = service(sid, revision=revision, image=f"img{image}")
+                    svc.spec.replicas = replicas
+                    ops.append(Put(svc))
+                    services[sid] = svc
+                    history.setdefault(sid, {}).setdefault(revision, svc.spec)
+                    written[sid] = revision
+                else:
+                    ops.append(Delete(Kind.SERVICE, sid))
+                    services.pop(sid, None)
+                    history.pop(sid, None)
+                    written.pop(sid, None)
+            for sid, current in written.items():
+                keep = sorted(history[sid], key=lambda r, c=current: (r != c, -r))[:limit]
+                history[sid] = {r: s for r, s in history[sid].items() if r in keep}
+            await store.commit(ops)
+            for sid in "ab":
+                stored = await store.get_service(sid)
+                want = services.get(sid)
+                if want is None:
+                    assert stored is None
+                else:
+                    assert stored is not None
+                    assert stored.version == want.version  # the commit gave the caller's object its version
+                    assert stored == want
+                for revision in range(1, 7):
+                    assert await store.get_service_spec(sid, revision) == history.get(sid, {}).get(revision)
+            await _check_spec_references(store)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.lists(spec_op_strategy, max_size=4), max_size=10), st.integers(1, 3))
+def test_specs_history_and_bodies_match_a_model(
+    batches: list[list[tuple[str, bool, int, int, int]]], limit: int
+) -> None:
+    """Whatever the batches: reads give whole services, the history keeps what the limit says, no body leaks."""
+    asyncio.run(_run_spec_model(batches, limit))
