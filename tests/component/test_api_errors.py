@@ -145,7 +145,7 @@ async def test_other_errors_are_bounded_too(api: ApiUnderTest) -> None:
 class DamagedStore(SqliteStore):
     """A store whose pages turned bad after it opened."""
 
-    async def list_services(self) -> list[pb.Service]:
+    async def list_services_page(self, after: str | None, limit: int) -> list[pb.Service]:
         raise StoreDamaged("/var/lib/dockyard/controller.db: page 7 is damaged; restore it with ...")
 
 

@@ -115,7 +115,7 @@ async def test_a_newer_schema_is_a_startup_error_not_damage(tmp_path: Path) -> N
     path = tmp_path / "controller.db"
     await make_store(path, tasks=1)
     with sqlite3.connect(path) as conn:
-        conn.execute("PRAGMA user_version = 2")
+        conn.execute("PRAGMA user_version = 99")
     error = await open_error(path)
     assert not isinstance(error, StoreDamaged)
     assert "newer controller" in str(error)
