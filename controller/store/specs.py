@@ -30,13 +30,23 @@ class SpecCache:
         self._put((service.id, service.revision), service.spec)
 
     async def get(self, service_id: str, revision: int) -> pb.ServiceSpec | None:
-        """Returns the spec of that revision, or None once the service (and its history) is gone."""
+        """Returns the spec a task at that revision runs, or None once the service (or that revision) is gone."""
         key = (service_id, revision)
         cached = self._specs.get(key)
         if cached is not None:
             self._specs.move_to_end(key)
             return cached[0]
         spec = await self._store.get_service_spec(service_id, revision)
+        if spec is None:
+            # History keeps only the newest revisions. A revision from spec_revision on differs from the current
+            # one at most in replicas, and a task's spec does not depend on the replica count.
+            service = await self._store.get_service(service_id)
+            if (
+                service is not None
+                and service.id == service_id
+                and service.spec_revision <= revision <= service.revision
+            ):
+                spec = service.spec
         if spec is not None:
             self._put(key, spec)
         return spec

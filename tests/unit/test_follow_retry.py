@@ -116,3 +116,25 @@ async def test_the_spec_cache_is_bounded_by_bytes_and_reads_each_revision_once()
         assert await cache.get("svc", 99) is None
     finally:
         await store.close()
+
+
+async def test_a_pruned_scale_only_revision_still_finds_its_spec() -> None:
+    from controller.store.specs import SpecCache
+
+    store = SqliteStore(":memory:", history_limit=3)
+    await store.open()
+    try:
+        service = pb.Service(id="svc", name="web", revision=1, spec_revision=1)
+        service.spec.name, service.spec.image, service.spec.replicas = "web", "img:1", 1
+        await store.commit([Put(service)])
+        for revision in range(2, 10):  # scaling only: the spec stays, the revision moves
+            service.revision, service.spec.replicas = revision, revision
+            await store.commit([Put(service, expect_version=service.version)])
+        assert await store.get_service_spec("svc", 1) is None, "revision 1 was pruned from the history"
+        spec = await SpecCache(store).get("svc", 1)
+        assert spec is not None and spec.image == "img:1"
+        service.revision, service.spec_revision, service.spec.image = 10, 10, "img:2"
+        await store.commit([Put(service, expect_version=service.version)])
+        assert await SpecCache(store).get("svc", 1) is None, "an older spec than spec_revision is not guessed"
+    finally:
+        await store.close()
