@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.component.harness import FakeCluster
+from tests.component.harness import ApiUnderTest, FakeCluster, start_api
 
 
 @pytest.fixture
@@ -19,3 +19,13 @@ async def fake_cluster(tmp_path: Path) -> AsyncIterator[FakeCluster]:
         yield cluster
     finally:
         await cluster.close()
+
+
+@pytest.fixture
+async def api(tmp_path: Path) -> AsyncIterator[ApiUnderTest]:
+    """The API alone over a real gRPC server and store (a test module may define its own `api`)."""
+    server = await start_api(tmp_path)
+    try:
+        yield server
+    finally:
+        await server.close()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import socket
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -23,19 +22,10 @@ from dockyard.clock import SystemClock
 from dockyard.v1 import controller_pb2 as cpb
 from dockyard.v1 import controller_pb2_grpc as cpb_grpc
 from dockyard.v1 import types_pb2 as pb
-from tests.component.harness import ApiUnderTest, start_api
+from tests.component.harness import ApiUnderTest
 
 APPLY = "/dockyard.v1.ControllerService/ApplyService"
 METADATA_LIMIT = 8 * 1024
-
-
-@pytest.fixture
-async def api(tmp_path: Path) -> AsyncIterator[ApiUnderTest]:
-    server = await start_api(tmp_path)
-    try:
-        yield server
-    finally:
-        await server.close()
 
 
 def invalid(count: int) -> cpb.ApplyServiceRequest:

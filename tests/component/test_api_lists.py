@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import grpc
 import pytest
@@ -19,19 +17,10 @@ from dockyard.timestamps import to_timestamp
 from dockyard.v1 import controller_pb2 as cpb
 from dockyard.v1 import controller_pb2_grpc as cpb_grpc
 from dockyard.v1 import types_pb2 as pb
-from tests.component.harness import ApiUnderTest, start_api
+from tests.component.harness import ApiUnderTest
 
 GRPC_DEFAULT_LIMIT = 4 * 1024 * 1024
 START = datetime(2026, 3, 1, tzinfo=UTC)
-
-
-@pytest.fixture
-async def api(tmp_path: Path) -> AsyncIterator[ApiUnderTest]:
-    server = await start_api(tmp_path)
-    try:
-        yield server
-    finally:
-        await server.close()
 
 
 async def put_service(api: ApiUnderTest, spec: pb.ServiceSpec, previous: pb.Service | None = None) -> pb.Service:

@@ -20,16 +20,7 @@ from dockyard.clock import SystemClock
 from dockyard.v1 import controller_pb2 as cpb
 from dockyard.v1 import controller_pb2_grpc as cpb_grpc
 from dockyard.v1 import types_pb2 as pb
-from tests.component.harness import ApiUnderTest, start_api
-
-
-@pytest.fixture
-async def api(tmp_path: Path) -> AsyncIterator[ApiUnderTest]:
-    server = await start_api(tmp_path)
-    try:
-        yield server
-    finally:
-        await server.close()
+from tests.component.harness import ApiUnderTest
 
 
 def spec(name: str = "web", image: str = "app:1", replicas: int = 1) -> pb.ServiceSpec:
