@@ -47,7 +47,7 @@ async def test_a_child_exiting_with_ex_config_stops_everything_with_its_line(
             "controller",
             child(controller, f"while not os.path.exists({str(agent)!r}): time.sleep(0.01)\n" + fail_with(reason)),
         ),
-        ("agent", child(agent, "time.sleep(600)\n")),
+        ("agent", child(agent, "import signal\nsignal.pause()  # until the supervisor stops it\n")),
     ]
     with pytest.raises(ChildFailed) as caught:
         await supervise_children(children)

@@ -145,7 +145,7 @@ async def main():
     await store.open()
     await store.commit([Put(pb.Task(id="late", service_id="s1"))])
     print("committed", flush=True)
-    await asyncio.sleep(3600)
+    await asyncio.Event().wait()  # until killed
 
 asyncio.run(main())
 """
