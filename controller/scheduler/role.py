@@ -11,7 +11,6 @@ from controller.scheduler import Decision, SpecKey, holds_resources, schedule
 from controller.store.base import Check, ConflictError, Kind, Op, Put, Store
 from controller.store.specs import SpecCache
 from dockyard.clock import Clock
-from dockyard.task_state import spec_key
 from dockyard.timestamps import to_timestamp
 from dockyard.v1 import types_pb2 as pb
 
@@ -61,25 +60,7 @@ class Scheduler:
     async def _specs_of(self, tasks: Iterable[pb.Task]) -> dict[SpecKey, pb.ServiceSpec]:
         """Returns the spec of each task's (service, revision) that can still be found."""
         services = {s.id: s for s in await self._store.list_services()}
-        found: dict[SpecKey, pb.ServiceSpec] = {}
-        older: list[pb.Task] = []
-        for task in tasks:
-            key = spec_key(task)
-            if key in found:
-                continue
-            service = services.get(task.service_id)
-            # From spec_revision on, revisions differ only in replicas, which the scheduler never reads; so
-            # tasks left at their revision by a scale need no read. 0 means the field was never set.
-            if service is not None and 0 < service.spec_revision <= task.revision <= service.revision:
-                found[key] = service.spec
-            else:
-                older.append(task)
-        if older:
-            # Only these tasks' services: remembering every service on every pass would push the older
-            # revisions this pass needs out of the cache once there are more services than it holds.
-            involved = {t.service_id: services[t.service_id] for t in older if t.service_id in services}
-            found.update(await self._specs.for_tasks(older, involved))
-        return found
+        return await self._specs.for_tasks(tasks, services)
 
 
 def _ops(decisions: list[Decision], pending: dict[str, pb.Task], nodes: dict[str, pb.Node], now: datetime) -> list[Op]:

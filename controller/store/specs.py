@@ -9,7 +9,18 @@ from controller.store.base import Store
 from dockyard.task_state import SpecKey, spec_key
 from dockyard.v1 import types_pb2 as pb
 
-__all__ = ["SpecCache", "SpecKey"]
+__all__ = ["SpecCache", "SpecKey", "current_spec_for"]
+
+
+def current_spec_for(service: pb.Service, revision: int) -> pb.ServiceSpec | None:
+    """Returns the service's current spec when a task at `revision` runs it, else None (read the history).
+
+    From spec_revision on, revisions differ only in replicas, and a task's spec does not depend on the
+    replica count. A spec_revision of 0 was never set, so it answers nothing.
+    """
+    if 0 < service.spec_revision <= revision <= service.revision:
+        return service.spec
+    return None
 
 
 class SpecCache:
@@ -25,10 +36,6 @@ class SpecCache:
         self._bytes = 0
         self._specs: OrderedDict[SpecKey, tuple[pb.ServiceSpec, int]] = OrderedDict()
 
-    def remember(self, service: pb.Service) -> None:
-        """Caches a service's current spec under its revision (saves a read for tasks at that revision)."""
-        self._put((service.id, service.revision), service.spec)
-
     async def get(self, service_id: str, revision: int) -> pb.ServiceSpec | None:
         """Returns the spec a task at that revision runs, or None once the service (or that revision) is gone."""
         key = (service_id, revision)
@@ -38,15 +45,10 @@ class SpecCache:
             return cached[0]
         spec = await self._store.get_service_spec(service_id, revision)
         if spec is None:
-            # History keeps only the newest revisions. A revision from spec_revision on differs from the current
-            # one at most in replicas, and a task's spec does not depend on the replica count.
+            # History keeps only the newest revisions; a scale-only revision is answered from the service.
             service = await self._store.get_service(service_id)
-            if (
-                service is not None
-                and service.id == service_id
-                and service.spec_revision <= revision <= service.revision
-            ):
-                spec = service.spec
+            if service is not None and service.id == service_id:
+                spec = current_spec_for(service, revision)
         if spec is not None:
             self._put(key, spec)
         return spec
@@ -56,17 +58,19 @@ class SpecCache:
     ) -> dict[SpecKey, pb.ServiceSpec]:
         """Returns the spec of every (service, revision) the tasks run that can still be found.
 
-        A task at its service's current revision takes the spec from `services` (by id) without a read.
-        The returned specs are shared: callers must not change them.
+        A task whose revision `current_spec_for` its service in `services` (by id) answers takes the current
+        spec without a read and without filling the cache. The returned specs are shared: do not change them.
         """
-        for service in (services or {}).values():
-            self.remember(service)
+        services = services or {}
         found: dict[SpecKey, pb.ServiceSpec] = {}
         for task in tasks:
             key = spec_key(task)
             if key in found:
                 continue
-            spec = await self.get(*key)
+            service = services.get(task.service_id)
+            spec = current_spec_for(service, task.revision) if service is not None else None
+            if spec is None:
+                spec = await self.get(*key)
             if spec is not None:
                 found[key] = spec
         return found
