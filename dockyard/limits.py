@@ -16,6 +16,7 @@ __all__ = [
     "CONTAINER_ID_BYTES",
     "CONTROLLER_PORT",
     "DEFAULT_CONTROLLER",
+    "HELLO_TIMEOUT_SECONDS",
     "NODE_LABELS",
     "NODE_TEXT_BYTES",
     "REDIAL_CAP_SECONDS",
@@ -48,6 +49,10 @@ NODE_LABELS: Final = 64
 # restarted controller gives silent nodes that long on top of the heartbeat grace.
 CONNECT_TIMEOUT_SECONDS: Final = 3.0
 REDIAL_CAP_SECONDS: Final = 1.5
+
+# A session stream must open with its hello within this; a stream that does not is closed, so streams that
+# never speak cost the controller nothing for long. Agents send the hello as soon as the stream is open.
+HELLO_TIMEOUT_SECONDS: Final = 10.0
 
 _CUT_MARK: Final = " [truncated]"
 
