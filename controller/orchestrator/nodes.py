@@ -51,3 +51,14 @@ class NodeFacts:
             and n.availability in (pb.NODE_AVAILABILITY_ACTIVE, pb.NODE_AVAILABILITY_UNSPECIFIED)
             and node_satisfies(n, spec.placement.constraints)
         )
+
+
+def placement_facts(node: pb.Node) -> tuple[object, ...]:
+    """Returns what NodeFacts and constraint matching read of a node; two nodes with equal facts plan alike."""
+    return (
+        node.status,
+        node.availability,
+        node.description.hostname,
+        sorted(node.labels.items()),
+        sorted(node.description.labels.items()),
+    )

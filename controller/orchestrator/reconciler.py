@@ -10,7 +10,7 @@ node stops only once its replacement runs elsewhere.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -77,6 +77,30 @@ def reconcile_service(
     return plan
 
 
+def waits_for_running(service: pb.Service | None, tasks: Iterable[pb.Task], nodes: NodeFacts) -> bool:
+    """Tells whether the service's next step waits for one of its tasks to reach running.
+
+    tasks are the service's tasks as a plan leaves them. True while a live task runs an older spec (a rolling
+    update moves on only once the slot it changed runs again) or sits on a draining node of a replicated
+    service (its replacement must run first). Only then can a task's move to running change a plan.
+    """
+    if service is None:
+        return False
+    replicated = service.spec.mode != pb.SERVICE_MODE_GLOBAL
+    for task in tasks:
+        if task.desired_state != pb.DESIRED_STATE_RUNNING or is_terminal(task.status.state):
+            continue
+        if _outdated(service, task) or (replicated and task.node_id and nodes.draining(task.node_id)):
+            return True
+    return False
+
+
+def after_plan(tasks: Iterable[pb.Task], plan: Plan) -> list[pb.Task]:
+    """Returns the tasks as they will be once the plan is committed: changed, created, forgotten."""
+    deleted = {t.id for t in plan.delete}
+    return [plan.current(t) for t in tasks if t.id not in deleted] + list(plan.create)
+
+
 def _wanted_groups(
     service: pb.Service, nodes: NodeFacts, groups: dict[GroupKey, list[pb.Task]], is_global: bool
 ) -> dict[GroupKey, bool]:
@@ -137,8 +161,8 @@ def _replace_stopped(
         verdict = decision.verdict
         if verdict is Verdict.LEAVE and _outdated(state.service, task):
             verdict = Verdict.REPLACE  # a finished task stays finished, but a new spec deserves a run
+        plan.wake_no_later_than(decision.at)
         if verdict is Verdict.WAIT:
-            plan.wake_no_later_than(decision.at)
             return
     if verdict is Verdict.REPLACE:
         shut_down(task, now, "replaced after it stopped", plan)

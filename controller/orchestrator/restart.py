@@ -25,7 +25,8 @@ class Verdict(enum.Enum):
 
 @dataclass(frozen=True)
 class RestartDecision:
-    """A verdict, and for WAIT the time at which to look again."""
+    """A verdict, and the time at which to look again: for WAIT when the delay ends, for LEAVE (max attempts
+    reached inside a window) when enough attempts have aged out of it; None when only a change can help."""
 
     verdict: Verdict
     at: datetime | None = None
@@ -41,8 +42,10 @@ def decide_restart(
         condition == pb.RestartPolicy.CONDITION_ON_FAILURE and succeeded
     ):
         return RestartDecision(Verdict.LEAVE)
-    if policy.max_attempts and _attempts(slot_history, policy, now) > policy.max_attempts:
-        return RestartDecision(Verdict.LEAVE)
+    if policy.max_attempts:
+        attempts = _attempts_at(slot_history, policy, now)
+        if len(attempts) > policy.max_attempts:
+            return RestartDecision(Verdict.LEAVE, _ages_out(attempts, policy))
     delay = seconds(policy.delay) if policy.HasField("delay") else DEFAULT_DELAY
     stopped_at = from_timestamp(stopped.status.timestamp) or now
     due = stopped_at + timedelta(seconds=delay)
@@ -51,15 +54,29 @@ def decide_restart(
     return RestartDecision(Verdict.REPLACE)
 
 
-def _attempts(slot_history: Sequence[pb.Task], policy: pb.RestartPolicy, now: datetime) -> int:
-    """Counts the slot's stopped tasks, only those inside the window when one is set."""
+def _ages_out(attempts: list[datetime | None], policy: pb.RestartPolicy) -> datetime | None:
+    """Returns when enough attempts will have left the window for max_attempts to allow a restart again.
+
+    None without a window, or when too many attempts have no time (they never age out).
+    """
     window = seconds(policy.window)
-    count = 0
+    times = sorted(t for t in attempts if t is not None)
+    must_go = len(attempts) - policy.max_attempts
+    if not window or must_go > len(times):
+        return None
+    # An attempt counts while now - stopped_at <= window, so it is gone just after stopped_at + window.
+    return times[must_go - 1] + timedelta(seconds=window, microseconds=1)
+
+
+def _attempts_at(slot_history: Sequence[pb.Task], policy: pb.RestartPolicy, now: datetime) -> list[datetime | None]:
+    """Returns when each of the slot's stopped tasks stopped (None: unknown), only those inside the window if set."""
+    window = seconds(policy.window)
+    stops: list[datetime | None] = []
     for task in slot_history:
         if not is_terminal(task.status.state):
             continue
         stopped_at = from_timestamp(task.status.timestamp)
         if window and stopped_at is not None and now - stopped_at > timedelta(seconds=window):
             continue
-        count += 1
-    return count
+        stops.append(stopped_at)
+    return stops

@@ -1,62 +1,295 @@
-"""The orchestrator's I/O shell: reads services and tasks, runs the pure reconciler, commits its plan."""
+"""The orchestrator's I/O shell: finds the services a batch of changes touches, reads only their tasks, runs the
+pure reconciler on each and commits each one's plan.
+
+A pass handed None (start, a gap in the feed, the periodic full pass) reconciles every service. A pass handed
+events reconciles the services dirty.py names, those whose restart delay is due, and those whose retry after a
+failure is due. A service whose reconcile raises backs off on its own; the others go on.
+"""
 
 from __future__ import annotations
 
+import asyncio
 from collections import defaultdict
-from collections.abc import Callable
-from datetime import datetime
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 import structlog
 
+from controller.errors import StoreDamaged
+from controller.orchestrator.dirty import Dirty, dirty_from
 from controller.orchestrator.nodes import NodeFacts
 from controller.orchestrator.plan import Plan
-from controller.orchestrator.reconciler import reconcile_service
-from controller.store.base import ConflictError, Delete, Kind, Op, Put, Store
+from controller.orchestrator.reconciler import after_plan, reconcile_service, waits_for_running
+from controller.store.base import Action, ConflictError, Delete, Event, Kind, Op, Put, Store
+from dockyard.backoff import Backoff
 from dockyard.clock import Clock
+from dockyard.logs import Throttle
 from dockyard.v1 import types_pb2 as pb
 
 log = structlog.get_logger()
 
+ReconcileService = Callable[
+    [pb.Service | None, Sequence[pb.Task], NodeFacts, datetime, Callable[[], str]],
+    Plan,
+]
+
+# A service whose reconcile raised is retried after 1 s, doubling up to a minute: a bug that a later write
+# fixes (a malformed timestamp replaced by the agent's next report) heals quickly, one that persists costs
+# one failed read of that service a minute.
+SERVICE_RETRY_BASE_SECONDS = 1.0
+SERVICE_RETRY_CAP_SECONDS = 60.0
+
+
+# A pass commits its services' plans together in transactions of about this many writes (a service's plan is
+# never split): few commits for many lost nodes, while one batch stays well inside the store's event log
+# (SqliteStore keeps 10,000 events) so followers do not lose track.
+MAX_BATCH_OPS = 5_000
+
+
+@dataclass
+class _Planned:
+    """One service's plan in a pass, with what it was computed from."""
+
+    service_id: str
+    service: pb.Service | None
+    tasks: list[pb.Task]
+    plan: Plan
+    ops: list[Op]  # the plan's writes, each guarded by the version it was computed from
+
+
+@dataclass
+class _Failing:
+    """A service whose last reconcile raised: its backoff, and when it may be tried again."""
+
+    backoff: Backoff
+    retry_at: datetime
+
 
 class Orchestrator:
-    """Keeps every service's tasks matching its spec; reconcile() is one level-triggered pass."""
+    """Keeps every service's tasks matching its spec; reconcile(changes) is one pass over what changed."""
 
-    def __init__(self, store: Store, clock: Clock, new_id: Callable[[], str]) -> None:
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock,
+        new_id: Callable[[], str],
+        reconcile_one: ReconcileService = reconcile_service,
+    ) -> None:
+        """Reconciles each service with reconcile_one (the pure reconciler; tests may wrap it)."""
         self._store = store
         self._clock = clock
         self._new_id = new_id
+        self._reconcile_one = reconcile_one
+        # The nodes as the events handed so far left them: node events are judged against these.
+        self._nodes: dict[str, pb.Node] = {}
+        self._global: set[str] = set()
+        # Services whose plan waits for a task to reach running (see reconciler.waits_for_running).
+        self._waiting: set[str] = set()
+        # Per service, when its plan asked to look again (a restart delay).
+        self._timers: dict[str, datetime] = {}
+        self._failing: dict[str, _Failing] = {}
+        # What is still to do: kept across passes so a pass that raises midway loses nothing.
+        self._dirty = Dirty()
+        self._throttle = Throttle(clock)
 
-    async def reconcile(self) -> datetime | None:
-        """Reconciles every service once; returns when it wants to run again (None: on the next change)."""
+    async def reconcile(self, changes: Sequence[Event] | None) -> datetime | None:
+        """Reconciles the services the changes touch (None: every service); returns when to run again."""
+        now = self._clock.now()
+        if changes is None:
+            await self._full_pass(now)
+        else:
+            self._note(changes)
+            await self._dirty_pass(now)
+        return self._next_wake(now)
+
+    def _note(self, changes: Sequence[Event]) -> None:
+        """Adds what the changes make dirty, then moves the remembered nodes and global services past them."""
+        found = dirty_from(changes, self._nodes, self._waiting, self._global)
+        self._dirty.services |= found.services
+        self._dirty.nodes |= found.nodes
+        for event in changes:
+            if event.kind == Kind.NODE:
+                if event.action == Action.DELETE:
+                    self._nodes.pop(event.id, None)
+                else:
+                    assert isinstance(event.obj, pb.Node)
+                    self._nodes[event.id] = event.obj
+            elif event.kind == Kind.SERVICE:
+                assert isinstance(event.obj, pb.Service)
+                if event.action == Action.PUT and event.obj.spec.mode == pb.SERVICE_MODE_GLOBAL:
+                    self._global.add(event.id)
+                else:
+                    self._global.discard(event.id)
+
+    async def _full_pass(self, now: datetime) -> None:
+        """Reconciles every service (and every service id its tasks name) from one read of each table."""
         services = {s.id: s for s in await self._store.list_services()}
         tasks_by_service: dict[str, list[pb.Task]] = defaultdict(list)
         for task in await self._store.list_tasks():
             tasks_by_service[task.service_id].append(task)
+        node_list = await self._store.list_nodes()
+        self._nodes = {n.id: n for n in node_list}
+        self._global = {s.id for s in services.values() if s.spec.mode == pb.SERVICE_MODE_GLOBAL}
+        # This pass reads everything, so nothing noted before it is still to do.
+        self._dirty = Dirty()
+        work = [
+            (service_id, services.get(service_id), tasks_by_service.get(service_id, []))
+            for service_id in sorted(set(services) | set(tasks_by_service))
+            if not self._backing_off(service_id, now)
+        ]
+        await self._reconcile_services(work, NodeFacts(self._nodes), now)
+
+    async def _dirty_pass(self, now: datetime) -> None:
+        """Reconciles the dirty services, those on dirty nodes, and those whose timer or retry is due."""
+        for node_id in sorted(self._dirty.nodes):
+            self._dirty.services.update(t.service_id for t in await self._store.list_tasks(node_id=node_id))
+            self._dirty.nodes.discard(node_id)
+        for service_id, at in list(self._timers.items()):
+            if at > now:
+                continue
+            if self._backing_off(service_id, now):
+                del self._timers[service_id]  # its retry reads it afresh and sets the timer again
+            else:
+                self._dirty.services.add(service_id)
+        self._dirty.services.update(s for s, failing in self._failing.items() if failing.retry_at <= now)
+        # A service backing off waits for its retry, which reads it afresh; events meanwhile add nothing.
+        self._dirty.services = {s for s in self._dirty.services if not self._backing_off(s, now)}
+        if not self._dirty.services:
+            return
         nodes = NodeFacts.of(await self._store.list_nodes())
-        now = self._clock.now()
-        wake: Plan = Plan()
-        for service_id in sorted(set(services) | set(tasks_by_service)):
-            plan = reconcile_service(
-                services.get(service_id), tasks_by_service.get(service_id, []), nodes, now, self._new_id
-            )
-            wake.wake_no_later_than(plan.wake_at)
-            if plan.empty():
+        work: list[tuple[str, pb.Service | None, list[pb.Task]]] = []
+        for service_id in sorted(self._dirty.services):
+            service = await self._store.get_service(service_id)
+            if service is not None and service.id != service_id:
+                service = None  # get_service also matches names; a service named like this id is not it
+            work.append((service_id, service, await self._store.list_tasks(service_id=service_id)))
+        self._dirty.services.clear()
+        await self._reconcile_services(work, nodes, now)
+
+    async def _reconcile_services(
+        self, work: list[tuple[str, pb.Service | None, list[pb.Task]]], nodes: NodeFacts, now: datetime
+    ) -> None:
+        """Plans each service, then commits the plans in few batches (one per service only after a failure).
+
+        Committing a pass's plans together keeps many lost nodes one pass with one commit: the scheduler then
+        places all replacements at once instead of running once per service between our commits.
+        """
+        planned: list[_Planned] = []
+        for service_id, service, tasks in work:
+            self._timers.pop(service_id, None)
+            if service is None and not tasks:
+                self._forget(service_id)
                 continue
             try:
-                await self._store.commit(_ops(plan))
-            except ConflictError as exc:
-                # Someone (usually an agent's status) wrote first: look again at once with fresh data.
-                log.debug("orchestrator conflict", service_id=service_id, error=str(exc))
-                wake.wake_no_later_than(now)
+                plan = self._reconcile_one(service, tasks, nodes, now, self._new_id)
+            except Exception:
+                self._failed(service_id, service, tasks, now)
                 continue
+            planned.append(_Planned(service_id, service, tasks, plan, _ops(plan)))
+        batch: list[_Planned] = []
+        size = 0
+        for item in planned:
+            if item.plan.empty():
+                self._done(item, nodes)
+                continue
+            if batch and size + len(item.ops) > MAX_BATCH_OPS:
+                await self._commit(batch, nodes, now)
+                batch, size = [], 0
+            batch.append(item)
+            size += len(item.ops)
+        if batch:
+            await self._commit(batch, nodes, now)
+
+    async def _commit(self, batch: list[_Planned], nodes: NodeFacts, now: datetime) -> None:
+        """Commits the plans of several services in one transaction; on any failure, each on its own."""
+        try:
+            await self._store.commit([op for item in batch for op in item.ops])
+        except (asyncio.CancelledError, StoreDamaged):
+            raise
+        except Exception:
+            if len(batch) == 1:
+                await self._commit_one(batch[0], nodes, now)
+                return
+            # One service's writes (a conflict, a write the store refuses) must not hold back the others.
+            for item in batch:
+                await self._commit_one(item, nodes, now)
+            return
+        for item in batch:
+            self._done(item, nodes)
+
+    async def _commit_one(self, item: _Planned, nodes: NodeFacts, now: datetime) -> None:
+        """Commits one service's plan; a conflict asks for another look, any other failure backs off."""
+        try:
+            await self._store.commit(item.ops)
+        except ConflictError as exc:
+            # Someone (usually an agent's status) wrote first: look again at once with fresh data.
+            log.debug("orchestrator conflict", service_id=item.service_id, error=str(exc))
+            self._dirty.services.add(item.service_id)
+            return
+        except (asyncio.CancelledError, StoreDamaged):
+            raise
+        except Exception:
+            self._failed(item.service_id, item.service, item.tasks, now)
+            return
+        self._done(item, nodes)
+
+    def _done(self, item: _Planned, nodes: NodeFacts) -> None:
+        """Records what a service's committed (or empty) plan means for the passes to come."""
+        service_id, plan = item.service_id, item.plan
+        self._failing.pop(service_id, None)
+        if plan.wake_at is not None:
+            self._timers[service_id] = plan.wake_at
+        if waits_for_running(item.service, after_plan(item.tasks, plan), nodes):
+            self._waiting.add(service_id)
+        else:
+            self._waiting.discard(service_id)
+        if not plan.empty():
             log.info(
                 "orchestrated",
-                service=_name(services.get(service_id), tasks_by_service.get(service_id, [])),
+                service=_name(item.service, item.tasks),
                 created=len(plan.create),
                 updated=len(plan.update),
                 deleted=len(plan.delete),
             )
-        return wake.wake_at
+
+    def _failed(self, service_id: str, service: pb.Service | None, tasks: list[pb.Task], now: datetime) -> None:
+        """Backs a service off after its reconcile or its commit raised; logs it, rate-limited per service."""
+        failing = self._failing.get(service_id)
+        if failing is None:
+            failing = self._failing[service_id] = _Failing(
+                Backoff(base=SERVICE_RETRY_BASE_SECONDS, cap=SERVICE_RETRY_CAP_SECONDS), now
+            )
+        delay = failing.backoff.next_delay()
+        failing.retry_at = now + timedelta(seconds=delay)
+        suppressed = self._throttle.allow(service_id)
+        if suppressed is not None:
+            log.exception(
+                "service reconcile failed",
+                service=_name(service, tasks),
+                service_id=service_id,
+                attempt=failing.backoff.attempt,
+                retry_in=round(delay, 1),
+                suppressed=suppressed,
+            )
+
+    def _backing_off(self, service_id: str, now: datetime) -> bool:
+        failing = self._failing.get(service_id)
+        return failing is not None and failing.retry_at > now
+
+    def _forget(self, service_id: str) -> None:
+        """Drops what is remembered about a service that is gone with all its tasks."""
+        self._timers.pop(service_id, None)
+        self._waiting.discard(service_id)
+        self._failing.pop(service_id, None)
+        self._global.discard(service_id)
+
+    def _next_wake(self, now: datetime) -> datetime | None:
+        """Returns the earliest timer or retry, or now when a service is left to do (after a conflict)."""
+        times = [*self._timers.values(), *(f.retry_at for f in self._failing.values())]
+        if self._dirty.services or self._dirty.nodes:
+            times.append(now)
+        return min(times, default=None)
 
 
 def _ops(plan: Plan) -> list[Op]:

@@ -337,3 +337,14 @@ def test_rollout_of_a_global_service_targets_its_live_tasks() -> None:
     assert (state.desired, state.running, state.done) == (2, 2, True)
     starting = task(0, pb.TASK_STATE_STARTING, node="n3", task_id="g3", svc=svc)
     assert not progress(svc, [*live, starting]).done
+
+
+def test_max_attempts_inside_a_window_looks_again_when_attempts_age_out() -> None:
+    svc = service(1, condition=pb.RestartPolicy.CONDITION_ANY, max_attempts=1, delay=duration(0), window=duration(60))
+    older = task(1, pb.TASK_STATE_FAILED, pb.DESIRED_STATE_SHUTDOWN, svc=svc, task_id="older", stopped_ago=50)
+    current = task(1, pb.TASK_STATE_FAILED, svc=svc, task_id="now", stopped_ago=10)
+    plan = reconcile(svc, [older, current])
+    assert plan.empty(), "two attempts inside the window: no restart"
+    assert plan.wake_at == NOW + timedelta(seconds=10, microseconds=1), "the older attempt leaves the window then"
+    never = service(1, condition=pb.RestartPolicy.CONDITION_ANY, max_attempts=1, delay=duration(0))
+    assert reconcile(never, [older, current]).wake_at is None, "without a window only a change can help"
