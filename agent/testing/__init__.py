@@ -6,6 +6,8 @@
 * `RuntimeConformance`: the runtime contract as a base test class. Both the fake and the aiodocker
   adapter run it (tests/conformance/), so what agent tests learn from the fake holds on Docker.
 * `UnixSocketProxy`: sits in front of a daemon's socket and makes the daemon die or hang on demand.
+* `Fleet`: many simulated agents in one process, each speaking the real Session protocol to a real
+  controller, for load tests and benchmarks (bench/fleet.py); `agent.testing.fleet` says what they simulate.
 
 A new runtime adapter proves itself by subclassing `RuntimeConformance` in a test module and saying how
 to connect to its daemon and how to take that daemon away; every check becomes one test:
@@ -65,11 +67,14 @@ if "pytest" in sys.modules:
     pytest.register_assert_rewrite("agent.testing.conformance")
 
 from agent.testing.conformance import Outage, OutageMode, RuntimeConformance
+from agent.testing.fleet import Fleet, FleetConfig
 from agent.testing.socket_proxy import UnixSocketProxy
 
 __all__ = [
     "FakeClock",
     "FakeRuntime",
+    "Fleet",
+    "FleetConfig",
     "Outage",
     "OutageMode",
     "RuntimeConformance",

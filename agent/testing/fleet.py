@@ -1,0 +1,494 @@
+"""A simulated fleet: many agents in one process, each speaking the real Session protocol to a real controller.
+
+Each simulated agent (`SimAgent`) does on the wire what `agent.link.ControllerLink` does: a hello with a node
+description and its inventory, heartbeats at the period the Welcome gives, status batches, a session ended
+after MISSED_HEARTBEATS periods without a word from the controller, and a jittered re-dial. Assignments go
+through the agent's own `TaskBook`, so FULL and INCREMENTAL sets, removals and specs are handled exactly as
+on a host. Containers are imaginary: each task moves through `agent.step.next_step` (the real worker's step
+function) against an in-memory container, one step per small random delay, so a task reports PREPARING,
+STARTING and RUNNING, and a task the controller takes away reports SHUTDOWN once "stopped and removed".
+
+    async with Fleet(address, FleetConfig(agents=200)) as fleet:
+        await fleet.wait_connected(within=30)
+        ...  # apply services through dockyard.client.Client
+        fleet.running()  # task id -> node id, as the agents see it
+        lost = fleet.lose(20)  # as 20 hosts dying at once
+
+Streams are spread over several gRPC channels (`FleetConfig.streams_per_channel`, 100 by default). One
+channel per agent, as on real hosts, would cost this process a TCP connection, an HTTP/2 transport and its
+keepalive timer per agent; one channel for all would push every agent through a single connection's flow
+control window and a single TCP socket, so one slow stream or one broken connection would stall or drop
+the whole fleet, which no real fleet does. About a hundred streams per connection keeps the controller's
+per-connection work realistic at a small cost here. Set it to 1 for one connection per agent.
+
+Everything is bounded: each agent holds at most one status per task (the agent's own Reporter) and writes
+one message at a time, every stepping task ends when its task is idle, and `stop()` ends everything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import random
+import secrets
+from collections import Counter, deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+import grpc
+
+from agent.link import MISSED_HEARTBEATS, REDIAL_BASE, REDIAL_CAP, session_channel_options
+from agent.reporter import Reporter
+from agent.runtime.base import ContainerInfo, ContainerState
+from agent.step import Op, next_step
+from agent.task_book import TaskBook
+from dockyard import __version__
+from dockyard.backoff import Backoff
+from dockyard.clock import Clock, SystemClock
+from dockyard.limits import CONNECT_TIMEOUT_SECONDS
+from dockyard.task_state import is_terminal
+from dockyard.timestamps import seconds, to_timestamp
+from dockyard.v1 import agent_pb2 as apb
+from dockyard.v1 import agent_pb2_grpc as apb_grpc
+from dockyard.v1 import types_pb2 as pb
+
+__all__ = ["Drop", "Fleet", "FleetConfig", "SimAgent", "SimHost"]
+
+GIB = 1 << 30
+RECORDS_KEPT = 1000  # per agent: the latest drops and welcomes
+
+_Call = grpc.aio.StreamStreamCall[apb.AgentMessage, apb.ControllerMessage]
+# Never written: the simulated book lives in memory only.
+_NO_FILE = Path("/nonexistent/dockyard-sim/tasks.pb")
+
+
+@dataclass(frozen=True)
+class FleetConfig:
+    """How many agents, what they say about their hosts, and how they pace their work."""
+
+    agents: int = 0
+    streams_per_channel: int = 100
+    # Each step of a task (prepare, create, start, stop, remove) takes a delay drawn from this range.
+    step_delay: tuple[float, float] = (0.0, 0.05)
+    # At most one status message per agent per this many seconds; what piles up meanwhile goes in it.
+    status_interval: float = 0.05
+    # Agents start at random moments within this many seconds, as a fleet coming up does, not all at once.
+    ramp: float = 1.0
+    # Used until a Welcome names the controller's period.
+    heartbeat_period: float = 1.0
+    connect_timeout: float = CONNECT_TIMEOUT_SECONDS
+    cpus: float = 8.0
+    memory_bytes: int = 16 * GIB
+    labels: Mapping[str, str] = field(default_factory=lambda: {"fleet": "sim"})
+    seed: int | None = None  # also names the nodes (sim-<seed>-<index>); None: random, unique per fleet
+
+
+@dataclass(frozen=True)
+class Drop:
+    """A session that ended, when (the fleet clock's monotonic time) and why."""
+
+    at: float
+    reason: str
+
+
+class SimHost:
+    """One host's tasks and imaginary containers: the agent's TaskBook and Reporter, and the worker's steps.
+
+    Synchronous and free of I/O, so that assignment handling can be tested step by step: `apply` takes an
+    Assignments message and returns the tasks to step; `step` performs one step of one task.
+    """
+
+    def __init__(self, node_id: str, clock: Clock) -> None:
+        """An empty host; statuses go to `reporter`, stamped with `clock`."""
+        self.node_id = node_id
+        self.book = TaskBook(_NO_FILE, clock=clock)
+        self.reporter = Reporter()
+        self._clock = clock
+        self._containers: dict[str, ContainerInfo] = {}
+        self.reported: Counter[int] = Counter()  # how many times each state was reported
+
+    def apply(self, assignments: apb.Assignments) -> set[str]:
+        """Takes one Assignments message as the agent's link does; returns the ids of the tasks to step."""
+        changed = self.book.apply(assignments)
+        if assignments.kind == apb.Assignments.KIND_FULL:
+            # As the link does: every task steps after a full set, so an adopted task reports what it finds.
+            return {t.id for t in self.book}
+        return changed
+
+    def step(self, task_id: str) -> bool:
+        """Performs the next step of a task and reports its transition; returns whether more steps follow."""
+        task = self.book.get(task_id)
+        if task is None:
+            return False
+        container = self._containers.get(task_id)
+        step = next_step(task, container)
+        if step.idle:
+            if container is None and task.desired_state != pb.DESIRED_STATE_RUNNING and is_terminal(task.status.state):
+                self.book.forget(task_id)  # as the worker does once a finished task's container is gone
+            return False
+        if step.op in (Op.PREPARE, Op.CREATE) and self.book.spec_of(task) is None:
+            # The worker refuses to run a container from an empty spec.
+            self._report(task, pb.TASK_STATE_REJECTED, "", "the controller sent no spec for this revision")
+            return True
+        if step.op is Op.CREATE:
+            self._containers[task_id] = _container(task, ContainerState.CREATED)
+        elif step.op is Op.START:
+            self._containers[task_id] = _container(task, ContainerState.RUNNING)
+        elif step.op is Op.STOP:
+            self._containers[task_id] = _container(task, ContainerState.EXITED)
+        elif step.op is Op.REMOVE:
+            self._containers.pop(task_id, None)
+        if step.report is not None:
+            self._report(task, step.report, step.message, step.error)
+        return True
+
+    def running(self) -> set[str]:
+        """Returns the ids of the tasks this host runs that the controller wants running."""
+        return {
+            t.id
+            for t in self.book
+            if t.desired_state == pb.DESIRED_STATE_RUNNING
+            and t.status.state == pb.TASK_STATE_RUNNING
+            and t.id in self._containers
+        }
+
+    def containers(self) -> set[str]:
+        """Returns the ids of the tasks that have a container here, whatever they are wanted to do."""
+        return set(self._containers)
+
+    def _report(self, task: pb.Task, state: int, message: str, error: str) -> None:
+        status = pb.TaskStatus(
+            state=state,  # type: ignore[arg-type]
+            message=message,
+            error=error,
+            container_id=_container_id(task.id) if task.id in self._containers else "",
+        )
+        status.timestamp.CopyFrom(to_timestamp(self._clock.now()))
+        self.book.set_status(task.id, status)
+        self.reporter.report(task.id, status)
+        self.reported[state] += 1
+
+
+def _container_id(task_id: str) -> str:
+    return hashlib.sha256(task_id.encode()).hexdigest()
+
+
+def _container(task: pb.Task, state: ContainerState) -> ContainerInfo:
+    return ContainerInfo(id=_container_id(task.id), name=task.id, image="", labels={}, state=state)
+
+
+class _SessionEnded(Exception):
+    """The session ended for the reason given."""
+
+
+class _Session:
+    """One open session: its call, when the controller last spoke, and one write at a time."""
+
+    def __init__(self, call: _Call, now: float) -> None:
+        self.call = call
+        self.heard = now
+        self._lock = asyncio.Lock()
+
+    async def send(self, message: apb.AgentMessage) -> None:
+        """Writes one message; gRPC fails the whole call on overlapping writes."""
+        async with self._lock:
+            await self.call.write(message)
+
+
+class SimAgent:
+    """One simulated agent: keeps a session open on a shared channel and drives its host's tasks."""
+
+    def __init__(
+        self,
+        index: int,
+        node_id: str,
+        channel: grpc.aio.Channel,
+        config: FleetConfig,
+        clock: Clock,
+        rng: random.Random,
+    ) -> None:
+        """An agent that has not dialled yet; `run()` starts it."""
+        self.index = index
+        self.node_id = node_id
+        self.hostname = node_id
+        self.host = SimHost(node_id, clock)
+        self._stub = apb_grpc.AgentServiceStub(channel)
+        self._config = config
+        self._clock = clock
+        self._rng = rng
+        self._stepping: dict[str, asyncio.Task[None]] = {}
+        self._silent_call: _Call | None = None
+        self._keep_open = False
+        self.connected = asyncio.Event()
+        self.lost = False
+        # The latest records only, so that an agent re-dialling for hours stays small; the counts are exact.
+        self.drops: deque[Drop] = deque(maxlen=RECORDS_KEPT)
+        self.welcomes: deque[float] = deque(maxlen=RECORDS_KEPT)  # monotonic time of each Welcome
+        self.welcome_waits: deque[float] = deque(maxlen=RECORDS_KEPT)  # seconds from a hello to its Welcome
+        self.dials = 0
+        self.sessions = 0  # welcomed sessions
+
+    @property
+    def reconnects(self) -> int:
+        """Sessions opened after the first one."""
+        return max(0, self.sessions - 1)
+
+    def description(self) -> pb.NodeDescription:
+        """Returns the host facts this agent's hello carries."""
+        return pb.NodeDescription(
+            hostname=self.hostname,
+            labels=dict(self._config.labels),
+            cpus=self._config.cpus,
+            memory_bytes=self._config.memory_bytes,
+            docker_version="sim",
+            os="linux",
+            arch="x86_64",
+            agent_version=__version__,
+        )
+
+    async def run(self) -> None:
+        """Dials and re-dials with the agent's jittered backoff until cancelled."""
+        backoff = Backoff(base=REDIAL_BASE, cap=REDIAL_CAP, rng=self._rng)
+        await self._clock.sleep(self._rng.uniform(0.0, self._config.ramp))
+        try:
+            while True:
+                self.dials += 1
+                try:
+                    await self._session(backoff)
+                except _SessionEnded as exc:
+                    self.drops.append(Drop(self._clock.monotonic(), str(exc)))
+                except grpc.aio.AioRpcError as exc:
+                    self.drops.append(Drop(self._clock.monotonic(), f"{exc.code().name}: {exc.details()}"))
+                except Exception as exc:  # the agent outlives any one bad session, as the real link does
+                    self.drops.append(Drop(self._clock.monotonic(), f"{type(exc).__name__}: {exc}"))
+                finally:
+                    self.connected.clear()
+                await self._clock.sleep(backoff.next_delay())
+        finally:
+            for stepping in list(self._stepping.values()):
+                stepping.cancel()
+            await asyncio.gather(*self._stepping.values(), return_exceptions=True)
+
+    def mark_lost(self, silent: bool) -> None:
+        """Marks the agent lost; the caller then cancels its run. A silent one leaves its stream open, mute."""
+        self.lost = True
+        self._keep_open = silent
+
+    def close_silent(self) -> None:
+        """Cancels a stream left open by a silent loss."""
+        if self._silent_call is not None:
+            self._silent_call.cancel()
+            self._silent_call = None
+
+    async def _session(self, backoff: Backoff) -> None:
+        call = self._stub.Session()
+        try:
+            await self._serve(call, backoff)
+        finally:
+            if self.lost and self._keep_open and self._silent_call is None:
+                self._silent_call = call  # a dead host never closes its connection; stop() does
+            else:
+                call.cancel()
+
+    async def _serve(self, call: _Call, backoff: Backoff) -> None:
+        period = await self._hello(call)
+        backoff.reset()
+        self.connected.set()
+        session = _Session(call, self._clock.monotonic())
+        tasks = {
+            asyncio.create_task(self._receive(session)),
+            asyncio.create_task(self._heartbeat(session, period)),
+            asyncio.create_task(self._watch_silence(session, period * MISSED_HEARTBEATS)),
+            asyncio.create_task(self._send_status(session)),
+        }
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        for task in done:
+            task.result()
+
+    async def _hello(self, call: _Call) -> float:
+        """Sends the hello with the inventory and waits for the Welcome; returns the heartbeat period it gives."""
+        self.host.reporter.clear()  # the inventory says it all
+        hello = apb.Hello(node_id=self.node_id, description=self.description(), inventory=self.host.book.inventory())
+        welcome_within = self._config.heartbeat_period * MISSED_HEARTBEATS + self._config.connect_timeout
+        sent = self._clock.monotonic()
+        try:
+            async with self._clock.timeout(welcome_within):
+                await call.write(apb.AgentMessage(hello=hello))
+                first = await call.read()
+        except TimeoutError:
+            raise _SessionEnded(f"no welcome within {welcome_within:g}s of the hello") from None
+        if not isinstance(first, apb.ControllerMessage) or not first.HasField("welcome"):
+            raise _SessionEnded("the controller did not welcome the session")
+        now = self._clock.monotonic()
+        self.sessions += 1
+        self.welcomes.append(now)
+        self.welcome_waits.append(now - sent)
+        return seconds(first.welcome.heartbeat_period) or self._config.heartbeat_period
+
+    async def _receive(self, session: _Session) -> None:
+        while True:
+            message = await session.call.read()
+            if message is grpc.aio.EOF or not isinstance(message, apb.ControllerMessage):
+                raise _SessionEnded("the controller closed the session")
+            session.heard = self._clock.monotonic()
+            if message.HasField("assignments"):
+                self._wake(self.host.apply(message.assignments))
+
+    async def _heartbeat(self, session: _Session, period: float) -> None:
+        while True:
+            await session.send(apb.AgentMessage(heartbeat=apb.Heartbeat(sent_at=to_timestamp(self._clock.now()))))
+            await self._clock.sleep(period)
+
+    async def _watch_silence(self, session: _Session, limit: float) -> None:
+        while True:
+            silent = self._clock.monotonic() - session.heard
+            if silent >= limit:
+                raise _SessionEnded(f"no word from the controller for {silent:.1f}s")
+            await self._clock.sleep(limit - silent)
+
+    async def _send_status(self, session: _Session) -> None:
+        while True:
+            update = await self.host.reporter.take()
+            await session.send(apb.AgentMessage(status=update))
+            await self._clock.sleep(self._config.status_interval)  # what comes meanwhile goes in the next one
+
+    def _wake(self, task_ids: Iterable[str]) -> None:
+        for task_id in task_ids:
+            if task_id not in self._stepping:
+                self._stepping[task_id] = asyncio.create_task(self._drive(task_id))
+
+    async def _drive(self, task_id: str) -> None:
+        """Steps one task until it is idle, each step after a random delay (the real worker's loop, imagined)."""
+        low, high = self._config.step_delay
+        try:
+            while True:
+                await self._clock.sleep(self._rng.uniform(low, high))
+                if not self.host.step(task_id):
+                    return
+        finally:
+            self._stepping.pop(task_id, None)
+
+
+class Fleet:
+    """Simulated agents against one controller; grows with `add`, loses hosts with `lose`, ends with `stop`."""
+
+    def __init__(self, address: str, config: FleetConfig | None = None, clock: Clock | None = None) -> None:
+        """A fleet of `config.agents` agents for the controller at `address`; `start()` dials them."""
+        self.address = address
+        self.config = config or FleetConfig()
+        self._clock: Clock = clock or SystemClock()
+        self._rng = random.Random(self.config.seed)
+        # Node ids unique per fleet, so two fleets (or two runs) against one store never share a node.
+        self._prefix = f"sim-{secrets.token_hex(3) if self.config.seed is None else f'{self.config.seed:06x}'}"
+        self._channels: list[grpc.aio.Channel] = []
+        self._streams_on_last = 0
+        self.agents: list[SimAgent] = []
+        self._runs: dict[str, asyncio.Task[None]] = {}
+
+    async def __aenter__(self) -> Fleet:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        """Starts the configured number of agents."""
+        self.add(self.config.agents)
+
+    def add(self, count: int) -> list[SimAgent]:
+        """Starts `count` more agents (each after a random part of the ramp) and returns them."""
+        added = []
+        for _ in range(count):
+            index = len(self.agents)
+            agent = SimAgent(
+                index,
+                f"{self._prefix}-{index:05d}",
+                self._channel_for_new_stream(),
+                self.config,
+                self._clock,
+                random.Random(self._rng.random()),
+            )
+            self.agents.append(agent)
+            self._runs[agent.node_id] = asyncio.create_task(agent.run(), name=f"sim-agent-{index}")
+            added.append(agent)
+        return added
+
+    def _channel_for_new_stream(self) -> grpc.aio.Channel:
+        if not self._channels or self._streams_on_last >= max(1, self.config.streams_per_channel):
+            # The agent's own options, among them a private subchannel: otherwise gRPC would put every channel
+            # to the same address on one shared connection.
+            options = session_channel_options(self.config.connect_timeout)
+            self._channels.append(grpc.aio.insecure_channel(self.address, options=options))
+            self._streams_on_last = 0
+        self._streams_on_last += 1
+        return self._channels[-1]
+
+    @property
+    def live(self) -> list[SimAgent]:
+        """The agents not lost."""
+        return [a for a in self.agents if not a.lost]
+
+    def connected(self) -> int:
+        """Returns how many live agents have a welcomed session now."""
+        return sum(1 for a in self.live if a.connected.is_set())
+
+    async def wait_connected(self, within: float) -> None:
+        """Returns once every live agent has a session; raises TimeoutError after `within` seconds."""
+        async with self._clock.timeout(within):
+            for agent in self.live:
+                await agent.connected.wait()
+
+    def lose(self, count: int, *, silent: bool = False, among: Iterable[SimAgent] | None = None) -> list[SimAgent]:
+        """Takes `count` live agents away at once, as dead hosts: no more heartbeats, statuses or re-dials.
+
+        Their streams are cancelled (the controller sees them end), or with `silent` left open and mute, as
+        after a power cut or a partition. Returns the lost agents.
+        """
+        candidates = [a for a in (among if among is not None else self.agents) if not a.lost]
+        chosen = candidates[:count]
+        for agent in chosen:
+            agent.mark_lost(silent)
+            self._runs[agent.node_id].cancel()
+        return chosen
+
+    def running(self) -> dict[str, str]:
+        """Returns task id -> node id of every task live agents run and the controller wants running."""
+        return {task_id: a.node_id for a in self.live for task_id in a.host.running()}
+
+    def duplicates(self) -> dict[str, list[str]]:
+        """Returns the tasks that more than one live agent runs, with those agents' node ids."""
+        seen: dict[str, list[str]] = {}
+        for agent in self.live:
+            for task_id in agent.host.running():
+                seen.setdefault(task_id, []).append(agent.node_id)
+        return {task_id: nodes for task_id, nodes in seen.items() if len(nodes) > 1}
+
+    def drops(self, since: float | None = None) -> list[tuple[str, Drop]]:
+        """Returns (node id, drop) of every session that ended among live agents, optionally since a moment."""
+        return [
+            (agent.node_id, drop) for agent in self.live for drop in agent.drops if since is None or drop.at >= since
+        ]
+
+    async def stop(self) -> None:
+        """Stops every agent and closes every stream and channel."""
+        runs = list(self._runs.values())
+        for run in runs:
+            run.cancel()
+        await asyncio.gather(*runs, return_exceptions=True)
+        for agent in self.agents:
+            agent.close_silent()
+        for channel in self._channels:
+            with contextlib.suppress(Exception):
+                await channel.close(grace=None)
+        self._channels.clear()
