@@ -8,7 +8,9 @@
 * Exports: a package's `__init__.py` "binds a public name" when a module-level statement (outside an
   ``if TYPE_CHECKING:`` block) defines a function or class, assigns a name, or brings one in with
   ``from ... import`` (except from `__future__` and `typing`: those, like plain ``import module``
-  lines, bring in tools, not exports), and the name does not start with an underscore. Every package
+  lines, bring in tools, not exports), and the name does not start with an underscore. A package that
+  loads its exports on first use (a module-level ``__getattr__``, PEP 562) binds the names it imports under
+  ``if TYPE_CHECKING:``; the attribute check below proves its ``__getattr__`` really provides them. Every package
   under dockyard/, agent/, controller/ and deploy/ obeys: an `__init__.py` that binds a public name
   declares `__all__`; `__all__` is a literal list or tuple of distinct strings, equal to the set of
   public names the file binds; and each of them is an attribute of the imported package.
@@ -212,9 +214,23 @@ def _target_names(target: ast.expr) -> Iterator[str]:
             yield from _target_names(element)
 
 
+def _lazy_exports(tree: ast.Module) -> set[str]:
+    """The names a module with a module-level `__getattr__` imports under `if TYPE_CHECKING:` (its lazy exports)."""
+    if not any(isinstance(s, ast.FunctionDef) and s.name == "__getattr__" for s in tree.body):
+        return set()
+    return {
+        alias.asname or alias.name
+        for statement in tree.body
+        if isinstance(statement, ast.If) and _is_type_checking(statement.test)
+        for inner in statement.body
+        if isinstance(inner, ast.ImportFrom)
+        for alias in inner.names
+    }
+
+
 def public_bindings(tree: ast.Module) -> set[str]:
     """The public names the module binds, by the rule in this file's docstring."""
-    names: set[str] = set()
+    names: set[str] = _lazy_exports(tree)
     for statement in _module_statements(tree.body):
         if isinstance(statement, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
             names.add(statement.name)
@@ -265,6 +281,11 @@ def test_the_export_rule_reads_what_it_should() -> None:
     )
     assert public_bindings(tree) == {"B", "d", "I", "VERSION", "f"}
     assert declared_all(tree) == ["B", "d"]
+    # The same TYPE_CHECKING imports count once a module-level __getattr__ provides them on first use.
+    lazy = ast.parse(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from a import B, c as d\ndef __getattr__(name): ...\n"
+    )
+    assert public_bindings(lazy) == {"B", "d"}
 
 
 @pytest.mark.parametrize("init", package_inits(), ids=lambda path: str(path.parent.relative_to(ROOT)))
