@@ -1,25 +1,48 @@
-"""A small async client for the public API: deadlines, one-line errors, and lists that follow every page."""
+"""A small async client for the public API: deadlines, one-line errors, lists that follow every page, and
+a watch that resumes where it left off.
+
+Lists retry a page refused with RESOURCE_EXHAUSTED (the controller caps expensive reads at once) a few
+times, after a jittered pause. `watch` reconnects after a dropped stream or UNAVAILABLE from the last
+revision it saw, a bounded number of times in a row; OUT_OF_RANGE (the revision is no longer kept) ends it.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+import collections
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mapping, Sequence
 from types import TracebackType
-from typing import Protocol, TypeVar
+from typing import Final, Protocol, TypeVar
 
 import grpc
 
+from dockyard.backoff import Backoff
+from dockyard.clock import Clock, SystemClock
 from dockyard.task_state import SpecKey, spec_key
 from dockyard.v1 import controller_pb2 as cpb
 from dockyard.v1 import controller_pb2_grpc as cpb_grpc
 from dockyard.v1 import types_pb2 as pb
 
-__all__ = ["DEFAULT_DEADLINE", "PAGE_SIZE", "ApiError", "Client", "SpecKey"]
+__all__ = ["DEFAULT_DEADLINE", "LIST_TRIES", "PAGE_SIZE", "WATCH_TRIES", "ApiError", "Client", "SpecKey"]
 
 T = TypeVar("T")
 R = TypeVar("R", bound="_Paged")
 
 DEFAULT_DEADLINE = 10.0
 PAGE_SIZE = 1000  # the server's maximum; it may return fewer (its byte budget per page)
+
+# A page refused because the controller serves its most lists at once is asked for again, at most this many
+# times in all, after pauses of about 0.1, 0.2, 0.4 s: the cap frees up as fast as pages are read.
+LIST_TRIES: Final = 4
+_LIST_BACKOFF_BASE: Final = 0.1
+# A watch reconnects after a dropped stream at most this many times in a row (a response resets the count),
+# after pauses doubling from 0.2 s up to 2 s (jittered): 4.5 to 9 s in all, for a restarting controller.
+WATCH_TRIES: Final = 8
+_WATCH_BACKOFF_BASE: Final = 0.2
+_WATCH_BACKOFF_CAP: Final = 2.0
+# Codes after which a watch reconnects: a dropped connection, a stopping controller, a full cap on streams.
+_RESUMABLE: Final = frozenset(
+    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.CANCELLED}
+)
 
 _DETAILS_KEY = "grpc-status-details-bin"
 
@@ -40,10 +63,14 @@ class _Paged(Protocol):
 class Client:
     """Calls ControllerService with a deadline on every RPC; list methods return every page."""
 
-    def __init__(self, address: str, deadline: float = DEFAULT_DEADLINE) -> None:
-        """Connects lazily to `address`; each RPC (each page of a list) gets `deadline` seconds."""
+    def __init__(self, address: str, deadline: float = DEFAULT_DEADLINE, clock: Clock | None = None) -> None:
+        """Connects lazily to `address`; each RPC (each page of a list) gets `deadline` seconds.
+
+        `clock` times the pauses before retries (a FakeClock in tests).
+        """
         self.address = address
         self._deadline = deadline
+        self._clock = clock or SystemClock()
         self._channel = grpc.aio.insecure_channel(address)
         self._stub = cpb_grpc.ControllerServiceStub(self._channel)
 
@@ -67,7 +94,7 @@ class Client:
         responses: list[R] = []
         seen: set[str] = set()
         while True:
-            response = await self._call(fn, request)
+            response = await self._page(fn, request)
             responses.append(response)
             if not response.next_page_token:
                 return responses
@@ -76,6 +103,62 @@ class Client:
                 raise ApiError("the controller repeated a page token; the list is incomplete")
             seen.add(response.next_page_token)
             request.page_token = response.next_page_token
+
+    async def _page(self, fn: Callable[..., Awaitable[R]], request: _PageRequest) -> R:
+        """Calls a list RPC once, asking again after a pause while the controller's cap on lists is full."""
+        backoff = Backoff(base=_LIST_BACKOFF_BASE)
+        for _ in range(LIST_TRIES - 1):
+            try:
+                return await self._call(fn, request)
+            except ApiError as exc:
+                if exc.code != grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    raise
+            await self._clock.sleep(backoff.next_delay())
+        return await self._call(fn, request)
+
+    async def watch(
+        self, since: int = 0, kinds: Sequence[int] = (), services: Sequence[str] = ()
+    ) -> AsyncGenerator[cpb.WatchResponse, None]:
+        """Yields the Watch responses after revision `since` (0: from now) for ever, resuming after a drop.
+
+        Each change is yielded exactly once, also across reconnections. Raises ApiError: with OUT_OF_RANGE
+        when the controller no longer keeps the revision to resume from (list again, then watch anew), at
+        once for any other error but UNAVAILABLE and RESOURCE_EXHAUSTED, and once WATCH_TRIES reconnections
+        in a row failed.
+        """
+        resume = since
+        # Events of a revision larger than one response that were already yielded, by (revision, kind, id,
+        # action): a resume from the revision before sends them again. Cleared once the revision is complete.
+        partial: collections.Counter[tuple[int, str, str, int]] = collections.Counter()
+        backoff = Backoff(base=_WATCH_BACKOFF_BASE, cap=_WATCH_BACKOFF_CAP)
+        failures = 0
+        while True:
+            request = cpb.WatchRequest(since_revision=resume, kinds=kinds, services=services)  # type: ignore[arg-type]
+            call = self._stub.Watch(request)
+            try:
+                async for response in call:
+                    failures = 0
+                    backoff.reset()
+                    fresh = [e for e in response.events if not _seen(partial, e)]
+                    partial = +partial  # drops the zero counts left by _seen
+                    if partial and response.revision >= max(key[0] for key in partial):
+                        partial.clear()
+                    partial.update(_event_key(e) for e in fresh if e.revision > response.revision)
+                    resume = response.revision
+                    del response.events[:]
+                    response.events.extend(fresh)
+                    yield response
+                error = ApiError(f"the watch on {self.address} ended", grpc.StatusCode.UNAVAILABLE)
+            except grpc.aio.AioRpcError as exc:
+                error = ApiError(_describe(exc, self.address), exc.code())
+                if exc.code() not in _RESUMABLE or _answered(exc):
+                    raise error from None  # an UNAVAILABLE with details is a damaged store: no use retrying
+            finally:
+                call.cancel()
+            failures += 1
+            if failures >= WATCH_TRIES:
+                raise ApiError(f"{error} (gave up watching after {failures} tries)", error.code)
+            await self._clock.sleep(backoff.next_delay())
 
     async def apply(
         self, specs: list[pb.ServiceSpec], dry_run: bool = False, if_revision: Mapping[str, int] | None = None
@@ -157,15 +240,34 @@ class Client:
         return (await self._call(self._stub.RemoveNode, request)).node
 
 
+def _event_key(event: cpb.WatchEvent) -> tuple[int, str, str, int]:
+    kind = event.WhichOneof("object") or ""
+    obj = getattr(event, kind) if kind else None
+    return (event.revision, kind, obj.id if obj is not None else "", event.action)
+
+
+def _seen(partial: collections.Counter[tuple[int, str, str, int]], event: cpb.WatchEvent) -> bool:
+    """Tells whether a resumed watch sent this event before (and counts it off)."""
+    key = _event_key(event)
+    if partial[key] > 0:
+        partial[key] -= 1
+        return True
+    return False
+
+
 class _PageRequest(Protocol):
     page_size: int
     page_token: str
 
 
+def _answered(exc: grpc.aio.AioRpcError) -> bool:
+    """Tells whether the API itself sent the error with details (a transport error has none)."""
+    return any(key == _DETAILS_KEY for key, _ in exc.trailing_metadata() or ())
+
+
 def _describe(exc: grpc.aio.AioRpcError, address: str) -> str:
     code = exc.code()
-    answered = any(key == _DETAILS_KEY for key, _ in exc.trailing_metadata() or ())
-    if code == grpc.StatusCode.UNAVAILABLE and not answered:
+    if code == grpc.StatusCode.UNAVAILABLE and not _answered(exc):
         # No details: the transport's own UNAVAILABLE, not one the API sent (a damaged store is sent with details).
         return f"cannot reach the controller at {address}: is it running? (dockyard up, or set --controller)"
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:

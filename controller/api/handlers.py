@@ -6,12 +6,14 @@ there (invalid UTF-8 in a string, nesting past protobuf's recursion limit) becom
 parse them in one wrapper, so such a request is INVALID_ARGUMENT naming the request type. The same
 wrapper turns a damaged store met by any read into UNAVAILABLE with the store's one-line message (the
 store itself reports the damage once, which is how the server turns health to NOT_SERVING).
+Server-streaming methods (Watch) go through the same seam: the request is parsed the same way, and a
+damaged store met while streaming ends the stream with the same UNAVAILABLE.
 A request above the receive limit is still refused by grpcio before any of this (RESOURCE_EXHAUSTED).
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import grpc
 from google.protobuf import message_factory
@@ -29,20 +31,39 @@ SERVICE = cpb.DESCRIPTOR.services_by_name["ControllerService"]
 SERVICE_NAME = SERVICE.full_name
 
 Behaviour = Callable[[Message, Context], Awaitable[Message]]
+StreamBehaviour = Callable[[Message, Context], AsyncIterator[Message]]
+
+
+async def _parse(method: MethodDescriptor, raw: bytes, context: Context) -> Message:
+    """Returns the parsed request; INVALID_ARGUMENT naming the request type when it does not parse."""
+    try:
+        request: Message = message_factory.GetMessageClass(method.input_type).FromString(raw)
+    except DecodeError as exc:
+        reason = str(exc).rpartition(": ")[2] or "cannot be parsed"
+        type_name = method.input_type.full_name
+        await abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"request: not a valid {type_name}: {reason}")
+    return request
 
 
 def _parsing(method: MethodDescriptor, behaviour: Behaviour) -> Callable[[bytes, Context], Awaitable[Message]]:
-    request_class = message_factory.GetMessageClass(method.input_type)
-    type_name = method.input_type.full_name
-
     async def handle(raw: bytes, context: Context) -> Message:
-        try:
-            request = request_class.FromString(raw)
-        except DecodeError as exc:
-            reason = str(exc).rpartition(": ")[2] or "cannot be parsed"
-            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"request: not a valid {type_name}: {reason}")
+        request = await _parse(method, raw, context)
         try:
             return await behaviour(request, context)
+        except StoreDamaged as exc:
+            await abort_store_damaged(context, exc)
+
+    return handle
+
+
+def _parsing_stream(
+    method: MethodDescriptor, behaviour: StreamBehaviour
+) -> Callable[[bytes, Context], AsyncIterator[Message]]:
+    async def handle(raw: bytes, context: Context) -> AsyncIterator[Message]:
+        request = await _parse(method, raw, context)
+        try:
+            async for response in behaviour(request, context):
+                yield response
         except StoreDamaged as exc:
             await abort_store_damaged(context, exc)
 
@@ -53,12 +74,18 @@ def add_controller_api(api: ControllerApi, server: grpc.aio.Server) -> None:
     """Serves every ControllerService method of `api` on `server`, each behind the parsing seam."""
     handlers: dict[str, grpc.RpcMethodHandler[bytes, Message]] = {}
     for method in SERVICE.methods:
-        assert not method.client_streaming and not method.server_streaming, method.full_name  # all unary today
-        behaviour: Behaviour = getattr(api, method.name)
+        assert not method.client_streaming, method.full_name  # requests are single messages
         response_class = message_factory.GetMessageClass(method.output_type)
-        handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-            _parsing(method, behaviour),
-            request_deserializer=None,  # bytes in: _parsing parses
-            response_serializer=response_class.SerializeToString,
-        )
+        if method.server_streaming:
+            handlers[method.name] = grpc.unary_stream_rpc_method_handler(
+                _parsing_stream(method, getattr(api, method.name)),
+                request_deserializer=None,  # bytes in: _parsing_stream parses
+                response_serializer=response_class.SerializeToString,
+            )
+        else:
+            handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+                _parsing(method, getattr(api, method.name)),
+                request_deserializer=None,  # bytes in: _parsing parses
+                response_serializer=response_class.SerializeToString,
+            )
     server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)])

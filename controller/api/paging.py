@@ -37,6 +37,7 @@ __all__ = [
     "decode_token",
     "encode_token",
     "filtered_source",
+    "framed_size",
     "ordered_source",
     "read_page",
 ]
@@ -156,7 +157,7 @@ def filtered_source(source: Source[T], key: Callable[[T], Key], keep: Callable[[
     return filtered
 
 
-def _framed_size(message: Message) -> int:
+def framed_size(message: Message) -> int:
     """Bytes an item takes as one element of a repeated message field: tag, length varint, body."""
     size = message.ByteSize()
     return 1 + max(1, (size.bit_length() + 6) // 7) + size
@@ -189,7 +190,7 @@ async def read_page(
             if len(items) == size:
                 return Page(items, token_for(key(items[-1])))
             done = await finish(item) if finish is not None else item
-            cost = _framed_size(done)
+            cost = framed_size(done)
             if items and used + cost > max_bytes:
                 return Page(items, token_for(key(items[-1])))
             items.append(done)

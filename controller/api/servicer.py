@@ -1,17 +1,19 @@
 """The public ControllerService: validates each request and writes desired state to the store.
 
 Every error goes through controller.api.status (bounded message and details), every write through
-controller.api.writes.commit_or_abort, every list through controller.api.paging. Requests arrive
-already parsed by controller.api.handlers, which also turns a damaged store into UNAVAILABLE.
+controller.api.writes.commit_or_abort, every list through controller.api.paging, Watch through
+controller.api.watch. List pages and Watch streams are capped in number (controller.api.bounds). Requests
+arrive already parsed by controller.api.handlers, which also turns a damaged store into UNAVAILABLE.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import grpc
 
 from controller.api.apply import plan_apply, same_apart_from_replicas
+from controller.api.bounds import Gate, ReadCaps
 from controller.api.paging import (
     Key,
     PageLimits,
@@ -23,8 +25,9 @@ from controller.api.paging import (
 )
 from controller.api.status import Context, Stale, abort, abort_invalid, abort_stale
 from controller.api.validation import apply_errors, node_label_errors, replicas_error, scale_errors
+from controller.api.watch import KINDS, WatchClosed, WatchFilter, WatchLimits, watch_responses
 from controller.api.writes import commit_or_abort, revision_stale, version_stale
-from controller.store.base import Check, Delete, Kind, NodeKey, Op, Put, Store, TaskKey
+from controller.store.base import Check, Delete, Kind, NodeKey, Op, Put, Store, TaskKey, WatchExpired
 from controller.store.specs import SpecCache
 from dockyard.clock import Clock
 from dockyard.spec.issues import Issue, key_path, service_path
@@ -86,14 +89,25 @@ class ControllerApi:
     """
 
     def __init__(
-        self, store: Store, clock: Clock, new_id: Callable[[], str], page_limits: PageLimits | None = None
+        self,
+        store: Store,
+        clock: Clock,
+        new_id: Callable[[], str],
+        page_limits: PageLimits | None = None,
+        *,
+        caps: ReadCaps | None = None,
+        watch_limits: WatchLimits | None = None,
     ) -> None:
-        """Serves from `store`; `page_limits` bounds every list response."""
+        """Serves from `store`; `page_limits` bounds every list response, `caps` the expensive reads at once."""
         self._store = store
         self._clock = clock
         self._new_id = new_id
         self._limits = page_limits or PageLimits()
+        self._watch_limits = watch_limits or WatchLimits()
         self._specs = SpecCache(store)
+        caps = caps or ReadCaps()
+        self._lists = Gate.with_clock("list calls", caps.lists, clock)
+        self._watches = Gate.with_clock("watch streams", caps.watches, clock)
 
     async def ApplyService(self, request: cpb.ApplyServiceRequest, context: Context) -> cpb.ApplyServiceResponse:
         """Creates or updates every service in one transaction; an invalid or stale request writes nothing."""
@@ -162,6 +176,10 @@ class ControllerApi:
 
     async def ListServices(self, request: cpb.ListServicesRequest, context: Context) -> cpb.ListServicesResponse:
         """Returns one page of services, by name."""
+        async with self._lists.hold(context, "ListServices"):
+            return await self._list_services(request, context)
+
+    async def _list_services(self, request: cpb.ListServicesRequest, context: Context) -> cpb.ListServicesResponse:
         after = await self._after(request.page_token, "services", "", _SERVICE_KEY_SHAPE, context)
 
         async def services(after: Key | None, limit: int) -> list[pb.Service]:
@@ -226,6 +244,10 @@ class ControllerApi:
 
     async def ListNodes(self, request: cpb.ListNodesRequest, context: Context) -> cpb.ListNodesResponse:
         """Returns one page of nodes, by hostname then id."""
+        async with self._lists.hold(context, "ListNodes"):
+            return await self._list_nodes(request, context)
+
+    async def _list_nodes(self, request: cpb.ListNodesRequest, context: Context) -> cpb.ListNodesResponse:
         after = await self._after(request.page_token, "nodes", "", _NODE_KEY_SHAPE, context)
 
         async def nodes(after: Key | None, limit: int) -> list[pb.Node]:
@@ -246,6 +268,10 @@ class ControllerApi:
 
         TASK_VIEW_FULL fills each task's spec from the service history; otherwise tasks have none.
         """
+        async with self._lists.hold(context, "ListTasks"):
+            return await self._list_tasks(request, context)
+
+    async def _list_tasks(self, request: cpb.ListTasksRequest, context: Context) -> cpb.ListTasksResponse:
         service_id = (await self._service(request.service, context)).id if request.service else ""
         query = f"{service_id}\0{request.node_id}\0{int(request.include_finished)}"
         after = await self._after(request.page_token, "tasks", query, _TASK_KEY_SHAPE, context)
@@ -321,6 +347,62 @@ class ControllerApi:
             conditional=expected is not None,
         )
         return cpb.RemoveNodeResponse(node=node)
+
+    async def Watch(self, request: cpb.WatchRequest, context: Context) -> AsyncIterator[cpb.WatchResponse]:
+        """Streams the changes after since_revision (0: from now), filtered by kind and service, batched.
+
+        OUT_OF_RANGE when since_revision is older than the events the store keeps, or newer than its revision.
+        """
+        async with self._watches.hold(context, "Watch"):
+            keep = await self._watch_filter(request, context)
+            current = self._store.revision
+            if request.since_revision > current:
+                await abort(
+                    context,
+                    grpc.StatusCode.OUT_OF_RANGE,
+                    f"since_revision: {request.since_revision} is beyond the controller's revision {current} "
+                    "(was its store restored?); list again, then watch from 0",
+                )
+            try:
+                async for response in watch_responses(
+                    self._store, self._clock, request.since_revision, keep, self._watch_limits
+                ):
+                    yield response
+            except WatchExpired as exc:
+                await abort(
+                    context,
+                    grpc.StatusCode.OUT_OF_RANGE,
+                    f"since_revision: {request.since_revision} is older than the controller keeps ({exc}); "
+                    "list again, then watch from a revision read before the listing",
+                )
+            except WatchClosed:
+                await abort(
+                    context,
+                    grpc.StatusCode.UNAVAILABLE,
+                    "the controller is stopping; watch again from the last revision seen",
+                )
+
+    async def _watch_filter(self, request: cpb.WatchRequest, context: Context) -> WatchFilter:
+        """Returns the filter of a WatchRequest: its kinds, and its services resolved to ids (NOT_FOUND if unknown)."""
+        issues = [
+            Issue(f"kinds[{i}]", "is not a kind of object; give OBJECT_KIND_SERVICE, _NODE or _TASK")
+            for i, kind in enumerate(request.kinds)
+            if kind not in KINDS
+        ]
+        if issues:
+            await abort_invalid(context, issues)
+        service_ids: set[str] | None = None
+        if request.services:
+            service_ids = set()
+            for i, name in enumerate(request.services):
+                service = await self._store.get_service(name) if name else None
+                if service is None:
+                    await abort(context, grpc.StatusCode.NOT_FOUND, f"services[{i}]: service {name!r} not found")
+                service_ids.add(service.id)
+        return WatchFilter(
+            frozenset(KINDS[kind] for kind in request.kinds),
+            None if service_ids is None else frozenset(service_ids),
+        )
 
     async def _check_revision(self, service: pb.Service, expected: int | None, context: Context) -> None:
         stale = revision_stale(service_path(service.name), expected, service)

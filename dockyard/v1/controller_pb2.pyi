@@ -44,6 +44,26 @@ TASK_VIEW_FULL: TaskView.ValueType  # 2
 """with the spec of the revision it runs in Task.spec"""
 Global___TaskView: _TypeAlias = TaskView  # noqa: Y015
 
+class _ObjectKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ObjectKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ObjectKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    OBJECT_KIND_UNSPECIFIED: _ObjectKind.ValueType  # 0
+    OBJECT_KIND_SERVICE: _ObjectKind.ValueType  # 1
+    OBJECT_KIND_NODE: _ObjectKind.ValueType  # 2
+    OBJECT_KIND_TASK: _ObjectKind.ValueType  # 3
+
+class ObjectKind(_ObjectKind, metaclass=_ObjectKindEnumTypeWrapper):
+    """The kinds of object a watch can follow."""
+
+OBJECT_KIND_UNSPECIFIED: ObjectKind.ValueType  # 0
+OBJECT_KIND_SERVICE: ObjectKind.ValueType  # 1
+OBJECT_KIND_NODE: ObjectKind.ValueType  # 2
+OBJECT_KIND_TASK: ObjectKind.ValueType  # 3
+Global___ObjectKind: _TypeAlias = ObjectKind  # noqa: Y015
+
 @_typing.final
 class ApplyServiceRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -509,3 +529,126 @@ class RemoveNodeResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RemoveNodeResponse: _TypeAlias = RemoveNodeResponse  # noqa: Y015
+
+@_typing.final
+class WatchRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SINCE_REVISION_FIELD_NUMBER: _builtins.int
+    KINDS_FIELD_NUMBER: _builtins.int
+    SERVICES_FIELD_NUMBER: _builtins.int
+    since_revision: _builtins.int
+    """Changes after this store revision. 0: from now; the first response then carries the current
+    revision and no events, so a client can list and then merge events by object version.
+    """
+    @_builtins.property
+    def kinds(self) -> _containers.RepeatedScalarFieldContainer[Global___ObjectKind.ValueType]:
+        """empty: every kind"""
+
+    @_builtins.property
+    def services(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Names or ids, resolved when the watch starts; only these services and their tasks (nodes are not
+        filtered). Empty: every service. An unknown name is NOT_FOUND.
+        """
+
+    def __init__(
+        self,
+        *,
+        since_revision: _builtins.int = ...,
+        kinds: _abc.Iterable[Global___ObjectKind.ValueType] | None = ...,
+        services: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kinds", b"kinds", "services", b"services", "since_revision", b"since_revision"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchRequest: _TypeAlias = WatchRequest  # noqa: Y015
+
+@_typing.final
+class WatchEvent(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _Action:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _ActionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[WatchEvent._Action.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        ACTION_UNSPECIFIED: WatchEvent._Action.ValueType  # 0
+        ACTION_PUT: WatchEvent._Action.ValueType  # 1
+        """created or changed: the object as it is now"""
+        ACTION_DELETE: WatchEvent._Action.ValueType  # 2
+        """deleted: the object as it was last"""
+
+    class Action(_Action, metaclass=_ActionEnumTypeWrapper): ...
+    ACTION_UNSPECIFIED: WatchEvent.Action.ValueType  # 0
+    ACTION_PUT: WatchEvent.Action.ValueType  # 1
+    """created or changed: the object as it is now"""
+    ACTION_DELETE: WatchEvent.Action.ValueType  # 2
+    """deleted: the object as it was last"""
+
+    REVISION_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    SERVICE_FIELD_NUMBER: _builtins.int
+    NODE_FIELD_NUMBER: _builtins.int
+    TASK_FIELD_NUMBER: _builtins.int
+    revision: _builtins.int
+    """the store revision of the change (the object's version after a put)"""
+    action: Global___WatchEvent.Action.ValueType
+    @_builtins.property
+    def service(self) -> _types_pb2.Service: ...
+    @_builtins.property
+    def node(self) -> _types_pb2.Node: ...
+    @_builtins.property
+    def task(self) -> _types_pb2.Task:
+        """in TASK_VIEW_BASIC: without its spec"""
+
+    def __init__(
+        self,
+        *,
+        revision: _builtins.int = ...,
+        action: Global___WatchEvent.Action.ValueType = ...,
+        service: _types_pb2.Service | None = ...,
+        node: _types_pb2.Node | None = ...,
+        task: _types_pb2.Task | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["node", b"node", "object", b"object", "service", b"service", "task", b"task"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "node", b"node", "object", b"object", "revision", b"revision", "service", b"service", "task", b"task"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_object: _TypeAlias = _typing.Literal["service", "node", "task"]  # noqa: Y015
+    _WhichOneofArgType_object: _TypeAlias = _typing.Literal["object", b"object"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_object) -> _WhichOneofReturnType_object | None: ...
+
+Global___WatchEvent: _TypeAlias = WatchEvent  # noqa: Y015
+
+@_typing.final
+class WatchResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REVISION_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
+    revision: _builtins.int
+    """Every matching change up to and including this revision has been sent. A response without events
+    is progress: nothing matched up to here (sent at most about once a second while the store moves).
+    A revision with more changes than one response holds spans several responses; all but the last of
+    them carry the revision before it, so a watch resumed from one of them sends that revision's changes
+    again, and the client skips those it already has (dockyard.client does).
+    """
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___WatchEvent]: ...
+    def __init__(
+        self,
+        *,
+        revision: _builtins.int = ...,
+        events: _abc.Iterable[Global___WatchEvent] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "revision", b"revision"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchResponse: _TypeAlias = WatchResponse  # noqa: Y015

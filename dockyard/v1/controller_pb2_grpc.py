@@ -36,6 +36,8 @@ class ControllerServiceStub:
     - List calls page: page_size (0 = the server's default; larger than the server's maximum is clamped)
     and page_token from the previous response's next_page_token (empty: no more pages). A page also
     ends early when it would outgrow the server's byte budget, so no response nears the 4 MiB limit.
+    - Expensive reads (the list calls and Watch) are capped in number at once; beyond the cap a call is
+    RESOURCE_EXHAUSTED at once (retry after a short pause) instead of slowing every other call.
     """
 
     def __init__(self, channel):
@@ -89,6 +91,11 @@ class ControllerServiceStub:
                 request_serializer=dockyard_dot_v1_dot_controller__pb2.RemoveNodeRequest.SerializeToString,
                 response_deserializer=dockyard_dot_v1_dot_controller__pb2.RemoveNodeResponse.FromString,
                 _registered_method=True)
+        self.Watch = channel.unary_stream(
+                '/dockyard.v1.ControllerService/Watch',
+                request_serializer=dockyard_dot_v1_dot_controller__pb2.WatchRequest.SerializeToString,
+                response_deserializer=dockyard_dot_v1_dot_controller__pb2.WatchResponse.FromString,
+                _registered_method=True)
 
 
 class ControllerServiceServicer:
@@ -101,6 +108,8 @@ class ControllerServiceServicer:
     - List calls page: page_size (0 = the server's default; larger than the server's maximum is clamped)
     and page_token from the previous response's next_page_token (empty: no more pages). A page also
     ends early when it would outgrow the server's byte budget, so no response nears the 4 MiB limit.
+    - Expensive reads (the list calls and Watch) are capped in number at once; beyond the cap a call is
+    RESOURCE_EXHAUSTED at once (retry after a short pause) instead of slowing every other call.
     """
 
     def ApplyService(self, request, context):
@@ -160,6 +169,16 @@ class ControllerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Watch(self, request, context):
+        """Streams the changes to services, nodes and tasks after a store revision, in revision order. To resume
+        after a dropped stream, call again with the last WatchResponse.revision seen: nothing is skipped or
+        repeated. OUT_OF_RANGE when that revision is older than the controller still keeps: list again, then
+        watch from a revision read before the listing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControllerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -208,6 +227,11 @@ def add_ControllerServiceServicer_to_server(servicer, server):
                     request_deserializer=dockyard_dot_v1_dot_controller__pb2.RemoveNodeRequest.FromString,
                     response_serializer=dockyard_dot_v1_dot_controller__pb2.RemoveNodeResponse.SerializeToString,
             ),
+            'Watch': grpc.unary_stream_rpc_method_handler(
+                    servicer.Watch,
+                    request_deserializer=dockyard_dot_v1_dot_controller__pb2.WatchRequest.FromString,
+                    response_serializer=dockyard_dot_v1_dot_controller__pb2.WatchResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'dockyard.v1.ControllerService', rpc_method_handlers)
@@ -226,6 +250,8 @@ class ControllerService:
     - List calls page: page_size (0 = the server's default; larger than the server's maximum is clamped)
     and page_token from the previous response's next_page_token (empty: no more pages). A page also
     ends early when it would outgrow the server's byte budget, so no response nears the 4 MiB limit.
+    - Expensive reads (the list calls and Watch) are capped in number at once; beyond the cap a call is
+    RESOURCE_EXHAUSTED at once (retry after a short pause) instead of slowing every other call.
     """
 
     @staticmethod
@@ -461,6 +487,33 @@ class ControllerService:
             '/dockyard.v1.ControllerService/RemoveNode',
             dockyard_dot_v1_dot_controller__pb2.RemoveNodeRequest.SerializeToString,
             dockyard_dot_v1_dot_controller__pb2.RemoveNodeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Watch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/dockyard.v1.ControllerService/Watch',
+            dockyard_dot_v1_dot_controller__pb2.WatchRequest.SerializeToString,
+            dockyard_dot_v1_dot_controller__pb2.WatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -37,6 +37,8 @@ class ControllerServiceStub:
     - List calls page: page_size (0 = the server's default; larger than the server's maximum is clamped)
       and page_token from the previous response's next_page_token (empty: no more pages). A page also
       ends early when it would outgrow the server's byte budget, so no response nears the 4 MiB limit.
+    - Expensive reads (the list calls and Watch) are capped in number at once; beyond the cap a call is
+      RESOURCE_EXHAUSTED at once (retry after a short pause) instead of slowing every other call.
     """
 
     @_typing.overload
@@ -55,6 +57,12 @@ class ControllerServiceStub:
     """Changes a node's availability and/or its operator labels."""
     RemoveNode: _grpc.UnaryUnaryMultiCallable[_controller_pb2.RemoveNodeRequest, _controller_pb2.RemoveNodeResponse]
     """Forgets a node. Refused while the node is ready unless force is set."""
+    Watch: _grpc.UnaryStreamMultiCallable[_controller_pb2.WatchRequest, _controller_pb2.WatchResponse]
+    """Streams the changes to services, nodes and tasks after a store revision, in revision order. To resume
+    after a dropped stream, call again with the last WatchResponse.revision seen: nothing is skipped or
+    repeated. OUT_OF_RANGE when that revision is older than the controller still keeps: list again, then
+    watch from a revision read before the listing.
+    """
 
 @_typing.type_check_only
 class ControllerServiceAsyncStub(ControllerServiceStub):
@@ -67,6 +75,8 @@ class ControllerServiceAsyncStub(ControllerServiceStub):
     - List calls page: page_size (0 = the server's default; larger than the server's maximum is clamped)
       and page_token from the previous response's next_page_token (empty: no more pages). A page also
       ends early when it would outgrow the server's byte budget, so no response nears the 4 MiB limit.
+    - Expensive reads (the list calls and Watch) are capped in number at once; beyond the cap a call is
+      RESOURCE_EXHAUSTED at once (retry after a short pause) instead of slowing every other call.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -82,6 +92,12 @@ class ControllerServiceAsyncStub(ControllerServiceStub):
     """Changes a node's availability and/or its operator labels."""
     RemoveNode: _aio.UnaryUnaryMultiCallable[_controller_pb2.RemoveNodeRequest, _controller_pb2.RemoveNodeResponse]  # type: ignore[assignment]
     """Forgets a node. Refused while the node is ready unless force is set."""
+    Watch: _aio.UnaryStreamMultiCallable[_controller_pb2.WatchRequest, _controller_pb2.WatchResponse]  # type: ignore[assignment]
+    """Streams the changes to services, nodes and tasks after a store revision, in revision order. To resume
+    after a dropped stream, call again with the last WatchResponse.revision seen: nothing is skipped or
+    repeated. OUT_OF_RANGE when that revision is older than the controller still keeps: list again, then
+    watch from a revision read before the listing.
+    """
 
 class ControllerServiceServicer(metaclass=_abc_1.ABCMeta):
     """Conventions every RPC follows:
@@ -93,6 +109,8 @@ class ControllerServiceServicer(metaclass=_abc_1.ABCMeta):
     - List calls page: page_size (0 = the server's default; larger than the server's maximum is clamped)
       and page_token from the previous response's next_page_token (empty: no more pages). A page also
       ends early when it would outgrow the server's byte budget, so no response nears the 4 MiB limit.
+    - Expensive reads (the list calls and Watch) are capped in number at once; beyond the cap a call is
+      RESOURCE_EXHAUSTED at once (retry after a short pause) instead of slowing every other call.
     """
 
     @_abc_1.abstractmethod
@@ -160,5 +178,17 @@ class ControllerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_controller_pb2.RemoveNodeResponse, _abc.Awaitable[_controller_pb2.RemoveNodeResponse]]:
         """Forgets a node. Refused while the node is ready unless force is set."""
+
+    @_abc_1.abstractmethod
+    def Watch(
+        self,
+        request: _controller_pb2.WatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_controller_pb2.WatchResponse], _abc.AsyncIterator[_controller_pb2.WatchResponse]]:
+        """Streams the changes to services, nodes and tasks after a store revision, in revision order. To resume
+        after a dropped stream, call again with the last WatchResponse.revision seen: nothing is skipped or
+        repeated. OUT_OF_RANGE when that revision is older than the controller still keeps: list again, then
+        watch from a revision read before the listing.
+        """
 
 def add_ControllerServiceServicer_to_server(servicer: ControllerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import socket
+from collections.abc import AsyncGenerator
 from pathlib import Path
 
 import grpc
@@ -16,6 +17,7 @@ from controller.api.servicer import ControllerApi
 from controller.api.status import MAX_VIOLATIONS
 from controller.errors import StoreDamaged
 from controller.ids import new_id
+from controller.store.base import Event
 from controller.store.sqlite import SqliteStore
 from dockyard.client import ApiError, Client
 from dockyard.clock import SystemClock
@@ -25,6 +27,7 @@ from dockyard.v1 import types_pb2 as pb
 from tests.component.harness import ApiUnderTest
 
 APPLY = "/dockyard.v1.ControllerService/ApplyService"
+WATCH = "/dockyard.v1.ControllerService/Watch"
 METADATA_LIMIT = 8 * 1024
 
 
@@ -156,6 +159,42 @@ async def test_a_damaged_store_is_unavailable_with_its_message(tmp_path: Path) -
         await store.close()
     assert caught.value.code == grpc.StatusCode.UNAVAILABLE
     assert str(caught.value) == "/var/lib/dockyard/controller.db: page 7 is damaged; restore it with ..."
+
+
+class DamagedWatchStore(SqliteStore):
+    """A store that finds damage while a watch replays its events."""
+
+    async def watch(self, since: int) -> AsyncGenerator[Event, None]:
+        raise StoreDamaged("/var/lib/dockyard/controller.db: page 9 is damaged; restore it with ...")
+        yield  # an async generator, as the real one
+
+
+async def test_a_watch_goes_through_the_same_seam(tmp_path: Path) -> None:
+    store = DamagedWatchStore(tmp_path / "damaged.db")
+    await store.open()
+    server = grpc.aio.server()
+    add_controller_api(ControllerApi(store, SystemClock(), new_id), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            call = channel.unary_stream(WATCH, request_serializer=None, response_deserializer=None)
+            with pytest.raises(grpc.aio.AioRpcError) as bad_bytes:
+                await call(b"\x1a\x01\xff").read()  # services[0]: one byte that is not UTF-8
+        async with Client(f"127.0.0.1:{port}") as client:
+            responses = client.watch(since=0)
+            assert (await anext(responses)).revision == 0
+            with pytest.raises(ApiError) as damaged:
+                await anext(responses)
+    finally:
+        await server.stop(None)
+        await store.close()
+    assert bad_bytes.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert bad_bytes.value.details() == "request: not a valid dockyard.v1.WatchRequest: String field had bad UTF-8"
+    # The first response (the revision now) went out; then the damage ends the stream, and the client does
+    # not retry an UNAVAILABLE that the API sent with its details.
+    assert damaged.value.code == grpc.StatusCode.UNAVAILABLE
+    assert str(damaged.value) == "/var/lib/dockyard/controller.db: page 9 is damaged; restore it with ..."
 
 
 async def test_a_controller_that_is_not_there_is_reported_as_such() -> None:

@@ -1,0 +1,105 @@
+"""How much reading the public API does at once, in one place: caps on expensive reads and Watch batching.
+
+Expensive reads (a page of ListServices, ListNodes or ListTasks; an open Watch stream) are capped in number
+at once. A call beyond its cap is refused at once with RESOURCE_EXHAUSTED (what, the cap, retry shortly)
+instead of queueing: 500 concurrent ListTasks once stalled every other call for up to 7.6 s, because they
+all share the store's one connection. Cheap calls (GetService, the writes) are never capped, so they keep
+answering while the expensive ones are refused. Refusals are logged, rate-limited, since a peer triggers them.
+
+Watch sends the events already available in one response, up to WATCH_MAX_EVENTS and the list pages' byte
+budget, so a commit of 10,000 tasks is a few responses; while the store moves but nothing matches, a
+progress response (no events) goes out at most every WATCH_PROGRESS_SECONDS.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Final
+
+import grpc
+import structlog
+
+from controller.api.paging import MAX_PAGE_BYTES
+from controller.api.status import Context, abort
+from dockyard.clock import Clock
+from dockyard.logs import Throttle
+
+__all__ = [
+    "MAX_CONCURRENT_LISTS",
+    "MAX_OPEN_WATCHES",
+    "WATCH_FEED_DEPTH",
+    "WATCH_MAX_BYTES",
+    "WATCH_MAX_EVENTS",
+    "WATCH_PROGRESS_SECONDS",
+    "Gate",
+    "ReadCaps",
+]
+
+log = structlog.get_logger("controller.api")
+
+# List pages in flight at once. They share the store's one connection with every other call, so a cheap call
+# queues behind at most this many page reads (each at most MAX_PAGE_SIZE items).
+MAX_CONCURRENT_LISTS: Final = 8
+# Watch streams open at once. Each holds a store watcher (its queue is bounded by the store) and at most one
+# response in the making; the CLI opens one per waiting apply, scale or rm.
+MAX_OPEN_WATCHES: Final = 64
+
+# One Watch response holds at most this many events and bytes of events (as list pages do).
+WATCH_MAX_EVENTS: Final = 5000
+WATCH_MAX_BYTES: Final = MAX_PAGE_BYTES
+# A progress response (no events) while the store moves but nothing matches: at most this often.
+WATCH_PROGRESS_SECONDS: Final = 1.0
+# Events pulled from the store ahead of the client, per stream. Pulling stops when this many wait, so a
+# slow client costs this much plus one response (the store's watcher falls back to its table meanwhile).
+WATCH_FEED_DEPTH: Final = 256
+
+# Refusal log lines: at most a few per cap every so often, with the count of those left out.
+_REFUSAL_LOG_INTERVAL: Final = 10.0
+_REFUSAL_LOG_BURST: Final = 3
+
+
+@dataclass(frozen=True)
+class ReadCaps:
+    """How many expensive reads the API serves at once: list pages, and open Watch streams."""
+
+    lists: int = MAX_CONCURRENT_LISTS
+    watches: int = MAX_OPEN_WATCHES
+
+
+@dataclass
+class Gate:
+    """Admits at most `cap` holders at once; a call beyond that is RESOURCE_EXHAUSTED at once, not queued."""
+
+    what: str  # e.g. "list calls", as in "8 list calls are already being served"
+    cap: int
+    throttle: Throttle
+    held: int = field(default=0, init=False)
+
+    @classmethod
+    def with_clock(cls, what: str, cap: int, clock: Clock) -> Gate:
+        """Returns a gate whose refusal log lines are rate-limited on `clock`."""
+        return cls(what, cap, Throttle(clock, interval=_REFUSAL_LOG_INTERVAL, burst=_REFUSAL_LOG_BURST))
+
+    def refusal(self) -> str:
+        """Returns the message a refused caller reads."""
+        return (
+            f"{self.cap} {self.what} are already being served, the most this controller serves at once; retry shortly"
+        )
+
+    @contextlib.asynccontextmanager
+    async def hold(self, context: Context, method: str) -> AsyncIterator[None]:
+        """Holds a place for the body, or ends the RPC with RESOURCE_EXHAUSTED when all `cap` are taken."""
+        if self.held >= self.cap:
+            suppressed = self.throttle.allow(self.what)
+            if suppressed is not None:
+                log.warning(
+                    "expensive read refused", method=method, what=self.what, cap=self.cap, suppressed=suppressed
+                )
+            await abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, f"{method}: {self.refusal()}")
+        self.held += 1
+        try:
+            yield
+        finally:
+            self.held -= 1
