@@ -1,5 +1,5 @@
 """The orchestrator's I/O shell: finds the services a batch of changes touches, reads only their tasks, runs the
-pure reconciler on each and commits each one's plan.
+pure reconciler on each and commits their plans together.
 
 A pass handed None (start, a gap in the feed, the periodic full pass) reconciles every service. A pass handed
 events reconciles the services dirty.py names, those whose restart delay is due, and those whose retry after a
@@ -60,7 +60,7 @@ class _Planned:
 
 @dataclass
 class _Failing:
-    """A service whose last reconcile raised: its backoff, and when it may be tried again."""
+    """A service whose last reconcile or commit raised: its backoff, and when it may be tried again."""
 
     backoff: Backoff
     retry_at: datetime
@@ -86,21 +86,28 @@ class Orchestrator:
         self._global: set[str] = set()
         # Services whose plan waits for a task to reach running (see reconciler.waits_for_running).
         self._waiting: set[str] = set()
-        # Per service, when its plan asked to look again (a restart delay).
+        # Per service, when its plan asked to look again (a restart delay, attempts ageing out of a window).
         self._timers: dict[str, datetime] = {}
         self._failing: dict[str, _Failing] = {}
-        # What is still to do: kept across passes so a pass that raises midway loses nothing.
+        # What is still to do: kept across passes, so a conflict or a read that fails leaves it for the next.
         self._dirty = Dirty()
+        # Set when a pass raised (the store failed it) after moving past its events: the next reads everything.
+        self._unsure = False
         self._throttle = Throttle(clock)
 
     async def reconcile(self, changes: Sequence[Event] | None) -> datetime | None:
         """Reconciles the services the changes touch (None: every service); returns when to run again."""
         now = self._clock.now()
-        if changes is None:
-            await self._full_pass(now)
-        else:
-            self._note(changes)
-            await self._dirty_pass(now)
+        try:
+            if changes is None or self._unsure:
+                self._unsure = False
+                await self._full_pass(now)
+            else:
+                self._note(changes)
+                await self._dirty_pass(now)
+        except Exception:
+            self._unsure = True
+            raise
         return self._next_wake(now)
 
     def _note(self, changes: Sequence[Event]) -> None:
@@ -202,15 +209,15 @@ class Orchestrator:
             await self._commit(batch, nodes, now)
 
     async def _commit(self, batch: list[_Planned], nodes: NodeFacts, now: datetime) -> None:
-        """Commits the plans of several services in one transaction; on any failure, each on its own."""
+        """Commits the plans of several services in one transaction; if that fails, each one on its own."""
+        if len(batch) == 1:
+            await self._commit_one(batch[0], nodes, now)
+            return
         try:
             await self._store.commit([op for item in batch for op in item.ops])
         except (asyncio.CancelledError, StoreDamaged):
             raise
         except Exception:
-            if len(batch) == 1:
-                await self._commit_one(batch[0], nodes, now)
-                return
             # One service's writes (a conflict, a write the store refuses) must not hold back the others.
             for item in batch:
                 await self._commit_one(item, nodes, now)

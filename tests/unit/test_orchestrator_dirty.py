@@ -393,3 +393,34 @@ async def test_a_conflict_retries_that_service_at_once_and_commits_the_others() 
         await h.step()
         assert h.recording.take() == ["a"]
         assert len(await h.tasks("a")) == 2
+
+
+class FlakyStore(SqliteStore):
+    """A store whose next look-up of a node's tasks fails once, as a read the backend could not serve."""
+
+    fail_next = False
+
+    async def list_tasks(self, service_id: str | None = None, node_id: str | None = None) -> list[pb.Task]:
+        """Fails once when asked to, then reads."""
+        if node_id is not None and self.fail_next:
+            self.fail_next = False
+            raise OSError("disk I/O error")
+        return await super().list_tasks(service_id, node_id)
+
+
+async def test_a_pass_the_store_failed_is_followed_by_one_that_reads_everything() -> None:
+    async with FlakyStore(":memory:") as store:
+        h = Harness(store)
+        await store.commit([Put(node("n1")), Put(node("n2")), Put(service("a", 1)), Put(service("b", 1))])
+        await h.full()
+        await h.place({"a": ["n1"], "b": ["n2"]})
+        await h.step()
+        h.recording.take()
+        store.fail_next = True
+        await store.commit([Put(node("n1", pb.NODE_STATUS_DOWN))])
+        with pytest.raises(OSError, match="disk I/O"):
+            await h.step()
+        await h.orchestrator.reconcile([])  # the Reactor's retry, even with nothing new to hand
+        assert h.recording.take() == ["a", "b"], "what the failed pass moved past is not lost"
+        [lost, _] = sorted(await h.tasks("a"), key=lambda t: t.status.state, reverse=True)
+        assert lost.status.state == pb.TASK_STATE_LOST
