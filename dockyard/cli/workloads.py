@@ -8,8 +8,8 @@ from pathlib import Path
 import click
 
 from dockyard.cli.common import controller_option, output_option, run
+from dockyard.cli.following import Mirror, wait_until
 from dockyard.cli.output import emit, emit_object
-from dockyard.cli.polling import poll_until
 from dockyard.cli.rollout import Progress, progress
 from dockyard.cli.views import service_view, task_view
 from dockyard.client import ApiError, Client
@@ -120,7 +120,7 @@ def apply(
         if dry_run or detach:
             emit(rows, [("SERVICE", "service"), ("ACTION", "action"), ("REVISION", "revision")], output)
             return
-        final = await _wait(client, [r.service.name for r in response.results], timeout, quiet=output == "json")
+        final = await _wait(client, [r.service for r in response.results], timeout, quiet=output == "json")
         for row, result in zip(rows, response.results, strict=True):
             row["running"] = final[result.service.name].running
             row["replicas"] = final[result.service.name].desired
@@ -139,18 +139,25 @@ def apply(
     run(body, controller)
 
 
-async def _wait(client: Client, names: list[str], wait_seconds: float, quiet: bool) -> dict[str, Progress]:
-    """Polls until every named service has converged; raises ApiError on rejection or timeout."""
+async def _wait(client: Client, targets: list[pb.Service], wait_seconds: float, quiet: bool) -> dict[str, Progress]:
+    """Waits on a watch until every target service has converged; raises ApiError on rejection or timeout."""
+    names = [s.name for s in targets]
+    ids = [s.id for s in targets]
     last: dict[str, str] = {}
     current: dict[str, Progress] = {}
 
-    async def converged() -> dict[str, Progress] | None:
-        nonlocal current
-        services = {s.name: s for s in await client.list_services() if s.name in names}
-        if len(names) <= _PER_SERVICE_LISTS:
-            tasks = [t for name in services for t in await client.list_tasks(name, include_finished=True)]
+    async def load() -> tuple[list[pb.Service], list[pb.Task]]:
+        services = [s for s in await client.list_services() if s.id in ids]
+        if len(ids) <= _PER_SERVICE_LISTS:
+            tasks = [t for service_id in ids for t in await client.list_tasks(service_id, include_finished=True)]
         else:
             tasks = await client.list_tasks(include_finished=True)
+        return services, tasks
+
+    def converged(mirror: Mirror) -> dict[str, Progress] | None:
+        nonlocal current
+        services = {s.name: s for s in mirror.services.values()}
+        tasks = list(mirror.tasks.values())
         current = {name: progress(services[name], tasks) for name in names if name in services}
         for name, state in current.items():
             line = state.line()
@@ -165,7 +172,7 @@ async def _wait(client: Client, names: list[str], wait_seconds: float, quiet: bo
         problems = [msg for p in current.values() for msg in (*p.failed, *p.waiting)]
         return "waiting for tasks to run" + (f": {'; '.join(problems[:5])}" if problems else "")
 
-    return await poll_until(converged, within=wait_seconds, waiting_for=missing)
+    return await wait_until(client, load, converged, within=wait_seconds, waiting_for=missing, services=ids)
 
 
 @click.command()
@@ -246,7 +253,7 @@ def scale(
     async def body(client: Client) -> None:
         scaled = await client.scale(service, replicas, if_revision=if_revision)
         if not detach:
-            await _wait(client, [scaled.name], timeout, quiet=output == "json")
+            await _wait(client, [scaled], timeout, quiet=output == "json")
         emit_object(
             {"service": scaled.name, "replicas": scaled.spec.replicas, "revision": scaled.revision},
             output,
@@ -266,9 +273,10 @@ def rm(names: tuple[str, ...], detach: bool, timeout: float, controller: str | N
     """Remove services; their containers are stopped (with their grace period) and removed."""
 
     async def body(client: Client) -> None:
-        removed = [await client.delete_service(name) for name in names]
-        if not detach:
-            await _wait_gone(client, [s.id for s in removed], timeout)
+        if detach:
+            removed = [await client.delete_service(name) for name in names]
+        else:
+            removed = await _remove_and_wait(client, names, timeout)
         rows = [{"service": s.name, "id": s.id, "removed": True} for s in removed]
         if output == "json":
             emit(rows, [], output)
@@ -279,14 +287,28 @@ def rm(names: tuple[str, ...], detach: bool, timeout: float, controller: str | N
     run(body, controller)
 
 
-async def _wait_gone(client: Client, service_ids: list[str], wait_seconds: float) -> None:
+async def _remove_and_wait(client: Client, names: tuple[str, ...], wait_seconds: float) -> list[pb.Service]:
+    """Deletes the services, then waits on a watch (opened before the deletion) until their tasks stopped."""
+    removed: list[pb.Service] = []
     left: list[pb.Task] = []
 
-    async def gone() -> bool | None:
-        nonlocal left
+    async def delete_then_load() -> tuple[list[pb.Service], list[pb.Task]]:
+        removed.extend([await client.delete_service(name) for name in names])
         # All tasks, not per service: the services are deleted, so the API no longer knows their names.
-        tasks = await client.list_tasks(include_finished=True)
-        left = [t for t in tasks if t.service_id in service_ids and t.status.state < pb.TASK_STATE_COMPLETE]
+        return [], await client.list_tasks(include_finished=True)
+
+    def gone(mirror: Mirror) -> bool | None:
+        nonlocal left
+        ids = {s.id for s in removed}
+        left = [t for t in mirror.tasks.values() if t.service_id in ids and t.status.state < pb.TASK_STATE_COMPLETE]
         return True if not left else None
 
-    await poll_until(gone, within=wait_seconds, waiting_for=lambda: f"waiting for {len(left)} task(s) to stop")
+    await wait_until(
+        client,
+        delete_then_load,
+        gone,
+        within=wait_seconds,
+        waiting_for=lambda: f"waiting for {len(left)} task(s) to stop",
+        kinds=[cpb.OBJECT_KIND_TASK],
+    )
+    return removed
