@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 
 from dockyard.constraints import node_satisfies
 from dockyard.v1 import types_pb2 as pb
@@ -24,6 +25,11 @@ class NodeFacts:
         """Tells whether a task placed on this node can no longer be trusted to run: node down or removed."""
         node = self.nodes.get(node_id)
         return node is None or node.status == pb.NODE_STATUS_DOWN
+
+    @cached_property
+    def draining_ids(self) -> frozenset[str]:
+        """The ids of the nodes whose tasks should move elsewhere."""
+        return frozenset(n.id for n in self.nodes.values() if n.availability == pb.NODE_AVAILABILITY_DRAIN)
 
     def draining(self, node_id: str) -> bool:
         """Tells whether the node's tasks should move elsewhere."""

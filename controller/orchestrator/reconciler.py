@@ -86,17 +86,20 @@ def waits_for_running(service: pb.Service | None, tasks: Iterable[pb.Task], node
     """
     if service is None:
         return False
-    replicated = service.spec.mode != pb.SERVICE_MODE_GLOBAL
+    # Most tasks run the current spec on a node that is not draining: two cheap looks rule them out.
+    draining = nodes.draining_ids if service.spec.mode != pb.SERVICE_MODE_GLOBAL else frozenset()
     for task in tasks:
-        if task.desired_state != pb.DESIRED_STATE_RUNNING or is_terminal(task.status.state):
+        if not _outdated(service, task) and task.node_id not in draining:
             continue
-        if _outdated(service, task) or (replicated and task.node_id and nodes.draining(task.node_id)):
+        if task.desired_state == pb.DESIRED_STATE_RUNNING and not is_terminal(task.status.state):
             return True
     return False
 
 
-def after_plan(tasks: Iterable[pb.Task], plan: Plan) -> list[pb.Task]:
+def after_plan(tasks: Sequence[pb.Task], plan: Plan) -> Sequence[pb.Task]:
     """Returns the tasks as they will be once the plan is committed: changed, created, forgotten."""
+    if plan.empty():
+        return tasks
     deleted = {t.id for t in plan.delete}
     return [plan.current(t) for t in tasks if t.id not in deleted] + list(plan.create)
 
