@@ -38,9 +38,9 @@ _DOCKER_EVENT_ATTRIBUTES = frozenset(
 # Connecting to a local socket is instant; a daemon that does not accept within this is gone.
 _CONNECT_TIMEOUT = 10.0
 # Inspects one list() runs at once. Unbounded, a relist of N containers opened N connections to dockerd, which
-# the client then kept alive between relists: 100 tasks held 100 idle connections and cost the agent about
-# 12 MB of RSS (bench/agent_footprint.py). On a local socket an inspect takes about a millisecond, so a few
-# at a time relist hundreds of containers well within the relist period.
+# the client then kept alive between relists: at 100 tasks, 100 idle connections and 3 MB more RSS 10 s after
+# the apply, 7 MB a minute later (bench/agent_footprint.py --tasks 100). On a local socket an inspect takes
+# about a millisecond, so a few at a time relist hundreds of containers well within the relist period.
 _LIST_INSPECTS = 8
 
 _Json = dict[str, Any]
