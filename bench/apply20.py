@@ -1,7 +1,8 @@
 """Benchmark: deploy 20 replicas with `dockyard apply` against creating and starting them straight on Docker.
 
 Both run in the same process and alternate, so machine noise hits both alike; the figure that matters is
-the ratio of medians (target: at most 1.15). Run: python bench/apply20.py [--replicas 20] [--rounds 5]
+the ratio of medians (goal: at most 1.05; it was 1.09 to 1.18 while `apply` polled every 100 ms instead of
+waiting on Watch). Run: python bench/apply20.py [--replicas 20] [--rounds 5]
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from agent.runtime.docker import DockerRuntime
 ROOT = Path(__file__).resolve().parent.parent
 IMAGE = "dockyard-test:latest"
 BENCH_LABEL = "dockyard.bench"
+GOAL_RATIO = 1.05
 
 
 def spec_text(replicas: int) -> str:
@@ -108,7 +110,7 @@ def main() -> None:
     print(f"replicas: {args.replicas}, rounds: {args.rounds}")
     print(f"direct (aiodocker create+start, all concurrent): median {d:.3f}s")
     print(f"dockyard apply (CLI start to all tasks running): median {y:.3f}s")
-    print(f"ratio dockyard/direct: {y / d:.2f} (target <= 1.15)")
+    print(f"ratio dockyard/direct: {y / d:.2f} (goal <= {GOAL_RATIO})")
 
 
 if __name__ == "__main__":
