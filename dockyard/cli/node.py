@@ -5,11 +5,12 @@ from __future__ import annotations
 import click
 
 from dockyard.cli.common import controller_option, output_option, run
+from dockyard.cli.following import Mirror, wait_until
 from dockyard.cli.output import emit_object
-from dockyard.cli.polling import poll_until
 from dockyard.cli.views import node_view
 from dockyard.client import Client
 from dockyard.task_state import is_terminal
+from dockyard.v1 import controller_pb2 as cpb
 from dockyard.v1 import types_pb2 as pb
 
 
@@ -56,12 +57,16 @@ def drain(host: str, detach: bool, timeout: float, controller: str | None, outpu
 
 
 async def _wait_empty(client: Client, node_id: str, wait_seconds: float, quiet: bool) -> None:
+    """Waits on a watch of tasks until none on the node is still to finish."""
     left: list[pb.Task] = []
     last = -1
 
-    async def empty() -> bool | None:
+    async def load() -> tuple[list[pb.Service], list[pb.Task]]:
+        return [], await client.list_tasks(node_id=node_id)
+
+    def empty(mirror: Mirror) -> bool | None:
         nonlocal left, last
-        left = [t for t in await client.list_tasks(node_id=node_id) if not is_terminal(t.status.state)]
+        left = [t for t in mirror.tasks.values() if t.node_id == node_id and not is_terminal(t.status.state)]
         if len(left) != last and not quiet:
             click.echo(f"{len(left)} task(s) left on the node", err=True)
             last = len(left)
@@ -72,7 +77,7 @@ async def _wait_empty(client: Client, node_id: str, wait_seconds: float, quiet: 
             f"{t.service_name}.{t.slot}" for t in left[:5]
         )
 
-    await poll_until(empty, within=wait_seconds, waiting_for=still_there)
+    await wait_until(client, load, empty, within=wait_seconds, waiting_for=still_there, kinds=[cpb.OBJECT_KIND_TASK])
 
 
 @node.command()

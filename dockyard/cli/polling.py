@@ -1,4 +1,8 @@
-"""The one way the CLI waits for the cluster (apply, scale, rm, drain) until the API has a Watch RPC."""
+"""How `dockyard up` waits for a controller it is starting: polling, since there is no API to watch yet.
+
+Commands that wait on a running cluster (apply, scale, rm, node drain) wait on Watch instead
+(dockyard.cli.following).
+"""
 
 from __future__ import annotations
 

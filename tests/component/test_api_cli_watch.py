@@ -1,4 +1,4 @@
-"""`apply`, `scale` and `rm` wait on Watch: the same output as before, and one listing per wait, never polling.
+"""`apply`, `scale`, `rm` and `node drain` wait on Watch: the same output, one listing per wait, no polling.
 
 A stand-in for the orchestrator and the agents follows the store and moves tasks through their states in
 several commits, so the CLI sees the cluster converge through watch events. The server counts the calls it
@@ -53,7 +53,14 @@ class CountingApi(ControllerApi):
 async def pretend_cluster(store: Store) -> None:
     """Plays orchestrator and agents: each service's tasks go pending then running; extra ones stop."""
     async for event in follow(store):
-        if not isinstance(event, Event) or event.kind is not Kind.SERVICE:
+        if not isinstance(event, Event):
+            continue
+        if isinstance(event.obj, pb.Node) and event.obj.availability == pb.NODE_AVAILABILITY_DRAIN:
+            for task in await store.list_tasks(node_id=event.obj.id):
+                task.desired_state = pb.DESIRED_STATE_SHUTDOWN
+                task.status.state = pb.TASK_STATE_SHUTDOWN
+                await store.commit([Put(task)])
+        if event.kind is not Kind.SERVICE:
             continue
         service = event.obj
         assert isinstance(service, pb.Service)
@@ -72,6 +79,7 @@ async def pretend_cluster(store: Store) -> None:
                 task = pb.Task(id=f"{service.name}-{slot}-{service.revision}", service_id=service.id, slot=slot)
                 task.service_name, task.revision = service.name, service.revision
                 task.desired_state = pb.DESIRED_STATE_RUNNING
+                task.node_id = "node-1"
                 task.status.state = pb.TASK_STATE_PENDING
                 new.append(task)
         if new:
@@ -99,6 +107,9 @@ class Served:
     async def _start(self, root: Path) -> tuple[CountingApi, str]:
         self._store = SqliteStore(root / "cli.db")
         await self._store.open()
+        node = pb.Node(id="node-1", status=pb.NODE_STATUS_READY, availability=pb.NODE_AVAILABILITY_ACTIVE)
+        node.description.hostname = "host-1"
+        await self._store.commit([Put(node)])
         api = CountingApi(self._store)
         self._server = grpc.aio.server()
         add_controller_api(api, self._server)
@@ -137,7 +148,7 @@ def served(tmp_path: Path) -> Iterator[Served]:
         server.close()
 
 
-def test_apply_scale_and_rm_wait_on_a_watch_and_list_once(served: Served, tmp_path: Path) -> None:
+def test_apply_scale_drain_and_rm_wait_on_a_watch_and_list_once(served: Served, tmp_path: Path) -> None:
     spec = tmp_path / "web.yaml"
     spec.write_text("services:\n  web:\n    image: app:1\n    replicas: 3\n")
 
@@ -159,6 +170,12 @@ def test_apply_scale_and_rm_wait_on_a_watch_and_list_once(served: Served, tmp_pa
     assert shrunk.exit_code == 0, shrunk.output
     assert json.loads(shrunk.stdout) == {"service": "web", "replicas": 1, "revision": 3}
     assert calls == {"ScaleService": 1, "Watch": 1, "ListServices": 1, "ListTasks": 1}
+
+    drained, calls = served.dockyard("node", "drain", "host-1")
+    assert drained.exit_code == 0, drained.output
+    assert "host-1: drained" in drained.stdout
+    assert "0 task(s) left on the node" in drained.stderr
+    assert calls == {"UpdateNode": 1, "Watch": 1, "ListTasks": 1}
 
     removed, calls = served.dockyard("rm", "web")
     assert removed.exit_code == 0, removed.output
