@@ -42,6 +42,7 @@ sys.path.insert(0, str(ROOT))
 
 import grpc  # noqa: E402
 
+from agent.link import MISSED_HEARTBEATS  # noqa: E402
 from agent.testing.fleet import Drop, Fleet, FleetConfig  # noqa: E402
 from dockyard.client import PAGE_SIZE, Client  # noqa: E402
 from dockyard.spec import load_spec  # noqa: E402
@@ -298,6 +299,7 @@ class FleetBench:
         """Starts a phase: samples from now on are counted for it, and so are the controller's "node down" lines."""
         self._count_down_lines()
         self.sampler.phase = name
+        self.fleet.reset_lag()
 
     def _count_down_lines(self) -> None:
         count = (self.root / "controller.log").read_text(errors="replace").count("node down")
@@ -379,12 +381,13 @@ class FleetBench:
                 f"deploy {total} replicas: apply call {applied:.2f} s; all RUNNING as the agents see it"
                 f" {deployed:.1f} s after the apply ({total / deployed:.0f} tasks/s); ListTasks agrees at {agrees}"
             )
+        lag, silence = fleet.max_lag, fleet.longest_silence()
         self.phase("after deploy")
         drops = fleet.drops(since=mark)
         self.say(
             f"  wrongly marked down during the deploy: {self.wrongly_down('deploy')};"
             f" agents' session drops: {len(drops)}{_reasons(drops)}; tasks running on two agents:"
-            f" {len(fleet.duplicates())}"
+            f" {len(fleet.duplicates())}; {_margin(silence, lag)}"
         )
         self.say(f"  list latency during the deploy: {sampler.latency_line('deploy')}")
         await asyncio.sleep(self.args.window)
@@ -420,11 +423,12 @@ class FleetBench:
                 lambda: _at_least(running_per_list(client, avoid=lost_ids), total), within=30, every=0.25
             )
             self.say(f"  ListTasks agrees {_took(confirmed, 30)} more")
+        lag, silence = fleet.max_lag, fleet.longest_silence()
         self.phase("end")
         drops = fleet.drops(since=mark)
         self.say(
             f"  wrongly marked down meanwhile: {self.wrongly_down('lose')}; other agents' session drops:"
-            f" {len(drops)}{_reasons(drops)}"
+            f" {len(drops)}{_reasons(drops)}; {_margin(silence, lag)}"
         )
 
     def summary(self) -> None:
@@ -471,6 +475,13 @@ async def bench(args: argparse.Namespace) -> None:
             await run.fleet.stop()
             stop_process(controller)
         run.summary()
+
+
+def _margin(silence: float, lag: float) -> str:
+    return (
+        f"longest silence of the controller an agent saw {silence:.2f} s (a session ends at"
+        f" {HEARTBEAT_PERIOD * MISSED_HEARTBEATS:g} s); the agents' own event loop ran up to {lag:.2f} s late"
+    )
 
 
 def _took(seconds: float | None, within: float) -> str:

@@ -59,6 +59,9 @@ __all__ = ["Drop", "Fleet", "FleetConfig", "SimAgent", "SimHost"]
 
 GIB = 1 << 30
 RECORDS_KEPT = 1000  # per agent: the latest drops and welcomes
+# Loop turns a silent-looking session waits before it ends: enough for a reply gRPC already holds to be read.
+SETTLE_TURNS = 3
+LAG_PROBE_SECONDS = 0.05
 
 _Call = grpc.aio.StreamStreamCall[apb.AgentMessage, apb.ControllerMessage]
 # Never written: the simulated book lives in memory only.
@@ -230,6 +233,9 @@ class SimAgent:
         self.welcome_waits: deque[float] = deque(maxlen=RECORDS_KEPT)  # seconds from a hello to its Welcome
         self.dials = 0
         self.sessions = 0  # welcomed sessions
+        # The longest wait for a word from the controller within a session (reset by Fleet.reset_lag): the
+        # margin left before MISSED_HEARTBEATS periods end the session.
+        self.longest_silence = 0.0
 
     @property
     def reconnects(self) -> int:
@@ -338,7 +344,9 @@ class SimAgent:
             message = await session.call.read()
             if message is grpc.aio.EOF or not isinstance(message, apb.ControllerMessage):
                 raise _SessionEnded("the controller closed the session")
-            session.heard = self._clock.monotonic()
+            now = self._clock.monotonic()
+            self.longest_silence = max(self.longest_silence, now - session.heard)
+            session.heard = now
             if message.HasField("assignments"):
                 self._wake(self.host.apply(message.assignments))
 
@@ -351,7 +359,13 @@ class SimAgent:
         while True:
             silent = self._clock.monotonic() - session.heard
             if silent >= limit:
-                raise _SessionEnded(f"no word from the controller for {silent:.1f}s")
+                # Replies that arrived while this process was too busy to run are read first: hundreds of agents
+                # share one event loop here, and their stalls must not pass for the controller's silence.
+                for _ in range(SETTLE_TURNS):
+                    await self._clock.sleep(0)
+                silent = self._clock.monotonic() - session.heard
+                if silent >= limit:
+                    raise _SessionEnded(f"no word from the controller for {silent:.1f}s")
             await self._clock.sleep(limit - silent)
 
     async def _send_status(self, session: _Session) -> None:
@@ -392,6 +406,8 @@ class Fleet:
         self._streams_on_last = 0
         self.agents: list[SimAgent] = []
         self._runs: dict[str, asyncio.Task[None]] = {}
+        self._lag_probe: asyncio.Task[None] | None = None
+        self.max_lag = 0.0  # the worst lateness of this process's event loop, in seconds, since start
 
     async def __aenter__(self) -> Fleet:
         await self.start()
@@ -403,8 +419,27 @@ class Fleet:
         await self.stop()
 
     async def start(self) -> None:
-        """Starts the configured number of agents."""
+        """Starts the configured number of agents and a probe of this process's own event-loop lag."""
+        if self._lag_probe is None:
+            self._lag_probe = asyncio.create_task(self._probe_lag())
         self.add(self.config.agents)
+
+    async def _probe_lag(self) -> None:
+        """Measures how late the event loop runs a timer: a fleet too busy to keep time makes false silences."""
+        while True:
+            start = self._clock.monotonic()
+            await self._clock.sleep(LAG_PROBE_SECONDS)
+            self.max_lag = max(self.max_lag, self._clock.monotonic() - start - LAG_PROBE_SECONDS)
+
+    def reset_lag(self) -> None:
+        """Starts measuring max_lag and longest_silence afresh."""
+        self.max_lag = 0.0
+        for agent in self.agents:
+            agent.longest_silence = 0.0
+
+    def longest_silence(self) -> float:
+        """Returns the longest a live agent waited for a word from the controller within a session."""
+        return max((a.longest_silence for a in self.live), default=0.0)
 
     def add(self, count: int) -> list[SimAgent]:
         """Starts `count` more agents (each after a random part of the ramp) and returns them."""
@@ -483,6 +518,9 @@ class Fleet:
     async def stop(self) -> None:
         """Stops every agent and closes every stream and channel."""
         runs = list(self._runs.values())
+        if self._lag_probe is not None:
+            runs.append(self._lag_probe)
+            self._lag_probe = None
         for run in runs:
             run.cancel()
         await asyncio.gather(*runs, return_exceptions=True)
