@@ -11,10 +11,11 @@ from datetime import datetime, timedelta
 import grpc
 import structlog
 
+from controller.dispatcher.bounds import COMMIT_WINDOW_SECONDS, PENDING_STATUSES_PER_NODE, WRITE_STALL_SECONDS
+from controller.dispatcher.committer import GroupCommitter, NodeIntent
 from controller.dispatcher.identity import IdentityError, node_identity
 from controller.dispatcher.liveness import silent_nodes
 from controller.dispatcher.session import AgentSession
-from controller.dispatcher.status import judge_status
 from controller.errors import DAMAGED_RETRY_SECONDS, StoreDamaged
 from controller.store.base import ConflictError, Kind, Put, Store
 from controller.store.follow import Resync, follow
@@ -23,13 +24,13 @@ from controller.store.specs import SpecCache, SpecKey
 from dockyard.clock import Clock
 from dockyard.limits import (
     CONNECT_TIMEOUT_SECONDS,
-    CONTAINER_ID_BYTES,
+    HELLO_TIMEOUT_SECONDS,
     NODE_LABELS,
     NODE_TEXT_BYTES,
     REDIAL_CAP_SECONDS,
-    STATUS_TEXT_BYTES,
     truncate_text,
 )
+from dockyard.logs import Throttle
 from dockyard.spec.issues import key_path
 from dockyard.spec.validation import label_issues
 from dockyard.task_state import spec_key
@@ -47,9 +48,24 @@ Context = grpc.aio.ServicerContext[apb.AgentMessage, apb.ControllerMessage]
 
 
 class Dispatcher(apb_grpc.AgentServiceServicer):
-    """Holds every agent session; writes node status and reported task status, nothing else."""
+    """Holds every agent session; writes node status and reported task status, nothing else.
 
-    def __init__(self, store: Store, clock: Clock, heartbeat_period: float = 1.0, grace_periods: float = 3.0) -> None:
+    Nothing a session reads waits for the store: a message is stamped with its arrival time, a heartbeat is
+    acknowledged at once and statuses go to the group committer. What a session writes is coalesced and
+    bounded (see session.py), and a writer that stalls past `write_stall` seconds closes its session.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock,
+        heartbeat_period: float = 1.0,
+        grace_periods: float = 3.0,
+        *,
+        commit_window: float = COMMIT_WINDOW_SECONDS,
+        write_stall: float = WRITE_STALL_SECONDS,
+        hello_timeout: float = HELLO_TIMEOUT_SECONDS,
+    ) -> None:
         self._store = store
         self._clock = clock
         self._period = heartbeat_period
@@ -57,15 +73,22 @@ class Dispatcher(apb_grpc.AgentServiceServicer):
         # After a controller restart every agent must first notice and re-dial: a node not heard from since
         # the start gets REDIAL_ALLOWANCE on top of the usual grace.
         self._startup_grace = self._grace + timedelta(seconds=REDIAL_ALLOWANCE)
+        self._write_stall = write_stall
+        self._hello_timeout = hello_timeout
         self._sessions: dict[str, AgentSession] = {}
         self._last_seen: dict[str, datetime] = {}
         self._started = clock.now()
         self._specs = SpecCache(store)
+        # Lines an agent can trigger (refused statuses, dropped labels) share one throttle, keyed per node.
+        self._throttle = Throttle(clock)
+        self._committer = GroupCommitter(store, clock, self._throttle, window=commit_window)
 
     async def run(self) -> None:
-        """Routes task changes to sessions and watches heartbeats until cancelled."""
+        """Commits statuses, routes task changes to sessions and watches heartbeats until cancelled."""
+        self._store.on_damage(self._close_all)
         await self._forget_readiness()
         async with asyncio.TaskGroup() as group:
+            group.create_task(self._outlast_damage("status commit", self._committer.run))
             group.create_task(self._outlast_damage("routing", self._route_changes))
             group.create_task(self._outlast_damage("heartbeat watch", self._watch_heartbeats))
 
@@ -82,12 +105,28 @@ class Dispatcher(apb_grpc.AgentServiceServicer):
                     reported = True
                 await self._clock.sleep(DAMAGED_RETRY_SECONDS)
 
+    def _close_all(self, damage: StoreDamaged) -> None:
+        """Ends every session when the store is found damaged: agents keep their containers and re-dial."""
+        for session in list(self._sessions.values()):
+            session.close(grpc.StatusCode.UNAVAILABLE, str(damage))
+
     async def Session(  # type: ignore[override]
         self, request_iterator: object, context: Context
     ) -> None:
-        """Serves one agent: hello, then heartbeats and status in, assignments out, until either side ends."""
+        """Serves one agent: hello, then heartbeats and status in, assignments out, until either side ends.
+
+        A stream whose hello does not arrive within the hello timeout is closed with DEADLINE_EXCEEDED.
+        """
         del request_iterator
-        first = await context.read()
+        try:
+            async with self._clock.timeout(self._hello_timeout):
+                first = await context.read()
+        except TimeoutError:
+            # DEADLINE_EXCEEDED, not INVALID_ARGUMENT: nothing the peer sent was wrong, a time limit passed.
+            await context.abort(
+                grpc.StatusCode.DEADLINE_EXCEEDED, f"hello: none within {self._hello_timeout:g}s of opening the session"
+            )
+            return
         if not isinstance(first, apb.AgentMessage) or not first.HasField("hello"):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message of a session must be a hello")
             return
@@ -96,64 +135,95 @@ class Dispatcher(apb_grpc.AgentServiceServicer):
         except IdentityError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
             return
+        if self._store.damage is not None:
+            # The agent keeps its containers and re-dials; the controller is out of service meanwhile.
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(self._store.damage))
+            return
         session = AgentSession(node_id=node_id, session_id=uuid.uuid4().hex)
         previous = self._sessions.get(node_id)
         if previous is not None:
-            previous.closed.set()
-        # Register before reading the snapshot so no change falls between the two; agents ignore stale versions.
+            previous.close(grpc.StatusCode.ABORTED, "a newer session for this node started")
+        # Register before the snapshot is read so no change falls between the two; agents ignore stale versions.
         self._sessions[node_id] = session
-        self._last_seen[node_id] = self._clock.now()
+        now = self._clock.now()
+        self._last_seen[node_id] = now
         bound = log.bind(node_id=node_id, session_id=session.session_id)
+        # Neither the node write nor the inventory is waited for: the welcome, the full set and the first
+        # heartbeats do not depend on them (see docs/design/protocol.md, "A session").
+        self._committer.write_node(node_id, self._registration(node_id, first.hello, context.peer(), now))
+        inventory = ((item.task_id, item.status) for item in first.hello.inventory)
+        self._refuse_flood(node_id, self._committer.add_statuses(node_id, inventory))
+        session.welcome(
+            apb.Welcome(node_id=node_id, session_id=session.session_id, heartbeat_period=duration(self._period))
+        )
+        bound.info("agent session started", hostname=truncate_text(first.hello.description.hostname, 64))
+        sync = asyncio.create_task(self._sync(session))
+        tasks = {
+            asyncio.create_task(self._read(session, context)),
+            asyncio.create_task(self._write(session, context)),
+            asyncio.create_task(session.closed.wait()),
+        }
         try:
-            await self._register(node_id, first.hello, context.peer())
-            await self._apply_statuses(node_id, [(i.task_id, i.status) for i in first.hello.inventory])
-            await context.write(
-                apb.ControllerMessage(
-                    welcome=apb.Welcome(
-                        node_id=node_id,
-                        session_id=session.session_id,
-                        heartbeat_period=duration(self._period),
-                    )
-                )
-            )
-            await self._send_full(session)
-            bound.info("agent session started", hostname=truncate_text(first.hello.description.hostname, 64))
-            tasks = {
-                asyncio.create_task(self._read(session, context)),
-                asyncio.create_task(self._write(session, context)),
-                asyncio.create_task(session.closed.wait()),
-            }
-            try:
-                await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for task in tasks:
-                    task.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
-        except StoreDamaged as exc:
-            # The agent keeps its containers and re-dials; the controller is out of service meanwhile.
-            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            for task in (*tasks, sync):
+                task.cancel()
+            await asyncio.gather(*tasks, sync, return_exceptions=True)
             if self._sessions.get(node_id) is session:
                 del self._sessions[node_id]
-            bound.info("agent session ended")
+            bound.info("agent session ended", reason=session.close_reason or "stream ended")
+        if session.close_code != grpc.StatusCode.OK:
+            await context.abort(session.close_code, session.close_reason)
 
     async def _read(self, session: AgentSession, context: Context) -> None:
+        """Reads until the stream ends; never waits for the store, so heartbeats are read however busy it is."""
         while True:
             message = await context.read()
             if not isinstance(message, apb.AgentMessage):
                 return  # end of stream
-            self._last_seen[session.node_id] = self._clock.now()
+            arrived = self._clock.now()
+            self._last_seen[session.node_id] = arrived
             kind = message.WhichOneof("msg")
             if kind == "heartbeat":
-                session.outbox.put_nowait(
-                    apb.ControllerMessage(heartbeat_ack=apb.HeartbeatAck(received_at=to_timestamp(self._clock.now())))
-                )
+                session.ack(arrived)
             elif kind == "status":
-                await self._apply_statuses(session.node_id, [(u.task_id, u.status) for u in message.status.updates])
+                updates = ((u.task_id, u.status) for u in message.status.updates)
+                self._refuse_flood(session.node_id, self._committer.add_statuses(session.node_id, updates))
 
     async def _write(self, session: AgentSession, context: Context) -> None:
+        """Writes what the session has pending; a write that stalls past the limit closes the session."""
         while True:
-            await context.write(await session.outbox.get())
+            for message in await session.next_messages():
+                try:
+                    async with self._clock.timeout(self._write_stall):
+                        await context.write(message)
+                except TimeoutError:
+                    session.close(
+                        grpc.StatusCode.RESOURCE_EXHAUSTED,
+                        f"the agent read nothing for {self._write_stall:g}s; closing instead of buffering",
+                    )
+                    return
+
+    async def _sync(self, session: AgentSession) -> None:
+        """Sends a new session its full set beside reading and writing, so its heartbeats never wait for it."""
+        try:
+            await self._send_full(session)
+        except StoreDamaged as exc:
+            session.close(grpc.StatusCode.UNAVAILABLE, str(exc))
+
+    def _refuse_flood(self, node_id: str, refused: int) -> None:
+        """Logs, rate-limited and counted, the reports refused because the node has too many pending."""
+        if not refused:
+            return
+        suppressed = self._throttle.allow(f"status flood:{node_id}")
+        if suppressed is not None:
+            log.warning(
+                "status refused: too many pending for one node",
+                node_id=node_id,
+                count=refused,
+                limit=PENDING_STATUSES_PER_NODE,
+                lines_suppressed=suppressed,
+            )
 
     async def _send_full(self, session: AgentSession) -> None:
         """Queues the node's full set, then the changes that arrived while it was read, in order.
@@ -178,52 +248,38 @@ class Dispatcher(apb_grpc.AgentServiceServicer):
                 session.backlog = None
                 return
 
-    async def _register(self, node_id: str, hello: apb.Hello, address: str) -> None:
+    def _registration(self, node_id: str, hello: apb.Hello, address: str, at: datetime) -> NodeIntent:
+        """Returns the change a hello makes to its node: its facts from the hello, ready, seen now."""
         description = pb.NodeDescription()
         description.CopyFrom(hello.description)
         dropped = bound_description(description)
-        if dropped:
+        if dropped and self._throttle.allow(f"labels dropped:{node_id}") is not None:
             log.warning("agent labels dropped", node_id=node_id, dropped=dropped[:5], count=len(dropped))
 
-        async def attempt() -> None:
-            existing = await self._store.get_node(node_id)
-            node = pb.Node()
-            if existing is not None:
-                node.CopyFrom(existing)
-            else:
-                node.id = node_id
-                node.availability = pb.NODE_AVAILABILITY_ACTIVE
-                node.created_at.CopyFrom(to_timestamp(self._clock.now()))
+        def intent(node: pb.Node | None) -> pb.Node:
+            if node is None:
+                node = pb.Node(id=node_id, availability=pb.NODE_AVAILABILITY_ACTIVE)
+                node.created_at.CopyFrom(to_timestamp(at))
             node.description.CopyFrom(description)
             node.status = pb.NODE_STATUS_READY
             node.status_message = ""
             node.address = address
-            node.last_heartbeat.CopyFrom(to_timestamp(self._clock.now()))
-            await self._store.commit([Put(node, expect_version=existing.version if existing else 0)])
+            node.last_heartbeat.CopyFrom(to_timestamp(at))
+            return node
 
-        await retry_on_conflict(attempt)
+        return intent
 
-    async def _apply_statuses(self, node_id: str, updates: list[tuple[str, pb.TaskStatus]]) -> None:
-        if not updates:
-            return
-        for _, status in updates:
-            bound_status_text(status)
+    def _marked_down(self, node_id: str, seen: datetime | None, message: str) -> NodeIntent:
+        """Returns the change that marks a silent node down, unless it was heard from after the decision."""
 
-        async def attempt() -> None:
-            ops: list[Put] = []
-            for task_id, status in updates:
-                verdict = judge_status(await self._store.get_task(task_id), node_id, status)
-                if verdict.refused:
-                    log.warning("status refused", node_id=node_id, task_id=task_id, reason=verdict.refused)
-                if verdict.task is not None:
-                    ops.append(Put(verdict.task, expect_version=verdict.task.version))
-            if ops:
-                await self._store.commit(ops)
+        def intent(node: pb.Node | None) -> pb.Node | None:
+            if node is None or node.status == pb.NODE_STATUS_DOWN or self._last_seen.get(node_id) != seen:
+                return None
+            node.status = pb.NODE_STATUS_DOWN
+            node.status_message = message
+            return node
 
-        try:
-            await retry_on_conflict(attempt)
-        except ConflictError:
-            log.warning("status dropped after repeated conflicts", node_id=node_id, count=len(updates))
+        return intent
 
     async def _route_changes(self) -> None:
         async for event in follow(self._store):
@@ -251,41 +307,61 @@ class Dispatcher(apb_grpc.AgentServiceServicer):
             session.on_task(task, deleted, specs)
 
     async def _forget_readiness(self) -> None:
-        """Marks every node unknown at start: readiness must be observed afresh, not inherited from the store."""
-        for node in await self._store.list_nodes():
-            if node.status == pb.NODE_STATUS_READY:
-                await self._set_status(node.id, pb.NODE_STATUS_UNKNOWN, "controller restarted; waiting for the agent")
+        """Marks every ready node unknown at start, in one commit: readiness must be observed afresh."""
 
-    async def _watch_heartbeats(self) -> None:
-        while True:
-            await self._clock.sleep(self._period / 2)
-            nodes = await self._store.list_nodes()
-            now = self._clock.now()
-            for silent in silent_nodes(nodes, self._last_seen, self._started, now, self._grace, self._startup_grace):
-                log.warning("node down", node_id=silent.node_id, silent_seconds=round(silent.seconds, 1))
-                await self._set_status(silent.node_id, pb.NODE_STATUS_DOWN, f"no heartbeat for {silent.seconds:.1f}s")
-                session = self._sessions.get(silent.node_id)
-                if session is not None:
-                    session.closed.set()
-
-    async def _set_status(self, node_id: str, status: int, message: str) -> None:
         async def attempt() -> None:
-            node = await self._store.get_node(node_id)
-            if node is None:
-                return
-            node.status = status  # type: ignore[assignment]
-            node.status_message = message
-            await self._store.commit([Put(node, expect_version=node.version)])
+            ops: list[Put] = []
+            for node in await self._store.list_nodes():
+                if node.status == pb.NODE_STATUS_READY:
+                    changed = pb.Node()
+                    changed.CopyFrom(node)
+                    changed.status = pb.NODE_STATUS_UNKNOWN
+                    changed.status_message = "controller restarted; waiting for the agent"
+                    ops.append(Put(changed, expect_version=node.version))
+            if ops:
+                await self._store.commit(ops)
 
         with contextlib.suppress(ConflictError):
             await retry_on_conflict(attempt)
 
+    async def _watch_heartbeats(self) -> None:
+        """Every half period, marks every node silent past its grace down, all in one commit.
 
-def bound_status_text(status: pb.TaskStatus) -> None:
-    """Cuts an agent-reported status message, error and container id to the protocol's limits, in place."""
-    status.message = truncate_text(status.message, STATUS_TEXT_BYTES)
-    status.error = truncate_text(status.error, STATUS_TEXT_BYTES)
-    status.container_id = truncate_text(status.container_id, CONTAINER_ID_BYTES)
+        A round that starts late (the controller's own loop was blocked) judges nobody; see liveness.py.
+        """
+        tick = self._period / 2
+        planned = self._clock.monotonic() + tick
+        while True:
+            await self._clock.sleep(planned - self._clock.monotonic())
+            lag = self._clock.monotonic() - planned
+            nodes = await self._store.list_nodes()
+            found = silent_nodes(
+                nodes,
+                self._last_seen,
+                self._started,
+                self._clock.now(),
+                self._grace,
+                self._startup_grace,
+                lag=timedelta(seconds=lag),
+                lag_tolerance=timedelta(seconds=tick),
+            )
+            if lag > tick and self._throttle.allow("heartbeat watch late") is not None:
+                log.warning("heartbeat watch ran late; judging no node this round", lag_seconds=round(lag, 2))
+            writes = []
+            for silent in found:
+                log.warning("node down", node_id=silent.node_id, silent_seconds=round(silent.seconds, 1))
+                message = f"no heartbeat for {silent.seconds:.1f}s"
+                seen = self._last_seen.get(silent.node_id)
+                writes.append(
+                    self._committer.write_node(silent.node_id, self._marked_down(silent.node_id, seen, message))
+                )
+                session = self._sessions.get(silent.node_id)
+                if session is not None:
+                    session.close(grpc.StatusCode.UNAVAILABLE, message)
+            if writes:
+                # One commit for the round; the next round reads its result instead of deciding again.
+                await asyncio.gather(*writes)
+            planned = self._clock.monotonic() + tick
 
 
 def bound_description(description: pb.NodeDescription) -> list[str]:

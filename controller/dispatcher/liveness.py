@@ -1,4 +1,4 @@
-"""Which nodes have been silent too long: pure, given the time."""
+"""Which nodes have been silent too long: pure, given the time and how late the watcher looked."""
 
 from __future__ import annotations
 
@@ -24,12 +24,22 @@ def silent_nodes(
     now: datetime,
     grace: timedelta,
     startup_grace: timedelta,
+    lag: timedelta = timedelta(0),
+    lag_tolerance: timedelta = timedelta(0),
 ) -> list[Silence]:
-    """Returns the nodes not yet down whose silence exceeds their grace.
+    """Returns the nodes not yet down whose silence exceeds their grace; none when the watcher looked late.
 
-    A node heard from since the controller started gets grace; one never heard from (the controller
-    restarted) is measured from the start with the longer startup grace, so agents have time to re-dial.
+    `last_seen` holds when each node's latest message arrived. A node heard from since the controller started
+    gets grace; one never heard from (the controller restarted) is measured from the start with the longer
+    startup grace, so agents have time to re-dial.
+
+    `lag` is how much later than planned the watcher looked. More than `lag_tolerance` means the controller's
+    own event loop was stalled: messages that arrived meanwhile may not be read yet, so a silence measured now
+    may be the controller's, not the node's. Nobody is judged on such a round; the next one, after reads had
+    time to drain, decides.
     """
+    if lag > lag_tolerance:
+        return []
     found = []
     for node in nodes:
         if node.status == pb.NODE_STATUS_DOWN:

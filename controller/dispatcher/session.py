@@ -1,17 +1,28 @@
-"""One agent's live session: the outgoing queue and what it has been told."""
+"""One agent's live session: what it has been told and what is still to be written, coalesced and bounded.
+
+Nothing is queued per event. The session keeps the welcome, at most one full set, the latest heartbeat ack
+and one pending change per task id; when the writer is free it takes all of it as a few messages (the
+changes as one Assignments message, or several of at most ASSIGNMENTS_CHUNK_BYTES). A burst of changes to
+one node therefore goes out as one message, and what a session holds is bounded by the node's tasks however
+slowly its agent reads; past OUTBOX_BYTES the session is closed rather than buffered.
+"""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 
+import grpc
 import structlog
 
 from controller.dispatcher.assignment import Fingerprint, belongs, fingerprint
+from controller.dispatcher.bounds import ASSIGNMENTS_CHUNK_BYTES, OUTBOX_BYTES
 from controller.store.specs import SpecKey
 from dockyard.limits import AGENT_MESSAGE_BYTES
 from dockyard.task_state import spec_key
+from dockyard.timestamps import to_timestamp
 from dockyard.v1 import agent_pb2 as apb
 from dockyard.v1 import types_pb2 as pb
 
@@ -24,31 +35,69 @@ class AgentSession:
 
     node_id: str
     session_id: str
-    outbox: asyncio.Queue[apb.ControllerMessage] = field(default_factory=asyncio.Queue)
     sent: dict[str, Fingerprint] = field(default_factory=dict)
     # The (service, revision) specs this session already carried: an agent keeps them for the session.
     sent_specs: set[SpecKey] = field(default_factory=set)
     sequence: int = 0
     closed: asyncio.Event = field(default_factory=asyncio.Event)
+    # Why the session was closed from the controller's side: the status the agent is told.
+    close_code: grpc.StatusCode = grpc.StatusCode.OK
+    close_reason: str = ""
     # Task changes (store revision, task, deleted) held back while the full set is read; None otherwise.
     # A new session starts holding: it is registered before its snapshot is read.
     backlog: list[tuple[int, pb.Task, bool]] | None = field(default_factory=list)
+    # What waits for the writer, in the order it is written: welcome, full set, ack, changes.
+    _welcome: apb.Welcome | None = None
+    _full: apb.Assignments | None = None
+    _ack: datetime | None = None
+    # Per task id: the task to upsert, or None to remove it; and the specs those tasks need, once per revision.
+    _changes: dict[str, pb.Task | None] = field(default_factory=dict)
+    _specs: dict[SpecKey, pb.ServiceSpec] = field(default_factory=dict)
+    _bytes: int = 0  # the size of _full, _changes and _specs
+    _ready: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def pending_bytes(self) -> int:
+        """About how many bytes of assignments wait for the writer."""
+        return self._bytes
+
+    def close(self, code: grpc.StatusCode, reason: str) -> None:
+        """Ends the session (the first reason given is the one the agent hears)."""
+        if not self.closed.is_set():
+            self.close_code, self.close_reason = code, reason
+            self.closed.set()
+
+    def welcome(self, welcome: apb.Welcome) -> None:
+        """Queues the welcome; it is written before anything else."""
+        self._welcome = welcome
+        self._ready.set()
+
+    def ack(self, received_at: datetime) -> None:
+        """Queues a heartbeat ack; an ack not yet written is replaced, as only the latest says anything."""
+        self._ack = received_at
+        self._ready.set()
 
     def send_full(self, tasks: list[pb.Task], specs: Mapping[SpecKey, pb.ServiceSpec]) -> None:
         """Queues the complete assignment set with the spec of every revision in it, once each.
 
-        Anything the agent has that is not in the set goes. `specs` must hold each chosen task's spec.
+        Anything the agent has that is not in the set goes, so pending changes (all older than the set) are
+        dropped. `specs` must hold each chosen task's spec.
         """
         chosen = [t for t in tasks if belongs(t, self.node_id)]
         self.sent = {t.id: fingerprint(t) for t in chosen}
         self.sent_specs = set()
         assignments = apb.Assignments(kind=apb.Assignments.KIND_FULL, tasks=chosen)
-        self._attach_specs(assignments, specs)
+        self._attach_specs(assignments, {spec_key(t): specs.get(spec_key(t)) for t in chosen})
         size = assignments.ByteSize()
         if size > AGENT_MESSAGE_BYTES:
             # Nothing smaller can be sent that still means "everything else goes"; say so where it is seen.
             log.error("full assignment set too large for the agent", node_id=self.node_id, bytes=size)
-        self._queue(assignments)
+        self._full = assignments
+        self._changes = {}
+        self._specs = {}
+        self._bytes = size
+        self._ready.set()
+        self._check_bound()
 
     def wants(self, task: pb.Task, deleted: bool) -> bool:
         """Tells whether a change to this task is news for the agent (so its spec may be needed)."""
@@ -57,28 +106,98 @@ class AgentSession:
         return task.id in self.sent
 
     def on_task(self, task: pb.Task, deleted: bool, specs: Mapping[SpecKey, pb.ServiceSpec]) -> None:
-        """Queues an incremental assignment when a change to this task matters to the agent."""
+        """Records a change to this task as pending when it matters to the agent (the latest per task wins)."""
         if not deleted and belongs(task, self.node_id):
             print_ = fingerprint(task)
             if self.sent.get(task.id) == print_:
                 return
             self.sent[task.id] = print_
-            assignments = apb.Assignments(kind=apb.Assignments.KIND_INCREMENTAL, tasks=[task])
-            self._attach_specs(assignments, specs)
-            self._queue(assignments)
-        elif self.sent.pop(task.id, None) is not None:
-            self._queue(apb.Assignments(kind=apb.Assignments.KIND_INCREMENTAL, removed_task_ids=[task.id]))
-
-    def _attach_specs(self, assignments: apb.Assignments, specs: Mapping[SpecKey, pb.ServiceSpec]) -> None:
-        for task in assignments.tasks:
             key = spec_key(task)
             spec = specs.get(key)
+            if spec is not None and key not in self.sent_specs and key not in self._specs:
+                self._specs[key] = spec
+                self._bytes += spec.ByteSize()
+            self._set_change(task.id, task)
+        elif self.sent.pop(task.id, None) is not None:
+            self._set_change(task.id, None)
+
+    def _set_change(self, task_id: str, change: pb.Task | None) -> None:
+        if task_id in self._changes:
+            self._bytes -= _change_size(task_id, self._changes[task_id])
+        self._changes[task_id] = change
+        self._bytes += _change_size(task_id, change)
+        self._ready.set()
+        self._check_bound()
+
+    def _check_bound(self) -> None:
+        if self._bytes > OUTBOX_BYTES:
+            self.close(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"the agent is not reading: {self._bytes} bytes of assignments waiting (limit {OUTBOX_BYTES})",
+            )
+
+    async def next_messages(self) -> list[apb.ControllerMessage]:
+        """Waits until something is to be written and returns all of it, in writing order."""
+        await self._ready.wait()
+        return self.take()
+
+    def take(self) -> list[apb.ControllerMessage]:
+        """Returns everything pending as messages, in writing order, and forgets it (no waiting)."""
+        self._ready.clear()
+        out: list[apb.ControllerMessage] = []
+        if self._welcome is not None:
+            out.append(apb.ControllerMessage(welcome=self._welcome))
+            self._welcome = None
+        if self._full is not None:
+            out.append(apb.ControllerMessage(assignments=self._numbered(self._full)))
+            self._full = None
+        if self._ack is not None:
+            out.append(apb.ControllerMessage(heartbeat_ack=apb.HeartbeatAck(received_at=to_timestamp(self._ack))))
+            self._ack = None
+        out.extend(apb.ControllerMessage(assignments=a) for a in self._incremental())
+        self._bytes = 0
+        return out
+
+    def _incremental(self) -> list[apb.Assignments]:
+        """Turns pending changes into as few Assignments messages as the chunk size allows."""
+        changes, self._changes = self._changes, {}
+        specs, self._specs = self._specs, {}
+        messages: list[apb.Assignments] = []
+        current = apb.Assignments(kind=apb.Assignments.KIND_INCREMENTAL)
+        size = 0
+        for task_id, change in changes.items():
+            grown = _change_size(task_id, change)
+            key = spec_key(change) if change is not None else None
+            spec = specs.get(key) if key is not None and key not in self.sent_specs else None
+            grown += spec.ByteSize() if spec is not None else 0
+            if size and size + grown > ASSIGNMENTS_CHUNK_BYTES:
+                messages.append(self._numbered(current))
+                current = apb.Assignments(kind=apb.Assignments.KIND_INCREMENTAL)
+                size = 0
+            size += grown
+            if change is None:
+                current.removed_task_ids.append(task_id)
+                continue
+            current.tasks.append(change)
+            if key is not None:
+                self._attach_specs(current, {key: spec})
+        if size:
+            messages.append(self._numbered(current))
+        return messages
+
+    def _attach_specs(self, assignments: apb.Assignments, specs: Mapping[SpecKey, pb.ServiceSpec | None]) -> None:
+        for key, spec in specs.items():
             if key in self.sent_specs or spec is None:
                 continue  # a missing spec (service deleted meanwhile): the agent stops what it cannot run
             self.sent_specs.add(key)
             assignments.specs.append(apb.ServiceRevisionSpec(service_id=key[0], revision=key[1], spec=spec))
 
-    def _queue(self, assignments: apb.Assignments) -> None:
+    def _numbered(self, assignments: apb.Assignments) -> apb.Assignments:
         self.sequence += 1
         assignments.sequence = self.sequence
-        self.outbox.put_nowait(apb.ControllerMessage(assignments=assignments))
+        return assignments
+
+
+def _change_size(task_id: str, change: pb.Task | None) -> int:
+    """About the bytes a pending change holds."""
+    return len(task_id) if change is None else change.ByteSize()

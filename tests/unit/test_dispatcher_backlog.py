@@ -19,10 +19,7 @@ def task(task_id: str, revision: int = 1, desired: int = pb.DESIRED_STATE_RUNNIN
 
 
 def sent(session: AgentSession) -> list[apb.Assignments]:
-    out = []
-    while not session.outbox.empty():
-        out.append(session.outbox.get_nowait().assignments)
-    return out
+    return [message.assignments for message in session.take()]
 
 
 async def test_changes_held_during_the_snapshot_follow_it_and_old_ones_are_dropped() -> None:
@@ -42,9 +39,13 @@ async def test_changes_held_during_the_snapshot_follow_it_and_old_ones_are_dropp
 
         await dispatcher._send_full(session)
 
-        full, added, stopped = sent(session)
+        full, later = sent(session)
         assert full.kind == apb.Assignments.KIND_FULL and [t.id for t in full.tasks] == ["a"]
         assert [s.spec.image for s in full.specs] == ["img:1"]
-        assert [t.id for t in added.tasks] == ["b"] and list(added.specs) == []
-        assert stopped.tasks[0].id == "a" and stopped.tasks[0].desired_state == pb.DESIRED_STATE_SHUTDOWN
+        # The replayed changes go out together, after the full set: "b" added, "a" told to stop.
+        assert later.kind == apb.Assignments.KIND_INCREMENTAL and list(later.specs) == []
+        assert [(t.id, t.desired_state) for t in later.tasks] == [
+            ("b", pb.DESIRED_STATE_RUNNING),
+            ("a", pb.DESIRED_STATE_SHUTDOWN),
+        ]
         assert session.backlog is None, "after the replay, changes flow straight through"

@@ -35,3 +35,18 @@ def test_after_a_restart_unheard_nodes_get_the_startup_grace() -> None:
 
 def test_nodes_already_down_are_not_reported_again() -> None:
     assert silent([node("a", pb.NODE_STATUS_DOWN)], {"a": 0.0}, at=60.0) == []
+
+
+def test_a_late_round_judges_nobody_and_a_punctual_one_judges_as_usual() -> None:
+    nodes = [node("a"), node("b")]
+    last_seen = {"a": START, "b": START + timedelta(seconds=9)}
+    now = START + timedelta(seconds=10)
+    tolerance = timedelta(seconds=0.5)
+
+    def judged(lag: float) -> list[str]:
+        found = silent_nodes(nodes, last_seen, START, now, GRACE, STARTUP, timedelta(seconds=lag), tolerance)
+        return [s.node_id for s in found]
+
+    assert judged(lag=2.0) == [], "the controller itself was stalled: its silence, not the node's"
+    assert judged(lag=0.5) == ["a"]
+    assert judged(lag=0.0) == ["a"]

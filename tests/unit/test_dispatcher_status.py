@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import grpc
 import pytest
 
 from controller.dispatcher.assignment import belongs, fingerprint
@@ -203,8 +204,7 @@ def test_fingerprint_covers_what_the_agent_acts_on_and_nothing_else() -> None:
 
 def drain(session: AgentSession) -> list[apb.Assignments]:
     sent: list[apb.Assignments] = []
-    while not session.outbox.empty():
-        message = session.outbox.get_nowait()
+    for message in session.take():
         assert message.WhichOneof("msg") == "assignments"
         sent.append(message.assignments)
     return sent
@@ -232,11 +232,12 @@ def test_send_full_sends_only_this_nodes_tasks_that_belong() -> None:
 def test_send_full_replaces_what_was_sent_before() -> None:
     session = AgentSession(node_id="n1", session_id="s1")
     session.send_full([make_task("a"), make_task("b")], SPECS)
+    session.on_task(make_task("c"), deleted=False, specs=SPECS)
     session.send_full([make_task("b")], SPECS)
-    first, second = drain(session)
-    assert [t.id for t in second.tasks] == ["b"]
+    [only] = drain(session)
+    assert [t.id for t in only.tasks] == ["b"], "a full set not yet written is replaced, with the changes after it"
     assert set(session.sent) == {"b"}
-    assert (first.sequence, second.sequence) == (1, 2)
+    assert only.sequence == 1
     # "a" was never re-sent after the second full set, so its deletion is not news.
     session.on_task(make_task("a"), deleted=True, specs=SPECS)
     assert drain(session) == []
@@ -328,21 +329,91 @@ def test_sequence_numbers_grow_across_full_and_incremental_sends() -> None:
     session = AgentSession(node_id="n1", session_id="s1")
     session.send_full([make_task("a")], SPECS)
     session.on_task(make_task("b"), deleted=False, specs=SPECS)
+    sequences = [a.sequence for a in drain(session)]
     session.on_task(make_task("a", revision=2), deleted=False, specs=SPECS)
+    sequences += [a.sequence for a in drain(session)]
     session.on_task(make_task("b"), deleted=True, specs=SPECS)
     session.send_full([make_task("a", revision=2)], SPECS)
-    sequences = [a.sequence for a in drain(session)]
-    assert sequences == [1, 2, 3, 4, 5]
-    assert session.sequence == 5
+    sequences += [a.sequence for a in drain(session)]
+    assert sequences == [1, 2, 3, 4]
+    assert session.sequence == 4
+
+
+def test_changes_to_one_task_coalesce_and_a_burst_goes_as_one_message() -> None:
+    session = AgentSession(node_id="n1", session_id="s1")
+    session.send_full([make_task("a"), make_task("b")], SPECS)
+    drain(session)
+    session.on_task(make_task("a", revision=2), deleted=False, specs=SPECS)
+    session.on_task(make_task("c"), deleted=False, specs=SPECS)
+    session.on_task(make_task("a", revision=2, desired=pb.DESIRED_STATE_SHUTDOWN), deleted=False, specs=SPECS)
+    session.on_task(make_task("b"), deleted=True, specs=SPECS)
+    [burst] = drain(session)
+    assert burst.kind == apb.Assignments.KIND_INCREMENTAL
+    assert [(t.id, t.desired_state) for t in burst.tasks] == [
+        ("a", pb.DESIRED_STATE_SHUTDOWN),
+        ("c", pb.DESIRED_STATE_RUNNING),
+    ], "the latest change per task, once"
+    assert list(burst.removed_task_ids) == ["b"]
+    assert [s.revision for s in burst.specs] == [2]
+
+
+def test_only_the_latest_heartbeat_ack_waits_and_the_welcome_goes_first() -> None:
+    session = AgentSession(node_id="n1", session_id="s1")
+    session.ack(EARLIER)
+    session.ack(LATER)
+    session.send_full([make_task("a")], SPECS)
+    session.welcome(apb.Welcome(node_id="n1", session_id="s1"))
+    kinds = [m.WhichOneof("msg") for m in session.take()]
+    assert kinds == ["welcome", "assignments", "heartbeat_ack"]
+    session.ack(EARLIER)
+    session.ack(LATER)
+    [ack] = session.take()
+    assert ack.heartbeat_ack.received_at == to_timestamp(LATER)
+    assert session.take() == []
+
+
+def test_a_large_burst_is_cut_into_messages_each_with_the_specs_it_needs(monkeypatch: pytest.MonkeyPatch) -> None:
+    import controller.dispatcher.session as session_module
+
+    monkeypatch.setattr(session_module, "ASSIGNMENTS_CHUNK_BYTES", 400)
+    session = AgentSession(node_id="n1", session_id="s1")
+    session.send_full([], SPECS)
+    drain(session)
+    for i in range(20):
+        session.on_task(make_task(f"t{i:02}", revision=1 + i % 2), deleted=False, specs=SPECS)
+    messages = drain(session)
+    assert len(messages) > 2
+    assert [t.id for m in messages for t in m.tasks] == [f"t{i:02}" for i in range(20)]
+    for message in messages:
+        carried = {s.revision for m in messages[: messages.index(message) + 1] for s in m.specs}
+        assert {t.revision for t in message.tasks} <= carried, "a spec travels with or before its first task"
+    assert sorted(s.revision for m in messages for s in m.specs) == [1, 2]
+
+
+def test_a_session_past_its_outbox_bound_is_closed_not_grown(monkeypatch: pytest.MonkeyPatch) -> None:
+    import controller.dispatcher.session as session_module
+
+    monkeypatch.setattr(session_module, "OUTBOX_BYTES", 2_000)
+    session = AgentSession(node_id="n1", session_id="s1")
+    session.send_full([], SPECS)
+    for i in range(100):
+        session.on_task(make_task(f"t{i:03}", revision=5 + i), deleted=False, specs=SPECS)
+        if session.closed.is_set():
+            break
+    assert session.closed.is_set()
+    assert session.close_code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert session.pending_bytes <= 2_000 + make_task("t000").ByteSize() + 20
 
 
 def test_each_revision_spec_travels_once_per_session() -> None:
     session = AgentSession(node_id="n1", session_id="s1")
     session.send_full([make_task("a"), make_task("b")], SPECS)
     session.on_task(make_task("c"), deleted=False, specs=SPECS)
+    full, added = drain(session)
     session.on_task(make_task("a", revision=2), deleted=False, specs=SPECS)
+    [first_at_2] = drain(session)
     session.on_task(make_task("b", revision=2), deleted=False, specs=SPECS)
-    full, added, first_at_2, second_at_2 = drain(session)
+    [second_at_2] = drain(session)
     assert [(s.service_id, s.revision, s.spec.image) for s in full.specs] == [("svc", 1, "dockyard-test:1")]
     assert not any(t.HasField("spec") for t in full.tasks), "specs travel beside the tasks, once each"
     assert list(added.specs) == [], "revision 1 was already sent in this session"
@@ -374,7 +445,7 @@ def test_wants_tells_news_apart() -> None:
 
 
 def test_status_text_from_an_agent_is_bounded() -> None:
-    from controller.dispatcher.dispatcher import bound_status_text
+    from controller.dispatcher.committer import bound_status_text
     from dockyard.limits import STATUS_TEXT_BYTES
 
     status = report(pb.TASK_STATE_FAILED, message="m" * 3_000_000, error="é" * 100_000)

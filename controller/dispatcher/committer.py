@@ -1,0 +1,236 @@
+"""The dispatcher's group committer: every agent's status reports and node changes, few transactions.
+
+Sessions hand reports over and go back to reading at once; nothing a session reads waits for the store.
+Pending reports are coalesced per (node, task) (the further-along report wins, as states only move forward),
+node changes per node (the latest intent wins), and whatever is pending is judged against fresh reads and
+committed in one transaction, then the next batch. A node's tasks are read with one list_tasks(node_id=...)
+per node and batch, never one read per reported id, so ids that are not the node's cost only memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import structlog
+
+from controller.dispatcher.bounds import COMMIT_BATCH_STATUSES, COMMIT_WINDOW_SECONDS, PENDING_STATUSES_PER_NODE
+from controller.dispatcher.status import judge_status
+from controller.store.base import ConflictError, Put, Store
+from controller.store.retry import retry_on_conflict
+from dockyard.clock import Clock
+from dockyard.limits import CONTAINER_ID_BYTES, STATUS_TEXT_BYTES, truncate_text
+from dockyard.logs import Throttle
+from dockyard.v1 import types_pb2 as pb
+
+log = structlog.get_logger()
+
+# Given the stored node (a copy, or None when there is none), returns the node to write, or None to write nothing.
+# It runs at commit time, on every attempt, so it decides on fresh data.
+NodeIntent = Callable[[pb.Node | None], pb.Node | None]
+
+# How many refused task ids one log line names as examples.
+_SAMPLES = 3
+
+
+@dataclass
+class _NodeWrite:
+    intent: NodeIntent
+    # Everyone waiting for this node's change; a later intent for the node takes over the earlier waiters.
+    waiters: list[asyncio.Future[None]] = field(default_factory=list)
+
+
+@dataclass
+class _Refusals:
+    """Reports of one node refused in one batch: counts per reason and a few ids, for one log line."""
+
+    reasons: Counter[str] = field(default_factory=Counter)
+    samples: list[str] = field(default_factory=list)
+
+    def add(self, reason: str, task_id: str) -> None:
+        self.reasons[reason] += 1
+        if len(self.samples) < _SAMPLES:
+            self.samples.append(task_id[:64])
+
+
+class GroupCommitter:
+    """Batches reported statuses and node changes from all sessions into few transactions."""
+
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock,
+        throttle: Throttle,
+        *,
+        window: float = COMMIT_WINDOW_SECONDS,
+        per_node: int = PENDING_STATUSES_PER_NODE,
+        batch: int = COMMIT_BATCH_STATUSES,
+    ) -> None:
+        self._store = store
+        self._clock = clock
+        self._throttle = throttle
+        self._window = window
+        self._per_node = per_node
+        self._batch = batch
+        self._statuses: dict[str, dict[str, pb.TaskStatus]] = {}
+        self._nodes: dict[str, _NodeWrite] = {}
+        self._wake = asyncio.Event()
+
+    @property
+    def pending(self) -> int:
+        """How many (node, task) reports and node changes wait for a commit."""
+        return sum(len(s) for s in self._statuses.values()) + len(self._nodes)
+
+    def add_statuses(self, node_id: str, updates: Iterable[tuple[str, pb.TaskStatus]]) -> int:
+        """Queues a node's reports, coalesced per task; returns how many were refused for the node's cap.
+
+        Memory only: a report for a task already pending replaces it unless it is behind it; a new task id
+        past the cap is refused without being looked at further.
+        """
+        pending = self._statuses.setdefault(node_id, {})
+        refused = 0
+        for task_id, status in updates:
+            known = pending.get(task_id)
+            if known is None:
+                if len(pending) >= self._per_node:
+                    refused += 1
+                    continue
+            elif status.state < known.state:
+                continue  # an older report overtaken; the state cannot go back anyway
+            bound_status_text(status)
+            pending[task_id] = status
+        if not pending:
+            del self._statuses[node_id]
+        else:
+            self._wake.set()
+        return refused
+
+    def write_node(self, node_id: str, intent: NodeIntent) -> asyncio.Future[None]:
+        """Queues a change to a node (the latest intent per node wins); the future is done once it is committed.
+
+        The future fails with the error that stopped the commit (the store damaged, say).
+        """
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        earlier = self._nodes.get(node_id)
+        self._nodes[node_id] = _NodeWrite(intent, [*(earlier.waiters if earlier else []), done])
+        self._wake.set()
+        return done
+
+    async def run(self) -> None:
+        """Commits pending work batch after batch until cancelled."""
+        while True:
+            await self._wake.wait()
+            if self._window > 0:
+                await self._clock.sleep(self._window)
+            self._wake.clear()
+            await self.flush()
+            if self._statuses or self._nodes:
+                self._wake.set()  # more than one batch was pending
+
+    async def flush(self) -> None:
+        """Commits what is pending now (at most one batch of statuses, every node change) in one transaction.
+
+        On a conflict everything is judged again on fresh reads (bounded tries); if it still loses, the batch
+        goes back to pending (newer reports win) for the next round. StoreDamaged propagates after failing the
+        node waiters.
+        """
+        nodes, self._nodes = self._nodes, {}
+        statuses = self._take_batch()
+        if not nodes and not statuses:
+            return
+        try:
+            refusals = await retry_on_conflict(lambda: self._attempt(nodes, statuses))
+        except ConflictError:
+            self._requeue(nodes, statuses)
+            if self._throttle.allow("status commit conflicts") is not None:
+                log.warning("status batch lost repeated conflicts; retrying", statuses=sum(map(len, statuses.values())))
+            return
+        except BaseException as exc:
+            for write in nodes.values():
+                for waiter in write.waiters:
+                    if waiter.done():
+                        continue
+                    if isinstance(exc, Exception):
+                        waiter.set_exception(exc)
+                        waiter.exception()  # marked retrieved: a waiter that went away must not warn
+                    else:
+                        waiter.cancel()
+            raise
+        for write in nodes.values():
+            for waiter in write.waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+        for node_id, refused in refusals.items():
+            suppressed = self._throttle.allow(f"status refused:{node_id}")
+            if suppressed is not None:
+                log.warning(
+                    "status refused",
+                    node_id=node_id,
+                    count=sum(refused.reasons.values()),
+                    reasons=dict(refused.reasons),
+                    task_ids=refused.samples,
+                    lines_suppressed=suppressed,
+                )
+
+    def _take_batch(self) -> dict[str, dict[str, pb.TaskStatus]]:
+        """Takes whole nodes' pending reports, up to the batch bound (at least one node's)."""
+        taken: dict[str, dict[str, pb.TaskStatus]] = {}
+        count = 0
+        for node_id in list(self._statuses):
+            size = len(self._statuses[node_id])
+            if taken and count + size > self._batch:
+                break
+            taken[node_id] = self._statuses.pop(node_id)
+            count += size
+        return taken
+
+    async def _attempt(
+        self, nodes: dict[str, _NodeWrite], statuses: dict[str, dict[str, pb.TaskStatus]]
+    ) -> dict[str, _Refusals]:
+        ops: list[Put] = []
+        for node_id, write in nodes.items():
+            stored = await self._store.get_node(node_id)
+            copy = None
+            if stored is not None:
+                copy = pb.Node()
+                copy.CopyFrom(stored)
+            changed = write.intent(copy)
+            if changed is not None:
+                ops.append(Put(changed, expect_version=stored.version if stored is not None else 0))
+        refusals: dict[str, _Refusals] = {}
+        for node_id, updates in statuses.items():
+            owned = {task.id: task for task in await self._store.list_tasks(node_id=node_id)}
+            for task_id, status in updates.items():
+                verdict = judge_status(owned.get(task_id), node_id, status)
+                if verdict.refused:
+                    refusals.setdefault(node_id, _Refusals()).add(verdict.refused, task_id)
+                if verdict.task is not None:
+                    ops.append(Put(verdict.task, expect_version=verdict.task.version))
+        if ops:
+            await self._store.commit(ops)
+        return refusals
+
+    def _requeue(self, nodes: dict[str, _NodeWrite], statuses: dict[str, dict[str, pb.TaskStatus]]) -> None:
+        """Puts a batch that kept conflicting back, behind anything newer that arrived meanwhile."""
+        for node_id, write in nodes.items():
+            newer = self._nodes.get(node_id)
+            if newer is None:
+                self._nodes[node_id] = write
+            else:
+                newer.waiters[:0] = write.waiters
+        for node_id, updates in statuses.items():
+            pending = self._statuses.setdefault(node_id, {})
+            for task_id, status in updates.items():
+                known = pending.get(task_id)
+                if known is None or known.state < status.state:
+                    pending[task_id] = status
+        self._wake.set()
+
+
+def bound_status_text(status: pb.TaskStatus) -> None:
+    """Cuts an agent-reported status message, error and container id to the protocol's limits, in place."""
+    status.message = truncate_text(status.message, STATUS_TEXT_BYTES)
+    status.error = truncate_text(status.error, STATUS_TEXT_BYTES)
+    status.container_id = truncate_text(status.container_id, CONTAINER_ID_BYTES)
