@@ -17,9 +17,13 @@ class StatusVerdict:
 
 
 def judge_status(task: pb.Task | None, node_id: str, status: pb.TaskStatus) -> StatusVerdict:
-    """Applies one reported status to a task if the reporting node owns it and the state moves forward."""
+    """Applies one reported status to a task if the reporting node owns it and the state moves forward.
+
+    `task` is None when the caller found no such task among the node's own (the dispatcher reads only
+    those, so an unknown id and another node's task look the same to it).
+    """
     if task is None:
-        return StatusVerdict(None, "unknown task")
+        return StatusVerdict(None, "no such task on this node")
     if task.node_id != node_id:
         return StatusVerdict(None, f"task is assigned to node {task.node_id or '(none)'}, not {node_id}")
     if status.state < pb.TASK_STATE_ASSIGNED:

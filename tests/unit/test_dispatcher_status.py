@@ -70,7 +70,7 @@ def state_id(state: int) -> str:
 def test_an_unknown_task_is_refused() -> None:
     verdict = judge_status(None, "n1", report(pb.TASK_STATE_RUNNING))
     assert verdict.task is None
-    assert verdict.refused == "unknown task"
+    assert verdict.refused == "no such task on this node"
 
 
 def test_a_report_from_another_node_is_refused_with_the_owner() -> None:
