@@ -419,9 +419,7 @@ class Fleet:
         await self.stop()
 
     async def start(self) -> None:
-        """Starts the configured number of agents and a probe of this process's own event-loop lag."""
-        if self._lag_probe is None:
-            self._lag_probe = asyncio.create_task(self._probe_lag())
+        """Starts the configured number of agents."""
         self.add(self.config.agents)
 
     async def _probe_lag(self) -> None:
@@ -442,7 +440,12 @@ class Fleet:
         return max((a.longest_silence for a in self.live), default=0.0)
 
     def add(self, count: int) -> list[SimAgent]:
-        """Starts `count` more agents (each after a random part of the ramp) and returns them."""
+        """Starts `count` more agents (each after a random part of the ramp) and returns them.
+
+        The first call also starts the probe of this process's own event-loop lag (max_lag).
+        """
+        if self._lag_probe is None:
+            self._lag_probe = asyncio.create_task(self._probe_lag())
         added = []
         for _ in range(count):
             index = len(self.agents)
