@@ -92,13 +92,19 @@ class WatchExpired(Exception):
 class Store(Protocol):
     """Transactional storage with a change feed; objects are the protocol's own messages.
 
+    Reads. Every get and list returns objects as of one committed revision (never part of a commit), as
+    fresh messages the caller may mutate. They need not wait for a commit in progress: SqliteStore answers
+    them from memory without awaiting, so they cost a dictionary lookup or a bisection plus parsing what
+    they return, however busy the writer is; a backend that reads remotely may instead answer from a
+    revision a little behind its latest commit, never from one that goes back in time.
+
     Damage. open() raises controller.errors.StartupError when the store cannot serve as configured, and its
     subclass StoreDamaged when the stored data is unreadable; either message is one line naming the store
     and what to do. While open, any read, commit or watch may raise StoreDamaged when the backend finds its
-    data damaged (SQLite: a damaged page or a row that does not decode; etcd: a CORRUPT alarm). The first
-    such error marks the store damaged until it is reopened: commits are then refused. A backend tells the
-    server about it (so health reports NOT_SERVING) through the `damage` property (the error, or None) and
-    `on_damage(callback)`, called once with the error.
+    data damaged (SQLite: a damaged page met by a commit or a watcher's replay, its reads coming from memory;
+    etcd: a CORRUPT alarm). The first such error marks the store damaged until it is reopened: commits are
+    then refused. A backend tells the server about it (so health reports NOT_SERVING) through the `damage`
+    property (the error, or None) and `on_damage(callback)`, called once with the error.
     """
 
     async def open(self) -> None:

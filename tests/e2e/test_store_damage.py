@@ -288,13 +288,15 @@ def test_damage_while_running_reports_not_serving(tmp_path: Path, controllers: l
     controllers.append(running)
     overwrite(running.db, running.db.stat().st_size // 4, running.db.stat().st_size // 2)
 
-    async def list_services() -> ApiError:
+    async def remove_services() -> ApiError:
+        # Reads come from the controller's memory; removing the services writes where the damage is.
         async with Client(running.address) as client:
             with pytest.raises(ApiError) as caught:
-                await client.list_services()
+                for n in range(40):
+                    await client.delete_service(f"bulky{n:02}")
             return caught.value
 
-    error = asyncio.run(list_services())
+    error = asyncio.run(remove_services())
     assert error.code == grpc.StatusCode.UNAVAILABLE, error
     assert str(running.db) in str(error)
     wait_for(lambda: health(running.address) == NOT_SERVING, 10, "health NOT_SERVING")
