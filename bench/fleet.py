@@ -366,10 +366,14 @@ class FleetBench:
         self.say(f"list latency before the deploy: {sampler.latency_line('idle before deploy')}")
         self.phase("deploy")
         mark = time.monotonic()
+        cpu_before = cpu_seconds(pid), cpu_seconds(os.getpid())
         await client.apply(specs)
         applied = time.monotonic() - mark
         within = self.args.deploy_within
         deployed = await until(lambda: len(fleet.running()) >= total, within=within, every=0.02)
+        spent = time.monotonic() - mark
+        controller_share = (cpu_seconds(pid) - cpu_before[0]) / spent
+        fleet_share = (cpu_seconds(os.getpid()) - cpu_before[1]) / spent
         if deployed is None:
             self.say(
                 f"deploy: NOT all running within {within:g} s: {len(fleet.running())}/{total} as the agents see it"
@@ -388,6 +392,10 @@ class FleetBench:
             f"  wrongly marked down during the deploy: {self.wrongly_down('deploy')};"
             f" agents' session drops: {len(drops)}{_reasons(drops)}; tasks running on two agents:"
             f" {len(fleet.duplicates())}; {_margin(silence, lag)}"
+        )
+        self.say(
+            f"  until then the controller used {controller_share * 100:.0f}% of a core and this process (the"
+            f" simulated fleet and the samplers) {fleet_share * 100:.0f}%"
         )
         self.say(f"  list latency during the deploy: {sampler.latency_line('deploy')}")
         await asyncio.sleep(self.args.window)
@@ -451,9 +459,14 @@ class FleetBench:
 
 
 async def bench(args: argparse.Namespace) -> None:
-    """Runs the benchmark in a temporary directory and stops every process it started."""
-    with tempfile.TemporaryDirectory(prefix="dy-fleet-", dir="/tmp") as tmp:
-        run = FleetBench(args, Path(tmp))
+    """Runs the benchmark in a temporary directory (or --keep's) and stops every process it started."""
+    with contextlib.ExitStack() as stack:
+        if args.keep:
+            root = Path(args.keep)
+            root.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 (before anything runs)
+        else:
+            root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="dy-fleet-", dir="/tmp")))
+        run = FleetBench(args, root)
         run.say(f"bench/fleet.py at {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}; {machine()}")
         run.say(
             f"heartbeat period {HEARTBEAT_PERIOD:g} s; sizes {args.sizes}; deploy {args.services} x {args.replicas};"
@@ -514,6 +527,7 @@ def main() -> None:
     parser.add_argument("--settle", type=float, default=3.0, help="seconds after the fleet is READY before measuring")
     parser.add_argument("--deploy-within", type=float, default=90.0)
     parser.add_argument("--lose-within", type=float, default=45.0)
+    parser.add_argument("--keep", default="", help="a directory to run in and keep: the controller's and agent's logs")
     args = parser.parse_args()
     if args.quick:
         args.sizes, args.replicas, args.lose, args.window, args.settle = "50,100,200", 100, 20, 2.0, 1.0

@@ -183,6 +183,15 @@ def _container(task: pb.Task, state: ContainerState) -> ContainerInfo:
     return ContainerInfo(id=_container_id(task.id), name=task.id, image="", labels={}, state=state)
 
 
+def _rpc_reason(exc: grpc.aio.AioRpcError) -> str:
+    """Returns why a call failed, in words; gRPC's bare INTERNAL for a write after the stream ended is explained."""
+    if exc.code() == grpc.StatusCode.INTERNAL and exc.details() == "Internal error from Core":
+        # grpc/grpc#36066: an asyncio client that writes after the server ended the stream gets this instead of
+        # the server's own status; the controller had closed the session.
+        return "the controller ended the session (a write after its end: INTERNAL)"
+    return f"{exc.code().name}: {exc.details()}"
+
+
 class _SessionEnded(Exception):
     """The session ended for the reason given."""
 
@@ -267,7 +276,7 @@ class SimAgent:
                 except _SessionEnded as exc:
                     self.drops.append(Drop(self._clock.monotonic(), str(exc)))
                 except grpc.aio.AioRpcError as exc:
-                    self.drops.append(Drop(self._clock.monotonic(), f"{exc.code().name}: {exc.details()}"))
+                    self.drops.append(Drop(self._clock.monotonic(), _rpc_reason(exc)))
                 except Exception as exc:  # the agent outlives any one bad session, as the real link does
                     self.drops.append(Drop(self._clock.monotonic(), f"{type(exc).__name__}: {exc}"))
                 finally:
