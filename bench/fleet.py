@@ -370,13 +370,13 @@ class FleetBench:
         await client.apply(specs)
         applied = time.monotonic() - mark
         within = self.args.deploy_within
-        deployed = await until(lambda: len(fleet.running()) >= total, within=within, every=0.02)
+        deployed = await until(lambda: fleet.running_count() >= total, within=within, every=0.02)
         spent = time.monotonic() - mark
         controller_share = (cpu_seconds(pid) - cpu_before[0]) / spent
         fleet_share = (cpu_seconds(os.getpid()) - cpu_before[1]) / spent
         if deployed is None:
             self.say(
-                f"deploy: NOT all running within {within:g} s: {len(fleet.running())}/{total} as the agents see it"
+                f"deploy: NOT all running within {within:g} s: {fleet.running_count()}/{total} as the agents see it"
             )
         else:
             listed = await until(lambda: _at_least(running_per_list(client), total), within=within, every=0.25)
@@ -403,7 +403,7 @@ class FleetBench:
         self.phase("steady with tasks")
         share = await cpu_share(pid, self.args.window)
         self.say(
-            f"steady {len(fleet.live)} agents with {len(fleet.running())} running: controller"
+            f"steady {len(fleet.live)} agents with {fleet.running_count()} running: controller"
             f" {share * 100:.1f}% of a core, {rss_mb(pid):.1f} MB RSS ({machine()})"
         )
 
@@ -419,12 +419,12 @@ class FleetBench:
         fleet.lose(len(victims), among=victims)
         marked, replaced = await asyncio.gather(
             until(lambda: lost_ids <= self.sampler.down, within=within, every=0.05),
-            until(lambda: len(fleet.running()) >= total, within=within, every=0.02),
+            until(lambda: fleet.running_count() >= total, within=within, every=0.02),
         )
         self.say(
             f"lose {len(victims)} agents at once ({lost_tasks} tasks): all marked down {_took(marked, within)}"
             f" (ListNodes every 0.5 s); their tasks RUNNING elsewhere {_took(replaced, within)}"
-            f" ({len(fleet.running())}/{total} running)"
+            f" ({fleet.running_count()}/{total} running)"
         )
         if replaced is not None:
             confirmed = await until(

@@ -160,7 +160,7 @@ async def test_large_deploy_marks_no_node_down_and_runs_every_slot_once(controll
                 # Watch while waiting: a node marked down or a dropped session fails at once, with its reason.
                 assert not watch.not_ready, f"nodes marked down under load: {watch.not_ready}\n{controller.log_tail()}"
                 assert not fleet.drops(), f"sessions dropped under load: {fleet.drops()[:5]}{_lag(fleet)}"
-                if len(fleet.running()) < total:
+                if fleet.running_count() < total:
                     return False
                 tasks = await client.list_tasks()
                 return sum(1 for t in tasks if t.status.state == pb.TASK_STATE_RUNNING) == total

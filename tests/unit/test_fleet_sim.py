@@ -41,11 +41,25 @@ def state_of(host: SimHost, task_id: str) -> int | None:
     return None if known is None else known.status.state
 
 
+def scanned_running(host: SimHost) -> set[str]:
+    """What running() must say, read from the book and the containers the slow way."""
+    return {
+        t.id
+        for t in host.book
+        if t.desired_state == pb.DESIRED_STATE_RUNNING
+        and t.status.state == pb.TASK_STATE_RUNNING
+        and t.id in host.containers()
+    }
+
+
 def settle(host: SimHost, task_ids: set[str]) -> None:
-    """Steps every task until idle (bounded: a task never needs more than five steps)."""
+    """Steps every task until idle (bounded: a task never needs more than five steps), checking running()."""
     for task_id in task_ids:
         for _ in range(5):
-            if not host.step(task_id):
+            more = host.step(task_id)
+            assert host.running() == scanned_running(host)
+            assert host.running_count() == len(host.running())
+            if not more:
                 break
         else:
             raise AssertionError(f"task {task_id} never became idle")
@@ -88,6 +102,7 @@ def test_a_removed_task_is_stopped_reported_shutdown_and_forgotten() -> None:
     host = SimHost("n1", FakeClock())
     settle(host, host.apply(full(task("a"), task("b"))))
     assert host.apply(incremental(removed=("a",))) == {"a"}
+    assert host.running() == {"b"}  # no longer wanted: not counted as running while it stops
     assert host.step("a")  # stop: nothing to report yet
     assert state_of(host, "a") == pb.TASK_STATE_RUNNING
     assert host.step("a")  # remove
