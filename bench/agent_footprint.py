@@ -4,14 +4,16 @@ For each code tree (OLD: the commit given by --old-commit, unpacked with `git ar
 starts that tree's controller and a real agent (`python -m agent.main`) against the real dockerd, waits until the
 agent has said hello and heartbeated for --settle seconds, and reads the agent's RSS from /proc (idle). Then it
 applies one service of --tasks replicas with that tree's CLI, waits until they run, settles, reads RSS again
-(loaded), removes the service and waits until the agent has removed its containers. Trees alternate over
---rounds so machine noise hits both alike; the figures are medians and the ratio is NEW/OLD.
+(loaded), removes the service and waits until the agent has removed its containers. Each sample also gives the
+agent's CPU share over its settle window. Trees alternate over --rounds so machine noise hits both alike; the
+figures are medians and the ratio is NEW/OLD.
 
 The import table runs each tree in a fresh interpreter that imports, in a fixed order, the module groups that
 `import agent.main` loads in that tree and prints the RSS each group added (Python's allocator takes memory in
 1 MiB arenas, so single figures move in such steps).
 
 Run: PYTHONPATH=. python bench/agent_footprint.py [--old-commit 8260700] [--tasks 20] [--rounds 3] [--settle 5]
+(the import table imports module groups the agent may no longer load; the old tree needs them installed).
 Needs a running dockerd and the dockyard-test image (scripts/build-test-image.sh).
 """
 
@@ -80,11 +82,12 @@ print(json.dumps(out))
 
 @dataclass
 class Sample:
-    """One measurement of one agent process."""
+    """One measurement of one agent process; cpu_share is its CPU time over the settle window, in cores."""
 
     rss_mb: float
     anon_mb: float
     threads: int
+    cpu_share: float = 0.0
 
 
 @dataclass
@@ -117,6 +120,23 @@ def sample(pid: int) -> Sample:
             key, _, value = line.partition(":")
             fields[key] = value.split()
     return Sample(int(fields["VmRSS"][0]) / 1024, int(fields["RssAnon"][0]) / 1024, int(fields["Threads"][0]))
+
+
+def cpu_seconds(pid: int) -> float:
+    """The process's user plus system CPU time so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    # utime and stime are the 14th and 15th fields of stat; fields here start at the 3rd.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def settle_and_sample(pid: int, settle: float) -> Sample:
+    """Lets the process run for `settle` seconds, then samples it with its CPU share over that time."""
+    cpu, started = cpu_seconds(pid), time.monotonic()
+    time.sleep(settle)
+    result = sample(pid)
+    result.cpu_share = (cpu_seconds(pid) - cpu) / (time.monotonic() - started)
+    return result
 
 
 def wait_for(what: str, check: Callable[[], bool], timeout: float) -> None:
@@ -217,8 +237,7 @@ def measure(tree: Tree, tasks: int, settle: float) -> tuple[Sample, Sample | Non
     with tempfile.TemporaryDirectory(prefix="dockyard-footprint-") as tmp:
         state = Path(tmp)
         with cluster(tree, state) as (agent, address):
-            time.sleep(settle)
-            idle = sample(agent.pid)
+            idle = settle_and_sample(agent.pid, settle)
             if tasks == 0:
                 return idle, None
             service = f"footprint{uuid.uuid4().hex[:8]}"
@@ -231,8 +250,7 @@ def measure(tree: Tree, tasks: int, settle: float) -> tuple[Sample, Sample | Non
             env = {**tree.env(state), "DOCKYARD_CONTROLLER": address}
             try:
                 run_cli([*cli, "apply", "-f", str(spec)], env, tree.path)
-                time.sleep(settle)
-                loaded = sample(agent.pid)
+                loaded = settle_and_sample(agent.pid, settle)
                 run_cli([*cli, "rm", service], env, tree.path)
                 wait_for("the agent to remove the service's containers", lambda: not service_containers(service), 60)
             finally:
@@ -314,6 +332,10 @@ def main() -> None:
         old, new = med(data["old"], attr), med(data["new"], attr)
         print(f"{label:28}{old:10.1f}{new:10.1f}{new / old:10.2f}")
     print(f"{'threads (idle)':28}{med(idle['old'], 'threads'):10.0f}{med(idle['new'], 'threads'):10.0f}")
+    cpu_rows = [("idle", idle)] + ([(f"{args.tasks} tasks", loaded)] if args.tasks else [])
+    for label, data in cpu_rows:
+        old, new = med(data["old"], "cpu_share"), med(data["new"], "cpu_share")
+        print(f"{'CPU, % of a core, ' + label:28}{old * 100:10.2f}{new * 100:10.2f}")
     print("\nimport cost by group (MB of RSS each adds, in this order; one interpreter per tree)")
     print(f"{'':28}{'old MB':>10}{'new MB':>10}")
     for (name, old_mb, old_note), (_, new_mb, new_note) in zip(tables["old"], tables["new"], strict=True):
