@@ -11,8 +11,13 @@ STARTING and RUNNING, and a task the controller takes away reports SHUTDOWN once
     async with Fleet(address, FleetConfig(agents=200)) as fleet:
         await fleet.wait_connected(within=30)
         ...  # apply services through dockyard.client.Client
-        fleet.running()  # task id -> node id, as the agents see it
-        lost = fleet.lose(20)  # as 20 hosts dying at once
+        fleet.running()  # task id -> node id, as the agents see it (running_count() to poll cheaply)
+        lost = fleet.lose(20)  # as 20 hosts dying at once (silent=True: streams left open, mute)
+        fleet.drops()  # every session that ended, and why
+
+What makes a measurement trustworthy is recorded too: each agent's longest wait for a word from the
+controller (`Fleet.longest_silence`, the margin before a session ends) and how late this process's own event
+loop ran (`Fleet.max_lag`): a fleet too busy to keep time would blame the controller for its own stalls.
 
 Streams are spread over several gRPC channels (`FleetConfig.streams_per_channel`, 100 by default). One
 channel per agent, as on real hosts, would cost this process a TCP connection, an HTTP/2 transport and its
@@ -21,8 +26,9 @@ control window and a single TCP socket, so one slow stream or one broken connect
 the whole fleet, which no real fleet does. About a hundred streams per connection keeps the controller's
 per-connection work realistic at a small cost here. Set it to 1 for one connection per agent.
 
-Everything is bounded: each agent holds at most one status per task (the agent's own Reporter) and writes
-one message at a time, every stepping task ends when its task is idle, and `stop()` ends everything.
+Everything is bounded: each agent holds at most one status per task (the agent's own Reporter), writes one
+message at a time and keeps only its latest RECORDS_KEPT drops and welcomes; every stepping task ends when
+its task is idle, and `stop()` ends everything.
 """
 
 from __future__ import annotations
