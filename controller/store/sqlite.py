@@ -265,6 +265,8 @@ _Row = tuple[str | int | bytes | None, ...]
 _Key = tuple[str | int, ...]
 # More key changes than this in one commit re-sort an index (once, when next read) instead of moving each.
 _INSORT_LIMIT: Final = 64
+# How many ops a commit plans between letting other tasks run (about a millisecond's work).
+_PLAN_SLICE: Final = 500
 # Above every slot (a uint32): (service id, this) bounds that service's run of TaskKeys from above.
 _PAST_ANY_SLOT: Final = 2**32
 
@@ -1541,7 +1543,7 @@ class SqliteStore:
             db = self._connection()
             if self._damage is not None:  # found by a commit that ran while this one waited for the lock
                 raise StoreDamaged(str(self._damage))
-            batch = self._plan(steps)
+            batch = await self._plan(steps)
             if not batch.records:
                 return self._revision
             cutoff, remaining = self._trim_point(len(batch.records))
@@ -1558,11 +1560,17 @@ class SqliteStore:
             self._committed(batch, cutoff, remaining, steps)
             return batch.revision
 
-    def _plan(self, steps: list[_Step]) -> _Batch:
-        """Checks each op against memory and the earlier ops of the batch (ConflictError), without touching either."""
+    async def _plan(self, steps: list[_Step]) -> _Batch:
+        """Checks each op against memory and the earlier ops of the batch (ConflictError), without touching either.
+
+        It lets other tasks run every _PLAN_SLICE ops, so a group commit of thousands of puts does not hold the
+        event loop for its whole plan: memory changes only when a commit ends, under the lock this one holds.
+        """
         batch = _Batch(revision=self._revision + 1)
         mem = self._mem
-        for step in steps:
+        for done, step in enumerate(steps, 1):
+            if done % _PLAN_SLICE == 0:
+                await asyncio.sleep(0)
             place = (step.kind, step.id)
             if place not in batch.final:
                 batch.final[place] = mem.held[step.kind].get(step.id)
