@@ -1,1 +1,1 @@
-"""Container runtimes behind one small protocol: the Docker adapter (over engine_api) and a fake (in agent.testing)."""
+"""Container runtimes behind one small protocol: the aiodocker adapter and a fake (agent.testing ships it)."""

@@ -1,15 +1,18 @@
-"""The ContainerRuntime over a real dockerd, through the Engine API client in agent.runtime.engine_api."""
+"""The ContainerRuntime over a real dockerd, through aiodocker: the only module that imports aiodocker."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import math
 import time
 from collections.abc import AsyncGenerator, Iterator, Mapping
 from datetime import datetime
 from typing import Any
+
+import aiodocker
+import aiohttp
+from aiodocker.exceptions import DockerError
 
 from agent.runtime.base import (
     ContainerInfo,
@@ -23,8 +26,9 @@ from agent.runtime.base import (
     RuntimeFailure,
     RuntimeUnavailable,
 )
-from agent.runtime.engine_api import ConnectionFailed, EngineAPI, EngineError
 
+# aiodocker reports a failed connection as a DockerError with this pseudo HTTP status.
+_CONNECTION_FAILED = 900
 # Docker's way of saying "never": the zero value of Go's time.Time.
 _ZERO_TIME_PREFIX = "0001-01-01"
 # Event attributes that Docker adds next to the container's labels; they are not labels.
@@ -53,10 +57,10 @@ class _Errors:
         self.not_found = not_found
         self.conflict = conflict
 
-    def translate(self, exc: EngineError) -> RuntimeFailure:
-        """Returns the RuntimeFailure that stands for an EngineError."""
+    def translate(self, exc: DockerError) -> RuntimeFailure:
+        """Returns the RuntimeFailure that stands for a DockerError."""
         message = str(exc.message)
-        if isinstance(exc, ConnectionFailed):
+        if exc.status == _CONNECTION_FAILED:
             return RuntimeUnavailable(message)
         if exc.status == 404:
             return self.not_found(message)
@@ -70,19 +74,17 @@ _CONTAINER_CALL = _Errors()
 
 @contextlib.contextmanager
 def _mapped_errors(errors: _Errors = _CONTAINER_CALL) -> Iterator[None]:
-    """Turns Engine API and socket errors into the protocol's RuntimeFailure family."""
+    """Turns aiodocker, aiohttp and socket errors into the protocol's RuntimeFailure family."""
     try:
         yield
-    except EngineError as exc:
+    except DockerError as exc:
         raise errors.translate(exc) from exc
     except TimeoutError as exc:
         # Before OSError, of which TimeoutError is a subclass.
         raise RuntimeUnavailable("docker did not answer in time") from exc
-    except OSError as exc:
+    except (aiohttp.ClientError, OSError) as exc:
+        # OSError covers a missing or refused socket file that slips past aiodocker's wrapping.
         raise RuntimeUnavailable(f"cannot reach docker: {exc}") from exc
-    except ValueError as exc:
-        # An answer that is not JSON: the daemon (or what answers in its place) is not to be trusted.
-        raise RuntimeFailure(f"docker sent a malformed answer: {exc}") from exc
 
 
 def _parse_time(value: object) -> datetime | None:
@@ -138,12 +140,6 @@ def _parse_event(raw: Mapping[str, Any]) -> RuntimeEvent | None:
     )
 
 
-def _has_tag_or_digest(image: str) -> bool:
-    """Whether the reference names a tag or digest; the registry part may hold a port (host:5000/name)."""
-    last = image.rsplit("/", 1)[-1]
-    return ":" in last or "@" in last
-
-
 def _label_filter(labels: Mapping[str, str]) -> list[str]:
     """Docker's `label=key=value` filter terms; Docker requires every one of them to match."""
     return [f"{key}={value}" for key, value in sorted(labels.items())]
@@ -193,38 +189,30 @@ class DockerRuntime:
         self._request_timeout = request_timeout
         self._pull_timeout = pull_timeout
         self._heartbeat = heartbeat_seconds
-        self._api: EngineAPI | None = None
+        self._docker: aiodocker.Docker | None = None
 
-    def _new_client(self) -> EngineAPI:
-        """Opens a client; resolving the address may fail, so it is done on first use, not in __init__."""
+    def _new_client(self, total: float | None) -> aiodocker.Docker:
+        """Opens a client; created lazily because aiohttp sessions belong to a running loop."""
+        timeout = aiohttp.ClientTimeout(total=total, sock_connect=_CONNECT_TIMEOUT)
         try:
-            return EngineAPI(self._url, connect_timeout=_CONNECT_TIMEOUT)
-        except (ValueError, OSError) as exc:
+            return aiodocker.Docker(url=self._url, timeout=timeout)
+        except (ValueError, DockerError) as exc:
             raise RuntimeUnavailable(f"no docker daemon configured: {exc}") from exc
 
-    def _client(self) -> EngineAPI:
+    def _client(self) -> aiodocker.Docker:
         """The shared client for request/response calls."""
-        if self._api is None:
-            self._api = self._new_client()
-        return self._api
+        if self._docker is None:
+            self._docker = self._new_client(self._request_timeout)
+        return self._docker
 
-    async def _call(
-        self,
-        method: str,
-        path: str,
-        *,
-        query: Mapping[str, str] | None = None,
-        body: object | None = None,
-        within: float | None = None,
-    ) -> Any:
-        """One request within `within` seconds (default: the request timeout); errors as the Engine API raises."""
-        async with asyncio.timeout(self._request_timeout if within is None else within):
-            return await self._client().call(method, path, query=query, body=body)
+    def _container(self, container_id: str) -> Any:
+        """An aiodocker handle on a container; making it sends nothing."""
+        return self._client().containers.container(container_id)
 
     async def host_facts(self) -> HostFacts:
         """Returns the host's facts from `docker info`; raises RuntimeUnavailable when there is no answer."""
         with _mapped_errors():
-            info = await self._call("GET", "/info")
+            info = await self._client().system.info()
         return HostFacts(
             hostname=str(info.get("Name", "")),
             cpus=float(info.get("NCPU") or 0),
@@ -238,28 +226,21 @@ class DockerRuntime:
         """Tells whether the image is present locally."""
         try:
             with _mapped_errors(_Errors(not_found=ImageNotFound)):
-                await self._call("GET", f"/images/{image}/json")
+                await self._client().images.inspect(image)
         except ImageNotFound:
             return False
         return True
 
     async def pull(self, image: str) -> None:
         """Pulls the image within the pull timeout; raises ImageNotFound when it cannot."""
-        # As `docker pull` does: no tag means latest (an empty tag would pull every tag).
-        query = {"fromImage": image} if _has_tag_or_digest(image) else {"fromImage": image, "tag": "latest"}
         deadline = asyncio.timeout(self._pull_timeout)
         try:
             with _mapped_errors(_Errors(not_found=ImageNotFound)):
                 async with deadline:
-                    async for progress in self._client().stream("POST", "/images/create", query=query):
-                        # The answer is 200 from the start; a failure shows up as a progress line.
-                        if isinstance(progress, dict) and progress.get("error"):
-                            raise ImageNotFound(f"cannot pull {image}: {progress['error']}")
+                    await self._client().images.pull(image)
         except RuntimeUnavailable as exc:
             if deadline.expired():
                 raise ImageNotFound(f"pulling {image} timed out after {self._pull_timeout:g}s") from exc
-            raise
-        except ImageNotFound:
             raise
         except RuntimeFailure as exc:
             # An unknown, unreachable or refusing registry all mean the same to the agent.
@@ -267,33 +248,29 @@ class DockerRuntime:
 
     async def create(self, spec: ContainerSpec) -> str:
         """Creates (does not start) a container and returns its id; raises ImageNotFound or NameConflict."""
-        query = {"name": spec.name} if spec.name else None
         with _mapped_errors(_Errors(not_found=ImageNotFound, conflict=NameConflict)):
-            created = await self._call("POST", "/containers/create", query=query, body=_create_config(spec))
-        return str(created["Id"])
+            container = await self._client().containers.create(_create_config(spec), name=spec.name or None)
+        return str(container.id)
 
     async def start(self, container_id: str) -> None:
         """Starts a created or exited container; raises ContainerNotFound, or RuntimeFailure with why."""
         with _mapped_errors():
-            await self._call("POST", f"/containers/{container_id}/start")
+            await self._container(container_id).start()
 
     async def stop(self, container_id: str, grace_seconds: float) -> None:
         """Sends SIGTERM, then SIGKILL after the grace (rounded up to whole seconds, Docker's unit)."""
         grace = max(0, math.ceil(grace_seconds))
         # The daemon answers only once the container is down, so the request must outlive the grace.
+        timeout = aiohttp.ClientTimeout(total=grace + self._request_timeout, sock_connect=_CONNECT_TIMEOUT)
         with _mapped_errors():
-            await self._call(
-                "POST",
-                f"/containers/{container_id}/stop",
-                query={"t": str(grace)},
-                within=grace + self._request_timeout,
-            )
+            await self._container(container_id).stop(t=grace, timeout=timeout)
 
     async def remove(self, container_id: str) -> None:
         """Force-removes the container and its anonymous volumes; a missing one is not an error."""
+        timeout = aiohttp.ClientTimeout(total=self._request_timeout, sock_connect=_CONNECT_TIMEOUT)
         try:
             with _mapped_errors():
-                await self._call("DELETE", f"/containers/{container_id}", query={"force": "1", "v": "1"})
+                await self._container(container_id).delete(force=True, v=True, timeout=timeout)
         except ContainerNotFound:
             return
         except RuntimeUnavailable:
@@ -305,16 +282,14 @@ class DockerRuntime:
     async def inspect(self, container_id: str) -> ContainerInfo:
         """Returns the container's current state; raises ContainerNotFound."""
         with _mapped_errors():
-            data = await self._call("GET", f"/containers/{container_id}/json")
+            data = await self._container(container_id).show()
         return _parse_info(data)
 
     async def list(self, labels: Mapping[str, str]) -> list[ContainerInfo]:
         """Returns every container, running or not, that carries all the given labels."""
-        query = {"all": "1"}
-        if labels:
-            query["filters"] = json.dumps({"label": _label_filter(labels)})
+        filters = {"label": _label_filter(labels)} if labels else {}
         with _mapped_errors():
-            summaries = await self._call("GET", "/containers/json", query=query)
+            summaries = await self._client().containers.list(all=True, filters=filters)
         # The summary lacks exit codes and times, so each container is inspected; one removed
         # in between is simply no longer there.
         slots = asyncio.Semaphore(_LIST_INSPECTS)
@@ -323,7 +298,7 @@ class DockerRuntime:
             async with slots:
                 return await self.inspect(container_id)
 
-        results = await asyncio.gather(*(inspect(str(c["Id"])) for c in summaries), return_exceptions=True)
+        results = await asyncio.gather(*(inspect(c.id) for c in summaries), return_exceptions=True)
         infos: list[ContainerInfo] = []
         for result in results:
             if isinstance(result, ContainerInfo):
@@ -342,71 +317,59 @@ class DockerRuntime:
         return self._event_stream(dict(labels), time.time())
 
     async def _event_stream(self, labels: dict[str, str], since: float) -> AsyncGenerator[RuntimeEvent, None]:
-        """The generator behind events(); owns a dedicated client so closing it ends only this stream."""
+        """The generator behind events(); owns a dedicated client so its filters are its own."""
         filters: dict[str, list[str]] = {"type": ["container"]}
         if labels:
             filters["label"] = _label_filter(labels)
-        query = {"since": f"{since:.9f}", "filters": json.dumps(filters)}
-        client = self._new_client()
-        # A reader task fills the queue, so waiting for the next event can time out (for the heartbeat)
-        # without ever cutting a read in half. None marks the end; an exception, why the stream broke.
-        queue: asyncio.Queue[Mapping[str, Any] | BaseException | None] = asyncio.Queue()
-
-        async def read() -> None:
-            try:
-                async for message in client.stream("GET", "/events", query=query):
-                    if isinstance(message, dict):
-                        queue.put_nowait(message)
-                queue.put_nowait(None)
-            except (EngineError, OSError, ValueError) as exc:
-                queue.put_nowait(exc)
-
-        reader = asyncio.create_task(read())
+        # aiodocker runs one event stream per client, so every subscription gets its own client.
+        client = self._new_client(None)
+        # DockerEvents is untyped in aiodocker.
+        docker_events: Any = client.events
         try:
+            subscriber = docker_events.subscribe(filters=filters, since=f"{since:.9f}")
             while True:
-                raw = await self._next_message(queue)
+                raw = await self._next_message(subscriber)
                 if raw is None:
-                    raise RuntimeUnavailable("docker closed the event stream")
-                if isinstance(raw, BaseException):
-                    raise self._stream_failure(raw)
+                    raise await self._stream_end(docker_events)
                 event = _parse_event(raw)
                 if event is not None:
                     yield event
         finally:
-            reader.cancel()
-            await asyncio.gather(reader, return_exceptions=True)
-            await client.close()
+            with contextlib.suppress(DockerError, aiohttp.ClientError, OSError):
+                await client.close()
 
-    async def _next_message(
-        self, queue: asyncio.Queue[Mapping[str, Any] | BaseException | None]
-    ) -> Mapping[str, Any] | BaseException | None:
+    async def _next_message(self, subscriber: Any) -> Mapping[str, Any] | None:
         """Waits for the next event message, pinging the daemon whenever the stream is quiet."""
         while True:
             try:
                 async with asyncio.timeout(self._heartbeat):
-                    return await queue.get()
+                    message: Mapping[str, Any] | None = await subscriber.get()
+                    return message
             except TimeoutError:
                 await self._ping()
 
     async def _ping(self) -> None:
         """Raises RuntimeUnavailable unless the daemon answers within one heartbeat."""
         with _mapped_errors():
-            await self._call("GET", "/version", within=self._heartbeat)
+            async with asyncio.timeout(self._heartbeat):
+                await self._client().version()
 
     @staticmethod
-    def _stream_failure(exc: BaseException) -> RuntimeFailure:
-        """Explains why the event stream broke: it never does while the daemon lives."""
-        if isinstance(exc, ValueError):
-            # A line of the stream that is not JSON: the connection is not to be trusted any more.
-            return RuntimeFailure(f"docker sent a malformed event: {exc}")
+    async def _stream_end(docker_events: Any) -> RuntimeFailure:
+        """Explains why the event stream ended: it never does while the daemon lives."""
         try:
             with _mapped_errors():
-                raise exc
-        except RuntimeFailure as failure:
-            return failure
+                await docker_events.stop()
+        except RuntimeFailure as exc:
+            return exc
+        except ValueError as exc:
+            # A line of the stream that is not JSON: the connection is not to be trusted any more.
+            return RuntimeFailure(f"docker sent a malformed event: {exc}")
+        return RuntimeUnavailable("docker closed the event stream")
 
     async def close(self) -> None:
-        """Releases the shared client's connections; open event streams close with their iterators."""
-        if self._api is not None:
-            api, self._api = self._api, None
-            await api.close()
+        """Releases the shared connection; open event streams close with their iterators."""
+        if self._docker is not None:
+            docker, self._docker = self._docker, None
+            with contextlib.suppress(DockerError, aiohttp.ClientError, OSError):
+                await docker.close()

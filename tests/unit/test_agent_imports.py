@@ -1,8 +1,8 @@
 """Pins the agent's import footprint: what `python -m agent.main` loads is what every host keeps in memory.
 
-The agent needs grpc and protobuf; it must not carry the controller, the CLI, the local supervisor, test tools,
-or aiodocker and aiohttp (it speaks to Docker through agent.runtime.engine_api). bench/agent_footprint.py
-measures what this saves.
+The agent needs grpc, aiodocker and protobuf; it must not carry the controller, the CLI, the local supervisor,
+test tools, or the spec package's YAML reader and validation (it uses only the schema table's defaults and
+label prefix). bench/agent_footprint.py measures what this saves.
 """
 
 from __future__ import annotations
@@ -21,8 +21,6 @@ NOT_IN_THE_AGENT = (
     "dockyard.local",
     "dockyard.client",
     "sqlite3",
-    "aiodocker",
-    "aiohttp",
     # The controller's gRPC services; grpc itself imports only the bare top-level packages.
     "grpc_health.v1",
     "grpc_reflection.v1alpha",
@@ -49,5 +47,5 @@ def offenders(modules: set[str], prefixes: tuple[str, ...]) -> list[str]:
 def test_the_agent_loads_only_what_it_runs_on() -> None:
     modules = loaded_by("import agent.main")
     # The check sees real imports: the agent's own dependencies are there.
-    assert {"grpc", "agent.runtime.docker", "agent.runtime.engine_api", "agent.link"} <= modules
+    assert {"grpc", "aiodocker", "agent.runtime.docker", "agent.link"} <= modules
     assert offenders(modules, NOT_IN_THE_AGENT) == []

@@ -9,19 +9,38 @@ from agent.runtime import docker
 from agent.runtime.base import ContainerInfo, ContainerNotFound, ContainerState
 
 
+class _Summary:
+    def __init__(self, container_id: str) -> None:
+        self.id = container_id
+
+
+class _Containers:
+    """Stands in for aiodocker's containers API: lists the given ids, whatever the filters."""
+
+    def __init__(self, ids: list[str]) -> None:
+        self._ids = ids
+
+    async def list(self, **_query: Any) -> list[_Summary]:
+        return [_Summary(i) for i in self._ids]
+
+
+class _Client:
+    def __init__(self, ids: list[str]) -> None:
+        self.containers = _Containers(ids)
+
+
 class CountingRuntime(docker.DockerRuntime):
-    """The real list() over a daemon that lists `ids`, with inspects that count how many run at once."""
+    """The real list() over a client that lists `ids`, with inspects that count how many run at once."""
 
     def __init__(self, ids: list[str], gone: frozenset[str] = frozenset()) -> None:
         super().__init__()
-        self._ids = ids
+        self._fake = _Client(ids)
         self._gone = gone
         self.in_flight = 0
         self.most_in_flight = 0
 
-    async def _call(self, method: str, path: str, **_request: Any) -> Any:
-        assert (method, path) == ("GET", "/containers/json")
-        return [{"Id": i} for i in self._ids]
+    def _client(self) -> Any:
+        return self._fake
 
     async def inspect(self, container_id: str) -> ContainerInfo:
         self.in_flight += 1

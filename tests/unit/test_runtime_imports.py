@@ -1,9 +1,4 @@
-"""Keeps the Docker client behind the runtime protocol and the product free of aiodocker and aiohttp.
-
-The Docker adapter speaks the Engine API through agent.runtime.engine_api (asyncio streams): aiodocker and
-aiohttp cost every agent about 11 MB of RSS (bench/agent_footprint.py), so no product module imports them.
-Only the adapter may import the client, and the testing kit stays light.
-"""
+"""Keeps aiodocker behind the runtime protocol (only the Docker adapter imports it) and the testing kit light."""
 
 from __future__ import annotations
 
@@ -16,9 +11,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("agent", "controller", "dockyard")
 # Generated protocol code, not ours to police.
 EXCLUDED = (ROOT / "dockyard" / "v1",)
-# The modules that may import the Engine API client: the adapter (and the client itself).
-ALLOWED = {Path("agent/runtime/docker.py"), Path("agent/runtime/engine_api.py")}
-HEAVY_CLIENTS = ("aiodocker", "aiohttp")
+ALLOWED = {Path("agent/runtime/docker.py")}
 
 
 def imported_modules(source: Path) -> set[str]:
@@ -45,29 +38,20 @@ def python_sources() -> list[Path]:
 
 def test_the_scan_sees_the_docker_adapter() -> None:
     assert ROOT / "agent" / "runtime" / "docker.py" in python_sources()
-    assert "agent.runtime.engine_api" in imported_modules(ROOT / "agent" / "runtime" / "docker.py")
+    assert "aiodocker" in imported_modules(ROOT / "agent" / "runtime" / "docker.py")
 
 
-def test_no_product_module_imports_aiodocker_or_aiohttp() -> None:
-    offenders = [
-        f"{path.relative_to(ROOT)}: {name}"
-        for path in python_sources()
-        for name in sorted(imported_modules(path))
-        if name.split(".")[0] in HEAVY_CLIENTS
-    ]
-    assert offenders == [], f"speak to Docker through agent.runtime.engine_api: {offenders}"
-
-
-def test_only_the_docker_adapter_imports_the_engine_api_client() -> None:
+def test_only_the_docker_adapter_imports_aiodocker() -> None:
     offenders = [
         str(path.relative_to(ROOT))
         for path in python_sources()
-        if path.relative_to(ROOT) not in ALLOWED and "agent.runtime.engine_api" in imported_modules(path)
+        if path.relative_to(ROOT) not in ALLOWED
+        and any(name == "aiodocker" or name.startswith("aiodocker.") for name in imported_modules(path))
     ]
-    assert offenders == [], f"only agent/runtime/docker.py may import the Engine API client: {offenders}"
+    assert offenders == [], f"only agent/runtime/docker.py may import aiodocker: {offenders}"
 
 
-def test_the_testing_kit_imports_without_pytest_or_a_docker_client() -> None:
+def test_the_testing_kit_imports_without_pytest_or_aiodocker() -> None:
     # agent.testing is product code an adapter's author imports; it must not drag in test tools or Docker.
     code = (
         "import sys\n"
@@ -77,8 +61,7 @@ def test_the_testing_kit_imports_without_pytest_or_a_docker_client() -> None:
         "            raise ImportError(name)\n"
         "sys.meta_path.insert(0, NoPytest())\n"
         "import agent.testing\n"
-        "loaded = sorted(n for n in sys.modules if n.split('.')[0] in ('aiodocker', 'aiohttp', '_pytest')\n"
-        "    or n == 'agent.runtime.engine_api')\n"
+        "loaded = sorted(n for n in sys.modules if n.split('.')[0] in ('aiodocker', '_pytest'))\n"
         "print(','.join(loaded))\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
