@@ -966,6 +966,23 @@ class _Held:
 _HistoryRow = tuple[int, int, bytes]
 
 
+_KeyChanges = list[tuple[str, _Key | None]]
+
+
+@dataclass(slots=True)
+class _Staged:
+    """What a batch changes in memory, worked out while it plans (under the commit lock, memory cannot change)."""
+
+    puts: dict[Kind, dict[str, _Held]] = field(default_factory=lambda: {kind: {} for kind in Kind})
+    removed: dict[Kind, list[str]] = field(default_factory=lambda: {kind: [] for kind in Kind})
+    # Keys to move in each kind's order, and in the per-service and per-node task indexes (None: remove).
+    moved: dict[Kind, _KeyChanges] = field(default_factory=lambda: {kind: [] for kind in Kind})
+    by_service: dict[str, _KeyChanges] = field(default_factory=dict)
+    by_node: dict[str, _KeyChanges] = field(default_factory=dict)
+    # Services as they were and will be, for names and spec references.
+    services: list[tuple[str, _Held | None, _Held | None]] = field(default_factory=list)
+
+
 @dataclass(slots=True)
 class _Batch:
     """What a commit will write, worked out against the objects held in memory, and their state after it."""
@@ -985,6 +1002,8 @@ class _Batch:
     # Each touched service's whole history after the batch, and the rows pruning drops.
     history_after: dict[str, dict[int, _HistoryRow]] = field(default_factory=dict)
     pruned: list[tuple[str, int]] = field(default_factory=list)
+    # What the batch changes in memory, staged once its ops are planned.
+    staged: _Staged = field(default_factory=_Staged)
     # Spec bodies the batch's puts bring (by digest).
     new_specs: dict[bytes, bytes] = field(default_factory=dict)
     # Digests the batch stops referring to from a row; each goes if nothing else refers to it.
@@ -1115,38 +1134,76 @@ class _Memory:
         stop = end if limit is None else min(end, start + limit)
         return keys[start:stop]
 
-    def put(self, kind: Kind, held: _Held) -> None:
-        """Holds an object as loaded at open; apply() is the way for commits."""
-        self.held[kind][str(held.key[-1])] = held
-
-    def reindex(self) -> None:
-        """Builds every index from the held objects and the spec references from services and history."""
-        self.order = {kind: _Ordered() for kind in Kind}
-        self.by_service, self.by_node, self.service_names, self.spec_refs = {}, {}, {}, {}
-        for kind, held in self.held.items():
-            self._index(kind, [(oid, None, h) for oid, h in held.items()])
+    def load(self, objects: Iterable[tuple[Kind, _Held]]) -> None:
+        """Holds the objects read at open (besides history and specs, memory must be empty); builds the indexes."""
+        # History first: apply() lets go of every body nothing counted refers to.
         for rows in self.history.values():
             for _, _, digest in rows.values():
                 self._ref(digest, 1)
+        staged = _Staged()
+        for kind, held in objects:
+            self.stage(staged, kind, str(held.key[-1]), held)
+        self.apply(staged, {}, {})
 
-    def apply(self, batch: _Batch) -> None:
-        """Moves the held state to what a committed batch left, indexes and spec bodies included."""
-        by_kind: dict[Kind, list[tuple[str, _Held | None, _Held | None]]] = {kind: [] for kind in Kind}
-        for (kind, oid), new in batch.final.items():
+    def stage(self, staged: _Staged, kind: Kind, oid: str, new: _Held | None) -> None:
+        """Works out what holding new (None: nothing) under oid changes, against memory as it is, into staged.
+
+        A commit stages while it plans, so its final synchronous step (apply) is mostly dictionary updates.
+        """
+        old = self.held[kind].get(oid)
+        if new is None:
+            if old is None:
+                return
+            staged.removed[kind].append(oid)
+        else:
+            staged.puts[kind][oid] = new
+        if kind is Kind.SERVICE:
+            staged.services.append((oid, old, new))
+        same_key = old is not None and new is not None and old.key == new.key
+        if not same_key:
+            staged.moved[kind].append((oid, new.key if new is not None else None))
+        if kind is not Kind.TASK or (same_key and old is not None and new is not None and old.node_id == new.node_id):
+            return  # a status update: no index changes
+        was, now = _place(old), _place(new)
+        if was is not None and (now is None or now[0] != was[0]):
+            staged.by_service.setdefault(was[0], []).append((oid, None))
+        if was is not None and (now is None or now[1] != was[1]):
+            staged.by_node.setdefault(was[1], []).append((oid, None))
+        if now is not None and (was is None or was[0] != now[0] or was[2] != now[2]):
+            staged.by_service.setdefault(now[0], []).append((oid, now[2]))
+        if now is not None and (was is None or was[1] != now[1] or was[2] != now[2]):
+            staged.by_node.setdefault(now[1], []).append((oid, now[2]))
+
+    def apply(self, staged: _Staged, new_specs: dict[bytes, bytes], history: dict[str, dict[int, _HistoryRow]]) -> None:
+        """Moves memory to what a committed batch left: its staged objects, spec bodies and history rows."""
+        for kind in Kind:
             held = self.held[kind]
-            old = held.get(oid)
-            if new is None:
-                if old is None:
-                    continue
+            held.update(staged.puts[kind])
+            for oid in staged.removed[kind]:
                 del held[oid]
-            else:
-                held[oid] = new
-            by_kind[kind].append((oid, old, new))
-        for digest, body in batch.new_specs.items():
+            if staged.moved[kind]:
+                self.order[kind].update(staged.moved[kind])
+        for indexes, grouped in ((self.by_service, staged.by_service), (self.by_node, staged.by_node)):
+            for name, changes in grouped.items():
+                index = indexes.setdefault(name, _Ordered())
+                index.update(changes)
+                if not index:
+                    del indexes[name]
+        if not staged.services and not history:
+            return
+        for digest, body in new_specs.items():
             self.specs.setdefault(digest, body)
-        for kind, changes in by_kind.items():
-            self._index(kind, changes)
-        for service_id, rows in batch.history_after.items():
+        for oid, old, new in staged.services:
+            if old is not None and old.digest is not None:
+                self._ref(old.digest, -1)
+            if new is not None and new.digest is not None:
+                self._ref(new.digest, 1)
+            # A batch may pass a name from one service to another: drop it only if this service still has it.
+            if old is not None and self.service_names.get(_name(old.key)) == oid:
+                del self.service_names[_name(old.key)]
+            if new is not None:
+                self.service_names[_name(new.key)] = oid
+        for service_id, rows in history.items():
             for _, _, digest in self.history.get(service_id, {}).values():
                 self._ref(digest, -1)
             for _, _, digest in rows.values():
@@ -1155,9 +1212,8 @@ class _Memory:
                 self.history[service_id] = rows
             else:
                 self.history.pop(service_id, None)
-        for digest in list(self.specs):
-            if digest not in self.spec_refs:
-                del self.specs[digest]
+        for digest in [d for d in self.specs if d not in self.spec_refs]:
+            del self.specs[digest]
 
     def _ref(self, digest: bytes, delta: int) -> None:
         """Counts one reference to a spec body more (delta 1) or less (-1)."""
@@ -1166,44 +1222,6 @@ class _Memory:
             self.spec_refs[digest] = count
         else:
             self.spec_refs.pop(digest, None)
-
-    def _index(self, kind: Kind, changes: Sequence[tuple[str, _Held | None, _Held | None]]) -> None:
-        """Updates the kind's indexes for objects that went from old to new (None: absent)."""
-        moved: list[tuple[str, _Key | None]] = []
-        by_service: dict[str, list[tuple[str, _Key | None]]] = {}
-        by_node: dict[str, list[tuple[str, _Key | None]]] = {}
-        for oid, old, new in changes:
-            if old is None or new is None or old.key != new.key:
-                moved.append((oid, new.key if new is not None else None))
-            if kind is Kind.SERVICE:
-                if old is not None and old.digest is not None:
-                    self._ref(old.digest, -1)
-                if new is not None and new.digest is not None:
-                    self._ref(new.digest, 1)
-                if old is not None and self.service_names.get(_name(old.key)) == oid:
-                    del self.service_names[_name(old.key)]
-                if new is not None:
-                    self.service_names[_name(new.key)] = oid
-            elif kind is Kind.TASK:
-                if old is not None and new is not None and old.key == new.key and old.node_id == new.node_id:
-                    continue  # a status update: no index changes
-                was, now = _place(old), _place(new)
-                if was is not None and (now is None or now[0] != was[0]):
-                    by_service.setdefault(was[0], []).append((oid, None))
-                if was is not None and (now is None or now[1] != was[1]):
-                    by_node.setdefault(was[1], []).append((oid, None))
-                if now is not None and (was is None or was[0] != now[0] or was[2] != now[2]):
-                    by_service.setdefault(now[0], []).append((oid, now[2]))
-                if now is not None and (was is None or was[1] != now[1] or was[2] != now[2]):
-                    by_node.setdefault(now[1], []).append((oid, now[2]))
-        if moved:
-            self.order[kind].update(moved)
-        for indexes, grouped in ((self.by_service, by_service), (self.by_node, by_node)):
-            for name, name_changes in grouped.items():
-                index = indexes.setdefault(name, _Ordered())
-                index.update(name_changes)
-                if not index:
-                    del indexes[name]
 
 
 def _plan_delete(batch: _Batch, mem: _Memory, op: Delete) -> None:
@@ -1434,19 +1452,20 @@ class SqliteStore:
             " (SELECT spec_digest FROM services UNION SELECT digest FROM service_history)"
         )
         mem.specs = {digest: data for digest, data in bodies}
+        objects: list[tuple[Kind, _Held]] = []
         referred = {row[2] for rows in mem.history.values() for row in rows.values()}
         for data, digest in await db.execute_fetchall("SELECT data, spec_digest FROM services"):
             if digest is not None:
                 referred.add(digest)
             body = mem.specs.get(digest) if digest is not None else None
-            mem.put(Kind.SERVICE, _hold(Kind.SERVICE, data, digest, body))
+            objects.append((Kind.SERVICE, _hold(Kind.SERVICE, data, digest, body)))
         missing = referred - mem.specs.keys()
         if missing:
             raise _damaged(self._path, f"damaged (spec {min(missing).hex()[:16]} is referred to but missing)")
         for kind in (Kind.NODE, Kind.TASK):
             for (data,) in await db.execute_fetchall(f"SELECT data FROM {_TABLES[kind]}"):
-                mem.put(kind, _hold(kind, data, None, None))
-        mem.reindex()
+                objects.append((kind, _hold(kind, data, None, None)))
+        mem.load(objects)
         return mem
 
     async def close(self) -> None:
@@ -1583,6 +1602,10 @@ class SqliteStore:
                 _plan_delete(batch, mem, step.op)
         _check_names(batch, mem)
         _plan_history(batch, mem, self._history_limit)
+        for done, ((kind, oid), new) in enumerate(batch.final.items(), 1):
+            if done % _PLAN_SLICE == 0:
+                await asyncio.sleep(0)
+            mem.stage(batch.staged, kind, oid, new)
         return batch
 
     async def _read_specs(self, db: aiosqlite.Connection, digests: set[bytes]) -> dict[bytes, bytes]:
@@ -1664,7 +1687,7 @@ class SqliteStore:
         steps: list[_Step],
     ) -> None:
         """Moves memory and the revision to the committed batch and feeds the watchers, in one step without awaiting."""
-        self._mem.apply(batch)
+        self._mem.apply(batch.staged, batch.new_specs, batch.history_after)
         self._revision = batch.revision
         self._revision_sizes.append((batch.revision, len(batch.records)))
         if cutoff is not None:
