@@ -7,21 +7,31 @@ field's default and limits are in one table, dockyard.spec.schema.
 The modules: schema (the field table), reader (YAML document to ServiceSpec), validation (checks of
 a ServiceSpec, shared with the controller's API), issues (Issue, SpecError, paths), loading (files
 and YAML), units (bytes, durations, CPUs, ports), writer (ServiceSpec to document).
+
+The names below are loaded on first use (PEP 562), not with the package: the agent needs only the
+schema table (defaults, the label prefix) and must not carry YAML, the reader and the validation
+machinery in every host's memory (tests/unit/test_agent_imports.py pins this).
 """
 
-from dockyard.spec.issues import Issue, SpecError
-from dockyard.spec.loading import load_spec, load_spec_file
-from dockyard.spec.units import (
-    format_bytes,
-    format_cpus,
-    format_duration,
-    format_port,
-    parse_bytes,
-    parse_duration,
-    parse_port,
-)
-from dockyard.spec.validation import replica_budget_issues, service_issues, validate_service
-from dockyard.spec.writer import spec_to_document
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from dockyard.spec.issues import Issue, SpecError
+    from dockyard.spec.loading import load_spec, load_spec_file
+    from dockyard.spec.units import (
+        format_bytes,
+        format_cpus,
+        format_duration,
+        format_port,
+        parse_bytes,
+        parse_duration,
+        parse_port,
+    )
+    from dockyard.spec.validation import replica_budget_issues, service_issues, validate_service
+    from dockyard.spec.writer import spec_to_document
 
 __all__ = [
     "Issue",
@@ -40,3 +50,37 @@ __all__ = [
     "spec_to_document",
     "validate_service",
 ]
+
+# Which module defines each exported name.
+_HOMES = {
+    "Issue": "issues",
+    "SpecError": "issues",
+    "load_spec": "loading",
+    "load_spec_file": "loading",
+    "format_bytes": "units",
+    "format_cpus": "units",
+    "format_duration": "units",
+    "format_port": "units",
+    "parse_bytes": "units",
+    "parse_duration": "units",
+    "parse_port": "units",
+    "replica_budget_issues": "validation",
+    "service_issues": "validation",
+    "validate_service": "validation",
+    "spec_to_document": "writer",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Returns an exported name, importing its module on first use; AttributeError for any other name."""
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    """Lists the exports with the module's own names, so tab completion and dir() see them before first use."""
+    return sorted({*globals(), *__all__})

@@ -25,6 +25,11 @@ NOT_IN_THE_AGENT = (
     "grpc_health.v1",
     "grpc_reflection.v1alpha",
     "grpc_tools.protoc",
+    # The spec package loads its exports on first use; the agent needs only the schema table.
+    "yaml",
+    "dockyard.spec.reader",
+    "dockyard.spec.validation",
+    "dockyard.spec.loading",
     "pytest",
     "_pytest",
     "hypothesis",
