@@ -139,7 +139,7 @@ async def run_model(steps: list[list[tuple[Any, ...]] | str], path: Path) -> Non
         assert await everything(fresh) == final
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(steps=st.lists(step_strategy, min_size=1, max_size=10))
 def test_memory_equals_a_fresh_load_after_random_batches(steps: list[list[tuple[Any, ...]] | str]) -> None:
     """Puts, renames, name clashes, conflicts, deletes, checks and reopens: a fresh store reads the same."""
