@@ -169,7 +169,7 @@ async def test_heartbeats_are_acknowledged_while_a_status_commit_is_blocked(rig:
     assert {t.status.state for t in await rig.store.list_tasks(node_id="n1")} == {pb.TASK_STATE_ASSIGNED}
 
     rig.store.gate.set()
-    await settle(lambda: rig.store.commits_of(pb.Task))
+    await settle(lambda: len(rig.store.commits_of(pb.Task)) == 2)  # place()'s, then the reports'
     await settle()
     assert {t.status.state for t in await rig.store.list_tasks(node_id="n1")} == {pb.TASK_STATE_RUNNING}
 
@@ -211,7 +211,7 @@ async def test_reports_coalesce_per_task_and_never_go_back(rig: Rig) -> None:
     await settle()
     assert rig.dispatcher._committer.pending == 2  # the node's registration and one report
     await rig.clock.advance(WINDOW)
-    await settle(lambda: rig.store.commits_of(pb.Task))
+    await settle(lambda: len(rig.store.commits_of(pb.Task)) == 2)  # place()'s, then the reports'
     assert (await rig.store.list_tasks(node_id="n1"))[0].status.state == pb.TASK_STATE_RUNNING
 
 
