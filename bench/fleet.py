@@ -194,13 +194,16 @@ async def running_per_list(client: Client, avoid: set[str] = frozenset()) -> int
     )
 
 
-def start_controller(state_dir: Path, port: int) -> subprocess.Popen[bytes]:
-    """Starts `python -m controller.main` on the port, logging to state_dir/controller.log."""
+def start_controller(state_dir: Path, port: int, profile: str = "") -> subprocess.Popen[bytes]:
+    """Starts `python -m controller.main` on the port, logging to state_dir/controller.log; under cProfile if asked."""
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    # The stats are written when the controller exits on SIGTERM (stop_process); its CPU figures include the profiler.
+    profiler = ["-m", "cProfile", "-o", profile] if profile else []
     with open(state_dir / "controller.log", "ab") as log:
         return subprocess.Popen(
             [
                 sys.executable,
+                *profiler,
                 "-m",
                 "controller.main",
                 "--listen",
@@ -329,6 +332,8 @@ class FleetBench:
         self.say(f"agent footprint: {await agent_footprint(self.root, self.address, client)}")
         for size in [int(s) for s in self.args.sizes.split(",")]:
             await self.steady(client, controller.pid, size)
+        if self.args.no_deploy:
+            return
         await self.deploy(client, controller.pid)
         await self.lose(client)
 
@@ -472,7 +477,7 @@ async def bench(args: argparse.Namespace) -> None:
             f"heartbeat period {HEARTBEAT_PERIOD:g} s; sizes {args.sizes}; deploy {args.services} x {args.replicas};"
             f" lose {args.lose}"
         )
-        controller = start_controller(run.root, int(run.address.rsplit(":", 1)[1]))
+        controller = start_controller(run.root, int(run.address.rsplit(":", 1)[1]), args.profile)
         background: list[asyncio.Task[None]] = []
         try:
             async with Client(run.address) as client:
@@ -527,6 +532,8 @@ def main() -> None:
     parser.add_argument("--settle", type=float, default=3.0, help="seconds after the fleet is READY before measuring")
     parser.add_argument("--deploy-within", type=float, default=90.0)
     parser.add_argument("--lose-within", type=float, default=45.0)
+    parser.add_argument("--no-deploy", action="store_true", help="only the steady-state figures")
+    parser.add_argument("--profile", default="", help="run the controller under cProfile, writing its stats here")
     parser.add_argument("--keep", default="", help="a directory to run in and keep: the controller's and agent's logs")
     args = parser.parse_args()
     if args.quick:
