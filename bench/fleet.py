@@ -375,7 +375,7 @@ class FleetBench:
         await client.apply(specs)
         applied = time.monotonic() - mark
         within = self.args.deploy_within
-        deployed = await until(lambda: fleet.running_count() >= total, within=within, every=0.02)
+        deployed = await until(lambda: fleet.running_count() >= total, within=within, every=0.05)
         spent = time.monotonic() - mark
         controller_share = (cpu_seconds(pid) - cpu_before[0]) / spent
         fleet_share = (cpu_seconds(os.getpid()) - cpu_before[1]) / spent
@@ -396,7 +396,8 @@ class FleetBench:
         self.say(
             f"  wrongly marked down during the deploy: {self.wrongly_down('deploy')};"
             f" agents' session drops: {len(drops)}{_reasons(drops)}; tasks running on two agents:"
-            f" {len(fleet.duplicates())}; {_margin(silence, lag)}"
+            f" {len(fleet.duplicates())}; slots running on two agents {len(fleet.slots_run_twice())};"
+            f" {_margin(silence, lag)}"
         )
         self.say(
             f"  until then the controller used {controller_share * 100:.0f}% of a core and this process (the"
@@ -424,7 +425,7 @@ class FleetBench:
         fleet.lose(len(victims), among=victims)
         marked, replaced = await asyncio.gather(
             until(lambda: lost_ids <= self.sampler.down, within=within, every=0.05),
-            until(lambda: fleet.running_count() >= total, within=within, every=0.02),
+            until(lambda: fleet.running_count() >= total, within=within, every=0.05),
         )
         self.say(
             f"lose {len(victims)} agents at once ({lost_tasks} tasks): all marked down {_took(marked, within)}"

@@ -61,7 +61,7 @@ from dockyard.v1 import agent_pb2 as apb
 from dockyard.v1 import agent_pb2_grpc as apb_grpc
 from dockyard.v1 import types_pb2 as pb
 
-__all__ = ["Drop", "Fleet", "FleetConfig", "SimAgent", "SimHost"]
+__all__ = ["Drop", "Fleet", "FleetConfig", "SimAgent", "SimHost", "Slot"]
 
 GIB = 1 << 30
 RECORDS_KEPT = 1000  # per agent: the latest drops and welcomes
@@ -69,6 +69,8 @@ RECORDS_KEPT = 1000  # per agent: the latest drops and welcomes
 SETTLE_TURNS = 3
 LAG_PROBE_SECONDS = 0.05
 
+# A replica's place: (service id, slot), or (service id, node id) for a global service's task.
+Slot = tuple[str, str]
 _Call = grpc.aio.StreamStreamCall[apb.AgentMessage, apb.ControllerMessage]
 # Never written: the simulated book lives in memory only.
 _NO_FILE = Path("/nonexistent/dockyard-sim/tasks.pb")
@@ -119,7 +121,7 @@ class SimHost:
         self._containers: dict[str, ContainerInfo] = {}
         self.reported: Counter[int] = Counter()  # how many times each state was reported
         # Kept up to date on every change, because benchmarks ask for it far more often than anything changes.
-        self._running: set[str] = set()
+        self._running: dict[str, Slot] = {}  # task id -> its slot
 
     def apply(self, assignments: apb.Assignments) -> set[str]:
         """Takes one Assignments message as the agent's link does; returns the ids of the tasks to step."""
@@ -146,9 +148,9 @@ class SimHost:
             and task.status.state == pb.TASK_STATE_RUNNING
             and task_id in self._containers
         ):
-            self._running.add(task_id)
+            self._running[task_id] = (task.service_id, str(task.slot) if task.slot else task.node_id)
         else:
-            self._running.discard(task_id)
+            self._running.pop(task_id, None)
 
     def _step(self, task_id: str) -> bool:
         task = self.book.get(task_id)
@@ -180,9 +182,9 @@ class SimHost:
         """Returns the ids of the tasks this host runs that the controller wants running."""
         return set(self._running)
 
-    def running_count(self) -> int:
-        """Returns how many tasks running() would return, without copying them."""
-        return len(self._running)
+    def running_slots(self) -> Iterable[Slot]:
+        """Returns the slot of each task running() would return, without copying them."""
+        return self._running.values()
 
     def containers(self) -> set[str]:
         """Returns the ids of the tasks that have a container here, whatever they are wanted to do."""
@@ -540,8 +542,12 @@ class Fleet:
         return {task_id: a.node_id for a in self.live for task_id in a.host.running()}
 
     def running_count(self) -> int:
-        """Returns how many tasks live agents run that the controller wants running (cheap: for polling)."""
-        return sum(a.host.running_count() for a in self.live)
+        """Returns how many slots live agents run (cheap enough to poll): replicas running, each counted once.
+
+        A slot counts once however many agents run a task of it: an agent cut off from the controller keeps
+        running what it was last told (as a real one does) while a replacement runs elsewhere.
+        """
+        return len({slot for agent in self.live for slot in agent.host.running_slots()})
 
     def duplicates(self) -> dict[str, list[str]]:
         """Returns the tasks that more than one live agent runs, with those agents' node ids."""
@@ -550,6 +556,14 @@ class Fleet:
             for task_id in agent.host.running():
                 seen.setdefault(task_id, []).append(agent.node_id)
         return {task_id: nodes for task_id, nodes in seen.items() if len(nodes) > 1}
+
+    def slots_run_twice(self) -> dict[Slot, list[str]]:
+        """Returns the slots that more than one live agent runs a task of, with those agents' node ids."""
+        seen: dict[Slot, list[str]] = {}
+        for agent in self.live:
+            for slot in agent.host.running_slots():
+                seen.setdefault(slot, []).append(agent.node_id)
+        return {slot: nodes for slot, nodes in seen.items() if len(nodes) > 1}
 
     def drops(self, since: float | None = None) -> list[tuple[str, Drop]]:
         """Returns (node id, drop) of every session that ended among live agents, optionally since a moment."""
