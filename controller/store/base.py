@@ -190,5 +190,8 @@ class Store(Protocol):
         """Yields every event with a revision above since, then live ones, until the store closes.
 
         Raises WatchExpired when events after since were already trimmed.
+        A revision's events are yielded back to back: the iterator never awaits between two events of one
+        revision, so a consumer that sees it wait knows every revision yielded so far is complete (the API's
+        Watch relies on this to batch; an etcd backend must keep it).
         """
         ...
