@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
+from collections import deque
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 
@@ -331,19 +332,27 @@ class Dispatcher(apb_grpc.AgentServiceServicer):
         """
         tick = self._period / 2
         planned = self._clock.monotonic() + tick
+        # (when a round looked, how late), for as long as any node's silence can reach back.
+        stalls: deque[tuple[datetime, timedelta]] = deque()
         while True:
             await self._clock.sleep(planned - self._clock.monotonic())
             lag = self._clock.monotonic() - planned
+            now = self._clock.now()
+            if lag > 0:
+                stalls.append((now, timedelta(seconds=lag)))
+            while stalls and now - stalls[0][0] > self._startup_grace * 2:
+                stalls.popleft()
             nodes = await self._store.list_nodes()
             found = silent_nodes(
                 nodes,
                 self._last_seen,
                 self._started,
-                self._clock.now(),
+                now,
                 self._grace,
                 self._startup_grace,
                 lag=timedelta(seconds=lag),
                 lag_tolerance=timedelta(seconds=tick),
+                stalls=stalls,
             )
             if lag > tick and self._throttle.allow("heartbeat watch late") is not None:
                 log.warning("heartbeat watch ran late; judging no node this round", lag_seconds=round(lag, 2))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -26,6 +26,7 @@ def silent_nodes(
     startup_grace: timedelta,
     lag: timedelta = timedelta(0),
     lag_tolerance: timedelta = timedelta(0),
+    stalls: Sequence[tuple[datetime, timedelta]] = (),
 ) -> list[Silence]:
     """Returns the nodes not yet down whose silence exceeds their grace; none when the watcher looked late.
 
@@ -37,6 +38,11 @@ def silent_nodes(
     own event loop was stalled: messages that arrived meanwhile may not be read yet, so a silence measured now
     may be the controller's, not the node's. Nobody is judged on such a round; the next one, after reads had
     time to drain, decides.
+
+    `stalls` lists the watcher's recent rounds as (when it looked, how late). Time the controller spent late
+    after a node's last message does not count as that node's silence: a controller starved of CPU reads its
+    streams late by about as much as its watcher wakes late, and a heartbeat waiting unread in a stream is not
+    silence. A busy controller therefore marks dead nodes down later, never live ones early.
     """
     if lag > lag_tolerance:
         return []
@@ -46,7 +52,8 @@ def silent_nodes(
             continue
         seen = last_seen.get(node.id)
         allowed = grace if seen is not None else startup_grace
-        silence = now - (seen or started)
+        since = seen or started
+        silence = now - since - sum((late for at, late in stalls if at > since), timedelta(0))
         if silence > allowed:
             found.append(Silence(node.id, silence.total_seconds()))
     return found

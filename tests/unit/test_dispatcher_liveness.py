@@ -50,3 +50,16 @@ def test_a_late_round_judges_nobody_and_a_punctual_one_judges_as_usual() -> None
     assert judged(lag=2.0) == [], "the controller itself was stalled: its silence, not the node's"
     assert judged(lag=0.5) == ["a"]
     assert judged(lag=0.0) == ["a"]
+
+
+def test_time_the_watcher_ran_late_after_a_nodes_message_is_not_its_silence() -> None:
+    nodes = [node("a"), node("b")]
+    last_seen = {"a": START + timedelta(seconds=5), "b": START + timedelta(seconds=5)}
+    now = START + timedelta(seconds=8.5)
+    # Four rounds since "a" and "b" were heard each woke 0.3 s late: a starved controller, not silent nodes.
+    stalls = [(START + timedelta(seconds=t), timedelta(seconds=0.3)) for t in (6.0, 6.8, 7.6, 8.4)]
+    assert silent_nodes(nodes, last_seen, START, now, GRACE, STARTUP, stalls=stalls) == []
+    # Stalls before a node's last message do not excuse it; a dead node is still marked, only later.
+    last_seen["b"] = START + timedelta(seconds=4)
+    found = silent_nodes(nodes, last_seen, START, now + timedelta(seconds=0.2), GRACE, STARTUP, stalls=stalls)
+    assert [(s.node_id, round(s.seconds, 2)) for s in found] == [("b", 3.5)]
