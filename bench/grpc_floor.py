@@ -18,7 +18,8 @@ same client drives every server, so the server figures differ only by the server
     controller    (d) the real controller (python -m controller.main), idle: no services, no tasks
                       (and again with bench/fleet.py's samplers calling it, as its steady-state figure has them:
                       ListNodes every 0.5 s, ListTasks and ListServices 10 times a second)
-    echo ...      (a) again with a gRPC knob changed (see VARIANTS), to see whether anything moves the floor
+    echo ...      (a) again with a gRPC knob changed (see VARIANTS), to see whether anything moves the floor, and
+                      with a 2 s heartbeat period (half the messages)
 
 For each it prints the server's share of one core over a window after warm-up (from /proc/<pid>/stat, all its
 threads), split into the asyncio thread and gRPC core's own threads, this process's share (the clients), the
@@ -91,6 +92,7 @@ class Variant:
     server_options: tuple[tuple[str, int], ...] = ()
     client_options: tuple[tuple[str, int], ...] = ()
     streams_per_channel: int = 100
+    period: float = HEARTBEAT_PERIOD  # the heartbeat period the welcome names (bare modes only)
 
 
 # The knobs tried on (a). bdp_probe: gRPC core pings the peer to estimate bandwidth when data arrives; off on
@@ -114,6 +116,9 @@ VARIANTS: dict[str, Variant] = {
         Variant("(a) echo + GRPC_POLL_STRATEGY=poll", "echo", env={"GRPC_POLL_STRATEGY": "poll"}),
         Variant("(a) echo + 1 channel", "echo", streams_per_channel=1_000_000),
         Variant("(a) echo + 1 connection per agent", "echo", streams_per_channel=1),
+        # Not a knob but the other lever: half the messages by a longer period (the fleet's silence limit grows
+        # with it, as the agent's does).
+        Variant("(a) echo at 2 s heartbeats", "echo", period=2.0),
     )
 }
 DEFAULT_SET = list(VARIANTS)
@@ -125,10 +130,10 @@ DEFAULT_SET = list(VARIANTS)
 class _Bare(apb_grpc.AgentServiceServicer):
     """AgentService.Session as the bare loops of BARE_MODES: a welcome for the hello, then acks."""
 
-    def __init__(self, mode: str) -> None:
+    def __init__(self, mode: str, period: float) -> None:
         self._mode = mode
         self._welcome = apb.ControllerMessage(
-            welcome=apb.Welcome(node_id="n", session_id="s", heartbeat_period=duration(HEARTBEAT_PERIOD))
+            welcome=apb.Welcome(node_id="n", session_id="s", heartbeat_period=duration(period))
         )
         self._last_seen: dict[str, datetime] = {}
 
@@ -197,11 +202,11 @@ class _Bare(apb_grpc.AgentServiceServicer):
             await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def serve(mode: str, port: int, options: Sequence[tuple[str, int]]) -> None:
+async def serve(mode: str, port: int, period: float, options: Sequence[tuple[str, int]]) -> None:
     """Serves one bare mode on the port until killed; prints "ready" once it listens."""
     # As the controller does: no SO_REUSEPORT.
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0), *options])
-    apb_grpc.add_AgentServiceServicer_to_server(_Bare(mode), server)
+    apb_grpc.add_AgentServiceServicer_to_server(_Bare(mode, period), server)
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
     # SIGTERM ends the process cleanly, so that a profiler running it writes its stats.
@@ -262,7 +267,8 @@ def start_bare(variant: Variant, port: int, profile: str, log: Path) -> subproce
         sys.executable,
         *profiler,
         __file__,
-        *("--serve", variant.mode, "--port", str(port), "--server-options", options),
+        *("--serve", variant.mode, "--port", str(port), "--period", str(variant.period)),
+        *("--server-options", options),
     ]
     # Its stderr goes to a file: on SIGTERM gRPC prints a traceback for every stream it cancels.
     with log.open("ab") as errors:
@@ -384,11 +390,12 @@ def main() -> None:
     parser.add_argument("--serve", choices=BARE_MODES, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--server-options", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--period", type=float, default=HEARTBEAT_PERIOD, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
         options = [(k, int(v)) for k, v in (o.split("=") for o in args.server_options.split(",") if o)]
         with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(serve(args.serve, args.port, options))
+            asyncio.run(serve(args.serve, args.port, args.period, options))
         return
     if args.quick:
         args.agents, args.window, args.settle = 200, 4.0, 2.0
