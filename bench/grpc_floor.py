@@ -119,6 +119,8 @@ VARIANTS: dict[str, Variant] = {
         # Not a knob but the other lever: half the messages by a longer period (the fleet's silence limit grows
         # with it, as the agent's does).
         Variant("(a) echo at 2 s heartbeats", "echo", period=2.0),
+        # Both levers: the agent's silence limit (3 periods, 6 s) still holds with an ack every 4 s.
+        Variant("(c) half at 2 s heartbeats", "half", period=2.0),
     )
 }
 DEFAULT_SET = list(VARIANTS)
