@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from typing import Final
 
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND: Final = timedelta(microseconds=1)
+
 
 def to_timestamp(when: datetime) -> Timestamp:
     """Returns a Timestamp for an aware datetime."""
-    ts = Timestamp()
-    ts.FromDatetime(when.astimezone(UTC))
-    return ts
+    # Integer arithmetic on the difference, not Timestamp.FromDatetime (a time tuple and timegm): the same
+    # result in about a third of the time, and the dispatcher stamps every heartbeat ack.
+    seconds, micros = divmod((when - _EPOCH) // _MICROSECOND, 1_000_000)
+    return Timestamp(seconds=seconds, nanos=micros * 1000)
 
 
 def from_timestamp(ts: Timestamp) -> datetime | None:

@@ -53,7 +53,8 @@ class Dispatcher(apb_grpc.AgentServiceServicer):
 
     Nothing a session reads waits for the store: a message is stamped with its arrival time, a heartbeat is
     acknowledged at once and statuses go to the group committer. What a session writes is coalesced and
-    bounded (see session.py), and a writer that stalls past `write_stall` seconds closes its session.
+    bounded (see session.py), and a writer that stalls past `write_stall` seconds closes its session
+    (checked by the heartbeat watcher every half period).
     """
 
     def __init__(
@@ -193,17 +194,13 @@ class Dispatcher(apb_grpc.AgentServiceServicer):
 
     async def _write(self, session: AgentSession, context: Context) -> None:
         """Writes what the session has pending; a write that stalls past the limit closes the session."""
+        # No timer per write (one per heartbeat ack, a few percent of a core at 1,000 agents): the heartbeat
+        # watcher closes a session whose write has been in progress too long (_close_stalled).
         while True:
             for message in await session.next_messages():
-                try:
-                    async with self._clock.timeout(self._write_stall):
-                        await context.write(message)
-                except TimeoutError:
-                    session.close(
-                        grpc.StatusCode.RESOURCE_EXHAUSTED,
-                        f"the agent read nothing for {self._write_stall:g}s; closing instead of buffering",
-                    )
-                    return
+                session.writing_since = self._clock.monotonic()
+                await context.write(message)
+                session.writing_since = None
 
     async def _sync(self, session: AgentSession) -> None:
         """Sends a new session its full set beside reading and writing, so its heartbeats never wait for it."""
@@ -325,6 +322,16 @@ class Dispatcher(apb_grpc.AgentServiceServicer):
         with contextlib.suppress(ConflictError):
             await retry_on_conflict(attempt)
 
+    def _close_stalled(self) -> None:
+        """Closes the sessions whose write has not completed within the write-stall limit: readers that stopped."""
+        now = self._clock.monotonic()
+        for session in list(self._sessions.values()):
+            if _stalled(session, now, self._write_stall):
+                session.close(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"the agent read nothing for {self._write_stall:g}s; closing instead of buffering",
+                )
+
     async def _watch_heartbeats(self) -> None:
         """Every half period, marks every node silent past its grace down, all in one commit.
 
@@ -342,6 +349,7 @@ class Dispatcher(apb_grpc.AgentServiceServicer):
                 stalls.append((now, timedelta(seconds=lag)))
             while stalls and now - stalls[0][0] > self._startup_grace * 2:
                 stalls.popleft()
+            self._close_stalled()
             nodes = await self._store.list_nodes()
             found = silent_nodes(
                 nodes,
@@ -371,6 +379,10 @@ class Dispatcher(apb_grpc.AgentServiceServicer):
                 # One commit for the round; the next round reads its result instead of deciding again.
                 await asyncio.gather(*writes)
             planned = self._clock.monotonic() + tick
+
+
+def _stalled(session: AgentSession, now: float, limit: float) -> bool:
+    return session.writing_since is not None and now - session.writing_since > limit
 
 
 def bound_description(description: pb.NodeDescription) -> list[str]:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from dockyard.clock import Clock, FakeClock, SystemClock
+from dockyard.timestamps import from_timestamp, to_timestamp
 
 
 async def test_fake_sleep_returns_only_once_time_is_advanced_far_enough() -> None:
@@ -128,3 +130,17 @@ async def test_a_timer_due_as_the_body_leaves_does_not_cancel_what_follows() -> 
     clock._fire_due()
     await task
     assert log == ["left the block", "still running"]
+
+
+def test_to_timestamp_agrees_with_protobufs_own_conversion() -> None:
+    for when in (
+        datetime(2026, 11, 30, 23, 59, 59, 999_999, tzinfo=UTC),
+        datetime(1969, 12, 31, 23, 59, 59, 1, tzinfo=UTC),
+        datetime(2026, 1, 1, 5, tzinfo=timezone(timedelta(hours=5))),
+        datetime(1, 1, 1, tzinfo=UTC),
+        datetime(9999, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC),
+    ):
+        expected = Timestamp()
+        expected.FromDatetime(when.astimezone(UTC))
+        assert to_timestamp(when) == expected
+        assert from_timestamp(to_timestamp(when)) == when
