@@ -364,7 +364,10 @@ async def bench(args: argparse.Namespace) -> None:
     """Runs every chosen variant in turn and prints the table."""
     labels = [label for label in DEFAULT_SET if label in args.only] if args.only else DEFAULT_SET
     print(f"bench/grpc_floor.py at {datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC; grpcio {grpc.__version__}", flush=True)
-    print(f"{args.agents} agents, 1 heartbeat/s each, window {args.window:g} s after {args.settle:g} s; {machine()}")
+    print(
+        f"{args.agents} agents, a heartbeat a second each unless the label says otherwise;"
+        f" window {args.window:g} s after {args.settle:g} s; {machine()}"
+    )
     rows = []
     with tempfile.TemporaryDirectory(prefix="dockyard-grpc-floor-") as tmp:
         for label in labels:
