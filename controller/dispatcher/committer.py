@@ -18,8 +18,10 @@ import structlog
 
 from controller.dispatcher.bounds import COMMIT_BATCH_STATUSES, COMMIT_WINDOW_SECONDS, PENDING_STATUSES_PER_NODE
 from controller.dispatcher.status import judge_status
+from controller.errors import StoreDamaged
 from controller.store.base import ConflictError, Put, Store
 from controller.store.retry import retry_on_conflict
+from dockyard.backoff import Backoff
 from dockyard.clock import Clock
 from dockyard.limits import CONTAINER_ID_BYTES, STATUS_TEXT_BYTES, truncate_text
 from dockyard.logs import Throttle
@@ -119,44 +121,50 @@ class GroupCommitter:
         return done
 
     async def run(self) -> None:
-        """Commits pending work batch after batch until cancelled."""
+        """Commits pending work batch after batch until cancelled; a refused write is retried after a pause."""
+        failures = Backoff(base=0.1, cap=5.0)
         while True:
             await self._wake.wait()
             if self._window > 0:
                 await self._clock.sleep(self._window)
             self._wake.clear()
-            await self.flush()
+            if await self.flush():
+                failures.reset()
+            else:
+                await self._clock.sleep(failures.next_delay())
             if self._statuses or self._nodes:
                 self._wake.set()  # more than one batch was pending
 
-    async def flush(self) -> None:
+    async def flush(self) -> bool:
         """Commits what is pending now (at most one batch of statuses, every node change) in one transaction.
 
         On a conflict everything is judged again on fresh reads (bounded tries); if it still loses, the batch
-        goes back to pending (newer reports win) for the next round. StoreDamaged propagates after failing the
-        node waiters.
+        goes back to pending (newer reports win) for the next round. Any other refused write (disk full, an
+        I/O error) also puts the batch back and returns False, so the caller pauses: one failing write must
+        neither lose reports nor end the dispatcher. StoreDamaged propagates after failing the node waiters.
         """
         nodes, self._nodes = self._nodes, {}
         statuses = self._take_batch()
         if not nodes and not statuses:
-            return
+            return True
         try:
             refusals = await retry_on_conflict(lambda: self._attempt(nodes, statuses))
         except ConflictError:
             self._requeue(nodes, statuses)
             if self._throttle.allow("status commit conflicts") is not None:
                 log.warning("status batch lost repeated conflicts; retrying", statuses=sum(map(len, statuses.values())))
-            return
+            return True
+        except StoreDamaged as exc:
+            self._fail_waiters(nodes, exc)
+            raise
+        except Exception as exc:
+            self._requeue(nodes, statuses)
+            suppressed = self._throttle.allow("status commit failed")
+            if suppressed is not None:
+                log.error("status batch not committed; retrying", error=str(exc), lines_suppressed=suppressed)
+            return False
         except BaseException as exc:
-            for write in nodes.values():
-                for waiter in write.waiters:
-                    if waiter.done():
-                        continue
-                    if isinstance(exc, Exception):
-                        waiter.set_exception(exc)
-                        waiter.exception()  # marked retrieved: a waiter that went away must not warn
-                    else:
-                        waiter.cancel()
+            self._fail_waiters(nodes, exc)
             raise
         for write in nodes.values():
             for waiter in write.waiters:
@@ -173,6 +181,19 @@ class GroupCommitter:
                     task_ids=refused.samples,
                     lines_suppressed=suppressed,
                 )
+        return True
+
+    def _fail_waiters(self, nodes: dict[str, _NodeWrite], exc: BaseException) -> None:
+        """Ends the waiters of node changes that will not be written: with the error, or cancelled."""
+        for write in nodes.values():
+            for waiter in write.waiters:
+                if waiter.done():
+                    continue
+                if isinstance(exc, Exception):
+                    waiter.set_exception(exc)
+                    waiter.exception()  # marked retrieved: a waiter that went away must not warn
+                else:
+                    waiter.cancel()
 
     def _take_batch(self) -> dict[str, dict[str, pb.TaskStatus]]:
         """Takes whole nodes' pending reports, up to the batch bound (at least one node's)."""

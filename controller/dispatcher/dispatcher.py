@@ -386,7 +386,8 @@ class Dispatcher(apb_grpc.AgentServiceServicer):
                     session.close(grpc.StatusCode.UNAVAILABLE, message)
             if writes:
                 # One commit for the round; the next round reads its result instead of deciding again.
-                await asyncio.gather(*writes)
+                # A write that failed is retried by the committer; this round only waits for the outcome.
+                await asyncio.gather(*writes, return_exceptions=True)
             planned = self._clock.monotonic() + tick
 
 
