@@ -72,7 +72,9 @@ class Reactor:
 
     async def run(self) -> None:
         """Runs until cancelled; a failing pass is logged and retried, never fatal."""
-        watcher = asyncio.create_task(self._watch(), name=f"{self._name}-watch")
+        # The feed starts at the revision the first (full) pass can read no earlier than, taken now: the watcher
+        # task subscribes only once it first runs, and a commit between the two would be in neither.
+        watcher = asyncio.create_task(self._watch(self._store.revision), name=f"{self._name}-watch")
         # A pass that keeps crashing must not spin: retries back off up to the full-pass period.
         failures = Backoff(base=0.1, cap=self._full_pass)
         try:
@@ -136,10 +138,11 @@ class Reactor:
             async with self._clock.timeout(timeout):
                 await self._wake.wait()
 
-    async def _watch(self) -> None:
+    async def _watch(self, since: int) -> None:
+        start: int | None = since
         while True:
             try:
-                async for event in follow(self._store):
+                async for event in follow(self._store, start):
                     if isinstance(event, Resync):
                         # Events were missed: only a pass that reads everything can make up for them.
                         self._everything = True
@@ -152,5 +155,6 @@ class Reactor:
                 # The pass reports it; the watch tries again when the pass would, and what it missed meanwhile
                 # is unknown.
                 await self._clock.sleep(DAMAGED_RETRY_SECONDS)
+                start = None  # from now: the full pass this asks for reads what came before
                 self._everything = True
                 self._wake.set()

@@ -84,6 +84,10 @@ class Dispatcher(apb_grpc.AgentServiceServicer):
         self._last_seen: dict[str, datetime] = {}
         self._started = clock.now()
         self._specs = SpecCache(store)
+        # Where the change router starts: the oldest of the revision at run() and the full sets read before it
+        # subscribed (None: from the store's revision when it does); _routing once it has.
+        self._route_from: int | None = None
+        self._routing = False
         # Lines an agent can trigger (refused statuses, dropped labels) share one throttle, keyed per node.
         self._throttle = Throttle(clock)
         self._committer = GroupCommitter(store, clock, self._throttle, window=commit_window)
@@ -91,6 +95,7 @@ class Dispatcher(apb_grpc.AgentServiceServicer):
     async def run(self) -> None:
         """Commits statuses, routes task changes to sessions and watches heartbeats until cancelled."""
         self._store.on_damage(self._close_all)
+        self._note_route_start(self._store.revision)
         await self._forget_readiness()
         async with asyncio.TaskGroup() as group:
             group.create_task(self._outlast_damage("status commit", self._committer.run))
@@ -211,6 +216,11 @@ class Dispatcher(apb_grpc.AgentServiceServicer):
             await self._send_full(session)
         except StoreDamaged as exc:
             session.close(grpc.StatusCode.UNAVAILABLE, str(exc))
+        except Exception as exc:
+            # A session without its full set would hold every change for the node in its backlog for good:
+            # end it, and the agent re-dials for a fresh one.
+            log.exception("full set not sent", node_id=session.node_id)
+            session.close(grpc.StatusCode.UNAVAILABLE, f"the controller could not read this node's tasks: {exc}")
 
     def _refuse_flood(self, node_id: str, refused: int) -> None:
         """Logs, rate-limited and counted, the reports refused because the node has too many pending."""
@@ -236,6 +246,8 @@ class Dispatcher(apb_grpc.AgentServiceServicer):
         if session.backlog is None:
             session.backlog = []
         snapshot_revision = self._store.revision
+        session.synced_revision = snapshot_revision
+        self._note_route_start(snapshot_revision)
         tasks = await self._store.list_tasks(node_id=session.node_id)
         session.send_full(tasks, await self._specs.for_tasks(tasks))
         while True:
@@ -282,9 +294,17 @@ class Dispatcher(apb_grpc.AgentServiceServicer):
 
         return intent
 
+    def _note_route_start(self, revision: int) -> None:
+        """Makes the router, until it subscribes, start no later than `revision` (a full set read at it)."""
+        if not self._routing and (self._route_from is None or revision < self._route_from):
+            self._route_from = revision
+
     async def _route_changes(self) -> None:
+        # Sessions open before the router subscribes (the server serves before the dispatcher runs): it starts
+        # at the oldest full set read so far, so no change falls between a set and the feed.
+        self._routing = True
         routed = 0
-        async for event in follow(self._store):
+        async for event in follow(self._store, self._route_from):
             routed += 1
             if routed % _ROUTE_SLICE == 0:
                 # A commit of 10,000 tasks arrives without a pause; routing it whole held the event loop for
@@ -304,6 +324,8 @@ class Dispatcher(apb_grpc.AgentServiceServicer):
             if session.backlog is not None:
                 session.backlog.append((event.revision, task, deleted))  # its full set is being read
                 continue
+            if event.revision <= session.synced_revision:
+                continue  # the full set already holds it: sent now, it would be stale news
             if not session.wants(task, deleted):
                 continue
             specs: dict[SpecKey, pb.ServiceSpec] = {}

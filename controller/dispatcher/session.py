@@ -40,6 +40,8 @@ class AgentSession:
     sent_specs: set[SpecKey] = field(default_factory=set)
     sequence: int = 0
     closed: asyncio.Event = field(default_factory=asyncio.Event)
+    # The store revision of the last full set: changes up to it are in that set, so the router skips them.
+    synced_revision: int = 0
     # When the write in progress started (the clock's monotonic time), None between writes.
     writing_since: float | None = None
     # Why the session was closed from the controller's side: the status the agent is told.
