@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Final, TypeVar
+
+import grpc
 
 from dockyard.client import ApiError, Client
 from dockyard.clock import Clock, SystemClock
@@ -22,6 +24,9 @@ __all__ = ["Mirror", "wait_until"]
 
 T = TypeVar("T")
 _O = TypeVar("_O", pb.Service, pb.Task)
+
+# How many times a wait starts over after its watch fell behind what the controller keeps (OUT_OF_RANGE).
+_FELL_BEHIND_TRIES: Final = 5
 
 
 @dataclass
@@ -84,16 +89,35 @@ async def wait_until(
     clock = clock or SystemClock()
     try:
         async with clock.timeout(within):
-            responses = client.watch(kinds=kinds, services=services)
-            try:
-                await anext(responses)  # open: every change from here on reaches the mirror
-                mirror = Mirror()
-                listed_services, listed_tasks = await load()
-                mirror.load(listed_services, listed_tasks)
-                while (result := check(mirror)) is None:
-                    mirror.apply((await anext(responses)).events)
-                return result
-            finally:
-                await responses.aclose()
+            for attempt in range(_FELL_BEHIND_TRIES):
+                try:
+                    return await _watch_and_check(client, load, check, kinds, services)
+                except ApiError as exc:
+                    # A large deploy can outrun the controller's kept events while this wait reads slowly:
+                    # start over (watch, then list) rather than fail a deploy that is going well.
+                    if exc.code != grpc.StatusCode.OUT_OF_RANGE or attempt == _FELL_BEHIND_TRIES - 1:
+                        raise
+            raise AssertionError("unreachable")
     except TimeoutError:
         raise ApiError(f"timed out after {within:g}s {waiting_for()}") from None
+
+
+async def _watch_and_check(
+    client: Client,
+    load: Callable[[], Awaitable[tuple[list[pb.Service], list[pb.Task]]]],
+    check: Callable[[Mirror], T | None],
+    kinds: Sequence[int],
+    services: Sequence[str],
+) -> T:
+    """Opens a watch, lists once, and merges responses until check() returns something other than None."""
+    responses = client.watch(kinds=kinds, services=services)
+    try:
+        await anext(responses)  # open: every change from here on reaches the mirror
+        mirror = Mirror()
+        listed_services, listed_tasks = await load()
+        mirror.load(listed_services, listed_tasks)
+        while (result := check(mirror)) is None:
+            mirror.apply((await anext(responses)).events)
+        return result
+    finally:
+        await responses.aclose()
