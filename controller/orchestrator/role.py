@@ -22,6 +22,7 @@ from controller.orchestrator.nodes import NodeFacts
 from controller.orchestrator.plan import Plan
 from controller.orchestrator.reconciler import after_plan, reconcile_service, waits_for_running
 from controller.store.base import Action, ConflictError, Delete, Event, Kind, Op, Put, Store
+from controller.store.follow import follow_nodes
 from dockyard.backoff import Backoff
 from dockyard.clock import Clock
 from dockyard.logs import Throttle
@@ -116,13 +117,9 @@ class Orchestrator:
         self._dirty.services |= found.services
         self._dirty.nodes |= found.nodes
         for event in changes:
-            if event.kind == Kind.NODE:
-                if event.action == Action.DELETE:
-                    self._nodes.pop(event.id, None)
-                else:
-                    assert isinstance(event.obj, pb.Node)
-                    self._nodes[event.id] = event.obj
-            elif event.kind == Kind.SERVICE:
+            if follow_nodes(self._nodes, event):
+                continue
+            if event.kind == Kind.SERVICE:
                 assert isinstance(event.obj, pb.Service)
                 if event.action == Action.PUT and event.obj.spec.mode == pb.SERVICE_MODE_GLOBAL:
                     self._global.add(event.id)

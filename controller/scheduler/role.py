@@ -11,6 +11,7 @@ import structlog
 
 from controller.scheduler import Decision, SpecKey, holds_resources, schedule
 from controller.store.base import Action, Check, ConflictError, Event, Kind, Op, Put, Store
+from controller.store.follow import follow_nodes
 from controller.store.specs import SpecCache
 from dockyard.clock import Clock
 from dockyard.task_state import is_terminal
@@ -153,13 +154,9 @@ class Scheduler:
     def _follow(self, changes: Sequence[Event]) -> None:
         """Moves the remembered nodes and pending tasks past the changes."""
         for event in changes:
-            if event.kind == Kind.NODE:
-                if event.action == Action.DELETE:
-                    self._nodes.pop(event.id, None)
-                else:
-                    assert isinstance(event.obj, pb.Node)
-                    self._nodes[event.id] = event.obj
-            elif event.kind == Kind.TASK:
+            if follow_nodes(self._nodes, event):
+                continue
+            if event.kind == Kind.TASK:
                 assert isinstance(event.obj, pb.Task)
                 if event.action == Action.DELETE or not is_pending(event.obj):
                     self._judged.pop(event.id, None)

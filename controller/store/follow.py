@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Final
 
-from controller.store.base import Event, Store, WatchExpired
+from controller.store.base import Action, Event, Kind, Store, WatchExpired
+from dockyard.v1 import types_pb2 as pb
 
-__all__ = ["RESYNC", "Resync", "follow"]
+__all__ = ["RESYNC", "Resync", "follow", "follow_nodes"]
 
 
 class Resync:
@@ -36,3 +37,15 @@ async def follow(store: Store, since: int | None = None) -> AsyncIterator[Event 
         except WatchExpired:
             cursor = store.revision
             yield RESYNC
+
+
+def follow_nodes(nodes: dict[str, pb.Node], event: Event) -> bool:
+    """Moves a map of nodes by id past one event; returns whether it was a node's (else the map is untouched)."""
+    if event.kind != Kind.NODE:
+        return False
+    if event.action == Action.DELETE:
+        nodes.pop(event.id, None)
+    else:
+        assert isinstance(event.obj, pb.Node)
+        nodes[event.id] = event.obj
+    return True
