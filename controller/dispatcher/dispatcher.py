@@ -57,7 +57,7 @@ class Dispatcher(apb_grpc.AgentServiceServicer):
     Nothing a session reads waits for the store: a message is stamped with its arrival time, a heartbeat is
     acknowledged at once and statuses go to the group committer. What a session writes is coalesced and
     bounded (see session.py), and a writer that stalls past `write_stall` seconds closes its session
-    (checked by the heartbeat watcher every half period).
+    (checked by the heartbeat watcher every quarter period).
     """
 
     def __init__(
@@ -363,12 +363,35 @@ class Dispatcher(apb_grpc.AgentServiceServicer):
                     f"the agent read nothing for {self._write_stall:g}s; closing instead of buffering",
                 )
 
-    async def _watch_heartbeats(self) -> None:
-        """Every half period, marks every node silent past its grace down, all in one commit.
+    async def _judged_nodes(self, now: datetime) -> list[pb.Node]:
+        """The nodes a heartbeat round must look at.
 
-        A round that starts late (the controller's own loop was blocked) judges nobody; see liveness.py.
+        All of them while nodes unheard since the start may still be within the startup grace; after that only
+        those whose last message is older than the grace, found by a scan of the arrival times (no store read
+        for a node heard from in time), so a round costs little and can come often.
         """
-        tick = self._period / 2
+        if now - self._started <= self._startup_grace * 2:
+            return await self._store.list_nodes()
+        cutoff = now - self._grace
+        found = []
+        for node_id, seen in list(self._last_seen.items()):
+            if seen >= cutoff:
+                continue
+            node = await self._store.get_node(node_id)
+            if node is None:
+                self._last_seen.pop(node_id, None)  # removed from the cluster
+            else:
+                found.append(node)
+        return found
+
+    async def _watch_heartbeats(self) -> None:
+        """Every quarter period, marks every node silent past its grace down, all in one commit.
+
+        A round that starts more than half a period late (the controller's own loop was blocked) judges nobody;
+        see liveness.py. Rounds come every quarter period so that a dead node is noticed at most a quarter
+        period after its grace ends.
+        """
+        tick = self._period / 4
         planned = self._clock.monotonic() + tick
         # (when a round looked, how late), for as long as any node's silence can reach back.
         stalls: deque[tuple[datetime, timedelta]] = deque()
@@ -381,7 +404,7 @@ class Dispatcher(apb_grpc.AgentServiceServicer):
             while stalls and now - stalls[0][0] > self._startup_grace * 2:
                 stalls.popleft()
             self._close_stalled()
-            nodes = await self._store.list_nodes()
+            nodes = await self._judged_nodes(now)
             found = silent_nodes(
                 nodes,
                 self._last_seen,
@@ -390,10 +413,10 @@ class Dispatcher(apb_grpc.AgentServiceServicer):
                 self._grace,
                 self._startup_grace,
                 lag=timedelta(seconds=lag),
-                lag_tolerance=timedelta(seconds=tick),
+                lag_tolerance=timedelta(seconds=self._period / 2),
                 stalls=stalls,
             )
-            if lag > tick and self._throttle.allow("heartbeat watch late") is not None:
+            if lag > self._period / 2 and self._throttle.allow("heartbeat watch late") is not None:
                 log.warning("heartbeat watch ran late; judging no node this round", lag_seconds=round(lag, 2))
             writes = []
             for silent in found:

@@ -302,3 +302,25 @@ async def test_a_status_flood_of_unknown_ids_costs_no_read_per_id_and_few_log_li
     assert rig.store.reads["list_tasks"] - reads_before["list_tasks"] == 1, "one read of the node's tasks"
     assert rig.store.commits[commits_before:] == [], "nothing to write"
     assert stream.aborted is None, "refusing reports does not end the session"
+
+
+async def test_after_the_startup_window_a_dead_node_is_down_within_a_quarter_period_of_its_grace(rig: Rig) -> None:
+    streams = {f"n{n}": await rig.connect(f"n{n}") for n in range(3)}
+    for _ in range(18):  # past twice the startup grace, every agent heard from each period
+        for stream in streams.values():
+            stream.send(heartbeat=apb.Heartbeat())
+        await settle()
+        await rig.clock.advance(PERIOD, step=PERIOD / 4)
+    assert {n.status for n in await rig.store.list_nodes()} == {pb.NODE_STATUS_READY}
+
+    dead_since = rig.clock.monotonic()  # n2 goes silent; the others keep talking
+    while (await rig.store.get_node("n2")).status != pb.NODE_STATUS_DOWN:  # type: ignore[union-attr]
+        assert rig.clock.monotonic() - dead_since < 3 * PERIOD + PERIOD, "n2 was not marked down in time"
+        for name in ("n0", "n1"):
+            streams[name].send(heartbeat=apb.Heartbeat())
+        await settle()
+        await rig.clock.advance(PERIOD / 4, step=PERIOD / 20)
+        await settle()
+    # The grace is 3 periods; rounds come every quarter period, the commit window adds a little.
+    assert rig.clock.monotonic() - dead_since <= 3 * PERIOD + PERIOD / 4 + WINDOW + PERIOD / 4
+    assert {n.id for n in await rig.store.list_nodes() if n.status == pb.NODE_STATUS_DOWN} == {"n2"}
