@@ -66,10 +66,6 @@ class Reactor:
         """How many changed objects wait for the next pass."""
         return len(self._pending)
 
-    def poke(self) -> None:
-        """Asks for a reconcile pass as soon as possible."""
-        self._wake.set()
-
     async def run(self) -> None:
         """Runs until cancelled; a failing pass is logged and retried, never fatal."""
         # The feed starts at the revision the first (full) pass can read no earlier than, taken now: the watcher

@@ -39,8 +39,8 @@ __all__ = [
 
 log = structlog.get_logger("controller.api")
 
-# List pages in flight at once. They share the store's one connection with every other call, so a cheap call
-# queues behind at most this many page reads (each at most MAX_PAGE_SIZE items).
+# List pages in flight at once. Each parses and sends up to MAX_PAGE_SIZE items on the one event loop, so a
+# cheap call waits behind at most this many of them.
 MAX_CONCURRENT_LISTS: Final = 8
 # Watch streams open at once. Each holds a store watcher (its queue is bounded by the store) and at most one
 # response in the making; the CLI opens one per waiting apply, scale or rm.

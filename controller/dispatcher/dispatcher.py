@@ -45,9 +45,6 @@ log = structlog.get_logger()
 # An agent notices the restart, waits at most the redial cap, and its dial takes at most the connect timeout.
 REDIAL_ALLOWANCE = REDIAL_CAP_SECONDS + CONNECT_TIMEOUT_SECONDS + 0.5
 
-# How many store events the router handles before it lets other tasks run.
-_ROUTE_SLICE = 256
-
 Context = grpc.aio.ServicerContext[apb.AgentMessage, apb.ControllerMessage]
 
 
@@ -303,13 +300,7 @@ class Dispatcher(apb_grpc.AgentServiceServicer):
         # Sessions open before the router subscribes (the server serves before the dispatcher runs): it starts
         # at the oldest full set read so far, so no change falls between a set and the feed.
         self._routing = True
-        routed = 0
         async for event in follow(self._store, self._route_from):
-            routed += 1
-            if routed % _ROUTE_SLICE == 0:
-                # A commit of 10,000 tasks arrives without a pause; routing it whole held the event loop for
-                # a good part of a second, and every session's reads and acks with it.
-                await asyncio.sleep(0)
             if isinstance(event, Resync):
                 # Too far behind to replay: resend every session its full set instead.
                 for live in list(self._sessions.values()):
