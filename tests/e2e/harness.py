@@ -20,7 +20,7 @@ from tests.polling import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 
-__all__ = ["ROOT", "Cluster", "free_port", "run_cli", "wait_for"]
+__all__ = ["ROOT", "Cluster", "free_port", "run_cli", "spawn_controller", "wait_for"]
 
 
 def free_port() -> int:
@@ -48,6 +48,18 @@ def run_cli(
     return result
 
 
+def spawn_controller(address: str, root: Path, *options: str) -> subprocess.Popen[bytes]:
+    """Starts `python -m controller.main` on address, its state in root/controller, output to root/controller.log."""
+    command = [sys.executable, "-m", "controller.main", "--listen", address, "--state-dir", str(root / "controller")]
+    with open(root / "controller.log", "ab") as log:
+        return subprocess.Popen(
+            [*command, *options],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
+
+
 @dataclass
 class Cluster:
     """A controller and an agent as separate processes, each restartable, with its own state and port."""
@@ -73,21 +85,7 @@ class Cluster:
 
     def start_controller(self) -> None:
         """Starts the controller process."""
-        with open(self.root / "controller.log", "ab") as log:
-            self.controller = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "controller.main",
-                    "--listen",
-                    self.address,
-                    "--state-dir",
-                    str(self.root / "controller"),
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=ROOT,
-            )
+        self.controller = spawn_controller(self.address, self.root)
 
     def start_agent(self) -> None:
         """Starts the agent process."""

@@ -12,9 +12,7 @@ cores; a shorter period would make the test fail on a busy CI host rather than o
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
-import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +23,7 @@ from agent.testing.fleet import Fleet, FleetConfig
 from dockyard.client import Client
 from dockyard.spec import load_spec
 from dockyard.v1 import types_pb2 as pb
-from tests.e2e.harness import ROOT, free_port
+from tests.e2e.harness import free_port, spawn_controller
 from tests.polling import eventually
 
 AGENTS = 200
@@ -58,27 +56,9 @@ class Controller:
 
     def start(self) -> None:
         """Starts `python -m controller.main` with the short heartbeat period."""
-        env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-        with open(self.root / "controller.log", "ab") as log:
-            self.process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "controller.main",
-                    "--listen",
-                    self.address,
-                    "--state-dir",
-                    str(self.root / "controller"),
-                    "--heartbeat-period",
-                    str(HEARTBEAT_PERIOD),
-                    "--log-level",
-                    "warning",
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=ROOT,
-                env=env,
-            )
+        self.process = spawn_controller(
+            self.address, self.root, "--heartbeat-period", str(HEARTBEAT_PERIOD), "--log-level", "warning"
+        )
 
     def stop(self) -> None:
         """Stops the process (SIGTERM, then SIGKILL)."""
