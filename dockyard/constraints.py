@@ -2,6 +2,11 @@
 
 node_satisfies is what every role asks ("may this service's tasks run on that node?"), so that the scheduler
 and the orchestrator (global services) can never disagree about a node.
+
+Who set a fact decides its name, as in Swarm: `node.labels.KEY` are the operator's labels (Node.labels, set
+through the API) and nothing else, so a constraint on them means what the operator set; `engine.labels.KEY`
+are the labels the agent reports for its host (node.description.labels, its --label), which anyone holding
+an agent's credentials can claim. `node.hostname` is the host name the controller recorded for the node.
 """
 
 from __future__ import annotations
@@ -14,12 +19,25 @@ from functools import lru_cache
 
 from dockyard.v1 import types_pb2 as pb
 
-_SYNTAX = re.compile(r"^\s*node\.(?P<field>labels\.(?P<key>[^\s=!]+)|hostname|id)\s*(?P<op>==|!=)\s*(?P<value>\S+)\s*$")
+# The fields a constraint can name, as Constraint.field says them.
+LABELS = "labels"  # node.labels.KEY: the operator's
+ENGINE_LABELS = "engine.labels"  # engine.labels.KEY: the agent's
+HOSTNAME = "hostname"
+ID = "id"
+
+_SUBJECT = r"(?:node\.(?:labels\.[^\s=!]+|hostname|id)|engine\.labels\.[^\s=!]+)"
+_SYNTAX = re.compile(
+    r"^\s*(?:node\.(?:labels\.(?P<key>[^\s=!]+)|(?P<fact>hostname|id))|engine\.labels\.(?P<engine_key>[^\s=!]+))"
+    r"\s*(?P<op>==|!=)\s*(?P<value>\S+)\s*$"
+)
 # Near misses worth a specific hint: a lone "=" as in label selectors, and a value with whitespace.
 _SINGLE_EQUALS = re.compile(r"^[^=!]*[^=!\s]\s*=\s*[^=\s]")
-_SPACED_VALUE = re.compile(r"^\s*node\.(?:labels\.[^\s=!]+|hostname|id)\s*(?:==|!=)\s*\S+\s+\S")
+_SPACED_VALUE = re.compile(rf"^\s*{_SUBJECT}\s*(?:==|!=)\s*\S+\s+\S")
 
-EXAMPLES = "node.labels.KEY == VALUE, node.hostname == NAME or node.id == ID (or != instead of ==)"
+EXAMPLES = (
+    "node.labels.KEY == VALUE (operator labels), engine.labels.KEY == VALUE (agent labels), "
+    "node.hostname == NAME or node.id == ID (or != instead of ==)"
+)
 # Long constraints are cut in messages so that one bad value cannot drown a whole report.
 _MAX_SHOWN = 60
 
@@ -30,7 +48,7 @@ class ConstraintError(ValueError):
 
 @dataclass(frozen=True)
 class Constraint:
-    """One parsed constraint: field is "labels", "hostname" or "id"; key only for labels."""
+    """One parsed constraint: field is LABELS, ENGINE_LABELS, HOSTNAME or ID; key only for the two label kinds."""
 
     field: str
     key: str
@@ -38,7 +56,12 @@ class Constraint:
     value: str
 
     def __str__(self) -> str:
-        subject = f"node.labels.{self.key}" if self.field == "labels" else f"node.{self.field}"
+        if self.field == LABELS:
+            subject = f"node.labels.{self.key}"
+        elif self.field == ENGINE_LABELS:
+            subject = f"engine.labels.{self.key}"
+        else:
+            subject = f"node.{self.field}"
         return f"{subject} {'==' if self.equal else '!='} {self.value}"
 
 
@@ -47,16 +70,21 @@ def parse_constraint(text: str) -> Constraint:
     match = _SYNTAX.match(text)
     if match is None:
         raise ConstraintError(f"must have the form {EXAMPLES}, got {_shown(text)}{_hint(text)}")
-    field = "labels" if match["key"] else match["field"]
-    return Constraint(field=field, key=match["key"] or "", equal=match["op"] == "==", value=match["value"])
+    if match["key"] is not None:
+        field, key = LABELS, match["key"]
+    elif match["engine_key"] is not None:
+        field, key = ENGINE_LABELS, match["engine_key"]
+    else:
+        field, key = match["fact"], ""
+    return Constraint(field=field, key=key, equal=match["op"] == "==", value=match["value"])
 
 
 def node_satisfies(node: pb.Node, constraints: Iterable[str]) -> bool:
     """Tells whether every constraint text holds for the node; one that does not parse matches no node.
 
-    The node's labels are its agent-reported ones (node.description.labels) overlaid with its operator's
-    (node.labels): an operator label wins over an agent label of the same key. A missing label never equals
-    a value, so "node.labels.k != v" holds for a node without k.
+    node.labels.KEY reads only the operator's labels (node.labels), engine.labels.KEY only the agent's
+    (node.description.labels): an agent can never satisfy, or escape, a constraint on an operator label. A
+    missing label never equals a value, so "node.labels.k != v" holds for a node without k.
     """
     for text in constraints:
         constraint = _parsed(text)
@@ -76,12 +104,12 @@ def _parsed(text: str) -> Constraint | None:
 
 
 def _holds(constraint: Constraint, node: pb.Node) -> bool:
-    if constraint.field == "labels":
-        # Two map look-ups instead of merging the maps: this runs once per node and constraint.
+    actual: str | None
+    if constraint.field == LABELS:
         actual = node.labels.get(constraint.key)
-        if actual is None:
-            actual = node.description.labels.get(constraint.key)
-    elif constraint.field == "hostname":
+    elif constraint.field == ENGINE_LABELS:
+        actual = node.description.labels.get(constraint.key)
+    elif constraint.field == HOSTNAME:
         actual = node.description.hostname
     else:
         actual = node.id

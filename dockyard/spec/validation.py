@@ -17,7 +17,7 @@ from typing import Any
 
 from google.protobuf.duration_pb2 import Duration
 
-from dockyard.constraints import Constraint, ConstraintError, parse_constraint
+from dockyard.constraints import ENGINE_LABELS, LABELS, Constraint, ConstraintError, parse_constraint
 from dockyard.spec import schema
 from dockyard.spec.issues import Issue, describe, index_path, key_path, quote, service_path
 from dockyard.spec.schema import Bounded, Field, Ranged
@@ -338,7 +338,12 @@ class Constraints:
             return None
         index = min(found)
         other = self._accepted[index]
-        thing = f"label {describe(constraint.key)}" if constraint.field == "labels" else constraint.field
+        if constraint.field == LABELS:
+            thing = f"label {describe(constraint.key)}"
+        elif constraint.field == ENGINE_LABELS:
+            thing = f"engine label {describe(constraint.key)}"
+        else:
+            thing = constraint.field
         if other.value == constraint.value:
             return (
                 f"contradicts constraints[{index}]: all constraints must hold, but a node's {thing} "

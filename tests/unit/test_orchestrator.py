@@ -234,7 +234,7 @@ def node(
 ) -> pb.Node:
     n = pb.Node(id=node_id, status=status, availability=availability)  # type: ignore[arg-type]
     n.description.hostname = f"host-{node_id}"
-    n.description.labels.update(labels)
+    n.labels.update(labels)  # the operator's, which node.labels constraints read
     return n
 
 

@@ -315,13 +315,13 @@ ZONE_A = "node.labels.zone == a"
 CONSTRAINT_CASES = [
     Case(
         name="constraints: replicas go only to matching nodes, even when spread would prefer others",
-        nodes=[node("a", labels={"zone": "a"}), node("b", labels={"zone": "b"}), node("c")],
+        nodes=[node("a", operator_labels={"zone": "a"}), node("b", operator_labels={"zone": "b"}), node("c")],
         pending=[pending(f"t{i}", slot=i, constraints=(ZONE_A,)) for i in (1, 2)],
         want={"t1": "a", "t2": "a"},
     ),
     Case(
         name="constraints: no node matches, a missing label never equals",
-        nodes=[node("a", labels={"zone": "b"}), node("b"), node("c", labels={"zone": "A"})],
+        nodes=[node("a", operator_labels={"zone": "b"}), node("b"), node("c", operator_labels={"zone": "A"})],
         pending=[pending("t1", constraints=(ZONE_A,))],
         want={"t1": None},
         reasons={"t1": "3 nodes: 3 don't match node.labels.zone == a"},
@@ -329,29 +329,36 @@ CONSTRAINT_CASES = [
     Case(
         name="constraints: the first failing constraint is the one named",
         nodes=[
-            node("a", labels={"zone": "a", "disk": "hdd"}),
-            node("b", labels={"zone": "b", "disk": "ssd"}),
-            node("c", labels={"zone": "a"}),
+            node("a", operator_labels={"zone": "a", "disk": "hdd"}),
+            node("b", operator_labels={"zone": "b", "disk": "ssd"}),
+            node("c", operator_labels={"zone": "a"}),
         ],
         pending=[pending("t1", constraints=(ZONE_A, "node.labels.disk == ssd"))],
         want={"t1": None},
         reasons={"t1": "3 nodes: 2 don't match node.labels.disk == ssd, 1 doesn't match node.labels.zone == a"},
     ),
     Case(
-        name="constraints: operator labels win over the agent's",
+        name="constraints: node.labels are the operator's only, engine.labels the agent's only",
         nodes=[
-            node("a", labels={"zone": "a"}, operator_labels={"zone": "b"}),
-            node("b", labels={"zone": "b"}, operator_labels={"zone": "a"}),
+            node("a", labels={"zone": "a", "rack": "1"}, operator_labels={"zone": "b"}),  # claims zone a
+            node("b", labels={"rack": "2"}, operator_labels={"zone": "a"}),
             node("c", labels={"rack": "1"}, operator_labels={"zone": "a"}),
         ],
-        pending=[pending("t1", constraints=(ZONE_A, "node.labels.rack == 1"))],
+        pending=[pending("t1", constraints=(ZONE_A, "engine.labels.rack == 1"))],
         want={"t1": "c"},
+    ),
+    Case(
+        name="constraints: an agent's label never satisfies a constraint on an operator label",
+        nodes=[node("a", labels={"zone": "a"}), node("b", labels={"zone": "a"}, operator_labels={"zone": "b"})],
+        pending=[pending("t1", constraints=(ZONE_A,))],
+        want={"t1": None},
+        reasons={"t1": "2 nodes: 2 don't match node.labels.zone == a"},
     ),
     Case(
         name="constraints: != passes a node without the label; hostname and id are matched too",
         nodes=[
             node("n1", hostname="h1"),
-            node("n2", hostname="h2", labels={"zone": "b"}),
+            node("n2", hostname="h2", operator_labels={"zone": "b"}),
             node("n3", hostname="h3"),
             node("n4", hostname="h4"),
         ],
@@ -361,10 +368,10 @@ CONSTRAINT_CASES = [
     Case(
         name="constraints: rejections mix with the other filters, each node counted once",
         nodes=[
-            node("a", status=pb.NODE_STATUS_DOWN, labels={"zone": "b"}),
-            node("b", labels={"zone": "b"}, memory=GIB),
-            node("c", labels={"zone": "a"}, memory=256 * MIB),
-            node("d", labels={"zone": "a"}, availability=pb.NODE_AVAILABILITY_DRAIN),
+            node("a", status=pb.NODE_STATUS_DOWN, operator_labels={"zone": "b"}),
+            node("b", operator_labels={"zone": "b"}, memory=GIB),
+            node("c", operator_labels={"zone": "a"}, memory=256 * MIB),
+            node("d", operator_labels={"zone": "a"}, availability=pb.NODE_AVAILABILITY_DRAIN),
         ],
         pending=[pending("t1", memory=512 * MIB, constraints=(ZONE_A,))],
         want={"t1": None},
@@ -375,7 +382,7 @@ CONSTRAINT_CASES = [
     ),
     Case(
         name="constraints: services with and without them share a call",
-        nodes=[node("a", cpus=1, labels={"zone": "a"}), node("b", cpus=1)],
+        nodes=[node("a", cpus=1, operator_labels={"zone": "a"}), node("b", cpus=1)],
         running=[task("x", service="other", node_id="b", cpu=0.5)],
         pending=[
             pending("free", service="s1", cpu=0.5),
@@ -651,7 +658,9 @@ def test_invalid_constraint_leaves_the_task_unplaced_with_the_parser_message() -
         pending("bad-pinned", service="s2", node_id="a", constraints=("zone",)),
         pending("good", service="s3", constraints=(ZONE_A,)),
     ]
-    decisions = {d.task_id: d for d in schedule([node("a", labels={"zone": "a"})], tasks, tasks, SPECS, NOW, seed=0)}
+    decisions = {
+        d.task_id: d for d in schedule([node("a", operator_labels={"zone": "a"})], tasks, tasks, SPECS, NOW, seed=0)
+    }
     assert decisions["bad"] == Decision("bad", None, f"invalid placement constraint: {error.value}")
     assert decisions["bad-pinned"].node_id is None
     assert decisions["bad-pinned"].reason.startswith("invalid placement constraint: ")

@@ -26,32 +26,39 @@ def node(
     ("constraints", "agent", "operator", "holds"),
     [
         ((), {}, {}, True),
-        (("node.labels.zone == a",), {"zone": "a"}, {}, True),
         (("node.labels.zone == a",), {}, {"zone": "a"}, True),
-        (("node.labels.zone == a",), {"zone": "a"}, {"zone": "b"}, False),  # the operator's label wins
-        (("node.labels.zone == b",), {"zone": "a"}, {"zone": "b"}, True),
+        (("node.labels.zone == a",), {"zone": "a"}, {}, False),  # an agent cannot claim an operator label
+        (("node.labels.zone == a",), {"zone": "a"}, {"zone": "b"}, False),
+        (("node.labels.zone != a",), {"zone": "b"}, {"zone": "a"}, False),  # nor shed one
+        (("engine.labels.zone == a",), {"zone": "a"}, {}, True),
+        (("engine.labels.zone == a",), {}, {"zone": "a"}, False),
+        (("engine.labels.zone == a",), {"zone": "a"}, {"zone": "b"}, True),
+        (("node.labels.zone == b", "engine.labels.zone == a"), {"zone": "a"}, {"zone": "b"}, True),
         (("node.labels.zone == a",), {}, {}, False),  # a missing label never equals
         (("node.labels.zone != a",), {}, {}, True),
-        (("node.labels.zone != a",), {"zone": "a"}, {}, False),
-        (("node.labels.zone == ",), {"zone": ""}, {}, False),  # does not parse: matches nothing
-        (("node.labels.zone = a",), {"zone": "a"}, {}, False),  # does not parse: matches nothing
+        (("engine.labels.zone != a",), {}, {}, True),
+        (("node.labels.zone != a",), {}, {"zone": "a"}, False),
+        (("node.labels.zone == ",), {}, {"zone": ""}, False),  # does not parse: matches nothing
+        (("node.labels.zone = a",), {}, {"zone": "a"}, False),  # does not parse: matches nothing
+        (("engine.hostname == h1",), {}, {}, False),  # does not parse: matches nothing
         (("node.hostname == h1", "node.id == n1"), {}, {}, True),
         (("node.hostname == h1", "node.id != n1"), {}, {}, False),
-        (("node.labels.zone == a", "bad"), {"zone": "a"}, {}, False),
-        (("  node.labels.zone==a  ",), {"zone": "a"}, {}, True),
+        (("node.labels.zone == a", "bad"), {}, {"zone": "a"}, False),
+        (("  node.labels.zone==a  ",), {}, {"zone": "a"}, True),
+        (("  engine.labels.zone==a  ",), {"zone": "a"}, {}, True),
     ],
 )
 def test_node_satisfies(
     constraints: tuple[str, ...], agent: dict[str, str], operator: dict[str, str], holds: bool
 ) -> None:
-    """Every constraint must hold; operator labels overlay the agent's; an unparseable one matches nothing."""
+    """Every constraint must hold; each label kind reads only its own map; an unparseable one matches nothing."""
     assert node_satisfies(node(agent, operator), constraints) is holds
 
 
 def test_looking_at_labels_changes_nothing() -> None:
     """Asking about a label the node lacks does not add it (protobuf maps insert on a plain read)."""
     subject = node({"zone": "a"}, {"rack": "1"})
-    assert node_satisfies(subject, ["node.labels.disk != ssd"])
+    assert node_satisfies(subject, ["node.labels.disk != ssd", "engine.labels.disk != ssd"])
     assert dict(subject.labels) == {"rack": "1"}
     assert dict(subject.description.labels) == {"zone": "a"}
 
@@ -62,12 +69,12 @@ VALUES = ["a", "b"]
 
 @st.composite
 def constraint_texts(draw: st.DrawFn) -> tuple[str, str, str, bool]:
-    """A constraint on a label, the host name or the id, as (text, field, key, equal)."""
-    field = draw(st.sampled_from(["labels", "hostname", "id"]))
-    key = draw(st.sampled_from(KEYS)) if field == "labels" else ""
+    """A constraint on an operator or agent label, the host name or the id, as (text, field, key, equal)."""
+    field = draw(st.sampled_from(["labels", "engine.labels", "hostname", "id"]))
+    key = draw(st.sampled_from(KEYS)) if field.endswith("labels") else ""
     value = draw(st.sampled_from([*VALUES, "h1", "n1"]))
     equal = draw(st.booleans())
-    subject = f"node.labels.{key}" if field == "labels" else f"node.{field}"
+    subject = f"{'engine' if field == 'engine.labels' else 'node'}.labels.{key}" if key else f"node.{field}"
     return f"{subject} {'==' if equal else '!='} {value}", field, key, equal
 
 
@@ -76,14 +83,14 @@ def constraint_texts(draw: st.DrawFn) -> tuple[str, str, str, bool]:
     st.dictionaries(st.sampled_from(KEYS), st.sampled_from(VALUES)),
     st.lists(constraint_texts(), max_size=3),
 )
-def test_node_satisfies_is_the_conjunction_over_overlaid_labels(
+def test_node_satisfies_is_the_conjunction_over_each_label_kind(
     agent: dict[str, str], operator: dict[str, str], constraints: list[tuple[str, str, str, bool]]
 ) -> None:
-    """Restated independently: all constraints hold against {**agent labels, **operator labels}."""
-    labels = {**agent, **operator}
+    """Restated independently: node.labels read the operator's map only, engine.labels the agent's only."""
+    maps = {"labels": operator, "engine.labels": agent}
     facts = {"hostname": "h1", "id": "n1"}
     expected = all(
-        ((labels.get(key) if field == "labels" else facts[field]) == text.split()[-1]) == equal
+        ((maps[field].get(key) if field in maps else facts[field]) == text.split()[-1]) == equal
         for text, field, key, equal in constraints
     )
     assert node_satisfies(node(agent, operator), [text for text, *_ in constraints]) is expected

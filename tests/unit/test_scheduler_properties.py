@@ -35,7 +35,13 @@ MIB = 1 << 20
 NOW = datetime(2025, 1, 1, tzinfo=UTC)
 PORTS = [(80, "tcp"), (80, "udp"), (443, "tcp"), (0, "tcp")]
 SERVICES = ["s0", "s1", "s2"]
-CONSTRAINTS = ["node.labels.zone == a", "node.labels.zone != b", "node.hostname != h0", "node.id != n1"]
+CONSTRAINTS = [
+    "node.labels.zone == a",
+    "node.labels.zone != b",
+    "engine.labels.zone == b",
+    "node.hostname != h0",
+    "node.id != n1",
+]
 INVALID_CONSTRAINT = "node.labels.zone = a"
 ZONES = [None, "a", "b"]
 
@@ -308,10 +314,14 @@ def test_engine_plan_equals_the_reference(
 
 
 def satisfied(text: str, node: pb.Node) -> bool:
-    """The documented rule, restated: labels are the agent's overlaid with the operator's; missing never equals."""
+    """The documented rule, restated: node.labels are the operator's, engine.labels the agent's; missing never equal."""
     constraint = parse_constraint(text)
-    labels = {**dict(node.description.labels), **dict(node.labels)}
-    facts = {"labels": labels.get(constraint.key), "hostname": node.description.hostname, "id": node.id}
+    facts = {
+        "labels": dict(node.labels).get(constraint.key),
+        "engine.labels": dict(node.description.labels).get(constraint.key),
+        "hostname": node.description.hostname,
+        "id": node.id,
+    }
     return (facts[constraint.field] == constraint.value) == constraint.equal
 
 

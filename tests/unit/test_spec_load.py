@@ -28,7 +28,10 @@ MIB = 1024**2
 GIB = 1024**3
 SECOND = 10**9
 GLOBAL_REPLICAS = "a global service runs one task per eligible node; remove replicas or use mode: replicated"
-FORMS = "must have the form node.labels.KEY == VALUE, node.hostname == NAME or node.id == ID (or != instead of ==)"
+FORMS = (
+    "must have the form node.labels.KEY == VALUE (operator labels), engine.labels.KEY == VALUE (agent labels), "
+    "node.hostname == NAME or node.id == ID (or != instead of ==)"
+)
 
 
 def make_spec(name: str = "web", image: str = "nginx:1.27", **fields: Any) -> pb.ServiceSpec:
@@ -329,6 +332,7 @@ VALID_FILES = [
                 - node.id != n1
                 - node.labels.zone != a
                 - node.labels.zone != b
+                - engine.labels.zone == b
             on_disconnect: {stop_after: 24h}
         """,
         [
@@ -339,6 +343,7 @@ VALID_FILES = [
                         "node.id != n1",
                         "node.labels.zone != a",
                         "node.labels.zone != b",
+                        "engine.labels.zone == b",  # the agent's label is another fact than the operator's
                     ]
                 ),
                 on_disconnect=pb.OnDisconnect(stop_after=duration(24 * 3600 * SECOND)),
@@ -934,6 +939,12 @@ SERVICE_ERRORS = [
         "image: x\nplacement: {constraints: [node.labels.zone == a, node.labels.zone == b]}",
         "services.web.placement.constraints[1]: contradicts constraints[0]: all constraints must hold, but a "
         'node\'s label "zone" cannot be both "a" and "b"; keep one of them',
+    ),
+    case(
+        "constraint-contradicting-engine-labels",
+        "image: x\nplacement: {constraints: [node.labels.zone == a, engine.labels.zone == a, engine.labels.zone==b]}",
+        "services.web.placement.constraints[2]: contradicts constraints[1]: all constraints must hold, but a "
+        'node\'s engine label "zone" cannot be both "a" and "b"; keep one of them',
     ),
     case(
         "constraint-contradicting-negation",

@@ -79,7 +79,7 @@ constraint_keys = st.text(
     min_size=1,
     max_size=8,
 )
-constraint_subjects = st.tuples(st.just("labels"), constraint_keys) | st.tuples(
+constraint_subjects = st.tuples(st.sampled_from(["labels", "engine.labels"]), constraint_keys) | st.tuples(
     st.sampled_from(["hostname", "id"]), st.just("")
 )
 spacing = st.sampled_from(["", " ", "  "])
@@ -122,7 +122,7 @@ def constraint_lists(draw: st.DrawFn) -> list[str]:
     subjects = draw(st.lists(constraint_subjects, max_size=4, unique=True))
     constraints = []
     for field, key in subjects:
-        subject = f"node.labels.{key}" if field == "labels" else f"node.{field}"
+        subject = f"{'engine' if field == 'engine.labels' else 'node'}.labels.{key}" if key else f"node.{field}"
         operator = draw(st.sampled_from(["==", "!="]))
         before, after, outside = draw(spacing), draw(spacing), draw(st.sampled_from(["", " "]))
         constraints.append(f"{outside}{subject}{before}{operator}{after}{draw(constraint_values)}{outside}")
@@ -474,7 +474,7 @@ def reference_conflicts(texts: list[str]) -> list[str]:
 
 constraint_atoms = st.builds(
     lambda subject, operator, value: f"{subject} {operator} {value}",
-    st.sampled_from(["node.id", "node.hostname", "node.labels.a", "node.labels.b"]),
+    st.sampled_from(["node.id", "node.hostname", "node.labels.a", "node.labels.b", "engine.labels.a"]),
     st.sampled_from(["==", "!="]),
     st.sampled_from(["x", "y", "z"]),
 ) | st.just("nonsense")
