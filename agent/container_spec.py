@@ -38,12 +38,15 @@ def container_spec(task: pb.Task, node_id: str) -> ContainerSpec:
         command=tuple(spec.command),
         env=dict(spec.env),
         labels={**dict(spec.labels), **task_labels(task, node_id)},
-        ports=tuple(
-            PortBinding(p.host_port, p.container_port, p.protocol or schema.PORT_PROTOCOL.default) for p in spec.ports
-        ),
+        ports=tuple(PortBinding(p.host_port, p.container_port, port_protocol(p)) for p in spec.ports),
         cpu_limit=spec.resources.cpu_limit,
         memory_limit_bytes=spec.resources.memory_limit_bytes,
     )
+
+
+def port_protocol(port: pb.PortMapping) -> str:
+    """Returns the protocol a port is published with; an empty one is the spec's default."""
+    return port.protocol or schema.PORT_PROTOCOL.default
 
 
 def stop_grace(task: pb.Task) -> float:

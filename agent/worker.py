@@ -9,6 +9,7 @@ from collections.abc import Iterable
 import structlog
 
 from agent.container_spec import container_name, container_spec, stop_grace
+from agent.policy import HostPolicy, refusal
 from agent.reporter import Reporter
 from agent.runtime.base import (
     ContainerInfo,
@@ -25,6 +26,7 @@ from agent.task_book import TaskBook
 from dockyard import labels
 from dockyard.backoff import Backoff
 from dockyard.clock import Clock, SystemClock
+from dockyard.logs import Throttle
 from dockyard.task_state import is_terminal, state_name
 from dockyard.timestamps import to_timestamp
 from dockyard.v1 import types_pb2 as pb
@@ -57,12 +59,17 @@ class Worker:
         *,
         clock: Clock | None = None,
         parallel_operations: int = 8,
+        policy: HostPolicy | None = None,
     ) -> None:
+        """Drives the book's tasks on the runtime; `policy` (default: HostPolicy()) says what specs may ask."""
         self._runtime = runtime
         self._book = book
         self._reporter = reporter
         self._node_id = node_id
         self._clock: Clock = clock or SystemClock()
+        self._policy = policy or HostPolicy()
+        # Whoever can apply services can make every task refused; one warning per service now and then is enough.
+        self._refusal_logs = Throttle(self._clock, interval=60.0, burst=1)
         self._limit = asyncio.Semaphore(parallel_operations)
         self._containers: dict[str, ContainerInfo | None] = {}
         self._stale: set[str] = set()
@@ -187,6 +194,7 @@ class Worker:
             spec = self._book.spec_of(task)
             if spec is None:
                 raise self._no_spec(task)
+            self._check_policy(task, spec)  # before the pull: a refused image need not be fetched
             async with self._limit:
                 await self._prepare(spec.image)
             return ""
@@ -194,6 +202,8 @@ class Worker:
             full = self._book.with_spec(task)
             if full is None:
                 raise self._no_spec(task)
+            # Again here: a task the book resumes after a restart under a stricter policy skips PREPARE.
+            self._check_policy(task, full.spec)
             async with self._limit:
                 return await self._create(full)
         async with self._limit:
@@ -240,6 +250,22 @@ class Worker:
         )
         log.warning("task without a spec", task_id=task.id, service_id=task.service_id, revision=task.revision)
         return _Rejected(pb.TASK_STATE_REJECTED, error)
+
+    def _check_policy(self, task: pb.Task, spec: pb.ServiceSpec) -> None:
+        """Raises _Rejected when this host's policy refuses what the spec asks of the host."""
+        error = refusal(spec, self._policy)
+        if error is None:
+            return
+        suppressed = self._refusal_logs.allow(task.service_id)
+        if suppressed is not None:
+            log.warning(
+                "host policy refused a task",
+                task_id=task.id,
+                service=task.service_name,
+                error=error,
+                suppressed=suppressed,
+            )
+        raise _Rejected(pb.TASK_STATE_REJECTED, error)
 
     async def _create(self, task: pb.Task) -> str:
         """Creates the container of a task whose spec is filled in."""
