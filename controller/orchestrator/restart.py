@@ -1,4 +1,9 @@
-"""The restart policy decision for a slot whose task has stopped: pure, given the time."""
+"""The restart policy decision for a slot whose task has stopped: pure, given the time.
+
+A stop time is read from the stored task, which may predate the controller stamping statuses itself (an
+agent's clock, or a forged or malformed stamp): one that cannot be read, or lies after now, is unknown. It
+never raises and never holds a slot back: an unknown stop time does not delay a restart.
+"""
 
 from __future__ import annotations
 
@@ -47,11 +52,26 @@ def decide_restart(
         if len(attempts) > policy.max_attempts:
             return RestartDecision(Verdict.LEAVE, _ages_out(attempts, policy))
     delay = seconds(policy.delay) if policy.HasField("delay") else DEFAULT_DELAY
-    stopped_at = from_timestamp(stopped.status.timestamp) or now
-    due = stopped_at + timedelta(seconds=delay)
+    at = stopped_at(stopped, now)
+    # An unknown stop time cannot start a delay: counted from now it would move with every pass and hold the
+    # slot for good. Statuses are stamped by the controller, so only an old or damaged record gets here.
+    if at is None:
+        return RestartDecision(Verdict.REPLACE)
+    due = at + timedelta(seconds=delay)
     if now < due:
         return RestartDecision(Verdict.WAIT, due)
     return RestartDecision(Verdict.REPLACE)
+
+
+def stopped_at(task: pb.Task, now: datetime) -> datetime | None:
+    """Returns when a task's status last changed, or None when unset, unreadable or after `now`."""
+    try:
+        at = from_timestamp(task.status.timestamp)
+    except (ValueError, OverflowError):
+        return None  # nanos out of range, or seconds outside the years 1-9999
+    if at is None or at > now:
+        return None
+    return at
 
 
 def _ages_out(attempts: list[datetime | None], policy: pb.RestartPolicy) -> datetime | None:
@@ -75,8 +95,8 @@ def _attempts_at(slot_history: Sequence[pb.Task], policy: pb.RestartPolicy, now:
     for task in slot_history:
         if not is_terminal(task.status.state):
             continue
-        stopped_at = from_timestamp(task.status.timestamp)
-        if window and stopped_at is not None and now - stopped_at > timedelta(seconds=window):
+        at = stopped_at(task, now)
+        if window and at is not None and now - at > timedelta(seconds=window):
             continue
-        stops.append(stopped_at)
+        stops.append(at)
     return stops

@@ -36,8 +36,8 @@ ReconcileService = Callable[
 ]
 
 # A service whose reconcile raised is retried after 1 s, doubling up to a minute: a bug that a later write
-# fixes (a malformed timestamp replaced by the agent's next report) heals quickly, one that persists costs
-# one failed read of that service a minute.
+# fixes (a stored object the reconciler chokes on, replaced by the next write) heals quickly, one that persists
+# costs one failed read of that service a minute. The others are reconciled meanwhile either way.
 SERVICE_RETRY_BASE_SECONDS = 1.0
 SERVICE_RETRY_CAP_SECONDS = 60.0
 

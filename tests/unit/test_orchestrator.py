@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -348,3 +349,41 @@ def test_max_attempts_inside_a_window_looks_again_when_attempts_age_out() -> Non
     assert plan.wake_at == NOW + timedelta(seconds=10, microseconds=1), "the older attempt leaves the window then"
     never = service(1, condition=pb.RestartPolicy.CONDITION_ANY, max_attempts=1, delay=duration(0))
     assert reconcile(never, [older, current]).wake_at is None, "without a window only a change can help"
+
+
+def stamped(t: pb.Task, seconds: int, nanos: int = 0) -> pb.Task:
+    """The task with a stop time as an agent could once store it (read back from the wire, unchecked)."""
+    t.status.timestamp.seconds, t.status.timestamp.nanos = seconds, nanos
+    return pb.Task.FromString(t.SerializeToString())
+
+
+UNTRUSTED_STAMPS = [
+    pytest.param(int(NOW.timestamp()) - 2, -1, id="nanos-negative"),
+    pytest.param(int(NOW.timestamp()) - 2, 10**9, id="nanos-too-large"),
+    pytest.param(2**62, 0, id="seconds-past-9999"),
+    pytest.param(-(2**62), 0, id="seconds-before-year-1"),
+    pytest.param(int((NOW + timedelta(days=365)).timestamp()), 0, id="a-year-ahead"),
+    pytest.param(0, 0, id="unset"),
+]
+
+
+@pytest.mark.parametrize(("seconds", "nanos"), UNTRUSTED_STAMPS)
+def test_a_stop_time_that_cannot_be_trusted_neither_raises_nor_holds_the_slot(seconds: int, nanos: int) -> None:
+    """Stored before the controller stamped statuses: the restart delay cannot count from it, so it is not
+    waited for (counted from now it would never end)."""
+    svc = service(1, condition=pb.RestartPolicy.CONDITION_ON_FAILURE, delay=duration(5))
+    failed = stamped(task(1, pb.TASK_STATE_FAILED, svc=svc), seconds, nanos)
+    plan = reconcile(svc, [failed])
+    assert [t.slot for t in plan.create] == [1]
+    assert plan.wake_at is None
+
+
+@pytest.mark.parametrize(("seconds", "nanos"), UNTRUSTED_STAMPS)
+def test_max_attempts_counts_an_untrusted_stop_without_raising(seconds: int, nanos: int) -> None:
+    """In a window, an attempt whose time is unknown still counts (it never ages out), as an unset one did."""
+    svc = service(1, condition=pb.RestartPolicy.CONDITION_ANY, max_attempts=1, delay=duration(0), window=duration(60))
+    older = stamped(task(1, pb.TASK_STATE_FAILED, pb.DESIRED_STATE_SHUTDOWN, svc=svc, task_id="older"), seconds, nanos)
+    current = task(1, pb.TASK_STATE_FAILED, svc=svc, task_id="now", stopped_ago=10)
+    plan = reconcile(svc, [older, current])
+    assert plan.empty(), "two attempts in the window"
+    assert plan.wake_at == NOW + timedelta(seconds=50, microseconds=1), "when the known one ages out"

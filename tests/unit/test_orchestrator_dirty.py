@@ -341,6 +341,27 @@ async def test_a_raising_service_backs_off_while_the_others_are_reconciled(harne
     assert sum(1 for t in await harness.tasks("a") if t.status.state == pb.TASK_STATE_PENDING) == 2
 
 
+async def test_a_malformed_stored_timestamp_stops_no_reconcile(harness: Harness) -> None:
+    """A task stored with nanos -1 (as an agent's report once could be): its service and every other one are
+    reconciled, in this pass and in the first pass of a restarted orchestrator, and nothing backs off."""
+    a1, [b1] = (await harness.tasks("a"))[0], await harness.tasks("b")
+    a1.status.state = pb.TASK_STATE_FAILED
+    a1.status.timestamp.seconds, a1.status.timestamp.nanos = int(NOW.timestamp()), -1
+    await harness.store.commit([Put(pb.Task.FromString(a1.SerializeToString()), expect_version=a1.version)])
+    await harness.report(b1, pb.TASK_STATE_FAILED)
+    assert await harness.step() is None, "nothing failed, so no retry is due"
+    assert harness.recording.take() == ["a", "b"]
+    assert sorted(t.status.state for t in await harness.tasks("a")) == [
+        pb.TASK_STATE_PENDING,
+        pb.TASK_STATE_STARTING,
+        pb.TASK_STATE_FAILED,
+    ], "a's failed slot was replaced too"
+    assert len(await harness.tasks("b")) == 2
+    restarted = Orchestrator(harness.store, harness.clock, lambda: "after-restart")
+    assert await restarted.reconcile(None) is None
+    assert not [t for t in await harness.tasks("a") if t.id == "after-restart"], "settled: nothing more to do"
+
+
 async def test_a_restart_delay_fires_for_that_service_only(harness: Harness) -> None:
     slow = service("slow", 1, condition=pb.RestartPolicy.CONDITION_ANY, delay=duration(5))
     await harness.store.commit([Put(slow)])
