@@ -4,7 +4,10 @@ Sessions hand reports over and go back to reading at once; nothing a session rea
 Pending reports are coalesced per (node, task) (the further-along report wins, as states only move forward),
 node changes per node (the latest intent wins), and whatever is pending is judged against fresh reads and
 committed in one transaction, then the next batch. A node's tasks are read with one list_tasks(node_id=...)
-per node and batch, never one read per reported id, so ids that are not the node's cost only memory.
+per node and batch, never one read per reported id: only the first FORGERY_PROBES ids of a node's batch that are
+not among its tasks are looked up by id, to tell a task deleted meanwhile (a race, refused quietly) from another
+node's task (a forgery, refused and handed to on_forged so the dispatcher can end that session); further such
+ids cost only memory and are refused unread. Every written status is stamped with the time its report arrived.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import asyncio
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 
 import structlog
 
@@ -29,12 +33,27 @@ from dockyard.v1 import types_pb2 as pb
 
 log = structlog.get_logger()
 
+# Why a report on an id that is not among the node's tasks, past the look-ups of a batch, is refused.
+_NOT_OWNED = "not a task of this node"
+
 # Given the stored node (a copy, or None when there is none), returns the node to write, or None to write nothing.
 # It runs at commit time, on every attempt, so it decides on fresh data.
 NodeIntent = Callable[[pb.Node | None], pb.Node | None]
 
+# Told (node id, task id, why) once per node and committed batch when the node reported on a task that exists but
+# is not its own; the dispatcher closes that node's session with PERMISSION_DENIED.
+OnForged = Callable[[str, str, str], None]
+
+# A pending report: the status as the agent sent it (text already bounded) and when the controller received it.
+_Report = tuple[pb.TaskStatus, datetime]
+
 # How many refused task ids one log line names as examples.
 _SAMPLES = 3
+
+# Per node and batch, how many reported ids that are not the node's are looked up to find a forgery. An honest
+# agent reports on few deleted tasks at once, and a forger is caught by its first forged id within these; past
+# them, a flood of ids costs no read (a forged report among them is still refused, only not traced).
+FORGERY_PROBES = 16
 
 
 @dataclass
@@ -50,11 +69,15 @@ class _Refusals:
 
     reasons: Counter[str] = field(default_factory=Counter)
     samples: list[str] = field(default_factory=list)
+    # The first report on another node's task, as (task id, why); None when there was none.
+    forged: tuple[str, str] | None = None
 
-    def add(self, reason: str, task_id: str) -> None:
+    def add(self, reason: str, task_id: str, forged: bool) -> None:
         self.reasons[reason] += 1
         if len(self.samples) < _SAMPLES:
             self.samples.append(task_id[:64])
+        if forged and self.forged is None:
+            self.forged = (task_id[:64], reason)
 
 
 class GroupCommitter:
@@ -69,14 +92,17 @@ class GroupCommitter:
         window: float = COMMIT_WINDOW_SECONDS,
         per_node: int = PENDING_STATUSES_PER_NODE,
         batch: int = COMMIT_BATCH_STATUSES,
+        on_forged: OnForged | None = None,
     ) -> None:
+        """Commits through `store`; on_forged hears of reports on other nodes' tasks (see OnForged)."""
         self._store = store
         self._clock = clock
         self._throttle = throttle
         self._window = window
         self._per_node = per_node
         self._batch = batch
-        self._statuses: dict[str, dict[str, pb.TaskStatus]] = {}
+        self._on_forged = on_forged
+        self._statuses: dict[str, dict[str, _Report]] = {}
         self._nodes: dict[str, _NodeWrite] = {}
         self._wake = asyncio.Event()
 
@@ -89,8 +115,9 @@ class GroupCommitter:
         """Queues a node's reports, coalesced per task; returns how many were refused for the node's cap.
 
         Memory only: a report for a task already pending replaces it unless it is behind it; a new task id
-        past the cap is refused without being looked at further.
+        past the cap is refused without being looked at further. The reports are taken as arriving now.
         """
+        arrived = self._clock.now()
         pending = self._statuses.setdefault(node_id, {})
         refused = 0
         for task_id, status in updates:
@@ -99,10 +126,10 @@ class GroupCommitter:
                 if len(pending) >= self._per_node:
                     refused += 1
                     continue
-            elif status.state < known.state:
+            elif status.state < known[0].state:
                 continue  # an older report overtaken; the state cannot go back anyway
             bound_status_text(status)
-            pending[task_id] = status
+            pending[task_id] = (status, arrived)
         if not pending:
             del self._statuses[node_id]
         else:
@@ -171,6 +198,8 @@ class GroupCommitter:
                 if not waiter.done():
                     waiter.set_result(None)
         for node_id, refused in refusals.items():
+            if refused.forged is not None:
+                self._forged(node_id, *refused.forged)
             suppressed = self._throttle.allow(f"status refused:{node_id}")
             if suppressed is not None:
                 log.warning(
@@ -182,6 +211,15 @@ class GroupCommitter:
                     lines_suppressed=suppressed,
                 )
         return True
+
+    def _forged(self, node_id: str, task_id: str, reason: str) -> None:
+        """Hands a forgery to on_forged; a callback that raises is logged, never the end of the committer."""
+        if self._on_forged is None:
+            return
+        try:
+            self._on_forged(node_id, task_id, reason)
+        except Exception:
+            log.exception("forged status not handled", node_id=node_id, task_id=task_id)
 
     def _fail_waiters(self, nodes: dict[str, _NodeWrite], exc: BaseException) -> None:
         """Ends the waiters of node changes that will not be written: with the error, or cancelled."""
@@ -195,9 +233,9 @@ class GroupCommitter:
                 else:
                     waiter.cancel()
 
-    def _take_batch(self) -> dict[str, dict[str, pb.TaskStatus]]:
+    def _take_batch(self) -> dict[str, dict[str, _Report]]:
         """Takes whole nodes' pending reports, up to the batch bound (at least one node's)."""
-        taken: dict[str, dict[str, pb.TaskStatus]] = {}
+        taken: dict[str, dict[str, _Report]] = {}
         count = 0
         for node_id in list(self._statuses):
             size = len(self._statuses[node_id])
@@ -208,7 +246,7 @@ class GroupCommitter:
         return taken
 
     async def _attempt(
-        self, nodes: dict[str, _NodeWrite], statuses: dict[str, dict[str, pb.TaskStatus]]
+        self, nodes: dict[str, _NodeWrite], statuses: dict[str, dict[str, _Report]]
     ) -> dict[str, _Refusals]:
         ops: list[Put] = []
         for node_id, write in nodes.items():
@@ -223,17 +261,26 @@ class GroupCommitter:
         refusals: dict[str, _Refusals] = {}
         for node_id, updates in statuses.items():
             owned = {task.id: task for task in await self._store.list_tasks(node_id=node_id)}
-            for task_id, status in updates.items():
-                verdict = judge_status(owned.get(task_id), node_id, status)
+            probes = FORGERY_PROBES
+            for task_id, (status, arrived) in updates.items():
+                task = owned.get(task_id)
+                if task is None:
+                    if not probes:
+                        refusals.setdefault(node_id, _Refusals()).add(_NOT_OWNED, task_id, False)
+                        continue
+                    # Not the node's: deleted meanwhile, or someone else's. Only the stored task can tell.
+                    probes -= 1
+                    task = await self._store.get_task(task_id)
+                verdict = judge_status(task, node_id, status, arrived)
                 if verdict.refused:
-                    refusals.setdefault(node_id, _Refusals()).add(verdict.refused, task_id)
+                    refusals.setdefault(node_id, _Refusals()).add(verdict.refused, task_id, verdict.forged)
                 if verdict.task is not None:
                     ops.append(Put(verdict.task, expect_version=verdict.task.version))
         if ops:
             await self._store.commit(ops)
         return refusals
 
-    def _requeue(self, nodes: dict[str, _NodeWrite], statuses: dict[str, dict[str, pb.TaskStatus]]) -> None:
+    def _requeue(self, nodes: dict[str, _NodeWrite], statuses: dict[str, dict[str, _Report]]) -> None:
         """Puts a batch that kept conflicting back, behind anything newer that arrived meanwhile."""
         for node_id, write in nodes.items():
             newer = self._nodes.get(node_id)
@@ -243,10 +290,10 @@ class GroupCommitter:
                 newer.waiters[:0] = write.waiters
         for node_id, updates in statuses.items():
             pending = self._statuses.setdefault(node_id, {})
-            for task_id, status in updates.items():
+            for task_id, report in updates.items():
                 known = pending.get(task_id)
-                if known is None or known.state < status.state:
-                    pending[task_id] = status
+                if known is None or known[0].state < report[0].state:
+                    pending[task_id] = report
         self._wake.set()
 
 

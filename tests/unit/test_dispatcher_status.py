@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import grpc
 import pytest
 
 from controller.dispatcher.assignment import belongs, fingerprint
 from controller.dispatcher.session import AgentSession
-from controller.dispatcher.status import judge_status
+from controller.dispatcher.status import AGENT_STATES, judge_status
 from dockyard.task_state import is_terminal
 from dockyard.timestamps import to_timestamp
 from dockyard.v1 import agent_pb2 as apb
@@ -17,6 +17,8 @@ from dockyard.v1 import types_pb2 as pb
 
 EARLIER = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
 LATER = datetime(2026, 5, 1, 12, 5, tzinfo=UTC)
+# When the controller received the report: the only time a written status carries.
+ARRIVED = datetime(2026, 5, 1, 12, 7, tzinfo=UTC)
 ALL_STATES: list[pb.TaskState.ValueType] = list(pb.TaskState.values())
 SPECS = {("svc", rev): pb.ServiceSpec(name="web", image=f"dockyard-test:{rev}") for rev in (1, 2)}
 
@@ -67,33 +69,75 @@ def state_id(state: int) -> str:
 # --- judge_status ---------------------------------------------------------------------------------------
 
 
-def test_an_unknown_task_is_refused() -> None:
-    verdict = judge_status(None, "n1", report(pb.TASK_STATE_RUNNING))
+def test_an_unknown_task_is_refused_quietly() -> None:
+    """A task deleted while its report was on the way: a race, not a forgery."""
+    verdict = judge_status(None, "n1", report(pb.TASK_STATE_RUNNING), ARRIVED)
     assert verdict.task is None
-    assert verdict.refused == "no such task on this node"
+    assert verdict.refused == "no such task"
+    assert not verdict.forged
 
 
-def test_a_report_from_another_node_is_refused_with_the_owner() -> None:
-    verdict = judge_status(make_task(node="n2"), "n1", report(pb.TASK_STATE_RUNNING))
+def test_a_report_on_another_nodes_task_is_a_forgery() -> None:
+    verdict = judge_status(make_task(node="n2"), "n1", report(pb.TASK_STATE_FAILED), ARRIVED)
     assert verdict.task is None
     assert verdict.refused == "task is assigned to node n2, not n1"
+    assert verdict.forged
 
 
-def test_a_report_on_an_unplaced_task_is_refused() -> None:
-    verdict = judge_status(make_task(node=""), "n1", report(pb.TASK_STATE_RUNNING))
+def test_a_report_on_an_unplaced_task_is_a_forgery() -> None:
+    verdict = judge_status(make_task(node=""), "n1", report(pb.TASK_STATE_RUNNING), ARRIVED)
     assert verdict.task is None
     assert verdict.refused == "task is assigned to node (none), not n1"
+    assert verdict.forged
 
 
 @pytest.mark.parametrize(
     "state",
-    [pb.TASK_STATE_UNSPECIFIED, pb.TASK_STATE_NEW, pb.TASK_STATE_PENDING],
+    [pb.TASK_STATE_UNSPECIFIED, pb.TASK_STATE_NEW, pb.TASK_STATE_PENDING, pb.TASK_STATE_ORPHANED, pb.TASK_STATE_LOST],
     ids=state_id,
 )
-def test_a_state_below_assigned_is_refused(state: pb.TaskState.ValueType) -> None:
-    verdict = judge_status(make_task(), "n1", report(state))
+def test_a_state_only_the_controller_sets_is_refused(state: pb.TaskState.ValueType) -> None:
+    """Placement is the controller's, and so is lost (replaced whatever the restart policy says)."""
+    verdict = judge_status(make_task(), "n1", report(state), ARRIVED)
     assert verdict.task is None
     assert verdict.refused == f"an agent cannot report state {state_id(state)}"
+    assert not verdict.forged
+
+
+@pytest.mark.parametrize("state", [-1, 13, 999])
+def test_a_state_outside_the_enum_is_refused(state: int) -> None:
+    """The wire carries any number for an open enum; none outside it may reach the store."""
+    status = pb.TaskStatus.FromString(pb.TaskStatus(state=state).SerializeToString())  # type: ignore[arg-type]
+    verdict = judge_status(make_task(), "n1", status, ARRIVED)
+    assert verdict.task is None
+    assert verdict.refused == f"an agent cannot report state {state} (not a task state)"
+
+
+def malformed(seconds: int, nanos: int) -> pb.TaskStatus:
+    """A FAILED report whose timestamp the agent set as it liked (parsed from the wire, as the controller sees it)."""
+    status = report(pb.TASK_STATE_FAILED, error="exited with code 1", exit_code=1)
+    status.timestamp.seconds, status.timestamp.nanos = seconds, nanos
+    return pb.TaskStatus.FromString(status.SerializeToString())
+
+
+@pytest.mark.parametrize(
+    "status",
+    [
+        malformed(1_700_000_000, -1),
+        malformed(1_700_000_000, 1_000_000_000),
+        malformed(2**62, 0),
+        malformed(-(2**62), 0),
+        malformed(int((LATER + timedelta(days=365)).timestamp()), 0),
+        malformed(0, 0),
+    ],
+    ids=["nanos-negative", "nanos-too-large", "seconds-past-9999", "seconds-before-year-1", "a-year-ahead", "unset"],
+)
+def test_the_written_time_is_the_arrival_whatever_the_agent_stamped(status: pb.TaskStatus) -> None:
+    verdict = judge_status(make_task(state=pb.TASK_STATE_RUNNING), "n1", status, ARRIVED)
+    assert verdict.task is not None
+    assert verdict.task.status.timestamp == to_timestamp(ARRIVED)
+    assert verdict.task.updated_at == to_timestamp(ARRIVED)
+    assert verdict.task.status.timestamp.ToDatetime(tzinfo=UTC) == ARRIVED, "a readable time"
 
 
 @pytest.mark.parametrize(
@@ -108,7 +152,7 @@ def test_a_state_below_assigned_is_refused(state: pb.TaskState.ValueType) -> Non
 def test_a_backwards_move_is_ignored_without_refusal(
     current: pb.TaskState.ValueType, reported: pb.TaskState.ValueType
 ) -> None:
-    verdict = judge_status(make_task(state=current), "n1", report(reported))
+    verdict = judge_status(make_task(state=current), "n1", report(reported), ARRIVED)
     assert verdict.task is None
     assert verdict.refused == ""
 
@@ -121,9 +165,9 @@ def test_a_backwards_move_is_ignored_without_refusal(
 def test_a_terminal_state_never_changes(current: pb.TaskState.ValueType) -> None:
     task = make_task(state=current)
     for reported in ALL_STATES:
-        if reported < pb.TASK_STATE_ASSIGNED:
+        if reported not in AGENT_STATES:
             continue
-        verdict = judge_status(task, "n1", report(reported, message="late news", container_id="c9"))
+        verdict = judge_status(task, "n1", report(reported, message="late news", container_id="c9"), ARRIVED)
         assert verdict.task is None, state_id(reported)
         assert verdict.refused == "", state_id(reported)
 
@@ -131,7 +175,8 @@ def test_a_terminal_state_never_changes(current: pb.TaskState.ValueType) -> None
 def test_an_identical_status_is_ignored_even_with_a_new_timestamp() -> None:
     task = make_task(state=pb.TASK_STATE_RUNNING)
     task.status.CopyFrom(report(pb.TASK_STATE_RUNNING, "started", container_id="c1", when=EARLIER))
-    verdict = judge_status(task, "n1", report(pb.TASK_STATE_RUNNING, "started", container_id="c1", when=LATER))
+    status = report(pb.TASK_STATE_RUNNING, "started", container_id="c1", when=LATER)
+    verdict = judge_status(task, "n1", status, ARRIVED)
     assert verdict.task is None
     assert verdict.refused == ""
 
@@ -148,20 +193,25 @@ def test_an_identical_status_is_ignored_even_with_a_new_timestamp() -> None:
     ],
     ids=lambda v: state_id(v.state) if isinstance(v, pb.TaskStatus) else state_id(v),
 )
-def test_a_forward_move_is_applied_with_updated_at(current: pb.TaskState.ValueType, status: pb.TaskStatus) -> None:
+def test_a_forward_move_is_applied_stamped_with_its_arrival(
+    current: pb.TaskState.ValueType, status: pb.TaskStatus
+) -> None:
     task = make_task(state=current)
     original = task.SerializeToString()
 
-    verdict = judge_status(task, "n1", status)
+    verdict = judge_status(task, "n1", status, ARRIVED)
 
     assert verdict.refused == ""
     assert verdict.task is not None
-    assert verdict.task.status == status
-    assert verdict.task.updated_at == status.timestamp
+    stamped = pb.TaskStatus()
+    stamped.CopyFrom(status)
+    stamped.timestamp.CopyFrom(to_timestamp(ARRIVED))  # the agent's own time (LATER) is not kept
+    assert verdict.task.status == stamped
+    assert verdict.task.updated_at == to_timestamp(ARRIVED)
     # Everything else is the stored task's, including the version the write must expect.
     expected = make_task(state=current)
-    expected.status.CopyFrom(status)
-    expected.updated_at.CopyFrom(status.timestamp)
+    expected.status.CopyFrom(stamped)
+    expected.updated_at.CopyFrom(to_timestamp(ARRIVED))
     assert verdict.task == expected
     assert verdict.task.version == 4
     assert task.SerializeToString() == original, "judge_status must not modify the stored task"
