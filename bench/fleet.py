@@ -177,7 +177,7 @@ def spec_text(services: int, replicas: int) -> str:
             f"    image: {IMAGE}",
             '    command: ["sleep", "3600"]',
             f"    replicas: {replicas}",
-            "    placement: {constraints: ['node.labels.fleet == sim']}",
+            "    placement: {constraints: ['engine.labels.fleet == sim']}",
         ]
     return "\n".join(lines) + "\n"
 

@@ -73,7 +73,7 @@ def make_node(index: int) -> pb.Node:
     """Returns a 16-CPU 64GiB node in zone a or b (alternately); a few percent are down, drained or paused."""
     node = pb.Node(id=f"node-{index:05d}", status=pb.NODE_STATUS_READY)
     node.description.hostname = f"host-{index:05d}"
-    node.description.labels["zone"] = "ab"[index % 2]
+    node.labels["zone"] = "ab"[index % 2]  # the operator's, which node.labels constraints read
     node.description.cpus = 16
     node.description.memory_bytes = 64 * GIB
     if index % 50 == 7:
