@@ -8,6 +8,7 @@ when a node's full set would not fit in AGENT_MESSAGE_BYTES (the agent then cann
 
 from __future__ import annotations
 
+import re
 from typing import Final
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "NODE_TEXT_BYTES",
     "REDIAL_CAP_SECONDS",
     "STATUS_TEXT_BYTES",
+    "clean_text",
     "truncate_text",
 ]
 
@@ -56,6 +58,11 @@ HELLO_TIMEOUT_SECONDS: Final = 10.0
 
 _CUT_MARK: Final = " [truncated]"
 
+# Control characters but tab and newline (C0, DEL, C1): in a peer's text they would reach an operator's terminal
+# through the CLI as escape sequences (moving the cursor, rewriting earlier lines, setting the window title).
+_CONTROLS: Final = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+_REPLACEMENT: Final = "\ufffd"
+
 
 def truncate_text(text: str, limit: int) -> str:
     """Returns text cut to at most `limit` UTF-8 bytes on a character boundary, marked when it was cut."""
@@ -64,3 +71,8 @@ def truncate_text(text: str, limit: int) -> str:
         return text
     room = max(0, limit - len(_CUT_MARK))
     return data[:room].decode("utf-8", "ignore") + _CUT_MARK
+
+
+def clean_text(text: str, limit: int) -> str:
+    """Returns a peer's text with control characters (but tab and newline) replaced by U+FFFD, cut as truncate_text."""
+    return truncate_text(_CONTROLS.sub(_REPLACEMENT, text), limit)

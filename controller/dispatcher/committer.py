@@ -27,7 +27,7 @@ from controller.store.base import ConflictError, Put, Store
 from controller.store.retry import retry_on_conflict
 from dockyard.backoff import Backoff
 from dockyard.clock import Clock
-from dockyard.limits import CONTAINER_ID_BYTES, STATUS_TEXT_BYTES, truncate_text
+from dockyard.limits import CONTAINER_ID_BYTES, STATUS_TEXT_BYTES, clean_text
 from dockyard.logs import Throttle
 from dockyard.v1 import types_pb2 as pb
 
@@ -298,7 +298,8 @@ class GroupCommitter:
 
 
 def bound_status_text(status: pb.TaskStatus) -> None:
-    """Cuts an agent-reported status message, error and container id to the protocol's limits, in place."""
-    status.message = truncate_text(status.message, STATUS_TEXT_BYTES)
-    status.error = truncate_text(status.error, STATUS_TEXT_BYTES)
-    status.container_id = truncate_text(status.container_id, CONTAINER_ID_BYTES)
+    """Cuts an agent-reported status message, error and container id to the protocol's limits, in place, with
+    control characters (but tab and newline) replaced: they are shown to operators as they are stored."""
+    status.message = clean_text(status.message, STATUS_TEXT_BYTES)
+    status.error = clean_text(status.error, STATUS_TEXT_BYTES)
+    status.container_id = clean_text(status.container_id, CONTAINER_ID_BYTES)

@@ -164,3 +164,15 @@ async def test_past_the_look_ups_a_forged_report_is_still_refused_unread(setup: 
     assert setup.forged == [], "not traced: it was not looked up"
     assert await setup.stored("theirs") == before
     assert setup.store.revision == revision
+
+
+async def test_control_characters_in_reported_text_never_reach_the_store(setup: Setup) -> None:
+    """`dockyard ps` prints what is stored: an agent's escape sequences must not reach an operator's terminal."""
+    status = report(pb.TASK_STATE_FAILED)
+    status.error = "exited\x1b]0;owned\x07 with code 1\r\nsee the log\tbelow\x9b2J"
+    status.container_id = "c1\x1b[2K"
+    setup.committer.add_statuses("n1", [("mine1", status)])
+    assert await setup.committer.flush()
+    stored = await setup.stored("mine1")
+    assert stored.status.error == "exited\ufffd]0;owned\ufffd with code 1\ufffd\nsee the log\tbelow\ufffd2J"
+    assert stored.status.container_id == "c1\ufffd[2K"
