@@ -9,7 +9,14 @@ import structlog
 
 from agent.config import AgentConfig
 from agent.disconnect import overdue
-from agent.identity import load_or_create_node_id
+from agent.identity import (
+    TASK_BOOK_FILE,
+    CertificateKeeper,
+    ClusterGuard,
+    load_credentials,
+    load_membership,
+    load_or_create_node_id,
+)
 from agent.link import ControllerLink
 from agent.observer import Observer
 from agent.reporter import Reporter
@@ -18,6 +25,7 @@ from agent.task_book import TaskBook
 from agent.worker import Worker
 from dockyard import __version__
 from dockyard.clock import Clock, SystemClock
+from dockyard.limits import DEFAULT_CONTROLLER
 from dockyard.v1 import types_pb2 as pb
 
 log = structlog.get_logger()
@@ -30,8 +38,20 @@ class Agent:
         self.config = config
         self.runtime = runtime
         self.clock: Clock = clock or SystemClock()
-        self.node_id = load_or_create_node_id(config.state_dir)
-        self.book = TaskBook(config.state_dir / "tasks.pb", clock=self.clock)
+        self.keeper: CertificateKeeper | None = None
+        if config.insecure:
+            self.node_id = load_or_create_node_id(config.state_dir)
+            self.controller = config.controller or DEFAULT_CONTROLLER
+            guard = ClusterGuard(config.state_dir, None)
+        else:
+            # NotJoined, saying how to join, when this host has no identity yet.
+            membership = load_membership(config.state_dir)
+            self.keeper = CertificateKeeper(config.state_dir, load_credentials(config.state_dir), self.clock)
+            self.node_id = membership.node_id
+            self.controller = config.controller or membership.controller
+            guard = ClusterGuard(config.state_dir, membership)
+        keeper = self.keeper
+        self.book = TaskBook(config.state_dir / TASK_BOOK_FILE, clock=self.clock)
         self.reporter = Reporter()
         self.worker = Worker(
             runtime,
@@ -40,6 +60,7 @@ class Agent:
             self.node_id,
             clock=self.clock,
             parallel_operations=config.parallel_operations,
+            policy=config.policy,
         )
         self.observer = Observer(
             runtime,
@@ -51,7 +72,7 @@ class Agent:
             clock=self.clock,
         )
         self.link = ControllerLink(
-            config.controller,
+            self.controller,
             self.node_id,
             self.describe,
             self.book,
@@ -60,6 +81,8 @@ class Agent:
             config.heartbeat_period,
             connect_timeout=config.connect_timeout,
             clock=self.clock,
+            credentials=lambda: keeper.credentials if keeper is not None else None,
+            guard=guard,
         )
         self._facts: HostFacts | None = None
 
@@ -106,7 +129,13 @@ class Agent:
     async def run(self) -> None:
         """Resumes from the persisted tasks, then converges and talks to the controller until cancelled."""
         self.book.load()
-        log.info("agent starting", node_id=self.node_id, tasks=len(self.book), controller=self.config.controller)
+        log.info(
+            "agent starting",
+            node_id=self.node_id,
+            tasks=len(self.book),
+            controller=self.controller,
+            host_policy=self.config.policy.settings(),
+        )
         try:
             await self.observer.relist()
         except RuntimeFailure as exc:
@@ -117,6 +146,8 @@ class Agent:
                 group.create_task(self.observer.run())
                 group.create_task(self.link.run())
                 group.create_task(self._enforce_on_disconnect())
+                if self.keeper is not None:
+                    group.create_task(self.keeper.keep_renewed(self.controller))
         finally:
             await self.worker.close()
             self.book.close()

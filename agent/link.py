@@ -20,11 +20,14 @@ import grpc
 import structlog
 
 from agent.config import AgentConfig
+from agent.identity import ClusterGuard, ClusterMismatch
 from agent.reporter import Reporter
 from agent.runtime.base import RuntimeFailure
 from agent.task_book import TaskBook
 from agent.worker import Worker
+from dockyard import pki
 from dockyard.backoff import Backoff
+from dockyard.channels import open_channel
 from dockyard.clock import Clock, SystemClock
 from dockyard.limits import AGENT_MESSAGE_BYTES, REDIAL_CAP_SECONDS
 from dockyard.task_state import spec_key
@@ -83,8 +86,13 @@ class ControllerLink:
         *,
         connect_timeout: float = AgentConfig.connect_timeout,
         clock: Clock | None = None,
+        credentials: Callable[[], pki.Credentials | None] = lambda: None,
+        guard: ClusterGuard | None = None,
     ) -> None:
         self._address = address
+        # Read at every dial, so a renewed certificate is used from the next one on (None: --insecure).
+        self._credentials = credentials
+        self._guard = guard
         self._node_id = node_id
         self._describe = describe
         self._book = book
@@ -112,6 +120,8 @@ class ControllerLink:
                 await self._session(backoff)
             except SessionLost as exc:
                 log.warning("controller session lost", controller=self._address, error=str(exc))
+            except ClusterMismatch as exc:
+                log.error("controller refused", controller=self._address, error=str(exc))
             except RuntimeFailure as exc:
                 log.warning("docker not answering; no hello without this host's facts", error=str(exc))
             except _EXPECTED as exc:
@@ -135,7 +145,7 @@ class ControllerLink:
 
     async def _dial(self) -> grpc.aio.Channel:
         """Returns a fresh channel once it is connected; a dial not done within the connect timeout is abandoned."""
-        channel = grpc.aio.insecure_channel(self._address, options=self._options)
+        channel = open_channel(self._address, self._credentials(), self._options)
         try:
             async with self._clock.timeout(self._connect_timeout):
                 await channel.channel_ready()
@@ -167,6 +177,8 @@ class ControllerLink:
             raise SessionLost(f"no welcome within {welcome_within:g}s of the hello") from None
         if not isinstance(first, apb.ControllerMessage) or not first.HasField("welcome"):
             raise SessionLost("the controller did not welcome the session")
+        if self._guard is not None:
+            self._guard.check(first.welcome)  # before any assignment is read: refused, nothing is applied
         period = seconds(first.welcome.heartbeat_period) or self._period
         backoff.reset()
         self.connected.set()

@@ -1,18 +1,37 @@
-"""The dockyard-agent command."""
+"""The dockyard-agent command: with no subcommand it runs the agent; `join` makes this host a node first."""
 
 from __future__ import annotations
 
 import asyncio
 import signal
+import socket
+import sys
 from pathlib import Path
+from typing import IO
 
 import click
 
 from agent.agent import Agent
 from agent.config import AgentConfig
+from agent.identity import NotJoined, join
+from agent.policy import HOST_PORTS, HOST_PROTOCOLS, HostPolicy, PolicyError
 from agent.runtime.docker import DockerRuntime
-from dockyard import logs
+from dockyard import logs, pki
+from dockyard.addresses import is_loopback
+from dockyard.config_file import config_option
 from dockyard.limits import DEFAULT_CONTROLLER
+
+PROG = "dockyard-agent"
+DEFAULT_STATE_DIR = Path("/var/lib/dockyard/agent")
+_STATE_DIR_TYPE = click.Path(file_okay=False, path_type=Path)
+
+
+class _Failure(click.ClickException):
+    """A one-line failure printed as `dockyard-agent: <message>`; exits 1."""
+
+    def show(self, file: IO[str] | None = None) -> None:
+        """Prints the one line to stderr."""
+        click.echo(f"{PROG}: {self.message}", file=file or sys.stderr)
 
 
 def _labels(values: tuple[str, ...]) -> dict[str, str]:
@@ -25,18 +44,36 @@ def _labels(values: tuple[str, ...]) -> dict[str, str]:
     return labels
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--controller", default=DEFAULT_CONTROLLER, show_default=True, help="The controller's address.")
+@click.group(
+    invoke_without_command=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    epilog="Run with no command to start the agent in the foreground (after `join`, unless --insecure).",
+)
+@click.option(
+    "--controller",
+    default="",
+    help=f"The controller's API address [default: the one `join` recorded; with --insecure {DEFAULT_CONTROLLER}].",
+)
 @click.option(
     "--state-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path("/var/lib/dockyard/agent"),
+    type=_STATE_DIR_TYPE,
+    default=DEFAULT_STATE_DIR,
     show_default=True,
-    help="Where the node id and the task book live.",
+    help="Where the node's identity, certificates and task book live.",
+)
+@click.option(
+    "--insecure",
+    is_flag=True,
+    help="Plaintext to a loopback controller run with --insecure, no certificates: experiments only.",
 )
 @click.option("--docker-url", default=None, help="Docker socket, e.g. unix:///var/run/docker.sock.")
-@click.option("--hostname", default="", help="Name to register as (default: Docker's host name).")
-@click.option("--label", "label_values", multiple=True, help="Node label KEY=VALUE (repeatable).")
+@click.option("--hostname", default="", help="With --insecure: the name to register as (default: Docker's).")
+@click.option(
+    "--label",
+    "label_values",
+    multiple=True,
+    help="Agent label KEY=VALUE (repeatable); constraints read them as engine.labels.KEY.",
+)
 @click.option("--heartbeat-period", type=click.FloatRange(min=0.05), default=1.0, show_default=True)
 @click.option("--relist-period", type=click.FloatRange(min=0.5), default=5.0, show_default=True)
 @click.option(
@@ -53,11 +90,16 @@ def _labels(values: tuple[str, ...]) -> dict[str, str]:
     show_default=True,
     help="Seconds a dial to the controller may take before it is abandoned and made again.",
 )
+@click.option(HOST_PORTS.option, default=HOST_PORTS.default, show_default=True, help=HOST_PORTS.help)
+@click.option(HOST_PROTOCOLS.option, default=HOST_PROTOCOLS.default, show_default=True, help=HOST_PROTOCOLS.help)
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info")
 @click.option("--log-format", type=click.Choice(["console", "json"]), default="console")
+@click.pass_context
 def main(
+    ctx: click.Context,
     controller: str,
     state_dir: Path,
+    insecure: bool,
     docker_url: str | None,
     hostname: str,
     label_values: tuple[str, ...],
@@ -65,11 +107,22 @@ def main(
     relist_period: float,
     stranger_grace: float,
     connect_timeout: float,
+    allow_host_ports: str,
+    allow_host_protocols: str,
     log_level: str,
     log_format: str,
 ) -> None:
-    """Runs the Dockyard agent for this host in the foreground."""
+    """Runs the Dockyard agent for this host in the foreground, or joins this host to a cluster."""
+    ctx.obj = state_dir
+    if ctx.invoked_subcommand is not None:
+        return
     logs.configure(log_level, log_format, component="agent")
+    try:
+        policy = HostPolicy.from_settings(host_ports=allow_host_ports, host_protocols=allow_host_protocols)
+    except PolicyError as exc:
+        raise click.BadParameter(exc.problem, param_hint=exc.setting.option) from exc
+    if insecure and not is_loopback(controller or DEFAULT_CONTROLLER):
+        raise _Failure(f"--insecure: refused for {controller}; plaintext is for a loopback controller only")
     config = AgentConfig(
         controller=controller,
         state_dir=state_dir,
@@ -80,13 +133,25 @@ def main(
         relist_period=relist_period,
         stranger_grace=stranger_grace,
         connect_timeout=connect_timeout,
+        insecure=insecure,
+        policy=policy,
     )
-    asyncio.run(_run(config))
+    try:
+        asyncio.run(_run(config))
+    except NotJoined as exc:
+        raise _Failure(str(exc)) from None
+
+
+main.params.insert(0, config_option())
 
 
 async def _run(config: AgentConfig) -> None:
     runtime = DockerRuntime(config.docker_url)
-    agent = Agent(config, runtime)
+    try:
+        agent = Agent(config, runtime)
+    except BaseException:
+        await runtime.close()
+        raise
     runner = asyncio.create_task(agent.run())
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -99,5 +164,32 @@ async def _run(config: AgentConfig) -> None:
         await runtime.close()
 
 
+@main.command("join")
+@click.argument("controller")
+@click.option("--token", required=True, envvar="DOCKYARD_JOIN_TOKEN", help="The join token (`dockyard join-token`).")
+@click.option("--hostname", default="", help="The node's host name, fixed at join [default: this host's name].")
+@click.option(
+    "--state-dir", type=_STATE_DIR_TYPE, default=None, help=f"Where to keep the identity [{DEFAULT_STATE_DIR}]."
+)
+@click.pass_context
+def join_command(ctx: click.Context, controller: str, token: str, hostname: str, state_dir: Path | None) -> None:
+    """Join this host to the cluster whose controller's join address is CONTROLLER (HOST or HOST:PORT, port 7466).
+
+    The controller is checked against the CA digest in the token before anything is sent; the node's key,
+    certificate and the controller's address are written to the state dir. Start the agent afterwards.
+    """
+    directory = state_dir if state_dir is not None else ctx.find_root().obj
+    assert isinstance(directory, Path)
+    try:
+        membership = asyncio.run(join(directory, controller, token, hostname or socket.gethostname()))
+    except NotJoined as exc:
+        raise _Failure(str(exc)) from None
+    except pki.PkiError as exc:  # a malformed token
+        raise _Failure(str(exc)) from None
+    click.echo(
+        f"joined cluster {membership.cluster_id} as node {membership.node_id}; controller {membership.controller}"
+    )
+
+
 if __name__ == "__main__":
-    main()
+    main(prog_name=PROG)

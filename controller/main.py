@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 import signal
 import sys
 from pathlib import Path
@@ -12,10 +13,14 @@ import click
 import structlog
 
 from controller.errors import EXIT_CONFIG, StartupError
+from controller.security.authority import ClusterAuthority
 from controller.server import Controller, ControllerConfig
 from controller.store.sqlite import STORE_FILE, BackupError, backup_file, restore_file
-from dockyard import logs
+from dockyard import logs, pki
+from dockyard.clock import SystemClock
+from dockyard.config_file import config_option
 from dockyard.limits import DEFAULT_CONTROLLER
+from dockyard.spec.units import format_duration, parse_duration
 
 log = structlog.get_logger()
 
@@ -40,12 +45,48 @@ class _StartupFailure(_Failure):
 _STATE_DIR_TYPE = click.Path(file_okay=False, path_type=Path)
 
 
+def _lifetime(text: str) -> datetime.timedelta:
+    try:
+        seconds = parse_duration(text)
+    except ValueError as exc:
+        raise click.BadParameter(f"{text!r}: {exc}", param_hint="--cert-lifetime") from None
+    lifetime = datetime.timedelta(seconds=seconds)
+    if lifetime < pki.MIN_CERT_LIFETIME:
+        raise click.BadParameter(
+            f"{text!r}: at least {format_duration(pki.MIN_CERT_LIFETIME.total_seconds())}", param_hint="--cert-lifetime"
+        )
+    return lifetime
+
+
 @click.group(
     invoke_without_command=True,
     context_settings={"help_option_names": ["-h", "--help"]},
     epilog="Run with no command to start the controller in the foreground.",
 )
-@click.option("--listen", default=DEFAULT_CONTROLLER, show_default=True, help="Address for agents and the API.")
+@click.option(
+    "--listen", default=DEFAULT_CONTROLLER, show_default=True, help="Address for agents and the API (mutual TLS)."
+)
+@click.option(
+    "--join-listen",
+    default=None,
+    help="Address where hosts join with the token (TLS, no client certificate) [default: --listen's host, port 7466].",
+)
+@click.option(
+    "--init",
+    is_flag=True,
+    help="Create a new cluster (CA and store) if the state dir has none; without it an empty state dir is refused.",
+)
+@click.option(
+    "--insecure",
+    is_flag=True,
+    help="Plaintext without certificates, for experiments; refused on any address but loopback.",
+)
+@click.option(
+    "--cert-lifetime",
+    default=format_duration(pki.DEFAULT_CERT_LIFETIME.total_seconds()),
+    show_default=True,
+    help="Lifetime of node and serving certificates, e.g. 7d, 12h, 1m; each is renewed after half of it.",
+)
 @click.option(
     "--state-dir",
     type=_STATE_DIR_TYPE,
@@ -67,6 +108,10 @@ _STATE_DIR_TYPE = click.Path(file_okay=False, path_type=Path)
 def main(
     ctx: click.Context,
     listen: str,
+    join_listen: str | None,
+    init: bool,
+    insecure: bool,
+    cert_lifetime: str,
     state_dir: Path,
     heartbeat_period: float,
     heartbeat_grace: float,
@@ -87,6 +132,10 @@ def main(
         state_dir=state_dir,
         heartbeat_period=heartbeat_period,
         heartbeat_grace_periods=heartbeat_grace,
+        join_listen=join_listen,
+        insecure=insecure,
+        init=init,
+        cert_lifetime=_lifetime(cert_lifetime),
     )
     try:
         asyncio.run(_serve(config))
@@ -121,6 +170,48 @@ async def _serve(config: ControllerConfig) -> None:
         await controller.stop()
     if waiter.done() and not waiter.cancelled() and waiter.exception() is not None:
         raise waiter.exception()  # type: ignore[misc]
+
+
+main.params.insert(0, config_option())
+
+
+def _authority(ctx: click.Context, state_dir: Path | None) -> ClusterAuthority:
+    directory = state_dir if state_dir is not None else ctx.find_root().obj
+    assert isinstance(directory, Path)
+    try:
+        return ClusterAuthority.open(directory, SystemClock(), pki.DEFAULT_CERT_LIFETIME, init=False, addresses=())
+    except StartupError as exc:
+        raise _Failure(str(exc)) from None
+
+
+@main.command("admin-cert")
+@click.option(
+    "--out",
+    "out",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Directory to write ca.crt, admin.crt and admin.key (0600) into.",
+)
+@click.option("--name", default="admin", show_default=True, help="Who the certificate is for (its CN), for logs.")
+@click.option(
+    "--state-dir", type=_STATE_DIR_TYPE, default=None, help=f"The controller's state dir [{DEFAULT_STATE_DIR}]."
+)
+@click.pass_context
+def admin_cert(ctx: click.Context, out: Path, name: str, state_dir: Path | None) -> None:
+    """Write admin credentials for the CLI (signed by the cluster CA, which must be readable here)."""
+    credentials = _authority(ctx, state_dir).issue_admin(name)
+    credentials.save(out, "admin")
+    click.echo(f"wrote admin credentials for {name!r} to {out}; point the CLI at them with --credentials {out}")
+
+
+@main.command("join-token")
+@click.option(
+    "--state-dir", type=_STATE_DIR_TYPE, default=None, help=f"The controller's state dir [{DEFAULT_STATE_DIR}]."
+)
+@click.pass_context
+def join_token(ctx: click.Context, state_dir: Path | None) -> None:
+    """Print the current join token from the state dir (rotate it with `dockyard join-token --rotate`)."""
+    click.echo(str(_authority(ctx, state_dir).token()))
 
 
 def _store_path(ctx: click.Context, state_dir: Path | None) -> Path:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,11 +22,16 @@ from controller.ids import new_id
 from controller.orchestrator.role import Orchestrator
 from controller.reactor import Reactor
 from controller.scheduler.role import Scheduler
+from controller.security.authority import ClusterAuthority
+from controller.security.guard import Guard
+from controller.security.join import JoinServicer
 from controller.store.base import Kind, Store
-from controller.store.sqlite import SqliteStore
-from dockyard.addresses import address_in_use, in_use_message
+from controller.store.sqlite import STORE_FILE, SqliteStore
+from dockyard import pki
+from dockyard.addresses import address_in_use, host_of, in_use_message, is_loopback, join_listen_for
 from dockyard.clock import Clock, SystemClock
 from dockyard.limits import DEFAULT_CONTROLLER
+from dockyard.logs import Throttle
 from dockyard.v1 import agent_pb2, agent_pb2_grpc, controller_pb2
 
 log = structlog.get_logger()
@@ -40,6 +46,13 @@ class ControllerConfig:
     heartbeat_period: float = 1.0
     heartbeat_grace_periods: float = 3.0
     seed: int = 0
+    # The join address (server-authenticated TLS); None: the API address's host, addresses.JOIN_PORT.
+    join_listen: str | None = None
+    # Plaintext, no certificates, identity from the hello: loopback only, for experiments.
+    insecure: bool = False
+    # Make a new cluster (CA, store) if the state dir has none; without it an empty state dir is refused.
+    init: bool = False
+    cert_lifetime: datetime.timedelta = pki.DEFAULT_CERT_LIFETIME
 
 
 class Controller:
@@ -49,7 +62,11 @@ class Controller:
         self.config = config
         self._clock = clock or SystemClock()
         config.state_dir.mkdir(parents=True, exist_ok=True)
-        self.store = store or SqliteStore(config.state_dir / "controller.db")
+        # Only a store the controller opens from its state dir is checked for having been there before.
+        self._own_store = store is None
+        self.store = store or SqliteStore(config.state_dir / STORE_FILE)
+        self.authority: ClusterAuthority | None = None
+        self.join_port = 0
         self._server: grpc.aio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._side_tasks: set[asyncio.Task[None]] = set()
@@ -64,16 +81,49 @@ class Controller:
     async def start(self) -> None:
         """Binds the address, opens the store, starts the roles and serves the gRPC API.
 
-        Raises StartupError when the address is in use (naming what holds it, where it can tell).
+        Raises StartupError when the address is in use (naming what holds it, where it can tell), when
+        --insecure is asked for on an address other than loopback, and when the state dir holds no cluster
+        (or half of one) and init is not set.
         """
+        self._check_state_dir()
+        # Before a new cluster's CA is written: a start that cannot bind must leave the state dir as it was.
+        for listen in (self.config.listen, *(() if self.config.insecure else (self._join_listen,))):
+            problem = address_in_use(listen)
+            if problem:
+                raise StartupError(problem)
+        throttle = Throttle(self._clock)
+        if self.config.insecure:
+            if not is_loopback(self.config.listen):
+                raise StartupError(
+                    f"--insecure: refused on {self.config.listen}; plaintext is for loopback experiments only "
+                    "(listen on 127.0.0.1, or drop --insecure to serve mutual TLS)"
+                )
+            log.warning(
+                "serving plaintext without authentication (--insecure); loopback only", listen=self.config.listen
+            )
+        else:
+            self.authority = ClusterAuthority.open(
+                self.config.state_dir,
+                self._clock,
+                self.config.cert_lifetime,
+                # A store without a CA is a cluster's first start with TLS (it ran --insecure, or predates
+                # certificates): it gets its CA now; agents join to get their certificates.
+                init=self.config.init or (self.config.state_dir / STORE_FILE).exists(),
+                addresses=tuple(dict.fromkeys(host_of(a) for a in (self.config.listen, self._join_listen))),
+            )
         dispatcher = Dispatcher(
-            self.store, self._clock, self.config.heartbeat_period, self.config.heartbeat_grace_periods
+            self.store,
+            self._clock,
+            self.config.heartbeat_period,
+            self.config.heartbeat_grace_periods,
+            authority=self.authority,
         )
         orchestrator = Orchestrator(self.store, self._clock, new_id)
         scheduler = Scheduler(self.store, self._clock, self.config.seed)
+        interceptors = [] if self.authority is None else [Guard(self.store, self.authority.cluster_id, throttle)]
         # gRPC sets SO_REUSEPORT by default, and then a second controller on the same address shares it
         # silently and the kernel splits the connections between two clusters.
-        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)], interceptors=interceptors)
         health_servicer = health.aio.HealthServicer()
         names = (
             controller_pb2.DESCRIPTOR.services_by_name["ControllerService"].full_name,
@@ -86,11 +136,20 @@ class Controller:
             for name in ("", *names[:2]):
                 await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
 
-        add_controller_api(ControllerApi(self.store, self._clock, new_id), server)
+        add_controller_api(ControllerApi(self.store, self._clock, new_id, join_tokens=self), server)
         agent_pb2_grpc.add_AgentServiceServicer_to_server(dispatcher, server)
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_reflection(names, server)
-        self.port = _bind(server, self.config.listen)
+        if self.authority is None:
+            self.port = _bind(server, self.config.listen, None)
+        else:
+            self.port = _bind(server, self.config.listen, self.authority.server_credentials(client_certificates=True))
+            self.join_port = _bind(
+                server, self._join_listen, self.authority.server_credentials(client_certificates=False)
+            )
+            agent_pb2_grpc.add_JoinServiceServicer_to_server(
+                JoinServicer(self.store, self.authority, self._clock, self.port, throttle), server
+            )
         try:
             await self.store.open()
         except BaseException:
@@ -124,8 +183,41 @@ class Controller:
             "controller serving",
             listen=self.config.listen,
             port=self.port,
+            join_port=self.join_port or None,
+            tls=self.authority is not None,
             state_dir=str(self.config.state_dir),
         )
+
+    @property
+    def _join_listen(self) -> str:
+        return self.config.join_listen or join_listen_for(self.config.listen)
+
+    def _check_state_dir(self) -> None:
+        """StartupError when the state dir has no store (a new cluster needs init) or a CA without a store."""
+        if not self._own_store:
+            return
+        has_store = (self.config.state_dir / STORE_FILE).exists()
+        has_ca = (self.config.state_dir / pki.CA_CERT_FILE).exists()
+        if has_store:
+            return
+        if has_ca:
+            raise StartupError(
+                f"--state-dir {self.config.state_dir}: the cluster CA is here but its store ({STORE_FILE}) is not. "
+                "Restore the store (dockyard-controller restore FILE); starting empty would make every agent's "
+                "containers look unwanted"
+            )
+        if not self.config.init:
+            raise StartupError(
+                f"--state-dir {self.config.state_dir}: no cluster here (no {STORE_FILE}). If this is a new "
+                "cluster, start once with --init; if the cluster's state was here, restore it from backup"
+            )
+
+    def join_token(self, rotate: bool) -> tuple[str, int]:
+        """Returns the join token (rotating it first if asked) and the join port; ValueError when insecure."""
+        if self.authority is None:
+            raise ValueError("the controller runs --insecure: there are no join tokens")
+        token = self.authority.rotate() if rotate else self.authority.token()
+        return str(token), self.join_port
 
     async def stop(self, grace: float = 2.0) -> None:
         """Stops serving, cancels the roles and closes the store."""
@@ -151,14 +243,14 @@ class Controller:
                 raise task.exception()  # type: ignore[misc]
 
 
-def _bind(server: grpc.aio.Server, listen: str) -> int:
-    """Adds the listening port and returns it; StartupError when the address is taken or unusable."""
+def _bind(server: grpc.aio.Server, listen: str, credentials: grpc.ServerCredentials | None) -> int:
+    """Adds the listening port (TLS with credentials) and returns it; StartupError when taken or unusable."""
     # Checking first gives the one-line message without gRPC's own log line about the failed bind.
     problem = address_in_use(listen)
     if problem:
         raise StartupError(problem)
     try:
-        port = server.add_insecure_port(listen)
+        port = server.add_insecure_port(listen) if credentials is None else server.add_secure_port(listen, credentials)
     except RuntimeError:
         port = 0
     if port == 0:

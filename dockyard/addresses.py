@@ -3,11 +3,27 @@
 from __future__ import annotations
 
 import errno
+import ipaddress
 import os
 import socket
 from pathlib import Path
 
-__all__ = ["address_in_use", "in_use_message", "port_holder", "split_listen"]
+__all__ = [
+    "JOIN_PORT",
+    "address_in_use",
+    "connect_address",
+    "host_of",
+    "in_use_message",
+    "is_loopback",
+    "join_listen_for",
+    "port_holder",
+    "split_listen",
+    "with_port",
+]
+
+# The controller's join address (server-authenticated TLS, no client certificate) defaults to this port on
+# the host of its API address (mutual TLS, limits.CONTROLLER_PORT).
+JOIN_PORT = 7466
 
 
 def split_listen(listen: str) -> tuple[str, int] | None:
@@ -16,6 +32,45 @@ def split_listen(listen: str) -> tuple[str, int] | None:
     if not sep or not port.isdigit() or host.startswith("unix"):
         return None
     return host.removeprefix("[").removesuffix("]"), int(port)
+
+
+def host_of(address: str) -> str:
+    """Returns the host part of "host:port" or "[v6]:port" (the whole string when there is no port)."""
+    parts = split_listen(address)
+    return parts[0] if parts is not None else address
+
+
+def with_port(host: str, port: int) -> str:
+    """Returns "host:port", bracketing an IPv6 host."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def join_listen_for(listen: str) -> str:
+    """The default join address for an API address: its host, JOIN_PORT (port 0, for tests, stays 0)."""
+    parts = split_listen(listen)
+    if parts is None:
+        return listen
+    host, port = parts
+    return with_port(host, 0 if port == 0 else JOIN_PORT)
+
+
+def connect_address(listen: str) -> str:
+    """The address a local client dials for a listen address: a wildcard host becomes 127.0.0.1."""
+    host, _, port = listen.rpartition(":")
+    if host in ("0.0.0.0", "[::]", ""):
+        host = "127.0.0.1"
+    return f"{host}:{port}"
+
+
+def is_loopback(address: str) -> bool:
+    """Whether a "host:port" address names only this machine (127.0.0.0/8, ::1 or localhost)."""
+    host = host_of(address)
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def address_in_use(listen: str) -> str | None:

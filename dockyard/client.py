@@ -15,7 +15,9 @@ from typing import Final, Protocol, TypeVar
 
 import grpc
 
+from dockyard import pki
 from dockyard.backoff import Backoff
+from dockyard.channels import open_channel
 from dockyard.clock import Clock, SystemClock
 from dockyard.task_state import SpecKey, spec_key
 from dockyard.v1 import controller_pb2 as cpb
@@ -63,15 +65,23 @@ class _Paged(Protocol):
 class Client:
     """Calls ControllerService with a deadline on every RPC; list methods return every page."""
 
-    def __init__(self, address: str, deadline: float = DEFAULT_DEADLINE, clock: Clock | None = None) -> None:
+    def __init__(
+        self,
+        address: str,
+        deadline: float = DEFAULT_DEADLINE,
+        clock: Clock | None = None,
+        credentials: pki.Credentials | None = None,
+    ) -> None:
         """Connects lazily to `address`; each RPC (each page of a list) gets `deadline` seconds.
 
+        `credentials` (admin) make it mutual TLS; without, plaintext to a controller run with --insecure.
         `clock` times the pauses before retries (a FakeClock in tests).
         """
         self.address = address
         self._deadline = deadline
         self._clock = clock or SystemClock()
-        self._channel = grpc.aio.insecure_channel(address)
+        self._secure = credentials is not None
+        self._channel = open_channel(address, credentials)
         self._stub = cpb_grpc.ControllerServiceStub(self._channel)
 
     async def __aenter__(self) -> Client:
@@ -86,7 +96,7 @@ class Client:
         try:
             return await fn(request, timeout=self._deadline)
         except grpc.aio.AioRpcError as exc:
-            raise ApiError(_describe(exc, self.address), exc.code()) from None
+            raise ApiError(_describe(exc, self.address, self._secure), _code(exc)) from None
 
     async def _pages(self, fn: Callable[..., Awaitable[R]], request: _PageRequest) -> list[R]:
         """Calls a list RPC for every page, passing each next_page_token back, and returns the responses."""
@@ -150,7 +160,7 @@ class Client:
                     yield response
                 error = ApiError(f"the watch on {self.address} ended", grpc.StatusCode.UNAVAILABLE)
             except grpc.aio.AioRpcError as exc:
-                error = ApiError(_describe(exc, self.address), exc.code())
+                error = ApiError(_describe(exc, self.address, self._secure), exc.code())
                 if exc.code() not in _RESUMABLE or _answered(exc):
                     raise error from None  # an UNAVAILABLE with details is a damaged store: no use retrying
             finally:
@@ -239,6 +249,10 @@ class Client:
         request = cpb.RemoveNodeRequest(node=node, force=force, if_version=if_version)
         return (await self._call(self._stub.RemoveNode, request)).node
 
+    async def join_token(self, rotate: bool = False) -> cpb.JoinTokenResponse:
+        """Returns the cluster's join token and join port; rotate replaces the token first."""
+        return await self._call(self._stub.GetJoinToken, cpb.GetJoinTokenRequest(rotate=rotate))
+
 
 def _event_key(event: cpb.WatchEvent) -> tuple[int, str, str, int]:
     kind = event.WhichOneof("object") or ""
@@ -265,10 +279,34 @@ def _answered(exc: grpc.aio.AioRpcError) -> bool:
     return any(key == _DETAILS_KEY for key, _ in exc.trailing_metadata() or ())
 
 
-def _describe(exc: grpc.aio.AioRpcError, address: str) -> str:
+def _handshake_refused(exc: grpc.aio.AioRpcError) -> bool:
+    """Whether the call failed in the TLS handshake (no or a foreign certificate, or a foreign controller)."""
+    details = exc.details() or ""
+    return exc.code() == grpc.StatusCode.UNAVAILABLE and ("andshake" in details or "SSL" in details)
+
+
+def _code(exc: grpc.aio.AioRpcError) -> grpc.StatusCode:
+    """The call's status; a refused TLS handshake counts as UNAUTHENTICATED, which is what it means."""
+    return grpc.StatusCode.UNAUTHENTICATED if _handshake_refused(exc) else exc.code()
+
+
+def _describe(exc: grpc.aio.AioRpcError, address: str, secure: bool = True) -> str:
     code = exc.code()
+    if _handshake_refused(exc):
+        return (
+            f"the controller at {address} refused this client's TLS handshake: it takes only credentials signed "
+            "by its cluster CA (pass --credentials DIR with admin credentials from `dockyard-controller "
+            "admin-cert`, or use the context `dockyard up` wrote)"
+        )
     if code == grpc.StatusCode.UNAVAILABLE and not _answered(exc):
         # No details: the transport's own UNAVAILABLE, not one the API sent (a damaged store is sent with details).
+        if not secure:
+            # A TLS controller closes a plaintext connection without a word; that looks the same as a
+            # controller that is not there, so say both.
+            return (
+                f"cannot reach the controller at {address} without credentials: is it running, and if it serves "
+                "TLS (the default), pass --credentials DIR (admin credentials from `dockyard-controller admin-cert`)"
+            )
         return f"cannot reach the controller at {address}: is it running? (dockyard up, or set --controller)"
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return f"the controller at {address} did not answer in time"

@@ -9,6 +9,7 @@ arrive already parsed by controller.api.handlers, which also turns a damaged sto
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
+from typing import Protocol
 
 import grpc
 
@@ -82,6 +83,14 @@ def _node_subject(node: pb.Node) -> str:
     return key_path("nodes", node.description.hostname or node.id)
 
 
+class JoinTokens(Protocol):
+    """Where the join token lives (the controller's CA); the API only hands it to admins."""
+
+    def join_token(self, rotate: bool) -> tuple[str, int]:
+        """Returns the token (rotated first if asked) and the join port; ValueError when there is none."""
+        ...
+
+
 class ControllerApi:
     """Validates, then writes services; reads nodes and tasks. It never talks to the other roles.
 
@@ -97,9 +106,11 @@ class ControllerApi:
         *,
         caps: ReadCaps | None = None,
         watch_limits: WatchLimits | None = None,
+        join_tokens: JoinTokens | None = None,
     ) -> None:
         """Serves from `store`; `page_limits` bounds every list response, `caps` the expensive reads at once."""
         self._store = store
+        self._join_tokens = join_tokens
         self._clock = clock
         self._new_id = new_id
         self._limits = page_limits or PageLimits()
@@ -347,6 +358,16 @@ class ControllerApi:
             conditional=expected is not None,
         )
         return cpb.RemoveNodeResponse(node=node)
+
+    async def GetJoinToken(self, request: cpb.GetJoinTokenRequest, context: Context) -> cpb.JoinTokenResponse:
+        """Returns the join token; rotate replaces it first. FAILED_PRECONDITION when the controller has none."""
+        try:
+            if self._join_tokens is None:
+                raise ValueError("this controller issues no join tokens")
+            token, port = self._join_tokens.join_token(request.rotate)
+        except ValueError as exc:
+            await abort(context, grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        return cpb.JoinTokenResponse(token=token, join_port=port)
 
     async def Watch(self, request: cpb.WatchRequest, context: Context) -> AsyncIterator[cpb.WatchResponse]:
         """Streams the changes after since_revision (0: from now), filtered by kind and service, batched.

@@ -18,6 +18,8 @@ from controller.dispatcher.identity import IdentityError, node_identity
 from controller.dispatcher.liveness import silent_nodes
 from controller.dispatcher.session import AgentSession
 from controller.errors import DAMAGED_RETRY_SECONDS, StoreDamaged
+from controller.security.authority import ClusterAuthority
+from controller.security.join import renew
 from controller.store.base import ConflictError, Kind, Put, Store
 from controller.store.follow import Resync, follow
 from controller.store.retry import retry_on_conflict
@@ -67,8 +69,11 @@ class Dispatcher(apb_grpc.AgentServiceServicer):
         commit_window: float = COMMIT_WINDOW_SECONDS,
         write_stall: float = WRITE_STALL_SECONDS,
         hello_timeout: float = HELLO_TIMEOUT_SECONDS,
+        authority: ClusterAuthority | None = None,
     ) -> None:
         self._store = store
+        # None only with --insecure: node ids then come from the hello, and there is no cluster id.
+        self._authority = authority
         self._clock = clock
         self._period = heartbeat_period
         self._grace = timedelta(seconds=heartbeat_period * grace_periods)
@@ -87,7 +92,18 @@ class Dispatcher(apb_grpc.AgentServiceServicer):
         self._routing = False
         # Lines an agent can trigger (refused statuses, dropped labels) share one throttle, keyed per node.
         self._throttle = Throttle(clock)
-        self._committer = GroupCommitter(store, clock, self._throttle, window=commit_window)
+        self._committer = GroupCommitter(
+            store, clock, self._throttle, window=commit_window, on_forged=self._close_forger
+        )
+
+    def _close_forger(self, node_id: str, task_id: str, reason: str) -> None:
+        """Ends the session of a node that reported on a task that is not its own (see GroupCommitter)."""
+        session = self._sessions.get(node_id)
+        if session is not None:
+            # The owner stays unnamed: being refused tells a node nothing about other nodes' tasks.
+            session.close(grpc.StatusCode.PERMISSION_DENIED, f"status for task {task_id}: not assigned to this node")
+        if self._throttle.allow(f"forged:{node_id}") is not None:
+            log.warning("forged status report; session closed", node_id=node_id, task_id=task_id, reason=reason)
 
     async def run(self) -> None:
         """Commits statuses, routes task changes to sessions and watches heartbeats until cancelled."""
@@ -138,9 +154,9 @@ class Dispatcher(apb_grpc.AgentServiceServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message of a session must be a hello")
             return
         try:
-            node_id = node_identity(context, first.hello)
+            node_id = node_identity(context, first.hello, secure=self._authority is not None)
         except IdentityError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            await context.abort(exc.code, str(exc))
             return
         if self._store.damage is not None:
             # The agent keeps its containers and re-dials; the controller is out of service meanwhile.
@@ -149,7 +165,18 @@ class Dispatcher(apb_grpc.AgentServiceServicer):
         session = AgentSession(node_id=node_id, session_id=uuid.uuid4().hex)
         previous = self._sessions.get(node_id)
         if previous is not None:
-            previous.close(grpc.StatusCode.ABORTED, "a newer session for this node started")
+            heard = self._last_seen.get(node_id)
+            if heard is not None and self._clock.now() - heard <= self._grace:
+                # The first session is alive: a second one for the node is an impostor or a confused twin,
+                # and letting it in would knock the first off (and each would knock the other off forever).
+                await context.abort(
+                    grpc.StatusCode.ALREADY_EXISTS,
+                    f"node {node_id} already has a live session (from {previous.peer or 'unknown'}); "
+                    "two agents must not share one node identity",
+                )
+                return
+            previous.close(grpc.StatusCode.ABORTED, "a newer session for this node started; this one was silent")
+        session.peer = context.peer()
         # Register before the snapshot is read so no change falls between the two; agents ignore stale versions.
         self._sessions[node_id] = session
         now = self._clock.now()
@@ -161,7 +188,13 @@ class Dispatcher(apb_grpc.AgentServiceServicer):
         inventory = ((item.task_id, item.status) for item in first.hello.inventory)
         self._refuse_flood(node_id, self._committer.add_statuses(node_id, inventory))
         session.welcome(
-            apb.Welcome(node_id=node_id, session_id=session.session_id, heartbeat_period=duration(self._period))
+            apb.Welcome(
+                node_id=node_id,
+                session_id=session.session_id,
+                heartbeat_period=duration(self._period),
+                cluster_id=self._authority.cluster_id if self._authority is not None else "",
+                store_epoch=self._store.epoch,
+            )
         )
         bound.info("agent session started", hostname=truncate_text(first.hello.description.hostname, 64))
         sync = asyncio.create_task(self._sync(session))
@@ -181,6 +214,15 @@ class Dispatcher(apb_grpc.AgentServiceServicer):
             bound.info("agent session ended", reason=session.close_reason or "stream ended")
         if session.close_code != grpc.StatusCode.OK:
             await context.abort(session.close_code, session.close_reason)
+
+    async def Renew(
+        self, request: apb.RenewRequest, context: grpc.aio.ServicerContext[apb.RenewRequest, apb.RenewResponse]
+    ) -> apb.RenewResponse:
+        """A new certificate for the calling node's own key (its identity is the certificate's)."""
+        if self._authority is None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "the controller runs --insecure: no certificates")
+            raise AssertionError("unreachable")
+        return await renew(self._authority, request, context)
 
     async def _read(self, session: AgentSession, context: Context) -> None:
         """Reads until the stream ends; never waits for the store, so heartbeats are read however busy it is."""
@@ -266,10 +308,26 @@ class Dispatcher(apb_grpc.AgentServiceServicer):
         if dropped and self._throttle.allow(f"labels dropped:{node_id}") is not None:
             log.warning("agent labels dropped", node_id=node_id, dropped=dropped[:5], count=len(dropped))
 
-        def intent(node: pb.Node | None) -> pb.Node:
+        secure = self._authority is not None
+
+        def intent(node: pb.Node | None) -> pb.Node | None:
             if node is None:
+                if secure:
+                    return None  # removed meanwhile: only a join creates a node (the guard refuses the next call)
                 node = pb.Node(id=node_id, availability=pb.NODE_AVAILABILITY_ACTIVE)
                 node.created_at.CopyFrom(to_timestamp(at))
+            if secure:
+                # The hostname was fixed at join: an agent cannot take another (constraints on hostnames mean
+                # the host the operator joined).
+                claimed = description.hostname
+                description.hostname = node.description.hostname
+                if claimed != description.hostname and self._throttle.allow(f"hostname:{node_id}") is not None:
+                    log.warning(
+                        "agent hostname ignored; the one it joined with stays",
+                        node_id=node_id,
+                        claimed=truncate_text(claimed, 64),
+                        hostname=description.hostname,
+                    )
             node.description.CopyFrom(description)
             node.status = pb.NODE_STATUS_READY
             node.status_message = ""
@@ -305,6 +363,11 @@ class Dispatcher(apb_grpc.AgentServiceServicer):
                 # Too far behind to replay: resend every session its full set instead.
                 for live in list(self._sessions.values()):
                     await self._send_full(live)
+                continue
+            if event.kind is Kind.NODE and event.action.value == "delete":
+                removed = self._sessions.get(event.id)
+                if removed is not None:
+                    removed.close(grpc.StatusCode.PERMISSION_DENIED, f"node {event.id} was removed from the cluster")
                 continue
             if event.kind is not Kind.TASK or not isinstance(event.obj, pb.Task):
                 continue

@@ -35,6 +35,7 @@ class AgentSession:
 
     node_id: str
     session_id: str
+    peer: str = ""  # the agent's address, as gRPC gives it
     sent: dict[str, Fingerprint] = field(default_factory=dict)
     # The (service, revision) specs this session already carried: an agent keeps them for the session.
     sent_specs: set[SpecKey] = field(default_factory=set)

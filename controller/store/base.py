@@ -121,6 +121,15 @@ class Store(Protocol):
         ...
 
     @property
+    def epoch(self) -> int:
+        """A random number made when the store was created and kept with it (never 0 once open).
+
+        Agents compare it across sessions: a store made afresh (a wrong or emptied state dir) has another
+        epoch, and its empty full assignments are not acted on.
+        """
+        ...
+
+    @property
     def damage(self) -> StoreDamaged | None:
         """The error that first found the open store damaged, or None while it reads and writes cleanly."""
         ...

@@ -84,6 +84,7 @@ import fcntl
 import functools
 import hashlib
 import os
+import secrets
 import sqlite3
 import time
 from collections import deque
@@ -1348,6 +1349,7 @@ class SqliteStore:
         # connection and the replay would otherwise see uncommitted rows. Reads need no lock: memory.
         self._lock = asyncio.Lock()
         self._revision = 0
+        self._epoch = 0
         self._mem = _Memory()
         self._trimmed_through = 0
         self._event_count = 0
@@ -1418,8 +1420,15 @@ class SqliteStore:
             await db.execute("PRAGMA synchronous = NORMAL")
             if fresh:
                 await db.executescript(_SCHEMA)
+            # The epoch is drawn once, when the store is made (or first opened by a controller that knows
+            # epochs): a store made afresh where another was has a new one, and agents notice (see epoch).
+            await db.execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES ('epoch', ?)", (secrets.randbelow(2**62) + 1,)
+            )
             rows = await db.execute_fetchall("SELECT value FROM meta WHERE key = 'revision'")
             (self._revision,) = next(iter(rows))
+            rows = await db.execute_fetchall("SELECT value FROM meta WHERE key = 'epoch'")
+            (self._epoch,) = next(iter(rows))
             sizes = await db.execute_fetchall(
                 "SELECT revision, COUNT(*) FROM events GROUP BY revision ORDER BY revision"
             )
@@ -1487,6 +1496,11 @@ class SqliteStore:
     def revision(self) -> int:
         """The revision of the last committed batch (0 for an empty store)."""
         return self._revision
+
+    @property
+    def epoch(self) -> int:
+        """The store's epoch: a random number made with the store, the same for as long as the store lives."""
+        return self._epoch
 
     def _connection(self) -> aiosqlite.Connection:
         """Returns the open connection; RuntimeError when the store is not open."""

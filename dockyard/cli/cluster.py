@@ -14,8 +14,10 @@ from pathlib import Path
 
 import click
 
+from dockyard import pki
+from dockyard.addresses import connect_address, join_listen_for
 from dockyard.cli.common import output_option
-from dockyard.cli.context import LocalContext, default_state_dir, read_context, write_context
+from dockyard.cli.context import ADMIN_STEM, LocalContext, default_state_dir, read_context, write_context
 from dockyard.cli.output import emit_object
 from dockyard.cli.polling import poll_until
 from dockyard.client import ApiError, Client
@@ -25,13 +27,6 @@ from dockyard.local.preflight import address_problem
 from dockyard.v1 import types_pb2 as pb
 
 READY_TIMEOUT = 60.0
-
-
-def _connect_address(listen: str) -> str:
-    host, _, port = listen.rpartition(":")
-    if host in ("0.0.0.0", "[::]", ""):
-        host = "127.0.0.1"
-    return f"{host}:{port}"
 
 
 @click.command()
@@ -64,14 +59,14 @@ def up(
     running = read_pid(pid_path)
     if running is not None:
         raise click.ClickException(f"already running (pid {running}) with state in {state}; run `dockyard down` first")
-    address = _connect_address(listen)
-    problem = address_problem(listen)
+    address = connect_address(listen)
+    problem = address_problem(listen) or address_problem(join_listen_for(listen))
     if problem is not None:
         raise click.ClickException(problem)
     if detach:
         background = _start_detached(state, listen, docker_url, hostname, labels)
-        write_context(LocalContext(controller=address, state_dir=str(state)))
-        node = asyncio.run(_wait_ready(address, READY_TIMEOUT, background.check))
+        write_context(LocalContext(controller=address, state_dir=str(state), credentials=str(state / "admin")))
+        node = asyncio.run(_wait_ready(address, state / "admin", READY_TIMEOUT, background.check))
         info = {
             "controller": address,
             "state_dir": str(state),
@@ -91,7 +86,7 @@ def up(
     logs.configure("info", "console", component="supervisor")
     state.mkdir(parents=True, exist_ok=True)
     write_pid(pid_path, os.getpid())
-    write_context(LocalContext(controller=address, state_dir=str(state)))
+    write_context(LocalContext(controller=address, state_dir=str(state), credentials=str(state / "admin")))
     cluster = LocalCluster(state_dir=state, listen=listen, docker_url=docker_url, hostname=hostname, labels=labels)
     try:
         asyncio.run(supervise(cluster))
@@ -154,30 +149,43 @@ def _start_detached(
     return background
 
 
-async def _wait_ready(address: str, wait_seconds: float, check: Callable[[], None] = lambda: None) -> str:
-    """Waits until the controller answers and a node is ready; returns that node's host name.
+async def _wait_ready(
+    address: str, credentials_dir: Path, wait_seconds: float, check: Callable[[], None] = lambda: None
+) -> str:
+    """Waits until the admin credentials exist, the controller answers and a node is ready; returns that
+    node's host name.
 
     check() is called on every round and may raise to give up early (the cluster exited).
     """
     last = "the controller did not answer"
-    async with Client(address, deadline=2.0) as client:
+    client: Client | None = None
 
-        async def ready_node() -> str | None:
-            nonlocal last
-            check()
+    async def ready_node() -> str | None:
+        nonlocal last, client
+        check()
+        if client is None:
             try:
-                for node in await client.list_nodes():
-                    if node.status == pb.NODE_STATUS_READY:
-                        return node.description.hostname or node.id
-                last = "no node is ready yet"
-            except ApiError as exc:
-                last = str(exc)
-            return None
-
+                credentials = pki.Credentials.load(credentials_dir, ADMIN_STEM)
+            except pki.PkiError:
+                last = "no admin credentials yet"
+                return None
+            client = Client(address, deadline=2.0, credentials=credentials)
         try:
-            return await poll_until(ready_node, within=wait_seconds, waiting_for=lambda: f"for a ready node: {last}")
+            for node in await client.list_nodes():
+                if node.status == pb.NODE_STATUS_READY:
+                    return node.description.hostname or node.id
+            last = "no node is ready yet"
         except ApiError as exc:
-            raise click.ClickException(f"the cluster is not ready: {exc}") from None
+            last = str(exc)
+        return None
+
+    try:
+        return await poll_until(ready_node, within=wait_seconds, waiting_for=lambda: f"for a ready node: {last}")
+    except ApiError as exc:
+        raise click.ClickException(f"the cluster is not ready: {exc}") from None
+    finally:
+        if client is not None:
+            await client.__aexit__(None, None, None)
 
 
 @click.command()

@@ -8,7 +8,8 @@ from typing import Any, TypeVar
 
 import click
 
-from dockyard.cli.context import resolve_controller
+from dockyard import pki
+from dockyard.cli.context import resolve_controller, resolve_credentials
 from dockyard.client import ApiError, Client
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -39,11 +40,25 @@ def controller_option(fn: F) -> F:
 def run(body: Callable[[Client], Coroutine[Any, Any, None]], controller: str | None) -> None:
     """Runs an async command body against the controller; API errors become a one-line error and exit 1."""
 
+    try:
+        credentials = resolve_credentials(credentials_flag())
+    except pki.PkiError as exc:
+        raise click.ClickException(f"credentials: {exc}") from None
+
     async def main() -> None:
-        async with Client(resolve_controller(controller)) as client:
+        async with Client(resolve_controller(controller), credentials=credentials) as client:
             await body(client)
 
     try:
         asyncio.run(main())
     except ApiError as exc:
         raise click.ClickException(str(exc)) from None
+
+
+def credentials_flag() -> str | None:
+    """The root command's --credentials, if this runs under it and it was given."""
+    context = click.get_current_context(silent=True)
+    if context is None:
+        return None
+    value = context.find_root().params.get("credentials")
+    return value if isinstance(value, str) and value else None

@@ -1,4 +1,9 @@
-"""Where the CLI finds the controller: --controller, then DOCKYARD_CONTROLLER, then what `dockyard up` wrote."""
+"""Where the CLI finds the controller and its credentials.
+
+The controller: --controller, then DOCKYARD_CONTROLLER, then what `dockyard up` wrote. The admin credentials (a
+directory with ca.crt, admin.crt and admin.key): --credentials, then DOCKYARD_CREDENTIALS, then what `dockyard
+up` wrote; with none, the CLI speaks plaintext, which only a controller run with --insecure answers.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from dockyard import pki
 from dockyard.limits import DEFAULT_CONTROLLER
+
+ADMIN_STEM = "admin"
 
 
 @dataclass(frozen=True)
@@ -16,6 +24,7 @@ class LocalContext:
 
     controller: str
     state_dir: str
+    credentials: str = ""  # the admin credentials directory; empty: none recorded
 
 
 def config_dir() -> Path:
@@ -36,11 +45,14 @@ def read_context() -> LocalContext | None:
     try:
         data = json.loads(path.read_text())
         controller, state_dir = data["controller"], data["state_dir"]
-    except (OSError, ValueError, KeyError, TypeError):
+        credentials = data.get("credentials", "")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
     if not isinstance(controller, str) or not controller or not isinstance(state_dir, str):
         return None
-    return LocalContext(controller=controller, state_dir=state_dir)
+    return LocalContext(
+        controller=controller, state_dir=state_dir, credentials=credentials if isinstance(credentials, str) else ""
+    )
 
 
 def write_context(context: LocalContext) -> None:
@@ -48,7 +60,8 @@ def write_context(context: LocalContext) -> None:
     directory = config_dir()
     directory.mkdir(parents=True, exist_ok=True)
     tmp = directory / "context.json.tmp"
-    tmp.write_text(json.dumps({"controller": context.controller, "state_dir": context.state_dir}, indent=2) + "\n")
+    data = {"controller": context.controller, "state_dir": context.state_dir, "credentials": context.credentials}
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
     os.replace(tmp, directory / "context.json")
 
 
@@ -61,3 +74,14 @@ def resolve_controller(flag: str | None) -> str:
         return env
     context = read_context()
     return context.controller if context else DEFAULT_CONTROLLER
+
+
+def resolve_credentials(flag: str | None) -> pki.Credentials | None:
+    """Returns the admin credentials the CLI should present, None for plaintext; PkiError when unreadable."""
+    directory = flag or os.environ.get("DOCKYARD_CREDENTIALS")
+    if not directory:
+        context = read_context()
+        directory = context.credentials if context else ""
+    if not directory:
+        return None
+    return pki.Credentials.load(Path(directory), ADMIN_STEM)

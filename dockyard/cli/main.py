@@ -33,6 +33,7 @@ _BUILTINS = {
     "nodes": "dockyard.cli.nodes",
     "node": "dockyard.cli.node",
     "service": "dockyard.cli.service",
+    "join-token": "dockyard.cli.security",
 }
 
 
@@ -56,7 +57,7 @@ class _Dockyard(click.Group):
         """Returns a built-in command, else imports the entry point of that name; a built-in wins a clash."""
         home = _BUILTINS.get(cmd_name)
         if home is not None:
-            command = getattr(importlib.import_module(home), cmd_name)
+            command = getattr(importlib.import_module(home), cmd_name.replace("-", "_"))
             assert isinstance(command, click.Command), home
             return command
         entry = _entry_points().get(cmd_name)
@@ -73,8 +74,16 @@ class _Dockyard(click.Group):
 
 @click.group(cls=_Dockyard, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="dockyard")
-def cli() -> None:
+@click.option(
+    "--credentials",
+    default=None,
+    metavar="DIR",
+    help="Admin credentials (ca.crt, admin.crt, admin.key) [default: $DOCKYARD_CREDENTIALS, then what "
+    "`dockyard up` recorded].",
+)
+def cli(credentials: str | None) -> None:
     """Dockyard: run containers across a small fleet of hosts."""
+    del credentials  # read by the commands through the root context (dockyard.cli.common)
 
 
 def main() -> None:

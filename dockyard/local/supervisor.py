@@ -13,13 +13,14 @@ import os
 import select
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import structlog
 
+from dockyard.addresses import JOIN_PORT, connect_address, host_of, join_listen_for, split_listen, with_port
 from dockyard.backoff import Backoff
 from dockyard.limits import DEFAULT_CONTROLLER
 
@@ -56,12 +57,24 @@ class LocalCluster:
     labels: Sequence[str] = field(default_factory=tuple)
     log_format: str = "console"
 
+    @property
+    def credentials_dir(self) -> Path:
+        """Where the admin credentials for the CLI are written."""
+        return self.state_dir / "admin"
+
+    @property
+    def join_address(self) -> str:
+        """Where the local agent joins: the join address's port on the address the CLI dials."""
+        join = split_listen(join_listen_for(self.listen))
+        return with_port(host_of(connect_address(self.listen)), join[1] if join is not None else JOIN_PORT)
+
     def controller_argv(self) -> list[str]:
-        """Returns the controller's command line."""
+        """Returns the controller's command line; --init makes the cluster on the first start."""
         return [
             sys.executable,
             "-m",
             "controller.main",
+            "--init",
             "--listen",
             self.listen,
             "--state-dir",
@@ -77,7 +90,7 @@ class LocalCluster:
             "-m",
             "agent.main",
             "--controller",
-            self.listen,
+            connect_address(self.listen),
             "--state-dir",
             str(self.state_dir / "agent"),
             "--log-format",
@@ -85,11 +98,46 @@ class LocalCluster:
         ]
         if self.docker_url:
             argv += ["--docker-url", self.docker_url]
-        if self.hostname:
-            argv += ["--hostname", self.hostname]
         for label in self.labels:
             argv += ["--label", label]
         return argv
+
+    async def prepare_agent(self) -> None:
+        """Before the agent's first start: admin credentials for the CLI, and the host joined with the token,
+        as `dockyard-controller admin-cert` and `dockyard-agent join` do on a real host. Retries until the
+        controller has made its CA and answers on the join address.
+        """
+        controller_dir = self.state_dir / "controller"
+        agent_dir = self.state_dir / "agent"
+        backoff = Backoff(base=0.1, cap=1.0)
+        while True:
+            try:
+                if not (self.credentials_dir / "admin.crt").exists():
+                    await _tool(
+                        "controller.main",
+                        "admin-cert",
+                        "--state-dir",
+                        str(controller_dir),
+                        "--out",
+                        str(self.credentials_dir),
+                    )
+                if not (agent_dir / "cluster.json").exists():
+                    token = await _tool("controller.main", "join-token", "--state-dir", str(controller_dir))
+                    hostname = ["--hostname", self.hostname] if self.hostname else []
+                    await _tool(
+                        "agent.main",
+                        "join",
+                        "--token",
+                        token,
+                        "--state-dir",
+                        str(agent_dir),
+                        *hostname,
+                        self.join_address,
+                    )
+                return
+            except _ToolFailed as exc:
+                log.info("waiting for the controller before the agent starts", step=str(exc))
+                await asyncio.sleep(backoff.next_delay())
 
 
 async def supervise(cluster: LocalCluster) -> None:
@@ -97,11 +145,33 @@ async def supervise(cluster: LocalCluster) -> None:
 
     Raises ChildFailed, after stopping the other child, when one exits with EX_CONFIG.
     """
-    await supervise_children([("controller", cluster.controller_argv()), ("agent", cluster.agent_argv())])
+    await supervise_children(
+        [("controller", cluster.controller_argv(), None), ("agent", cluster.agent_argv(), cluster.prepare_agent)]
+    )
 
 
-async def supervise_children(children: Sequence[tuple[str, Sequence[str]]]) -> None:
-    """Runs each (name, argv), restarting any that exits, until SIGTERM or SIGINT; stops them in reverse order.
+Prepare = Callable[[], Coroutine[Any, Any, None]]
+
+
+class _ToolFailed(Exception):
+    """A one-shot command (admin-cert, join-token, join) failed; str() is its last line."""
+
+
+async def _tool(module: str, *args: str) -> str:
+    """Runs `python -m module args`, returns its stdout; _ToolFailed with its last stderr line otherwise."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", module, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await process.communicate()
+    if process.returncode != 0:
+        lines = [line for line in err.decode(errors="replace").splitlines() if line.strip()]
+        raise _ToolFailed(lines[-1] if lines else f"{module} {args[0]} exited with {process.returncode}")
+    return out.decode().strip()
+
+
+async def supervise_children(children: Sequence[tuple[str, Sequence[str], Prepare | None]]) -> None:
+    """Runs each (name, argv, prepare), restarting any that exits, until SIGTERM or SIGINT; stops them in
+    reverse order. prepare, when given, is awaited before the child's first start.
 
     Each child's stderr passes through to ours. Raises ChildFailed, after stopping the others, when a child
     exits with EX_CONFIG.
@@ -112,8 +182,8 @@ async def supervise_children(children: Sequence[tuple[str, Sequence[str]]]) -> N
         loop.add_signal_handler(sig, stop.set)
     try:
         running = {
-            name: asyncio.create_task(_keep_running(name, list(argv), stop), name=f"supervise-{name}")
-            for name, argv in children
+            name: asyncio.create_task(_keep_running(name, list(argv), stop, prepare), name=f"supervise-{name}")
+            for name, argv, prepare in children
         }
         stopper = asyncio.create_task(stop.wait())
         await asyncio.wait([stopper, *running.values()], return_when=asyncio.FIRST_COMPLETED)
@@ -123,7 +193,7 @@ async def supervise_children(children: Sequence[tuple[str, Sequence[str]]]) -> N
             log.info("stopping local cluster; containers keep running")
         stop.set()
         # The agent goes first so it never sees its controller vanish.
-        for name, _ in reversed(children):
+        for name, _, _ in reversed(children):
             try:
                 await running[name]
             except Exception as exc:
@@ -136,9 +206,18 @@ async def supervise_children(children: Sequence[tuple[str, Sequence[str]]]) -> N
             loop.remove_signal_handler(sig)
 
 
-async def _keep_running(name: str, argv: list[str], stop: asyncio.Event) -> None:
+async def _keep_running(name: str, argv: list[str], stop: asyncio.Event, prepare: Prepare | None = None) -> None:
     """Runs and restarts one child until stop is set; ChildFailed when it exits with EX_CONFIG."""
     backoff = Backoff(base=0.5, cap=10.0)
+    if prepare is not None:
+        preparing = asyncio.create_task(prepare())
+        stopper = asyncio.create_task(stop.wait())
+        await asyncio.wait({preparing, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        stopper.cancel()
+        if not preparing.done():
+            preparing.cancel()
+            return
+        preparing.result()
     while not stop.is_set():
         process = await asyncio.create_subprocess_exec(*argv, stderr=asyncio.subprocess.PIPE)
         log.info("started", child=name, pid=process.pid)

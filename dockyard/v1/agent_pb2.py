@@ -27,7 +27,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from dockyard.v1 import types_pb2 as dockyard_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x64ockyard/v1/agent.proto\x12\x0b\x64ockyard.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17\x64ockyard/v1/types.proto\"\xca\x01\n\x0c\x41gentMessage\x12#\n\x05hello\x18\x01 \x01(\x0b\x32\x12.dockyard.v1.HelloH\x00\x12+\n\theartbeat\x18\x02 \x01(\x0b\x32\x16.dockyard.v1.HeartbeatH\x00\x12+\n\x06status\x18\x03 \x01(\x0b\x32\x19.dockyard.v1.StatusUpdateH\x00\x12\x34\n\x0e\x63ommand_result\x18\x04 \x01(\x0b\x32\x1a.dockyard.v1.CommandResultH\x00\x42\x05\n\x03msg\"]\n\rInventoryItem\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\'\n\x06status\x18\x02 \x01(\x0b\x32\x17.dockyard.v1.TaskStatus\x12\x12\n\ngeneration\x18\x03 \x01(\x04\"z\n\x05Hello\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x31\n\x0b\x64\x65scription\x18\x02 \x01(\x0b\x32\x1c.dockyard.v1.NodeDescription\x12-\n\tinventory\x18\x03 \x03(\x0b\x32\x1a.dockyard.v1.InventoryItem\"8\n\tHeartbeat\x12+\n\x07sent_at\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"L\n\x10TaskStatusUpdate\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\'\n\x06status\x18\x02 \x01(\x0b\x32\x17.dockyard.v1.TaskStatus\">\n\x0cStatusUpdate\x12.\n\x07updates\x18\x01 \x03(\x0b\x32\x1d.dockyard.v1.TaskStatusUpdate\"\xd1\x01\n\x11\x43ontrollerMessage\x12\'\n\x07welcome\x18\x01 \x01(\x0b\x32\x14.dockyard.v1.WelcomeH\x00\x12/\n\x0b\x61ssignments\x18\x02 \x01(\x0b\x32\x18.dockyard.v1.AssignmentsH\x00\x12\'\n\x07\x63ommand\x18\x03 \x01(\x0b\x32\x14.dockyard.v1.CommandH\x00\x12\x32\n\rheartbeat_ack\x18\x04 \x01(\x0b\x32\x19.dockyard.v1.HeartbeatAckH\x00\x42\x05\n\x03msg\"c\n\x07Welcome\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x33\n\x10heartbeat_period\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"?\n\x0cHeartbeatAck\x12/\n\x0breceived_at\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xfc\x01\n\x0b\x41ssignments\x12+\n\x04kind\x18\x01 \x01(\x0e\x32\x1d.dockyard.v1.Assignments.Kind\x12 \n\x05tasks\x18\x02 \x03(\x0b\x32\x11.dockyard.v1.Task\x12\x18\n\x10removed_task_ids\x18\x03 \x03(\t\x12\x10\n\x08sequence\x18\x04 \x01(\x04\x12/\n\x05specs\x18\x05 \x03(\x0b\x32 .dockyard.v1.ServiceRevisionSpec\"A\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\r\n\tKIND_FULL\x10\x01\x12\x14\n\x10KIND_INCREMENTAL\x10\x02\"c\n\x13ServiceRevisionSpec\x12\x12\n\nservice_id\x18\x01 \x01(\t\x12\x10\n\x08revision\x18\x02 \x01(\x04\x12&\n\x04spec\x18\x03 \x01(\x0b\x32\x18.dockyard.v1.ServiceSpec\"<\n\x0bLogsRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0c\n\x04tail\x18\x02 \x01(\r\x12\x0e\n\x06\x66ollow\x18\x03 \x01(\x08\"O\n\x07\x43ommand\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12(\n\x04logs\x18\x02 \x01(\x0b\x32\x18.dockyard.v1.LogsRequestH\x00\x42\x06\n\x04kind\"N\n\rCommandResult\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x0c\n\x04\x64one\x18\x03 \x01(\x08\x12\r\n\x05\x65rror\x18\x04 \x01(\t2X\n\x0c\x41gentService\x12H\n\x07Session\x12\x19.dockyard.v1.AgentMessage\x1a\x1e.dockyard.v1.ControllerMessage(\x01\x30\x01\x42y\n\x0f\x64\x65v.dockyard.v1B\nAgentProtoP\x01Z\'dockyard.dev/api/dockyard/v1;dockyardv1\xa2\x02\x03\x44KY\xaa\x02\x0b\x44ockyard.V1\xca\x02\x0b\x44ockyard\\V1\xea\x02\x0c\x44ockyard::V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x64ockyard/v1/agent.proto\x12\x0b\x64ockyard.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17\x64ockyard/v1/types.proto\"<\n\x0bJoinRequest\x12\x0e\n\x06secret\x18\x01 \x01(\t\x12\x0b\n\x03\x63sr\x18\x02 \x01(\x0c\x12\x10\n\x08hostname\x18\x03 \x01(\t\"r\n\x0cJoinResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63\x65rtificate\x18\x02 \x01(\x0c\x12\x16\n\x0e\x63\x61_certificate\x18\x03 \x01(\x0c\x12\x12\n\ncluster_id\x18\x04 \x01(\t\x12\x10\n\x08\x61pi_port\x18\x05 \x01(\r\"\x1b\n\x0cRenewRequest\x12\x0b\n\x03\x63sr\x18\x01 \x01(\x0c\"$\n\rRenewResponse\x12\x13\n\x0b\x63\x65rtificate\x18\x01 \x01(\x0c\"\xca\x01\n\x0c\x41gentMessage\x12#\n\x05hello\x18\x01 \x01(\x0b\x32\x12.dockyard.v1.HelloH\x00\x12+\n\theartbeat\x18\x02 \x01(\x0b\x32\x16.dockyard.v1.HeartbeatH\x00\x12+\n\x06status\x18\x03 \x01(\x0b\x32\x19.dockyard.v1.StatusUpdateH\x00\x12\x34\n\x0e\x63ommand_result\x18\x04 \x01(\x0b\x32\x1a.dockyard.v1.CommandResultH\x00\x42\x05\n\x03msg\"]\n\rInventoryItem\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\'\n\x06status\x18\x02 \x01(\x0b\x32\x17.dockyard.v1.TaskStatus\x12\x12\n\ngeneration\x18\x03 \x01(\x04\"z\n\x05Hello\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x31\n\x0b\x64\x65scription\x18\x02 \x01(\x0b\x32\x1c.dockyard.v1.NodeDescription\x12-\n\tinventory\x18\x03 \x03(\x0b\x32\x1a.dockyard.v1.InventoryItem\"8\n\tHeartbeat\x12+\n\x07sent_at\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"L\n\x10TaskStatusUpdate\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\'\n\x06status\x18\x02 \x01(\x0b\x32\x17.dockyard.v1.TaskStatus\">\n\x0cStatusUpdate\x12.\n\x07updates\x18\x01 \x03(\x0b\x32\x1d.dockyard.v1.TaskStatusUpdate\"\xd1\x01\n\x11\x43ontrollerMessage\x12\'\n\x07welcome\x18\x01 \x01(\x0b\x32\x14.dockyard.v1.WelcomeH\x00\x12/\n\x0b\x61ssignments\x18\x02 \x01(\x0b\x32\x18.dockyard.v1.AssignmentsH\x00\x12\'\n\x07\x63ommand\x18\x03 \x01(\x0b\x32\x14.dockyard.v1.CommandH\x00\x12\x32\n\rheartbeat_ack\x18\x04 \x01(\x0b\x32\x19.dockyard.v1.HeartbeatAckH\x00\x42\x05\n\x03msg\"\x8c\x01\n\x07Welcome\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x33\n\x10heartbeat_period\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x12\n\ncluster_id\x18\x04 \x01(\t\x12\x13\n\x0bstore_epoch\x18\x05 \x01(\x04\"?\n\x0cHeartbeatAck\x12/\n\x0breceived_at\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xfc\x01\n\x0b\x41ssignments\x12+\n\x04kind\x18\x01 \x01(\x0e\x32\x1d.dockyard.v1.Assignments.Kind\x12 \n\x05tasks\x18\x02 \x03(\x0b\x32\x11.dockyard.v1.Task\x12\x18\n\x10removed_task_ids\x18\x03 \x03(\t\x12\x10\n\x08sequence\x18\x04 \x01(\x04\x12/\n\x05specs\x18\x05 \x03(\x0b\x32 .dockyard.v1.ServiceRevisionSpec\"A\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\r\n\tKIND_FULL\x10\x01\x12\x14\n\x10KIND_INCREMENTAL\x10\x02\"c\n\x13ServiceRevisionSpec\x12\x12\n\nservice_id\x18\x01 \x01(\t\x12\x10\n\x08revision\x18\x02 \x01(\x04\x12&\n\x04spec\x18\x03 \x01(\x0b\x32\x18.dockyard.v1.ServiceSpec\"<\n\x0bLogsRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0c\n\x04tail\x18\x02 \x01(\r\x12\x0e\n\x06\x66ollow\x18\x03 \x01(\x08\"O\n\x07\x43ommand\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12(\n\x04logs\x18\x02 \x01(\x0b\x32\x18.dockyard.v1.LogsRequestH\x00\x42\x06\n\x04kind\"N\n\rCommandResult\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x0c\n\x04\x64one\x18\x03 \x01(\x08\x12\r\n\x05\x65rror\x18\x04 \x01(\t2\x98\x01\n\x0c\x41gentService\x12H\n\x07Session\x12\x19.dockyard.v1.AgentMessage\x1a\x1e.dockyard.v1.ControllerMessage(\x01\x30\x01\x12>\n\x05Renew\x12\x19.dockyard.v1.RenewRequest\x1a\x1a.dockyard.v1.RenewResponse2J\n\x0bJoinService\x12;\n\x04Join\x12\x18.dockyard.v1.JoinRequest\x1a\x19.dockyard.v1.JoinResponseBy\n\x0f\x64\x65v.dockyard.v1B\nAgentProtoP\x01Z\'dockyard.dev/api/dockyard/v1;dockyardv1\xa2\x02\x03\x44KY\xaa\x02\x0b\x44ockyard.V1\xca\x02\x0b\x44ockyard\\V1\xea\x02\x0c\x44ockyard::V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,36 +35,46 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'dockyard.v1.agent_pb2', _gl
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\017dev.dockyard.v1B\nAgentProtoP\001Z\'dockyard.dev/api/dockyard/v1;dockyardv1\242\002\003DKY\252\002\013Dockyard.V1\312\002\013Dockyard\\V1\352\002\014Dockyard::V1'
-  _globals['_AGENTMESSAGE']._serialized_start=131
-  _globals['_AGENTMESSAGE']._serialized_end=333
-  _globals['_INVENTORYITEM']._serialized_start=335
-  _globals['_INVENTORYITEM']._serialized_end=428
-  _globals['_HELLO']._serialized_start=430
-  _globals['_HELLO']._serialized_end=552
-  _globals['_HEARTBEAT']._serialized_start=554
-  _globals['_HEARTBEAT']._serialized_end=610
-  _globals['_TASKSTATUSUPDATE']._serialized_start=612
-  _globals['_TASKSTATUSUPDATE']._serialized_end=688
-  _globals['_STATUSUPDATE']._serialized_start=690
-  _globals['_STATUSUPDATE']._serialized_end=752
-  _globals['_CONTROLLERMESSAGE']._serialized_start=755
-  _globals['_CONTROLLERMESSAGE']._serialized_end=964
-  _globals['_WELCOME']._serialized_start=966
-  _globals['_WELCOME']._serialized_end=1065
-  _globals['_HEARTBEATACK']._serialized_start=1067
-  _globals['_HEARTBEATACK']._serialized_end=1130
-  _globals['_ASSIGNMENTS']._serialized_start=1133
-  _globals['_ASSIGNMENTS']._serialized_end=1385
-  _globals['_ASSIGNMENTS_KIND']._serialized_start=1320
-  _globals['_ASSIGNMENTS_KIND']._serialized_end=1385
-  _globals['_SERVICEREVISIONSPEC']._serialized_start=1387
-  _globals['_SERVICEREVISIONSPEC']._serialized_end=1486
-  _globals['_LOGSREQUEST']._serialized_start=1488
-  _globals['_LOGSREQUEST']._serialized_end=1548
-  _globals['_COMMAND']._serialized_start=1550
-  _globals['_COMMAND']._serialized_end=1629
-  _globals['_COMMANDRESULT']._serialized_start=1631
-  _globals['_COMMANDRESULT']._serialized_end=1709
-  _globals['_AGENTSERVICE']._serialized_start=1711
-  _globals['_AGENTSERVICE']._serialized_end=1799
+  _globals['_JOINREQUEST']._serialized_start=130
+  _globals['_JOINREQUEST']._serialized_end=190
+  _globals['_JOINRESPONSE']._serialized_start=192
+  _globals['_JOINRESPONSE']._serialized_end=306
+  _globals['_RENEWREQUEST']._serialized_start=308
+  _globals['_RENEWREQUEST']._serialized_end=335
+  _globals['_RENEWRESPONSE']._serialized_start=337
+  _globals['_RENEWRESPONSE']._serialized_end=373
+  _globals['_AGENTMESSAGE']._serialized_start=376
+  _globals['_AGENTMESSAGE']._serialized_end=578
+  _globals['_INVENTORYITEM']._serialized_start=580
+  _globals['_INVENTORYITEM']._serialized_end=673
+  _globals['_HELLO']._serialized_start=675
+  _globals['_HELLO']._serialized_end=797
+  _globals['_HEARTBEAT']._serialized_start=799
+  _globals['_HEARTBEAT']._serialized_end=855
+  _globals['_TASKSTATUSUPDATE']._serialized_start=857
+  _globals['_TASKSTATUSUPDATE']._serialized_end=933
+  _globals['_STATUSUPDATE']._serialized_start=935
+  _globals['_STATUSUPDATE']._serialized_end=997
+  _globals['_CONTROLLERMESSAGE']._serialized_start=1000
+  _globals['_CONTROLLERMESSAGE']._serialized_end=1209
+  _globals['_WELCOME']._serialized_start=1212
+  _globals['_WELCOME']._serialized_end=1352
+  _globals['_HEARTBEATACK']._serialized_start=1354
+  _globals['_HEARTBEATACK']._serialized_end=1417
+  _globals['_ASSIGNMENTS']._serialized_start=1420
+  _globals['_ASSIGNMENTS']._serialized_end=1672
+  _globals['_ASSIGNMENTS_KIND']._serialized_start=1607
+  _globals['_ASSIGNMENTS_KIND']._serialized_end=1672
+  _globals['_SERVICEREVISIONSPEC']._serialized_start=1674
+  _globals['_SERVICEREVISIONSPEC']._serialized_end=1773
+  _globals['_LOGSREQUEST']._serialized_start=1775
+  _globals['_LOGSREQUEST']._serialized_end=1835
+  _globals['_COMMAND']._serialized_start=1837
+  _globals['_COMMAND']._serialized_end=1916
+  _globals['_COMMANDRESULT']._serialized_start=1918
+  _globals['_COMMANDRESULT']._serialized_end=1996
+  _globals['_AGENTSERVICE']._serialized_start=1999
+  _globals['_AGENTSERVICE']._serialized_end=2151
+  _globals['_JOINSERVICE']._serialized_start=2153
+  _globals['_JOINSERVICE']._serialized_end=2227
 # @@protoc_insertion_point(module_scope)

@@ -23,6 +23,106 @@ else:
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
+class JoinRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SECRET_FIELD_NUMBER: _builtins.int
+    CSR_FIELD_NUMBER: _builtins.int
+    HOSTNAME_FIELD_NUMBER: _builtins.int
+    secret: _builtins.str
+    """the secret part of the join token"""
+    csr: _builtins.bytes
+    """PEM, EC P-256; its subject is ignored"""
+    hostname: _builtins.str
+    """fixed at join: a later hello cannot change it, and no two nodes share one"""
+    def __init__(
+        self,
+        *,
+        secret: _builtins.str = ...,
+        csr: _builtins.bytes = ...,
+        hostname: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["csr", b"csr", "hostname", b"hostname", "secret", b"secret"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JoinRequest: _TypeAlias = JoinRequest  # noqa: Y015
+
+@_typing.final
+class JoinResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    CERTIFICATE_FIELD_NUMBER: _builtins.int
+    CA_CERTIFICATE_FIELD_NUMBER: _builtins.int
+    CLUSTER_ID_FIELD_NUMBER: _builtins.int
+    API_PORT_FIELD_NUMBER: _builtins.int
+    node_id: _builtins.str
+    certificate: _builtins.bytes
+    """PEM: O = cluster id, OU = agent, CN = node id"""
+    ca_certificate: _builtins.bytes
+    """PEM"""
+    cluster_id: _builtins.str
+    api_port: _builtins.int
+    """where the agent's sessions go (mutual TLS), on the host it joined through"""
+    def __init__(
+        self,
+        *,
+        node_id: _builtins.str = ...,
+        certificate: _builtins.bytes = ...,
+        ca_certificate: _builtins.bytes = ...,
+        cluster_id: _builtins.str = ...,
+        api_port: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_port", b"api_port", "ca_certificate", b"ca_certificate", "certificate", b"certificate", "cluster_id", b"cluster_id", "node_id", b"node_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JoinResponse: _TypeAlias = JoinResponse  # noqa: Y015
+
+@_typing.final
+class RenewRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CSR_FIELD_NUMBER: _builtins.int
+    csr: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        csr: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["csr", b"csr"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RenewRequest: _TypeAlias = RenewRequest  # noqa: Y015
+
+@_typing.final
+class RenewResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CERTIFICATE_FIELD_NUMBER: _builtins.int
+    certificate: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        certificate: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificate", b"certificate"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RenewResponse: _TypeAlias = RenewResponse  # noqa: Y015
+
+@_typing.final
 class AgentMessage(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -94,8 +194,8 @@ class Hello(_message.Message):
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     INVENTORY_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
-    """The agent's persisted identity. Once mutual TLS is on, the controller takes the
-    identity from the client certificate and rejects a hello that names another node.
+    """The node id the agent believes it has. Under mutual TLS the controller takes the identity from the
+    client certificate and refuses a hello that names another node; only --insecure trusts this field.
     """
     @_builtins.property
     def description(self) -> _types_pb2.NodeDescription: ...
@@ -220,8 +320,16 @@ class Welcome(_message.Message):
     NODE_ID_FIELD_NUMBER: _builtins.int
     SESSION_ID_FIELD_NUMBER: _builtins.int
     HEARTBEAT_PERIOD_FIELD_NUMBER: _builtins.int
+    CLUSTER_ID_FIELD_NUMBER: _builtins.int
+    STORE_EPOCH_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     session_id: _builtins.str
+    cluster_id: _builtins.str
+    """Who is speaking: the cluster (from its CA) and the store's epoch, made when the store was created. An
+    agent acts on no full assignment from another cluster or epoch (a reset or foreign controller would
+    otherwise make it remove every container), and says so instead.
+    """
+    store_epoch: _builtins.int
     @_builtins.property
     def heartbeat_period(self) -> _duration_pb2.Duration: ...
     def __init__(
@@ -230,10 +338,12 @@ class Welcome(_message.Message):
         node_id: _builtins.str = ...,
         session_id: _builtins.str = ...,
         heartbeat_period: _duration_pb2.Duration | None = ...,
+        cluster_id: _builtins.str = ...,
+        store_epoch: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["heartbeat_period", b"heartbeat_period"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat_period", b"heartbeat_period", "node_id", b"node_id", "session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cluster_id", b"cluster_id", "heartbeat_period", b"heartbeat_period", "node_id", b"node_id", "session_id", b"session_id", "store_epoch", b"store_epoch"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -26,7 +26,9 @@ if _version_not_supported:
 
 
 class AgentServiceStub:
-    """Missing associated documentation comment in .proto file."""
+    """Served on the controller's API address, to agents with a node certificate only (mutual TLS). The node
+    is always the one named in the client certificate; nothing in a message can name another.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -39,13 +41,27 @@ class AgentServiceStub:
                 request_serializer=dockyard_dot_v1_dot_agent__pb2.AgentMessage.SerializeToString,
                 response_deserializer=dockyard_dot_v1_dot_agent__pb2.ControllerMessage.FromString,
                 _registered_method=True)
+        self.Renew = channel.unary_unary(
+                '/dockyard.v1.AgentService/Renew',
+                request_serializer=dockyard_dot_v1_dot_agent__pb2.RenewRequest.SerializeToString,
+                response_deserializer=dockyard_dot_v1_dot_agent__pb2.RenewResponse.FromString,
+                _registered_method=True)
 
 
 class AgentServiceServicer:
-    """Missing associated documentation comment in .proto file."""
+    """Served on the controller's API address, to agents with a node certificate only (mutual TLS). The node
+    is always the one named in the client certificate; nothing in a message can name another.
+    """
 
     def Session(self, request_iterator, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Renew(self, request, context):
+        """A new certificate for the caller's node, for the key of the CSR; the session stays as it is.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -58,6 +74,11 @@ def add_AgentServiceServicer_to_server(servicer, server):
                     request_deserializer=dockyard_dot_v1_dot_agent__pb2.AgentMessage.FromString,
                     response_serializer=dockyard_dot_v1_dot_agent__pb2.ControllerMessage.SerializeToString,
             ),
+            'Renew': grpc.unary_unary_rpc_method_handler(
+                    servicer.Renew,
+                    request_deserializer=dockyard_dot_v1_dot_agent__pb2.RenewRequest.FromString,
+                    response_serializer=dockyard_dot_v1_dot_agent__pb2.RenewResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'dockyard.v1.AgentService', rpc_method_handlers)
@@ -67,7 +88,9 @@ def add_AgentServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class AgentService:
-    """Missing associated documentation comment in .proto file."""
+    """Served on the controller's API address, to agents with a node certificate only (mutual TLS). The node
+    is always the one named in the client certificate; nothing in a message can name another.
+    """
 
     @staticmethod
     def Session(request_iterator,
@@ -86,6 +109,114 @@ class AgentService:
             '/dockyard.v1.AgentService/Session',
             dockyard_dot_v1_dot_agent__pb2.AgentMessage.SerializeToString,
             dockyard_dot_v1_dot_agent__pb2.ControllerMessage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Renew(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dockyard.v1.AgentService/Renew',
+            dockyard_dot_v1_dot_agent__pb2.RenewRequest.SerializeToString,
+            dockyard_dot_v1_dot_agent__pb2.RenewResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class JoinServiceStub:
+    """Served on the controller's join address (server-authenticated TLS, no client certificate): a host with
+    the join token gets its node certificate here. The host checks the controller's certificate against the
+    CA digest in the token before it calls.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Join = channel.unary_unary(
+                '/dockyard.v1.JoinService/Join',
+                request_serializer=dockyard_dot_v1_dot_agent__pb2.JoinRequest.SerializeToString,
+                response_deserializer=dockyard_dot_v1_dot_agent__pb2.JoinResponse.FromString,
+                _registered_method=True)
+
+
+class JoinServiceServicer:
+    """Served on the controller's join address (server-authenticated TLS, no client certificate): a host with
+    the join token gets its node certificate here. The host checks the controller's certificate against the
+    CA digest in the token before it calls.
+    """
+
+    def Join(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_JoinServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Join': grpc.unary_unary_rpc_method_handler(
+                    servicer.Join,
+                    request_deserializer=dockyard_dot_v1_dot_agent__pb2.JoinRequest.FromString,
+                    response_serializer=dockyard_dot_v1_dot_agent__pb2.JoinResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'dockyard.v1.JoinService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('dockyard.v1.JoinService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class JoinService:
+    """Served on the controller's join address (server-authenticated TLS, no client certificate): a host with
+    the join token gets its node certificate here. The host checks the controller's certificate against the
+    CA digest in the token before it calls.
+    """
+
+    @staticmethod
+    def Join(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dockyard.v1.JoinService/Join',
+            dockyard_dot_v1_dot_agent__pb2.JoinRequest.SerializeToString,
+            dockyard_dot_v1_dot_agent__pb2.JoinResponse.FromString,
             options,
             channel_credentials,
             insecure,

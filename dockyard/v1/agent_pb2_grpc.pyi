@@ -27,18 +27,34 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class AgentServiceStub:
+    """Served on the controller's API address, to agents with a node certificate only (mutual TLS). The node
+    is always the one named in the client certificate; nothing in a message can name another.
+    """
+
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> AgentServiceAsyncStub: ...
     Session: _grpc.StreamStreamMultiCallable[_agent_pb2.AgentMessage, _agent_pb2.ControllerMessage]
+    Renew: _grpc.UnaryUnaryMultiCallable[_agent_pb2.RenewRequest, _agent_pb2.RenewResponse]
+    """A new certificate for the caller's node, for the key of the CSR; the session stays as it is."""
 
 @_typing.type_check_only
 class AgentServiceAsyncStub(AgentServiceStub):
+    """Served on the controller's API address, to agents with a node certificate only (mutual TLS). The node
+    is always the one named in the client certificate; nothing in a message can name another.
+    """
+
     def __init__(self, channel: _aio.Channel) -> None: ...
     Session: _aio.StreamStreamMultiCallable[_agent_pb2.AgentMessage, _agent_pb2.ControllerMessage]  # type: ignore[assignment]
+    Renew: _aio.UnaryUnaryMultiCallable[_agent_pb2.RenewRequest, _agent_pb2.RenewResponse]  # type: ignore[assignment]
+    """A new certificate for the caller's node, for the key of the CSR; the session stays as it is."""
 
 class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
+    """Served on the controller's API address, to agents with a node certificate only (mutual TLS). The node
+    is always the one named in the client certificate; nothing in a message can name another.
+    """
+
     @_abc_1.abstractmethod
     def Session(
         self,
@@ -46,4 +62,49 @@ class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_agent_pb2.ControllerMessage], _abc.AsyncIterator[_agent_pb2.ControllerMessage]]: ...
 
+    @_abc_1.abstractmethod
+    def Renew(
+        self,
+        request: _agent_pb2.RenewRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_agent_pb2.RenewResponse, _abc.Awaitable[_agent_pb2.RenewResponse]]:
+        """A new certificate for the caller's node, for the key of the CSR; the session stays as it is."""
+
 def add_AgentServiceServicer_to_server(servicer: AgentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class JoinServiceStub:
+    """Served on the controller's join address (server-authenticated TLS, no client certificate): a host with
+    the join token gets its node certificate here. The host checks the controller's certificate against the
+    CA digest in the token before it calls.
+    """
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> JoinServiceAsyncStub: ...
+    Join: _grpc.UnaryUnaryMultiCallable[_agent_pb2.JoinRequest, _agent_pb2.JoinResponse]
+
+@_typing.type_check_only
+class JoinServiceAsyncStub(JoinServiceStub):
+    """Served on the controller's join address (server-authenticated TLS, no client certificate): a host with
+    the join token gets its node certificate here. The host checks the controller's certificate against the
+    CA digest in the token before it calls.
+    """
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    Join: _aio.UnaryUnaryMultiCallable[_agent_pb2.JoinRequest, _agent_pb2.JoinResponse]  # type: ignore[assignment]
+
+class JoinServiceServicer(metaclass=_abc_1.ABCMeta):
+    """Served on the controller's join address (server-authenticated TLS, no client certificate): a host with
+    the join token gets its node certificate here. The host checks the controller's certificate against the
+    CA digest in the token before it calls.
+    """
+
+    @_abc_1.abstractmethod
+    def Join(
+        self,
+        request: _agent_pb2.JoinRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_agent_pb2.JoinResponse, _abc.Awaitable[_agent_pb2.JoinResponse]]: ...
+
+def add_JoinServiceServicer_to_server(servicer: JoinServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -65,6 +65,49 @@ OBJECT_KIND_TASK: ObjectKind.ValueType  # 3
 Global___ObjectKind: _TypeAlias = ObjectKind  # noqa: Y015
 
 @_typing.final
+class GetJoinTokenRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROTATE_FIELD_NUMBER: _builtins.int
+    rotate: _builtins.bool
+    def __init__(
+        self,
+        *,
+        rotate: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["rotate", b"rotate"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetJoinTokenRequest: _TypeAlias = GetJoinTokenRequest  # noqa: Y015
+
+@_typing.final
+class JoinTokenResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOKEN_FIELD_NUMBER: _builtins.int
+    JOIN_PORT_FIELD_NUMBER: _builtins.int
+    token: _builtins.str
+    """DKY1-<sha256 of the CA certificate, hex>-<secret>"""
+    join_port: _builtins.int
+    """the port of the controller's join address"""
+    def __init__(
+        self,
+        *,
+        token: _builtins.str = ...,
+        join_port: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["join_port", b"join_port", "token", b"token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JoinTokenResponse: _TypeAlias = JoinTokenResponse  # noqa: Y015
+
+@_typing.final
 class ApplyServiceRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

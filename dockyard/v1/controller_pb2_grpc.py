@@ -96,6 +96,11 @@ class ControllerServiceStub:
                 request_serializer=dockyard_dot_v1_dot_controller__pb2.WatchRequest.SerializeToString,
                 response_deserializer=dockyard_dot_v1_dot_controller__pb2.WatchResponse.FromString,
                 _registered_method=True)
+        self.GetJoinToken = channel.unary_unary(
+                '/dockyard.v1.ControllerService/GetJoinToken',
+                request_serializer=dockyard_dot_v1_dot_controller__pb2.GetJoinTokenRequest.SerializeToString,
+                response_deserializer=dockyard_dot_v1_dot_controller__pb2.JoinTokenResponse.FromString,
+                _registered_method=True)
 
 
 class ControllerServiceServicer:
@@ -179,6 +184,13 @@ class ControllerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetJoinToken(self, request, context):
+        """The token hosts join with; rotate replaces its secret, and the old token is refused at once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControllerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -231,6 +243,11 @@ def add_ControllerServiceServicer_to_server(servicer, server):
                     servicer.Watch,
                     request_deserializer=dockyard_dot_v1_dot_controller__pb2.WatchRequest.FromString,
                     response_serializer=dockyard_dot_v1_dot_controller__pb2.WatchResponse.SerializeToString,
+            ),
+            'GetJoinToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetJoinToken,
+                    request_deserializer=dockyard_dot_v1_dot_controller__pb2.GetJoinTokenRequest.FromString,
+                    response_serializer=dockyard_dot_v1_dot_controller__pb2.JoinTokenResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -514,6 +531,33 @@ class ControllerService:
             '/dockyard.v1.ControllerService/Watch',
             dockyard_dot_v1_dot_controller__pb2.WatchRequest.SerializeToString,
             dockyard_dot_v1_dot_controller__pb2.WatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetJoinToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dockyard.v1.ControllerService/GetJoinToken',
+            dockyard_dot_v1_dot_controller__pb2.GetJoinTokenRequest.SerializeToString,
+            dockyard_dot_v1_dot_controller__pb2.JoinTokenResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -63,6 +63,8 @@ class ControllerServiceStub:
     repeated. OUT_OF_RANGE when that revision is older than the controller still keeps: list again, then
     watch from a revision read before the listing.
     """
+    GetJoinToken: _grpc.UnaryUnaryMultiCallable[_controller_pb2.GetJoinTokenRequest, _controller_pb2.JoinTokenResponse]
+    """The token hosts join with; rotate replaces its secret, and the old token is refused at once."""
 
 @_typing.type_check_only
 class ControllerServiceAsyncStub(ControllerServiceStub):
@@ -98,6 +100,8 @@ class ControllerServiceAsyncStub(ControllerServiceStub):
     repeated. OUT_OF_RANGE when that revision is older than the controller still keeps: list again, then
     watch from a revision read before the listing.
     """
+    GetJoinToken: _aio.UnaryUnaryMultiCallable[_controller_pb2.GetJoinTokenRequest, _controller_pb2.JoinTokenResponse]  # type: ignore[assignment]
+    """The token hosts join with; rotate replaces its secret, and the old token is refused at once."""
 
 class ControllerServiceServicer(metaclass=_abc_1.ABCMeta):
     """Conventions every RPC follows:
@@ -190,5 +194,13 @@ class ControllerServiceServicer(metaclass=_abc_1.ABCMeta):
         repeated. OUT_OF_RANGE when that revision is older than the controller still keeps: list again, then
         watch from a revision read before the listing.
         """
+
+    @_abc_1.abstractmethod
+    def GetJoinToken(
+        self,
+        request: _controller_pb2.GetJoinTokenRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.JoinTokenResponse, _abc.Awaitable[_controller_pb2.JoinTokenResponse]]:
+        """The token hosts join with; rotate replaces its secret, and the old token is refused at once."""
 
 def add_ControllerServiceServicer_to_server(servicer: ControllerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,4 +1,8 @@
-"""An in-process cluster: the real controller and real agents over real gRPC, with fake runtimes."""
+"""An in-process cluster: the real controller and real agents over real gRPC, with fake runtimes.
+
+Both harnesses speak mutual TLS with real certificates, as a deployment does: agents join with the token,
+API clients present admin credentials.
+"""
 
 from __future__ import annotations
 
@@ -15,17 +19,22 @@ import grpc
 
 from agent.agent import Agent
 from agent.config import AgentConfig
+from agent.identity import CLUSTER_FILE, join
 from agent.runtime.base import ContainerInfo, ContainerState
 from agent.runtime.fake import FakeRuntime
 from controller.api.handlers import add_controller_api
 from controller.api.paging import PageLimits
 from controller.api.servicer import ControllerApi
 from controller.ids import new_id
+from controller.security.authority import ClusterAuthority
+from controller.security.guard import Guard
 from controller.server import Controller, ControllerConfig
 from controller.store.sqlite import SqliteStore
-from dockyard import labels
+from dockyard import labels, pki
+from dockyard.channels import open_channel
 from dockyard.client import Client
 from dockyard.clock import SystemClock
+from dockyard.logs import Throttle
 
 IMAGE = "dockyard-test:latest"
 T = TypeVar("T")
@@ -49,15 +58,41 @@ class FakeCluster:
     root: Path
     controller: Controller | None = None
     port: int = 0
+    join_port: int = 0
     hosts: dict[str, HostUnderTest] = field(default_factory=dict)
+    admin: pki.Credentials | None = None
 
-    async def start_controller(self) -> None:
-        """Starts (or restarts, on the same port and database) the controller."""
-        listen = f"127.0.0.1:{self.port}"
-        config = ControllerConfig(listen=listen, state_dir=self.root / "controller", heartbeat_period=0.2)
+    async def start_controller(self, **options: object) -> None:
+        """Starts (or restarts, on the same ports, CA and database) the controller; options go to its config."""
+        config = ControllerConfig(
+            listen=f"127.0.0.1:{self.port}",
+            join_listen=f"127.0.0.1:{self.join_port}",
+            state_dir=self.root / "controller",
+            heartbeat_period=0.2,
+            init=True,
+            **options,  # type: ignore[arg-type]
+        )
         self.controller = Controller(config)
         await self.controller.start()
         self.port = self.controller.port
+        self.join_port = self.controller.join_port
+        if self.admin is None and self.controller.authority is not None:
+            self.admin = self.controller.authority.issue_admin("tests")
+            self.admin.save(self.credentials_dir, "admin")
+
+    @property
+    def credentials_dir(self) -> Path:
+        """Where the admin credentials are saved, for the CLI's --credentials."""
+        return self.root / "admin"
+
+    def token(self) -> str:
+        """The running controller's join token."""
+        assert self.controller is not None and self.controller.authority is not None
+        return str(self.controller.authority.token())
+
+    async def join(self, name: str) -> None:
+        """Joins host `name` (its state dir) with the token, as `dockyard-agent join` does."""
+        await join(self.root / name, f"127.0.0.1:{self.join_port}", self.token(), name)
 
     async def stop_controller(self) -> None:
         """Stops the controller; agents keep their containers."""
@@ -71,6 +106,8 @@ class FakeCluster:
         """Starts an agent (a new one, or again on the same fake daemon and state)."""
         host = self.hosts.get(name) or HostUnderTest(name, runtime or FakeRuntime(images=[IMAGE]), self.root / name)
         self.hosts[name] = host
+        if not (host.state_dir / CLUSTER_FILE).exists():
+            await self.join(name)
         config = AgentConfig(
             controller=f"127.0.0.1:{self.port}",
             state_dir=host.state_dir,
@@ -92,9 +129,13 @@ class FakeCluster:
                 await host.task
             host.task = None
 
-    def client(self) -> Client:
-        """A public API client for the controller."""
-        return Client(f"127.0.0.1:{self.port}")
+    def client(self, **options: object) -> Client:
+        """A public API client for the controller, with admin credentials; options go to Client."""
+        return Client(f"127.0.0.1:{self.port}", credentials=self.admin, **options)  # type: ignore[arg-type]
+
+    def channel(self, credentials: pki.Credentials | None = None) -> grpc.aio.Channel:
+        """A raw channel to the API address (admin credentials unless others are given)."""
+        return open_channel(f"127.0.0.1:{self.port}", credentials or self.admin)
 
     async def close(self) -> None:
         """Stops every agent and the controller; a step that hangs fails with every task's stack."""
@@ -129,19 +170,22 @@ class ApiUnderTest:
     store: SqliteStore
     server: grpc.aio.Server
     port: int
+    authority: ClusterAuthority
+    admin: pki.Credentials
+    credentials_dir: Path
 
     @property
     def address(self) -> str:
         """The server's address for clients."""
         return f"127.0.0.1:{self.port}"
 
-    def client(self) -> Client:
-        """A public API client for this server."""
-        return Client(self.address)
+    def client(self, **options: object) -> Client:
+        """A public API client for this server, with admin credentials; options go to Client."""
+        return Client(self.address, credentials=self.admin, **options)  # type: ignore[arg-type]
 
-    def channel(self) -> grpc.aio.Channel:
-        """A raw channel, for requests the client would never send."""
-        return grpc.aio.insecure_channel(self.address)
+    def channel(self, credentials: pki.Credentials | None = None) -> grpc.aio.Channel:
+        """A raw channel, for requests the client would never send (admin credentials unless others are given)."""
+        return open_channel(self.address, credentials or self.admin)
 
     async def close(self) -> None:
         """Stops the server and closes the store."""
@@ -149,15 +193,24 @@ class ApiUnderTest:
         await self.store.close()
 
 
-async def start_api(root: Path, page_limits: PageLimits | None = None) -> ApiUnderTest:
-    """Serves ControllerService (as the controller registers it) over a new store under root."""
+async def start_api(root: Path, page_limits: PageLimits | None = None, **api_options: object) -> ApiUnderTest:
+    """Serves ControllerService (as the controller registers it: mutual TLS, the guard) over a new store under root.
+
+    api_options go to ControllerApi (caps, watch limits).
+    """
     store = SqliteStore(root / "api.db")
     await store.open()
-    server = grpc.aio.server()
-    add_controller_api(ControllerApi(store, SystemClock(), new_id, page_limits), server)
-    port = server.add_insecure_port("127.0.0.1:0")
+    clock = SystemClock()
+    authority = ClusterAuthority.open(
+        root / "pki", clock, pki.DEFAULT_CERT_LIFETIME, init=True, addresses=("127.0.0.1",)
+    )
+    server = grpc.aio.server(interceptors=[Guard(store, authority.cluster_id, Throttle(clock))])
+    add_controller_api(ControllerApi(store, clock, new_id, page_limits, **api_options), server)  # type: ignore[arg-type]
+    port = server.add_secure_port("127.0.0.1:0", authority.server_credentials(client_certificates=True))
     await server.start()
-    return ApiUnderTest(store, server, port)
+    admin = authority.issue_admin("tests")
+    admin.save(root / "admin", "admin")
+    return ApiUnderTest(store, server, port, authority, admin, root / "admin")
 
 
 class ApiInThread:

@@ -27,7 +27,11 @@ def api(tmp_path: Path) -> Iterator[ApiInThread]:
 
 
 def dockyard(api: ApiInThread, *args: str) -> Result:
-    return CliRunner().invoke(cli, [*args, "--controller", api.api.address], catch_exceptions=False)
+    return CliRunner().invoke(
+        cli,
+        ["--credentials", str(api.api.credentials_dir), *args, "--controller", api.api.address],
+        catch_exceptions=False,
+    )
 
 
 def spec_file(tmp_path: Path, *services: tuple[str, str]) -> str:

@@ -24,10 +24,10 @@ V1_METHOD = "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"
 ALPHA_METHOD = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
 
 
-async def ask_v1(address: str, *requests: dict[str, str | bool]) -> list[object]:
-    """Sends v1 reflection requests over one stream, as a v1-only client such as grpcurl does."""
+async def ask_v1(cluster: FakeCluster, *requests: dict[str, str | bool]) -> list[object]:
+    """Sends v1 reflection requests over one stream, as a v1-only client such as grpcurl does (as an admin)."""
     request_class, response_class = v1_message("ServerReflectionRequest"), v1_message("ServerReflectionResponse")
-    async with grpc.aio.insecure_channel(address) as channel:
+    async with cluster.channel() as channel:
         call = channel.stream_stream(
             V1_METHOD,
             request_serializer=lambda m: m.SerializeToString(),
@@ -46,9 +46,8 @@ def files(response: object) -> dict[str, descriptor_pb2.FileDescriptorProto]:
 
 
 async def test_reflection_v1_lists_services_and_resolves_files(fake_cluster: FakeCluster) -> None:
-    address = f"127.0.0.1:{fake_cluster.port}"
     listed, by_symbol, by_name, itself, missing = await ask_v1(
-        address,
+        fake_cluster,
         {"list_services": ""},
         {"file_containing_symbol": "dockyard.v1.ControllerService"},
         {"file_by_filename": "dockyard/v1/types.proto"},
@@ -78,7 +77,7 @@ async def test_reflection_v1_lists_services_and_resolves_files(fake_cluster: Fak
 
 
 async def test_reflection_v1alpha_still_answers(fake_cluster: FakeCluster) -> None:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{fake_cluster.port}") as channel:
+    async with fake_cluster.channel() as channel:
         call = channel.stream_stream(
             ALPHA_METHOD,
             request_serializer=alpha_pb2.ServerReflectionRequest.SerializeToString,
@@ -103,6 +102,9 @@ def first_controller(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], 
             sys.executable,
             "-m",
             "controller.main",
+            "--init",
+            "--join-listen",
+            "127.0.0.1:0",
             "--listen",
             f"127.0.0.1:{port}",
             "--state-dir",
@@ -130,7 +132,9 @@ async def test_a_second_controller_on_the_same_address_is_refused_naming_the_fir
     first_controller: tuple[subprocess.Popen[bytes], int], tmp_path: Path
 ) -> None:
     process, port = first_controller
-    second = Controller(ControllerConfig(listen=f"127.0.0.1:{port}", state_dir=tmp_path / "two"))
+    second = Controller(
+        ControllerConfig(listen=f"127.0.0.1:{port}", join_listen="127.0.0.1:0", state_dir=tmp_path / "two", init=True)
+    )
     with pytest.raises(StartupError) as caught:
         await second.start()
     message = str(caught.value)
@@ -149,6 +153,9 @@ def test_the_second_controller_command_exits_with_one_line(
             sys.executable,
             "-m",
             "controller.main",
+            "--init",
+            "--join-listen",
+            "127.0.0.1:0",
             "--listen",
             f"127.0.0.1:{port}",
             "--state-dir",

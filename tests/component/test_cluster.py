@@ -259,6 +259,7 @@ async def test_agent_survives_docker_down_at_start_and_registers_once_it_answers
     async with fake_cluster.client() as client:
         await asyncio.sleep(0.5)
         assert host.task is not None and not host.task.done(), "the agent keeps trying instead of exiting"
-        assert not await client.list_nodes()
+        # Joined (the node exists from the join), but never ready without the host's facts for a hello.
+        assert [n.status for n in await client.list_nodes()] == [pb.NODE_STATUS_UNKNOWN]
         runtime.set_available(True)
         await eventually(lambda: _nodes_ready(client, 1), within=15, what="registration once Docker answers")

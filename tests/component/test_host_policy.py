@@ -16,7 +16,7 @@ from tests.polling import eventually
 
 async def dockyard(cluster: FakeCluster, *args: str) -> Result:
     """Runs the CLI in-process, on a thread of its own: it runs its own event loop."""
-    command = [*args, "--controller", f"127.0.0.1:{cluster.port}"]
+    command = ["--credentials", str(cluster.credentials_dir), *args, "--controller", f"127.0.0.1:{cluster.port}"]
     return await asyncio.to_thread(CliRunner().invoke, cli, command, catch_exceptions=False)
 
 

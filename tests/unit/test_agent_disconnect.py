@@ -15,6 +15,7 @@ from dockyard.clock import FakeClock
 from dockyard.timestamps import duration
 from dockyard.v1 import agent_pb2 as apb
 from dockyard.v1 import types_pb2 as pb
+from tests.identities import joined_state
 
 IMAGE = "dockyard-test:latest"
 UNREACHABLE = "127.0.0.1:1"  # nothing listens: every dial fails, as during a partition
@@ -63,6 +64,7 @@ async def test_only_the_task_with_stop_after_stops_once_cut_off_that_long(tmp_pa
     remembered(tmp_path)
     clock = FakeClock()
     runtime = FakeRuntime(images=[IMAGE], clock=clock.now)
+    joined_state(tmp_path, UNREACHABLE)
     config = AgentConfig(controller=UNREACHABLE, state_dir=tmp_path, hostname="h1")
     agent = Agent(config, runtime, clock=clock)
     running = asyncio.create_task(agent.run())

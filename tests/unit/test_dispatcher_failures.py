@@ -46,7 +46,9 @@ async def test_a_refused_write_keeps_the_batch_and_the_committer_running() -> No
                 return store.failures == 0 and committer.pending == 1  # refused, and put back
 
             async def committed() -> bool:
-                return committer.pending == 0
+                # Not pending alone: a batch taken for its commit is no longer pending, yet not written.
+                stored = await store.get_task("t1")
+                return committer.pending == 0 and stored is not None and stored.version > 1
 
             await eventually(failed, what="the first commit to fail")
             assert not running.done(), "the committer ended on a refused write"

@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PRODUCT = ("dockyard", "agent", "controller")
 PACKAGES = (*PRODUCT, "deploy")
 ROLES = ("api", "orchestrator", "scheduler", "dispatcher")
-SHARED_CONTROLLER = ("controller.store", "controller.errors", "controller.ids")
+SHARED_CONTROLLER = ("controller.store", "controller.errors", "controller.ids", "controller.security")
 # `from` these imports tools for the module itself, never exports.
 TOOL_MODULES = ("__future__", "typing")
 

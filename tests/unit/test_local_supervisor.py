@@ -46,8 +46,9 @@ async def test_a_child_exiting_with_ex_config_stops_everything_with_its_line(
         (
             "controller",
             child(controller, f"while not os.path.exists({str(agent)!r}): time.sleep(0.01)\n" + fail_with(reason)),
+            None,
         ),
-        ("agent", child(agent, "import signal\nsignal.pause()  # until the supervisor stops it\n")),
+        ("agent", child(agent, "import signal\nsignal.pause()  # until the supervisor stops it\n"), None),
     ]
     with pytest.raises(ChildFailed) as caught:
         await supervise_children(children)
@@ -64,12 +65,12 @@ async def test_a_crashing_child_is_restarted(tmp_path: Path) -> None:
     # Crashes on its first start; on the second it fails for good, which ends the test.
     body = f"if len(open({str(starts)!r}).read().split()) < 2:\n    sys.exit(1)\n" + fail_with("second start: done")
     with pytest.raises(ChildFailed, match="second start: done"):
-        await supervise_children([("controller", child(starts, body))])
+        await supervise_children([("controller", child(starts, body), None)])
     assert len(pids(starts)) == 2
 
 
 async def test_a_silent_child_still_gets_a_reason(tmp_path: Path) -> None:
     starts = tmp_path / "starts"
     with pytest.raises(ChildFailed, match="the agent exited with code 78"):
-        await supervise_children([("agent", child(starts, "sys.exit(78)\n"))])
+        await supervise_children([("agent", child(starts, "sys.exit(78)\n"), None)])
     assert len(pids(starts)) == 1

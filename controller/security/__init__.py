@@ -1,0 +1,1 @@
+"""Cluster security: the CA, the join flow and the check of every caller's certificate."""
