@@ -134,3 +134,13 @@ def test_a_configuration_error_is_not_restarted(unit: str) -> None:
     _, service = _sections(unit)
     assert service["Restart"] == "on-failure"
     assert str(EXIT_CONFIG) in service["RestartPreventExitStatus"].split()
+
+
+def test_the_install_guide_sets_up_what_the_units_expect() -> None:
+    """docs/install.md makes the venv the units run from, installs both units, and puts the configs they read."""
+    guide = (ROOT / "docs" / "install.md").read_text()
+    assert f"python3 -m venv {INSTALL_BIN.removesuffix('/bin/')}\n" in guide
+    for unit, (program, _) in EXPECTED.items():
+        role = program.removeprefix("dockyard-")
+        assert f"deploy/systemd/{unit}.service" in guide
+        assert f"deploy/config/{role}.toml /etc/dockyard/" in guide
