@@ -11,12 +11,20 @@ Prints, with the machine's load beside them:
 * after 100 agents are lost at once: time until all are marked down and until their tasks run elsewhere;
 * the RSS of one real idle agent process (python -m agent.main on the local Docker).
 
+By default the controller serves mutual TLS (started with --init; this script's client and samplers use admin
+credentials from `dockyard-controller admin-cert`) and every simulated agent joins with the join token and
+opens its session with its own node certificate. The joins are made before each size's timings (the
+controller's join rate would otherwise be timed); how long they took is printed. --insecure runs the same
+against a plaintext controller, the figures before issue 8; --streams-per-channel 1 then gives each agent its
+own connection as TLS must, to tell the cost of the connections from the cost of TLS.
+
 Goals (issue 7, at 1,000 agents): steady state <= 10% of a core and <= 300 MB; 10,000 replicas running within
 10 s of the apply; list calls p99 < 100 ms during the deploy; 100 lost nodes replaced within 5 s; 0 nodes
 wrongly marked down. The simulated fleet runs in this process on the same cores as the controller, so the
 figures are for this machine as loaded; the load average is printed with them.
 
 Run: python bench/fleet.py [--quick] [--sizes 100,300,1000] [--services 10] [--replicas 1000] [--lose 100]
+     [--insecure [--streams-per-channel N]]
 Each wait has a deadline, so a run ends within a few minutes whatever the controller does.
 """
 
@@ -43,7 +51,9 @@ sys.path.insert(0, str(ROOT))
 import grpc  # noqa: E402
 
 from agent.link import MISSED_HEARTBEATS  # noqa: E402
-from agent.testing.fleet import Drop, Fleet, FleetConfig  # noqa: E402
+from agent.testing.fleet import Drop, Fleet, FleetConfig, FleetJoin  # noqa: E402
+from dockyard import pki  # noqa: E402
+from dockyard.channels import open_channel  # noqa: E402
 from dockyard.client import PAGE_SIZE, Client  # noqa: E402
 from dockyard.spec import load_spec  # noqa: E402
 from dockyard.v1 import controller_pb2 as cpb  # noqa: E402
@@ -56,6 +66,10 @@ TICK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 MB = 1 << 20
 DOCKER_SOCKET = Path("/var/run/docker.sock")
+# For this long after its start the controller judges a node it never heard from by the time since its own
+# start, not since the node joined (2 x (grace + redial allowance), 16 s at the defaults): a node joined then is
+# marked down before its first hello can arrive. Joins wait until then, or the figures would count those.
+JOIN_AFTER_START = 20.0
 
 
 def free_port() -> int:
@@ -117,6 +131,7 @@ class Sampler:
 
     address: str
     sim_nodes: Callable[[], set[str]]
+    credentials: pki.Credentials | None = None  # admin; None for a controller run with --insecure
     lost: set[str] = field(default_factory=set)
     phase: str = "setup"
     latencies: dict[tuple[str, str], list[float]] = field(default_factory=dict)
@@ -126,7 +141,7 @@ class Sampler:
 
     async def run_latency(self) -> None:
         """Calls ListTasks (one page) and ListServices in turn, 10 times a second, timing each."""
-        async with grpc.aio.insecure_channel(self.address) as channel:
+        async with open_channel(self.address, self.credentials) as channel:
             stub = cpb_grpc.ControllerServiceStub(channel)
             calls: list[tuple[str, Callable[[], Awaitable[object]]]] = [
                 ("ListTasks", lambda: stub.ListTasks(cpb.ListTasksRequest(page_size=PAGE_SIZE), timeout=10)),
@@ -194,30 +209,85 @@ async def running_per_list(client: Client, avoid: set[str] = frozenset()) -> int
     )
 
 
-def start_controller(state_dir: Path, port: int, profile: str = "") -> subprocess.Popen[bytes]:
-    """Starts `python -m controller.main` on the port, logging to state_dir/controller.log; under cProfile if asked."""
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+
+
+@dataclass
+class BenchController:
+    """A controller process this script started: where it listens, and with TLS the admin credentials and token."""
+
+    root: Path  # root/controller is its state dir, root/admin the admin credentials
+    process: subprocess.Popen[bytes]
+    address: str
+    join_address: str | None  # None: --insecure
+    credentials: pki.Credentials | None = None
+    token: str = ""
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def pid(self) -> int:
+        """The controller's process id."""
+        return self.process.pid
+
+    def join(self) -> FleetJoin | None:
+        """How simulated agents join it (None: plaintext)."""
+        return None if self.join_address is None else FleetJoin(self.join_address, self.token)
+
+    def tool(self, *args: str) -> str:
+        """Runs a `dockyard-controller` subcommand (admin-cert, join-token) on its state dir; returns the output."""
+        command = [sys.executable, "-m", "controller.main", *args, "--state-dir", str(self.root / "controller")]
+        result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=_env(), timeout=60, check=False)
+        if result.returncode != 0:
+            raise RuntimeError(f"dockyard-controller {' '.join(args)}: {result.stderr.strip()}")
+        return result.stdout.strip()
+
+    async def prepare(self, within: float = 30.0) -> None:
+        """Waits until it listens; with TLS then makes admin credentials and reads the join token.
+
+        SystemExit with the end of its log when it exits or does not listen within `within` seconds.
+        """
+        host, port = self.address.rsplit(":", 1)
+
+        async def listening() -> bool:
+            if self.process.poll() is not None:
+                return True  # judged below
+            try:
+                _, writer = await asyncio.open_connection(host, int(port))
+            except OSError:
+                return False
+            writer.close()
+            return True
+
+        if await until(listening, within, every=0.1) is None or self.process.poll() is not None:
+            tail = (self.root / "controller.log").read_text(errors="replace")[-1500:]
+            raise SystemExit(f"the controller did not start listening on {self.address}:\n{tail}")
+        if self.join_address is None:
+            return
+        self.tool("admin-cert", "--out", str(self.root / "admin"), "--name", "bench")
+        self.credentials = pki.Credentials.load(self.root / "admin", "admin")
+        self.token = self.tool("join-token")
+
+
+def start_controller(
+    root: Path, port: int, profile: str = "", *, insecure: bool = False, extra: tuple[str, ...] = ()
+) -> BenchController:
+    """Starts `python -m controller.main` on the port (TLS with --init and a join port, or --insecure), logging to
+    root/controller.log, under cProfile if asked; `await prepare()` before using it.
+    """
     # The stats are written when the controller exits on SIGTERM (stop_process); its CPU figures include the profiler.
     profiler = ["-m", "cProfile", "-o", profile] if profile else []
-    with open(state_dir / "controller.log", "ab") as log:
-        return subprocess.Popen(
-            [
-                sys.executable,
-                *profiler,
-                "-m",
-                "controller.main",
-                "--listen",
-                f"127.0.0.1:{port}",
-                "--state-dir",
-                str(state_dir / "controller"),
-                "--heartbeat-period",
-                str(HEARTBEAT_PERIOD),
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=ROOT,
-            env=env,
-        )
+    address = f"127.0.0.1:{port}"
+    join_address = None if insecure else f"127.0.0.1:{free_port()}"
+    mode = ["--init", *(["--insecure"] if join_address is None else ["--join-listen", join_address])]
+    command = [
+        *(sys.executable, *profiler, "-m", "controller.main", *mode),
+        *("--listen", address, "--state-dir", str(root / "controller")),
+        *("--heartbeat-period", str(HEARTBEAT_PERIOD), *extra),
+    ]
+    with open(root / "controller.log", "ab") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=_env())
+    return BenchController(root, process, address, join_address)
 
 
 def stop_process(proc: subprocess.Popen[bytes]) -> None:
@@ -231,37 +301,57 @@ def stop_process(proc: subprocess.Popen[bytes]) -> None:
             proc.wait(timeout=10)
 
 
-def start_agent(root: Path, address: str, hostname: str) -> subprocess.Popen[bytes]:
-    """Starts one real agent (`python -m agent.main`) on the local Docker, logging to root/agent.log."""
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    with open(root / "agent.log", "ab") as log:
-        return subprocess.Popen(
+def start_agent(root: Path, controller: BenchController, hostname: str) -> subprocess.Popen[bytes]:
+    """Starts one real agent (`python -m agent.main`) on the local Docker, logging to root/agent.log.
+
+    With TLS it first joins with the token (`dockyard-agent join`), as a real host does.
+    """
+    state = str(root / "agent")
+    agent = [sys.executable, "-m", "agent.main"]
+    if controller.join_address is not None:
+        joined = subprocess.run(
             [
-                sys.executable,
-                "-m",
-                "agent.main",
-                "--controller",
-                address,
-                "--state-dir",
-                str(root / "agent"),
+                *agent,
+                "join",
+                "--token",
+                controller.token,
                 "--hostname",
                 hostname,
-                "--docker-url",
-                f"unix://{DOCKER_SOCKET}",
+                "--state-dir",
+                state,
+                controller.join_address,
             ],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            env=_env(),
+            timeout=60,
+            check=False,
+        )
+        if joined.returncode != 0:
+            raise RuntimeError(f"dockyard-agent join: {joined.stderr.strip()}")
+        mode = ["--controller", controller.address]
+    else:
+        mode = ["--insecure", "--controller", controller.address, "--hostname", hostname]
+    with open(root / "agent.log", "ab") as log:
+        return subprocess.Popen(
+            [*agent, *mode, "--state-dir", state, "--docker-url", f"unix://{DOCKER_SOCKET}"],
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=ROOT,
-            env=env,
+            env=_env(),
         )
 
 
-async def agent_footprint(root: Path, address: str, client: Client) -> str:
+async def agent_footprint(root: Path, controller: BenchController, client: Client) -> str:
     """Runs one real agent on the local Docker until it is READY and idle; returns its RSS (or why not)."""
     if not DOCKER_SOCKET.is_socket():  # noqa: ASYNC240 (one stat, before anything runs)
         return f"not measured: no Docker at {DOCKER_SOCKET}"
     hostname = "bench-real-agent"
-    proc = start_agent(root, address, hostname)
+    try:
+        proc = start_agent(root, controller, hostname)
+    except RuntimeError as exc:
+        return f"not measured: {exc}"
     try:
 
         async def ready() -> bool:
@@ -283,13 +373,15 @@ async def agent_footprint(root: Path, address: str, client: Client) -> str:
 class FleetBench:
     """One run: a controller process, the simulated fleet, the samplers, and the lines printed so far."""
 
-    def __init__(self, args: argparse.Namespace, root: Path) -> None:
-        """Starts nothing yet; `run()` does it all."""
+    def __init__(self, args: argparse.Namespace, root: Path, controller: BenchController) -> None:
+        """Starts nothing more; `run()` does it all on the (prepared) controller."""
         self.args = args
         self.root = root
-        self.address = f"127.0.0.1:{free_port()}"
-        self.fleet = Fleet(self.address, FleetConfig(heartbeat_period=HEARTBEAT_PERIOD, ramp=1.0))
-        self.sampler = Sampler(self.address, lambda: {a.node_id for a in self.fleet.agents})
+        self.controller = controller
+        self.address = controller.address
+        config = FleetConfig(heartbeat_period=HEARTBEAT_PERIOD, ramp=1.0, streams_per_channel=args.streams_per_channel)
+        self.fleet = Fleet(self.address, config, join=controller.join())
+        self.sampler = Sampler(self.address, lambda: {a.node_id for a in self.fleet.agents}, controller.credentials)
         self.total = args.services * args.replicas
         self.down_lines: dict[str, int] = {}  # phase -> the controller's "node down" lines during it
         self._down_seen = 0
@@ -317,7 +409,7 @@ class FleetBench:
         logged = self.down_lines.get(phase, 0) - expected
         return f"{max(0, logged)} by the controller's log ('node down' lines), {sampled} seen by ListNodes"
 
-    async def run(self, client: Client, controller: subprocess.Popen[bytes]) -> None:
+    async def run(self, client: Client, controller: BenchController) -> None:
         """Runs every phase in turn."""
 
         async def answers() -> bool:
@@ -329,7 +421,7 @@ class FleetBench:
 
         if await until(answers, within=30, every=0.1) is None:
             raise SystemExit("the controller did not answer within 30 s; see its log")
-        self.say(f"agent footprint: {await agent_footprint(self.root, self.address, client)}")
+        self.say(f"agent footprint: {await agent_footprint(self.root, controller, client)}")
         for size in [int(s) for s in self.args.sizes.split(",")]:
             await self.steady(client, controller.pid, size)
         if self.args.no_deploy:
@@ -341,6 +433,17 @@ class FleetBench:
         """Grows the fleet to `size`, waits until every node is READY, then measures the controller."""
         self.phase(f"steady {size}")
         fleet = self.fleet
+        young = JOIN_AFTER_START - (time.monotonic() - self.controller.started)
+        if fleet.secure and young > 0:
+            self.say(f"waiting {young:.0f} s before joining: see JOIN_AFTER_START")
+            await asyncio.sleep(young)
+        joining, retries = time.monotonic(), fleet.join_retries
+        await fleet.enroll(size - len(fleet.agents))  # before the clock starts: the join rate is not timed
+        if fleet.secure:
+            self.say(
+                f"joined {size - len(fleet.agents)} agents in {time.monotonic() - joining:.1f} s"
+                f" ({fleet.join_retries - retries} joins refused for the join rate and retried)"
+            )
         fleet.add(size - len(fleet.agents))
         start = time.monotonic()
         with contextlib.suppress(TimeoutError):
@@ -359,7 +462,8 @@ class FleetBench:
         own_share = (cpu_seconds(os.getpid()) - own) / self.args.window
         self.say(
             f"steady {size:>5} agents: controller {share * 100:5.1f}% of a core, {rss_mb(pid):6.1f} MB RSS"
-            f"  (all READY {ready}; simulated fleet {own_share * 100:.0f}% of a core; {machine()})"
+            f"  (all READY {ready}; simulated fleet {own_share * 100:.0f}% of a core, {rss_mb(os.getpid()):.0f} MB"
+            f" RSS; {machine()})"
         )
 
     async def deploy(self, client: Client, pid: int) -> None:
@@ -472,16 +576,24 @@ async def bench(args: argparse.Namespace) -> None:
             root.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 (before anything runs)
         else:
             root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="dy-fleet-", dir="/tmp")))
-        run = FleetBench(args, root)
-        run.say(f"bench/fleet.py at {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}; {machine()}")
-        run.say(
-            f"heartbeat period {HEARTBEAT_PERIOD:g} s; sizes {args.sizes}; deploy {args.services} x {args.replicas};"
-            f" lose {args.lose}"
+        print(f"bench/fleet.py at {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}; {machine()}", flush=True)
+        mode = (
+            f"plaintext (--insecure), {args.streams_per_channel} streams per connection"
+            if args.insecure
+            else "mutual TLS (each agent joined with the token, its own certificate and connection)"
         )
-        controller = start_controller(run.root, int(run.address.rsplit(":", 1)[1]), args.profile)
+        print(
+            f"{mode}; heartbeat period {HEARTBEAT_PERIOD:g} s; sizes {args.sizes}; deploy {args.services} x"
+            f" {args.replicas}; lose {args.lose}",
+            flush=True,
+        )
+        controller = start_controller(root, free_port(), args.profile, insecure=args.insecure)
+        run: FleetBench | None = None
         background: list[asyncio.Task[None]] = []
         try:
-            async with Client(run.address) as client:
+            await controller.prepare()
+            run = FleetBench(args, root, controller)
+            async with Client(run.address, credentials=controller.credentials) as client:
                 background = [
                     asyncio.create_task(run.sampler.run_nodes(client)),
                     asyncio.create_task(run.sampler.run_latency()),
@@ -491,9 +603,11 @@ async def bench(args: argparse.Namespace) -> None:
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
-            await run.fleet.stop()
-            stop_process(controller)
-        run.summary()
+            if run is not None:
+                await run.fleet.stop()
+            stop_process(controller.process)
+        if run is not None:
+            run.summary()
 
 
 def _margin(silence: float, lag: float) -> str:
@@ -536,6 +650,13 @@ def main() -> None:
     parser.add_argument("--no-deploy", action="store_true", help="only the steady-state figures")
     parser.add_argument("--profile", default="", help="run the controller under cProfile, writing its stats here")
     parser.add_argument("--keep", default="", help="a directory to run in and keep: the controller's and agent's logs")
+    parser.add_argument("--insecure", action="store_true", help="a plaintext controller and fleet (before issue 8)")
+    parser.add_argument(
+        "--streams-per-channel",
+        type=int,
+        default=FleetConfig.streams_per_channel,
+        help="plaintext only: agents per connection (TLS: one connection per agent, always)",
+    )
     args = parser.parse_args()
     if args.quick:
         args.sizes, args.replicas, args.lose, args.window, args.settle = "50,100,200", 100, 20, 2.0, 1.0

@@ -21,12 +21,18 @@ same client drives every server, so the server figures differ only by the server
     echo ...      (a) again with a gRPC knob changed (see VARIANTS), to see whether anything moves the floor, and
                       with a 2 s heartbeat period (half the messages)
 
+By default everything speaks mutual TLS, as the controller does since issue 8: the real controller is started
+with --init and the fleet joins it with the token; the bare servers serve TLS with a certificate of a throwaway
+CA made here, and require client certificates of it, one per simulated agent (so each agent has its own
+connection, and the variants about streams per connection change nothing). --insecure measures it all in
+plaintext, as before issue 8.
+
 For each it prints the server's share of one core over a window after warm-up (from /proc/<pid>/stat, all its
 threads), split into the asyncio thread and gRPC core's own threads, this process's share (the clients), the
 clients' session drops and event-loop lag (a client too busy to keep time would distort the figures), and the
 machine's load. The last line gives (d)/(a).
 
-Run: python bench/grpc_floor.py [--quick] [--agents 1000] [--window 10] [--modes echo,writer,...]
+Run: python bench/grpc_floor.py [--quick] [--insecure] [--agents 1000] [--window 10] [--only '(a),(d)']
      [--profile /tmp/floor]  (runs every server under cProfile, writing /tmp/floor.<variant>.prof; the figures
      then include the profiler's cost, so compare profiles with profiles only)
 One mode takes about 15 s (connect, settle, window); the default set stays under about 3 minutes.
@@ -37,6 +43,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import datetime as dt
 import os
 import signal
 import subprocess
@@ -58,7 +65,7 @@ os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 import grpc  # noqa: E402
 
 import agent.testing.fleet as fleet_module  # noqa: E402
-from agent.testing.fleet import Fleet, FleetConfig  # noqa: E402
+from agent.testing.fleet import Fleet, FleetConfig, SimIdentity  # noqa: E402
 from bench.fleet import (  # noqa: E402
     HEARTBEAT_PERIOD,
     TICK,
@@ -69,6 +76,7 @@ from bench.fleet import (  # noqa: E402
     start_controller,
     stop_process,
 )
+from dockyard import pki  # noqa: E402
 from dockyard.client import Client  # noqa: E402
 from dockyard.timestamps import duration, to_timestamp  # noqa: E402
 from dockyard.v1 import agent_pb2 as apb  # noqa: E402
@@ -139,6 +147,14 @@ class _Bare(apb_grpc.AgentServiceServicer):
         )
         self._last_seen: dict[str, datetime] = {}
 
+    async def Renew(
+        self, request: apb.RenewRequest, context: grpc.aio.ServicerContext[apb.RenewRequest, apb.RenewResponse]
+    ) -> apb.RenewResponse:
+        """Not served: the bare servers only answer sessions."""
+        del request
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "a bare benchmark server renews nothing")
+        raise AssertionError("unreachable")
+
     async def Session(self, request_iterator: object, context: Context) -> None:  # type: ignore[override]
         """Answers the hello with a welcome, then acks heartbeats the mode's way until the stream ends."""
         del request_iterator
@@ -204,12 +220,47 @@ class _Bare(apb_grpc.AgentServiceServicer):
             await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def serve(mode: str, port: int, period: float, options: Sequence[tuple[str, int]]) -> None:
-    """Serves one bare mode on the port until killed; prints "ready" once it listens."""
+SERVER_STEM = "server"
+
+
+@dataclass(frozen=True)
+class TestCa:
+    """A throwaway CA for the bare servers: its directory (ca.crt, server.crt, server.key) and agent identities."""
+
+    directory: Path
+    agents: tuple[SimIdentity, ...]
+
+
+def make_test_ca(directory: Path, agents: int) -> TestCa:
+    """Makes a CA, a serving certificate for loopback and one client certificate per agent."""
+    now = dt.datetime.now(dt.UTC)
+    lifetime = dt.timedelta(days=1)
+    ca = pki.Authority(pki.create_ca("grpc-floor", now))
+    server = ca.issue(pki.ROLE_CONTROLLER, pki.ROLE_CONTROLLER, now, lifetime, addresses=("127.0.0.1",))
+    pki.Credentials(ca.ca_pem, server).save(directory, SERVER_STEM)
+    identities = []
+    for index in range(agents):
+        name = f"floor-{index:05d}"
+        credentials = pki.Credentials(ca.ca_pem, ca.issue(pki.ROLE_AGENT, name, now, lifetime))
+        identities.append(SimIdentity(name, name, credentials))
+    return TestCa(directory, tuple(identities))
+
+
+async def serve(mode: str, port: int, period: float, options: Sequence[tuple[str, int]], tls: str) -> None:
+    """Serves one bare mode on the port until killed (mutual TLS with tls's certificates, if given); prints
+    "ready" once it listens.
+    """
     # As the controller does: no SO_REUSEPORT.
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0), *options])
     apb_grpc.add_AgentServiceServicer_to_server(_Bare(mode, period), server)
-    server.add_insecure_port(f"127.0.0.1:{port}")
+    if tls:
+        own = pki.Credentials.load(Path(tls), SERVER_STEM)
+        credentials = grpc.ssl_server_credentials(
+            [(own.pair.key_pem, own.pair.cert_pem)], root_certificates=own.ca_pem, require_client_auth=True
+        )
+        server.add_secure_port(f"127.0.0.1:{port}", credentials)
+    else:
+        server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
     # SIGTERM ends the process cleanly, so that a profiler running it writes its stats.
     stop = asyncio.Event()
@@ -259,7 +310,7 @@ def profile_path(prefix: str, variant: Variant) -> str:
     return f"{prefix}.{tag}.prof"
 
 
-def start_bare(variant: Variant, port: int, profile: str, log: Path) -> subprocess.Popen[bytes]:
+def start_bare(variant: Variant, port: int, profile: str, log: Path, tls: TestCa | None) -> subprocess.Popen[bytes]:
     """Starts this script as a bare server of the variant's mode (under cProfile if asked); returns once it listens."""
     options = ",".join(f"{k}={v}" for k, v in variant.server_options)
     env = {**os.environ, **variant.env, "PYTHONPATH": str(ROOT)}
@@ -271,6 +322,7 @@ def start_bare(variant: Variant, port: int, profile: str, log: Path) -> subproce
         __file__,
         *("--serve", variant.mode, "--port", str(port), "--period", str(variant.period)),
         *("--server-options", options),
+        *(("--tls", str(tls.directory)) if tls is not None else ()),
     ]
     # Its stderr goes to a file: on SIGTERM gRPC prints a traceback for every stream it cancels.
     with log.open("ab") as errors:
@@ -282,15 +334,17 @@ def start_bare(variant: Variant, port: int, profile: str, log: Path) -> subproce
     return proc
 
 
-async def measure(variant: Variant, args: argparse.Namespace, root: Path) -> Row:
+async def measure(variant: Variant, args: argparse.Namespace, root: Path, tls: TestCa | None) -> Row:
     """Starts the variant's server, connects the fleet, waits, and measures both sides over the window."""
     port = free_port()
+    controller = None
     if variant.mode.startswith("controller"):
         state = root / f"controller-{port}"
         state.mkdir()
-        proc = start_controller(state, port, profile_path(args.profile, variant))
+        controller = start_controller(state, port, profile_path(args.profile, variant), insecure=args.insecure)
+        proc = controller.process
     else:
-        proc = start_bare(variant, port, profile_path(args.profile, variant), root / f"server-{port}.log")
+        proc = start_bare(variant, port, profile_path(args.profile, variant), root / f"server-{port}.log", tls)
     base_options = getattr(fleet_module, OPTIONS_NAME)
 
     def options(connect_timeout: float) -> list[tuple[str, int]]:
@@ -298,45 +352,59 @@ async def measure(variant: Variant, args: argparse.Namespace, root: Path) -> Row
 
     setattr(fleet_module, OPTIONS_NAME, options)
     row = Row(variant.label)
-    fleet = Fleet(
-        f"127.0.0.1:{port}",
-        FleetConfig(heartbeat_period=HEARTBEAT_PERIOD, ramp=1.0, streams_per_channel=variant.streams_per_channel),
-    )
+    config = FleetConfig(heartbeat_period=HEARTBEAT_PERIOD, ramp=1.0, streams_per_channel=variant.streams_per_channel)
+    fleet: Fleet | None = None
     samplers: list[asyncio.Task[None]] = []
     stack = contextlib.AsyncExitStack()
     try:
+        if controller is not None:
+            await controller.prepare()
+            fleet = Fleet(f"127.0.0.1:{port}", config, join=controller.join())
+            await fleet.enroll(args.agents)  # the joins are not what is measured
+        else:
+            fleet = Fleet(f"127.0.0.1:{port}", config)
+            if tls is not None:
+                fleet.adopt(tls.agents[: args.agents])
         fleet.add(args.agents)
         try:
             await fleet.wait_connected(within=60)
         except TimeoutError:
             row.note = f"only {fleet.connected()}/{args.agents} connected within 60 s; "
         if variant.mode == "controller+samplers":
-            client = await stack.enter_async_context(Client(f"127.0.0.1:{port}"))
-            sampler = Sampler(f"127.0.0.1:{port}", lambda: {a.node_id for a in fleet.agents})
+            assert controller is not None
+            client = await stack.enter_async_context(Client(f"127.0.0.1:{port}", credentials=controller.credentials))
+            agents = fleet.agents
+            sampler = Sampler(f"127.0.0.1:{port}", lambda: {a.node_id for a in agents}, controller.credentials)
             samplers = [asyncio.create_task(sampler.run_nodes(client)), asyncio.create_task(sampler.run_latency())]
         await asyncio.sleep(args.settle)
-        fleet.reset_lag()
-        mark = time.monotonic()
-        server0, own0, split0 = cpu_seconds(proc.pid), cpu_seconds(os.getpid()), thread_split(proc.pid)
-        await asyncio.sleep(args.window)
-        spent = time.monotonic() - mark
-        split1 = thread_split(proc.pid)
-        row.server = (cpu_seconds(proc.pid) - server0) / spent
-        row.client = (cpu_seconds(os.getpid()) - own0) / spent
-        row.main_thread = (split1[0] - split0[0]) / spent
-        row.core_threads = (split1[1] - split0[1]) / spent
-        row.drops = len(fleet.drops(since=mark))
-        row.lag = fleet.max_lag
-        row.load = machine()
+        await _window(row, proc.pid, fleet, args.window)
     finally:
         for task in samplers:
             task.cancel()
         await asyncio.gather(*samplers, return_exceptions=True)
         await stack.aclose()
-        await fleet.stop()
+        if fleet is not None:
+            await fleet.stop()
         setattr(fleet_module, OPTIONS_NAME, base_options)
         stop_process(proc)
     return row
+
+
+async def _window(row: Row, pid: int, fleet: Fleet, window: float) -> None:
+    """Measures the server (pid) and this process over the window into row."""
+    fleet.reset_lag()
+    mark = time.monotonic()
+    server0, own0, split0 = cpu_seconds(pid), cpu_seconds(os.getpid()), thread_split(pid)
+    await asyncio.sleep(window)
+    spent = time.monotonic() - mark
+    split1 = thread_split(pid)
+    row.server = (cpu_seconds(pid) - server0) / spent
+    row.client = (cpu_seconds(os.getpid()) - own0) / spent
+    row.main_thread = (split1[0] - split0[0]) / spent
+    row.core_threads = (split1[1] - split0[1]) / spent
+    row.drops = len(fleet.drops(since=mark))
+    row.lag = fleet.max_lag
+    row.load = machine()
 
 
 def table(rows: list[Row]) -> list[str]:
@@ -366,12 +434,16 @@ async def bench(args: argparse.Namespace) -> None:
     print(f"bench/grpc_floor.py at {datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC; grpcio {grpc.__version__}", flush=True)
     print(
         f"{args.agents} agents, a heartbeat a second each unless the label says otherwise;"
+        f" {'plaintext (--insecure)' if args.insecure else 'mutual TLS, one connection per agent'};"
         f" window {args.window:g} s after {args.settle:g} s; {machine()}"
     )
     rows = []
     with tempfile.TemporaryDirectory(prefix="dockyard-grpc-floor-") as tmp:
+        tls = None
+        if not args.insecure and any(not VARIANTS[label].mode.startswith("controller") for label in labels):
+            tls = make_test_ca(Path(tmp) / "ca", args.agents)
         for label in labels:
-            row = await measure(VARIANTS[label], args, Path(tmp))
+            row = await measure(VARIANTS[label], args, Path(tmp), tls)
             print(f"  measured {label}: server {row.server * 100:.1f}% of a core", flush=True)
             rows.append(row)
     print("\n".join(table(rows)))
@@ -396,11 +468,13 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--server-options", default="", help=argparse.SUPPRESS)
     parser.add_argument("--period", type=float, default=HEARTBEAT_PERIOD, help=argparse.SUPPRESS)
+    parser.add_argument("--tls", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--insecure", action="store_true", help="plaintext everywhere (the figures before issue 8)")
     args = parser.parse_args()
     if args.serve:
         options = [(k, int(v)) for k, v in (o.split("=") for o in args.server_options.split(",") if o)]
         with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(serve(args.serve, args.port, args.period, options))
+            asyncio.run(serve(args.serve, args.port, args.period, options, args.tls))
         return
     if args.quick:
         args.agents, args.window, args.settle = 200, 4.0, 2.0

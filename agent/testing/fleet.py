@@ -15,16 +15,29 @@ STARTING and RUNNING, and a task the controller takes away reports SHUTDOWN once
         lost = fleet.lose(20)  # as 20 hosts dying at once (silent=True: streams left open, mute)
         fleet.drops()  # every session that ended, and why
 
+Against a controller that serves mutual TLS (the default), give the fleet the join address and a token:
+`Fleet(address, config, join=FleetJoin(join_address, token))`. Each agent then joins as `dockyard-agent join`
+does (the controller is checked against the token's CA digest once, then one CSR and the token's secret per
+agent through JoinService.Join, RESOURCE_EXHAUSTED past the controller's join rate retried with backoff),
+gets its own node certificate, and opens its sessions over mutual TLS with it; its hello names the node id of
+its certificate, and every Welcome is checked by the agent's own ClusterGuard (cluster id and store epoch), so
+a controller of another cluster or store is refused before any assignment is applied. `enroll(n)` joins ahead
+(a benchmark keeps the join rate out of its timings); `start()` and `add()` join what was not enrolled
+first. Without `join` the agents speak plaintext (a controller run with --insecure) and name themselves.
+
 What makes a measurement trustworthy is recorded too: each agent's longest wait for a word from the
 controller (`Fleet.longest_silence`, the margin before a session ends) and how late this process's own event
 loop ran (`Fleet.max_lag`): a fleet too busy to keep time would blame the controller for its own stalls.
 
-Streams are spread over several gRPC channels (`FleetConfig.streams_per_channel`, 100 by default). One
-channel per agent, as on real hosts, would cost this process a TCP connection, an HTTP/2 transport and its
+Plaintext streams are spread over several gRPC channels (`FleetConfig.streams_per_channel`, 100 by default).
+One channel per agent, as on real hosts, would cost this process a TCP connection, an HTTP/2 transport and its
 keepalive timer per agent; one channel for all would push every agent through a single connection's flow
 control window and a single TCP socket, so one slow stream or one broken connection would stall or drop
 the whole fleet, which no real fleet does. About a hundred streams per connection keeps the controller's
 per-connection work realistic at a small cost here. Set it to 1 for one connection per agent.
+With TLS every agent has a channel of its own: a channel presents one client certificate, and agents that
+shared one would be one node to the controller. So 1,000 TLS agents are 1,000 connections and handshakes,
+as a real fleet is (about 0.1 MB of this process's memory each, measured with bench/fleet.py).
 
 Everything is bounded: each agent holds at most one status per task (the agent's own Reporter), writes one
 message at a time and keeps only its latest RECORDS_KEPT drops and welcomes; every stepping task ends when
@@ -38,6 +51,8 @@ import contextlib
 import hashlib
 import random
 import secrets
+import shutil
+import tempfile
 from collections import Counter, deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -46,13 +61,15 @@ from types import TracebackType
 
 import grpc
 
+from agent.identity import JOIN_DEADLINE, ClusterGuard, ClusterMismatch, Membership, fetch_ca
 from agent.link import MISSED_HEARTBEATS, REDIAL_BASE, REDIAL_CAP, session_channel_options
 from agent.reporter import Reporter
 from agent.runtime.base import ContainerInfo, ContainerState
 from agent.step import Op, next_step
 from agent.task_book import TaskBook
-from dockyard import __version__
+from dockyard import __version__, pki
 from dockyard.backoff import Backoff
+from dockyard.channels import open_channel, open_server_tls_channel
 from dockyard.clock import Clock, SystemClock
 from dockyard.limits import CONNECT_TIMEOUT_SECONDS
 from dockyard.task_state import is_terminal
@@ -61,13 +78,21 @@ from dockyard.v1 import agent_pb2 as apb
 from dockyard.v1 import agent_pb2_grpc as apb_grpc
 from dockyard.v1 import types_pb2 as pb
 
-__all__ = ["Drop", "Fleet", "FleetConfig", "SimAgent", "SimHost", "Slot"]
+__all__ = ["Drop", "Fleet", "FleetConfig", "FleetJoin", "JoinFailed", "SimAgent", "SimHost", "SimIdentity", "Slot"]
 
 GIB = 1 << 30
 RECORDS_KEPT = 1000  # per agent: the latest drops and welcomes
 # Loop turns a silent-looking session waits before it ends: enough for a reply gRPC already holds to be read.
 SETTLE_TURNS = 3
 LAG_PROBE_SECONDS = 0.05
+# Joins in flight at once: enough to keep the controller's join path busy, few enough not to crowd its API.
+JOIN_CONCURRENCY = 16
+# A join refused for the controller's join rate (RESOURCE_EXHAUSTED) is retried after this backoff.
+JOIN_RETRY_BASE = 0.05
+JOIN_RETRY_CAP = 1.0
+# Where each agent's ClusterGuard records the store epoch it accepted: memory-backed where there is one, as
+# the guard writes its file (with fsync) at every agent's first welcome, on this process's event loop.
+_GUARD_PARENT = "/dev/shm" if Path("/dev/shm").is_dir() else None
 
 # A replica's place: (service id, slot), or (service id, node id) for a global service's task.
 Slot = tuple[str, str]
@@ -95,6 +120,28 @@ class FleetConfig:
     memory_bytes: int = 16 * GIB
     labels: Mapping[str, str] = field(default_factory=lambda: {"fleet": "sim"})
     seed: int | None = None  # also names the nodes (sim-<seed>-<index>); None: random, unique per fleet
+
+
+@dataclass(frozen=True)
+class FleetJoin:
+    """How the agents join a controller that serves TLS: its join address and the cluster's join token."""
+
+    address: str
+    token: str
+
+
+@dataclass(frozen=True)
+class SimIdentity:
+    """Who one agent is: node id and hostname, and with TLS its node certificate and membership."""
+
+    node_id: str
+    hostname: str
+    credentials: pki.Credentials | None = None  # None: plaintext (--insecure)
+    membership: Membership | None = None  # None: no cluster to hold the controller to
+
+
+class JoinFailed(Exception):
+    """The controller refused a join for a reason retrying will not change (wrong token, another CA)."""
 
 
 @dataclass(frozen=True)
@@ -244,18 +291,21 @@ class SimAgent:
     def __init__(
         self,
         index: int,
-        node_id: str,
+        identity: SimIdentity,
         channel: grpc.aio.Channel,
         config: FleetConfig,
         clock: Clock,
         rng: random.Random,
+        guard: ClusterGuard | None = None,
     ) -> None:
-        """An agent that has not dialled yet; `run()` starts it."""
+        """An agent that has not dialled yet; `run()` starts it. `guard` checks every Welcome (None: none)."""
         self.index = index
-        self.node_id = node_id
-        self.hostname = node_id
-        self.host = SimHost(node_id, clock)
+        self.identity = identity
+        self.node_id = identity.node_id
+        self.hostname = identity.hostname
+        self.host = SimHost(identity.node_id, clock)
         self._stub = apb_grpc.AgentServiceStub(channel)
+        self._guard = guard
         self._config = config
         self._clock = clock
         self._rng = rng
@@ -370,6 +420,11 @@ class SimAgent:
             raise _SessionEnded(f"no welcome within {welcome_within:g}s of the hello") from None
         if not isinstance(first, apb.ControllerMessage) or not first.HasField("welcome"):
             raise _SessionEnded("the controller did not welcome the session")
+        if self._guard is not None:
+            try:
+                self._guard.check(first.welcome)  # as the agent's link: before any assignment is read
+            except ClusterMismatch as exc:
+                raise _SessionEnded(f"controller refused: {exc}") from None
         now = self._clock.monotonic()
         self.sessions += 1
         self.welcomes.append(now)
@@ -431,15 +486,33 @@ class SimAgent:
 class Fleet:
     """Simulated agents against one controller; grows with `add`, loses hosts with `lose`, ends with `stop`."""
 
-    def __init__(self, address: str, config: FleetConfig | None = None, clock: Clock | None = None) -> None:
-        """A fleet of `config.agents` agents for the controller at `address`; `start()` dials them."""
+    def __init__(
+        self,
+        address: str,
+        config: FleetConfig | None = None,
+        clock: Clock | None = None,
+        *,
+        join: FleetJoin | None = None,
+    ) -> None:
+        """A fleet of `config.agents` agents for the controller at `address`; `start()` dials them.
+
+        With `join` the agents join through the controller's JoinService and speak mutual TLS; without, plaintext.
+        """
         self.address = address
         self.config = config or FleetConfig()
         self._clock: Clock = clock or SystemClock()
         self._rng = random.Random(self.config.seed)
-        # Node ids unique per fleet, so two fleets (or two runs) against one store never share a node.
+        # Hostnames (and plaintext node ids) unique per fleet, so two fleets against one store never share one.
         self._prefix = f"sim-{secrets.token_hex(3) if self.config.seed is None else f'{self.config.seed:06x}'}"
-        self._channels: list[grpc.aio.Channel] = []
+        self._join = join
+        self._enrolled = 0  # identities made so far (joined, or named for plaintext)
+        self._pool: deque[SimIdentity] = deque()  # made and not yet given to an agent
+        self._ca_pem: bytes | None = None
+        self._join_channel: grpc.aio.Channel | None = None
+        self._guard_root: Path | None = None
+        self.join_retries = 0  # joins refused for the controller's join rate and tried again
+        self._channels: list[grpc.aio.Channel] = []  # every channel, to close at stop
+        self._shared: grpc.aio.Channel | None = None  # the plaintext channel new streams go on
         self._streams_on_last = 0
         self.agents: list[SimAgent] = []
         self._runs: dict[str, asyncio.Task[None]] = {}
@@ -455,9 +528,72 @@ class Fleet:
     ) -> None:
         await self.stop()
 
+    @property
+    def secure(self) -> bool:
+        """Whether the agents join and speak mutual TLS."""
+        return self._join is not None
+
     async def start(self) -> None:
-        """Starts the configured number of agents."""
+        """Joins (with TLS) and starts the configured number of agents."""
+        await self.enroll(self.config.agents - len(self._pool))
         self.add(self.config.agents)
+
+    async def enroll(self, count: int) -> None:
+        """Makes `count` more identities for `add`: with TLS each is a join, up to JOIN_CONCURRENCY at once.
+
+        JoinFailed when the controller refuses for good (wrong token, a server not of the token's CA).
+        """
+        if count <= 0:
+            return
+        if self._join is None:
+            self._name_plain(count)
+            return
+        indexes = range(self._enrolled, self._enrolled + count)
+        self._enrolled += count
+        join = self._join
+        token = pki.parse_token(join.token)
+        if self._ca_pem is None:
+            # Once per fleet, as each real host does once: the controller is checked against the token's digest.
+            self._ca_pem = await fetch_ca(join.address, token.ca_digest)
+        if self._join_channel is None:
+            # Joins carry no client certificate, so one channel serves them all.
+            self._join_channel = open_server_tls_channel(join.address, self._ca_pem)
+        stub = apb_grpc.JoinServiceStub(self._join_channel)
+        gate = asyncio.Semaphore(JOIN_CONCURRENCY)
+
+        async def one(index: int) -> SimIdentity:
+            async with gate:
+                return await self._join_one(stub, token, index)
+
+        self._pool.extend(await asyncio.gather(*(one(i) for i in indexes)))
+
+    async def _join_one(self, stub: apb_grpc.JoinServiceAsyncStub, token: pki.JoinToken, index: int) -> SimIdentity:
+        """Joins one agent as agent.identity.join does, in memory; retries while the join rate refuses it."""
+        key = pki.new_key()
+        hostname = self._name(index)
+        request = apb.JoinRequest(secret=token.secret, csr=pki.create_csr(key), hostname=hostname)
+        backoff = Backoff(base=JOIN_RETRY_BASE, cap=JOIN_RETRY_CAP, rng=random.Random(self._rng.random()))
+        while True:
+            try:
+                response = await stub.Join(request, timeout=JOIN_DEADLINE)
+                break
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() not in (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE):
+                    raise JoinFailed(f"{hostname}: the controller refused the join: {_rpc_reason(exc)}") from None
+                self.join_retries += 1
+                await self._clock.sleep(backoff.next_delay())
+        if pki.ca_digest(response.ca_certificate) != token.ca_digest:
+            raise JoinFailed(f"{hostname}: the controller answered with another CA than the token names")
+        credentials = pki.Credentials(response.ca_certificate, pki.KeyPair(pki.key_pem(key), response.certificate))
+        membership = Membership(node_id=response.node_id, cluster_id=response.cluster_id, controller=self.address)
+        return SimIdentity(response.node_id, hostname, credentials, membership)
+
+    def adopt(self, identities: Iterable[SimIdentity]) -> None:
+        """Queues identities made elsewhere (certificates of a test CA) for the next agents `add` starts."""
+        self._pool.extend(identities)
+
+    def _name(self, index: int) -> str:
+        return f"{self._prefix}-{index:05d}"
 
     async def _probe_lag(self) -> None:
         """Measures how late the event loop runs a timer: a fleet too busy to keep time makes false silences."""
@@ -483,31 +619,58 @@ class Fleet:
         """
         if self._lag_probe is None:
             self._lag_probe = asyncio.create_task(self._probe_lag())
+        if self._join is None and len(self._pool) < count:
+            self._name_plain(count - len(self._pool))  # nothing to join: naming them is all enroll() would do
+        if len(self._pool) < count:
+            raise ValueError(f"add({count}): only {len(self._pool)} agents joined; enroll() the rest first")
         added = []
         for _ in range(count):
             index = len(self.agents)
+            identity = self._pool.popleft()
             agent = SimAgent(
                 index,
-                f"{self._prefix}-{index:05d}",
-                self._channel_for_new_stream(),
+                identity,
+                self._channel_for(identity),
                 self.config,
                 self._clock,
                 random.Random(self._rng.random()),
+                self._guard_for(identity),
             )
             self.agents.append(agent)
             self._runs[agent.node_id] = asyncio.create_task(agent.run(), name=f"sim-agent-{index}")
             added.append(agent)
         return added
 
-    def _channel_for_new_stream(self) -> grpc.aio.Channel:
-        if not self._channels or self._streams_on_last >= max(1, self.config.streams_per_channel):
+    def _name_plain(self, count: int) -> None:
+        """Queues `count` plaintext identities: each names itself in its hello, as with --insecure."""
+        names = [self._name(i) for i in range(self._enrolled, self._enrolled + count)]
+        self._enrolled += count
+        self._pool.extend(SimIdentity(name, name) for name in names)
+
+    def _guard_for(self, identity: SimIdentity) -> ClusterGuard | None:
+        if identity.membership is None:
+            return None
+        if self._guard_root is None:
+            self._guard_root = Path(tempfile.mkdtemp(prefix="dockyard-fleet-", dir=_GUARD_PARENT))
+        return ClusterGuard(self._guard_root / identity.hostname, identity.membership)
+
+    def _channel_for(self, identity: SimIdentity) -> grpc.aio.Channel:
+        if identity.credentials is not None:
+            # Its own channel: a channel presents one certificate, and the certificate is the node.
+            channel = open_channel(
+                self.address, identity.credentials, session_channel_options(self.config.connect_timeout)
+            )
+            self._channels.append(channel)
+            return channel
+        if self._shared is None or self._streams_on_last >= max(1, self.config.streams_per_channel):
             # The agent's own options, among them a private subchannel: otherwise gRPC would put every channel
             # to the same address on one shared connection.
             options = session_channel_options(self.config.connect_timeout)
-            self._channels.append(grpc.aio.insecure_channel(self.address, options=options))
+            self._shared = grpc.aio.insecure_channel(self.address, options=options)
+            self._channels.append(self._shared)
             self._streams_on_last = 0
         self._streams_on_last += 1
-        return self._channels[-1]
+        return self._shared
 
     @property
     def live(self) -> list[SimAgent]:
@@ -582,7 +745,12 @@ class Fleet:
         await asyncio.gather(*runs, return_exceptions=True)
         for agent in self.agents:
             agent.close_silent()
-        for channel in self._channels:
+        for channel in [*self._channels, *([self._join_channel] if self._join_channel is not None else [])]:
             with contextlib.suppress(Exception):
                 await channel.close(grace=None)
         self._channels.clear()
+        self._shared = None
+        self._join_channel = None
+        if self._guard_root is not None:
+            shutil.rmtree(self._guard_root, ignore_errors=True)
+            self._guard_root = None
