@@ -2,7 +2,13 @@
 
 Both run in the same process and alternate, so machine noise hits both alike; the figure that matters is
 the ratio of medians (goal: at most 1.05; it was 1.09 to 1.18 while `apply` polled every 100 ms instead of
-waiting on Watch). Run: python bench/apply20.py [--replicas 20] [--rounds 5]
+waiting on Watch).
+
+The cluster is a controller and one agent on the local Docker, started here as on a real host: by default a new
+TLS cluster (--init), admin credentials from `dockyard-controller admin-cert` for the CLI, and the agent joined
+with the token; --insecure starts both in plaintext instead (before issue 8), to compare.
+(`dockyard up` would do the TLS setup too, but it always takes the join port 7466, which another run may hold.)
+Run: python bench/apply20.py [--replicas 20] [--rounds 5] [--insecure]
 """
 
 from __future__ import annotations
@@ -18,10 +24,16 @@ import time
 import uuid
 from pathlib import Path
 
-from agent.runtime.base import ContainerSpec
-from agent.runtime.docker import DockerRuntime
-
+# The script runs as a file, not as an installed package, so the repository root must be importable.
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from agent.runtime.base import ContainerSpec  # noqa: E402
+from agent.runtime.docker import DockerRuntime  # noqa: E402
+from bench.fleet import BenchController, free_port, machine, start_agent, start_controller, stop_process, until  # noqa: E402
+from dockyard.client import Client  # noqa: E402
+from dockyard.v1 import types_pb2 as pb  # noqa: E402
+
 IMAGE = "dockyard-test:latest"
 BENCH_LABEL = "dockyard.bench"
 GOAL_RATIO = 1.05
@@ -76,22 +88,35 @@ def dockyard(env: dict[str, str], spec: Path) -> float:
     return elapsed
 
 
+async def start_cluster(root: Path, insecure: bool) -> tuple[BenchController, subprocess.Popen[bytes]]:
+    """Starts the controller and the local agent (joined, with TLS) and returns once the node is READY."""
+    controller = start_controller(root, free_port(), insecure=insecure)
+    await controller.prepare()
+    agent = start_agent(root, controller, "bench-apply20")
+    async with Client(controller.address, credentials=controller.credentials) as client:
+
+        async def ready() -> bool:
+            return any(n.status == pb.NODE_STATUS_READY for n in await client.list_nodes())
+
+        if await until(ready, within=60, every=0.1) is None:
+            raise SystemExit(f"the agent did not become READY within 60 s; see {root}/agent.log")
+    return controller, agent
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--replicas", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--insecure", action="store_true", help="a plaintext controller and agent (before issue 8)")
     args = parser.parse_args()
+    mode = "plaintext (--insecure)" if args.insecure else "mutual TLS"
+    print(f"{mode}; {machine()}", file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="dockyard-bench-") as tmp:
         state = Path(tmp)
-        port = 17000 + os.getpid() % 1000
-        env = {**os.environ, "XDG_CONFIG_HOME": str(state / "config"), "DOCKYARD_CONTROLLER": f"127.0.0.1:{port}"}
-        cli = [sys.executable, "-m", "dockyard.cli.main"]
-        subprocess.run(
-            [*cli, "up", "--detach", "--state-dir", str(state / "cluster"), "--listen", f"127.0.0.1:{port}"],
-            env=env,
-            check=True,
-            capture_output=True,
-        )
+        controller, agent = asyncio.run(start_cluster(state, args.insecure))
+        env = {**os.environ, "XDG_CONFIG_HOME": str(state / "config"), "DOCKYARD_CONTROLLER": controller.address}
+        if controller.credentials is not None:
+            env["DOCKYARD_CREDENTIALS"] = str(state / "admin")
         spec = state / "bench.yaml"
         spec.write_text(spec_text(args.replicas))
         try:
@@ -105,9 +130,10 @@ def main() -> None:
                     file=sys.stderr,
                 )
         finally:
-            subprocess.run([*cli, "down", "--state-dir", str(state / "cluster")], env=env, check=False)
+            stop_process(agent)
+            stop_process(controller.process)
     d, y = statistics.median(direct_times), statistics.median(dockyard_times)
-    print(f"replicas: {args.replicas}, rounds: {args.rounds}")
+    print(f"{mode}; replicas: {args.replicas}, rounds: {args.rounds}; at the end: {machine()}")
     print(f"direct (aiodocker create+start, all concurrent): median {d:.3f}s")
     print(f"dockyard apply (CLI start to all tasks running): median {y:.3f}s")
     print(f"ratio dockyard/direct: {y / d:.2f} (goal <= {GOAL_RATIO})")
