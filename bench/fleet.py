@@ -556,9 +556,12 @@ class FleetBench:
         sampled = set().union(*self.sampler.wrongly_down.values()) if self.sampler.wrongly_down else set()
         logged = sum(self.down_lines.values()) - self.args.lose
         waits = [w for a in fleet.agents for w in a.welcome_waits]
+        connects = [w for a in fleet.agents for w in a.connect_waits]
         self.say(
             f"whole run: nodes wrongly marked down {max(0, logged)} by the log, {len(sampled)} seen by ListNodes;"
-            f" agents' reconnects {sum(a.reconnects for a in fleet.agents)}; hello-to-welcome p50"
+            f" agents' reconnects {sum(a.reconnects for a in fleet.agents)}{_reasons(fleet.drops())};"
+            f" connect (TCP{'' if self.args.insecure else ' + TLS handshake'}, before the hello) p50"
+            f" {pct(connects, 0.5) * 1000:.0f} ms p99 {pct(connects, 0.99) * 1000:.0f} ms; hello-to-welcome p50"
             f" {pct(waits, 0.5) * 1000:.0f} ms p99 {pct(waits, 0.99) * 1000:.0f} ms"
         )
         self.say(

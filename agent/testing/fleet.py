@@ -304,6 +304,7 @@ class SimAgent:
         self.node_id = identity.node_id
         self.hostname = identity.hostname
         self.host = SimHost(identity.node_id, clock)
+        self._channel = channel
         self._stub = apb_grpc.AgentServiceStub(channel)
         self._guard = guard
         self._config = config
@@ -318,6 +319,9 @@ class SimAgent:
         self.drops: deque[Drop] = deque(maxlen=RECORDS_KEPT)
         self.welcomes: deque[float] = deque(maxlen=RECORDS_KEPT)  # monotonic time of each Welcome
         self.welcome_waits: deque[float] = deque(maxlen=RECORDS_KEPT)  # seconds from a hello to its Welcome
+        # Seconds each dial waited for its channel to be ready: a TCP connect, and with TLS the handshake (0 on a
+        # plaintext channel other agents had already connected).
+        self.connect_waits: deque[float] = deque(maxlen=RECORDS_KEPT)
         self.dials = 0
         self.sessions = 0  # welcomed sessions
         # The longest wait for a word from the controller within a session (reset by Fleet.reset_lag): the
@@ -377,6 +381,15 @@ class SimAgent:
             self._silent_call = None
 
     async def _session(self, backoff: Backoff) -> None:
+        # As the agent's link: the channel is connected (within the connect timeout) before the hello is sent,
+        # so that hello-to-welcome is the controller's answer, not a connect or a TLS handshake.
+        started = self._clock.monotonic()
+        try:
+            async with self._clock.timeout(self._config.connect_timeout):
+                await self._channel.channel_ready()
+        except TimeoutError:
+            raise _SessionEnded(f"not connected within {self._config.connect_timeout:g}s") from None
+        self.connect_waits.append(self._clock.monotonic() - started)
         call = self._stub.Session()
         try:
             await self._serve(call, backoff)
