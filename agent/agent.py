@@ -42,14 +42,14 @@ class Agent:
         if config.insecure:
             self.node_id = load_or_create_node_id(config.state_dir)
             self.controller = config.controller or DEFAULT_CONTROLLER
-            guard = ClusterGuard(config.state_dir, None)
+            self.guard = ClusterGuard(config.state_dir, None)
         else:
             # NotJoined, saying how to join, when this host has no identity yet.
             membership = load_membership(config.state_dir)
             self.keeper = CertificateKeeper(config.state_dir, load_credentials(config.state_dir), self.clock)
             self.node_id = membership.node_id
             self.controller = config.controller or membership.controller
-            guard = ClusterGuard(config.state_dir, membership)
+            self.guard = ClusterGuard(config.state_dir, membership)
         keeper = self.keeper
         self.book = TaskBook(config.state_dir / TASK_BOOK_FILE, clock=self.clock)
         self.reporter = Reporter()
@@ -82,7 +82,7 @@ class Agent:
             connect_timeout=config.connect_timeout,
             clock=self.clock,
             credentials=lambda: keeper.credentials if keeper is not None else None,
-            guard=guard,
+            guard=self.guard,
         )
         self._facts: HostFacts | None = None
 

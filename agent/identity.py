@@ -34,6 +34,7 @@ from dockyard.v1 import agent_pb2_grpc as apb_grpc
 log = structlog.get_logger()
 
 NODE_STEM = "node"
+EPOCH_FILE = "store-epoch"  # with --insecure only: the epoch of the store this node serves
 TASK_BOOK_FILE = "tasks.pb"  # the agent's task book (agent.Agent keeps it here)
 CLUSTER_FILE = "cluster.json"
 JOIN_DEADLINE = 15.0
@@ -186,15 +187,24 @@ class ClusterGuard:
     def __init__(self, state_dir: Path, membership: Membership | None) -> None:
         self._dir = state_dir
         self._membership = membership
+        self.refusals = 0  # welcomes refused so far, for operators' metrics and tests
 
     def check(self, welcome: apb.Welcome) -> None:
         """Returns when the welcome is from this agent's cluster and store; ClusterMismatch otherwise.
 
         The first controller's store epoch is recorded; from then on another epoch is refused.
         """
+        try:
+            self._check(welcome)
+        except ClusterMismatch:
+            self.refusals += 1
+            raise
+
+    def _check(self, welcome: apb.Welcome) -> None:
         membership = self._membership
         if membership is None:
-            return  # --insecure: no cluster identity to hold anyone to
+            self._check_epoch_only(welcome.store_epoch)  # --insecure: no cluster identity, only the store's
+            return
         if welcome.cluster_id != membership.cluster_id:
             raise ClusterMismatch(
                 f"the controller belongs to cluster {welcome.cluster_id or '(none: --insecure)'}, this node to "
@@ -209,6 +219,20 @@ class ClusterGuard:
                 f"the controller's store is not the one this node served (store epoch {welcome.store_epoch}, "
                 f"was {membership.store_epoch}): it was reset or replaced. Acting on nothing it sends, so no "
                 "container is removed; restore the controller's store, or join this host again to accept the new one"
+            )
+
+    def _check_epoch_only(self, epoch: int) -> None:
+        path = self._dir / EPOCH_FILE
+        try:
+            known = int(path.read_text().strip())
+        except (OSError, ValueError):
+            pki.write_file(path, f"{epoch}\n".encode())
+            return
+        if epoch != known:
+            raise ClusterMismatch(
+                f"the controller's store is not the one this node served (store epoch {epoch}, was {known}): it "
+                f"was reset or replaced. Acting on nothing it sends, so no container is removed; restore the "
+                f"controller's store, or delete {path} to accept the new one"
             )
 
 

@@ -18,7 +18,7 @@ from agent.policy import HOST_PORTS, HOST_PROTOCOLS, HostPolicy, PolicyError
 from agent.runtime.docker import DockerRuntime
 from dockyard import logs, pki
 from dockyard.addresses import is_loopback
-from dockyard.config_file import config_option
+from dockyard.config_file import EXIT_CONFIG, config_option
 from dockyard.limits import DEFAULT_CONTROLLER
 
 PROG = "dockyard-agent"
@@ -28,6 +28,13 @@ _STATE_DIR_TYPE = click.Path(file_okay=False, path_type=Path)
 
 class _Failure(click.ClickException):
     """A one-line failure printed as `dockyard-agent: <message>`; exits 1."""
+
+
+class _ConfigFailure(_Failure):
+    """The agent cannot run as configured (not joined, --insecure off loopback): restarting would fail the same
+    way, so it exits with EX_CONFIG, which the unit and `dockyard up` do not restart."""
+
+    exit_code = EXIT_CONFIG
 
     def show(self, file: IO[str] | None = None) -> None:
         """Prints the one line to stderr."""
@@ -74,8 +81,20 @@ def _labels(values: tuple[str, ...]) -> dict[str, str]:
     multiple=True,
     help="Agent label KEY=VALUE (repeatable); constraints read them as engine.labels.KEY.",
 )
-@click.option("--heartbeat-period", type=click.FloatRange(min=0.05), default=1.0, show_default=True)
-@click.option("--relist-period", type=click.FloatRange(min=0.5), default=5.0, show_default=True)
+@click.option(
+    "--heartbeat-period",
+    type=click.FloatRange(min=0.05),
+    default=1.0,
+    show_default=True,
+    help="Seconds between heartbeats until the controller's welcome sets its own period.",
+)
+@click.option(
+    "--relist-period",
+    type=click.FloatRange(min=0.5),
+    default=5.0,
+    show_default=True,
+    help="Seconds between full re-lists of this host's containers, which catch what Docker's events missed.",
+)
 @click.option(
     "--stranger-grace",
     type=click.FloatRange(min=0),
@@ -122,7 +141,7 @@ def main(
     except PolicyError as exc:
         raise click.BadParameter(exc.problem, param_hint=exc.setting.option) from exc
     if insecure and not is_loopback(controller or DEFAULT_CONTROLLER):
-        raise _Failure(f"--insecure: refused for {controller}; plaintext is for a loopback controller only")
+        raise _ConfigFailure(f"--insecure: refused for {controller}; plaintext is for a loopback controller only")
     config = AgentConfig(
         controller=controller,
         state_dir=state_dir,
@@ -139,7 +158,7 @@ def main(
     try:
         asyncio.run(_run(config))
     except NotJoined as exc:
-        raise _Failure(str(exc)) from None
+        raise _ConfigFailure(str(exc)) from None
 
 
 main.params.insert(0, config_option())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 # The exit code of a StartupError: the supervisor of `dockyard up` does not restart a child that exits with
 # it, because starting again with the same state and flags fails the same way. Its home is that contract.
-from dockyard.local.supervisor import EXIT_CONFIG
+from dockyard.config_file import EXIT_CONFIG
 
 __all__ = ["DAMAGED_RETRY_SECONDS", "EXIT_CONFIG", "StartupError", "StoreDamaged"]
 

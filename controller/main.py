@@ -85,7 +85,7 @@ def _lifetime(text: str) -> datetime.timedelta:
     "--cert-lifetime",
     default=format_duration(pki.DEFAULT_CERT_LIFETIME.total_seconds()),
     show_default=True,
-    help="Lifetime of node and serving certificates, e.g. 7d, 12h, 1m; each is renewed after half of it.",
+    help="Lifetime of node and serving certificates, e.g. 168h, 12h, 1m; each is renewed after half of it.",
 )
 @click.option(
     "--state-dir",
@@ -94,7 +94,13 @@ def _lifetime(text: str) -> datetime.timedelta:
     show_default=True,
     help="Where the SQLite store lives.",
 )
-@click.option("--heartbeat-period", type=click.FloatRange(min=0.05), default=1.0, show_default=True)
+@click.option(
+    "--heartbeat-period",
+    type=click.FloatRange(min=0.05),
+    default=1.0,
+    show_default=True,
+    help="Seconds between an agent's heartbeats, as the controller tells every agent in its welcome.",
+)
 @click.option(
     "--heartbeat-grace",
     type=click.FloatRange(min=1.5),

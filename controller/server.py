@@ -87,11 +87,19 @@ class Controller:
         """
         self._check_state_dir()
         # Before a new cluster's CA is written: a start that cannot bind must leave the state dir as it was.
-        for listen in (self.config.listen, *(() if self.config.insecure else (self._join_listen,))):
-            problem = address_in_use(listen)
+        addresses = [(self.config.listen, "--listen")]
+        if not self.config.insecure:
+            addresses.append((self._join_listen, "--join-listen"))
+        for listen, flag in addresses:
+            problem = address_in_use(listen, flag)
             if problem:
                 raise StartupError(problem)
         throttle = Throttle(self._clock)
+        # A store without a CA is a cluster's first start with TLS (it ran --insecure, or predates
+        # certificates): it gets its CA now; agents join to get their certificates.
+        make_ca = self.config.init or (self.config.state_dir / STORE_FILE).exists()
+        # The store opens first: a damaged one stops the start before a CA is made beside it.
+        await self.store.open()
         if self.config.insecure:
             if not is_loopback(self.config.listen):
                 raise StartupError(
@@ -106,9 +114,7 @@ class Controller:
                 self.config.state_dir,
                 self._clock,
                 self.config.cert_lifetime,
-                # A store without a CA is a cluster's first start with TLS (it ran --insecure, or predates
-                # certificates): it gets its CA now; agents join to get their certificates.
-                init=self.config.init or (self.config.state_dir / STORE_FILE).exists(),
+                init=make_ca,
                 addresses=tuple(dict.fromkeys(host_of(a) for a in (self.config.listen, self._join_listen))),
             )
         dispatcher = Dispatcher(
@@ -140,18 +146,22 @@ class Controller:
         agent_pb2_grpc.add_AgentServiceServicer_to_server(dispatcher, server)
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_reflection(names, server)
-        if self.authority is None:
-            self.port = _bind(server, self.config.listen, None)
-        else:
-            self.port = _bind(server, self.config.listen, self.authority.server_credentials(client_certificates=True))
-            self.join_port = _bind(
-                server, self._join_listen, self.authority.server_credentials(client_certificates=False)
-            )
-            agent_pb2_grpc.add_JoinServiceServicer_to_server(
-                JoinServicer(self.store, self.authority, self._clock, self.port, throttle), server
-            )
         try:
-            await self.store.open()
+            if self.authority is None:
+                self.port = _bind(server, self.config.listen, None)
+            else:
+                self.port = _bind(
+                    server, self.config.listen, self.authority.server_credentials(client_certificates=True)
+                )
+                self.join_port = _bind(
+                    server,
+                    self._join_listen,
+                    self.authority.server_credentials(client_certificates=False),
+                    "--join-listen",
+                )
+                agent_pb2_grpc.add_JoinServiceServicer_to_server(
+                    JoinServicer(self.store, self.authority, self._clock, self.port, throttle), server
+                )
         except BaseException:
             await server.stop(None)
             raise
@@ -243,10 +253,12 @@ class Controller:
                 raise task.exception()  # type: ignore[misc]
 
 
-def _bind(server: grpc.aio.Server, listen: str, credentials: grpc.ServerCredentials | None) -> int:
+def _bind(
+    server: grpc.aio.Server, listen: str, credentials: grpc.ServerCredentials | None, flag: str = "--listen"
+) -> int:
     """Adds the listening port (TLS with credentials) and returns it; StartupError when taken or unusable."""
     # Checking first gives the one-line message without gRPC's own log line about the failed bind.
-    problem = address_in_use(listen)
+    problem = address_in_use(listen, flag)
     if problem:
         raise StartupError(problem)
     try:
@@ -255,5 +267,5 @@ def _bind(server: grpc.aio.Server, listen: str, credentials: grpc.ServerCredenti
         port = 0
     if port == 0:
         # The check above missed it (taken in between, or an address form it does not parse).
-        raise StartupError(in_use_message(listen))
+        raise StartupError(in_use_message(listen, flag))
     return port

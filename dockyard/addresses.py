@@ -73,7 +73,7 @@ def is_loopback(address: str) -> bool:
         return False
 
 
-def address_in_use(listen: str) -> str | None:
+def address_in_use(listen: str, flag: str = "--listen") -> str | None:
     """Binds each address `listen` resolves to as gRPC would, without SO_REUSEPORT; a one-line reason if taken.
 
     Forms it cannot parse, and port 0, return None: gRPC's own bind reports on those.
@@ -93,16 +93,16 @@ def address_in_use(listen: str) -> str | None:
                 probe.bind(address)
             except OSError as exc:
                 if exc.errno == errno.EADDRINUSE:
-                    return in_use_message(listen)
+                    return in_use_message(listen, flag)
     return None
 
 
-def in_use_message(listen: str) -> str:
-    """Returns "--listen ADDR: address already in use by pid N (command); ..." (the holder where it can tell)."""
+def in_use_message(listen: str, flag: str = "--listen") -> str:
+    """Returns "FLAG ADDR: address already in use by pid N (command); ..." (the holder where it can tell)."""
     parts = split_listen(listen)
     holder = port_holder(parts[1]) if parts and parts[1] else None
     held = f" by {holder}" if holder else ""
-    return f"--listen {listen}: address already in use{held}; stop it or choose another address"
+    return f"{flag} {listen}: address already in use{held}; stop it or choose another address"
 
 
 def _listening_inodes(port: int) -> set[str]:

@@ -307,7 +307,10 @@ def _describe(exc: grpc.aio.AioRpcError, address: str, secure: bool = True) -> s
                 f"cannot reach the controller at {address} without credentials: is it running, and if it serves "
                 "TLS (the default), pass --credentials DIR (admin credentials from `dockyard-controller admin-cert`)"
             )
-        return f"cannot reach the controller at {address}: is it running? (dockyard up, or set --controller)"
+        return (
+            f"cannot reach the controller at {address}: is it running? (dockyard up, or set --controller); "
+            "or it refused this client's certificate (expired, or not signed by its cluster's CA)"
+        )
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return f"the controller at {address} did not answer in time"
     return exc.details() or code.name

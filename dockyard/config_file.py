@@ -8,8 +8,17 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
+from typing import Final
 
 import click
+
+# sysexits' EX_CONFIG: a daemon that cannot run as configured (a StartupError of the controller, an agent not
+# joined) exits with it, and neither its systemd unit nor `dockyard up` restarts it.
+EXIT_CONFIG: Final = 78
+
+# Flags that must be given on the command line each time: --init in a config file would make every start
+# create a new cluster where the state dir is empty, which is what its absence guards against.
+PER_INVOCATION = frozenset({"init"})
 
 
 def config_file_defaults(ctx: click.Context, _param: click.Parameter, path: Path | None) -> Path | None:
@@ -36,6 +45,12 @@ def config_file_defaults(ctx: click.Context, _param: click.Parameter, path: Path
     }
     defaults = {}
     for key, value in data.items():
+        if key in PER_INVOCATION:
+            raise click.BadParameter(
+                f"{path}: {key!r} is for one invocation only (pass --{key} on the command line): in a file read "
+                "at every start it would defeat what it guards",
+                param_hint="--config",
+            )
         name = known.get(key)
         if name is None or key == "config":
             raise click.BadParameter(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from dockyard.addresses import host_of, with_port
+from dockyard.addresses import host_of, is_loopback, with_port
 from dockyard.cli.common import controller_option, output_option, run
 from dockyard.cli.output import emit_object
 from dockyard.client import Client
@@ -25,11 +25,18 @@ def join_token(rotate: bool, quiet: bool, controller: str | None, output: str) -
         if quiet and output == "table":
             click.echo(response.token)
             return
+        note = ""
+        if is_loopback(address):
+            note = (
+                f"\n{address} is this machine's loopback: another host must use an address of the controller it "
+                "can reach (ask with --controller PUBLIC-ADDRESS:PORT to print it).\n"
+            )
         emit_object(
             {"token": response.token, "join_address": address, "command": command, "rotated": rotate},
             output,
             ("Rotated. The old token is refused from now on.\n" if rotate else "")
-            + f"To make a host a node of this cluster, run on it:\n\n    {command}\n",
+            + f"To make a host a node of this cluster, run on it:\n\n    {command}\n"
+            + note,
         )
 
     run(body, controller)

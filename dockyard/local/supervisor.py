@@ -22,6 +22,7 @@ import structlog
 
 from dockyard.addresses import JOIN_PORT, connect_address, host_of, join_listen_for, split_listen, with_port
 from dockyard.backoff import Backoff
+from dockyard.config_file import EXIT_CONFIG
 from dockyard.limits import DEFAULT_CONTROLLER
 
 __all__ = ["EXIT_CONFIG", "STOP_TIMEOUT", "ChildFailed", "LocalCluster", "supervise", "supervise_children"]
@@ -29,9 +30,6 @@ __all__ = ["EXIT_CONFIG", "STOP_TIMEOUT", "ChildFailed", "LocalCluster", "superv
 log = structlog.get_logger()
 
 STOP_TIMEOUT = 20.0
-# sysexits' EX_CONFIG: a child that exits with it is not restarted. The controller exits with it on a
-# StartupError (controller.errors imports it from here).
-EXIT_CONFIG: Final = 78
 # How much of a child's stderr is kept to find its last line.
 _TAIL_BYTES: Final = 8192
 _CHUNK: Final = 65536

@@ -61,6 +61,8 @@ class FakeCluster:
     join_port: int = 0
     hosts: dict[str, HostUnderTest] = field(default_factory=dict)
     admin: pki.Credentials | None = None
+    # Plaintext controller and agents (--insecure): only for tests about plaintext.
+    insecure: bool = False
 
     async def start_controller(self, **options: object) -> None:
         """Starts (or restarts, on the same ports, CA and database) the controller; options go to its config."""
@@ -70,6 +72,7 @@ class FakeCluster:
             state_dir=self.root / "controller",
             heartbeat_period=0.2,
             init=True,
+            insecure=self.insecure,
             **options,  # type: ignore[arg-type]
         )
         self.controller = Controller(config)
@@ -106,7 +109,7 @@ class FakeCluster:
         """Starts an agent (a new one, or again on the same fake daemon and state)."""
         host = self.hosts.get(name) or HostUnderTest(name, runtime or FakeRuntime(images=[IMAGE]), self.root / name)
         self.hosts[name] = host
-        if not (host.state_dir / CLUSTER_FILE).exists():
+        if not self.insecure and not (host.state_dir / CLUSTER_FILE).exists():
             await self.join(name)
         config = AgentConfig(
             controller=f"127.0.0.1:{self.port}",
@@ -115,6 +118,7 @@ class FakeCluster:
             heartbeat_period=0.2,
             relist_period=0.5,
             stranger_grace=stranger_grace,
+            insecure=self.insecure,
         )
         host.agent = Agent(config, host.runtime)
         host.task = asyncio.create_task(host.agent.run())

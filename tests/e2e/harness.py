@@ -172,9 +172,7 @@ class Cluster:
                 [
                     sys.executable,
                     "-m",
-                    "agent.main",
-                    "--controller",
-                    self.address,
+                    "agent.main",  # the controller's address is the one the join recorded
                     "--state-dir",
                     str(self.root / "agent"),
                     "--relist-period",

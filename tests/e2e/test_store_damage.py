@@ -22,12 +22,16 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from controller.errors import EXIT_CONFIG
 from controller.store.sqlite import SqliteStore
+from dockyard import pki
+from dockyard.channels import tls_options
 from dockyard.client import ApiError, Client
 from dockyard.v1 import types_pb2 as pb
 from tests.e2e.harness import ROOT, free_port, run_cli, wait_for
 from tests.unit.test_store_damage import make_store, overwrite
 
 CONTROLLER = [sys.executable, "-m", "controller.main"]
+# These controllers take no joins: a join address on a free port keeps them off the default one.
+NO_JOIN = ("--join-listen", "127.0.0.1:0")
 SERVING: int = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING: int = health_pb2.HealthCheckResponse.NOT_SERVING
 UNKNOWN: int = health_pb2.HealthCheckResponse.UNKNOWN
@@ -38,9 +42,19 @@ def controller_command(*args: str, timeout: float = 60) -> subprocess.CompletedP
     return subprocess.run([*CONTROLLER, *args], capture_output=True, text=True, cwd=ROOT, timeout=timeout, check=False)
 
 
-def health(address: str) -> int:
+def admin_for(state_dir: Path) -> pki.Credentials:
+    """Admin credentials of the cluster whose CA is in state_dir (made once, beside it)."""
+    out = state_dir.parent / f"{state_dir.name}-admin"
+    if not (out / "admin.crt").exists():
+        made = controller_command("admin-cert", "--out", str(out), "--state-dir", str(state_dir))
+        assert made.returncode == 0, made.stderr
+    return pki.Credentials.load(out, "admin")
+
+
+def health(address: str, credentials: pki.Credentials) -> int:
     """Returns the overall health status the controller reports (UNKNOWN when it does not answer)."""
-    with grpc.insecure_channel(address) as channel:
+    tls = grpc.ssl_channel_credentials(credentials.ca_pem, credentials.pair.key_pem, credentials.pair.cert_pem)
+    with grpc.secure_channel(address, tls, options=tls_options()) as channel:
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=2)
         except grpc.RpcError:
@@ -67,6 +81,16 @@ class RunningController:
         """Its store file."""
         return self.state_dir / "controller.db"
 
+    def health(self) -> int:
+        """Its overall health, asked with admin credentials (UNKNOWN before it has made its CA)."""
+        if not (self.state_dir / pki.CA_CERT_FILE).exists():
+            return UNKNOWN
+        return health(self.address, admin_for(self.state_dir))
+
+    def client(self) -> Client:
+        """An API client with admin credentials."""
+        return Client(self.address, credentials=admin_for(self.state_dir))
+
     def stop(self) -> int:
         """Stops it with SIGTERM and returns its exit code."""
         if self.process.poll() is None:
@@ -85,7 +109,7 @@ def start_controller(state_dir: Path, port: int | None = None) -> RunningControl
     log = state_dir.parent / f"{state_dir.name}-{port}.log"
     with open(log, "ab") as out:
         process = subprocess.Popen(
-            [*CONTROLLER, "--listen", f"127.0.0.1:{port}", "--state-dir", str(state_dir)],
+            [*CONTROLLER, "--init", *NO_JOIN, "--listen", f"127.0.0.1:{port}", "--state-dir", str(state_dir)],
             stdout=out,
             stderr=subprocess.STDOUT,
             cwd=ROOT,
@@ -95,7 +119,7 @@ def start_controller(state_dir: Path, port: int | None = None) -> RunningControl
     def serving() -> bool:
         if process.poll() is not None:
             raise AssertionError(f"the controller exited ({process.returncode}):\n{log.read_text()}")
-        return health(running.address) == SERVING
+        return running.health() == SERVING
 
     wait_for(serving, 30, "the controller to serve")
     return running
@@ -138,7 +162,7 @@ def test_a_damaged_store_stops_the_controller_with_one_line(tmp_path: Path, how:
     db = state / "controller.db"
     asyncio.run(make_store(db))
     damage(db, how)
-    result = controller_command("--listen", f"127.0.0.1:{free_port()}", "--state-dir", str(state))
+    result = controller_command(*NO_JOIN, "--listen", f"127.0.0.1:{free_port()}", "--state-dir", str(state))
     assert result.returncode == EXIT_CONFIG, result.stderr
     assert_one_line(result.stderr, str(db), f"dockyard-controller restore BACKUP --state-dir {state}")
 
@@ -148,10 +172,10 @@ def test_a_second_controller_on_the_same_state_dir_is_refused(
 ) -> None:
     first = start_controller(tmp_path / "controller")
     controllers.append(first)
-    result = controller_command("--listen", f"127.0.0.1:{free_port()}", "--state-dir", str(first.state_dir))
+    result = controller_command(*NO_JOIN, "--listen", f"127.0.0.1:{free_port()}", "--state-dir", str(first.state_dir))
     assert result.returncode == EXIT_CONFIG, result.stderr
     assert_one_line(result.stderr, str(first.db), f"in use by pid {first.process.pid}")
-    assert health(first.address) == SERVING, "the first one is unharmed"
+    assert first.health() == SERVING, "the first one is unharmed"
 
 
 def spec(name: str, replicas: int = 1, env_bytes: int = 0) -> pb.ServiceSpec:
@@ -165,9 +189,9 @@ def spec(name: str, replicas: int = 1, env_bytes: int = 0) -> pb.ServiceSpec:
 Snapshot = tuple[list[tuple[str, str, int, bytes]], list[tuple[str, str, int, int, int]]]
 
 
-async def snapshot(address: str) -> Snapshot:
+async def snapshot(running: RunningController) -> Snapshot:
     """Returns what must survive a backup and restore: services with their specs, and tasks by slot."""
-    async with Client(address) as client:
+    async with running.client() as client:
         services = await client.list_services()
         tasks = await client.list_tasks(include_finished=True)
     return (
@@ -176,13 +200,13 @@ async def snapshot(address: str) -> Snapshot:
     )
 
 
-async def write_while_backing_up(address: str, state: Path, backups: list[Path]) -> int:
+async def write_while_backing_up(running: RunningController, state: Path, backups: list[Path]) -> int:
     """Applies services while `dockyard-controller backup` runs once for each path; returns the writes."""
     done = asyncio.Event()
 
     async def writer() -> int:
         writes = 0
-        async with Client(address) as client:
+        async with running.client() as client:
             while not done.is_set() or writes < 20:
                 await client.apply([spec(f"svc{writes % 7}", replicas=writes % 4)])
                 writes += 1
@@ -232,13 +256,13 @@ def test_backup_during_writes_and_restore_round_trip(tmp_path: Path, controllers
     running = start_controller(state)
     controllers.append(running)
     mid_write = [tmp_path / f"during-{n}.db" for n in range(3)]
-    writes = asyncio.run(write_while_backing_up(running.address, state, mid_write))
+    writes = asyncio.run(write_while_backing_up(running, state, mid_write))
     assert writes >= 20
     revisions = [assert_sound(path) for path in mid_write]
     assert revisions == sorted(revisions)
 
     # A quiet moment: what the final backup holds is what the API shows.
-    before = asyncio.run(snapshot(running.address))
+    before = asyncio.run(snapshot(running))
     final = tmp_path / "final.db"
     made = controller_command("backup", str(final), "--state-dir", str(state))
     assert made.returncode == 0, made.stderr
@@ -247,12 +271,12 @@ def test_backup_during_writes_and_restore_round_trip(tmp_path: Path, controllers
     assert_one_line(again.stderr, str(final), "--force")
 
     async def change() -> None:
-        async with Client(running.address) as client:
+        async with running.client() as client:
             await client.delete_service("svc0")
             await client.apply([spec("later", replicas=2)])
 
     asyncio.run(change())
-    assert asyncio.run(snapshot(running.address)) != before
+    assert asyncio.run(snapshot(running)) != before
 
     refused = controller_command("restore", str(final), "--state-dir", str(state))
     assert refused.returncode == 1
@@ -268,7 +292,7 @@ def test_backup_during_writes_and_restore_round_trip(tmp_path: Path, controllers
 
     again_running = start_controller(state, running.port)
     controllers.append(again_running)
-    assert asyncio.run(snapshot(again_running.address)) == before
+    assert asyncio.run(snapshot(again_running)) == before
 
 
 def test_damage_while_running_reports_not_serving(tmp_path: Path, controllers: list[RunningController]) -> None:
@@ -277,7 +301,7 @@ def test_damage_while_running_reports_not_serving(tmp_path: Path, controllers: l
     controllers.append(first)
 
     async def fill() -> None:
-        async with Client(first.address) as client:
+        async with first.client() as client:
             for n in range(40):
                 await client.apply([spec(f"bulky{n:02}", replicas=0, env_bytes=100_000)])
 
@@ -290,7 +314,7 @@ def test_damage_while_running_reports_not_serving(tmp_path: Path, controllers: l
 
     async def remove_services() -> ApiError:
         # Reads come from the controller's memory; removing the services writes where the damage is.
-        async with Client(running.address) as client:
+        async with running.client() as client:
             for n in range(40):
                 try:
                     await client.delete_service(f"bulky{n:02}")
@@ -301,9 +325,9 @@ def test_damage_while_running_reports_not_serving(tmp_path: Path, controllers: l
     error = asyncio.run(remove_services())
     assert error.code == grpc.StatusCode.UNAVAILABLE, error
     assert str(running.db) in str(error)
-    wait_for(lambda: health(running.address) == NOT_SERVING, 10, "health NOT_SERVING")
+    wait_for(lambda: running.health() == NOT_SERVING, 10, "health NOT_SERVING")
     running.stop()
-    result = controller_command("--listen", running.address, "--state-dir", str(state))
+    result = controller_command(*NO_JOIN, "--listen", running.address, "--state-dir", str(state))
     assert result.returncode == EXIT_CONFIG
     assert_one_line(result.stderr, str(running.db), "damaged")
 
@@ -379,4 +403,4 @@ def test_up_on_an_address_another_cluster_holds_says_so_in_one_line(
     assert result.returncode == 1
     assert_one_line(result.stderr, other.address, f"already in use by pid {other.process.pid}", prefix="Error: ")
     assert not (tmp_path / "state" / "agent").exists(), "no agent was started to dial the other cluster"
-    assert health(other.address) == SERVING, "the other cluster is unharmed"
+    assert other.health() == SERVING, "the other cluster is unharmed"
