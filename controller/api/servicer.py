@@ -25,7 +25,7 @@ from controller.api.paging import (
     read_page,
 )
 from controller.api.status import Context, Stale, abort, abort_invalid, abort_stale
-from controller.api.validation import apply_errors, node_label_errors, replicas_error, scale_errors
+from controller.api.validation import apply_errors, enum_error, node_update_errors, replicas_error, scale_errors
 from controller.api.watch import KINDS, WatchClosed, WatchFilter, WatchLimits, watch_responses
 from controller.api.writes import commit_or_abort, revision_stale, version_stale
 from controller.store.base import Check, Delete, Kind, NodeKey, Op, Put, Store, TaskKey, WatchExpired
@@ -283,6 +283,9 @@ class ControllerApi:
             return await self._list_tasks(request, context)
 
     async def _list_tasks(self, request: cpb.ListTasksRequest, context: Context) -> cpb.ListTasksResponse:
+        view_problem = enum_error("view", request.view, cpb.TaskView.DESCRIPTOR, "a task view")
+        if view_problem:
+            await abort_invalid(context, [view_problem])
         service_id = (await self._service(request.service, context)).id if request.service else ""
         query = f"{service_id}\0{request.node_id}\0{int(request.include_finished)}"
         after = await self._after(request.page_token, "tasks", query, _TASK_KEY_SHAPE, context)
@@ -315,7 +318,7 @@ class ControllerApi:
 
     async def UpdateNode(self, request: cpb.UpdateNodeRequest, context: Context) -> pb.Node:
         """Sets a node's availability and operator labels; the orchestrator and scheduler react."""
-        problems = node_label_errors(request.set_labels, request.remove_labels)
+        problems = node_update_errors(request.availability, request.set_labels, request.remove_labels)
         if problems:
             await abort_invalid(context, problems)
         node = await self._node(request.node, context)

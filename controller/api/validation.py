@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from google.protobuf.descriptor import EnumDescriptor
+
 from dockyard.spec import schema
 from dockyard.spec.issues import Issue, key_path, service_path
 from dockyard.spec.validation import (
@@ -53,6 +55,23 @@ def scale_errors(service: pb.Service, replicas: int, existing: Mapping[str, pb.S
     scaled.CopyFrom(service.spec)
     scaled.replicas = replicas
     return replica_budget_issues([scaled], existing)
+
+
+def enum_error(path: str, value: int, enum: EnumDescriptor, what: str) -> Issue | None:
+    """Returns the problem with an enum number the proto does not define (proto3 enums accept any), else None.
+
+    Stored as is, an undefined number would be a state no role knows how to act on.
+    """
+    if value in enum.values_by_number:
+        return None
+    names = ", ".join(v.name for v in enum.values if v.number != 0)
+    return Issue(path, f"{value} is not {what}; give one of {names}")
+
+
+def node_update_errors(availability: int, set_labels: Mapping[str, str], remove_labels: Sequence[str]) -> list[Issue]:
+    """Returns the problems of a node update: an availability the proto does not define, then its labels."""
+    problem = enum_error("availability", availability, pb.NodeAvailability.DESCRIPTOR, "an availability")
+    return [*([problem] if problem else []), *node_label_errors(set_labels, remove_labels)]
 
 
 def node_label_errors(set_labels: Mapping[str, str], remove_labels: Sequence[str]) -> list[Issue]:
