@@ -9,11 +9,19 @@ store itself reports the damage once, which is how the server turns health to NO
 Server-streaming methods (Watch) go through the same seam: the request is parsed the same way, and a
 damaged store met while streaming ends the stream with the same UNAVAILABLE.
 A request above the receive limit is still refused by grpcio before any of this (RESOURCE_EXHAUSTED).
+
+add_agent_service puts AgentService behind the same seam. Its unary methods (Renew) parse as above.
+Session reads a stream of messages, which a servicer cannot receive as bytes, so it gets a deserializer
+that never raises: a message that does not parse reaches the servicer as an Unparsable (not an
+AgentMessage, so a first message that does not parse is refused like any first message that is not a
+hello: INVALID_ARGUMENT), instead of grpcio ending the stream with UNKNOWN.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf import message_factory
@@ -23,9 +31,11 @@ from google.protobuf.message import DecodeError, Message
 from controller.api.servicer import ControllerApi
 from controller.api.status import Context, abort, abort_store_damaged
 from controller.errors import StoreDamaged
+from dockyard.v1 import agent_pb2 as apb
+from dockyard.v1 import agent_pb2_grpc
 from dockyard.v1 import controller_pb2 as cpb
 
-__all__ = ["SERVICE_NAME", "add_controller_api"]
+__all__ = ["SERVICE_NAME", "Unparsable", "add_agent_service", "add_controller_api", "lenient"]
 
 SERVICE = cpb.DESCRIPTOR.services_by_name["ControllerService"]
 SERVICE_NAME = SERVICE.full_name
@@ -89,3 +99,60 @@ def add_controller_api(api: ControllerApi, server: grpc.aio.Server) -> None:
                 response_serializer=response_class.SerializeToString,
             )
     server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)])
+
+
+@dataclass(frozen=True)
+class Unparsable:
+    """A stream message that did not parse: what `lenient` hands the servicer instead of raising."""
+
+    type_name: str
+    reason: str
+
+    def __str__(self) -> str:
+        """Renders the problem as the peer should read it."""
+        return f"message: not a valid {self.type_name}: {self.reason}"
+
+
+M = TypeVar("M", bound=Message)
+
+
+def lenient(message_class: type[M]) -> Callable[[bytes], M | Unparsable]:
+    """Returns a request deserializer that parses `message_class`, or returns an Unparsable; it never raises."""
+    type_name = message_class.DESCRIPTOR.full_name
+
+    def parse(raw: bytes) -> M | Unparsable:
+        try:
+            return message_class.FromString(raw)
+        except DecodeError as exc:
+            return Unparsable(type_name, str(exc).rpartition(": ")[2] or "cannot be parsed")
+
+    return parse
+
+
+def add_agent_service(servicer: agent_pb2_grpc.AgentServiceServicer, server: grpc.aio.Server) -> None:
+    """Serves AgentService as the generated code does, except for requests that do not parse.
+
+    A streamed message that does not parse arrives as an Unparsable; a unary request that does not parse is
+    INVALID_ARGUMENT before the method runs (the same seam as ControllerService's).
+    """
+    service = apb.DESCRIPTOR.services_by_name["AgentService"]
+    # Requests are bytes (unary methods) or parsed messages and Unparsables (streams).
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Message]] = {}
+    for method in service.methods:
+        request_class = message_factory.GetMessageClass(method.input_type)
+        response_class = message_factory.GetMessageClass(method.output_type)
+        behaviour = getattr(servicer, method.name)
+        if method.client_streaming and method.server_streaming:
+            handlers[method.name] = grpc.stream_stream_rpc_method_handler(
+                behaviour,
+                request_deserializer=lenient(request_class),
+                response_serializer=response_class.SerializeToString,
+            )
+        else:
+            assert not method.client_streaming and not method.server_streaming, method.full_name
+            handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+                _parsing(method, behaviour),
+                request_deserializer=None,  # bytes in: _parsing parses
+                response_serializer=response_class.SerializeToString,
+            )
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(service.full_name, handlers)])
