@@ -27,8 +27,11 @@ from dockyard.clock import Clock
 from dockyard.logs import Throttle
 
 __all__ = [
+    "HANDSHAKE_TIMEOUT_MS",
     "MAX_CONCURRENT_LISTS",
     "MAX_OPEN_WATCHES",
+    "MAX_REQUEST_BYTES",
+    "SERVER_OPTIONS",
     "WATCH_FEED_DEPTH",
     "WATCH_MAX_BYTES",
     "WATCH_MAX_EVENTS",
@@ -54,6 +57,23 @@ WATCH_PROGRESS_SECONDS: Final = 1.0
 # Events pulled from the store ahead of the client, per stream. Pulling stops when this many wait, so a
 # slow client costs this much plus one response (the store's watcher falls back to its table meanwhile).
 WATCH_FEED_DEPTH: Final = 256
+
+# What one peer can make the gRPC server hold before any method runs (controller.server passes SERVER_OPTIONS).
+# A request is at most MAX_REQUEST_BYTES (RESOURCE_EXHAUSTED beyond, before it is parsed): gRPC's own default,
+# stated so it has a home. It holds an apply of 16 specs at the spec table's 256 KiB cap; a session's messages
+# from an agent (statuses, an inventory of a few thousand tasks) are far smaller.
+MAX_REQUEST_BYTES: Final = 4 * 1024 * 1024
+# A connection that has not finished its handshake (TLS, then HTTP/2's preface) within this is closed. gRPC's
+# default is 120 s, so a flood of sockets that connect and say nothing held a file descriptor each that long.
+HANDSHAKE_TIMEOUT_MS: Final = 5_000
+# No limit on streams per connection (grpc.max_concurrent_streams): grpcio refuses a stream beyond it with
+# REFUSED_STREAM, which the client sees as UNAVAILABLE, and channels of one process to one address share a
+# connection, so a CLI or a simulated fleet would meet it as an outage. Streams are bounded where they cost:
+# list and watch caps above, the hello timeout for sessions.
+SERVER_OPTIONS: Final = (
+    ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
+    ("grpc.server_handshake_timeout_ms", HANDSHAKE_TIMEOUT_MS),
+)
 
 # Refusal log lines: at most a few per cap every so often, with the count of those left out.
 _REFUSAL_LOG_INTERVAL: Final = 10.0
