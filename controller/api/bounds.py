@@ -31,6 +31,7 @@ __all__ = [
     "MAX_CONCURRENT_LISTS",
     "MAX_OPEN_WATCHES",
     "MAX_REQUEST_BYTES",
+    "MAX_REQUEST_ITEMS",
     "SERVER_OPTIONS",
     "WATCH_FEED_DEPTH",
     "WATCH_MAX_BYTES",
@@ -66,6 +67,12 @@ MAX_REQUEST_BYTES: Final = 4 * 1024 * 1024
 # A connection that has not finished its handshake (TLS, then HTTP/2's preface) within this is closed. gRPC's
 # default is 120 s, so a flood of sockets that connect and say nothing held a file descriptor each that long.
 HANDSHAKE_TIMEOUT_MS: Final = 5_000
+# Items in any one repeated or map field of a request (services to apply, names to watch, labels to set or
+# remove, if_revision entries). Each is checked on the one event loop, so a 4 MiB request of 300,000 tiny
+# services once held every other call for about 30 s (30,000: 2.4 s); at this cap a request costs tens of ms.
+# A request with more is refused before any item is looked at (INVALID_ARGUMENT); the CLI applies a file's
+# services in one request, so this is also the most services one file may hold.
+MAX_REQUEST_ITEMS: Final = 1000
 # No limit on streams per connection (grpc.max_concurrent_streams): grpcio refuses a stream beyond it with
 # REFUSED_STREAM, which the client sees as UNAVAILABLE, and channels of one process to one address share a
 # connection, so a CLI or a simulated fleet would meet it as an outage. Streams are bounded where they cost:

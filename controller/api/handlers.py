@@ -3,9 +3,11 @@
 grpcio parses a request with the registered deserializer before the method runs, and a DecodeError
 there (invalid UTF-8 in a string, nesting past protobuf's recursion limit) becomes UNKNOWN with
 "Unexpected DecodeError", which tells the caller nothing. Here the methods receive the raw bytes and
-parse them in one wrapper, so such a request is INVALID_ARGUMENT naming the request type. The same
-wrapper turns a damaged store met by any read into UNAVAILABLE with the store's one-line message (the
-store itself reports the damage once, which is how the server turns health to NOT_SERVING).
+parse them in one wrapper, so such a request is INVALID_ARGUMENT naming the request type; so is one
+with more than MAX_REQUEST_ITEMS items in a list or map (controller.api.bounds), before any item is
+looked at. The same wrapper turns a damaged store met by any read into UNAVAILABLE with the store's
+one-line message (the store itself reports the damage once, which is how the server turns health to
+NOT_SERVING).
 Server-streaming methods (Watch) go through the same seam: the request is parsed the same way, and a
 damaged store met while streaming ends the stream with the same UNAVAILABLE.
 A request above the receive limit is still refused by grpcio before any of this (RESOURCE_EXHAUSTED).
@@ -28,14 +30,16 @@ from google.protobuf import message_factory
 from google.protobuf.descriptor import MethodDescriptor
 from google.protobuf.message import DecodeError, Message
 
+from controller.api.bounds import MAX_REQUEST_ITEMS
 from controller.api.servicer import ControllerApi
-from controller.api.status import Context, abort, abort_store_damaged
+from controller.api.status import Context, abort, abort_invalid, abort_store_damaged
 from controller.errors import StoreDamaged
+from dockyard.spec.issues import Issue
 from dockyard.v1 import agent_pb2 as apb
 from dockyard.v1 import agent_pb2_grpc
 from dockyard.v1 import controller_pb2 as cpb
 
-__all__ = ["SERVICE_NAME", "Unparsable", "add_agent_service", "add_controller_api", "lenient"]
+__all__ = ["SERVICE_NAME", "Unparsable", "add_agent_service", "add_controller_api", "lenient", "too_many_items"]
 
 SERVICE = cpb.DESCRIPTOR.services_by_name["ControllerService"]
 SERVICE_NAME = SERVICE.full_name
@@ -45,14 +49,26 @@ StreamBehaviour = Callable[[Message, Context], AsyncIterator[Message]]
 
 
 async def _parse(method: MethodDescriptor, raw: bytes, context: Context) -> Message:
-    """Returns the parsed request; INVALID_ARGUMENT naming the request type when it does not parse."""
+    """Returns the parsed request; INVALID_ARGUMENT when it does not parse or a list in it is too long."""
     try:
         request: Message = message_factory.GetMessageClass(method.input_type).FromString(raw)
     except DecodeError as exc:
         reason = str(exc).rpartition(": ")[2] or "cannot be parsed"
         type_name = method.input_type.full_name
         await abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"request: not a valid {type_name}: {reason}")
+    issues = too_many_items(request)
+    if issues:
+        await abort_invalid(context, issues)
     return request
+
+
+def too_many_items(request: Message) -> list[Issue]:
+    """Returns a problem for each repeated or map field of the request with more than MAX_REQUEST_ITEMS items."""
+    return [
+        Issue(field.name, f"{count} items, more than the {MAX_REQUEST_ITEMS} one request may hold; split it")
+        for field in request.DESCRIPTOR.fields
+        if field.is_repeated and (count := len(getattr(request, field.name))) > MAX_REQUEST_ITEMS
+    ]
 
 
 def _parsing(method: MethodDescriptor, behaviour: Behaviour) -> Callable[[bytes, Context], Awaitable[Message]]:
