@@ -14,7 +14,8 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from controller.api import reflection
-from controller.api.handlers import add_controller_api
+from controller.api.bounds import SERVER_OPTIONS
+from controller.api.handlers import add_agent_service, add_controller_api
 from controller.api.servicer import ControllerApi
 from controller.dispatcher.dispatcher import Dispatcher
 from controller.errors import StartupError, StoreDamaged
@@ -129,7 +130,7 @@ class Controller:
         interceptors = [] if self.authority is None else [Guard(self.store, self.authority.cluster_id, throttle)]
         # gRPC sets SO_REUSEPORT by default, and then a second controller on the same address shares it
         # silently and the kernel splits the connections between two clusters.
-        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)], interceptors=interceptors)
+        server = grpc.aio.server(options=[*SERVER_OPTIONS, ("grpc.so_reuseport", 0)], interceptors=interceptors)
         health_servicer = health.aio.HealthServicer()
         names = (
             controller_pb2.DESCRIPTOR.services_by_name["ControllerService"].full_name,
@@ -143,7 +144,7 @@ class Controller:
                 await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
 
         add_controller_api(ControllerApi(self.store, self._clock, new_id, join_tokens=self), server)
-        agent_pb2_grpc.add_AgentServiceServicer_to_server(dispatcher, server)
+        add_agent_service(dispatcher, server)
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_reflection(names, server)
         try:

@@ -143,7 +143,8 @@ class Dispatcher(apb_grpc.AgentServiceServicer):
         del request_iterator
         try:
             async with self._clock.timeout(self._hello_timeout):
-                first = await context.read()
+                # object: the EOF marker or, from a lenient deserializer, what did not parse.
+                first: object = await context.read()
         except TimeoutError:
             # DEADLINE_EXCEEDED, not INVALID_ARGUMENT: nothing the peer sent was wrong, a time limit passed.
             await context.abort(
@@ -151,7 +152,11 @@ class Dispatcher(apb_grpc.AgentServiceServicer):
             )
             return
         if not isinstance(first, apb.AgentMessage) or not first.HasField("hello"):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message of a session must be a hello")
+            # A message that did not parse arrives as an object that says why (controller.api.handlers).
+            why = "" if first is grpc.aio.EOF or isinstance(first, apb.AgentMessage) else f" ({first})"
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, f"the first message of a session must be a hello{why}"
+            )
             return
         try:
             node_id = node_identity(context, first.hello, secure=self._authority is not None)
@@ -227,9 +232,12 @@ class Dispatcher(apb_grpc.AgentServiceServicer):
     async def _read(self, session: AgentSession, context: Context) -> None:
         """Reads until the stream ends; never waits for the store, so heartbeats are read however busy it is."""
         while True:
-            message = await context.read()
+            message: object = await context.read()
+            if message is grpc.aio.EOF:
+                return
             if not isinstance(message, apb.AgentMessage):
-                return  # end of stream
+                session.close(grpc.StatusCode.INVALID_ARGUMENT, str(message))  # did not parse: says why
+                return
             arrived = self._clock.now()
             self._last_seen[session.node_id] = arrived
             kind = message.WhichOneof("msg")

@@ -109,11 +109,6 @@ async def still_serving(joined: Joined) -> None:
         assert joined.node_id in [node.id for node in await client.list_nodes()]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="grpcio answers UNKNOWN until controller/server.py registers AgentService with "
-    "controller.api.handlers.add_agent_service (the lead's file; see the fuzz helper's report)",
-)
 @pytest.mark.parametrize(
     "first", [b"\xff\xff", b"\x0a\x03\x0a\x01\xff", b"\x0a\x05\x12\x03\x0a\x01\xc0", deep_groups(150)]
 )
@@ -151,11 +146,6 @@ async def test_the_controller_serves_after_hostile_sessions(joined: Joined) -> N
     await still_serving(joined)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="grpcio answers UNKNOWN until controller/server.py registers AgentService with "
-    "controller.api.handlers.add_agent_service (the lead's file; see the fuzz helper's report)",
-)
 async def test_a_renew_request_that_does_not_parse_is_invalid_argument(joined: Joined) -> None:
     async with joined.cluster.channel(joined.credentials) as channel:
         renew = channel.unary_unary(
