@@ -1,7 +1,8 @@
 """`dockyard dev cluster ...`: a local multi-host cluster of network namespaces for trying and testing Dockyard.
 
-Needs root. Each host hN is a network namespace with its own dockerd and agent; the controller listens on the
-cluster bridge (10.213.X.1:7465), and `up` points the CLI at it like `dockyard up` does. See deploy/devcluster.
+Needs root. Each host hN is a network namespace with its own dockerd and agent, joined with the token as a real
+host joins; the controller listens on the cluster bridge (10.213.X.1:7465, mutual TLS; joins on 7466), and `up`
+points the CLI at it and at admin credentials like `dockyard up` does. See deploy/devcluster.
 
 The product CLI does not import this module: it finds the `dev` group through the `dockyard.cli` entry point
 that pyproject.toml declares, and loads it only when `dockyard dev ...` (or the help listing) asks for it.
@@ -10,6 +11,7 @@ that pyproject.toml declares, and loads it only when `dockyard dev ...` (or the 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import shutil
 import signal
@@ -105,10 +107,22 @@ def cluster(log_level: str) -> None:
 @cluster.command()
 @click.option("--hosts", type=click.IntRange(1, 50), default=3, show_default=True, help="How many hosts (h1..hN).")
 @_state_dir_option
-@click.option("--label", "labels", multiple=True, metavar="HOST:KEY=VALUE", help="A node label of one host.")
+@click.option(
+    "--label",
+    "labels",
+    multiple=True,
+    metavar="HOST:KEY=VALUE",
+    help="An agent label of one host (its agent's --label; constraints read it as engine.labels.KEY).",
+)
 @click.option("--heartbeat-period", type=click.FloatRange(min=0.05), default=None, help="Controller default: 1s.")
 @click.option("--heartbeat-grace", type=click.FloatRange(min=1.5), default=None, help="Controller default: 3.")
 @click.option("--relist-period", type=click.FloatRange(min=0.5), default=None, help="Agent default: 5s.")
+@click.option(
+    "--stranger-grace",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Seconds before an agent removes a container of ours that no task owns. Agent default: 30s.",
+)
 @click.option(
     "--image",
     "images",
@@ -126,6 +140,7 @@ def up(
     heartbeat_period: float | None,
     heartbeat_grace: float | None,
     relist_period: float | None,
+    stranger_grace: float | None,
     images: tuple[str, ...],
     timeout: float,
     output: str,
@@ -139,6 +154,7 @@ def up(
             heartbeat_period=heartbeat_period,
             heartbeat_grace=heartbeat_grace,
             relist_period=relist_period,
+            stranger_grace=stranger_grace,
             images=images,
             ready_timeout=timeout,
             progress=stderr_progress,
@@ -146,10 +162,14 @@ def up(
     )
     previous = read_context()
     if previous is not None:
-        (created.state_dir / PREVIOUS_CONTEXT).write_text(
-            json.dumps({"controller": previous.controller, "state_dir": previous.state_dir}) + "\n"
+        (created.state_dir / PREVIOUS_CONTEXT).write_text(json.dumps(dataclasses.asdict(previous)) + "\n")
+    write_context(
+        LocalContext(
+            controller=created.controller_address,
+            state_dir=str(created.state_dir),
+            credentials=str(created.credentials_dir),
         )
-    write_context(LocalContext(controller=created.controller_address, state_dir=str(created.state_dir)))
+    )
     status = created.status()
     if output == "json":
         emit_object(status, output, "")
@@ -157,8 +177,9 @@ def up(
     emit(status["hosts"], HOST_COLUMNS, output)
     click.echo(
         f"\ncluster {created.cluster_id} is up: controller {created.controller_address}, state in {created.state_dir}\n"
-        f"the CLI now points at it (try `dockyard nodes`); a host's docker: "
-        f"docker -H {created.docker_url(created.hosts[0])} ps\n"
+        f"the CLI now points at it with the admin credentials in {created.credentials_dir} (try `dockyard nodes`)\n"
+        f"the hosts joined at {created.join_address}; `dockyard join-token` prints the token\n"
+        f"a host's docker: docker -H {created.docker_url(created.hosts[0])} ps\n"
         f"a shell in a host's network: nsenter --net=/var/run/netns/{status['hosts'][0]['netns']} sh\n"
         f"stop it with `dockyard dev cluster down`"
     )
@@ -199,11 +220,37 @@ def down(state_dir: Path | None, cluster_id: str | None, keep_state: bool, outpu
         raise click.ClickException(f"{len(leftovers)} thing(s) left behind")
 
 
+@cluster.command("add-host")
+@_state_dir_option
+@click.option("--label", "labels", multiple=True, metavar="KEY=VALUE", help="An agent label of the new host.")
+@click.option("--timeout", type=click.FloatRange(min=1), default=60.0, show_default=True, help="Seconds to wait.")
+@output_option
+def add_host(state_dir: Path | None, labels: tuple[str, ...], timeout: float, output: str) -> None:
+    """Add a host (the next hN) that joins with the current token as a real host does; wait until it is ready."""
+    pairs: dict[str, str] = {}
+    for value in labels:
+        key, eq, val = value.partition("=")
+        if not eq or not key:
+            raise click.BadParameter(f"{value!r}: write labels as KEY=VALUE, e.g. zone=a", param_hint="--label")
+        pairs[key] = val
+    opened = _open(state_dir)
+    name = _run(opened.add_host(pairs, wait_seconds=timeout))
+    emit_object(
+        {"host": name, "action": "add-host", **_host_row(opened, name)},
+        output,
+        f"{name}: joined as node {opened.node_id(name)} and ready",
+    )
+
+
 def _previous_context(state_dir: Path) -> LocalContext | None:
     try:
         data = json.loads((state_dir / PREVIOUS_CONTEXT).read_text())
-        return LocalContext(controller=str(data["controller"]), state_dir=str(data["state_dir"]))
-    except (OSError, ValueError, KeyError, TypeError):
+        return LocalContext(
+            controller=str(data["controller"]),
+            state_dir=str(data["state_dir"]),
+            credentials=str(data.get("credentials", "")),
+        )
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
 
 
@@ -306,6 +353,8 @@ def status(state_dir: Path | None, output: str) -> None:
         return
     click.echo(
         f"cluster {info['cluster_id']} ({info['phase']}): controller {info['controller']} "
-        f"(pid {info['controller_pid'] or '-'}), subnet {info['subnet']}, state in {info['state_dir']}"
+        f"(pid {info['controller_pid'] or '-'}), subnet {info['subnet']}, state in {info['state_dir']}\n"
+        f"joins at {info['join_address'] or '-'} with token {info['join_token'] or '-'}; "
+        f"admin credentials in {info['credentials'] or '-'}"
     )
     emit(info["hosts"], HOST_COLUMNS, output)

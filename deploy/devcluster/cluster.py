@@ -2,12 +2,18 @@
 
 Layout (cluster id `abcd`, subnet index 0):
 
-    root namespace: bridge dy-abcd-br 10.213.0.1/24, the controller listening on 10.213.0.1:7465, the keeper
+    root namespace: bridge dy-abcd-br 10.213.0.1/24, the controller (mutual TLS on 10.213.0.1:7465, joins on
+                    10.213.0.1:7466), the keeper
     host hN:        namespace dy-abcd-hN, eth0 10.213.0.(10+N)/24 (veth dy-abcd-hN on the bridge),
-                    dockerd (--bip 172.30.N.1/24, containers under cgroup /dy-abcd-hN), agent --hostname hN
+                    dockerd (--bip 172.30.N.1/24, containers under cgroup /dy-abcd-hN), an agent that joined as hN
 
 The controller listens only on the bridge address; the CLI on this machine reaches it there too (the address
 is local to the root namespace), so nothing is bound on 127.0.0.1 and no port can clash with `dockyard up`.
+
+Security is a real deployment's: the controller makes the cluster CA on its first start (--init); every host
+joins with the token (`dockyard-agent join`, run in its namespace) before its agent first starts, and keeps
+that identity across restarts and crashes; the CLI gets admin credentials in STATE_DIR/admin (as
+`dockyard-controller admin-cert` makes them).
 
 Faults:
     kill(host)           the host dies: its link goes down first (no last words reach the controller), then the
@@ -33,22 +39,31 @@ import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from agent.identity import CLUSTER_FILE, NotJoined, load_membership
 from deploy.devcluster import cgroups, dockerd, keeper, layout, mounts, network, procs, state
 from deploy.devcluster.commands import Result, run
 from deploy.devcluster.errors import DevClusterError
 from deploy.devcluster.procs import ProcRef
 from deploy.devcluster.state import ClusterRecord, HostRecord
+from dockyard import pki
+from dockyard.addresses import with_port
+from dockyard.cli.context import ADMIN_STEM
 from dockyard.limits import CONTROLLER_PORT
+
+if TYPE_CHECKING:
+    from controller.security.authority import ClusterAuthority
 
 log = structlog.get_logger()
 
 DEFAULT_IMAGE = "dockyard-test:latest"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 KEEPER_SOCKET = "keeper.sock"
+CONTROLLER_DIR = "controller"  # the controller's --state-dir: its store, the cluster CA, the join secret
+ADMIN_DIR = "admin"  # the CLI's admin credentials: ca.crt, admin.crt, admin.key
 IMAGES_TAR = "images.tar"
 # Files and directories of the state dir besides the hosts' own; only these are ever removed.
 _OWN_ENTRIES = (
@@ -57,8 +72,9 @@ _OWN_ENTRIES = (
     state.LOCK_FILE,
     KEEPER_SOCKET,
     "keeper.log",
-    "controller",
+    CONTROLLER_DIR,
     "controller.log",
+    ADMIN_DIR,
     IMAGES_TAR,
     "previous-context.json",
 )
@@ -101,6 +117,53 @@ class DevCluster:
     def controller_address(self) -> str:
         """HOST:PORT of the controller, for DOCKYARD_CONTROLLER or --controller."""
         return f"{self.record.bridge_address}:{self.record.controller_port}"
+
+    @property
+    def join_address(self) -> str:
+        """HOST:PORT where hosts join with the token (TLS without a client certificate)."""
+        return with_port(self.record.bridge_address, self.record.join_port)
+
+    @property
+    def credentials_dir(self) -> Path:
+        """The CLI's admin credentials (for DOCKYARD_CREDENTIALS or --credentials); made once the CA exists."""
+        return self.state_dir / ADMIN_DIR
+
+    def admin_credentials(self) -> pki.Credentials:
+        """The admin credentials, for in-process clients; DevClusterError while there are none."""
+        try:
+            return pki.Credentials.load(self.credentials_dir, ADMIN_STEM)
+        except pki.PkiError as exc:
+            raise DevClusterError(f"no admin credentials: {exc}") from None
+
+    def join_token(self) -> str:
+        """The current join token, read from the controller's state dir as `dockyard-controller join-token` does.
+
+        DevClusterError while the controller has made no CA yet.
+        """
+        return str(self._authority().token())
+
+    def _authority(self) -> ClusterAuthority:
+        from controller.errors import StartupError
+        from controller.security.authority import ClusterAuthority
+        from dockyard.clock import SystemClock
+
+        try:
+            return ClusterAuthority.open(
+                self.state_dir / CONTROLLER_DIR, SystemClock(), pki.DEFAULT_CERT_LIFETIME, init=False, addresses=()
+            )
+        except StartupError as exc:
+            raise DevClusterError(f"the controller has no CA yet: {exc}") from None
+
+    def joined(self, host: str) -> bool:
+        """Whether the host has joined (its agent's state dir holds the identity `dockyard-agent join` wrote)."""
+        return (self.paths(host).agent_state / CLUSTER_FILE).exists()
+
+    def node_id(self, host: str) -> str | None:
+        """The node id the host got when it joined; None before."""
+        try:
+            return load_membership(self.paths(host).agent_state).node_id
+        except NotJoined:
+            return None
 
     def host(self, name: str) -> HostRecord:
         """The record of one host; raises DevClusterError for an unknown name."""
@@ -149,6 +212,7 @@ class DevCluster:
         heartbeat_period: float | None = None,
         heartbeat_grace: float | None = None,
         relist_period: float | None = None,
+        stranger_grace: float | None = None,
         images: Sequence[str] = (DEFAULT_IMAGE,),
         ready_timeout: float = 90.0,
         progress: Progress | None = None,
@@ -179,19 +243,9 @@ class DevCluster:
             heartbeat_period=heartbeat_period,
             heartbeat_grace=heartbeat_grace,
             relist_period=relist_period,
+            stranger_grace=stranger_grace,
             images=list(images),
-            hosts={
-                name: HostRecord(
-                    name=name,
-                    netns=layout.netns_name(cluster_id, name),
-                    veth=layout.veth_name(cluster_id, name),
-                    cgroup=layout.cgroup_name(cluster_id, name),
-                    address="",
-                    bip=layout.docker_bip(name),
-                    labels=dict((labels or {}).get(name, {})),
-                )
-                for name in names
-            },
+            hosts={name: _host_record(cluster_id, name, (labels or {}).get(name, {})) for name in names},
         )
         state.save(record)
         cluster = cls(record, progress)
@@ -213,16 +267,22 @@ class DevCluster:
         started = time.monotonic()
         record = self.record
         self._say(f"cluster {self.cluster_id}: {len(record.hosts)} host(s), state in {self.state_dir}")
-        await self._start_keeper()
-        await self._create_bridge()
+        # The bridge needs no keeper: both at once (the controller, which needs both, waits for them).
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._start_keeper())
+                group.create_task(self._create_bridge())
+        except ExceptionGroup as failures:
+            raise _first_failure(failures) from None
         record.created_netns_dir = not network.netns_dir_is_mounted()
         state.save(record)
         try:
             async with asyncio.TaskGroup() as group:
                 saved = group.create_task(self._save_images())
-                group.create_task(self._start_controller())
+                controller = group.create_task(self._start_controller(init=True))
+                group.create_task(self._make_admin_credentials(controller))
                 for name in self.hosts:
-                    group.create_task(self._bring_up_host(name, saved))
+                    group.create_task(self._bring_up_host(name, saved, controller))
         except ExceptionGroup as failures:
             raise _first_failure(failures) from None
         with contextlib.suppress(FileNotFoundError):
@@ -265,21 +325,70 @@ class DevCluster:
         if self.record.images:
             await dockerd.save_images(self.record.images, self.state_dir / IMAGES_TAR)
 
-    async def _bring_up_host(self, name: str, images_saved: asyncio.Task[None]) -> None:
+    async def _make_admin_credentials(self, controller_started: asyncio.Future[None]) -> None:
+        """Writes the CLI's admin credentials once the controller has made its CA.
+
+        The same calls as `dockyard-controller admin-cert --out STATE_DIR/admin`, made here rather than in a new
+        interpreter, which would compete for the CPU with the hosts' joins.
+        """
+        await asyncio.shield(controller_started)
+        self._authority().issue_admin("admin").save(self.credentials_dir, ADMIN_STEM)
+
+    async def _bring_up_host(
+        self, name: str, images_saved: asyncio.Future[None], controller_started: asyncio.Future[None]
+    ) -> None:
         started = time.monotonic()
         host = self.record.hosts[name]
         await network.create_host(host.netns, host.veth, self.record.bridge, host.address)
         host.netns_inode = network.netns_inode(host.netns)
         state.save(self.record)
+        # The host joins while its dockerd starts and loads the images: joining needs the controller, not Docker.
+        async with asyncio.TaskGroup() as steps:
+            docker_ready = steps.create_task(self._start_docker_with_images(name, images_saved))
+            joined = steps.create_task(self._join_after(name, controller_started))
+        await self._start_agent(name)
+        self._say(
+            f"{name}: {host.address} in {host.netns}, dockerd ready in {docker_ready.result():.1f}s, "
+            f"joined in {joined.result():.1f}s, agent started ({time.monotonic() - started:.1f}s)"
+        )
+
+    async def _start_docker_with_images(self, name: str, images_saved: asyncio.Future[None]) -> float:
+        """Starts the host's dockerd and loads the saved images into it; returns how long dockerd took to be ready."""
         waited = await self._start_dockerd(name)
         await asyncio.shield(images_saved)
         if self.record.images:
             await dockerd.load_images(self.paths(name), self.state_dir / IMAGES_TAR)
-        await self._start_agent(name)
-        self._say(
-            f"{name}: {host.address} in {host.netns}, dockerd ready in {waited:.1f}s, "
-            f"agent started ({time.monotonic() - started:.1f}s)"
-        )
+        return waited
+
+    async def add_host(self, labels: Mapping[str, str] | None = None, wait_seconds: float = 60.0) -> str:
+        """Adds the next host (hN+1) as a real host is added: its namespace and dockerd (with the cluster's
+        images), a join with the current token, then its agent with these agent labels. Waits until the
+        controller reports it ready and returns its name. A failure leaves the host recorded, for `down`.
+        """
+        async with self._exclusive():
+            record = self.record
+            if record.subnet_index is None or not procs.is_alive(record.controller):
+                raise DevClusterError("a host joins through the controller, which is not running")
+            index = max(map(layout.host_index, record.hosts), default=0) + 1
+            if index > layout.MAX_HOSTS:
+                raise DevClusterError(f"a dev cluster has at most {layout.MAX_HOSTS} hosts")
+            layout.check_path_lengths(self.state_dir, index)
+            name = layout.host_name(index)
+            host = _host_record(self.cluster_id, name, labels or {})
+            host.address = layout.host_address(record.subnet_index, name)
+            record.hosts[name] = host
+            state.save(record)
+            try:
+                async with asyncio.TaskGroup() as group:
+                    saved = group.create_task(self._save_images())
+                    group.create_task(self._bring_up_host(name, saved, _done()))
+            except ExceptionGroup as failures:
+                raise _first_failure(failures) from None
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    (self.state_dir / IMAGES_TAR).unlink()
+        await self.wait_ready([name], wait_seconds)
+        return name
 
     async def stop_controller(self, sig: int = signal.SIGTERM) -> None:
         """Stops the controller process (agents keep running and keep redialling)."""
@@ -288,13 +397,17 @@ class DevCluster:
             self.record.controller = None
             state.save(self.record)
 
-    async def start_controller(self) -> None:
-        """Starts the controller again on the same address and state."""
+    async def start_controller(self, init: bool = False) -> None:
+        """Starts the controller again on the same address and state.
+
+        Without init it refuses (and this raises) where its store or CA went missing, as a real controller
+        does; init makes a new cluster there, which the hosts' agents then refuse (another cluster or store).
+        """
         async with self._exclusive():
             if self.record.controller is None or not procs.is_alive(self.record.controller):
-                await self._start_controller()
+                await self._start_controller(init=init)
 
-    async def _start_controller(self) -> None:
+    async def _start_controller(self, init: bool) -> None:
         record = self.record
         argv = [
             sys.executable,
@@ -302,9 +415,13 @@ class DevCluster:
             "controller.main",
             "--listen",
             self.controller_address,
+            "--join-listen",
+            self.join_address,
             "--state-dir",
-            str(self.state_dir / "controller"),
+            str(self.state_dir / CONTROLLER_DIR),
         ]
+        if init:
+            argv.append("--init")
         if record.heartbeat_period is not None:
             argv += ["--heartbeat-period", str(record.heartbeat_period)]
         if record.heartbeat_grace is not None:
@@ -312,12 +429,13 @@ class DevCluster:
         record.controller = await self._spawn(argv, self.state_dir / "controller.log")
         state.save(record)
         deadline = time.monotonic() + 30
-        while not await _accepts(record.bridge_address, record.controller_port):
-            if not procs.is_alive(record.controller):
-                raise DevClusterError(f"the controller exited:\n{dockerd.tail(self.state_dir / 'controller.log')}")
-            if time.monotonic() > deadline:
-                raise DevClusterError(f"the controller does not listen on {self.controller_address}")
-            await asyncio.sleep(0.05)
+        for port in (record.controller_port, record.join_port):
+            while not await _accepts(record.bridge_address, port):
+                if not procs.is_alive(record.controller):
+                    raise DevClusterError(f"the controller exited:\n{dockerd.tail(self.state_dir / 'controller.log')}")
+                if time.monotonic() > deadline:
+                    raise DevClusterError(f"the controller does not listen on {with_port(record.bridge_address, port)}")
+                await asyncio.sleep(0.05)
         self._say(f"cluster {self.cluster_id}: controller listening on {self.controller_address}")
 
     async def _start_dockerd(self, name: str) -> float:
@@ -329,15 +447,41 @@ class DevCluster:
         state.save(self.record)
         return await dockerd.wait_ready(paths, host.dockerd)
 
+    async def _join_after(self, name: str, controller_started: asyncio.Future[None]) -> float:
+        """Joins the host once the controller listens; returns how long the join took."""
+        await asyncio.shield(controller_started)
+        started = time.monotonic()
+        await self._join(name)
+        return time.monotonic() - started
+
+    async def _join(self, name: str) -> None:
+        """Joins the host as a real host joins, unless it has: `dockyard-agent join` in its namespace, with the
+        token (in DOCKYARD_JOIN_TOKEN, so that no process listing shows it) and the controller's join address.
+        Its output goes to the agent's log.
+        """
+        if self.joined(name):
+            return
+        host = self.record.hosts[name]
+        paths = self.paths(name)
+        argv = [sys.executable, "-m", "agent.main", "join", "--state-dir", str(paths.agent_state)]
+        argv += ["--hostname", name, self.join_address]
+        env = {**_child_env(), "DOCKYARD_JOIN_TOKEN": self.join_token()}
+        result = await run(*network.nsenter_argv(host.netns, argv), env=env, check=False, limit=60.0)
+        _append(paths.agent_log, result.stdout + result.stderr)
+        if result.code != 0:
+            lines = [line for line in (result.stderr or result.stdout).splitlines() if line.strip()]
+            raise DevClusterError(f"{name} could not join: {lines[-1] if lines else f'exit {result.code}'}")
+
     async def _start_agent(self, name: str) -> ProcRef:
         host = self.record.hosts[name]
         paths = self.paths(name)
+        await self._join(name)
+        # The agent dials the API address its join recorded. Its host name was fixed at the join; it reports the
+        # same one, as a real host's Docker would (the namespaces share this machine's, which Docker reports).
         argv = [
             sys.executable,
             "-m",
             "agent.main",
-            "--controller",
-            self.controller_address,
             "--state-dir",
             str(paths.agent_state),
             "--docker-url",
@@ -349,6 +493,8 @@ class DevCluster:
             argv += ["--label", f"{key}={value}"]
         if self.record.relist_period is not None:
             argv += ["--relist-period", str(self.record.relist_period)]
+        if self.record.stranger_grace is not None:
+            argv += ["--stranger-grace", str(self.record.stranger_grace)]
         host.agent = await self._spawn(network.nsenter_argv(host.netns, argv), paths.agent_log)
         state.save(self.record)
         return host.agent
@@ -375,7 +521,7 @@ class DevCluster:
         wanted = set(hosts if hosts is not None else self.hosts)
         deadline = time.monotonic() + wait_seconds
         last = "the controller did not answer"
-        async with Client(self.controller_address, deadline=2.0) as client:
+        async with Client(self.controller_address, deadline=2.0, credentials=self.admin_credentials()) as client:
             while True:
                 try:
                     nodes = await client.list_nodes()
@@ -614,6 +760,9 @@ class DevCluster:
             "phase": record.phase,
             "controller": self.controller_address if record.subnet_index is not None else None,
             "controller_pid": procs.live_pid(record.controller),
+            "join_address": self.join_address if record.subnet_index is not None else None,
+            "join_token": self._current_token(),
+            "credentials": str(self.credentials_dir) if (self.credentials_dir / f"{ADMIN_STEM}.crt").exists() else None,
             "keeper_pid": procs.live_pid(record.keeper),
             "subnet": layout.subnet(record.subnet_index) if record.subnet_index is not None else None,
             "bridge": record.bridge,
@@ -632,8 +781,15 @@ class DevCluster:
             "agent_pid": procs.live_pid(host.agent),
             "docker_url": self.docker_url(name),
             "crashed": host.crashed,
+            "node_id": self.node_id(name),
             "labels": dict(host.labels),
         }
+
+    def _current_token(self) -> str | None:
+        try:
+            return self.join_token()
+        except DevClusterError:
+            return None
 
     # ----- helpers -------------------------------------------------------------------------------------------
 
@@ -769,11 +925,29 @@ def _cmdline(pid: int) -> str:
         return "?"
 
 
+def _append(path: Path, text: str) -> None:
+    with open(path, "a") as handle:
+        handle.write(text)
+
+
 def _child_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
     env["PYTHONUNBUFFERED"] = "1"
     return env
+
+
+def _host_record(cluster_id: str, name: str, labels: Mapping[str, str]) -> HostRecord:
+    """A new host's record; its address is set once the cluster's subnet is chosen."""
+    return HostRecord(
+        name=name,
+        netns=layout.netns_name(cluster_id, name),
+        veth=layout.veth_name(cluster_id, name),
+        cgroup=layout.cgroup_name(cluster_id, name),
+        address="",
+        bip=layout.docker_bip(name),
+        labels=dict(labels),
+    )
 
 
 def _require_root() -> None:
@@ -854,6 +1028,13 @@ async def _accepts(host: str, port: int) -> bool:
     with contextlib.suppress(OSError):
         await writer.wait_closed()
     return True
+
+
+def _done() -> asyncio.Future[None]:
+    """A future that is already done: for a step whose prerequisite holds already."""
+    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    done.set_result(None)
+    return done
 
 
 def _first_failure(group: BaseExceptionGroup[BaseException]) -> BaseException:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from deploy.devcluster.errors import CommandFailed, DevClusterError
@@ -17,14 +18,23 @@ class Result:
     stderr: str
 
 
-async def run(*argv: str, check: bool = True, stdin: bytes | None = None, limit: float = 120.0) -> Result:
-    """Runs a program to completion; with check, a non-zero exit raises CommandFailed."""
+async def run(
+    *argv: str,
+    check: bool = True,
+    stdin: bytes | None = None,
+    limit: float = 120.0,
+    env: Mapping[str, str] | None = None,
+) -> Result:
+    """Runs a program to completion (with env as its whole environment when given, else ours); with check, a
+    non-zero exit raises CommandFailed.
+    """
     try:
         process = await asyncio.create_subprocess_exec(
             *argv,
             stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
+            env=dict(env) if env is not None else None,
         )
     except FileNotFoundError as exc:
         raise DevClusterError(f"{argv[0]} is not installed") from exc

@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field, ValidationError
 from deploy.devcluster.errors import DevClusterError
 from deploy.devcluster.layout import bridge_address
 from deploy.devcluster.procs import ProcRef
+from dockyard.addresses import JOIN_PORT
 
 STATE_FILE = "cluster.json"
 LOCK_FILE = "cluster.lock"
@@ -53,9 +54,11 @@ class ClusterRecord(BaseModel):
     subnet_index: int | None = None
     bridge: str
     controller_port: int
+    join_port: int = JOIN_PORT  # the controller's join address: bridge_address, this port
     heartbeat_period: float | None = None
     heartbeat_grace: float | None = None
     relist_period: float | None = None
+    stranger_grace: float | None = None
     images: list[str] = Field(default_factory=list)
     created_netns_dir: bool = False
     keeper: ProcRef | None = None

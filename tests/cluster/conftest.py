@@ -6,6 +6,10 @@ indirectly to change the hosts or options:
 
     @pytest.mark.parametrize("dev_cluster", [{"hosts": 2, "labels": {"h1": {"zone": "a"}}}], indirect=True)
 
+The labels are the agents' own (`--label`): constraints read them as engine.labels.zone; node.labels.zone is
+an operator label (`dockyard node label`). The hosts join with the token as real hosts do, and the CLI calls
+present the admin credentials the cluster made (ClusterHarness.env).
+
 Needs root, network namespaces, dockerd and the test image on the machine's dockerd; skips without them,
 and fails instead where DOCKYARD_REQUIRE_DOCKER=1 (CI).
 """

@@ -36,10 +36,11 @@ class ClusterHarness:
 
     @property
     def env(self) -> dict[str, str]:
-        """The environment for CLI calls: this cluster's controller, a private config home."""
+        """The environment for CLI calls: this cluster's controller and admin credentials, a private config home."""
         return {
             **os.environ,
             "DOCKYARD_CONTROLLER": self.cluster.controller_address,
+            "DOCKYARD_CREDENTIALS": str(self.cluster.credentials_dir),
             "XDG_CONFIG_HOME": str(self.config_home),
         }
 

@@ -84,6 +84,29 @@ def test_cli_up_points_the_cli_at_the_cluster_and_down_restores_it(
             wrong = dockyard("dev", "cluster", "kill", "h7")
             assert wrong.returncode == 1
             assert wrong.stderr.strip() == f"Error: unknown host 'h7'; cluster {info['cluster_id']} has h1"
+
+            # TLS as in a real deployment: the CLI context holds the admin credentials `up` made, the host
+            # joined with the token, and a host added later joins with the current (here: rotated) token.
+            context = json.loads((tmp_path / "config" / "dockyard" / "context.json").read_text())
+            assert context["credentials"] == info["credentials"] == f"{info['state_dir']}/admin"
+            assert info["join_token"].startswith("DKY1-")
+            rotated = dockyard("join-token", "--rotate", "--quiet")
+            assert rotated.returncode == 0, rotated.stderr
+            assert rotated.stdout.strip() != info["join_token"]
+            added = dockyard("dev", "cluster", "add-host", "--label", "zone=b", "-o", "json")
+            assert added.returncode == 0, added.stderr
+            assert json.loads(added.stdout)["host"] == "h2"
+            status = json.loads(dockyard("dev", "cluster", "status", "-o", "json").stdout)
+            assert status["join_token"] == rotated.stdout.strip()
+            joined = {h["host"]: h["node_id"] for h in status["hosts"]}
+            assert dockyard("dev", "cluster", "restart-agent", "h1").returncode == 0
+            nodes = dockyard("nodes", "-o", "json")
+            assert sorted((n["hostname"], n["id"], n["labels"]) for n in json.loads(nodes.stdout)) == [
+                ("h1", joined["h1"], {"zone": "a"}),
+                ("h2", joined["h2"], {"zone": "b"}),
+            ], "a restarted agent keeps the identity it joined with"
+            h1_log = (Path(info["state_dir"]) / "h1" / "agent.log").read_text()
+            assert h1_log.count("joined cluster") == 1, "h1 joined once"
         finally:
             down = dockyard("dev", "cluster", "down", "-o", "json")
             procs.reap(info["keeper_pid"])

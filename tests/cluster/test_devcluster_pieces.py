@@ -99,7 +99,8 @@ def test_dockyard_dev_comes_from_the_entry_point() -> None:
     assert "dev " in runner.invoke(cli, ["--help"]).output
     result = runner.invoke(cli, ["dev", "cluster", "--help"])
     assert result.exit_code == 0, result.output
-    for command in ("up", "down", "status", "kill", "revive", "partition", "heal", "restart-agent", "stop-agent"):
+    commands = ["up", "down", "status", "add-host", "kill", "revive", "partition", "heal"]
+    for command in [*commands, "restart-agent", "stop-agent"]:
         assert f"  {command} " in result.output
 
 
