@@ -53,11 +53,32 @@ def ref_of(pid: int) -> ProcRef | None:
 
 
 def is_alive(ref: ProcRef | None) -> bool:
-    """Tells whether the recorded process still runs (a zombie counts as dead)."""
+    """Tells whether the recorded process still runs (a zombie counts as dead once all its threads are)."""
     if ref is None:
         return False
     stat = _stat(ref.pid)
-    return stat is not None and stat[2] == ref.start and stat[0] not in "ZX"
+    if stat is None or stat[2] != ref.start:
+        return False
+    # A killed multi-threaded process shows its leader as a zombie at once, while another thread may still
+    # be exiting; the process holds its files (the agent's connection to the controller) until the last one
+    # has gone, and the controller refuses a restarted agent while the old connection stays open.
+    return stat[0] not in "ZX" or _threads_running(ref.pid)
+
+
+def _threads_running(pid: int) -> bool:
+    """Whether any thread of the process is neither a zombie nor dead."""
+    try:
+        threads = list((_PROC / str(pid) / "task").iterdir())
+    except OSError:
+        return False
+    for thread in threads:
+        try:
+            text = (thread / "stat").read_text()
+        except OSError:
+            continue
+        if text[text.rindex(")") + 2 :].split()[0] not in "ZX":
+            return True
+    return False
 
 
 def live_pid(ref: ProcRef | None) -> int | None:

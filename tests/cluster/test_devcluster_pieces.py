@@ -17,6 +17,7 @@ from deploy.devcluster.cli import dev
 from deploy.devcluster.dockerd import dockerd_argv
 from deploy.devcluster.procs import ProcRef, is_alive, ref_of
 from dockyard.cli.main import ENTRY_POINT_GROUP, cli
+from tests.polling import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -85,6 +86,35 @@ def test_a_recorded_process_is_recognised_only_with_its_start_time() -> None:
     me = ref_of(os.getpid())
     assert me is not None and is_alive(me)
     assert not is_alive(ProcRef(pid=me.pid, start=me.start + 1))
+
+
+def test_a_process_whose_leader_exited_lives_while_another_thread_runs() -> None:
+    # The leader thread ends (pthread_exit) and shows as a zombie; the process, its files and sockets live on
+    # in the other thread, as in a SIGKILLed agent whose last thread is still exiting.
+    code = (
+        "import ctypes, sys, threading\n"
+        "threading.Thread(target=threading.Event().wait).start()\n"
+        "sys.stdin.readline()\n"
+        "ctypes.CDLL(None).pthread_exit(None)\n"
+    )
+    child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE)
+    try:
+        ref = ref_of(child.pid)
+        assert ref is not None
+        assert child.stdin is not None
+        child.stdin.write(b"\n")
+        child.stdin.flush()
+        wait_for(lambda: Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z", 10, "Z")
+        assert is_alive(ref), "a zombie leader with a running thread is a live process"
+        child.kill()
+        child.wait(10)
+        assert not is_alive(ref)
+    finally:
+        if child.stdin is not None and not child.stdin.closed:
+            child.stdin.close()
+        if child.poll() is None:
+            child.kill()
+            child.wait()
 
 
 def test_mountinfo_escapes_are_undone() -> None:
