@@ -78,6 +78,26 @@ async def direct(replicas: int) -> float:
         await runtime.close()
 
 
+def cli_call(env: dict[str, str]) -> float:
+    """Runs `dockyard nodes` once (start, connect, one call, exit); returns seconds: the fixed cost in each apply."""
+    started = time.perf_counter()
+    subprocess.run(
+        [sys.executable, "-m", "dockyard.cli.main", "nodes", "-o", "json"], env=env, check=True, capture_output=True
+    )
+    return time.perf_counter() - started
+
+
+async def fresh_calls(controller: BenchController, count: int) -> float:
+    """Returns the median seconds of one ListNodes on a new connection (TCP, the TLS handshake if any, the call)."""
+    took = []
+    for _ in range(count):
+        started = time.perf_counter()
+        async with Client(controller.address, credentials=controller.credentials) as client:
+            await client.list_nodes()
+        took.append(time.perf_counter() - started)
+    return statistics.median(took)
+
+
 def dockyard(env: dict[str, str], spec: Path) -> float:
     """Runs `dockyard apply` (which waits until every task runs), then removes the service; returns seconds."""
     cli = [sys.executable, "-m", "dockyard.cli.main"]
@@ -121,6 +141,8 @@ def main() -> None:
         spec.write_text(spec_text(args.replicas))
         try:
             asyncio.run(direct(2))  # warm Docker's caches for both sides
+            calls = statistics.median(cli_call(env) for _ in range(args.rounds))
+            fresh = asyncio.run(fresh_calls(controller, 20))
             direct_times, dockyard_times = [], []
             for round_ in range(args.rounds):
                 direct_times.append(asyncio.run(direct(args.replicas)))
@@ -137,6 +159,8 @@ def main() -> None:
     print(f"direct (aiodocker create+start, all concurrent): median {d:.3f}s")
     print(f"dockyard apply (CLI start to all tasks running): median {y:.3f}s")
     print(f"ratio dockyard/direct: {y / d:.2f} (goal <= {GOAL_RATIO})")
+    print(f"one CLI call (`dockyard nodes`: start, connect, ListNodes, exit): median {calls:.3f}s")
+    print(f"one ListNodes on a new connection, in process: median {fresh * 1000:.1f} ms")
 
 
 if __name__ == "__main__":
