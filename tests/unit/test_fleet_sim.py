@@ -1,12 +1,20 @@
 """The simulated fleet's host: assignments handled as the agent handles them, steps reported as the worker does.
 
 bench/fleet.py and tests/load trust what the simulated agents say they run; these tests pin that it is what a
-real agent would run after the same messages.
+real agent would run after the same messages, and that a joined simulated agent holds its controller to its
+cluster and store as the real agent's ClusterGuard does.
 """
 
 from __future__ import annotations
 
-from agent.testing.fleet import SimHost
+import random
+from pathlib import Path
+
+import grpc
+import pytest
+
+from agent.identity import ClusterGuard, Membership
+from agent.testing.fleet import FleetConfig, SimAgent, SimHost, SimIdentity
 from dockyard.clock import FakeClock
 from dockyard.v1 import agent_pb2 as apb
 from dockyard.v1 import types_pb2 as pb
@@ -165,3 +173,38 @@ def test_the_inventory_carries_what_the_host_observed() -> None:
     host = SimHost("n1", FakeClock())
     settle(host, host.apply(full(task("a"))))
     assert [(i.task_id, i.status.state) for i in host.book.inventory()] == [("a", pb.TASK_STATE_RUNNING)]
+
+
+class _Call:
+    """A session call that answers the hello with one prepared message."""
+
+    def __init__(self, answer: apb.ControllerMessage) -> None:
+        self.sent: list[apb.AgentMessage] = []
+        self._answer = answer
+
+    async def write(self, message: apb.AgentMessage) -> None:
+        self.sent.append(message)
+
+    async def read(self) -> apb.ControllerMessage:
+        return self._answer
+
+
+def welcome(cluster_id: str, store_epoch: int) -> apb.ControllerMessage:
+    return apb.ControllerMessage(welcome=apb.Welcome(node_id="n1", cluster_id=cluster_id, store_epoch=store_epoch))
+
+
+async def test_a_joined_agent_names_its_node_and_refuses_a_welcome_of_another_cluster_or_store(tmp_path: Path) -> None:
+    membership = Membership(node_id="n1", cluster_id="c1", controller="127.0.0.1:1")
+    identity = SimIdentity("n1", "sim-1", membership=membership)
+    async with grpc.aio.insecure_channel("127.0.0.1:1") as channel:  # never dialled: the calls are fakes
+        agent = SimAgent(
+            0, identity, channel, FleetConfig(), FakeClock(), random.Random(0), ClusterGuard(tmp_path, membership)
+        )
+        call = _Call(welcome("c1", 7))
+        await agent._hello(call)  # type: ignore[arg-type]  # the first welcome of its cluster: its epoch is kept
+        assert call.sent[0].hello.node_id == "n1"
+        assert call.sent[0].hello.description.hostname == "sim-1"
+        for cluster_id, epoch in (("c2", 7), ("c1", 8)):
+            with pytest.raises(Exception, match="controller refused"):
+                await agent._hello(_Call(welcome(cluster_id, epoch)))  # type: ignore[arg-type]
+    assert agent.sessions == 1
