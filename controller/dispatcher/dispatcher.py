@@ -203,13 +203,15 @@ class Dispatcher(apb_grpc.AgentServiceServicer):
         )
         bound.info("agent session started", hostname=truncate_text(first.hello.description.hostname, 64))
         sync = asyncio.create_task(self._sync(session))
+        writer = asyncio.create_task(self._write(session, context))
         tasks = {
             asyncio.create_task(self._read(session, context)),
-            asyncio.create_task(self._write(session, context)),
+            writer,
             asyncio.create_task(session.closed.wait()),
         }
         try:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            await self._finish_write(session, writer)
         finally:
             for task in (*tasks, sync):
                 task.cancel()
@@ -247,6 +249,19 @@ class Dispatcher(apb_grpc.AgentServiceServicer):
                 updates = ((u.task_id, u.status) for u in message.status.updates)
                 self._refuse_flood(session.node_id, self._committer.add_statuses(session.node_id, updates))
 
+    async def _finish_write(self, session: AgentSession, writer: asyncio.Task[None]) -> None:
+        """Lets a write in flight finish, within the write-stall limit, before the session's call is ended.
+
+        Cancelled mid-write, the writer would leave gRPC's send pending, and the call could then never be
+        ended (the peer would wait out its own deadline). The writer stops after that write, the session
+        being closed.
+        """
+        if session.writing_since is None or writer.done():
+            return
+        with contextlib.suppress(TimeoutError):
+            async with self._clock.timeout(self._write_stall):
+                await asyncio.wait({writer})
+
     async def _write(self, session: AgentSession, context: Context) -> None:
         """Writes what the session has pending; a write that stalls past the limit closes the session."""
         # No timer per write (one per heartbeat ack, a few percent of a core at 1,000 agents): the heartbeat
@@ -256,6 +271,8 @@ class Dispatcher(apb_grpc.AgentServiceServicer):
                 session.writing_since = self._clock.monotonic()
                 await context.write(message)
                 session.writing_since = None
+                if session.closed.is_set():
+                    return  # ended meanwhile: Session() waits for this write, then ends the call
 
     async def _sync(self, session: AgentSession) -> None:
         """Sends a new session its full set beside reading and writing, so its heartbeats never wait for it."""

@@ -42,6 +42,6 @@ def node_identity(
                 grpc.StatusCode.PERMISSION_DENIED,
             )
         return identity.name
-    if not _NODE_ID.match(hello.node_id):
+    if not _NODE_ID.fullmatch(hello.node_id):
         raise IdentityError(f"hello.node_id: must be 1 to 63 lower-case letters, digits or '-', got {hello.node_id!r}")
     return hello.node_id

@@ -22,6 +22,7 @@ from agent.config import AgentConfig
 from agent.identity import CLUSTER_FILE, join
 from agent.runtime.base import ContainerInfo, ContainerState
 from agent.runtime.fake import FakeRuntime
+from controller.api.bounds import SERVER_OPTIONS
 from controller.api.handlers import add_controller_api
 from controller.api.paging import PageLimits
 from controller.api.servicer import ControllerApi
@@ -208,7 +209,9 @@ async def start_api(root: Path, page_limits: PageLimits | None = None, **api_opt
     authority = ClusterAuthority.open(
         root / "pki", clock, pki.DEFAULT_CERT_LIFETIME, init=True, addresses=("127.0.0.1",)
     )
-    server = grpc.aio.server(interceptors=[Guard(store, authority.cluster_id, Throttle(clock))])
+    server = grpc.aio.server(
+        options=list(SERVER_OPTIONS), interceptors=[Guard(store, authority.cluster_id, Throttle(clock))]
+    )
     add_controller_api(ControllerApi(store, clock, new_id, page_limits, **api_options), server)  # type: ignore[arg-type]
     port = server.add_secure_port("127.0.0.1:0", authority.server_credentials(client_certificates=True))
     await server.start()

@@ -163,11 +163,11 @@ async def test_a_renew_request_that_does_not_parse_is_invalid_argument(joined: J
 # another node's task), RESOURCE_EXHAUSTED (a flood of reports past the session's bounds), or OK when the
 # agent ends it (the fuzzer half-closes after its messages).
 SESSION_ENDS: Final = frozenset({Code.OK, Code.INVALID_ARGUMENT, Code.PERMISSION_DENIED, Code.RESOURCE_EXHAUSTED})
-# KNOWN RACE, for the lead (controller/dispatcher/dispatcher.py): when a session is closed (here: for a forged
-# report) while its writer is inside context.write, the writer is cancelled, but grpcio's send stays pending,
-# and finishing the call then fails in grpcio (ExecuteBatchError GRPC_CALL_ERROR_TOO_MANY_OPERATIONS, logged):
-# the call is never finished and the peer waits until its own deadline. About 1 example in 100 meets it; until
-# it is fixed the session's deadline is short and DEADLINE_EXCEEDED is tolerated (nothing is written either way).
+# KNOWN HANG (a leftover of issue 8, in its note): about 1 hostile session in 100-300 is never ended by the
+# controller, and the peer waits out its own deadline. The dispatcher now lets a write in flight finish before
+# it ends a closed session (a cancelled write left gRPC's send pending), which was one cause; another remains.
+# Nothing is written either way (the assertions below still hold), so DEADLINE_EXCEEDED is tolerated and the
+# session's deadline kept short.
 _SESSION_DEADLINE: Final = 3.0
 _KNOWN_HANG: Final = frozenset({Code.DEADLINE_EXCEEDED})
 
@@ -245,11 +245,6 @@ async def test_a_later_message_that_does_not_parse_ends_the_session_with_invalid
     await still_serving(joined)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="controller/dispatcher/identity.py checks hello node ids (--insecure) with re.match and `$`, and `$` "
-    "also matches before a final newline, so 'n1\\n' is taken as a node id; fullmatch fixes it (the lead's file)",
-)
 async def test_an_insecure_hello_with_a_node_id_ending_in_a_newline_is_invalid_argument(tmp_path: Path) -> None:
     cluster = FakeCluster(root=tmp_path, insecure=True)
     await cluster.start_controller()
