@@ -12,7 +12,12 @@ The import table runs each tree in a fresh interpreter that imports, in a fixed 
 `import agent.main` loads in that tree and prints the RSS each group added (Python's allocator takes memory in
 1 MiB arenas, so single figures move in such steps).
 
+A tree that has the security core of issue 8 runs as a real host does: its controller starts a new TLS cluster
+(--init), the agent joins with the token and then speaks mutual TLS, and the CLI uses admin credentials; with
+--insecure such a tree runs in plaintext instead. An older tree runs as it always did (plaintext).
+
 Run: PYTHONPATH=. python bench/agent_footprint.py [--old-commit 8260700] [--tasks 20] [--rounds 3] [--settle 5]
+     [--insecure]
 (the import table imports module groups the agent may no longer load; the old tree needs them installed).
 Needs a running dockerd and the dockyard-test image (scripts/build-test-image.sh).
 """
@@ -104,6 +109,20 @@ class Tree:
         """
         return {**os.environ, "PYTHONPATH": str(self.path), "XDG_CONFIG_HOME": str(state / "config")}
 
+    @property
+    def secure(self) -> bool:
+        """Whether the tree has issue 8's security core: its controller needs --init and serves TLS."""
+        return "--join-listen" in (self.path / "controller" / "main.py").read_text()
+
+    def tool(self, env: dict[str, str], *argv: str) -> str:
+        """Runs `python -m <argv>` in the tree (dockyard-controller admin-cert, agent join); returns its output."""
+        result = subprocess.run(
+            [sys.executable, "-m", *argv], env=env, cwd=self.path, check=False, capture_output=True, text=True
+        )
+        if result.returncode != 0:
+            raise SystemExit(f"{' '.join(argv[:2])} failed ({result.returncode}):\n{result.stdout}{result.stderr}")
+        return result.stdout.strip()
+
 
 def free_port() -> int:
     """Returns a TCP port on loopback that nobody listens on right now."""
@@ -171,16 +190,20 @@ def service_containers(service: str) -> list[str]:
 
 
 @contextlib.contextmanager
-def cluster(tree: Tree, state: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-    """Runs the tree's controller and one agent; yields the agent process and the controller address."""
+def cluster(tree: Tree, state: Path, insecure: bool) -> Iterator[tuple[subprocess.Popen[bytes], dict[str, str]]]:
+    """Runs the tree's controller and one agent; yields the agent process and the CLI's environment for it."""
     address = f"127.0.0.1:{free_port()}"
+    join = f"127.0.0.1:{free_port()}"
     env = tree.env(state)
     python = sys.executable
     logs = state / "logs"
     logs.mkdir(parents=True, exist_ok=True)
+    secure = tree.secure and not insecure
+    mode = ["--init", *(["--join-listen", join] if secure else ["--insecure"])] if tree.secure else []
+    controller_dir = str(state / "controller")
     with open(logs / "controller.log", "wb") as clog, open(logs / "agent.log", "wb") as alog:
         controller = subprocess.Popen(
-            [python, "-m", "controller.main", "--listen", address, "--state-dir", str(state / "controller")],
+            [python, "-m", "controller.main", *mode, "--listen", address, "--state-dir", controller_dir],
             env=env,
             cwd=tree.path,
             stdout=clog,
@@ -196,18 +219,25 @@ def cluster(tree: Tree, state: Path) -> Iterator[tuple[subprocess.Popen[bytes], 
                 return False
 
             wait_for("the controller to listen", listening, 30)
+            cli_env = {**env, "DOCKYARD_CONTROLLER": address}
+            hostname = f"footprint-{tree.name}"
+            agent_dir = str(state / "agent")
+            if secure:
+                # As on a real host: admin credentials for the CLI, and the host joined with the token.
+                admin = str(state / "admin")
+                tree.tool(env, "controller.main", "admin-cert", "--out", admin, "--state-dir", controller_dir)
+                cli_env["DOCKYARD_CREDENTIALS"] = admin
+                token = tree.tool(env, "controller.main", "join-token", "--state-dir", controller_dir)
+                tree.tool(
+                    {**env, "DOCKYARD_JOIN_TOKEN": token},
+                    *("agent.main", "join", "--hostname", hostname, "--state-dir", agent_dir, join),
+                )
+                how = ["--state-dir", agent_dir]
+            else:
+                how = [*(["--insecure"] if tree.secure else []), "--controller", address, "--state-dir", agent_dir]
+                how += ["--hostname", hostname]
             agent = subprocess.Popen(
-                [
-                    python,
-                    "-m",
-                    "agent.main",
-                    "--controller",
-                    address,
-                    "--state-dir",
-                    str(state / "agent"),
-                    "--hostname",
-                    f"footprint-{tree.name}",
-                ],
+                [python, "-m", "agent.main", *how],
                 env=env,
                 cwd=tree.path,
                 stdout=alog,
@@ -218,7 +248,7 @@ def cluster(tree: Tree, state: Path) -> Iterator[tuple[subprocess.Popen[bytes], 
                 lambda: b"controller session open" in (logs / "agent.log").read_bytes(),
                 30,
             )
-            yield agent, address
+            yield agent, cli_env
         finally:
             if agent is not None:
                 stop(agent)
@@ -232,11 +262,11 @@ def run_cli(argv: list[str], env: dict[str, str], cwd: Path) -> None:
         raise SystemExit(f"{' '.join(argv[3:])} failed ({result.returncode}):\n{result.stdout}{result.stderr}")
 
 
-def measure(tree: Tree, tasks: int, settle: float) -> tuple[Sample, Sample | None]:
+def measure(tree: Tree, tasks: int, settle: float, insecure: bool) -> tuple[Sample, Sample | None]:
     """Idle and loaded samples of one fresh agent of the tree; loaded is None when --tasks is 0."""
     with tempfile.TemporaryDirectory(prefix="dockyard-footprint-") as tmp:
         state = Path(tmp)
-        with cluster(tree, state) as (agent, address):
+        with cluster(tree, state, insecure) as (agent, env):
             idle = settle_and_sample(agent.pid, settle)
             if tasks == 0:
                 return idle, None
@@ -247,7 +277,6 @@ def measure(tree: Tree, tasks: int, settle: float) -> tuple[Sample, Sample | Non
                 f"    replicas: {tasks}\n    stop_grace_period: 0s\n"
             )
             cli = [sys.executable, "-m", "dockyard.cli.main"]
-            env = {**tree.env(state), "DOCKYARD_CONTROLLER": address}
             try:
                 run_cli([*cli, "apply", "-f", str(spec)], env, tree.path)
                 loaded = settle_and_sample(agent.pid, settle)
@@ -301,6 +330,7 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=20, help="Replicas for the loaded sample (0: idle only).")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--settle", type=float, default=5.0, help="Seconds to heartbeat before each sample.")
+    parser.add_argument("--insecure", action="store_true", help="Run a tree with issue 8's TLS in plaintext instead.")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="dockyard-footprint-old-") as old_dir:
         trees = [Tree("old", unpack(args.old_commit, Path(old_dir))), Tree("new", ROOT)]
@@ -308,7 +338,7 @@ def main() -> None:
         loaded: dict[str, list[Sample]] = {t.name: [] for t in trees}
         for round_ in range(args.rounds):
             for tree in trees if round_ % 2 == 0 else reversed(trees):
-                i, loaded_sample = measure(tree, args.tasks, args.settle)
+                i, loaded_sample = measure(tree, args.tasks, args.settle, args.insecure)
                 idle[tree.name].append(i)
                 line = f"round {round_ + 1} {tree.name}: idle {i.rss_mb:.1f} MB"
                 if loaded_sample is not None:
