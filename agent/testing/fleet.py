@@ -22,8 +22,9 @@ agent through JoinService.Join, RESOURCE_EXHAUSTED past the controller's join ra
 gets its own node certificate, and opens its sessions over mutual TLS with it; its hello names the node id of
 its certificate, and every Welcome is checked by the agent's own ClusterGuard (cluster id and store epoch), so
 a controller of another cluster or store is refused before any assignment is applied. `enroll(n)` joins ahead
-(a benchmark keeps the join rate out of its timings); `start()` and `add()` join what was not enrolled
-first. Without `join` the agents speak plaintext (a controller run with --insecure) and name themselves.
+(a benchmark keeps the join rate out of its timings) and `add(n)` starts n enrolled agents; `start()` joins
+what was not enrolled, then starts them. Without `join` the agents speak plaintext (a controller run with
+--insecure) and name themselves, and `add` needs no enrolling.
 
 What makes a measurement trustworthy is recorded too: each agent's longest wait for a word from the
 controller (`Fleet.longest_silence`, the margin before a session ends) and how late this process's own event
@@ -37,7 +38,8 @@ the whole fleet, which no real fleet does. About a hundred streams per connectio
 per-connection work realistic at a small cost here. Set it to 1 for one connection per agent.
 With TLS every agent has a channel of its own: a channel presents one client certificate, and agents that
 shared one would be one node to the controller. So 1,000 TLS agents are 1,000 connections and handshakes,
-as a real fleet is (about 0.1 MB of this process's memory each, measured with bench/fleet.py).
+as a real fleet is. bench/fleet.py measured at 1,000 agents, against 100 plaintext streams per connection:
+about 0.12 MB more of this process's memory and 0.08 MB more of the controller's per agent.
 
 Everything is bounded: each agent holds at most one status per task (the agent's own Reporter), writes one
 message at a time and keeps only its latest RECORDS_KEPT drops and welcomes; every stepping task ends when
