@@ -66,12 +66,6 @@ TICK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 MB = 1 << 20
 DOCKER_SOCKET = Path("/var/run/docker.sock")
-# For this long after its start the controller judges a node it never heard from by the time since its own
-# start, not since the node joined (2 x (grace + redial allowance), 16 s at the defaults): a node joined then is
-# marked down before its first hello can arrive. Joins wait until then, or the figures would count those.
-JOIN_AFTER_START = 20.0
-
-
 def free_port() -> int:
     """Returns a loopback port nothing listens on right now."""
     with socket.socket() as sock:
@@ -433,10 +427,6 @@ class FleetBench:
         """Grows the fleet to `size`, waits until every node is READY, then measures the controller."""
         self.phase(f"steady {size}")
         fleet = self.fleet
-        young = JOIN_AFTER_START - (time.monotonic() - self.controller.started)
-        if fleet.secure and young > 0:
-            self.say(f"waiting {young:.0f} s before joining: see JOIN_AFTER_START")
-            await asyncio.sleep(young)
         joining, retries = time.monotonic(), fleet.join_retries
         await fleet.enroll(size - len(fleet.agents))  # before the clock starts: the join rate is not timed
         if fleet.secure:

@@ -6,6 +6,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from dockyard.timestamps import from_timestamp
 from dockyard.v1 import types_pb2 as pb
 
 
@@ -52,7 +53,10 @@ def silent_nodes(
             continue
         seen = last_seen.get(node.id)
         allowed = grace if seen is not None else startup_grace
-        since = seen or started
+        # A node never heard from is silent since the controller started, or since it joined if that was later:
+        # a host that joins during the startup window gets the whole startup grace from its join.
+        joined = from_timestamp(node.created_at) if node.HasField("created_at") else None
+        since = seen or max(started, joined or started)
         silence = now - since - sum((late for at, late in stalls if at > since), timedelta(0))
         if silence > allowed:
             found.append(Silence(node.id, silence.total_seconds()))

@@ -33,6 +33,13 @@ def test_after_a_restart_unheard_nodes_get_the_startup_grace() -> None:
     assert silent(nodes, {}, at=10.5) == [("a", 10.5)]
 
 
+def test_a_node_that_joined_after_the_start_gets_the_startup_grace_from_its_join() -> None:
+    joined = node("j", pb.NODE_STATUS_UNKNOWN)
+    joined.created_at.FromDatetime(START + timedelta(seconds=8))
+    assert silent([joined], {}, at=17.5) == [], "counted from the start it would be down after 10 s"
+    assert silent([joined], {}, at=18.5) == [("j", 10.5)]
+
+
 def test_nodes_already_down_are_not_reported_again() -> None:
     assert silent([node("a", pb.NODE_STATUS_DOWN)], {"a": 0.0}, at=60.0) == []
 
