@@ -37,6 +37,9 @@ READY_TIMEOUT = 60.0
     help="Where the store, agent state, pid file and logs live (default: ~/.local/share/dockyard).",
 )
 @click.option("--listen", default=DEFAULT_CONTROLLER, show_default=True, help="Controller address.")
+@click.option(
+    "--join-listen", default="", help="Where hosts join with the token [default: the --listen host, port 7466]."
+)
 @click.option("--detach", "-d", is_flag=True, help="Run in the background; logs go to STATE_DIR/dockyard.log.")
 @click.option("--docker-url", default=None, help="Docker socket for the local agent.")
 @click.option("--hostname", default="", help="Name the local node registers as.")
@@ -45,6 +48,7 @@ READY_TIMEOUT = 60.0
 def up(
     state_dir: Path | None,
     listen: str,
+    join_listen: str,
     detach: bool,
     docker_url: str | None,
     hostname: str,
@@ -60,11 +64,11 @@ def up(
     if running is not None:
         raise click.ClickException(f"already running (pid {running}) with state in {state}; run `dockyard down` first")
     address = connect_address(listen)
-    problem = address_problem(listen) or address_problem(join_listen_for(listen))
+    problem = address_problem(listen) or address_problem(join_listen or join_listen_for(listen))
     if problem is not None:
         raise click.ClickException(problem)
     if detach:
-        background = _start_detached(state, listen, docker_url, hostname, labels)
+        background = _start_detached(state, listen, join_listen, docker_url, hostname, labels)
         write_context(LocalContext(controller=address, state_dir=str(state), credentials=str(state / "admin")))
         node = asyncio.run(_wait_ready(address, state / "admin", READY_TIMEOUT, background.check))
         info = {
@@ -87,7 +91,9 @@ def up(
     state.mkdir(parents=True, exist_ok=True)
     write_pid(pid_path, os.getpid())
     write_context(LocalContext(controller=address, state_dir=str(state), credentials=str(state / "admin")))
-    cluster = LocalCluster(state_dir=state, listen=listen, docker_url=docker_url, hostname=hostname, labels=labels)
+    cluster = LocalCluster(
+        state_dir=state, listen=listen, join_listen=join_listen, docker_url=docker_url, hostname=hostname, labels=labels
+    )
     try:
         asyncio.run(supervise(cluster))
     except ChildFailed as exc:
@@ -122,11 +128,13 @@ class _Background:
 
 
 def _start_detached(
-    state: Path, listen: str, docker_url: str | None, hostname: str, labels: tuple[str, ...]
+    state: Path, listen: str, join_listen: str, docker_url: str | None, hostname: str, labels: tuple[str, ...]
 ) -> _Background:
     """Starts `dockyard up` in its own session, logging to STATE/dockyard.log; returns once it has a pid file."""
     state.mkdir(parents=True, exist_ok=True)
     argv = [sys.executable, "-m", "dockyard.cli.main", "up", "--state-dir", str(state), "--listen", listen]
+    if join_listen:
+        argv += ["--join-listen", join_listen]
     if docker_url:
         argv += ["--docker-url", docker_url]
     if hostname:

@@ -50,6 +50,7 @@ class LocalCluster:
 
     state_dir: Path
     listen: str = DEFAULT_CONTROLLER
+    join_listen: str = ""  # empty: the listen host, addresses.JOIN_PORT
     docker_url: str | None = None
     hostname: str = ""
     labels: Sequence[str] = field(default_factory=tuple)
@@ -63,7 +64,7 @@ class LocalCluster:
     @property
     def join_address(self) -> str:
         """Where the local agent joins: the join address's port on the address the CLI dials."""
-        join = split_listen(join_listen_for(self.listen))
+        join = split_listen(self.join_listen or join_listen_for(self.listen))
         return with_port(host_of(connect_address(self.listen)), join[1] if join is not None else JOIN_PORT)
 
     def controller_argv(self) -> list[str]:
@@ -75,6 +76,8 @@ class LocalCluster:
             "--init",
             "--listen",
             self.listen,
+            "--join-listen",
+            self.join_listen or join_listen_for(self.listen),
             "--state-dir",
             str(self.state_dir / "controller"),
             "--log-format",

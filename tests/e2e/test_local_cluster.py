@@ -55,13 +55,15 @@ def _container_ids() -> list[str]:
 def test_up_detach_down_and_up_again(local_env: dict[str, str], tmp_path: Path) -> None:
     state = tmp_path / "state"
     listen = f"127.0.0.1:{free_port()}"
+    join = ("--join-listen", f"127.0.0.1:{free_port()}")  # off the default 7466, which other runs may hold
     up = json.loads(
-        _run(local_env, "up", "--detach", "--state-dir", str(state), "--listen", listen, "-o", "json").stdout
+        _run(local_env, "up", "--detach", "--state-dir", str(state), "--listen", listen, *join, "-o", "json").stdout
     )
     assert up["controller"] == listen
     assert (state / "dockyard.pid").exists()
     context = json.loads((tmp_path / "config" / "dockyard" / "context.json").read_text())
     assert context["controller"] == listen, "later commands find the controller without flags"
+    assert context["credentials"] == str(state / "admin"), "and its admin credentials, made by `dockyard up`"
 
     spec = write_spec(tmp_path / "updown.yaml", replicas=2, name="updown")
     _run(local_env, "apply", "-f", str(spec))
@@ -77,7 +79,7 @@ def test_up_detach_down_and_up_again(local_env: dict[str, str], tmp_path: Path) 
     assert "cannot reach the controller" in failed.stderr
     assert "Traceback" not in failed.stderr
 
-    _run(local_env, "up", "--detach", "--state-dir", str(state), "--listen", listen)
+    _run(local_env, "up", "--detach", "--state-dir", str(state), "--listen", listen, *join)
     wait_for(
         lambda: [t["state"] for t in json.loads(_run(local_env, "ps", "-o", "json").stdout)] == ["running"] * 2,
         30,
