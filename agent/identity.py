@@ -33,10 +33,13 @@ from dockyard.v1 import agent_pb2_grpc as apb_grpc
 
 log = structlog.get_logger()
 
-NODE_STEM = "node"
+NODE_STEM = pki.NODE_STEM
+CLUSTER_FILE = pki.CLUSTER_FILE
+# The pair renewal replaced, kept until the new one is saved whole: a crash between writing the new key and
+# its certificate must not leave the node without a pair that works.
+PREVIOUS_STEM = "node-prev"
 EPOCH_FILE = "store-epoch"  # with --insecure only: the epoch of the store this node serves
 TASK_BOOK_FILE = "tasks.pb"  # the agent's task book (agent.Agent keeps it here)
-CLUSTER_FILE = "cluster.json"
 JOIN_DEADLINE = 15.0
 RENEW_RETRY_SECONDS = 10.0
 
@@ -99,11 +102,17 @@ def save_membership(state_dir: Path, membership: Membership) -> None:
 
 
 def load_credentials(state_dir: Path) -> pki.Credentials:
-    """Returns the node's key, certificate and CA; NotJoined when they are missing or damaged."""
+    """Returns the node's key, certificate and CA (the pair before the last renewal if the current one is
+    damaged or half-written); NotJoined when neither is usable."""
     try:
         return pki.Credentials.load(state_dir, NODE_STEM)
     except pki.PkiError as exc:
-        raise NotJoined(f"{exc}; join this host again (dockyard-agent join)") from None
+        try:
+            previous = pki.Credentials.load(state_dir, PREVIOUS_STEM)
+        except pki.PkiError:
+            raise NotJoined(f"{exc}; join this host again (dockyard-agent join)") from None
+        log.warning("node certificate unusable; using the one before the last renewal", error=str(exc))
+        return previous
 
 
 def _fetch_chain(host: str, port: int, timeout: float) -> list[bytes]:
@@ -147,12 +156,18 @@ def join_address(controller: str) -> str:
     return controller if split_listen(controller) is not None else with_port(controller, JOIN_PORT)
 
 
-async def join(state_dir: Path, controller: str, token_text: str, hostname: str) -> Membership:
+async def join(state_dir: Path, controller: str, token_text: str, hostname: str, *, rejoin: bool = False) -> Membership:
     """Joins the cluster at controller's join address with the token; writes the identity; returns it.
 
     Checks the controller against the token's CA digest before sending anything, so the secret never goes
-    to another server. NotJoined with the reason (refused token, hostname taken, unreachable) otherwise.
+    to another server. NotJoined with the reason (refused token, hostname taken, unreachable, already
+    joined and not rejoin) otherwise.
     """
+    if (state_dir / CLUSTER_FILE).exists() and not rejoin:
+        raise NotJoined(
+            f"{state_dir}: this host has joined already. Joining again makes it a new node: the containers of "
+            "the old one are removed after the stranger grace. Pass --rejoin if that is what you want"
+        )
     token = pki.parse_token(token_text)
     address = join_address(controller)
     ca_pem = await fetch_ca(address, token.ca_digest)
@@ -256,7 +271,12 @@ class CertificateKeeper:
                 apb.RenewRequest(csr=pki.create_csr(key)), timeout=JOIN_DEADLINE
             )
         renewed = pki.Credentials(self.credentials.ca_pem, pki.KeyPair(pki.key_pem(key), response.certificate))
-        renewed.pair.certificate  # noqa: B018 - a certificate that does not parse must not replace a good one
+        # What comes back must be for the new key and for this very node, or it does not replace a good pair.
+        if not renewed.pair.belong_together() or pki.identity_of(renewed.pair.certificate) != pki.identity_of(
+            self.credentials.pair.certificate
+        ):
+            raise ValueError("the renewed certificate is not this node's for the new key")
+        self.credentials.save(self._dir, PREVIOUS_STEM)
         renewed.save(self._dir, NODE_STEM)
         self.credentials = renewed
         log.info(
@@ -272,7 +292,7 @@ class CertificateKeeper:
                 continue
             try:
                 await self.renew(address)
-            except (grpc.aio.AioRpcError, OSError, ValueError) as exc:
+            except (grpc.aio.AioRpcError, OSError, ValueError, pki.PkiError) as exc:
                 detail = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else str(exc)
                 log.warning("certificate renewal failed; retrying", error=detail)
                 await self._clock.sleep(RENEW_RETRY_SECONDS)

@@ -190,9 +190,17 @@ async def _run(config: AgentConfig) -> None:
 @click.option(
     "--state-dir", type=_STATE_DIR_TYPE, default=None, help=f"Where to keep the identity [{DEFAULT_STATE_DIR}]."
 )
+@click.option(
+    "--rejoin",
+    is_flag=True,
+    help="Join again although this host has joined: it becomes a new node, and the old node's containers "
+    "here are removed after the stranger grace.",
+)
 @click.pass_context
-def join_command(ctx: click.Context, controller: str, token: str, hostname: str, state_dir: Path | None) -> None:
-    """Join this host to the cluster whose controller's join address is CONTROLLER (HOST or HOST:PORT, port 7466).
+def join_command(
+    ctx: click.Context, controller: str, token: str, hostname: str, state_dir: Path | None, rejoin: bool
+) -> None:
+    """Join this host to the cluster whose controller's join address is CONTROLLER (HOST, or HOST:PORT).
 
     The controller is checked against the CA digest in the token before anything is sent; the node's key,
     certificate and the controller's address are written to the state dir. Start the agent afterwards.
@@ -200,7 +208,7 @@ def join_command(ctx: click.Context, controller: str, token: str, hostname: str,
     directory = state_dir if state_dir is not None else ctx.find_root().obj
     assert isinstance(directory, Path)
     try:
-        membership = asyncio.run(join(directory, controller, token, hostname or socket.gethostname()))
+        membership = asyncio.run(join(directory, controller, token, hostname or socket.gethostname(), rejoin=rejoin))
     except NotJoined as exc:
         raise _Failure(str(exc)) from None
     except pki.PkiError as exc:  # a malformed token

@@ -66,6 +66,8 @@ TICK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 MB = 1 << 20
 DOCKER_SOCKET = Path("/var/run/docker.sock")
+
+
 def free_port() -> int:
     """Returns a loopback port nothing listens on right now."""
     with socket.socket() as sock:

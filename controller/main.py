@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import re
 import signal
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ from controller.security.authority import ClusterAuthority
 from controller.server import Controller, ControllerConfig
 from controller.store.sqlite import STORE_FILE, BackupError, backup_file, restore_file
 from dockyard import logs, pki
+from dockyard.addresses import JOIN_PORT
 from dockyard.clock import SystemClock
 from dockyard.config_file import config_option
 from dockyard.limits import DEFAULT_CONTROLLER
@@ -69,7 +71,8 @@ def _lifetime(text: str) -> datetime.timedelta:
 @click.option(
     "--join-listen",
     default=None,
-    help="Address where hosts join with the token (TLS, no client certificate) [default: --listen's host, port 7466].",
+    help="Address where hosts join with the token (TLS, no client certificate) "
+    f"[default: --listen's host, port {JOIN_PORT}].",
 )
 @click.option(
     "--init",
@@ -181,11 +184,17 @@ async def _serve(config: ControllerConfig) -> None:
 main.params.insert(0, config_option())
 
 
+# An admin's name goes into its certificate's CN: plain, so it can never read as a host name or the controller's.
+ADMIN_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+
+
 def _authority(ctx: click.Context, state_dir: Path | None) -> ClusterAuthority:
     directory = state_dir if state_dir is not None else ctx.find_root().obj
     assert isinstance(directory, Path)
     try:
-        return ClusterAuthority.open(directory, SystemClock(), pki.DEFAULT_CERT_LIFETIME, init=False, addresses=())
+        return ClusterAuthority.open(
+            directory, SystemClock(), pki.DEFAULT_CERT_LIFETIME, init=False, addresses=(), read_only=True
+        )
     except StartupError as exc:
         raise _Failure(str(exc)) from None
 
@@ -205,8 +214,10 @@ def _authority(ctx: click.Context, state_dir: Path | None) -> ClusterAuthority:
 @click.pass_context
 def admin_cert(ctx: click.Context, out: Path, name: str, state_dir: Path | None) -> None:
     """Write admin credentials for the CLI (signed by the cluster CA, which must be readable here)."""
+    if not ADMIN_NAME.fullmatch(name):
+        raise click.BadParameter(f"{name!r}: 1 to 63 lower-case letters, digits or '-'", param_hint="--name")
     credentials = _authority(ctx, state_dir).issue_admin(name)
-    credentials.save(out, "admin")
+    credentials.save(out, pki.ADMIN_STEM)
     click.echo(f"wrote admin credentials for {name!r} to {out}; point the CLI at them with --credentials {out}")
 
 
@@ -217,7 +228,10 @@ def admin_cert(ctx: click.Context, out: Path, name: str, state_dir: Path | None)
 @click.pass_context
 def join_token(ctx: click.Context, state_dir: Path | None) -> None:
     """Print the current join token from the state dir (rotate it with `dockyard join-token --rotate`)."""
-    click.echo(str(_authority(ctx, state_dir).token()))
+    try:
+        click.echo(str(_authority(ctx, state_dir).token()))
+    except StartupError as exc:
+        raise _Failure(str(exc)) from None
 
 
 def _store_path(ctx: click.Context, state_dir: Path | None) -> Path:

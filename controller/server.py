@@ -86,6 +86,11 @@ class Controller:
         --insecure is asked for on an address other than loopback, and when the state dir holds no cluster
         (or half of one) and init is not set.
         """
+        if self.config.insecure and not is_loopback(self.config.listen):
+            raise StartupError(
+                f"--insecure: refused on {self.config.listen}; plaintext is for loopback experiments only "
+                "(listen on 127.0.0.1, or drop --insecure to serve mutual TLS)"
+            )
         self._check_state_dir()
         # Before a new cluster's CA is written: a start that cannot bind must leave the state dir as it was.
         addresses = [(self.config.listen, "--listen")]
@@ -101,12 +106,16 @@ class Controller:
         make_ca = self.config.init or (self.config.state_dir / STORE_FILE).exists()
         # The store opens first: a damaged one stops the start before a CA is made beside it.
         await self.store.open()
+        has_ca = (self.config.state_dir / pki.CA_CERT_FILE).exists()
+        if not self.config.insecure and not has_ca and await self.store.list_nodes():
+            # Nodes joined under a CA that is gone (the store restored without it): a new CA would lock every
+            # one of them out, silently. Only a store without nodes (one run --insecure, or older) gets one.
+            raise StartupError(
+                f"--state-dir {self.config.state_dir}: the store has nodes but the cluster CA ({pki.CA_CERT_FILE}, "
+                f"{pki.CA_KEY_FILE}) is missing: restore them with the store's backup; or, if this cluster ran "
+                "--insecure until now, remove its nodes (started --insecure: dockyard node rm) and join the hosts"
+            )
         if self.config.insecure:
-            if not is_loopback(self.config.listen):
-                raise StartupError(
-                    f"--insecure: refused on {self.config.listen}; plaintext is for loopback experiments only "
-                    "(listen on 127.0.0.1, or drop --insecure to serve mutual TLS)"
-                )
             log.warning(
                 "serving plaintext without authentication (--insecure); loopback only", listen=self.config.listen
             )

@@ -16,6 +16,7 @@ from typing import Final, Protocol, TypeVar
 import grpc
 
 from dockyard import pki
+from dockyard.addresses import is_loopback
 from dockyard.backoff import Backoff
 from dockyard.channels import open_channel
 from dockyard.clock import Clock, SystemClock
@@ -80,6 +81,13 @@ class Client:
         self.address = address
         self._deadline = deadline
         self._clock = clock or SystemClock()
+        if credentials is None and not is_loopback(address):
+            # Plaintext would hand specs (and their env) to whoever answers on the path: only to loopback,
+            # where a controller may run --insecure.
+            raise ApiError(
+                f"no admin credentials for {address}: pass --credentials DIR (admin credentials from "
+                "`dockyard-controller admin-cert`); plaintext goes only to a loopback controller run --insecure"
+            )
         self._secure = credentials is not None
         self._channel = open_channel(address, credentials)
         self._stub = cpb_grpc.ControllerServiceStub(self._channel)
@@ -160,8 +168,8 @@ class Client:
                     yield response
                 error = ApiError(f"the watch on {self.address} ended", grpc.StatusCode.UNAVAILABLE)
             except grpc.aio.AioRpcError as exc:
-                error = ApiError(_describe(exc, self.address, self._secure), exc.code())
-                if exc.code() not in _RESUMABLE or _answered(exc):
+                error = ApiError(_describe(exc, self.address, self._secure), _code(exc))
+                if exc.code() not in _RESUMABLE or _answered(exc) or _handshake_refused(exc):
                     raise error from None  # an UNAVAILABLE with details is a damaged store: no use retrying
             finally:
                 call.cancel()
@@ -280,13 +288,15 @@ def _answered(exc: grpc.aio.AioRpcError) -> bool:
 
 
 def _handshake_refused(exc: grpc.aio.AioRpcError) -> bool:
-    """Whether the call failed in the TLS handshake (no or a foreign certificate, or a foreign controller)."""
+    """Whether this side gave up the TLS handshake: the server's certificate is not of this client's cluster
+    CA, or the client's own key cannot be used. (A controller refusing the client's certificate just closes
+    the connection, which reads as an UNAVAILABLE like any other; see _describe.)"""
     details = exc.details() or ""
     return exc.code() == grpc.StatusCode.UNAVAILABLE and ("andshake" in details or "SSL" in details)
 
 
 def _code(exc: grpc.aio.AioRpcError) -> grpc.StatusCode:
-    """The call's status; a refused TLS handshake counts as UNAUTHENTICATED, which is what it means."""
+    """The call's status; a failed TLS handshake counts as UNAUTHENTICATED: the peer is not who it should be."""
     return grpc.StatusCode.UNAUTHENTICATED if _handshake_refused(exc) else exc.code()
 
 
@@ -294,9 +304,9 @@ def _describe(exc: grpc.aio.AioRpcError, address: str, secure: bool = True) -> s
     code = exc.code()
     if _handshake_refused(exc):
         return (
-            f"the controller at {address} refused this client's TLS handshake: it takes only credentials signed "
-            "by its cluster CA (pass --credentials DIR with admin credentials from `dockyard-controller "
-            "admin-cert`, or use the context `dockyard up` wrote)"
+            f"the TLS handshake with {address} failed: the server's certificate is not signed by the cluster CA "
+            "of these credentials (is it the controller of that cluster?), or their key is unusable; check "
+            "--credentials DIR (ca.crt, admin.crt, admin.key)"
         )
     if code == grpc.StatusCode.UNAVAILABLE and not _answered(exc):
         # No details: the transport's own UNAVAILABLE, not one the API sent (a damaged store is sent with details).

@@ -16,6 +16,7 @@ import ipaddress
 import os
 import re
 import secrets
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,12 +46,16 @@ BACKDATE = datetime.timedelta(minutes=5)
 RENEW_AT = 0.5
 
 TOKEN_PREFIX = "DKY1"
-_TOKEN = re.compile(r"^DKY1-(?P<digest>[0-9a-f]{64})-(?P<secret>[0-9a-z]{32})$")
+_TOKEN = re.compile(r"DKY1-(?P<digest>[0-9a-f]{64})-(?P<secret>[0-9a-z]{32})")
 _SECRET_ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"
+SECRET = re.compile(r"[0-9a-z]{32}")  # a join secret, whole (fullmatch)
 
 # File names, in a controller's state dir, an agent's state dir and a CLI credentials dir alike.
 CA_CERT_FILE = "ca.crt"
 CA_KEY_FILE = "ca.key"
+ADMIN_STEM = "admin"  # admin.crt and admin.key in a CLI credentials dir
+NODE_STEM = "node"  # node.crt and node.key in an agent's state dir
+CLUSTER_FILE = "cluster.json"  # an agent's membership, written by `dockyard-agent join`
 
 
 class PkiError(Exception):
@@ -78,6 +83,12 @@ class KeyPair:
         """The certificate, parsed."""
         return x509.load_pem_x509_certificate(self.cert_pem)
 
+    def belong_together(self) -> bool:
+        """Whether the certificate is for this key (a pair half-replaced by a crash is not)."""
+        key = serialization.load_pem_private_key(self.key_pem, password=None)
+        der = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        return bool(key.public_key().public_bytes(*der) == self.certificate.public_key().public_bytes(*der))
+
 
 @dataclass(frozen=True)
 class Credentials:
@@ -99,19 +110,23 @@ class Credentials:
         pair = KeyPair(read_file(directory / f"{stem}.key"), read_file(directory / f"{stem}.crt"))
         try:
             x509.load_pem_x509_certificate(ca)
-            pair.certificate  # noqa: B018 - parsed to fail here, naming the file, not later in a handshake
-        except ValueError as exc:
-            raise PkiError(f"{directory}: a certificate there is damaged ({exc}); join or fetch it again") from None
+            together = pair.belong_together()  # parsed here to fail naming the files, not later in a handshake
+        except (ValueError, TypeError) as exc:
+            raise PkiError(
+                f"{directory}: a key or certificate there is damaged ({exc}); join or fetch it again"
+            ) from None
+        if not together:
+            raise PkiError(f"{directory}: {stem}.crt is not the certificate of {stem}.key")
         return cls(ca, pair)
 
 
 def write_file(path: Path, data: bytes, *, private: bool = False) -> None:
     """Writes data to path atomically; a private file (a key, a secret) is created 0600 and stays so."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
-    fd = os.open(tmp, flags, 0o600 if private else 0o644)
+    # A temporary name of its own: two writers of one file (a tool and the controller) never share one.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
+        os.fchmod(fd, 0o600 if private else 0o644)
         os.write(fd, data)
         os.fsync(fd)
     finally:
@@ -281,20 +296,6 @@ class Authority:
         key = new_key()
         return KeyPair(key_pem(key), self.sign(key.public_key(), role, name, now, lifetime, **kwargs))
 
-    def verify(self, pem: bytes, now: datetime.datetime) -> Identity:
-        """Returns who a certificate is for if this CA signed it and it is valid now; PkiError otherwise."""
-        try:
-            cert = x509.load_pem_x509_certificate(pem)
-        except ValueError as exc:
-            raise PkiError(f"certificate: not PEM ({exc})") from None
-        try:
-            cert.verify_directly_issued_by(self.certificate)
-        except (ValueError, TypeError, InvalidSignature):
-            raise PkiError("certificate: not signed by this cluster's CA") from None
-        if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
-            raise PkiError(f"certificate: not valid now (valid until {cert.not_valid_after_utc:%Y-%m-%dT%H:%M:%SZ})")
-        return identity_of(cert)
-
 
 def _names(addresses: tuple[str, ...]) -> list[x509.GeneralName]:
     names: list[x509.GeneralName] = [x509.DNSName(CONTROLLER_NAME), x509.DNSName("localhost")]
@@ -352,7 +353,7 @@ def new_secret() -> str:
 
 def parse_token(text: str) -> JoinToken:
     """Parses `DKY1-<64 hex>-<32 [0-9a-z]>`; PkiError naming what is wrong and how to get a good one."""
-    match = _TOKEN.match(text.strip())
+    match = _TOKEN.fullmatch(text.strip())
     if match is None:
         raise PkiError(
             "--token: not a Dockyard join token (expected DKY1-<64 hex digits>-<32 letters and digits>); "

@@ -52,6 +52,9 @@ async def _parse(method: MethodDescriptor, raw: bytes, context: Context) -> Mess
     """Returns the parsed request; INVALID_ARGUMENT when it does not parse or a list in it is too long."""
     try:
         request: Message = message_factory.GetMessageClass(method.input_type).FromString(raw)
+        # Fields this controller does not know are kept by protobuf and would be stored and served with the
+        # object: a peer could grow every record it touches by megabytes.
+        request.DiscardUnknownFields()
     except DecodeError as exc:
         reason = str(exc).rpartition(": ")[2] or "cannot be parsed"
         type_name = method.input_type.full_name
@@ -138,9 +141,11 @@ def lenient(message_class: type[M]) -> Callable[[bytes], M | Unparsable]:
 
     def parse(raw: bytes) -> M | Unparsable:
         try:
-            return message_class.FromString(raw)
+            message = message_class.FromString(raw)
         except DecodeError as exc:
             return Unparsable(type_name, str(exc).rpartition(": ")[2] or "cannot be parsed")
+        message.DiscardUnknownFields()  # unknown fields would be stored with what the message reports
+        return message
 
     return parse
 

@@ -167,23 +167,9 @@ class Dispatcher(apb_grpc.AgentServiceServicer):
             # The agent keeps its containers and re-dials; the controller is out of service meanwhile.
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(self._store.damage))
             return
-        session = AgentSession(node_id=node_id, session_id=uuid.uuid4().hex)
-        previous = self._sessions.get(node_id)
-        if previous is not None:
-            heard = self._last_seen.get(node_id)
-            if heard is not None and self._clock.now() - heard <= self._grace:
-                # The first session is alive: a second one for the node is an impostor or a confused twin,
-                # and letting it in would knock the first off (and each would knock the other off forever).
-                await context.abort(
-                    grpc.StatusCode.ALREADY_EXISTS,
-                    f"node {node_id} already has a live session (from {previous.peer or 'unknown'}); "
-                    "two agents must not share one node identity",
-                )
-                return
-            previous.close(grpc.StatusCode.ABORTED, "a newer session for this node started; this one was silent")
-        session.peer = context.peer()
-        # Register before the snapshot is read so no change falls between the two; agents ignore stale versions.
-        self._sessions[node_id] = session
+        session = await self._register(node_id, context)
+        if session is None:
+            return
         now = self._clock.now()
         self._last_seen[node_id] = now
         bound = log.bind(node_id=node_id, session_id=session.session_id)
@@ -248,6 +234,36 @@ class Dispatcher(apb_grpc.AgentServiceServicer):
             elif kind == "status":
                 updates = ((u.task_id, u.status) for u in message.status.updates)
                 self._refuse_flood(session.node_id, self._committer.add_statuses(session.node_id, updates))
+
+    async def _register(self, node_id: str, context: Context) -> AgentSession | None:
+        """Registers a new session for the node, or refuses it (the call aborted; None returned).
+
+        ALREADY_EXISTS while another session of the node is alive; PERMISSION_DENIED when the node was removed.
+        """
+        session = AgentSession(node_id=node_id, session_id=uuid.uuid4().hex)
+        previous = self._sessions.get(node_id)
+        if previous is not None:
+            heard = self._last_seen.get(node_id)
+            if heard is not None and self._clock.now() - heard <= self._grace:
+                # The first session is alive: a second one for the node is an impostor or a confused twin,
+                # and letting it in would knock the first off (and each would knock the other off forever).
+                await context.abort(
+                    grpc.StatusCode.ALREADY_EXISTS,
+                    f"node {node_id} already has a live session (from {previous.peer or 'unknown'}); "
+                    "two agents must not share one node identity",
+                )
+                return None
+            previous.close(grpc.StatusCode.ABORTED, "a newer session for this node started; this one was silent")
+        session.peer = context.peer()
+        # Register before the snapshot is read so no change falls between the two; agents ignore stale versions.
+        self._sessions[node_id] = session
+        if self._authority is not None and await self._store.get_node(node_id) is None:
+            # Removed between the guard's check and here (the hello may take its time): the router's delete
+            # event found no session to close, so this is the last place to refuse it.
+            del self._sessions[node_id]
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"node {node_id} was removed from the cluster")
+            return None
+        return session
 
     async def _finish_write(self, session: AgentSession, writer: asyncio.Task[None]) -> None:
         """Lets a write in flight finish, within the write-stall limit, before the session's call is ended.
@@ -385,8 +401,12 @@ class Dispatcher(apb_grpc.AgentServiceServicer):
         self._routing = True
         async for event in follow(self._store, self._route_from):
             if isinstance(event, Resync):
-                # Too far behind to replay: resend every session its full set instead.
+                # Too far behind to replay: resend every session its full set instead, closing those whose
+                # node was removed meanwhile (their delete event is among those skipped).
                 for live in list(self._sessions.values()):
+                    if self._authority is not None and await self._store.get_node(live.node_id) is None:
+                        live.close(grpc.StatusCode.PERMISSION_DENIED, f"node {live.node_id} was removed")
+                        continue
                     await self._send_full(live)
                 continue
             if event.kind is Kind.NODE and event.action.value == "delete":

@@ -1,7 +1,7 @@
 """The controller's side of the cluster PKI: its CA in the state dir, the join secret, and its own certificate.
 
 Files in the state dir: ca.key (0600) and ca.crt, the cluster CA; join-secret (0600), the secret part of the
-join token; controller.key (0600) and controller.crt, the serving certificate, renewed while the controller
+join token; controller.crt, the serving certificate (its key is kept in memory only), renewed while the controller
 runs. A new cluster (CA, secret) is only made when asked (`--init`): a controller pointed at an empty or
 wrong state dir must not come up as an empty cluster under a new CA.
 """
@@ -48,11 +48,20 @@ class ClusterAuthority:
 
     @classmethod
     def open(
-        cls, state_dir: Path, clock: Clock, lifetime: datetime.timedelta, *, init: bool, addresses: tuple[str, ...]
+        cls,
+        state_dir: Path,
+        clock: Clock,
+        lifetime: datetime.timedelta,
+        *,
+        init: bool,
+        addresses: tuple[str, ...],
+        read_only: bool = False,
     ) -> ClusterAuthority:
         """Loads the CA from state_dir, or makes a new cluster's when init is set and there is none.
 
-        StartupError when there is no CA and init is not set, or half of one.
+        StartupError when there is no CA and init is not set, or half of one, or the join secret is unusable.
+        read_only (the admin-cert and join-token tools) creates nothing: a missing secret reads as "", which
+        matches no join, and token() then raises StartupError.
         """
         key, cert = state_dir / pki.CA_KEY_FILE, state_dir / pki.CA_CERT_FILE
         if not key.exists() and not cert.exists():
@@ -72,8 +81,19 @@ class ClusterAuthority:
             raise StartupError(f"--state-dir {state_dir}: the cluster CA is unusable: {exc}") from None
         secret_file = state_dir / JOIN_SECRET_FILE
         if not secret_file.exists():
+            if read_only:
+                return cls(state_dir, ca, "", clock, lifetime)
             pki.write_file(secret_file, pki.new_secret().encode(), private=True)
-        secret = pki.read_file(secret_file).decode(errors="replace").strip()
+        try:
+            secret = pki.read_file(secret_file).decode(errors="replace").strip()
+        except pki.PkiError as exc:
+            raise StartupError(f"--state-dir {state_dir}: the join secret is unreadable: {exc}") from None
+        if not pki.SECRET.fullmatch(secret):
+            # An empty secret would let a join with no secret in: refuse to serve rather than guess.
+            raise StartupError(
+                f"{secret_file}: not a join secret (32 lower-case letters and digits); delete it to have a new "
+                "one made (the old token stops working)"
+            )
         authority = cls(state_dir, ca, secret, clock, lifetime)
         authority.serve_addresses(addresses)
         return authority
@@ -81,7 +101,9 @@ class ClusterAuthority:
     # Join tokens.
 
     def token(self) -> pki.JoinToken:
-        """The current join token."""
+        """The current join token; StartupError when there is no join secret yet (read_only, never started)."""
+        if not self._secret:
+            raise StartupError(f"{self._dir / JOIN_SECRET_FILE}: no join secret yet; start the controller once")
         return pki.JoinToken(pki.ca_digest(self.ca.ca_pem), self._secret)
 
     def rotate(self) -> pki.JoinToken:
@@ -93,7 +115,7 @@ class ClusterAuthority:
 
     def secret_matches(self, secret: str) -> bool:
         """Whether secret is the current join secret (compared in constant time)."""
-        return hmac.compare_digest(secret.encode(errors="replace"), self._secret.encode())
+        return bool(secret) and hmac.compare_digest(secret.encode(errors="replace"), self._secret.encode())
 
     # Certificates.
 
@@ -117,7 +139,7 @@ class ClusterAuthority:
         pair = self.ca.issue(
             pki.ROLE_CONTROLLER, "controller", self._clock.now(), self.lifetime, addresses=self._addresses
         )
-        pki.write_file(self._dir / f"{SERVING_STEM}.key", pair.key_pem, private=True)
+        # The certificate only, for operators to inspect (openssl x509 -in ...); its key stays in memory.
         pki.write_file(self._dir / f"{SERVING_STEM}.crt", pair.cert_pem)
         return pair
 

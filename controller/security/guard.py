@@ -2,7 +2,8 @@
 
 - ControllerService (and reflection) needs an admin certificate.
 - AgentService needs an agent certificate whose node is still in the store: a removed node is refused.
-- JoinService and health need no certificate (the join port has none to offer).
+- JoinService/Join and Health/Check need no certificate (the join port has none to offer); health's Watch
+  needs one of any role.
 Nothing in a request body can change who the caller is. A call without a certificate (only possible on the
 join port) for anything but those is UNAUTHENTICATED; a certificate of the wrong role or of a removed node is
 PERMISSION_DENIED. The check runs before the request is read, so a refused call changes nothing.
@@ -21,24 +22,23 @@ from grpc_health.v1 import health
 from controller.store.base import Store
 from dockyard import pki
 from dockyard.logs import Throttle
-from dockyard.v1 import agent_pb2, controller_pb2
+from dockyard.v1 import agent_pb2
 
 log = structlog.get_logger()
 
 AGENT_SERVICE = agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name
 JOIN_SERVICE = agent_pb2.DESCRIPTOR.services_by_name["JoinService"].full_name
-CONTROLLER_SERVICE = controller_pb2.DESCRIPTOR.services_by_name["ControllerService"].full_name
-REFLECTION_PREFIX = "grpc.reflection."
 
-# Which role each service needs; None: anyone who reached the port.
-_OPEN: frozenset[str] = frozenset({JOIN_SERVICE, health.SERVICE_NAME})
+# The methods anyone who reached a port may call: methods, not services, so that nothing streaming (health's
+# Watch holds a stream per call) is open to a peer without a certificate.
+OPEN_METHODS: frozenset[str] = frozenset({f"/{JOIN_SERVICE}/Join", f"/{health.SERVICE_NAME}/Check"})
 
 
 def required_role(method: str) -> str | None:
-    """Returns the role a full method name (/pkg.Service/Method) needs, None for open services."""
-    service = method.lstrip("/").partition("/")[0]
-    if service in _OPEN:
+    """Returns the role a full method name (/pkg.Service/Method) needs, None for the open methods."""
+    if method in OPEN_METHODS:
         return None
+    service = method.lstrip("/").partition("/")[0]
     if service == AGENT_SERVICE:
         return pki.ROLE_AGENT
     # The API, reflection and anything added later: admins only unless listed above.

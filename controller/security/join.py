@@ -81,10 +81,7 @@ class JoinServicer(apb_grpc.JoinServiceServicer):
         UNAUTHENTICATED for a wrong secret, RESOURCE_EXHAUSTED past the join rate, INVALID_ARGUMENT for a bad
         hostname or CSR, ALREADY_EXISTS for a hostname another node has. A refused join writes nothing.
         """
-        if not self._bucket.take():
-            await context.abort(
-                grpc.StatusCode.RESOURCE_EXHAUSTED, f"joins: more than {JOIN_RATE:g} a second; try again shortly"
-            )
+        # The secret first: a peer without it must not be able to use up the join rate of those with it.
         if not self._authority.secret_matches(request.secret):
             if self._throttle.allow("join refused") is not None:
                 log.warning("join refused: wrong token", peer=context.peer())
@@ -93,8 +90,12 @@ class JoinServicer(apb_grpc.JoinServiceServicer):
                 "token: not this cluster's current join token (it may have been rotated); "
                 "print the current one on the controller with `dockyard join-token`",
             )
+        if not self._bucket.take():
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED, f"joins: more than {JOIN_RATE:g} a second; try again shortly"
+            )
         hostname = request.hostname
-        if not _HOSTNAME.match(hostname):
+        if not _HOSTNAME.fullmatch(hostname):
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"hostname: {hostname[:64]!r} is not a host name (letters, digits, '-' and '.', at most 253); "

@@ -15,9 +15,16 @@ from pathlib import Path
 import click
 
 from dockyard import pki
-from dockyard.addresses import connect_address, join_listen_for
+from dockyard.addresses import JOIN_PORT, connect_address, join_listen_for
 from dockyard.cli.common import output_option
-from dockyard.cli.context import ADMIN_STEM, LocalContext, default_state_dir, read_context, write_context
+from dockyard.cli.context import (
+    ADMIN_STEM,
+    LocalContext,
+    default_state_dir,
+    local_credentials_dir,
+    read_context,
+    write_context,
+)
 from dockyard.cli.output import emit_object
 from dockyard.cli.polling import poll_until
 from dockyard.client import ApiError, Client
@@ -38,7 +45,7 @@ READY_TIMEOUT = 60.0
 )
 @click.option("--listen", default=DEFAULT_CONTROLLER, show_default=True, help="Controller address.")
 @click.option(
-    "--join-listen", default="", help="Where hosts join with the token [default: the --listen host, port 7466]."
+    "--join-listen", default="", help=f"Where hosts join with the token [default: the --listen host, port {JOIN_PORT}]."
 )
 @click.option("--detach", "-d", is_flag=True, help="Run in the background; logs go to STATE_DIR/dockyard.log.")
 @click.option("--docker-url", default=None, help="Docker socket for the local agent.")
@@ -69,8 +76,10 @@ def up(
         raise click.ClickException(problem)
     if detach:
         background = _start_detached(state, listen, join_listen, docker_url, hostname, labels)
-        write_context(LocalContext(controller=address, state_dir=str(state), credentials=str(state / "admin")))
-        node = asyncio.run(_wait_ready(address, state / "admin", READY_TIMEOUT, background.check))
+        write_context(
+            LocalContext(controller=address, state_dir=str(state), credentials=str(local_credentials_dir(state)))
+        )
+        node = asyncio.run(_wait_ready(address, local_credentials_dir(state), READY_TIMEOUT, background.check))
         info = {
             "controller": address,
             "state_dir": str(state),
@@ -90,7 +99,7 @@ def up(
     logs.configure("info", "console", component="supervisor")
     state.mkdir(parents=True, exist_ok=True)
     write_pid(pid_path, os.getpid())
-    write_context(LocalContext(controller=address, state_dir=str(state), credentials=str(state / "admin")))
+    write_context(LocalContext(controller=address, state_dir=str(state), credentials=str(local_credentials_dir(state))))
     cluster = LocalCluster(
         state_dir=state, listen=listen, join_listen=join_listen, docker_url=docker_url, hostname=hostname, labels=labels
     )

@@ -15,7 +15,7 @@ from pathlib import Path
 from dockyard import pki
 from dockyard.limits import DEFAULT_CONTROLLER
 
-ADMIN_STEM = "admin"
+ADMIN_STEM = pki.ADMIN_STEM
 
 
 @dataclass(frozen=True)
@@ -74,6 +74,11 @@ def resolve_controller(flag: str | None) -> str:
         return env
     context = read_context()
     return context.controller if context else DEFAULT_CONTROLLER
+
+
+def local_credentials_dir(state_dir: Path) -> Path:
+    """Where `dockyard up` keeps the admin credentials it makes for its state dir."""
+    return state_dir / ADMIN_STEM
 
 
 def resolve_credentials(flag: str | None) -> pki.Credentials | None:

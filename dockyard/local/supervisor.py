@@ -20,8 +20,10 @@ from typing import Any, Final
 
 import structlog
 
+from dockyard import pki
 from dockyard.addresses import JOIN_PORT, connect_address, host_of, join_listen_for, split_listen, with_port
 from dockyard.backoff import Backoff
+from dockyard.cli.context import local_credentials_dir
 from dockyard.config_file import EXIT_CONFIG
 from dockyard.limits import DEFAULT_CONTROLLER
 
@@ -59,7 +61,7 @@ class LocalCluster:
     @property
     def credentials_dir(self) -> Path:
         """Where the admin credentials for the CLI are written."""
-        return self.state_dir / "admin"
+        return local_credentials_dir(self.state_dir)
 
     @property
     def join_address(self) -> str:
@@ -73,7 +75,7 @@ class LocalCluster:
             sys.executable,
             "-m",
             "controller.main",
-            "--init",
+            *self._init(),
             "--listen",
             self.listen,
             "--join-listen",
@@ -103,6 +105,13 @@ class LocalCluster:
             argv += ["--label", label]
         return argv
 
+    def _init(self) -> list[str]:
+        """--init on the first start only: when neither a store nor a joined agent is here. A controller dir
+        emptied under a joined agent must not come back as a new cluster (the agent would never connect)."""
+        controller_dir = self.state_dir / "controller"
+        fresh = not controller_dir.exists() or not any(controller_dir.iterdir())
+        return ["--init"] if fresh and not (self.state_dir / "agent" / pki.CLUSTER_FILE).exists() else []
+
     async def prepare_agent(self) -> None:
         """Before the agent's first start: admin credentials for the CLI, and the host joined with the token,
         as `dockyard-controller admin-cert` and `dockyard-agent join` do on a real host. Retries until the
@@ -113,7 +122,7 @@ class LocalCluster:
         backoff = Backoff(base=0.1, cap=1.0)
         while True:
             try:
-                if not (self.credentials_dir / "admin.crt").exists():
+                if not (self.credentials_dir / f"{pki.ADMIN_STEM}.crt").exists():
                     await _tool(
                         "controller.main",
                         "admin-cert",
@@ -122,18 +131,18 @@ class LocalCluster:
                         "--out",
                         str(self.credentials_dir),
                     )
-                if not (agent_dir / "cluster.json").exists():
+                if not (agent_dir / pki.CLUSTER_FILE).exists():
                     token = await _tool("controller.main", "join-token", "--state-dir", str(controller_dir))
                     hostname = ["--hostname", self.hostname] if self.hostname else []
+                    # The token in the environment, not on the command line every local user can read.
                     await _tool(
                         "agent.main",
                         "join",
-                        "--token",
-                        token,
                         "--state-dir",
                         str(agent_dir),
                         *hostname,
                         self.join_address,
+                        env={"DOCKYARD_JOIN_TOKEN": token},
                     )
                 return
             except _ToolFailed as exc:
@@ -158,10 +167,17 @@ class _ToolFailed(Exception):
     """A one-shot command (admin-cert, join-token, join) failed; str() is its last line."""
 
 
-async def _tool(module: str, *args: str) -> str:
-    """Runs `python -m module args`, returns its stdout; _ToolFailed with its last stderr line otherwise."""
+async def _tool(module: str, *args: str, env: dict[str, str] | None = None) -> str:
+    """Runs `python -m module args` (env added to ours), returns its stdout; _ToolFailed with its last stderr
+    line otherwise."""
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", module, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        sys.executable,
+        "-m",
+        module,
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **(env or {})},
     )
     out, err = await process.communicate()
     if process.returncode != 0:

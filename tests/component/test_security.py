@@ -18,10 +18,13 @@ from pathlib import Path
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from agent.identity import CLUSTER_FILE, NODE_STEM, NotJoined, join, load_credentials
 from controller.errors import StartupError
+from controller.security.join import JOIN_BURST
 from controller.server import Controller, ControllerConfig
+from controller.store.base import Put
 from controller.store.sqlite import SqliteStore
 from dockyard import pki
 from dockyard.channels import open_channel, open_server_tls_channel
@@ -35,6 +38,7 @@ from tests.component.harness import IMAGE, FakeCluster, running
 from tests.polling import eventually
 
 SessionCall = grpc.aio.StreamStreamCall[apb.AgentMessage, apb.ControllerMessage]
+SHORT_LIFETIME = datetime.timedelta(seconds=6)
 
 
 async def ready(client: Client, count: int) -> bool:
@@ -355,6 +359,7 @@ async def test_insecure_is_refused_off_loopback_and_an_empty_state_dir_needs_ini
     with pytest.raises(StartupError, match=re.escape("--insecure: refused on 0.0.0.0:0")):
         await off_loopback.start()
     await off_loopback.stop()
+    assert not (tmp_path / "a" / "controller.db").exists(), "refused before the store was made"
     empty = Controller(ControllerConfig(listen="127.0.0.1:0", join_listen="127.0.0.1:0", state_dir=tmp_path / "b"))
     with pytest.raises(StartupError, match=r"no cluster here .* start once with --init"):
         await empty.start()
@@ -376,34 +381,42 @@ async def test_a_reset_store_or_a_foreign_controller_removes_no_container(two_ho
     cluster = two_hosts
     assert await containers(cluster) == 4
     await cluster.stop_controller()
-    # The store replaced by another, empty one (a wrong backup restored, another cluster's file copied in)
-    # under the same CA: the controller comes up empty, and the agents must not follow it.
+    # The store replaced by another one (a wrong backup restored, another cluster's file copied in) that has
+    # these very nodes but none of their tasks, under the same CA: every agent would be welcomed and sent an
+    # empty full set. Only the store epoch tells them apart.
+    db = cluster.root / "controller" / "controller.db"
+    async with SqliteStore(db) as old:
+        nodes = await old.list_nodes()
     for name in os.listdir(cluster.root / "controller"):
         if name.startswith("controller.db"):
             os.remove(cluster.root / "controller" / name)
-    async with SqliteStore(cluster.root / "other.db"):
-        pass
-    os.replace(cluster.root / "other.db", cluster.root / "controller" / "controller.db")
+    async with SqliteStore(db) as other:
+        copies = []
+        for node in nodes:
+            copy = pb.Node()
+            copy.CopyFrom(node)
+            copy.version = 0
+            copies.append(Put(copy, expect_version=0))
+        await other.commit(copies)
     await cluster.start_controller()
 
-    async def kept_out() -> bool:
-        # The new store has no such nodes: the guard refuses them before any welcome or assignment.
-        return all(h.agent is not None and h.agent.link.disconnected_for() > 1.0 for h in cluster.hosts.values())
+    async def refused_twice() -> bool:
+        return all(h.agent is not None and h.agent.guard.refusals >= 2 for h in cluster.hosts.values())
 
-    await eventually(kept_out, within=10, what="each agent to be kept out of the reset controller for a second")
-    assert await containers(cluster) == 4, "no container removed for an empty full set from a reset store"
+    await eventually(refused_twice, within=10, what="each agent to refuse the replaced store twice")
+    assert await containers(cluster) == 4, "no container removed for an empty full set from a replaced store"
     for host in cluster.hosts.values():
         assert host.agent is not None and not host.agent.link.connected.is_set()
         assert len(host.agent.book) == 2, "the task book is kept as it was"
     async with cluster.client() as client:
-        assert await client.list_services() == [], "the reset controller really is empty"
+        assert await client.list_services() == [], "the replaced store really has no services"
 
 
 async def test_renewal_keeps_the_session_and_the_tasks(tmp_path: Path) -> None:
-    """A one-minute lifetime: the agent renews after 30 s, its session and containers untouched, and its next
-    dial uses the renewed certificate."""
+    """A six-second lifetime (the CLI's minimum is a minute; the config takes any): the agent renews after 3 s,
+    its session and containers untouched, and its next dial uses the renewed certificate."""
     cluster = FakeCluster(root=tmp_path)
-    await cluster.start_controller(cert_lifetime=pki.MIN_CERT_LIFETIME)
+    await cluster.start_controller(cert_lifetime=SHORT_LIFETIME)
     try:
         host = await cluster.start_agent("h1")
         async with cluster.client() as client:
@@ -417,14 +430,14 @@ async def test_renewal_keeps_the_session_and_the_tasks(tmp_path: Path) -> None:
             assert host.agent is not None and host.agent.keeper is not None
             return host.agent.keeper.credentials.pair.certificate.serial_number != first.serial_number
 
-        await eventually(renewed, within=45, every=0.5, what="the certificate renewed")
+        await eventually(renewed, within=10, every=0.2, what="the certificate renewed")
         assert (host.agent.link.disconnected_since, host.agent.link.connected.is_set()) == session_before
         assert len(await running(host)) == 2
         renewed_pem = (cluster.root / "h1" / f"{NODE_STEM}.crt").read_bytes()
         assert pki.KeyPair(b"", renewed_pem).certificate.serial_number != first.serial_number, "kept on disk too"
         # The next dial (after a controller restart) presents the renewed certificate and is welcomed.
         await cluster.stop_controller()
-        await cluster.start_controller(cert_lifetime=pki.MIN_CERT_LIFETIME)
+        await cluster.start_controller(cert_lifetime=SHORT_LIFETIME)
         async with cluster.client() as client:
             await eventually(lambda: ready(client, 1), within=15, what="the node ready again")
             tasks = await client.list_tasks(service="web")
@@ -458,3 +471,104 @@ async def test_without_certificates_the_store_epoch_still_guards_the_containers(
             assert host.agent is not None and len(host.agent.book) == 2
     finally:
         await cluster.close()
+
+
+async def test_without_a_certificate_only_join_and_health_check_answer(two_hosts: FakeCluster) -> None:
+    cluster = two_hosts
+    ca_pem = (cluster.root / "controller" / pki.CA_CERT_FILE).read_bytes()
+    async with open_server_tls_channel(f"127.0.0.1:{cluster.join_port}", ca_pem) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        assert (await stub.Check(health_pb2.HealthCheckRequest())).status == health_pb2.HealthCheckResponse.SERVING
+        watch = stub.Watch(health_pb2.HealthCheckRequest())  # a stream held per call: not for anonymous peers
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await watch.read()
+        assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_wrong_secrets_do_not_use_up_the_join_rate(fake_cluster: FakeCluster, tmp_path: Path) -> None:
+    token = pki.parse_token(fake_cluster.token())
+    wrong = f"DKY1-{token.ca_digest}-{'0' * 32}"
+    ca_pem = (fake_cluster.root / "controller" / pki.CA_CERT_FILE).read_bytes()
+    request = apb.JoinRequest(secret="0" * 32, csr=pki.create_csr(pki.new_key()), hostname="mallory")
+    async with open_server_tls_channel(f"127.0.0.1:{fake_cluster.join_port}", ca_pem) as channel:
+        stub = apb_grpc.JoinServiceStub(channel)
+        for _ in range(JOIN_BURST + 1):
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await stub.Join(request)
+            assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    with pytest.raises(NotJoined, match="UNAUTHENTICATED"):
+        await join(tmp_path / "w", f"127.0.0.1:{fake_cluster.join_port}", wrong, "w")
+    await join(tmp_path / "real", f"127.0.0.1:{fake_cluster.join_port}", str(token), "real")
+
+
+async def test_a_hostname_with_a_newline_and_a_second_join_are_refused(fake_cluster: FakeCluster) -> None:
+    address = f"127.0.0.1:{fake_cluster.join_port}"
+    with pytest.raises(NotJoined, match="INVALID_ARGUMENT: hostname"):
+        await join(fake_cluster.root / "nl", address, fake_cluster.token(), "db1\n")
+    await join(fake_cluster.root / "once", address, fake_cluster.token(), "once")
+    with pytest.raises(NotJoined, match="has joined already"):
+        await join(fake_cluster.root / "once", address, fake_cluster.token(), "twice")
+    await join(fake_cluster.root / "once", address, fake_cluster.token(), "twice", rejoin=True)
+
+
+async def test_unknown_fields_from_an_agent_are_not_stored(two_hosts: FakeCluster) -> None:
+    cluster = two_hosts
+    assert cluster.controller is not None
+    a_id, a_credentials = identity_of(cluster, "h1")
+    await cluster.stop_agent("h1")
+    mine = next(t for t in await cluster.controller.store.list_tasks(node_id=a_id))
+    status = pb.TaskStatus(state=pb.TASK_STATE_FAILED, error="padded")
+    raw = status.SerializeToString() + _unknown_field(1007, b"x" * (1 << 20))
+    update = apb.StatusUpdate(updates=[apb.TaskStatusUpdate(task_id=mine.id, status=pb.TaskStatus.FromString(raw))])
+
+    async def report() -> bool:
+        async with session(f"127.0.0.1:{cluster.port}", a_credentials, apb.Hello(node_id=a_id)) as call:
+            first = await call.read()
+            if not (isinstance(first, apb.ControllerMessage) and first.HasField("welcome")):
+                return False
+            await call.write(apb.AgentMessage(status=update))
+
+            async def stored() -> pb.Task | None:
+                assert cluster.controller is not None
+                task = await cluster.controller.store.get_task(mine.id)
+                return task if task is not None and task.status.state == pb.TASK_STATE_FAILED else None
+
+            task = await eventually(stored, what="the report stored")
+            assert task.ByteSize() < 4096, task.ByteSize()
+            return True
+
+    await eventually(report, within=10, what="a scripted session for h1")
+
+
+def _unknown_field(number: int, payload: bytes) -> bytes:
+    """A length-delimited field with a number no message of the protocol has."""
+
+    def varint(value: int) -> bytes:
+        out = bytearray()
+        while True:
+            byte, value = value & 0x7F, value >> 7
+            out.append(byte | (0x80 if value else 0))
+            if not value:
+                return bytes(out)
+
+    return varint(number << 3 | 2) + varint(len(payload)) + payload
+
+
+async def test_a_node_removed_before_its_hello_is_refused(two_hosts: FakeCluster) -> None:
+    cluster = two_hosts
+    b_id, b_credentials = identity_of(cluster, "h2")
+    await cluster.stop_agent("h2")
+    async with open_channel(f"127.0.0.1:{cluster.port}", b_credentials) as channel:
+        call = apb_grpc.AgentServiceStub(channel).Session()
+        await call.wait_for_connection()  # the guard has let the call in; no hello yet
+        async with cluster.client() as client:
+            await client.remove_node(b_id, force=True)
+        await call.write(apb.AgentMessage(hello=apb.Hello(node_id=b_id)))
+        assert await refused_with(call) == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_the_cli_client_never_sends_plaintext_off_loopback() -> None:
+    with pytest.raises(ApiError, match=re.escape("no admin credentials for 10.1.2.3:7465")):
+        Client("10.1.2.3:7465")
+    async with Client("127.0.0.1:7465"):  # a loopback controller may run --insecure
+        pass

@@ -79,3 +79,23 @@ async def test_the_serving_certificate_is_renewed_at_a_handshake_after_half_its_
         assert on_disk.serial_number == renewed
     finally:
         await server.stop(None)
+
+
+@pytest.mark.parametrize("content", ["", "short", "x" * 40])
+def test_a_join_secret_that_is_not_one_is_refused_at_start(tmp_path: Path, content: str) -> None:
+    open_authority(tmp_path, FakeClock())
+    (tmp_path / JOIN_SECRET_FILE).write_text(content)
+    with pytest.raises(StartupError, match="not a join secret"):
+        open_authority(tmp_path, FakeClock(), init=False)
+
+
+def test_the_tools_create_nothing_in_the_state_dir(tmp_path: Path) -> None:
+    open_authority(tmp_path, FakeClock())
+    (tmp_path / JOIN_SECRET_FILE).unlink()
+    before = sorted(p.name for p in tmp_path.iterdir())
+    tool = ClusterAuthority.open(tmp_path, FakeClock(), LIFETIME, init=False, addresses=(), read_only=True)
+    tool.issue_admin("ops")
+    with pytest.raises(StartupError, match="no join secret yet"):
+        tool.token()
+    assert not tool.secret_matches("")
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
