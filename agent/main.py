@@ -11,11 +11,9 @@ from typing import IO
 
 import click
 
-from agent.agent import Agent
 from agent.config import AgentConfig
 from agent.identity import NotJoined, join
 from agent.policy import HOST_PORTS, HOST_PROTOCOLS, HostPolicy, PolicyError
-from agent.runtime.docker import DockerRuntime
 from dockyard import logs, pki
 from dockyard.addresses import is_loopback
 from dockyard.config_file import EXIT_CONFIG, config_option
@@ -165,6 +163,10 @@ main.params.insert(0, config_option())
 
 
 async def _run(config: AgentConfig) -> None:
+    # Imported here: `dockyard-agent join` needs neither the agent nor Docker's client (a quicker join).
+    from agent.agent import Agent
+    from agent.runtime.docker import DockerRuntime
+
     runtime = DockerRuntime(config.docker_url)
     try:
         agent = Agent(config, runtime)

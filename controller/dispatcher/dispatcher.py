@@ -199,12 +199,15 @@ class Dispatcher(apb_grpc.AgentServiceServicer):
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             await self._finish_write(session, writer)
         finally:
-            for task in (*tasks, sync):
-                task.cancel()
-            await asyncio.gather(*tasks, sync, return_exceptions=True)
+            # Deregistered before anything is awaited: gRPC may cancel a dead call's handler again while its
+            # tasks wind down, which would skip whatever follows the await and leave the node "connected",
+            # refusing its restarted agent as a twin until the heartbeat grace has passed.
             if self._sessions.get(node_id) is session:
                 del self._sessions[node_id]
             bound.info("agent session ended", reason=session.close_reason or "stream ended")
+            for task in (*tasks, sync):
+                task.cancel()
+            await asyncio.gather(*tasks, sync, return_exceptions=True)
         if session.close_code != grpc.StatusCode.OK:
             await context.abort(session.close_code, session.close_reason)
 
