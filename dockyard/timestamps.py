@@ -21,10 +21,17 @@ def to_timestamp(when: datetime) -> Timestamp:
 
 
 def from_timestamp(ts: Timestamp) -> datetime | None:
-    """Returns the aware datetime of a Timestamp, or None when it is unset (zero)."""
+    """Returns the aware datetime of a Timestamp, or None when it is unset (zero) or malformed.
+
+    Malformed (nanos outside 0..999,999,999, seconds outside years 1 to 9999) is possible in a store written
+    before the controller stamped reports itself; reading it must not break a listing.
+    """
     if ts.seconds == 0 and ts.nanos == 0:
         return None
-    return ts.ToDatetime(tzinfo=UTC)
+    try:
+        return ts.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError):
+        return None
 
 
 def seconds(duration: Duration) -> float:

@@ -65,10 +65,7 @@ def decide_restart(
 
 def stopped_at(task: pb.Task, now: datetime) -> datetime | None:
     """Returns when a task's status last changed, or None when unset, unreadable or after `now`."""
-    try:
-        at = from_timestamp(task.status.timestamp)
-    except (ValueError, OverflowError):
-        return None  # nanos out of range, or seconds outside the years 1-9999
+    at = from_timestamp(task.status.timestamp)  # None for malformed ones too
     if at is None or at > now:
         return None
     return at

@@ -70,3 +70,14 @@ def test_time_the_watcher_ran_late_after_a_nodes_message_is_not_its_silence() ->
     last_seen["b"] = START + timedelta(seconds=4)
     found = silent_nodes(nodes, last_seen, START, now + timedelta(seconds=0.2), GRACE, STARTUP, stalls=stalls)
     assert [(s.node_id, round(s.seconds, 2)) for s in found] == [("b", 3.5)]
+
+
+def test_a_malformed_stored_timestamp_reads_as_unset() -> None:
+    """What a store written before reports were stamped by the controller may hold: listing it must not break."""
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    from dockyard.timestamps import from_timestamp
+
+    assert from_timestamp(Timestamp(seconds=5, nanos=-1)) is None
+    assert from_timestamp(Timestamp(seconds=10**13)) is None
+    assert from_timestamp(Timestamp(seconds=5)) == datetime(1970, 1, 1, 0, 0, 5, tzinfo=UTC)
