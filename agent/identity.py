@@ -131,6 +131,19 @@ def _fetch_chain(host: str, port: int, timeout: float) -> list[bytes]:
         return [cert.public_bytes(ssl._ssl.ENCODING_DER) for cert in chain]  # type: ignore[attr-defined]
 
 
+async def of_another_ca(address: str, ca_pem: bytes) -> bool:
+    """Whether the server at address presents a certificate its CA (ca_pem) did not sign: another cluster, or
+    a controller started on a wrong state dir. False when it cannot tell (unreachable, no TLS)."""
+    parts = split_listen(address)
+    if parts is None:
+        return False
+    try:
+        chain = await asyncio.to_thread(_fetch_chain, parts[0], parts[1], JOIN_DEADLINE)
+    except (OSError, ssl.SSLError):
+        return False
+    return bool(chain) and pki.chain_ca_matching(chain, pki.ca_digest(ca_pem)) is None
+
+
 async def fetch_ca(address: str, digest: str) -> bytes:
     """Returns the controller's CA certificate (PEM) once it matches the token's digest; NotJoined otherwise."""
     parts = split_listen(address)

@@ -20,7 +20,7 @@ import grpc
 import structlog
 
 from agent.config import AgentConfig
-from agent.identity import ClusterGuard, ClusterMismatch
+from agent.identity import ClusterGuard, ClusterMismatch, of_another_ca
 from agent.reporter import Reporter
 from agent.runtime.base import RuntimeFailure
 from agent.task_book import TaskBook
@@ -30,6 +30,7 @@ from dockyard.backoff import Backoff
 from dockyard.channels import open_channel
 from dockyard.clock import Clock, SystemClock
 from dockyard.limits import AGENT_MESSAGE_BYTES, REDIAL_CAP_SECONDS
+from dockyard.logs import Throttle
 from dockyard.task_state import spec_key
 from dockyard.timestamps import seconds, to_timestamp
 from dockyard.v1 import agent_pb2 as apb
@@ -101,6 +102,9 @@ class ControllerLink:
         self._period = heartbeat_period
         self._connect_timeout = connect_timeout
         self._clock: Clock = clock or SystemClock()
+        # The "not this cluster's controller" line comes at most once a minute while it lasts.
+        self._foreign = Throttle(self._clock, interval=60.0, burst=1)
+        self._probe: asyncio.Task[None] | None = None
         self._options = session_channel_options(connect_timeout)
         self._heard = 0.0  # monotonic time of the controller's last message in this session
         self.connected = asyncio.Event()
@@ -129,6 +133,7 @@ class ControllerLink:
                 if self.connected.is_set():
                     log.warning("controller session lost", controller=self._address, error=detail)
                 else:
+                    self._probe_if_foreign()
                     # Same event as a lost session (operators and tests watch for it), counted while cut off.
                     failed_dials += 1
                     log.warning(
@@ -142,6 +147,29 @@ class ControllerLink:
                     self.disconnected_since = self._clock.monotonic()
                 self.connected.clear()
             await self._clock.sleep(backoff.next_delay())
+
+    def _probe_if_foreign(self) -> None:
+        """After a failed dial, checks beside the redials (at most once a minute) whether the server there is
+        another cluster's, and says so loudly.
+
+        gRPC reports a certificate it refused only as a dial that never connects, the same as an unreachable
+        controller; one plain TLS handshake tells the two apart. It runs beside the redials, never before one:
+        against a partitioned controller it may take its whole timeout.
+        """
+        credentials = self._credentials()
+        if credentials is None or self._probe is not None or self._foreign.allow("foreign") is None:
+            return
+        self._probe = asyncio.get_running_loop().create_task(self._say_if_foreign(credentials.ca_pem))
+        self._probe.add_done_callback(lambda _: setattr(self, "_probe", None))
+
+    async def _say_if_foreign(self, ca_pem: bytes) -> None:
+        if await of_another_ca(self._address, ca_pem):
+            log.error(
+                "controller refused",
+                controller=self._address,
+                error="its certificate is not of this node's cluster CA: another cluster, or a controller started "
+                "on a wrong or emptied state dir; acting on nothing, containers kept",
+            )
 
     async def _dial(self) -> grpc.aio.Channel:
         """Returns a fresh channel once it is connected; a dial not done within the connect timeout is abandoned."""

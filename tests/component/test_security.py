@@ -11,6 +11,7 @@ import datetime
 import json
 import os
 import re
+import shutil
 import stat
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+import structlog
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from agent.identity import CLUSTER_FILE, NODE_STEM, NotJoined, join, load_credentials
@@ -70,13 +72,20 @@ def identity_of(cluster: FakeCluster, name: str) -> tuple[str, pki.Credentials]:
 
 
 @asynccontextmanager
-async def session(address: str, credentials: pki.Credentials | None, hello: apb.Hello) -> AsyncIterator[SessionCall]:
-    """Opens AgentService/Session as a raw client would, sends the hello, yields the call."""
+async def session(
+    address: str, credentials: pki.Credentials | None, hello: apb.Hello | None
+) -> AsyncIterator[SessionCall]:
+    """Opens AgentService/Session as a raw client would, sends the hello (None: none), yields the call.
+
+    A session the guard refuses before its hello is read is better sent none: a client whose write meets the
+    refusal may see gRPC's INTERNAL instead of the controller's code (a client-side race in grpcio).
+    """
     async with open_channel(address, credentials) as channel:
         call = apb_grpc.AgentServiceStub(channel).Session()
         # A refused handshake fails the write already; refused_with() then reads the same error.
-        with contextlib.suppress(grpc.aio.AioRpcError):
-            await call.write(apb.AgentMessage(hello=hello))
+        if hello is not None:
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                await call.write(apb.AgentMessage(hello=hello))
         try:
             yield call
         finally:
@@ -130,8 +139,7 @@ async def test_an_anonymous_client_changes_nothing(two_hosts: FakeCluster) -> No
                 await call
             assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
             assert "client certificate is required" in (refused.value.details() or "")
-        session_call = apb_grpc.AgentServiceStub(channel).Session()
-        await session_call.write(apb.AgentMessage(hello=apb.Hello(node_id="whoever")))
+        session_call = apb_grpc.AgentServiceStub(channel).Session()  # refused before any hello is read
         assert await refused_with(session_call) == grpc.StatusCode.UNAUTHENTICATED
     assert cluster.controller.store.revision == revision
     assert await containers(cluster) == 4
@@ -210,7 +218,7 @@ async def test_certificates_of_another_ca_and_expired_ones_are_refused(two_hosts
     foreign_node = pki.Credentials(
         a_credentials.ca_pem, foreign.issue(pki.ROLE_AGENT, a_id, now, pki.DEFAULT_CERT_LIFETIME)
     )
-    async with session(f"127.0.0.1:{cluster.port}", foreign_node, apb.Hello(node_id=a_id)) as call:
+    async with session(f"127.0.0.1:{cluster.port}", foreign_node, None) as call:
         assert await refused_with(call) == grpc.StatusCode.UNAVAILABLE  # the handshake, not the hello, failed
     assert cluster.controller.store.revision == revision
     assert await containers(cluster) == 4
@@ -278,7 +286,7 @@ async def test_a_removed_node_loses_its_session_and_cannot_come_back(two_hosts: 
         await client.remove_node(b_id, force=True)
     # Closed within 5 s of the removal (the router closes it on the node's delete event).
     await eventually(lambda: _disconnected(host), within=5, what="the removed node's session to close")
-    async with session(f"127.0.0.1:{cluster.port}", b_credentials, apb.Hello(node_id=b_id)) as call:
+    async with session(f"127.0.0.1:{cluster.port}", b_credentials, None) as call:  # the guard refuses it
         assert await refused_with(call) == grpc.StatusCode.PERMISSION_DENIED
     async with open_channel(f"127.0.0.1:{cluster.port}", b_credentials) as channel:
         with pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -572,3 +580,25 @@ async def test_the_cli_client_never_sends_plaintext_off_loopback() -> None:
         Client("10.1.2.3:7465")
     async with Client("127.0.0.1:7465"):  # a loopback controller may run --insecure
         pass
+
+
+async def test_an_agent_says_loudly_that_a_controller_is_of_another_cluster(tmp_path: Path) -> None:
+    """A controller started on an emptied state dir with --init has a new CA: the agent's dials fail in the
+    handshake, which gRPC reports like an unreachable controller, so the agent says which it is."""
+    cluster = FakeCluster(root=tmp_path)
+    await cluster.start_controller()
+    try:
+        await cluster.start_agent("h1")
+        await deploy(cluster, "web", 2, 1)
+        await cluster.stop_controller()
+        shutil.rmtree(tmp_path / "controller")
+        with structlog.testing.capture_logs() as logs:
+            await cluster.start_controller()  # init: a new cluster, a new CA, on the same ports
+
+            async def said() -> bool:
+                return any(e["event"] == "controller refused" and "cluster CA" in e.get("error", "") for e in logs)
+
+            await eventually(said, within=10, what="the agent to say the controller is another cluster's")
+        assert await containers(cluster) == 2, "no container removed"
+    finally:
+        await cluster.close()
