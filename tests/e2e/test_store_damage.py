@@ -121,7 +121,11 @@ def start_controller(state_dir: Path, port: int | None = None) -> RunningControl
             raise AssertionError(f"the controller exited ({process.returncode}):\n{log.read_text()}")
         return running.health() == SERVING
 
-    wait_for(serving, 30, "the controller to serve")
+    try:
+        wait_for(serving, 30, "the controller to serve")
+    except BaseException:
+        running.stop()  # not yet in the test's list of controllers to stop: never leave it running
+        raise
     return running
 
 
