@@ -23,6 +23,7 @@ from pathlib import Path
 
 import grpc
 import structlog
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from dockyard import pki
 from dockyard.addresses import host_of, split_listen, with_port
@@ -169,6 +170,30 @@ def join_address(controller: str) -> str:
     return controller if split_listen(controller) is not None else with_port(controller, JOIN_PORT)
 
 
+def join_request(token: pki.JoinToken, hostname: str) -> tuple[ec.EllipticCurvePrivateKey, apb.JoinRequest]:
+    """Returns a new node key and the JoinRequest for it: the token's secret, a CSR and the hostname."""
+    key = pki.new_key()
+    return key, apb.JoinRequest(secret=token.secret, csr=pki.create_csr(key), hostname=hostname)
+
+
+def joined_credentials(
+    token: pki.JoinToken, key: ec.EllipticCurvePrivateKey, response: apb.JoinResponse
+) -> pki.Credentials:
+    """Returns the node's credentials from a JoinResponse; NotJoined unless the CA is the token's and the
+    certificate is for the key and names an agent of that cluster."""
+    if pki.ca_digest(response.ca_certificate) != token.ca_digest:
+        raise NotJoined("the controller answered with another CA than the token names; join refused")
+    credentials = pki.Credentials(response.ca_certificate, pki.KeyPair(pki.key_pem(key), response.certificate))
+    try:
+        fits = credentials.pair.belong_together()
+        identity = pki.identity_of(credentials.pair.certificate)
+    except (ValueError, pki.PkiError) as exc:
+        raise NotJoined(f"the controller answered with an unusable certificate ({exc}); join refused") from None
+    if not fits or identity != pki.Identity(response.cluster_id, pki.ROLE_AGENT, response.node_id):
+        raise NotJoined("the controller answered with a certificate for another key or node; join refused")
+    return credentials
+
+
 async def join(state_dir: Path, controller: str, token_text: str, hostname: str, *, rejoin: bool = False) -> Membership:
     """Joins the cluster at controller's join address with the token; writes the identity; returns it.
 
@@ -184,16 +209,13 @@ async def join(state_dir: Path, controller: str, token_text: str, hostname: str,
     token = pki.parse_token(token_text)
     address = join_address(controller)
     ca_pem = await fetch_ca(address, token.ca_digest)
-    key = pki.new_key()
-    request = apb.JoinRequest(secret=token.secret, csr=pki.create_csr(key), hostname=hostname)
+    key, request = join_request(token, hostname)
     async with open_server_tls_channel(address, ca_pem) as channel:
         try:
             response = await apb_grpc.JoinServiceStub(channel).Join(request, timeout=JOIN_DEADLINE)
         except grpc.aio.AioRpcError as exc:
             raise NotJoined(f"the controller refused the join: {exc.code().name}: {exc.details()}") from None
-    if pki.ca_digest(response.ca_certificate) != token.ca_digest:
-        raise NotJoined("the controller answered with another CA than the token names; join refused")
-    credentials = pki.Credentials(response.ca_certificate, pki.KeyPair(pki.key_pem(key), response.certificate))
+    credentials = joined_credentials(token, key, response)
     credentials.save(state_dir, NODE_STEM)
     membership = Membership(
         node_id=response.node_id,

@@ -63,7 +63,16 @@ from types import TracebackType
 
 import grpc
 
-from agent.identity import JOIN_DEADLINE, ClusterGuard, ClusterMismatch, Membership, fetch_ca
+from agent.identity import (
+    JOIN_DEADLINE,
+    ClusterGuard,
+    ClusterMismatch,
+    Membership,
+    NotJoined,
+    fetch_ca,
+    join_request,
+    joined_credentials,
+)
 from agent.link import MISSED_HEARTBEATS, REDIAL_BASE, REDIAL_CAP, session_channel_options
 from agent.reporter import Reporter
 from agent.runtime.base import ContainerInfo, ContainerState
@@ -584,9 +593,8 @@ class Fleet:
 
     async def _join_one(self, stub: apb_grpc.JoinServiceAsyncStub, token: pki.JoinToken, index: int) -> SimIdentity:
         """Joins one agent as agent.identity.join does, in memory; retries while the join rate refuses it."""
-        key = pki.new_key()
         hostname = self._name(index)
-        request = apb.JoinRequest(secret=token.secret, csr=pki.create_csr(key), hostname=hostname)
+        key, request = join_request(token, hostname)
         backoff = Backoff(base=JOIN_RETRY_BASE, cap=JOIN_RETRY_CAP, rng=random.Random(self._rng.random()))
         while True:
             try:
@@ -597,9 +605,10 @@ class Fleet:
                     raise JoinFailed(f"{hostname}: the controller refused the join: {_rpc_reason(exc)}") from None
                 self.join_retries += 1
                 await self._clock.sleep(backoff.next_delay())
-        if pki.ca_digest(response.ca_certificate) != token.ca_digest:
-            raise JoinFailed(f"{hostname}: the controller answered with another CA than the token names")
-        credentials = pki.Credentials(response.ca_certificate, pki.KeyPair(pki.key_pem(key), response.certificate))
+        try:
+            credentials = joined_credentials(token, key, response)
+        except NotJoined as exc:
+            raise JoinFailed(f"{hostname}: {exc}") from None
         membership = Membership(node_id=response.node_id, cluster_id=response.cluster_id, controller=self.address)
         return SimIdentity(response.node_id, hostname, credentials, membership)
 

@@ -76,3 +76,30 @@ def test_a_half_renewed_pair_falls_back_to_the_previous_one(tmp_path: Path) -> N
     (tmp_path / f"{PREVIOUS_STEM}.key").unlink()
     with pytest.raises(NotJoined, match="join this host again"):
         load_credentials(tmp_path)
+
+
+def test_a_join_answer_is_taken_only_for_this_key_node_and_ca() -> None:
+    from agent.identity import join_request, joined_credentials
+    from dockyard.v1 import agent_pb2 as apb
+
+    ca = pki.Authority(pki.create_ca("c1", NOW))
+    token = pki.JoinToken(pki.ca_digest(ca.ca_pem), "s" * 32)
+    key, request = join_request(token, "h1")
+    assert request.hostname == "h1" and request.secret == token.secret
+    signed = ca.sign(pki.csr_public_key(request.csr), pki.ROLE_AGENT, "n1", NOW, pki.DEFAULT_CERT_LIFETIME)
+
+    def answer(**changes: object) -> apb.JoinResponse:
+        fields = {"node_id": "n1", "certificate": signed, "ca_certificate": ca.ca_pem, "cluster_id": "c1"}
+        return apb.JoinResponse(**{**fields, **changes})  # type: ignore[arg-type]
+
+    assert joined_credentials(token, key, answer()).pair.cert_pem == signed
+    other_key = ca.issue(pki.ROLE_AGENT, "n1", NOW, pki.DEFAULT_CERT_LIFETIME).cert_pem
+    stranger = pki.Authority(pki.create_ca("c1", NOW)).ca_pem
+    for bad, reason in (
+        (answer(certificate=other_key), "another key or node"),
+        (answer(node_id="n2"), "another key or node"),
+        (answer(ca_certificate=stranger), "another CA"),
+        (answer(certificate=b"junk"), "unusable certificate"),
+    ):
+        with pytest.raises(NotJoined, match=reason):
+            joined_credentials(token, key, bad)
