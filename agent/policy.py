@@ -258,6 +258,13 @@ CONTAINED_FIELDS: Mapping[str, str] = {
     "restart": "is the controller's; Docker's own restart policy is always off",
     "stop_grace_period": "is how long the agent waits when it stops the container",
     "on_disconnect": "is when the agent stops the container while cut off",
+    "healthcheck": (
+        "test runs inside the container; http and tcp probes are the agent's connections to the container's own"
+        " address, never to the host's"
+    ),
+    "update": "is the controller's",
+    "rollback": "is the controller's",
+    "depends_on": "is the controller's",
 }
 
 

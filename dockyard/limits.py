@@ -17,6 +17,7 @@ __all__ = [
     "CONTAINER_ID_BYTES",
     "CONTROLLER_PORT",
     "DEFAULT_CONTROLLER",
+    "HEALTH_OUTPUT_BYTES",
     "HELLO_TIMEOUT_SECONDS",
     "NODE_LABELS",
     "NODE_TEXT_BYTES",
@@ -38,6 +39,10 @@ AGENT_MESSAGE_BYTES: Final = 64 * 1024 * 1024
 # A task's status message and error as an agent reports them. Longer text is cut, so that one agent's
 # chatter can never make a list of tasks too big for anyone to read.
 STATUS_TEXT_BYTES: Final = 2048
+
+# The last health probe's output as a task's status carries it: enough for the line that says why (Docker
+# keeps 4 KiB per probe), small enough that a status report with health stays one small message.
+HEALTH_OUTPUT_BYTES: Final = 512
 
 # A container id as Docker makes it is 64 hex characters.
 CONTAINER_ID_BYTES: Final = 128

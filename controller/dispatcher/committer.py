@@ -27,7 +27,7 @@ from controller.store.base import ConflictError, Put, Store
 from controller.store.retry import retry_on_conflict
 from dockyard.backoff import Backoff
 from dockyard.clock import Clock
-from dockyard.limits import CONTAINER_ID_BYTES, STATUS_TEXT_BYTES, clean_text
+from dockyard.limits import CONTAINER_ID_BYTES, HEALTH_OUTPUT_BYTES, STATUS_TEXT_BYTES, clean_text
 from dockyard.logs import Throttle
 from dockyard.v1 import types_pb2 as pb
 
@@ -292,7 +292,8 @@ class GroupCommitter:
             pending = self._statuses.setdefault(node_id, {})
             for task_id, report in updates.items():
                 known = pending.get(task_id)
-                if known is None or known[0].state < report[0].state:
+                # The same state again may carry news (a health change of a running task): the later one wins.
+                if known is None or known[0].state <= report[0].state:
                     pending[task_id] = report
         self._wake.set()
 
@@ -301,5 +302,6 @@ def bound_status_text(status: pb.TaskStatus) -> None:
     """Cuts an agent-reported status message, error and container id to the protocol's limits, in place, with
     control characters (but tab and newline) replaced: they are shown to operators as they are stored."""
     status.message = clean_text(status.message, STATUS_TEXT_BYTES)
+    status.health.output = clean_text(status.health.output, HEALTH_OUTPUT_BYTES)
     status.error = clean_text(status.error, STATUS_TEXT_BYTES)
     status.container_id = clean_text(status.container_id, CONTAINER_ID_BYTES)

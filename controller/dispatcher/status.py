@@ -54,7 +54,10 @@ def judge_status(task: pb.Task | None, node_id: str, status: pb.TaskStatus, arri
     changed = pb.Task()
     changed.CopyFrom(task)
     changed.status.CopyFrom(status)
-    changed.status.timestamp.CopyFrom(stamp)
+    # The stamp says when the task entered its state: news within a state (health) keeps it, so a rollout's
+    # monitor and a restart delay count from the transition, not from the latest probe.
+    same_state = task.status.state == status.state and task.status.HasField("timestamp")
+    changed.status.timestamp.CopyFrom(task.status.timestamp if same_state else stamp)
     changed.updated_at.CopyFrom(stamp)
     return StatusVerdict(changed)
 
@@ -65,10 +68,11 @@ def _state_text(state: int) -> str:
 
 
 def _same(a: pb.TaskStatus, b: pb.TaskStatus) -> bool:
-    return (a.state, a.message, a.error, a.exit_code, a.container_id) == (
+    return (a.state, a.message, a.error, a.exit_code, a.container_id, a.cause) == (
         b.state,
         b.message,
         b.error,
         b.exit_code,
         b.container_id,
-    )
+        b.cause,
+    ) and a.health == b.health

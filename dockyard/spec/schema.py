@@ -8,6 +8,7 @@ limits are in the proto's units: nanoseconds, bytes, CPUs and enum numbers.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import functools
 from collections.abc import Mapping
@@ -241,9 +242,14 @@ MODE = Field[pb.ServiceMode.ValueType](
     "mode",
     "`replicated` or `global`",
     pb.SERVICE_MODE_REPLICATED,
-    "`replicated` runs `replicas` copies; `global` one copy on every eligible node.",
+    "`replicated` runs `replicas` copies; `global` one copy on every eligible node; `job` runs `replicas` copies"
+    " to completion (a one-shot such as a migration).",
     unit=Unit.CHOICE,
-    choices={"replicated": pb.SERVICE_MODE_REPLICATED, "global": pb.SERVICE_MODE_GLOBAL},
+    choices={
+        "replicated": pb.SERVICE_MODE_REPLICATED,
+        "global": pb.SERVICE_MODE_GLOBAL,
+        "job": pb.SERVICE_MODE_JOB,
+    },
 )
 CONSTRAINTS = Field[None](
     "placement.constraints",
@@ -270,6 +276,13 @@ STRATEGY = Field[pb.Placement.Strategy.ValueType](
     "`spread` spreads copies over nodes, then prefers the least loaded; `binpack` fills the most loaded node.",
     unit=Unit.CHOICE,
     choices={"spread": pb.Placement.STRATEGY_SPREAD, "binpack": pb.Placement.STRATEGY_BINPACK},
+)
+REBALANCE = Field[bool](
+    "placement.rebalance",
+    "boolean",
+    False,
+    "Move tasks start-first by themselves when the spread no longer holds (a node joined or came back).",
+    note="off: running work is never moved; `dockyard service rebalance` does it once, on request",
 )
 PLACEMENT = Field[None](
     "placement",
@@ -380,6 +393,16 @@ RESTART_WINDOW = Bounded[int](
     unit=Unit.DURATION,
     minimum=0,
 )
+RESTART_MAX_DELAY = Ranged[int](
+    "restart.max_delay",
+    "duration",
+    5 * 60 * _SECOND,
+    "The cap of the delay, which doubles with every failure of a slot in a row.",
+    unit=Unit.DURATION,
+    minimum=0,
+    maximum=_HOUR,
+    note="not below `delay`; equal to it for a fixed delay",
+)
 RESTART = Field[None](
     "restart",
     "mapping",
@@ -387,9 +410,222 @@ RESTART = Field[None](
     "What Dockyard does when a container of the service stops.",
     shown_default=(
         f"{RESTART_CONDITION.shown(RESTART_CONDITION.default)}, "
-        f"{RESTART_DELAY.shown(RESTART_DELAY.default)} delay, unlimited attempts"
+        f"{RESTART_DELAY.shown(RESTART_DELAY.default)} delay doubling up to "
+        f"{RESTART_MAX_DELAY.shown(RESTART_MAX_DELAY.default)}, unlimited attempts"
     ),
     note="see [restart](#restart)",
+)
+HEALTHCHECK = Field[None](
+    "healthcheck",
+    "mapping",
+    None,
+    "How the containers are checked; a task counts as running only once healthy.",
+    shown_default="the image's own HEALTHCHECK, if any",
+    note="see [healthcheck](#healthcheck)",
+)
+HEALTH_TEST = Field[None](
+    "healthcheck.test",
+    "list of strings, or string",
+    None,
+    'Run by Docker in the container: `["CMD", arg...]`, `["CMD-SHELL", "command"]` (a string is CMD-SHELL),'
+    ' or `["NONE"]` to turn the image\'s own check off.',
+    shown_default="none",
+    max_bytes=_MAX_ARG_BYTES,
+    max_bytes_of="each argument",
+    note="at most one of `test`, `http` and `tcp`",
+)
+HEALTH_HTTP = Field[None](
+    "healthcheck.http",
+    "mapping",
+    None,
+    "An HTTP GET the agent sends from the host to the container.",
+    shown_default="none",
+)
+HEALTH_HTTP_PORT = Ranged[int](
+    "healthcheck.http.port",
+    "integer",
+    0,
+    "The container's port.",
+    shown_default="required",
+    minimum=1,
+    maximum=65_535,
+)
+HEALTH_HTTP_PATH = Field[str](
+    "healthcheck.http.path",
+    "string",
+    "/",
+    "The path to get.",
+    max_bytes=1024,
+    note="starts with `/`; no whitespace or control characters",
+)
+HEALTH_HTTP_STATUS = Ranged[int](
+    "healthcheck.http.status",
+    "integer",
+    0,
+    "The status that counts as healthy; 0 means any 2xx or 3xx.",
+    shown_default="any 2xx or 3xx",
+    minimum=0,
+    maximum=599,
+)
+HEALTH_TCP = Field[None](
+    "healthcheck.tcp",
+    "mapping",
+    None,
+    "A TCP connect the agent makes from the host to the container.",
+    shown_default="none",
+)
+HEALTH_TCP_PORT = Ranged[int](
+    "healthcheck.tcp.port",
+    "integer",
+    0,
+    "The container's port.",
+    shown_default="required",
+    minimum=1,
+    maximum=65_535,
+)
+# Compose's names and defaults. Docker refuses an interval, timeout or start interval under 1ms.
+HEALTH_INTERVAL = Ranged[int](
+    "healthcheck.interval",
+    "duration",
+    30 * _SECOND,
+    "Time between probes.",
+    unit=Unit.DURATION,
+    minimum=NANOS_PER_SECOND // 10,
+    maximum=24 * _HOUR,
+)
+HEALTH_TIMEOUT = Ranged[int](
+    "healthcheck.timeout",
+    "duration",
+    30 * _SECOND,
+    "How long one probe may take before it counts as failed.",
+    unit=Unit.DURATION,
+    minimum=NANOS_PER_SECOND // 10,
+    maximum=_HOUR,
+)
+HEALTH_RETRIES = Ranged[int](
+    "healthcheck.retries",
+    "integer",
+    3,
+    "Failed probes in a row that make a container unhealthy.",
+    minimum=1,
+    maximum=1000,
+)
+HEALTH_START_PERIOD = Ranged[int](
+    "healthcheck.start_period",
+    "duration",
+    0,
+    "Time for the container to start; failures inside it do not count.",
+    unit=Unit.DURATION,
+    minimum=0,
+    maximum=24 * _HOUR,
+)
+HEALTH_START_INTERVAL = Ranged[int](
+    "healthcheck.start_interval",
+    "duration",
+    5 * _SECOND,
+    "Time between probes inside `start_period`.",
+    unit=Unit.DURATION,
+    minimum=NANOS_PER_SECOND // 10,
+    maximum=24 * _HOUR,
+)
+UPDATE = Field[None](
+    "update",
+    "mapping",
+    None,
+    "How a changed spec rolls out over the tasks.",
+    shown_default="one at a time, stop-first, 5s monitor, roll back on the first failure",
+    note="see [update and rollback](#update-and-rollback)",
+)
+UPDATE_PARALLELISM = Ranged[int](
+    "update.parallelism",
+    "integer",
+    1,
+    "How many tasks change at once; 0 means all at once.",
+    minimum=0,
+    maximum=REPLICAS.maximum,
+)
+UPDATE_DELAY = Ranged[int](
+    "update.delay",
+    "duration",
+    0,
+    "Time between one batch of tasks and the next.",
+    unit=Unit.DURATION,
+    minimum=0,
+    maximum=_HOUR,
+)
+UPDATE_ORDER = Field[pb.UpdateConfig.Order.ValueType](
+    "update.order",
+    "`stop-first` or `start-first`",
+    pb.UpdateConfig.ORDER_STOP_FIRST,
+    "`stop-first` stops the old task before its successor starts; `start-first` stops it once the new one runs"
+    " healthy, so the service never runs fewer tasks than it asks for.",
+    unit=Unit.CHOICE,
+    choices={"stop-first": pb.UpdateConfig.ORDER_STOP_FIRST, "start-first": pb.UpdateConfig.ORDER_START_FIRST},
+)
+UPDATE_MONITOR = Ranged[int](
+    "update.monitor",
+    "duration",
+    5 * _SECOND,
+    "How long a new task is watched once it runs; a failure inside it counts against the rollout.",
+    unit=Unit.DURATION,
+    minimum=0,
+    maximum=_HOUR,
+)
+UPDATE_MAX_FAILURE_RATIO = Ranged[float](
+    "update.max_failure_ratio",
+    "number",
+    0.0,
+    "The share of updated tasks that may fail before the failure action is taken.",
+    minimum=0.0,
+    maximum=1.0,
+)
+UPDATE_FAILURE_ACTION = Field[pb.UpdateConfig.FailureAction.ValueType](
+    "update.failure_action",
+    "`pause`, `rollback` or `continue`",
+    pb.UpdateConfig.FAILURE_ACTION_ROLLBACK,
+    "What to do when too many updated tasks fail.",
+    unit=Unit.CHOICE,
+    choices={
+        "pause": pb.UpdateConfig.FAILURE_ACTION_PAUSE,
+        "rollback": pb.UpdateConfig.FAILURE_ACTION_ROLLBACK,
+        "continue": pb.UpdateConfig.FAILURE_ACTION_CONTINUE,
+    },
+)
+ROLLBACK = Field[None](
+    "rollback",
+    "mapping",
+    None,
+    "How a rollback rolls out: the same keys as `update`.",
+    shown_default="as `update`, but `failure_action: pause`",
+    note="see [update and rollback](#update-and-rollback)",
+)
+ROLLBACK_PARALLELISM = dataclasses.replace(UPDATE_PARALLELISM, path="rollback.parallelism")
+ROLLBACK_DELAY = dataclasses.replace(UPDATE_DELAY, path="rollback.delay")
+ROLLBACK_ORDER = dataclasses.replace(UPDATE_ORDER, path="rollback.order")
+ROLLBACK_MONITOR = dataclasses.replace(UPDATE_MONITOR, path="rollback.monitor")
+ROLLBACK_MAX_FAILURE_RATIO = dataclasses.replace(UPDATE_MAX_FAILURE_RATIO, path="rollback.max_failure_ratio")
+ROLLBACK_FAILURE_ACTION = dataclasses.replace(
+    UPDATE_FAILURE_ACTION, path="rollback.failure_action", default=pb.UpdateConfig.FAILURE_ACTION_PAUSE
+)
+DEPENDS_ON = Field[None](
+    "depends_on",
+    "list of service names, or mapping",
+    None,
+    "Services whose tasks must have started, be healthy, or have completed before this one's start, on any host.",
+    shown_default="none",
+    note="see [depends_on](#depends_on)",
+)
+DEPENDS_ON_CONDITION = Field[pb.Dependency.Condition.ValueType](
+    "depends_on.*.condition",
+    "`service_started`, `service_healthy` or `service_completed_successfully`",
+    pb.Dependency.CONDITION_SERVICE_STARTED,
+    "What must hold of the other service: its tasks started, running healthy, or all exited with code 0.",
+    unit=Unit.CHOICE,
+    choices={
+        "service_started": pb.Dependency.CONDITION_SERVICE_STARTED,
+        "service_healthy": pb.Dependency.CONDITION_SERVICE_HEALTHY,
+        "service_completed_successfully": pb.Dependency.CONDITION_SERVICE_COMPLETED_SUCCESSFULLY,
+    },
 )
 STOP_GRACE_PERIOD = Ranged[int](
     "stop_grace_period",
@@ -436,6 +672,7 @@ FIELDS: tuple[Field[Any], ...] = (
     CONSTRAINTS,
     MAX_REPLICAS_PER_NODE,
     STRATEGY,
+    REBALANCE,
     RESOURCES,
     CPU_LIMIT,
     MEMORY_LIMIT,
@@ -447,6 +684,36 @@ FIELDS: tuple[Field[Any], ...] = (
     RESTART_DELAY,
     RESTART_MAX_ATTEMPTS,
     RESTART_WINDOW,
+    RESTART_MAX_DELAY,
+    HEALTHCHECK,
+    HEALTH_TEST,
+    HEALTH_HTTP,
+    HEALTH_HTTP_PORT,
+    HEALTH_HTTP_PATH,
+    HEALTH_HTTP_STATUS,
+    HEALTH_TCP,
+    HEALTH_TCP_PORT,
+    HEALTH_INTERVAL,
+    HEALTH_TIMEOUT,
+    HEALTH_RETRIES,
+    HEALTH_START_PERIOD,
+    HEALTH_START_INTERVAL,
+    UPDATE,
+    UPDATE_PARALLELISM,
+    UPDATE_DELAY,
+    UPDATE_ORDER,
+    UPDATE_MONITOR,
+    UPDATE_MAX_FAILURE_RATIO,
+    UPDATE_FAILURE_ACTION,
+    ROLLBACK,
+    ROLLBACK_PARALLELISM,
+    ROLLBACK_DELAY,
+    ROLLBACK_ORDER,
+    ROLLBACK_MONITOR,
+    ROLLBACK_MAX_FAILURE_RATIO,
+    ROLLBACK_FAILURE_ACTION,
+    DEPENDS_ON,
+    DEPENDS_ON_CONDITION,
     STOP_GRACE_PERIOD,
     ON_DISCONNECT,
     STOP_AFTER,
@@ -470,7 +737,13 @@ CLUSTER_REPLICAS = Limit(
     Unit.PLAIN,
     "The sum of `replicas` over all services of the cluster after a change.",
 )
-LIMITS = (SPEC_BYTES, REQUEST_REPLICAS, CLUSTER_REPLICAS)
+SERVICE_HISTORY = Limit(
+    "revisions kept per service",
+    100,
+    Unit.PLAIN,
+    "The default of the controller's `--service-history`: older revisions are forgotten (the current one never).",
+)
+LIMITS = (SPEC_BYTES, REQUEST_REPLICAS, CLUSTER_REPLICAS, SERVICE_HISTORY)
 
 
 @functools.cache

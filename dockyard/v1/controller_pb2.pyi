@@ -7,6 +7,7 @@ from collections import abc as _abc
 from dockyard.v1 import types_pb2 as _types_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
@@ -134,8 +135,16 @@ class ApplyServiceRequest(_message.Message):
     SERVICES_FIELD_NUMBER: _builtins.int
     DRY_RUN_FIELD_NUMBER: _builtins.int
     IF_REVISION_FIELD_NUMBER: _builtins.int
+    IF_STATE_REVISION_FIELD_NUMBER: _builtins.int
+    PRUNE_FIELD_NUMBER: _builtins.int
     dry_run: _builtins.bool
     """validate and report, write nothing"""
+    if_state_revision: _builtins.int
+    """A store revision from PlanApplyResponse.state_revision: refused (FAILED_PRECONDITION) when a service
+    of the request, or one prune would remove, has been created, changed or deleted since. 0: no check.
+    """
+    prune: _builtins.bool
+    """Also delete every service not in the request."""
     @_builtins.property
     def services(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.ServiceSpec]: ...
     @_builtins.property
@@ -150,10 +159,12 @@ class ApplyServiceRequest(_message.Message):
         services: _abc.Iterable[_types_pb2.ServiceSpec] | None = ...,
         dry_run: _builtins.bool = ...,
         if_revision: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        if_state_revision: _builtins.int = ...,
+        prune: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dry_run", b"dry_run", "if_revision", b"if_revision", "services", b"services"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dry_run", b"dry_run", "if_revision", b"if_revision", "if_state_revision", b"if_state_revision", "prune", b"prune", "services", b"services"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -695,3 +706,339 @@ class WatchResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WatchResponse: _TypeAlias = WatchResponse  # noqa: Y015
+
+@_typing.final
+class PlanApplyRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERVICES_FIELD_NUMBER: _builtins.int
+    PRUNE_FIELD_NUMBER: _builtins.int
+    prune: _builtins.bool
+    """as ApplyServiceRequest.prune"""
+    @_builtins.property
+    def services(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.ServiceSpec]: ...
+    def __init__(
+        self,
+        *,
+        services: _abc.Iterable[_types_pb2.ServiceSpec] | None = ...,
+        prune: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["prune", b"prune", "services", b"services"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PlanApplyRequest: _TypeAlias = PlanApplyRequest  # noqa: Y015
+
+@_typing.final
+class FieldChange(_message.Message):
+    """One field of a spec that an apply changes, written as a spec file writes it ("" when unset)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATH_FIELD_NUMBER: _builtins.int
+    OLD_VALUE_FIELD_NUMBER: _builtins.int
+    NEW_VALUE_FIELD_NUMBER: _builtins.int
+    path: _builtins.str
+    """"image", "env.MODE", "update.parallelism" """
+    old_value: _builtins.str
+    new_value: _builtins.str
+    def __init__(
+        self,
+        *,
+        path: _builtins.str = ...,
+        old_value: _builtins.str = ...,
+        new_value: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["new_value", b"new_value", "old_value", b"old_value", "path", b"path"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FieldChange: _TypeAlias = FieldChange  # noqa: Y015
+
+@_typing.final
+class PlannedTask(_message.Message):
+    """A task an apply would start or stop."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _Kind:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _KindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[PlannedTask._Kind.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        KIND_UNSPECIFIED: PlannedTask._Kind.ValueType  # 0
+        KIND_START: PlannedTask._Kind.ValueType  # 1
+        KIND_STOP: PlannedTask._Kind.ValueType  # 2
+        KIND_UNPLACED: PlannedTask._Kind.ValueType  # 3
+        """it would start, but no node fits: reason says why"""
+
+    class Kind(_Kind, metaclass=_KindEnumTypeWrapper): ...
+    KIND_UNSPECIFIED: PlannedTask.Kind.ValueType  # 0
+    KIND_START: PlannedTask.Kind.ValueType  # 1
+    KIND_STOP: PlannedTask.Kind.ValueType  # 2
+    KIND_UNPLACED: PlannedTask.Kind.ValueType  # 3
+    """it would start, but no node fits: reason says why"""
+
+    KIND_FIELD_NUMBER: _builtins.int
+    SLOT_FIELD_NUMBER: _builtins.int
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    NODE_NAME_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
+    TASK_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    kind: Global___PlannedTask.Kind.ValueType
+    slot: _builtins.int
+    """0 for a global service's task"""
+    node_id: _builtins.str
+    """"" when unplaced"""
+    node_name: _builtins.str
+    revision: _builtins.int
+    """the service revision the task runs"""
+    task_id: _builtins.str
+    """a stopped task's id; "" for one not yet made"""
+    reason: _builtins.str
+    """why it starts, stops, or cannot be placed"""
+    def __init__(
+        self,
+        *,
+        kind: Global___PlannedTask.Kind.ValueType = ...,
+        slot: _builtins.int = ...,
+        node_id: _builtins.str = ...,
+        node_name: _builtins.str = ...,
+        revision: _builtins.int = ...,
+        task_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "node_id", b"node_id", "node_name", b"node_name", "reason", b"reason", "revision", b"revision", "slot", b"slot", "task_id", b"task_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PlannedTask: _TypeAlias = PlannedTask  # noqa: Y015
+
+@_typing.final
+class ServicePlan(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _Action:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _ActionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[ServicePlan._Action.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        ACTION_UNSPECIFIED: ServicePlan._Action.ValueType  # 0
+        ACTION_CREATE: ServicePlan._Action.ValueType  # 1
+        ACTION_UPDATE: ServicePlan._Action.ValueType  # 2
+        ACTION_UNCHANGED: ServicePlan._Action.ValueType  # 3
+        ACTION_REMOVE: ServicePlan._Action.ValueType  # 4
+
+    class Action(_Action, metaclass=_ActionEnumTypeWrapper): ...
+    ACTION_UNSPECIFIED: ServicePlan.Action.ValueType  # 0
+    ACTION_CREATE: ServicePlan.Action.ValueType  # 1
+    ACTION_UPDATE: ServicePlan.Action.ValueType  # 2
+    ACTION_UNCHANGED: ServicePlan.Action.ValueType  # 3
+    ACTION_REMOVE: ServicePlan.Action.ValueType  # 4
+
+    NAME_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
+    CHANGES_FIELD_NUMBER: _builtins.int
+    TASKS_FIELD_NUMBER: _builtins.int
+    DEPENDS_ON_FIELD_NUMBER: _builtins.int
+    START_ORDER_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    action: Global___ServicePlan.Action.ValueType
+    revision: _builtins.int
+    """the revision the service would be at"""
+    start_order: _builtins.int
+    """services with a smaller number start first (dependencies)"""
+    @_builtins.property
+    def changes(self) -> _containers.RepeatedCompositeFieldContainer[Global___FieldChange]:
+        """for an update"""
+
+    @_builtins.property
+    def tasks(self) -> _containers.RepeatedCompositeFieldContainer[Global___PlannedTask]:
+        """the tasks started and stopped, to the end of the rollout"""
+
+    @_builtins.property
+    def depends_on(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """what its tasks wait for"""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        action: Global___ServicePlan.Action.ValueType = ...,
+        revision: _builtins.int = ...,
+        changes: _abc.Iterable[Global___FieldChange] | None = ...,
+        tasks: _abc.Iterable[Global___PlannedTask] | None = ...,
+        depends_on: _abc.Iterable[_builtins.str] | None = ...,
+        start_order: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "changes", b"changes", "depends_on", b"depends_on", "name", b"name", "revision", b"revision", "start_order", b"start_order", "tasks", b"tasks"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ServicePlan: _TypeAlias = ServicePlan  # noqa: Y015
+
+@_typing.final
+class PlanApplyResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATE_REVISION_FIELD_NUMBER: _builtins.int
+    SERVICES_FIELD_NUMBER: _builtins.int
+    state_revision: _builtins.int
+    """the store revision planned against; give it to ApplyServiceRequest.if_state_revision"""
+    @_builtins.property
+    def services(self) -> _containers.RepeatedCompositeFieldContainer[Global___ServicePlan]:
+        """in start order"""
+
+    def __init__(
+        self,
+        *,
+        state_revision: _builtins.int = ...,
+        services: _abc.Iterable[Global___ServicePlan] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["services", b"services", "state_revision", b"state_revision"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PlanApplyResponse: _TypeAlias = PlanApplyResponse  # noqa: Y015
+
+@_typing.final
+class ListServiceHistoryRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERVICE_FIELD_NUMBER: _builtins.int
+    service: _builtins.str
+    """name or id"""
+    def __init__(
+        self,
+        *,
+        service: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["service", b"service"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListServiceHistoryRequest: _TypeAlias = ListServiceHistoryRequest  # noqa: Y015
+
+@_typing.final
+class ServiceRevision(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REVISION_FIELD_NUMBER: _builtins.int
+    SPEC_REVISION_FIELD_NUMBER: _builtins.int
+    SPEC_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    CHANGE_CAUSE_FIELD_NUMBER: _builtins.int
+    CURRENT_FIELD_NUMBER: _builtins.int
+    revision: _builtins.int
+    spec_revision: _builtins.int
+    """equal to revision unless only replicas changed"""
+    change_cause: _builtins.str
+    current: _builtins.bool
+    @_builtins.property
+    def spec(self) -> _types_pb2.ServiceSpec: ...
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        revision: _builtins.int = ...,
+        spec_revision: _builtins.int = ...,
+        spec: _types_pb2.ServiceSpec | None = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+        change_cause: _builtins.str = ...,
+        current: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "spec", b"spec"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["change_cause", b"change_cause", "created_at", b"created_at", "current", b"current", "revision", b"revision", "spec", b"spec", "spec_revision", b"spec_revision"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ServiceRevision: _TypeAlias = ServiceRevision  # noqa: Y015
+
+@_typing.final
+class ListServiceHistoryResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REVISIONS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def revisions(self) -> _containers.RepeatedCompositeFieldContainer[Global___ServiceRevision]:
+        """newest first"""
+
+    def __init__(
+        self,
+        *,
+        revisions: _abc.Iterable[Global___ServiceRevision] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["revisions", b"revisions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListServiceHistoryResponse: _TypeAlias = ListServiceHistoryResponse  # noqa: Y015
+
+@_typing.final
+class RollbackServiceRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERVICE_FIELD_NUMBER: _builtins.int
+    TO_REVISION_FIELD_NUMBER: _builtins.int
+    IF_REVISION_FIELD_NUMBER: _builtins.int
+    service: _builtins.str
+    """name or id"""
+    to_revision: _builtins.int
+    """0: the revision before the current spec"""
+    if_revision: _builtins.int
+    def __init__(
+        self,
+        *,
+        service: _builtins.str = ...,
+        to_revision: _builtins.int = ...,
+        if_revision: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_if_revision", b"_if_revision", "if_revision", b"if_revision"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_if_revision", b"_if_revision", "if_revision", b"if_revision", "service", b"service", "to_revision", b"to_revision"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__if_revision: _TypeAlias = _typing.Literal["if_revision"]  # noqa: Y015
+    _WhichOneofArgType__if_revision: _TypeAlias = _typing.Literal["_if_revision", b"_if_revision"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__if_revision) -> _WhichOneofReturnType__if_revision | None: ...
+
+Global___RollbackServiceRequest: _TypeAlias = RollbackServiceRequest  # noqa: Y015
+
+@_typing.final
+class RebalanceServiceRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERVICE_FIELD_NUMBER: _builtins.int
+    service: _builtins.str
+    """name or id"""
+    def __init__(
+        self,
+        *,
+        service: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["service", b"service"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RebalanceServiceRequest: _TypeAlias = RebalanceServiceRequest  # noqa: Y015

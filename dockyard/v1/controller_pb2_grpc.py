@@ -101,6 +101,26 @@ class ControllerServiceStub:
                 request_serializer=dockyard_dot_v1_dot_controller__pb2.GetJoinTokenRequest.SerializeToString,
                 response_deserializer=dockyard_dot_v1_dot_controller__pb2.JoinTokenResponse.FromString,
                 _registered_method=True)
+        self.PlanApply = channel.unary_unary(
+                '/dockyard.v1.ControllerService/PlanApply',
+                request_serializer=dockyard_dot_v1_dot_controller__pb2.PlanApplyRequest.SerializeToString,
+                response_deserializer=dockyard_dot_v1_dot_controller__pb2.PlanApplyResponse.FromString,
+                _registered_method=True)
+        self.ListServiceHistory = channel.unary_unary(
+                '/dockyard.v1.ControllerService/ListServiceHistory',
+                request_serializer=dockyard_dot_v1_dot_controller__pb2.ListServiceHistoryRequest.SerializeToString,
+                response_deserializer=dockyard_dot_v1_dot_controller__pb2.ListServiceHistoryResponse.FromString,
+                _registered_method=True)
+        self.RollbackService = channel.unary_unary(
+                '/dockyard.v1.ControllerService/RollbackService',
+                request_serializer=dockyard_dot_v1_dot_controller__pb2.RollbackServiceRequest.SerializeToString,
+                response_deserializer=dockyard_dot_v1_dot_types__pb2.Service.FromString,
+                _registered_method=True)
+        self.RebalanceService = channel.unary_unary(
+                '/dockyard.v1.ControllerService/RebalanceService',
+                request_serializer=dockyard_dot_v1_dot_controller__pb2.RebalanceServiceRequest.SerializeToString,
+                response_deserializer=dockyard_dot_v1_dot_types__pb2.Service.FromString,
+                _registered_method=True)
 
 
 class ControllerServiceServicer:
@@ -191,6 +211,37 @@ class ControllerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PlanApply(self, request, context):
+        """What an apply of these specs would do now, computed by the real orchestrator and scheduler on the
+        current state without writing anything: services created, updated (field by field) or removed,
+        tasks started and stopped on which nodes, and why a task could not be placed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListServiceHistory(self, request, context):
+        """The kept revisions of a service, newest first, with when and why each was made.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RollbackService(self, request, context):
+        """Makes an earlier revision's spec (default: the one before the current spec) the service's spec again,
+        as a new revision rolled out with the service's rollback settings.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RebalanceService(self, request, context):
+        """Moves tasks start-first until the service's spread holds again over the nodes it may use now.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControllerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -248,6 +299,26 @@ def add_ControllerServiceServicer_to_server(servicer, server):
                     servicer.GetJoinToken,
                     request_deserializer=dockyard_dot_v1_dot_controller__pb2.GetJoinTokenRequest.FromString,
                     response_serializer=dockyard_dot_v1_dot_controller__pb2.JoinTokenResponse.SerializeToString,
+            ),
+            'PlanApply': grpc.unary_unary_rpc_method_handler(
+                    servicer.PlanApply,
+                    request_deserializer=dockyard_dot_v1_dot_controller__pb2.PlanApplyRequest.FromString,
+                    response_serializer=dockyard_dot_v1_dot_controller__pb2.PlanApplyResponse.SerializeToString,
+            ),
+            'ListServiceHistory': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListServiceHistory,
+                    request_deserializer=dockyard_dot_v1_dot_controller__pb2.ListServiceHistoryRequest.FromString,
+                    response_serializer=dockyard_dot_v1_dot_controller__pb2.ListServiceHistoryResponse.SerializeToString,
+            ),
+            'RollbackService': grpc.unary_unary_rpc_method_handler(
+                    servicer.RollbackService,
+                    request_deserializer=dockyard_dot_v1_dot_controller__pb2.RollbackServiceRequest.FromString,
+                    response_serializer=dockyard_dot_v1_dot_types__pb2.Service.SerializeToString,
+            ),
+            'RebalanceService': grpc.unary_unary_rpc_method_handler(
+                    servicer.RebalanceService,
+                    request_deserializer=dockyard_dot_v1_dot_controller__pb2.RebalanceServiceRequest.FromString,
+                    response_serializer=dockyard_dot_v1_dot_types__pb2.Service.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -558,6 +629,114 @@ class ControllerService:
             '/dockyard.v1.ControllerService/GetJoinToken',
             dockyard_dot_v1_dot_controller__pb2.GetJoinTokenRequest.SerializeToString,
             dockyard_dot_v1_dot_controller__pb2.JoinTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PlanApply(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dockyard.v1.ControllerService/PlanApply',
+            dockyard_dot_v1_dot_controller__pb2.PlanApplyRequest.SerializeToString,
+            dockyard_dot_v1_dot_controller__pb2.PlanApplyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListServiceHistory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dockyard.v1.ControllerService/ListServiceHistory',
+            dockyard_dot_v1_dot_controller__pb2.ListServiceHistoryRequest.SerializeToString,
+            dockyard_dot_v1_dot_controller__pb2.ListServiceHistoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RollbackService(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dockyard.v1.ControllerService/RollbackService',
+            dockyard_dot_v1_dot_controller__pb2.RollbackServiceRequest.SerializeToString,
+            dockyard_dot_v1_dot_types__pb2.Service.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RebalanceService(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dockyard.v1.ControllerService/RebalanceService',
+            dockyard_dot_v1_dot_controller__pb2.RebalanceServiceRequest.SerializeToString,
+            dockyard_dot_v1_dot_types__pb2.Service.FromString,
             options,
             channel_credentials,
             insecure,

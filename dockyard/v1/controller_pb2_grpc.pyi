@@ -65,6 +65,19 @@ class ControllerServiceStub:
     """
     GetJoinToken: _grpc.UnaryUnaryMultiCallable[_controller_pb2.GetJoinTokenRequest, _controller_pb2.JoinTokenResponse]
     """The token hosts join with; rotate replaces its secret, and the old token is refused at once."""
+    PlanApply: _grpc.UnaryUnaryMultiCallable[_controller_pb2.PlanApplyRequest, _controller_pb2.PlanApplyResponse]
+    """What an apply of these specs would do now, computed by the real orchestrator and scheduler on the
+    current state without writing anything: services created, updated (field by field) or removed,
+    tasks started and stopped on which nodes, and why a task could not be placed.
+    """
+    ListServiceHistory: _grpc.UnaryUnaryMultiCallable[_controller_pb2.ListServiceHistoryRequest, _controller_pb2.ListServiceHistoryResponse]
+    """The kept revisions of a service, newest first, with when and why each was made."""
+    RollbackService: _grpc.UnaryUnaryMultiCallable[_controller_pb2.RollbackServiceRequest, _types_pb2.Service]
+    """Makes an earlier revision's spec (default: the one before the current spec) the service's spec again,
+    as a new revision rolled out with the service's rollback settings.
+    """
+    RebalanceService: _grpc.UnaryUnaryMultiCallable[_controller_pb2.RebalanceServiceRequest, _types_pb2.Service]
+    """Moves tasks start-first until the service's spread holds again over the nodes it may use now."""
 
 @_typing.type_check_only
 class ControllerServiceAsyncStub(ControllerServiceStub):
@@ -102,6 +115,19 @@ class ControllerServiceAsyncStub(ControllerServiceStub):
     """
     GetJoinToken: _aio.UnaryUnaryMultiCallable[_controller_pb2.GetJoinTokenRequest, _controller_pb2.JoinTokenResponse]  # type: ignore[assignment]
     """The token hosts join with; rotate replaces its secret, and the old token is refused at once."""
+    PlanApply: _aio.UnaryUnaryMultiCallable[_controller_pb2.PlanApplyRequest, _controller_pb2.PlanApplyResponse]  # type: ignore[assignment]
+    """What an apply of these specs would do now, computed by the real orchestrator and scheduler on the
+    current state without writing anything: services created, updated (field by field) or removed,
+    tasks started and stopped on which nodes, and why a task could not be placed.
+    """
+    ListServiceHistory: _aio.UnaryUnaryMultiCallable[_controller_pb2.ListServiceHistoryRequest, _controller_pb2.ListServiceHistoryResponse]  # type: ignore[assignment]
+    """The kept revisions of a service, newest first, with when and why each was made."""
+    RollbackService: _aio.UnaryUnaryMultiCallable[_controller_pb2.RollbackServiceRequest, _types_pb2.Service]  # type: ignore[assignment]
+    """Makes an earlier revision's spec (default: the one before the current spec) the service's spec again,
+    as a new revision rolled out with the service's rollback settings.
+    """
+    RebalanceService: _aio.UnaryUnaryMultiCallable[_controller_pb2.RebalanceServiceRequest, _types_pb2.Service]  # type: ignore[assignment]
+    """Moves tasks start-first until the service's spread holds again over the nodes it may use now."""
 
 class ControllerServiceServicer(metaclass=_abc_1.ABCMeta):
     """Conventions every RPC follows:
@@ -202,5 +228,42 @@ class ControllerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_controller_pb2.JoinTokenResponse, _abc.Awaitable[_controller_pb2.JoinTokenResponse]]:
         """The token hosts join with; rotate replaces its secret, and the old token is refused at once."""
+
+    @_abc_1.abstractmethod
+    def PlanApply(
+        self,
+        request: _controller_pb2.PlanApplyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.PlanApplyResponse, _abc.Awaitable[_controller_pb2.PlanApplyResponse]]:
+        """What an apply of these specs would do now, computed by the real orchestrator and scheduler on the
+        current state without writing anything: services created, updated (field by field) or removed,
+        tasks started and stopped on which nodes, and why a task could not be placed.
+        """
+
+    @_abc_1.abstractmethod
+    def ListServiceHistory(
+        self,
+        request: _controller_pb2.ListServiceHistoryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.ListServiceHistoryResponse, _abc.Awaitable[_controller_pb2.ListServiceHistoryResponse]]:
+        """The kept revisions of a service, newest first, with when and why each was made."""
+
+    @_abc_1.abstractmethod
+    def RollbackService(
+        self,
+        request: _controller_pb2.RollbackServiceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_types_pb2.Service, _abc.Awaitable[_types_pb2.Service]]:
+        """Makes an earlier revision's spec (default: the one before the current spec) the service's spec again,
+        as a new revision rolled out with the service's rollback settings.
+        """
+
+    @_abc_1.abstractmethod
+    def RebalanceService(
+        self,
+        request: _controller_pb2.RebalanceServiceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_types_pb2.Service, _abc.Awaitable[_types_pb2.Service]]:
+        """Moves tasks start-first until the service's spread holds again over the nodes it may use now."""
 
 def add_ControllerServiceServicer_to_server(servicer: ControllerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -32,6 +32,8 @@ class _ServiceModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ServiceMo
     SERVICE_MODE_REPLICATED: _ServiceMode.ValueType  # 1
     SERVICE_MODE_GLOBAL: _ServiceMode.ValueType  # 2
     """one task on every eligible node"""
+    SERVICE_MODE_JOB: _ServiceMode.ValueType  # 3
+    """`replicas` tasks that each run to completion (a one-shot, a migration)"""
 
 class ServiceMode(_ServiceMode, metaclass=_ServiceModeEnumTypeWrapper): ...
 
@@ -40,6 +42,8 @@ SERVICE_MODE_UNSPECIFIED: ServiceMode.ValueType  # 0
 SERVICE_MODE_REPLICATED: ServiceMode.ValueType  # 1
 SERVICE_MODE_GLOBAL: ServiceMode.ValueType  # 2
 """one task on every eligible node"""
+SERVICE_MODE_JOB: ServiceMode.ValueType  # 3
+"""`replicas` tasks that each run to completion (a one-shot, a migration)"""
 Global___ServiceMode: _TypeAlias = ServiceMode  # noqa: Y015
 
 class _TaskState:
@@ -232,6 +236,7 @@ class RestartPolicy(_message.Message):
     DELAY_FIELD_NUMBER: _builtins.int
     MAX_ATTEMPTS_FIELD_NUMBER: _builtins.int
     WINDOW_FIELD_NUMBER: _builtins.int
+    MAX_DELAY_FIELD_NUMBER: _builtins.int
     condition: Global___RestartPolicy.Condition.ValueType
     max_attempts: _builtins.int
     """0 = unlimited"""
@@ -241,6 +246,12 @@ class RestartPolicy(_message.Message):
     def window(self) -> _duration_pb2.Duration:
         """attempts are counted inside this window"""
 
+    @_builtins.property
+    def max_delay(self) -> _duration_pb2.Duration:
+        """The delay doubles with every failure of a slot in a row (Task.attempt), up to this cap. Unset: the
+        default cap; equal to delay: a fixed delay.
+        """
+
     def __init__(
         self,
         *,
@@ -248,14 +259,256 @@ class RestartPolicy(_message.Message):
         delay: _duration_pb2.Duration | None = ...,
         max_attempts: _builtins.int = ...,
         window: _duration_pb2.Duration | None = ...,
+        max_delay: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["delay", b"delay", "window", b"window"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["delay", b"delay", "max_delay", b"max_delay", "window", b"window"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["condition", b"condition", "delay", b"delay", "max_attempts", b"max_attempts", "window", b"window"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["condition", b"condition", "delay", b"delay", "max_attempts", b"max_attempts", "max_delay", b"max_delay", "window", b"window"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RestartPolicy: _TypeAlias = RestartPolicy  # noqa: Y015
+
+@_typing.final
+class HttpProbe(_message.Message):
+    """An HTTP GET the agent sends from the host to the container's address."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PORT_FIELD_NUMBER: _builtins.int
+    PATH_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    port: _builtins.int
+    """the container's port"""
+    path: _builtins.str
+    """starts with "/"; default "/" """
+    status: _builtins.int
+    """the status that counts as healthy; 0: any 2xx or 3xx"""
+    def __init__(
+        self,
+        *,
+        port: _builtins.int = ...,
+        path: _builtins.str = ...,
+        status: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["path", b"path", "port", b"port", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HttpProbe: _TypeAlias = HttpProbe  # noqa: Y015
+
+@_typing.final
+class TcpProbe(_message.Message):
+    """A TCP connect the agent makes from the host to the container's address."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PORT_FIELD_NUMBER: _builtins.int
+    port: _builtins.int
+    def __init__(
+        self,
+        *,
+        port: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["port", b"port"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TcpProbe: _TypeAlias = TcpProbe  # noqa: Y015
+
+@_typing.final
+class HealthCheck(_message.Message):
+    """How a service's containers are checked, as Compose's healthcheck. At most one of test, http and tcp;
+    none of them: the image's own HEALTHCHECK, if it has one. A task counts as running only once healthy.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEST_FIELD_NUMBER: _builtins.int
+    HTTP_FIELD_NUMBER: _builtins.int
+    TCP_FIELD_NUMBER: _builtins.int
+    INTERVAL_FIELD_NUMBER: _builtins.int
+    TIMEOUT_FIELD_NUMBER: _builtins.int
+    RETRIES_FIELD_NUMBER: _builtins.int
+    START_PERIOD_FIELD_NUMBER: _builtins.int
+    START_INTERVAL_FIELD_NUMBER: _builtins.int
+    retries: _builtins.int
+    """failures in a row that make it unhealthy; unset: 3"""
+    @_builtins.property
+    def test(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Run by Docker inside the container: ["CMD", arg...], ["CMD-SHELL", "command"], or ["NONE"], which
+        turns the image's own HEALTHCHECK off.
+        """
+
+    @_builtins.property
+    def http(self) -> Global___HttpProbe: ...
+    @_builtins.property
+    def tcp(self) -> Global___TcpProbe: ...
+    @_builtins.property
+    def interval(self) -> _duration_pb2.Duration:
+        """unset: the default (30s, as Compose)"""
+
+    @_builtins.property
+    def timeout(self) -> _duration_pb2.Duration:
+        """unset: the default (30s)"""
+
+    @_builtins.property
+    def start_period(self) -> _duration_pb2.Duration:
+        """failures inside it do not count; unset: 0s"""
+
+    @_builtins.property
+    def start_interval(self) -> _duration_pb2.Duration:
+        """the interval inside start_period; unset: 5s"""
+
+    def __init__(
+        self,
+        *,
+        test: _abc.Iterable[_builtins.str] | None = ...,
+        http: Global___HttpProbe | None = ...,
+        tcp: Global___TcpProbe | None = ...,
+        interval: _duration_pb2.Duration | None = ...,
+        timeout: _duration_pb2.Duration | None = ...,
+        retries: _builtins.int | None = ...,
+        start_period: _duration_pb2.Duration | None = ...,
+        start_interval: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_retries", b"_retries", "http", b"http", "interval", b"interval", "retries", b"retries", "start_interval", b"start_interval", "start_period", b"start_period", "tcp", b"tcp", "timeout", b"timeout"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_retries", b"_retries", "http", b"http", "interval", b"interval", "retries", b"retries", "start_interval", b"start_interval", "start_period", b"start_period", "tcp", b"tcp", "test", b"test", "timeout", b"timeout"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__retries: _TypeAlias = _typing.Literal["retries"]  # noqa: Y015
+    _WhichOneofArgType__retries: _TypeAlias = _typing.Literal["_retries", b"_retries"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__retries) -> _WhichOneofReturnType__retries | None: ...
+
+Global___HealthCheck: _TypeAlias = HealthCheck  # noqa: Y015
+
+@_typing.final
+class UpdateConfig(_message.Message):
+    """How a changed spec rolls out (and, for a rollback, how it rolls back)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _Order:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _OrderEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[UpdateConfig._Order.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        ORDER_UNSPECIFIED: UpdateConfig._Order.ValueType  # 0
+        """stop-first"""
+        ORDER_STOP_FIRST: UpdateConfig._Order.ValueType  # 1
+        """stop the old task, then start the new one"""
+        ORDER_START_FIRST: UpdateConfig._Order.ValueType  # 2
+        """start the new task; stop the old one once the new one runs (healthy)"""
+
+    class Order(_Order, metaclass=_OrderEnumTypeWrapper): ...
+    ORDER_UNSPECIFIED: UpdateConfig.Order.ValueType  # 0
+    """stop-first"""
+    ORDER_STOP_FIRST: UpdateConfig.Order.ValueType  # 1
+    """stop the old task, then start the new one"""
+    ORDER_START_FIRST: UpdateConfig.Order.ValueType  # 2
+    """start the new task; stop the old one once the new one runs (healthy)"""
+
+    class _FailureAction:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _FailureActionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[UpdateConfig._FailureAction.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        FAILURE_ACTION_UNSPECIFIED: UpdateConfig._FailureAction.ValueType  # 0
+        """rollback"""
+        FAILURE_ACTION_PAUSE: UpdateConfig._FailureAction.ValueType  # 1
+        FAILURE_ACTION_ROLLBACK: UpdateConfig._FailureAction.ValueType  # 2
+        FAILURE_ACTION_CONTINUE: UpdateConfig._FailureAction.ValueType  # 3
+
+    class FailureAction(_FailureAction, metaclass=_FailureActionEnumTypeWrapper): ...
+    FAILURE_ACTION_UNSPECIFIED: UpdateConfig.FailureAction.ValueType  # 0
+    """rollback"""
+    FAILURE_ACTION_PAUSE: UpdateConfig.FailureAction.ValueType  # 1
+    FAILURE_ACTION_ROLLBACK: UpdateConfig.FailureAction.ValueType  # 2
+    FAILURE_ACTION_CONTINUE: UpdateConfig.FailureAction.ValueType  # 3
+
+    PARALLELISM_FIELD_NUMBER: _builtins.int
+    DELAY_FIELD_NUMBER: _builtins.int
+    ORDER_FIELD_NUMBER: _builtins.int
+    MONITOR_FIELD_NUMBER: _builtins.int
+    MAX_FAILURE_RATIO_FIELD_NUMBER: _builtins.int
+    FAILURE_ACTION_FIELD_NUMBER: _builtins.int
+    parallelism: _builtins.int
+    """slots changed at once; 0: all at once"""
+    order: Global___UpdateConfig.Order.ValueType
+    max_failure_ratio: _builtins.float
+    """the share of updated tasks that may fail, 0 to 1"""
+    failure_action: Global___UpdateConfig.FailureAction.ValueType
+    @_builtins.property
+    def delay(self) -> _duration_pb2.Duration:
+        """pause between one batch and the next"""
+
+    @_builtins.property
+    def monitor(self) -> _duration_pb2.Duration:
+        """How long a new task is watched after it runs; a failure inside it counts against the rollout."""
+
+    def __init__(
+        self,
+        *,
+        parallelism: _builtins.int = ...,
+        delay: _duration_pb2.Duration | None = ...,
+        order: Global___UpdateConfig.Order.ValueType = ...,
+        monitor: _duration_pb2.Duration | None = ...,
+        max_failure_ratio: _builtins.float = ...,
+        failure_action: Global___UpdateConfig.FailureAction.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["delay", b"delay", "monitor", b"monitor"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delay", b"delay", "failure_action", b"failure_action", "max_failure_ratio", b"max_failure_ratio", "monitor", b"monitor", "order", b"order", "parallelism", b"parallelism"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateConfig: _TypeAlias = UpdateConfig  # noqa: Y015
+
+@_typing.final
+class Dependency(_message.Message):
+    """One service another waits for, and for what."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _Condition:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _ConditionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[Dependency._Condition.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        CONDITION_UNSPECIFIED: Dependency._Condition.ValueType  # 0
+        """service_started"""
+        CONDITION_SERVICE_STARTED: Dependency._Condition.ValueType  # 1
+        CONDITION_SERVICE_HEALTHY: Dependency._Condition.ValueType  # 2
+        CONDITION_SERVICE_COMPLETED_SUCCESSFULLY: Dependency._Condition.ValueType  # 3
+
+    class Condition(_Condition, metaclass=_ConditionEnumTypeWrapper): ...
+    CONDITION_UNSPECIFIED: Dependency.Condition.ValueType  # 0
+    """service_started"""
+    CONDITION_SERVICE_STARTED: Dependency.Condition.ValueType  # 1
+    CONDITION_SERVICE_HEALTHY: Dependency.Condition.ValueType  # 2
+    CONDITION_SERVICE_COMPLETED_SUCCESSFULLY: Dependency.Condition.ValueType  # 3
+
+    CONDITION_FIELD_NUMBER: _builtins.int
+    condition: Global___Dependency.Condition.ValueType
+    def __init__(
+        self,
+        *,
+        condition: Global___Dependency.Condition.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["condition", b"condition"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Dependency: _TypeAlias = Dependency  # noqa: Y015
 
 @_typing.final
 class Placement(_message.Message):
@@ -287,9 +540,14 @@ class Placement(_message.Message):
     CONSTRAINTS_FIELD_NUMBER: _builtins.int
     MAX_REPLICAS_PER_NODE_FIELD_NUMBER: _builtins.int
     STRATEGY_FIELD_NUMBER: _builtins.int
+    REBALANCE_FIELD_NUMBER: _builtins.int
     max_replicas_per_node: _builtins.int
     """0 = unlimited"""
     strategy: Global___Placement.Strategy.ValueType
+    rebalance: _builtins.bool
+    """Move tasks start-first, by themselves, when the spread no longer holds (a node joined or came back).
+    Off: running work is never disturbed; `dockyard service rebalance` does it once, on request.
+    """
     @_builtins.property
     def constraints(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Each must hold on a node: "node.labels.KEY == VALUE", "node.labels.KEY != VALUE",
@@ -303,10 +561,11 @@ class Placement(_message.Message):
         constraints: _abc.Iterable[_builtins.str] | None = ...,
         max_replicas_per_node: _builtins.int = ...,
         strategy: Global___Placement.Strategy.ValueType = ...,
+        rebalance: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["constraints", b"constraints", "max_replicas_per_node", b"max_replicas_per_node", "strategy", b"strategy"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["constraints", b"constraints", "max_replicas_per_node", b"max_replicas_per_node", "rebalance", b"rebalance", "strategy", b"strategy"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -384,6 +643,27 @@ class ServiceSpec(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class DependsOnEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        @_builtins.property
+        def value(self) -> Global___Dependency: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: Global___Dependency | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     NAME_FIELD_NUMBER: _builtins.int
     IMAGE_FIELD_NUMBER: _builtins.int
     COMMAND_FIELD_NUMBER: _builtins.int
@@ -397,6 +677,10 @@ class ServiceSpec(_message.Message):
     MODE_FIELD_NUMBER: _builtins.int
     PLACEMENT_FIELD_NUMBER: _builtins.int
     ON_DISCONNECT_FIELD_NUMBER: _builtins.int
+    HEALTHCHECK_FIELD_NUMBER: _builtins.int
+    UPDATE_FIELD_NUMBER: _builtins.int
+    ROLLBACK_FIELD_NUMBER: _builtins.int
+    DEPENDS_ON_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     image: _builtins.str
     replicas: _builtins.int
@@ -419,6 +703,18 @@ class ServiceSpec(_message.Message):
     def placement(self) -> Global___Placement: ...
     @_builtins.property
     def on_disconnect(self) -> Global___OnDisconnect: ...
+    @_builtins.property
+    def healthcheck(self) -> Global___HealthCheck: ...
+    @_builtins.property
+    def update(self) -> Global___UpdateConfig: ...
+    @_builtins.property
+    def rollback(self) -> Global___UpdateConfig:
+        """Unset: as update (same parallelism, delay, order, monitor and ratio; failure_action pause)."""
+
+    @_builtins.property
+    def depends_on(self) -> _containers.MessageMap[_builtins.str, Global___Dependency]:
+        """Service name -> what must hold of it before this service's tasks start, on whatever hosts."""
+
     def __init__(
         self,
         *,
@@ -435,14 +731,86 @@ class ServiceSpec(_message.Message):
         mode: Global___ServiceMode.ValueType = ...,
         placement: Global___Placement | None = ...,
         on_disconnect: Global___OnDisconnect | None = ...,
+        healthcheck: Global___HealthCheck | None = ...,
+        update: Global___UpdateConfig | None = ...,
+        rollback: Global___UpdateConfig | None = ...,
+        depends_on: _abc.Mapping[_builtins.str, Global___Dependency] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["on_disconnect", b"on_disconnect", "placement", b"placement", "resources", b"resources", "restart", b"restart", "stop_grace_period", b"stop_grace_period"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["healthcheck", b"healthcheck", "on_disconnect", b"on_disconnect", "placement", b"placement", "resources", b"resources", "restart", b"restart", "rollback", b"rollback", "stop_grace_period", b"stop_grace_period", "update", b"update"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "env", b"env", "image", b"image", "labels", b"labels", "mode", b"mode", "name", b"name", "on_disconnect", b"on_disconnect", "placement", b"placement", "ports", b"ports", "replicas", b"replicas", "resources", b"resources", "restart", b"restart", "stop_grace_period", b"stop_grace_period"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "depends_on", b"depends_on", "env", b"env", "healthcheck", b"healthcheck", "image", b"image", "labels", b"labels", "mode", b"mode", "name", b"name", "on_disconnect", b"on_disconnect", "placement", b"placement", "ports", b"ports", "replicas", b"replicas", "resources", b"resources", "restart", b"restart", "rollback", b"rollback", "stop_grace_period", b"stop_grace_period", "update", b"update"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ServiceSpec: _TypeAlias = ServiceSpec  # noqa: Y015
+
+@_typing.final
+class UpdateStatus(_message.Message):
+    """Where a service's rollout stands. Written by the orchestrator; a new spec from the API starts a new one."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _State:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _StateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[UpdateStatus._State.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        STATE_UNSPECIFIED: UpdateStatus._State.ValueType  # 0
+        """no rollout since the service was created"""
+        STATE_UPDATING: UpdateStatus._State.ValueType  # 1
+        STATE_PAUSED: UpdateStatus._State.ValueType  # 2
+        """stopped by failure_action pause; apply again or roll back"""
+        STATE_COMPLETED: UpdateStatus._State.ValueType  # 3
+        STATE_ROLLBACK_STARTED: UpdateStatus._State.ValueType  # 4
+        STATE_ROLLBACK_PAUSED: UpdateStatus._State.ValueType  # 5
+        STATE_ROLLBACK_COMPLETED: UpdateStatus._State.ValueType  # 6
+
+    class State(_State, metaclass=_StateEnumTypeWrapper): ...
+    STATE_UNSPECIFIED: UpdateStatus.State.ValueType  # 0
+    """no rollout since the service was created"""
+    STATE_UPDATING: UpdateStatus.State.ValueType  # 1
+    STATE_PAUSED: UpdateStatus.State.ValueType  # 2
+    """stopped by failure_action pause; apply again or roll back"""
+    STATE_COMPLETED: UpdateStatus.State.ValueType  # 3
+    STATE_ROLLBACK_STARTED: UpdateStatus.State.ValueType  # 4
+    STATE_ROLLBACK_PAUSED: UpdateStatus.State.ValueType  # 5
+    STATE_ROLLBACK_COMPLETED: UpdateStatus.State.ValueType  # 6
+
+    STATE_FIELD_NUMBER: _builtins.int
+    FROM_REVISION_FIELD_NUMBER: _builtins.int
+    TO_REVISION_FIELD_NUMBER: _builtins.int
+    STARTED_AT_FIELD_NUMBER: _builtins.int
+    COMPLETED_AT_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    state: Global___UpdateStatus.State.ValueType
+    from_revision: _builtins.int
+    """the spec_revision the rollout moves away from"""
+    to_revision: _builtins.int
+    """the spec_revision it moves to"""
+    message: _builtins.str
+    """why it paused or rolled back, in words"""
+    @_builtins.property
+    def started_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def completed_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        state: Global___UpdateStatus.State.ValueType = ...,
+        from_revision: _builtins.int = ...,
+        to_revision: _builtins.int = ...,
+        started_at: _timestamp_pb2.Timestamp | None = ...,
+        completed_at: _timestamp_pb2.Timestamp | None = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["completed_at", b"completed_at", "started_at", b"started_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["completed_at", b"completed_at", "from_revision", b"from_revision", "message", b"message", "started_at", b"started_at", "state", b"state", "to_revision", b"to_revision"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateStatus: _TypeAlias = UpdateStatus  # noqa: Y015
 
 @_typing.final
 class Service(_message.Message):
@@ -456,6 +824,9 @@ class Service(_message.Message):
     UPDATED_AT_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
     SPEC_REVISION_FIELD_NUMBER: _builtins.int
+    UPDATE_STATUS_FIELD_NUMBER: _builtins.int
+    CHANGE_CAUSE_FIELD_NUMBER: _builtins.int
+    REBALANCE_GENERATION_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     name: _builtins.str
     revision: _builtins.int
@@ -466,12 +837,18 @@ class Service(_message.Message):
     """The revision at which the spec last changed in anything but replicas. A task whose revision is at
     least this runs the current spec; an older one is updated. Scaling changes revision, not this.
     """
+    change_cause: _builtins.str
+    """Why the revision last changed, for history: "apply", "scale to 3", "rollback to revision 4: ..."."""
+    rebalance_generation: _builtins.int
+    """Grows by one on every `dockyard service rebalance`; the orchestrator rebalances when it moves."""
     @_builtins.property
     def spec(self) -> Global___ServiceSpec: ...
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def updated_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def update_status(self) -> Global___UpdateStatus: ...
     def __init__(
         self,
         *,
@@ -483,18 +860,99 @@ class Service(_message.Message):
         updated_at: _timestamp_pb2.Timestamp | None = ...,
         version: _builtins.int = ...,
         spec_revision: _builtins.int = ...,
+        update_status: Global___UpdateStatus | None = ...,
+        change_cause: _builtins.str = ...,
+        rebalance_generation: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "spec", b"spec", "updated_at", b"updated_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "spec", b"spec", "update_status", b"update_status", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "id", b"id", "name", b"name", "revision", b"revision", "spec", b"spec", "spec_revision", b"spec_revision", "updated_at", b"updated_at", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["change_cause", b"change_cause", "created_at", b"created_at", "id", b"id", "name", b"name", "rebalance_generation", b"rebalance_generation", "revision", b"revision", "spec", b"spec", "spec_revision", b"spec_revision", "update_status", b"update_status", "updated_at", b"updated_at", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Service: _TypeAlias = Service  # noqa: Y015
 
 @_typing.final
+class TaskHealth(_message.Message):
+    """A container's health, as the agent last saw it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _State:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _StateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[TaskHealth._State.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        STATE_UNSPECIFIED: TaskHealth._State.ValueType  # 0
+        """no health check"""
+        STATE_STARTING: TaskHealth._State.ValueType  # 1
+        """not yet healthy; failures inside start_period do not count"""
+        STATE_HEALTHY: TaskHealth._State.ValueType  # 2
+        STATE_UNHEALTHY: TaskHealth._State.ValueType  # 3
+
+    class State(_State, metaclass=_StateEnumTypeWrapper): ...
+    STATE_UNSPECIFIED: TaskHealth.State.ValueType  # 0
+    """no health check"""
+    STATE_STARTING: TaskHealth.State.ValueType  # 1
+    """not yet healthy; failures inside start_period do not count"""
+    STATE_HEALTHY: TaskHealth.State.ValueType  # 2
+    STATE_UNHEALTHY: TaskHealth.State.ValueType  # 3
+
+    STATE_FIELD_NUMBER: _builtins.int
+    OUTPUT_FIELD_NUMBER: _builtins.int
+    FAILING_STREAK_FIELD_NUMBER: _builtins.int
+    state: Global___TaskHealth.State.ValueType
+    output: _builtins.str
+    """the last probe's output, shortened"""
+    failing_streak: _builtins.int
+    def __init__(
+        self,
+        *,
+        state: Global___TaskHealth.State.ValueType = ...,
+        output: _builtins.str = ...,
+        failing_streak: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["failing_streak", b"failing_streak", "output", b"output", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TaskHealth: _TypeAlias = TaskHealth  # noqa: Y015
+
+@_typing.final
 class TaskStatus(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
+
+    class _Cause:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _CauseEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[TaskStatus._Cause.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        CAUSE_UNSPECIFIED: TaskStatus._Cause.ValueType  # 0
+        """the task's"""
+        CAUSE_TASK: TaskStatus._Cause.ValueType  # 1
+        """it exited, crashed or could not start"""
+        CAUSE_UNHEALTHY: TaskStatus._Cause.ValueType  # 2
+        """its health check failed; the agent stopped it"""
+        CAUSE_HOST: TaskStatus._Cause.ValueType  # 3
+        """the host's: dockerd shutting down, the image not pullable on this node, ..."""
+
+    class Cause(_Cause, metaclass=_CauseEnumTypeWrapper):
+        """Whose fault a FAILED or REJECTED task is: the task's own faults count toward its restart policy and
+        its backoff, the host's do not (the task is retried, preferably on another node).
+        """
+
+    CAUSE_UNSPECIFIED: TaskStatus.Cause.ValueType  # 0
+    """the task's"""
+    CAUSE_TASK: TaskStatus.Cause.ValueType  # 1
+    """it exited, crashed or could not start"""
+    CAUSE_UNHEALTHY: TaskStatus.Cause.ValueType  # 2
+    """its health check failed; the agent stopped it"""
+    CAUSE_HOST: TaskStatus.Cause.ValueType  # 3
+    """the host's: dockerd shutting down, the image not pullable on this node, ..."""
 
     STATE_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
@@ -502,6 +960,8 @@ class TaskStatus(_message.Message):
     EXIT_CODE_FIELD_NUMBER: _builtins.int
     CONTAINER_ID_FIELD_NUMBER: _builtins.int
     TIMESTAMP_FIELD_NUMBER: _builtins.int
+    HEALTH_FIELD_NUMBER: _builtins.int
+    CAUSE_FIELD_NUMBER: _builtins.int
     state: Global___TaskState.ValueType
     message: _builtins.str
     """human-readable reason of the last transition"""
@@ -509,8 +969,13 @@ class TaskStatus(_message.Message):
     """set when the state is FAILED or REJECTED"""
     exit_code: _builtins.int
     container_id: _builtins.str
+    cause: Global___TaskStatus.Cause.ValueType
     @_builtins.property
-    def timestamp(self) -> _timestamp_pb2.Timestamp: ...
+    def timestamp(self) -> _timestamp_pb2.Timestamp:
+        """When the task entered this state, by the controller's clock (a report of the same state keeps it)."""
+
+    @_builtins.property
+    def health(self) -> Global___TaskHealth: ...
     def __init__(
         self,
         *,
@@ -520,10 +985,12 @@ class TaskStatus(_message.Message):
         exit_code: _builtins.int = ...,
         container_id: _builtins.str = ...,
         timestamp: _timestamp_pb2.Timestamp | None = ...,
+        health: Global___TaskHealth | None = ...,
+        cause: Global___TaskStatus.Cause.ValueType = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["timestamp", b"timestamp"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["health", b"health", "timestamp", b"timestamp"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["container_id", b"container_id", "error", b"error", "exit_code", b"exit_code", "message", b"message", "state", b"state", "timestamp", b"timestamp"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cause", b"cause", "container_id", b"container_id", "error", b"error", "exit_code", b"exit_code", "health", b"health", "message", b"message", "state", b"state", "timestamp", b"timestamp"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -546,6 +1013,9 @@ class Task(_message.Message):
     CREATED_AT_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    AVOID_NODE_IDS_FIELD_NUMBER: _builtins.int
+    REPLACED_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     service_id: _builtins.str
     service_name: _builtins.str
@@ -560,6 +1030,12 @@ class Task(_message.Message):
     global service), so the newest instance of a slot always wins; also on the container's labels.
     """
     version: _builtins.int
+    attempt: _builtins.int
+    """Failures of its slot in a row before this task (0: the first try); the restart delay doubles with it."""
+    replaced: _builtins.bool
+    """Set by the orchestrator on a running task whose slot moves start-first (a start-first update or a
+    rebalance): its successor in the slot starts first, and it stops once that one runs.
+    """
     @_builtins.property
     def spec(self) -> Global___ServiceSpec:
         """The spec of that revision. Never stored with the task (the store keeps each revision's spec once):
@@ -572,6 +1048,12 @@ class Task(_message.Message):
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def updated_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def avoid_node_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Nodes the scheduler should pass over if any other fits: where this slot just failed by the host's
+        fault, or the node a rebalance moves the slot away from.
+        """
+
     def __init__(
         self,
         *,
@@ -588,10 +1070,13 @@ class Task(_message.Message):
         created_at: _timestamp_pb2.Timestamp | None = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
         version: _builtins.int = ...,
+        attempt: _builtins.int = ...,
+        avoid_node_ids: _abc.Iterable[_builtins.str] | None = ...,
+        replaced: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "spec", b"spec", "status", b"status", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "desired_state", b"desired_state", "generation", b"generation", "id", b"id", "node_id", b"node_id", "revision", b"revision", "service_id", b"service_id", "service_name", b"service_name", "slot", b"slot", "spec", b"spec", "status", b"status", "updated_at", b"updated_at", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "avoid_node_ids", b"avoid_node_ids", "created_at", b"created_at", "desired_state", b"desired_state", "generation", b"generation", "id", b"id", "node_id", b"node_id", "replaced", b"replaced", "revision", b"revision", "service_id", b"service_id", "service_name", b"service_name", "slot", b"slot", "spec", b"spec", "status", b"status", "updated_at", b"updated_at", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -181,6 +181,24 @@ def test_an_identical_status_is_ignored_even_with_a_new_timestamp() -> None:
     assert verdict.refused == ""
 
 
+def test_news_within_a_state_is_applied_and_keeps_the_time_the_state_began() -> None:
+    task = make_task(state=pb.TASK_STATE_RUNNING)
+    began = task.status.timestamp
+    status = report(pb.TASK_STATE_RUNNING, "running", container_id="c1")
+    status.health.state = pb.TaskHealth.STATE_UNHEALTHY
+    status.health.output = "connection refused"
+    status.health.failing_streak = 2
+
+    verdict = judge_status(task, "n1", status, ARRIVED)
+
+    assert verdict.task is not None
+    assert verdict.task.status.health == status.health
+    assert verdict.task.status.timestamp == began  # a rollout's monitor counts from when it began running
+    assert verdict.task.updated_at == to_timestamp(ARRIVED)
+    # The same report again changes nothing.
+    assert judge_status(verdict.task, "n1", status, ARRIVED).task is None
+
+
 @pytest.mark.parametrize(
     ("current", "status"),
     [
@@ -188,7 +206,6 @@ def test_an_identical_status_is_ignored_even_with_a_new_timestamp() -> None:
         (pb.TASK_STATE_ASSIGNED, report(pb.TASK_STATE_RUNNING, "running", container_id="c1")),
         (pb.TASK_STATE_RUNNING, report(pb.TASK_STATE_FAILED, error="exited with code 3", exit_code=3)),
         (pb.TASK_STATE_RUNNING, report(pb.TASK_STATE_SHUTDOWN, "stopped and removed", container_id="c1")),
-        (pb.TASK_STATE_ASSIGNED, report(pb.TASK_STATE_ASSIGNED, "re-sent with a container", container_id="c1")),
         (pb.TASK_STATE_PREPARING, report(pb.TASK_STATE_REJECTED, error="image not found")),
     ],
     ids=lambda v: state_id(v.state) if isinstance(v, pb.TaskStatus) else state_id(v),
