@@ -15,6 +15,14 @@ def spec_key(task: pb.Task) -> SpecKey:
     return (task.service_id, task.revision)
 
 
+def runs_current_spec(service: pb.Service, task: pb.Task) -> bool:
+    """Tells whether a task runs the service's current spec: started at spec_revision or later (scaling moves
+    the revision, not spec_revision), or inside the range a rollback returned to."""
+    if task.revision >= service.spec_revision:
+        return True
+    return service.also_current_from <= task.revision <= service.also_current_to and service.also_current_to > 0
+
+
 def is_terminal(state: int) -> bool:
     """Tells whether a task in this state will never run again."""
     return state >= TERMINAL_FROM

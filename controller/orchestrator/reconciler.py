@@ -18,7 +18,7 @@ from controller.orchestrator.edits import mark_lost, new_task, next_generation, 
 from controller.orchestrator.nodes import NodeFacts
 from controller.orchestrator.plan import Plan
 from controller.orchestrator.restart import Verdict, decide_restart
-from dockyard.task_state import is_terminal
+from dockyard.task_state import is_terminal, runs_current_spec
 from dockyard.v1 import types_pb2 as pb
 
 HISTORY_PER_GROUP = 3
@@ -213,7 +213,7 @@ def _in_flux(group: list[pb.Task]) -> bool:
 
 def _outdated(service: pb.Service, task: pb.Task) -> bool:
     """Tells whether a task runs an older spec than the service's; a change of replicas alone leaves it current."""
-    return task.revision < service.spec_revision
+    return not runs_current_spec(service, task)
 
 
 def _retire(task: pb.Task, now: datetime, why: str, plan: Plan) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from dockyard.task_state import is_terminal
+from dockyard.task_state import is_terminal, runs_current_spec
 from dockyard.v1 import types_pb2 as pb
 
 
@@ -51,7 +51,7 @@ def progress(service: pb.Service, tasks: Iterable[pb.Task]) -> Progress:
             if not is_terminal(state) and task.node_id:
                 result.stopping += 1
             continue
-        if task.revision < service.spec_revision:
+        if not runs_current_spec(service, task):
             # Tasks name the revision they run; scaling moves revision but not spec_revision.
             result.stale += 1
         elif state == pb.TASK_STATE_RUNNING:

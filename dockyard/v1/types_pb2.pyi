@@ -827,6 +827,8 @@ class Service(_message.Message):
     UPDATE_STATUS_FIELD_NUMBER: _builtins.int
     CHANGE_CAUSE_FIELD_NUMBER: _builtins.int
     REBALANCE_GENERATION_FIELD_NUMBER: _builtins.int
+    ALSO_CURRENT_FROM_FIELD_NUMBER: _builtins.int
+    ALSO_CURRENT_TO_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     name: _builtins.str
     revision: _builtins.int
@@ -841,6 +843,12 @@ class Service(_message.Message):
     """Why the revision last changed, for history: "apply", "scale to 3", "rollback to revision 4: ..."."""
     rebalance_generation: _builtins.int
     """Grows by one on every `dockyard service rebalance`; the orchestrator rebalances when it moves."""
+    also_current_from: _builtins.int
+    """Set by a rollback: tasks whose revision lies in [also_current_from, also_current_to] run the current
+    spec too (it is the spec they were started with), so a rollback replaces only the tasks the update
+    changed. Cleared by the next change of the spec. dockyard.task_state.runs_current_spec reads them.
+    """
+    also_current_to: _builtins.int
     @_builtins.property
     def spec(self) -> Global___ServiceSpec: ...
     @_builtins.property
@@ -863,10 +871,12 @@ class Service(_message.Message):
         update_status: Global___UpdateStatus | None = ...,
         change_cause: _builtins.str = ...,
         rebalance_generation: _builtins.int = ...,
+        also_current_from: _builtins.int = ...,
+        also_current_to: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "spec", b"spec", "update_status", b"update_status", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["change_cause", b"change_cause", "created_at", b"created_at", "id", b"id", "name", b"name", "rebalance_generation", b"rebalance_generation", "revision", b"revision", "spec", b"spec", "spec_revision", b"spec_revision", "update_status", b"update_status", "updated_at", b"updated_at", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["also_current_from", b"also_current_from", "also_current_to", b"also_current_to", "change_cause", b"change_cause", "created_at", b"created_at", "id", b"id", "name", b"name", "rebalance_generation", b"rebalance_generation", "revision", b"revision", "spec", b"spec", "spec_revision", b"spec_revision", "update_status", b"update_status", "updated_at", b"updated_at", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
