@@ -240,7 +240,7 @@ REPLICAS = Ranged[int](
 )
 MODE = Field[pb.ServiceMode.ValueType](
     "mode",
-    "`replicated` or `global`",
+    "`replicated`, `global` or `job`",
     pb.SERVICE_MODE_REPLICATED,
     "`replicated` runs `replicas` copies; `global` one copy on every eligible node; `job` runs `replicas` copies"
     " to completion (a one-shot such as a migration).",
@@ -604,8 +604,14 @@ ROLLBACK_DELAY = dataclasses.replace(UPDATE_DELAY, path="rollback.delay")
 ROLLBACK_ORDER = dataclasses.replace(UPDATE_ORDER, path="rollback.order")
 ROLLBACK_MONITOR = dataclasses.replace(UPDATE_MONITOR, path="rollback.monitor")
 ROLLBACK_MAX_FAILURE_RATIO = dataclasses.replace(UPDATE_MAX_FAILURE_RATIO, path="rollback.max_failure_ratio")
+# A rollback that failed has nothing further to roll back to, so `rollback` is no choice here.
 ROLLBACK_FAILURE_ACTION = dataclasses.replace(
-    UPDATE_FAILURE_ACTION, path="rollback.failure_action", default=pb.UpdateConfig.FAILURE_ACTION_PAUSE
+    UPDATE_FAILURE_ACTION,
+    path="rollback.failure_action",
+    type="`pause` or `continue`",
+    default=pb.UpdateConfig.FAILURE_ACTION_PAUSE,
+    help="What to do when too many rolled back tasks fail.",
+    choices={"pause": pb.UpdateConfig.FAILURE_ACTION_PAUSE, "continue": pb.UpdateConfig.FAILURE_ACTION_CONTINUE},
 )
 DEPENDS_ON = Field[None](
     "depends_on",

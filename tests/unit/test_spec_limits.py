@@ -85,7 +85,7 @@ NUL_IN_EVERY_STRING = [
     case(
         "mode",
         'services: {web: {image: x, mode: "global\\0"}}',
-        'services.web.mode: must be replicated or global, got "global\\u0000"; did you mean "global"?',
+        'services.web.mode: must be replicated, global or job, got "global\\u0000"; did you mean "global"?',
     ),
     case(
         "strategy",

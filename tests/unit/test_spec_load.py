@@ -409,7 +409,8 @@ SERVICE_ERRORS = [
         "unknown-field",
         "image: x\nvolumes: [a]",
         "services.web.volumes: unknown field; expected one of image, command, env, ports, mode, replicas, "
-        "placement, resources, labels, restart, stop_grace_period, on_disconnect",
+        "placement, resources, labels, restart, healthcheck, update, rollback, depends_on, stop_grace_period, "
+        "on_disconnect",
     ),
     case(
         "replicas-negative",
@@ -787,7 +788,8 @@ SERVICE_ERRORS = [
     case(
         "restart-unknown",
         "image: x\nrestart: {backoff: 2}",
-        "services.web.restart.backoff: unknown field; expected one of condition, delay, max_attempts, window",
+        "services.web.restart.backoff: unknown field; expected one of condition, delay, max_attempts, window, "
+        "max_delay",
     ),
     case(
         "grace-large",
@@ -835,22 +837,22 @@ SERVICE_ERRORS = [
     case(
         "mode-unknown",
         "image: x\nmode: daemon",
-        'services.web.mode: must be replicated or global, got "daemon"',
+        'services.web.mode: must be replicated, global or job, got "daemon"',
     ),
     case(
         "mode-typo",
         "image: x\nmode: Global",
-        'services.web.mode: must be replicated or global, got "Global"; did you mean "global"?',
+        'services.web.mode: must be replicated, global or job, got "Global"; did you mean "global"?',
     ),
     case(
         "mode-type",
         "image: x\nmode: 2",
-        "services.web.mode: must be replicated or global, got 2",
+        "services.web.mode: must be replicated, global or job, got 2",
     ),
     case(
         "mode-unusable-still-reads-replicas",
         "image: x\nmode: globl\nreplicas: -1",
-        'services.web.mode: must be replicated or global, got "globl"; did you mean "global"?',
+        'services.web.mode: must be replicated, global or job, got "globl"; did you mean "global"?',
         "services.web.replicas: must be an integer from 0 to 10000, got -1",
     ),
     case(
@@ -888,7 +890,7 @@ SERVICE_ERRORS = [
         "placement-unknown",
         "image: x\nplacement: {preferences: [{spread: node.labels.zone}]}",
         "services.web.placement.preferences: unknown field; expected one of constraints, max_replicas_per_node, "
-        "strategy",
+        "strategy, rebalance",
     ),
     case(
         "constraints-string",
@@ -1249,7 +1251,8 @@ def test_rejected_constraint_keeps_later_indexes_aligned_and_placement_reads_in_
           spread: zone
     """
     assert service_errors(body) == [
-        "services.web.placement.spread: unknown field; expected one of constraints, max_replicas_per_node, strategy",
+        "services.web.placement.spread: unknown field; expected one of constraints, max_replicas_per_node, strategy, "
+        "rebalance",
         'services.web.placement.constraints[1]: must be a string like "node.labels.zone == a", got 7; '
         "put the value in quotes",
         f'services.web.placement.constraints[2]: {FORMS}, got "zone == a"',
@@ -1545,7 +1548,7 @@ def test_validate_service_words_scheduling_fields_like_the_loader() -> None:
         ),
         pytest.param(
             lambda s: setattr(s, "mode", 7),
-            ["services.web.mode: must be replicated or global, got 7"],
+            ["services.web.mode: must be replicated, global or job, got 7"],
             id="unknown-mode-number",
         ),
         pytest.param(

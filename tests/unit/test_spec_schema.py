@@ -58,12 +58,30 @@ def test_the_table_lists_the_spec_fields_in_file_order() -> None:
         "resources",
         "labels",
         "restart",
+        "healthcheck",
+        "update",
+        "rollback",
+        "depends_on",
         "stop_grace_period",
         "on_disconnect",
     )
     assert schema.children("ports[]") == ("published", "target", "protocol")
     assert schema.children("resources") == ("limits", "reservations")
-    assert schema.children("restart") == ("condition", "delay", "max_attempts", "window")
+    assert schema.children("restart") == ("condition", "delay", "max_attempts", "window", "max_delay")
+    assert schema.children("healthcheck") == (
+        "test",
+        "http",
+        "tcp",
+        "interval",
+        "timeout",
+        "retries",
+        "start_period",
+        "start_interval",
+    )
+    assert schema.children("healthcheck.http") == ("port", "path", "status")
+    update = ("parallelism", "delay", "order", "monitor", "max_failure_ratio", "failure_action")
+    assert schema.children("update") == schema.children("rollback") == update
+    assert schema.children("depends_on.*") == ("condition",)
 
 
 def test_a_minimal_spec_loads_with_the_table_defaults() -> None:
