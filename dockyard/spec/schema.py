@@ -762,3 +762,85 @@ def children(section: str) -> tuple[str, ...]:
             rest = row.path[len(prefix) :]
             names.setdefault(rest.split(".")[0].removesuffix("[]"), None)
     return tuple(names)
+
+
+# --- The settings in effect, for the roles that act on a spec -------------------------------------------
+# A spec leaves out what holds its default; these fill it in, so that no role restates a default or
+# decides on its own what an unset block means.
+
+
+def restart_delay_nanos(policy: pb.RestartPolicy) -> int:
+    """The restart delay in effect: the policy's, or the table's default when unset."""
+    return policy.delay.ToNanoseconds() if policy.HasField("delay") else RESTART_DELAY.default
+
+
+def restart_max_delay_nanos(policy: pb.RestartPolicy) -> int:
+    """The cap of the doubling restart delay: the policy's, or when unset the default cap, raised to the delay."""
+    if policy.HasField("max_delay"):
+        return policy.max_delay.ToNanoseconds()
+    # A delay above the default cap asks for that delay at least; the cap must not shorten it.
+    return max(RESTART_MAX_DELAY.default, restart_delay_nanos(policy))
+
+
+def update_config(spec: pb.ServiceSpec) -> pb.UpdateConfig:
+    """How a changed spec rolls out, every field explicit: an unset `update` holds every default of its rows."""
+    if not spec.HasField("update"):
+        return _config_defaults(_UPDATE_ROWS)
+    return _config_filled(spec.update, _UPDATE_ROWS)
+
+
+def rollback_config(spec: pb.ServiceSpec) -> pb.UpdateConfig:
+    """How a rollback rolls out, every field explicit: an unset `rollback` is update_config with `pause`."""
+    if not spec.HasField("rollback"):
+        config = update_config(spec)
+        config.failure_action = ROLLBACK_FAILURE_ACTION.default
+        return config
+    return _config_filled(spec.rollback, _ROLLBACK_ROWS)
+
+
+_UPDATE_ROWS = (
+    UPDATE_PARALLELISM,
+    UPDATE_DELAY,
+    UPDATE_ORDER,
+    UPDATE_MONITOR,
+    UPDATE_MAX_FAILURE_RATIO,
+    UPDATE_FAILURE_ACTION,
+)
+_ROLLBACK_ROWS = (
+    ROLLBACK_PARALLELISM,
+    ROLLBACK_DELAY,
+    ROLLBACK_ORDER,
+    ROLLBACK_MONITOR,
+    ROLLBACK_MAX_FAILURE_RATIO,
+    ROLLBACK_FAILURE_ACTION,
+)
+
+
+def _config_defaults(rows: tuple[Field[Any], ...]) -> pb.UpdateConfig:
+    parallelism, delay, order, monitor, ratio, action = rows
+    config = pb.UpdateConfig(
+        parallelism=parallelism.default,
+        order=order.default,
+        max_failure_ratio=ratio.default,
+        failure_action=action.default,
+    )
+    config.delay.FromNanoseconds(delay.default)
+    config.monitor.FromNanoseconds(monitor.default)
+    return config
+
+
+def _config_filled(given: pb.UpdateConfig, rows: tuple[Field[Any], ...]) -> pb.UpdateConfig:
+    # In a block that is set the numbers stand as given (parallelism 0 is "all at once"); unset
+    # durations and UNSPECIFIED choices are the block's defaults.
+    config = _config_defaults(rows)
+    config.parallelism = given.parallelism
+    config.max_failure_ratio = given.max_failure_ratio
+    if given.HasField("delay"):
+        config.delay.CopyFrom(given.delay)
+    if given.HasField("monitor"):
+        config.monitor.CopyFrom(given.monitor)
+    if given.order:
+        config.order = given.order
+    if given.failure_action:
+        config.failure_action = given.failure_action
+    return config

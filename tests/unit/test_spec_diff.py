@@ -1,0 +1,137 @@
+"""spec_changes: what changed between two specs, with paths and values as a spec file writes them."""
+
+from __future__ import annotations
+
+from google.protobuf.duration_pb2 import Duration
+
+from dockyard.spec import schema
+from dockyard.spec.diff import spec_changes, spec_fields
+from dockyard.spec.reader import default_spec
+from dockyard.v1 import types_pb2 as pb
+
+SECOND = 10**9
+
+
+def secs(seconds: int) -> Duration:
+    return Duration(seconds=seconds)
+
+
+def changes(old: pb.ServiceSpec, new: pb.ServiceSpec) -> list[tuple[str, str, str]]:
+    return [(change.path, change.old_value, change.new_value) for change in spec_changes(old, new)]
+
+
+def spec(**fields: object) -> pb.ServiceSpec:
+    made = default_spec("web")
+    made.image = "nginx:1.27"
+    made.MergeFrom(pb.ServiceSpec(**fields))  # type: ignore[arg-type]
+    return made
+
+
+def test_a_spec_against_itself_has_no_changes() -> None:
+    assert changes(spec(), spec()) == []
+
+
+def test_spelled_out_defaults_are_no_change() -> None:
+    # As stored before the field existed, and as a file that writes every default would give it.
+    bare = pb.ServiceSpec(name="web", image="nginx:1.27", replicas=1)
+    full = spec()
+    full.restart.max_delay.FromNanoseconds(schema.RESTART_MAX_DELAY.default)
+    full.update.CopyFrom(schema.update_config(bare))
+    full.placement.strategy = pb.Placement.STRATEGY_SPREAD
+    assert changes(bare, full) == []
+
+
+def test_changes_come_in_the_tables_order_with_file_paths_and_values() -> None:
+    old = spec(
+        env={"MODE": "a", "GONE": "x"}, ports=[pb.PortMapping(host_port=8080, container_port=80, protocol="tcp")]
+    )
+    new = spec(
+        image="nginx:1.28",
+        env={"MODE": "b", "NEW": "y"},
+        ports=[pb.PortMapping(host_port=8081, container_port=80, protocol="tcp")],
+        mode=pb.SERVICE_MODE_JOB,
+        replicas=3,
+        resources=pb.Resources(memory_limit_bytes=256 * 1024**2, cpu_limit=0.5),
+        labels={"team": "web"},
+        restart=pb.RestartPolicy(condition=pb.RestartPolicy.CONDITION_NONE, delay=secs(10), max_delay=secs(60)),
+        healthcheck=pb.HealthCheck(http=pb.HttpProbe(port=8080), interval=secs(30), retries=5),
+        update=pb.UpdateConfig(parallelism=2, order=pb.UpdateConfig.ORDER_START_FIRST, max_failure_ratio=0.25),
+        depends_on={"db": pb.Dependency(condition=pb.Dependency.CONDITION_SERVICE_HEALTHY)},
+        stop_grace_period=secs(30),
+        on_disconnect=pb.OnDisconnect(stop_after=secs(90)),
+    )
+    assert changes(old, new) == [
+        ("image", "nginx:1.27", "nginx:1.28"),
+        ("env.GONE", "x", ""),
+        ("env.MODE", "a", "b"),
+        ("env.NEW", "", "y"),
+        ("ports[0].published", "8080", "8081"),
+        ("mode", "replicated", "job"),
+        ("replicas", "1", "3"),
+        ("resources.limits.cpus", "", "0.5"),
+        ("resources.limits.memory", "", "256MiB"),
+        ("labels.team", "", "web"),
+        ("restart.condition", "on-failure", "none"),
+        ("restart.delay", "5s", "10s"),
+        ("restart.max_delay", "5m", "1m"),
+        ("healthcheck.http.port", "", "8080"),
+        ("healthcheck.http.path", "", "/"),
+        ("healthcheck.http.status", "", "0"),
+        ("healthcheck.interval", "", "30s"),
+        ("healthcheck.retries", "", "5"),
+        # A set update block takes its numbers as given: delay and monitor unset are the defaults.
+        ("update.parallelism", "1", "2"),
+        ("update.order", "stop-first", "start-first"),
+        ("update.max_failure_ratio", "0.0", "0.25"),
+        ("depends_on.db.condition", "", "service_healthy"),
+        ("stop_grace_period", "10s", "30s"),
+        ("on_disconnect.stop_after", "", "1m30s"),
+    ]
+
+
+def test_lists_of_strings_are_one_value_and_odd_keys_are_quoted() -> None:
+    old = spec(command=["sh", "-c", "echo hi"], labels={"com.example.team": "a"})
+    new = spec(
+        command=["sh", "-c", "echo bye"],
+        labels={"com.example.team": "b"},
+        healthcheck=pb.HealthCheck(test=["CMD-SHELL", "true"]),
+        placement=pb.Placement(constraints=["node.labels.zone == a"], rebalance=True),
+    )
+    assert changes(old, new) == [
+        ("command", '["sh", "-c", "echo hi"]', '["sh", "-c", "echo bye"]'),
+        ("placement.constraints", "", '["node.labels.zone == a"]'),
+        ("placement.rebalance", "false", "true"),
+        ('labels["com.example.team"]', "a", "b"),
+        ("healthcheck.test", "", '["CMD-SHELL", "true"]'),
+    ]
+
+
+def test_rollback_shows_its_keys_only_when_it_has_a_block() -> None:
+    old = spec(update=pb.UpdateConfig(parallelism=4))
+    new = spec(update=pb.UpdateConfig(parallelism=4), rollback=pb.UpdateConfig(parallelism=0))
+    assert changes(old, new) == [
+        ("rollback.parallelism", "", "0"),
+        ("rollback.delay", "", "0s"),
+        ("rollback.order", "", "stop-first"),
+        ("rollback.monitor", "", "5s"),
+        ("rollback.max_failure_ratio", "", "0.0"),
+        ("rollback.failure_action", "", "pause"),
+    ]
+
+
+def test_several_ports_change_port_by_port() -> None:
+    first = pb.PortMapping(host_port=80, container_port=80, protocol="tcp")
+    second = pb.PortMapping(host_port=53, container_port=53, protocol="udp")
+    assert changes(spec(ports=[first]), spec(ports=[first, second])) == [
+        ("ports[1].published", "", "53"),
+        ("ports[1].target", "", "53"),
+        ("ports[1].protocol", "", "udp"),
+    ]
+
+
+def test_spec_fields_lists_what_is_in_effect() -> None:
+    fields = spec_fields(spec())
+    assert list(fields)[:3] == ["image", "mode", "replicas"]
+    assert fields["restart.max_delay"] == "5m"
+    assert fields["update.failure_action"] == "rollback"
+    assert not any(path.startswith(("healthcheck", "rollback", "depends_on")) for path in fields)
