@@ -179,11 +179,45 @@ class Client:
             await self._clock.sleep(backoff.next_delay())
 
     async def apply(
-        self, specs: list[pb.ServiceSpec], dry_run: bool = False, if_revision: Mapping[str, int] | None = None
+        self,
+        specs: list[pb.ServiceSpec],
+        dry_run: bool = False,
+        if_revision: Mapping[str, int] | None = None,
+        if_state_revision: int = 0,
+        prune: bool = False,
     ) -> cpb.ApplyServiceResponse:
-        """Creates or updates services atomically; `if_revision` (name -> revision, 0: new) makes it conditional."""
-        request = cpb.ApplyServiceRequest(services=specs, dry_run=dry_run, if_revision=dict(if_revision or {}))
+        """Creates or updates services atomically; `if_revision` (name -> revision, 0: new) makes it conditional.
+
+        `if_state_revision` (a plan's state revision; 0: no check) refuses the apply when a service of the
+        request (or one prune would remove) changed since; `prune` also deletes every service not in `specs`.
+        """
+        request = cpb.ApplyServiceRequest(
+            services=specs,
+            dry_run=dry_run,
+            if_revision=dict(if_revision or {}),
+            if_state_revision=if_state_revision,
+            prune=prune,
+        )
         return await self._call(self._stub.ApplyService, request)
+
+    async def plan(self, specs: list[pb.ServiceSpec], prune: bool = False) -> cpb.PlanApplyResponse:
+        """Returns what applying `specs` would do now (the controller writes nothing)."""
+        return await self._call(self._stub.PlanApply, cpb.PlanApplyRequest(services=specs, prune=prune))
+
+    async def history(self, service: str) -> list[cpb.ServiceRevision]:
+        """Returns the kept revisions of a service (name or id), newest first."""
+        request = cpb.ListServiceHistoryRequest(service=service)
+        return list((await self._call(self._stub.ListServiceHistory, request)).revisions)
+
+    async def rollback(self, service: str, to_revision: int = 0, if_revision: int | None = None) -> pb.Service:
+        """Makes an earlier revision's spec current again (0: the one before); returns the service as written."""
+        request = cpb.RollbackServiceRequest(service=service, to_revision=to_revision, if_revision=if_revision)
+        return await self._call(self._stub.RollbackService, request)
+
+    async def rebalance(self, service: str) -> pb.Service:
+        """Asks the orchestrator to move tasks until the service's spread holds; returns the service as written."""
+        request = cpb.RebalanceServiceRequest(service=service)
+        return await self._call(self._stub.RebalanceService, request)
 
     async def get_service(self, name: str, revision: int = 0) -> pb.Service:
         """Returns one service by name or id: now, or with the spec it had at `revision`."""

@@ -9,9 +9,11 @@ put of it does not bring it back.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+import asyncio
+import contextlib
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Final, TypeVar
+from typing import Any, Final, TypeVar
 
 import grpc
 
@@ -20,13 +22,17 @@ from dockyard.clock import Clock, SystemClock
 from dockyard.v1 import controller_pb2 as cpb
 from dockyard.v1 import types_pb2 as pb
 
-__all__ = ["Mirror", "wait_until"]
+__all__ = ["Mirror", "TimedOut", "wait_until"]
 
 T = TypeVar("T")
 _O = TypeVar("_O", pb.Service, pb.Task)
 
 # How many times a wait starts over after its watch fell behind what the controller keeps (OUT_OF_RANGE).
 _FELL_BEHIND_TRIES: Final = 5
+
+
+class TimedOut(ApiError):
+    """A wait that ran out of time (its message says what it still waited for)."""
 
 
 @dataclass
@@ -79,19 +85,21 @@ async def wait_until(
     kinds: Sequence[int] = (cpb.OBJECT_KIND_SERVICE, cpb.OBJECT_KIND_TASK),
     services: Sequence[str] = (),
     clock: Clock | None = None,
+    recheck: float | None = None,
 ) -> T:
     """Watches, then calls load() once, then returns the first result of check() other than None.
 
-    check runs after the listing and after every watch response. After `within` seconds raises
-    ApiError("timed out after Ns <waiting_for()>"); an error from check (such as a rejected task) or from
-    the watch ends the wait at once.
+    check runs after the listing and after every watch response, and with `recheck` also every that many
+    seconds while nothing arrives (a verdict that depends on time, such as a grace for unplaced tasks).
+    After `within` seconds raises TimedOut("timed out after Ns <waiting_for()>"), an ApiError; an error from
+    check (such as a rejected task) or from the watch ends the wait at once.
     """
     clock = clock or SystemClock()
     try:
         async with clock.timeout(within):
             for attempt in range(_FELL_BEHIND_TRIES):
                 try:
-                    return await _watch_and_check(client, load, check, kinds, services)
+                    return await _watch_and_check(client, load, check, kinds, services, clock, recheck)
                 except ApiError as exc:
                     # A large deploy can outrun the controller's kept events while this wait reads slowly:
                     # start over (watch, then list) rather than fail a deploy that is going well.
@@ -99,7 +107,7 @@ async def wait_until(
                         raise
             raise AssertionError("unreachable")
     except TimeoutError:
-        raise ApiError(f"timed out after {within:g}s {waiting_for()}") from None
+        raise TimedOut(f"timed out after {within:g}s {waiting_for()}") from None
 
 
 async def _watch_and_check(
@@ -108,16 +116,46 @@ async def _watch_and_check(
     check: Callable[[Mirror], T | None],
     kinds: Sequence[int],
     services: Sequence[str],
+    clock: Clock,
+    recheck: float | None,
 ) -> T:
     """Opens a watch, lists once, and merges responses until check() returns something other than None."""
     responses = client.watch(kinds=kinds, services=services)
+    coming: asyncio.Future[cpb.WatchResponse] | None = None
     try:
         await anext(responses)  # open: every change from here on reaches the mirror
         mirror = Mirror()
         listed_services, listed_tasks = await load()
         mirror.load(listed_services, listed_tasks)
         while (result := check(mirror)) is None:
-            mirror.apply((await anext(responses)).events)
+            coming = coming or asyncio.ensure_future(_next(responses))
+            if recheck is not None:
+                # A pending read is kept across rechecks: cancelling a generator's step mid-way would end it.
+                await _first(coming, clock.sleep(recheck))
+            if recheck is None or coming.done():
+                response = await coming
+                coming = None
+                mirror.apply(response.events)
         return result
     finally:
+        if coming is not None:
+            coming.cancel()
+            with contextlib.suppress(asyncio.CancelledError, ApiError):
+                await coming
         await responses.aclose()
+
+
+async def _next(responses: AsyncGenerator[cpb.WatchResponse, None]) -> cpb.WatchResponse:
+    return await anext(responses)
+
+
+async def _first(future: asyncio.Future[cpb.WatchResponse], pause: Awaitable[None]) -> None:
+    """Waits until the future is done or the pause is over, whichever comes first."""
+    sleeper: asyncio.Future[None] = asyncio.ensure_future(pause)
+    try:
+        both: list[asyncio.Future[Any]] = [future, sleeper]
+        await asyncio.wait(both, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        sleeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sleeper

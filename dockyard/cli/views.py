@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from dockyard.cli.rollout import rollout_name
 from dockyard.spec import format_port, schema
 from dockyard.task_state import desired_name, state_name
 from dockyard.timestamps import from_timestamp
@@ -46,6 +47,12 @@ def task_view(task: pb.Task, nodes: Mapping[str, pb.Node], spec: pb.ServiceSpec 
         "message": task.status.message,
         "error": task.status.error,
         "exit_code": task.status.exit_code,
+        "cause": _cause(task),
+        "attempt": task.attempt,
+        "health": _health(task),
+        "health_output": task.status.health.output or None,
+        "failing_streak": task.status.health.failing_streak,
+        "replaced": task.replaced,
         "container_id": task.status.container_id or None,
         "revision": task.revision,
         "image": spec.image,
@@ -53,6 +60,36 @@ def task_view(task: pb.Task, nodes: Mapping[str, pb.Node], spec: pb.ServiceSpec 
         "created_at": _iso(task.created_at),
         "updated_at": _iso(task.status.timestamp),
     }
+
+
+def _health(task: pb.Task) -> str | None:
+    """The task's health ("starting", "healthy", "unhealthy"), or None without a health check."""
+    state = task.status.health.state
+    if state == pb.TaskHealth.STATE_UNSPECIFIED:
+        return None
+    return _enum(state, pb.TaskHealth.State, "STATE_")
+
+
+def _cause(task: pb.Task) -> str | None:
+    """Whose fault a failed or refused task is: "task", "unhealthy" or "host"; None for other states."""
+    if task.status.state not in (pb.TASK_STATE_FAILED, pb.TASK_STATE_REJECTED):
+        return None
+    cause = task.status.cause or pb.TaskStatus.CAUSE_TASK  # unspecified is the task's own (types.proto)
+    return _enum(cause, pb.TaskStatus.Cause, "CAUSE_")
+
+
+def task_detail(row: Mapping[str, Any]) -> str:
+    """The MESSAGE column of `dockyard ps` for a task row: why it failed (exit code, whose fault), else what
+    its last health probe said while it is not healthy, else its status message."""
+    if row["cause"] is not None:
+        parts = [f"exit {row['exit_code']}"] if row["exit_code"] else []
+        parts.append({"task": "task's fault", "unhealthy": "unhealthy", "host": "host fault"}[row["cause"]])
+        return f"{', '.join(parts)}: {row['error'] or row['message']}"
+    if row["health"] in ("starting", "unhealthy") and row["health_output"]:
+        return f"{row['message']}; last probe: {row['health_output']}".lstrip("; ")
+    if row["replaced"]:
+        return f"{row['message']}; replaced, stops once its successor runs".lstrip("; ")
+    return str(row["error"] or row["message"])
 
 
 def node_view(node: pb.Node, tasks: Iterable[pb.Task] = ()) -> dict[str, Any]:
@@ -79,14 +116,24 @@ def service_view(service: pb.Service, tasks: Iterable[pb.Task]) -> dict[str, Any
     """Returns a service as a row with how many of its tasks run."""
     mine = [t for t in tasks if t.service_id == service.id and t.desired_state == pb.DESIRED_STATE_RUNNING]
     running = sum(1 for t in mine if t.status.state == pb.TASK_STATE_RUNNING)
+    status = service.update_status
     return {
         "id": service.id,
         "name": service.name,
+        "mode": _enum(service.spec.mode or pb.SERVICE_MODE_REPLICATED, pb.ServiceMode, "SERVICE_MODE_"),
         "revision": service.revision,
+        "spec_revision": service.spec_revision,
         "image": service.spec.image,
         "replicas": service.spec.replicas,
         "running": running,
         "ports": [port_text(p) for p in service.spec.ports],
+        "rollout": rollout_name(status.state) or None,
+        "rollout_from": status.from_revision or None,
+        "rollout_to": status.to_revision or None,
+        "rollout_message": status.message or None,
+        "rollout_started_at": _iso(status.started_at),
+        "rollout_completed_at": _iso(status.completed_at),
+        "change_cause": service.change_cause or None,
         "created_at": _iso(service.created_at),
         "updated_at": _iso(service.updated_at),
     }

@@ -1,25 +1,30 @@
-"""Commands about services and their tasks: apply, services, ps, scale, rm."""
+"""Commands about services and their tasks: apply, services, ps, scale, rm (plan: dockyard.cli.planning)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any, Final, TypeVar
 
 import click
 
 from dockyard.cli.common import controller_option, output_option, run
+from dockyard.cli.deploying import PlainDisplay, QuietDisplay, Target, choose_display, finish, wait_for_deploy
+from dockyard.cli.exitcodes import ExitCode, Failed
 from dockyard.cli.following import Mirror, wait_until
 from dockyard.cli.output import emit, emit_object
-from dockyard.cli.rollout import Progress, progress
-from dockyard.cli.views import service_view, task_view
-from dockyard.client import ApiError, Client
+from dockyard.cli.views import service_view, task_detail, task_view
+from dockyard.client import Client
 from dockyard.spec import SpecError, load_spec_file
 from dockyard.task_state import spec_key
 from dockyard.v1 import controller_pb2 as cpb
 from dockyard.v1 import types_pb2 as pb
 
-# Waiting for more services than this reads all tasks in one list instead of one list per service.
-_PER_SERVICE_LISTS = 4
+F = TypeVar("F", bound=Callable[..., Any])
+
+# How long apply, rollback, scale and rebalance wait by default: a 20-replica rolling update with health
+# checks takes minutes, not seconds.
+DEPLOY_TIMEOUT: Final = 600.0
 
 TASK_COLUMNS = [
     ("ID", "short_id"),
@@ -27,6 +32,8 @@ TASK_COLUMNS = [
     ("NODE", "node"),
     ("DESIRED", "desired_state"),
     ("STATE", "state"),
+    ("HEALTH", "health"),
+    ("TRY", "try"),
     ("CONTAINER", "short_container"),
     ("REV", "revision"),
     ("MESSAGE", "detail"),
@@ -37,60 +44,87 @@ def _action(result: cpb.ApplyResult) -> str:
     return cpb.ApplyResult.Action.Name(result.action).removeprefix("ACTION_").lower()
 
 
-def parse_if_revision(values: Sequence[str], names: Sequence[str]) -> dict[str, int]:
-    """Turns --if-revision values into service name -> expected revision (0: must not exist yet).
+def parse_if_revision(values: Sequence[str], names: Sequence[str]) -> tuple[int, dict[str, int]]:
+    """Turns --if-revision values into (store revision, service name -> expected service revision).
 
-    A bare N is allowed once and only for a file of one service; with several services each value is
-    NAME=N, and NAME must be one of them. Raises click.BadParameter naming the bad value.
+    A bare N is the store revision a plan printed ("planned against state revision N"): the apply is
+    refused when any service of the file (or one --prune would remove) changed since. NAME=N is the
+    revision one service must still be at (0: it must not exist yet). Both forms may be combined; a bare
+    N is given at most once. Raises click.BadParameter naming the bad value.
     """
+    state_revision = 0
     expected: dict[str, int] = {}
     for value in values:
         name, sep, number = value.rpartition("=")
-        if not sep:
-            if len(names) != 1 or len(values) != 1:
-                raise click.BadParameter(
-                    f"{value!r}: a bare N is for a file of one service; write NAME=N for each service",
-                    param_hint="--if-revision",
-                )
-            name = names[0]
         if not (number.isascii() and number.isdigit()):
             raise click.BadParameter(
-                f"{value!r}: N must be a revision number (0: must not exist yet)", param_hint="--if-revision"
+                f"{value!r}: N must be a revision number (N: a plan's state revision; NAME=N: a service's)",
+                param_hint="--if-revision",
             )
+        if not sep:
+            if state_revision:
+                raise click.BadParameter(f"{value!r}: a state revision is given twice", param_hint="--if-revision")
+            if int(number) == 0:
+                raise click.BadParameter(
+                    f"{value!r}: 0 is no state revision; NAME=0 says a service must not exist yet",
+                    param_hint="--if-revision",
+                )
+            state_revision = int(number)
+            continue
         if name not in names:
             raise click.BadParameter(f"{value!r}: the file has no service {name!r}", param_hint="--if-revision")
         if name in expected:
             raise click.BadParameter(f"{value!r}: {name!r} is given twice", param_hint="--if-revision")
         expected[name] = int(number)
-    return expected
+    return state_revision, expected
+
+
+def load_specs(path: Path) -> list[pb.ServiceSpec]:
+    """Reads a spec file; an invalid one ends the command with every problem listed."""
+    try:
+        return load_spec_file(path)
+    except SpecError as exc:
+        raise click.ClickException(f"{path}: invalid spec\n{exc}") from None
+
+
+def file_option(fn: F) -> F:
+    """Adds -f/--file FILE, the spec file."""
+    return click.option(
+        "-f",
+        "--file",
+        "path",
+        required=True,
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="Service spec (YAML).",
+    )(fn)
+
+
+def timeout_option(default: float) -> Callable[[F], F]:
+    """Adds --timeout SECONDS (at least 1) with the command's default."""
+    return click.option(
+        "--timeout",
+        type=click.FloatRange(min=1),
+        default=default,
+        show_default=True,
+        help="Seconds to wait before giving up (exit code 6).",
+    )
 
 
 @click.command()
-@click.option(
-    "-f",
-    "--file",
-    "path",
-    required=True,
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Service spec (YAML).",
-)
-@click.option("--detach", "-d", is_flag=True, help="Return once the change is stored; do not wait for tasks.")
-@click.option("--dry-run", is_flag=True, help="Validate and show what would change; change nothing.")
+@file_option
+@click.option("--detach", "-d", is_flag=True, help="Return once the change is stored; do not wait for the rollout.")
+@click.option("--dry-run", is_flag=True, help="Validate and show what would change; change nothing (see `plan`).")
 @click.option(
     "--if-revision",
     "if_revision",
     multiple=True,
     metavar="N|NAME=N",
-    help="Change nothing unless the service is still at revision N (0: does not exist yet); "
-    "NAME=N per service when the file has several. Refused with the current revision when it moved.",
+    help="N: change nothing if a service of the file (or one --prune removes) changed since state revision N "
+    "(as `dockyard plan` printed it). NAME=N: unless service NAME is still at revision N (0: does not exist "
+    "yet); repeat per service. Refused (exit 1) with what moved.",
 )
-@click.option(
-    "--timeout",
-    type=click.FloatRange(min=1),
-    default=300.0,
-    show_default=True,
-    help="Seconds to wait for the tasks to run.",
-)
+@click.option("--prune", is_flag=True, help="Also remove every service that is not in the file.")
+@timeout_option(DEPLOY_TIMEOUT)
 @controller_option
 @output_option
 def apply(
@@ -98,81 +132,44 @@ def apply(
     detach: bool,
     dry_run: bool,
     if_revision: tuple[str, ...],
+    prune: bool,
     timeout: float,
     controller: str | None,
     output: str,
 ) -> None:
-    """Create or update the services of a spec file, then wait until their tasks run."""
-    try:
-        specs = load_spec_file(path)
-    except SpecError as exc:
-        raise click.ClickException(f"{path}: invalid spec\n{exc}") from None
-    expected = parse_if_revision(if_revision, [s.name for s in specs])
+    """Create or update the services of a spec file, then wait until they run healthy at the new revision.
+
+    Exit codes: 0 converged, 1 error, 3 rolled back, 4 paused, 5 tasks cannot be placed, 6 timeout, 7 a job
+    failed (docs/operations.md).
+    """
+    specs = load_specs(path)
+    state_revision, expected = parse_if_revision(if_revision, [s.name for s in specs])
 
     async def body(client: Client) -> None:
-        response = await client.apply(specs, dry_run=dry_run, if_revision=expected)
-        rows: list[dict[str, object]] = [
+        pruned: list[str] = []
+        if prune:
+            names = {s.name for s in specs}
+            pruned = sorted(s.name for s in await client.list_services() if s.name not in names)
+        response = await client.apply(
+            specs, dry_run=dry_run, if_revision=expected, if_state_revision=state_revision, prune=prune
+        )
+        rows: list[dict[str, Any]] = [
             {"service": r.service.name, "action": _action(r), "revision": r.service.revision} for r in response.results
         ]
+        rows.extend({"service": name, "action": "removed", "revision": None} for name in pruned)
         if output != "json":
             for row in rows:
-                click.echo(f"{row['service']}: {row['action']} (revision {row['revision']})", err=True)
+                revision = f" (revision {row['revision']})" if row["revision"] is not None else ""
+                click.echo(f"{row['service']}: {row['action']}{revision}", err=True)
         if dry_run or detach:
             emit(rows, [("SERVICE", "service"), ("ACTION", "action"), ("REVISION", "revision")], output)
             return
-        final = await _wait(client, [r.service for r in response.results], timeout, quiet=output == "json")
-        for row, result in zip(rows, response.results, strict=True):
-            row["running"] = final[result.service.name].running
-            row["replicas"] = final[result.service.name].desired
-        emit(
-            rows,
-            [
-                ("SERVICE", "service"),
-                ("ACTION", "action"),
-                ("REVISION", "revision"),
-                ("RUNNING", "running"),
-                ("REPLICAS", "replicas"),
-            ],
-            output,
-        )
+        targets = [Target(r.service, r.service.spec_revision) for r in response.results]
+        display = choose_display(output, f"apply {path.name}")
+        verdict, progresses = await wait_for_deploy(client, targets, within=timeout, display=display)
+        finish(verdict, progresses, rows, output)
 
     run(body, controller)
-
-
-async def _wait(client: Client, targets: list[pb.Service], wait_seconds: float, quiet: bool) -> dict[str, Progress]:
-    """Waits on a watch until every target service has converged; raises ApiError on rejection or timeout."""
-    names = [s.name for s in targets]
-    ids = [s.id for s in targets]
-    last: dict[str, str] = {}
-    current: dict[str, Progress] = {}
-
-    async def load() -> tuple[list[pb.Service], list[pb.Task]]:
-        services = [s for s in await client.list_services() if s.id in ids]
-        if len(ids) <= _PER_SERVICE_LISTS:
-            tasks = [t for service_id in ids for t in await client.list_tasks(service_id, include_finished=True)]
-        else:
-            tasks = await client.list_tasks(include_finished=True)
-        return services, tasks
-
-    def converged(mirror: Mirror) -> dict[str, Progress] | None:
-        nonlocal current
-        services = {s.name: s for s in mirror.services.values()}
-        tasks = list(mirror.tasks.values())
-        current = {name: progress(services[name], tasks) for name in names if name in services}
-        for name, state in current.items():
-            line = state.line()
-            if not quiet and last.get(name) != line:
-                click.echo(line, err=True)
-                last[name] = line
-            if state.rejected:
-                raise ApiError("; ".join(state.rejected))
-        return current if all(p.done for p in current.values()) else None
-
-    def missing() -> str:
-        problems = [msg for p in current.values() for msg in (*p.failed, *p.waiting)]
-        return "waiting for tasks to run" + (f": {'; '.join(problems[:5])}" if problems else "")
-
-    return await wait_until(client, load, converged, within=wait_seconds, waiting_for=missing, services=ids)
 
 
 @click.command()
@@ -192,9 +189,11 @@ def services(controller: str | None, output: str) -> None:
             [
                 ("ID", "short_id"),
                 ("NAME", "name"),
+                ("MODE", "mode"),
                 ("REV", "revision"),
                 ("IMAGE", "image"),
                 ("TASKS", "tasks"),
+                ("ROLLOUT", "rollout"),
                 ("PORTS", "ports"),
             ],
             output,
@@ -219,7 +218,8 @@ def ps(service: str, show_all: bool, controller: str | None, output: str) -> Non
         for row in rows:
             row["short_id"] = row["id"][:12]
             row["short_container"] = (row["container_id"] or "")[:12]
-            row["detail"] = row["error"] or row["message"]
+            row["try"] = row["attempt"] + 1
+            row["detail"] = task_detail(row)
         emit(rows, TASK_COLUMNS, output)
 
     run(body, controller)
@@ -236,7 +236,7 @@ def ps(service: str, show_all: bool, controller: str | None, output: str) -> Non
     metavar="N",
     help="Change nothing unless SERVICE is still at revision N; refused with the current revision when it moved.",
 )
-@click.option("--timeout", type=click.FloatRange(min=1), default=300.0, show_default=True)
+@timeout_option(DEPLOY_TIMEOUT)
 @controller_option
 @output_option
 def scale(
@@ -252,13 +252,14 @@ def scale(
 
     async def body(client: Client) -> None:
         scaled = await client.scale(service, replicas, if_revision=if_revision)
+        document = {"service": scaled.name, "replicas": scaled.spec.replicas, "revision": scaled.revision}
         if not detach:
-            await _wait(client, [scaled], timeout, quiet=output == "json")
-        emit_object(
-            {"service": scaled.name, "replicas": scaled.spec.replicas, "revision": scaled.revision},
-            output,
-            f"{scaled.name} scaled to {scaled.spec.replicas}",
-        )
+            display = PlainDisplay() if output != "json" else QuietDisplay()
+            target = Target(scaled, scaled.spec_revision)
+            verdict, _ = await wait_for_deploy(client, [target], within=timeout, display=display)
+            if verdict.code != ExitCode.OK:
+                raise Failed(verdict.code, verdict.reason)
+        emit_object(document, output, f"{scaled.name} scaled to {scaled.spec.replicas}")
 
     run(body, controller)
 

@@ -77,7 +77,7 @@ def test_done_when_exactly_the_desired_tasks_run_at_the_current_spec() -> None:
     result = progress(service, [make_task(slot) for slot in (1, 2, 3)])
     assert (result.running, result.stale, result.stopping) == (3, 0, 0)
     assert result.done
-    assert result.line() == "web: 3/3 running"
+    assert result.line() == "web: 3/3 updated, 3 healthy"
 
 
 def test_not_done_with_too_few_or_too_many_running() -> None:
@@ -109,7 +109,7 @@ def test_tasks_on_an_older_spec_count_as_stale_whatever_their_state() -> None:
     result = progress(service, tasks)
     assert (result.running, result.stale) == (1, 2)
     assert not result.done
-    assert result.line() == "web: 1/2 running, 2 to update"
+    assert result.line() == "web: 1/2 updated, 1 healthy, 2 to update"
 
 
 def test_tasks_still_stopping_block_done() -> None:
@@ -124,12 +124,15 @@ def test_tasks_still_stopping_block_done() -> None:
     result = progress(service, tasks)
     assert (result.running, result.stopping, result.stale) == (2, 1, 0)
     assert not result.done
-    assert result.line() == "web: 2/2 running, 1 stopping"
+    assert result.line() == "web: 2/2 updated, 2 healthy, 1 stopping"
 
 
-def test_the_line_lists_stopping_before_stale() -> None:
-    line = Progress("web", 3, running=1, stale=2, stopping=1).line()
-    assert line == "web: 1/3 running, 1 stopping, 2 to update"
+def test_the_line_lists_failed_stopping_moving_then_stale_and_the_rollout() -> None:
+    line = Progress("web", 3, updated=2, running=1, starting=1, failed=1, stale=2, stopping=1, moving=1).line()
+    assert line == "web: 2/3 updated, 1 healthy, 1 starting, 1 failed, 1 stopping, 1 moving, 2 to update"
+    assert Progress("web", 3, updated=3, running=3, rollout="updating").line() == (
+        "web: 3/3 updated, 3 healthy (rollout updating)"
+    )
 
 
 def test_other_services_tasks_are_ignored() -> None:
@@ -149,14 +152,16 @@ def test_rejected_failed_and_pending_tasks_are_explained() -> None:
         make_task(4, state=pb.TASK_STATE_PENDING, message="no node has 2 CPUs free"),
         make_task(5, state=pb.TASK_STATE_STARTING),
     ]
+    tasks[2].status.exit_code = 3
     result = progress(service, tasks)
-    assert result.rejected == [
+    assert result.failures == [
         "web.1: rejected: image 'app:2' not found",
         "web.2: rejected: no reason given as an error",
+        "web.3: failed (exit 3): exited with code 3",
     ]
-    assert result.failed == ["web.3: failed: exited with code 3"]
-    assert result.waiting == ["web.4: pending: no node has 2 CPUs free"]
-    assert result.running == 0
+    assert result.failed == 3
+    assert result.waiting == ["web.4: no node has 2 CPUs free"]
+    assert (result.running, result.starting, result.updated) == (0, 1, 2)
     assert not result.done
 
 
@@ -167,7 +172,7 @@ def test_a_task_newer_than_spec_revision_is_current() -> None:
     assert progress(service, [make_task(1, service=make_service(revision=2))]).stale == 1
 
 
-def test_problems_of_stale_or_stopping_tasks_are_not_reported() -> None:
+def test_old_failures_are_history_and_a_current_failure_counts_even_once_told_to_stop() -> None:
     service = make_service(replicas=1)
     old = make_service(image="app:1", revision=1, spec_revision=1)
     tasks = [
@@ -176,8 +181,8 @@ def test_problems_of_stale_or_stopping_tasks_are_not_reported() -> None:
         make_task(3, state=pb.TASK_STATE_FAILED, desired=pb.DESIRED_STATE_SHUTDOWN, error="stopped failure"),
     ]
     result = progress(service, tasks)
-    assert result.failed == []
-    assert result.stale == 1
+    assert result.failures == ["web.3: failed: stopped failure"]  # a current-spec task failed, then told to stop
+    assert result.stale == 0  # a failed task of an older spec is history, not a task to update
 
 
 # --- views ----------------------------------------------------------------------------------------------
@@ -227,6 +232,12 @@ def test_task_view_fields() -> None:
         "message": "",
         "error": "exited with code 3",
         "exit_code": 3,
+        "cause": "task",
+        "attempt": 0,
+        "health": None,
+        "health_output": None,
+        "failing_streak": 0,
+        "replaced": False,
         "container_id": "c" * 64,
         "revision": 2,
         "image": "app:2",
@@ -316,11 +327,20 @@ def test_service_view_fields() -> None:
     assert view == {
         "id": "svc",
         "name": "web",
+        "mode": "replicated",
         "revision": 2,
+        "spec_revision": 2,
         "image": "app:2",
         "replicas": 3,
         "running": 2,
         "ports": ["8080:80/tcp"],
+        "rollout": None,
+        "rollout_from": None,
+        "rollout_to": None,
+        "rollout_message": None,
+        "rollout_started_at": None,
+        "rollout_completed_at": None,
+        "change_cause": None,
         "created_at": CREATED.isoformat(),
         "updated_at": UPDATED.isoformat(),
     }
@@ -588,22 +608,23 @@ async def test_an_error_in_the_check_ends_the_wait() -> None:
 @pytest.mark.parametrize(
     ("values", "names", "expected"),
     [
-        ((), ["web"], {}),
-        (("3",), ["web"], {"web": 3}),
-        (("0",), ["web"], {"web": 0}),
-        (("web=2", "db=0"), ["web", "db"], {"web": 2, "db": 0}),
-        (("db=5",), ["web", "db"], {"db": 5}),
+        ((), ["web"], (0, {})),
+        (("812",), ["web"], (812, {})),  # a bare N is a plan's state revision, whatever the file holds
+        (("812",), ["web", "db"], (812, {})),
+        (("web=0",), ["web"], (0, {"web": 0})),
+        (("web=2", "db=0"), ["web", "db"], (0, {"web": 2, "db": 0})),
+        (("db=5", "812"), ["web", "db"], (812, {"db": 5})),  # both forms together
     ],
 )
-def test_parse_if_revision(values: tuple[str, ...], names: list[str], expected: dict[str, int]) -> None:
+def test_parse_if_revision(values: tuple[str, ...], names: list[str], expected: tuple[int, dict[str, int]]) -> None:
     assert parse_if_revision(values, names) == expected
 
 
 @pytest.mark.parametrize(
     ("values", "names", "problem"),
     [
-        (("3",), ["web", "db"], "a bare N is for a file of one service"),
-        (("3", "4"), ["web"], "a bare N is for a file of one service"),
+        (("0",), ["web"], "0 is no state revision; NAME=0 says a service must not exist yet"),
+        (("3", "4"), ["web"], "a state revision is given twice"),
         (("web=x",), ["web"], "N must be a revision number"),
         (("web=-1",), ["web"], "N must be a revision number"),
         (("cache=1",), ["web"], "the file has no service 'cache'"),
