@@ -146,6 +146,7 @@ def notes_of(progresses: Sequence[Progress], extra: Sequence[str] = ()) -> list[
             notes.append(f"{p.name}: {p.rollout_message}")
         notes.extend(p.job_failures)
         notes.extend(p.given_up)
+        notes.extend(p.refused)
         notes.extend(p.failures[-2:])
         notes.extend(p.waiting[:2])
     return notes

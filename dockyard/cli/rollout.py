@@ -13,7 +13,8 @@ reason) or None (keep waiting); `at_timeout(...)` is the verdict when --timeout 
   a failure even when every task runs (docker/cli#6752). A status of an older rollout is ignored.
 * Paused: the rollout to the current spec is PAUSED (or ROLLBACK_PAUSED).
 * Unplaced: a task of the current spec that the scheduler found no node for, seen so for UNPLACED_GRACE
-  seconds in a row (a node freeing up during a stop-first update is not a failure).
+  seconds in a row (a node freeing up during a stop-first update is not a failure); or a slot its hosts
+  refused HOST_FAULT_LIMIT times in a row (host faults are retried, preferably elsewhere, for ever).
 * A job failed: a task of the current spec failed by its own fault and the restart policy runs it no more.
   The same of a service's task is an error (exit 1): the service cannot converge (a task refused by the
   host's policy under `restart: {condition: none}`), unless a rollout under way decides what happens.
@@ -31,6 +32,7 @@ from dockyard.task_state import is_terminal, runs_current_spec, state_name
 from dockyard.v1 import types_pb2 as pb
 
 __all__ = [
+    "HOST_FAULT_LIMIT",
     "UNPLACED_GRACE",
     "UNPLACED_PREFIX",
     "Progress",
@@ -49,6 +51,9 @@ __all__ = [
 UNPLACED_PREFIX: Final = "no suitable node"
 # How long a task may stay unplaced before a waiting command gives up with ExitCode.UNPLACED.
 UNPLACED_GRACE: Final = 10.0
+# Host faults are retried at once, elsewhere when another node fits, and never count as a task's failure; a
+# slot that its hosts refused this many times in a row will not run (every node refuses it): ExitCode.UNPLACED.
+HOST_FAULT_LIMIT: Final = 3
 
 _S = pb.UpdateStatus
 _ROLLBACK_STATES: Final = frozenset({_S.STATE_ROLLBACK_STARTED, _S.STATE_ROLLBACK_PAUSED, _S.STATE_ROLLBACK_COMPLETED})
@@ -88,6 +93,8 @@ class Progress:
     job_failures: list[str] = field(default_factory=list)  # job tasks that will not run again
     # Failed tasks of a service (not a job) that the restart policy runs no more: the service cannot converge.
     given_up: list[str] = field(default_factory=list)
+    # Slots refused by their hosts HOST_FAULT_LIMIT times in a row (a host policy, an image no host can pull).
+    refused: list[str] = field(default_factory=list)
 
     @property
     def converged(self) -> bool:
@@ -145,7 +152,7 @@ class Progress:
             "rollout_message": self.rollout_message or None,
             "rolled_back": self.rolled_back,
             "converged": self.converged,
-            "problems": [*self.job_failures, *self.given_up, *self.failures[-5:], *self.waiting[:5]],
+            "problems": [*self.job_failures, *self.given_up, *self.refused, *self.failures[-5:], *self.waiting[:5]],
         }
 
 
@@ -169,12 +176,21 @@ def progress(service: pb.Service, tasks: Iterable[pb.Task], *, target: int = 0) 
     if service.spec.mode == pb.SERVICE_MODE_GLOBAL:
         # One task per eligible node: the orchestrator's live tasks are the target.
         result.desired = sum(1 for t in mine if t.desired_state == pb.DESIRED_STATE_RUNNING)
-    newest: dict[int, pb.Task] = {}  # slot -> its latest task of the current spec
+    slots: dict[int, list[pb.Task]] = {}  # slot -> its tasks of the current spec
     for task in mine:
         current = runs_current_spec(service, task)
-        if current and task.slot and _newer(task, newest.get(task.slot)):
-            newest[task.slot] = task
+        if current and task.slot:
+            slots.setdefault(task.slot, []).append(task)
         _count(result, service.name, task, current)
+    for slot_tasks in slots.values():
+        slot_tasks.sort(key=_age, reverse=True)
+    newest = {slot: slot_tasks[0] for slot, slot_tasks in slots.items()}
+    for slot, slot_tasks in sorted(slots.items()):
+        refusals = _host_faults_in_a_row(slot_tasks)
+        if len(refusals) >= HOST_FAULT_LIMIT:
+            result.refused.append(
+                f"{service.name}.{slot}: refused {len(refusals)} times in a row: {failure_text(refusals[0])}"
+            )
     given_up = [
         f"{service.name}.{t.slot}: {failure_text(t)}"
         for t in newest.values()
@@ -238,16 +254,24 @@ def failure_text(task: pb.Task) -> str:
     return f"{state} ({', '.join(parts)}): {what}" if parts else f"{state}: {what}"
 
 
-def _newer(task: pb.Task, other: pb.Task | None) -> bool:
-    if other is None:
-        return True
-    # Creation time first: a replacement after a long run starts again at attempt 0.
-    return (task.created_at.seconds, task.created_at.nanos, task.attempt, task.id) > (
-        other.created_at.seconds,
-        other.created_at.nanos,
-        other.attempt,
-        other.id,
-    )
+def _age(task: pb.Task) -> tuple[int, int, int, str]:
+    """Orders a slot's tasks oldest first: by creation (a replacement after a long run is attempt 0 again)."""
+    return (task.created_at.seconds, task.created_at.nanos, task.attempt, task.id)
+
+
+def _host_faults_in_a_row(newest_first: Sequence[pb.Task]) -> list[pb.Task]:
+    """The slot's latest failures that were all the host's fault, newest first (a live successor skipped)."""
+    ended = [t for t in newest_first if is_terminal(t.status.state)]
+    if len(ended) < len(newest_first) - 1:
+        return []  # more than one live task: a start-first successor, not a string of refusals
+    run: list[pb.Task] = []
+    for task in ended:
+        if task.status.state not in (pb.TASK_STATE_FAILED, pb.TASK_STATE_REJECTED):
+            break
+        if task.status.cause != pb.TaskStatus.CAUSE_HOST:
+            break
+        run.append(task)
+    return run
 
 
 def _gives_up(service: pb.Service, task: pb.Task) -> bool:
@@ -308,6 +332,7 @@ def judge(
         if p.given_up and p.rollout not in ("updating", "rollback_started"):
             return Verdict(ExitCode.ERROR, f"not restarted (restart policy): {'; '.join(p.given_up[:3])}")
     stuck = [why for p in progresses for task_id, why in p.unplaced.items() if unplaced_for.get(task_id, 0) >= grace]
+    stuck += [why for p in progresses for why in p.refused]
     if stuck:
         return Verdict(ExitCode.UNPLACED, f"cannot place {len(stuck)} task(s): {'; '.join(stuck[:3])}")
     if all(p.converged for p in progresses):

@@ -79,12 +79,14 @@ def _cause(task: pb.Task) -> str | None:
 
 
 def task_detail(row: Mapping[str, Any]) -> str:
-    """The MESSAGE column of `dockyard ps` for a task row: why it failed (exit code, whose fault), else what
-    its last health probe said while it is not healthy, else its status message."""
+    """The MESSAGE column of `dockyard ps` for a task row: why it failed ("exit 1, unhealthy: ..."; host faults
+    say "host fault"), else what its last health probe said while it is not healthy, else its status message."""
     if row["cause"] is not None:
+        # The task's own fault is the usual case and goes unsaid; a health check's or the host's is named.
         parts = [f"exit {row['exit_code']}"] if row["exit_code"] else []
-        parts.append({"task": "task's fault", "unhealthy": "unhealthy", "host": "host fault"}[row["cause"]])
-        return f"{', '.join(parts)}: {row['error'] or row['message']}"
+        parts += [{"unhealthy": "unhealthy", "host": "host fault"}[row["cause"]]] if row["cause"] != "task" else []
+        reason = str(row["error"] or row["message"])
+        return f"{', '.join(parts)}: {reason}" if parts else reason
     if row["health"] in ("starting", "unhealthy") and row["health_output"]:
         return f"{row['message']}; last probe: {row['health_output']}".lstrip("; ")
     if row["replaced"]:

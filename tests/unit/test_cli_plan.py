@@ -144,7 +144,9 @@ def test_ps_shows_a_failed_tasks_exit_code_cause_and_attempt() -> None:
     task.status.error = "exited with code 1"
     row = ps_row(task)
     assert (row["cause"], row["attempt"]) == ("task", 2)
-    assert task_detail(row) == "exit 1, task's fault: exited with code 1"
+    assert task_detail(row) == "exit 1: exited with code 1"
+    task.status.cause = pb.TaskStatus.CAUSE_UNHEALTHY
+    assert task_detail(ps_row(task)) == "exit 1, unhealthy: exited with code 1"
     task.status.cause = pb.TaskStatus.CAUSE_HOST
     task.status.exit_code = 0
     task.status.error = "image app:2 cannot be pulled on this node"

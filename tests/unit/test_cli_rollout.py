@@ -201,6 +201,30 @@ def test_a_task_waiting_for_a_dependency_is_not_unplaced() -> None:
     assert judge([result], {waiting.id: 1000.0}) is None
 
 
+def refused(slot: int, seconds: int, cause: pb.TaskStatus.Cause.ValueType = pb.TaskStatus.CAUSE_HOST) -> pb.Task:
+    result = task(slot, state=pb.TASK_STATE_REJECTED, desired=pb.DESIRED_STATE_SHUTDOWN, task_id=f"r{seconds}")
+    result.created_at.seconds = seconds
+    result.status.cause = cause
+    result.status.error = "refused by this host's policy: host port 80/tcp is not allowed"
+    return result
+
+
+def test_a_slot_its_hosts_refused_three_times_in_a_row_cannot_be_placed() -> None:
+    svc = service(replicas=1)
+    retry = task(1, state=pb.TASK_STATE_PENDING, node="", task_id="live")
+    retry.created_at.seconds = 99
+    assert verdict_of(svc, [refused(1, 1), refused(1, 2), retry]) is None  # twice: retried
+    verdict = judge([progress(svc, [refused(1, 1), refused(1, 2), refused(1, 3), retry])], {})
+    assert verdict is not None and verdict.code == ExitCode.UNPLACED
+    assert verdict.reason == (
+        "cannot place 1 task(s): web.1: refused 3 times in a row: "
+        "rejected (host fault): refused by this host's policy: host port 80/tcp is not allowed"
+    )
+    # The task's own failure in between starts the count again.
+    own = refused(1, 2, cause=pb.TaskStatus.CAUSE_TASK)
+    assert verdict_of(svc, [refused(1, 1), own, refused(1, 3), refused(1, 4), retry]) is None
+
+
 # --- jobs -----------------------------------------------------------------------------------------------
 
 
