@@ -6,7 +6,8 @@ field's default and limits are in one table, dockyard.spec.schema.
 
 The modules: schema (the field table), reader (YAML document to ServiceSpec), validation (checks of
 a ServiceSpec, shared with the controller's API), issues (Issue, SpecError, paths), loading (files
-and YAML), units (bytes, durations, CPUs, ports), writer (ServiceSpec to document).
+and YAML), units (bytes, durations, CPUs, ports), writer (ServiceSpec to document), diff (what
+changed between two specs, field by field), dependencies (the depends_on graph: cycles, start order).
 
 The names below are loaded on first use (PEP 562), not with the package: the agent needs only the
 schema table (defaults, the label prefix) and must not carry YAML, the reader and the validation

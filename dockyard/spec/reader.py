@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import shlex
 from collections.abc import Callable, Iterable, Mapping, MutableMapping
-from typing import TypeVar
+from typing import Any, TypeVar
+
+from google.protobuf.duration_pb2 import Duration
 
 from dockyard.spec import schema, validation
 from dockyard.spec.issues import (
@@ -27,7 +29,7 @@ from dockyard.spec.issues import (
     service_path,
     unknown_fields,
 )
-from dockyard.spec.schema import Bounded, Field
+from dockyard.spec.schema import Bounded, Field, Ranged
 from dockyard.spec.units import (
     DURATION_SHAPE,
     MAX_BYTES,
@@ -42,14 +44,29 @@ from dockyard.spec.units import (
 from dockyard.v1 import types_pb2 as pb
 
 Number = TypeVar("Number", bound=int | str)
+_Probe = pb.HttpProbe | pb.TcpProbe
 
 SERVICE_FIELDS = schema.children("")
 # Spellings people bring from Docker Compose, where difflib alone would not find our field.
 _SERVICE_HINTS = {
     "environment": 'did you mean "env"?',
-    "deploy": "write mode, replicas, placement, resources and restart directly under the service",
+    "deploy": "write mode, replicas, placement, resources, restart, update and rollback directly under the service",
     "restart_policy": 'did you mean "restart"?',
+    "update_config": 'did you mean "update"?',
+    "rollback_config": 'did you mean "rollback"?',
 }
+# Compose's key for a check turned off; it reads as test: ["NONE"].
+_DISABLE = "disable"
+_HEALTH_FIELDS = (*schema.children("healthcheck"), _DISABLE)
+_HEALTH_EXAMPLE = '{test: ["CMD", "pg_isready"], interval: 10s}'
+_TIMINGS = (schema.HEALTH_INTERVAL, schema.HEALTH_TIMEOUT)
+_START_TIMINGS = (schema.HEALTH_START_PERIOD, schema.HEALTH_START_INTERVAL)
+# Compose's long form of depends_on also has these; only Compose's default for `required` means
+# what Dockyard does.
+_REQUIRED = "required"
+_RESTART = "restart"
+_DEPENDENCY_FIELDS = (*schema.children("depends_on.*"), _REQUIRED)
+_DEPENDS_ON_EXAMPLE = "[db] or {db: {condition: service_healthy}}"
 _KEEP = "keep"
 _CONSTRAINT_EXAMPLE = '"node.labels.zone == a"'
 _DEFAULT_PLACEMENT = pb.Placement(
@@ -65,6 +82,8 @@ def read_document(data: object, source: str) -> tuple[list[pb.ServiceSpec], list
     """
     reader = _Reader()
     specs = reader.document(data, source)
+    # Cycles run between services, so they are found once every service is read.
+    reader.issues.extend(validation.depends_on_issues([spec for spec in specs if spec.name]))
     return specs, reader.issues
 
 
@@ -162,7 +181,14 @@ class _Reader:
             where = key_path(path, "labels")
             self.string_map(body["labels"], where, "labels", "key", validation.label_issues, spec.labels)
         if "restart" in body:
-            self.restart(body["restart"], key_path(path, "restart"), spec.restart)
+            self.restart(body["restart"], key_path(path, "restart"), spec)
+        if "healthcheck" in body:
+            self.healthcheck(body["healthcheck"], key_path(path, "healthcheck"), spec.healthcheck)
+        for block in ("update", "rollback"):
+            if block in body:
+                self.update_config(body[block], key_path(path, block), block, spec)
+        if "depends_on" in body:
+            self.depends_on(body["depends_on"], key_path(path, "depends_on"), name, spec.depends_on)
         if "stop_grace_period" in body:
             where = key_path(path, "stop_grace_period")
             nanos = self.duration(body["stop_grace_period"], where, schema.STOP_GRACE_PERIOD)
@@ -356,10 +382,12 @@ class _Reader:
                 spec.replicas = replicas
 
     def placement(self, value: object, path: str, spec: pb.ServiceSpec) -> None:
-        """Reads constraints, per-node cap and strategy into spec.placement, which stays unset if all are defaults."""
+        """Reads the placement's fields into spec.placement, which stays unset if all are defaults."""
         if not isinstance(value, dict):
             self.fail(
-                path, f"must be a mapping with constraints, max_replicas_per_node and/or strategy, got {got(value)}"
+                path,
+                "must be a mapping with constraints, max_replicas_per_node, strategy and/or rebalance, "
+                f"got {got(value)}",
             )
             return
         self.known(value, path, "placement")
@@ -377,6 +405,11 @@ class _Reader:
             strategy = self.choice(value["strategy"], where, schema.STRATEGY, validation.strategy_message)
             if strategy is not None:
                 placement.strategy = strategy
+        if "rebalance" in value:
+            where = key_path(path, "rebalance")
+            rebalance = self.boolean(value["rebalance"], where)
+            if rebalance is not None and self.passes(validation.rebalance_issues(spec.mode, rebalance, where)):
+                placement.rebalance = rebalance
         if placement != _DEFAULT_PLACEMENT:
             spec.placement.CopyFrom(placement)
 
@@ -485,16 +518,17 @@ class _Reader:
 
     # --- Restart --------------------------------------------------------------------------------------------
 
-    def restart(self, value: object, path: str, restart: pb.RestartPolicy) -> None:
-        """Reads the restart policy over its defaults."""
+    def restart(self, value: object, path: str, spec: pb.ServiceSpec) -> None:
+        """Reads the restart policy over its defaults; max_delay stays unset unless given."""
         if not isinstance(value, dict):
             self.fail(path, f"must be a mapping like {{condition: on-failure, delay: 5s}}, got {got(value)}")
             return
         self.known(value, path, "restart")
+        restart = spec.restart
         if "condition" in value:
             where = key_path(path, "condition")
             condition = self.choice(value["condition"], where, schema.RESTART_CONDITION, validation.condition_message)
-            if condition is not None:
+            if condition is not None and self.passes(validation.job_condition_issues(spec.mode, condition, where)):
                 restart.condition = condition
         if "delay" in value:
             nanos = self.duration(value["delay"], key_path(path, "delay"), schema.RESTART_DELAY)
@@ -509,8 +543,277 @@ class _Reader:
             nanos = self.duration(value["window"], key_path(path, "window"), schema.RESTART_WINDOW)
             if nanos is not None:
                 restart.window.FromNanoseconds(nanos)
+        if "max_delay" in value:
+            nanos = self.duration(value["max_delay"], key_path(path, "max_delay"), schema.RESTART_MAX_DELAY)
+            if nanos is not None:
+                restart.max_delay.FromNanoseconds(nanos)
+                if not self.passes(validation.max_delay_issues(restart, path)):
+                    restart.ClearField("max_delay")
+
+    # --- Health -----------------------------------------------------------------------------------------------
+
+    def healthcheck(self, value: object, path: str, check: pb.HealthCheck) -> None:
+        """Reads a healthcheck as Compose writes it, with Dockyard's http and tcp probes; set even when empty."""
+        if not isinstance(value, dict):
+            self.fail(path, f"must be a mapping like {_HEALTH_EXAMPLE}, got {got(value)}")
+            return
+        self.issues.extend(unknown_fields(value, path, _HEALTH_FIELDS))
+        check.SetInParent()
+        if "test" in value:
+            check.test.extend(self.health_test(value["test"], key_path(path, "test")))
+        if _DISABLE in value:
+            where = key_path(path, _DISABLE)
+            disable = self.boolean(value[_DISABLE], where)
+            if disable and "test" in value:
+                self.fail(where, 'cannot be combined with test; disable: true means test: ["NONE"], so keep one')
+            elif disable:
+                check.test.append("NONE")
+        if "http" in value:
+            where = key_path(path, "http")
+            probe = self.probe(value["http"], where, "healthcheck.http", "{port: 8080, path: /healthz}")
+            if probe is not None:
+                self.probe_port(probe, where, schema.HEALTH_HTTP_PORT, check.http)
+                if "path" in probe:
+                    self.http_path(probe["path"], key_path(where, "path"), check.http)
+                if "status" in probe:
+                    status = self.ranged(probe["status"], key_path(where, "status"), schema.HEALTH_HTTP_STATUS)
+                    if status is not None:
+                        check.http.status = status
+        if "tcp" in value:
+            where = key_path(path, "tcp")
+            probe = self.probe(value["tcp"], where, "healthcheck.tcp", "{port: 5432}")
+            if probe is not None:
+                self.probe_port(probe, where, schema.HEALTH_TCP_PORT, check.tcp)
+        self.passes(validation.health_probe_issues(check, path))
+        for row in _TIMINGS:
+            self.timing(value, path, row, check)
+        if "retries" in value:
+            retries = self.ranged(value["retries"], key_path(path, "retries"), schema.HEALTH_RETRIES)
+            if retries is not None:
+                check.retries = retries
+        for row in _START_TIMINGS:
+            self.timing(value, path, row, check)
+
+    def health_test(self, value: object, path: str) -> list[str]:
+        """Reads a test as Compose does: a list whose first word says how to run it, or one shell command line."""
+        if isinstance(value, str):
+            if not value:
+                self.fail(path, 'must not be empty; give a command line, or write ["NONE"] to turn the check off')
+                return []
+            words = ["CMD-SHELL", value]
+        elif isinstance(value, list):
+            words = value
+            if not words:
+                self.fail(
+                    path,
+                    'must not be empty; leave test out to use the image\'s own check, or write ["NONE"] to turn it off',
+                )
+                return []
+        else:
+            self.fail(path, f'must be a list like ["CMD", "pg_isready"] or a command line string, got {got(value)}')
+            return []
+        test = []
+        for i, word in enumerate(words):
+            where = index_path(path, i)
+            if not isinstance(word, str):
+                self.fail(where, f"must be a string, got {got_string(word)}")
+                return []
+            if not self.text(word, where):
+                return []
+            test.append(word)
+        # Checked whole, since the first word decides what may follow.
+        return test if self.passes(validation.health_test_issues(test, path)) else []
+
+    def probe(self, value: object, path: str, section: str, example: str) -> Mapping[object, object] | None:
+        """Returns the mapping of an http or tcp probe, recording what is wrong with it otherwise."""
+        if not isinstance(value, dict):
+            self.fail(path, f"must be a mapping like {example}, got {got(value)}")
+            return None
+        self.known(value, path, section)
+        return value
+
+    def probe_port(self, probe: Mapping[object, object], path: str, field: Ranged[int], target: _Probe) -> None:
+        """Reads the required port of a probe; the probe is set even when the port is refused."""
+        target.SetInParent()
+        where = key_path(path, "port")
+        if "port" not in probe:
+            self.fail(where, "is required; give the port the container listens on")
+            return
+        port = self.ranged(probe["port"], where, field)
+        if port is not None:
+            target.port = port
+
+    def http_path(self, value: object, path: str, http: pb.HttpProbe) -> None:
+        """Reads the path an HTTP probe gets."""
+        if not isinstance(value, str):
+            self.fail(path, f'must be a string like "/healthz", got {got_string(value)}')
+        elif self.text(value, path) and self.passes(validation.http_path_issues(value, path)):
+            http.path = value
+
+    def timing(self, value: Mapping[object, object], path: str, field: Ranged[int], check: pb.HealthCheck) -> None:
+        """Reads one of the health check's durations, which stays unset (the image's own) unless given."""
+        if field.name not in value:
+            return
+        nanos = self.duration(value[field.name], key_path(path, field.name), field)
+        if nanos is not None:
+            duration: Duration = getattr(check, field.name)
+            duration.FromNanoseconds(nanos)
+
+    # --- Rollouts ----------------------------------------------------------------------------------------------
+
+    def update_config(self, value: object, path: str, block: str, spec: pb.ServiceSpec) -> None:
+        """Reads update or rollback with every key explicit; an update of defaults only stays unset."""
+        if not isinstance(value, dict):
+            self.fail(path, f"must be a mapping like {{parallelism: 2, order: start-first}}, got {got(value)}")
+            return
+        self.known(value, path, block)
+        rows = validation.update_rows(block)
+        config = schema.config_defaults(block)
+        defaults = pb.UpdateConfig()
+        defaults.CopyFrom(config)
+        if "parallelism" in value:
+            parallelism = self.ranged(value["parallelism"], key_path(path, "parallelism"), rows["parallelism"])
+            if parallelism is not None:
+                config.parallelism = parallelism
+        self.config_duration(value, path, rows["delay"], config.delay)
+        if "order" in value:
+            order = self.choice(
+                value["order"], key_path(path, "order"), rows["order"], self.choice_wording(rows["order"])
+            )
+            if order is not None:
+                config.order = order
+        self.config_duration(value, path, rows["monitor"], config.monitor)
+        if "max_failure_ratio" in value:
+            ratio = self.ratio(value["max_failure_ratio"], key_path(path, "max_failure_ratio"))
+            if ratio is not None:
+                config.max_failure_ratio = ratio
+        if "failure_action" in value:
+            where = key_path(path, "failure_action")
+            action_value = value["failure_action"]
+            if block == "rollback" and action_value == "rollback":
+                self.fail(where, validation.ROLLBACK_ROLLBACK_MESSAGE)
+            else:
+                field = rows["failure_action"]
+                action = self.choice(action_value, where, field, self.choice_wording(field))
+                if action is not None:
+                    config.failure_action = action
+        # An update of defaults only is the same as none, and is stored as none; a rollback block is
+        # kept even then, since without one a rollback runs as update says.
+        if block == "rollback" or config != defaults:
+            getattr(spec, block).CopyFrom(config)
+
+    def config_duration(self, value: Mapping[object, object], path: str, field: Field[int], target: Duration) -> None:
+        """Reads the delay or monitor of an update or rollback block into `target`."""
+        if field.name in value and isinstance(field, Bounded):
+            nanos = self.duration(value[field.name], key_path(path, field.name), field)
+            if nanos is not None:
+                target.FromNanoseconds(nanos)
+
+    def ratio(self, value: object, path: str) -> float | None:
+        """Reads a failure ratio, a number from 0 to 1."""
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            self.fail(path, validation.ratio_message(got_number(value)))
+            return None
+        field = schema.UPDATE_MAX_FAILURE_RATIO
+        if not field.minimum <= value <= field.maximum:
+            self.fail(path, validation.ratio_message(describe(value)))
+            return None
+        return float(value)
+
+    # --- Dependencies ------------------------------------------------------------------------------------------
+
+    def depends_on(
+        self, value: object, path: str, dependent: str, depends_on: MutableMapping[str, pb.Dependency]
+    ) -> None:
+        """Reads Compose's short form (a list of names: service_started) or its long form (name -> condition)."""
+        started = schema.DEPENDS_ON_CONDITION.default
+        if isinstance(value, list):
+            first_index: dict[str, int] = {}
+            for i, item in enumerate(value):
+                where = index_path(path, i)
+                if not isinstance(item, str):
+                    self.fail(where, f"must be a service name, got {got_string(item)}")
+                elif item in first_index:
+                    self.fail(where, f"{quote(item)} is already listed as depends_on[{first_index[item]}]; remove one")
+                elif self.text(item, where) and self.passes(validation.dependency_issues(item, dependent, where)):
+                    first_index[item] = i
+                    depends_on[item].condition = started
+            return
+        if not isinstance(value, dict):
+            self.fail(
+                path, f"must be a list of service names or a mapping like {_DEPENDS_ON_EXAMPLE}, got {got(value)}"
+            )
+            return
+        for name, entry in value.items():
+            if not isinstance(name, str):
+                self.fail(path, f"service name {describe(name)} must be a string; put it in quotes")
+                continue
+            where = key_path(path, name)
+            if not (self.text(name, where) and self.passes(validation.dependency_issues(name, dependent, where))):
+                continue
+            condition = self.dependency(entry, where)
+            if condition is not None:
+                depends_on[name].condition = condition
+
+    def dependency(self, value: object, path: str) -> pb.Dependency.Condition.ValueType | None:
+        """Reads one dependency of the long form; returns its condition, or None when it is refused."""
+        if not isinstance(value, dict):
+            # Leaving it out would drop the dependency, so got()'s advice for null does not fit here.
+            shown = "null; write {} to wait for it to start" if value is None else got(value)
+            self.fail(path, f"must be a mapping like {{condition: service_healthy}}, got {shown}")
+            return None
+        ok = True
+        if _RESTART in value:
+            ok = False
+            self.fail(
+                key_path(path, _RESTART),
+                "is not supported: Dockyard does not restart a service when one it depends on restarts; remove it",
+            )
+        others = {key: item for key, item in value.items() if key != _RESTART}
+        before = len(self.issues)
+        self.issues.extend(unknown_fields(others, path, _DEPENDENCY_FIELDS))
+        ok = ok and len(self.issues) == before
+        if _REQUIRED in value and value[_REQUIRED] is not True:
+            ok = False
+            where = key_path(path, _REQUIRED)
+            if value[_REQUIRED] is False:
+                self.fail(
+                    where,
+                    "Dockyard always waits for every dependency, so required: false is not supported; "
+                    "remove the dependency, or remove required",
+                )
+            else:
+                self.fail(where, f"must be true (the default), got {got(value[_REQUIRED])}")
+        condition = schema.DEPENDS_ON_CONDITION.default
+        if "condition" in value:
+            field = schema.DEPENDS_ON_CONDITION
+            chosen = self.choice(value["condition"], key_path(path, "condition"), field, self.choice_wording(field))
+            ok = ok and chosen is not None
+            condition = chosen if chosen is not None else condition
+        return condition if ok else None
 
     # --- Values ---------------------------------------------------------------------------------------------
+
+    def boolean(self, value: object, path: str) -> bool | None:
+        """Returns `value` if it is true or false; records the problem otherwise."""
+        if isinstance(value, bool):
+            return value
+        self.fail(path, validation.boolean_message(got(value)))
+        return None
+
+    def ranged(self, value: object, path: str, field: Field[int]) -> int | None:
+        """Reads an integer and checks it against its field's range; None when refused."""
+        if not isinstance(field, Ranged):
+            raise TypeError(f"{field.path} has no range")
+        number = self.uint32(value, path, lambda shown: validation.ranged_message(field, shown))
+        if number is None or not self.passes(validation.ranged_issues(field, number, path)):
+            return None
+        return number
+
+    @staticmethod
+    def choice_wording(field: Field[Any]) -> Callable[[str], str]:
+        """The wording for a value that is none of `field`'s choices."""
+        return lambda shown: validation.choice_message(field, shown)
 
     def uint32(self, value: object, path: str, message: Callable[[str], str]) -> int | None:
         """Returns `value` if it is an integer a proto uint32 holds; records `message` otherwise."""

@@ -16,9 +16,11 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from google.protobuf.duration_pb2 import Duration
+from google.protobuf.message import Message
 
 from dockyard.constraints import ENGINE_LABELS, LABELS, Constraint, ConstraintError, parse_constraint
 from dockyard.spec import schema
+from dockyard.spec.dependencies import find_cycle
 from dockyard.spec.issues import Issue, describe, index_path, key_path, quote, service_path
 from dockyard.spec.schema import Bounded, Field, Ranged
 from dockyard.spec.units import (
@@ -31,6 +33,8 @@ from dockyard.spec.units import (
 from dockyard.v1 import types_pb2 as pb
 
 IMAGE_EXAMPLE = '"nginx:1.27"'
+JOB_CONDITION_MESSAGE = "a job runs to completion; use on-failure or none"
+ROLLBACK_ROLLBACK_MESSAGE = "a rollback cannot itself roll back; use pause or continue"
 GLOBAL_REPLICAS_MESSAGE = "a global service runs one task per eligible node; remove replicas or use mode: replicated"
 
 # Lowercase RFC 1123 label, so the name can appear in container and DNS names.
@@ -112,6 +116,27 @@ def protocol_message(got: str) -> str:
 def condition_message(got: str) -> str:
     """Wording for an unknown restart condition."""
     return f"must be {_choices(schema.RESTART_CONDITION)}, got {got}"
+
+
+def ranged_message(field: Ranged[int], got: str) -> str:
+    """Wording for an integer out of its field's range or of the wrong type."""
+    return f"must be an integer {_from_to(field)}, got {got}"
+
+
+def choice_message(field: Field[Any], got: str) -> str:
+    """Wording for a value that is none of a field's choices."""
+    return f"must be {_choices(field)}, got {got}"
+
+
+def boolean_message(got: str) -> str:
+    """Wording for a value that should have been true or false."""
+    return f"must be true or false, got {got}"
+
+
+def ratio_message(got: str) -> str:
+    """Wording for a failure ratio out of range or of the wrong type."""
+    field = schema.UPDATE_MAX_FAILURE_RATIO
+    return f"must be a number from {field.minimum:g} to {field.maximum:g} (a share of the tasks), got {got}"
 
 
 def max_attempts_message(got: str) -> str:
@@ -408,6 +433,113 @@ def condition_issues(condition: int, path: str) -> Iterator[Issue]:
         yield Issue(path, condition_message(str(condition)))
 
 
+def job_condition_issues(mode: int, condition: int, path: str) -> Iterator[Issue]:
+    """Checks a restart condition against the mode: a job's tasks that complete are never restarted."""
+    if mode == pb.SERVICE_MODE_JOB and condition == pb.RestartPolicy.CONDITION_ANY:
+        yield Issue(path, JOB_CONDITION_MESSAGE)
+
+
+def rebalance_issues(mode: int, rebalance: bool, path: str) -> Iterator[Issue]:
+    """Checks placement.rebalance against the mode: only a replicated service's tasks can move."""
+    if rebalance and mode == pb.SERVICE_MODE_GLOBAL:
+        yield Issue(path, "a global service runs one task on every eligible node, so none can move; remove rebalance")
+    elif rebalance and mode == pb.SERVICE_MODE_JOB:
+        yield Issue(path, "a job's tasks run to completion and are not moved; remove rebalance")
+
+
+def max_delay_issues(restart: pb.RestartPolicy, path: str) -> Iterator[Issue]:
+    """Checks that a given max_delay is not below the delay in effect; `path` is that of restart."""
+    if not restart.HasField("max_delay"):
+        return
+    delay, cap = schema.restart_delay_nanos(restart), restart.max_delay.ToNanoseconds()
+    delay_ok = not restart.HasField("delay") or _within(schema.RESTART_DELAY, delay)
+    if delay_ok and _within(schema.RESTART_MAX_DELAY, cap) and cap < delay:
+        yield Issue(
+            key_path(path, "max_delay"),
+            f"must not be below restart.delay ({format_duration_nanos(delay)}), got {format_duration_nanos(cap)}; "
+            "raise it, or set it equal to delay for a fixed delay",
+        )
+
+
+def ranged_issues(field: Ranged[int], value: int, path: str) -> Iterator[Issue]:
+    """Checks an integer against its field's range."""
+    if not _within(field, value):
+        yield Issue(path, ranged_message(field, str(value)))
+
+
+def health_test_issues(test: Sequence[str], path: str) -> Iterator[Issue]:
+    """Checks a health check's test: ["CMD", arg...], ["CMD-SHELL", "command"] or ["NONE"], as Compose."""
+    for i, argument in enumerate(test):
+        yield from argument_issues(argument, index_path(path, i))
+    if not test:
+        return
+    kind, rest = test[0], len(test) - 1
+    if kind == "NONE" and rest:
+        yield Issue(path, '["NONE"] turns the check off and takes nothing after it; remove the rest')
+    elif kind == "CMD" and not rest:
+        yield Issue(path, 'needs the program to run after "CMD", like ["CMD", "pg_isready"]')
+    elif kind == "CMD-SHELL" and rest != 1:
+        yield Issue(
+            path,
+            f'takes exactly one command line after "CMD-SHELL", got {rest}; '
+            'write ["CMD-SHELL", "curl -f localhost || exit 1"], or use "CMD" for separate arguments',
+        )
+    elif kind not in ("NONE", "CMD", "CMD-SHELL"):
+        yield Issue(
+            path,
+            f'must start with "CMD", "CMD-SHELL" or "NONE", got {describe(kind)}; '
+            "or write the command line as one string to run it with the shell",
+        )
+
+
+def health_probe_issues(check: pb.HealthCheck, path: str) -> Iterator[Issue]:
+    """Checks that at most one of test, http and tcp is given; each extra one is reported on its own path."""
+    given = [name for name, present in _probes(check) if present]
+    for name in given[1:]:
+        yield Issue(
+            key_path(path, name),
+            f"cannot be combined with {given[0]}; a health check runs one of test, http and tcp, so keep one",
+        )
+
+
+def http_path_issues(text: str, path: str) -> Iterator[Issue]:
+    """Checks the path of an HTTP probe."""
+    if too_long := _length_problem(text, schema.HEALTH_HTTP_PATH.max_bytes):
+        yield Issue(path, f"{too_long}; probe a shorter path")
+    elif _CONTROL.search(text) or any(c.isspace() for c in text):
+        yield Issue(path, f"must not contain whitespace or control characters, got {describe(text)}")
+    elif not text.startswith("/"):
+        yield Issue(path, f'must start with "/", like "/healthz", got {describe(text)}')
+
+
+def ratio_issues(ratio: float, path: str) -> Iterator[Issue]:
+    """Checks a max_failure_ratio (NaN is refused too)."""
+    field = schema.UPDATE_MAX_FAILURE_RATIO
+    if not field.minimum <= ratio <= field.maximum:
+        yield Issue(path, ratio_message(repr(ratio)))
+
+
+def choice_issues(field: Field[Any], number: int, path: str) -> Iterator[Issue]:
+    """Checks an enum number against a field's choices; UNSPECIFIED (0) means the field's default."""
+    if number and number not in field.choices.values():
+        if field is schema.ROLLBACK_FAILURE_ACTION and number == pb.UpdateConfig.FAILURE_ACTION_ROLLBACK:
+            yield Issue(path, ROLLBACK_ROLLBACK_MESSAGE)
+        else:
+            yield Issue(path, choice_message(field, str(number)))
+
+
+def dependency_issues(name: str, dependent: str, path: str) -> Iterator[Issue]:
+    """Checks the name of a service that `dependent` depends on; `path` is the dependency's own."""
+    if not _DNS_LABEL.match(name) or len(name) > (schema.NAME.max_bytes or len(name)):
+        yield Issue(
+            path,
+            f'must name a service: 1 to {schema.NAME.max_bytes} lowercase letters, digits or "-", starting and '
+            f"ending with a letter or digit, got {describe(name)}",
+        )
+    elif name == dependent:
+        yield Issue(path, "a service cannot depend on itself; remove it")
+
+
 def duration_issues(field: Bounded[int], nanos: int, path: str) -> Iterator[Issue]:
     """Checks a duration that is given against its field's range."""
     if _within(field, nanos):
@@ -440,8 +572,10 @@ def validate_service(spec: pb.ServiceSpec) -> list[str]:
 
     Paths start with `services.<name>`, where a name that is not a plain word is quoted in brackets
     (`services["my app"]`, `services[""]`); problems with the name itself are reported on that path.
-    Unset message fields (restart, durations, resources, placement, on_disconnect) mean "the default"
-    and are accepted, as are the UNSPECIFIED values of mode (replicated) and strategy (spread).
+    Unset message fields (restart, durations, resources, placement, on_disconnect, healthcheck,
+    update, rollback) mean "the default" and are accepted, as are the UNSPECIFIED values of mode
+    (replicated), strategy (spread), order, failure_action and a dependency's condition. Checks
+    between services (depends_on names and cycles) are depends_on_issues'.
     """
     return [str(issue) for issue in service_issues(spec)]
 
@@ -466,12 +600,24 @@ def _service(spec: pb.ServiceSpec) -> Iterator[Issue]:
     yield from mode_issues(spec.mode, key_path(base, "mode"))
     # An unknown mode reads as the default, replicated, as it does in a file.
     yield from replicas_issues(spec.mode, spec.replicas, key_path(base, "replicas"))
-    yield from _placement(spec.placement, key_path(base, "placement"))
+    yield from _placement(spec.placement, spec.mode, key_path(base, "placement"))
     yield from _resources(spec.resources, key_path(base, "resources"))
     labels = key_path(base, "labels")
     for key in sorted(spec.labels):
         yield from label_issues(key, spec.labels[key], key_path(labels, key))
-    yield from _restart(spec.restart, key_path(base, "restart"))
+    yield from _restart(spec.restart, spec.mode, key_path(base, "restart"))
+    if spec.HasField("healthcheck"):
+        yield from _healthcheck(spec.healthcheck, key_path(base, "healthcheck"))
+    if spec.HasField("update"):
+        yield from _update_config(spec.update, "update", key_path(base, "update"))
+    if spec.HasField("rollback"):
+        yield from _update_config(spec.rollback, "rollback", key_path(base, "rollback"))
+    depends_on = key_path(base, "depends_on")
+    for name in sorted(spec.depends_on):
+        where = key_path(depends_on, name)
+        yield from dependency_issues(name, spec.name, where)
+        condition = spec.depends_on[name].condition
+        yield from choice_issues(schema.DEPENDS_ON_CONDITION, condition, key_path(where, "condition"))
     if spec.HasField("stop_grace_period"):
         yield from _duration(schema.STOP_GRACE_PERIOD, spec.stop_grace_period, key_path(base, "stop_grace_period"))
     stop_after = spec.on_disconnect.stop_after
@@ -494,12 +640,13 @@ def _ports(ports: Sequence[pb.PortMapping], path: str) -> Iterator[Issue]:
             yield from host_ports.claim(port, i, where)
 
 
-def _placement(placement: pb.Placement, path: str) -> Iterator[Issue]:
+def _placement(placement: pb.Placement, mode: int, path: str) -> Iterator[Issue]:
     constraints, where = Constraints(), key_path(path, "constraints")
     for i, text in enumerate(placement.constraints):
         yield from constraints.check(text, i, index_path(where, i))
     yield from max_replicas_per_node_issues(placement.max_replicas_per_node, key_path(path, "max_replicas_per_node"))
     yield from strategy_issues(placement.strategy, key_path(path, "strategy"))
+    yield from rebalance_issues(mode, placement.rebalance, key_path(path, "rebalance"))
 
 
 def _resources(resources: pb.Resources, path: str) -> Iterator[Issue]:
@@ -516,12 +663,64 @@ def _resources(resources: pb.Resources, path: str) -> Iterator[Issue]:
     yield from reservation_issues(resources, path)
 
 
-def _restart(restart: pb.RestartPolicy, path: str) -> Iterator[Issue]:
+def _restart(restart: pb.RestartPolicy, mode: int, path: str) -> Iterator[Issue]:
     yield from condition_issues(restart.condition, key_path(path, "condition"))
+    yield from job_condition_issues(mode, restart.condition, key_path(path, "condition"))
     if restart.HasField("delay"):
         yield from _duration(schema.RESTART_DELAY, restart.delay, key_path(path, "delay"))
     if restart.HasField("window"):
         yield from _duration(schema.RESTART_WINDOW, restart.window, key_path(path, "window"))
+    if restart.HasField("max_delay"):
+        problems = list(_duration(schema.RESTART_MAX_DELAY, restart.max_delay, key_path(path, "max_delay")))
+        yield from problems or max_delay_issues(restart, path)
+
+
+def _healthcheck(check: pb.HealthCheck, path: str) -> Iterator[Issue]:
+    yield from health_test_issues(check.test, key_path(path, "test"))
+    if check.HasField("http"):
+        http = key_path(path, "http")
+        yield from ranged_issues(schema.HEALTH_HTTP_PORT, check.http.port, key_path(http, "port"))
+        # An empty path is the proto's "not set": "/".
+        if check.http.path:
+            yield from http_path_issues(check.http.path, key_path(http, "path"))
+        yield from ranged_issues(schema.HEALTH_HTTP_STATUS, check.http.status, key_path(http, "status"))
+    if check.HasField("tcp"):
+        yield from ranged_issues(schema.HEALTH_TCP_PORT, check.tcp.port, key_path(key_path(path, "tcp"), "port"))
+    yield from health_probe_issues(check, path)
+    timings = (schema.HEALTH_INTERVAL, schema.HEALTH_TIMEOUT, schema.HEALTH_START_PERIOD, schema.HEALTH_START_INTERVAL)
+    for row in timings[:2]:
+        yield from _optional_duration(check, row, path)
+    if check.HasField("retries"):
+        yield from ranged_issues(schema.HEALTH_RETRIES, check.retries, key_path(path, "retries"))
+    for row in timings[2:]:
+        yield from _optional_duration(check, row, path)
+
+
+def _update_config(config: pb.UpdateConfig, block: str, path: str) -> Iterator[Issue]:
+    rows = update_rows(block)
+    parallelism = rows["parallelism"]
+    if isinstance(parallelism, Ranged):
+        yield from ranged_issues(parallelism, config.parallelism, key_path(path, "parallelism"))
+    yield from _optional_duration(config, rows["delay"], path)
+    yield from choice_issues(rows["order"], config.order, key_path(path, "order"))
+    yield from _optional_duration(config, rows["monitor"], path)
+    yield from ratio_issues(config.max_failure_ratio, key_path(path, "max_failure_ratio"))
+    yield from choice_issues(rows["failure_action"], config.failure_action, key_path(path, "failure_action"))
+
+
+def update_rows(block: str) -> dict[str, Field[Any]]:
+    """The table's rows of `update` or `rollback`, by key."""
+    return {row.name: row for row in schema.FIELDS if row.path.startswith(f"{block}.")}
+
+
+def _optional_duration(message: Message, field: Field[Any], path: str) -> Iterator[Issue]:
+    """Checks a duration of `message` named as `field`'s last segment, when it is set."""
+    if message.HasField(field.name) and isinstance(field, Bounded):
+        yield from _duration(field, getattr(message, field.name), key_path(path, field.name))
+
+
+def _probes(check: pb.HealthCheck) -> tuple[tuple[str, bool], ...]:
+    return (("test", bool(check.test)), ("http", check.HasField("http")), ("tcp", check.HasField("tcp")))
 
 
 def _duration(field: Bounded[int], duration: Duration, path: str) -> Iterator[Issue]:
@@ -567,6 +766,42 @@ def replica_budget_issues(specs: Sequence[pb.ServiceSpec], existing: Mapping[str
                 "services",
                 f"would bring the cluster to {total} replicas ({others} of them in other services), more than "
                 f"the limit of {cluster_cap}; scale down or delete other services first",
+            )
+        )
+    return issues
+
+
+def depends_on_issues(specs: Sequence[pb.ServiceSpec], existing: Mapping[str, pb.Service] | None = None) -> list[Issue]:
+    """Checks the dependencies between services: names that exist, and no cycle; in the specs' order.
+
+    Given `existing` (the cluster's services by name, without those the request removes), a
+    dependency must name a service of the request or of the cluster, and a cycle may run through
+    both, the request's specs replacing the cluster's. Without it (a file checked on its own), only
+    cycles among the specs are found. A cycle is reported once, on the first of its services in the
+    request: `services.web.depends_on: cycle web -> api -> web; ...`.
+    """
+    issues = []
+    requested = {spec.name: spec for spec in specs}
+    if existing is not None:
+        for spec in specs:
+            for name in sorted(spec.depends_on):
+                if name not in requested and name not in existing and name != spec.name:
+                    issues.append(
+                        Issue(
+                            key_path(key_path(service_path(spec.name), "depends_on"), name),
+                            "names no service of this request or of the cluster; add the service, or remove "
+                            "the dependency",
+                        )
+                    )
+    graph: dict[str, list[str]] = {name: list(spec.depends_on) for name, spec in requested.items()}
+    for name, service in (existing or {}).items():
+        graph.setdefault(name, list(service.spec.depends_on))
+    cycle = find_cycle(graph)
+    if cycle is not None:
+        issues.append(
+            Issue(
+                key_path(service_path(cycle[0]), "depends_on"),
+                f"cycle {' -> '.join(cycle)}; a service cannot wait for itself, so remove one of these dependencies",
             )
         )
     return issues

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from google.protobuf.duration_pb2 import Duration
+from google.protobuf.message import Message
 
 from dockyard.spec import schema
 from dockyard.spec.schema import Field
@@ -40,6 +42,16 @@ def spec_to_document(spec: pb.ServiceSpec) -> dict[str, Any]:
         document["labels"] = dict(sorted(spec.labels.items()))
     if restart := _restart(spec.restart):
         document["restart"] = restart
+    # A healthcheck with nothing in it is kept as {}, which load_spec reads back as set.
+    if spec.HasField("healthcheck"):
+        document["healthcheck"] = _healthcheck(spec.healthcheck)
+    if update := _config(schema.update_config(spec), "update"):
+        document["update"] = update
+    # Without a rollback block a rollback runs as update says, so an empty block still says something.
+    if spec.HasField("rollback"):
+        document["rollback"] = _config(schema.rollback_config(spec), "rollback")
+    if spec.depends_on:
+        document["depends_on"] = _depends_on(spec.depends_on)
     if _differs(spec.HasField("stop_grace_period"), spec.stop_grace_period, schema.STOP_GRACE_PERIOD):
         document["stop_grace_period"] = format_duration_nanos(spec.stop_grace_period.ToNanoseconds())
     # An unset or zero deadline means "keep", the default.
@@ -65,6 +77,8 @@ def _placement(placement: pb.Placement) -> dict[str, Any]:
     strategy = placement.strategy or schema.STRATEGY.default
     if strategy != schema.STRATEGY.default:
         document["strategy"] = schema.STRATEGY.choice_name(strategy)
+    if placement.rebalance != schema.REBALANCE.default:
+        document["rebalance"] = placement.rebalance
     return document
 
 
@@ -95,7 +109,68 @@ def _restart(restart: pb.RestartPolicy) -> dict[str, Any]:
         document["max_attempts"] = restart.max_attempts
     if _differs(restart.HasField("window"), restart.window, schema.RESTART_WINDOW):
         document["window"] = format_duration_nanos(restart.window.ToNanoseconds())
+    # Written whenever set, like the loader keeps it: unset means "the default cap, raised to delay".
+    if restart.HasField("max_delay"):
+        document["max_delay"] = format_duration_nanos(restart.max_delay.ToNanoseconds())
     return document
+
+
+def _healthcheck(check: pb.HealthCheck) -> dict[str, Any]:
+    # Every key is written as set: an unset timing means the image's own, which no value spells.
+    document: dict[str, Any] = {}
+    if check.test:
+        document["test"] = list(check.test)
+    if check.HasField("http"):
+        http: dict[str, Any] = {"port": check.http.port}
+        if check.http.path:
+            http["path"] = check.http.path
+        if check.http.status:
+            http["status"] = check.http.status
+        document["http"] = http
+    if check.HasField("tcp"):
+        document["tcp"] = {"port": check.tcp.port}
+    for row in (schema.HEALTH_INTERVAL, schema.HEALTH_TIMEOUT):
+        if _has(check, row.name):
+            document[row.name] = format_duration_nanos(getattr(check, row.name).ToNanoseconds())
+    if check.HasField("retries"):
+        document["retries"] = check.retries
+    for row in (schema.HEALTH_START_PERIOD, schema.HEALTH_START_INTERVAL):
+        if _has(check, row.name):
+            document[row.name] = format_duration_nanos(getattr(check, row.name).ToNanoseconds())
+    return document
+
+
+def _config(config: pb.UpdateConfig, block: str) -> dict[str, Any]:
+    """The keys of an update or rollback block in effect that differ from the block's defaults."""
+    defaults = schema.config_defaults(block)
+    document: dict[str, Any] = {}
+    if config.parallelism != defaults.parallelism:
+        document["parallelism"] = config.parallelism
+    if config.delay != defaults.delay:
+        document["delay"] = format_duration_nanos(config.delay.ToNanoseconds())
+    if config.order != defaults.order:
+        document["order"] = schema.UPDATE_ORDER.choice_name(config.order)
+    if config.monitor != defaults.monitor:
+        document["monitor"] = format_duration_nanos(config.monitor.ToNanoseconds())
+    if config.max_failure_ratio != defaults.max_failure_ratio:
+        document["max_failure_ratio"] = config.max_failure_ratio
+    if config.failure_action != defaults.failure_action:
+        # UPDATE's choices name every action, so a refused one is written for load_spec to report.
+        document["failure_action"] = schema.UPDATE_FAILURE_ACTION.choice_name(config.failure_action)
+    return document
+
+
+def _depends_on(depends_on: Mapping[str, pb.Dependency]) -> list[str] | dict[str, Any]:
+    """Compose's short form when every condition is service_started, its long form otherwise."""
+    field = schema.DEPENDS_ON_CONDITION
+    conditions = {name: depends_on[name].condition or field.default for name in sorted(depends_on)}
+    if all(condition == field.default for condition in conditions.values()):
+        return list(conditions)
+    return {name: {"condition": field.choice_name(condition)} for name, condition in conditions.items()}
+
+
+def _has(message: Message, name: str) -> bool:
+    return message.HasField(name)
 
 
 def _differs(is_set: bool, duration: Duration, field: Field[int]) -> bool:

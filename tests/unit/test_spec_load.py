@@ -402,8 +402,8 @@ SERVICE_ERRORS = [
     case(
         "compose-deploy",
         "image: x\ndeploy: {replicas: 2}",
-        "services.web.deploy: unknown field; write mode, replicas, placement, resources and restart directly "
-        "under the service",
+        "services.web.deploy: unknown field; write mode, replicas, placement, resources, restart, update and "
+        "rollback directly under the service",
     ),
     case(
         "unknown-field",
@@ -873,13 +873,14 @@ SERVICE_ERRORS = [
     case(
         "placement-type",
         "image: x\nplacement: [node.labels.zone == a]",
-        "services.web.placement: must be a mapping with constraints, max_replicas_per_node and/or strategy, got a list",
+        "services.web.placement: must be a mapping with constraints, max_replicas_per_node, strategy and/or "
+        "rebalance, got a list",
     ),
     case(
         "placement-null",
         "image: x\nplacement:",
-        "services.web.placement: must be a mapping with constraints, max_replicas_per_node and/or strategy, "
-        "got null; leave the field out to use the default",
+        "services.web.placement: must be a mapping with constraints, max_replicas_per_node, strategy and/or "
+        "rebalance, got null; leave the field out to use the default",
     ),
     case(
         "placement-typo",

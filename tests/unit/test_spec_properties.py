@@ -18,6 +18,7 @@ from dockyard.spec import (
     format_duration,
     load_spec,
     parse_bytes,
+    schema,
     spec_to_document,
     validate_service,
 )
@@ -130,14 +131,79 @@ def constraint_lists(draw: st.DrawFn) -> list[str]:
 
 
 @st.composite
-def placements(draw: st.DrawFn) -> pb.Placement | None:
+def placements(draw: st.DrawFn, mode: int = pb.SERVICE_MODE_REPLICATED) -> pb.Placement | None:
     """Valid placements as load_spec returns them: unset when all default, else with an explicit strategy."""
     placement = pb.Placement(
         constraints=draw(constraint_lists()),
         max_replicas_per_node=draw(st.integers(0, 10000)),
         strategy=draw(st.sampled_from([pb.Placement.STRATEGY_SPREAD, pb.Placement.STRATEGY_BINPACK])),
+        # Only a replicated service's tasks can move.
+        rebalance=mode == pb.SERVICE_MODE_REPLICATED and draw(st.booleans()),
     )
     return None if placement == pb.Placement(strategy=pb.Placement.STRATEGY_SPREAD) else placement
+
+
+health_texts = st.text(st.characters(codec="utf-8", exclude_characters="\0"), min_size=1, max_size=12)
+health_tests = st.one_of(
+    st.just(["NONE"]),
+    st.builds(lambda args: ["CMD", *args], st.lists(free_text, min_size=1, max_size=3)),
+    st.builds(lambda line: ["CMD-SHELL", line], free_text),
+)
+http_paths = st.text(st.characters(codec="utf-8", exclude_characters=CONTROLS).filter(lambda c: not c.isspace()))
+
+
+@st.composite
+def healthchecks(draw: st.DrawFn) -> pb.HealthCheck | None:
+    """Valid health checks as load_spec returns them: what is given is set, nothing more."""
+    if draw(st.booleans()):
+        return None
+    check = pb.HealthCheck()
+    check.SetInParent()
+    probe = draw(st.sampled_from(["none", "test", "http", "tcp"]))
+    if probe == "test":
+        check.test.extend(draw(health_tests))
+    elif probe == "http":
+        check.http.port = draw(st.integers(1, 65535))
+        check.http.path = draw(st.just("") | st.builds(lambda rest: "/" + rest, http_paths))
+        check.http.status = draw(st.integers(0, 599))
+    elif probe == "tcp":
+        check.tcp.port = draw(st.integers(1, 65535))
+    timings = {"interval": 24 * HOUR, "timeout": HOUR, "start_interval": 24 * HOUR}
+    for name, most in timings.items():
+        if draw(st.booleans()):
+            getattr(check, name).CopyFrom(duration(draw(st.integers(SECOND // 10, most))))
+    if draw(st.booleans()):
+        check.start_period.CopyFrom(duration(draw(st.integers(0, 24 * HOUR))))
+    if draw(st.booleans()):
+        check.retries = draw(st.integers(1, 1000))
+    return check
+
+
+@st.composite
+def update_configs(draw: st.DrawFn, block: str) -> pb.UpdateConfig | None:
+    """Valid update or rollback blocks as load_spec returns them: every key explicit, or unset."""
+    if draw(st.booleans()):
+        return None
+    actions = [pb.UpdateConfig.FAILURE_ACTION_PAUSE, pb.UpdateConfig.FAILURE_ACTION_CONTINUE]
+    if block == "update":
+        actions.append(pb.UpdateConfig.FAILURE_ACTION_ROLLBACK)
+    config = pb.UpdateConfig(
+        parallelism=draw(st.integers(0, 10000)),
+        delay=duration(draw(st.integers(0, HOUR))),
+        order=draw(st.sampled_from([pb.UpdateConfig.ORDER_STOP_FIRST, pb.UpdateConfig.ORDER_START_FIRST])),
+        monitor=duration(draw(st.integers(0, HOUR))),
+        max_failure_ratio=draw(st.floats(0, 1)),
+        failure_action=draw(st.sampled_from(actions)),
+    )
+    # An update of defaults only is stored as none; a rollback block is kept, since it says something.
+    return None if block == "update" and config == schema.config_defaults("update") else config
+
+
+DEPENDENCY_CONDITIONS = [
+    pb.Dependency.CONDITION_SERVICE_STARTED,
+    pb.Dependency.CONDITION_SERVICE_HEALTHY,
+    pb.Dependency.CONDITION_SERVICE_COMPLETED_SUCCESSFULLY,
+]
 
 
 def duration(nanos: int) -> Duration:
@@ -150,10 +216,18 @@ def duration(nanos: int) -> Duration:
 @st.composite
 def valid_specs(draw: st.DrawFn) -> pb.ServiceSpec:
     """Valid specs in the form load_spec returns them, with every default set explicitly."""
-    mode = draw(st.sampled_from([pb.SERVICE_MODE_REPLICATED, pb.SERVICE_MODE_GLOBAL]))
+    mode = draw(st.sampled_from([pb.SERVICE_MODE_REPLICATED, pb.SERVICE_MODE_GLOBAL, pb.SERVICE_MODE_JOB]))
     stop_after = draw(st.just(None) | st.integers(1, 24 * HOUR))
-    return pb.ServiceSpec(
-        name=draw(names),
+    # A job's completed tasks are not restarted, so "any" is refused for it.
+    conditions = CONDITIONS[:2] if mode == pb.SERVICE_MODE_JOB else CONDITIONS
+    delay = draw(st.integers(0, HOUR))
+    max_delay = draw(st.none() | st.integers(delay, HOUR))
+    name = draw(names)
+    depends_on = draw(
+        st.dictionaries(names.filter(lambda other: other != name), st.sampled_from(DEPENDENCY_CONDITIONS))
+    )
+    spec = pb.ServiceSpec(
+        name=name,
         image=draw(images),
         command=draw(st.lists(free_text, max_size=4)),
         env=draw(st.dictionaries(env_names, free_text, max_size=4)),
@@ -161,18 +235,24 @@ def valid_specs(draw: st.DrawFn) -> pb.ServiceSpec:
         mode=mode,
         # A global service's task count follows the nodes; load_spec stores 0 for it.
         replicas=0 if mode == pb.SERVICE_MODE_GLOBAL else draw(st.integers(0, 10000)),
-        placement=draw(placements()),
+        placement=draw(placements(mode)),
         resources=draw(resources()),
         labels=draw(st.dictionaries(label_keys, free_text, max_size=4)),
         restart=pb.RestartPolicy(
-            condition=draw(st.sampled_from(CONDITIONS)),
-            delay=duration(draw(st.integers(0, HOUR))),
+            condition=draw(st.sampled_from(conditions)),
+            delay=duration(delay),
             max_attempts=draw(UINT32),
             window=duration(draw(st.integers(0, MAX_NANOS))),
+            max_delay=None if max_delay is None else duration(max_delay),
         ),
+        healthcheck=draw(healthchecks()),
+        update=draw(update_configs("update")),
+        rollback=draw(update_configs("rollback")),
+        depends_on={other: pb.Dependency(condition=condition) for other, condition in depends_on.items()},
         stop_grace_period=duration(draw(st.integers(0, HOUR))),
         on_disconnect=None if stop_after is None else pb.OnDisconnect(stop_after=duration(stop_after)),
     )
+    return spec
 
 
 def dump(specs: list[pb.ServiceSpec]) -> str:
@@ -184,6 +264,9 @@ def dump(specs: list[pb.ServiceSpec]) -> str:
 @settings(max_examples=40, deadline=None)
 @given(st.lists(valid_specs(), min_size=1, max_size=2, unique_by=lambda spec: spec.name))
 def test_valid_specs_round_trip_through_yaml(specs: list[pb.ServiceSpec]) -> None:
+    # Two services of one file that wait for each other would be a cycle, which a file refuses.
+    if len(specs) == 2 and specs[0].name in specs[1].depends_on:
+        specs[0].depends_on.pop(specs[1].name, None)
     for spec in specs:
         assert validate_service(spec) == []
     assert load_spec(dump(specs)) == specs
@@ -199,6 +282,9 @@ def sparse_specs(draw: st.DrawFn) -> pb.ServiceSpec:
         spec.ClearField("stop_grace_period")
     if draw(st.booleans()):
         spec.restart.ClearField("delay")
+        # The default delay then applies, and a cap below it would be refused.
+        if spec.restart.max_delay.ToNanoseconds() < schema.RESTART_DELAY.default:
+            spec.restart.ClearField("max_delay")
     if draw(st.booleans()):
         spec.restart.ClearField("window")
     if draw(st.booleans()):
@@ -234,6 +320,15 @@ int32 = st.integers(-(2**31), 2**31 - 1)
 any_durations = st.none() | st.builds(Duration, seconds=int64, nanos=int32)
 # Near-identical constraints make repeats and contradictions likely, besides text that does not parse.
 any_constraints = st.sampled_from(["node.id == a", "node.id==b", "node.id != a", "node.labels.k == v"]) | any_text
+any_update_configs = st.builds(
+    pb.UpdateConfig,
+    parallelism=UINT32,
+    delay=any_durations,
+    order=int32,
+    monitor=any_durations,
+    max_failure_ratio=st.floats(width=64),
+    failure_action=int32,
+)
 any_specs = st.builds(
     pb.ServiceSpec,
     name=any_text,
@@ -267,6 +362,21 @@ any_specs = st.builds(
         max_attempts=UINT32,
         window=any_durations,
     ),
+    healthcheck=st.none()
+    | st.builds(
+        pb.HealthCheck,
+        test=st.lists(st.sampled_from(["CMD", "CMD-SHELL", "NONE"]) | any_text, max_size=3),
+        http=st.none() | st.builds(pb.HttpProbe, port=UINT32, path=any_text, status=UINT32),
+        tcp=st.none() | st.builds(pb.TcpProbe, port=UINT32),
+        interval=any_durations,
+        timeout=any_durations,
+        retries=st.none() | UINT32,
+        start_period=any_durations,
+        start_interval=any_durations,
+    ),
+    update=st.none() | any_update_configs,
+    rollback=st.none() | any_update_configs,
+    depends_on=st.dictionaries(any_text, st.builds(pb.Dependency, condition=int32), max_size=3),
     stop_grace_period=any_durations,
     on_disconnect=st.none() | st.builds(pb.OnDisconnect, stop_after=any_durations),
 )
@@ -300,6 +410,10 @@ service_keys = st.sampled_from(
         "resources",
         "labels",
         "restart",
+        "healthcheck",
+        "update",
+        "rollback",
+        "depends_on",
         "stop_grace_period",
         "on_disconnect",
     ]
@@ -350,6 +464,79 @@ def test_loader_reports_any_scheduling_fields_as_spec_errors(fields: dict[str, A
     for line in errors:
         assert len(line.splitlines()) == 1
         assert line.startswith("services.web.")
+    if not errors:
+        [spec] = load_spec(text)
+        assert validate_service(spec) == []
+        assert load_spec(dump([spec])) == [spec]
+
+
+durations_or_any = st.sampled_from(["10s", "0s", "50ms", "25h", 3]) | yaml_scalars
+deploy_fields = st.fixed_dictionaries(
+    {},
+    optional={
+        "mode": st.sampled_from(["replicated", "global", "job"]),
+        "placement": st.fixed_dictionaries({}, optional={"rebalance": st.booleans() | yaml_scalars}),
+        "restart": st.fixed_dictionaries(
+            {},
+            optional={
+                "condition": st.sampled_from(["none", "on-failure", "any"]),
+                "delay": durations_or_any,
+                "max_delay": durations_or_any,
+            },
+        ),
+        "healthcheck": st.fixed_dictionaries(
+            {},
+            optional={
+                "test": st.sampled_from([["CMD", "true"], ["CMD-SHELL", "x"], ["NONE"], "true", [], ["CMD"], ["x"]])
+                | yaml_values,
+                "disable": st.booleans() | yaml_scalars,
+                "http": st.fixed_dictionaries(
+                    {}, optional={"port": st.integers(-1, 70000), "path": st.sampled_from(["/", "/up", "up"])}
+                )
+                | yaml_values,
+                "tcp": st.fixed_dictionaries({}, optional={"port": st.integers(0, 3) | yaml_scalars}),
+                "interval": durations_or_any,
+                "retries": st.integers(-1, 1001) | yaml_scalars,
+                "start_period": durations_or_any,
+                "healthy": yaml_scalars,
+            },
+        )
+        | yaml_values,
+        "update": st.dictionaries(
+            st.sampled_from(["parallelism", "delay", "order", "monitor", "max_failure_ratio", "failure_action"]),
+            st.sampled_from([0, 1, 0.5, 2, "start-first", "pause", "rollback", "5s"]) | yaml_scalars,
+        )
+        | yaml_values,
+        "rollback": st.dictionaries(
+            st.sampled_from(["parallelism", "failure_action", "order"]),
+            st.sampled_from([0, 3, "rollback", "continue", "start-first"]) | yaml_scalars,
+        ),
+        "depends_on": st.lists(st.sampled_from(["web", "db", "Db", "api"]) | yaml_scalars, max_size=3)
+        | st.dictionaries(
+            st.sampled_from(["web", "db", "api", "x_y"]),
+            st.fixed_dictionaries(
+                {},
+                optional={
+                    "condition": st.sampled_from(["service_started", "service_healthy", "healthy"]),
+                    "required": st.booleans() | yaml_scalars,
+                    "restart": st.booleans(),
+                },
+            )
+            | yaml_scalars,
+        )
+        | yaml_values,
+    },
+)
+
+
+@settings(max_examples=80, deadline=None)
+@given(deploy_fields)
+def test_loader_reports_any_deploy_fields_as_spec_errors(fields: dict[str, Any]) -> None:
+    text = yaml.dump({"services": {"web": {"image": "nginx", **fields}}}, Dumper=DUMPER)
+    errors = load_errors(text)
+    for line in errors:
+        assert len(line.splitlines()) == 1
+        assert line.startswith("services.web")
     if not errors:
         [spec] = load_spec(text)
         assert validate_service(spec) == []
