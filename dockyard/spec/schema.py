@@ -798,6 +798,11 @@ def rollback_config(spec: pb.ServiceSpec) -> pb.UpdateConfig:
     return _config_filled(spec.rollback, _ROLLBACK_ROWS)
 
 
+def config_defaults(block: str) -> pb.UpdateConfig:
+    """The defaults of block "update" or "rollback", every field explicit; KeyError for another block."""
+    return _config_defaults({"update": _UPDATE_ROWS, "rollback": _ROLLBACK_ROWS}[block])
+
+
 _UPDATE_ROWS = (
     UPDATE_PARALLELISM,
     UPDATE_DELAY,
