@@ -171,6 +171,7 @@ async def wait_for_deploy(
     wanted = {t.service.id: t.spec_revision for t in targets}
     unplaced = UnplacedClock()
     last: list[Progress] = []
+    blocked: list[str] = []
 
     async def load() -> tuple[list[pb.Service], list[pb.Task]]:
         services = [s for s in await client.list_services() if s.id in wanted]
@@ -181,14 +182,14 @@ async def wait_for_deploy(
         return services, tasks
 
     def check(mirror: Mirror) -> Verdict | None:
-        nonlocal last
+        nonlocal last, blocked
         tasks = list(mirror.tasks.values())
         gone = [t.service.name for t in targets if t.service.id not in mirror.services]
         if gone:
             return Verdict(ExitCode.ERROR, f"deleted while waiting: {', '.join(gone)}")
         current = [mirror.services[service_id] for service_id in ids]
         last = [progress(s, tasks, target=wanted[s.id]) for s in current]
-        blockers = [f"{s.name}: {why}" for s in current if extra and (why := extra(s, tasks))]
+        blocked = blockers = [f"{s.name}: {why}" for s in current if extra and (why := extra(s, tasks))]
         display.show(last, notes_of(last, blockers))
         seen = unplaced.seen([task_id for p in last for task_id in p.unplaced], clock.monotonic())
         verdict = judge(last, seen)
@@ -209,6 +210,9 @@ async def wait_for_deploy(
         )
     except TimedOut:
         verdict = at_timeout(last, within)
+        if verdict.code == ExitCode.TIMEOUT and blocked:
+            joiner = "; " if ":" in verdict.reason else ": "
+            verdict = Verdict(verdict.code, f"{verdict.reason}{joiner}{'; '.join(blocked)}")
     finally:
         display.close()
     return verdict, last

@@ -22,7 +22,6 @@ reason) or None (keep waiting); `at_timeout(...)` is the verdict when --timeout 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final
@@ -350,27 +349,31 @@ def at_timeout(progresses: Sequence[Progress], waited: float) -> Verdict:
             )
     behind = [p for p in progresses if not p.converged]
     problems = [text for p in behind for text in (*p.failures[-2:], *p.waiting[:2])]
-    summary = "; ".join(p.line() for p in behind)
-    detail = f"; {'; '.join(problems[:5])}" if problems else ""
-    return Verdict(ExitCode.TIMEOUT, f"timed out after {waited:g}s: {summary}{detail}")
+    parts = [p.line() for p in behind] + problems[:5]
+    return Verdict(ExitCode.TIMEOUT, f"timed out after {waited:g}s" + (f": {'; '.join(parts)}" if parts else ""))
 
 
 def unbalanced(
     service: pb.Service, tasks: Iterable[pb.Task], nodes: Iterable[pb.Node], eligible: Collection[str]
 ) -> list[str]:
-    """Names the eligible nodes that hold more live tasks of the service than ceil(tasks / eligible nodes).
+    """Names the eligible nodes whose live task counts of the service differ by more than one; [] when the
+    spread holds.
 
-    What `dockyard service rebalance` waits to see gone (with the moves done); nodes outside `eligible` are
-    draining's business, not a rebalance's.
+    The rule of the controller's rebalance (controller/orchestrator/rebalance.py): counts on the eligible
+    nodes differ by at most one. What `dockyard service rebalance` waits to see (with the moves done); tasks on
+    nodes outside `eligible` are draining's business, not a rebalance's.
     """
     live = [t for t in tasks if t.service_id == service.id and t.desired_state == pb.DESIRED_STATE_RUNNING]
-    live = [t for t in live if not t.replaced and t.node_id]
-    if not eligible or not live:
-        return []
-    fair = math.ceil(len(live) / len(eligible))
-    names = {n.id: n.description.hostname or n.id for n in nodes}
-    counts: dict[str, int] = {}
+    counts = dict.fromkeys(eligible, 0)
     for task in live:
-        if task.node_id in eligible:
-            counts[task.node_id] = counts.get(task.node_id, 0) + 1
-    return sorted(f"{names.get(node, node)} holds {count} > {fair}" for node, count in counts.items() if count > fair)
+        if task.node_id in counts and not task.replaced and not is_terminal(task.status.state):
+            counts[task.node_id] += 1
+    if not counts or max(counts.values()) - min(counts.values()) <= 1:
+        return []
+    names = {n.id: n.description.hostname or n.id for n in nodes}
+    most, least = max(counts.values()), min(counts.values())
+    return [
+        f"{names.get(node, node)} holds {count}"
+        for node, count in sorted(counts.items(), key=lambda item: (-item[1], names.get(item[0], item[0])))
+        if count in (most, least)
+    ]

@@ -100,7 +100,7 @@ def rebalance(name: str, detach: bool, timeout: float, controller: str | None, o
 
         def spread(current: pb.Service, tasks: Sequence[pb.Task]) -> str | None:
             over = unbalanced(current, tasks, nodes, eligible)
-            return f"to move: {', '.join(over)}" if over else None
+            return f"uneven: {', '.join(over)}" if over else None
 
         display = choose_display(output, f"rebalance {service.name}")
         verdict, progresses = await wait_for_deploy(

@@ -48,11 +48,12 @@ def parse_if_revision(values: Sequence[str], names: Sequence[str]) -> tuple[int,
     """Turns --if-revision values into (store revision, service name -> expected service revision).
 
     A bare N is the store revision a plan printed ("planned against state revision N"): the apply is
-    refused when any service of the file (or one --prune would remove) changed since. NAME=N is the
-    revision one service must still be at (0: it must not exist yet). Both forms may be combined; a bare
-    N is given at most once. Raises click.BadParameter naming the bad value.
+    refused when any service of the file (or one --prune would remove) changed since. A bare 0 (a plan of an
+    empty store) is the same guard as NAME=0 for each service of the file: none may exist yet. NAME=N is
+    the revision one service must still be at (0: it must not exist yet). Both forms may be combined; a
+    bare N is given at most once. Raises click.BadParameter naming the bad value.
     """
-    state_revision = 0
+    state_revision: int | None = None
     expected: dict[str, int] = {}
     for value in values:
         name, sep, number = value.rpartition("=")
@@ -62,13 +63,8 @@ def parse_if_revision(values: Sequence[str], names: Sequence[str]) -> tuple[int,
                 param_hint="--if-revision",
             )
         if not sep:
-            if state_revision:
+            if state_revision is not None:
                 raise click.BadParameter(f"{value!r}: a state revision is given twice", param_hint="--if-revision")
-            if int(number) == 0:
-                raise click.BadParameter(
-                    f"{value!r}: 0 is no state revision; NAME=0 says a service must not exist yet",
-                    param_hint="--if-revision",
-                )
             state_revision = int(number)
             continue
         if name not in names:
@@ -76,7 +72,10 @@ def parse_if_revision(values: Sequence[str], names: Sequence[str]) -> tuple[int,
         if name in expected:
             raise click.BadParameter(f"{value!r}: {name!r} is given twice", param_hint="--if-revision")
         expected[name] = int(number)
-    return state_revision, expected
+    if state_revision == 0:
+        # Store revision 0 is before anything was written, and the API reads 0 as "no check".
+        expected = {name: expected.get(name, 0) for name in names}
+    return state_revision or 0, expected
 
 
 def load_specs(path: Path) -> list[pb.ServiceSpec]:

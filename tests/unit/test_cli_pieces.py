@@ -614,6 +614,8 @@ async def test_an_error_in_the_check_ends_the_wait() -> None:
         (("web=0",), ["web"], (0, {"web": 0})),
         (("web=2", "db=0"), ["web", "db"], (0, {"web": 2, "db": 0})),
         (("db=5", "812"), ["web", "db"], (812, {"db": 5})),  # both forms together
+        (("0",), ["web", "db"], (0, {"web": 0, "db": 0})),  # a plan of an empty store: none may exist yet
+        (("0", "db=4"), ["web", "db"], (0, {"web": 0, "db": 4})),
     ],
 )
 def test_parse_if_revision(values: tuple[str, ...], names: list[str], expected: tuple[int, dict[str, int]]) -> None:
@@ -623,8 +625,8 @@ def test_parse_if_revision(values: tuple[str, ...], names: list[str], expected: 
 @pytest.mark.parametrize(
     ("values", "names", "problem"),
     [
-        (("0",), ["web"], "0 is no state revision; NAME=0 says a service must not exist yet"),
         (("3", "4"), ["web"], "a state revision is given twice"),
+        (("0", "0"), ["web"], "a state revision is given twice"),
         (("web=x",), ["web"], "N must be a revision number"),
         (("web=-1",), ["web"], "N must be a revision number"),
         (("cache=1",), ["web"], "the file has no service 'cache'"),

@@ -349,17 +349,24 @@ def test_notes_name_failures_pending_tasks_and_why_a_rollout_stopped() -> None:
     ]
 
 
-def test_unbalanced_names_over_full_eligible_nodes_only() -> None:
+def test_unbalanced_until_the_counts_on_eligible_nodes_differ_by_at_most_one() -> None:
     svc = service(replicas=4)
     nodes = [pb.Node(id=n) for n in ("n1", "n2", "n3")]
     for node in nodes:
         node.description.hostname = f"host-{node.id}"
     tasks = [task(1, node="n1"), task(2, node="n1"), task(3, node="n1"), task(4, node="n2")]
-    assert unbalanced(svc, tasks, nodes, {"n1", "n2"}) == ["host-n1 holds 3 > 2"]
-    assert unbalanced(svc, tasks, nodes, {"n1", "n2", "n3"}) == ["host-n1 holds 3 > 2"]
+    assert unbalanced(svc, tasks, nodes, {"n1", "n2"}) == ["host-n1 holds 3", "host-n2 holds 1"]
+    assert unbalanced(svc, tasks, nodes, {"n1", "n2", "n3"}) == ["host-n1 holds 3", "host-n3 holds 0"]
+    two_two = [task(1, node="n1"), task(2, node="n1"), task(3, node="n2"), task(4, node="n2")]
+    assert unbalanced(svc, two_two, nodes, {"n1", "n2", "n3"}) == [
+        "host-n1 holds 2",
+        "host-n2 holds 2",
+        "host-n3 holds 0",
+    ]
     moved = [task(1, node="n1"), task(2, node="n1"), task(3, node="n3"), task(4, node="n2")]
     assert unbalanced(svc, moved, nodes, {"n1", "n2", "n3"}) == []
     assert unbalanced(svc, tasks, nodes, set()) == []
+    assert unbalanced(svc, tasks, nodes, {"n1"}) == []  # tasks on a node that is not eligible: draining's business
 
 
 # --- a wait that looks again on time alone ---------------------------------------------------------------
