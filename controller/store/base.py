@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Protocol
 
 from controller.errors import StoreDamaged
@@ -79,6 +80,23 @@ class Event:
     action: Action
     id: str
     obj: StoredObject
+
+
+@dataclass(frozen=True)
+class ServiceRevision:
+    """One kept revision of a service: its spec, and when, why and by which store revision it was written.
+
+    created_at is the service's updated_at in the write that made the revision; store_revision is that
+    write's store revision. A store migrated from before these were kept knows them only for the revision a
+    service was at then: the others have created_at None, store_revision 0 and no change_cause.
+    """
+
+    revision: int
+    spec_revision: int
+    spec: pb.ServiceSpec
+    created_at: datetime | None
+    change_cause: str
+    store_revision: int
 
 
 class ConflictError(Exception):
@@ -166,6 +184,22 @@ class Store(Protocol):
 
         None once the service is deleted, and for a revision older than the backend keeps (SqliteStore:
         history_limit per service); the current revision is always kept.
+        """
+        ...
+
+    async def list_service_history(self, service_id: str, limit: int | None = None) -> list[ServiceRevision]:
+        """Returns the kept revisions of a service (by id), newest first, at most limit; empty once it is deleted.
+
+        The revision a service is at is always among them; older ones as the backend keeps them (see
+        get_service_spec). A revision is recorded by the first write of a service at it; later writes at the
+        same revision (rollout status, a rebalance request) change nothing in its history.
+        """
+        ...
+
+    async def deleted_services(self, after: int) -> list[tuple[int, str]]:
+        """Returns (store revision, name) of each service deleted after store revision `after`, oldest first.
+
+        Read from the change feed: WatchExpired when its events after `after` were already trimmed.
         """
         ...
 

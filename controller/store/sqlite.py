@@ -37,8 +37,9 @@ Semantics this backend pins down where the Store protocol leaves room:
   A spec body lives while a history row, a service row or a kept event refers to it; the commit that drops
   the last reference (a service delete, history pruning, event trimming) deletes it too.
 - History. A service's spec is kept per (service id, service.revision), first write wins, as a small row
-  (replicas, spec_revision, digest). At most history_limit revisions per service are kept: each commit that
-  writes a service drops its oldest beyond that, but never the revision the service is at now. So
+  (replicas, spec_revision, digest, and when, why and by which store revision it was made: the service's
+  updated_at and change_cause, and the commit's revision). At most history_limit revisions per service are
+  kept: each commit that writes a service drops its oldest beyond that, but never the revision the service is at now. So
   get_service_spec answers None for a pruned revision, as it does once the service is deleted: deleting
   the service deletes its history too, since nothing can roll back a service that no longer exists.
 - Lists. Services list by name, nodes by hostname then id, tasks by service id, slot, creation time, then
@@ -66,9 +67,11 @@ Semantics this backend pins down where the Store protocol leaves room:
   and `on_damage`, by which the server turns NOT_SERVING), after which commits are refused without
   touching the file, since writing on top of damage can only spread it, while reads go on answering from
   memory: what they answer is the last committed state, which damage to the file cannot have changed.
-- Schema versions. A file of schema 1 (a full spec per history row, service event and service row) is
-  migrated in place when opened, in one transaction (all or nothing), then vacuumed so the file shrinks.
-  A backup of either schema restores; the controller migrates it on open. A newer schema is refused.
+- Schema versions. A file of schema 1 (a full spec per history row, service event and service row) or
+  schema 2 (history rows without when, why and by which store revision) is migrated in place when opened,
+  in one transaction (all or nothing); from schema 1 it is then vacuumed so the file shrinks. Schema 2's
+  history learns these only for each service's current revision (see _migrate_v2). A backup of any of them
+  restores; the controller migrates it on open. A newer schema is refused.
 - One owner. While open, the store holds an exclusive lock on `<file>.lock` (its pid inside); a second store
   on the same file, in this process or another, refuses to open, and `restore_file` takes the same lock.
 - Backup and restore (`backup_file`, `restore_file`) go through SQLite's online backup API in one step, so a
@@ -90,6 +93,7 @@ import time
 from collections import deque
 from collections.abc import AsyncGenerator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO, Final, NamedTuple, Self, TypeVar
@@ -109,10 +113,12 @@ from controller.store.base import (
     NodeKey,
     Op,
     Put,
+    ServiceRevision,
     StoredObject,
     TaskKey,
     WatchExpired,
 )
+from dockyard.spec.schema import SERVICE_HISTORY
 from dockyard.v1 import types_pb2 as pb
 
 __all__ = [
@@ -130,16 +136,35 @@ log = structlog.get_logger()
 # The store's file name inside the controller's state directory.
 STORE_FILE: Final = "controller.db"
 
-_SCHEMA_VERSION: Final = 2
+_SCHEMA_VERSION: Final = 3
 
 # Spec bodies, content-addressed (see the module docstring). A rowid table, not WITHOUT ROWID: its rows are
 # large, and SQLite advises WITHOUT ROWID only for small ones.
 _CREATE_SPECS: Final = "CREATE TABLE IF NOT EXISTS specs (digest BLOB PRIMARY KEY, data BLOB NOT NULL)"
-_CREATE_HISTORY: Final = (
-    "CREATE TABLE IF NOT EXISTS service_history ("
-    " service_id TEXT NOT NULL, revision INTEGER NOT NULL, replicas INTEGER NOT NULL,"
-    " spec_revision INTEGER NOT NULL, digest BLOB NOT NULL, PRIMARY KEY (service_id, revision)) WITHOUT ROWID"
+# Schema 3's history columns, which the migration from schema 2 adds (last, as ALTER TABLE puts them): when,
+# why and by which store revision each kept revision was made. 0 and '' mean unknown (made before schema 3).
+_HISTORY_ADDED: Final = (
+    ("created_ns", "INTEGER NOT NULL DEFAULT 0"),
+    ("change_cause", "TEXT NOT NULL DEFAULT ''"),
+    ("store_revision", "INTEGER NOT NULL DEFAULT 0"),
 )
+
+
+def _create_history(added: Sequence[tuple[str, str]]) -> str:
+    """Returns the history table's CREATE statement with these columns after schema 2's."""
+    extra = "".join(f" {name} {kind}," for name, kind in added)
+    return (
+        "CREATE TABLE IF NOT EXISTS service_history ("
+        " service_id TEXT NOT NULL, revision INTEGER NOT NULL, replicas INTEGER NOT NULL,"
+        f" spec_revision INTEGER NOT NULL, digest BLOB NOT NULL,{extra} PRIMARY KEY (service_id, revision))"
+        " WITHOUT ROWID"
+    )
+
+
+# Schema 2's history table, which the migration from schema 1 makes before adding schema 3's columns.
+_CREATE_HISTORY_V2: Final = _create_history(())
+# The columns of a history row after its key, in _HistoryRow's order.
+_HISTORY_COLUMNS: Final = "replicas, spec_revision, digest, " + ", ".join(name for name, _ in _HISTORY_ADDED)
 # What a commit asks when it may have dropped the last reference to a spec body.
 _SPEC_INDEXES: Final = (
     "CREATE INDEX IF NOT EXISTS services_by_spec ON services (spec_digest) WHERE spec_digest IS NOT NULL",
@@ -165,7 +190,7 @@ CREATE TABLE IF NOT EXISTS tasks (
 CREATE INDEX IF NOT EXISTS tasks_by_service ON tasks (service_id, slot, created_ns, id);
 CREATE INDEX IF NOT EXISTS tasks_by_node ON tasks (node_id, service_id, slot, created_ns, id);
 {_CREATE_SPECS};
-{_CREATE_HISTORY};
+{_create_history(_HISTORY_ADDED)};
 CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY, revision INTEGER NOT NULL, kind TEXT NOT NULL, action TEXT NOT NULL,
     id TEXT NOT NULL, data BLOB NOT NULL, spec_digest BLOB);
@@ -387,6 +412,14 @@ def _expected_layout() -> dict[str, tuple[str, ...]]:
         conn.close()
 
 
+def _v2_layout() -> dict[str, tuple[str, ...]]:
+    """Returns schema 2's tables and columns: this schema's without the history columns schema 3 added."""
+    layout = dict(_expected_layout())
+    added = {name for name, _ in _HISTORY_ADDED}
+    layout["service_history"] = tuple(c for c in layout["service_history"] if c not in added)
+    return layout
+
+
 def _layout(conn: sqlite3.Connection) -> dict[str, tuple[str, ...]]:
     """Returns each table's columns in order, SQLite's own tables aside."""
     names = [row[0] for row in conn.execute("SELECT name FROM sqlite_schema WHERE type = 'table' ORDER BY name")]
@@ -427,7 +460,7 @@ def _verify(conn: sqlite3.Connection) -> StoreSummary | None:
         raise _Unsound(
             f"written by a newer controller (schema {version}; this one knows {_SCHEMA_VERSION})", newer=True
         )
-    known = {_SCHEMA_VERSION: _expected_layout(), 1: _V1_LAYOUT}
+    known = {_SCHEMA_VERSION: _expected_layout(), 2: _v2_layout(), 1: _V1_LAYOUT}
     if layout != known.get(version):
         tables = _one_line(", ".join(layout) or "none", 120)
         raise _Unsound(f"not a Dockyard store (schema version {version}, tables: {tables})")
@@ -465,7 +498,7 @@ def _prepare_file(path: str, history_limit: int) -> bool:
                 return True
             (version,) = conn.execute("PRAGMA user_version").fetchone()
             if version < _SCHEMA_VERSION:
-                _migrate_v1(conn, history_limit)
+                _migrate(conn, version, history_limit)
                 log.info("store migrated", path=path, schema_from=version, schema_to=_SCHEMA_VERSION)
             return False
         finally:
@@ -480,76 +513,114 @@ def _prepare_file(path: str, history_limit: int) -> bool:
         raise _damaged(path, str(exc)) from None
 
 
-def _migrate_v1(conn: sqlite3.Connection, history_limit: int) -> None:
-    """Converts a schema-1 store to this schema in one transaction, then vacuums it; see the module docstring.
+def _migrate(conn: sqlite3.Connection, version: int, history_limit: int) -> None:
+    """Converts a store of an older schema (1 or 2) to this one in one transaction; see the module docstring.
 
-    Every full spec (history rows, service rows, service events) becomes a reference to one stored body;
-    each history row's spec_revision is derived as the API does (the revision since which all but replicas
-    is the same); history beyond history_limit is pruned as a commit would.
+    A schema-1 store is vacuumed afterwards (its full specs become references, which frees most pages).
     """
     conn.execute("BEGIN IMMEDIATE")
     try:
-        conn.execute("ALTER TABLE services ADD COLUMN spec_digest BLOB")
-        conn.execute("ALTER TABLE events ADD COLUMN spec_digest BLOB")
-        conn.execute("ALTER TABLE service_history RENAME TO service_history_v1")
-        conn.execute(_CREATE_SPECS)
-        conn.execute(_CREATE_HISTORY)
-        last: tuple[str, int, int, bytes] | None = None  # service, revision, spec_revision, digest
-        old_rows = conn.execute("SELECT service_id, revision, spec FROM service_history_v1 ORDER BY 1, 2")
-        for service_id, revision, data in old_rows:
-            spec = pb.ServiceSpec.FromString(data)
-            replicas = spec.replicas
-            digest, body = _spec_body(spec)
-            same = last is not None and last[:2] == (service_id, revision - 1) and last[3] == digest
-            spec_revision = last[2] if same and last is not None else revision
-            conn.execute("INSERT OR IGNORE INTO specs (digest, data) VALUES (?, ?)", (digest, body))
-            conn.execute(
-                "INSERT INTO service_history (service_id, revision, replicas, spec_revision, digest)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (service_id, revision, replicas, spec_revision, digest),
-            )
-            last = (service_id, revision, spec_revision, digest)
-        conn.execute("DROP TABLE service_history_v1")
-        revisions: dict[str, int] = {}  # each service's current revision, which pruning keeps
-        for table, key in (("services", "id"), ("events", "seq")):
-            where = " WHERE kind = 'service'" if table == "events" else ""
-            # Keys first: rewriting rows of the table a SELECT is still stepping through is not safe.
-            keys = [row[0] for row in conn.execute(f"SELECT {key} FROM {table}{where}")]
-            for row_key in keys:
-                (data,) = conn.execute(f"SELECT data FROM {table} WHERE {key} = ?", (row_key,)).fetchone()
-                service = pb.Service.FromString(data)
-                if table == "services":
-                    revisions[service.id] = service.revision
-                split = _split_spec(service)
-                if split is None:
-                    continue
-                digest, body = split
-                conn.execute("INSERT OR IGNORE INTO specs (digest, data) VALUES (?, ?)", (digest, body))
-                conn.execute(
-                    f"UPDATE {table} SET data = ?, spec_digest = ? WHERE {key} = ?",
-                    (service.SerializeToString(), digest, row_key),
-                )
-        for statement in _SPEC_INDEXES:
-            conn.execute(statement)
-        for service_id, revision in revisions.items():
-            pruned = conn.execute(_PRUNABLE_HISTORY, (service_id, revision, history_limit)).fetchall()
-            conn.executemany(
-                "DELETE FROM service_history WHERE service_id = ? AND revision = ?",
-                [(service_id, rev) for rev, _ in pruned],
-            )
-        conn.execute(
-            "DELETE FROM specs WHERE NOT EXISTS (SELECT 1 FROM service_history h WHERE h.digest = specs.digest)"
-            " AND NOT EXISTS (SELECT 1 FROM services s WHERE s.spec_digest = specs.digest)"
-            " AND NOT EXISTS (SELECT 1 FROM events e WHERE e.spec_digest = specs.digest)"
-        )
+        if version < 2:
+            _migrate_v1(conn, history_limit)
+        _migrate_v2(conn)
         conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
         conn.execute("COMMIT")
     except BaseException:
         with contextlib.suppress(sqlite3.Error):
             conn.execute("ROLLBACK")
         raise
-    # The copies the migration dropped leave free pages; give them back so the file shrinks to what it holds.
-    conn.execute("VACUUM")
+    if version < 2:
+        # The copies the migration dropped leave free pages; give them back so the file shrinks to what it holds.
+        conn.execute("VACUUM")
+
+
+def _migrate_v2(conn: sqlite3.Connection) -> None:
+    """Adds schema 3's history columns inside the open transaction, filled in for each current revision.
+
+    The current revision's row takes the service's updated_at and change_cause, and as its store revision
+    the service's version: the last write of the service, which is no earlier than the revision's own, so an
+    apply conditioned on a state revision (if_state_revision) errs towards refusing. Older rows stay unknown.
+    """
+    for name, kind in _HISTORY_ADDED:
+        conn.execute(f"ALTER TABLE service_history ADD COLUMN {name} {kind}")
+    keys = [row[0] for row in conn.execute("SELECT id FROM services")]
+    for service_id in keys:
+        (data,) = conn.execute("SELECT data FROM services WHERE id = ?", (service_id,)).fetchone()
+        service = pb.Service.FromString(data)
+        made = service.updated_at
+        conn.execute(
+            "UPDATE service_history SET created_ns = ?, change_cause = ?, store_revision = ?"
+            " WHERE service_id = ? AND revision = ?",
+            (
+                made.seconds * 1_000_000_000 + made.nanos,
+                service.change_cause,
+                service.version,
+                service.id,
+                service.revision,
+            ),
+        )
+
+
+def _migrate_v1(conn: sqlite3.Connection, history_limit: int) -> None:
+    """Converts a schema-1 store to schema 2 inside the open transaction.
+
+    Every full spec (history rows, service rows, service events) becomes a reference to one stored body;
+    each history row's spec_revision is derived as the API does (the revision since which all but replicas
+    is the same); history beyond history_limit is pruned as a commit would.
+    """
+    conn.execute("ALTER TABLE services ADD COLUMN spec_digest BLOB")
+    conn.execute("ALTER TABLE events ADD COLUMN spec_digest BLOB")
+    conn.execute("ALTER TABLE service_history RENAME TO service_history_v1")
+    conn.execute(_CREATE_SPECS)
+    conn.execute(_CREATE_HISTORY_V2)
+    last: tuple[str, int, int, bytes] | None = None  # service, revision, spec_revision, digest
+    old_rows = conn.execute("SELECT service_id, revision, spec FROM service_history_v1 ORDER BY 1, 2")
+    for service_id, revision, data in old_rows:
+        spec = pb.ServiceSpec.FromString(data)
+        replicas = spec.replicas
+        digest, body = _spec_body(spec)
+        same = last is not None and last[:2] == (service_id, revision - 1) and last[3] == digest
+        spec_revision = last[2] if same and last is not None else revision
+        conn.execute("INSERT OR IGNORE INTO specs (digest, data) VALUES (?, ?)", (digest, body))
+        conn.execute(
+            "INSERT INTO service_history (service_id, revision, replicas, spec_revision, digest)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (service_id, revision, replicas, spec_revision, digest),
+        )
+        last = (service_id, revision, spec_revision, digest)
+    conn.execute("DROP TABLE service_history_v1")
+    revisions: dict[str, int] = {}  # each service's current revision, which pruning keeps
+    for table, key in (("services", "id"), ("events", "seq")):
+        where = " WHERE kind = 'service'" if table == "events" else ""
+        # Keys first: rewriting rows of the table a SELECT is still stepping through is not safe.
+        keys = [row[0] for row in conn.execute(f"SELECT {key} FROM {table}{where}")]
+        for row_key in keys:
+            (data,) = conn.execute(f"SELECT data FROM {table} WHERE {key} = ?", (row_key,)).fetchone()
+            service = pb.Service.FromString(data)
+            if table == "services":
+                revisions[service.id] = service.revision
+            split = _split_spec(service)
+            if split is None:
+                continue
+            digest, body = split
+            conn.execute("INSERT OR IGNORE INTO specs (digest, data) VALUES (?, ?)", (digest, body))
+            conn.execute(
+                f"UPDATE {table} SET data = ?, spec_digest = ? WHERE {key} = ?",
+                (service.SerializeToString(), digest, row_key),
+            )
+    for statement in _SPEC_INDEXES:
+        conn.execute(statement)
+    for service_id, revision in revisions.items():
+        pruned = conn.execute(_PRUNABLE_HISTORY, (service_id, revision, history_limit)).fetchall()
+        conn.executemany(
+            "DELETE FROM service_history WHERE service_id = ? AND revision = ?",
+            [(service_id, rev) for rev, _ in pruned],
+        )
+    conn.execute(
+        "DELETE FROM specs WHERE NOT EXISTS (SELECT 1 FROM service_history h WHERE h.digest = specs.digest)"
+        " AND NOT EXISTS (SELECT 1 FROM services s WHERE s.spec_digest = specs.digest)"
+        " AND NOT EXISTS (SELECT 1 FROM events e WHERE e.spec_digest = specs.digest)"
+    )
 
 
 def _open_error(path: str, exc: sqlite3.Error) -> StartupError:
@@ -963,8 +1034,15 @@ class _Held:
     digest: bytes | None = None
 
 
-# (replicas, spec_revision, digest) of one history row.
-_HistoryRow = tuple[int, int, bytes]
+class _HistoryRow(NamedTuple):
+    """One kept revision of a service: its spec by reference, and when, why and by which store revision."""
+
+    replicas: int
+    spec_revision: int
+    digest: bytes
+    created_ns: int  # the service's updated_at when the revision was written (0: unknown, from before schema 3)
+    change_cause: str
+    store_revision: int  # the commit that wrote the revision (0: unknown, from before schema 3)
 
 
 _KeyChanges = list[tuple[str, _Key | None]]
@@ -1046,7 +1124,7 @@ def _plan_put(batch: _Batch, kind: Kind, obj: StoredObject, expected: int | None
         split = _split_spec(obj)  # obj is the commit's own snapshot: cutting it touches nobody's copy
         digest, body = split if split is not None else _spec_body(pb.ServiceSpec())
         batch.new_specs[digest] = body
-        batch.history.setdefault(obj.id, {}).setdefault(obj.revision, (obj.spec.replicas, spec_revision, digest))
+        batch.history.setdefault(obj.id, {}).setdefault(obj.revision, _history_row(obj, spec_revision, digest))
         batch.current_revision[obj.id] = obj.revision
         if split is None:  # no spec to refer to; the history still records an empty one, as it always did
             digest = body = None
@@ -1076,6 +1154,13 @@ def _plan_put(batch: _Batch, kind: Kind, obj: StoredObject, expected: int | None
         upserts[obj.id] = row
         updates.pop(obj.id, None)
     batch.records.append(_Record(batch.revision, kind, Action.PUT, obj.id, data, digest, body))
+
+
+def _history_row(service: pb.Service, spec_revision: int, digest: bytes) -> _HistoryRow:
+    """Returns the history row of a service written at its version (the commit's revision)."""
+    made = service.updated_at
+    created_ns = made.seconds * 1_000_000_000 + made.nanos
+    return _HistoryRow(service.spec.replicas, spec_revision, digest, created_ns, service.change_cause, service.version)
 
 
 def _place(held: _Held | None) -> tuple[str, str, _Key] | None:
@@ -1139,8 +1224,8 @@ class _Memory:
         """Holds the objects read at open (besides history and specs, memory must be empty); builds the indexes."""
         # History first: apply() lets go of every body nothing counted refers to.
         for rows in self.history.values():
-            for _, _, digest in rows.values():
-                self._ref(digest, 1)
+            for row in rows.values():
+                self._ref(row.digest, 1)
         staged = _Staged()
         for kind, held in objects:
             self.stage(staged, kind, str(held.key[-1]), held)
@@ -1205,10 +1290,10 @@ class _Memory:
             if new is not None:
                 self.service_names[_name(new.key)] = oid
         for service_id, rows in history.items():
-            for _, _, digest in self.history.get(service_id, {}).values():
-                self._ref(digest, -1)
-            for _, _, digest in rows.values():
-                self._ref(digest, 1)
+            for row in self.history.get(service_id, {}).values():
+                self._ref(row.digest, -1)
+            for row in rows.values():
+                self._ref(row.digest, 1)
             if rows:
                 self.history[service_id] = rows
             else:
@@ -1301,7 +1386,7 @@ def _plan_history(batch: _Batch, mem: _Memory, limit: int) -> None:
     for service_id in batch.history_cleared | batch.history.keys():
         kept = mem.history.get(service_id, {})
         if service_id in batch.history_cleared:
-            batch.released.update(digest for _, _, digest in kept.values())
+            batch.released.update(row.digest for row in kept.values())
             kept = {}
         rows = dict(kept)
         for revision, row in batch.history.get(service_id, {}).items():
@@ -1311,7 +1396,7 @@ def _plan_history(batch: _Batch, mem: _Memory, limit: int) -> None:
             newest = sorted(rows, key=lambda revision: (revision == current, revision), reverse=True)
             for revision in newest[limit:]:
                 batch.pruned.append((service_id, revision))
-                batch.released.add(rows.pop(revision)[2])
+                batch.released.add(rows.pop(revision).digest)
         batch.history_after[service_id] = rows
 
 
@@ -1330,7 +1415,7 @@ class SqliteStore:
         *,
         keep_events: int = 10000,
         watch_buffer: int = 4096,
-        history_limit: int = 100,
+        history_limit: int = SERVICE_HISTORY.maximum,
     ) -> None:
         """Prepares a store without touching the disk; watch_buffer bounds each watcher's queue (events).
 
@@ -1451,18 +1536,16 @@ class SqliteStore:
         DecodeError for a row that does not decode; StoreDamaged for a reference to a missing spec body.
         """
         mem = _Memory()
-        history = await db.execute_fetchall(
-            "SELECT service_id, revision, replicas, spec_revision, digest FROM service_history"
-        )
-        for service_id, revision, replicas, spec_revision, digest in history:
-            mem.history.setdefault(service_id, {})[revision] = (replicas, spec_revision, digest)
+        history = await db.execute_fetchall(f"SELECT service_id, revision, {_HISTORY_COLUMNS} FROM service_history")
+        for service_id, revision, *rest in history:
+            mem.history.setdefault(service_id, {})[revision] = _HistoryRow(*rest)
         bodies = await db.execute_fetchall(
             "SELECT digest, data FROM specs WHERE digest IN"
             " (SELECT spec_digest FROM services UNION SELECT digest FROM service_history)"
         )
         mem.specs = {digest: data for digest, data in bodies}
         objects: list[tuple[Kind, _Held]] = []
-        referred = {row[2] for rows in mem.history.values() for row in rows.values()}
+        referred = {row.digest for rows in mem.history.values() for row in rows.values()}
         for data, digest in await db.execute_fetchall("SELECT data, spec_digest FROM services"):
             if digest is not None:
                 referred.add(digest)
@@ -1670,8 +1753,8 @@ class SqliteStore:
         history = [(sid, rev, *row) for sid, revs in batch.history.items() for rev, row in revs.items()]
         if history:
             await db.executemany(
-                "INSERT OR IGNORE INTO service_history (service_id, revision, replicas, spec_revision, digest)"
-                " VALUES (?, ?, ?, ?, ?)",
+                f"INSERT OR IGNORE INTO service_history (service_id, revision, {_HISTORY_COLUMNS})"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 history,
             )
         if batch.pruned:
@@ -1757,10 +1840,30 @@ class SqliteStore:
         row = mem.history.get(service_id, {}).get(revision)
         if row is None:
             return None
-        replicas, _, digest = row
-        spec = pb.ServiceSpec.FromString(mem.specs[digest])
-        spec.replicas = replicas
+        return self._history_spec(row)
+
+    def _history_spec(self, row: _HistoryRow) -> pb.ServiceSpec:
+        """Returns the whole spec of a history row: its stored body with its replicas."""
+        spec = pb.ServiceSpec.FromString(self._mem.specs[row.digest])
+        spec.replicas = row.replicas
         return spec
+
+    async def list_service_history(self, service_id: str, limit: int | None = None) -> list[ServiceRevision]:
+        """Returns the kept revisions of a service, newest first, at most limit; empty when unknown or deleted."""
+        rows = self._open_memory().history.get(service_id, {})
+        newest = sorted(rows, reverse=True)[:limit]
+        return [
+            ServiceRevision(
+                revision=revision,
+                spec_revision=row.spec_revision,
+                spec=self._history_spec(row),
+                created_at=datetime.fromtimestamp(row.created_ns / 1e9, UTC) if row.created_ns else None,
+                change_cause=row.change_cause,
+                store_revision=row.store_revision,
+            )
+            for revision in newest
+            for row in (rows[revision],)
+        ]
 
     async def get_node(self, node_id: str) -> pb.Node | None:
         """Returns the node with that id."""
@@ -1866,6 +1969,24 @@ class SqliteStore:
             _Record(rev, Kind(kind), Action(action), oid, data, digest, specs[digest] if digest is not None else None)
             for rev, kind, action, oid, data, digest in rows
         ]
+
+    async def deleted_services(self, after: int) -> list[tuple[int, str]]:
+        """Returns (store revision, name) of each service deleted after store revision `after`, oldest first.
+
+        WatchExpired when events after `after` were already trimmed. Only service deletes are read (their
+        stubs, without spec bodies), so the cost is theirs, not the event log's.
+        """
+        async with self._lock:
+            db = self._connection()
+            if after < self._trimmed_through:
+                kept = self._trimmed_through + 1
+                raise WatchExpired(f"events after revision {after} were trimmed; the oldest kept is {kept}")
+            with self._guarded():
+                rows = await db.execute_fetchall(
+                    "SELECT revision, data FROM events WHERE kind = ? AND action = ? AND revision > ? ORDER BY seq",
+                    (Kind.SERVICE.value, Action.DELETE.value, after),
+                )
+                return [(int(revision), pb.Service.FromString(data).name) for revision, data in rows]
 
     def _event(self, record: _Record) -> Event:
         """Returns a record as an event with its own decoded object; StoreDamaged if it does not decode."""
