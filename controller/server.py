@@ -33,6 +33,7 @@ from dockyard.addresses import address_in_use, host_of, in_use_message, is_loopb
 from dockyard.clock import Clock, SystemClock
 from dockyard.limits import DEFAULT_CONTROLLER
 from dockyard.logs import Throttle
+from dockyard.spec.schema import SERVICE_HISTORY
 from dockyard.v1 import agent_pb2, agent_pb2_grpc, controller_pb2
 
 log = structlog.get_logger()
@@ -54,6 +55,8 @@ class ControllerConfig:
     # Make a new cluster (CA, store) if the state dir has none; without it an empty state dir is refused.
     init: bool = False
     cert_lifetime: datetime.timedelta = pki.DEFAULT_CERT_LIFETIME
+    # Revisions kept per service (the current one always), for history and rollback.
+    service_history: int = SERVICE_HISTORY.maximum
 
 
 class Controller:
@@ -65,7 +68,7 @@ class Controller:
         config.state_dir.mkdir(parents=True, exist_ok=True)
         # Only a store the controller opens from its state dir is checked for having been there before.
         self._own_store = store is None
-        self.store = store or SqliteStore(config.state_dir / STORE_FILE)
+        self.store = store or SqliteStore(config.state_dir / STORE_FILE, history_limit=config.service_history)
         self.authority: ClusterAuthority | None = None
         self.join_port = 0
         self._server: grpc.aio.Server | None = None
@@ -152,7 +155,10 @@ class Controller:
             for name in ("", *names[:2]):
                 await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
 
-        add_controller_api(ControllerApi(self.store, self._clock, new_id, join_tokens=self), server)
+        # The API's plan runs the scheduler with the seed the scheduler role uses, so it predicts its nodes.
+        add_controller_api(
+            ControllerApi(self.store, self._clock, new_id, join_tokens=self, scheduler_seed=self.config.seed), server
+        )
         add_agent_service(dispatcher, server)
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_reflection(names, server)

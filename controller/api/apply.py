@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Final
 
 from controller.store.base import Put
 from dockyard.timestamps import to_timestamp
 from dockyard.v1 import controller_pb2 as cpb
 from dockyard.v1 import types_pb2 as pb
+
+# The change_cause of a revision an apply writes (history shows it); scale and rollback write their own.
+APPLY_CAUSE: Final = "apply"
+
+
+def scale_cause(replicas: int) -> str:
+    """Returns the change_cause of a revision ScaleService writes."""
+    return f"scale to {replicas}"
 
 
 @dataclass(frozen=True)
@@ -48,12 +57,21 @@ def plan_apply(
             service.revision = current.revision + 1
             if not same_apart_from_replicas(current.spec, spec):
                 service.spec_revision = service.revision
+                # The range a rollback returned to runs an older spec now (see Service.also_current_from).
+                service.also_current_from = service.also_current_to = 0
             action = cpb.ApplyResult.ACTION_UPDATED
         service.spec.CopyFrom(spec)
         service.updated_at.CopyFrom(stamp)
+        service.change_cause = APPLY_CAUSE
         puts.append(Put(service, expect_version=current.version if current is not None else 0))
         results.append(cpb.ApplyResult(service=service, action=action))
     return ApplyPlan(results, puts)
+
+
+def pruned(specs: Sequence[pb.ServiceSpec], existing: Mapping[str, pb.Service]) -> list[pb.Service]:
+    """Returns the stored services an apply with prune deletes: those the request does not name, by name."""
+    names = {spec.name for spec in specs}
+    return [existing[name] for name in sorted(existing) if name not in names]
 
 
 def same_apart_from_replicas(a: pb.ServiceSpec, b: pb.ServiceSpec) -> bool:

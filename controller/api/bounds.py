@@ -1,6 +1,7 @@
 """How much reading the public API does at once, in one place: caps on expensive reads and Watch batching.
 
-Expensive reads (a page of ListServices, ListNodes or ListTasks; an open Watch stream) are capped in number
+Expensive reads (a page of ListServices, ListNodes or ListTasks, a ListServiceHistory; a PlanApply, which
+simulates the roles on a copy of the cluster; an open Watch stream) are capped in number
 at once. A call beyond its cap is refused at once with RESOURCE_EXHAUSTED (what, the cap, retry shortly)
 instead of queueing: 500 concurrent ListTasks once stalled every other call for up to 7.6 s, because they
 all share the store's one connection. Cheap calls (GetService, the writes) are never capped, so they keep
@@ -29,6 +30,7 @@ from dockyard.logs import Throttle
 __all__ = [
     "HANDSHAKE_TIMEOUT_MS",
     "MAX_CONCURRENT_LISTS",
+    "MAX_CONCURRENT_PLANS",
     "MAX_OPEN_WATCHES",
     "MAX_REQUEST_BYTES",
     "MAX_REQUEST_ITEMS",
@@ -46,6 +48,9 @@ log = structlog.get_logger("controller.api")
 # List pages in flight at once. Each parses and sends up to MAX_PAGE_SIZE items on the one event loop, so a
 # cheap call waits behind at most this many of them.
 MAX_CONCURRENT_LISTS: Final = 8
+# PlanApply calls at once. Each runs the reconciler and the scheduler over a copy of the cluster for up to
+# controller.api.planning.PLAN_ROUNDS rounds (in a worker thread, but on the interpreter's one lock), so few.
+MAX_CONCURRENT_PLANS: Final = 2
 # Watch streams open at once. Each holds a store watcher (its queue is bounded by the store) and at most one
 # response in the making; the CLI opens one per waiting apply, scale or rm.
 MAX_OPEN_WATCHES: Final = 64
@@ -89,10 +94,11 @@ _REFUSAL_LOG_BURST: Final = 3
 
 @dataclass(frozen=True)
 class ReadCaps:
-    """How many expensive reads the API serves at once: list pages, and open Watch streams."""
+    """How many expensive reads the API serves at once: list pages (and histories), plans, open Watch streams."""
 
     lists: int = MAX_CONCURRENT_LISTS
     watches: int = MAX_OPEN_WATCHES
+    plans: int = MAX_CONCURRENT_PLANS
 
 
 @dataclass

@@ -8,13 +8,15 @@ arrive already parsed by controller.api.handlers, which also turns a damaged sto
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from typing import Protocol
+import asyncio
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from typing import Final, Protocol
 
 import grpc
 
-from controller.api.apply import plan_apply, same_apart_from_replicas
+from controller.api.apply import plan_apply, pruned, same_apart_from_replicas, scale_cause
 from controller.api.bounds import Gate, ReadCaps
+from controller.api.history import history_response, rollback_cause, rollback_target
 from controller.api.paging import (
     Key,
     PageLimits,
@@ -24,13 +26,27 @@ from controller.api.paging import (
     filtered_source,
     read_page,
 )
+from controller.api.pending import rollback_service
+from controller.api.planning import PLAN_ROUNDS, planned_tasks, simulate
 from controller.api.status import Context, Stale, abort, abort_invalid, abort_stale
-from controller.api.validation import apply_errors, enum_error, node_update_errors, replicas_error, scale_errors
+from controller.api.validation import (
+    apply_errors,
+    dependency_errors,
+    dependency_graph,
+    enum_error,
+    node_update_errors,
+    replicas_error,
+    scale_errors,
+)
 from controller.api.watch import KINDS, WatchClosed, WatchFilter, WatchLimits, watch_responses
 from controller.api.writes import commit_or_abort, revision_stale, version_stale
+from controller.scheduler.model import holds_resources
+from controller.scheduler.role import is_pending
 from controller.store.base import Check, Delete, Kind, NodeKey, Op, Put, Store, TaskKey, WatchExpired
 from controller.store.specs import SpecCache
 from dockyard.clock import Clock
+from dockyard.spec.dependencies import start_order
+from dockyard.spec.diff import spec_changes
 from dockyard.spec.issues import Issue, key_path, service_path
 from dockyard.task_state import is_terminal
 from dockyard.timestamps import to_timestamp
@@ -107,8 +123,12 @@ class ControllerApi:
         caps: ReadCaps | None = None,
         watch_limits: WatchLimits | None = None,
         join_tokens: JoinTokens | None = None,
+        scheduler_seed: int = 0,
     ) -> None:
-        """Serves from `store`; `page_limits` bounds every list response, `caps` the expensive reads at once."""
+        """Serves from `store`; `page_limits` bounds every list response, `caps` the expensive reads at once.
+
+        scheduler_seed is the scheduler role's tie-break seed: PlanApply places tasks with it, as the role will.
+        """
         self._store = store
         self._join_tokens = join_tokens
         self._clock = clock
@@ -119,17 +139,24 @@ class ControllerApi:
         caps = caps or ReadCaps()
         self._lists = Gate.with_clock("list calls", caps.lists, clock)
         self._watches = Gate.with_clock("watch streams", caps.watches, clock)
+        self._plans = Gate.with_clock("plans", caps.plans, clock)
+        self._seed = scheduler_seed
 
     async def ApplyService(self, request: cpb.ApplyServiceRequest, context: Context) -> cpb.ApplyServiceResponse:
-        """Creates or updates every service in one transaction; an invalid or stale request writes nothing."""
+        """Creates or updates every service (prune: deletes the others) in one transaction, or writes nothing.
+
+        if_state_revision refuses the whole request (FAILED_PRECONDITION naming each service) when a service
+        it applies or prunes was created, changed in spec or replicas, or deleted after that store revision.
+        """
         existing = {s.name: s for s in await self._store.list_services()}
-        issues = apply_errors(request.services, existing)
+        removed = pruned(request.services, existing) if request.prune else []
+        await self._check_apply(request.services, existing, removed, context)
         names = {spec.name for spec in request.services}
-        issues.extend(
+        issues = [
             Issue(key_path("if_revision", name), "names no service of this request; name one that it applies")
             for name in sorted(request.if_revision)
             if name not in names
-        )
+        ]
         if issues:
             await abort_invalid(context, issues)
         expected = dict(request.if_revision)
@@ -138,10 +165,14 @@ class ControllerApi:
             for name in sorted(expected)
             if (problem := revision_stale(service_path(name), expected[name], existing.get(name))) is not None
         ]
+        if request.if_state_revision:
+            moved = [*names, *(s.name for s in removed)]
+            stale.extend(await self._moved_since(request.if_state_revision, moved, existing, context))
         if stale:
             await abort_stale(context, stale)
         plan = plan_apply(request.services, existing, self._clock.now(), self._new_id)
-        if plan.puts and not request.dry_run:
+        deletes: list[Op] = [Delete(Kind.SERVICE, s.id, expect_version=s.version) for s in removed]
+        if (plan.puts or deletes) and not request.dry_run:
             written = {put.obj.id for put in plan.puts}
             # A conditioned service that stays unchanged still conditions the whole batch.
             checks: list[Op] = [
@@ -149,9 +180,69 @@ class ControllerApi:
                 for name in expected
                 if name in existing and existing[name].id not in written
             ]
-            subject = service_path(plan.results[0].service.name) if len(request.services) == 1 else "services"
-            await commit_or_abort(self._store, context, [*plan.puts, *checks], subject, conditional=bool(expected))
+            subject = service_path(request.services[0].name) if len(request.services) == 1 else "services"
+            conditional = bool(expected) or bool(request.if_state_revision)
+            await commit_or_abort(self._store, context, [*plan.puts, *deletes, *checks], subject, conditional)
         return cpb.ApplyServiceResponse(results=plan.results)
+
+    async def _check_apply(
+        self,
+        specs: Sequence[pb.ServiceSpec],
+        existing: Mapping[str, pb.Service],
+        removed: Sequence[pb.Service],
+        context: Context,
+    ) -> None:
+        """Ends the RPC with INVALID_ARGUMENT when the specs are invalid, or their depends_on across the cluster."""
+        issues = apply_errors(specs, existing)
+        if not issues:
+            issues = dependency_errors(specs, existing, {s.name for s in removed})
+        if issues:
+            await abort_invalid(context, issues)
+
+    async def _moved_since(
+        self, since: int, names: Iterable[str], existing: Mapping[str, pb.Service], context: Context
+    ) -> list[Stale]:
+        """Returns a Stale for each named service created, changed (spec or replicas) or deleted after `since`."""
+        current = self._store.revision
+        if since > current:
+            await abort_invalid(
+                context,
+                [
+                    Issue(
+                        "if_state_revision",
+                        f"{since} is beyond the controller's revision {current} (was its store restored?); plan again",
+                    )
+                ],
+            )
+        stale: list[Stale] = []
+        absent: set[str] = set()
+        for name in sorted(set(names)):
+            service = existing.get(name)
+            if service is None:
+                absent.add(name)
+                continue
+            newest = await self._store.list_service_history(service.id, limit=1)
+            written_at = newest[0].store_revision if newest else service.version
+            if written_at > since:
+                stale.append(
+                    Stale(service_path(name), f"changed at store revision {written_at}, after {since} (planned)")
+                )
+        if absent:
+            try:
+                deleted = await self._store.deleted_services(since)
+            except WatchExpired:
+                stale.extend(
+                    Stale(service_path(name), f"cannot tell whether it was deleted after store revision {since}")
+                    for name in sorted(absent)
+                )
+                return stale
+            for revision, name in deleted:
+                if name in absent:
+                    absent.discard(name)
+                    stale.append(
+                        Stale(service_path(name), f"deleted at store revision {revision}, after {since} (planned)")
+                    )
+        return stale
 
     async def GetService(self, request: cpb.GetServiceRequest, context: Context) -> pb.Service:
         """Returns one service by name or id: as it is now, or with the spec it had at `revision`."""
@@ -244,6 +335,7 @@ class ControllerApi:
         scaled.spec.replicas = request.replicas
         scaled.revision += 1
         scaled.updated_at.CopyFrom(to_timestamp(self._clock.now()))
+        scaled.change_cause = scale_cause(request.replicas)
         await commit_or_abort(
             self._store,
             context,
@@ -464,10 +556,149 @@ class ControllerApi:
             await abort(context, grpc.StatusCode.NOT_FOUND, f"node: {name!r} not found; see `dockyard nodes`")
         return by_name[0]
 
-    async def _service(self, name: str, context: Context) -> pb.Service:
+    async def _service(self, name: str, context: Context, field: str = "name") -> pb.Service:
+        """Returns the service of that name or id; the errors name the request's field."""
         if not name:
-            await abort_invalid(context, [Issue("name", "is required; give a service name or id")])
+            await abort_invalid(context, [Issue(field, "is required; give a service name or id")])
         service = await self._store.get_service(name)
         if service is None:
-            await abort(context, grpc.StatusCode.NOT_FOUND, f"name: service {name!r} not found")
+            await abort(context, grpc.StatusCode.NOT_FOUND, f"{field}: service {name!r} not found")
         return service
+
+    # --- history, rollback, rebalance, plan -------------------------------------------------------------
+
+    async def ListServiceHistory(
+        self, request: cpb.ListServiceHistoryRequest, context: Context
+    ) -> cpb.ListServiceHistoryResponse:
+        """Returns the kept revisions of a service, newest first, as many as fit in a list page's bytes."""
+        async with self._lists.hold(context, "ListServiceHistory"):
+            service = await self._service(request.service, context, "service")
+            revisions = await self._store.list_service_history(service.id)
+            return history_response(service, revisions, self._limits.max_bytes)
+
+    async def RollbackService(self, request: cpb.RollbackServiceRequest, context: Context) -> pb.Service:
+        """Writes an earlier revision's spec as a new revision, as the orchestrator's automatic rollback does.
+
+        to_revision 0 means the revision before the current spec. It must be kept and differ from the
+        current spec in more than replicas: INVALID_ARGUMENT (to_revision) or FAILED_PRECONDITION (service).
+        """
+        service = await self._service(request.service, context, "service")
+        expected = request.if_revision if request.HasField("if_revision") else None
+        await self._check_revision(service, expected, context)
+        revisions = await self._store.list_service_history(service.id)
+        target = rollback_target(service, revisions, request.to_revision)
+        if isinstance(target, Issue):
+            if target.path == "to_revision":
+                await abort_invalid(context, [target])
+            await abort(context, grpc.StatusCode.FAILED_PRECONDITION, str(target))
+        existing = {s.name: s for s in await self._store.list_services()}
+        unmet = dependency_errors([target.revision.spec], existing)
+        if unmet:
+            problems = "; ".join(i.message for i in unmet)
+            await abort(
+                context,
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"to_revision: revision {target.revision.revision}'s depends_on no longer holds in the cluster "
+                f"({problems}); apply a spec instead",
+            )
+        rolled = rollback_service(
+            service,
+            target.revision.revision,
+            target.revision.spec,
+            target.also_current,
+            rollback_cause(target.revision.revision),
+            self._clock.now(),
+        )
+        await commit_or_abort(
+            self._store,
+            context,
+            [Put(rolled, expect_version=service.version)],
+            service_path(service.name),
+            conditional=expected is not None,
+        )
+        return rolled
+
+    async def RebalanceService(self, request: cpb.RebalanceServiceRequest, context: Context) -> pb.Service:
+        """Asks the orchestrator to move tasks until the spread holds (rebalance_generation + 1; no new revision)."""
+        service = await self._service(request.service, context, "service")
+        refusal = _REBALANCE_REFUSED.get(service.spec.mode)
+        if refusal is not None:
+            await abort(context, grpc.StatusCode.FAILED_PRECONDITION, f"service: {service.name!r} {refusal}")
+        bumped = pb.Service()
+        bumped.CopyFrom(service)
+        bumped.rebalance_generation += 1
+        await commit_or_abort(
+            self._store,
+            context,
+            [Put(bumped, expect_version=service.version)],
+            service_path(service.name),
+            conditional=False,
+        )
+        return bumped
+
+    async def PlanApply(self, request: cpb.PlanApplyRequest, context: Context) -> cpb.PlanApplyResponse:
+        """Returns what applying the specs would do now, from the real reconciler and scheduler; writes nothing."""
+        async with self._plans.hold(context, "PlanApply"):
+            return await self._plan(request, context)
+
+    async def _plan(self, request: cpb.PlanApplyRequest, context: Context) -> cpb.PlanApplyResponse:
+        # One revision: SqliteStore answers these reads from memory without awaiting in between.
+        state_revision = self._store.revision
+        services = await self._store.list_services()
+        tasks = await self._store.list_tasks()
+        nodes = await self._store.list_nodes()
+        existing = {s.name: s for s in services}
+        removed = pruned(request.services, existing) if request.prune else []
+        await self._check_apply(request.services, existing, removed, context)
+        now = self._clock.now()
+        applied = plan_apply(request.services, existing, now, self._new_id)
+        planned: dict[str, pb.Service | None] = {r.service.id: r.service for r in applied.results}
+        planned.update((s.id, None) for s in removed)
+        # The specs of the revisions tasks run now, for what they hold on their nodes.
+        old_specs = await self._specs.for_tasks(
+            (t for t in tasks if holds_resources(t) or is_pending(t)), {s.id: s for s in services}
+        )
+        simulation = await asyncio.to_thread(
+            simulate, planned, tasks, nodes, old_specs, now, self._seed, max_rounds=PLAN_ROUNDS
+        )
+        names = {n.id: n.description.hostname or n.id for n in nodes}
+        order = start_order(dependency_graph(request.services, existing, {s.name for s in removed}))
+        plans: list[cpb.ServicePlan] = []
+        for result in applied.results:
+            service = result.service
+            plan = cpb.ServicePlan(
+                name=service.name,
+                action=_PLAN_ACTIONS[result.action],
+                revision=service.revision,
+                tasks=planned_tasks(simulation, service.id, names, removed=False),
+                depends_on=sorted(service.spec.depends_on),
+                start_order=order.get(service.name, 0),
+            )
+            if result.action == cpb.ApplyResult.ACTION_UPDATED:
+                plan.changes.extend(spec_changes(existing[service.name].spec, service.spec))
+            plans.append(plan)
+        for service in removed:
+            plans.append(
+                cpb.ServicePlan(
+                    name=service.name,
+                    action=cpb.ServicePlan.ACTION_REMOVE,
+                    revision=service.revision,
+                    tasks=planned_tasks(simulation, service.id, names, removed=True),
+                    start_order=order.get(service.name, 0),
+                )
+            )
+        plans.sort(key=lambda p: (p.start_order, p.name))
+        return cpb.PlanApplyResponse(state_revision=state_revision, services=plans)
+
+
+_PLAN_ACTIONS: Final = {
+    cpb.ApplyResult.ACTION_CREATED: cpb.ServicePlan.ACTION_CREATE,
+    cpb.ApplyResult.ACTION_UPDATED: cpb.ServicePlan.ACTION_UPDATE,
+    cpb.ApplyResult.ACTION_UNCHANGED: cpb.ServicePlan.ACTION_UNCHANGED,
+}
+
+# Why a service of this mode has nothing to rebalance.
+_REBALANCE_REFUSED: Final = {
+    pb.SERVICE_MODE_GLOBAL: "is a global service (one task per eligible node); it has nothing to rebalance",
+    pb.SERVICE_MODE_JOB: "is a job (its tasks run to completion where they started); it has nothing to rebalance",
+}

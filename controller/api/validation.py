@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 from google.protobuf.descriptor import EnumDescriptor
 
 from dockyard.spec import schema
 from dockyard.spec.issues import Issue, key_path, service_path
 from dockyard.spec.validation import (
+    depends_on_issues,
     label_issues,
     label_key_issues,
     replica_budget_issues,
@@ -37,6 +38,26 @@ def apply_errors(specs: Sequence[pb.ServiceSpec], existing: Mapping[str, pb.Serv
         errors.extend(service_issues(spec))
     errors.extend(replica_budget_issues(specs, existing or {}))
     return errors
+
+
+def dependency_graph(
+    specs: Sequence[pb.ServiceSpec], existing: Mapping[str, pb.Service], removed: Collection[str] = ()
+) -> dict[str, list[str]]:
+    """Returns service name -> the names it depends on, for the cluster as the request would leave it.
+
+    The request's specs replace the stored services of their names; `removed` (what prune deletes) is gone.
+    """
+    graph = {name: sorted(s.spec.depends_on) for name, s in existing.items() if name not in removed}
+    graph.update((spec.name, sorted(spec.depends_on)) for spec in specs)
+    return graph
+
+
+def dependency_errors(
+    specs: Sequence[pb.ServiceSpec], existing: Mapping[str, pb.Service], removed: Collection[str] = ()
+) -> list[Issue]:
+    """Returns the request's depends_on problems across the cluster (what prune deletes is gone): unknown
+    services, then a cycle through request and stored services alike (dockyard.spec.validation's rule)."""
+    return depends_on_issues(specs, {name: s for name, s in existing.items() if name not in removed})
 
 
 def replicas_error(replicas: int) -> Issue | None:

@@ -1,0 +1,260 @@
+"""PlanApply's dry run: the real reconciler and scheduler, run on a copy of the state until it settles. Pure.
+
+The apply's own planning (controller.api.apply.plan_apply) decides the service writes; this module then
+runs rounds on a copy of the cluster, each one what the roles would do next: the pure reconciler
+(controller.orchestrator.reconciler.reconcile_service) for every service of the request or removed by it,
+then the pure scheduler (controller.scheduler.engine.schedule) over every pending task of the cluster with
+the seed the scheduler role uses, then the agents as if every placed task reached RUNNING (a health check
+passing at once) and every task told to stop stopped. Rounds go on until one changes nothing; then, if a
+plan asked to look again later (an update's delay, a restart's backoff), the simulated clock moves there.
+At most max_rounds rounds: a rollout that never settles is reported as far as it got.
+
+The report covers the tasks the apply makes and stops: a task started and stopped again within the
+simulation (a start-first update's successor that is itself replaced) is not reported; one that no node
+takes is reported unplaced with the scheduler's reason.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from controller.orchestrator.nodes import NodeFacts
+from controller.orchestrator.reconciler import reconcile_service
+from controller.scheduler.engine import schedule
+from controller.scheduler.model import holds_resources
+from controller.scheduler.role import is_pending
+from controller.store.specs import current_spec_for
+from dockyard.task_state import SpecKey, is_terminal, spec_key
+from dockyard.timestamps import to_timestamp
+from dockyard.v1 import controller_pb2 as cpb
+from dockyard.v1 import types_pb2 as pb
+
+__all__ = ["PLAN_ROUNDS", "Simulation", "planned_tasks", "simulate"]
+
+# Rounds of reconcile, schedule and agents one plan runs at most. A stop-first update of parallelism one
+# takes about two rounds per slot, so this covers a rolling update of a few hundred replicas; each round
+# costs one reconcile of the planned services and one scheduling of the pending tasks.
+PLAN_ROUNDS = 1000
+
+# Where a simulated task's state comes from: the agents' part of the simulation.
+_STARTED = "running (as the plan assumes)"
+_STOPPED = "stopped (as the plan assumes)"
+
+
+@dataclass
+class Simulation:
+    """What the simulation did: per service id, the tasks it started (as they ended) and the tasks it stopped."""
+
+    started: dict[str, list[pb.Task]] = field(default_factory=dict)
+    stopped: dict[str, list[pb.Task]] = field(default_factory=dict)
+    # Why each task still pending at the end found no node (task id -> the scheduler's reason).
+    unplaced: dict[str, str] = field(default_factory=dict)
+    rounds: int = 0
+    settled: bool = True
+
+
+def simulate(
+    services: Mapping[str, pb.Service | None],
+    tasks: Sequence[pb.Task],
+    nodes: Sequence[pb.Node],
+    old_specs: Mapping[SpecKey, pb.ServiceSpec],
+    now: datetime,
+    seed: int,
+    *,
+    max_rounds: int = PLAN_ROUNDS,
+) -> Simulation:
+    """Runs the roles on a copy of the state until nothing changes; see the module docstring.
+
+    services maps the id of every service to reconcile to the service as the apply leaves it (None: the
+    apply removes it). tasks are every task of the cluster (they are copied, never changed); old_specs the
+    specs of revisions that are no longer a service's current one (tasks still running them hold resources).
+    """
+    facts = NodeFacts.of(nodes)
+    held: dict[str, pb.Task] = {}
+    for task in tasks:
+        copy = pb.Task()
+        copy.CopyFrom(task)
+        held[task.id] = copy
+    known = set(held)
+    counter = itertools.count(1)
+
+    def new_id() -> str:
+        return f"planned-{next(counter)}"
+
+    result = Simulation()
+    stopped: dict[str, pb.Task] = {}
+    reasons: dict[str, str] = {}
+    clock = now
+    for _ in range(max_rounds):
+        result.rounds += 1
+        changed, wake = _reconcile(services, held, facts, clock, new_id, stopped)
+        placed = _schedule(services, held, nodes, old_specs, clock, seed, reasons)
+        ran = _agents(held, clock)
+        if changed or placed or ran:
+            continue
+        if wake is None or wake <= clock:
+            break
+        clock = wake
+    else:
+        result.settled = False
+    for task in held.values():
+        if task.id in known or task.service_id not in services:
+            continue
+        if task.desired_state != pb.DESIRED_STATE_RUNNING:
+            continue  # made and stopped again within the simulation
+        result.started.setdefault(task.service_id, []).append(task)
+        if is_pending(task) and task.id in reasons:
+            result.unplaced[task.id] = reasons[task.id]
+    for task in stopped.values():
+        if task.id not in known:
+            continue  # made and stopped again within the simulation
+        result.stopped.setdefault(task.service_id, []).append(task)
+    return result
+
+
+def _reconcile(
+    services: Mapping[str, pb.Service | None],
+    held: dict[str, pb.Task],
+    facts: NodeFacts,
+    now: datetime,
+    new_id: Callable[[], str],
+    stopped: dict[str, pb.Task],
+) -> tuple[bool, datetime | None]:
+    """Runs the reconciler once per planned service and applies its plans; returns (anything changed, next wake)."""
+    by_service: dict[str, list[pb.Task]] = {service_id: [] for service_id in services}
+    for task in held.values():
+        if task.service_id in by_service:
+            by_service[task.service_id].append(task)
+    changed = False
+    wake: datetime | None = None
+    for service_id in sorted(services):
+        # In the store's order (slot, creation, id), as the orchestrator reads a service's tasks.
+        group = sorted(by_service[service_id], key=_store_order)
+        plan = reconcile_service(services[service_id], group, facts, now, new_id)
+        if plan.wake_at is not None and (wake is None or plan.wake_at < wake):
+            wake = plan.wake_at
+        if plan.empty():
+            continue
+        changed = True
+        for task in plan.create:
+            held[task.id] = task
+        for task in plan.update:
+            before = held.get(task.id)
+            if (
+                before is not None
+                and before.desired_state == pb.DESIRED_STATE_RUNNING
+                and task.desired_state != pb.DESIRED_STATE_RUNNING
+                and not is_terminal(before.status.state)
+                and task.id not in stopped
+            ):
+                # As the stop leaves it (its message says why); the agents' part changes the held one.
+                record = pb.Task()
+                record.CopyFrom(task)
+                stopped[task.id] = record
+            held[task.id] = task
+        for task in plan.delete:
+            held.pop(task.id, None)
+    return changed, wake
+
+
+def _schedule(
+    services: Mapping[str, pb.Service | None],
+    held: dict[str, pb.Task],
+    nodes: Sequence[pb.Node],
+    old_specs: Mapping[SpecKey, pb.ServiceSpec],
+    now: datetime,
+    seed: int,
+    reasons: dict[str, str],
+) -> bool:
+    """Places the pending tasks as the scheduler role does (same inputs, same seed); True when any was placed."""
+    tasks = list(held.values())
+    pending = [t for t in tasks if is_pending(t)]
+    if not pending:
+        return False
+    specs: dict[SpecKey, pb.ServiceSpec] = {}
+    for task in tasks:
+        if not (holds_resources(task) or is_pending(task)):
+            continue
+        key = spec_key(task)
+        service = services.get(task.service_id)
+        spec = current_spec_for(service, task.revision) if service is not None else None
+        if spec is None:
+            spec = old_specs.get(key)
+        if spec is not None:
+            specs[key] = spec
+    placed = False
+    names = {n.id: n.description.hostname or n.id for n in nodes}
+    for decision in schedule(nodes, tasks, pending, specs, now, seed):
+        task = held[decision.task_id]
+        if decision.node_id is None:
+            reasons[task.id] = decision.reason
+            continue
+        reasons.pop(task.id, None)
+        task.node_id = decision.node_id
+        task.status.state = pb.TASK_STATE_ASSIGNED
+        task.status.message = f"assigned to {names.get(decision.node_id, decision.node_id)}"
+        task.status.timestamp.CopyFrom(to_timestamp(now))
+        placed = True
+    return placed
+
+
+def _agents(held: dict[str, pb.Task], now: datetime) -> bool:
+    """Moves placed tasks to RUNNING and tasks told to stop to SHUTDOWN, as agents would; True if any moved."""
+    moved = False
+    for task in held.values():
+        if is_terminal(task.status.state) or task.status.state < pb.TASK_STATE_ASSIGNED:
+            continue
+        if task.desired_state == pb.DESIRED_STATE_RUNNING:
+            if task.status.state == pb.TASK_STATE_RUNNING:
+                continue
+            task.status.state = pb.TASK_STATE_RUNNING
+            task.status.message = _STARTED
+        else:
+            task.status.state = pb.TASK_STATE_SHUTDOWN
+            task.status.message = _STOPPED
+        task.status.timestamp.CopyFrom(to_timestamp(now))
+        moved = True
+    return moved
+
+
+def planned_tasks(
+    simulation: Simulation, service_id: str, node_names: Mapping[str, str], removed: bool
+) -> list[cpb.PlannedTask]:
+    """Returns the tasks the simulation started and stopped for one service, stops first, each by slot."""
+    out: list[cpb.PlannedTask] = []
+    for task in sorted(simulation.stopped.get(service_id, ()), key=_order):
+        why = "service removed" if removed else (task.status.message.removeprefix("shutting down: ") or "stopped")
+        out.append(_planned(cpb.PlannedTask.KIND_STOP, task, node_names, why))
+    for task in sorted(simulation.started.get(service_id, ()), key=_order):
+        reason = simulation.unplaced.get(task.id)
+        if reason is not None:
+            out.append(_planned(cpb.PlannedTask.KIND_UNPLACED, task, node_names, f"no suitable node: {reason}"))
+        else:
+            out.append(_planned(cpb.PlannedTask.KIND_START, task, node_names, ""))
+    return out
+
+
+def _store_order(task: pb.Task) -> tuple[int, int, str]:
+    return (task.slot, task.created_at.seconds * 1_000_000_000 + task.created_at.nanos, task.id)
+
+
+def _order(task: pb.Task) -> tuple[int, str, str]:
+    return (task.slot, task.node_id, task.id)
+
+
+def _planned(
+    kind: cpb.PlannedTask.Kind.ValueType, task: pb.Task, names: Mapping[str, str], reason: str
+) -> cpb.PlannedTask:
+    """Returns a started, stopped or unplaced task as the plan reports it; a task not yet made has no id."""
+    return cpb.PlannedTask(
+        kind=kind,
+        slot=task.slot,
+        node_id=task.node_id,
+        node_name=names.get(task.node_id, task.node_id) if task.node_id else "",
+        revision=task.revision,
+        task_id=task.id if kind == cpb.PlannedTask.KIND_STOP else "",
+        reason=reason,
+    )
