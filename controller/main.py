@@ -22,6 +22,7 @@ from dockyard.addresses import JOIN_PORT
 from dockyard.clock import SystemClock
 from dockyard.config_file import config_option
 from dockyard.limits import DEFAULT_CONTROLLER
+from dockyard.spec.schema import SERVICE_HISTORY
 from dockyard.spec.units import format_duration, parse_duration
 
 log = structlog.get_logger()
@@ -111,6 +112,13 @@ def _lifetime(text: str) -> datetime.timedelta:
     show_default=True,
     help="Heartbeat periods of silence before a node is marked down.",
 )
+@click.option(
+    "--service-history",
+    type=click.IntRange(min=1),
+    default=SERVICE_HISTORY.maximum,
+    show_default=True,
+    help="Revisions kept per service for `dockyard history` and `dockyard rollback` (the current one always).",
+)
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info")
 @click.option("--log-format", type=click.Choice(["console", "json"]), default="console")
 @click.pass_context
@@ -124,6 +132,7 @@ def main(
     state_dir: Path,
     heartbeat_period: float,
     heartbeat_grace: float,
+    service_history: int,
     log_level: str,
     log_format: str,
 ) -> None:
@@ -145,6 +154,7 @@ def main(
         insecure=insecure,
         init=init,
         cert_lifetime=_lifetime(cert_lifetime),
+        service_history=service_history,
     )
     try:
         asyncio.run(_serve(config))
