@@ -59,15 +59,16 @@ def test_apply_if_revision_refuses_a_stale_file_and_accepts_a_fresh_one(api: Api
 
 def test_apply_if_revision_per_service(api: ApiInThread, tmp_path: Path) -> None:
     path = spec_file(tmp_path, ("web", "app:1"), ("db", "db:1"))
-    bare = dockyard(api, "apply", "-f", path, "-d", "--if-revision", "0")
-    assert bare.exit_code == 2
-    assert "write NAME=N for each service" in bare.output
     unknown = dockyard(api, "apply", "-f", path, "-d", "--if-revision", "cache=0")
     assert unknown.exit_code == 2
     assert "the file has no service 'cache'" in unknown.output
     both = dockyard(api, "apply", "-f", path, "-d", "--if-revision", "web=0", "--if-revision", "db=0", "-o", "json")
     assert both.exit_code == 0, both.output
     assert [r["action"] for r in json.loads(both.stdout)] == ["created", "created"]
+    # A bare 0 (a plan of an empty store) is NAME=0 for every service of the file: none may exist yet.
+    bare = dockyard(api, "apply", "-f", path, "-d", "--if-revision", "0")
+    assert bare.exit_code == 1
+    assert "services.db: exists at revision 1, expected it not to exist" in bare.output
 
 
 def test_scale_if_revision(api: ApiInThread, tmp_path: Path) -> None:

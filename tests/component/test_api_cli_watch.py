@@ -154,16 +154,25 @@ def test_apply_scale_drain_and_rm_wait_on_a_watch_and_list_once(served: Served, 
 
     applied, calls = served.dockyard("apply", "-f", str(spec), "-o", "json")
     assert applied.exit_code == 0, applied.output
-    assert json.loads(applied.stdout) == [
-        {"service": "web", "action": "created", "revision": 1, "running": 3, "replicas": 3}
-    ]
+    report = json.loads(applied.stdout)
+    assert (report["outcome"], report["exit_code"]) == ("ok", 0)
+    [web] = report["services"]
+    assert {k: web[k] for k in ("service", "action", "revision", "desired", "updated", "healthy", "converged")} == {
+        "service": "web",
+        "action": "created",
+        "revision": 1,
+        "desired": 3,
+        "updated": 3,
+        "healthy": 3,
+        "converged": True,
+    }
     assert applied.stderr == ""  # with -o json, no progress lines
     assert calls == {"ApplyService": 1, "Watch": 1, "ListServices": 1, "ListTasks": 1}
 
     scaled, calls = served.dockyard("scale", "web", "5")
     assert scaled.exit_code == 0, scaled.output
     assert "web scaled to 5" in scaled.stdout
-    assert "web: 5/5 running" in scaled.stderr
+    assert "web: 5/5 updated, 5 healthy" in scaled.stderr
     assert calls == {"ScaleService": 1, "Watch": 1, "ListServices": 1, "ListTasks": 1}
 
     shrunk, calls = served.dockyard("scale", "web", "1", "-o", "json")
