@@ -1,0 +1,93 @@
+"""The API's pure parts for issue 9: history answers, rollback targets, and the plan's simulation."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from controller.api.history import history_response, rollback_target
+from controller.api.planning import simulate
+from controller.store.base import ServiceRevision
+from dockyard.spec.issues import Issue
+from dockyard.v1 import types_pb2 as pb
+
+NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+
+
+def spec(image: str, replicas: int = 1, env_bytes: int = 0) -> pb.ServiceSpec:
+    s = pb.ServiceSpec(name="web", image=image, replicas=replicas)
+    if env_bytes:
+        s.env["BLOB"] = "x" * env_bytes
+    return s
+
+
+def kept(revision: int, spec_revision: int, s: pb.ServiceSpec) -> ServiceRevision:
+    return ServiceRevision(revision, spec_revision, s, NOW, "apply", revision * 10)
+
+
+def service(revision: int, spec_revision: int, s: pb.ServiceSpec) -> pb.Service:
+    result = pb.Service(id="svc", name="web", revision=revision, spec_revision=spec_revision)
+    result.spec.CopyFrom(s)
+    return result
+
+
+def test_history_keeps_the_newest_revisions_that_fit_and_marks_the_current_one() -> None:
+    revisions = [kept(r, r, spec(f"app:{r}", env_bytes=1000)) for r in (5, 4, 3, 2, 1)]
+    response = history_response(service(5, 5, spec("app:5")), revisions, max_bytes=2500)
+    assert [(r.revision, r.current) for r in response.revisions] == [(5, True), (4, False)]
+    one = history_response(service(5, 5, spec("app:5")), revisions, max_bytes=10)
+    assert [r.revision for r in one.revisions] == [5], "the newest is answered whatever its size"
+
+
+def test_rollback_goes_before_the_current_spec_and_keeps_the_tasks_of_its_run() -> None:
+    # 1 app:1, 2 app:1 scaled, 3 app:2, 4 app:2 scaled.
+    revisions = [
+        kept(4, 3, spec("app:2", 3)),
+        kept(3, 3, spec("app:2", 2)),
+        kept(2, 1, spec("app:1", 2)),
+        kept(1, 1, spec("app:1", 1)),
+    ]
+    target = rollback_target(service(4, 3, spec("app:2", 3)), revisions, 0)
+    assert not isinstance(target, Issue)
+    assert (target.revision.revision, target.also_current) == (2, (1, 2))
+    named = rollback_target(service(4, 3, spec("app:2", 3)), revisions, 1)
+    assert not isinstance(named, Issue)
+    assert (named.revision.revision, named.also_current) == (1, (1, 2))
+    same = rollback_target(service(4, 3, spec("app:2", 3)), revisions, 3)
+    assert isinstance(same, Issue)
+    assert same.path == "to_revision"
+
+
+def nodes(*names: str) -> list[pb.Node]:
+    out = []
+    for name in names:
+        node = pb.Node(id=f"id-{name}", status=pb.NODE_STATUS_READY, availability=pb.NODE_AVAILABILITY_ACTIVE)
+        node.description.hostname = name
+        node.description.cpus = 4
+        node.description.memory_bytes = 8 << 30
+        out.append(node)
+    return out
+
+
+def test_simulation_starts_every_replica_and_writes_nothing_back() -> None:
+    created = service(1, 1, spec("app:1", replicas=3))
+    result = simulate({"svc": created}, [], nodes("a", "b", "c"), {}, NOW, seed=0)
+    assert result.settled
+    started = result.started["svc"]
+    assert sorted(t.slot for t in started) == [1, 2, 3]
+    assert sorted(t.node_id for t in started) == ["id-a", "id-b", "id-c"]
+    assert all(t.status.state == pb.TASK_STATE_RUNNING for t in started)
+    assert result.unplaced == {}
+
+
+def test_simulation_reports_unplaced_tasks_with_the_scheduler_reason() -> None:
+    wanted = spec("app:1", replicas=2)
+    wanted.placement.constraints.append("node.labels.role == db")
+    result = simulate({"svc": service(1, 1, wanted)}, [], nodes("a"), {}, NOW, seed=0)
+    assert len(result.unplaced) == 2
+    assert all("node.labels.role == db" in reason for reason in result.unplaced.values())
+
+
+def test_simulation_stops_at_its_round_bound() -> None:
+    result = simulate({"svc": service(1, 1, spec("app:1", replicas=2))}, [], nodes("a"), {}, NOW, seed=0, max_rounds=1)
+    assert not result.settled
+    assert result.rounds == 1
