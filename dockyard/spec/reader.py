@@ -525,6 +525,7 @@ class _Reader:
             return
         self.known(value, path, "restart")
         restart = spec.restart
+        delay_ok = True
         if "condition" in value:
             where = key_path(path, "condition")
             condition = self.choice(value["condition"], where, schema.RESTART_CONDITION, validation.condition_message)
@@ -532,6 +533,7 @@ class _Reader:
                 restart.condition = condition
         if "delay" in value:
             nanos = self.duration(value["delay"], key_path(path, "delay"), schema.RESTART_DELAY)
+            delay_ok = nanos is not None
             if nanos is not None:
                 restart.delay.FromNanoseconds(nanos)
         if "max_attempts" in value:
@@ -547,7 +549,8 @@ class _Reader:
             nanos = self.duration(value["max_delay"], key_path(path, "max_delay"), schema.RESTART_MAX_DELAY)
             if nanos is not None:
                 restart.max_delay.FromNanoseconds(nanos)
-                if not self.passes(validation.max_delay_issues(restart, path)):
+                # Against a refused delay there is nothing to compare; that mistake is reported already.
+                if delay_ok and not self.passes(validation.max_delay_issues(restart, path)):
                     restart.ClearField("max_delay")
 
     # --- Health -----------------------------------------------------------------------------------------------
@@ -584,7 +587,9 @@ class _Reader:
             probe = self.probe(value["tcp"], where, "healthcheck.tcp", "{port: 5432}")
             if probe is not None:
                 self.probe_port(probe, where, schema.HEALTH_TCP_PORT, check.tcp)
-        self.passes(validation.health_probe_issues(check, path))
+        # Judged on what was written, so a refused test still counts as the probe it was meant to be.
+        given = [name for name in ("test", "http", "tcp") if name in value or (name == "test" and check.test)]
+        self.passes(validation.health_probe_issues(given, path))
         for row in _TIMINGS:
             self.timing(value, path, row, check)
         if "retries" in value:
@@ -599,6 +604,9 @@ class _Reader:
         if isinstance(value, str):
             if not value:
                 self.fail(path, 'must not be empty; give a command line, or write ["NONE"] to turn the check off')
+                return []
+            # The command line's own problems are reported on test, where it was written.
+            if not (self.text(value, path) and self.passes(validation.argument_issues(value, path))):
                 return []
             words = ["CMD-SHELL", value]
         elif isinstance(value, list):
@@ -749,10 +757,10 @@ class _Reader:
                 self.fail(path, f"service name {describe(name)} must be a string; put it in quotes")
                 continue
             where = key_path(path, name)
-            if not (self.text(name, where) and self.passes(validation.dependency_issues(name, dependent, where))):
-                continue
+            name_ok = self.text(name, where) and self.passes(validation.dependency_issues(name, dependent, where))
+            # Read even under a refused name, so that every mistake of the entry is reported at once.
             condition = self.dependency(entry, where)
-            if condition is not None:
+            if name_ok and condition is not None:
                 depends_on[name].condition = condition
 
     def dependency(self, value: object, path: str) -> pb.Dependency.Condition.ValueType | None:

@@ -492,9 +492,8 @@ def health_test_issues(test: Sequence[str], path: str) -> Iterator[Issue]:
         )
 
 
-def health_probe_issues(check: pb.HealthCheck, path: str) -> Iterator[Issue]:
-    """Checks that at most one of test, http and tcp is given; each extra one is reported on its own path."""
-    given = [name for name, present in _probes(check) if present]
+def health_probe_issues(given: Sequence[str], path: str) -> Iterator[Issue]:
+    """Checks that at most one of the probes test, http and tcp is given (in that order); each extra one is reported."""
     for name in given[1:]:
         yield Issue(
             key_path(path, name),
@@ -686,7 +685,7 @@ def _healthcheck(check: pb.HealthCheck, path: str) -> Iterator[Issue]:
         yield from ranged_issues(schema.HEALTH_HTTP_STATUS, check.http.status, key_path(http, "status"))
     if check.HasField("tcp"):
         yield from ranged_issues(schema.HEALTH_TCP_PORT, check.tcp.port, key_path(key_path(path, "tcp"), "port"))
-    yield from health_probe_issues(check, path)
+    yield from health_probe_issues([name for name, present in _probes(check) if present], path)
     timings = (schema.HEALTH_INTERVAL, schema.HEALTH_TIMEOUT, schema.HEALTH_START_PERIOD, schema.HEALTH_START_INTERVAL)
     for row in timings[:2]:
         yield from _optional_duration(check, row, path)
@@ -793,9 +792,10 @@ def depends_on_issues(specs: Sequence[pb.ServiceSpec], existing: Mapping[str, pb
                             "the dependency",
                         )
                     )
-    graph: dict[str, list[str]] = {name: list(spec.depends_on) for name, spec in requested.items()}
+    # A service naming itself is refused on its own (dependency_issues); it is no cycle to report again.
+    graph: dict[str, list[str]] = {name: [d for d in spec.depends_on if d != name] for name, spec in requested.items()}
     for name, service in (existing or {}).items():
-        graph.setdefault(name, list(service.spec.depends_on))
+        graph.setdefault(name, [d for d in service.spec.depends_on if d != name])
     cycle = find_cycle(graph)
     if cycle is not None:
         issues.append(

@@ -11,6 +11,7 @@ from google.protobuf.message import Message
 from dockyard.spec import schema
 from dockyard.spec.schema import Field
 from dockyard.spec.units import format_bytes, format_duration_nanos, format_port
+from dockyard.spec.validation import dependency_issues
 from dockyard.v1 import types_pb2 as pb
 
 
@@ -51,7 +52,7 @@ def spec_to_document(spec: pb.ServiceSpec) -> dict[str, Any]:
     if spec.HasField("rollback"):
         document["rollback"] = _config(schema.rollback_config(spec), "rollback")
     if spec.depends_on:
-        document["depends_on"] = _depends_on(spec.depends_on)
+        document["depends_on"] = _depends_on(spec.depends_on, spec.name)
     if _differs(spec.HasField("stop_grace_period"), spec.stop_grace_period, schema.STOP_GRACE_PERIOD):
         document["stop_grace_period"] = format_duration_nanos(spec.stop_grace_period.ToNanoseconds())
     # An unset or zero deadline means "keep", the default.
@@ -160,11 +161,13 @@ def _config(config: pb.UpdateConfig, block: str) -> dict[str, Any]:
     return document
 
 
-def _depends_on(depends_on: Mapping[str, pb.Dependency]) -> list[str] | dict[str, Any]:
+def _depends_on(depends_on: Mapping[str, pb.Dependency], dependent: str) -> list[str] | dict[str, Any]:
     """Compose's short form when every condition is service_started, its long form otherwise."""
     field = schema.DEPENDS_ON_CONDITION
     conditions = {name: depends_on[name].condition or field.default for name in sorted(depends_on)}
-    if all(condition == field.default for condition in conditions.values()):
+    # A name load_spec must refuse goes in the long form, where it is reported by name as the API does.
+    names_ok = not any(any(dependency_issues(name, dependent, "")) for name in conditions)
+    if names_ok and all(condition == field.default for condition in conditions.values()):
         return list(conditions)
     return {name: {"condition": field.choice_name(condition)} for name, condition in conditions.items()}
 

@@ -104,6 +104,35 @@ NUL_IN_EVERY_STRING = [
         'did you mean "keep"?',
     ),
     case(
+        "health-test",
+        'services: {web: {image: x, healthcheck: {test: ["CMD", "a\\0"]}}}',
+        "services.web.healthcheck.test[1]: must not contain NUL characters",
+    ),
+    case(
+        "health-test-line",
+        'services: {web: {image: x, healthcheck: {test: "true\\0"}}}',
+        "services.web.healthcheck.test: must not contain NUL characters",
+    ),
+    case(
+        "http-path",
+        'services: {web: {image: x, healthcheck: {http: {port: 80, path: "/\\0"}}}}',
+        'services.web.healthcheck.http.path: must not contain whitespace or control characters, got "/\\u0000"',
+    ),
+    case(
+        "depends-on",
+        'services: {web: {image: x, depends_on: {"db\\0": {condition: "service_started\\0"}}}}',
+        'services.web.depends_on["db\\u0000"]: must name a service: 1 to 63 lowercase letters, digits or "-", '
+        'starting and ending with a letter or digit, got "db\\u0000"',
+        'services.web.depends_on["db\\u0000"].condition: must be service_started, service_healthy or '
+        'service_completed_successfully, got "service_started\\u0000"; did you mean "service_started"?',
+    ),
+    case(
+        "update-order",
+        'services: {web: {image: x, update: {order: "start-first\\0"}}}',
+        'services.web.update.order: must be stop-first or start-first, got "start-first\\u0000"; '
+        'did you mean "start-first"?',
+    ),
+    case(
         "duration",
         'services: {web: {image: x, stop_grace_period: "10s\\0"}}',
         "services.web.stop_grace_period: must be a duration like 10s, 1m30s or 500ms, or a number of seconds, "

@@ -590,6 +590,15 @@ def test_duration_components_add_up(components: list[tuple[int, str]]) -> None:
 
 # Protos whose every value the writer can put in a file: durations well-formed, memory not negative.
 valid_durations = st.none() | st.builds(duration, st.integers(-MAX_NANOS, MAX_NANOS))
+writable_update_configs = st.builds(
+    pb.UpdateConfig,
+    parallelism=UINT32,
+    delay=valid_durations,
+    order=int32,
+    monitor=valid_durations,
+    max_failure_ratio=st.floats(width=64),
+    failure_action=int32,
+)
 writable_specs = st.builds(
     pb.ServiceSpec,
     name=any_text,
@@ -616,7 +625,32 @@ writable_specs = st.builds(
     ),
     labels=st.dictionaries(any_text, any_text, max_size=3),
     restart=st.none()
-    | st.builds(pb.RestartPolicy, condition=int32, delay=valid_durations, max_attempts=UINT32, window=valid_durations),
+    | st.builds(
+        pb.RestartPolicy,
+        condition=int32,
+        delay=valid_durations,
+        max_attempts=UINT32,
+        window=valid_durations,
+        max_delay=valid_durations,
+    ),
+    healthcheck=st.none()
+    | st.builds(
+        pb.HealthCheck,
+        test=st.lists(st.sampled_from(["CMD", "CMD-SHELL", "NONE"]) | any_text, max_size=3),
+        http=st.none()
+        | st.builds(pb.HttpProbe, port=UINT32, path=st.sampled_from(["", "/", "/up"]) | any_text, status=UINT32),
+        tcp=st.none() | st.builds(pb.TcpProbe, port=UINT32),
+        interval=valid_durations,
+        timeout=valid_durations,
+        retries=st.none() | UINT32,
+        start_period=valid_durations,
+        start_interval=valid_durations,
+    ),
+    update=st.none() | writable_update_configs,
+    rollback=st.none() | writable_update_configs,
+    depends_on=st.dictionaries(
+        st.sampled_from(["db", "api", "Db"]) | any_text, st.builds(pb.Dependency, condition=int32), max_size=3
+    ),
     stop_grace_period=valid_durations,
     on_disconnect=st.none() | st.builds(pb.OnDisconnect, stop_after=valid_durations),
 )
