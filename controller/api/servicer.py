@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from typing import Final, Protocol
 
 import grpc
+import structlog
 
 from controller.api.apply import plan_apply, pruned, same_apart_from_replicas, scale_cause
 from controller.api.bounds import Gate, ReadCaps
@@ -45,6 +46,7 @@ from controller.scheduler.role import is_pending
 from controller.store.base import Check, Delete, Kind, NodeKey, Op, Put, Store, TaskKey, WatchExpired
 from controller.store.specs import SpecCache
 from dockyard.clock import Clock
+from dockyard.logs import Throttle
 from dockyard.spec.dependencies import start_order
 from dockyard.spec.diff import spec_changes
 from dockyard.spec.issues import Issue, key_path, service_path
@@ -54,6 +56,8 @@ from dockyard.v1 import controller_pb2 as cpb
 from dockyard.v1 import types_pb2 as pb
 
 __all__ = ["ControllerApi"]
+
+log = structlog.get_logger("controller.api")
 
 
 def _service_key(service: pb.Service) -> Key:
@@ -141,6 +145,8 @@ class ControllerApi:
         self._watches = Gate.with_clock("watch streams", caps.watches, clock)
         self._plans = Gate.with_clock("plans", caps.plans, clock)
         self._seed = scheduler_seed
+        # A caller decides what it plans, so the note that a plan stopped at its bound is rate-limited.
+        self._plan_notes = Throttle(clock)
 
     async def ApplyService(self, request: cpb.ApplyServiceRequest, context: Context) -> cpb.ApplyServiceResponse:
         """Creates or updates every service (prune: deletes the others) in one transaction, or writes nothing.
@@ -661,6 +667,15 @@ class ControllerApi:
         simulation = await asyncio.to_thread(
             simulate, planned, tasks, nodes, old_specs, now, self._seed, max_rounds=PLAN_ROUNDS
         )
+        if not simulation.settled:
+            suppressed = self._plan_notes.allow("unsettled")
+            if suppressed is not None:
+                log.info(
+                    "plan stopped at its bound; the rollout is reported as far as it got",
+                    rounds=simulation.rounds,
+                    tasks=len(tasks),
+                    suppressed=suppressed,
+                )
         names = {n.id: n.description.hostname or n.id for n in nodes}
         order = start_order(dependency_graph(request.services, existing, {s.name for s in removed}))
         plans: list[cpb.ServicePlan] = []
