@@ -22,6 +22,7 @@ from dockyard.spec import (
     spec_to_document,
     validate_service,
 )
+from dockyard.spec.diff import spec_changes, spec_fields
 from dockyard.spec.units import (
     MAX_BYTES,
     MAX_DURATION_SECONDS,
@@ -312,6 +313,25 @@ def test_unset_fields_are_written_as_defaults(spec: pb.ServiceSpec) -> None:
     [loaded] = load_spec(dump([spec]))
     assert validate_service(loaded) == []
     assert spec_to_document(loaded) == spec_to_document(spec)
+
+
+@settings(max_examples=40, deadline=None)
+@given(sparse_specs(), valid_specs())
+def test_what_changed_agrees_with_the_writer(spec: pb.ServiceSpec, other: pb.ServiceSpec) -> None:
+    # What a spec leaves unset and what its file spells out are the same settings, so no change.
+    [loaded] = load_spec(dump([spec]))
+    assert spec_changes(spec, loaded) == []
+    # Every change is on a path of the table, with a list index or a map key where the table has one.
+    rows = {row.path for row in schema.FIELDS}
+    other.name = spec.name
+    changes = spec_changes(spec, other)
+    for change in changes:
+        assert change.old_value != change.new_value
+        generic = re.sub(r"\[\d+\]", "[]", change.path)
+        generic = re.sub(r"^(env|labels)(\.[^.]+|\[.*\])$", r"\1", generic)
+        generic = re.sub(r"^depends_on(\.[^.]+|\[.*\])\.condition$", "depends_on.*.condition", generic)
+        assert generic in rows, change.path
+    assert (changes == []) == (spec_fields(spec) == spec_fields(other))
 
 
 any_text = st.text(max_size=12)
