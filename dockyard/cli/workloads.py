@@ -9,7 +9,7 @@ from typing import Any, Final, TypeVar
 import click
 
 from dockyard.cli.common import controller_option, output_option, run
-from dockyard.cli.deploying import PlainDisplay, QuietDisplay, Target, choose_display, finish, wait_for_deploy
+from dockyard.cli.deploying import Target, choose_display, finish, wait_for_deploy
 from dockyard.cli.exitcodes import ExitCode, Failed
 from dockyard.cli.following import Mirror, wait_until
 from dockyard.cli.output import emit, emit_object
@@ -253,7 +253,7 @@ def scale(
         scaled = await client.scale(service, replicas, if_revision=if_revision)
         document = {"service": scaled.name, "replicas": scaled.spec.replicas, "revision": scaled.revision}
         if not detach:
-            display = PlainDisplay() if output != "json" else QuietDisplay()
+            display = choose_display(output, f"scale {scaled.name} to {scaled.spec.replicas}")
             target = Target(scaled, scaled.spec_revision)
             verdict, _ = await wait_for_deploy(client, [target], within=timeout, display=display)
             if verdict.code != ExitCode.OK:
