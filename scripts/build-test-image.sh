@@ -2,20 +2,24 @@
 # Builds the tiny busybox image the Docker tests run, without any registry or base image:
 # a rootfs made from Debian's static busybox, loaded with `docker import`.
 #
-# Usage: scripts/build-test-image.sh [IMAGE] [--force]
-#   IMAGE    defaults to dockyard-test:latest
-#   --force  rebuilds even when the image already exists
+# Usage: scripts/build-test-image.sh [IMAGE] [--force] [--healthcheck]
+#   IMAGE          defaults to dockyard-test:latest (dockyard-test-healthcheck:latest with --healthcheck)
+#   --force        rebuilds even when the image already exists
+#   --healthcheck  gives the image a HEALTHCHECK of its own: `echo image-check` every 100 ms, which passes
+#                  (agent.testing.conformance.IMAGE_CHECK); the health tests use it
 # The docker CLI honours DOCKER_HOST, so this can load the image into any dockerd.
 # BUSYBOX=/path/to/busybox overrides where the static busybox is taken from.
 set -euo pipefail
 
-image="dockyard-test:latest"
+image=""
 force=0
+healthcheck=0
 for arg in "$@"; do
     case "$arg" in
         --force) force=1 ;;
+        --healthcheck) healthcheck=1 ;;
         -h | --help)
-            sed -n '2,9p' "$0"
+            sed -n '2,11p' "$0"
             exit 0
             ;;
         -*)
@@ -25,6 +29,15 @@ for arg in "$@"; do
         *) image="$arg" ;;
     esac
 done
+
+if [[ -z "$image" ]]; then
+    image="dockyard-test:latest"
+    [[ "$healthcheck" -eq 1 ]] && image="dockyard-test-healthcheck:latest"
+fi
+changes=(--change 'CMD ["/bin/sh"]' --change 'ENV PATH=/bin')
+if [[ "$healthcheck" -eq 1 ]]; then
+    changes+=(--change 'HEALTHCHECK --interval=100ms --timeout=2s --retries=2 CMD echo image-check; exit 0')
+fi
 
 die() {
     echo "build-test-image: $*" >&2
@@ -80,7 +93,7 @@ printf 'root:x:0:\nnogroup:x:65534:\n' >"$rootfs/etc/group"
 
 # Fixed owners, order and times make the layer reproducible across hosts.
 tar -C "$rootfs" --owner=0 --group=0 --numeric-owner --sort=name --mtime='@0' -cf - . |
-    docker import --change 'CMD ["/bin/sh"]' --change 'ENV PATH=/bin' - "$image" >/dev/null
+    docker import "${changes[@]}" - "$image" >/dev/null
 
 # A rebuild would otherwise leave the old image behind untagged; one still used by a container stays.
 current="$(docker image inspect --format '{{.Id}}' "$image")"

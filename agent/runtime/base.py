@@ -19,6 +19,38 @@ class PortBinding:
 
 
 @dataclass(frozen=True)
+class HealthConfig:
+    """A check Docker runs inside the container, as its API's Healthcheck (durations in nanoseconds).
+
+    `test` is ["CMD", arg...], ["CMD-SHELL", "command"] or ["NONE"] (the image's own check turned off).
+    """
+
+    test: tuple[str, ...]
+    interval_ns: int = 0  # 0: Docker's default
+    timeout_ns: int = 0
+    retries: int = 0
+    start_period_ns: int = 0
+    start_interval_ns: int = 0  # honoured by Docker 25 (API 1.44) and later; older daemons ignore it
+
+
+class HealthStatus(enum.StrEnum):
+    """Docker's health states (State.Health.Status)."""
+
+    STARTING = "starting"
+    HEALTHY = "healthy"
+    UNHEALTHY = "unhealthy"
+
+
+@dataclass(frozen=True)
+class Health:
+    """A container's health as last probed: its state, failures in a row, and the last probe's output."""
+
+    status: HealthStatus
+    failing_streak: int = 0
+    output: str = ""
+
+
+@dataclass(frozen=True)
 class ContainerSpec:
     """Everything needed to create one container."""
 
@@ -30,6 +62,8 @@ class ContainerSpec:
     ports: tuple[PortBinding, ...] = ()
     cpu_limit: float = 0.0  # CPUs; 0 means unlimited
     memory_limit_bytes: int = 0  # 0 means unlimited
+    # None leaves the image's own HEALTHCHECK (if any) in force; HealthConfig(("NONE",)) turns it off.
+    healthcheck: HealthConfig | None = None
 
 
 class ContainerState(enum.StrEnum):
@@ -59,16 +93,24 @@ class ContainerInfo:
     started_at: datetime | None = None
     finished_at: datetime | None = None
     restart_count: int = 0
+    # None: the container has no health check that Docker runs (neither the spec's nor the image's).
+    health: Health | None = None
+    ip_address: str = ""  # on its first network, for probes from the host; "" when it has none
+
+
+# The action of a RuntimeEvent for a change of health ("health_status: healthy" in Docker's stream).
+HEALTH_STATUS = "health_status"
 
 
 @dataclass(frozen=True)
 class RuntimeEvent:
-    """A container lifecycle event (create, start, die, oom, destroy, ...)."""
+    """A container lifecycle event (create, start, die, oom, destroy, health_status, ...)."""
 
     container_id: str
     action: str
     labels: Mapping[str, str]
     exit_code: int | None = None
+    health: HealthStatus | None = None  # the new health, for a health_status event
 
 
 @dataclass(frozen=True)
@@ -103,11 +145,24 @@ class RuntimeUnavailable(RuntimeFailure):
     """The daemon does not answer."""
 
 
+class DaemonShuttingDown(RuntimeFailure):
+    """The daemon answered but refused because it is shutting down (or lost its containerd): the host's fault."""
+
+
 class ContainerRuntime(Protocol):
     """The operations the agent needs from a container engine; every call is idempotent where it can be."""
 
     async def host_facts(self) -> HostFacts:
         """Returns the host's facts; raises RuntimeUnavailable when the daemon does not answer."""
+        ...
+
+    async def ping(self) -> None:
+        """Checks on a new connection that the daemon takes calls now; raises RuntimeUnavailable if not.
+
+        A dockerd shutting down closes its listener first, then stops its containers, while it still
+        answers on connections it already has: a failed ping just after a container died tells that
+        Docker's shutdown, not the container, ended it.
+        """
         ...
 
     async def has_image(self, image: str) -> bool:

@@ -15,10 +15,15 @@ import aiohttp
 from aiodocker.exceptions import DockerError
 
 from agent.runtime.base import (
+    HEALTH_STATUS,
     ContainerInfo,
     ContainerNotFound,
     ContainerSpec,
     ContainerState,
+    DaemonShuttingDown,
+    Health,
+    HealthConfig,
+    HealthStatus,
     HostFacts,
     ImageNotFound,
     NameConflict,
@@ -42,6 +47,9 @@ _CONNECT_TIMEOUT = 10.0
 # the apply, 7 MB a minute later (bench/agent_footprint.py --tasks 100). On a local socket an inspect takes
 # about a millisecond, so a few at a time relist hundreds of containers well within the relist period.
 _LIST_INSPECTS = 8
+# How a failure that is the daemon's own state reads (moby's shutdown errors, a containerd that went away);
+# a task whose create or start fails so is not to blame.
+_DAEMON_FAULTS = ("shutting down", "containerd.sock", "transport is closing")
 
 _Json = dict[str, Any]
 
@@ -66,6 +74,8 @@ class _Errors:
             return self.not_found(message)
         if exc.status == 409:
             return self.conflict(message)
+        if any(fault in message.lower() for fault in _DAEMON_FAULTS):
+            return DaemonShuttingDown(message)
         return RuntimeFailure(message)
 
 
@@ -118,7 +128,35 @@ def _parse_info(data: Mapping[str, Any]) -> ContainerInfo:
         started_at=_parse_time(state.get("StartedAt")),
         finished_at=_parse_time(state.get("FinishedAt")),
         restart_count=int(data.get("RestartCount") or 0),
+        health=_parse_health(state.get("Health")),
+        ip_address=_ip_address(data.get("NetworkSettings") or {}),
     )
+
+
+def _parse_health(health: object) -> Health | None:
+    """Builds a Health from State.Health; a container without a check (or Docker's "none") gives None."""
+    if not isinstance(health, Mapping):
+        return None
+    try:
+        status = HealthStatus(str(health.get("Status") or ""))
+    except ValueError:
+        return None
+    log = health.get("Log") or []
+    last = log[-1] if isinstance(log, list) and log and isinstance(log[-1], Mapping) else {}
+    return Health(status, int(health.get("FailingStreak") or 0), str(last.get("Output") or ""))
+
+
+def _ip_address(settings: Mapping[str, Any]) -> str:
+    """The container's address on the default bridge, else on its first network that gave it one."""
+    address = str(settings.get("IPAddress") or "")
+    if address:
+        return address
+    networks = settings.get("Networks") or {}
+    for name in sorted(networks):
+        address = str((networks[name] or {}).get("IPAddress") or "")
+        if address:
+            return address
+    return ""
 
 
 def _parse_event(raw: Mapping[str, Any]) -> RuntimeEvent | None:
@@ -132,11 +170,18 @@ def _parse_event(raw: Mapping[str, Any]) -> RuntimeEvent | None:
     if action == "die" and "exitCode" in attributes:
         with contextlib.suppress(ValueError):
             exit_code = int(attributes["exitCode"])
+    health: HealthStatus | None = None
+    if action.startswith(HEALTH_STATUS):
+        # Docker names the new state in the action itself: "health_status: healthy".
+        with contextlib.suppress(ValueError):
+            health = HealthStatus(action.partition(":")[2].strip())
+        action = HEALTH_STATUS
     return RuntimeEvent(
         container_id=str(actor.get("ID") or raw.get("id") or ""),
         action=action,
         labels={k: v for k, v in attributes.items() if k not in _DOCKER_EVENT_ATTRIBUTES},
         exit_code=exit_code,
+        health=health,
     )
 
 
@@ -170,7 +215,24 @@ def _create_config(spec: ContainerSpec) -> _Json:
     }
     if spec.command:
         config["Cmd"] = list(spec.command)
+    if spec.healthcheck is not None:
+        config["Healthcheck"] = _healthcheck(spec.healthcheck)
     return config
+
+
+def _healthcheck(check: HealthConfig) -> _Json:
+    """Docker's Healthcheck object; a zero duration or count is left out, so Docker's default applies."""
+    body: _Json = {"Test": list(check.test)}
+    for key, value in (
+        ("Interval", check.interval_ns),
+        ("Timeout", check.timeout_ns),
+        ("Retries", check.retries),
+        ("StartPeriod", check.start_period_ns),
+        ("StartInterval", check.start_interval_ns),
+    ):
+        if value:
+            body[key] = value
+    return body
 
 
 class DockerRuntime:
@@ -221,6 +283,18 @@ class DockerRuntime:
             os=str(info.get("OperatingSystem", "")),
             arch=str(info.get("Architecture", "")),
         )
+
+    async def ping(self) -> None:
+        """Checks on a new connection that the daemon takes calls now; raises RuntimeUnavailable if not."""
+        # A client of its own: the shared one would reuse a kept-alive connection, which a dockerd that is
+        # shutting down still serves after it stopped accepting new ones.
+        client = self._new_client(self._heartbeat)
+        try:
+            with _mapped_errors():
+                await client.version()
+        finally:
+            with contextlib.suppress(DockerError, aiohttp.ClientError, OSError):
+                await client.close()
 
     async def has_image(self, image: str) -> bool:
         """Tells whether the image is present locally."""

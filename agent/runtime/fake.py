@@ -10,6 +10,13 @@ Processes are modelled by their command, so a test chooses the behaviour by choo
 * anything else runs until stopped and honours SIGTERM (events: kill, die 143, stop). That includes an
   empty command, though on real Docker the test image's default /bin/sh exits at once without stdin.
 
+Health checks are modelled the same way. A container whose spec has a healthcheck (or, with none, whose
+image has one, see `image_healthchecks`; ``["NONE"]`` turns the image's off) starts with health
+"starting". A check ``["CMD-SHELL", "exit N"]`` or ``["CMD-SHELL", "echo WORDS; exit N"]`` is run once at
+start: exit 0 makes it healthy at once, any other code unhealthy at once with a failing streak of `retries`
+(Docker's default 3 when unset) and WORDS as the output, each with a ``health_status`` event, as Docker
+does after the first interval. Any other check stays "starting" until the test calls `set_health`.
+
 Other events, as Docker 20.10 emits them: create; start; remove of a running container gives
 kill, die 137, destroy, of a stopped one destroy. Stopping or starting a container that is already in
 that state is a no-op without events, as in Docker. Nothing here waits in real time: a grace period is
@@ -23,14 +30,18 @@ import builtins
 import hashlib
 import re
 from collections.abc import AsyncGenerator, Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from agent.runtime.base import (
+    HEALTH_STATUS,
     ContainerInfo,
     ContainerNotFound,
     ContainerSpec,
     ContainerState,
+    Health,
+    HealthConfig,
+    HealthStatus,
     HostFacts,
     ImageNotFound,
     NameConflict,
@@ -55,6 +66,8 @@ _SIGTERM_EXIT = 128 + 15
 _SIGKILL_EXIT = 128 + 9
 _NOT_EXECUTABLE_EXIT = 127
 _MISSING_PROGRAM_PREFIX = "/nonexistent/"
+_SCRIPTED_CHECK = re.compile(r"^(?:echo ([^;]*); )?exit (\d+)$")
+_DOCKER_DEFAULT_RETRIES = 3
 
 
 def normalize_image(image: str) -> str:
@@ -79,6 +92,19 @@ def _ignores_sigterm(command: tuple[str, ...]) -> bool:
     return bool(command) and command[0].rsplit("/", 1)[-1] == "sleep"
 
 
+def _scripted_result(check: HealthConfig) -> Health | None:
+    """The health a scripted check (see the module docstring) settles on; None for any other check."""
+    if len(check.test) != 2 or check.test[0] != "CMD-SHELL":
+        return None
+    match = _SCRIPTED_CHECK.match(check.test[1])
+    if match is None:
+        return None
+    output = f"{match.group(1)}\n" if match.group(1) is not None else ""
+    if int(match.group(2)) == 0:
+        return Health(HealthStatus.HEALTHY, 0, output)
+    return Health(HealthStatus.UNHEALTHY, check.retries or _DOCKER_DEFAULT_RETRIES, output)
+
+
 @dataclass
 class _Container:
     """The fake's record of one container."""
@@ -92,6 +118,9 @@ class _Container:
     oom_killed: bool = False
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    check: HealthConfig | None = None  # the check in force: the spec's or the image's
+    health: Health | None = None
+    ip_address: str = ""
 
     def info(self) -> ContainerInfo:
         """A snapshot of the record as the protocol reports it."""
@@ -108,6 +137,8 @@ class _Container:
             finished_at=self.finished_at,
             # Restart policy is always "no", so Docker never restarts anything.
             restart_count=0,
+            health=self.health,
+            ip_address=self.ip_address if self.state is ContainerState.RUNNING else "",
         )
 
 
@@ -129,15 +160,25 @@ class FakeRuntime:
         *,
         pullable: Iterable[str] = (),
         clock: Callable[[], datetime] | None = None,
+        image_healthchecks: Mapping[str, HealthConfig] | None = None,
+        address: str | None = None,
     ) -> None:
-        """Starts with `images` present; pull() succeeds only for `pullable` ones; `clock` stamps times."""
+        """Starts with `images` present; pull() succeeds only for `pullable` ones; `clock` stamps times.
+
+        `image_healthchecks` gives images their own HEALTHCHECK, as a Dockerfile would. `address` is every
+        running container's IP address (say 127.0.0.1, so a test can probe a server of its own); by
+        default each gets a made-up one on Docker's default bridge.
+        """
+        self._address = address
         self._images = {normalize_image(image) for image in images}
+        self._image_checks = {normalize_image(i): c for i, c in (image_healthchecks or {}).items()}
         self._pullable = {normalize_image(image) for image in pullable}
         self._facts = facts or DEFAULT_FACTS
         self._clock = clock or (lambda: datetime.now(UTC))
         self._containers: dict[str, _Container] = {}
         self._subscribers: list[_Subscriber] = []
         self._available = True
+        self._shutting_down = False
         self._serial = 0
         self.calls: list[tuple[str, ...]] = []
         """Every protocol call the fake daemon served, e.g. ("create", name) or ("stop", id, "10")."""
@@ -148,6 +189,12 @@ class FakeRuntime:
         """Returns the configured host facts."""
         await self._serve("host_facts")
         return self._facts
+
+    async def ping(self) -> None:
+        """Raises RuntimeUnavailable when the fake daemon is down or shutting down."""
+        await self._serve("ping")
+        if self._shutting_down:
+            raise RuntimeUnavailable("the fake daemon is shutting down")
 
     async def has_image(self, image: str) -> bool:
         """Tells whether the image is present locally."""
@@ -175,7 +222,18 @@ class FakeRuntime:
         container_id = hashlib.sha256(f"fake-container-{self._serial}".encode()).hexdigest()
         # Docker makes up a name when none is given.
         name = spec.name.lstrip("/") or f"fake_{container_id[:12]}"
-        container = _Container(id=container_id, name=name, spec=spec)
+        check = spec.healthcheck
+        image_check = self._image_checks.get(normalize_image(spec.image))
+        if check is None:
+            check = image_check
+        elif not check.test:
+            # Docker's rule: a check without a test keeps the image's test, with the spec's timing.
+            check = replace(check, test=image_check.test) if image_check is not None else None
+        if check is not None and check.test[:1] == ("NONE",):
+            check = None
+        # Docker's default bridge hands out addresses from 172.17.0.2 on.
+        address = self._address or f"172.17.{self._serial // 250}.{self._serial % 250 + 2}"
+        container = _Container(id=container_id, name=name, spec=spec, check=check, ip_address=address)
         self._containers[container_id] = container
         self._emit(container, "create")
         return container_id
@@ -196,10 +254,16 @@ class FakeRuntime:
         container.error = ""
         container.oom_killed = False
         container.started_at = self._clock()
+        container.health = Health(HealthStatus.STARTING) if container.check is not None else None
         self._emit(container, "start")
         exit_code = _exit_code_of(command)
         if exit_code is not None:
             self._exit(container, exit_code)
+            return
+        if container.check is not None:
+            result = _scripted_result(container.check)
+            if result is not None:
+                self._set_health(container, result)
 
     async def stop(self, container_id: str, grace_seconds: float) -> None:
         """Stops a running container (exit 143; 137 for SIGTERM-deaf sleep); others are left as they are."""
@@ -265,10 +329,25 @@ class FakeRuntime:
     def set_available(self, available: bool) -> None:
         """Takes the fake daemon down (every call and open event stream raises RuntimeUnavailable) or up."""
         self._available = available
+        if available:
+            self._shutting_down = False
         if not available:
             for subscriber in self._subscribers:
                 subscriber.queue.put_nowait(None)
             self._subscribers.clear()
+
+    def shut_down(self) -> None:
+        """Begins dockerd's shutdown as the agent sees it: new connections are refused (ping raises) while the
+        calls and event streams already connected go on, and every running container is stopped (events:
+        kill, die, stop; 143, or 137 for one deaf to SIGTERM). set_available(False) then ends the rest;
+        set_available(True) is the daemon back."""
+        self._shutting_down = True
+        for container in list(self._containers.values()):
+            if container.state is ContainerState.RUNNING:
+                self._emit(container, "kill")
+                deaf = _ignores_sigterm(container.spec.command)
+                self._exit(container, _SIGKILL_EXIT if deaf else _SIGTERM_EXIT)
+                self._emit(container, "stop")
 
     def add_image(self, image: str) -> None:
         """Makes an image present locally, as if someone loaded it on the host."""
@@ -291,6 +370,19 @@ class FakeRuntime:
         container.oom_killed = True
         self._emit(container, "oom")
         self._exit(container, _SIGKILL_EXIT)
+
+    def set_health(
+        self, container_id: str, status: HealthStatus, output: str = "", failing_streak: int | None = None
+    ) -> None:
+        """Sets a running container's health as a probe would (event health_status when the state changes).
+
+        The failing streak defaults to 0 when healthy and one more than before otherwise, as Docker counts.
+        """
+        container = self._running(container_id)
+        if failing_streak is None:
+            previous = container.health.failing_streak if container.health is not None else 0
+            failing_streak = 0 if status is HealthStatus.HEALTHY else previous + 1
+        self._set_health(container, Health(status, failing_streak, output))
 
     def remove_behind_back(self, container_id: str) -> None:
         """Removes a container as `docker rm -f` from someone else would (events as for remove())."""
@@ -336,6 +428,13 @@ class FakeRuntime:
         container.finished_at = self._clock()
         self._emit(container, "die", exit_code)
 
+    def _set_health(self, container: _Container, health: Health) -> None:
+        """Records a health result and emits health_status if the state changed."""
+        changed = container.health is None or container.health.status is not health.status
+        container.health = health
+        if changed:
+            self._emit(container, HEALTH_STATUS, health=health.status)
+
     def _destroy(self, container: _Container) -> None:
         """Kills the container if needed and deletes it, with Docker's events for `rm -f`."""
         if container.state is ContainerState.RUNNING:
@@ -344,11 +443,13 @@ class FakeRuntime:
         del self._containers[container.id]
         self._emit(container, "destroy")
 
-    def _emit(self, container: _Container, action: str, exit_code: int | None = None) -> None:
+    def _emit(
+        self, container: _Container, action: str, exit_code: int | None = None, health: HealthStatus | None = None
+    ) -> None:
         """Delivers an event to every subscriber whose labels the container carries."""
         for subscriber in self._subscribers:
             if _matches(container.spec.labels, subscriber.labels):
-                event = RuntimeEvent(container.id, action, dict(container.spec.labels), exit_code)
+                event = RuntimeEvent(container.id, action, dict(container.spec.labels), exit_code, health)
                 subscriber.queue.put_nowait(event)
 
 

@@ -7,8 +7,12 @@ marks everything it creates with a label unique to the check, and removes all of
 are independent and can run against a shared daemon.
 
 The checks run real commands in `RuntimeConformance.image`: it must have a POSIX ``sh`` (with ``trap``,
-``exit N``, ``&`` and ``wait``) and ``sleep`` on its PATH; scripts/build-test-image.sh builds such an image
-(`dockyard-test:latest`, busybox only) into any dockerd. They wait in real time, but never for more than
+``exit N``, ``&`` and ``wait``) and ``sleep`` on its PATH, and no HEALTHCHECK of its own;
+scripts/build-test-image.sh builds such an image (`dockyard-test:latest`, busybox only) into any dockerd.
+The checks of an image's own HEALTHCHECK run when `RuntimeConformance.healthcheck_image` names an image
+whose HEALTHCHECK prints ``image-check`` and passes (`HEALTHCHECK_IMAGE`, built by
+``scripts/build-test-image.sh --healthcheck``; a FakeRuntime gets it through `image_healthchecks`, see
+`IMAGE_CHECK`). They wait in real time, but never for more than
 a fraction of a second unless the runtime is slow (each wait gives up after `DEADLINE` seconds).
 """
 
@@ -26,10 +30,14 @@ from types import TracebackType
 from typing import Any, ClassVar, Generic, Literal, TypeVar
 
 from agent.runtime.base import (
+    HEALTH_STATUS,
     ContainerNotFound,
     ContainerRuntime,
     ContainerSpec,
     ContainerState,
+    Health,
+    HealthConfig,
+    HealthStatus,
     ImageNotFound,
     NameConflict,
     PortBinding,
@@ -40,6 +48,8 @@ from agent.runtime.base import (
 
 __all__ = [
     "DEADLINE",
+    "HEALTHCHECK_IMAGE",
+    "IMAGE_CHECK",
     "RUN_LABEL",
     "TEST_IMAGE",
     "EventLog",
@@ -60,6 +70,13 @@ SIGTERM_DEAF = ("sleep", "600")
 # A registry on a closed loopback port: the pull fails at once without leaving the host.
 UNPULLABLE = "127.0.0.1:1/dockyard-nonexistent:latest"
 MISSING_IMAGE = "dockyard-nonexistent:latest"
+HEALTHCHECK_IMAGE = "dockyard-test-healthcheck:latest"
+# The HEALTHCHECK of HEALTHCHECK_IMAGE, as scripts/build-test-image.sh --healthcheck writes it.
+IMAGE_CHECK = HealthConfig(
+    ("CMD-SHELL", "echo image-check; exit 0"), interval_ns=100_000_000, timeout_ns=2_000_000_000, retries=2
+)
+# Checks probe every 100 ms (the spec's minimum), so Docker settles within a fraction of a second.
+_FAST = {"interval_ns": 100_000_000, "timeout_ns": 2_000_000_000}
 
 OutageMode = Literal["closed", "hung"]
 """How the daemon goes away: "closed" means it dies (connections close), "hung" that it stops answering."""
@@ -200,6 +217,9 @@ class RuntimeConformance(abc.ABC):
     image: ClassVar[str] = TEST_IMAGE
     """An image the daemon already has, with ``sh`` and ``sleep`` (see the module docstring)."""
 
+    healthcheck_image: ClassVar[str | None] = None
+    """An image whose own HEALTHCHECK is IMAGE_CHECK; None skips the checks that need one."""
+
     @abc.abstractmethod
     def open_runtime(self) -> contextlib.AbstractAsyncContextManager[ContainerRuntime]:
         """Returns a context that connects a runtime to a working daemon that has `image`, and closes it on exit."""
@@ -232,6 +252,11 @@ class RuntimeConformance(abc.ABC):
             yield trial, events
 
     # --- host and images --------------------------------------------------------------------------
+
+    async def test_ping_answers_on_a_live_daemon(self) -> None:
+        """ping() returns on a daemon that takes calls (an outage makes it raise, see the outage checks)."""
+        async with self._trial() as trial:
+            await trial.runtime.ping()
 
     async def test_host_facts_are_sane(self) -> None:
         """host_facts() names the host, its capacity and its versions."""
@@ -505,3 +530,71 @@ class RuntimeConformance(abc.ABC):
                     await log.task
                 with _raises(RuntimeUnavailable):
                     await runtime.inspect(container_id)
+                with _raises(RuntimeUnavailable):
+                    await runtime.ping()
+
+    # --- health -----------------------------------------------------------------------------------
+
+    async def _settled_health(self, runtime: ContainerRuntime, container_id: str, status: HealthStatus) -> Health:
+        """Waits until the container's health reaches `status` and returns it."""
+
+        async def reached() -> bool:
+            health = (await runtime.inspect(container_id)).health
+            return health is not None and health.status is status
+
+        await _eventually(reached, f"{container_id[:12]} to be {status}")
+        health = (await runtime.inspect(container_id)).health
+        assert health is not None
+        return health
+
+    async def test_a_passing_check_makes_the_container_healthy(self) -> None:
+        """A spec's passing check: health "healthy", streak 0, the check's output, and a health_status event."""
+        async with self._trial_with_events() as (trial, events):
+            check = HealthConfig(("CMD-SHELL", "echo fine; exit 0"), retries=2, **_FAST)
+            container_id = await trial.runtime.create(trial.spec(healthcheck=check))
+            await trial.runtime.start(container_id)
+            health = await self._settled_health(trial.runtime, container_id, HealthStatus.HEALTHY)
+            assert (health.failing_streak, health.output) == (0, "fine\n")
+            event = await events.wait_for(container_id, HEALTH_STATUS)
+            assert event.health is HealthStatus.HEALTHY
+            assert event.labels[RUN_LABEL] == trial.labels[RUN_LABEL]
+
+    async def test_a_failing_check_makes_the_container_unhealthy_after_retries(self) -> None:
+        """A failing check: "unhealthy" after `retries` failures in a row, with the output; the container runs on."""
+        async with self._trial_with_events() as (trial, events):
+            check = HealthConfig(("CMD-SHELL", "echo sick; exit 1"), retries=2, **_FAST)
+            container_id = await trial.runtime.create(trial.spec(healthcheck=check))
+            await trial.runtime.start(container_id)
+            health = await self._settled_health(trial.runtime, container_id, HealthStatus.UNHEALTHY)
+            # Docker goes on probing, so the streak may have grown past retries by the time it is read.
+            assert health.failing_streak >= 2
+            assert health.output == "sick\n"
+            event = await events.wait_for(container_id, HEALTH_STATUS)
+            assert event.health is HealthStatus.UNHEALTHY
+            info = await trial.runtime.inspect(container_id)
+            assert info.state is ContainerState.RUNNING, "Docker only reports; stopping is the agent's business"
+
+    async def test_no_check_means_no_health_and_a_running_container_has_an_address(self) -> None:
+        """Without any check a container has no health; ["NONE"] is no check either; a running one has an IP."""
+        async with self._trial() as trial:
+            plain = await trial.started()
+            info = await trial.runtime.inspect(plain)
+            assert info.health is None
+            assert info.ip_address.count(".") == 3, "an IPv4 address on Docker's default bridge"
+            disabled = await trial.runtime.create(trial.spec(healthcheck=HealthConfig(("NONE",))))
+            await trial.runtime.start(disabled)
+            assert (await trial.runtime.inspect(disabled)).health is None
+
+    async def test_the_images_own_check_applies_unless_turned_off(self) -> None:
+        """An image's HEALTHCHECK runs without a spec check; ["NONE"] turns it off."""
+        if self.healthcheck_image is None:
+            return  # the subclass provides no such image
+        async with self._trial() as trial:
+            own = await trial.runtime.create(trial.spec(image=self.healthcheck_image))
+            await trial.runtime.start(own)
+            health = await self._settled_health(trial.runtime, own, HealthStatus.HEALTHY)
+            assert health.output == "image-check\n"
+            spec = trial.spec(image=self.healthcheck_image, healthcheck=HealthConfig(("NONE",)))
+            off = await trial.runtime.create(spec)
+            await trial.runtime.start(off)
+            assert (await trial.runtime.inspect(off)).health is None

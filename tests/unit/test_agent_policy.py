@@ -21,7 +21,7 @@ from agent.policy import (
     parse_host_protocols,
     refusal,
 )
-from agent.runtime.base import ContainerSpec
+from agent.runtime.base import ContainerSpec, HealthConfig
 from agent.runtime.docker import _create_config
 from agent.runtime.fake import FakeRuntime
 from agent.task_book import TaskBook
@@ -234,10 +234,11 @@ def test_containers_are_created_with_no_host_setting_but_the_checked_ones() -> N
         "ports",
         "cpu_limit",
         "memory_limit_bytes",
+        "healthcheck",  # runs inside the container, as its command does
     }
-    config = _create_config(ContainerSpec(name="x", image=IMAGE))
+    config = _create_config(ContainerSpec(name="x", image=IMAGE, healthcheck=HealthConfig(("CMD", "true"))))
     assert set(config["HostConfig"]) == {"PortBindings", "NanoCpus", "Memory", "RestartPolicy"}
-    assert set(config) <= {"Image", "Env", "Labels", "ExposedPorts", "HostConfig", "Cmd"}
+    assert set(config) <= {"Image", "Env", "Labels", "ExposedPorts", "HostConfig", "Cmd", "Healthcheck"}
 
 
 # --- the worker refuses before any container exists -----------------------------------------------------
