@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from agent.health import docker_healthcheck
 from agent.runtime.base import ContainerSpec, PortBinding
 from dockyard import labels
 from dockyard.spec import schema
@@ -41,6 +42,7 @@ def container_spec(task: pb.Task, node_id: str) -> ContainerSpec:
         ports=tuple(PortBinding(p.host_port, p.container_port, port_protocol(p)) for p in spec.ports),
         cpu_limit=spec.resources.cpu_limit,
         memory_limit_bytes=spec.resources.memory_limit_bytes,
+        healthcheck=docker_healthcheck(spec),
     )
 
 

@@ -7,7 +7,7 @@ import contextlib
 
 import structlog
 
-from agent.runtime.base import ContainerRuntime, RuntimeFailure
+from agent.runtime.base import ContainerInfo, ContainerRuntime, RuntimeFailure, RuntimeUnavailable
 from agent.task_book import TaskBook
 from agent.worker import Worker
 from dockyard import labels
@@ -55,12 +55,17 @@ class Observer:
                 async with contextlib.aclosing(events):
                     async for event in events:
                         backoff.reset()
+                        self._worker.outages.came_back(self._clock.now())
                         task_id = event.labels.get(labels.TASK_ID, "")
                         if self._book.get(task_id) is not None:
                             self._worker.wake([task_id], stale=True)
                 log.warning("docker event stream ended; reconnecting")
+                self._worker.outages.went_down(self._clock.now())
             except RuntimeFailure as exc:
                 log.warning("docker event stream failed; reconnecting", error=str(exc))
+                if isinstance(exc, RuntimeUnavailable):
+                    # Docker closes its API first when it shuts down: this is when its containers start to go.
+                    self._worker.outages.went_down(self._clock.now())
             await self._clock.sleep(backoff.next_delay())
             # Whatever happened while the stream was down is caught by looking at everything again.
             try:
@@ -79,6 +84,7 @@ class Observer:
     async def relist(self) -> None:
         """Compares every container of this node with what the task loops believe, waking those that differ."""
         containers = await self._runtime.list({labels.NODE_ID: self._node_id})
+        self._worker.outages.came_back(self._clock.now())
         known = self._worker.known_containers
         seen: set[str] = set()
         now = self._clock.monotonic()
@@ -89,7 +95,7 @@ class Observer:
                 continue
             seen.add(task_id)
             cached = known.get(task_id)
-            if cached is None or cached.id != info.id or cached.state != info.state:
+            if cached is None or cached.id != info.id or cached.state != info.state or _health_moved(cached, info):
                 self._worker.wake([task_id], stale=True)
         for task in self._book:
             if task.id not in seen and known.get(task.id) is not None:
@@ -109,3 +115,11 @@ class Observer:
         log.warning("reaping container of no known task", container_id=container_id[:12], name=name)
         await self._runtime.remove(container_id)
         del self._strangers[container_id]
+
+
+def _health_moved(cached: ContainerInfo, info: ContainerInfo) -> bool:
+    """Tells whether Docker's health of a container changed in state or streak (Docker emits no event for a
+    streak that grows without changing the state)."""
+    if cached.health is None or info.health is None:
+        return cached.health is not info.health
+    return (cached.health.status, cached.health.failing_streak) != (info.health.status, info.health.failing_streak)

@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Iterable
+from dataclasses import replace
 
 import structlog
 
 from agent.container_spec import container_name, container_spec, stop_grace
+from agent.health import ProbeLoop, ProbeTracker, agent_probed, probe_settings, task_health
+from agent.outages import Outages
 from agent.policy import HostPolicy, refusal
 from agent.reporter import Reporter
 from agent.runtime.base import (
@@ -16,12 +19,15 @@ from agent.runtime.base import (
     ContainerNotFound,
     ContainerRuntime,
     ContainerState,
+    DaemonShuttingDown,
+    Health,
+    HealthStatus,
     ImageNotFound,
     NameConflict,
     RuntimeFailure,
     RuntimeUnavailable,
 )
-from agent.step import Op, Step, next_step
+from agent.step import Op, Step, next_step, start_report_stands
 from agent.task_book import TaskBook
 from dockyard import labels
 from dockyard.backoff import Backoff
@@ -40,11 +46,16 @@ MAX_STEPS_PER_PASS = 16
 class _Rejected(Exception):
     """The operation can never succeed for this task; it ends in the given state."""
 
-    def __init__(self, state: int, error: str, exit_code: int = 0) -> None:
+    def __init__(self, state: int, error: str, exit_code: int = 0, *, cause: int) -> None:
         super().__init__(error)
         self.state = state
         self.error = error
         self.exit_code = exit_code
+        self.cause = cause
+
+
+_HOST = pb.TaskStatus.CAUSE_HOST
+_TASK = pb.TaskStatus.CAUSE_TASK
 
 
 class Worker:
@@ -75,6 +86,9 @@ class Worker:
         self._stale: set[str] = set()
         self._wakes: dict[str, asyncio.Event] = {}
         self._loops: dict[str, asyncio.Task[None]] = {}
+        self._probes: dict[str, tuple[str, ProbeLoop]] = {}  # task id -> (container id, its prober)
+        self.outages = Outages()
+        """When Docker was away; the observer and the task loops record what they see."""
 
     @property
     def known_containers(self) -> dict[str, ContainerInfo | None]:
@@ -93,11 +107,13 @@ class Worker:
             event.set()
 
     async def close(self) -> None:
-        """Stops every task loop (containers keep running)."""
+        """Stops every task loop and prober (containers keep running)."""
         loops = list(self._loops.values())
         for loop in loops:
             loop.cancel()
         await asyncio.gather(*loops, return_exceptions=True)
+        for task_id in list(self._probes):
+            await self._stop_probe(task_id)
 
     async def _loop(self, task_id: str, event: asyncio.Event) -> None:
         backoff = Backoff(base=0.5, cap=10.0)
@@ -111,6 +127,8 @@ class Worker:
                     backoff.reset()
                 except RuntimeFailure as exc:
                     # The daemon is away or flaky: keep what runs, and try again later.
+                    if isinstance(exc, RuntimeUnavailable):
+                        self.outages.went_down(self._clock.now())
                     delay = backoff.next_delay()
                     log.warning(
                         "task step failed; retrying",
@@ -125,6 +143,10 @@ class Worker:
             if self._loops.get(task_id) is asyncio.current_task():
                 del self._loops[task_id]
                 del self._wakes[task_id]
+                probe = self._probes.pop(task_id, None)
+                if probe is not None:
+                    # Not awaited: this loop may be being cancelled; the prober's task ends on its own.
+                    probe[1].close_soon()
 
     async def _converge(self, task_id: str) -> bool:
         """Runs steps until idle; returns True when the task is finished and forgotten."""
@@ -133,17 +155,85 @@ class Worker:
             if task is None:
                 return True
             container = await self._container(task_id)
-            step = next_step(task, container)
+            self.outages.came_back(self._clock.now())
+            container = await self._with_health(task, container)
+            step = next_step(task, container, host_fault=await self._ended_by_docker(task, container))
             if step.idle:
                 if self._finished(task, container):
                     self._book.forget(task_id)
                     self._book.save_soon()
                     self._containers.pop(task_id, None)
+                    await self._stop_probe(task_id)
                     return True
                 return False
             await self._perform(task, step, container)
         self._wake_later(task_id)
         return False
+
+    async def _ended_by_docker(self, task: pb.Task, container: ContainerInfo | None) -> bool:
+        """Tells whether a container that ended (and is to be reported so) ended because Docker went away."""
+        if container is None or container.state not in (ContainerState.EXITED, ContainerState.DEAD):
+            return False
+        if is_terminal(task.status.state) or task.desired_state != pb.DESIRED_STATE_RUNNING:
+            return False
+        if not self.outages.covers(container.finished_at):
+            try:
+                # Docker stops its containers only after it stopped taking new connections.
+                await self._runtime.ping()
+            except RuntimeUnavailable:
+                self.outages.went_down(self._clock.now())
+        return self.outages.covers(container.finished_at)
+
+    async def _with_health(self, task: pb.Task, container: ContainerInfo | None) -> ContainerInfo | None:
+        """The container with the health the agent's own prober found, for a task with an http or tcp check.
+
+        Starts a prober for a running container of such a task and stops it once the container is not running.
+        """
+        spec = self._book.spec_of(task)
+        probed = spec is not None and agent_probed(spec) and task.desired_state == pb.DESIRED_STATE_RUNNING
+        if (
+            container is None
+            or container.state is not ContainerState.RUNNING
+            or not probed
+            or is_terminal(task.status.state)
+        ):
+            await self._stop_probe(task.id)
+            return container
+        assert spec is not None
+        current = self._probes.get(task.id)
+        if current is not None and current[0] != container.id:
+            await self._stop_probe(task.id)
+            current = None
+        if current is None:
+            if not container.ip_address:
+                health = Health(HealthStatus.STARTING, 0, "the container has no IP address to probe")
+                return replace(container, health=health)
+            current = (container.id, self._start_probe(task, spec.healthcheck, container))
+            self._probes[task.id] = current
+        return replace(container, health=current[1].health)
+
+    def _start_probe(self, task: pb.Task, check: pb.HealthCheck, container: ContainerInfo) -> ProbeLoop:
+        """Starts probing a running container; its start period counts from the container's start."""
+        settings = probe_settings(check)
+        since_start = 0.0
+        if container.started_at is not None:
+            since_start = max(0.0, (self._clock.now() - container.started_at).total_seconds())
+        ends = self._clock.monotonic() + max(0.0, settings.start_period - since_start)
+        # A task already RUNNING was healthy when last reported (an agent restart): it stays so until probed.
+        initial = Health(HealthStatus.HEALTHY) if task.status.state == pb.TASK_STATE_RUNNING else None
+        task_id = task.id
+        return ProbeLoop(
+            check,
+            container.ip_address,
+            ProbeTracker(settings, ends, initial),
+            self._clock,
+            lambda _: self.wake([task_id]),
+        )
+
+    async def _stop_probe(self, task_id: str) -> None:
+        probe = self._probes.pop(task_id, None)
+        if probe is not None:
+            await probe[1].close()
 
     def _finished(self, task: pb.Task, container: ContainerInfo | None) -> bool:
         return container is None and task.desired_state != pb.DESIRED_STATE_RUNNING and is_terminal(task.status.state)
@@ -180,11 +270,24 @@ class Worker:
         try:
             container_id = await self._operate(task, step.op, container)
         except _Rejected as exc:
-            self._report(task, exc.state, "", exc.error, exc.exit_code, container.id if container else "")
+            cid = container.id if container else ""
+            self._report(task, exc.state, "", exc.error, exc.exit_code, cid, cause=exc.cause)
             return
-        if step.report is not None:
-            cid = container_id or (container.id if container else task.status.container_id)
-            self._report(task, step.report, step.message, step.error, step.exit_code, cid)
+        if step.report is None:
+            return
+        after = self._containers.get(task.id) if step.op is not Op.NONE else container
+        if step.op is Op.START and after is not None:
+            after = await self._with_health(task, after)
+        if not start_report_stands(step, after):
+            return
+        health = step.health
+        if health is None and after is not None and after.health is not None:
+            health = task_health(after.health)
+        exit_code = step.exit_code
+        if step.op is Op.STOP and after is not None:
+            exit_code = after.exit_code  # an unhealthy container's code from the stop
+        cid = container_id or (container.id if container else task.status.container_id)
+        self._report(task, step.report, step.message, step.error, exit_code, cid, cause=step.cause, health=health)
 
     async def _operate(self, task: pb.Task, op: Op, container: ContainerInfo | None) -> str:
         """Performs one operation; returns the container id it concerns ("" when none)."""
@@ -214,12 +317,14 @@ class Worker:
                         await self._runtime.start(container.id)
                     except (ContainerNotFound, RuntimeUnavailable):
                         raise
+                    except DaemonShuttingDown as exc:
+                        raise _Rejected(pb.TASK_STATE_FAILED, f"start failed: {exc}", cause=_HOST) from exc
                     except RuntimeFailure as exc:
                         # Docker records an exit code (127: no such command) on a container that failed to start.
                         code = 0
                         with contextlib.suppress(RuntimeFailure):
                             code = (await self._runtime.inspect(container.id)).exit_code
-                        raise _Rejected(pb.TASK_STATE_FAILED, f"start failed: {exc}", code) from exc
+                        raise _Rejected(pb.TASK_STATE_FAILED, f"start failed: {exc}", code, cause=_TASK) from exc
                 elif op is Op.STOP:
                     # Without its spec (never sent) a task still stops, with the default grace.
                     await self._runtime.stop(container.id, stop_grace(self._book.with_spec(task) or task))
@@ -240,7 +345,9 @@ class Worker:
                 await self._runtime.pull(image)
         except (ImageNotFound, TimeoutError) as exc:
             raise _Rejected(
-                pb.TASK_STATE_REJECTED, f"image {image!r} is not on this host and could not be pulled: {exc}"
+                pb.TASK_STATE_REJECTED,
+                f"image {image!r} is not on this host and could not be pulled: {exc}",
+                cause=_HOST,
             ) from exc
 
     def _no_spec(self, task: pb.Task) -> _Rejected:
@@ -249,7 +356,8 @@ class Worker:
             f"revision {task.revision}; the task is not started"
         )
         log.warning("task without a spec", task_id=task.id, service_id=task.service_id, revision=task.revision)
-        return _Rejected(pb.TASK_STATE_REJECTED, error)
+        # The controller's or the link's fault, not the task's: another node may well get the spec.
+        return _Rejected(pb.TASK_STATE_REJECTED, error, cause=_HOST)
 
     def _check_policy(self, task: pb.Task, spec: pb.ServiceSpec) -> None:
         """Raises _Rejected when this host's policy refuses what the spec asks of the host."""
@@ -265,7 +373,8 @@ class Worker:
                 error=error,
                 suppressed=suppressed,
             )
-        raise _Rejected(pb.TASK_STATE_REJECTED, error)
+        # This host's policy refuses it; another host's may not.
+        raise _Rejected(pb.TASK_STATE_REJECTED, error, cause=_HOST)
 
     async def _create(self, task: pb.Task) -> str:
         """Creates the container of a task whose spec is filled in."""
@@ -273,7 +382,10 @@ class Worker:
         try:
             container_id = await self._runtime.create(spec)
         except ImageNotFound as exc:
-            raise _Rejected(pb.TASK_STATE_REJECTED, f"image {task.spec.image!r} not found: {exc}") from exc
+            # Present at PREPARE and gone now: removed on this host.
+            raise _Rejected(pb.TASK_STATE_REJECTED, f"image {task.spec.image!r} not found: {exc}", cause=_HOST) from exc
+        except DaemonShuttingDown as exc:
+            raise _Rejected(pb.TASK_STATE_REJECTED, f"create failed: {exc}", cause=_HOST) from exc
         except NameConflict as exc:
             # Ours from a crash between create and record? Adopt it; otherwise the name belongs to a stranger.
             found = await self._runtime.list({labels.TASK_ID: task.id, labels.NODE_ID: self._node_id})
@@ -283,6 +395,7 @@ class Worker:
             raise _Rejected(
                 pb.TASK_STATE_REJECTED,
                 f"container name {container_name(task)!r} is taken by another container",
+                cause=_HOST,
             ) from exc
         # Known without asking Docker: it was just created and nobody started it.
         self._containers[task.id] = ContainerInfo(
@@ -290,13 +403,26 @@ class Worker:
         )
         return container_id
 
-    def _report(self, task: pb.Task, state: int, message: str, error: str, exit_code: int, container_id: str) -> None:
+    def _report(
+        self,
+        task: pb.Task,
+        state: int,
+        message: str,
+        error: str,
+        exit_code: int,
+        container_id: str,
+        *,
+        cause: int = pb.TaskStatus.CAUSE_UNSPECIFIED,
+        health: pb.TaskHealth | None = None,
+    ) -> None:
         status = pb.TaskStatus(
             state=state,  # type: ignore[arg-type]
             message=message,
             error=error,
             exit_code=exit_code,
             container_id=container_id,
+            cause=cause,  # type: ignore[arg-type]
+            health=health,
         )
         status.timestamp.CopyFrom(to_timestamp(self._clock.now()))
         self._book.set_status(task.id, status)
@@ -309,4 +435,5 @@ class Worker:
             slot=task.slot,
             state=state_name(state),
             message=message or error,
+            health=pb.TaskHealth.State.Name(health.state) if health is not None else None,
         )

@@ -17,7 +17,7 @@ import pytest
 from agent.container_spec import container_spec
 from agent.observer import Observer
 from agent.reporter import Reporter
-from agent.runtime.base import ContainerSpec, ContainerState
+from agent.runtime.base import ContainerSpec, ContainerState, DaemonShuttingDown, HealthConfig, HealthStatus
 from agent.runtime.fake import FakeRuntime
 from agent.task_book import TaskBook
 from agent.worker import Worker
@@ -695,3 +695,231 @@ async def test_a_stranger_seen_for_less_than_the_grace_stays(rig: Rig) -> None:
     await rig.clock.advance(1)
     await observer.relist()
     assert await rig.fake.list({}) == []
+
+
+# --- health ---------------------------------------------------------------------------------------------
+
+WAITING = "waiting to be healthy"
+
+
+def checked_task(check: pb.HealthCheck, task_id: str = "t1") -> pb.Task:
+    """A long-running task with a health check."""
+    task = make_task(task_id, command=("sh", "-c", "serve"))
+    task.spec.healthcheck.CopyFrom(check)
+    return task
+
+
+def health_of(rig: Rig, task_id: str = "t1") -> tuple[int, int, str]:
+    health = rig.status(task_id).health
+    return health.state, health.failing_streak, health.output
+
+
+async def test_a_passing_docker_check_makes_the_task_running_with_its_health(rig: Rig) -> None:
+    await run_to_running(rig, checked_task(pb.HealthCheck(test=["CMD-SHELL", "echo fine; exit 0"])))
+    assert rig.reporter.states("t1") == [pb.TASK_STATE_PREPARING, pb.TASK_STATE_STARTING, pb.TASK_STATE_RUNNING]
+    assert health_of(rig) == (pb.TaskHealth.STATE_HEALTHY, 0, "fine\n")
+    spec = (await rig.fake.inspect(rig.status("t1").container_id)).labels  # the container exists
+    assert spec
+
+
+async def test_a_failing_docker_check_stops_the_container_and_fails_the_task_as_unhealthy(rig: Rig) -> None:
+    rig.assign(checked_task(pb.HealthCheck(test=["CMD-SHELL", "echo sick; exit 1"], retries=2)))
+    await rig.eventually(lambda: rig.state("t1") == pb.TASK_STATE_FAILED, "t1 failed")
+    status = rig.status("t1")
+    assert pb.TASK_STATE_RUNNING not in rig.reporter.states("t1"), "never healthy, so never running"
+    assert status.cause == pb.TaskStatus.CAUSE_UNHEALTHY
+    assert status.error == "health check failed: sick"
+    assert health_of(rig) == (pb.TaskHealth.STATE_UNHEALTHY, 2, "sick\n")
+    info = await rig.fake.inspect(status.container_id)
+    assert info.state is ContainerState.EXITED
+    assert status.exit_code == info.exit_code == 143
+
+
+async def test_a_task_waits_to_be_healthy_and_reports_streaks_and_changes(rig: Rig) -> None:
+    rig.assign(checked_task(pb.HealthCheck(test=["CMD", "/bin/check"])))
+    await rig.eventually(lambda: rig.status("t1").message == WAITING, "t1 waiting")
+    assert rig.state("t1") == pb.TASK_STATE_STARTING
+    assert health_of(rig) == (pb.TaskHealth.STATE_STARTING, 0, "")
+    container_id = rig.status("t1").container_id
+
+    rig.fake.set_health(container_id, HealthStatus.STARTING, "not yet")
+    rig.worker.wake(["t1"], stale=True)  # the observer does this on Docker's event or re-list
+    await rig.eventually(lambda: rig.status("t1").health.failing_streak == 1, "the streak reported")
+    assert rig.state("t1") == pb.TASK_STATE_STARTING
+
+    rig.fake.set_health(container_id, HealthStatus.HEALTHY, "ok")
+    rig.worker.wake(["t1"], stale=True)
+    await rig.eventually(lambda: rig.state("t1") == pb.TASK_STATE_RUNNING, "t1 running")
+    assert health_of(rig) == (pb.TaskHealth.STATE_HEALTHY, 0, "ok")
+
+    rig.fake.set_health(container_id, HealthStatus.HEALTHY, "slow", failing_streak=1)
+    rig.worker.wake(["t1"], stale=True)
+    await rig.eventually(lambda: rig.status("t1").health.failing_streak == 1, "a failure of a running task")
+    assert rig.state("t1") == pb.TASK_STATE_RUNNING
+    reports = len(rig.reporter.history)
+    rig.worker.wake(["t1"], stale=True)
+    await rig.quiet()
+    assert len(rig.reporter.history) == reports, "no change, no report"
+
+    rig.fake.set_health(container_id, HealthStatus.UNHEALTHY, "dead")
+    rig.worker.wake(["t1"], stale=True)
+    await rig.eventually(lambda: rig.state("t1") == pb.TASK_STATE_FAILED, "t1 failed")
+    assert rig.status("t1").cause == pb.TaskStatus.CAUSE_UNHEALTHY
+    assert rig.status("t1").error == "health check failed: dead"
+    expected = [pb.TASK_STATE_PREPARING, pb.TASK_STATE_STARTING, pb.TASK_STATE_STARTING, pb.TASK_STATE_STARTING]
+    expected += [pb.TASK_STATE_RUNNING, pb.TASK_STATE_RUNNING, pb.TASK_STATE_FAILED]
+    assert rig.reporter.states("t1") == expected
+
+
+async def test_the_observer_brings_docker_health_events_to_the_task(rig: Rig) -> None:
+    observer = observer_of(rig)
+    watching = asyncio.create_task(observer.run())
+    try:
+        rig.assign(checked_task(pb.HealthCheck(test=["CMD", "/bin/check"])))
+        await rig.eventually(lambda: rig.status("t1").message == WAITING, "t1 waiting")
+        rig.fake.set_health(rig.status("t1").container_id, HealthStatus.HEALTHY, "ok")  # no explicit wake
+        await rig.eventually(lambda: rig.state("t1") == pb.TASK_STATE_RUNNING, "t1 running")
+    finally:
+        watching.cancel()
+        await asyncio.gather(watching, return_exceptions=True)
+
+
+async def test_the_images_own_check_counts_unless_turned_off(tmp_path: Path) -> None:
+    clock = FakeClock(NOW)
+    fake = FakeRuntime(images=[IMAGE], clock=clock.now, image_healthchecks={IMAGE: HealthConfig(("CMD", "/bin/check"))})
+    rig = make_rig(tmp_path, fake, clock=clock)
+    try:
+        rig.assign(make_task("t1", command=("sh", "-c", "serve")))
+        await rig.eventually(lambda: rig.status("t1").message == WAITING, "t1 waiting on the image's check")
+        off = checked_task(pb.HealthCheck(test=["NONE"]), "t2")
+        off.revision = 2  # the book keeps one spec per revision
+        await run_to_running(rig, off)
+        assert not rig.status("t2").HasField("health")
+    finally:
+        await rig.worker.close()
+
+
+async def test_a_task_without_a_check_runs_as_before_without_health(rig: Rig) -> None:
+    await run_to_running(rig, make_task())
+    assert [s.message for _, s in rig.reporter.history] == ["image ready", "container created", "started"]
+    assert not rig.status("t1").HasField("health")
+
+
+async def test_an_http_check_is_probed_by_the_agent(tmp_path: Path) -> None:
+    answer = ["503 Service Unavailable"]
+
+    async def server(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(f"HTTP/1.1 {answer[0]}\r\nContent-Length: 0\r\n\r\n".encode())
+        await writer.drain()
+        writer.close()
+
+    listening = await asyncio.start_server(server, "127.0.0.1", 0)
+    port = listening.sockets[0].getsockname()[1]
+    clock = FakeClock(NOW)
+    rig = make_rig(tmp_path, FakeRuntime(images=[IMAGE], clock=clock.now, address="127.0.0.1"), clock=clock)
+    try:
+        check = pb.HealthCheck(
+            http=pb.HttpProbe(port=port, path="/up"),
+            interval=duration(1),
+            timeout=duration(1),
+            retries=2,
+            start_period=duration(3),
+            start_interval=duration(0.5),
+        )
+        rig.assign(checked_task(check))
+        await rig.eventually(lambda: rig.status("t1").message == WAITING, "t1 waiting")
+        info = await rig.fake.inspect(rig.status("t1").container_id)
+        assert info.health is None, "Docker runs no check of its own for an http probe"
+        # Failures inside the start period do not count.
+        await rig.clock.advance(2.5, step=0.5)
+        assert rig.state("t1") == pb.TASK_STATE_STARTING
+        assert rig.status("t1").health.failing_streak == 0
+        answer[0] = "200 OK"
+        await rig.eventually(lambda: rig.state("t1") == pb.TASK_STATE_RUNNING, "t1 healthy")
+        assert health_of(rig) == (pb.TaskHealth.STATE_HEALTHY, 0, f"GET http://127.0.0.1:{port}/up: 200")
+        answer[0] = "500 Internal Server Error"
+        await rig.eventually(lambda: rig.state("t1") == pb.TASK_STATE_FAILED, "t1 unhealthy")
+        assert rig.status("t1").cause == pb.TaskStatus.CAUSE_UNHEALTHY
+        assert rig.status("t1").error == f"health check failed: GET http://127.0.0.1:{port}/up: 500"
+        assert (await rig.fake.inspect(info.id)).state is ContainerState.EXITED
+    finally:
+        await rig.worker.close()
+        listening.close()
+        await listening.wait_closed()
+
+
+# --- failure causes -------------------------------------------------------------------------------------
+
+
+async def test_an_exit_is_the_tasks_fault(rig: Rig) -> None:
+    rig.assign(make_task(command=("sh", "-c", "exit 3")))
+    await rig.eventually(lambda: rig.state("t1") == pb.TASK_STATE_FAILED, "t1 failed")
+    assert rig.status("t1").cause == pb.TaskStatus.CAUSE_TASK
+
+
+async def test_an_image_this_node_cannot_pull_is_the_hosts_fault(rig: Rig) -> None:
+    rig.assign(make_task(image="registry.example.com/nowhere:1"))
+    await rig.eventually(lambda: rig.state("t1") == pb.TASK_STATE_REJECTED, "t1 rejected")
+    assert rig.status("t1").cause == pb.TaskStatus.CAUSE_HOST
+
+
+class ShuttingDownAtStart(FakeRuntime):
+    """A daemon that refuses starts because it is shutting down."""
+
+    async def start(self, container_id: str) -> None:
+        await super().inspect(container_id)
+        raise DaemonShuttingDown("Error response from daemon: daemon is shutting down")
+
+
+async def test_a_start_refused_by_a_daemon_shutting_down_is_the_hosts_fault(tmp_path: Path) -> None:
+    clock = FakeClock(NOW)
+    rig = make_rig(tmp_path, ShuttingDownAtStart(images=[IMAGE], clock=clock.now), clock=clock)
+    try:
+        rig.assign(make_task())
+        await rig.eventually(lambda: rig.state("t1") == pb.TASK_STATE_FAILED, "t1 failed")
+        assert rig.status("t1").cause == pb.TaskStatus.CAUSE_HOST
+        assert "shutting down" in rig.status("t1").error
+    finally:
+        await rig.worker.close()
+
+
+async def test_a_container_that_ended_while_docker_was_away_failed_by_the_hosts_fault(rig: Rig) -> None:
+    observer = observer_of(rig)
+    watching = asyncio.create_task(observer.run())
+    try:
+        container_id = await run_to_running(rig, make_task())
+        rig.fake.set_available(False)  # the event stream breaks: Docker is going away
+        await rig.clock.advance(1)
+        rig.fake.crash(container_id, 143)  # Docker stops its containers as it shuts down
+        await rig.clock.advance(1)
+        rig.fake.set_available(True)
+        await rig.eventually(lambda: rig.state("t1") == pb.TASK_STATE_FAILED, "t1 failed")
+        assert rig.status("t1").cause == pb.TaskStatus.CAUSE_HOST
+        assert rig.status("t1").exit_code == 143
+
+        # A crash long after Docker came back is the task's own.
+        second = await run_to_running(rig, make_task("t2", slot=2))
+        await rig.clock.advance(30)
+        rig.fake.crash(second, 1)
+        await rig.eventually(lambda: rig.state("t2") == pb.TASK_STATE_FAILED, "t2 failed")
+        assert rig.status("t2").cause == pb.TaskStatus.CAUSE_TASK
+    finally:
+        watching.cancel()
+        await asyncio.gather(watching, return_exceptions=True)
+
+
+async def test_a_container_that_dockers_shutdown_stopped_failed_by_the_hosts_fault(rig: Rig) -> None:
+    # Docker stops taking new connections, then stops its containers while the event stream and the
+    # connections it has still work: the die event arrives and the look at the container succeeds.
+    observer = observer_of(rig)
+    watching = asyncio.create_task(observer.run())
+    try:
+        await run_to_running(rig, make_task())
+        rig.fake.shut_down()
+        await rig.eventually(lambda: rig.state("t1") == pb.TASK_STATE_FAILED, "t1 failed")
+        assert rig.status("t1").cause == pb.TaskStatus.CAUSE_HOST
+        assert rig.status("t1").exit_code == 143
+    finally:
+        watching.cancel()
+        await asyncio.gather(watching, return_exceptions=True)
