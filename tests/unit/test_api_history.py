@@ -91,3 +91,10 @@ def test_simulation_stops_at_its_round_bound() -> None:
     result = simulate({"svc": service(1, 1, spec("app:1", replicas=2))}, [], nodes("a"), {}, NOW, seed=0, max_rounds=1)
     assert not result.settled
     assert result.rounds == 1
+
+
+def test_simulation_runs_a_global_service_on_every_node() -> None:
+    everywhere = spec("app:1", replicas=0)
+    everywhere.mode = pb.SERVICE_MODE_GLOBAL
+    result = simulate({"svc": service(1, 1, everywhere)}, [], nodes("a", "b"), {}, NOW, seed=0)
+    assert sorted((t.slot, t.node_id) for t in result.started["svc"]) == [(0, "id-a"), (0, "id-b")]
