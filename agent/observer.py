@@ -68,18 +68,20 @@ class Observer:
                     self._worker.outages.went_down(self._clock.now())
             await self._clock.sleep(backoff.next_delay())
             # Whatever happened while the stream was down is caught by looking at everything again.
-            try:
-                await self.relist()
-            except RuntimeFailure as exc:
-                log.warning("re-list failed", error=str(exc))
+            await self._try_relist()
 
     async def _relist_forever(self) -> None:
         while True:
-            try:
-                await self.relist()
-            except RuntimeFailure as exc:
-                log.warning("re-list failed", error=str(exc))
+            await self._try_relist()
             await self._clock.sleep(self._relist_period)
+
+    async def _try_relist(self) -> None:
+        try:
+            await self.relist()
+        except RuntimeFailure as exc:
+            log.warning("re-list failed", error=str(exc))
+            if isinstance(exc, RuntimeUnavailable):
+                self._worker.outages.went_down(self._clock.now())
 
     async def relist(self) -> None:
         """Compares every container of this node with what the task loops believe, waking those that differ."""

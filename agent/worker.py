@@ -81,6 +81,8 @@ class Worker:
         self._policy = policy or HostPolicy()
         # Whoever can apply services can make every task refused; one warning per service now and then is enough.
         self._refusal_logs = Throttle(self._clock, interval=60.0, burst=1)
+        # A flapping health check changes its streak at every probe (10 a second at the shortest interval).
+        self._health_logs = Throttle(self._clock, interval=60.0, burst=3)
         self._limit = asyncio.Semaphore(parallel_operations)
         self._containers: dict[str, ContainerInfo | None] = {}
         self._stale: set[str] = set()
@@ -155,7 +157,6 @@ class Worker:
             if task is None:
                 return True
             container = await self._container(task_id)
-            self.outages.came_back(self._clock.now())
             container = await self._with_health(task, container)
             step = next_step(task, container, host_fault=await self._ended_by_docker(task, container))
             if step.idle:
@@ -263,6 +264,8 @@ class Worker:
             else:
                 found = await self._runtime.list({labels.TASK_ID: task_id, labels.NODE_ID: self._node_id})
                 info = found[0] if found else None
+        # Docker answered (a cached container proves nothing about Docker, so only here).
+        self.outages.came_back(self._clock.now())
         self._containers[task_id] = info
         return info
 
@@ -425,9 +428,13 @@ class Worker:
             health=health,
         )
         status.timestamp.CopyFrom(to_timestamp(self._clock.now()))
+        same_state = task.status.state == state  # a health report; read before the book takes the new status
         self._book.set_status(task.id, status)
         self._book.save_soon()
         self._reporter.report(task.id, status)
+        suppressed = self._health_logs.allow(task.id) if same_state else 0
+        if suppressed is None:
+            return
         log.info(
             "task state",
             task_id=task.id,
@@ -436,4 +443,6 @@ class Worker:
             state=state_name(state),
             message=message or error,
             health=pb.TaskHealth.State.Name(health.state) if health is not None else None,
+            failing_streak=health.failing_streak if health is not None else None,
+            suppressed=suppressed or None,
         )

@@ -8,7 +8,10 @@ Checks probe every 100 ms (the spec's minimum), so each test settles in about a 
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
 import subprocess
+import tempfile
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -281,6 +284,13 @@ class PrivateDockerd:
         finally:
             await runtime.close()
 
+    def dispose(self) -> None:
+        """Stops it and removes its directory; a daemon that did not shut down cleanly leaves mounts behind,
+        and then the directory stays as it is."""
+        self.stop()
+        if f" {self.root}/" not in Path("/proc/mounts").read_text():
+            shutil.rmtree(self.root, ignore_errors=True)
+
     def stop(self) -> None:
         """Stops it as `systemctl stop docker` does (SIGTERM: Docker stops its containers and exits)."""
         if self.process is not None and self.process.poll() is None:
@@ -294,10 +304,6 @@ class PrivateDockerd:
 
 @pytest.fixture
 async def private_dockerd() -> AsyncIterator[PrivateDockerd]:
-    import os
-    import shutil
-    import tempfile
-
     if os.geteuid() != 0 or shutil.which("dockerd") is None or shutil.which("unshare") is None:
         require_docker("a private dockerd needs root, dockerd and unshare")
     # A short path: a unix socket's path is limited to about 100 bytes.
@@ -310,8 +316,7 @@ async def private_dockerd() -> AsyncIterator[PrivateDockerd]:
         await asyncio.to_thread(subprocess.run, ["bash", str(script)], env=env, check=True, capture_output=True)
         yield daemon
     finally:
-        daemon.stop()
-        shutil.rmtree(daemon.root, ignore_errors=True)
+        await asyncio.to_thread(daemon.dispose)
 
 
 async def test_a_container_that_dockerd_stopped_by_restarting_failed_by_the_hosts_fault(

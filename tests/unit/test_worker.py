@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+import structlog.testing
 
 from agent.container_spec import container_spec
 from agent.observer import Observer
@@ -923,3 +924,22 @@ async def test_a_container_that_dockers_shutdown_stopped_failed_by_the_hosts_fau
     finally:
         watching.cancel()
         await asyncio.gather(watching, return_exceptions=True)
+
+
+async def test_a_flapping_check_is_reported_every_time_but_logged_a_few_times(rig: Rig) -> None:
+    rig.assign(checked_task(pb.HealthCheck(test=["CMD", "/bin/check"])))
+    await rig.eventually(lambda: rig.status("t1").message == WAITING, "t1 waiting")
+    container_id = rig.status("t1").container_id
+    rig.fake.set_health(container_id, HealthStatus.HEALTHY, "ok")
+    rig.worker.wake(["t1"], stale=True)
+    await rig.eventually(lambda: rig.state("t1") == pb.TASK_STATE_RUNNING, "t1 running")
+    reports = len(rig.reporter.history)
+    with structlog.testing.capture_logs() as logs:
+        for flap in range(10):
+            streak = 1 - flap % 2
+            rig.fake.set_health(container_id, HealthStatus.HEALTHY, "flap", failing_streak=streak)
+            rig.worker.wake(["t1"], stale=True)
+            await rig.eventually(lambda s=streak: rig.status("t1").health.failing_streak == s, "the flap reported")
+    assert len(rig.reporter.history) == reports + 10
+    # Three same-state lines a minute per task, the "waiting to be healthy" one among them.
+    assert len([entry for entry in logs if entry["event"] == "task state"]) == 2
