@@ -8,9 +8,9 @@ then twice that, and so on up to the cap. The replacement's attempt is one more,
 - a task that ran long enough before it failed (its life reached `reset_after(policy)`: the cap, but at least
   RESET_FLOOR_SECONDS) also resets it: the slot had recovered, so its failure starts a new streak and waits
   only `delay`. A task's life is read from its own record: from `created_at` to the timestamp of its terminal
-  status. That bounds the time it ran from above (it also covers scheduling, pulling and starting), so the
-  error can only reset a streak early, and only for a slot whose every try already takes longer than the
-  cap, which a crash loop cannot do at more than one try per cap anyway;
+  status. That bounds the time it ran from above (it also covers waiting for a node, pulling and starting),
+  so the error can only reset a streak early, after a try that took at least the cap from its creation to
+  its failure: a slot that fails that way fails at most once per cap, which is all the backoff is for;
 - a host fault (`cause == CAUSE_HOST`, or a task LOST or ORPHANED with its node) is not the task's: it is
   replaced at once, is not counted toward `max_attempts`, keeps the attempt, and the replacement avoids the
   node (with the nodes of the host faults just before it, up to MAX_AVOIDED). Only a host fault that follows
@@ -189,8 +189,9 @@ def _after(at: datetime | None, delay: float, now: datetime) -> RestartDecision:
 
 
 def _streak(policy: pb.RestartPolicy, stopped: pb.Task, now: datetime) -> int:
-    """Returns the failures in a row that the delay after stopped doubles for: 0 after success or a long run."""
-    if stopped.status.state == pb.TASK_STATE_COMPLETE or _ran_long(policy, stopped, now):
+    """Returns the failures in a row that the delay after stopped doubles for: its attempt after a failure of
+    its own, 0 after anything else (completed, shut down) or a long enough run."""
+    if stopped.status.state not in (pb.TASK_STATE_FAILED, pb.TASK_STATE_REJECTED) or _ran_long(policy, stopped, now):
         return 0
     return stopped.attempt
 

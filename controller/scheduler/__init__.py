@@ -4,7 +4,7 @@
 - model.py: the snapshot a call works on: what each task demands, what each node holds.
 - filters.py: each feasibility filter, the reasons it gives, and how an unplaced task's reason is worded.
 - scorers.py: each ranking criterion.
-- engine.py: schedule(), the fast placement loop, and the seeded tie-break.
+- engine.py: schedule(), the fast placement loop, the placement order and the seeded tie-break.
 - reference.py: the same plan by brute force, which the engine is tested against.
 - role.py: the I/O shell that reads the store, calls schedule() and commits its decisions.
 
@@ -12,7 +12,7 @@ Everything but role.py is pure: no I/O, no clock, the same inputs and seed give 
 docs/design/scheduler.md is the design note.
 """
 
-from controller.scheduler.engine import ring_point, schedule
+from controller.scheduler.engine import placement_order, ring_point, schedule, tie_break_id
 from controller.scheduler.filters import (
     ConstraintsMatch,
     Filter,
@@ -61,7 +61,9 @@ __all__ = [
     "SpecKey",
     "Stack",
     "holds_resources",
+    "placement_order",
     "reference_schedule",
     "ring_point",
     "schedule",
+    "tie_break_id",
 ]

@@ -12,7 +12,7 @@ import hashlib
 import heapq
 from bisect import bisect_left, insort
 from collections import Counter, OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import datetime
 from functools import lru_cache, partial
 
@@ -31,10 +31,11 @@ from dockyard.v1 import types_pb2 as pb
 
 # The seeded ring that breaks ties between equally ranked nodes.
 #
-# Nodes and tasks are hashed onto a 64-bit ring with the seed. Among tied nodes a task takes the first one at
-# or after its own point, wrapping around: it minimises (hash(seed, node) - hash(seed, task)) mod 2**64. The
-# ring is chosen over hashing every (task, node) pair because the winner is then found with one bisect in a
-# sorted tier instead of one hash per tied node, and it depends only on ids, never on the order of inputs.
+# Nodes (by id) and tasks (by tie_break_id: service name, slot, generation) are hashed onto a 64-bit ring with
+# the seed. Among tied nodes a task takes the first one at or after its own point, wrapping around: it
+# minimises (hash(seed, node) - hash(seed, task)) mod 2**64. The ring is chosen over hashing every (task, node)
+# pair because the winner is then found with one bisect in a sorted tier instead of one hash per tied node, and
+# it depends only on those names, never on the order of inputs or on the random ids of new tasks.
 
 RING_BITS = 64
 _RING_MASK = (1 << RING_BITS) - 1
@@ -58,8 +59,24 @@ def ring_distance(node_point: int, task_point: int) -> int:
     return (node_point - task_point) & _RING_MASK
 
 
-def _placement_order(task: pb.Task) -> tuple[str, int, str]:
-    return (task.service_id, task.slot, task.id)
+def tie_break_id(task: pb.Task) -> str:
+    """Returns what puts a free task on the tie-break ring: its service's name, slot and generation.
+
+    Never the task's id, nor its service's: both are random, made when the task or service is created, so a
+    dry run (PlanApply) could not know them. These three are what the reconciler gives the same task in the
+    dry run and in the real apply, so both break ties alike. A task with no service name uses the service id.
+    """
+    return f"{task.service_name or task.service_id}\x00{task.slot}\x00{task.generation}"
+
+
+def placement_order(task: pb.Task) -> tuple[str, str, int, int, str]:
+    """Returns the key tasks are placed in: service name, slot, generation; ids only settle what is left.
+
+    Names, as for tie_break_id: the order must not depend on the random ids of new services or tasks. The
+    service id right after the name keeps each service's tasks together when a deleted service and a new one
+    share a name.
+    """
+    return (task.service_name or task.service_id, task.service_id, task.slot, task.generation, task.id)
 
 
 def schedule(
@@ -72,14 +89,16 @@ def schedule(
     *,
     stack: Stack = DEFAULT_STACK,
 ) -> list[Decision]:
-    """Returns one Decision per pending task: pinned ones, then the rest, each in (service, slot, id) order.
+    """Returns one Decision per pending task: pinned ones, then the rest, each in placement_order.
 
     tasks is every current task: those holding a node (see holds_resources) count towards its load, ports,
     spread and max replicas per node. A task's spec is specs[(task.service_id, task.revision)], never
     task.spec; a pending task whose spec is missing stays unplaced. A pending task with node_id set is pinned:
-    it is judged on that node only. Each placement is charged before the next task is placed. The result
-    depends only on the inputs and the seed, not on the order of nodes, tasks or pending. now is accepted so
-    time-aware filters can be added without an API change; the built-in ones do not use it.
+    it is judged on that node only. A free task goes to a node in its avoid_node_ids only when no other node is
+    feasible. Each placement is charged before the next task is placed. The result depends only on the inputs
+    and the seed, not on the order of nodes, tasks or pending, nor on the ids of pending tasks and of services
+    (see tie_break_id): a dry run that builds the same tasks with other ids gets the same nodes. now is
+    accepted so time-aware filters can be added without an API change; the built-in ones do not use it.
 
     Cost: O(nodes + tasks) accounting; O(nodes) per distinct reservation/port/constraint/strategy shape; per
     run of one service O(nodes already holding it); O(log nodes) per placement; O(filters) per pinned task.
@@ -89,8 +108,8 @@ def schedule(
     cluster = Cluster(nodes, tasks, demands, partial(ring_point, seed), {task.id for task in pending})
     # Pinned tasks go first: each has a single possible node, which a task free to go anywhere could
     # otherwise fill just before it.
-    pinned = sorted((task for task in pending if task.node_id), key=_placement_order)
-    free = sorted((task for task in pending if not task.node_id), key=_placement_order)
+    pinned = sorted((task for task in pending if task.node_id), key=placement_order)
+    free = sorted((task for task in pending if not task.node_id), key=placement_order)
     decisions: list[Decision] = []
     for task in pinned:
         demand = demands.of(task)
@@ -109,7 +128,7 @@ def schedule(
             if run is not None:
                 shapes.checkin(run.close())
             run = ServiceRun(cluster, shapes.checkout(demand), demand, stack)
-        node = run.place(ring_point(seed, task.id))
+        node = run.place(ring_point(seed, tie_break_id(task)), task.avoid_node_ids)
         if node is None:
             decisions.append(Decision(task.id, None, run.reason()))
         else:
@@ -153,21 +172,26 @@ class ServiceRun:
             shape.discard(node)
         self._own.add_all(holding)
 
-    def place(self, point: int) -> NodeState | None:
-        """Charges the demand to the best node for a task at this ring point; None when nothing is feasible."""
+    def place(self, point: int, avoid: Collection[str] = ()) -> NodeState | None:
+        """Charges the demand to the best node for a task at this ring point; None when nothing is feasible.
+
+        A node in avoid is taken only when no other node is feasible (Task.avoid_node_ids).
+        """
         if self._reason is not None:
             return None  # nothing changed since the last task of this run found no node
-        shared = self._shape.best(point)
-        own = self._own.best(point)
-        if own is None or (shared is not None and shared < own):
-            if shared is None:
-                self._reason = self._explain()
-                return None
-            node = self._cluster.nodes[shared[2]]
-            self._shape.discard(node)
-        else:
-            node = self._cluster.nodes[own[2]]
-            self._own.discard(node)
+        hidden = self._hide(avoid) if avoid else []
+        pick = self._pick(point)
+        if hidden:
+            # Put back as they were: hiding moved nothing else, so they are judged the same.
+            for pool, node in hidden:
+                pool.add(node)
+            if pick is None:
+                pick = self._pick(point)
+        if pick is None:
+            self._reason = self._explain()
+            return None
+        pool, node = pick
+        pool.discard(node)
         self._cluster.charge(node, self.demand)
         self._own.add(node)
         return node
@@ -181,6 +205,28 @@ class ServiceRun:
         nodes = self._cluster.nodes
         self._shape.add_all([nodes[node_id] for node_id in self._own.node_ids()])
         return self._shape
+
+    def _pick(self, point: int) -> tuple[CandidatePool, NodeState] | None:
+        """Returns the best feasible node of the two pools for a task at this ring point, with its pool."""
+        shared = self._shape.best(point)
+        own = self._own.best(point)
+        if own is None or (shared is not None and shared < own):
+            return None if shared is None else (self._shape, self._cluster.nodes[shared[2]])
+        return self._own, self._cluster.nodes[own[2]]
+
+    def _hide(self, avoid: Collection[str]) -> list[tuple[CandidatePool, NodeState]]:
+        """Takes the feasible nodes in avoid out of their pool for one pick; returns them with their pools."""
+        hidden = []
+        for node_id in avoid:
+            node = self._cluster.nodes.get(node_id)
+            if node is None:
+                continue
+            for pool in (self._own, self._shape):
+                if pool.feasible(node_id):
+                    pool.discard(node)
+                    hidden.append((pool, node))
+                    break
+        return hidden
 
     def _explain(self) -> str:
         # The two pools partition the nodes, so their rejection counts add up to one per infeasible node.
@@ -272,6 +318,10 @@ class CandidatePool:
         self._scored: dict[str, Score] = {}
         self._rejected: dict[str, RejectionKey] = {}
         self.rejections: dict[RejectionKey, int] = {}
+
+    def feasible(self, node_id: str) -> bool:
+        """Tells whether the node is in the pool and passed every filter."""
+        return node_id in self._scored
 
     def node_ids(self) -> list[str]:
         """Returns the ids of every node in the pool, feasible or not."""

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from functools import partial
 
-from controller.scheduler.engine import ring_distance, ring_point
+from controller.scheduler.engine import placement_order, ring_distance, ring_point, tie_break_id
 from controller.scheduler.filters import RejectionKey, pinned_reason, unknown_node_reason, unplaced_reason
 from controller.scheduler.model import Cluster, Decision, Demands
 from controller.scheduler.stack import DEFAULT_STACK, Stack
@@ -34,16 +34,16 @@ def reference_schedule(
 ) -> list[Decision]:
     """Returns the decisions engine.schedule() must return, computed in O(nodes) per task.
 
-    Pinned tasks come first and are judged on their own node only; then the others, each in (service, slot,
-    id) order. A free task goes to the node with the smallest (score, ring distance from the task, node id)
-    among those that pass every filter; when none does, its reason counts each node under the first filter
-    that rejected it.
+    Pinned tasks come first and are judged on their own node only; then the others, each in placement_order.
+    A free task goes to the node with the smallest (in its avoid_node_ids, score, ring distance from the task's
+    tie_break_id, node id) among those that pass every filter; when none does, its reason counts each node
+    under the first filter that rejected it.
     """
     del now  # as in engine.schedule
     demands = Demands(specs)
     cluster = Cluster(nodes, tasks, demands, partial(ring_point, seed), {task.id for task in pending})
     plan = []
-    for task in sorted(pending, key=lambda t: (not t.node_id, t.service_id, t.slot, t.id)):
+    for task in sorted(pending, key=lambda t: (not t.node_id, *placement_order(t))):
         demand = demands.of(task)
         if isinstance(demand, str):
             plan.append(Decision(task.id, None, demand))
@@ -61,8 +61,9 @@ def reference_schedule(
                 plan.append(Decision(task.id, pinned.id, ""))
             continue
         scorers = stack.scorers(demand)
-        point = ring_point(seed, task.id)
-        best: tuple[tuple[float, ...], int, str] | None = None
+        point = ring_point(seed, tie_break_id(task))
+        avoid = set(task.avoid_node_ids)
+        best: tuple[bool, tuple[float, ...], int, str] | None = None
         counts: Counter[RejectionKey] = Counter()
         for node in cluster.nodes.values():
             rejection = next(
@@ -72,11 +73,11 @@ def reference_schedule(
                 counts[rejection] += 1
                 continue
             score = tuple(scorer.score(node, demand) for scorer in scorers)
-            candidate = (score, ring_distance(node.ring[0], point), node.id)
+            candidate = (node.id in avoid, score, ring_distance(node.ring[0], point), node.id)
             best = candidate if best is None else min(best, candidate)
         if best is None:
             plan.append(Decision(task.id, None, unplaced_reason(len(cluster.nodes), counts)))
         else:
-            cluster.charge(cluster.nodes[best[2]], demand)
-            plan.append(Decision(task.id, best[2], ""))
+            cluster.charge(cluster.nodes[best[3]], demand)
+            plan.append(Decision(task.id, best[3], ""))
     return plan

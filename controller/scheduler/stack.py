@@ -6,11 +6,15 @@ For each pending task the engine (engine.py) does, in effect:
    parse leaves the task unplaced with that reason (model.Demands).
 2. Feasibility: run FILTERS over every node, in order; the first filter that rejects a node is the reason
    counted for it ("3 nodes: 2 lack memory (need 512MiB), 1 has port 8080/tcp in use").
-3. Ranking: score every feasible node with the strategy's scorers; tuples compare left to right, lower wins.
-4. Tie-break: among equal scores, the node nearest after the task on the seeded ring (engine.ring_point).
-5. Charge the chosen node, so the next task sees this placement.
+3. Avoidance: feasible nodes in the task's avoid_node_ids (where its slot just failed by the host's fault, or
+   the node a rebalance moves it from) are set aside; they are ranked only when no other node is feasible, so
+   avoiding never leaves a task unplaced and never changes its reason.
+4. Ranking: score the feasible nodes with the strategy's scorers; tuples compare left to right, lower wins.
+5. Tie-break: among equal scores, the node nearest after the task on the seeded ring (engine.ring_point of
+   engine.tie_break_id: service name, slot and generation, never a random id).
+6. Charge the chosen node, so the next task sees this placement.
 
-Pinned tasks (one per node for global services) skip ranking: FILTERS run on their one node only.
+Pinned tasks (one per node for global services) skip avoidance and ranking: FILTERS run on their one node only.
 The engine gets the same answer as re-judging every node for every task (reference.py) but much faster;
 docs/design/scheduler.md explains how, and why the order below is what it is.
 """

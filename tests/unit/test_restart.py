@@ -113,9 +113,10 @@ def test_a_long_run_before_the_failure_waits_only_the_delay() -> None:
     assert decide_restart(p, long_run, [], NOW).at == NOW + timedelta(seconds=1)
 
 
-def test_a_completed_task_restarted_by_condition_any_waits_only_the_delay() -> None:
+@pytest.mark.parametrize("state", [pb.TASK_STATE_COMPLETE, pb.TASK_STATE_SHUTDOWN])
+def test_a_task_that_did_not_fail_waits_only_the_delay(state: int) -> None:
     p = policy(1, 60, condition=pb.RestartPolicy.CONDITION_ANY)
-    done = stopped(pb.TASK_STATE_COMPLETE, attempt=6)
+    done = stopped(state, attempt=6)
     assert decide_restart(p, done, [], NOW).at == NOW + timedelta(seconds=1)
 
 

@@ -116,7 +116,10 @@ def task_strategy(
     task = pb.Task(
         id=task_id,
         service_id=service_id,
+        # Mostly the service's name; rarely none (an old record), which the scheduler reads as the id.
+        service_name=draw(st.sampled_from([f"name-{service_id}"] * 5 + [""])),
         slot=draw(st.integers(0, 5)),
+        generation=draw(st.integers(0, 3)),
         revision=revision,
         desired_state=draw(st.sampled_from(list(pb.DesiredState.values()))),
     )
@@ -132,6 +135,7 @@ def task_strategy(
     else:
         task.node_id = draw(st.sampled_from(["", "", "", *node_ids, "ghost"]))
         task.status.state = pb.TASK_STATE_PENDING
+        task.avoid_node_ids.extend(draw(st.lists(st.sampled_from([*node_ids, "ghost"]), max_size=3)))
     return task, None if draw(st.integers(0, 11)) == 0 else spec
 
 
@@ -245,6 +249,38 @@ def test_same_inputs_and_seed_same_plan(cluster: Cluster, seed: int, data: st.Da
         seed,
     )
     assert shuffled == first
+
+
+@settings(deadline=None)
+@given(clusters(), st.integers(0, 2**32), st.data())
+def test_the_plan_does_not_depend_on_the_ids_of_pending_tasks_or_services(
+    cluster: Cluster, seed: int, data: st.DataObject
+) -> None:
+    """A dry run builds the same tasks (service name, slot, generation) with other random ids, for services
+    that may have other ids too: it must get the same node, or the same reason, for each task."""
+
+    def copy(task: pb.Task, task_id: str, service_id: str) -> pb.Task:
+        changed = pb.Task()
+        changed.CopyFrom(task)
+        changed.id, changed.service_id = task_id, service_id
+        # Every task the reconciler makes carries its service's name.
+        changed.service_name = task.service_name or f"name-{task.service_id}"
+        return changed
+
+    service_ids = dict(zip(SERVICES, data.draw(st.permutations(["x", "y", "z"])), strict=True))
+    pending_ids = {t.id for t in cluster.pending}
+    task_ids = dict(
+        zip(sorted(pending_ids), data.draw(st.permutations([f"q{i}" for i in range(len(pending_ids))])), strict=True)
+    )
+    real = [copy(t, t.id, t.service_id) for t in cluster.tasks]
+    dry = [copy(t, task_ids.get(t.id, t.id), service_ids[t.service_id]) for t in cluster.tasks]
+    dry_specs = {(service_ids[service], revision): spec for (service, revision), spec in cluster.specs.items()}
+    applied = schedule(cluster.nodes, real, [t for t in real if t.id in pending_ids], cluster.specs, NOW, seed)
+    planned = schedule(cluster.nodes, dry, [t for t in dry if t.id in task_ids.values()], dry_specs, NOW, seed)
+    as_planned = {d.task_id: (d.node_id, d.reason) for d in planned}
+    assert {d.task_id: (d.node_id, d.reason) for d in applied} == {
+        old: as_planned[new] for old, new in task_ids.items()
+    }
 
 
 @settings(deadline=None)
