@@ -12,10 +12,12 @@ import os
 import shutil
 import subprocess
 import tempfile
+import textwrap
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -31,7 +33,7 @@ from dockyard.timestamps import duration
 from dockyard.v1 import agent_pb2 as apb
 from dockyard.v1 import types_pb2 as pb
 from tests.conftest import require_docker
-from tests.e2e.harness import ROOT
+from tests.e2e.harness import ROOT, Cluster, wait_for
 from tests.polling import eventually
 
 pytestmark = pytest.mark.docker
@@ -351,3 +353,54 @@ async def test_a_container_that_dockerd_stopped_by_restarting_failed_by_the_host
         await asyncio.gather(watching, return_exceptions=True)
         await worker.close()
         await runtime.close()
+
+
+# --- through the whole stack ----------------------------------------------------------------------------
+
+
+def test_apply_waits_for_health_and_ps_shows_it(cluster: Cluster, tmp_path: Path) -> None:
+    spec = tmp_path / "web.yaml"
+    spec.write_text(
+        textwrap.dedent(
+            f"""\
+            services:
+              web:
+                image: {TEST_IMAGE}
+                command: ["sh", "-c", "sleep 0.5; {HTTPD[2]}"]
+                stop_grace_period: 1s
+                healthcheck:
+                  http: {{port: 8080, path: /up}}
+                  interval: 100ms
+                  retries: 2
+                  start_period: 10s
+                  start_interval: 100ms
+              broken:
+                image: {TEST_IMAGE}
+                command: ["sh", "-c", "{HTTPD[2]}"]
+                stop_grace_period: 1s
+                restart: {{condition: none}}
+                healthcheck:
+                  http: {{port: 8080, path: /missing}}
+                  interval: 100ms
+                  retries: 2
+            """
+        )
+    )
+    cluster.cli("apply", "-f", str(spec), "--detach")
+    web = wait_for(lambda: _running(cluster, "web"), 30, "web running (healthy)")
+    assert (web["health"], web["failing_streak"], web["message"]) == ("healthy", 0, "healthy")
+    assert web["health_output"].endswith(":8080/up: 200 ok")
+    broken = wait_for(lambda: _failed(cluster, "broken"), 30, "broken failed")
+    assert broken["cause"] == "unhealthy"
+    assert broken["health"] == "unhealthy"
+    assert ":8080/missing: 404" in broken["error"]
+
+
+def _running(cluster: Cluster, service: str) -> dict[str, Any] | None:
+    tasks = cluster.json("ps", service)
+    return next((t for t in tasks if t["state"] == "running"), None)
+
+
+def _failed(cluster: Cluster, service: str) -> dict[str, Any] | None:
+    tasks = cluster.json("ps", service, "--all")
+    return next((t for t in tasks if t["state"] == "failed"), None)
