@@ -17,6 +17,12 @@ max_replicas_per_node. Only RUNNING tasks move (a starting one is not disturbed;
 scheduler, not this module, picks where each successor goes; the successor avoids its old node, and the
 spread scorer then prefers the emptiest nodes, as the playing out assumes.
 
+A node that a live task of the service sits on although it avoids it (`avoid_node_ids`) gives nothing: the
+scheduler uses an avoided node only when no other node could take the task, so a move off that node would
+only come back to it, restarting a container on every pass with placement.rebalance. It stays so while that
+task lives there (a new spec or the task's end clears it), even if a node joins meanwhile: a missed move
+leaves running work alone, a futile one disturbs it.
+
 Global services have one task per node and jobs run to completion: neither is rebalanced.
 """
 
@@ -37,6 +43,7 @@ def to_move(service: pb.Service, tasks: Sequence[pb.Task], eligible_node_ids: Co
     loads = dict.fromkeys(eligible, 0)
     movable: dict[str, list[pb.Task]] = {node_id: [] for node_id in eligible}
     unplaced: list[pb.Task] = []
+    came_back: set[str] = set()
     for task in tasks:
         if task.service_id != service.id or not _live(task):
             continue
@@ -46,6 +53,8 @@ def to_move(service: pb.Service, tasks: Sequence[pb.Task], eligible_node_ids: Co
             loads[task.node_id] += 1
             if task.status.state == pb.TASK_STATE_RUNNING:
                 movable[task.node_id].append(task)
+            if task.node_id in task.avoid_node_ids:
+                came_back.add(task.node_id)
     for task in sorted(unplaced, key=lambda t: t.id):
         avoided = set(task.avoid_node_ids)
         preferred = [node_id for node_id in eligible if node_id not in avoided] or eligible
@@ -56,7 +65,7 @@ def to_move(service: pb.Service, tasks: Sequence[pb.Task], eligible_node_ids: Co
         found.sort(key=lambda t: (t.created_at.seconds, t.created_at.nanos, t.id))
     moves: list[pb.Task] = []
     while True:
-        sources = [node_id for node_id in eligible if movable[node_id]]
+        sources = [node_id for node_id in eligible if movable[node_id] and node_id not in came_back]
         if not sources or len(eligible) < 2:
             break
         source = min(sources, key=lambda n: (-loads[n], n))

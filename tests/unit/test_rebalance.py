@@ -92,6 +92,20 @@ def test_a_move_in_flight_is_not_made_again() -> None:
     assert to_move(service(4), during, ["n1", "n2"]) == []
 
 
+def test_a_node_a_move_came_back_to_gives_nothing() -> None:
+    """n2 had no room: the successor that avoided n1 was placed on n1 again. Moving another would only restart
+    it there too."""
+    came_back = task(4, "n1", created=100)
+    came_back.avoid_node_ids.append("n1")
+    tasks = [task(1, "n1"), task(2, "n1"), task(3, "n1"), came_back]
+    assert to_move(service(4), tasks, ["n1", "n2"]) == []
+    came_back.ClearField("avoid_node_ids")
+    assert ids(to_move(service(4), tasks, ["n1", "n2"])) == ["t04", "t03"]
+    elsewhere = task(5, "n3", created=100)
+    elsewhere.avoid_node_ids.append("n1")
+    assert len(to_move(service(5), [*tasks, elsewhere], ["n1", "n2", "n3"])) == 2, "it avoided n1 and is not there"
+
+
 def test_tasks_on_nodes_that_are_not_eligible_are_not_its_business() -> None:
     tasks = [task(1, "n1"), task(2, "n1"), task(3, "drained"), task(4, "drained"), task(5, "drained")]
     assert to_move(service(5), tasks, ["n1", "n2"]) == ids_of(tasks, "t02")
