@@ -74,8 +74,17 @@ def planned_nodes(plan: cpb.PlanApplyResponse, kind: int = START) -> dict[str, C
     return {p.name: Counter(t.node_name for t in p.tasks if t.kind == kind) for p in plan.services}
 
 
+def planned_slots(plan: cpb.PlanApplyResponse) -> dict[str, dict[int, str]]:
+    """Service -> slot -> the node the plan starts that slot's task on."""
+    return {p.name: {t.slot: t.node_name for t in p.tasks if t.kind == START} for p in plan.services}
+
+
 def running_nodes(tasks: dict[str, list[pb.Task]], names: dict[str, str]) -> dict[str, Counter[str]]:
     return {service: Counter(names[t.node_id] for t in group) for service, group in tasks.items()}
+
+
+def running_slots(tasks: dict[str, list[pb.Task]], names: dict[str, str]) -> dict[str, dict[int, str]]:
+    return {service: {t.slot: names[t.node_id] for t in group} for service, group in tasks.items()}
 
 
 async def node_names(client: Client) -> dict[str, str]:
@@ -86,7 +95,7 @@ async def test_plan_predicts_the_nodes_of_a_first_apply(fake_cluster: FakeCluste
     client = await cluster_of(fake_cluster)
     async with client:
         specs = [
-            spec("web", 3),
+            spec("web", 4),
             spec("db", 1, constraint="node.labels.role == db"),
             spec("cache", 2, constraint="node.labels.role != db"),
         ]
@@ -99,16 +108,21 @@ async def test_plan_predicts_the_nodes_of_a_first_apply(fake_cluster: FakeCluste
             ("web", cpb.ServicePlan.ACTION_CREATE),
         ]
         predicted = planned_nodes(plan)
-        assert predicted == {
+        assert {name: predicted[name] for name in ("cache", "db")} == {
             "cache": Counter({"host-1": 1, "host-3": 1}),
             "db": Counter({"host-2": 1}),
-            "web": Counter({"host-1": 1, "host-2": 1, "host-3": 1}),
         }
+        # Four replicas on three hosts: which host takes two is the scheduler's tie-break.
+        assert sorted(predicted["web"].values()) == [1, 1, 2]
         assert await client.list_services() == [], "a plan writes nothing"
 
         await client.apply(specs, if_state_revision=plan.state_revision)
         tasks = await settled(client, specs)
-        assert running_nodes(tasks, await node_names(client)) == predicted
+        names = await node_names(client)
+        assert running_nodes(tasks, names) == predicted
+        # Each slot on the node the plan named: ties are broken by service name, slot and generation, which
+        # the plan's tasks share with the apply's (their ids differ).
+        assert running_slots(tasks, names) == planned_slots(plan)
 
 
 async def test_plan_of_an_update_names_stops_starts_and_what_cannot_be_placed(fake_cluster: FakeCluster) -> None:
@@ -145,8 +159,9 @@ async def test_plan_of_an_update_names_stops_starts_and_what_cannot_be_placed(fa
         await client.apply(update, prune=True, if_state_revision=plan.state_revision)
         placeable = [s for s in update if s.name != "pinned"]
         tasks = await settled(client, placeable)
-        actual = running_nodes(tasks, await node_names(client))
-        predicted = planned_nodes(plan)
+        names = await node_names(client)
+        actual = running_slots(tasks, names)
+        predicted = planned_slots(plan)
         assert actual == {name: predicted[name] for name in actual}
         pinned_tasks = await client.list_tasks("pinned")
         assert sorted(names.get(t.node_id, "") for t in pinned_tasks) == ["", "host-2"]
