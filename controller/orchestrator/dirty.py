@@ -15,8 +15,10 @@ The rules mirror reconciler.py; each says which of its decisions the event can c
   assigned from starting.
 - A node event that changes what the orchestrator reads of a node (`placement_facts`: added, removed, down,
   ready, drain, pause, labels, hostname): the services with tasks on it (looked up by the caller), and every
-  global service (one task per matching node). A node put that changes only its heartbeat, address or
-  message changes nothing.
+  global service (one task per matching node) and every service with placement.rebalance (its spread may no
+  longer hold). A node put that changes only its heartbeat, address or message changes nothing.
+- Any event of a service, or of one of its tasks, that a service holding tasks back depends on
+  (depends_on): that service, whose gate may have opened (or whose held tasks' message changes).
 """
 
 from __future__ import annotations
@@ -43,22 +45,29 @@ def dirty_from(
     nodes_before: Mapping[str, pb.Node],
     waiting: Collection[str],
     global_services: Collection[str],
+    held_by: Mapping[str, Collection[str]] | None = None,
 ) -> Dirty:
     """Returns what the events make dirty, judging node events against the nodes as they were before them.
 
     waiting: the services whose plan waits for a task to reach running; global_services: the ids of the
-    services in global mode.
+    services that follow the set of nodes (global mode, or placement.rebalance); held_by: a service name ->
+    the ids of the services holding new tasks back until it holds (depends_on).
     """
     dirty = Dirty()
     before = dict(nodes_before)
+    held_by = held_by or {}
     for event in events:
         if event.kind == Kind.SERVICE:
             dirty.services.add(event.id)
+            assert isinstance(event.obj, pb.Service)
+            dirty.services.update(held_by.get(event.obj.name, ()))
         elif event.kind == Kind.TASK:
             task = event.obj
             assert isinstance(task, pb.Task)
             if _task_matters(event.action, task, waiting):
                 dirty.services.add(task.service_id)
+            # Any change of a dependency's tasks may open the gate of a service that holds tasks for it.
+            dirty.services.update(held_by.get(task.service_name, ()))
         elif event.kind == Kind.NODE:
             after = event.obj if event.action == Action.PUT else None
             assert after is None or isinstance(after, pb.Node)

@@ -28,12 +28,39 @@ def new_task(service: pb.Service, slot: int, node_id: str, generation: int, now:
         generation=generation,
     )
     task.status.state = pb.TASK_STATE_PENDING
-    task.status.message = "waiting for a node" if not node_id else "waiting to be admitted to its node"
+    task.status.message = _waiting(node_id)
     stamp = to_timestamp(now)
     task.status.timestamp.CopyFrom(stamp)
     task.created_at.CopyFrom(stamp)
     task.updated_at.CopyFrom(stamp)
     return task
+
+
+def _waiting(node_id: str) -> str:
+    return "waiting for a node" if not node_id else "waiting to be admitted to its node"
+
+
+def hold(task: pb.Task, why: str) -> None:
+    """Holds a new task back from the scheduler (state NEW) for `why`, e.g. a dependency that does not hold."""
+    task.status.state = pb.TASK_STATE_NEW
+    task.status.message = why
+
+
+def keep_held(task: pb.Task, why: str, now: datetime, plan: Plan) -> None:
+    """Keeps a held task held, saying why now (a dependency's count moved): written only when it changed."""
+    if task.status.message != why:
+        changed = plan.edit(task)
+        changed.status.message = why
+        changed.updated_at.CopyFrom(to_timestamp(now))
+
+
+def release(task: pb.Task, now: datetime, plan: Plan) -> None:
+    """Hands a held task to the scheduler: PENDING, as a new one is made."""
+    changed = plan.edit(task)
+    changed.status.state = pb.TASK_STATE_PENDING
+    changed.status.message = _waiting(changed.node_id)
+    changed.status.timestamp.CopyFrom(to_timestamp(now))
+    changed.updated_at.CopyFrom(to_timestamp(now))
 
 
 def next_generation(group: Iterable[pb.Task]) -> int:

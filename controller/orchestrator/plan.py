@@ -1,4 +1,4 @@
-"""The orchestrator's output: task writes to commit, and when to look again."""
+"""The orchestrator's output: task writes (and a service write) to commit, and when to look again."""
 
 from __future__ import annotations
 
@@ -10,12 +10,19 @@ from dockyard.v1 import types_pb2 as pb
 
 @dataclass
 class Plan:
-    """Tasks to create, changed copies of tasks to write, task records to forget, and the next wake-up."""
+    """Tasks to create, changed copies of tasks to write, task records to forget, and the next wake-up.
+
+    service, when set, is the service to write (its rollout status changed, or a rollback): commit it guarded
+    by the version it was read at; a conflict means a newer write won, and the service is reconciled again.
+    """
 
     create: list[pb.Task] = field(default_factory=list)
     changed: dict[str, pb.Task] = field(default_factory=dict)
     delete: list[pb.Task] = field(default_factory=list)
     wake_at: datetime | None = None
+    service: pb.Service | None = None
+    # Set when the pass judged the service's spread for a rebalance asked for (rebalance_generation).
+    rebalanced: bool = False
 
     @property
     def update(self) -> list[pb.Task]:
@@ -42,4 +49,4 @@ class Plan:
 
     def empty(self) -> bool:
         """Tells whether there is nothing to write."""
-        return not (self.create or self.changed or self.delete)
+        return not (self.create or self.changed or self.delete or self.service is not None)

@@ -1,28 +1,48 @@
-"""Reconciles one service: the right tasks in each group, at the current spec.
+"""Reconciles one service: the right tasks in each group, at the current spec, rolled out as its policy says.
 
-A group is a slot (1..replicas) of a replicated service or a node of a global one. Pure: it takes the
-service, its tasks, the nodes and the time, and returns a Plan. Updates are stop-first with parallelism
-one: a group gets its new task only after the old one has stopped, so a service never runs more tasks
-than it asks for. Draining is the one exception, and deliberately start-first: a task on a draining
-node stops only once its replacement runs elsewhere.
+A group is a slot (1..replicas) of a replicated or job service, or a node of a global one. Pure: it takes the
+service, its tasks, the nodes and the time (and, from the role, what a rollback would return to), and returns
+a Plan. The rollout rules (when one starts, its settings, failures, rollback) live in rollout.py; this module
+applies them to groups:
+
+- A group's *primary* is its newest live task that is not `replaced`. A `replaced` task is an old one that
+  keeps serving while its successor (the primary) starts: it is shut down once the primary is RUNNING
+  (healthy). Start-first updates, moves off draining nodes and rebalancing all work this way.
+- Stop-first: the old task is told to stop, and the group gets its new task only once nothing of it runs,
+  so the group never runs two tasks.
+- An outdated group starts changing only while the rollout is active, fewer than `parallelism` groups are
+  changing, and `delay` has passed since a task of the rollout last started running.
+- Failed and lost tasks are replaced under the restart policy whatever the rollout does.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from controller.orchestrator.edits import mark_lost, new_task, next_generation, settle_unplaced, shut_down
+from controller.orchestrator import depends, rollout
+from controller.orchestrator.depends import DependencyView
+from controller.orchestrator.edits import (
+    hold,
+    keep_held,
+    mark_lost,
+    new_task,
+    next_generation,
+    release,
+    settle_unplaced,
+    shut_down,
+)
 from controller.orchestrator.nodes import NodeFacts
 from controller.orchestrator.plan import Plan
-from controller.orchestrator.restart import Verdict, decide_restart
+from controller.orchestrator.rebalance import to_move
+from controller.orchestrator.restart import Verdict, decide_restart, successor
 from dockyard.task_state import is_terminal, runs_current_spec
+from dockyard.timestamps import to_timestamp
 from dockyard.v1 import types_pb2 as pb
 
 HISTORY_PER_GROUP = 3
-UPDATE_PARALLELISM = 1
 
 GroupKey = int | str  # a slot number, or a node id for global services
 
@@ -36,7 +56,11 @@ class _Pass:
     now: datetime
     new_id: Callable[[], str]
     plan: Plan
-    updating: int = 0
+    policy: rollout.Policy
+    may_update: bool  # outdated groups may start changing (an active rollout, its delay passed)
+    held: str | None = None  # why new tasks are held back (depends_on), None: they are not
+    changing: int = 0  # groups changing now: counted against update.parallelism
+    settled: bool = True  # every group is at the current spec with nothing left to do
 
 
 def reconcile_service(
@@ -45,8 +69,26 @@ def reconcile_service(
     nodes: NodeFacts,
     now: datetime,
     new_id: Callable[[], str],
+    *,
+    rollback_to: rollout.RollbackTarget | None = None,
+    deps: Mapping[str, DependencyView] | None = None,
+    rebalance: bool = False,
 ) -> Plan:
-    """Returns the writes that move a service's tasks toward its spec; service None means it was deleted."""
+    """Returns the writes that move a service's tasks toward its spec; service None means it was deleted.
+
+    Keyword arguments, each defaulting to "nothing special":
+    - rollback_to: the target of update_status.from_revision (rollout.find_rollback_target), needed only when
+      the rollout fails with failure_action rollback; None then pauses it, saying the revision is not kept.
+    - deps: the service's depends_on, name -> DependencyView (every name; a missing one counts as no such
+      service). None: not judged, nothing is held. While depends.waiting_for says why, new tasks are made
+      held (state NEW, that text as their message; the scheduler places only PENDING ones) and the rollout
+      changes no slot; once it holds, held tasks are released (PENDING).
+    - rebalance: a rebalance was asked for (rebalance_generation moved past the one acted on): move the tasks
+      rebalance.to_move names start-first. placement.rebalance does so on every pass. plan.rebalanced says
+      the request was acted on (it waits while a rollout is active or new tasks are held).
+    The plan's `service` is set when the rollout's status changes (or it rolls back): commit it guarded by
+    the service's version, with the task writes.
+    """
     plan = Plan()
     for task in tasks:
         placed = task.node_id and task.status.state >= pb.TASK_STATE_ASSIGNED
@@ -57,13 +99,31 @@ def reconcile_service(
         for task in current:
             _retire(task, now, "service removed", plan)
         return plan
+    original = service
+    started = rollout.begin(service, current, now)
+    if started is not None:
+        service = _with_status(service, started)
     is_global = service.spec.mode == pb.SERVICE_MODE_GLOBAL
     groups: dict[GroupKey, list[pb.Task]] = defaultdict(list)
     for task in current:
         groups[task.node_id if is_global else task.slot].append(task)
     wanted = _wanted_groups(service, nodes, groups, is_global)
-    state = _Pass(service, nodes, now, new_id, plan)
-    state.updating = sum(1 for group in groups.values() if _in_flux(group))
+    policy = rollout.policy(service.spec, rollout.is_rolling_back(service))
+    service = _judge_failures(service, policy, current, len(wanted), now, rollback_to, plan)
+    if plan.service is not None:
+        return plan  # a rollback: the next pass (the service write wakes it) follows the rolled-back spec
+    active = rollout.is_active(service)
+    held = depends.waiting_for(service, deps) if deps is not None and service.spec.depends_on else None
+    may_update = active and held is None
+    if may_update and policy.delay:
+        last = rollout.finished_at(service, current)
+        if last is not None and now < last + policy.delay:
+            may_update = False
+            plan.wake_no_later_than(last + policy.delay)
+    state = _Pass(service, nodes, now, new_id, plan, policy, may_update, held)
+    state.changing = sum(1 for group in groups.values() if _changing(group))
+    if not active and held is None and (rebalance or service.spec.placement.rebalance):
+        _rebalance(state, groups, current)
     for key in sorted(set(groups) | set(wanted), key=str):
         group = groups.get(key, [])
         if key not in wanted:
@@ -74,24 +134,65 @@ def reconcile_service(
         _prune_history(service, group, plan)
     for task in current:
         settle_unplaced(task, now, plan)
+        _hold_or_release(state, plan.current(task))
+    if active and state.settled and not plan.create:
+        last = rollout.finished_at(service, current)
+        if last is None or now >= last + policy.monitor:
+            service = _with_status(service, rollout.completed(service.update_status, now))
+        else:
+            plan.wake_no_later_than(last + policy.monitor)
+    if service.update_status != original.update_status:
+        plan.service = service
     return plan
+
+
+def _judge_failures(
+    service: pb.Service,
+    policy: rollout.Policy,
+    tasks: Sequence[pb.Task],
+    slots: int,
+    now: datetime,
+    rollback_to: rollout.RollbackTarget | None,
+    plan: Plan,
+) -> pb.Service:
+    """Applies the failure action when an active rollout has too many failures: returns the service paused,
+    or sets plan.service to the service rolled back; otherwise returns it as it is."""
+    if not rollout.is_active(service):
+        return service
+    found = rollout.failures(service, tasks, now)
+    if not rollout.too_many(policy, found, slots) or policy.failure_action == rollout.CONTINUE:
+        return service
+    message = rollout.failure_message(found, slots)
+    back_to = service.update_status.from_revision
+    if policy.failure_action == rollout.ROLLBACK:
+        if rollback_to is not None and rollback_to.revision == back_to:
+            plan.service = rollout.rollback_service(
+                service, rollback_to, now, rollout.failure_cause(back_to, found, slots)
+            )
+            return service
+        message += f"; cannot roll back: revision {back_to} is not kept" if back_to else "; nothing to roll back to"
+    return _with_status(service, rollout.paused(service.update_status, message))
 
 
 def waits_for_running(service: pb.Service | None, tasks: Iterable[pb.Task], nodes: NodeFacts) -> bool:
     """Tells whether the service's next step waits for one of its tasks to reach running.
 
-    tasks are the service's tasks as a plan leaves them. True while a live task runs an older spec (a rolling
-    update moves on only once the slot it changed runs again) or sits on a draining node of a replicated
-    service (its replacement must run first). Only then can a task's move to running change a plan.
+    tasks are the service's tasks as a plan leaves them. True while a live task runs an older spec, is
+    replaced (its successor must run first) or sits on a draining node of a replicated service, and while a
+    rollout is active and a live task has not reached running (the rollout's delay, monitor and completion
+    count from it). Only then can a task's move to running change a plan.
     """
     if service is None:
         return False
-    # Most tasks run the current spec on a node that is not draining: two cheap looks rule them out.
+    # Most tasks run the current spec on a node that is not draining: cheap looks rule them out.
     draining = nodes.draining_ids if service.spec.mode != pb.SERVICE_MODE_GLOBAL else frozenset()
+    active = rollout.is_active(service)
     for task in tasks:
-        if not _outdated(service, task) and task.node_id not in draining:
+        if task.desired_state != pb.DESIRED_STATE_RUNNING or is_terminal(task.status.state):
             continue
-        if task.desired_state == pb.DESIRED_STATE_RUNNING and not is_terminal(task.status.state):
+        if active and task.status.state < pb.TASK_STATE_RUNNING:
+            return True
+        if task.replaced or task.node_id in draining or _outdated(service, task):
             return True
     return False
 
@@ -102,6 +203,13 @@ def after_plan(tasks: Sequence[pb.Task], plan: Plan) -> Sequence[pb.Task]:
         return tasks
     deleted = {t.id for t in plan.delete}
     return [plan.current(t) for t in tasks if t.id not in deleted] + list(plan.create)
+
+
+def _with_status(service: pb.Service, status: pb.UpdateStatus) -> pb.Service:
+    copy = pb.Service()
+    copy.CopyFrom(service)
+    copy.update_status.CopyFrom(status)
+    return copy
 
 
 def _wanted_groups(
@@ -117,13 +225,17 @@ def _wanted_groups(
     return wanted
 
 
+def _newest(tasks: Iterable[pb.Task]) -> pb.Task:
+    return max(tasks, key=lambda t: (t.created_at.seconds, t.created_at.nanos, t.id))
+
+
 def _reconcile_group(state: _Pass, key: GroupKey, may_create: bool, group: list[pb.Task]) -> None:
-    plan, now = state.plan, state.now
-    still = _handle_draining(state, key, group, [t for t in group if t.desired_state == pb.DESIRED_STATE_RUNNING])
-    if still is None:
-        return
-    live = still
-    live.sort(
+    plan, now, service = state.plan, state.now, state.service
+    if isinstance(key, int):
+        _move_off_draining(state, group)
+    live = [plan.current(t) for t in group if plan.current(t).desired_state == pb.DESIRED_STATE_RUNNING]
+    candidates = [t for t in live if not t.replaced]
+    candidates.sort(
         key=lambda t: (
             not is_terminal(t.status.state),
             t.status.state == pb.TASK_STATE_RUNNING,
@@ -133,82 +245,192 @@ def _reconcile_group(state: _Pass, key: GroupKey, may_create: bool, group: list[
         )
     )
     # Keep the best live task; any other is a duplicate (for example from a lost write) and goes.
-    for extra in live[:-1]:
+    for extra in candidates[:-1]:
         shut_down(extra, now, "duplicate task in slot", plan)
-    stopping = any(
-        not is_terminal(t.status.state) and plan.current(t).desired_state != pb.DESIRED_STATE_RUNNING for t in group
-    )
-    if not live:
+    primary = candidates[-1] if candidates else None
+    serving = [t for t in live if t.replaced and not is_terminal(t.status.state)]
+    for done in (t for t in live if t.replaced and is_terminal(t.status.state)):
+        shut_down(done, now, "stopped while replaced", plan)
+    if serving and _back_to_serving(state, primary, serving):
+        return
+    if primary is None:
+        state.settled = False
+        if serving:
+            _create(state, key, group)  # a replaced task's successor: it keeps serving meanwhile
+            return
+        stopping = any(
+            not is_terminal(plan.current(t).status.state) and plan.current(t).desired_state != pb.DESIRED_STATE_RUNNING
+            for t in group
+        )
         if not stopping and may_create:
+            stopped = [t for t in group if is_terminal(plan.current(t).status.state)]
+            _create(state, key, group, _newest(stopped) if stopped else None)
+        return
+    if is_terminal(primary.status.state):
+        _replace_stopped(state, key, group, primary, bool(serving), may_create)
+        return
+    if serving:
+        state.settled = False
+        if primary.status.state == pb.TASK_STATE_RUNNING:
+            for old in serving:
+                shut_down(old, now, f"replaced by task {primary.id}", plan)
+            # The group is done changing (its old tasks need only stop), so the next one may start now.
+            state.changing -= 1
+        elif _outdated(service, primary) and state.may_update:
+            # A successor of an older spec that never ran: start one of the current spec instead at once.
+            shut_down(primary, now, f"updating to revision {service.revision}", plan)
             _create(state, key, group)
+            return
+        else:
+            return
+    if not _outdated(service, primary):
+        if primary.status.state < pb.TASK_STATE_RUNNING:
+            state.settled = False
         return
-    task = live[-1]
-    if is_terminal(task.status.state):
-        _replace_stopped(state, key, group, task, stopping, may_create)
+    state.settled = False
+    if not state.may_update:
         return
-    if _outdated(state.service, task) and (
-        state.updating < UPDATE_PARALLELISM or task.status.state < pb.TASK_STATE_ASSIGNED
-    ):
-        shut_down(task, now, f"updating to revision {state.service.revision}", plan)
-        state.updating += 1
+    if primary.status.state < pb.TASK_STATE_ASSIGNED:
+        shut_down(primary, now, f"updating to revision {service.revision}", plan)  # it serves nothing yet
+        return
+    if not state.policy.may_start(state.changing):
+        return
+    state.changing += 1
+    if state.policy.start_first and primary.status.state == pb.TASK_STATE_RUNNING:
+        _mark_replaced(primary, now, plan)
+        _create(state, key, group, counts=False)
+    else:
+        shut_down(primary, now, f"updating to revision {service.revision}", plan)
+
+
+def _back_to_serving(state: _Pass, primary: pb.Task | None, serving: list[pb.Task]) -> bool:
+    """Makes a replaced task the group's task again when its successor is gone or runs an older spec than the
+    replaced task now does (a rollback returned to the replaced task's spec); True when it did."""
+    plan, service = state.plan, state.service
+    keep = [t for t in serving if runs_current_spec(service, t) and not state.nodes.draining(t.node_id)]
+    if not keep:
+        return False
+    if primary is not None and not _outdated(service, primary):
+        return False
+    back = _newest(keep)
+    changed = plan.edit(back)
+    changed.replaced = False
+    changed.updated_at.CopyFrom(to_timestamp(state.now))
+    if primary is not None:
+        shut_down(primary, state.now, f"task {back.id} serves its slot again", plan)
+    state.settled = False
+    return True
+
+
+def _move_off_draining(state: _Pass, group: list[pb.Task]) -> None:
+    """Moves a replicated group's task off a draining node: a running one start-first (it is replaced and keeps
+    running until its successor runs elsewhere), one not yet running simply stops."""
+    plan = state.plan
+    for task in group:
+        current = plan.current(task)
+        if current.desired_state != pb.DESIRED_STATE_RUNNING or current.replaced or is_terminal(current.status.state):
+            continue
+        if not current.node_id or not state.nodes.draining(current.node_id):
+            continue
+        if current.status.state == pb.TASK_STATE_RUNNING:
+            _mark_replaced(task, state.now, plan)
+        else:
+            shut_down(task, state.now, f"node {state.nodes.name(current.node_id)} is draining", plan)
+
+
+def _mark_replaced(task: pb.Task, now: datetime, plan: Plan) -> None:
+    changed = plan.edit(task)
+    changed.replaced = True
+    changed.updated_at.CopyFrom(to_timestamp(now))
 
 
 def _replace_stopped(
-    state: _Pass, key: GroupKey, group: list[pb.Task], task: pb.Task, stopping: bool, may_create: bool
+    state: _Pass, key: GroupKey, group: list[pb.Task], task: pb.Task, serving: bool, may_create: bool
 ) -> None:
-    plan, now = state.plan, state.now
+    plan, now, service = state.plan, state.now, state.service
+    outdated = _outdated(service, task)
     if task.status.state == pb.TASK_STATE_LOST:
         verdict = Verdict.REPLACE  # its node is gone: move it, whatever the restart policy says
     else:
-        decision = decide_restart(state.service.spec.restart, task, group, now)
+        decision = decide_restart(service.spec.restart, task, group, now, mode=service.spec.mode)
         verdict = decision.verdict
-        if verdict is Verdict.LEAVE and _outdated(state.service, task):
-            verdict = Verdict.REPLACE  # a finished task stays finished, but a new spec deserves a run
         plan.wake_no_later_than(decision.at)
-        if verdict is Verdict.WAIT:
+    if verdict is Verdict.LEAVE and outdated:
+        # A finished task stays finished, but a new spec deserves a run: that is the rollout's change.
+        if not state.may_update or not state.policy.may_start(state.changing):
+            state.settled = False
             return
-    if verdict is Verdict.REPLACE:
-        shut_down(task, now, "replaced after it stopped", plan)
-        if not stopping and may_create:
-            _create(state, key, group)
+        state.changing += 1
+        verdict = Verdict.REPLACE
+    if verdict is Verdict.WAIT:
+        state.settled = False
+        return
+    if verdict is Verdict.LEAVE:
+        if serving:
+            state.settled = False
+        return
+    state.settled = False
+    shut_down(task, now, "replaced after it stopped", plan)
+    stopping = any(
+        not is_terminal(plan.current(t).status.state) and plan.current(t).desired_state != pb.DESIRED_STATE_RUNNING
+        for t in group
+        if t.id != task.id
+    )
+    if serving or (not stopping and may_create):
+        _create(state, key, group, task)
 
 
-def _handle_draining(state: _Pass, key: GroupKey, group: list[pb.Task], live: list[pb.Task]) -> list[pb.Task] | None:
-    """Moves live tasks off draining nodes start-first; returns the live tasks the usual rules apply to.
-
-    None means the group is fully handled (its replacement was just created).
-    """
-    if isinstance(key, str):
-        return live  # global groups on a draining node are simply not wanted any more
-    draining = [t for t in live if t.node_id and state.nodes.draining(t.node_id) and not is_terminal(t.status.state)]
-    if not draining:
-        return live
-    elsewhere = [t for t in live if t not in draining]
-    if any(t.status.state == pb.TASK_STATE_RUNNING for t in elsewhere):
-        for task in draining:
-            shut_down(task, state.now, f"node {state.nodes.name(task.node_id)} is draining", state.plan)
-    elif not elsewhere:
-        _create(state, key, group)
-        return None
-    return elsewhere
-
-
-def _create(state: _Pass, key: GroupKey, group: list[pb.Task]) -> None:
+def _create(
+    state: _Pass,
+    key: GroupKey,
+    group: list[pb.Task],
+    after: pb.Task | None = None,
+    *,
+    counts: bool = True,
+    avoid: Sequence[str] = (),
+) -> None:
+    """Creates the group's next task in place of `after` (the stopped task it follows; None: nothing stopped,
+    a first task or the successor of one still running), which sets its attempt and the nodes it avoids."""
     slot, node_id = (key, "") if isinstance(key, int) else (0, key)
     task = new_task(state.service, slot, node_id, next_generation(group), state.now, state.new_id())
+    if state.held is not None:
+        hold(task, state.held)
+    follows = successor(after, state.now, policy=state.service.spec.restart)
+    task.attempt = follows.attempt
+    task.avoid_node_ids.extend([*follows.avoid_node_ids, *(n for n in avoid if n not in follows.avoid_node_ids)])
     state.plan.create.append(task)
     group.append(task)
-    state.updating += 1  # a starting task counts against the update budget like a rolling one
+    if counts:
+        state.changing += 1  # a starting task counts against the update budget like a rolling one
 
 
-def _in_flux(group: list[pb.Task]) -> bool:
-    """Tells whether a group is changing: a task still stopping, or its live task not yet running."""
-    for task in group:
-        if is_terminal(task.status.state):
-            continue
-        if task.desired_state != pb.DESIRED_STATE_RUNNING or task.status.state < pb.TASK_STATE_RUNNING:
-            return True
-    return False
+def _hold_or_release(state: _Pass, task: pb.Task) -> None:
+    """Keeps a held task held while the service's dependencies do not hold, and releases it once they do."""
+    if task.status.state != pb.TASK_STATE_NEW or task.desired_state != pb.DESIRED_STATE_RUNNING:
+        return
+    if state.held is None:
+        release(task, state.now, state.plan)
+    else:
+        keep_held(task, state.held, state.now, state.plan)
+
+
+def _rebalance(state: _Pass, groups: Mapping[GroupKey, list[pb.Task]], tasks: Sequence[pb.Task]) -> None:
+    """Moves the tasks rebalance.to_move names start-first: each is replaced by a successor in its slot that
+    avoids its node, and stops once that one runs."""
+    state.plan.rebalanced = True
+    for task in to_move(state.service, tasks, state.nodes.global_targets(state.service.spec)):
+        if task.slot not in groups:
+            continue  # not a slot of this service (to_move only names its running tasks)
+        _mark_replaced(task, state.now, state.plan)
+        _create(state, task.slot, groups[task.slot], avoid=[task.node_id])
+
+
+def _changing(group: list[pb.Task]) -> bool:
+    """Tells whether a group is changing: a successor not yet running, or a stop-first change in between."""
+    live = [t for t in group if t.desired_state == pb.DESIRED_STATE_RUNNING and not is_terminal(t.status.state)]
+    if any(t.replaced or t.status.state < pb.TASK_STATE_RUNNING for t in live):
+        return True
+    return not live and any(not is_terminal(t.status.state) for t in group)
 
 
 def _outdated(service: pb.Service, task: pb.Task) -> bool:

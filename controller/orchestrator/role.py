@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Protocol
 
 import structlog
 
 from controller.errors import StoreDamaged
+from controller.orchestrator import rollout
+from controller.orchestrator.depends import DependencyView
 from controller.orchestrator.dirty import Dirty, dirty_from
 from controller.orchestrator.nodes import NodeFacts
 from controller.orchestrator.plan import Plan
@@ -30,10 +33,25 @@ from dockyard.v1 import types_pb2 as pb
 
 log = structlog.get_logger()
 
-ReconcileService = Callable[
-    [pb.Service | None, Sequence[pb.Task], NodeFacts, datetime, Callable[[], str]],
-    Plan,
-]
+
+class ReconcileService(Protocol):
+    """The pure reconciler's signature (reconciler.reconcile_service); tests may wrap it."""
+
+    def __call__(
+        self,
+        service: pb.Service | None,
+        tasks: Sequence[pb.Task],
+        nodes: NodeFacts,
+        now: datetime,
+        new_id: Callable[[], str],
+        *,
+        rollback_to: rollout.RollbackTarget | None = None,
+        deps: Mapping[str, DependencyView] | None = None,
+        rebalance: bool = False,
+    ) -> Plan:
+        """Plans one service."""
+        ...
+
 
 # A service whose reconcile raised is retried after 1 s, doubling up to a minute: a bug that a later write
 # fixes (a stored object the reconciler chokes on, replaced by the next write) heals quickly, one that persists
@@ -57,6 +75,18 @@ class _Planned:
     tasks: list[pb.Task]
     plan: Plan
     ops: list[Op]  # the plan's writes, each guarded by the version it was computed from
+
+
+@dataclass
+class _Work:
+    """One service to plan: what the store holds of it, and what its plan may need besides."""
+
+    service_id: str
+    service: pb.Service | None
+    tasks: list[pb.Task]
+    rollback_to: rollout.RollbackTarget | None = None
+    deps: dict[str, DependencyView] | None = None
+    rebalance: bool = False
 
 
 @dataclass
@@ -84,7 +114,15 @@ class Orchestrator:
         self._reconcile_one = reconcile_one
         # The nodes as the events handed so far left them: node events are judged against these.
         self._nodes: dict[str, pb.Node] = {}
+        # Services that follow the set of nodes: global ones, and those with placement.rebalance.
         self._global: set[str] = set()
+        # Services whose plan left tasks held (depends_on), with the names of the services they wait for.
+        self._held: dict[str, tuple[str, ...]] = {}
+        # Per service, the rebalance_generation last acted on. Kept in memory: a service first seen in a
+        # full pass (the controller's start) counts as acted on, so a restart never moves tasks by itself;
+        # a request the controller had no pass for before it stopped is lost (the API and this role share a
+        # process, so that window is one pass long). See docs/design/controller.md.
+        self._rebalanced: dict[str, int] = {}
         # Services whose plan waits for a task to reach running (see reconciler.waits_for_running).
         self._waiting: set[str] = set()
         # Per service, when its plan asked to look again (a restart delay, attempts ageing out of a window).
@@ -113,7 +151,11 @@ class Orchestrator:
 
     def _note(self, changes: Sequence[Event]) -> None:
         """Adds what the changes make dirty, then moves the remembered nodes and global services past them."""
-        found = dirty_from(changes, self._nodes, self._waiting, self._global)
+        held_by: dict[str, set[str]] = defaultdict(set)
+        for service_id, names in self._held.items():
+            for name in names:
+                held_by[name].add(service_id)
+        found = dirty_from(changes, self._nodes, self._waiting, self._global, held_by)
         self._dirty.services |= found.services
         self._dirty.nodes |= found.nodes
         for event in changes:
@@ -121,7 +163,7 @@ class Orchestrator:
                 continue
             if event.kind == Kind.SERVICE:
                 assert isinstance(event.obj, pb.Service)
-                if event.action == Action.PUT and event.obj.spec.mode == pb.SERVICE_MODE_GLOBAL:
+                if event.action == Action.PUT and _follows_nodes(event.obj):
                     self._global.add(event.id)
                 else:
                     self._global.discard(event.id)
@@ -134,11 +176,13 @@ class Orchestrator:
             tasks_by_service[task.service_id].append(task)
         node_list = await self._store.list_nodes()
         self._nodes = {n.id: n for n in node_list}
-        self._global = {s.id for s in services.values() if s.spec.mode == pb.SERVICE_MODE_GLOBAL}
+        self._global = {s.id for s in services.values() if _follows_nodes(s)}
+        for service in services.values():
+            self._rebalanced.setdefault(service.id, service.rebalance_generation)
         # This pass reads everything, so nothing noted before it is still to do.
         self._dirty = Dirty()
         work = [
-            (service_id, services.get(service_id), tasks_by_service.get(service_id, []))
+            _Work(service_id, services.get(service_id), tasks_by_service.get(service_id, []))
             for service_id in sorted(set(services) | set(tasks_by_service))
             if not self._backing_off(service_id, now)
         ]
@@ -162,61 +206,105 @@ class Orchestrator:
         if not self._dirty.services:
             return
         nodes = NodeFacts.of(await self._store.list_nodes())
-        work: list[tuple[str, pb.Service | None, list[pb.Task]]] = []
+        work: list[_Work] = []
         for service_id in sorted(self._dirty.services):
             service = await self._store.get_service(service_id)
             if service is not None and service.id != service_id:
                 service = None  # get_service also matches names; a service named like this id is not it
-            work.append((service_id, service, await self._store.list_tasks(service_id=service_id)))
+            work.append(_Work(service_id, service, await self._store.list_tasks(service_id=service_id)))
         self._dirty.services.clear()
         await self._reconcile_services(work, nodes, now)
 
-    async def _reconcile_services(
-        self, work: list[tuple[str, pb.Service | None, list[pb.Task]]], nodes: NodeFacts, now: datetime
-    ) -> None:
+    async def _reconcile_services(self, work: list[_Work], nodes: NodeFacts, now: datetime) -> None:
         """Plans each service, then commits the plans in few batches (one per service only after a failure).
 
         Committing a pass's plans together keeps many lost nodes one pass with one commit: the scheduler then
         places all replacements at once instead of running once per service between our commits.
         """
-        live: list[tuple[str, pb.Service | None, list[pb.Task]]] = []
-        for service_id, service, tasks in work:
-            self._timers.pop(service_id, None)
-            if service is None and not tasks:
-                self._forget(service_id)
+        live: list[_Work] = []
+        for item in work:
+            self._timers.pop(item.service_id, None)
+            if item.service is None and not item.tasks:
+                self._forget(item.service_id)
             else:
-                live.append((service_id, service, tasks))
+                live.append(item)
+        read: list[_Work] = []
+        for item in live:
+            try:
+                await self._read_extras(item)
+            except (asyncio.CancelledError, StoreDamaged):
+                raise
+            except Exception as exc:
+                self._failed(item.service_id, item.service, item.tasks, now, exc)
+            else:
+                read.append(item)
+        live = read
         # Planning is pure CPU (tens of ms per thousand tasks): off the event loop it cannot hold up the
         # dispatcher's reads and acks or the API for a whole pass; the interpreter switches threads every few ms.
         planned: list[_Planned] = []
         plans = await asyncio.to_thread(self._plan_all, live, nodes, now)
-        for (service_id, service, tasks), plan in zip(live, plans, strict=True):
+        for item, plan in zip(live, plans, strict=True):
             if isinstance(plan, Exception):
-                self._failed(service_id, service, tasks, now, plan)
+                self._failed(item.service_id, item.service, item.tasks, now, plan)
                 continue
-            planned.append(_Planned(service_id, service, tasks, plan, _ops(plan)))
+            planned.append(_Planned(item.service_id, item.service, item.tasks, plan, _ops(item.service, plan)))
         batch: list[_Planned] = []
         size = 0
-        for item in planned:
-            if item.plan.empty():
-                self._done(item, nodes)
+        for one in planned:
+            if one.plan.empty():
+                self._done(one, nodes)
                 continue
-            if batch and size + len(item.ops) > MAX_BATCH_OPS:
+            if batch and size + len(one.ops) > MAX_BATCH_OPS:
                 await self._commit(batch, nodes, now)
                 batch, size = [], 0
-            batch.append(item)
-            size += len(item.ops)
+            batch.append(one)
+            size += len(one.ops)
         if batch:
             await self._commit(batch, nodes, now)
 
-    def _plan_all(
-        self, work: list[tuple[str, pb.Service | None, list[pb.Task]]], nodes: NodeFacts, now: datetime
-    ) -> list[Plan | Exception]:
+    async def _read_extras(self, item: _Work) -> None:
+        """Reads what a service's plan may need besides its tasks: its dependencies (depends_on), and the
+        target of a rollback its rollout may make."""
+        service = item.service
+        if service is None:
+            return
+        item.rebalance = service.rebalance_generation > self._rebalanced.get(service.id, 0)
+        if service.spec.depends_on:
+            item.deps = {}
+            for name in service.spec.depends_on:
+                found = await self._store.get_service(name)
+                if found is None or found.name != name:
+                    item.deps[name] = DependencyView(None, ())
+                else:
+                    item.deps[name] = DependencyView(found, await self._store.list_tasks(service_id=found.id))
+        if not rollout.is_active(service) or rollout.is_rolling_back(service):
+            return
+        if rollout.policy(service.spec, rolling_back=False).failure_action != rollout.ROLLBACK:
+            return
+        service_id = service.id
+
+        async def spec_at(revision: int) -> pb.ServiceSpec | None:
+            return await self._store.get_service_spec(service_id, revision)
+
+        item.rollback_to = await rollout.find_rollback_target(service, service.update_status.from_revision, spec_at)
+
+    def _plan_all(self, work: list[_Work], nodes: NodeFacts, now: datetime) -> list[Plan | Exception]:
         """Plans each service (in a worker thread: it touches nothing but its arguments); the error where one raised."""
         plans: list[Plan | Exception] = []
-        for _, service, tasks in work:
+        for item in work:
             try:
-                plans.append(self._reconcile_one(service, tasks, nodes, now, self._new_id))
+                plans.append(
+                    self._reconcile_one(
+                        item.service,
+                        item.tasks,
+                        nodes,
+                        now,
+                        self._new_id,
+                        rollback_to=item.rollback_to,
+                        deps=item.deps,
+                        rebalance=item.rebalance,
+                    )
+                )
             except Exception as exc:
                 plans.append(exc)
         return plans
@@ -260,10 +348,20 @@ class Orchestrator:
         self._failing.pop(service_id, None)
         if plan.wake_at is not None:
             self._timers[service_id] = plan.wake_at
-        if waits_for_running(item.service, after_plan(item.tasks, plan), nodes):
+        service = plan.service if plan.service is not None else item.service
+        after = after_plan(item.tasks, plan)
+        if waits_for_running(service, after, nodes):
             self._waiting.add(service_id)
         else:
             self._waiting.discard(service_id)
+        if service is not None and any(
+            t.status.state == pb.TASK_STATE_NEW and t.desired_state == pb.DESIRED_STATE_RUNNING for t in after
+        ):
+            self._held[service_id] = tuple(service.spec.depends_on)
+        else:
+            self._held.pop(service_id, None)
+        if plan.rebalanced and item.service is not None:
+            self._rebalanced[service_id] = item.service.rebalance_generation
         if not plan.empty():
             log.info(
                 "orchestrated",
@@ -311,6 +409,8 @@ class Orchestrator:
         self._waiting.discard(service_id)
         self._failing.pop(service_id, None)
         self._global.discard(service_id)
+        self._held.pop(service_id, None)
+        self._rebalanced.pop(service_id, None)
 
     def _next_wake(self, now: datetime) -> datetime | None:
         """Returns the earliest timer or retry, or now when a service is left to do (after a conflict)."""
@@ -320,8 +420,18 @@ class Orchestrator:
         return min(times, default=None)
 
 
-def _ops(plan: Plan) -> list[Op]:
-    ops: list[Op] = [Put(task, expect_version=0) for task in plan.create]
+def _follows_nodes(service: pb.Service) -> bool:
+    """Tells whether a change of any node may change the service's plan: global, or rebalancing by itself."""
+    return service.spec.mode == pb.SERVICE_MODE_GLOBAL or service.spec.placement.rebalance
+
+
+def _ops(service: pb.Service | None, plan: Plan) -> list[Op]:
+    ops: list[Op] = []
+    if plan.service is not None:
+        # Guarded by the version the plan was computed from: a newer write (a new spec, a rollback the API
+        # made) wins, and the conflict makes the service reconciled again from what is stored now.
+        ops.append(Put(plan.service, expect_version=service.version if service is not None else 0))
+    ops.extend(Put(task, expect_version=0) for task in plan.create)
     ops.extend(Put(task, expect_version=task.version) for task in plan.update)
     ops.extend(Delete(Kind.TASK, task.id, expect_version=task.version) for task in plan.delete)
     return ops

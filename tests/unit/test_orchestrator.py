@@ -129,6 +129,8 @@ def test_update_is_stop_first_one_slot_at_a_time() -> None:
     assert [t.slot for t in plan.update] == [1]
     assert plan.update[0].desired_state == pb.DESIRED_STATE_SHUTDOWN
     assert not plan.create, "the new task waits until the old one stopped"
+    assert plan.service is not None and plan.service.update_status.state == pb.UpdateStatus.STATE_UPDATING
+    new = plan.service
     stopping = plan.update[0]
     assert reconcile(new, [stopping, *tasks[1:]]).empty()
     stopped = task(1, pb.TASK_STATE_SHUTDOWN, pb.DESIRED_STATE_SHUTDOWN, svc=old)
@@ -273,9 +275,11 @@ def test_drain_is_start_first() -> None:
     old = task(1, node="a", task_id="old")
     nodes = [node("a", availability=pb.NODE_AVAILABILITY_DRAIN), node("b")]
     plan = reconcile_on(svc, [old], nodes)
-    assert not plan.update, "the drained task keeps running until its replacement runs"
+    [replaced] = plan.update
+    assert replaced.replaced and replaced.desired_state == pb.DESIRED_STATE_RUNNING, "it runs until its successor runs"
     [new] = plan.create
     assert new.slot == 1
+    old = replaced
     starting = task(1, pb.TASK_STATE_STARTING, node="b", task_id="new")
     assert reconcile_on(svc, [old, starting], nodes).empty()
     running_new = task(1, pb.TASK_STATE_RUNNING, node="b", task_id="new")

@@ -7,6 +7,7 @@ import contextlib
 import itertools
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -107,6 +108,19 @@ def test_dirty_rules(events: list[Event], services: set[str], nodes: set[str]) -
     assert (dirty.services, dirty.nodes) == (services, nodes)
 
 
+def test_a_dependency_changing_dirties_the_services_holding_tasks_for_it() -> None:
+    db_task = task("db", pb.TASK_STATE_RUNNING)
+    db_task.service_name = "db"
+    db = service("db")
+    held_by = {"db": ["web"]}
+    for events in ([put(db_task)], [delete(db_task)], [put(db)], [delete(db)]):
+        dirty = dirty_from(events, BEFORE, waiting=set(), global_services=set(), held_by=held_by)
+        assert "web" in dirty.services, events
+    other = task("api", pb.TASK_STATE_RUNNING)
+    other.service_name = "api"
+    assert dirty_from([put(other)], BEFORE, waiting=set(), global_services=set(), held_by=held_by).services == set()
+
+
 def test_waits_for_running_during_a_rolling_update_and_a_drain_only() -> None:
     svc = service("s", 2)
     facts = NodeFacts.of([node("n1"), node("d", availability=pb.NODE_AVAILABILITY_DRAIN)])
@@ -141,12 +155,13 @@ class Recording:
         nodes: NodeFacts,
         now: datetime,
         new_id: object,
+        **extras: Any,
     ) -> Plan:
         service_id = svc.id if svc is not None else tasks[0].service_id
         self.seen.append(service_id)
         if service_id in self.fail:
             raise ValueError("Timestamp out of range")  # what a malformed stored timestamp raised (issue 8)
-        return reconcile_service(svc, tasks, nodes, now, new_id)  # type: ignore[arg-type]
+        return reconcile_service(svc, tasks, nodes, now, new_id, **extras)  # type: ignore[arg-type]
 
     def take(self) -> list[str]:
         """Returns the services reconciled since the last take, sorted."""
