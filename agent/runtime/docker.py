@@ -235,6 +235,21 @@ def _healthcheck(check: HealthConfig) -> _Json:
     return body
 
 
+async def _close_quietly(client: aiodocker.Docker) -> None:
+    """Closes a client and its HTTP session whatever its event stream met.
+
+    aiodocker's close() stops the event stream first and re-raises the error that ended it (a daemon
+    gone mid-stream), before it closes the session, which then leaks; the stream's task is forgotten once
+    stopped, so closing again reaches the session.
+    """
+    events: Any = client.events  # DockerEvents is untyped in aiodocker
+    # Whatever ended the stream was already reported by it (or nobody is left to care).
+    with contextlib.suppress(Exception):
+        await events.stop()
+    with contextlib.suppress(DockerError, aiohttp.ClientError, OSError):
+        await client.close()
+
+
 class DockerRuntime:
     """ContainerRuntime backed by a dockerd reached over its HTTP API."""
 
@@ -293,8 +308,7 @@ class DockerRuntime:
             with _mapped_errors():
                 await client.version()
         finally:
-            with contextlib.suppress(DockerError, aiohttp.ClientError, OSError):
-                await client.close()
+            await _close_quietly(client)
 
     async def has_image(self, image: str) -> bool:
         """Tells whether the image is present locally."""
@@ -409,8 +423,7 @@ class DockerRuntime:
                 if event is not None:
                     yield event
         finally:
-            with contextlib.suppress(DockerError, aiohttp.ClientError, OSError):
-                await client.close()
+            await _close_quietly(client)
 
     async def _next_message(self, subscriber: Any) -> Mapping[str, Any] | None:
         """Waits for the next event message, pinging the daemon whenever the stream is quiet."""
@@ -445,5 +458,4 @@ class DockerRuntime:
         """Releases the shared connection; open event streams close with their iterators."""
         if self._docker is not None:
             docker, self._docker = self._docker, None
-            with contextlib.suppress(DockerError, aiohttp.ClientError, OSError):
-                await docker.close()
+            await _close_quietly(docker)
