@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Final
 
+from controller.orchestrator.rollout import resumed
 from controller.store.base import Put
 from dockyard.timestamps import to_timestamp
 from dockyard.v1 import controller_pb2 as cpb
@@ -35,7 +36,10 @@ def plan_apply(
     now: datetime,
     new_id: Callable[[], str],
 ) -> ApplyPlan:
-    """Decides per spec whether it creates, updates (revision + 1) or leaves a service unchanged."""
+    """Decides per spec whether it creates, updates (revision + 1) or leaves a service unchanged.
+
+    An unchanged service whose rollout is paused is written resumed (rollout.resumed), at the same revision.
+    """
     results: list[cpb.ApplyResult] = []
     puts: list[Put] = []
     stamp = to_timestamp(now)
@@ -52,7 +56,11 @@ def plan_apply(
         else:
             service.CopyFrom(current)
             if current.spec == spec:
-                results.append(cpb.ApplyResult(service=current, action=cpb.ApplyResult.ACTION_UNCHANGED))
+                # Applying the spec of a paused rollout again resumes it: a write, not a new revision.
+                again = resumed(current, now)
+                if again != current:
+                    puts.append(Put(again, expect_version=current.version))
+                results.append(cpb.ApplyResult(service=again, action=cpb.ApplyResult.ACTION_UNCHANGED))
                 continue
             service.revision = current.revision + 1
             if not same_apart_from_replicas(current.spec, spec):

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
-from controller.api.apply import same_apart_from_replicas
+from controller.orchestrator.rollout import same_spec
 from controller.store.base import ServiceRevision
 from dockyard.spec.issues import Issue
 from dockyard.timestamps import to_timestamp
 from dockyard.v1 import controller_pb2 as cpb
 from dockyard.v1 import types_pb2 as pb
 
-__all__ = ["RollbackTarget", "history_response", "rollback_cause", "rollback_target"]
+__all__ = ["history_response", "rollback_target"]
 
 
 def history_response(
@@ -42,18 +41,10 @@ def history_response(
     return response
 
 
-@dataclass(frozen=True)
-class RollbackTarget:
-    """The revision a rollback returns to, and the revisions that ran its spec (their tasks stay)."""
-
-    revision: ServiceRevision
-    also_current: tuple[int, int]
-
-
 def rollback_target(
     service: pb.Service, revisions: Sequence[ServiceRevision], to_revision: int
-) -> RollbackTarget | Issue:
-    """Returns where a rollback of `service` goes (to_revision 0: the revision before its current spec), or why not.
+) -> ServiceRevision | Issue:
+    """Returns the revision a rollback goes to (to_revision 0: the one before the current spec), or why not.
 
     The target must be kept and its spec must differ from the current one in more than replicas (a rollback
     to the current spec would change nothing a scale could not).
@@ -77,17 +68,11 @@ def rollback_target(
                 f"give one of those (see `dockyard history {service.name}`)",
             )
         target = kept[to_revision]
-    if same_apart_from_replicas(target.spec, service.spec):
+    if same_spec(target.spec, service.spec):
         field = "to_revision" if to_revision else "service"
         return Issue(
             field,
             f"revision {target.revision} of {service.name!r} has the current spec (apart from replicas); "
             "give a revision with another spec, or use `dockyard scale` for replicas",
         )
-    same_run = [r.revision for r in revisions if r.spec_revision == target.spec_revision]
-    return RollbackTarget(target, (target.spec_revision, max(same_run)))
-
-
-def rollback_cause(revision: int) -> str:
-    """Returns the change_cause of a rollback requested through the API."""
-    return f"rollback to revision {revision} (requested)"
+    return target

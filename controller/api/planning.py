@@ -3,16 +3,18 @@
 The apply's own planning (controller.api.apply.plan_apply) decides the service writes; this module then
 runs rounds on a copy of the cluster, each one what the roles would do next: the pure reconciler
 (controller.orchestrator.reconciler.reconcile_service) for every service of the request or removed by it,
-then the pure scheduler (controller.scheduler.engine.schedule) over every pending task of the cluster with
-the seed the scheduler role uses, then the agents as if every placed task reached RUNNING (a health check
-passing at once) and every task told to stop stopped. Rounds go on until one changes nothing; then, if a
-plan asked to look again later (an update's delay, a restart's backoff), the simulated clock moves there.
-At most max_rounds rounds and max_visits task visits (PLAN_TASK_VISITS): a rollout that does not settle
-within them is reported as far as it got (Simulation.settled is False).
+given its dependencies as the simulation has them and taking its rollout status writes (Plan.service) as
+the service of the next round; then the pure scheduler (controller.scheduler.engine.schedule) over every
+pending task of the cluster with the seed the scheduler role uses (docs/design/scheduler.md, "Reproducing
+a pass"); then the agents, as if every placed task reached RUNNING (a health check passing at once; a
+job's task then exits 0) and every task told to stop stopped. Rounds go on until one changes nothing;
+then, if a plan asked to look again later (an update's delay, a restart's backoff, a monitor period), the
+simulated clock moves there. At most max_rounds rounds and max_visits task visits (PLAN_TASK_VISITS): a
+rollout that does not settle within them is reported as far as it got (Simulation.settled is False).
 
 The report covers the tasks the apply makes and stops: a task started and stopped again within the
 simulation (a start-first update's successor that is itself replaced) is not reported; one that no node
-takes is reported unplaced with the scheduler's reason.
+takes is reported unplaced with the scheduler's reason, and one held by depends_on with what it waits for.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Final
 
+from controller.orchestrator.depends import DependencyView
 from controller.orchestrator.nodes import NodeFacts
 from controller.orchestrator.reconciler import reconcile_service
 from controller.scheduler.engine import schedule
@@ -48,6 +51,7 @@ PLAN_TASK_VISITS: Final = 300_000
 # Where a simulated task's state comes from: the agents' part of the simulation.
 _STARTED = "running (as the plan assumes)"
 _STOPPED = "stopped (as the plan assumes)"
+_COMPLETED = "exited 0 (as the plan assumes)"
 
 
 @dataclass
@@ -63,22 +67,26 @@ class Simulation:
 
 
 def simulate(
-    services: Mapping[str, pb.Service | None],
+    planned: Mapping[str, pb.Service | None],
     tasks: Sequence[pb.Task],
     nodes: Sequence[pb.Node],
     old_specs: Mapping[SpecKey, pb.ServiceSpec],
     now: datetime,
     seed: int,
     *,
+    others: Sequence[pb.Service] = (),
     max_rounds: int = PLAN_ROUNDS,
     max_visits: int = PLAN_TASK_VISITS,
 ) -> Simulation:
     """Runs the roles on a copy of the state until nothing changes; see the module docstring.
 
-    services maps the id of every service to reconcile to the service as the apply leaves it (None: the
+    planned maps the id of every service to reconcile to the service as the apply leaves it (None: the
     apply removes it). tasks are every task of the cluster (they are copied, never changed); old_specs the
-    specs of revisions that are no longer a service's current one (tasks still running them hold resources).
+    specs of revisions that are no longer a service's current one (tasks still running them hold resources);
+    others the cluster's other services, which are not reconciled but may be depended on.
     """
+    services = dict(planned)  # the planned services as the simulated rollouts leave them (Plan.service)
+    everyone = {s.id: s for s in others}
     facts = NodeFacts.of(nodes)
     held: dict[str, pb.Task] = {}
     for task in tasks:
@@ -105,9 +113,9 @@ def simulate(
             result.settled = False
             break
         result.rounds += 1
-        changed, wake = _reconcile(services, held, facts, clock, new_id, stopped)
+        changed, wake = _reconcile(services, everyone, held, facts, clock, new_id, stopped)
         placed = _schedule(services, held, nodes, old_specs, clock, seed, reasons)
-        ran = _agents(held, clock)
+        ran = _agents(held, _jobs(services, everyone), clock)
         if changed or placed or ran:
             continue
         if wake is None or wake <= clock:
@@ -122,7 +130,9 @@ def simulate(
             continue  # made and stopped again within the simulation
         result.started.setdefault(task.service_id, []).append(task)
         if is_pending(task) and task.id in reasons:
-            result.unplaced[task.id] = reasons[task.id]
+            result.unplaced[task.id] = f"no suitable node: {reasons[task.id]}"
+        elif task.status.state == pb.TASK_STATE_NEW:
+            result.unplaced[task.id] = task.status.message  # held by depends_on ("waiting for db ...")
     for task in stopped.values():
         if task.id not in known:
             continue  # made and stopped again within the simulation
@@ -130,27 +140,49 @@ def simulate(
     return result
 
 
+def _jobs(services: Mapping[str, pb.Service | None], others: Mapping[str, pb.Service]) -> set[str]:
+    """Returns the ids of the job services among the planned and the other services."""
+    every = [*services.values(), *others.values()]
+    return {s.id for s in every if s is not None and s.spec.mode == pb.SERVICE_MODE_JOB}
+
+
 def _reconcile(
-    services: Mapping[str, pb.Service | None],
+    services: dict[str, pb.Service | None],
+    others: Mapping[str, pb.Service],
     held: dict[str, pb.Task],
     facts: NodeFacts,
     now: datetime,
     new_id: Callable[[], str],
     stopped: dict[str, pb.Task],
 ) -> tuple[bool, datetime | None]:
-    """Runs the reconciler once per planned service and applies its plans; returns (anything changed, next wake)."""
-    by_service: dict[str, list[pb.Task]] = {service_id: [] for service_id in services}
+    """Runs the reconciler once per planned service and applies its plans; returns (anything changed, next wake).
+
+    Each pass gets what the orchestrator role reads besides the tasks: its dependencies as they stand in
+    the simulation. A plan's service write (rollout status) becomes the service the next round reconciles.
+    """
+    by_service: dict[str, list[pb.Task]] = {}
     for task in held.values():
-        if task.service_id in by_service:
-            by_service[task.service_id].append(task)
+        by_service.setdefault(task.service_id, []).append(task)
+    by_name = {s.name: s for s in others.values()}
+    by_name.update((s.name, s) for s in services.values() if s is not None)
     changed = False
     wake: datetime | None = None
     for service_id in sorted(services):
+        service = services[service_id]
         # In the store's order (slot, creation, id), as the orchestrator reads a service's tasks.
-        group = sorted(by_service[service_id], key=_store_order)
-        plan = reconcile_service(services[service_id], group, facts, now, new_id)
+        group = sorted(by_service.get(service_id, ()), key=_store_order)
+        deps: dict[str, DependencyView] | None = None
+        if service is not None and service.spec.depends_on:
+            deps = {}
+            for name in service.spec.depends_on:
+                found = by_name.get(name)
+                deps[name] = DependencyView(found, by_service.get(found.id, []) if found is not None else ())
+        plan = reconcile_service(service, group, facts, now, new_id, deps=deps)
         if plan.wake_at is not None and (wake is None or plan.wake_at < wake):
             wake = plan.wake_at
+        if plan.service is not None and plan.service != service:
+            services[service_id] = plan.service
+            changed = True
         if plan.empty():
             continue
         changed = True
@@ -216,17 +248,22 @@ def _schedule(
     return placed
 
 
-def _agents(held: dict[str, pb.Task], now: datetime) -> bool:
-    """Moves placed tasks to RUNNING and tasks told to stop to SHUTDOWN, as agents would; True if any moved."""
+def _agents(held: dict[str, pb.Task], jobs: set[str], now: datetime) -> bool:
+    """Moves placed tasks to RUNNING (a job's, once running, to COMPLETE: exit 0) and tasks told to stop to
+    SHUTDOWN, as agents would; True if any moved."""
     moved = False
     for task in held.values():
         if is_terminal(task.status.state) or task.status.state < pb.TASK_STATE_ASSIGNED:
             continue
         if task.desired_state == pb.DESIRED_STATE_RUNNING:
             if task.status.state == pb.TASK_STATE_RUNNING:
-                continue
-            task.status.state = pb.TASK_STATE_RUNNING
-            task.status.message = _STARTED
+                if task.service_id not in jobs:
+                    continue
+                task.status.state = pb.TASK_STATE_COMPLETE
+                task.status.message = _COMPLETED
+            else:
+                task.status.state = pb.TASK_STATE_RUNNING
+                task.status.message = _STARTED
         else:
             task.status.state = pb.TASK_STATE_SHUTDOWN
             task.status.message = _STOPPED
@@ -246,7 +283,7 @@ def planned_tasks(
     for task in sorted(simulation.started.get(service_id, ()), key=_order):
         reason = simulation.unplaced.get(task.id)
         if reason is not None:
-            out.append(_planned(cpb.PlannedTask.KIND_UNPLACED, task, node_names, f"no suitable node: {reason}"))
+            out.append(_planned(cpb.PlannedTask.KIND_UNPLACED, task, node_names, reason))
         else:
             out.append(_planned(cpb.PlannedTask.KIND_START, task, node_names, ""))
     return out

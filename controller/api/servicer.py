@@ -9,6 +9,7 @@ arrive already parsed by controller.api.handlers, which also turns a damaged sto
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from typing import Final, Protocol
 
@@ -17,7 +18,7 @@ import structlog
 
 from controller.api.apply import plan_apply, pruned, same_apart_from_replicas, scale_cause
 from controller.api.bounds import Gate, ReadCaps
-from controller.api.history import history_response, rollback_cause, rollback_target
+from controller.api.history import history_response, rollback_target
 from controller.api.paging import (
     Key,
     PageLimits,
@@ -27,7 +28,6 @@ from controller.api.paging import (
     filtered_source,
     read_page,
 )
-from controller.api.pending import rollback_service
 from controller.api.planning import PLAN_ROUNDS, planned_tasks, simulate
 from controller.api.status import Context, Stale, abort, abort_invalid, abort_stale
 from controller.api.validation import (
@@ -41,6 +41,7 @@ from controller.api.validation import (
 )
 from controller.api.watch import KINDS, WatchClosed, WatchFilter, WatchLimits, watch_responses
 from controller.api.writes import commit_or_abort, revision_stale, version_stale
+from controller.orchestrator import rollout
 from controller.scheduler.model import holds_resources
 from controller.scheduler.role import is_pending
 from controller.store.base import Check, Delete, Kind, NodeKey, Op, Put, Store, TaskKey, WatchExpired
@@ -598,23 +599,31 @@ class ControllerApi:
                 await abort_invalid(context, [target])
             await abort(context, grpc.StatusCode.FAILED_PRECONDITION, str(target))
         existing = {s.name: s for s in await self._store.list_services()}
-        unmet = dependency_errors([target.revision.spec], existing)
+        unmet = dependency_errors([target.spec], existing)
         if unmet:
             problems = "; ".join(i.message for i in unmet)
             await abort(
                 context,
                 grpc.StatusCode.FAILED_PRECONDITION,
-                f"to_revision: revision {target.revision.revision}'s depends_on no longer holds in the cluster "
+                f"to_revision: revision {target.revision}'s depends_on no longer holds in the cluster "
                 f"({problems}); apply a spec instead",
             )
-        rolled = rollback_service(
-            service,
-            target.revision.revision,
-            target.revision.spec,
-            target.also_current,
-            rollback_cause(target.revision.revision),
-            self._clock.now(),
-        )
+        service_id = service.id
+
+        async def spec_at(revision: int) -> pb.ServiceSpec | None:
+            return await self._store.get_service_spec(service_id, revision)
+
+        # The same target, range and write as the orchestrator's automatic rollback.
+        found = await rollout.find_rollback_target(service, target.revision, spec_at)
+        if found is None:
+            await abort(
+                context,
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"to_revision: revision {target.revision} of {service.name!r} was forgotten while this request ran; "
+                "list the history again",
+            )
+        now = self._clock.now()
+        rolled = rollout.rollback_service(service, found, now, rollout.requested_cause(target.revision))
         await commit_or_abort(
             self._store,
             context,
@@ -664,8 +673,15 @@ class ControllerApi:
         old_specs = await self._specs.for_tasks(
             (t for t in tasks if holds_resources(t) or is_pending(t)), {s.id: s for s in services}
         )
+        others = [s for s in services if s.id not in planned]
         simulation = await asyncio.to_thread(
-            simulate, planned, tasks, nodes, old_specs, now, self._seed, max_rounds=PLAN_ROUNDS
+            functools.partial(simulate, others=others, max_rounds=PLAN_ROUNDS),
+            planned,
+            tasks,
+            nodes,
+            old_specs,
+            now,
+            self._seed,
         )
         if not simulation.settled:
             suppressed = self._plan_notes.allow("unsettled")

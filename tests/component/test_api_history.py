@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 
+from controller.store.base import Put
 from dockyard.v1 import controller_pb2 as cpb
 from dockyard.v1 import controller_pb2_grpc as cpb_grpc
 from dockyard.v1 import types_pb2 as pb
@@ -204,3 +205,30 @@ async def test_depends_on_is_checked_across_the_cluster(stub: cpb_grpc.Controlle
     # Pruning a service something still depends on leaves the dependency dangling.
     error = await refused(apply(stub, spec("web", api=healthy), prune=True), grpc.StatusCode.INVALID_ARGUMENT)
     assert error.startswith("services.web.depends_on.api: names no service")
+
+
+async def test_applying_a_paused_rollouts_spec_again_resumes_it(
+    stub: cpb_grpc.ControllerServiceStub, api: ApiUnderTest
+) -> None:
+    await apply(stub, spec(image="app:1"))
+    await apply(stub, spec(image="app:2"))
+    # The orchestrator paused the rollout (failure_action pause).
+    service = await api.store.get_service("web")
+    assert service is not None
+    service.update_status.state = pb.UpdateStatus.STATE_PAUSED
+    service.update_status.to_revision = 2
+    service.update_status.message = "1 of 1 updated tasks failed"
+    await api.store.commit([Put(service, expect_version=service.version)])
+
+    result = (await apply(stub, spec(image="app:2"))).results[0]
+
+    assert result.action == cpb.ApplyResult.ACTION_UNCHANGED
+    assert (result.service.revision, result.service.update_status.state) == (2, pb.UpdateStatus.STATE_UPDATING)
+    stored = await api.store.get_service("web")
+    assert stored is not None
+    assert (stored.revision, stored.update_status.state, stored.update_status.message) == (
+        2,
+        pb.UpdateStatus.STATE_UPDATING,
+        "",
+    )
+    assert [r.revision for r in await history(stub)] == [2, 1], "a resume is no new revision"

@@ -38,7 +38,7 @@ def test_history_keeps_the_newest_revisions_that_fit_and_marks_the_current_one()
     assert [r.revision for r in one.revisions] == [5], "the newest is answered whatever its size"
 
 
-def test_rollback_goes_before_the_current_spec_and_keeps_the_tasks_of_its_run() -> None:
+def test_rollback_goes_before_the_current_spec_or_to_a_kept_other_spec() -> None:
     # 1 app:1, 2 app:1 scaled, 3 app:2, 4 app:2 scaled.
     revisions = [
         kept(4, 3, spec("app:2", 3)),
@@ -46,15 +46,19 @@ def test_rollback_goes_before_the_current_spec_and_keeps_the_tasks_of_its_run() 
         kept(2, 1, spec("app:1", 2)),
         kept(1, 1, spec("app:1", 1)),
     ]
-    target = rollback_target(service(4, 3, spec("app:2", 3)), revisions, 0)
+    current = service(4, 3, spec("app:2", 3))
+    target = rollback_target(current, revisions, 0)
     assert not isinstance(target, Issue)
-    assert (target.revision.revision, target.also_current) == (2, (1, 2))
-    named = rollback_target(service(4, 3, spec("app:2", 3)), revisions, 1)
+    assert target.revision == 2
+    named = rollback_target(current, revisions, 1)
     assert not isinstance(named, Issue)
-    assert (named.revision.revision, named.also_current) == (1, (1, 2))
-    same = rollback_target(service(4, 3, spec("app:2", 3)), revisions, 3)
+    assert named.revision == 1
+    same = rollback_target(current, revisions, 3)
     assert isinstance(same, Issue)
     assert same.path == "to_revision"
+    gone = rollback_target(current, revisions[:2], 0)
+    assert isinstance(gone, Issue)
+    assert gone.path == "service"
 
 
 def nodes(*names: str) -> list[pb.Node]:
@@ -98,3 +102,44 @@ def test_simulation_runs_a_global_service_on_every_node() -> None:
     everywhere.mode = pb.SERVICE_MODE_GLOBAL
     result = simulate({"svc": service(1, 1, everywhere)}, [], nodes("a", "b"), {}, NOW, seed=0)
     assert sorted((t.slot, t.node_id) for t in result.started["svc"]) == [(0, "id-a"), (0, "id-b")]
+
+
+def test_simulation_starts_a_dependent_once_its_dependency_holds() -> None:
+    migrate = pb.Service(id="svc-migrate", name="migrate", revision=1, spec_revision=1)
+    migrate.spec.CopyFrom(spec("app:1"))
+    migrate.spec.name = "migrate"
+    migrate.spec.mode = pb.SERVICE_MODE_JOB
+    web = service(1, 1, spec("app:1", replicas=2))
+    web.spec.depends_on["migrate"].condition = pb.Dependency.CONDITION_SERVICE_COMPLETED_SUCCESSFULLY
+    result = simulate({"svc": web, "svc-migrate": migrate}, [], nodes("a", "b"), {}, NOW, seed=0)
+    assert result.settled
+    assert len(result.started["svc"]) == 2
+    assert all(t.status.state == pb.TASK_STATE_RUNNING for t in result.started["svc"])
+    assert [t.status.state for t in result.started["svc-migrate"]] == [pb.TASK_STATE_COMPLETE]
+
+
+def test_simulation_reports_a_task_held_by_a_dependency_that_never_holds() -> None:
+    db = pb.Service(id="svc-db", name="db", revision=1, spec_revision=1)
+    db.spec.CopyFrom(spec("db:1"))
+    db.spec.name = "db"
+    db.spec.placement.constraints.append("node.labels.role == db")
+    web = service(1, 1, spec("app:1"))
+    web.spec.depends_on["db"].condition = pb.Dependency.CONDITION_SERVICE_HEALTHY
+    result = simulate({"svc": web, "svc-db": db}, [], nodes("a"), {}, NOW, seed=0)
+    [held] = result.started["svc"]
+    assert result.unplaced[held.id].startswith("waiting for db"), result.unplaced[held.id]
+
+
+def test_simulation_of_a_start_first_update_stops_every_old_task_once_its_successor_runs() -> None:
+    first = service(1, 1, spec("app:1", replicas=2))
+    made = simulate({"svc": first}, [], nodes("a", "b"), {}, NOW, seed=0)
+    running = [t for t in made.started["svc"]]
+    for index, task in enumerate(running):
+        task.id = f"old-{index}"
+    update = service(2, 2, spec("app:2", replicas=2))
+    update.spec.update.order = pb.UpdateConfig.ORDER_START_FIRST
+    result = simulate({"svc": update}, running, nodes("a", "b"), {("svc", 1): first.spec}, NOW, seed=0)
+    assert result.settled
+    assert sorted(t.id for t in result.stopped["svc"]) == ["old-0", "old-1"]
+    assert sorted((t.slot, t.revision) for t in result.started["svc"]) == [(1, 2), (2, 2)]
+    assert all(t.status.state == pb.TASK_STATE_RUNNING for t in result.started["svc"])
