@@ -1,7 +1,8 @@
 """Dockyard's testing kit: the fake runtime, the fake clock, and the conformance suite every runtime must pass.
 
 * `FakeRuntime`: an in-memory ContainerRuntime that behaves as Docker does where the suite pins it, with
-  controls for what happens on a host behind the agent's back (crash, OOM kill, `docker rm -f`, outage).
+  controls for what happens on a host behind the agent's back (crash, OOM kill, `docker rm -f`, outage,
+  Docker's own shutdown, a container's health) and images with a HEALTHCHECK of their own.
 * `FakeClock`: virtual time for everything that takes a `dockyard.clock.Clock`; it moves on `advance()`.
 * `RuntimeConformance`: the runtime contract as a base test class. Both the fake and the aiodocker
   adapter run it (tests/conformance/), so what agent tests learn from the fake holds on Docker.
