@@ -231,9 +231,9 @@ def _newest(tasks: Iterable[pb.Task]) -> pb.Task:
 
 def _reconcile_group(state: _Pass, key: GroupKey, may_create: bool, group: list[pb.Task]) -> None:
     plan, now, service = state.plan, state.now, state.service
-    if isinstance(key, int):
+    if isinstance(key, int) and state.nodes.draining_ids:
         _move_off_draining(state, group)
-    live = [plan.current(t) for t in group if plan.current(t).desired_state == pb.DESIRED_STATE_RUNNING]
+    live = [t for t in map(plan.current, group) if t.desired_state == pb.DESIRED_STATE_RUNNING]
     candidates = [t for t in live if not t.replaced]
     candidates.sort(
         key=lambda t: (
@@ -330,7 +330,7 @@ def _move_off_draining(state: _Pass, group: list[pb.Task]) -> None:
         current = plan.current(task)
         if current.desired_state != pb.DESIRED_STATE_RUNNING or current.replaced or is_terminal(current.status.state):
             continue
-        if not current.node_id or not state.nodes.draining(current.node_id):
+        if current.node_id not in state.nodes.draining_ids:
             continue
         if current.status.state == pb.TASK_STATE_RUNNING:
             _mark_replaced(task, state.now, plan)
@@ -453,9 +453,8 @@ def _prune_history(service: pb.Service, group: list[pb.Task], plan: Plan) -> Non
         (
             t
             for t in group
-            if plan.current(t).desired_state != pb.DESIRED_STATE_RUNNING
-            and is_terminal(plan.current(t).status.state)
-            and t.id not in plan.changed
+            # A task the plan changes is not forgotten in the same plan; the others are as stored.
+            if t.id not in plan.changed and t.desired_state != pb.DESIRED_STATE_RUNNING and is_terminal(t.status.state)
         ),
         key=lambda t: (t.created_at.seconds, t.created_at.nanos, t.id),
     )

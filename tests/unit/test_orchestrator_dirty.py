@@ -3,7 +3,7 @@ against a real in-memory store, counting which services each pass reconciles."""
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import itertools
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
@@ -179,6 +179,14 @@ class Harness:
         counter = itertools.count(1)
         self.orchestrator = Orchestrator(store, self.clock, lambda: f"new{next(counter)}", self.recording)
         self.seen_revision = 0
+        # Followed in the background, as the Reactor does: a commit's events all arrive in one step, so a
+        # revision's events are never cut in two. The watch (and this task) ends when the store closes.
+        self.events: list[Event] = []
+        self.follower = asyncio.create_task(self._follow(store.revision))
+
+    async def _follow(self, since: int) -> None:
+        async for event in self.store.watch(since):
+            self.events.append(event)
 
     async def full(self) -> datetime | None:
         """Runs a pass that reads everything and forgets the events so far."""
@@ -187,13 +195,16 @@ class Harness:
 
     async def step(self) -> datetime | None:
         """Hands the orchestrator the events since the last pass, as the Reactor would."""
-        events: list[Event] = []
-        if self.store.revision > self.seen_revision:
-            async with contextlib.aclosing(self.store.watch(self.seen_revision)) as feed:
-                async for event in feed:
-                    events.append(event)
-                    if event.revision >= self.store.revision:
-                        break
+        for _ in range(1000):
+            if self.store.revision == self.seen_revision or (
+                self.events and self.events[-1].revision == self.store.revision
+            ):
+                break
+            await asyncio.sleep(0)  # the follower takes a commit's events in one step once it runs
+        else:
+            raise AssertionError("the feed fell behind")
+        events = [e for e in self.events if e.revision > self.seen_revision]
+        self.events.clear()
         self.seen_revision = self.store.revision
         return await self.orchestrator.reconcile(events)
 
@@ -344,6 +355,8 @@ async def test_a_raising_service_backs_off_while_the_others_are_reconciled(harne
     await harness.report(b2, pb.TASK_STATE_REJECTED)
     await harness.step()
     assert harness.recording.take() == ["b"]
+    await harness.step()  # b's own write (b2 told to stop: a terminal task put) is an event for b too
+    assert harness.recording.take() == ["b"]
     # Due: a is tried again, fails again, and waits about twice as long.
     await harness.clock.advance((wake - NOW).total_seconds())
     second = await harness.step()
@@ -427,7 +440,7 @@ async def test_a_conflict_retries_that_service_at_once_and_commits_the_others() 
         assert (len(await h.tasks("a")), len(await h.tasks("b"))) == (1, 2)
         h.recording.take()
         await h.step()
-        assert h.recording.take() == ["a"]
+        assert h.recording.take() == ["a", "b"], "a again at once; b for its own write (b1 told to stop)"
         assert len(await h.tasks("a")) == 2
 
 
@@ -460,3 +473,66 @@ async def test_a_pass_the_store_failed_is_followed_by_one_that_reads_everything(
         assert h.recording.take() == ["a", "b"], "what the failed pass moved past is not lost"
         [lost, _] = sorted(await h.tasks("a"), key=lambda t: t.status.state, reverse=True)
         assert lost.status.state == pb.TASK_STATE_LOST
+
+
+class SpecRacingStore(SqliteStore):
+    """A store in which the API writes a new spec of `racing` right after the orchestrator read the service."""
+
+    racing = ""
+
+    async def get_service(self, name_or_id: str) -> pb.Service | None:
+        """Returns the service as it was, then writes a newer spec of it (as an apply landing meanwhile)."""
+        found = await super().get_service(name_or_id)
+        if found is not None and found.id == self.racing:
+            self.racing = ""
+            newer = pb.Service()
+            newer.CopyFrom(found)
+            newer.revision += 1
+            newer.spec_revision = newer.revision
+            newer.spec.image = "img:3"
+            await self.commit([Put(newer, expect_version=found.version)])
+        return found
+
+
+async def test_a_rollout_status_write_loses_to_a_newer_spec_and_the_service_is_reconciled_again() -> None:
+    async with SpecRacingStore(":memory:") as store:
+        h = Harness(store)
+        await store.commit([Put(node("n1")), Put(service("a", 2))])
+        await h.full()
+        await h.place({"a": ["n1", "n1"]})
+        await h.step()
+        updated = await store.get_service("a")
+        assert updated is not None
+        updated.spec.image = "img:2"
+        updated.revision = updated.spec_revision = 2
+        await store.commit([Put(updated, expect_version=updated.version)])
+        store.racing = "a"
+        assert await h.step() == NOW, "its UPDATING write conflicted: look again at once"
+        assert all(t.desired_state == pb.DESIRED_STATE_RUNNING for t in await h.tasks("a")), "nothing committed"
+        await h.step()
+        stored = await store.get_service("a")
+        assert stored is not None and stored.spec.image == "img:3"
+        assert (stored.update_status.state, stored.update_status.to_revision) == (pb.UpdateStatus.STATE_UPDATING, 3)
+
+
+async def test_a_rebalance_is_acted_on_once_per_request_and_never_after_a_restart() -> None:
+    async with SqliteStore(":memory:") as store:
+        h = Harness(store)
+        asked = service("a", 4)
+        asked.rebalance_generation = 3  # asked for (and done) before this controller started
+        await store.commit([Put(node("n1")), Put(asked)])
+        await h.full()
+        await h.place({"a": ["n1"] * 4})
+        await store.commit([Put(node("n2"))])
+        await h.step()
+        await h.step()
+        assert not any(t.replaced for t in await h.tasks("a")), "a node that joined moves nothing"
+        current = await store.get_service("a")
+        assert current is not None
+        current.rebalance_generation += 1
+        await store.commit([Put(current, expect_version=current.version)])
+        await h.step()
+        assert sum(t.replaced for t in await h.tasks("a")) == 2, "moved toward 2 and 2"
+        await store.commit([Put(node("n3"))])
+        await h.step()
+        assert sum(t.replaced for t in await h.tasks("a")) == 2, "acted on once: the third node gets nothing"
