@@ -177,3 +177,23 @@ async def test_an_apply_refuses_a_plan_the_cluster_has_moved_past(fake_cluster: 
             await client.apply([spec("web", 2)], if_state_revision=plan.state_revision)
         assert caught.value.code == grpc.StatusCode.FAILED_PRECONDITION
         assert str(caught.value).startswith("services.web: changed at store revision")
+
+
+async def test_plan_predicts_a_start_first_update(fake_cluster: FakeCluster) -> None:
+    client = await cluster_of(fake_cluster)
+    async with client:
+        first = [spec("web", 4)]
+        await client.apply(first)
+        before = await settled(client, first)
+        names = await node_names(client)
+
+        update = spec("web", 4, env="2")
+        update.update.order = pb.UpdateConfig.ORDER_START_FIRST
+        update.update.parallelism = 2
+        plan = await client.plan([update])
+
+        [web] = plan.services
+        assert sorted(t.task_id for t in web.tasks if t.kind == STOP) == sorted(t.id for t in before["web"])
+        await client.apply([update], if_state_revision=plan.state_revision)
+        tasks = await settled(client, [update])
+        assert running_slots(tasks, names) == planned_slots(plan)
