@@ -16,6 +16,7 @@ import pytest
 from agent.runtime.base import ContainerRuntime, RuntimeUnavailable
 from agent.runtime.docker import DockerRuntime
 from agent.testing import FakeRuntime, Outage, OutageMode, RuntimeConformance, UnixSocketProxy
+from agent.testing.conformance import HEALTHCHECK_IMAGE, IMAGE_CHECK
 from tests.conftest import require_docker
 
 BUILD_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "build-test-image.sh"
@@ -24,9 +25,13 @@ BUILD_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "build-test-ima
 class TestFakeRuntime(RuntimeConformance):
     """The fake, with the test image present; its outage is set_available(False)."""
 
+    healthcheck_image = HEALTHCHECK_IMAGE
+
     @contextlib.asynccontextmanager
     async def open_runtime(self) -> AsyncIterator[ContainerRuntime]:
-        runtime = FakeRuntime(images=[self.image])
+        runtime = FakeRuntime(
+            images=[self.image, HEALTHCHECK_IMAGE], image_healthchecks={HEALTHCHECK_IMAGE: IMAGE_CHECK}
+        )
         try:
             yield runtime
         finally:
@@ -66,6 +71,8 @@ def build_test_image(image: str) -> None:
 class TestDockerRuntime(RuntimeConformance):
     """The aiodocker adapter on this machine's dockerd; its outage is a socket proxy that dies or hangs."""
 
+    healthcheck_image = HEALTHCHECK_IMAGE
+
     @contextlib.asynccontextmanager
     async def open_runtime(self) -> AsyncIterator[ContainerRuntime]:
         runtime = DockerRuntime()
@@ -75,6 +82,7 @@ class TestDockerRuntime(RuntimeConformance):
             except RuntimeUnavailable as exc:
                 require_docker(f"no docker daemon answers: {exc}")
             await asyncio.to_thread(build_test_image, self.image)
+            await asyncio.to_thread(build_test_image, "--healthcheck")
             yield runtime
         finally:
             await runtime.close()
