@@ -11,6 +11,12 @@ job's task then exits 0) and every task told to stop stopped. Rounds go on until
 then, if a plan asked to look again later (an update's delay, a restart's backoff, a monitor period), the
 simulated clock moves there. At most max_rounds rounds and max_visits task visits (PLAN_TASK_VISITS): a
 rollout that does not settle within them is reported as far as it got (Simulation.settled is False).
+<<<<<<< HEAD
+A round reconciles only the services whose tasks, service or dependencies the round before changed (all
+of them when the clock moves), as the orchestrator role reconciles only dirty services: the reconciler is
+pure, so the others would plan nothing again (a 100-replica update beside 20 other services: half the time).
+=======
+>>>>>>> main
 
 The report covers the tasks the apply makes and stops: a task started and stopped again within the
 simulation (a start-first update's successor that is itself replaced) is not reported; one that no node
@@ -107,20 +113,35 @@ def simulate(
     reasons: dict[str, str] = {}
     clock = now
     visits = 0
+    # Services whose inputs changed since their last pass (all at first): the reconciler is pure, so a pass
+    # over the same service, tasks, dependencies and time would plan the same nothing again.
+    dirty: set[str] = set(services)
+    wakes: dict[str, datetime] = {}  # each service's last plan's wake_at
     for _ in range(max_rounds):
         visits += len(held)
         if visits > max_visits:
             result.settled = False
             break
         result.rounds += 1
+<<<<<<< HEAD
+        touched: set[str] = set()
+        _reconcile(services, everyone, held, facts, clock, new_id, stopped, dirty, wakes, touched)
+        _schedule(services, held, nodes, old_specs, clock, seed, reasons, touched)
+        _agents(held, _jobs(services, everyone), clock, touched)
+        if touched:
+            dirty = _affected(services, everyone, touched)
+=======
         changed, wake = _reconcile(services, everyone, held, facts, clock, new_id, stopped)
         placed = _schedule(services, held, nodes, old_specs, clock, seed, reasons)
         ran = _agents(held, _jobs(services, everyone), clock)
         if changed or placed or ran:
+>>>>>>> main
             continue
+        wake = min(wakes.values(), default=None)
         if wake is None or wake <= clock:
             break
         clock = wake
+        dirty = set(services)
     else:
         result.settled = False
     for task in held.values():
@@ -146,6 +167,22 @@ def _jobs(services: Mapping[str, pb.Service | None], others: Mapping[str, pb.Ser
     return {s.id for s in every if s is not None and s.spec.mode == pb.SERVICE_MODE_JOB}
 
 
+<<<<<<< HEAD
+def _affected(
+    services: Mapping[str, pb.Service | None], others: Mapping[str, pb.Service], touched: set[str]
+) -> set[str]:
+    """Returns the planned services to reconcile after a round that touched these service ids (their tasks or
+    the service): those, and those that depend on one of them."""
+    names = {s.name for s in [*services.values(), *others.values()] if s is not None and s.id in touched}
+    return {
+        service_id
+        for service_id, service in services.items()
+        if service_id in touched or (service is not None and not names.isdisjoint(service.spec.depends_on))
+    }
+
+
+=======
+>>>>>>> main
 def _reconcile(
     services: dict[str, pb.Service | None],
     others: Mapping[str, pb.Service],
@@ -154,8 +191,16 @@ def _reconcile(
     now: datetime,
     new_id: Callable[[], str],
     stopped: dict[str, pb.Task],
+<<<<<<< HEAD
+    dirty: set[str],
+    wakes: dict[str, datetime],
+    touched: set[str],
+) -> None:
+    """Runs the reconciler once per dirty planned service and applies its plans, adding what it changed to touched.
+=======
 ) -> tuple[bool, datetime | None]:
     """Runs the reconciler once per planned service and applies its plans; returns (anything changed, next wake).
+>>>>>>> main
 
     Each pass gets what the orchestrator role reads besides the tasks: its dependencies as they stand in
     the simulation. A plan's service write (rollout status) becomes the service the next round reconciles.
@@ -165,9 +210,13 @@ def _reconcile(
         by_service.setdefault(task.service_id, []).append(task)
     by_name = {s.name: s for s in others.values()}
     by_name.update((s.name, s) for s in services.values() if s is not None)
+<<<<<<< HEAD
+    for service_id in sorted(dirty):
+=======
     changed = False
     wake: datetime | None = None
     for service_id in sorted(services):
+>>>>>>> main
         service = services[service_id]
         # In the store's order (slot, creation, id), as the orchestrator reads a service's tasks.
         group = sorted(by_service.get(service_id, ()), key=_store_order)
@@ -178,14 +227,24 @@ def _reconcile(
                 found = by_name.get(name)
                 deps[name] = DependencyView(found, by_service.get(found.id, []) if found is not None else ())
         plan = reconcile_service(service, group, facts, now, new_id, deps=deps)
+<<<<<<< HEAD
+        if plan.wake_at is not None:
+            wakes[service_id] = plan.wake_at
+        else:
+            wakes.pop(service_id, None)
+        if plan.service is not None and plan.service != service:
+            services[service_id] = plan.service
+            touched.add(service_id)
+=======
         if plan.wake_at is not None and (wake is None or plan.wake_at < wake):
             wake = plan.wake_at
         if plan.service is not None and plan.service != service:
             services[service_id] = plan.service
             changed = True
+>>>>>>> main
         if plan.empty():
             continue
-        changed = True
+        touched.add(service_id)
         for task in plan.create:
             held[task.id] = task
         for task in plan.update:
@@ -204,7 +263,6 @@ def _reconcile(
             held[task.id] = task
         for task in plan.delete:
             held.pop(task.id, None)
-    return changed, wake
 
 
 def _schedule(
@@ -215,12 +273,13 @@ def _schedule(
     now: datetime,
     seed: int,
     reasons: dict[str, str],
-) -> bool:
-    """Places the pending tasks as the scheduler role does (same inputs, same seed); True when any was placed."""
+    touched: set[str],
+) -> None:
+    """Places the pending tasks as the scheduler role does (same inputs, same seed); adds their services to touched."""
     tasks = list(held.values())
     pending = [t for t in tasks if is_pending(t)]
     if not pending:
-        return False
+        return
     specs: dict[SpecKey, pb.ServiceSpec] = {}
     for task in tasks:
         if not (holds_resources(task) or is_pending(task)):
@@ -232,7 +291,6 @@ def _schedule(
             spec = old_specs.get(key)
         if spec is not None:
             specs[key] = spec
-    placed = False
     names = {n.id: n.description.hostname or n.id for n in nodes}
     for decision in schedule(nodes, tasks, pending, specs, now, seed):
         task = held[decision.task_id]
@@ -244,14 +302,19 @@ def _schedule(
         task.status.state = pb.TASK_STATE_ASSIGNED
         task.status.message = f"assigned to {names.get(decision.node_id, decision.node_id)}"
         task.status.timestamp.CopyFrom(to_timestamp(now))
-        placed = True
-    return placed
+        touched.add(task.service_id)
 
 
+<<<<<<< HEAD
+def _agents(held: dict[str, pb.Task], jobs: set[str], now: datetime, touched: set[str]) -> None:
+    """Moves placed tasks to RUNNING (a job's, once running, to COMPLETE: exit 0) and tasks told to stop to
+    SHUTDOWN, as agents would; adds the services of the tasks it moved to touched."""
+=======
 def _agents(held: dict[str, pb.Task], jobs: set[str], now: datetime) -> bool:
     """Moves placed tasks to RUNNING (a job's, once running, to COMPLETE: exit 0) and tasks told to stop to
     SHUTDOWN, as agents would; True if any moved."""
     moved = False
+>>>>>>> main
     for task in held.values():
         if is_terminal(task.status.state) or task.status.state < pb.TASK_STATE_ASSIGNED:
             continue
@@ -268,8 +331,7 @@ def _agents(held: dict[str, pb.Task], jobs: set[str], now: datetime) -> bool:
             task.status.state = pb.TASK_STATE_SHUTDOWN
             task.status.message = _STOPPED
         task.status.timestamp.CopyFrom(to_timestamp(now))
-        moved = True
-    return moved
+        touched.add(task.service_id)
 
 
 def planned_tasks(
