@@ -11,12 +11,9 @@ job's task then exits 0) and every task told to stop stopped. Rounds go on until
 then, if a plan asked to look again later (an update's delay, a restart's backoff, a monitor period), the
 simulated clock moves there. At most max_rounds rounds and max_visits task visits (PLAN_TASK_VISITS): a
 rollout that does not settle within them is reported as far as it got (Simulation.settled is False).
-<<<<<<< HEAD
 A round reconciles only the services whose tasks, service or dependencies the round before changed (all
 of them when the clock moves), as the orchestrator role reconciles only dirty services: the reconciler is
 pure, so the others would plan nothing again (a 100-replica update beside 20 other services: half the time).
-=======
->>>>>>> main
 
 The report covers the tasks the apply makes and stops: a task started and stopped again within the
 simulation (a start-first update's successor that is itself replaced) is not reported; one that no node
@@ -123,19 +120,12 @@ def simulate(
             result.settled = False
             break
         result.rounds += 1
-<<<<<<< HEAD
         touched: set[str] = set()
         _reconcile(services, everyone, held, facts, clock, new_id, stopped, dirty, wakes, touched)
         _schedule(services, held, nodes, old_specs, clock, seed, reasons, touched)
         _agents(held, _jobs(services, everyone), clock, touched)
         if touched:
             dirty = _affected(services, everyone, touched)
-=======
-        changed, wake = _reconcile(services, everyone, held, facts, clock, new_id, stopped)
-        placed = _schedule(services, held, nodes, old_specs, clock, seed, reasons)
-        ran = _agents(held, _jobs(services, everyone), clock)
-        if changed or placed or ran:
->>>>>>> main
             continue
         wake = min(wakes.values(), default=None)
         if wake is None or wake <= clock:
@@ -167,7 +157,6 @@ def _jobs(services: Mapping[str, pb.Service | None], others: Mapping[str, pb.Ser
     return {s.id for s in every if s is not None and s.spec.mode == pb.SERVICE_MODE_JOB}
 
 
-<<<<<<< HEAD
 def _affected(
     services: Mapping[str, pb.Service | None], others: Mapping[str, pb.Service], touched: set[str]
 ) -> set[str]:
@@ -181,8 +170,6 @@ def _affected(
     }
 
 
-=======
->>>>>>> main
 def _reconcile(
     services: dict[str, pb.Service | None],
     others: Mapping[str, pb.Service],
@@ -191,16 +178,11 @@ def _reconcile(
     now: datetime,
     new_id: Callable[[], str],
     stopped: dict[str, pb.Task],
-<<<<<<< HEAD
     dirty: set[str],
     wakes: dict[str, datetime],
     touched: set[str],
 ) -> None:
     """Runs the reconciler once per dirty planned service and applies its plans, adding what it changed to touched.
-=======
-) -> tuple[bool, datetime | None]:
-    """Runs the reconciler once per planned service and applies its plans; returns (anything changed, next wake).
->>>>>>> main
 
     Each pass gets what the orchestrator role reads besides the tasks: its dependencies as they stand in
     the simulation. A plan's service write (rollout status) becomes the service the next round reconciles.
@@ -210,13 +192,7 @@ def _reconcile(
         by_service.setdefault(task.service_id, []).append(task)
     by_name = {s.name: s for s in others.values()}
     by_name.update((s.name, s) for s in services.values() if s is not None)
-<<<<<<< HEAD
     for service_id in sorted(dirty):
-=======
-    changed = False
-    wake: datetime | None = None
-    for service_id in sorted(services):
->>>>>>> main
         service = services[service_id]
         # In the store's order (slot, creation, id), as the orchestrator reads a service's tasks.
         group = sorted(by_service.get(service_id, ()), key=_store_order)
@@ -227,7 +203,6 @@ def _reconcile(
                 found = by_name.get(name)
                 deps[name] = DependencyView(found, by_service.get(found.id, []) if found is not None else ())
         plan = reconcile_service(service, group, facts, now, new_id, deps=deps)
-<<<<<<< HEAD
         if plan.wake_at is not None:
             wakes[service_id] = plan.wake_at
         else:
@@ -235,13 +210,6 @@ def _reconcile(
         if plan.service is not None and plan.service != service:
             services[service_id] = plan.service
             touched.add(service_id)
-=======
-        if plan.wake_at is not None and (wake is None or plan.wake_at < wake):
-            wake = plan.wake_at
-        if plan.service is not None and plan.service != service:
-            services[service_id] = plan.service
-            changed = True
->>>>>>> main
         if plan.empty():
             continue
         touched.add(service_id)
@@ -305,16 +273,9 @@ def _schedule(
         touched.add(task.service_id)
 
 
-<<<<<<< HEAD
 def _agents(held: dict[str, pb.Task], jobs: set[str], now: datetime, touched: set[str]) -> None:
     """Moves placed tasks to RUNNING (a job's, once running, to COMPLETE: exit 0) and tasks told to stop to
     SHUTDOWN, as agents would; adds the services of the tasks it moved to touched."""
-=======
-def _agents(held: dict[str, pb.Task], jobs: set[str], now: datetime) -> bool:
-    """Moves placed tasks to RUNNING (a job's, once running, to COMPLETE: exit 0) and tasks told to stop to
-    SHUTDOWN, as agents would; True if any moved."""
-    moved = False
->>>>>>> main
     for task in held.values():
         if is_terminal(task.status.state) or task.status.state < pb.TASK_STATE_ASSIGNED:
             continue
