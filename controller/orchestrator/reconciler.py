@@ -121,7 +121,7 @@ def reconcile_service(
             may_update = False
             plan.wake_no_later_than(last + policy.delay)
     state = _Pass(service, nodes, now, new_id, plan, policy, may_update, held)
-    state.changing = sum(1 for group in groups.values() if _changing(group))
+    state.changing = sum(1 for key, group in groups.items() if key in wanted and _changing(group))
     if not active and held is None and (rebalance or service.spec.placement.rebalance):
         _rebalance(state, groups, current)
     for key in sorted(set(groups) | set(wanted), key=str):
@@ -426,11 +426,13 @@ def _rebalance(state: _Pass, groups: Mapping[GroupKey, list[pb.Task]], tasks: Se
 
 
 def _changing(group: list[pb.Task]) -> bool:
-    """Tells whether a group is changing: a successor not yet running, or a stop-first change in between."""
+    """Tells whether a group is changing: a successor not yet running, or a stop-first change in between (its
+    old task told to stop, stopped or not, and its new one not made yet)."""
     live = [t for t in group if t.desired_state == pb.DESIRED_STATE_RUNNING and not is_terminal(t.status.state)]
     if any(t.replaced or t.status.state < pb.TASK_STATE_RUNNING for t in live):
         return True
-    return not live and any(not is_terminal(t.status.state) for t in group)
+    # A stopped task still desired running waits for its restart (or was left): that is not a change.
+    return not live and bool(group) and not any(t.desired_state == pb.DESIRED_STATE_RUNNING for t in group)
 
 
 def _outdated(service: pb.Service, task: pb.Task) -> bool:

@@ -457,7 +457,8 @@ def world(sim: Sim, what: int, which: int, bad: bool) -> None:
 @given(scenarios())
 def test_rollouts_keep_their_bounds(scenario: Scenario) -> None:
     """Start-first: never more than replicas + parallelism serving, never fewer than replicas serving (old tasks
-    do not fail here; new ones fail only before they run). Stop-first: never more than replicas live tasks."""
+    do not fail here; new ones fail only before they run). Stop-first: never more than replicas placed, and
+    (nothing failing) never more than parallelism slots without a serving task."""
     update = {"parallelism": scenario.parallelism, "order": START_FIRST if scenario.start_first else STOP_FIRST}
     sim = Sim.running(spec("img:1", scenario.replicas, **update))  # its settings roll it back
     assert len(sim.serving()) == scenario.replicas
@@ -472,6 +473,8 @@ def test_rollouts_keep_their_bounds(scenario: Scenario) -> None:
             assert len(serving) >= scenario.replicas
         else:
             assert len([t for t in alive if t.status.state >= pb.TASK_STATE_ASSIGNED]) <= scenario.replicas
+            if not scenario.bad and scenario.parallelism:
+                assert scenario.replicas - len(serving) <= scenario.parallelism, "at most parallelism slots out"
         slots = [t.slot for t in sim.live() if not t.replaced and not is_terminal(t.status.state)]
         assert len(slots) == len(set(slots)), "one task per slot besides the replaced ones"
         world(sim, what, which, scenario.bad)
