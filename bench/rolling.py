@@ -36,6 +36,11 @@ import sys
 import tempfile
 import time
 import uuid
+<<<<<<< HEAD
+from dataclasses import dataclass, field
+from datetime import datetime
+=======
+>>>>>>> main
 from pathlib import Path
 from typing import Any
 
@@ -46,8 +51,16 @@ sys.path.insert(0, str(ROOT))
 from agent.runtime.base import ContainerSpec, ContainerState, HealthConfig, HealthStatus  # noqa: E402
 from agent.runtime.docker import DockerRuntime  # noqa: E402
 from bench.apply20 import start_cluster  # noqa: E402
+<<<<<<< HEAD
+from bench.fleet import BenchController, machine, stop_process  # noqa: E402
+from dockyard import labels  # noqa: E402
+from dockyard.client import Client  # noqa: E402
+from dockyard.timestamps import from_timestamp  # noqa: E402
+from dockyard.v1 import types_pb2 as pb  # noqa: E402
+=======
 from bench.fleet import machine, stop_process  # noqa: E402
 from dockyard import labels  # noqa: E402
+>>>>>>> main
 
 IMAGE = "dockyard-test:latest"
 SERVICE = "rolling"
@@ -168,6 +181,41 @@ async def dockyard_check(replicas: int, previous: set[str]) -> set[str]:
     return revisions
 
 
+<<<<<<< HEAD
+async def slot_steps(controller: BenchController, revision: str) -> dict[str, list[float]]:
+    """Where a Dockyard rollout's time per slot went, from the task records (controller timestamps), in the
+    order the slots changed: the previous slot's successor RUNNING -> this slot's old task stopped (the
+    orchestrator's turn, the agent's stop, its report), stopped -> successor created (the reconciler),
+    created -> RUNNING (scheduler, dispatch, the agent's create and start, its report)."""
+    async with Client(controller.address, credentials=controller.credentials) as client:
+        tasks = await client.list_tasks(SERVICE, include_finished=True)
+    new = sorted(
+        (t for t in tasks if str(t.revision) == revision),
+        key=lambda t: from_timestamp(t.created_at) or datetime.min.astimezone(),
+    )
+    old_by_slot = {
+        t.slot: t
+        for t in sorted(tasks, key=lambda t: t.revision)
+        if str(t.revision) != revision and t.status.state >= pb.TASK_STATE_COMPLETE
+    }
+    steps: dict[str, list[float]] = {"running -> next stopped": [], "stopped -> created": [], "created -> running": []}
+    previous_running: datetime | None = None
+    for task in new:
+        created, running = from_timestamp(task.created_at), from_timestamp(task.status.timestamp)
+        old = old_by_slot.get(task.slot)
+        stopped = from_timestamp(old.status.timestamp) if old is not None else None
+        if created is None or running is None or stopped is None:
+            continue
+        if previous_running is not None:
+            steps["running -> next stopped"].append((stopped - previous_running).total_seconds())
+        steps["stopped -> created"].append((created - stopped).total_seconds())
+        steps["created -> running"].append((running - created).total_seconds())
+        previous_running = running
+    return steps
+
+
+=======
+>>>>>>> main
 def dockyard_apply(env: dict[str, str], spec: Path) -> float:
     """Runs `dockyard apply -f spec` (which waits until the rollout converged); returns seconds."""
     started = time.perf_counter()
@@ -186,6 +234,20 @@ def dockyard_apply(env: dict[str, str], spec: Path) -> float:
     return elapsed
 
 
+<<<<<<< HEAD
+@dataclass
+class Results:
+    """What the rounds measured: seconds per rollout on each side, and Dockyard's per-slot steps."""
+
+    by_hand: list[float] = field(default_factory=list)
+    dockyard: list[float] = field(default_factory=list)
+    steps: dict[str, list[float]] = field(default_factory=dict)
+
+
+def run_rounds(args: argparse.Namespace, health: float | None) -> Results:
+    """Starts the controller and agent, deploys version 1 on both sides, then times `args.rounds` rollouts."""
+    results = Results()
+=======
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--replicas", type=int, default=20)
@@ -204,6 +266,7 @@ def main() -> None:
     print(f"{setup}\nat the start: {machine()}", file=sys.stderr)
     hand_times: list[float] = []
     dockyard_times: list[float] = []
+>>>>>>> main
     with tempfile.TemporaryDirectory(prefix="dockyard-bench-") as tmp:
         state = Path(tmp)
         controller, agent = asyncio.run(start_cluster(state, args.insecure))
@@ -225,12 +288,23 @@ def main() -> None:
             revisions = loop.run_until_complete(dockyard_check(args.replicas, set()))
             for round_ in range(1, args.rounds + 1):
                 version = round_ + 1
+<<<<<<< HEAD
+                results.by_hand.append(loop.run_until_complete(by_hand.roll(version)))
+                loop.run_until_complete(by_hand.check(version))
+                results.dockyard.append(dockyard_apply(env, spec(version)))
+                revisions = loop.run_until_complete(dockyard_check(args.replicas, revisions))
+                for step, values in loop.run_until_complete(slot_steps(controller, min(revisions))).items():
+                    results.steps.setdefault(step, []).extend(values)
+                print(
+                    f"round {round_}: by hand {results.by_hand[-1]:.2f}s  dockyard {results.dockyard[-1]:.2f}s",
+=======
                 hand_times.append(loop.run_until_complete(by_hand.roll(version)))
                 loop.run_until_complete(by_hand.check(version))
                 dockyard_times.append(dockyard_apply(env, spec(version)))
                 revisions = loop.run_until_complete(dockyard_check(args.replicas, revisions))
                 print(
                     f"round {round_}: by hand {hand_times[-1]:.2f}s  dockyard {dockyard_times[-1]:.2f}s",
+>>>>>>> main
                     file=sys.stderr,
                 )
         finally:
@@ -241,11 +315,40 @@ def main() -> None:
             )
             stop_process(agent)
             stop_process(controller.process)
+<<<<<<< HEAD
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--replicas", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--parallelism", type=int, default=1, help="slots replaced at once, on both sides")
+    parser.add_argument("--default-update", action="store_true", help="no update block: Dockyard's defaults")
+    parser.add_argument("--health", action="store_true", help="a Docker health check on both sides")
+    parser.add_argument("--health-interval", type=float, default=0.5, help="seconds between probes")
+    parser.add_argument("--insecure", action="store_true", help="a plaintext controller and agent (before issue 8)")
+    args = parser.parse_args()
+    health = args.health_interval if args.health else None
+    update = "defaults" if args.default_update else f"parallelism {args.parallelism}, stop-first, delay 0s, monitor 0s"
+    setup = f"replicas {args.replicas}, rounds {args.rounds}, update: {update}; " + (
+        f"health check every {health:g}s, waiting for healthy" if health else "no health check, waiting for running"
+    )
+    print(f"{setup}\nat the start: {machine()}", file=sys.stderr)
+    results = run_rounds(args, health)
+    hand, dockyard = statistics.median(results.by_hand), statistics.median(results.dockyard)
+=======
     hand, dockyard = statistics.median(hand_times), statistics.median(dockyard_times)
+>>>>>>> main
     print(setup)
     print(f"by hand (aiodocker stop, rm, create, start, wait; per slot): median {hand:.2f}s")
     print(f"dockyard apply (CLI start to converged): median {dockyard:.2f}s")
     print(f"ratio dockyard/by hand: {dockyard / hand:.2f}")
+<<<<<<< HEAD
+    parts = ", ".join(f"{step} {statistics.median(v) * 1000:.0f} ms" for step, v in results.steps.items() if v)
+    print(f"dockyard per slot (medians, controller timestamps): {parts}")
+=======
+>>>>>>> main
     print(f"at the end: {machine()}")
 
 
