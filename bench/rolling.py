@@ -36,11 +36,8 @@ import sys
 import tempfile
 import time
 import uuid
-<<<<<<< HEAD
 from dataclasses import dataclass, field
 from datetime import datetime
-=======
->>>>>>> main
 from pathlib import Path
 from typing import Any
 
@@ -51,16 +48,11 @@ sys.path.insert(0, str(ROOT))
 from agent.runtime.base import ContainerSpec, ContainerState, HealthConfig, HealthStatus  # noqa: E402
 from agent.runtime.docker import DockerRuntime  # noqa: E402
 from bench.apply20 import start_cluster  # noqa: E402
-<<<<<<< HEAD
 from bench.fleet import BenchController, machine, stop_process  # noqa: E402
 from dockyard import labels  # noqa: E402
 from dockyard.client import Client  # noqa: E402
 from dockyard.timestamps import from_timestamp  # noqa: E402
 from dockyard.v1 import types_pb2 as pb  # noqa: E402
-=======
-from bench.fleet import machine, stop_process  # noqa: E402
-from dockyard import labels  # noqa: E402
->>>>>>> main
 
 IMAGE = "dockyard-test:latest"
 SERVICE = "rolling"
@@ -181,7 +173,6 @@ async def dockyard_check(replicas: int, previous: set[str]) -> set[str]:
     return revisions
 
 
-<<<<<<< HEAD
 async def slot_steps(controller: BenchController, revision: str) -> dict[str, list[float]]:
     """Where a Dockyard rollout's time per slot went, from the task records (controller timestamps), in the
     order the slots changed: the previous slot's successor RUNNING -> this slot's old task stopped (the
@@ -214,8 +205,6 @@ async def slot_steps(controller: BenchController, revision: str) -> dict[str, li
     return steps
 
 
-=======
->>>>>>> main
 def dockyard_apply(env: dict[str, str], spec: Path) -> float:
     """Runs `dockyard apply -f spec` (which waits until the rollout converged); returns seconds."""
     started = time.perf_counter()
@@ -234,7 +223,6 @@ def dockyard_apply(env: dict[str, str], spec: Path) -> float:
     return elapsed
 
 
-<<<<<<< HEAD
 @dataclass
 class Results:
     """What the rounds measured: seconds per rollout on each side, and Dockyard's per-slot steps."""
@@ -247,26 +235,6 @@ class Results:
 def run_rounds(args: argparse.Namespace, health: float | None) -> Results:
     """Starts the controller and agent, deploys version 1 on both sides, then times `args.rounds` rollouts."""
     results = Results()
-=======
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--replicas", type=int, default=20)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--parallelism", type=int, default=1, help="slots replaced at once, on both sides")
-    parser.add_argument("--default-update", action="store_true", help="no update block: Dockyard's defaults")
-    parser.add_argument("--health", action="store_true", help="a Docker health check on both sides")
-    parser.add_argument("--health-interval", type=float, default=0.5, help="seconds between probes")
-    parser.add_argument("--insecure", action="store_true", help="a plaintext controller and agent (before issue 8)")
-    args = parser.parse_args()
-    health = args.health_interval if args.health else None
-    update = "defaults" if args.default_update else f"parallelism {args.parallelism}, stop-first, delay 0s, monitor 0s"
-    setup = f"replicas {args.replicas}, rounds {args.rounds}, update: {update}; " + (
-        f"health check every {health:g}s, waiting for healthy" if health else "no health check, waiting for running"
-    )
-    print(f"{setup}\nat the start: {machine()}", file=sys.stderr)
-    hand_times: list[float] = []
-    dockyard_times: list[float] = []
->>>>>>> main
     with tempfile.TemporaryDirectory(prefix="dockyard-bench-") as tmp:
         state = Path(tmp)
         controller, agent = asyncio.run(start_cluster(state, args.insecure))
@@ -288,7 +256,6 @@ def main() -> None:
             revisions = loop.run_until_complete(dockyard_check(args.replicas, set()))
             for round_ in range(1, args.rounds + 1):
                 version = round_ + 1
-<<<<<<< HEAD
                 results.by_hand.append(loop.run_until_complete(by_hand.roll(version)))
                 loop.run_until_complete(by_hand.check(version))
                 results.dockyard.append(dockyard_apply(env, spec(version)))
@@ -297,14 +264,6 @@ def main() -> None:
                     results.steps.setdefault(step, []).extend(values)
                 print(
                     f"round {round_}: by hand {results.by_hand[-1]:.2f}s  dockyard {results.dockyard[-1]:.2f}s",
-=======
-                hand_times.append(loop.run_until_complete(by_hand.roll(version)))
-                loop.run_until_complete(by_hand.check(version))
-                dockyard_times.append(dockyard_apply(env, spec(version)))
-                revisions = loop.run_until_complete(dockyard_check(args.replicas, revisions))
-                print(
-                    f"round {round_}: by hand {hand_times[-1]:.2f}s  dockyard {dockyard_times[-1]:.2f}s",
->>>>>>> main
                     file=sys.stderr,
                 )
         finally:
@@ -315,7 +274,6 @@ def main() -> None:
             )
             stop_process(agent)
             stop_process(controller.process)
-<<<<<<< HEAD
     return results
 
 
@@ -337,18 +295,12 @@ def main() -> None:
     print(f"{setup}\nat the start: {machine()}", file=sys.stderr)
     results = run_rounds(args, health)
     hand, dockyard = statistics.median(results.by_hand), statistics.median(results.dockyard)
-=======
-    hand, dockyard = statistics.median(hand_times), statistics.median(dockyard_times)
->>>>>>> main
     print(setup)
     print(f"by hand (aiodocker stop, rm, create, start, wait; per slot): median {hand:.2f}s")
     print(f"dockyard apply (CLI start to converged): median {dockyard:.2f}s")
     print(f"ratio dockyard/by hand: {dockyard / hand:.2f}")
-<<<<<<< HEAD
     parts = ", ".join(f"{step} {statistics.median(v) * 1000:.0f} ms" for step, v in results.steps.items() if v)
     print(f"dockyard per slot (medians, controller timestamps): {parts}")
-=======
->>>>>>> main
     print(f"at the end: {machine()}")
 
 
