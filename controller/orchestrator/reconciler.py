@@ -123,7 +123,7 @@ def reconcile_service(
     state = _Pass(service, nodes, now, new_id, plan, policy, may_update, held)
     state.changing = sum(1 for key, group in groups.items() if key in wanted and _changing(group))
     if not active and held is None and (rebalance or service.spec.placement.rebalance):
-        _rebalance(state, groups, current)
+        service = _rebalance(state, groups, current)
     for key in sorted(set(groups) | set(wanted), key=str):
         group = groups.get(key, [])
         if key not in wanted:
@@ -141,7 +141,10 @@ def reconcile_service(
             service = _with_status(service, rollout.completed(service.update_status, now))
         else:
             plan.wake_no_later_than(last + policy.monitor)
-    if service.update_status != original.update_status:
+    if (service.update_status, service.rebalanced_generation) != (
+        original.update_status,
+        original.rebalanced_generation,
+    ):
         plan.service = service
     return plan
 
@@ -206,9 +209,14 @@ def after_plan(tasks: Sequence[pb.Task], plan: Plan) -> Sequence[pb.Task]:
 
 
 def _with_status(service: pb.Service, status: pb.UpdateStatus) -> pb.Service:
+    copy = _copy(service)
+    copy.update_status.CopyFrom(status)
+    return copy
+
+
+def _copy(service: pb.Service) -> pb.Service:
     copy = pb.Service()
     copy.CopyFrom(service)
-    copy.update_status.CopyFrom(status)
     return copy
 
 
@@ -414,15 +422,20 @@ def _hold_or_release(state: _Pass, task: pb.Task) -> None:
         keep_held(task, state.held, state.now, state.plan)
 
 
-def _rebalance(state: _Pass, groups: Mapping[GroupKey, list[pb.Task]], tasks: Sequence[pb.Task]) -> None:
+def _rebalance(state: _Pass, groups: Mapping[GroupKey, list[pb.Task]], tasks: Sequence[pb.Task]) -> pb.Service:
     """Moves the tasks rebalance.to_move names start-first: each is replaced by a successor in its slot that
-    avoids its node, and stops once that one runs."""
+    avoids its node, and stops once that one runs. Returns the service, marked as having acted on the latest
+    rebalance request (recorded in the service, so a restart does not act on it again)."""
     state.plan.rebalanced = True
     for task in to_move(state.service, tasks, state.nodes.global_targets(state.service.spec)):
         if task.slot not in groups:
             continue  # not a slot of this service (to_move only names its running tasks)
         _mark_replaced(task, state.now, state.plan)
         _create(state, task.slot, groups[task.slot], avoid=[task.node_id])
+    if state.service.rebalanced_generation < state.service.rebalance_generation:
+        state.service = _copy(state.service)
+        state.service.rebalanced_generation = state.service.rebalance_generation
+    return state.service
 
 
 def _changing(group: list[pb.Task]) -> bool:

@@ -118,11 +118,6 @@ class Orchestrator:
         self._global: set[str] = set()
         # Services whose plan left tasks held (depends_on), with the names of the services they wait for.
         self._held: dict[str, tuple[str, ...]] = {}
-        # Per service, the rebalance_generation last acted on. Kept in memory: a service first seen in a
-        # full pass (the controller's start) counts as acted on, so a restart never moves tasks by itself;
-        # a request the controller had no pass for before it stopped is lost (the API and this role share a
-        # process, so that window is one pass long). See docs/design/controller.md.
-        self._rebalanced: dict[str, int] = {}
         # Services whose plan waits for a task to reach running (see reconciler.waits_for_running).
         self._waiting: set[str] = set()
         # Per service, when its plan asked to look again (a restart delay, attempts ageing out of a window).
@@ -177,8 +172,6 @@ class Orchestrator:
         node_list = await self._store.list_nodes()
         self._nodes = {n.id: n for n in node_list}
         self._global = {s.id for s in services.values() if _follows_nodes(s)}
-        for service in services.values():
-            self._rebalanced.setdefault(service.id, service.rebalance_generation)
         # This pass reads everything, so nothing noted before it is still to do.
         self._dirty = Dirty()
         work = [
@@ -268,7 +261,7 @@ class Orchestrator:
         service = item.service
         if service is None:
             return
-        item.rebalance = service.rebalance_generation > self._rebalanced.get(service.id, 0)
+        item.rebalance = service.rebalance_generation > service.rebalanced_generation
         if service.spec.depends_on:
             item.deps = {}
             for name in service.spec.depends_on:
@@ -360,8 +353,6 @@ class Orchestrator:
             self._held[service_id] = tuple(service.spec.depends_on)
         else:
             self._held.pop(service_id, None)
-        if plan.rebalanced and item.service is not None:
-            self._rebalanced[service_id] = item.service.rebalance_generation
         if not plan.empty():
             log.info(
                 "orchestrated",
@@ -410,7 +401,6 @@ class Orchestrator:
         self._failing.pop(service_id, None)
         self._global.discard(service_id)
         self._held.pop(service_id, None)
-        self._rebalanced.pop(service_id, None)
 
     def _next_wake(self, now: datetime) -> datetime | None:
         """Returns the earliest timer or retry, or now when a service is left to do (after a conflict)."""

@@ -829,6 +829,7 @@ class Service(_message.Message):
     REBALANCE_GENERATION_FIELD_NUMBER: _builtins.int
     ALSO_CURRENT_FROM_FIELD_NUMBER: _builtins.int
     ALSO_CURRENT_TO_FIELD_NUMBER: _builtins.int
+    REBALANCED_GENERATION_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     name: _builtins.str
     revision: _builtins.int
@@ -849,6 +850,8 @@ class Service(_message.Message):
     changed. Cleared by the next change of the spec. dockyard.task_state.runs_current_spec reads them.
     """
     also_current_to: _builtins.int
+    rebalanced_generation: _builtins.int
+    """The rebalance_generation the orchestrator last acted on (written by it), so a request survives a restart."""
     @_builtins.property
     def spec(self) -> Global___ServiceSpec: ...
     @_builtins.property
@@ -873,10 +876,11 @@ class Service(_message.Message):
         rebalance_generation: _builtins.int = ...,
         also_current_from: _builtins.int = ...,
         also_current_to: _builtins.int = ...,
+        rebalanced_generation: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "spec", b"spec", "update_status", b"update_status", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["also_current_from", b"also_current_from", "also_current_to", b"also_current_to", "change_cause", b"change_cause", "created_at", b"created_at", "id", b"id", "name", b"name", "rebalance_generation", b"rebalance_generation", "revision", b"revision", "spec", b"spec", "spec_revision", b"spec_revision", "update_status", b"update_status", "updated_at", b"updated_at", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["also_current_from", b"also_current_from", "also_current_to", b"also_current_to", "change_cause", b"change_cause", "created_at", b"created_at", "id", b"id", "name", b"name", "rebalance_generation", b"rebalance_generation", "rebalanced_generation", b"rebalanced_generation", "revision", b"revision", "spec", b"spec", "spec_revision", b"spec_revision", "update_status", b"update_status", "updated_at", b"updated_at", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

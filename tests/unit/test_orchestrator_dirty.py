@@ -519,7 +519,7 @@ async def test_a_rebalance_is_acted_on_once_per_request_and_never_after_a_restar
     async with SqliteStore(":memory:") as store:
         h = Harness(store)
         asked = service("a", 4)
-        asked.rebalance_generation = 3  # asked for (and done) before this controller started
+        asked.rebalance_generation = asked.rebalanced_generation = 3  # asked for and done before this start
         await store.commit([Put(node("n1")), Put(asked)])
         await h.full()
         await h.place({"a": ["n1"] * 4})
@@ -533,6 +533,11 @@ async def test_a_rebalance_is_acted_on_once_per_request_and_never_after_a_restar
         await store.commit([Put(current, expect_version=current.version)])
         await h.step()
         assert sum(t.replaced for t in await h.tasks("a")) == 2, "moved toward 2 and 2"
+        acted = await store.get_service("a")
+        assert acted is not None and acted.rebalanced_generation == 4, "the request is recorded as acted on"
         await store.commit([Put(node("n3"))])
         await h.step()
         assert sum(t.replaced for t in await h.tasks("a")) == 2, "acted on once: the third node gets nothing"
+        restarted = Harness(store)  # a controller restart: what was acted on is read back from the service
+        await restarted.full()
+        assert sum(t.replaced for t in await restarted.tasks("a")) == 2, "not acted on again after a restart"
