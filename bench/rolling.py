@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import statistics
@@ -62,6 +63,7 @@ COMMAND = ("sh", "-c", f"touch {HEALTHY_FILE}; exec sleep 3600")
 POLL = 0.02  # how often the by-hand side asks Docker whether a new container runs (or is healthy)
 WAIT_LIMIT = 120.0  # seconds one container may take to run (or be healthy) before the bench gives up
 NANOS = 1_000_000_000
+HAND_STEPS = ("stop", "remove", "create, start, wait")
 
 
 def spec_text(replicas: int, version: int, parallelism: int, default_update: bool, health: float | None) -> str:
@@ -95,6 +97,7 @@ class ByHand:
         self.parallelism = parallelism or replicas  # 0: all at once, as update.parallelism
         self.health = health
         self.containers: dict[int, str] = {}  # slot -> container id
+        self.steps: dict[str, list[float]] = {}  # step of a replacement -> seconds, every replacement
 
     def _spec(self, slot: int, version: int) -> ContainerSpec:
         check = None
@@ -126,13 +129,20 @@ class ByHand:
 
     async def _replace(self, slot: int, version: int) -> None:
         old = self.containers.get(slot)
+        marks = [time.perf_counter()]
         if old is not None:
             await self.runtime.stop(old, 0)
+            marks.append(time.perf_counter())
             await self.runtime.remove(old)
+            marks.append(time.perf_counter())
         new = await self.runtime.create(self._spec(slot, version))
         await self.runtime.start(new)
         await self._ready(new)
+        marks.append(time.perf_counter())
         self.containers[slot] = new
+        if old is not None:
+            for step, (began, ended) in zip(HAND_STEPS, itertools.pairwise(marks), strict=True):
+                self.steps.setdefault(step, []).append(ended - began)
 
     async def roll(self, version: int) -> float:
         """Moves every slot to `version`, P slots at a time; returns seconds."""
@@ -230,6 +240,12 @@ class Results:
     by_hand: list[float] = field(default_factory=list)
     dockyard: list[float] = field(default_factory=list)
     steps: dict[str, list[float]] = field(default_factory=dict)
+    hand_steps: dict[str, list[float]] = field(default_factory=dict)
+
+
+def medians(steps: dict[str, list[float]]) -> str:
+    """Each step's median in milliseconds, as one line."""
+    return ", ".join(f"{step} {statistics.median(v) * 1000:.0f} ms" for step, v in steps.items() if v)
 
 
 def run_rounds(args: argparse.Namespace, health: float | None) -> Results:
@@ -266,6 +282,7 @@ def run_rounds(args: argparse.Namespace, health: float | None) -> Results:
                     f"round {round_}: by hand {results.by_hand[-1]:.2f}s  dockyard {results.dockyard[-1]:.2f}s",
                     file=sys.stderr,
                 )
+            results.hand_steps = by_hand.steps
         finally:
             loop.run_until_complete(by_hand.close())
             loop.close()
@@ -299,8 +316,8 @@ def main() -> None:
     print(f"by hand (aiodocker stop, rm, create, start, wait; per slot): median {hand:.2f}s")
     print(f"dockyard apply (CLI start to converged): median {dockyard:.2f}s")
     print(f"ratio dockyard/by hand: {dockyard / hand:.2f}")
-    parts = ", ".join(f"{step} {statistics.median(v) * 1000:.0f} ms" for step, v in results.steps.items() if v)
-    print(f"dockyard per slot (medians, controller timestamps): {parts}")
+    print(f"by hand per slot (medians): {medians(results.hand_steps)}")
+    print(f"dockyard per slot (medians, controller timestamps): {medians(results.steps)}")
     print(f"at the end: {machine()}")
 
 

@@ -717,8 +717,8 @@ def test_depends_on_holds_across_hosts(deploys: Deploys) -> None:
 def test_rollout_resumes_after_the_controller_is_killed_half_way(deploys: Deploys) -> None:
     h, work = deploys.h, deploys.work
     name, replicas = "resume", 3
-    # One at a time, 3 s between batches: time enough to kill the controller after the first slot.
-    update = {"parallelism": 1, "delay": "3s", "monitor": "0s"}
+    # One at a time, 2 s between batches: time enough to kill the controller after the first slot.
+    update = {"parallelism": 1, "delay": "2s", "monitor": "0s"}
     v1 = spec_file(work / "resume-1.json", resume=service(READY, replicas, health=healthcheck(), update=update))
     v2 = spec_file(
         work / "resume-2.json", resume=service(READY, replicas, version="2", health=healthcheck(), update=update)
