@@ -125,12 +125,16 @@ def test_apply_that_rolled_back_exits_3_with_the_reason_though_every_task_runs(
     assert "rollback_completed" in applied.stdout  # the final table's rollout column
 
 
-def test_apply_of_a_paused_rollout_exits_4(api: ApiInThread, tmp_path: Path) -> None:
+def test_apply_whose_rollout_pauses_exits_4(api: ApiInThread, tmp_path: Path) -> None:
     assert dockyard(api, "apply", "-f", spec_file(tmp_path), "-d").exit_code == 0
     run_tasks(api, stored(api), revision=1)
-    set_status(api, S.STATE_PAUSED, "update paused: 1 of 2 tasks failed")
-
-    applied = dockyard(api, "apply", "-f", spec_file(tmp_path), "-o", "json")
+    with ThreadPoolExecutor(1) as pool:
+        applying: Future[Result] = pool.submit(
+            dockyard, api, "apply", "-f", spec_file(tmp_path, image="app:2"), "-o", "json"
+        )
+        wait_for(lambda: stored(api).spec_revision == 2, 10, "the apply to be stored")
+        set_status(api, S.STATE_PAUSED, "update paused: 1 of 2 tasks failed")  # as the orchestrator would
+        applied = applying.result(timeout=30)
 
     assert applied.exit_code == ExitCode.PAUSED
     document = json.loads(applied.stdout)
