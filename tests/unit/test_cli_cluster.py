@@ -130,3 +130,24 @@ async def test_a_job_is_waited_for_by_its_exit(one_host: FakeCluster, tmp_path: 
     failed = await dockyard(one_host, "apply", "-f", str(broken))
     assert failed.exit_code == ExitCode.JOB_FAILED, failed.output
     assert "Error: broken: job failed: broken.1: failed (exit 3): exited with code 3" in failed.stderr
+
+
+async def test_service_rebalance_waits_until_the_spread_holds(one_host: FakeCluster, tmp_path: Path) -> None:
+    created = await dockyard(one_host, "apply", "-f", web(tmp_path / "web.yaml", replicas=4))
+    assert created.exit_code == ExitCode.OK, created.output
+    await one_host.start_agent("h2")
+    async with one_host.client() as client:
+
+        async def both_ready() -> bool:
+            return sum(n.status == pb.NODE_STATUS_READY for n in await client.list_nodes()) == 2
+
+        await eventually(both_ready, what="h2 ready")
+    tasks = parsed(await dockyard(one_host, "ps", "web", "-o", "json"))
+    assert [t["node"] for t in tasks] == ["h1"] * 4  # nothing moves by itself
+
+    moved = await dockyard(one_host, "service", "rebalance", "web", "-o", "json")
+    assert moved.exit_code == ExitCode.OK, moved.output
+    assert parsed(moved)["outcome"] == "ok"
+    tasks = parsed(await dockyard(one_host, "ps", "web", "-o", "json"))
+    assert sorted(t["node"] for t in tasks) == ["h1", "h1", "h2", "h2"]
+    assert all(t["state"] == "running" and t["health"] == "healthy" for t in tasks)
