@@ -9,6 +9,7 @@ from typing import Final
 
 from controller.orchestrator.rollout import resumed
 from controller.store.base import Put
+from dockyard.spec.diff import same_apart_from_replicas
 from dockyard.timestamps import to_timestamp
 from dockyard.v1 import controller_pb2 as cpb
 from dockyard.v1 import types_pb2 as pb
@@ -80,13 +81,3 @@ def pruned(specs: Sequence[pb.ServiceSpec], existing: Mapping[str, pb.Service]) 
     """Returns the stored services an apply with prune deletes: those the request does not name, by name."""
     names = {spec.name for spec in specs}
     return [existing[name] for name in sorted(existing) if name not in names]
-
-
-def same_apart_from_replicas(a: pb.ServiceSpec, b: pb.ServiceSpec) -> bool:
-    """Tells whether two specs differ at most in their replica count (tasks of one then run the other)."""
-    if a.replicas == b.replicas:
-        return a == b
-    b_scaled = pb.ServiceSpec()
-    b_scaled.CopyFrom(b)
-    b_scaled.replicas = a.replicas
-    return a == b_scaled

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from controller.orchestrator.rollout import same_spec
 from controller.store.base import ServiceRevision
+from dockyard.spec.diff import same_apart_from_replicas
 from dockyard.spec.issues import Issue
 from dockyard.timestamps import to_timestamp
 from dockyard.v1 import controller_pb2 as cpb
@@ -68,7 +68,7 @@ def rollback_target(
                 f"give one of those (see `dockyard history {service.name}`)",
             )
         target = kept[to_revision]
-    if same_spec(target.spec, service.spec):
+    if same_apart_from_replicas(target.spec, service.spec):
         field = "to_revision" if to_revision else "service"
         return Issue(
             field,

@@ -32,8 +32,7 @@ from controller.orchestrator.depends import DependencyView
 from controller.orchestrator.nodes import NodeFacts
 from controller.orchestrator.reconciler import reconcile_service
 from controller.scheduler.engine import schedule
-from controller.scheduler.model import holds_resources
-from controller.scheduler.role import is_pending
+from controller.scheduler.model import holds_resources, is_pending
 from controller.store.specs import current_spec_for
 from dockyard.task_state import SpecKey, is_terminal, spec_key
 from dockyard.timestamps import to_timestamp

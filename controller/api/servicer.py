@@ -16,7 +16,7 @@ from typing import Final, Protocol
 import grpc
 import structlog
 
-from controller.api.apply import plan_apply, pruned, same_apart_from_replicas, scale_cause
+from controller.api.apply import plan_apply, pruned, scale_cause
 from controller.api.bounds import Gate, ReadCaps
 from controller.api.history import history_response, rollback_target
 from controller.api.paging import (
@@ -42,14 +42,13 @@ from controller.api.validation import (
 from controller.api.watch import KINDS, WatchClosed, WatchFilter, WatchLimits, watch_responses
 from controller.api.writes import commit_or_abort, revision_stale, version_stale
 from controller.orchestrator import rollout
-from controller.scheduler.model import holds_resources
-from controller.scheduler.role import is_pending
+from controller.scheduler.model import holds_resources, is_pending
 from controller.store.base import Check, Delete, Kind, NodeKey, Op, Put, Store, TaskKey, WatchExpired
 from controller.store.specs import SpecCache
 from dockyard.clock import Clock
 from dockyard.logs import Throttle
 from dockyard.spec.dependencies import start_order
-from dockyard.spec.diff import spec_changes
+from dockyard.spec.diff import same_apart_from_replicas, spec_changes
 from dockyard.spec.issues import Issue, key_path, service_path
 from dockyard.task_state import is_terminal
 from dockyard.timestamps import to_timestamp

@@ -33,6 +33,7 @@ from datetime import datetime, timedelta
 
 from controller.orchestrator.restart import stopped_at
 from dockyard.spec import schema
+from dockyard.spec.diff import same_apart_from_replicas
 from dockyard.task_state import runs_current_spec
 from dockyard.timestamps import from_timestamp, seconds, to_timestamp
 from dockyard.v1 import types_pb2 as pb
@@ -236,16 +237,6 @@ class RollbackTarget:
     also_current_to: int
 
 
-def same_spec(a: pb.ServiceSpec, b: pb.ServiceSpec) -> bool:
-    """Tells whether tasks started with one spec run the other: equal in everything but replicas."""
-    if a.replicas == b.replicas:
-        return a == b
-    other = pb.ServiceSpec()
-    other.CopyFrom(b)
-    other.replicas = a.replicas
-    return a == other
-
-
 async def find_rollback_target(
     service: pb.Service, revision: int, spec_at: Callable[[int], Awaitable[pb.ServiceSpec | None]]
 ) -> RollbackTarget | None:
@@ -265,13 +256,13 @@ async def find_rollback_target(
     low = revision
     while low > 1:
         earlier = await spec_at(low - 1)
-        if earlier is None or not same_spec(spec, earlier):
+        if earlier is None or not same_apart_from_replicas(spec, earlier):
             break
         low -= 1
     high = revision
     while high + 1 < service.spec_revision:
         later = await spec_at(high + 1)
-        if later is None or not same_spec(spec, later):
+        if later is None or not same_apart_from_replicas(spec, later):
             break
         high += 1
     return RollbackTarget(revision, spec, low, high)

@@ -246,3 +246,8 @@ class Cluster:
         node.take(demand)
         self.service_nodes.setdefault(demand.service_id, set()).add(node.id)
         self.changes.append(node.id)
+
+
+def is_pending(task: pb.Task) -> bool:
+    """Tells whether a task waits for a node, or pinned to one (global services) waits to be admitted there."""
+    return task.desired_state == pb.DESIRED_STATE_RUNNING and task.status.state == pb.TASK_STATE_PENDING

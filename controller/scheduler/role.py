@@ -10,6 +10,7 @@ from datetime import datetime
 import structlog
 
 from controller.scheduler import Decision, SpecKey, holds_resources, schedule
+from controller.scheduler.model import is_pending
 from controller.store.base import Action, Check, ConflictError, Event, Kind, Op, Put, Store
 from controller.store.follow import follow_nodes
 from controller.store.specs import SpecCache
@@ -19,11 +20,6 @@ from dockyard.timestamps import to_timestamp
 from dockyard.v1 import types_pb2 as pb
 
 log = structlog.get_logger()
-
-
-def is_pending(task: pb.Task) -> bool:
-    """Tells whether a task waits for a node, or pinned to one (global services) waits to be admitted there."""
-    return task.desired_state == pb.DESIRED_STATE_RUNNING and task.status.state == pb.TASK_STATE_PENDING
 
 
 def needs_pass(

@@ -195,3 +195,13 @@ def _bool(value: bool) -> str:
 
 def _number(value: float) -> str:
     return repr(value)
+
+
+def same_apart_from_replicas(a: pb.ServiceSpec, b: pb.ServiceSpec) -> bool:
+    """Tells whether two specs differ at most in their replica count: tasks started with one run the other."""
+    if a.replicas == b.replicas:
+        return a == b
+    scaled = pb.ServiceSpec()
+    scaled.CopyFrom(b)
+    scaled.replicas = a.replicas
+    return a == scaled

@@ -35,7 +35,15 @@ def test_three_hosts_run_one_replica_each_and_down_leaves_nothing(dev_cluster: C
     assert all(h["dockerd_pid"] and h["agent_pid"] for h in status["hosts"])
 
     result = dev_cluster.json("apply", "-f", str(write_spec(tmp_path / "sleeper.yaml", replicas=3)))
-    assert result == [{"service": "sleeper", "action": "created", "revision": 1, "running": 3, "replicas": 3}]
+    assert (result["outcome"], result["exit_code"]) == ("ok", 0)
+    [row] = result["services"]
+    assert (row["service"], row["action"], row["revision"], row["healthy"], row["desired"]) == (
+        "sleeper",
+        "created",
+        1,
+        3,
+        3,
+    )
     for host in dev_cluster.hosts:
         running = dev_cluster.running(host, "sleeper")
         assert len(running) == 1, f"{host} runs {len(running)} sleeper containers"

@@ -41,7 +41,8 @@ async def test_a_privileged_port_is_refused_by_the_agent_and_ps_shows_why(fake_c
     listed = await dockyard(fake_cluster, "ps", "--all", "-o", "json")
     assert listed.exit_code == 0, listed.output
     row = next(r for r in json.loads(listed.stdout) if r["id"] == task.id)
-    assert (row["state"], row["error"], row["detail"]) == ("rejected", expected, expected)
+    assert (row["state"], row["error"], row["cause"]) == ("rejected", expected, "host")
+    assert row["detail"] == f"host fault: {expected}"
     table = await dockyard(fake_cluster, "ps", "--all")
     assert table.exit_code == 0, table.output
     line = next(line for line in table.stdout.splitlines() if line.startswith(task.id[:12]))

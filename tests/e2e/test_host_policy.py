@@ -27,11 +27,11 @@ def test_port_80_is_refused_before_any_container_and_apply_and_ps_say_why(cluste
         "refused by this host's policy: services.web.ports[0].published: host port 80/tcp is not allowed on this "
         "host (allow-host-ports is 1024-65535)"
     )
-    assert applied.returncode == 1, applied.stdout + applied.stderr
-    assert f"web.1: rejected: {reason}" in applied.stderr
+    assert applied.returncode == 5, applied.stdout + applied.stderr
+    assert f"web.1: refused 3 times in a row: rejected (host fault): {reason}" in applied.stderr
 
-    [task] = cluster.json("ps", "--all")
-    assert task["state"] == "rejected"
-    assert task["error"].startswith(reason)
-    assert task["container_id"] is None
+    rejected = [t for t in cluster.json("ps", "--all") if t["state"] == "rejected"]
+    assert len(rejected) >= 3
+    assert all(t["error"].startswith(reason) and t["cause"] == "host" for t in rejected)
+    assert all(t["container_id"] is None for t in rejected)
     assert cluster.containers() == [], "no container was created on the host"

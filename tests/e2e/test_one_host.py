@@ -32,7 +32,15 @@ def write_spec(path: Path, replicas: int = 3, name: str = "sleeper", extra: str 
 def test_apply_scale_and_remove(cluster: Cluster, tmp_path: Path) -> None:
     spec = write_spec(tmp_path / "sleeper.yaml", replicas=3)
     result = cluster.json("apply", "-f", str(spec))
-    assert result == [{"service": "sleeper", "action": "created", "revision": 1, "running": 3, "replicas": 3}]
+    assert (result["outcome"], result["exit_code"]) == ("ok", 0)
+    [row] = result["services"]
+    assert (row["service"], row["action"], row["revision"], row["healthy"], row["desired"]) == (
+        "sleeper",
+        "created",
+        1,
+        3,
+        3,
+    )
     running = cluster.running("sleeper")
     assert len(running) == 3
     tasks = cluster.json("ps", "sleeper")

@@ -1,8 +1,11 @@
 """Which code may import which, and what each package says it exports.
 
 * The agent is what every host installs: it never imports the controller.
-* The controller's roles (api, orchestrator, scheduler, dispatcher) never import each other. From the
-  controller they import only the shared modules: `controller.store`, `controller.errors`, `controller.ids`.
+* The controller's roles (api, orchestrator, scheduler, dispatcher) never import each other's I/O. From the
+  controller they import only the shared modules (`controller.store`, `controller.errors`, `controller.ids`,
+  `controller.security`) and other roles' pure cores (PURE_CORES): the reconciler's and the scheduler's
+  decisions, which the api runs as a dry run for `plan` and whose rollback rule it shares. A pure core does
+  no I/O: it imports nothing but the standard library's pure parts, `dockyard` and other pure cores.
   They talk through the store; wiring them together is `controller.server`'s job, which no role imports.
 * The product packages (dockyard, agent, controller) never import dev tooling (`deploy`) or `tests`.
 * Exports: a package's `__init__.py` "binds a public name" when a module-level statement (outside an
@@ -35,6 +38,41 @@ PRODUCT = ("dockyard", "agent", "controller")
 PACKAGES = (*PRODUCT, "deploy")
 ROLES = ("api", "orchestrator", "scheduler", "dispatcher")
 SHARED_CONTROLLER = ("controller.store", "controller.errors", "controller.ids", "controller.security")
+# The roles' modules that take their inputs (the time too) and return decisions, with no I/O.
+PURE_CORES = tuple(
+    f"controller.{name}"
+    for name in (
+        "orchestrator.depends",
+        "orchestrator.edits",
+        "orchestrator.nodes",
+        "orchestrator.plan",
+        "orchestrator.rebalance",
+        "orchestrator.reconciler",
+        "orchestrator.restart",
+        "orchestrator.rollout",
+        "scheduler.engine",
+        "scheduler.filters",
+        "scheduler.model",
+        "scheduler.reference",
+        "scheduler.scorers",
+        "scheduler.stack",
+    )
+)
+# What a pure core may import besides dockyard and the other pure cores: no clock, no sockets, no files.
+PURE_STDLIB = (
+    "__future__",
+    "bisect",
+    "collections",
+    "dataclasses",
+    "datetime",
+    "enum",
+    "functools",
+    "hashlib",
+    "heapq",
+    "itertools",
+    "math",
+    "typing",
+)
 # `from` these imports tools for the module itself, never exports.
 TOOL_MODULES = ("__future__", "typing")
 
@@ -117,10 +155,43 @@ def test_controller_roles_never_import_each_other() -> None:
         f"{path.relative_to(ROOT)} imports {name}"
         for path in sources("controller")
         if (own := role_of(module_name(path))) is not None
-        for name in sorted(imported_names(path))
-        if (other := role_of(name)) is not None and other != own
+        for name in role_imports(path)
+        if (other := role_of(name)) is not None and other != own and not _pure_core(name)
     ]
     assert offenders == [], "roles talk through the store, never to each other"
+
+
+def role_imports(path: Path) -> list[str]:
+    """The modules a file imports, without a role package named only as the `from` part of importing one of
+    its pure cores (``from controller.orchestrator import rollout`` names both)."""
+    names = imported_names(path)
+    return sorted(
+        name
+        for name in names
+        if not (
+            role_of(name) is not None and name.count(".") == 1 and any(_pure_core(n) and within(n, name) for n in names)
+        )
+    )
+
+
+def _pure_core(name: str) -> bool:
+    """Whether a dotted name is a pure core module or a name inside one (``from ...reconciler import x``)."""
+    return any(within(name, core) for core in PURE_CORES)
+
+
+def test_pure_cores_exist_and_do_no_io() -> None:
+    offenders = []
+    for core in PURE_CORES:
+        path = ROOT / (core.replace(".", "/") + ".py")
+        assert path.is_file(), f"{core} is listed as a pure core but does not exist"
+        for name in sorted(imported_names(path)):
+            top = name.split(".")[0]
+            if top == "dockyard" or _pure_core(name) or top in PURE_STDLIB:
+                continue
+            if name in {"controller", "controller.orchestrator", "controller.scheduler"}:
+                continue  # the package part of ``from controller.orchestrator import rollout``
+            offenders.append(f"{core} imports {name}")
+    assert offenders == [], "a pure core takes its inputs and returns decisions; I/O belongs in the role's shell"
 
 
 def test_controller_roles_import_only_the_shared_controller_modules() -> None:
@@ -130,13 +201,14 @@ def test_controller_roles_import_only_the_shared_controller_modules() -> None:
             or name == "controller"
             or within(name, f"controller.{own}")
             or any(within(name, shared) for shared in SHARED_CONTROLLER)
+            or _pure_core(name)
         )
 
     offenders = [
         f"{path.relative_to(ROOT)} imports {name}"
         for path in sources("controller")
         if (own := role_of(module_name(path))) is not None
-        for name in sorted(imported_names(path))
+        for name in role_imports(path)
         if not allowed(name, own)
     ]
     assert offenders == [], f"a role may import only its own package and {', '.join(SHARED_CONTROLLER)}"
