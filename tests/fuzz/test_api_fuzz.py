@@ -56,6 +56,10 @@ _DOCUMENTED: Final = {
     "RemoveNode": {Code.NOT_FOUND, Code.FAILED_PRECONDITION},  # unknown; if_version, or ready without force
     "Watch": {Code.NOT_FOUND, Code.OUT_OF_RANGE},  # unknown service filter; since_revision out of the kept range
     "GetJoinToken": {Code.FAILED_PRECONDITION},  # the controller issues no join tokens (as start_api serves it)
+    "PlanApply": set(),
+    "ListServiceHistory": {Code.NOT_FOUND},  # no such service
+    "RollbackService": {Code.NOT_FOUND, Code.FAILED_PRECONDITION},  # unknown; nothing to roll back to, if_revision
+    "RebalanceService": {Code.NOT_FOUND, Code.FAILED_PRECONDITION},  # unknown; a global service or a job
 }
 ALLOWED: Final = {name: frozenset({Code.INVALID_ARGUMENT, *codes}) | AUTH | SIZE for name, codes in _DOCUMENTED.items()}
 METHODS: Final = {method.name: method for method in SERVICE.methods}
