@@ -10,6 +10,16 @@ TERMINAL_FROM = pb.TASK_STATE_COMPLETE
 SpecKey = tuple[str, int]
 
 
+# How a pending task's message begins when the scheduler found no node for it; the CLI tells "cannot be
+# placed" from "waiting for something else" (a dependency) by it.
+UNPLACED_PREFIX = "no suitable node"
+
+
+def unplaced_message(reason: str) -> str:
+    """Returns the status message of a task the scheduler could not place, for why."""
+    return f"{UNPLACED_PREFIX}: {reason}"
+
+
 def spec_key(task: pb.Task) -> SpecKey:
     """Returns the (service id, revision) whose spec the task runs."""
     return (task.service_id, task.revision)

@@ -34,7 +34,7 @@ from controller.orchestrator.reconciler import reconcile_service
 from controller.scheduler.engine import schedule
 from controller.scheduler.model import holds_resources, is_pending
 from controller.store.specs import current_spec_for
-from dockyard.task_state import SpecKey, is_terminal, spec_key
+from dockyard.task_state import SpecKey, is_terminal, spec_key, unplaced_message
 from dockyard.timestamps import to_timestamp
 from dockyard.v1 import controller_pb2 as cpb
 from dockyard.v1 import types_pb2 as pb
@@ -140,7 +140,7 @@ def simulate(
             continue  # made and stopped again within the simulation
         result.started.setdefault(task.service_id, []).append(task)
         if is_pending(task) and task.id in reasons:
-            result.unplaced[task.id] = f"no suitable node: {reasons[task.id]}"
+            result.unplaced[task.id] = unplaced_message(reasons[task.id])
         elif task.status.state == pb.TASK_STATE_NEW:
             result.unplaced[task.id] = task.status.message  # held by depends_on ("waiting for db ...")
     for task in stopped.values():

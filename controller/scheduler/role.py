@@ -15,7 +15,7 @@ from controller.store.base import Action, Check, ConflictError, Event, Kind, Op,
 from controller.store.follow import follow_nodes
 from controller.store.specs import SpecCache
 from dockyard.clock import Clock
-from dockyard.task_state import is_terminal
+from dockyard.task_state import is_terminal, unplaced_message
 from dockyard.timestamps import to_timestamp
 from dockyard.v1 import types_pb2 as pb
 
@@ -172,7 +172,7 @@ def _ops(decisions: list[Decision], pending: dict[str, pb.Task], nodes: dict[str
         changed = pb.Task()
         changed.CopyFrom(task)
         if decision.node_id is None:
-            message = f"no suitable node: {decision.reason}"
+            message = unplaced_message(decision.reason)
             if task.status.message == message:
                 continue
             changed.status.message = message

@@ -27,13 +27,12 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from dockyard.cli.exitcodes import ExitCode
-from dockyard.task_state import is_terminal, runs_current_spec, state_name
+from dockyard.task_state import UNPLACED_PREFIX, is_terminal, runs_current_spec, state_name
 from dockyard.v1 import types_pb2 as pb
 
 __all__ = [
     "HOST_FAULT_LIMIT",
     "UNPLACED_GRACE",
-    "UNPLACED_PREFIX",
     "Progress",
     "UnplacedClock",
     "Verdict",
@@ -45,9 +44,6 @@ __all__ = [
     "unbalanced",
 ]
 
-# The scheduler's message on a task that no node fits (controller/scheduler/role.py writes
-# "no suitable node: <why>"); a pending task saying anything else waits for something else (a dependency).
-UNPLACED_PREFIX: Final = "no suitable node"
 # How long a task may stay unplaced before a waiting command gives up with ExitCode.UNPLACED.
 UNPLACED_GRACE: Final = 10.0
 # Host faults are retried at once, elsewhere when another node fits, and never count as a task's failure; a
