@@ -189,7 +189,9 @@ class ControllerApi:
             subject = service_path(request.services[0].name) if len(request.services) == 1 else "services"
             conditional = bool(expected) or bool(request.if_state_revision)
             await commit_or_abort(self._store, context, [*plan.puts, *deletes, *checks], subject, conditional)
-        return cpb.ApplyServiceResponse(results=plan.results)
+        results = [*plan.results]
+        results.extend(cpb.ApplyResult(service=s, action=cpb.ApplyResult.ACTION_REMOVED) for s in removed)
+        return cpb.ApplyServiceResponse(results=results)
 
     async def _check_apply(
         self,

@@ -145,17 +145,19 @@ def apply(
     state_revision, expected = parse_if_revision(if_revision, [s.name for s in specs])
 
     async def body(client: Client) -> None:
-        pruned: list[str] = []
-        if prune:
-            names = {s.name for s in specs}
-            pruned = sorted(s.name for s in await client.list_services() if s.name not in names)
         response = await client.apply(
             specs, dry_run=dry_run, if_revision=expected, if_state_revision=state_revision, prune=prune
         )
+        # Services prune deleted come back as ACTION_REMOVED, as they were last: the controller's own account.
+        applied = [r for r in response.results if r.action != cpb.ApplyResult.ACTION_REMOVED]
         rows: list[dict[str, Any]] = [
-            {"service": r.service.name, "action": _action(r), "revision": r.service.revision} for r in response.results
+            {"service": r.service.name, "action": _action(r), "revision": r.service.revision} for r in applied
         ]
-        rows.extend({"service": name, "action": "removed", "revision": None} for name in pruned)
+        rows.extend(
+            {"service": r.service.name, "action": "removed", "revision": None}
+            for r in sorted(response.results, key=lambda r: r.service.name)
+            if r.action == cpb.ApplyResult.ACTION_REMOVED
+        )
         if output != "json":
             for row in rows:
                 revision = f" (revision {row['revision']})" if row["revision"] is not None else ""
@@ -163,7 +165,7 @@ def apply(
         if dry_run or detach:
             emit(rows, [("SERVICE", "service"), ("ACTION", "action"), ("REVISION", "revision")], output)
             return
-        targets = [Target(r.service, r.service.spec_revision) for r in response.results]
+        targets = [Target(r.service, r.service.spec_revision) for r in applied]
         display = choose_display(output, f"apply {path.name}")
         verdict, progresses = await wait_for_deploy(client, targets, within=timeout, display=display)
         finish(verdict, progresses, rows, output)

@@ -184,12 +184,16 @@ class ApplyResult(_message.Message):
         ACTION_CREATED: ApplyResult._Action.ValueType  # 1
         ACTION_UPDATED: ApplyResult._Action.ValueType  # 2
         ACTION_UNCHANGED: ApplyResult._Action.ValueType  # 3
+        ACTION_REMOVED: ApplyResult._Action.ValueType  # 4
+        """deleted by prune: the service as it was last"""
 
     class Action(_Action, metaclass=_ActionEnumTypeWrapper): ...
     ACTION_UNSPECIFIED: ApplyResult.Action.ValueType  # 0
     ACTION_CREATED: ApplyResult.Action.ValueType  # 1
     ACTION_UPDATED: ApplyResult.Action.ValueType  # 2
     ACTION_UNCHANGED: ApplyResult.Action.ValueType  # 3
+    ACTION_REMOVED: ApplyResult.Action.ValueType  # 4
+    """deleted by prune: the service as it was last"""
 
     SERVICE_FIELD_NUMBER: _builtins.int
     ACTION_FIELD_NUMBER: _builtins.int

@@ -154,9 +154,15 @@ async def test_rebalance_bumps_the_generation_without_a_new_revision(stub: cpb_g
 
 async def test_prune_deletes_the_services_not_in_the_request(stub: cpb_grpc.ControllerServiceStub) -> None:
     await apply(stub, spec("web"), spec("db"), spec("cache"))
-    await apply(stub, spec("web", image="app:2"), prune=True)
+    response = await apply(stub, spec("web", image="app:2"), prune=True)
     listed = await stub.ListServices(cpb.ListServicesRequest(), timeout=TIMEOUT)
     assert [s.name for s in listed.services] == ["web"]
+    # The answer names what prune deleted, as it was last, after the services it applied.
+    assert [(r.service.name, r.action) for r in response.results] == [
+        ("web", cpb.ApplyResult.ACTION_UPDATED),
+        ("cache", cpb.ApplyResult.ACTION_REMOVED),
+        ("db", cpb.ApplyResult.ACTION_REMOVED),
+    ]
 
 
 async def test_if_state_revision_refuses_when_a_service_moved(
