@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Final
+
 from dockyard.v1 import types_pb2 as pb
 
 TERMINAL_FROM = pb.TASK_STATE_COMPLETE
+
+# Host faults (CAUSE_HOST) are retried at once, elsewhere when another node fits, and never count as a task's
+# failure; a slot its hosts refused this many times in a row will not run (every node refuses it, e.g. an image
+# no node can pull): the CLI reports it as unplaced, and a rollout counts it as one failure of the new spec.
+HOST_FAULT_LIMIT: Final = 3
 
 # A task names the spec it runs by (service id, revision); it never carries a copy in the store.
 SpecKey = tuple[str, int]

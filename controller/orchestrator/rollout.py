@@ -13,7 +13,9 @@ the middle of a rollout resumes it where the store says it stands.
   batches (see reconciler.py). PAUSED and ROLLBACK_PAUSED change no slot until the API writes the service
   again (a new spec, a rollback, or UPDATING again with a new started_at to resume).
 - Failures: a task that runs the current spec, was created at or after started_at, and FAILED or was
-  REJECTED at or after started_at by its own fault (cause TASK or UNHEALTHY, not HOST) counts. The store
+  REJECTED at or after started_at by its own fault (cause TASK or UNHEALTHY, not HOST) counts. So does a
+  slot whose tasks since started_at its hosts refused HOST_FAULT_LIMIT times in a row (once per slot): host
+  faults are retried elsewhere for ever, and an image no node can pull would otherwise never fail a rollout. The store
   keeps when a task entered its current state, not when a failed task had started running, so `monitor`
   is a window at the end of the rollout (see `Rollout.finished_at`) rather than per task: a failure of an
   updated task anywhere between the start and the end of that window counts.
@@ -27,6 +29,7 @@ the middle of a rollout resumes it where the store says it stands.
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -34,7 +37,7 @@ from datetime import datetime, timedelta
 from controller.orchestrator.restart import stopped_at
 from dockyard.spec import schema
 from dockyard.spec.diff import same_apart_from_replicas
-from dockyard.task_state import runs_current_spec
+from dockyard.task_state import HOST_FAULT_LIMIT, is_terminal, runs_current_spec
 from dockyard.timestamps import from_timestamp, seconds, to_timestamp
 from dockyard.v1 import types_pb2 as pb
 
@@ -135,27 +138,80 @@ class Failures:
     last_error: str
 
 
-def failures(service: pb.Service, tasks: Iterable[pb.Task], now: datetime) -> Failures:
-    """Counts the failures of the service's active rollout (see the module docstring)."""
+def counted_failures(service: pb.Service, tasks: Iterable[pb.Task], now: datetime) -> list[pb.Task]:
+    """Returns the updated tasks of the service's rollout that failed by their own fault since it started."""
     started = from_timestamp(service.update_status.started_at)
-    count, last, last_error = 0, None, ""
-    for task in tasks:
-        if task.status.state not in _FAILED_STATES or task.status.cause not in _OWN_FAULT:
-            continue
-        if not runs_current_spec(service, task):
-            continue
-        created = from_timestamp(task.created_at)
-        failed = stopped_at(task, now)
-        # A task made before the rollout started (or resumed) was not updated by it.
-        if started is not None and (created is None or created < started):
-            continue
-        if started is not None and failed is not None and failed < started:
-            continue
+    return [
+        task
+        for task in tasks
+        if task.status.state in _FAILED_STATES
+        and task.status.cause in _OWN_FAULT
+        and _updated(service, task, started)
+        and not _before(stopped_at(task, now), started)
+    ]
+
+
+def failures(service: pb.Service, tasks: Iterable[pb.Task], now: datetime) -> Failures:
+    """Counts the failures of the service's active rollout (see the module docstring): each updated task that
+    failed by its own fault, and each slot its hosts refused HOST_FAULT_LIMIT times in a row since it started
+    (a host fault alone says nothing about the spec, but no node taking it, e.g. an image no node can pull, does)."""
+    tasks = list(tasks)
+    failed: list[tuple[datetime | None, pb.Task]] = [
+        (stopped_at(t, now), t) for t in counted_failures(service, tasks, now)
+    ]
+    count = len(failed)
+    for refusals in _refused_slots(service, tasks, now):
         count += 1
-        if last is None or (failed is not None and failed >= last):
-            last = failed or last
-            last_error = task.status.error or task.status.message or pb.TaskState.Name(task.status.state)
+        failed.append((stopped_at(refusals[0], now), refusals[0]))
+    last: tuple[datetime | None, pb.Task] | None = None
+    for entry in failed:
+        if last is None or (entry[0] is not None and (last[0] is None or entry[0] >= last[0])):
+            last = entry
+    last_error = ""
+    if last is not None:
+        task = last[1]
+        last_error = task.status.error or task.status.message or pb.TaskState.Name(task.status.state)
     return Failures(count, last_error)
+
+
+def _updated(service: pb.Service, task: pb.Task, started: datetime | None) -> bool:
+    """Tells whether the rollout made the task: it runs the current spec and was created since the rollout
+    started (or resumed)."""
+    if not runs_current_spec(service, task):
+        return False
+    if started is None:
+        return True
+    created = from_timestamp(task.created_at)
+    return created is not None and created >= started
+
+
+def _before(at: datetime | None, started: datetime | None) -> bool:
+    return started is not None and at is not None and at < started
+
+
+def _refused_slots(service: pb.Service, tasks: Iterable[pb.Task], now: datetime) -> list[list[pb.Task]]:
+    """Returns, per group (slot, or node of a global service), the host refusals in a row of its newest updated
+    tasks, newest first, where there are at least HOST_FAULT_LIMIT; a task still on its way to running is
+    skipped (the next try), one that ran or stopped otherwise ends the run."""
+    started = from_timestamp(service.update_status.started_at)
+    groups: dict[int | str, list[pb.Task]] = defaultdict(list)
+    for task in tasks:
+        if _updated(service, task, started):
+            groups[task.slot or task.node_id].append(task)
+    result = []
+    for group in groups.values():
+        group.sort(key=lambda t: (t.created_at.seconds, t.created_at.nanos, t.id), reverse=True)
+        run: list[pb.Task] = []
+        for task in group:
+            if not is_terminal(task.status.state) and task.status.state < pb.TASK_STATE_RUNNING:
+                continue
+            refused = task.status.state in _FAILED_STATES and task.status.cause == pb.TaskStatus.CAUSE_HOST
+            if not refused or _before(stopped_at(task, now), started):
+                break
+            run.append(task)
+        if len(run) >= HOST_FAULT_LIMIT:
+            result.append(run)
+    return result
 
 
 def too_many(policy_: Policy, found: Failures, slots: int) -> bool:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from dockyard.cli.exitcodes import ExitCode
-from dockyard.task_state import UNPLACED_PREFIX, is_terminal, runs_current_spec, state_name
+from dockyard.task_state import HOST_FAULT_LIMIT, UNPLACED_PREFIX, is_terminal, runs_current_spec, state_name
 from dockyard.v1 import types_pb2 as pb
 
 __all__ = [
@@ -46,9 +46,7 @@ __all__ = [
 
 # How long a task may stay unplaced before a waiting command gives up with ExitCode.UNPLACED.
 UNPLACED_GRACE: Final = 10.0
-# Host faults are retried at once, elsewhere when another node fits, and never count as a task's failure; a
-# slot that its hosts refused this many times in a row will not run (every node refuses it): ExitCode.UNPLACED.
-HOST_FAULT_LIMIT: Final = 3
+# A slot its hosts refused HOST_FAULT_LIMIT (dockyard.task_state) times in a row is ExitCode.UNPLACED.
 
 _S = pb.UpdateStatus
 _ROLLBACK_STATES: Final = frozenset({_S.STATE_ROLLBACK_STARTED, _S.STATE_ROLLBACK_PAUSED, _S.STATE_ROLLBACK_COMPLETED})

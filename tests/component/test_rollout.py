@@ -30,6 +30,7 @@ from dockyard.v1 import types_pb2 as pb
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 BAD = "web:broken"  # an image whose health check never passes
+UNPULLABLE = "web:typo"  # an image no host can pull: every agent refuses its tasks (a host fault)
 S = pb.UpdateStatus
 
 
@@ -162,6 +163,9 @@ class World:
             image = specs[key].image if specs[key] is not None else ""  # type: ignore[union-attr]
             if task.desired_state != pb.DESIRED_STATE_RUNNING:
                 _report(task, pb.TASK_STATE_SHUTDOWN, self.clock.now())
+            elif image == UNPULLABLE:
+                _report(task, pb.TASK_STATE_REJECTED, self.clock.now(), f"image {UNPULLABLE!r} could not be pulled")
+                task.status.cause = pb.TaskStatus.CAUSE_HOST
             elif task.status.state == pb.TASK_STATE_ASSIGNED:
                 _report(task, pb.TASK_STATE_STARTING, self.clock.now())
             elif task.status.state == pb.TASK_STATE_STARTING and image == BAD:
@@ -244,6 +248,21 @@ async def test_a_start_first_update_whose_health_check_fails_rolls_back_on_its_o
     assert sorted(t.revision for t in live if _serving(t)) == [1, 1, 1, 1], "the tasks never updated stayed"
     assert all(runs_current_spec(service, t) for t in live if not is_terminal(t.status.state))
     assert min(world.serving) >= 4, "start-first: never fewer than the replicas running healthy"
+
+
+async def test_an_image_no_node_can_pull_rolls_back(world: World) -> None:
+    # Each refusal is a host fault, retried elsewhere for ever; a slot refused HOST_FAULT_LIMIT times in a row
+    # is one failure of the rollout, so a stop-first rollout of a typo'd tag does not stay one slot down.
+    await world.apply(spec("web", "web:1", 4))
+    await world.until(lambda: _all_running(world, 4))
+    await world.apply(spec("web", UNPULLABLE, 4))
+    await world.until(lambda: rollout_state(world, S.STATE_ROLLBACK_COMPLETED))
+    service = await world.service()
+    assert service.spec.image == "web:1"
+    assert service.change_cause == (
+        "rollback to revision 1: 1 of 4 updated tasks failed: image 'web:typo' could not be pulled"
+    )
+    await world.until(lambda: _all_running(world, 4))
 
 
 async def test_a_rollout_resumes_after_a_controller_restart(world: World) -> None:

@@ -16,7 +16,7 @@ from controller.orchestrator.depends import DependencyView
 from controller.orchestrator.nodes import NodeFacts
 from controller.orchestrator.plan import Plan
 from controller.orchestrator.reconciler import reconcile_service, waits_for_running
-from dockyard.task_state import is_terminal, runs_current_spec
+from dockyard.task_state import HOST_FAULT_LIMIT, is_terminal, runs_current_spec
 from dockyard.timestamps import duration, from_timestamp, to_timestamp
 from dockyard.v1 import types_pb2 as pb
 
@@ -257,13 +257,20 @@ def test_a_failing_update_rolls_back_to_the_old_spec_by_default() -> None:
     assert not any(t.replaced for t in sim.live())
 
 
-def test_a_host_fault_is_not_the_specs_fault() -> None:
+def test_a_host_fault_is_not_the_specs_fault_but_a_slot_no_host_takes_is() -> None:
     sim = Sim.running(spec("img:1", 2))
-    sim.apply(spec("img:2", 2, order=START_FIRST))
+    sim.apply(spec("img:2", 2, parallelism=1, order=START_FIRST))
     sim.step()
+    for _ in range(HOST_FAULT_LIMIT - 1):
+        fail_new(sim, pb.TaskStatus.CAUSE_HOST)
+        sim.step()
+        assert sim.state() == STATE.STATE_UPDATING, "a refusal is retried elsewhere"
+        assert [t.revision for t in sim.last.create] == [2]
+    # The slot's hosts refused it HOST_FAULT_LIMIT times in a row (an image no node can pull): one failure.
     fail_new(sim, pb.TaskStatus.CAUSE_HOST)
     sim.step()
-    assert sim.state() == STATE.STATE_UPDATING
+    assert sim.state() == STATE.STATE_ROLLBACK_STARTED
+    assert sim.service.change_cause == "rollback to revision 1: 1 of 2 updated tasks failed: health check failed: 503"
 
 
 def test_pause_stops_changing_slots_and_a_resume_counts_anew() -> None:
