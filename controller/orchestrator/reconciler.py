@@ -17,8 +17,9 @@ applies them to groups:
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -122,6 +123,7 @@ def reconcile_service(
             plan.wake_no_later_than(last + policy.delay)
     state = _Pass(service, nodes, now, new_id, plan, policy, may_update, held)
     state.changing = sum(1 for key, group in groups.items() if key in wanted and _changing(group))
+    counted = _failures_to_keep(service, policy, current, len(wanted), now)
     if not active and held is None and (rebalance or service.spec.placement.rebalance):
         service = _rebalance(state, groups, current)
     for key in sorted(set(groups) | set(wanted), key=str):
@@ -131,7 +133,7 @@ def reconcile_service(
                 _retire(task, now, "no longer wanted here", plan)
             continue
         _reconcile_group(state, key, wanted[key], group)
-        _prune_history(service, group, plan)
+        _prune_history(service, group, plan, counted)
     for task in current:
         settle_unplaced(task, now, plan)
         _hold_or_release(state, plan.current(task))
@@ -461,8 +463,26 @@ def _retire(task: pb.Task, now: datetime, why: str, plan: Plan) -> None:
         plan.delete.append(task)
 
 
-def _prune_history(service: pb.Service, group: list[pb.Task], plan: Plan) -> None:
-    """Forgets the oldest stopped tasks of a group beyond what history and restart counting need."""
+def _failures_to_keep(
+    service: pb.Service, policy: rollout.Policy, tasks: Sequence[pb.Task], slots: int, now: datetime
+) -> frozenset[str]:
+    """Returns the ids of the failures an active rollout counts that pruning must keep, so a crash-looping
+    slot's failures are not forgotten before they reach max_failure_ratio. Bounded: only as many as can
+    matter (one more than max_failure_ratio x slots, after which the failure action applies), and none
+    when that action is continue (failures change nothing then)."""
+    if not rollout.is_active(service) or policy.failure_action == rollout.CONTINUE:
+        return frozenset()
+    failed = sorted(
+        rollout.counted_failures(service, tasks, now),
+        key=lambda t: (t.created_at.seconds, t.created_at.nanos, t.id),
+        reverse=True,
+    )
+    return frozenset(t.id for t in failed[: math.floor(policy.max_failure_ratio * slots) + 1])
+
+
+def _prune_history(service: pb.Service, group: list[pb.Task], plan: Plan, counted: Collection[str]) -> None:
+    """Forgets the oldest stopped tasks of a group beyond what history and restart counting need, except the
+    failures an active rollout still counts (`counted`)."""
     keep = max(HISTORY_PER_GROUP, service.spec.restart.max_attempts + 1)
     old = sorted(
         (
@@ -473,4 +493,4 @@ def _prune_history(service: pb.Service, group: list[pb.Task], plan: Plan) -> Non
         ),
         key=lambda t: (t.created_at.seconds, t.created_at.nanos, t.id),
     )
-    plan.delete.extend(old[: max(0, len(old) - keep)])
+    plan.delete.extend(t for t in old[: max(0, len(old) - keep)] if t.id not in counted)

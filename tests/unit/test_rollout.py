@@ -305,6 +305,28 @@ def test_max_failure_ratio_tolerates_that_share() -> None:
     assert sim.state() == STATE.STATE_ROLLBACK_STARTED
 
 
+def test_a_crash_looping_slot_reaches_the_failure_ratio_although_stopped_tasks_are_pruned() -> None:
+    # Parallelism 1: one slot crash-loops; the slot's history keeps 3 stopped tasks, the ratio needs 6 failures.
+    sim = Sim.running(spec("img:1", 10))
+    pause = pb.UpdateConfig.FAILURE_ACTION_PAUSE
+    sim.apply(spec("img:2", 10, parallelism=1, max_failure_ratio=0.5, failure_action=pause))
+    failed = 0
+    for _ in range(40):
+        sim.step()
+        if sim.state() == STATE.STATE_PAUSED:
+            break
+        sim.stop_stopping()
+        for task in sim.live():
+            if task.revision == 2 and task.status.state < pb.TASK_STATE_RUNNING:
+                sim.report(task, pb.TASK_STATE_FAILED, pb.TaskStatus.CAUSE_TASK, "exit 1")
+                failed += 1
+        sim.advance(1)
+    assert sim.state() == STATE.STATE_PAUSED
+    assert sim.service.update_status.message == "6 of 10 updated tasks failed: exit 1"
+    assert failed == 6, "no failure forgotten, none counted twice"
+    assert len([t for t in sim.tasks.values() if t.revision == 1]) == 9, "only one slot changed"
+
+
 def test_continue_goes_on_and_a_rollback_that_cannot_find_its_spec_pauses() -> None:
     sim = Sim.running(spec("img:1", 2))
     sim.apply(spec("img:2", 2, failure_action=pb.UpdateConfig.FAILURE_ACTION_CONTINUE, order=START_FIRST))
