@@ -347,9 +347,7 @@ class Orchestrator:
             self._waiting.add(service_id)
         else:
             self._waiting.discard(service_id)
-        if service is not None and any(
-            t.status.state == pb.TASK_STATE_NEW and t.desired_state == pb.DESIRED_STATE_RUNNING for t in after
-        ):
+        if service is not None and service.spec.depends_on and _may_wait_for_dependencies(service, after):
             self._held[service_id] = tuple(service.spec.depends_on)
         else:
             self._held.pop(service_id, None)
@@ -431,3 +429,15 @@ def _name(service: pb.Service | None, tasks: list[pb.Task]) -> str:
     if service is not None:
         return service.name
     return tasks[0].service_name if tasks else "?"
+
+
+def _may_wait_for_dependencies(service: pb.Service, tasks: Sequence[pb.Task]) -> bool:
+    """Tells whether a pass may have left something waiting for the service's dependencies: held (NEW) tasks,
+    an active rollout (it changes no slot while they do not hold, with no task of its own held) or a
+    rebalance (asked for, or placement.rebalance): each must go on once a dependency changes, not at the
+    next full pass."""
+    if service.rebalance_generation > service.rebalanced_generation or service.spec.placement.rebalance:
+        return True
+    if rollout.is_active(service):
+        return True
+    return any(t.status.state == pb.TASK_STATE_NEW and t.desired_state == pb.DESIRED_STATE_RUNNING for t in tasks)

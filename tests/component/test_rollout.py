@@ -302,6 +302,23 @@ async def test_depends_on_holds_new_tasks_until_the_dependency_is_healthy(world:
     await world.until(lambda: _all_running(world, 2))
 
 
+async def test_a_rollout_held_by_its_dependency_goes_on_once_the_dependency_is_healthy(world: World) -> None:
+    await world.apply(spec("db", "db:1", 1))
+    web = spec("web", "web:1", 2)
+    web.depends_on["db"].condition = pb.Dependency.CONDITION_SERVICE_HEALTHY
+    await world.apply(web)
+    await world.until(lambda: _all_running(world, 2))
+    await world.until(lambda: _all_running(world, 1, "db"))
+    # One deploy changes both: web's rollout waits for db's (no task of web's is held meanwhile), then goes on
+    # when db's events arrive, not at the role's next full pass (the test never makes one).
+    await world.apply(spec("db", "db:2", 1))
+    web.image = "web:2"
+    await world.apply(web)
+    await world.until(lambda: _all_running(world, 1, "db"), ticks=20)
+    await world.until(lambda: rollout_state(world, S.STATE_COMPLETED), ticks=40)
+    assert sorted(t.revision for t in await world.tasks() if _serving(t)) == [2, 2]
+
+
 async def test_a_rebalance_moves_tasks_only_when_asked_and_start_first(tmp_path: Path) -> None:
     world = World(tmp_path / "controller.db")
     await world.start()
