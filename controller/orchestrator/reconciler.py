@@ -12,7 +12,9 @@ applies them to groups:
   so the group never runs two tasks.
 - An outdated group starts changing only while the rollout is active, fewer than `parallelism` groups are
   changing, and `delay` has passed since a task of the rollout last started running.
-- Failed and lost tasks are replaced under the restart policy whatever the rollout does.
+- Failed and lost tasks are replaced under the restart policy whatever the rollout does; one of an older spec
+  that waits out its backoff (or is left by the policy) is replaced as soon as the rollout may change its
+  group, and its successor starts a new streak (attempt 0).
 """
 
 from __future__ import annotations
@@ -365,8 +367,10 @@ def _replace_stopped(
         decision = decide_restart(service.spec.restart, task, group, now, mode=service.spec.mode)
         verdict = decision.verdict
         plan.wake_no_later_than(decision.at)
-    if verdict is Verdict.LEAVE and outdated:
-        # A finished task stays finished, but a new spec deserves a run: that is the rollout's change.
+    if verdict in (Verdict.LEAVE, Verdict.WAIT) and outdated:
+        # A finished task stays finished, but a new spec deserves a run: that is the rollout's change. Nor does
+        # a new spec wait out the old one's crash-loop backoff: the fix of a crash loop runs as soon as the
+        # rollout reaches the slot.
         if not state.may_update or not state.policy.may_start(state.changing):
             state.settled = False
             return
@@ -406,7 +410,8 @@ def _create(
     if state.held is not None:
         hold(task, state.held)
     follows = successor(after, state.now, policy=state.service.spec.restart)
-    task.attempt = follows.attempt
+    # Task.attempt is this spec's streak of failures: one under an older spec is not (the new spec may fix it).
+    task.attempt = follows.attempt if after is None or not _outdated(state.service, after) else 0
     task.avoid_node_ids.extend([*follows.avoid_node_ids, *(n for n in avoid if n not in follows.avoid_node_ids)])
     state.plan.create.append(task)
     group.append(task)

@@ -327,6 +327,27 @@ def test_a_crash_looping_slot_reaches_the_failure_ratio_although_stopped_tasks_a
     assert len([t for t in sim.tasks.values() if t.revision == 1]) == 9, "only one slot changed"
 
 
+def test_a_new_spec_replaces_a_crash_looping_task_at_once_with_a_new_streak() -> None:
+    def crashing(image: str) -> pb.ServiceSpec:
+        result = spec(image, 1)
+        result.restart.delay.CopyFrom(duration(5))  # the defaults: 5 s doubling up to 5 min
+        result.restart.max_delay.CopyFrom(duration(300))
+        return result
+
+    sim = Sim.running(crashing("img:1"))
+    (task,) = sim.live()
+    sim.tasks[task.id].attempt = 6  # the slot crashed 6 times in a row: its next restart waits 300 s
+    sim.report(task, pb.TASK_STATE_FAILED, pb.TaskStatus.CAUSE_TASK, "exit 1")
+    sim.advance(1)
+    sim.step()
+    assert not sim.last.create, "the crash loop backs off"
+    sim.apply(crashing("img:2-fixed"))
+    sim.advance(1)
+    sim.step()
+    assert [(t.revision, t.attempt) for t in sim.last.create] == [(2, 0)], "the fix runs now, on a streak of its own"
+    assert sim.state() == STATE.STATE_UPDATING
+
+
 def test_continue_goes_on_and_a_rollback_that_cannot_find_its_spec_pauses() -> None:
     sim = Sim.running(spec("img:1", 2))
     sim.apply(spec("img:2", 2, failure_action=pb.UpdateConfig.FAILURE_ACTION_CONTINUE, order=START_FIRST))
