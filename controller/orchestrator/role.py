@@ -279,7 +279,10 @@ class Orchestrator:
         async def spec_at(revision: int) -> pb.ServiceSpec | None:
             return await self._store.get_service_spec(service_id, revision)
 
-        item.rollback_to = await rollout.find_rollback_target(service, service.update_status.from_revision, spec_at)
+        live = {t.revision for t in item.tasks if t.desired_state == pb.DESIRED_STATE_RUNNING}
+        item.rollback_to = await rollout.find_rollback_target(
+            service, service.update_status.from_revision, spec_at, live_revisions=live
+        )
 
     def _plan_all(self, work: list[_Work], nodes: NodeFacts, now: datetime) -> list[Plan | Exception]:
         """Plans each service (in a worker thread: it touches nothing but its arguments); the error where one raised."""

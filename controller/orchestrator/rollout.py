@@ -30,7 +30,7 @@ the middle of a rollout resumes it where the store says it stands.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Collection, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -294,7 +294,11 @@ class RollbackTarget:
 
 
 async def find_rollback_target(
-    service: pb.Service, revision: int, spec_at: Callable[[int], Awaitable[pb.ServiceSpec | None]]
+    service: pb.Service,
+    revision: int,
+    spec_at: Callable[[int], Awaitable[pb.ServiceSpec | None]],
+    *,
+    live_revisions: Collection[int] = (),
 ) -> RollbackTarget | None:
     """Reads the target of a rollback to `revision` through spec_at (e.g. store.get_service_spec for the
     service); None when that revision is not kept.
@@ -302,7 +306,10 @@ async def find_rollback_target(
     The range of revisions that ran the same spec is walked outward from `revision` while the kept specs
     equal it (apart from replicas), never reaching the current spec_revision: tasks in it are not touched by
     the rollback. A revision not kept ends the walk, which can only make the range smaller (safe: a task
-    outside it is replaced, never wrongly kept).
+    outside it is replaced, never wrongly kept). live_revisions (those the service's live tasks run) widens
+    it to cover every live revision with the same spec that it can reach without covering a live revision of
+    another spec (an earlier rollback to this spec left tasks of an older revision running it); a revision
+    of another spec that no live task runs may lie inside (no task is ever made at an old revision).
     """
     if revision <= 0:
         return None
@@ -321,6 +328,17 @@ async def find_rollback_target(
         if later is None or not same_apart_from_replicas(spec, later):
             break
         high += 1
+    same: list[int] = []
+    other: list[int] = []
+    for live in sorted(set(live_revisions)):
+        if low <= live <= high or live <= 0 or live >= service.spec_revision:
+            continue
+        found = await spec_at(live)
+        (same if found is not None and same_apart_from_replicas(spec, found) else other).append(live)
+    floor = max((r for r in other if r < low), default=0)
+    ceiling = min((r for r in other if r > high), default=service.spec_revision)
+    low = min([low, *(r for r in same if r > floor)])
+    high = max([high, *(r for r in same if r < ceiling)])
     return RollbackTarget(revision, spec, low, high)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -458,6 +459,65 @@ async def test_find_rollback_target_walks_the_revisions_of_the_same_spec() -> No
     assert await rollout.find_rollback_target(service, 1, spec_at) is None, "not kept"
     edge = await rollout.find_rollback_target(service, 2, spec_at)
     assert edge is not None and (edge.also_current_from, edge.also_current_to) == (2, 2)
+
+
+async def test_find_rollback_target_covers_live_tasks_of_the_same_spec_across_revisions_none_runs() -> None:
+    # 1: A; 2: B (failed, rolled back); 3: A; 4: C (failing now). Tasks of 1 and 3 run A, none runs 2.
+    kept = {1: spec("a", 2), 2: spec("b", 2), 3: spec("a", 2), 4: spec("c", 2), 5: spec("b", 2)}
+
+    async def spec_at(revision: int) -> pb.ServiceSpec | None:
+        return kept.get(revision)
+
+    service = pb.Service(revision=4, spec_revision=4)
+    target = await rollout.find_rollback_target(service, 3, spec_at, live_revisions=[1, 3, 4])
+    assert target is not None and (target.also_current_from, target.also_current_to) == (1, 3)
+    # A live task of revision 2 (spec B) must not become current: the range stops short of it.
+    blocked = await rollout.find_rollback_target(service, 3, spec_at, live_revisions=[1, 2, 3, 4])
+    assert blocked is not None and (blocked.also_current_from, blocked.also_current_to) == (3, 3)
+    later = pb.Service(revision=6, spec_revision=6)
+    kept[6] = spec("d", 2)
+    ahead = await rollout.find_rollback_target(later, 1, spec_at, live_revisions=[3, 6])
+    assert ahead is not None and (ahead.also_current_from, ahead.also_current_to) == (1, 3), "never the current one"
+
+
+class RoleTargetSim(Sim):
+    """A Sim whose rollback target is found as the orchestrator's role finds it: the kept specs and the
+    revisions its live tasks run."""
+
+    def target(self) -> rollout.RollbackTarget | None:
+        async def spec_at(revision: int) -> pb.ServiceSpec | None:
+            return self.specs.get(revision)
+
+        live = {t.revision for t in self.live()}
+        back = self.service.update_status.from_revision
+        return asyncio.run(rollout.find_rollback_target(self.service, back, spec_at, live_revisions=live))
+
+
+def test_a_second_rollback_to_the_same_spec_leaves_its_old_tasks_alone() -> None:
+    def fail_until_rolled_back(image: str, revision: int) -> None:
+        sim.apply(spec(image, 4, parallelism=1))
+        for _ in range(10):
+            sim.step()
+            sim.stop_stopping()
+            for task in sim.live():
+                if task.revision == revision and task.status.state < pb.TASK_STATE_RUNNING:
+                    sim.report(task, pb.TASK_STATE_FAILED, pb.TaskStatus.CAUSE_TASK, "exit 1")
+            sim.advance(1)
+            if sim.state() == STATE.STATE_ROLLBACK_STARTED:
+                return
+        raise AssertionError("did not roll back")
+
+    sim = RoleTargetSim.running(spec("img:A", 4, parallelism=1))
+    fail_until_rolled_back("img:B", 2)  # rolled back to A as revision 3, also current [1, 1]
+    settle(sim, rounds=30, tick=10)
+    assert sim.state() == STATE.STATE_ROLLBACK_COMPLETED
+    untouched = {t.id for t in sim.serving() if t.revision == 1}
+    assert len(untouched) == 3
+    fail_until_rolled_back("img:C", 4)  # rolled back to revision 3 (spec A) as revision 5
+    assert (sim.service.also_current_from, sim.service.also_current_to) == (1, 3)
+    settle(sim, rounds=30, tick=10)
+    assert sim.state() == STATE.STATE_ROLLBACK_COMPLETED
+    assert {t.id for t in sim.serving() if t.revision == 1} == untouched, "tasks already running A stay"
 
 
 # --- properties ------------------------------------------------------------------------------------------
