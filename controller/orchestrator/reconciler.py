@@ -245,6 +245,9 @@ def _reconcile_group(state: _Pass, key: GroupKey, may_create: bool, group: list[
     plan, now, service = state.plan, state.now, state.service
     if isinstance(key, int) and state.nodes.draining_ids:
         _move_off_draining(state, group)
+    if service.spec.mode == pb.SERVICE_MODE_JOB and _job_done(service, group):
+        _end_job_slot(state, group)
+        return
     live = [t for t in map(plan.current, group) if t.desired_state == pb.DESIRED_STATE_RUNNING]
     candidates = [t for t in live if not t.replaced]
     candidates.sort(
@@ -313,6 +316,29 @@ def _reconcile_group(state: _Pass, key: GroupKey, may_create: bool, group: list[
         _create(state, key, group, counts=False)
     else:
         shut_down(primary, now, f"updating to revision {service.revision}", plan)
+
+
+def _job_done(service: pb.Service, group: list[pb.Task]) -> bool:
+    """Tells whether a job's slot is done: a task of it running the current spec completed, whatever its
+    desired state (after a rollback, the task a failed update told to stop had completed this very spec)."""
+    return any(t.status.state == pb.TASK_STATE_COMPLETE and runs_current_spec(service, t) for t in group)
+
+
+def _end_job_slot(state: _Pass, group: list[pb.Task]) -> None:
+    """Leaves a done job slot with nothing to run: other tasks still desired running stop (a finished one at
+    once; one still running an older spec as the rollout's change, while it may change slots)."""
+    plan, service = state.plan, state.service
+    for task in group:
+        current = plan.current(task)
+        if current.desired_state != pb.DESIRED_STATE_RUNNING:
+            continue
+        if current.status.state == pb.TASK_STATE_COMPLETE and runs_current_spec(service, current):
+            continue
+        if not is_terminal(current.status.state):
+            state.settled = False
+            if not state.may_update:
+                continue
+        shut_down(task, state.now, f"the job completed at revision {service.spec_revision}", plan)
 
 
 def _back_to_serving(state: _Pass, primary: pb.Task | None, serving: list[pb.Task]) -> bool:
@@ -487,7 +513,7 @@ def _failures_to_keep(
 
 def _prune_history(service: pb.Service, group: list[pb.Task], plan: Plan, counted: Collection[str]) -> None:
     """Forgets the oldest stopped tasks of a group beyond what history and restart counting need, except the
-    failures an active rollout still counts (`counted`)."""
+    failures an active rollout still counts (`counted`) and a job slot's newest completed task."""
     keep = max(HISTORY_PER_GROUP, service.spec.restart.max_attempts + 1)
     old = sorted(
         (
@@ -498,4 +524,9 @@ def _prune_history(service: pb.Service, group: list[pb.Task], plan: Plan, counte
         ),
         key=lambda t: (t.created_at.seconds, t.created_at.nanos, t.id),
     )
-    plan.delete.extend(t for t in old[: max(0, len(old) - keep)] if t.id not in counted)
+    # A job slot's newest completed task is its record of having run (a rollback to its spec needs it).
+    ran = (
+        [t for t in old if t.status.state == pb.TASK_STATE_COMPLETE] if service.spec.mode == pb.SERVICE_MODE_JOB else []
+    )
+    record = ran[-1].id if ran else ""
+    plan.delete.extend(t for t in old[: max(0, len(old) - keep)] if t.id not in counted and t.id != record)

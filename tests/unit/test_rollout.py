@@ -434,6 +434,30 @@ def test_job_tasks_that_complete_are_done_and_a_new_spec_runs_them_again() -> No
     assert sorted(t.revision for t in sim.live()) == [2, 2]
 
 
+def test_rolling_back_a_failed_job_does_not_run_the_job_it_completed_again() -> None:
+    def job(image: str) -> pb.ServiceSpec:
+        result = spec(image, 2, parallelism=1)
+        result.mode = pb.SERVICE_MODE_JOB
+        result.restart.condition = pb.RestartPolicy.CONDITION_ON_FAILURE
+        return result
+
+    sim = Sim.running(job("migrate:1"))
+    for task in sim.live():
+        sim.report(task, pb.TASK_STATE_COMPLETE)
+    assert sim.step().empty()
+    sim.apply(job("migrate:2"))
+    sim.step()  # one slot's completed migrate:1 task is told to stop (it has), a migrate:2 task made
+    (v2,) = [t for t in sim.live() if t.revision == 2]
+    sim.report(v2, pb.TASK_STATE_FAILED, pb.TaskStatus.CAUSE_TASK, "exit 1")
+    sim.advance(1)
+    sim.step()
+    assert sim.state() == STATE.STATE_ROLLBACK_STARTED, "rolled back to revision 1 as revision 3"
+    settle(sim, rounds=5)
+    assert sim.state() == STATE.STATE_ROLLBACK_COMPLETED
+    assert not [t for t in sim.tasks.values() if t.revision == 3], "both slots completed migrate:1 already"
+    assert sim.tasks[v2.id].desired_state == pb.DESIRED_STATE_SHUTDOWN, "the failed update's task is done with"
+
+
 def test_rollback_service_is_what_both_rollbacks_write() -> None:
     service = pb.Service(id="s", name="web", revision=7, spec_revision=6, spec=spec("img:3", 5), version=40)
     target = rollout.RollbackTarget(4, spec("img:2", 2), 3, 5)
