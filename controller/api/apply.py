@@ -9,7 +9,7 @@ from typing import Final
 
 from controller.orchestrator.rollout import resumed
 from controller.store.base import Put
-from dockyard.spec.diff import same_apart_from_replicas
+from dockyard.spec.diff import same_task_spec
 from dockyard.timestamps import to_timestamp
 from dockyard.v1 import controller_pb2 as cpb
 from dockyard.v1 import types_pb2 as pb
@@ -39,7 +39,9 @@ def plan_apply(
 ) -> ApplyPlan:
     """Decides per spec whether it creates, updates (revision + 1) or leaves a service unchanged.
 
-    An unchanged service whose rollout is paused is written resumed (rollout.resumed), at the same revision.
+    An update moves spec_revision (a rollout) only when what tasks run changes (diff.same_task_spec). An
+    unchanged service whose rollout is paused is written resumed (rollout.resumed), at the same revision; so is
+    one changed only in controller-only fields, at revision + 1.
     """
     results: list[cpb.ApplyResult] = []
     puts: list[Put] = []
@@ -64,10 +66,14 @@ def plan_apply(
                 results.append(cpb.ApplyResult(service=again, action=cpb.ApplyResult.ACTION_UNCHANGED))
                 continue
             service.revision = current.revision + 1
-            if not same_apart_from_replicas(current.spec, spec):
+            if not same_task_spec(current.spec, spec):
                 service.spec_revision = service.revision
                 # The range a rollback returned to runs an older spec now (see Service.also_current_from).
                 service.also_current_from = service.also_current_to = 0
+            else:
+                # The tasks stay (no rollout): new replicas, update or restart settings apply to them at once,
+                # and a paused rollout goes on under them, as applying its spec again would have it.
+                service = resumed(service, now)
             action = cpb.ApplyResult.ACTION_UPDATED
         service.spec.CopyFrom(spec)
         service.updated_at.CopyFrom(stamp)

@@ -5,13 +5,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from controller.store.base import ServiceRevision
-from dockyard.spec.diff import same_apart_from_replicas
+from dockyard.spec.diff import CONTROLLER_ONLY, same_task_spec
 from dockyard.spec.issues import Issue
 from dockyard.timestamps import to_timestamp
 from dockyard.v1 import controller_pb2 as cpb
 from dockyard.v1 import types_pb2 as pb
 
 __all__ = ["history_response", "rollback_target"]
+
+_APART_FROM = ", ".join(CONTROLLER_ONLY[:-1]) + f" and {CONTROLLER_ONLY[-1]}"
 
 
 def history_response(
@@ -46,8 +48,8 @@ def rollback_target(
 ) -> ServiceRevision | Issue:
     """Returns the revision a rollback goes to (to_revision 0: the one before the current spec), or why not.
 
-    The target must be kept and its spec must differ from the current one in more than replicas (a rollback
-    to the current spec would change nothing a scale could not).
+    The target must be kept and run other tasks than the current spec (diff.same_task_spec): a rollback to
+    the current spec would change nothing an apply could not.
     """
     kept = {r.revision: r for r in revisions}
     listing = ", ".join(str(r) for r in sorted(kept)) or "none"
@@ -68,11 +70,11 @@ def rollback_target(
                 f"give one of those (see `dockyard history {service.name}`)",
             )
         target = kept[to_revision]
-    if same_apart_from_replicas(target.spec, service.spec):
+    if same_task_spec(target.spec, service.spec):
         field = "to_revision" if to_revision else "service"
         return Issue(
             field,
-            f"revision {target.revision} of {service.name!r} has the current spec (apart from replicas); "
-            "give a revision with another spec, or use `dockyard scale` for replicas",
+            f"revision {target.revision} of {service.name!r} has the current spec (apart from {_APART_FROM}); "
+            "give a revision with another spec, or apply (or scale) to change those",
         )
     return target

@@ -48,7 +48,7 @@ from controller.store.specs import SpecCache
 from dockyard.clock import Clock
 from dockyard.logs import Throttle
 from dockyard.spec.dependencies import start_order
-from dockyard.spec.diff import same_apart_from_replicas, spec_changes
+from dockyard.spec.diff import same_task_spec, spec_changes
 from dockyard.spec.issues import Issue, key_path, service_path
 from dockyard.task_state import is_terminal
 from dockyard.timestamps import to_timestamp
@@ -273,13 +273,13 @@ class ControllerApi:
         return past
 
     async def _spec_revision_at(self, service: pb.Service, revision: int, spec: pb.ServiceSpec) -> int:
-        """Returns the revision at which the spec of `revision` last changed apart from replicas."""
+        """Returns the revision at which what tasks of `revision` run last changed (diff.same_task_spec)."""
         if service.spec_revision <= revision:
-            return service.spec_revision  # nothing but replicas changed since, so it was already this
+            return service.spec_revision  # only controller-only fields changed since, so it was already this
         at = revision
         while at > 1:
             earlier = await self._specs.get(service.id, at - 1)
-            if earlier is None or not same_apart_from_replicas(earlier, spec):
+            if earlier is None or not same_task_spec(earlier, spec):
                 break
             at -= 1
         return at
@@ -587,8 +587,8 @@ class ControllerApi:
     async def RollbackService(self, request: cpb.RollbackServiceRequest, context: Context) -> pb.Service:
         """Writes an earlier revision's spec as a new revision, as the orchestrator's automatic rollback does.
 
-        to_revision 0 means the revision before the current spec. It must be kept and differ from the
-        current spec in more than replicas: INVALID_ARGUMENT (to_revision) or FAILED_PRECONDITION (service).
+        to_revision 0 means the revision before the current spec. It must be kept and run other tasks than the
+        current spec (diff.same_task_spec): INVALID_ARGUMENT (to_revision) or FAILED_PRECONDITION (service).
         """
         service = await self._service(request.service, context, "service")
         expected = request.if_revision if request.HasField("if_revision") else None

@@ -15,8 +15,8 @@ __all__ = ["SpecCache", "SpecKey", "current_spec_for"]
 def current_spec_for(service: pb.Service, revision: int) -> pb.ServiceSpec | None:
     """Returns the service's current spec when a task at `revision` runs it, else None (read the history).
 
-    From spec_revision on, revisions differ only in replicas, and a task's spec does not depend on the
-    replica count. A spec_revision of 0 was never set, so it answers nothing.
+    From spec_revision on, revisions differ only in controller-only fields (dockyard.spec.diff.same_task_spec),
+    which a task's container does not depend on. A spec_revision of 0 was never set, so it answers nothing.
     """
     if 0 < service.spec_revision <= revision <= service.revision:
         return service.spec
@@ -45,7 +45,7 @@ class SpecCache:
             return cached[0]
         spec = await self._store.get_service_spec(service_id, revision)
         if spec is None:
-            # History keeps only the newest revisions; a scale-only revision is answered from the service.
+            # History keeps only the newest revisions; one since spec_revision is answered from the service.
             service = await self._store.get_service(service_id)
             if service is not None and service.id == service_id:
                 spec = current_spec_for(service, revision)

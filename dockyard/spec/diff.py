@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, Final
 
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import Message
@@ -28,7 +28,7 @@ from dockyard.spec.schema import Field
 from dockyard.v1 import controller_pb2
 from dockyard.v1 import types_pb2 as pb
 
-__all__ = ["spec_changes", "spec_fields"]
+__all__ = ["CONTROLLER_ONLY", "same_task_spec", "spec_changes", "spec_fields", "task_spec"]
 
 # Where each row sits in the table; a path sorts by its row first, then by its list index or map key.
 _ROW = {row.path: i for i, row in enumerate(schema.FIELDS)}
@@ -197,11 +197,37 @@ def _number(value: float) -> str:
     return repr(value)
 
 
-def same_apart_from_replicas(a: pb.ServiceSpec, b: pb.ServiceSpec) -> bool:
-    """Tells whether two specs differ at most in their replica count: tasks started with one run the other."""
-    if a.replicas == b.replicas:
-        return a == b
-    scaled = pb.ServiceSpec()
-    scaled.CopyFrom(b)
-    scaled.replicas = a.replicas
-    return a == scaled
+# The spec fields only the controller reads: how many tasks, how a change rolls out or back, when a stopped
+# task is replaced (Docker's own restart policy is always off), when a task may start, and whether the
+# controller spreads tasks by itself. A task's container is made from the other fields (agent/container_spec.py;
+# stop_grace_period and on_disconnect are the agent's, placement's constraints and spread decide where it
+# runs), so revisions that differ only in these run the same tasks: such a change is no rollout.
+CONTROLLER_ONLY: Final = ("replicas", "update", "rollback", "restart", "depends_on", "placement.rebalance")
+
+
+def task_spec(spec: pb.ServiceSpec) -> pb.ServiceSpec:
+    """Returns a copy of `spec` without its CONTROLLER_ONLY fields: what a task started with it runs."""
+    result = pb.ServiceSpec()
+    result.CopyFrom(spec)
+    # Cleared by name, as the paths are spelled: the base class takes any field name.
+    whole: Message = result
+    for path in CONTROLLER_ONLY:
+        block, _, name = path.rpartition(".")
+        if not block:
+            whole.ClearField(name)
+        elif whole.HasField(block):
+            inner: Message = getattr(result, block)
+            inner.ClearField(name)
+            # A block left empty holds only defaults, as one never set does.
+            if not inner.ListFields():
+                whole.ClearField(block)
+    return result
+
+
+def same_task_spec(a: pb.ServiceSpec, b: pb.ServiceSpec) -> bool:
+    """Tells whether two specs differ at most in CONTROLLER_ONLY fields: tasks started with one run the other."""
+    return a == b or task_spec(a) == task_spec(b)
+
+
+# The name rollout.py imports; same_task_spec is the rule.
+same_apart_from_replicas = same_task_spec

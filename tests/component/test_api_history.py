@@ -110,7 +110,7 @@ async def test_rollback_to_a_named_revision_and_its_refusals(stub: cpb_grpc.Cont
     error = await refused(
         stub.RollbackService(cpb.RollbackServiceRequest(service="web", to_revision=1)), grpc.StatusCode.INVALID_ARGUMENT
     )
-    assert error.startswith("to_revision: revision 1 of 'web' has the current spec (apart from replicas)")
+    assert error.startswith("to_revision: revision 1 of 'web' has the current spec (apart from replicas, update,")
     error = await refused(
         stub.RollbackService(cpb.RollbackServiceRequest(service="web", if_revision=3)),
         grpc.StatusCode.FAILED_PRECONDITION,
@@ -238,3 +238,29 @@ async def test_applying_a_paused_rollouts_spec_again_resumes_it(
         "",
     )
     assert [r.revision for r in await history(stub)] == [2, 1], "a resume is no new revision"
+
+
+async def test_a_change_of_update_settings_only_is_a_revision_without_a_rollout(
+    stub: cpb_grpc.ControllerServiceStub, api: ApiUnderTest
+) -> None:
+    await apply(stub, spec(image="app:1", replicas=3))
+    await apply(stub, spec(image="app:2", replicas=3))
+    # The orchestrator paused the rollout of app:2; raising max_failure_ratio gets past it.
+    service = await api.store.get_service("web")
+    assert service is not None
+    service.update_status.state = pb.UpdateStatus.STATE_PAUSED
+    service.update_status.from_revision, service.update_status.to_revision = 1, 2
+    await api.store.commit([Put(service, expect_version=service.version)])
+    tuned = spec(image="app:2", replicas=3)
+    tuned.update.max_failure_ratio = 0.5
+
+    result = (await apply(stub, tuned)).results[0]
+
+    assert result.action == cpb.ApplyResult.ACTION_UPDATED
+    assert (result.service.revision, result.service.spec_revision) == (3, 2), "no new spec_revision: no rollout"
+    assert result.service.update_status.state == pb.UpdateStatus.STATE_UPDATING, "the paused rollout goes on"
+    assert result.service.update_status.to_revision == 2
+    revisions = await history(stub)
+    assert [(r.revision, r.spec_revision) for r in revisions] == [(3, 2), (2, 2), (1, 1)]
+    past = await stub.GetService(cpb.GetServiceRequest(name="web", revision=2), timeout=TIMEOUT)
+    assert past.spec_revision == 2

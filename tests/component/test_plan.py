@@ -197,3 +197,29 @@ async def test_plan_predicts_a_start_first_update(fake_cluster: FakeCluster) -> 
         await client.apply([update], if_state_revision=plan.state_revision)
         tasks = await settled(client, [update])
         assert running_slots(tasks, names) == planned_slots(plan)
+
+
+async def test_a_change_of_update_settings_only_keeps_every_task(fake_cluster: FakeCluster) -> None:
+    client = await cluster_of(fake_cluster)
+    async with client:
+        first = [spec("web", 3)]
+        await client.apply(first)
+        before = await settled(client, first)
+        spec_revision = (await client.get_service("web")).spec_revision
+
+        tuned = spec("web", 3)
+        tuned.update.parallelism = 3
+        plan = await client.plan([tuned])
+        [web] = plan.services
+        assert [(c.path, c.old_value, c.new_value) for c in web.changes] == [("update.parallelism", "0", "3")]
+        assert list(web.tasks) == [], "no task stops or starts"
+        await client.apply([tuned], if_state_revision=plan.state_revision)
+        service = await client.get_service("web")
+        assert (service.revision, service.spec_revision) == (2, spec_revision)
+
+        # Scaling up once more settles at the current spec: had the settings rolled out, no old task would be left.
+        scaled = spec("web", 4)
+        scaled.update.parallelism = 3
+        await client.apply([scaled])
+        after = await settled(client, [scaled])
+        assert {t.id for t in before["web"]} < {t.id for t in after["web"]}

@@ -61,6 +61,18 @@ def test_rollback_goes_before_the_current_spec_or_to_a_kept_other_spec() -> None
     assert gone.path == "service"
 
 
+def test_a_target_differing_only_in_controller_settings_is_the_current_spec() -> None:
+    tuned = spec("app:2")
+    tuned.update.parallelism = 3
+    revisions = [kept(3, 2, tuned), kept(2, 2, spec("app:2")), kept(1, 1, spec("app:1"))]
+    refusal = rollback_target(service(3, 2, tuned), revisions, 2)
+    assert isinstance(refusal, Issue)
+    assert refusal.message.startswith(
+        "revision 2 of 'web' has the current spec (apart from replicas, update, rollback, restart, depends_on and "
+        "placement.rebalance)"
+    )
+
+
 def nodes(*names: str) -> list[pb.Node]:
     out = []
     for name in names:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from google.protobuf.duration_pb2 import Duration
 
+from agent.policy import CONTAINED_FIELDS
 from dockyard.spec import schema
-from dockyard.spec.diff import spec_changes, spec_fields
+from dockyard.spec.diff import CONTROLLER_ONLY, same_task_spec, spec_changes, spec_fields, task_spec
 from dockyard.spec.reader import default_spec
 from dockyard.v1 import types_pb2 as pb
 
@@ -135,3 +136,42 @@ def test_spec_fields_lists_what_is_in_effect() -> None:
     assert fields["restart.max_delay"] == "5m"
     assert fields["update.failure_action"] == "rollback"
     assert not any(path.startswith(("healthcheck", "rollback", "depends_on")) for path in fields)
+
+
+def test_controller_only_fields_leave_the_task_spec_alone() -> None:
+    base = spec(placement=pb.Placement(constraints=["node.labels.zone==a"]))
+    settings = spec(
+        replicas=5,
+        placement=pb.Placement(constraints=["node.labels.zone==a"], rebalance=True),
+        restart=pb.RestartPolicy(condition=pb.RestartPolicy.CONDITION_NONE, max_attempts=3),
+        update=pb.UpdateConfig(parallelism=4, max_failure_ratio=0.5),
+        rollback=pb.UpdateConfig(parallelism=0),
+        depends_on={"db": pb.Dependency(condition=pb.Dependency.CONDITION_SERVICE_HEALTHY)},
+    )
+    assert same_task_spec(base, settings)
+    assert task_spec(settings) == task_spec(base)
+    assert settings.update.parallelism == 4, "task_spec copies; the spec given is left as it was"
+    # The rebalance flag alone, on a spec without a placement block, is no task change either.
+    assert same_task_spec(spec(), spec(placement=pb.Placement(rebalance=True)))
+
+
+def test_fields_a_task_runs_with_are_task_changes() -> None:
+    base = spec()
+    changed = [
+        spec(image="nginx:1.28"),
+        spec(env={"MODE": "prod"}),
+        spec(placement=pb.Placement(constraints=["node.labels.zone==a"])),
+        spec(resources=pb.Resources(memory_limit_bytes=256 * 1024**2)),
+        spec(healthcheck=pb.HealthCheck(tcp=pb.TcpProbe(port=80))),
+        spec(stop_grace_period=secs(30)),  # the agent's: how long it waits on a stop
+        spec(on_disconnect=pb.OnDisconnect(stop_after=secs(60))),  # the agent's: when it stops a cut-off task
+        spec(mode=pb.SERVICE_MODE_JOB),
+    ]
+    for other in changed:
+        assert not same_task_spec(base, other), spec_changes(base, other)
+
+
+def test_controller_only_fields_are_what_the_agent_policy_calls_the_controllers() -> None:
+    # agent/policy.py says for each spec field whether it reaches the host; none of these may.
+    for path in CONTROLLER_ONLY:
+        assert CONTAINED_FIELDS[path.partition(".")[0]].startswith("is the controller's"), path
