@@ -88,7 +88,8 @@ def reconcile_service(
       changes no slot; once it holds, held tasks are released (PENDING).
     - rebalance: a rebalance was asked for (rebalance_generation moved past the one acted on): move the tasks
       rebalance.to_move names start-first. placement.rebalance does so on every pass. plan.rebalanced says
-      the request was acted on (it waits while a rollout is active or new tasks are held).
+      the request was acted on (it waits while a rollout is active, paused with tasks of an older spec
+      live, or new tasks are held).
     The plan's `service` is set when the rollout's status changes (or it rolls back): commit it guarded by
     the service's version, with the task writes.
     """
@@ -126,7 +127,10 @@ def reconcile_service(
     state = _Pass(service, nodes, now, new_id, plan, policy, may_update, held)
     state.changing = sum(1 for key, group in groups.items() if key in wanted and _changing(group))
     counted = _failures_to_keep(service, policy, current, len(wanted), now)
-    if not active and held is None and (rebalance or service.spec.placement.rebalance):
+    # A move makes a task of the current spec: not while a paused rollout holds that spec back (any live task
+    # of an older spec); the request stays pending until the rollout is over.
+    outdated = any(t.desired_state == pb.DESIRED_STATE_RUNNING and _outdated(service, t) for t in current)
+    if not active and held is None and not outdated and (rebalance or service.spec.placement.rebalance):
         service = _rebalance(state, groups, current)
     for key in sorted(set(groups) | set(wanted), key=str):
         group = groups.get(key, [])

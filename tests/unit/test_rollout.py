@@ -713,3 +713,26 @@ def test_a_rebalance_moves_tasks_start_first_only_when_asked() -> None:
     sim.step()
     assert [t.desired_state for t in sim.last.update] == [pb.DESIRED_STATE_SHUTDOWN], "the moved task stops"
     assert sorted(t.node_id for t in sim.serving()) == ["n1", "n1", "n2", "n3"]
+
+
+def test_a_rebalance_waits_while_a_paused_rollout_holds_its_spec_back() -> None:
+    sim = Sim.running(spec("img:1", 4))
+    placed(sim, ["n1", "n1", "n1", "n1"])
+    sim.apply(spec("img:2", 4, parallelism=1, failure_action=pb.UpdateConfig.FAILURE_ACTION_PAUSE))
+    for _ in range(6):
+        sim.step()
+        sim.stop_stopping()
+        for task in sim.live():
+            if task.revision == 2 and task.status.state < pb.TASK_STATE_RUNNING:
+                sim.report(task, pb.TASK_STATE_FAILED, pb.TaskStatus.CAUSE_TASK, "exit 1")
+        sim.advance(1)
+    assert sim.state() == STATE.STATE_PAUSED
+    sim.service.rebalance_generation += 1
+    plan = reconcile_service(sim.service, list(sim.tasks.values()), NODES, sim.now, sim.new_id, rebalance=True)
+    assert not plan.rebalanced and not any(t.avoid_node_ids for t in plan.create), "no slot moves to img:2"
+    assert plan.service is None or plan.service.rebalanced_generation == 0, "the request stays pending"
+    sim.apply(spec("img:3", 4))  # a working spec ends it; the request is then acted on
+    settle(sim)
+    assert sim.state() == STATE.STATE_COMPLETED
+    plan = reconcile_service(sim.service, list(sim.tasks.values()), NODES, sim.now, sim.new_id, rebalance=True)
+    assert plan.rebalanced
