@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
+from controller.orchestrator.rollout import ROLLBACK_STATES
 from controller.store.base import ServiceRevision
 from dockyard.spec.diff import CONTROLLER_ONLY, same_task_spec
 from dockyard.spec.issues import Issue
@@ -11,9 +13,7 @@ from dockyard.timestamps import to_timestamp
 from dockyard.v1 import controller_pb2 as cpb
 from dockyard.v1 import types_pb2 as pb
 
-__all__ = ["history_response", "rollback_target"]
-
-_APART_FROM = ", ".join(CONTROLLER_ONLY[:-1]) + f" and {CONTROLLER_ONLY[-1]}"
+__all__ = ["Resume", "history_response", "rollback_target"]
 
 
 def history_response(
@@ -43,25 +43,38 @@ def history_response(
     return response
 
 
+@dataclass(frozen=True)
+class Resume:
+    """A requested rollback to the spec of a paused rollout: it resumes that rollout (rollout.resumed) instead."""
+
+    revision: int
+
+
+# A rollback request whose target has the current spec goes on with these instead of being refused.
+_PAUSED = frozenset({pb.UpdateStatus.STATE_PAUSED, pb.UpdateStatus.STATE_ROLLBACK_PAUSED})
+_APART_FROM = ", ".join(CONTROLLER_ONLY[:-1]) + f" and {CONTROLLER_ONLY[-1]}"
+
+
 def rollback_target(
     service: pb.Service, revisions: Sequence[ServiceRevision], to_revision: int
-) -> ServiceRevision | Issue:
+) -> ServiceRevision | Resume | Issue:
     """Returns the revision a rollback goes to (to_revision 0: the one before the current spec), or why not.
 
-    The target must be kept and run other tasks than the current spec (diff.same_task_spec): a rollback to
-    the current spec would change nothing an apply could not.
+    When a rollback made the current spec, to_revision 0 is the newest revision before the one rolled back
+    from (update_status.from_revision) whose spec is not the failed one: never the spec the rollback left.
+    The target must be kept and run other tasks than the current spec (diff.same_task_spec); one that runs
+    the same is Resume when the rollout of the current spec is paused (PAUSED, ROLLBACK_PAUSED), else refused.
     """
     kept = {r.revision: r for r in revisions}
     listing = ", ".join(str(r) for r in sorted(kept)) or "none"
+    status = service.update_status
+    # A rollback made the current spec while the latest rollout (to_revision) is the current spec's.
+    rolled_back = status.state in ROLLBACK_STATES and status.to_revision == service.spec_revision
     if to_revision == 0:
-        earlier = [r for r in sorted(kept) if r < service.spec_revision]
-        if not earlier:
-            return Issue(
-                "service",
-                f"{service.name!r} keeps no revision before its current spec (revision {service.spec_revision}; "
-                f"kept: {listing}); there is nothing to roll back to",
-            )
-        target = kept[earlier[-1]]
+        found = _default_target(service, kept, listing, rolled_back=rolled_back)
+        if isinstance(found, Issue):
+            return found
+        target = found
     else:
         if to_revision not in kept:
             return Issue(
@@ -71,6 +84,16 @@ def rollback_target(
             )
         target = kept[to_revision]
     if same_task_spec(target.spec, service.spec):
+        # As applying the current spec again does (controller/api/apply.py).
+        if status.state in _PAUSED:
+            return Resume(target.revision)
+        if to_revision == 0 and rolled_back:
+            return Issue(
+                "service",
+                f"{service.name!r} was rolled back from revision {status.from_revision} and runs the spec of "
+                f"revision {target.revision} already; give the revision to go to (see `dockyard history "
+                f"{service.name}`)",
+            )
         field = "to_revision" if to_revision else "service"
         return Issue(
             field,
@@ -78,3 +101,29 @@ def rollback_target(
             "give a revision with another spec, or apply (or scale) to change those",
         )
     return target
+
+
+def _default_target(
+    service: pb.Service, kept: Mapping[int, ServiceRevision], listing: str, *, rolled_back: bool
+) -> ServiceRevision | Issue:
+    if not rolled_back:
+        earlier = [r for r in sorted(kept) if r < service.spec_revision]
+        if not earlier:
+            return Issue(
+                "service",
+                f"{service.name!r} keeps no revision before its current spec (revision {service.spec_revision}; "
+                f"kept: {listing}); there is nothing to roll back to",
+            )
+        return kept[earlier[-1]]
+    # Going back from a rollback must not run the spec it escaped again: the revisions from the one rolled
+    # back from up to the current spec ran it (they differ at most in controller-only fields).
+    left = service.update_status.from_revision
+    failed = [kept[r].spec for r in kept if left <= r < service.spec_revision]
+    earlier = [r for r in sorted(kept) if r < left and not any(same_task_spec(kept[r].spec, spec) for spec in failed)]
+    if not earlier:
+        return Issue(
+            "service",
+            f"{service.name!r} was rolled back from revision {left} and keeps no other spec before it "
+            f"(kept: {listing}); there is nothing to roll back to",
+        )
+    return kept[earlier[-1]]

@@ -18,7 +18,7 @@ import structlog
 
 from controller.api.apply import plan_apply, pruned, scale_cause
 from controller.api.bounds import Gate, ReadCaps
-from controller.api.history import history_response, rollback_target
+from controller.api.history import Resume, history_response, rollback_target
 from controller.api.paging import (
     Key,
     PageLimits,
@@ -587,8 +587,10 @@ class ControllerApi:
     async def RollbackService(self, request: cpb.RollbackServiceRequest, context: Context) -> pb.Service:
         """Writes an earlier revision's spec as a new revision, as the orchestrator's automatic rollback does.
 
-        to_revision 0 means the revision before the current spec. It must be kept and run other tasks than the
-        current spec (diff.same_task_spec): INVALID_ARGUMENT (to_revision) or FAILED_PRECONDITION (service).
+        to_revision 0 means the revision before the current spec (after a rollback: before the spec it left,
+        never that one; history.rollback_target). It must be kept and run other tasks than the current spec:
+        INVALID_ARGUMENT (to_revision) or FAILED_PRECONDITION (service); except that a target with the current
+        spec resumes a paused rollout (rollout.resumed, at the same revision), as applying that spec does.
         """
         service = await self._service(request.service, context, "service")
         expected = request.if_revision if request.HasField("if_revision") else None
@@ -599,6 +601,16 @@ class ControllerApi:
             if target.path == "to_revision":
                 await abort_invalid(context, [target])
             await abort(context, grpc.StatusCode.FAILED_PRECONDITION, str(target))
+        if isinstance(target, Resume):
+            again = rollout.resumed(service, self._clock.now())
+            await commit_or_abort(
+                self._store,
+                context,
+                [Put(again, expect_version=service.version)],
+                service_path(service.name),
+                conditional=expected is not None,
+            )
+            return again
         existing = {s.name: s for s in await self._store.list_services()}
         unmet = dependency_errors([target.spec], existing)
         if unmet:

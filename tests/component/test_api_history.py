@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 
 import grpc
 import pytest
 
+from controller.orchestrator import rollout
 from controller.store.base import Put
 from dockyard.v1 import controller_pb2 as cpb
 from dockyard.v1 import controller_pb2_grpc as cpb_grpc
@@ -14,6 +16,7 @@ from dockyard.v1 import types_pb2 as pb
 from tests.component.harness import ApiUnderTest
 
 TIMEOUT = 10
+NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 
 
 def spec(name: str = "web", image: str = "app:1", replicas: int = 1, **depends: int) -> pb.ServiceSpec:
@@ -238,6 +241,49 @@ async def test_applying_a_paused_rollouts_spec_again_resumes_it(
         "",
     )
     assert [r.revision for r in await history(stub)] == [2, 1], "a resume is no new revision"
+
+
+async def test_rollback_after_an_automatic_rollback_paused_resumes_it_not_the_failed_spec(
+    stub: cpb_grpc.ControllerServiceStub, api: ApiUnderTest
+) -> None:
+    await apply(stub, spec(image="app:1", replicas=3))
+    await apply(stub, spec(image="app:bad", replicas=3))
+    # The orchestrator rolled back from revision 2 (revision 3 runs app:1 again), and the rollback paused.
+    service = await api.store.get_service("web")
+    assert service is not None
+    target = rollout.RollbackTarget(1, spec(image="app:1", replicas=3), 1, 1)
+    rolled = rollout.rollback_service(service, target, NOW, "rollback to revision 1: 3 of 3 failed")
+    rolled.update_status.state = pb.UpdateStatus.STATE_ROLLBACK_PAUSED
+    await api.store.commit([Put(rolled, expect_version=service.version)])
+
+    # `dockyard rollback` (as exit 4 advises) and `--to 1` go on with the rollback to app:1.
+    for to_revision in (0, 1):
+        resumed = await stub.RollbackService(
+            cpb.RollbackServiceRequest(service="web", to_revision=to_revision), timeout=TIMEOUT
+        )
+        assert (resumed.revision, resumed.spec_revision, resumed.spec.image) == (3, 3, "app:1")
+        assert resumed.update_status.state == pb.UpdateStatus.STATE_ROLLBACK_STARTED
+        stored = await api.store.get_service("web")
+        assert stored is not None
+        assert (stored.revision, stored.update_status.state) == (3, pb.UpdateStatus.STATE_ROLLBACK_STARTED)
+        stored.update_status.state = pb.UpdateStatus.STATE_ROLLBACK_PAUSED  # paused again, as the orchestrator might
+        await api.store.commit([Put(stored, expect_version=stored.version)])
+    assert [r.revision for r in await history(stub)] == [3, 2, 1], "a resume is no new revision"
+
+    # Completed, `dockyard rollback` has nothing to do (it would be app:bad again); the failed spec by name only.
+    done = await api.store.get_service("web")
+    assert done is not None
+    done.update_status.state = pb.UpdateStatus.STATE_ROLLBACK_COMPLETED
+    await api.store.commit([Put(done, expect_version=done.version)])
+    error = await refused(
+        stub.RollbackService(cpb.RollbackServiceRequest(service="web")), grpc.StatusCode.FAILED_PRECONDITION
+    )
+    assert error == (
+        "service: 'web' was rolled back from revision 2 and runs the spec of revision 1 already; "
+        "give the revision to go to (see `dockyard history web`)"
+    )
+    again = await stub.RollbackService(cpb.RollbackServiceRequest(service="web", to_revision=2), timeout=TIMEOUT)
+    assert (again.revision, again.spec.image) == (4, "app:bad")
 
 
 async def test_a_change_of_update_settings_only_is_a_revision_without_a_rollout(

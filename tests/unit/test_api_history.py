@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from controller.api.history import history_response, rollback_target
+from controller.api.history import Resume, history_response, rollback_target
 from controller.api.planning import simulate
 from controller.store.base import ServiceRevision
 from dockyard.spec.issues import Issue
@@ -48,10 +48,10 @@ def test_rollback_goes_before_the_current_spec_or_to_a_kept_other_spec() -> None
     ]
     current = service(4, 3, spec("app:2", 3))
     target = rollback_target(current, revisions, 0)
-    assert not isinstance(target, Issue)
+    assert not isinstance(target, (Issue, Resume))
     assert target.revision == 2
     named = rollback_target(current, revisions, 1)
-    assert not isinstance(named, Issue)
+    assert not isinstance(named, (Issue, Resume))
     assert named.revision == 1
     same = rollback_target(current, revisions, 3)
     assert isinstance(same, Issue)
@@ -59,6 +59,69 @@ def test_rollback_goes_before_the_current_spec_or_to_a_kept_other_spec() -> None
     gone = rollback_target(current, revisions[:2], 0)
     assert isinstance(gone, Issue)
     assert gone.path == "service"
+
+
+def rolled_back(state: pb.UpdateStatus.State.ValueType, s: pb.ServiceSpec, left: int, revision: int) -> pb.Service:
+    """The service as a rollback from spec revision `left` wrote it at `revision`, now in `state`."""
+    result = service(revision, revision, s)
+    result.update_status.state = state
+    result.update_status.from_revision, result.update_status.to_revision = left, revision
+    return result
+
+
+def test_rollback_after_a_rollback_never_returns_to_the_failed_spec() -> None:
+    # 1 app:0, 2 app:1, 3 app:bad (failed), 4 app:1 again (the automatic rollback, paused), 3 and 4 kept.
+    good, bad = spec("app:1"), spec("app:bad")
+    revisions = [kept(4, 4, good), kept(3, 3, bad), kept(2, 2, good), kept(1, 1, spec("app:0"))]
+    paused = rolled_back(pb.UpdateStatus.STATE_ROLLBACK_PAUSED, good, 3, 4)
+
+    # `dockyard rollback` and `--to 2` both resume the paused rollback of app:1; --to 3 is asked for by name.
+    assert rollback_target(paused, revisions, 0) == Resume(2)
+    assert rollback_target(paused, revisions, 2) == Resume(2)
+    named = rollback_target(paused, revisions, 3)
+    assert not isinstance(named, (Issue, Resume))
+    assert named.spec == bad
+
+    # Once the rollback completed there is nothing to resume: refused, naming where it stands.
+    done = rolled_back(pb.UpdateStatus.STATE_ROLLBACK_COMPLETED, good, 3, 4)
+    refusal = rollback_target(done, revisions, 0)
+    assert isinstance(refusal, Issue)
+    assert (refusal.path, refusal.message) == (
+        "service",
+        "'web' was rolled back from revision 3 and runs the spec of revision 2 already; "
+        "give the revision to go to (see `dockyard history web`)",
+    )
+    # Earlier revisions of the failed spec are skipped too: 1 app:bad, 2 app:1, 3 app:bad, 4 app:1.
+    again = [kept(4, 4, good), kept(3, 3, bad), kept(2, 2, spec("app:2")), kept(1, 1, bad)]
+    target = rollback_target(rolled_back(pb.UpdateStatus.STATE_ROLLBACK_STARTED, good, 3, 4), again, 0)
+    assert not isinstance(target, (Issue, Resume))
+    assert target.revision == 2
+    none = rollback_target(rolled_back(pb.UpdateStatus.STATE_ROLLBACK_STARTED, good, 3, 4), again[:2] + again[3:], 0)
+    assert isinstance(none, Issue)
+    assert none.message.startswith("'web' was rolled back from revision 3 and keeps no other spec before it")
+
+
+def test_a_rollback_to_the_current_spec_resumes_a_paused_update() -> None:
+    revisions = [kept(2, 2, spec("app:2")), kept(1, 1, spec("app:1"))]
+    paused = service(2, 2, spec("app:2"))
+    paused.update_status.state = pb.UpdateStatus.STATE_PAUSED
+    paused.update_status.from_revision, paused.update_status.to_revision = 1, 2
+    assert rollback_target(paused, revisions, 2) == Resume(2)
+    # With no revision named it is an ordinary rollback, to the spec before.
+    target = rollback_target(paused, revisions, 0)
+    assert not isinstance(target, (Issue, Resume))
+    assert target.revision == 1
+
+
+def test_a_rollback_ignores_a_rollback_status_the_spec_has_moved_past() -> None:
+    # Applied app:3 after a rollback completed; the orchestrator has not started its rollout yet.
+    revisions = [kept(5, 5, spec("app:3")), kept(4, 4, spec("app:1")), kept(3, 3, spec("app:bad"))]
+    current = service(5, 5, spec("app:3"))
+    current.update_status.state = pb.UpdateStatus.STATE_ROLLBACK_COMPLETED
+    current.update_status.from_revision, current.update_status.to_revision = 3, 4
+    target = rollback_target(current, revisions, 0)
+    assert not isinstance(target, (Issue, Resume))
+    assert target.revision == 4
 
 
 def test_a_target_differing_only_in_controller_settings_is_the_current_spec() -> None:
