@@ -10,6 +10,7 @@ import click
 from dockyard.cli.common import controller_option, output_option, run
 from dockyard.cli.deploying import Target, choose_display, finish, wait_for_deploy
 from dockyard.cli.output import emit, emit_object
+from dockyard.cli.rollout import rollout_name
 from dockyard.cli.workloads import DEPLOY_TIMEOUT, timeout_option
 from dockyard.client import Client
 from dockyard.timestamps import from_timestamp
@@ -119,11 +120,18 @@ def rollback(
     then wait for it as `apply` does (same progress, same exit codes)."""
 
     async def body(client: Client) -> None:
+        before = await client.get_service(service)
         written = await client.rollback(service, to_revision or 0, if_revision=if_revision)
-        row = {"service": written.name, "action": "rolled back", "revision": written.revision}
+        # A target that runs the current spec resumes a paused rollout at the same revision: no new revision.
+        resumed = written.revision == before.revision
+        row = {"service": written.name, "action": "resumed" if resumed else "rolled back", "revision": written.revision}
         if output != "json":
-            cause = f": {written.change_cause}" if written.change_cause else ""
-            click.echo(f"{written.name}: revision {written.revision}{cause}", err=True)
+            if resumed:
+                state = rollout_name(written.update_status.state)
+                click.echo(f"{written.name}: revision {written.revision}: paused rollout resumed ({state})", err=True)
+            else:
+                cause = f": {written.change_cause}" if written.change_cause else ""
+                click.echo(f"{written.name}: revision {written.revision}{cause}", err=True)
         if detach:
             emit_object(row, output, f"{written.name}: rollback to revision {written.revision} stored")
             return

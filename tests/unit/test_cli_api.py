@@ -224,3 +224,15 @@ def test_a_detached_rebalance_is_stored(api: ApiInThread, tmp_path: Path) -> Non
     asked = dockyard(api, "service", "rebalance", "web", "-d")
     assert asked.exit_code == 0, asked.output
     assert stored(api).rebalance_generation == 1
+
+
+def test_a_rollback_to_the_current_spec_of_a_paused_rollout_says_it_resumed(api: ApiInThread, tmp_path: Path) -> None:
+    assert dockyard(api, "apply", "-f", spec_file(tmp_path), "-d").exit_code == 0
+    assert dockyard(api, "apply", "-f", spec_file(tmp_path, image="app:2"), "-d").exit_code == 0
+    set_status(api, S.STATE_PAUSED, "update paused: 1 of 2 tasks failed")
+
+    resumed = dockyard(api, "rollback", "web", "--to", "2", "-d", "-o", "json")
+
+    assert resumed.exit_code == 0, resumed.output
+    assert json.loads(resumed.stdout) == {"service": "web", "action": "resumed", "revision": 2}
+    assert stored(api).update_status.state == S.STATE_UPDATING
