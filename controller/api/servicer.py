@@ -626,8 +626,13 @@ class ControllerApi:
         async def spec_at(revision: int) -> pb.ServiceSpec | None:
             return await self._store.get_service_spec(service_id, revision)
 
-        # The same target, range and write as the orchestrator's automatic rollback.
-        found = await rollout.find_rollback_target(service, target.revision, spec_at)
+        # The same target, range and write as the orchestrator's automatic rollback, over the same live tasks.
+        live = {
+            t.revision
+            for t in await self._store.list_tasks(service_id=service_id)
+            if t.desired_state == pb.DESIRED_STATE_RUNNING
+        }
+        found = await rollout.find_rollback_target(service, target.revision, spec_at, live_revisions=live)
         if found is None:
             await abort(
                 context,

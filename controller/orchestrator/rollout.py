@@ -36,7 +36,7 @@ from datetime import datetime, timedelta
 
 from controller.orchestrator.restart import stopped_at
 from dockyard.spec import schema
-from dockyard.spec.diff import same_apart_from_replicas
+from dockyard.spec.diff import same_task_spec
 from dockyard.task_state import HOST_FAULT_LIMIT, is_terminal, runs_current_spec
 from dockyard.timestamps import from_timestamp, seconds, to_timestamp
 from dockyard.v1 import types_pb2 as pb
@@ -303,13 +303,13 @@ async def find_rollback_target(
     """Reads the target of a rollback to `revision` through spec_at (e.g. store.get_service_spec for the
     service); None when that revision is not kept.
 
-    The range of revisions that ran the same spec is walked outward from `revision` while the kept specs
-    equal it (apart from replicas), never reaching the current spec_revision: tasks in it are not touched by
-    the rollback. A revision not kept ends the walk, which can only make the range smaller (safe: a task
-    outside it is replaced, never wrongly kept). live_revisions (those the service's live tasks run) widens
-    it to cover every live revision with the same spec that it can reach without covering a live revision of
-    another spec (an earlier rollback to this spec left tasks of an older revision running it); a revision
-    of another spec that no live task runs may lie inside (no task is ever made at an old revision).
+    The range of revisions that ran the same spec is walked outward from `revision` while the kept specs equal it
+    (apart from controller-only fields: diff.same_task_spec), never reaching the current spec_revision: tasks in it
+    are not touched by the rollback. A revision not kept ends the walk, which can only make the range smaller (safe:
+    a task outside it is replaced, never wrongly kept). live_revisions (those the service's live tasks run) widens
+    it to cover every live revision with the same spec that it can reach without covering a live revision of another
+    spec (an earlier rollback to this spec left tasks of an older revision running it); a revision of another spec
+    that no live task runs may lie inside (no task is ever made at an old revision).
     """
     if revision <= 0:
         return None
@@ -319,13 +319,13 @@ async def find_rollback_target(
     low = revision
     while low > 1:
         earlier = await spec_at(low - 1)
-        if earlier is None or not same_apart_from_replicas(spec, earlier):
+        if earlier is None or not same_task_spec(spec, earlier):
             break
         low -= 1
     high = revision
     while high + 1 < service.spec_revision:
         later = await spec_at(high + 1)
-        if later is None or not same_apart_from_replicas(spec, later):
+        if later is None or not same_task_spec(spec, later):
             break
         high += 1
     same: list[int] = []
@@ -334,7 +334,7 @@ async def find_rollback_target(
         if low <= live <= high or live <= 0 or live >= service.spec_revision:
             continue
         found = await spec_at(live)
-        (same if found is not None and same_apart_from_replicas(spec, found) else other).append(live)
+        (same if found is not None and same_task_spec(spec, found) else other).append(live)
     floor = max((r for r in other if r < low), default=0)
     ceiling = min((r for r in other if r > high), default=service.spec_revision)
     low = min([low, *(r for r in same if r > floor)])

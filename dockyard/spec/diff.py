@@ -227,7 +227,3 @@ def task_spec(spec: pb.ServiceSpec) -> pb.ServiceSpec:
 def same_task_spec(a: pb.ServiceSpec, b: pb.ServiceSpec) -> bool:
     """Tells whether two specs differ at most in CONTROLLER_ONLY fields: tasks started with one run the other."""
     return a == b or task_spec(a) == task_spec(b)
-
-
-# The name rollout.py imports; same_task_spec is the rule.
-same_apart_from_replicas = same_task_spec
