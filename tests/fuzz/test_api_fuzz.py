@@ -198,7 +198,15 @@ def check(
 
 
 def _writes(method: MethodDescriptor) -> bool:
-    return method.name in {"ApplyService", "DeleteService", "ScaleService", "UpdateNode", "RemoveNode"}
+    return method.name in {
+        "ApplyService",
+        "DeleteService",
+        "ScaleService",
+        "UpdateNode",
+        "RemoveNode",
+        "RollbackService",
+        "RebalanceService",
+    }
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))
