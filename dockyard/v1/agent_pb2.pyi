@@ -193,6 +193,8 @@ class Hello(_message.Message):
     NODE_ID_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     INVENTORY_FIELD_NUMBER: _builtins.int
+    VOLUMES_FIELD_NUMBER: _builtins.int
+    IMAGES_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     """The node id the agent believes it has. Under mutual TLS the controller takes the identity from the
     client certificate and refuses a hello that names another node; only --insecure trusts this field.
@@ -201,16 +203,26 @@ class Hello(_message.Message):
     def description(self) -> _types_pb2.NodeDescription: ...
     @_builtins.property
     def inventory(self) -> _containers.RepeatedCompositeFieldContainer[Global___InventoryItem]: ...
+    @_builtins.property
+    def volumes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """the names of the Dockyard volumes on this host (labelled by an agent)"""
+
+    @_builtins.property
+    def images(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """the image references (repo:tag) this host's Docker has"""
+
     def __init__(
         self,
         *,
         node_id: _builtins.str = ...,
         description: _types_pb2.NodeDescription | None = ...,
         inventory: _abc.Iterable[Global___InventoryItem] | None = ...,
+        volumes: _abc.Iterable[_builtins.str] | None = ...,
+        images: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["description", b"description"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "inventory", b"inventory", "node_id", b"node_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "images", b"images", "inventory", b"inventory", "node_id", b"node_id", "volumes", b"volumes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -287,6 +299,8 @@ class ControllerMessage(_message.Message):
     ASSIGNMENTS_FIELD_NUMBER: _builtins.int
     COMMAND_FIELD_NUMBER: _builtins.int
     HEARTBEAT_ACK_FIELD_NUMBER: _builtins.int
+    NETWORK_MAP_FIELD_NUMBER: _builtins.int
+    DNS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def welcome(self) -> Global___Welcome: ...
     @_builtins.property
@@ -295,6 +309,10 @@ class ControllerMessage(_message.Message):
     def command(self) -> Global___Command: ...
     @_builtins.property
     def heartbeat_ack(self) -> Global___HeartbeatAck: ...
+    @_builtins.property
+    def network_map(self) -> Global___NetworkMap: ...
+    @_builtins.property
+    def dns(self) -> Global___DnsTable: ...
     def __init__(
         self,
         *,
@@ -302,16 +320,143 @@ class ControllerMessage(_message.Message):
         assignments: Global___Assignments | None = ...,
         command: Global___Command | None = ...,
         heartbeat_ack: Global___HeartbeatAck | None = ...,
+        network_map: Global___NetworkMap | None = ...,
+        dns: Global___DnsTable | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["assignments", b"assignments", "command", b"command", "heartbeat_ack", b"heartbeat_ack", "msg", b"msg", "welcome", b"welcome"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["assignments", b"assignments", "command", b"command", "dns", b"dns", "heartbeat_ack", b"heartbeat_ack", "msg", b"msg", "network_map", b"network_map", "welcome", b"welcome"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignments", b"assignments", "command", b"command", "heartbeat_ack", b"heartbeat_ack", "msg", b"msg", "welcome", b"welcome"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignments", b"assignments", "command", b"command", "dns", b"dns", "heartbeat_ack", b"heartbeat_ack", "msg", b"msg", "network_map", b"network_map", "welcome", b"welcome"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_msg: _TypeAlias = _typing.Literal["welcome", "assignments", "command", "heartbeat_ack"]  # noqa: Y015
+    _WhichOneofReturnType_msg: _TypeAlias = _typing.Literal["welcome", "assignments", "command", "heartbeat_ack", "network_map", "dns"]  # noqa: Y015
     _WhichOneofArgType_msg: _TypeAlias = _typing.Literal["msg", b"msg"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_msg) -> _WhichOneofReturnType_msg | None: ...
 
 Global___ControllerMessage: _TypeAlias = ControllerMessage  # noqa: Y015
+
+@_typing.final
+class NetworkSubnet(_message.Message):
+    """One subnet of one network on one node."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NETWORK_FIELD_NUMBER: _builtins.int
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    NODE_ADDRESS_FIELD_NUMBER: _builtins.int
+    SUBNET_FIELD_NUMBER: _builtins.int
+    INTERNAL_FIELD_NUMBER: _builtins.int
+    network: _builtins.str
+    node_id: _builtins.str
+    node_address: _builtins.str
+    """the node's address as the controller sees it: the next hop or VXLAN peer"""
+    subnet: _builtins.str
+    """CIDR"""
+    internal: _builtins.bool
+    def __init__(
+        self,
+        *,
+        network: _builtins.str = ...,
+        node_id: _builtins.str = ...,
+        node_address: _builtins.str = ...,
+        subnet: _builtins.str = ...,
+        internal: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["internal", b"internal", "network", b"network", "node_address", b"node_address", "node_id", b"node_id", "subnet", b"subnet"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NetworkSubnet: _TypeAlias = NetworkSubnet  # noqa: Y015
+
+@_typing.final
+class NetworkMap(_message.Message):
+    """Every subnet of every network the receiving node takes part in, its own included; the whole map each
+    time (it is small), sent on connect and whenever it changes. Subnets of nodes that left are absent,
+    and the agent removes their routes.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    SUBNETS_FIELD_NUMBER: _builtins.int
+    POOL_FIELD_NUMBER: _builtins.int
+    version: _builtins.int
+    """grows with every change; an agent ignores an older map"""
+    pool: _builtins.str
+    """the cluster's address pool (CIDR) that every subnet is carved from"""
+    @_builtins.property
+    def subnets(self) -> _containers.RepeatedCompositeFieldContainer[Global___NetworkSubnet]: ...
+    def __init__(
+        self,
+        *,
+        version: _builtins.int = ...,
+        subnets: _abc.Iterable[Global___NetworkSubnet] | None = ...,
+        pool: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["pool", b"pool", "subnets", b"subnets", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NetworkMap: _TypeAlias = NetworkMap  # noqa: Y015
+
+@_typing.final
+class DnsRecord(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    ADDRESSES_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """fully qualified, lower case: "<service>.<stack>.dockyard" or "<service>.dockyard" """
+    @_builtins.property
+    def addresses(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """the running, healthy tasks' addresses; empty: the name is gone"""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        addresses: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["addresses", b"addresses", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DnsRecord: _TypeAlias = DnsRecord  # noqa: Y015
+
+@_typing.final
+class DnsTable(_message.Message):
+    """Service discovery records for the agent's DNS server."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    FULL_FIELD_NUMBER: _builtins.int
+    RECORDS_FIELD_NUMBER: _builtins.int
+    version: _builtins.int
+    full: _builtins.bool
+    """the whole table: names not in it go"""
+    @_builtins.property
+    def records(self) -> _containers.RepeatedCompositeFieldContainer[Global___DnsRecord]:
+        """full: every name; otherwise only the changed ones"""
+
+    def __init__(
+        self,
+        *,
+        version: _builtins.int = ...,
+        full: _builtins.bool = ...,
+        records: _abc.Iterable[Global___DnsRecord] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["full", b"full", "records", b"records", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DnsTable: _TypeAlias = DnsTable  # noqa: Y015
 
 @_typing.final
 class Welcome(_message.Message):
@@ -397,6 +542,8 @@ class Assignments(_message.Message):
     REMOVED_TASK_IDS_FIELD_NUMBER: _builtins.int
     SEQUENCE_FIELD_NUMBER: _builtins.int
     SPECS_FIELD_NUMBER: _builtins.int
+    FILES_FIELD_NUMBER: _builtins.int
+    REGISTRY_AUTHS_FIELD_NUMBER: _builtins.int
     kind: Global___Assignments.Kind.ValueType
     sequence: _builtins.int
     """grows within a session"""
@@ -413,6 +560,16 @@ class Assignments(_message.Message):
         incremental message.
         """
 
+    @_builtins.property
+    def files(self) -> _containers.RepeatedCompositeFieldContainer[Global___FileData]:
+        """The data of the secrets and configs that the tasks in this message (and the ones the node already
+        runs) use, and nothing else. The agent keeps it in memory and on tmpfs only, never persisted in clear.
+        """
+
+    @_builtins.property
+    def registry_auths(self) -> _containers.RepeatedCompositeFieldContainer[Global___RegistryAuth]:
+        """Credentials for the registries the images of these tasks come from; held in memory only."""
+
     def __init__(
         self,
         *,
@@ -421,14 +578,84 @@ class Assignments(_message.Message):
         removed_task_ids: _abc.Iterable[_builtins.str] | None = ...,
         sequence: _builtins.int = ...,
         specs: _abc.Iterable[Global___ServiceRevisionSpec] | None = ...,
+        files: _abc.Iterable[Global___FileData] | None = ...,
+        registry_auths: _abc.Iterable[Global___RegistryAuth] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "removed_task_ids", b"removed_task_ids", "sequence", b"sequence", "specs", b"specs", "tasks", b"tasks"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["files", b"files", "kind", b"kind", "registry_auths", b"registry_auths", "removed_task_ids", b"removed_task_ids", "sequence", b"sequence", "specs", b"specs", "tasks", b"tasks"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Assignments: _TypeAlias = Assignments  # noqa: Y015
+
+@_typing.final
+class FileData(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _Kind:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _KindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[FileData._Kind.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        KIND_UNSPECIFIED: FileData._Kind.ValueType  # 0
+        KIND_SECRET: FileData._Kind.ValueType  # 1
+        KIND_CONFIG: FileData._Kind.ValueType  # 2
+
+    class Kind(_Kind, metaclass=_KindEnumTypeWrapper): ...
+    KIND_UNSPECIFIED: FileData.Kind.ValueType  # 0
+    KIND_SECRET: FileData.Kind.ValueType  # 1
+    KIND_CONFIG: FileData.Kind.ValueType  # 2
+
+    KIND_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    DIGEST_FIELD_NUMBER: _builtins.int
+    kind: Global___FileData.Kind.ValueType
+    name: _builtins.str
+    data: _builtins.bytes
+    digest: _builtins.str
+    def __init__(
+        self,
+        *,
+        kind: Global___FileData.Kind.ValueType = ...,
+        name: _builtins.str = ...,
+        data: _builtins.bytes = ...,
+        digest: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "digest", b"digest", "kind", b"kind", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FileData: _TypeAlias = FileData  # noqa: Y015
+
+@_typing.final
+class RegistryAuth(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERVER_FIELD_NUMBER: _builtins.int
+    USERNAME_FIELD_NUMBER: _builtins.int
+    PASSWORD_FIELD_NUMBER: _builtins.int
+    server: _builtins.str
+    username: _builtins.str
+    password: _builtins.str
+    def __init__(
+        self,
+        *,
+        server: _builtins.str = ...,
+        username: _builtins.str = ...,
+        password: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["password", b"password", "server", b"server", "username", b"username"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RegistryAuth: _TypeAlias = RegistryAuth  # noqa: Y015
 
 @_typing.final
 class ServiceRevisionSpec(_message.Message):
@@ -487,24 +714,100 @@ class Command(_message.Message):
 
     COMMAND_ID_FIELD_NUMBER: _builtins.int
     LOGS_FIELD_NUMBER: _builtins.int
+    IMAGE_LOAD_FIELD_NUMBER: _builtins.int
+    VOLUME_REMOVE_FIELD_NUMBER: _builtins.int
     command_id: _builtins.str
     @_builtins.property
     def logs(self) -> Global___LogsRequest: ...
+    @_builtins.property
+    def image_load(self) -> Global___ImageLoad: ...
+    @_builtins.property
+    def volume_remove(self) -> Global___VolumeRemove: ...
     def __init__(
         self,
         *,
         command_id: _builtins.str = ...,
         logs: Global___LogsRequest | None = ...,
+        image_load: Global___ImageLoad | None = ...,
+        volume_remove: Global___VolumeRemove | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "logs", b"logs"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["image_load", b"image_load", "kind", b"kind", "logs", b"logs", "volume_remove", b"volume_remove"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["command_id", b"command_id", "kind", b"kind", "logs", b"logs"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["command_id", b"command_id", "image_load", b"image_load", "kind", b"kind", "logs", b"logs", "volume_remove", b"volume_remove"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["logs"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["logs", "image_load", "volume_remove"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
 Global___Command: _TypeAlias = Command  # noqa: Y015
+
+@_typing.final
+class ImageLoad(_message.Message):
+    """One piece of an image pushed through the session, as `docker save` wrote it. The pieces of one push
+    share a command_id and arrive in order; the agent loads the image when `last` is set and answers once,
+    with a CommandResult whose error is empty on success. Every piece is acknowledged by a CommandResult
+    with done = false (data: the bytes received so far as decimal text) so the controller sends at the
+    pace the agent writes.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IMAGE_FIELD_NUMBER: _builtins.int
+    IMAGE_ID_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    OFFSET_FIELD_NUMBER: _builtins.int
+    TOTAL_FIELD_NUMBER: _builtins.int
+    LAST_FIELD_NUMBER: _builtins.int
+    image: _builtins.str
+    """the reference being pushed, for progress and logs"""
+    image_id: _builtins.str
+    """The image's id (sha256:...). On the first piece an agent whose Docker already has it answers done
+    at once (CommandResult.data "present") and the controller sends it no more pieces.
+    """
+    data: _builtins.bytes
+    offset: _builtins.int
+    """of data within the whole archive"""
+    total: _builtins.int
+    """the archive's size"""
+    last: _builtins.bool
+    def __init__(
+        self,
+        *,
+        image: _builtins.str = ...,
+        image_id: _builtins.str = ...,
+        data: _builtins.bytes = ...,
+        offset: _builtins.int = ...,
+        total: _builtins.int = ...,
+        last: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "image", b"image", "image_id", b"image_id", "last", b"last", "offset", b"offset", "total", b"total"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImageLoad: _TypeAlias = ImageLoad  # noqa: Y015
+
+@_typing.final
+class VolumeRemove(_message.Message):
+    """Removes a Dockyard volume from this host; refused (CommandResult.error) while a container uses it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VolumeRemove: _TypeAlias = VolumeRemove  # noqa: Y015
 
 @_typing.final
 class CommandResult(_message.Message):

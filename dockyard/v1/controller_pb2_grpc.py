@@ -121,6 +121,96 @@ class ControllerServiceStub:
                 request_serializer=dockyard_dot_v1_dot_controller__pb2.RebalanceServiceRequest.SerializeToString,
                 response_deserializer=dockyard_dot_v1_dot_types__pb2.Service.FromString,
                 _registered_method=True)
+        self.ListStacks = channel.unary_unary(
+                '/dockyard.v1.ControllerService/ListStacks',
+                request_serializer=dockyard_dot_v1_dot_controller__pb2.ListStacksRequest.SerializeToString,
+                response_deserializer=dockyard_dot_v1_dot_controller__pb2.ListStacksResponse.FromString,
+                _registered_method=True)
+        self.RemoveStack = channel.unary_unary(
+                '/dockyard.v1.ControllerService/RemoveStack',
+                request_serializer=dockyard_dot_v1_dot_controller__pb2.RemoveStackRequest.SerializeToString,
+                response_deserializer=dockyard_dot_v1_dot_controller__pb2.RemoveStackResponse.FromString,
+                _registered_method=True)
+        self.CreateNetwork = channel.unary_unary(
+                '/dockyard.v1.ControllerService/CreateNetwork',
+                request_serializer=dockyard_dot_v1_dot_controller__pb2.CreateNetworkRequest.SerializeToString,
+                response_deserializer=dockyard_dot_v1_dot_types__pb2.Network.FromString,
+                _registered_method=True)
+        self.ListNetworks = channel.unary_unary(
+                '/dockyard.v1.ControllerService/ListNetworks',
+                request_serializer=dockyard_dot_v1_dot_controller__pb2.ListNetworksRequest.SerializeToString,
+                response_deserializer=dockyard_dot_v1_dot_controller__pb2.ListNetworksResponse.FromString,
+                _registered_method=True)
+        self.RemoveNetwork = channel.unary_unary(
+                '/dockyard.v1.ControllerService/RemoveNetwork',
+                request_serializer=dockyard_dot_v1_dot_controller__pb2.RemoveNetworkRequest.SerializeToString,
+                response_deserializer=dockyard_dot_v1_dot_controller__pb2.RemoveNetworkResponse.FromString,
+                _registered_method=True)
+        self.ListVolumes = channel.unary_unary(
+                '/dockyard.v1.ControllerService/ListVolumes',
+                request_serializer=dockyard_dot_v1_dot_controller__pb2.ListVolumesRequest.SerializeToString,
+                response_deserializer=dockyard_dot_v1_dot_controller__pb2.ListVolumesResponse.FromString,
+                _registered_method=True)
+        self.RemoveVolume = channel.unary_unary(
+                '/dockyard.v1.ControllerService/RemoveVolume',
+                request_serializer=dockyard_dot_v1_dot_controller__pb2.RemoveVolumeRequest.SerializeToString,
+                response_deserializer=dockyard_dot_v1_dot_controller__pb2.RemoveVolumeResponse.FromString,
+                _registered_method=True)
+        self.CreateSecret = channel.unary_unary(
+                '/dockyard.v1.ControllerService/CreateSecret',
+                request_serializer=dockyard_dot_v1_dot_controller__pb2.CreateSecretRequest.SerializeToString,
+                response_deserializer=dockyard_dot_v1_dot_types__pb2.Secret.FromString,
+                _registered_method=True)
+        self.ListSecrets = channel.unary_unary(
+                '/dockyard.v1.ControllerService/ListSecrets',
+                request_serializer=dockyard_dot_v1_dot_controller__pb2.ListSecretsRequest.SerializeToString,
+                response_deserializer=dockyard_dot_v1_dot_controller__pb2.ListSecretsResponse.FromString,
+                _registered_method=True)
+        self.RemoveSecret = channel.unary_unary(
+                '/dockyard.v1.ControllerService/RemoveSecret',
+                request_serializer=dockyard_dot_v1_dot_controller__pb2.RemoveSecretRequest.SerializeToString,
+                response_deserializer=dockyard_dot_v1_dot_controller__pb2.RemoveSecretResponse.FromString,
+                _registered_method=True)
+        self.CreateConfig = channel.unary_unary(
+                '/dockyard.v1.ControllerService/CreateConfig',
+                request_serializer=dockyard_dot_v1_dot_controller__pb2.CreateConfigRequest.SerializeToString,
+                response_deserializer=dockyard_dot_v1_dot_types__pb2.Config.FromString,
+                _registered_method=True)
+        self.ListConfigs = channel.unary_unary(
+                '/dockyard.v1.ControllerService/ListConfigs',
+                request_serializer=dockyard_dot_v1_dot_controller__pb2.ListConfigsRequest.SerializeToString,
+                response_deserializer=dockyard_dot_v1_dot_controller__pb2.ListConfigsResponse.FromString,
+                _registered_method=True)
+        self.GetConfig = channel.unary_unary(
+                '/dockyard.v1.ControllerService/GetConfig',
+                request_serializer=dockyard_dot_v1_dot_controller__pb2.GetConfigRequest.SerializeToString,
+                response_deserializer=dockyard_dot_v1_dot_types__pb2.Config.FromString,
+                _registered_method=True)
+        self.RemoveConfig = channel.unary_unary(
+                '/dockyard.v1.ControllerService/RemoveConfig',
+                request_serializer=dockyard_dot_v1_dot_controller__pb2.RemoveConfigRequest.SerializeToString,
+                response_deserializer=dockyard_dot_v1_dot_controller__pb2.RemoveConfigResponse.FromString,
+                _registered_method=True)
+        self.PushImage = channel.stream_stream(
+                '/dockyard.v1.ControllerService/PushImage',
+                request_serializer=dockyard_dot_v1_dot_controller__pb2.PushImageRequest.SerializeToString,
+                response_deserializer=dockyard_dot_v1_dot_controller__pb2.PushImageProgress.FromString,
+                _registered_method=True)
+        self.SetRegistryCredential = channel.unary_unary(
+                '/dockyard.v1.ControllerService/SetRegistryCredential',
+                request_serializer=dockyard_dot_v1_dot_controller__pb2.SetRegistryCredentialRequest.SerializeToString,
+                response_deserializer=dockyard_dot_v1_dot_types__pb2.RegistryCredential.FromString,
+                _registered_method=True)
+        self.ListRegistryCredentials = channel.unary_unary(
+                '/dockyard.v1.ControllerService/ListRegistryCredentials',
+                request_serializer=dockyard_dot_v1_dot_controller__pb2.ListRegistryCredentialsRequest.SerializeToString,
+                response_deserializer=dockyard_dot_v1_dot_controller__pb2.ListRegistryCredentialsResponse.FromString,
+                _registered_method=True)
+        self.RemoveRegistryCredential = channel.unary_unary(
+                '/dockyard.v1.ControllerService/RemoveRegistryCredential',
+                request_serializer=dockyard_dot_v1_dot_controller__pb2.RemoveRegistryCredentialRequest.SerializeToString,
+                response_deserializer=dockyard_dot_v1_dot_controller__pb2.RemoveRegistryCredentialResponse.FromString,
+                _registered_method=True)
 
 
 class ControllerServiceServicer:
@@ -242,6 +332,126 @@ class ControllerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListStacks(self, request, context):
+        """Stacks: the services of one Compose file, with the networks, volumes, secrets and configs it made.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveStack(self, request, context):
+        """Deletes the stack's services, then its networks, secrets and configs once no task uses them. Its
+        volumes stay (their data), as `docker stack rm` leaves them; `volume rm` removes them.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateNetwork(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListNetworks(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveNetwork(self, request, context):
+        """Refused (FAILED_PRECONDITION naming the services) while a service uses it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListVolumes(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveVolume(self, request, context):
+        """Refused while a service mounts it; otherwise the node that holds it removes it, and the record goes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateSecret(self, request, context):
+        """Secrets are immutable: a new value is a new name (rotate by adding it to the service and removing the
+        old one). The data is encrypted at rest and only ever sent to the nodes whose tasks use it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSecrets(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveSecret(self, request, context):
+        """Refused (FAILED_PRECONDITION naming the services) while a service uses it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateConfig(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListConfigs(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetConfig(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveConfig(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PushImage(self, request_iterator, context):
+        """Sends an image from the caller's Docker (`docker save` output) through the agents' sessions to every
+        ready node that lacks it, or to the nodes named in the first message; no registry is involved.
+        Progress comes back per node; the stream ends when every target loaded it or failed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetRegistryCredential(self, request, context):
+        """Credentials for a private registry: stored encrypted, handed only to the agents that pull from it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRegistryCredentials(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveRegistryCredential(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControllerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -319,6 +529,96 @@ def add_ControllerServiceServicer_to_server(servicer, server):
                     servicer.RebalanceService,
                     request_deserializer=dockyard_dot_v1_dot_controller__pb2.RebalanceServiceRequest.FromString,
                     response_serializer=dockyard_dot_v1_dot_types__pb2.Service.SerializeToString,
+            ),
+            'ListStacks': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListStacks,
+                    request_deserializer=dockyard_dot_v1_dot_controller__pb2.ListStacksRequest.FromString,
+                    response_serializer=dockyard_dot_v1_dot_controller__pb2.ListStacksResponse.SerializeToString,
+            ),
+            'RemoveStack': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveStack,
+                    request_deserializer=dockyard_dot_v1_dot_controller__pb2.RemoveStackRequest.FromString,
+                    response_serializer=dockyard_dot_v1_dot_controller__pb2.RemoveStackResponse.SerializeToString,
+            ),
+            'CreateNetwork': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateNetwork,
+                    request_deserializer=dockyard_dot_v1_dot_controller__pb2.CreateNetworkRequest.FromString,
+                    response_serializer=dockyard_dot_v1_dot_types__pb2.Network.SerializeToString,
+            ),
+            'ListNetworks': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListNetworks,
+                    request_deserializer=dockyard_dot_v1_dot_controller__pb2.ListNetworksRequest.FromString,
+                    response_serializer=dockyard_dot_v1_dot_controller__pb2.ListNetworksResponse.SerializeToString,
+            ),
+            'RemoveNetwork': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveNetwork,
+                    request_deserializer=dockyard_dot_v1_dot_controller__pb2.RemoveNetworkRequest.FromString,
+                    response_serializer=dockyard_dot_v1_dot_controller__pb2.RemoveNetworkResponse.SerializeToString,
+            ),
+            'ListVolumes': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListVolumes,
+                    request_deserializer=dockyard_dot_v1_dot_controller__pb2.ListVolumesRequest.FromString,
+                    response_serializer=dockyard_dot_v1_dot_controller__pb2.ListVolumesResponse.SerializeToString,
+            ),
+            'RemoveVolume': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveVolume,
+                    request_deserializer=dockyard_dot_v1_dot_controller__pb2.RemoveVolumeRequest.FromString,
+                    response_serializer=dockyard_dot_v1_dot_controller__pb2.RemoveVolumeResponse.SerializeToString,
+            ),
+            'CreateSecret': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateSecret,
+                    request_deserializer=dockyard_dot_v1_dot_controller__pb2.CreateSecretRequest.FromString,
+                    response_serializer=dockyard_dot_v1_dot_types__pb2.Secret.SerializeToString,
+            ),
+            'ListSecrets': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSecrets,
+                    request_deserializer=dockyard_dot_v1_dot_controller__pb2.ListSecretsRequest.FromString,
+                    response_serializer=dockyard_dot_v1_dot_controller__pb2.ListSecretsResponse.SerializeToString,
+            ),
+            'RemoveSecret': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveSecret,
+                    request_deserializer=dockyard_dot_v1_dot_controller__pb2.RemoveSecretRequest.FromString,
+                    response_serializer=dockyard_dot_v1_dot_controller__pb2.RemoveSecretResponse.SerializeToString,
+            ),
+            'CreateConfig': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateConfig,
+                    request_deserializer=dockyard_dot_v1_dot_controller__pb2.CreateConfigRequest.FromString,
+                    response_serializer=dockyard_dot_v1_dot_types__pb2.Config.SerializeToString,
+            ),
+            'ListConfigs': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListConfigs,
+                    request_deserializer=dockyard_dot_v1_dot_controller__pb2.ListConfigsRequest.FromString,
+                    response_serializer=dockyard_dot_v1_dot_controller__pb2.ListConfigsResponse.SerializeToString,
+            ),
+            'GetConfig': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetConfig,
+                    request_deserializer=dockyard_dot_v1_dot_controller__pb2.GetConfigRequest.FromString,
+                    response_serializer=dockyard_dot_v1_dot_types__pb2.Config.SerializeToString,
+            ),
+            'RemoveConfig': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveConfig,
+                    request_deserializer=dockyard_dot_v1_dot_controller__pb2.RemoveConfigRequest.FromString,
+                    response_serializer=dockyard_dot_v1_dot_controller__pb2.RemoveConfigResponse.SerializeToString,
+            ),
+            'PushImage': grpc.stream_stream_rpc_method_handler(
+                    servicer.PushImage,
+                    request_deserializer=dockyard_dot_v1_dot_controller__pb2.PushImageRequest.FromString,
+                    response_serializer=dockyard_dot_v1_dot_controller__pb2.PushImageProgress.SerializeToString,
+            ),
+            'SetRegistryCredential': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetRegistryCredential,
+                    request_deserializer=dockyard_dot_v1_dot_controller__pb2.SetRegistryCredentialRequest.FromString,
+                    response_serializer=dockyard_dot_v1_dot_types__pb2.RegistryCredential.SerializeToString,
+            ),
+            'ListRegistryCredentials': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRegistryCredentials,
+                    request_deserializer=dockyard_dot_v1_dot_controller__pb2.ListRegistryCredentialsRequest.FromString,
+                    response_serializer=dockyard_dot_v1_dot_controller__pb2.ListRegistryCredentialsResponse.SerializeToString,
+            ),
+            'RemoveRegistryCredential': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveRegistryCredential,
+                    request_deserializer=dockyard_dot_v1_dot_controller__pb2.RemoveRegistryCredentialRequest.FromString,
+                    response_serializer=dockyard_dot_v1_dot_controller__pb2.RemoveRegistryCredentialResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -737,6 +1037,492 @@ class ControllerService:
             '/dockyard.v1.ControllerService/RebalanceService',
             dockyard_dot_v1_dot_controller__pb2.RebalanceServiceRequest.SerializeToString,
             dockyard_dot_v1_dot_types__pb2.Service.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListStacks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dockyard.v1.ControllerService/ListStacks',
+            dockyard_dot_v1_dot_controller__pb2.ListStacksRequest.SerializeToString,
+            dockyard_dot_v1_dot_controller__pb2.ListStacksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveStack(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dockyard.v1.ControllerService/RemoveStack',
+            dockyard_dot_v1_dot_controller__pb2.RemoveStackRequest.SerializeToString,
+            dockyard_dot_v1_dot_controller__pb2.RemoveStackResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateNetwork(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dockyard.v1.ControllerService/CreateNetwork',
+            dockyard_dot_v1_dot_controller__pb2.CreateNetworkRequest.SerializeToString,
+            dockyard_dot_v1_dot_types__pb2.Network.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListNetworks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dockyard.v1.ControllerService/ListNetworks',
+            dockyard_dot_v1_dot_controller__pb2.ListNetworksRequest.SerializeToString,
+            dockyard_dot_v1_dot_controller__pb2.ListNetworksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveNetwork(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dockyard.v1.ControllerService/RemoveNetwork',
+            dockyard_dot_v1_dot_controller__pb2.RemoveNetworkRequest.SerializeToString,
+            dockyard_dot_v1_dot_controller__pb2.RemoveNetworkResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListVolumes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dockyard.v1.ControllerService/ListVolumes',
+            dockyard_dot_v1_dot_controller__pb2.ListVolumesRequest.SerializeToString,
+            dockyard_dot_v1_dot_controller__pb2.ListVolumesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveVolume(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dockyard.v1.ControllerService/RemoveVolume',
+            dockyard_dot_v1_dot_controller__pb2.RemoveVolumeRequest.SerializeToString,
+            dockyard_dot_v1_dot_controller__pb2.RemoveVolumeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateSecret(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dockyard.v1.ControllerService/CreateSecret',
+            dockyard_dot_v1_dot_controller__pb2.CreateSecretRequest.SerializeToString,
+            dockyard_dot_v1_dot_types__pb2.Secret.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSecrets(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dockyard.v1.ControllerService/ListSecrets',
+            dockyard_dot_v1_dot_controller__pb2.ListSecretsRequest.SerializeToString,
+            dockyard_dot_v1_dot_controller__pb2.ListSecretsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveSecret(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dockyard.v1.ControllerService/RemoveSecret',
+            dockyard_dot_v1_dot_controller__pb2.RemoveSecretRequest.SerializeToString,
+            dockyard_dot_v1_dot_controller__pb2.RemoveSecretResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateConfig(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dockyard.v1.ControllerService/CreateConfig',
+            dockyard_dot_v1_dot_controller__pb2.CreateConfigRequest.SerializeToString,
+            dockyard_dot_v1_dot_types__pb2.Config.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListConfigs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dockyard.v1.ControllerService/ListConfigs',
+            dockyard_dot_v1_dot_controller__pb2.ListConfigsRequest.SerializeToString,
+            dockyard_dot_v1_dot_controller__pb2.ListConfigsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetConfig(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dockyard.v1.ControllerService/GetConfig',
+            dockyard_dot_v1_dot_controller__pb2.GetConfigRequest.SerializeToString,
+            dockyard_dot_v1_dot_types__pb2.Config.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveConfig(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dockyard.v1.ControllerService/RemoveConfig',
+            dockyard_dot_v1_dot_controller__pb2.RemoveConfigRequest.SerializeToString,
+            dockyard_dot_v1_dot_controller__pb2.RemoveConfigResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PushImage(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/dockyard.v1.ControllerService/PushImage',
+            dockyard_dot_v1_dot_controller__pb2.PushImageRequest.SerializeToString,
+            dockyard_dot_v1_dot_controller__pb2.PushImageProgress.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetRegistryCredential(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dockyard.v1.ControllerService/SetRegistryCredential',
+            dockyard_dot_v1_dot_controller__pb2.SetRegistryCredentialRequest.SerializeToString,
+            dockyard_dot_v1_dot_types__pb2.RegistryCredential.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRegistryCredentials(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dockyard.v1.ControllerService/ListRegistryCredentials',
+            dockyard_dot_v1_dot_controller__pb2.ListRegistryCredentialsRequest.SerializeToString,
+            dockyard_dot_v1_dot_controller__pb2.ListRegistryCredentialsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveRegistryCredential(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dockyard.v1.ControllerService/RemoveRegistryCredential',
+            dockyard_dot_v1_dot_controller__pb2.RemoveRegistryCredentialRequest.SerializeToString,
+            dockyard_dot_v1_dot_controller__pb2.RemoveRegistryCredentialResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -78,6 +78,39 @@ class ControllerServiceStub:
     """
     RebalanceService: _grpc.UnaryUnaryMultiCallable[_controller_pb2.RebalanceServiceRequest, _types_pb2.Service]
     """Moves tasks start-first until the service's spread holds again over the nodes it may use now."""
+    ListStacks: _grpc.UnaryUnaryMultiCallable[_controller_pb2.ListStacksRequest, _controller_pb2.ListStacksResponse]
+    """Stacks: the services of one Compose file, with the networks, volumes, secrets and configs it made."""
+    RemoveStack: _grpc.UnaryUnaryMultiCallable[_controller_pb2.RemoveStackRequest, _controller_pb2.RemoveStackResponse]
+    """Deletes the stack's services, then its networks, secrets and configs once no task uses them. Its
+    volumes stay (their data), as `docker stack rm` leaves them; `volume rm` removes them.
+    """
+    CreateNetwork: _grpc.UnaryUnaryMultiCallable[_controller_pb2.CreateNetworkRequest, _types_pb2.Network]
+    ListNetworks: _grpc.UnaryUnaryMultiCallable[_controller_pb2.ListNetworksRequest, _controller_pb2.ListNetworksResponse]
+    RemoveNetwork: _grpc.UnaryUnaryMultiCallable[_controller_pb2.RemoveNetworkRequest, _controller_pb2.RemoveNetworkResponse]
+    """Refused (FAILED_PRECONDITION naming the services) while a service uses it."""
+    ListVolumes: _grpc.UnaryUnaryMultiCallable[_controller_pb2.ListVolumesRequest, _controller_pb2.ListVolumesResponse]
+    RemoveVolume: _grpc.UnaryUnaryMultiCallable[_controller_pb2.RemoveVolumeRequest, _controller_pb2.RemoveVolumeResponse]
+    """Refused while a service mounts it; otherwise the node that holds it removes it, and the record goes."""
+    CreateSecret: _grpc.UnaryUnaryMultiCallable[_controller_pb2.CreateSecretRequest, _types_pb2.Secret]
+    """Secrets are immutable: a new value is a new name (rotate by adding it to the service and removing the
+    old one). The data is encrypted at rest and only ever sent to the nodes whose tasks use it.
+    """
+    ListSecrets: _grpc.UnaryUnaryMultiCallable[_controller_pb2.ListSecretsRequest, _controller_pb2.ListSecretsResponse]
+    RemoveSecret: _grpc.UnaryUnaryMultiCallable[_controller_pb2.RemoveSecretRequest, _controller_pb2.RemoveSecretResponse]
+    """Refused (FAILED_PRECONDITION naming the services) while a service uses it."""
+    CreateConfig: _grpc.UnaryUnaryMultiCallable[_controller_pb2.CreateConfigRequest, _types_pb2.Config]
+    ListConfigs: _grpc.UnaryUnaryMultiCallable[_controller_pb2.ListConfigsRequest, _controller_pb2.ListConfigsResponse]
+    GetConfig: _grpc.UnaryUnaryMultiCallable[_controller_pb2.GetConfigRequest, _types_pb2.Config]
+    RemoveConfig: _grpc.UnaryUnaryMultiCallable[_controller_pb2.RemoveConfigRequest, _controller_pb2.RemoveConfigResponse]
+    PushImage: _grpc.StreamStreamMultiCallable[_controller_pb2.PushImageRequest, _controller_pb2.PushImageProgress]
+    """Sends an image from the caller's Docker (`docker save` output) through the agents' sessions to every
+    ready node that lacks it, or to the nodes named in the first message; no registry is involved.
+    Progress comes back per node; the stream ends when every target loaded it or failed.
+    """
+    SetRegistryCredential: _grpc.UnaryUnaryMultiCallable[_controller_pb2.SetRegistryCredentialRequest, _types_pb2.RegistryCredential]
+    """Credentials for a private registry: stored encrypted, handed only to the agents that pull from it."""
+    ListRegistryCredentials: _grpc.UnaryUnaryMultiCallable[_controller_pb2.ListRegistryCredentialsRequest, _controller_pb2.ListRegistryCredentialsResponse]
+    RemoveRegistryCredential: _grpc.UnaryUnaryMultiCallable[_controller_pb2.RemoveRegistryCredentialRequest, _controller_pb2.RemoveRegistryCredentialResponse]
 
 @_typing.type_check_only
 class ControllerServiceAsyncStub(ControllerServiceStub):
@@ -128,6 +161,39 @@ class ControllerServiceAsyncStub(ControllerServiceStub):
     """
     RebalanceService: _aio.UnaryUnaryMultiCallable[_controller_pb2.RebalanceServiceRequest, _types_pb2.Service]  # type: ignore[assignment]
     """Moves tasks start-first until the service's spread holds again over the nodes it may use now."""
+    ListStacks: _aio.UnaryUnaryMultiCallable[_controller_pb2.ListStacksRequest, _controller_pb2.ListStacksResponse]  # type: ignore[assignment]
+    """Stacks: the services of one Compose file, with the networks, volumes, secrets and configs it made."""
+    RemoveStack: _aio.UnaryUnaryMultiCallable[_controller_pb2.RemoveStackRequest, _controller_pb2.RemoveStackResponse]  # type: ignore[assignment]
+    """Deletes the stack's services, then its networks, secrets and configs once no task uses them. Its
+    volumes stay (their data), as `docker stack rm` leaves them; `volume rm` removes them.
+    """
+    CreateNetwork: _aio.UnaryUnaryMultiCallable[_controller_pb2.CreateNetworkRequest, _types_pb2.Network]  # type: ignore[assignment]
+    ListNetworks: _aio.UnaryUnaryMultiCallable[_controller_pb2.ListNetworksRequest, _controller_pb2.ListNetworksResponse]  # type: ignore[assignment]
+    RemoveNetwork: _aio.UnaryUnaryMultiCallable[_controller_pb2.RemoveNetworkRequest, _controller_pb2.RemoveNetworkResponse]  # type: ignore[assignment]
+    """Refused (FAILED_PRECONDITION naming the services) while a service uses it."""
+    ListVolumes: _aio.UnaryUnaryMultiCallable[_controller_pb2.ListVolumesRequest, _controller_pb2.ListVolumesResponse]  # type: ignore[assignment]
+    RemoveVolume: _aio.UnaryUnaryMultiCallable[_controller_pb2.RemoveVolumeRequest, _controller_pb2.RemoveVolumeResponse]  # type: ignore[assignment]
+    """Refused while a service mounts it; otherwise the node that holds it removes it, and the record goes."""
+    CreateSecret: _aio.UnaryUnaryMultiCallable[_controller_pb2.CreateSecretRequest, _types_pb2.Secret]  # type: ignore[assignment]
+    """Secrets are immutable: a new value is a new name (rotate by adding it to the service and removing the
+    old one). The data is encrypted at rest and only ever sent to the nodes whose tasks use it.
+    """
+    ListSecrets: _aio.UnaryUnaryMultiCallable[_controller_pb2.ListSecretsRequest, _controller_pb2.ListSecretsResponse]  # type: ignore[assignment]
+    RemoveSecret: _aio.UnaryUnaryMultiCallable[_controller_pb2.RemoveSecretRequest, _controller_pb2.RemoveSecretResponse]  # type: ignore[assignment]
+    """Refused (FAILED_PRECONDITION naming the services) while a service uses it."""
+    CreateConfig: _aio.UnaryUnaryMultiCallable[_controller_pb2.CreateConfigRequest, _types_pb2.Config]  # type: ignore[assignment]
+    ListConfigs: _aio.UnaryUnaryMultiCallable[_controller_pb2.ListConfigsRequest, _controller_pb2.ListConfigsResponse]  # type: ignore[assignment]
+    GetConfig: _aio.UnaryUnaryMultiCallable[_controller_pb2.GetConfigRequest, _types_pb2.Config]  # type: ignore[assignment]
+    RemoveConfig: _aio.UnaryUnaryMultiCallable[_controller_pb2.RemoveConfigRequest, _controller_pb2.RemoveConfigResponse]  # type: ignore[assignment]
+    PushImage: _aio.StreamStreamMultiCallable[_controller_pb2.PushImageRequest, _controller_pb2.PushImageProgress]  # type: ignore[assignment]
+    """Sends an image from the caller's Docker (`docker save` output) through the agents' sessions to every
+    ready node that lacks it, or to the nodes named in the first message; no registry is involved.
+    Progress comes back per node; the stream ends when every target loaded it or failed.
+    """
+    SetRegistryCredential: _aio.UnaryUnaryMultiCallable[_controller_pb2.SetRegistryCredentialRequest, _types_pb2.RegistryCredential]  # type: ignore[assignment]
+    """Credentials for a private registry: stored encrypted, handed only to the agents that pull from it."""
+    ListRegistryCredentials: _aio.UnaryUnaryMultiCallable[_controller_pb2.ListRegistryCredentialsRequest, _controller_pb2.ListRegistryCredentialsResponse]  # type: ignore[assignment]
+    RemoveRegistryCredential: _aio.UnaryUnaryMultiCallable[_controller_pb2.RemoveRegistryCredentialRequest, _controller_pb2.RemoveRegistryCredentialResponse]  # type: ignore[assignment]
 
 class ControllerServiceServicer(metaclass=_abc_1.ABCMeta):
     """Conventions every RPC follows:
@@ -265,5 +331,146 @@ class ControllerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_types_pb2.Service, _abc.Awaitable[_types_pb2.Service]]:
         """Moves tasks start-first until the service's spread holds again over the nodes it may use now."""
+
+    @_abc_1.abstractmethod
+    def ListStacks(
+        self,
+        request: _controller_pb2.ListStacksRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.ListStacksResponse, _abc.Awaitable[_controller_pb2.ListStacksResponse]]:
+        """Stacks: the services of one Compose file, with the networks, volumes, secrets and configs it made."""
+
+    @_abc_1.abstractmethod
+    def RemoveStack(
+        self,
+        request: _controller_pb2.RemoveStackRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.RemoveStackResponse, _abc.Awaitable[_controller_pb2.RemoveStackResponse]]:
+        """Deletes the stack's services, then its networks, secrets and configs once no task uses them. Its
+        volumes stay (their data), as `docker stack rm` leaves them; `volume rm` removes them.
+        """
+
+    @_abc_1.abstractmethod
+    def CreateNetwork(
+        self,
+        request: _controller_pb2.CreateNetworkRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_types_pb2.Network, _abc.Awaitable[_types_pb2.Network]]: ...
+
+    @_abc_1.abstractmethod
+    def ListNetworks(
+        self,
+        request: _controller_pb2.ListNetworksRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.ListNetworksResponse, _abc.Awaitable[_controller_pb2.ListNetworksResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RemoveNetwork(
+        self,
+        request: _controller_pb2.RemoveNetworkRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.RemoveNetworkResponse, _abc.Awaitable[_controller_pb2.RemoveNetworkResponse]]:
+        """Refused (FAILED_PRECONDITION naming the services) while a service uses it."""
+
+    @_abc_1.abstractmethod
+    def ListVolumes(
+        self,
+        request: _controller_pb2.ListVolumesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.ListVolumesResponse, _abc.Awaitable[_controller_pb2.ListVolumesResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RemoveVolume(
+        self,
+        request: _controller_pb2.RemoveVolumeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.RemoveVolumeResponse, _abc.Awaitable[_controller_pb2.RemoveVolumeResponse]]:
+        """Refused while a service mounts it; otherwise the node that holds it removes it, and the record goes."""
+
+    @_abc_1.abstractmethod
+    def CreateSecret(
+        self,
+        request: _controller_pb2.CreateSecretRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_types_pb2.Secret, _abc.Awaitable[_types_pb2.Secret]]:
+        """Secrets are immutable: a new value is a new name (rotate by adding it to the service and removing the
+        old one). The data is encrypted at rest and only ever sent to the nodes whose tasks use it.
+        """
+
+    @_abc_1.abstractmethod
+    def ListSecrets(
+        self,
+        request: _controller_pb2.ListSecretsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.ListSecretsResponse, _abc.Awaitable[_controller_pb2.ListSecretsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RemoveSecret(
+        self,
+        request: _controller_pb2.RemoveSecretRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.RemoveSecretResponse, _abc.Awaitable[_controller_pb2.RemoveSecretResponse]]:
+        """Refused (FAILED_PRECONDITION naming the services) while a service uses it."""
+
+    @_abc_1.abstractmethod
+    def CreateConfig(
+        self,
+        request: _controller_pb2.CreateConfigRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_types_pb2.Config, _abc.Awaitable[_types_pb2.Config]]: ...
+
+    @_abc_1.abstractmethod
+    def ListConfigs(
+        self,
+        request: _controller_pb2.ListConfigsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.ListConfigsResponse, _abc.Awaitable[_controller_pb2.ListConfigsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetConfig(
+        self,
+        request: _controller_pb2.GetConfigRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_types_pb2.Config, _abc.Awaitable[_types_pb2.Config]]: ...
+
+    @_abc_1.abstractmethod
+    def RemoveConfig(
+        self,
+        request: _controller_pb2.RemoveConfigRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.RemoveConfigResponse, _abc.Awaitable[_controller_pb2.RemoveConfigResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def PushImage(
+        self,
+        request_iterator: _MaybeAsyncIterator[_controller_pb2.PushImageRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_controller_pb2.PushImageProgress], _abc.AsyncIterator[_controller_pb2.PushImageProgress]]:
+        """Sends an image from the caller's Docker (`docker save` output) through the agents' sessions to every
+        ready node that lacks it, or to the nodes named in the first message; no registry is involved.
+        Progress comes back per node; the stream ends when every target loaded it or failed.
+        """
+
+    @_abc_1.abstractmethod
+    def SetRegistryCredential(
+        self,
+        request: _controller_pb2.SetRegistryCredentialRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_types_pb2.RegistryCredential, _abc.Awaitable[_types_pb2.RegistryCredential]]:
+        """Credentials for a private registry: stored encrypted, handed only to the agents that pull from it."""
+
+    @_abc_1.abstractmethod
+    def ListRegistryCredentials(
+        self,
+        request: _controller_pb2.ListRegistryCredentialsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.ListRegistryCredentialsResponse, _abc.Awaitable[_controller_pb2.ListRegistryCredentialsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RemoveRegistryCredential(
+        self,
+        request: _controller_pb2.RemoveRegistryCredentialRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.RemoveRegistryCredentialResponse, _abc.Awaitable[_controller_pb2.RemoveRegistryCredentialResponse]]: ...
 
 def add_ControllerServiceServicer_to_server(servicer: ControllerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
