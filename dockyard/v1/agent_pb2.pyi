@@ -544,6 +544,7 @@ class Assignments(_message.Message):
     SPECS_FIELD_NUMBER: _builtins.int
     FILES_FIELD_NUMBER: _builtins.int
     REGISTRY_AUTHS_FIELD_NUMBER: _builtins.int
+    PUSHABLE_IMAGES_FIELD_NUMBER: _builtins.int
     kind: Global___Assignments.Kind.ValueType
     sequence: _builtins.int
     """grows within a session"""
@@ -570,6 +571,13 @@ class Assignments(_message.Message):
     def registry_auths(self) -> _containers.RepeatedCompositeFieldContainer[Global___RegistryAuth]:
         """Credentials for the registries the images of these tasks come from; held in memory only."""
 
+    @_builtins.property
+    def pushable_images(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Images of these tasks that some node of the cluster has or that a push is bringing: a task whose image
+        is missing here and cannot be pulled waits (PREPARING, saying so) for `dockyard image push` instead of
+        failing. Any other image that cannot be pulled fails the task with CAUSE_HOST, so it moves.
+        """
+
     def __init__(
         self,
         *,
@@ -580,10 +588,11 @@ class Assignments(_message.Message):
         specs: _abc.Iterable[Global___ServiceRevisionSpec] | None = ...,
         files: _abc.Iterable[Global___FileData] | None = ...,
         registry_auths: _abc.Iterable[Global___RegistryAuth] | None = ...,
+        pushable_images: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["files", b"files", "kind", b"kind", "registry_auths", b"registry_auths", "removed_task_ids", b"removed_task_ids", "sequence", b"sequence", "specs", b"specs", "tasks", b"tasks"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["files", b"files", "kind", b"kind", "pushable_images", b"pushable_images", "registry_auths", b"registry_auths", "removed_task_ids", b"removed_task_ids", "sequence", b"sequence", "specs", b"specs", "tasks", b"tasks"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

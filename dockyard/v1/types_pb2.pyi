@@ -1624,6 +1624,7 @@ class Secret(_message.Message):
     DIGEST_FIELD_NUMBER: _builtins.int
     SIZE_FIELD_NUMBER: _builtins.int
     STACK_FIELD_NUMBER: _builtins.int
+    SEALED_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     name: _builtins.str
     version: _builtins.int
@@ -1632,6 +1633,10 @@ class Secret(_message.Message):
     size: _builtins.int
     """bytes"""
     stack: _builtins.str
+    sealed: _builtins.bytes
+    """The data, encrypted with the controller's data key (AES-GCM; nonce first). Kept in the store only:
+    the API clears it before anything leaves the controller.
+    """
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
@@ -1647,10 +1652,11 @@ class Secret(_message.Message):
         digest: _builtins.str = ...,
         size: _builtins.int = ...,
         stack: _builtins.str = ...,
+        sealed: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "digest", b"digest", "id", b"id", "labels", b"labels", "name", b"name", "size", b"size", "stack", b"stack", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "digest", b"digest", "id", b"id", "labels", b"labels", "name", b"name", "sealed", b"sealed", "size", b"size", "stack", b"stack", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1732,10 +1738,13 @@ class RegistryCredential(_message.Message):
     USERNAME_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
+    SEALED_PASSWORD_FIELD_NUMBER: _builtins.int
     server: _builtins.str
     """as in the image reference: "registry.example.com:5000"; "docker.io" for Docker Hub"""
     username: _builtins.str
     version: _builtins.int
+    sealed_password: _builtins.bytes
+    """encrypted as Secret.sealed; cleared by the API before anything is served"""
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -1745,10 +1754,11 @@ class RegistryCredential(_message.Message):
         username: _builtins.str = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
         version: _builtins.int = ...,
+        sealed_password: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "server", b"server", "username", b"username", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "sealed_password", b"sealed_password", "server", b"server", "username", b"username", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
