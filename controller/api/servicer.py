@@ -179,7 +179,7 @@ class ControllerApi:
         plan = plan_apply(request.services, existing, self._clock.now(), self._new_id)
         deletes: list[Op] = [Delete(Kind.SERVICE, s.id, expect_version=s.version) for s in removed]
         if (plan.puts or deletes) and not request.dry_run:
-            written = {put.obj.id for put in plan.puts}
+            written = {put.obj.id for put in plan.puts if isinstance(put.obj, pb.Service)}
             # A conditioned service that stays unchanged still conditions the whole batch.
             checks: list[Op] = [
                 Check(Kind.SERVICE, existing[name].id, existing[name].version)

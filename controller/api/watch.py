@@ -36,6 +36,8 @@ KINDS: Final = {
     cpb.OBJECT_KIND_NODE: Kind.NODE,
     cpb.OBJECT_KIND_TASK: Kind.TASK,
 }
+# The store's kinds the public Watch serves; events of the others (networks, volumes, ...) are skipped.
+_SERVED: Final = frozenset(KINDS.values())
 _ACTIONS: Final = {Action.PUT: cpb.WatchEvent.ACTION_PUT, Action.DELETE: cpb.WatchEvent.ACTION_DELETE}
 
 
@@ -45,9 +47,10 @@ class WatchClosed(Exception):
 
 @dataclass(frozen=True)
 class WatchFilter:
-    """Which events a watch sends: of these kinds (empty: all), of these services and their tasks (None: all).
+    """Which events a watch sends: of these kinds (empty: all served), of these services and their tasks (None: all).
 
-    Nodes are never filtered by service. Tasks match by service id, so a deleted service's tasks still do.
+    Only the kinds in KINDS are served; the store's others never match. Nodes are never filtered by service.
+    Tasks match by service id, so a deleted service's tasks still do.
     """
 
     kinds: frozenset[Kind] = frozenset()
@@ -55,7 +58,7 @@ class WatchFilter:
 
     def matches(self, event: Event) -> bool:
         """Tells whether the event is sent."""
-        if self.kinds and event.kind not in self.kinds:
+        if event.kind not in (self.kinds or _SERVED):
             return False
         if self.service_ids is None or event.kind is Kind.NODE:
             return True
@@ -83,8 +86,10 @@ def watch_event(event: Event) -> cpb.WatchEvent:
         out.task.CopyFrom(obj)
     elif isinstance(obj, pb.Service):
         out.service.CopyFrom(obj)
-    else:
+    elif isinstance(obj, pb.Node):
         out.node.CopyFrom(obj)
+    else:
+        raise ValueError(f"the Watch does not serve {event.kind} events")
     return out
 
 

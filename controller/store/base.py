@@ -6,7 +6,7 @@ import enum
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import Final, Protocol
 
 from controller.errors import StoreDamaged
 from dockyard.v1 import types_pb2 as pb
@@ -18,6 +18,11 @@ class Kind(enum.StrEnum):
     SERVICE = "service"
     NODE = "node"
     TASK = "task"
+    NETWORK = "network"
+    VOLUME = "volume"
+    SECRET = "secret"
+    CONFIG = "config"
+    REGISTRY = "registry"  # registry credentials, whose id and name are their server
 
 
 class Action(enum.StrEnum):
@@ -27,11 +32,19 @@ class Action(enum.StrEnum):
     DELETE = "delete"
 
 
-StoredObject = pb.Service | pb.Node | pb.Task
+# The kinds of object that have a name unique within their kind and are read by get_object/list_objects.
+NamedObject = pb.Network | pb.Volume | pb.Secret | pb.Config | pb.RegistryCredential
+NAMED_KINDS: Final = frozenset({Kind.NETWORK, Kind.VOLUME, Kind.SECRET, Kind.CONFIG, Kind.REGISTRY})
+StoredObject = pb.Service | pb.Node | pb.Task | NamedObject
 # Where an object stands in its list's order, for paging: nodes by (hostname, id); tasks by
 # (service id, slot, creation time in ns since the epoch, id). Services page by name alone.
 NodeKey = tuple[str, str]
 TaskKey = tuple[str, int, int, str]
+
+
+def object_id(obj: StoredObject) -> str:
+    """Returns a stored object's id, as Delete and Check name it: a registry credential's is its server."""
+    return obj.server if isinstance(obj, pb.RegistryCredential) else obj.id
 
 
 @dataclass(frozen=True)
@@ -39,8 +52,10 @@ class Put:
     """Creates or replaces an object; when expect_version is set, the stored version must equal it.
 
     expect_version 0 means "must not exist yet". The store sets obj.version to the new store revision.
-    A put of a Service also records its spec under (service id, service revision) in the history, which
-    may keep only each service's newest revisions (always its current one).
+    Names are unique per kind for services and NAMED_KINDS: a put that would give a name to a second object
+    of its kind is a ConflictError. A RegistryCredential's id is its server. A put of a Service also records
+    its spec under (service id, service revision) in the history, which may keep only each service's newest
+    revisions (always its current one).
     """
 
     obj: StoredObject
@@ -205,6 +220,17 @@ class Store(Protocol):
 
     async def get_node(self, node_id: str) -> pb.Node | None:
         """Returns the node with that id."""
+        ...
+
+    async def get_object(self, kind: Kind, name_or_id: str) -> NamedObject | None:
+        """Returns the object of a named kind (NAMED_KINDS) with that id or, failing that, that name.
+
+        A RegistryCredential's id and name are both its server. ValueError for a kind that is not named.
+        """
+        ...
+
+    async def list_objects(self, kind: Kind) -> list[NamedObject]:
+        """Returns every object of a named kind (NAMED_KINDS), ordered by name; ValueError for another kind."""
         ...
 
     async def list_nodes(self) -> list[pb.Node]:

@@ -67,10 +67,15 @@ Semantics this backend pins down where the Store protocol leaves room:
   and `on_damage`, by which the server turns NOT_SERVING), after which commits are refused without
   touching the file, since writing on top of damage can only spread it, while reads go on answering from
   memory: what they answer is the last committed state, which damage to the file cannot have changed.
-- Schema versions. A file of schema 1 (a full spec per history row, service event and service row) or
-  schema 2 (history rows without when, why and by which store revision) is migrated in place when opened,
-  in one transaction (all or nothing); from schema 1 it is then vacuumed so the file shrinks. Schema 2's
-  history learns these only for each service's current revision (see _migrate_v2). A backup of any of them
+- Named objects (networks, volumes, secrets, configs, registry credentials: Kind's NAMED_KINDS) live in one
+  `objects` table keyed by (kind, id), a name unique per kind (UNIQUE (kind, name), checked from memory
+  first as service names are); memory holds them as it holds nodes, listed by (name, id). A registry
+  credential's id and name are its server.
+- Schema versions. A file of schema 1 (a full spec per history row, service event and service row),
+  schema 2 (history rows without when, why and by which store revision) or schema 3 (no objects table) is
+  migrated in place when opened, in one transaction (all or nothing); from schema 1 it is then vacuumed so
+  the file shrinks. Schema 2's history learns these only for each service's current revision (see
+  _migrate_v2); schema 3 gains an empty objects table. A backup of any of them
   restores; the controller migrates it on open. A newer schema is refused.
 - One owner. While open, the store holds an exclusive lock on `<file>.lock` (its pid inside); a second store
   on the same file, in this process or another, refuses to open, and `restore_file` takes the same lock.
@@ -104,12 +109,14 @@ from google.protobuf.message import DecodeError, Message
 
 from controller.errors import StartupError, StoreDamaged
 from controller.store.base import (
+    NAMED_KINDS,
     Action,
     Check,
     ConflictError,
     Delete,
     Event,
     Kind,
+    NamedObject,
     NodeKey,
     Op,
     Put,
@@ -117,6 +124,7 @@ from controller.store.base import (
     StoredObject,
     TaskKey,
     WatchExpired,
+    object_id,
 )
 from dockyard.spec.schema import SERVICE_HISTORY
 from dockyard.v1 import types_pb2 as pb
@@ -136,11 +144,18 @@ log = structlog.get_logger()
 # The store's file name inside the controller's state directory.
 STORE_FILE: Final = "controller.db"
 
-_SCHEMA_VERSION: Final = 3
+_SCHEMA_VERSION: Final = 4
 
 # Spec bodies, content-addressed (see the module docstring). A rowid table, not WITHOUT ROWID: its rows are
 # large, and SQLite advises WITHOUT ROWID only for small ones.
 _CREATE_SPECS: Final = "CREATE TABLE IF NOT EXISTS specs (digest BLOB PRIMARY KEY, data BLOB NOT NULL)"
+# Schema 4's table of named objects (networks, volumes, secrets, configs, registry credentials): small and
+# few, so one table for every such kind, each row the object's message. A name is unique within its kind.
+_CREATE_OBJECTS: Final = (
+    "CREATE TABLE IF NOT EXISTS objects ("
+    " kind TEXT NOT NULL, id TEXT NOT NULL, name TEXT NOT NULL, version INTEGER NOT NULL, data BLOB NOT NULL,"
+    " PRIMARY KEY (kind, id), UNIQUE (kind, name)) WITHOUT ROWID"
+)
 # Schema 3's history columns, which the migration from schema 2 adds (last, as ALTER TABLE puts them): when,
 # why and by which store revision each kept revision was made. 0 and '' mean unknown (made before schema 3).
 _HISTORY_ADDED: Final = (
@@ -196,6 +211,7 @@ CREATE TABLE IF NOT EXISTS events (
     id TEXT NOT NULL, data BLOB NOT NULL, spec_digest BLOB);
 CREATE INDEX IF NOT EXISTS events_by_revision ON events (revision);
 {";".join(_SPEC_INDEXES)};
+{_CREATE_OBJECTS};
 PRAGMA user_version = {_SCHEMA_VERSION};
 COMMIT;
 """
@@ -225,12 +241,24 @@ _DROP_UNUSED_SPEC: Final = (
     " AND NOT EXISTS (SELECT 1 FROM events WHERE spec_digest = ?1)"
 )
 
-_TABLES: Final = {Kind.SERVICE: "services", Kind.NODE: "nodes", Kind.TASK: "tasks"}
-_MESSAGES: Final[dict[Kind, type[pb.Service] | type[pb.Node] | type[pb.Task]]] = {
+_TABLES: Final = {
+    Kind.SERVICE: "services",
+    Kind.NODE: "nodes",
+    Kind.TASK: "tasks",
+    **{kind: "objects" for kind in NAMED_KINDS},
+}
+_MESSAGES: Final[dict[Kind, type[StoredObject]]] = {
     Kind.SERVICE: pb.Service,
     Kind.NODE: pb.Node,
     Kind.TASK: pb.Task,
+    Kind.NETWORK: pb.Network,
+    Kind.VOLUME: pb.Volume,
+    Kind.SECRET: pb.Secret,
+    Kind.CONFIG: pb.Config,
+    Kind.REGISTRY: pb.RegistryCredential,
 }
+# The kinds whose names are unique (checked from memory before the file's UNIQUE constraint sees them).
+_UNIQUE_NAMES: Final = frozenset({Kind.SERVICE, *NAMED_KINDS})
 
 
 class _Grouped(NamedTuple):
@@ -261,6 +289,15 @@ _UPSERTS: Final = {
         " ON CONFLICT (id) DO UPDATE SET service_id = excluded.service_id, node_id = excluded.node_id,"
         " slot = excluded.slot, created_ns = excluded.created_ns, version = excluded.version, data = excluded.data",
     ),
+    **{
+        kind: _Grouped(
+            "INSERT INTO objects (kind, id, name, version, data) VALUES ",
+            "(?, ?, ?, ?, ?)",
+            " ON CONFLICT (kind, id) DO UPDATE SET name = excluded.name, version = excluded.version,"
+            " data = excluded.data",
+        )
+        for kind in NAMED_KINDS
+    },
 }
 
 # For a put that keeps the row's indexed columns: only version and data change, so no index is touched.
@@ -412,9 +449,16 @@ def _expected_layout() -> dict[str, tuple[str, ...]]:
         conn.close()
 
 
-def _v2_layout() -> dict[str, tuple[str, ...]]:
-    """Returns schema 2's tables and columns: this schema's without the history columns schema 3 added."""
+def _v3_layout() -> dict[str, tuple[str, ...]]:
+    """Returns schema 3's tables and columns: this schema's without the objects table schema 4 added."""
     layout = dict(_expected_layout())
+    del layout["objects"]
+    return layout
+
+
+def _v2_layout() -> dict[str, tuple[str, ...]]:
+    """Returns schema 2's tables and columns: schema 3's without the history columns schema 3 added."""
+    layout = _v3_layout()
     added = {name for name, _ in _HISTORY_ADDED}
     layout["service_history"] = tuple(c for c in layout["service_history"] if c not in added)
     return layout
@@ -460,7 +504,7 @@ def _verify(conn: sqlite3.Connection) -> StoreSummary | None:
         raise _Unsound(
             f"written by a newer controller (schema {version}; this one knows {_SCHEMA_VERSION})", newer=True
         )
-    known = {_SCHEMA_VERSION: _expected_layout(), 2: _v2_layout(), 1: _V1_LAYOUT}
+    known = {_SCHEMA_VERSION: _expected_layout(), 3: _v3_layout(), 2: _v2_layout(), 1: _V1_LAYOUT}
     if layout != known.get(version):
         tables = _one_line(", ".join(layout) or "none", 120)
         raise _Unsound(f"not a Dockyard store (schema version {version}, tables: {tables})")
@@ -514,7 +558,7 @@ def _prepare_file(path: str, history_limit: int) -> bool:
 
 
 def _migrate(conn: sqlite3.Connection, version: int, history_limit: int) -> None:
-    """Converts a store of an older schema (1 or 2) to this one in one transaction; see the module docstring.
+    """Converts a store of an older schema (1 to 3) to this one in one transaction; see the module docstring.
 
     A schema-1 store is vacuumed afterwards (its full specs become references, which frees most pages).
     """
@@ -522,7 +566,9 @@ def _migrate(conn: sqlite3.Connection, version: int, history_limit: int) -> None
     try:
         if version < 2:
             _migrate_v1(conn, history_limit)
-        _migrate_v2(conn)
+        if version < 3:
+            _migrate_v2(conn)
+        _migrate_v3(conn)
         conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
         conn.execute("COMMIT")
     except BaseException:
@@ -532,6 +578,14 @@ def _migrate(conn: sqlite3.Connection, version: int, history_limit: int) -> None
     if version < 2:
         # The copies the migration dropped leave free pages; give them back so the file shrinks to what it holds.
         conn.execute("VACUUM")
+
+
+def _migrate_v3(conn: sqlite3.Connection) -> None:
+    """Adds schema 4's objects table (named objects: networks, volumes, ...) inside the open transaction.
+
+    A schema-3 store holds none of them, so the table starts empty; nothing else changes.
+    """
+    conn.execute(_CREATE_OBJECTS)
 
 
 def _migrate_v2(conn: sqlite3.Connection) -> None:
@@ -801,7 +855,20 @@ def _kind_of(obj: StoredObject) -> Kind:
         return Kind.NODE
     if isinstance(obj, pb.Task):
         return Kind.TASK
-    raise TypeError(f"not a storable object: {type(obj).__name__}")
+    kind = _NAMED_MESSAGES.get(type(obj))
+    if kind is None:
+        raise TypeError(f"not a storable object: {type(obj).__name__}")
+    return kind
+
+
+def _name_of(obj: NamedObject) -> str:
+    """Returns a named object's name: a registry credential's is its server."""
+    return obj.server if isinstance(obj, pb.RegistryCredential) else obj.name
+
+
+_NAMED_MESSAGES: Final[dict[type[StoredObject], Kind]] = {
+    message: kind for kind, message in _MESSAGES.items() if kind in NAMED_KINDS
+}
 
 
 def _digest(body: bytes) -> bytes:
@@ -871,7 +938,9 @@ def _key(obj: StoredObject) -> _Key:
         return (obj.name, obj.id)
     if isinstance(obj, pb.Node):
         return (obj.description.hostname, obj.id)
-    return (obj.service_id, obj.slot, _created_ns(obj), obj.id)
+    if isinstance(obj, pb.Task):
+        return (obj.service_id, obj.slot, _created_ns(obj), obj.id)
+    return (_name_of(obj), object_id(obj))
 
 
 def _columns(obj: StoredObject, data: bytes, digest: bytes | None) -> _Row:
@@ -880,7 +949,9 @@ def _columns(obj: StoredObject, data: bytes, digest: bytes | None) -> _Row:
         return (obj.id, obj.name, obj.version, data, digest)
     if isinstance(obj, pb.Node):
         return (obj.id, obj.description.hostname, obj.version, data)
-    return (obj.id, obj.service_id, obj.node_id, obj.slot, _created_ns(obj), obj.version, data)
+    if isinstance(obj, pb.Task):
+        return (obj.id, obj.service_id, obj.node_id, obj.slot, _created_ns(obj), obj.version, data)
+    return (_kind_of(obj).value, object_id(obj), _name_of(obj), obj.version, data)
 
 
 class _Record(NamedTuple):
@@ -1060,6 +1131,8 @@ class _Staged:
     by_node: dict[str, _KeyChanges] = field(default_factory=dict)
     # Services as they were and will be, for names and spec references.
     services: list[tuple[str, _Held | None, _Held | None]] = field(default_factory=list)
+    # Named objects (NAMED_KINDS) as they were and will be, for their names.
+    named: list[tuple[Kind, str, _Held | None, _Held | None]] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -1096,16 +1169,16 @@ def _check(kind: Kind, oid: str, expected: int | None, found: _Held | None) -> N
         raise ConflictError(f"{kind} {oid}: expected version {expected}, found {actual}")
 
 
-def _plan_put(batch: _Batch, kind: Kind, obj: StoredObject, expected: int | None) -> None:
+def _plan_put(batch: _Batch, kind: Kind, oid: str, obj: StoredObject, expected: int | None) -> None:
     """Adds one put to the batch after checking it; a service's spec goes to the specs table, cut from obj.
 
     A task or node whose indexed columns stay as they are (a status update, a heartbeat) is written by an
     UPDATE of its version and data alone, which leaves the table's indexes untouched: half the cost of an
     upsert, which rewrites every index entry of the row.
     """
-    found = batch.final[(kind, obj.id)]
+    found = batch.final[(kind, oid)]
     if expected is not None:
-        _check(kind, obj.id, expected, found)
+        _check(kind, oid, expected, found)
     obj.version = batch.revision
     digest = body = None
     if isinstance(obj, pb.Task):
@@ -1136,11 +1209,12 @@ def _plan_put(batch: _Batch, kind: Kind, obj: StoredObject, expected: int | None
         data = obj.SerializeToString()
         held = _Held(data, obj.version, _key(obj))
         row = _columns(obj, data, digest)
-        same_place = found is not None and found.key == held.key
-    batch.final[(kind, obj.id)] = held
+        # Named objects are few and their upsert checks the name: only nodes keep a row by UPDATE.
+        same_place = kind is Kind.NODE and found is not None and found.key == held.key
+    batch.final[(kind, oid)] = held
     deletes = batch.deletes.get(kind)
     if deletes:
-        deletes.discard(obj.id)
+        deletes.discard(oid)
     upserts = batch.upserts.get(kind)
     if upserts is None:
         upserts = batch.upserts[kind] = {}
@@ -1148,12 +1222,12 @@ def _plan_put(batch: _Batch, kind: Kind, obj: StoredObject, expected: int | None
     if updates is None:
         updates = batch.updates[kind] = {}
     # An object an earlier op of the batch inserts stays an upsert: the UPDATEs run after the upserts.
-    if same_place and obj.id not in upserts:
-        updates[obj.id] = (obj.id, obj.version, data)
+    if same_place and oid not in upserts:
+        updates[oid] = (oid, obj.version, data)
     else:
-        upserts[obj.id] = row
-        updates.pop(obj.id, None)
-    batch.records.append(_Record(batch.revision, kind, Action.PUT, obj.id, data, digest, body))
+        upserts[oid] = row
+        updates.pop(oid, None)
+    batch.records.append(_Record(batch.revision, kind, Action.PUT, oid, data, digest, body))
 
 
 def _history_row(service: pb.Service, spec_revision: int, digest: bytes) -> _HistoryRow:
@@ -1183,7 +1257,9 @@ class _Memory:
         self.order: dict[Kind, _Ordered] = {kind: _Ordered() for kind in Kind}
         self.by_service: dict[str, _Ordered] = {}
         self.by_node: dict[str, _Ordered] = {}
-        self.service_names: dict[str, str] = {}
+        # Each name-unique kind's names -> the id holding it; service_names is the services' one.
+        self.names: dict[Kind, dict[str, str]] = {kind: {} for kind in _UNIQUE_NAMES}
+        self.service_names = self.names[Kind.SERVICE]
         self.history: dict[str, dict[int, _HistoryRow]] = {}
         # The spec bodies the services and the history refer to, and how many of them refer to each.
         self.specs: dict[bytes, bytes] = {}
@@ -1245,6 +1321,8 @@ class _Memory:
             staged.puts[kind][oid] = new
         if kind is Kind.SERVICE:
             staged.services.append((oid, old, new))
+        elif kind in NAMED_KINDS:
+            staged.named.append((kind, oid, old, new))
         same_key = old is not None and new is not None and old.key == new.key
         if not same_key:
             staged.moved[kind].append((oid, new.key if new is not None else None))
@@ -1275,6 +1353,13 @@ class _Memory:
                 index.update(changes)
                 if not index:
                     del indexes[name]
+        for kind, oid, old, new in staged.named:
+            names = self.names[kind]
+            # As for services: a batch may pass a name from one object to another.
+            if old is not None and names.get(_name(old.key)) == oid:
+                del names[_name(old.key)]
+            if new is not None:
+                names[_name(new.key)] = oid
         if not staged.services and not history:
             return
         for digest, body in new_specs.items():
@@ -1341,36 +1426,39 @@ def _plan_delete(batch: _Batch, mem: _Memory, op: Delete) -> None:
     batch.records.append(_Record(batch.revision, op.kind, Action.DELETE, op.id, data, found.digest, body))
 
 
-def _check_names(batch: _Batch, mem: _Memory) -> None:
-    """Raises ConflictError when the batch would leave two services with one name.
+def _check_names(batch: _Batch, mem: _Memory, kind: Kind) -> None:
+    """Raises ConflictError when the batch would leave two objects of the kind (services, named) with one name.
 
     It follows the order in which the write applies rows (deletes, then each service's upsert in the order
     of its first put), checking each row against what the rows before it left, as SQLite's UNIQUE does: so
     what passes here is what the write accepts.
     """
-    rows = batch.upserts.get(Kind.SERVICE)
+    rows = batch.upserts.get(kind)
     if not rows:
         return
-    holders: dict[str, str | None] = {}  # name -> service id, where the batch changed it
-    names: dict[str, str | None] = {}  # service id -> name, likewise
+    holders: dict[str, str | None] = {}  # name -> object id, where the batch changed it
+    names: dict[str, str | None] = {}  # object id -> name, likewise
+    taken = mem.names[kind]
 
     def name_of(service_id: str) -> str | None:
         if service_id in names:
             return names[service_id]
-        held = mem.held[Kind.SERVICE].get(service_id)
+        held = mem.held[kind].get(service_id)
         return _name(held.key) if held is not None else None
 
     def holder_of(name: str) -> str | None:
-        return holders[name] if name in holders else mem.service_names.get(name)
+        return holders[name] if name in holders else taken.get(name)
 
-    for service_id in batch.deletes.get(Kind.SERVICE, ()):
+    for service_id in batch.deletes.get(kind, ()):
         if (old := name_of(service_id)) is not None:
             holders[old] = names[service_id] = None
-    for service_id, row in rows.items():
-        name = str(row[1])
+    for service_id in rows:
+        held = batch.final[(kind, service_id)]
+        assert held is not None  # an upsert's object is the batch's final put of it
+        name = _name(held.key)
         holder = holder_of(name)
         if holder is not None and holder != service_id:
-            raise ConflictError(f"service name {name!r} already taken by another service")
+            raise ConflictError(f"{kind} name {name!r} already taken by another {kind}")
         old = name_of(service_id)
         if old is not None and old != name:
             holders[old] = None
@@ -1398,6 +1486,20 @@ def _plan_history(batch: _Batch, mem: _Memory, limit: int) -> None:
                 batch.pruned.append((service_id, revision))
                 batch.released.add(rows.pop(revision).digest)
         batch.history_after[service_id] = rows
+
+
+def _named(kind: Kind) -> Kind:
+    """Returns kind if it is one of NAMED_KINDS; ValueError otherwise."""
+    if kind not in NAMED_KINDS:
+        raise ValueError(f"{kind} is not a kind of named object (one of {sorted(NAMED_KINDS)})")
+    return kind
+
+
+def _named_object(kind: Kind, data: bytes) -> NamedObject:
+    """Returns a fresh named object of the kind parsed from its row's data."""
+    obj = _MESSAGES[kind].FromString(data)
+    assert not isinstance(obj, pb.Service | pb.Node | pb.Task)
+    return obj
 
 
 def _hold(kind: Kind, data: bytes, digest: bytes | None, body: bytes | None) -> _Held:
@@ -1557,6 +1659,12 @@ class SqliteStore:
         for kind in (Kind.NODE, Kind.TASK):
             for (data,) in await db.execute_fetchall(f"SELECT data FROM {_TABLES[kind]}"):
                 objects.append((kind, _hold(kind, data, None, None)))
+        for kind_name, data in await db.execute_fetchall("SELECT kind, data FROM objects"):
+            try:
+                kind = Kind(kind_name)
+            except ValueError:
+                raise _damaged(self._path, f"damaged (an object of unknown kind {kind_name!r})") from None
+            objects.append((kind, _hold(kind, data, None, None)))
         mem.load(objects)
         return mem
 
@@ -1644,9 +1752,10 @@ class SqliteStore:
         steps: list[_Step] = []
         for op in ops:
             if isinstance(op, Put):
-                if not op.obj.id:
-                    raise ValueError("a stored object needs an id")
-                steps.append(_Step(_kind_of(op.obj), op.obj.id, op, _copy(op.obj)))
+                oid = object_id(op.obj)
+                if not oid:
+                    raise ValueError("a stored object needs an id (a registry credential: its server)")
+                steps.append(_Step(_kind_of(op.obj), oid, op, _copy(op.obj)))
             else:
                 steps.append(_Step(op.kind, op.id, op, None))
         if not steps:
@@ -1692,12 +1801,13 @@ class SqliteStore:
                 batch.final[place] = mem.held[step.kind].get(step.id)
             if isinstance(step.op, Put):
                 assert step.snapshot is not None
-                _plan_put(batch, step.kind, step.snapshot, step.op.expect_version)
+                _plan_put(batch, step.kind, step.id, step.snapshot, step.op.expect_version)
             elif isinstance(step.op, Check):
                 _check(step.kind, step.id, step.op.version, batch.final[place])
             else:
                 _plan_delete(batch, mem, step.op)
-        _check_names(batch, mem)
+        for kind in _UNIQUE_NAMES:
+            _check_names(batch, mem, kind)
         _plan_history(batch, mem, self._history_limit)
         for done, ((kind, oid), new) in enumerate(batch.final.items(), 1):
             if done % _PLAN_SLICE == 0:
@@ -1732,15 +1842,20 @@ class SqliteStore:
         """Writes the planned batch inside the open transaction: one executemany per table and kind of change."""
         # Deletes first, so a batch may free a service name and reuse it.
         for kind, ids in batch.deletes.items():
-            if ids:
+            if not ids:
+                continue
+            if kind in NAMED_KINDS:
+                await db.executemany("DELETE FROM objects WHERE kind = ? AND id = ?", [(kind.value, i) for i in ids])
+            else:
                 await db.executemany(f"DELETE FROM {_TABLES[kind]} WHERE id = ?", [(i,) for i in ids])
         for kind, rows in batch.upserts.items():
             try:
                 await _write_grouped(db, _UPSERTS[kind], list(rows.values()))
             except sqlite3.IntegrityError as exc:
                 # _check_names follows the same order, so this means memory and file disagree on names.
-                names = sorted(str(row[1]) for row in rows.values())
-                raise ConflictError(f"service name already taken by another service (one of {names})") from exc
+                at = 2 if kind in NAMED_KINDS else 1
+                names = sorted(str(row[at]) for row in rows.values())
+                raise ConflictError(f"{kind} name already taken by another {kind} (one of {names})") from exc
         for kind, rows in batch.updates.items():
             if rows:
                 await _write_grouped(db, _UPDATES[kind], list(rows.values()))
@@ -1879,6 +1994,21 @@ class SqliteStore:
         keys = self._open_memory().order[Kind.NODE].ordered()
         start = 0 if after is None else bisect.bisect_right(keys, tuple(after))
         return self._parsed(Kind.NODE, pb.Node, keys[start : start + _limit(limit)])
+
+    async def get_object(self, kind: Kind, name_or_id: str) -> NamedObject | None:
+        """Returns the object of a named kind with that id or, failing that, that name; ValueError for another kind."""
+        mem = self._open_memory()
+        held = mem.held[_named(kind)]
+        found = held.get(name_or_id)
+        if found is None and (by_name := mem.names[kind].get(name_or_id)) is not None:
+            found = held.get(by_name)
+        return _named_object(kind, found.data) if found is not None else None
+
+    async def list_objects(self, kind: Kind) -> list[NamedObject]:
+        """Returns every object of a named kind, ordered by name (then id); ValueError for another kind."""
+        mem = self._open_memory()
+        held = mem.held[_named(kind)]
+        return [_named_object(kind, held[str(key[-1])].data) for key in mem.order[kind].ordered()]
 
     async def get_task(self, task_id: str) -> pb.Task | None:
         """Returns the task with that id."""

@@ -388,7 +388,7 @@ async def test_a_schema_1_file_is_migrated_on_open(tmp_path: Path) -> None:
         await store.commit([Put(scaled(current, 99))])
         assert await count(store, "specs") == 3
     with sqlite3.connect(path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone() == (3,)
+        assert conn.execute("PRAGMA user_version").fetchone() == (4,)
         fresh = sqlite3.connect(":memory:", isolation_level=None)
         fresh.executescript(_SCHEMA)
         assert _layout(conn) == _layout(fresh)

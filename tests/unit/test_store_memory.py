@@ -22,7 +22,8 @@ from dockyard.v1 import types_pb2 as pb
 SERVICE_IDS = ["s1", "s2", "s3"]
 NODE_IDS = ["n1", "n2", "n3"]
 TASK_IDS = [f"t{i}" for i in range(6)]
-IDS = {Kind.SERVICE: SERVICE_IDS, Kind.NODE: NODE_IDS, Kind.TASK: TASK_IDS}
+VOLUME_IDS = ["v1", "v2", "v3"]
+IDS = {Kind.SERVICE: SERVICE_IDS, Kind.NODE: NODE_IDS, Kind.TASK: TASK_IDS, Kind.VOLUME: VOLUME_IDS}
 
 # Expect-version choices: none, whatever the object is at now (resolved when the batch is built), absent,
 # or a revision that is probably wrong.
@@ -41,9 +42,13 @@ task_put = st.tuples(
     st.integers(0, 2),
     expect,
 )
-delete = st.tuples(st.just("delete"), st.sampled_from(list(Kind)), st.integers(0, 5), expect)
-check = st.tuples(st.just("check"), st.sampled_from(list(Kind)), st.integers(0, 5), expect)
-op_strategy = st.one_of(service_put, node_put, task_put, delete, check)
+# Volumes stand for every named kind (one table, one code path); names clash as services' do.
+volume_put = st.tuples(
+    st.just("volume"), st.sampled_from(VOLUME_IDS), st.sampled_from("ab"), st.sampled_from(["", *NODE_IDS]), expect
+)
+delete = st.tuples(st.just("delete"), st.sampled_from(list(IDS)), st.integers(0, 5), expect)
+check = st.tuples(st.just("check"), st.sampled_from(list(IDS)), st.integers(0, 5), expect)
+op_strategy = st.one_of(service_put, node_put, task_put, volume_put, delete, check)
 # A batch of ops, or "reopen": close the store and open it again on the same file.
 step_strategy = st.one_of(st.lists(op_strategy, min_size=1, max_size=5), st.just("reopen"))
 
@@ -56,6 +61,9 @@ async def version_of(store: SqliteStore, kind: Kind, oid: str) -> int:
         found = found if found is not None and found.id == oid else None
     elif kind is Kind.NODE:
         found = await store.get_node(oid)
+    elif kind is Kind.VOLUME:
+        found = await store.get_object(kind, oid)
+        found = found if isinstance(found, pb.Volume) and found.id == oid else None
     else:
         found = await store.get_task(oid)
     return found.version if found is not None else 0
@@ -66,7 +74,7 @@ async def build(store: SqliteStore, drawn: Sequence[tuple[Any, ...]]) -> list[Op
     ops: list[Op] = []
     for item in drawn:
         what, rest = item[0], item[1:]
-        kind = {"service": Kind.SERVICE, "node": Kind.NODE, "task": Kind.TASK}.get(what)
+        kind = {"service": Kind.SERVICE, "node": Kind.NODE, "task": Kind.TASK, "volume": Kind.VOLUME}.get(what)
         if kind is None:
             kind, index, want = rest
             oid = IDS[kind][index % len(IDS[kind])]
@@ -84,6 +92,9 @@ async def build(store: SqliteStore, drawn: Sequence[tuple[Any, ...]]) -> list[Op
             task = pb.Task(id=oid, service_id=service_id, node_id=node_id, slot=slot)
             task.created_at.seconds = created
             ops.append(Put(task, version))
+        elif what == "volume":
+            _, name, node_id, _ = rest
+            ops.append(Put(pb.Volume(id=oid, name=name, node_id=node_id), version))
         elif what == "delete":
             ops.append(Delete(kind, oid, version))
         else:
@@ -108,6 +119,9 @@ async def everything(store: SqliteStore) -> dict[str, object]:
         out[f"node {nid}"] = await store.get_node(nid)
     for tid in TASK_IDS:
         out[f"task {tid}"] = await store.get_task(tid)
+    out["volumes"] = await store.list_objects(Kind.VOLUME)
+    for name in [*VOLUME_IDS, "a", "b"]:
+        out[f"volume {name}"] = await store.get_object(Kind.VOLUME, name)
     for service_id in (None, *SERVICE_IDS):
         for node_id in (None, "", *NODE_IDS):
             out[f"tasks {service_id} {node_id}"] = await store.list_tasks(service_id, node_id)

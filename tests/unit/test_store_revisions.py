@@ -80,7 +80,7 @@ async def test_history_survives_a_reopen(tmp_path: Path) -> None:
 
 
 def to_schema_2(path: Path) -> None:
-    """Rebuilds the history table in schema 2's shape (no created_ns, change_cause, store_revision)."""
+    """Rebuilds the history table in schema 2's shape (no created_ns, change_cause, store_revision), no objects."""
     with sqlite3.connect(path, isolation_level=None) as conn:
         conn.executescript(
             """
@@ -92,6 +92,7 @@ def to_schema_2(path: Path) -> None:
             DROP TABLE service_history;
             ALTER TABLE h2 RENAME TO service_history;
             CREATE INDEX history_by_spec ON service_history (digest);
+            DROP TABLE objects;
             PRAGMA user_version = 2;
             COMMIT;
             """
@@ -121,7 +122,7 @@ async def test_a_schema_2_file_is_migrated_with_what_it_knows(tmp_path: Path) ->
         revision = await store.commit([Put(third)])
         assert (await store.list_service_history("svc-web"))[0].store_revision == revision
     with sqlite3.connect(path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone() == (3,)
+        assert conn.execute("PRAGMA user_version").fetchone() == (4,)
         fresh = sqlite3.connect(":memory:", isolation_level=None)
         fresh.executescript(_SCHEMA)
         assert _layout(conn) == _layout(fresh)
