@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 import grpc
 import structlog
 
+from agent.commands import CommandHandlers, CommandRunner
 from agent.config import AgentConfig
 from agent.identity import ClusterGuard, ClusterMismatch, of_another_ca
 from agent.reporter import Reporter
@@ -89,11 +90,15 @@ class ControllerLink:
         clock: Clock | None = None,
         credentials: Callable[[], pki.Credentials | None] = lambda: None,
         guard: ClusterGuard | None = None,
+        commands: CommandHandlers | None = None,
     ) -> None:
         self._address = address
         # Read at every dial, so a renewed certificate is used from the next one on (None: --insecure).
         self._credentials = credentials
         self._guard = guard
+        # Each session runs the controller's commands with a runner of its own (agent/commands.py).
+        self._commands = commands or CommandHandlers()
+        self._runner = CommandRunner(self._commands, clock=clock)  # replaced at each session
         self._node_id = node_id
         self._describe = describe
         self._book = book
@@ -214,7 +219,9 @@ class ControllerLink:
         log.info("controller session open", controller=self._address, session_id=first.welcome.session_id)
         self._heard = self._clock.monotonic()
         send = _Sender(call)
+        self._runner = CommandRunner(self._commands, clock=self._clock)
         tasks = {
+            asyncio.create_task(self._send_results(send)),
             asyncio.create_task(self._receive(call)),
             asyncio.create_task(self._heartbeat(send, period)),
             asyncio.create_task(self._watch_silence(period * MISSED_HEARTBEATS)),
@@ -226,6 +233,7 @@ class ControllerLink:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            await self._runner.close()
         for task in done:
             task.result()
 
@@ -237,6 +245,8 @@ class ControllerLink:
             self._heard = self._clock.monotonic()
             if message.HasField("assignments"):
                 self._apply(message.assignments)
+            elif message.HasField("command"):
+                self._runner.submit(message.command)
 
     def _apply(self, assignments: apb.Assignments) -> None:
         changed = self._book.apply(assignments)
@@ -271,6 +281,11 @@ class ControllerLink:
             if silent >= limit:
                 raise SessionLost(f"no word from the controller for {silent:.1f}s")
             await self._clock.sleep(limit - silent)
+
+    async def _send_results(self, send: _Sender) -> None:
+        while True:
+            result = await self._runner.next_result()
+            await send(apb.AgentMessage(command_result=result))
 
     async def _send_status(self, send: _Sender) -> None:
         while True:

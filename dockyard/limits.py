@@ -12,13 +12,17 @@ import re
 from typing import Final
 
 __all__ = [
+    "AGENT_COMMANDS",
     "AGENT_MESSAGE_BYTES",
+    "COMMAND_RESULT_BYTES",
     "CONNECT_TIMEOUT_SECONDS",
     "CONTAINER_ID_BYTES",
     "CONTROLLER_PORT",
     "DEFAULT_CONTROLLER",
     "HEALTH_OUTPUT_BYTES",
     "HELLO_TIMEOUT_SECONDS",
+    "IMAGE_PIECES_IN_FLIGHT",
+    "IMAGE_PIECE_BYTES",
     "NODE_LABELS",
     "NODE_TEXT_BYTES",
     "REDIAL_CAP_SECONDS",
@@ -60,6 +64,15 @@ REDIAL_CAP_SECONDS: Final = 1.5
 # A session stream must open with its hello within this; a stream that does not is closed, so streams that
 # never speak cost the controller nothing for long. Agents send the hello as soon as the stream is open.
 HELLO_TIMEOUT_SECONDS: Final = 10.0
+
+# The command channel (controller/dispatcher/commands.py, agent/commands.py). One CommandResult's data is at
+# most COMMAND_RESULT_BYTES (a larger one fails its command); an agent runs at most AGENT_COMMANDS commands at
+# once and answers more with an error at once. An image push travels in pieces of IMAGE_PIECE_BYTES, at most
+# IMAGE_PIECES_IN_FLIGHT of them unacknowledged per node, so a push holds a few MiB per node on either side.
+COMMAND_RESULT_BYTES: Final = 1024 * 1024
+AGENT_COMMANDS: Final = 16
+IMAGE_PIECE_BYTES: Final = 1024 * 1024
+IMAGE_PIECES_IN_FLIGHT: Final = 4
 
 _CUT_MARK: Final = " [truncated]"
 

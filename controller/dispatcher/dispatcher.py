@@ -13,6 +13,7 @@ import grpc
 import structlog
 
 from controller.dispatcher.bounds import COMMIT_WINDOW_SECONDS, PENDING_STATUSES_PER_NODE, WRITE_STALL_SECONDS
+from controller.dispatcher.commands import CommandChannel
 from controller.dispatcher.committer import GroupCommitter, NodeIntent
 from controller.dispatcher.identity import IdentityError, node_identity
 from controller.dispatcher.liveness import silent_nodes
@@ -83,6 +84,8 @@ class Dispatcher(apb_grpc.AgentServiceServicer):
         self._write_stall = write_stall
         self._hello_timeout = hello_timeout
         self._sessions: dict[str, AgentSession] = {}
+        self.commands = CommandChannel(self._sessions.get, clock)
+        """Commands to the agents through their sessions (image loads, volume removals, ...)."""
         self._last_seen: dict[str, datetime] = {}
         self._started = clock.now()
         self._specs = SpecCache(store)
@@ -205,6 +208,7 @@ class Dispatcher(apb_grpc.AgentServiceServicer):
             if self._sessions.get(node_id) is session:
                 del self._sessions[node_id]
             bound.info("agent session ended", reason=session.close_reason or "stream ended")
+            self.commands.session_ended(session)
             for task in (*tasks, sync):
                 task.cancel()
             await asyncio.gather(*tasks, sync, return_exceptions=True)
@@ -237,6 +241,8 @@ class Dispatcher(apb_grpc.AgentServiceServicer):
             elif kind == "status":
                 updates = ((u.task_id, u.status) for u in message.status.updates)
                 self._refuse_flood(session.node_id, self._committer.add_statuses(session.node_id, updates))
+            elif kind == "command_result":
+                self.commands.deliver(session, message.command_result)
 
     async def _register(self, node_id: str, context: Context) -> AgentSession | None:
         """Registers a new session for the node, or refuses it (the call aborted; None returned).

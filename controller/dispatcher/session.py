@@ -19,6 +19,7 @@ import structlog
 
 from controller.dispatcher.assignment import Fingerprint, belongs, fingerprint
 from controller.dispatcher.bounds import ASSIGNMENTS_CHUNK_BYTES, OUTBOX_BYTES
+from controller.dispatcher.commands import CommandOutbox
 from controller.store.specs import SpecKey
 from dockyard.limits import AGENT_MESSAGE_BYTES
 from dockyard.task_state import spec_key
@@ -60,6 +61,8 @@ class AgentSession:
     _specs: dict[SpecKey, pb.ServiceSpec] = field(default_factory=dict)
     _bytes: int = 0  # the size of _full, _changes and _specs
     _ready: asyncio.Event = field(default_factory=asyncio.Event)
+    # Commands for the agent (see commands.py), written after the ack and before the changes.
+    commands: CommandOutbox = field(default_factory=CommandOutbox)
 
     @property
     def pending_bytes(self) -> int:
@@ -103,6 +106,13 @@ class AgentSession:
         self._bytes = size
         self._ready.set()
         self._check_bound()
+
+    def command(self, command: apb.Command) -> bool:
+        """Queues a command for the writer; False when the command outbox has no room (see commands.py)."""
+        if not self.commands.offer(command):
+            return False
+        self._ready.set()
+        return True
 
     def wants(self, task: pb.Task, deleted: bool) -> bool:
         """Tells whether a change to this task is news for the agent (so its spec may be needed)."""
@@ -159,6 +169,7 @@ class AgentSession:
         if self._ack is not None:
             out.append(apb.ControllerMessage(heartbeat_ack=apb.HeartbeatAck(received_at=to_timestamp(self._ack))))
             self._ack = None
+        out.extend(apb.ControllerMessage(command=c) for c in self.commands.take())
         out.extend(apb.ControllerMessage(assignments=a) for a in self._incremental())
         self._bytes = 0
         return out
