@@ -103,6 +103,9 @@ def add_controller_api(api: ControllerApi, server: grpc.aio.Server) -> None:
     """Serves every ControllerService method of `api` on `server`, each behind the parsing seam."""
     handlers: dict[str, grpc.RpcMethodHandler[bytes, Message]] = {}
     for method in SERVICE.methods:
+        if not hasattr(api, method.name):
+            # A method of the contract this controller does not serve yet: gRPC answers UNIMPLEMENTED.
+            continue
         assert not method.client_streaming, method.full_name  # requests are single messages
         response_class = message_factory.GetMessageClass(method.output_type)
         if method.server_streaming:

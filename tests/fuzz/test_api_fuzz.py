@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from controller.api.bounds import MAX_REQUEST_ITEMS
 from controller.api.handlers import SERVICE
 from controller.api.paging import encode_token
+from controller.api.servicer import ControllerApi
 from controller.api.validation import node_label_errors
 from controller.store.base import Put
 from dockyard.spec.validation import service_issues
@@ -62,8 +63,14 @@ _DOCUMENTED: Final = {
     "RebalanceService": {Code.NOT_FOUND, Code.FAILED_PRECONDITION},  # unknown; a global service or a job
 }
 ALLOWED: Final = {name: frozenset({Code.INVALID_ARGUMENT, *codes}) | AUTH | SIZE for name, codes in _DOCUMENTED.items()}
-METHODS: Final = {method.name: method for method in SERVICE.methods}
-assert set(ALLOWED) == set(METHODS), "every method needs its documented refusals"
+# The methods this controller serves (the contract may name more: those answer UNIMPLEMENTED); a served
+# method must document its refusals above. A client-streaming method takes a stream, not one body.
+METHODS: Final = {
+    method.name: method
+    for method in SERVICE.methods
+    if hasattr(ControllerApi, method.name) and not method.client_streaming
+}
+assert set(ALLOWED) == set(METHODS), "every served method needs its documented refusals"
 
 # A Watch that is still open this long after its request answered OK (it waits for changes that never come).
 _WATCH_WAIT: Final = 0.3
