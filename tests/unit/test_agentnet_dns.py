@@ -1,0 +1,175 @@
+"""agent.network.dns: the table (full, then deltas), the answers, and a real dnslib server on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+from ipaddress import IPv4Address, IPv4Network
+
+from dnslib import QTYPE, RCODE, DNSRecord
+
+from agent.network.dns import TTL_SECONDS, DnsServer, NameTable, Resolver, stacks_of_network, upstream_servers
+from dockyard.v1 import agent_pb2 as apb
+
+LOOPBACK = IPv4Address("127.0.0.1")
+
+
+def table(version: int, full: bool, **records: list[str]) -> apb.DnsTable:
+    return apb.DnsTable(
+        version=version,
+        full=full,
+        records=[apb.DnsRecord(name=name.replace("__", "."), addresses=a) for name, a in records.items()],
+    )
+
+
+def names(t: NameTable, *wanted: str) -> dict[str, list[str] | None]:
+    found = {n: t.lookup(n) for n in wanted}
+    return {n: None if a is None else [str(x) for x in a] for n, a in found.items()}
+
+
+def test_full_table_then_deltas_then_a_new_full_table() -> None:
+    t = NameTable()
+    assert t.apply(table(1, True, web__shop__dockyard=["10.128.0.2", "10.128.1.2"], db__dockyard=["10.128.0.3"])) == []
+    t.apply(table(2, False, web__shop__dockyard=["10.128.0.2"], cache__dockyard=["10.128.2.9"]))
+    t.apply(table(3, False, db__dockyard=[]))  # empty: the name is gone
+    assert names(t, "web.shop.dockyard", "db.dockyard", "cache.dockyard") == {
+        "web.shop.dockyard": ["10.128.0.2"],
+        "db.dockyard": None,
+        "cache.dockyard": ["10.128.2.9"],
+    }
+    t.apply(table(2, False, db__dockyard=["10.9.9.9"]))  # older delta: already covered, ignored
+    assert t.lookup("db.dockyard") is None and t.version == 3
+    t.apply(table(1, True, other__dockyard=["10.128.5.5"]))  # a full table always wins (a new session)
+    assert names(t, "web.shop.dockyard", "other.dockyard") == {
+        "web.shop.dockyard": None,
+        "other.dockyard": ["10.128.5.5"],
+    }
+    assert len(t) == 1
+
+
+def test_bad_records_are_skipped_and_named() -> None:
+    t = NameTable()
+    problems = t.apply(table(1, True, example__com=["1.2.3.4"], ok__dockyard=["10.0.0.1", "nope", "10.0.0.1"]))
+    assert problems == [
+        "dns.records[0].name: 'example.com' is not a name under .dockyard; skipped",
+        "dns.records[1].addresses: 'nope' is not an IPv4 address; skipped",
+    ]
+    assert names(t, "ok.dockyard") == {"ok.dockyard": ["10.0.0.1"]}
+
+
+def test_stacks_of_network_every_split_longest_first() -> None:
+    assert stacks_of_network("my_shop_default") == ["my_shop", "my"]
+    assert stacks_of_network("dockyard") == []
+
+
+def resolver() -> Resolver:
+    t = NameTable()
+    t.apply(
+        table(
+            1,
+            True,
+            db__shop__dockyard=["10.128.3.5"],
+            db__dockyard=["10.128.0.7"],
+            web__my_shop__dockyard=["10.128.8.2"],
+            api__dockyard=["10.128.0.9", "10.128.1.9"],
+        )
+    )
+    subnets = {
+        IPv4Network("10.128.3.0/24"): "shop_default",
+        IPv4Network("10.128.0.0/24"): "dockyard",
+        IPv4Network("10.128.8.0/24"): "my_shop_back",
+    }
+    return Resolver(t, lambda a: next((n for s, n in subnets.items() if a in s), None))
+
+
+def ask(r: Resolver, name: str, source: str = "10.128.3.2", qtype: str = "A") -> tuple[int, list[str]] | None:
+    reply = r.answer(DNSRecord.question(name, qtype), IPv4Address(source))
+    if reply is None:
+        return None
+    return reply.header.rcode, [str(rr.rdata) for rr in reply.rr]
+
+
+def test_answers_names_bare_names_by_stack_and_forwards_the_rest() -> None:
+    r = resolver()
+    assert ask(r, "api.dockyard") == (RCODE.NOERROR, ["10.128.0.9", "10.128.1.9"])
+    assert ask(r, "API.Dockyard.") == (RCODE.NOERROR, ["10.128.0.9", "10.128.1.9"])
+    assert ask(r, "gone.dockyard") == (RCODE.NXDOMAIN, [])
+    assert ask(r, "api.dockyard", qtype="AAAA") == (RCODE.NOERROR, [])  # the name exists, no IPv6
+    # A bare name resolves within the asking container's stack, then outside any stack.
+    assert ask(r, "db", source="10.128.3.2") == (RCODE.NOERROR, ["10.128.3.5"])
+    assert ask(r, "db", source="10.128.0.2") == (RCODE.NOERROR, ["10.128.0.7"])
+    assert ask(r, "web", source="10.128.8.3") == (RCODE.NOERROR, ["10.128.8.2"])
+    assert ask(r, "web", source="10.128.3.2") == (RCODE.NXDOMAIN, [])  # another stack's: not found, not leaked
+    # `dockyard` as a search domain, for resolvers that do not search: db.shop -> db.shop.dockyard.
+    assert ask(r, "db.shop", source="192.0.2.1") == (RCODE.NOERROR, ["10.128.3.5"])
+    assert ask(r, "example.com") is None  # forwarded
+
+
+def test_answers_carry_the_short_ttl() -> None:
+    reply = resolver().answer(DNSRecord.question("api.dockyard"), None)
+    assert reply is not None and {rr.ttl for rr in reply.rr} == {TTL_SECONDS}
+    assert 1 <= TTL_SECONDS <= 5
+
+
+def test_upstreams_from_resolv_conf_without_our_addresses() -> None:
+    text = "# c\nnameserver 10.128.0.1\nnameserver 192.0.2.53\nnameserver fe80::1\nsearch x\n"
+    assert upstream_servers(text, exclude=[IPv4Address("10.128.0.1")]) == [("192.0.2.53", 53)]
+
+
+async def query_udp(port: int, name: str, qtype: str = "A") -> DNSRecord:
+    loop = asyncio.get_running_loop()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setblocking(False)
+    try:
+        await loop.sock_connect(sock, ("127.0.0.1", port))
+        await loop.sock_sendall(sock, DNSRecord.question(name, qtype).pack())
+        async with asyncio.timeout(5):
+            return DNSRecord.parse(await loop.sock_recv(sock, 4096))
+    finally:
+        sock.close()
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as a, socket.socket() as b:
+        a.bind(("127.0.0.1", 0))
+        port = a.getsockname()[1]
+        b.bind(("127.0.0.1", port))  # free for TCP too
+        return int(port)
+
+
+async def test_real_server_answers_udp_and_tcp_and_follows_a_delta() -> None:
+    t = NameTable()
+    s = DnsServer(t, port=free_port(), upstreams=lambda: [])
+    try:
+        assert await s.listen_on([LOOPBACK], {}) == []
+        assert s.addresses == [LOOPBACK]
+        t.apply(table(1, True, web__shop__dockyard=["10.128.0.2"]))
+        reply = await query_udp(s.port, "web.shop.dockyard")
+        assert [str(rr.rdata) for rr in reply.rr] == ["10.128.0.2"]
+        t.apply(table(2, False, web__shop__dockyard=["10.128.0.2", "10.128.1.4"]))
+        reply = await query_udp(s.port, "web.shop.dockyard")
+        assert sorted(str(rr.rdata) for rr in reply.rr) == ["10.128.0.2", "10.128.1.4"]
+        assert (await query_udp(s.port, "nope.dockyard")).header.rcode == RCODE.NXDOMAIN
+        # No upstream resolvers: a foreign name gets SERVFAIL, not silence.
+        assert (await query_udp(s.port, "example.com")).header.rcode == RCODE.SERVFAIL
+
+        reader, writer = await asyncio.open_connection("127.0.0.1", s.port)
+        wire = DNSRecord.question("web.shop.dockyard").pack()
+        writer.write(struct.pack("!H", len(wire)) + wire)
+        (length,) = struct.unpack("!H", await reader.readexactly(2))
+        answer = DNSRecord.parse(await reader.readexactly(length))
+        writer.close()
+        assert answer.q.qtype == QTYPE.A and len(answer.rr) == 2
+
+        await s.listen_on([], {})  # a network left: its listener goes
+        assert s.addresses == []
+    finally:
+        await s.close()
+
+
+async def test_garbage_and_responses_get_no_answer() -> None:
+    s = DnsServer(NameTable(), port=0, upstreams=lambda: [])
+    assert await s.respond(b"\x00", None) is None
+    response = DNSRecord.question("x.dockyard").reply().pack()
+    assert await s.respond(response, None) is None
