@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
@@ -50,6 +50,33 @@ class Health:
     output: str = ""
 
 
+class MountKind(enum.StrEnum):
+    """What a mount's source is (Docker's Mount.Type)."""
+
+    VOLUME = "volume"  # a named local volume; Docker creates it (unlabelled) if it does not exist
+    BIND = "bind"  # a host path, which must exist
+    TMPFS = "tmpfs"  # memory-backed, gone with the container; the source is empty
+
+
+@dataclass(frozen=True)
+class MountSpec:
+    """A filesystem mounted into a container at `target` (an absolute path)."""
+
+    kind: str  # a MountKind value: "volume", "bind" or "tmpfs"
+    source: str  # the volume's name, the host path, or "" for tmpfs
+    target: str
+    read_only: bool = False
+    tmpfs_size_bytes: int = 0  # tmpfs only; 0 is Docker's default (half the host's memory)
+
+
+@dataclass(frozen=True)
+class NetworkAttachment:
+    """A Docker network the container joins, with the extra names it answers to on that network."""
+
+    network: str  # the Docker network's name
+    aliases: tuple[str, ...] = ()
+
+
 @dataclass(frozen=True)
 class ContainerSpec:
     """Everything needed to create one container."""
@@ -64,6 +91,17 @@ class ContainerSpec:
     memory_limit_bytes: int = 0  # 0 means unlimited
     # None leaves the image's own HEALTHCHECK (if any) in force; HealthConfig(("NONE",)) turns it off.
     healthcheck: HealthConfig | None = None
+    # None keeps the image's ENTRYPOINT; () clears it (Docker's Entrypoint [""]).
+    entrypoint: tuple[str, ...] | None = None
+    mounts: tuple[MountSpec, ...] = ()
+    # The first network is the one the container is created on, the rest are connected before it starts;
+    # none leaves it on Docker's default bridge.
+    networks: tuple[NetworkAttachment, ...] = ()
+    # Nameservers and search domains for /etc/resolv.conf. On a user-defined network Docker writes its
+    # embedded DNS (127.0.0.11) as the nameserver and forwards to these; on the default bridge it writes them.
+    dns: tuple[str, ...] = ()
+    dns_search: tuple[str, ...] = ()
+    hostname: str = ""  # "" is Docker's default: the container id's first 12 characters
 
 
 class ContainerState(enum.StrEnum):
@@ -96,6 +134,37 @@ class ContainerInfo:
     # None: the container has no health check that Docker runs (neither the spec's nor the image's).
     health: Health | None = None
     ip_address: str = ""  # on its first network, for probes from the host; "" when it has none
+    # Docker network name -> the container's IPv4 address on it, while it runs; empty otherwise.
+    addresses: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class VolumeInfo:
+    """A local volume on the host."""
+
+    name: str
+    labels: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class NetworkInfo:
+    """A Docker bridge network on the host: its IPv4 subnet (CIDR), gateway, and bridge interface name."""
+
+    name: str
+    id: str
+    subnet: str
+    gateway: str
+    bridge: str
+    labels: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class RegistryAuth:
+    """Credentials for one registry, passed to pull (server as in the image reference's host part)."""
+
+    server: str
+    username: str
+    password: str = field(repr=False)
 
 
 # The action of a RuntimeEvent for a change of health ("health_status: healthy" in Docker's stream).
@@ -149,6 +218,14 @@ class DaemonShuttingDown(RuntimeFailure):
     """The daemon answered but refused because it is shutting down (or lost its containerd): the host's fault."""
 
 
+class VolumeInUse(RuntimeFailure):
+    """The volume cannot be removed: a container (running or not) still mounts it."""
+
+
+class NetworkInUse(RuntimeFailure):
+    """The network cannot be removed or recreated: a container is still attached to it."""
+
+
 class ContainerRuntime(Protocol):
     """The operations the agent needs from a container engine; every call is idempotent where it can be."""
 
@@ -169,8 +246,57 @@ class ContainerRuntime(Protocol):
         """Tells whether the image is present locally."""
         ...
 
-    async def pull(self, image: str) -> None:
-        """Pulls the image; raises ImageNotFound when it cannot."""
+    async def pull(self, image: str, auth: RegistryAuth | None = None) -> None:
+        """Pulls the image, with the registry's credentials if given; raises ImageNotFound when it cannot."""
+        ...
+
+    async def list_images(self) -> list[str]:
+        """Returns the repo:tag references of every local image (untagged images have none)."""
+        ...
+
+    async def image_id(self, image: str) -> str | None:
+        """Returns the local image's id ("sha256:..."), or None when the host lacks it."""
+        ...
+
+    async def load_image(self, chunks: AsyncIterator[bytes]) -> list[str]:
+        """Loads a `docker save` archive streamed in chunks (`docker load`); returns the references loaded.
+
+        Raises RuntimeFailure when the archive is not a valid image archive.
+        """
+        ...
+
+    def save_image(self, image: str) -> AsyncIterator[bytes]:
+        """Streams the image as a `docker save` archive; iterating raises ImageNotFound when it is missing."""
+        ...
+
+    async def ensure_volume(self, name: str, labels: Mapping[str, str]) -> VolumeInfo:
+        """Creates the local volume unless it exists (an existing one keeps its labels and data)."""
+        ...
+
+    async def list_volumes(self, labels: Mapping[str, str]) -> list[VolumeInfo]:
+        """Returns the volumes carrying all the given labels, by name."""
+        ...
+
+    async def remove_volume(self, name: str) -> None:
+        """Removes the volume and its data; a missing one is no error; raises VolumeInUse while mounted."""
+        ...
+
+    async def ensure_network(
+        self, name: str, subnet: str, gateway: str, bridge: str, labels: Mapping[str, str], masquerade: bool
+    ) -> NetworkInfo:
+        """Creates a bridge network on `subnet` with that gateway and bridge interface unless it exists as such.
+
+        One of that name with another subnet, gateway or bridge is recreated when no container is attached
+        to it, else NetworkInUse is raised. `masquerade` False turns off Docker's NAT for traffic leaving it.
+        """
+        ...
+
+    async def list_networks(self, labels: Mapping[str, str]) -> list[NetworkInfo]:
+        """Returns the networks carrying all the given labels, by name."""
+        ...
+
+    async def remove_network(self, name: str) -> None:
+        """Removes the network; a missing one is no error; raises NetworkInUse while a container is attached."""
         ...
 
     async def create(self, spec: ContainerSpec) -> str:

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import math
 import time
-from collections.abc import AsyncGenerator, Iterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -26,10 +26,18 @@ from agent.runtime.base import (
     HealthStatus,
     HostFacts,
     ImageNotFound,
+    MountKind,
+    MountSpec,
     NameConflict,
+    NetworkAttachment,
+    NetworkInfo,
+    NetworkInUse,
+    RegistryAuth,
     RuntimeEvent,
     RuntimeFailure,
     RuntimeUnavailable,
+    VolumeInfo,
+    VolumeInUse,
 )
 
 # aiodocker reports a failed connection as a DockerError with this pseudo HTTP status.
@@ -50,6 +58,18 @@ _LIST_INSPECTS = 8
 # How a failure that is the daemon's own state reads (moby's shutdown errors, a containerd that went away);
 # a task whose create or start fails so is not to blame.
 _DAEMON_FAULTS = ("shutting down", "containerd.sock", "transport is closing")
+
+# The bridge driver's options: the host interface's name, and whether traffic leaving the subnet is NATed.
+BRIDGE_NAME_OPTION = "com.docker.network.bridge.name"
+MASQUERADE_OPTION = "com.docker.network.bridge.enable_ip_masquerade"
+# Docker Hub, the registry of an image reference without a host part.
+DEFAULT_REGISTRY = "docker.io"
+# How `docker load` names what it loaded in its progress stream.
+_LOADED_IMAGE = "Loaded image: "
+_LOADED_IMAGE_ID = "Loaded image ID: "
+_SAVE_CHUNK = 64 * 1024
+# The default network's name; a container with no networks of its own is on it.
+_DEFAULT_BRIDGE = "bridge"
 
 _Json = dict[str, Any]
 
@@ -130,7 +150,15 @@ def _parse_info(data: Mapping[str, Any]) -> ContainerInfo:
         restart_count=int(data.get("RestartCount") or 0),
         health=_parse_health(state.get("Health")),
         ip_address=_ip_address(data.get("NetworkSettings") or {}),
+        addresses=_addresses(data.get("NetworkSettings") or {}),
     )
+
+
+def _addresses(settings: Mapping[str, Any]) -> dict[str, str]:
+    """Network name -> the container's IPv4 address on it, for every network that gave it one."""
+    networks = settings.get("Networks") or {}
+    found = {name: str((endpoint or {}).get("IPAddress") or "") for name, endpoint in networks.items()}
+    return {name: address for name, address in found.items() if address}
 
 
 def _parse_health(health: object) -> Health | None:
@@ -215,9 +243,69 @@ def _create_config(spec: ContainerSpec) -> _Json:
     }
     if spec.command:
         config["Cmd"] = list(spec.command)
+    if spec.entrypoint is not None:
+        # Docker reads an empty list as "the image's"; [""] is how its CLI clears the entrypoint.
+        config["Entrypoint"] = list(spec.entrypoint) or [""]
+    if spec.hostname:
+        config["Hostname"] = spec.hostname
     if spec.healthcheck is not None:
         config["Healthcheck"] = _healthcheck(spec.healthcheck)
+    host_config = config["HostConfig"]
+    if spec.mounts:
+        host_config["Mounts"] = [_mount(mount) for mount in spec.mounts]
+    if spec.dns:
+        host_config["Dns"] = list(spec.dns)
+    if spec.dns_search:
+        host_config["DnsSearch"] = list(spec.dns_search)
+    if spec.networks:
+        # Docker before API 1.44 takes one network at create; the others are connected before the start.
+        first = spec.networks[0]
+        host_config["NetworkMode"] = first.network
+        config["NetworkingConfig"] = {"EndpointsConfig": {first.network: _endpoint(first)}}
     return config
+
+
+def _mount(mount: MountSpec) -> _Json:
+    """Docker's Mount object (HostConfig.Mounts): unlike Binds, it never creates a missing host path."""
+    body: _Json = {"Type": mount.kind, "Target": mount.target, "ReadOnly": mount.read_only}
+    if mount.kind != MountKind.TMPFS:
+        body["Source"] = mount.source
+    elif mount.tmpfs_size_bytes:
+        body["TmpfsOptions"] = {"SizeBytes": mount.tmpfs_size_bytes}
+    return body
+
+
+def _endpoint(attachment: NetworkAttachment) -> _Json:
+    """An EndpointSettings body: the aliases the container answers to on that network."""
+    return {"Aliases": list(attachment.aliases)} if attachment.aliases else {}
+
+
+def _network_info(data: Mapping[str, Any]) -> NetworkInfo:
+    """Builds a NetworkInfo from a `docker network inspect` document (its first IPv4 pool)."""
+    pools = (data.get("IPAM") or {}).get("Config") or [{}]
+    pool = next((p for p in pools if ":" not in str(p.get("Subnet", ""))), pools[0])
+    options = data.get("Options") or {}
+    return NetworkInfo(
+        name=str(data.get("Name", "")),
+        id=str(data.get("Id", "")),
+        subnet=str(pool.get("Subnet") or ""),
+        gateway=str(pool.get("Gateway") or ""),
+        bridge=str(options.get(BRIDGE_NAME_OPTION) or ""),
+        labels=dict(data.get("Labels") or {}),
+    )
+
+
+def _masquerades(data: Mapping[str, Any]) -> bool:
+    """Whether a network NATs what leaves it (Docker's default when the option is absent)."""
+    return str((data.get("Options") or {}).get(MASQUERADE_OPTION, "true")).lower() == "true"
+
+
+def registry_of(image: str) -> str:
+    """The registry host of an image reference, as Docker reads it: docker.io when it names none."""
+    first, slash, _ = image.partition("/")
+    if slash and ("." in first or ":" in first or first == "localhost"):
+        return first
+    return DEFAULT_REGISTRY
 
 
 def _healthcheck(check: HealthConfig) -> _Json:
@@ -282,6 +370,15 @@ class DockerRuntime:
             self._docker = self._new_client(self._request_timeout)
         return self._docker
 
+    def _volumes(self) -> Any:
+        """aiodocker's volume calls (untyped in aiodocker)."""
+        return self._client().volumes
+
+    def _network_handle(self, name_or_id: str) -> Any:
+        """An aiodocker handle on a network (untyped in aiodocker); making it sends nothing."""
+        networks: Any = aiodocker.networks
+        return networks.DockerNetwork(self._client(), name_or_id)
+
     def _container(self, container_id: str) -> Any:
         """An aiodocker handle on a container; making it sends nothing."""
         return self._client().containers.container(container_id)
@@ -319,13 +416,20 @@ class DockerRuntime:
             return False
         return True
 
-    async def pull(self, image: str) -> None:
-        """Pulls the image within the pull timeout; raises ImageNotFound when it cannot."""
+    async def pull(self, image: str, auth: RegistryAuth | None = None) -> None:
+        """Pulls the image (with the credentials if given) in the pull timeout; raises ImageNotFound if it cannot."""
         deadline = asyncio.timeout(self._pull_timeout)
+        reference = image
+        credentials: _Json | None = None
+        if auth is not None:
+            credentials = {"username": auth.username, "password": auth.password}
+            # aiodocker takes the credentials' server from the reference, so it must name its registry.
+            if registry_of(image) == DEFAULT_REGISTRY and not image.startswith(f"{DEFAULT_REGISTRY}/"):
+                reference = f"{DEFAULT_REGISTRY}/{image}"
         try:
             with _mapped_errors(_Errors(not_found=ImageNotFound)):
                 async with deadline:
-                    await self._client().images.pull(image)
+                    await self._client().images.pull(reference, auth=credentials)
         except RuntimeUnavailable as exc:
             if deadline.expired():
                 raise ImageNotFound(f"pulling {image} timed out after {self._pull_timeout:g}s") from exc
@@ -334,11 +438,168 @@ class DockerRuntime:
             # An unknown, unreachable or refusing registry all mean the same to the agent.
             raise ImageNotFound(f"cannot pull {image}: {exc}") from exc
 
+    async def list_images(self) -> list[str]:
+        """Returns the repo:tag references of every local image."""
+        with _mapped_errors():
+            images = await self._client().images.list()
+        tags = {str(tag) for image in images for tag in image.get("RepoTags") or []}
+        return sorted(tag for tag in tags if tag != "<none>:<none>")
+
+    async def image_id(self, image: str) -> str | None:
+        """Returns the local image's id, or None when the host lacks it."""
+        try:
+            with _mapped_errors(_Errors(not_found=ImageNotFound)):
+                data = await self._client().images.inspect(image)
+        except ImageNotFound:
+            return None
+        return str(data["Id"])
+
+    async def load_image(self, chunks: AsyncIterator[bytes]) -> list[str]:
+        """Streams a `docker save` archive into `docker load` (never whole in memory); returns what it loaded."""
+        with _mapped_errors():
+            messages = await self._client().images.import_image(data=chunks)
+        loaded: list[str] = []
+        for message in messages:
+            line = str(message.get("stream") or "").strip()
+            for prefix in (_LOADED_IMAGE, _LOADED_IMAGE_ID):
+                if line.startswith(prefix):
+                    loaded.append(line.removeprefix(prefix))
+                    break
+        if not loaded:
+            raise RuntimeFailure(f"docker load loaded nothing: {messages}")
+        return loaded
+
+    def save_image(self, image: str) -> AsyncIterator[bytes]:
+        """Streams the image as a `docker save` archive; raises ImageNotFound when it is missing."""
+        return self._saved(image)
+
+    async def _saved(self, image: str) -> AsyncGenerator[bytes, None]:
+        """The generator behind save_image(); a client of its own, without the request timeout."""
+        client = self._new_client(None)
+        try:
+            # Docker answers a missing image with a 404 only once the stream is asked for, so check first.
+            with _mapped_errors(_Errors(not_found=ImageNotFound)):
+                await client.images.inspect(image)
+                async with client.images.export_image(image) as content:
+                    async for chunk in content.iter_chunked(_SAVE_CHUNK):
+                        yield chunk
+        finally:
+            await _close_quietly(client)
+
+    async def ensure_volume(self, name: str, labels: Mapping[str, str]) -> VolumeInfo:
+        """Creates the local volume unless it exists (Docker's create returns an existing one as it is)."""
+        with _mapped_errors():
+            volume = await self._volumes().create({"Name": name, "Driver": "local", "Labels": dict(labels)})
+            data = await volume.show()
+        return VolumeInfo(str(data["Name"]), dict(data.get("Labels") or {}))
+
+    async def list_volumes(self, labels: Mapping[str, str]) -> list[VolumeInfo]:
+        """Returns the volumes carrying all the given labels, by name."""
+        filters = {"label": _label_filter(labels)} if labels else None
+        with _mapped_errors():
+            data = await self._volumes().list(filters=filters)
+        volumes = [VolumeInfo(str(v["Name"]), dict(v.get("Labels") or {})) for v in data.get("Volumes") or []]
+        return sorted(volumes, key=lambda volume: volume.name)
+
+    async def remove_volume(self, name: str) -> None:
+        """Removes the volume; a missing one is no error; raises VolumeInUse while a container mounts it."""
+        try:
+            with _mapped_errors(_Errors(conflict=VolumeInUse)):
+                volume = await self._volumes().get(name)
+                await volume.delete()
+        except ContainerNotFound:
+            return
+
+    async def ensure_network(
+        self, name: str, subnet: str, gateway: str, bridge: str, labels: Mapping[str, str], masquerade: bool
+    ) -> NetworkInfo:
+        """Creates the bridge network unless one of that name has this subnet, gateway, bridge and NAT."""
+        existing = await self._network(name)
+        if existing is not None:
+            info = _network_info(existing)
+            if (info.subnet, info.gateway, info.bridge, _masquerades(existing)) == (
+                subnet,
+                gateway,
+                bridge,
+                masquerade,
+            ):
+                return info
+            if existing.get("Containers"):
+                users = ", ".join(sorted(str(c.get("Name", "")) for c in existing["Containers"].values()))
+                raise NetworkInUse(f"network {name} differs from the one asked for but has containers: {users}")
+            await self.remove_network(name)
+        config: _Json = {
+            "Name": name,
+            "Driver": "bridge",
+            "CheckDuplicate": True,
+            "IPAM": {"Driver": "default", "Config": [{"Subnet": subnet, "Gateway": gateway}]},
+            "Options": {BRIDGE_NAME_OPTION: bridge, MASQUERADE_OPTION: "true" if masquerade else "false"},
+            "Labels": dict(labels),
+        }
+        with _mapped_errors():
+            network = await self._client().networks.create(config)
+            return _network_info(await network.show())
+
+    async def _network(self, name: str) -> _Json | None:
+        """The inspect document of the network with exactly that name, or None."""
+        with _mapped_errors():
+            found = await self._client().networks.list(filters={"name": name})
+        # Docker's name filter matches substrings.
+        match = next((n for n in found if n.get("Name") == name), None)
+        if match is None:
+            return None
+        try:
+            with _mapped_errors():
+                data: _Json = await self._network_handle(str(match["Id"])).show()
+                return data
+        except ContainerNotFound:
+            return None
+
+    async def list_networks(self, labels: Mapping[str, str]) -> list[NetworkInfo]:
+        """Returns the networks carrying all the given labels, by name."""
+        filters = {"label": _label_filter(labels)} if labels else None
+        with _mapped_errors():
+            data = await self._client().networks.list(filters=filters)
+        return sorted((_network_info(n) for n in data), key=lambda network: network.name)
+
+    async def remove_network(self, name: str) -> None:
+        """Removes the network; a missing one is no error; raises NetworkInUse while a container runs on it."""
+        existing = await self._network(name)
+        if existing is None:
+            return
+        network = self._network_handle(str(existing["Id"]))
+        try:
+            # Docker says "has active endpoints" with a 403 (20.10) or a 409 (later).
+            with _mapped_errors(_Errors(conflict=NetworkInUse)):
+                await network.delete()
+        except ContainerNotFound:
+            return
+        except RuntimeFailure as exc:
+            if "active endpoints" in str(exc):
+                raise NetworkInUse(str(exc)) from exc
+            raise
+
     async def create(self, spec: ContainerSpec) -> str:
-        """Creates (does not start) a container and returns its id; raises ImageNotFound or NameConflict."""
-        with _mapped_errors(_Errors(not_found=ImageNotFound, conflict=NameConflict)):
-            container = await self._client().containers.create(_create_config(spec), name=spec.name or None)
-        return str(container.id)
+        """Creates (not starts) a container on its networks; returns its id; raises ImageNotFound or NameConflict."""
+        try:
+            with _mapped_errors(_Errors(not_found=ImageNotFound, conflict=NameConflict)):
+                container = await self._client().containers.create(_create_config(spec), name=spec.name or None)
+        except ImageNotFound as exc:
+            # A 404 at create also means a network that does not exist.
+            if "no such image" not in str(exc).lower():
+                raise RuntimeFailure(str(exc)) from exc
+            raise
+        container_id = str(container.id)
+        try:
+            for attachment in spec.networks[1:]:
+                network = self._network_handle(attachment.network)
+                with _mapped_errors():
+                    await network.connect({"Container": container_id, "EndpointConfig": _endpoint(attachment)})
+        except RuntimeFailure:
+            # Half made: take it away so a retry starts afresh under the same name.
+            await self.remove(container_id)
+            raise
+        return container_id
 
     async def start(self, container_id: str) -> None:
         """Starts a created or exited container; raises ContainerNotFound, or RuntimeFailure with why."""

@@ -235,6 +235,12 @@ def test_containers_are_created_with_no_host_setting_but_the_checked_ones() -> N
         "cpu_limit",
         "memory_limit_bytes",
         "healthcheck",  # runs inside the container, as its command does
+        "entrypoint",  # runs inside the container
+        "hostname",  # the container's own UTS namespace
+        "dns",  # the container's own resolv.conf
+        "dns_search",
+        "networks",  # Docker bridge networks the agent itself makes for the cluster
+        "mounts",  # checked: bind mounts only under the host paths the policy allows
     }
     config = _create_config(ContainerSpec(name="x", image=IMAGE, healthcheck=HealthConfig(("CMD", "true"))))
     assert set(config["HostConfig"]) == {"PortBindings", "NanoCpus", "Memory", "RestartPolicy"}
