@@ -98,6 +98,8 @@ _VALID_VOLUME_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
 EMBEDDED_DNS = "127.0.0.11"
 # The fake host's own resolver, which a container on the default bridge without `dns` inherits.
 HOST_RESOLVER = "10.0.2.3"
+# Docker's default network, which a container without networks of its own is on.
+DEFAULT_BRIDGE = "bridge"
 # Linux's limit on interface names (IFNAMSIZ - 1).
 _MAX_INTERFACE_NAME = 15
 _SAVE_CHUNK = 64 * 1024
@@ -202,8 +204,14 @@ class _Container:
             restart_count=0,
             health=self.health,
             ip_address=self.address() if self.state is ContainerState.RUNNING else "",
-            addresses=dict(self.addresses),
+            addresses=self.network_addresses(),
         )
+
+    def network_addresses(self) -> dict[str, str]:
+        """Network name -> address while running; one without networks of its own is on Docker's "bridge"."""
+        if self.state is not ContainerState.RUNNING:
+            return {}
+        return dict(self.addresses) if self.spec.networks else {DEFAULT_BRIDGE: self.ip_address}
 
     def address(self) -> str:
         """Its address on the default bridge, else on its first network by name (as DockerRuntime reads it)."""
