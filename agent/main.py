@@ -13,7 +13,7 @@ import click
 
 from agent.config import AgentConfig
 from agent.identity import NotJoined, join
-from agent.policy import HOST_PORTS, HOST_PROTOCOLS, HostPolicy, PolicyError
+from agent.policy import BIND_PATHS, HOST_PORTS, HOST_PROTOCOLS, HostPolicy, PolicyError
 from dockyard import logs, pki
 from dockyard.addresses import is_loopback
 from dockyard.config_file import EXIT_CONFIG, config_option
@@ -109,6 +109,7 @@ def _labels(values: tuple[str, ...]) -> dict[str, str]:
 )
 @click.option(HOST_PORTS.option, default=HOST_PORTS.default, show_default=True, help=HOST_PORTS.help)
 @click.option(HOST_PROTOCOLS.option, default=HOST_PROTOCOLS.default, show_default=True, help=HOST_PROTOCOLS.help)
+@click.option(BIND_PATHS.option, default=BIND_PATHS.default, show_default=True, help=BIND_PATHS.help)
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info")
 @click.option("--log-format", type=click.Choice(["console", "json"]), default="console")
 @click.pass_context
@@ -126,6 +127,7 @@ def main(
     connect_timeout: float,
     allow_host_ports: str,
     allow_host_protocols: str,
+    allow_bind_paths: str,
     log_level: str,
     log_format: str,
 ) -> None:
@@ -135,7 +137,9 @@ def main(
         return
     logs.configure(log_level, log_format, component="agent")
     try:
-        policy = HostPolicy.from_settings(host_ports=allow_host_ports, host_protocols=allow_host_protocols)
+        policy = HostPolicy.from_settings(
+            host_ports=allow_host_ports, host_protocols=allow_host_protocols, bind_paths=allow_bind_paths
+        )
     except PolicyError as exc:
         raise click.BadParameter(exc.problem, param_hint=exc.setting.option) from exc
     if insecure and not is_loopback(controller or DEFAULT_CONTROLLER):

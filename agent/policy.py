@@ -2,7 +2,7 @@
 
 Whoever holds an admin credential can apply any spec, and the controller sends it to every eligible node.
 What a spec asks of the container alone (image, command, env, limits) stays inside Docker's default
-confinement; what reaches the host itself (today: published host ports) is checked here against the
+confinement; what reaches the host itself (published host ports, bind mounts of host paths) is checked here against the
 agent's own settings before any container is created. A refused task ends REJECTED with a reason that
 names the spec field, the agent setting and the fix, and `dockyard ps` shows it.
 
@@ -13,6 +13,7 @@ passed to Docker unchecked. Pure: no I/O, no clock.
 
 from __future__ import annotations
 
+import posixpath
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
@@ -71,6 +72,13 @@ HOST_PORTS = Setting(
     f"default leaves out the privileged ports below {_FIRST_UNPRIVILEGED_PORT}, which need the operator's consent. "
     f"A spec's published 0 (Docker picks a port) is allowed only while all of {_FIRST_UNPRIVILEGED_PORT}-"
     f"{_HIGHEST_PORT} is.",
+)
+BIND_PATHS = Setting(
+    "allow-bind-paths",
+    "none",
+    "Host paths a service may bind-mount on this host: a comma-separated list of absolute directories (a mount "
+    "of one of them or of anything under it is allowed), or none. Named volumes and tmpfs mounts need no "
+    "setting.",
 )
 HOST_PROTOCOLS = Setting(
     "allow-host-protocols",
@@ -145,6 +153,27 @@ def parse_host_protocols(text: str) -> frozenset[str]:
     return frozenset(words)
 
 
+def parse_bind_paths(text: str) -> tuple[str, ...]:
+    """Reads an allow-bind-paths value into sorted normalised absolute paths (empty for `none`); raises PolicyError."""
+    words = [word.strip() for word in text.split(",")]
+    if words == ["none"]:
+        return ()
+    paths: set[str] = set()
+    for word in words:
+        if not word.startswith("/") or word in ("none", "all"):
+            raise PolicyError(
+                BIND_PATHS,
+                f"{quote(word)} is not an absolute path; write absolute directories like /srv/data,/var/log, or none",
+            )
+        paths.add(posixpath.normpath(word).replace("//", "/"))
+    return tuple(sorted(paths))
+
+
+def _under(path: str, directory: str) -> bool:
+    """Whether `path` is `directory` or lies beneath it (both normalised)."""
+    return path == directory or path.startswith(directory.rstrip("/") + "/")
+
+
 def _ports_text(ranges: tuple[PortRange, ...]) -> str:
     return ",".join(str(r) for r in ranges) or "none"
 
@@ -163,35 +192,58 @@ class HostPolicy:
     * host_ports: the host ports a service may publish (default 1024-65535: no privileged port);
       empty forbids publishing.
     * host_protocols: the protocols it may publish them with (default tcp and udp).
+    * bind_paths: the host directories a service may bind-mount, each with everything beneath it
+      (default none). Named volumes (Docker's own storage) and tmpfs mounts are always allowed.
 
-    Refused until the policy allows them, once the spec can ask for them (it cannot yet): bind mounts of
-    host paths (a setting of allowed path prefixes, default none), devices (allowed device paths,
-    default none), privileged mode and added capabilities (default no), the host's network, PID or IPC
-    namespace (default no). Each comes as a spec field classified in HOST_FIELDS, a field here whose
-    default refuses, a Setting, and one checker in _CHECKERS.
+    Refused until the policy allows them, once the spec can ask for them (it cannot yet): devices
+    (allowed device paths, default none), privileged mode and added capabilities (default no), the
+    host's network, PID or IPC namespace (default no). Each comes as a spec field classified in
+    HOST_FIELDS, a field here whose default refuses, a Setting, and one checker in _CHECKERS.
     """
 
     host_ports: tuple[PortRange, ...] = parse_host_ports(HOST_PORTS.default)
     host_protocols: frozenset[str] = parse_host_protocols(HOST_PROTOCOLS.default)
+    bind_paths: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         # One shape per policy, however it was built: allows_port relies on merged ranges.
         object.__setattr__(self, "host_ports", _merged(list(self.host_ports)))
         object.__setattr__(self, "host_protocols", frozenset(self.host_protocols))
+        object.__setattr__(self, "bind_paths", tuple(sorted({posixpath.normpath(p) for p in self.bind_paths})))
 
     @classmethod
     def from_settings(
-        cls, *, host_ports: str = HOST_PORTS.default, host_protocols: str = HOST_PROTOCOLS.default
+        cls,
+        *,
+        host_ports: str = HOST_PORTS.default,
+        host_protocols: str = HOST_PROTOCOLS.default,
+        bind_paths: str = BIND_PATHS.default,
     ) -> HostPolicy:
         """Builds a policy from the settings as written; raises PolicyError naming the bad one."""
-        return cls(host_ports=parse_host_ports(host_ports), host_protocols=parse_host_protocols(host_protocols))
+        return cls(
+            host_ports=parse_host_ports(host_ports),
+            host_protocols=parse_host_protocols(host_protocols),
+            bind_paths=parse_bind_paths(bind_paths),
+        )
 
     def settings(self) -> dict[str, str]:
         """Returns each setting as it would be written, by name: for the agent's start-up log line."""
         return {
             HOST_PORTS.name: _ports_text(self.host_ports),
             HOST_PROTOCOLS.name: _protocols_text(self.host_protocols),
+            BIND_PATHS.name: ",".join(self.bind_paths) or "none",
         }
+
+    def allows_bind(self, source: str) -> bool:
+        """Tells whether a host path may be bind-mounted: it must be absolute and under an allowed directory.
+
+        The path is normalised first, so `..` cannot climb out of an allowed directory (symlinks on the host
+        are the operator's: an allowed directory is trusted as a whole).
+        """
+        if not source.startswith("/"):
+            return False
+        path = posixpath.normpath(source)
+        return any(_under(path, allowed) for allowed in self.bind_paths)
 
     def allows_port(self, port: int) -> bool:
         """Tells whether a spec's published port may be used; 0 (Docker picks) needs every unprivileged port."""
@@ -237,10 +289,26 @@ def _ports(spec: pb.ServiceSpec, policy: HostPolicy) -> Iterator[Issue]:
             )
 
 
+def _mounts(spec: pb.ServiceSpec, policy: HostPolicy) -> Iterator[Issue]:
+    """Bind mounts: their host path must lie under an allowed directory; volumes and tmpfs stay in Docker."""
+    allowed = policy.settings()[BIND_PATHS.name]
+    for index, mount in enumerate(spec.mounts):
+        if mount.type != pb.Mount.TYPE_BIND or policy.allows_bind(mount.source):
+            continue
+        path = key_path(index_path(key_path(service_path(spec.name), "mounts"), index), "source")
+        yield Issue(
+            path,
+            f"bind mount of host path {quote(mount.source)} is not allowed on this host ({BIND_PATHS.name} is "
+            f"{allowed}); use a named volume, keep the service off this host with a placement constraint, or have "
+            f"the host's operator add the directory to {BIND_PATHS.option}",
+        )
+
+
 # Every ServiceSpec field that reaches the host, with its checker. A field is listed here or in
 # CONTAINED_FIELDS, never both; tests/unit/test_agent_policy.py holds the proto to that.
 _CHECKERS: Mapping[str, Callable[[pb.ServiceSpec, HostPolicy], Iterator[Issue]]] = {
     "ports": _ports,
+    "mounts": _mounts,
 }
 HOST_FIELDS = frozenset(_CHECKERS)
 
@@ -265,6 +333,12 @@ CONTAINED_FIELDS: Mapping[str, str] = {
     "update": "is the controller's",
     "rollback": "is the controller's",
     "depends_on": "is the controller's",
+    "stack": "is the controller's (names and scoping)",
+    "entrypoint": "runs inside the container",
+    "networks": "are Docker bridge networks the agent itself makes on the cluster's subnets",
+    "secrets": "are files the agent writes on its own tmpfs and mounts read-only into the container",
+    "configs": "are files the agent writes on its own tmpfs and mounts read-only into the container",
+    "hostname": "is the container's own UTS namespace",
 }
 
 

@@ -1,4 +1,4 @@
-"""The labels that mark every container Dockyard creates; the agent adopts and reaps by them."""
+"""The labels that mark every container, volume and network Dockyard creates; the agent adopts and reaps by them."""
 
 from __future__ import annotations
 
@@ -14,3 +14,9 @@ SLOT = f"{PREFIX}slot"
 REVISION = f"{PREFIX}revision"
 NODE_ID = f"{PREFIX}node.id"
 GENERATION = f"{PREFIX}generation"
+
+# On Docker objects other than containers (all also carry MANAGED). A volume's cluster-wide name, a network's
+# cluster network name (its Docker name may differ), and the stack either belongs to ("" or absent: none).
+VOLUME = f"{PREFIX}volume"
+NETWORK = f"{PREFIX}network"
+STACK = f"{PREFIX}stack"

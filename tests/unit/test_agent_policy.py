@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from agent.policy import (
+    BIND_PATHS,
     CONTAINED_FIELDS,
     HOST_FIELDS,
     HOST_PORTS,
@@ -17,6 +18,7 @@ from agent.policy import (
     PolicyError,
     PortRange,
     check,
+    parse_bind_paths,
     parse_host_ports,
     parse_host_protocols,
     refusal,
@@ -97,11 +99,79 @@ def test_bad_host_protocols_name_the_option_and_the_fix(text: str) -> None:
 def test_the_defaults_are_the_settings_defaults_read() -> None:
     policy = HostPolicy()
     assert policy == HostPolicy.from_settings()
-    assert policy.settings() == {"allow-host-ports": "1024-65535", "allow-host-protocols": "tcp,udp"}
-    assert HostPolicy.from_settings(host_ports="none", host_protocols="udp").settings() == {
+    assert policy.settings() == {
+        "allow-host-ports": "1024-65535",
+        "allow-host-protocols": "tcp,udp",
+        "allow-bind-paths": "none",
+    }
+    assert HostPolicy.from_settings(host_ports="none", host_protocols="udp", bind_paths="/srv").settings() == {
         "allow-host-ports": "none",
         "allow-host-protocols": "udp",
+        "allow-bind-paths": "/srv",
     }
+
+
+# --- bind mounts ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "paths"),
+    [
+        ("none", ()),
+        ("/srv/data", ("/srv/data",)),
+        (" /var/log/ , /srv/data,/srv/data", ("/srv/data", "/var/log")),
+        ("/srv/./data/../cache", ("/srv/cache",)),
+    ],
+)
+def test_bind_paths_are_read_normalised_and_sorted(text: str, paths: tuple[str, ...]) -> None:
+    assert parse_bind_paths(text) == paths
+
+
+@pytest.mark.parametrize("text", ["srv/data", "all", "/srv,none", "", "~/data"])
+def test_a_bind_path_that_is_not_absolute_is_refused_naming_the_setting(text: str) -> None:
+    with pytest.raises(PolicyError) as caught:
+        parse_bind_paths(text)
+    assert caught.value.setting is BIND_PATHS
+    assert str(caught.value).startswith("--allow-bind-paths: ")
+    assert "absolute" in str(caught.value)
+
+
+def test_a_bind_is_allowed_only_under_an_allowed_directory() -> None:
+    policy = HostPolicy.from_settings(bind_paths="/srv/data,/var/log")
+    assert policy.allows_bind("/srv/data")
+    assert policy.allows_bind("/srv/data/db/")
+    assert policy.allows_bind("/var/log/app.log")
+    assert not policy.allows_bind("/srv/database"), "a sibling sharing a prefix is not beneath"
+    assert not policy.allows_bind("/srv/data/../../etc"), "no climbing out with .."
+    assert not policy.allows_bind("/srv")
+    assert not policy.allows_bind("srv/data"), "relative"
+    assert not HostPolicy().allows_bind("/srv/data"), "none by default"
+
+
+def mounting(*mounts: pb.Mount) -> pb.ServiceSpec:
+    spec = pb.ServiceSpec(name="web", image=IMAGE)
+    spec.mounts.extend(mounts)
+    return spec
+
+
+def test_volumes_and_tmpfs_need_no_setting_and_a_bind_is_refused_by_default() -> None:
+    spec = mounting(
+        pb.Mount(type=pb.Mount.TYPE_VOLUME, source="shop_db-data", target="/var/lib/db"),
+        pb.Mount(type=pb.Mount.TYPE_UNSPECIFIED, source="cache", target="/cache"),
+        pb.Mount(type=pb.Mount.TYPE_TMPFS, target="/tmp", tmpfs_size_bytes=1 << 20),
+        pb.Mount(type=pb.Mount.TYPE_BIND, source="/etc", target="/host-etc", read_only=True),
+    )
+    issues = [str(issue) for issue in check(spec, HostPolicy())]
+    assert issues == [
+        'services.web.mounts[3].source: bind mount of host path "/etc" is not allowed on this host '
+        "(allow-bind-paths is none); use a named volume, keep the service off this host with a placement "
+        "constraint, or have the host's operator add the directory to --allow-bind-paths"
+    ]
+    assert check(spec, HostPolicy.from_settings(bind_paths="/etc")) == []
+    refused = refusal(spec, HostPolicy.from_settings(bind_paths="/srv"))
+    assert refused is not None
+    assert refused.startswith("refused by this host's policy: services.web.mounts[3].source: ")
+    assert "(allow-bind-paths is /srv)" in refused
 
 
 def test_a_policy_built_by_hand_is_merged_like_a_read_one() -> None:
