@@ -1,12 +1,22 @@
-"""How a task becomes a container: its name, labels and settings."""
+"""How a task becomes a container: its name, labels, settings, mounts and networks."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from agent.health import docker_healthcheck
-from agent.runtime.base import ContainerSpec, PortBinding
+from agent.runtime.base import ContainerSpec, MountKind, MountSpec, NetworkAttachment, PortBinding
 from dockyard import labels
-from dockyard.spec import schema
+from dockyard.spec import schema, stacks
 from dockyard.v1 import types_pb2 as pb
+
+# A spec's mount type -> the runtime's; an unset type is a named volume (the proto's default).
+_MOUNT_KINDS = {
+    pb.Mount.TYPE_UNSPECIFIED: MountKind.VOLUME,
+    pb.Mount.TYPE_VOLUME: MountKind.VOLUME,
+    pb.Mount.TYPE_BIND: MountKind.BIND,
+    pb.Mount.TYPE_TMPFS: MountKind.TMPFS,
+}
 
 DEFAULT_STOP_GRACE = schema.STOP_GRACE_PERIOD.default_seconds
 
@@ -30,9 +40,23 @@ def task_labels(task: pb.Task, node_id: str) -> dict[str, str]:
     }
 
 
-def container_spec(task: pb.Task, node_id: str) -> ContainerSpec:
-    """Builds the container spec of a task; user labels come first so ours always win."""
+def container_spec(
+    task: pb.Task,
+    node_id: str,
+    *,
+    networks: Iterable[NetworkAttachment] = (),
+    dns: Iterable[str] = (),
+    dns_search: Iterable[str] = (),
+    file_mounts: Iterable[MountSpec] = (),
+) -> ContainerSpec:
+    """Builds the container spec of a task; user labels come first so ours always win.
+
+    `networks` (the first is the one it is created on), `dns` and `dns_search` come from the node's
+    NetworkPreparer, `file_mounts` (its secrets and configs) from its FilePreparer. On every network the
+    container also answers to the service's short name within its stack.
+    """
     spec = task.spec
+    alias = stacks.alias(spec)
     return ContainerSpec(
         name=container_name(task),
         image=spec.image,
@@ -43,7 +67,41 @@ def container_spec(task: pb.Task, node_id: str) -> ContainerSpec:
         cpu_limit=spec.resources.cpu_limit,
         memory_limit_bytes=spec.resources.memory_limit_bytes,
         healthcheck=docker_healthcheck(spec),
+        # The proto cannot tell an empty entrypoint from none: empty keeps the image's, as Compose's absent key.
+        entrypoint=tuple(spec.entrypoint) or None,
+        hostname=spec.hostname,
+        mounts=tuple(mount_spec(m) for m in spec.mounts) + tuple(file_mounts),
+        networks=tuple(
+            NetworkAttachment(a.network, a.aliases if alias in a.aliases else (*a.aliases, alias)) for a in networks
+        ),
+        dns=tuple(dns),
+        dns_search=tuple(dns_search),
     )
+
+
+def mount_spec(mount: pb.Mount) -> MountSpec:
+    """Returns the runtime's mount for a spec's: a VOLUME mount names the Docker volume by its cluster-wide name."""
+    kind = _MOUNT_KINDS.get(mount.type, MountKind.VOLUME)
+    return MountSpec(
+        kind=kind,
+        source="" if kind is MountKind.TMPFS else mount.source,
+        target=mount.target,
+        read_only=mount.read_only,
+        tmpfs_size_bytes=mount.tmpfs_size_bytes if kind is MountKind.TMPFS else 0,
+    )
+
+
+def volume_mounts(spec: pb.ServiceSpec) -> list[pb.Mount]:
+    """Returns the spec's mounts of named volumes, which the agent creates before the container."""
+    return [m for m in spec.mounts if _MOUNT_KINDS.get(m.type, MountKind.VOLUME) is MountKind.VOLUME]
+
+
+def volume_labels(spec: pb.ServiceSpec, mount: pb.Mount) -> dict[str, str]:
+    """Returns the labels of a volume the agent creates: the spec's volume_labels, then ours, which win."""
+    ours = {labels.MANAGED: "true", labels.VOLUME: mount.source}
+    if spec.stack:
+        ours[labels.STACK] = spec.stack
+    return {**dict(mount.volume_labels), **ours}
 
 
 def port_protocol(port: pb.PortMapping) -> str:

@@ -9,10 +9,11 @@ from dataclasses import replace
 
 import structlog
 
-from agent.container_spec import container_name, container_spec, stop_grace
+from agent.container_spec import container_name, container_spec, stop_grace, volume_labels, volume_mounts
 from agent.health import ProbeLoop, ProbeTracker, agent_probed, probe_settings, task_health
 from agent.outages import Outages
 from agent.policy import HostPolicy, refusal
+from agent.preparers import FilePreparer, NetworkPreparer, NoFiles, NoNetworks
 from agent.reporter import Reporter
 from agent.runtime.base import (
     ContainerInfo,
@@ -41,6 +42,8 @@ log = structlog.get_logger()
 
 PULL_TIMEOUT = 300.0
 MAX_STEPS_PER_PASS = 16
+# How Docker refuses a bind mount of a host path that does not exist (it never creates one for a Mount).
+_MISSING_BIND_SOURCE = "bind source path does not exist"
 
 
 class _Rejected(Exception):
@@ -71,9 +74,17 @@ class Worker:
         clock: Clock | None = None,
         parallel_operations: int = 8,
         policy: HostPolicy | None = None,
+        networks: NetworkPreparer | None = None,
+        files: FilePreparer | None = None,
     ) -> None:
-        """Drives the book's tasks on the runtime; `policy` (default: HostPolicy()) says what specs may ask."""
+        """Drives the book's tasks on the runtime; `policy` (default: HostPolicy()) says what specs may ask.
+
+        `networks` and `files` prepare a container's networks and secret/config files before it is created
+        (defaults: none, the container stays on Docker's default bridge).
+        """
         self._runtime = runtime
+        self._networks: NetworkPreparer = networks or NoNetworks()
+        self._files: FilePreparer = files or NoFiles()
         self._book = book
         self._reporter = reporter
         self._node_id = node_id
@@ -290,7 +301,29 @@ class Worker:
         if step.op is Op.STOP and after is not None:
             exit_code = after.exit_code  # an unhealthy container's code from the stop
         cid = container_id or (container.id if container else task.status.container_id)
-        self._report(task, step.report, step.message, step.error, exit_code, cid, cause=step.cause, health=health)
+        addresses = self._addresses(after)
+        self._report(
+            task,
+            step.report,
+            step.message,
+            step.error,
+            exit_code,
+            cid,
+            cause=step.cause,
+            health=health,
+            addresses=addresses,
+        )
+
+    def _addresses(self, container: ContainerInfo | None) -> dict[str, str]:
+        """The running container's IPv4 address on each cluster network, by the cluster network's name."""
+        if container is None or container.state is not ContainerState.RUNNING:
+            return {}
+        found: dict[str, str] = {}
+        for docker_name, address in container.addresses.items():
+            network = self._networks.network_name(docker_name)
+            if network is not None:
+                found[network] = address
+        return found
 
     async def _operate(self, task: pb.Task, op: Op, container: ContainerInfo | None) -> str:
         """Performs one operation; returns the container id it concerns ("" when none)."""
@@ -380,8 +413,22 @@ class Worker:
         raise _Rejected(pb.TASK_STATE_REJECTED, error, cause=_HOST)
 
     async def _create(self, task: pb.Task) -> str:
-        """Creates the container of a task whose spec is filled in."""
-        spec = container_spec(task, self._node_id)
+        """Creates the volumes, networks and files of a task whose spec is filled in, then its container.
+
+        A preparer that is not ready yet raises RuntimeFailure: the loop retries, and the task stays PREPARING.
+        """
+        for mount in volume_mounts(task.spec):
+            await self._runtime.ensure_volume(mount.source, volume_labels(task.spec, mount))
+        attachments = await self._networks.prepare(task)
+        file_mounts = await self._files.mounts(task)
+        spec = container_spec(
+            task,
+            self._node_id,
+            networks=attachments.networks,
+            dns=attachments.dns,
+            dns_search=attachments.dns_search,
+            file_mounts=file_mounts,
+        )
         try:
             container_id = await self._runtime.create(spec)
         except ImageNotFound as exc:
@@ -400,6 +447,13 @@ class Worker:
                 f"container name {container_name(task)!r} is taken by another container",
                 cause=_HOST,
             ) from exc
+        except RuntimeUnavailable:
+            raise
+        except RuntimeFailure as exc:
+            if _MISSING_BIND_SOURCE not in str(exc):
+                raise
+            # The host lacks a path the spec binds: this host's fault, and retrying here cannot mend it.
+            raise _Rejected(pb.TASK_STATE_REJECTED, f"create failed: {exc}", cause=_HOST) from exc
         # Known without asking Docker: it was just created and nobody started it.
         self._containers[task.id] = ContainerInfo(
             id=container_id, name=spec.name, image=spec.image, labels=spec.labels, state=ContainerState.CREATED
@@ -417,6 +471,7 @@ class Worker:
         *,
         cause: int = pb.TaskStatus.CAUSE_UNSPECIFIED,
         health: pb.TaskHealth | None = None,
+        addresses: dict[str, str] | None = None,
     ) -> None:
         status = pb.TaskStatus(
             state=state,  # type: ignore[arg-type]
@@ -426,6 +481,7 @@ class Worker:
             container_id=container_id,
             cause=cause,  # type: ignore[arg-type]
             health=health,
+            addresses=addresses,
         )
         status.timestamp.CopyFrom(to_timestamp(self._clock.now()))
         same_state = task.status.state == state  # a health report; read before the book takes the new status
