@@ -18,6 +18,8 @@ from agent.identity import (
     load_or_create_node_id,
 )
 from agent.link import ControllerLink
+from agent.network.dns import DnsServer, NameTable
+from agent.network.manager import HostSide, NetworkManager
 from agent.observer import Observer
 from agent.reporter import Reporter
 from agent.runtime.base import ContainerRuntime, HostFacts, RuntimeFailure
@@ -34,7 +36,16 @@ log = structlog.get_logger()
 class Agent:
     """One host's agent; run() keeps going until cancelled, whatever the controller or Docker do."""
 
-    def __init__(self, config: AgentConfig, runtime: ContainerRuntime, clock: Clock | None = None) -> None:
+    def __init__(
+        self,
+        config: AgentConfig,
+        runtime: ContainerRuntime,
+        clock: Clock | None = None,
+        *,
+        host_network: HostSide | None = None,
+    ) -> None:
+        """`host_network` (agent.network.host.HostNetwork on a real host) lets the agent route, filter and serve
+        DNS; without it only Docker networks are made (tests in the machine's own namespace)."""
         self.config = config
         self.runtime = runtime
         self.clock: Clock = clock or SystemClock()
@@ -53,6 +64,14 @@ class Agent:
         keeper = self.keeper
         self.book = TaskBook(config.state_dir / TASK_BOOK_FILE, clock=self.clock)
         self.reporter = Reporter()
+        self.network = NetworkManager(
+            runtime,
+            self.node_id,
+            host=host_network,
+            dns=DnsServer(NameTable(), clock=self.clock) if host_network is not None else None,
+            state_dir=config.state_dir,
+            clock=self.clock,
+        )
         self.worker = Worker(
             runtime,
             self.book,
@@ -83,6 +102,7 @@ class Agent:
             clock=self.clock,
             credentials=lambda: keeper.credentials if keeper is not None else None,
             guard=self.guard,
+            network=self.network,
         )
         self._facts: HostFacts | None = None
 
@@ -129,6 +149,7 @@ class Agent:
     async def run(self) -> None:
         """Resumes from the persisted tasks, then converges and talks to the controller until cancelled."""
         self.book.load()
+        self.network.load()
         log.info(
             "agent starting",
             node_id=self.node_id,
@@ -146,6 +167,7 @@ class Agent:
                 group.create_task(self.observer.run())
                 group.create_task(self.link.run())
                 group.create_task(self._enforce_on_disconnect())
+                group.create_task(self.network.run())
                 if self.keeper is not None:
                     group.create_task(self.keeper.keep_renewed(self.controller))
         finally:

@@ -22,6 +22,7 @@ import structlog
 from agent.commands import CommandHandlers, CommandRunner
 from agent.config import AgentConfig
 from agent.identity import ClusterGuard, ClusterMismatch, of_another_ca
+from agent.network.manager import NetworkManager
 from agent.reporter import Reporter
 from agent.runtime.base import RuntimeFailure
 from agent.task_book import TaskBook
@@ -91,8 +92,10 @@ class ControllerLink:
         credentials: Callable[[], pki.Credentials | None] = lambda: None,
         guard: ClusterGuard | None = None,
         commands: CommandHandlers | None = None,
+        network: NetworkManager | None = None,
     ) -> None:
         self._address = address
+        self._network = network  # takes the NetworkMap and DnsTable messages (None: they are ignored)
         # Read at every dial, so a renewed certificate is used from the next one on (None: --insecure).
         self._credentials = credentials
         self._guard = guard
@@ -245,6 +248,10 @@ class ControllerLink:
             self._heard = self._clock.monotonic()
             if message.HasField("assignments"):
                 self._apply(message.assignments)
+            elif message.HasField("network_map") and self._network is not None:
+                self._network.update_map(message.network_map)
+            elif message.HasField("dns") and self._network is not None:
+                self._network.update_dns(message.dns)
             elif message.HasField("command"):
                 self._runner.submit(message.command)
 

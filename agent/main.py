@@ -169,11 +169,12 @@ main.params.insert(0, config_option())
 async def _run(config: AgentConfig) -> None:
     # Imported here: `dockyard-agent join` needs neither the agent nor Docker's client (a quicker join).
     from agent.agent import Agent
+    from agent.network.host import HostNetwork
     from agent.runtime.docker import DockerRuntime
 
     runtime = DockerRuntime(config.docker_url)
     try:
-        agent = Agent(config, runtime)
+        agent = Agent(config, runtime, host_network=HostNetwork())
     except BaseException:
         await runtime.close()
         raise
