@@ -7,6 +7,7 @@ import platform
 
 import structlog
 
+from agent.commands import CommandHandlers
 from agent.config import AgentConfig
 from agent.disconnect import overdue
 from agent.identity import (
@@ -17,6 +18,7 @@ from agent.identity import (
     load_membership,
     load_or_create_node_id,
 )
+from agent.images import ImageLoader, Images
 from agent.link import ControllerLink
 from agent.network.dns import DnsServer, NameTable
 from agent.network.manager import HostSide, NetworkManager
@@ -72,6 +74,10 @@ class Agent:
             state_dir=config.state_dir,
             clock=self.clock,
         )
+        self.images = Images(runtime, self.clock)
+        # What the controller may ask of this agent through its session; others register theirs here too.
+        self.commands = CommandHandlers()
+        self.commands.register("image_load", ImageLoader(runtime, self.images, self.clock))
         self.worker = Worker(
             runtime,
             self.book,
@@ -80,6 +86,7 @@ class Agent:
             clock=self.clock,
             parallel_operations=config.parallel_operations,
             policy=config.policy,
+            images=self.images,
         )
         self.observer = Observer(
             runtime,
@@ -103,6 +110,7 @@ class Agent:
             credentials=lambda: keeper.credentials if keeper is not None else None,
             guard=self.guard,
             network=self.network,
+            commands=self.commands,
         )
         self._facts: HostFacts | None = None
 

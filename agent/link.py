@@ -204,6 +204,7 @@ class ControllerLink:
     async def _serve(self, call: _Call, description: pb.NodeDescription, backoff: Backoff) -> None:
         self._reporter.clear()
         hello = apb.Hello(node_id=self._node_id, description=description, inventory=self._book.inventory())
+        hello.images.extend(await self._worker.images.references())
         welcome_within = self._period * MISSED_HEARTBEATS + self._connect_timeout
         try:
             async with self._clock.timeout(welcome_within):
@@ -256,6 +257,7 @@ class ControllerLink:
                 self._runner.submit(message.command)
 
     def _apply(self, assignments: apb.Assignments) -> None:
+        self._worker.images.note(assignments)  # before the tasks are woken: they may need to know
         changed = self._book.apply(assignments)
         missing = {
             spec_key(t)

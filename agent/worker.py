@@ -11,6 +11,7 @@ import structlog
 
 from agent.container_spec import container_name, container_spec, stop_grace, volume_labels, volume_mounts
 from agent.health import ProbeLoop, ProbeTracker, agent_probed, probe_settings, task_health
+from agent.images import Images, ImageUnavailable, ImageWaiting
 from agent.outages import Outages
 from agent.policy import HostPolicy, refusal
 from agent.preparers import FilePreparer, NetworkPreparer, NoFiles, NoNetworks
@@ -40,7 +41,6 @@ from dockyard.v1 import types_pb2 as pb
 
 log = structlog.get_logger()
 
-PULL_TIMEOUT = 300.0
 MAX_STEPS_PER_PASS = 16
 # How Docker refuses a bind mount of a host path that does not exist (it never creates one for a Mount).
 _MISSING_BIND_SOURCE = "bind source path does not exist"
@@ -76,6 +76,7 @@ class Worker:
         policy: HostPolicy | None = None,
         networks: NetworkPreparer | None = None,
         files: FilePreparer | None = None,
+        images: Images | None = None,
     ) -> None:
         """Drives the book's tasks on the runtime; `policy` (default: HostPolicy()) says what specs may ask.
 
@@ -90,6 +91,8 @@ class Worker:
         self._node_id = node_id
         self._clock: Clock = clock or SystemClock()
         self._policy = policy or HostPolicy()
+        self.images = images or Images(runtime, self._clock)
+        """How a missing image is had: pulled with credentials, or waited for a push (agent/images.py)."""
         # Whoever can apply services can make every task refused; one warning per service now and then is enough.
         self._refusal_logs = Throttle(self._clock, interval=60.0, burst=1)
         # A flapping health check changes its streak at every probe (10 a second at the shortest interval).
@@ -138,6 +141,8 @@ class Worker:
                     if await self._converge(task_id):
                         return
                     backoff.reset()
+                except ImageWaiting:
+                    pass  # reported; Images.loaded wakes the task when the push brought its image
                 except RuntimeFailure as exc:
                     # The daemon is away or flaky: keep what runs, and try again later.
                     if isinstance(exc, RuntimeUnavailable):
@@ -335,7 +340,7 @@ class Worker:
                 raise self._no_spec(task)
             self._check_policy(task, spec)  # before the pull: a refused image need not be fetched
             async with self._limit:
-                await self._prepare(spec.image)
+                await self._prepare(task, spec.image)
             return ""
         if op is Op.CREATE:
             full = self._book.with_spec(task)
@@ -344,6 +349,7 @@ class Worker:
             # Again here: a task the book resumes after a restart under a stricter policy skips PREPARE.
             self._check_policy(task, full.spec)
             async with self._limit:
+                await self._prepare(task, full.spec.image)  # at once when present; a task that waited for a push
                 return await self._create(full)
         async with self._limit:
             assert container is not None, f"{op} needs a container"
@@ -373,18 +379,17 @@ class Worker:
                 self._containers[task.id] = None
             return container.id
 
-    async def _prepare(self, image: str) -> None:
-        if await self._runtime.has_image(image):
-            return
+    async def _prepare(self, task: pb.Task, image: str) -> None:
+        """Gets the image (agent/images.py); a pushable one makes the task wait in PREPARING, saying so."""
         try:
-            async with self._clock.timeout(PULL_TIMEOUT):
-                await self._runtime.pull(image)
-        except (ImageNotFound, TimeoutError) as exc:
-            raise _Rejected(
-                pb.TASK_STATE_REJECTED,
-                f"image {image!r} is not on this host and could not be pulled: {exc}",
-                cause=_HOST,
-            ) from exc
+            await self.images.obtain(image)
+        except ImageWaiting as waiting:
+            if (task.status.state, task.status.message) != (pb.TASK_STATE_PREPARING, waiting.message):
+                self._report(task, pb.TASK_STATE_PREPARING, waiting.message, "", 0, "")
+            self.images.wake_on_load(image, task.id, lambda: self.wake([task.id]))
+            raise
+        except ImageUnavailable as exc:
+            raise _Rejected(pb.TASK_STATE_REJECTED, str(exc), cause=_HOST) from exc
 
     def _no_spec(self, task: pb.Task) -> _Rejected:
         error = (

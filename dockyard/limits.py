@@ -20,6 +20,7 @@ __all__ = [
     "CONTROLLER_PORT",
     "DEFAULT_CONTROLLER",
     "HEALTH_OUTPUT_BYTES",
+    "HELLO_IMAGES",
     "HELLO_TIMEOUT_SECONDS",
     "IMAGE_PIECES_IN_FLIGHT",
     "IMAGE_PIECE_BYTES",
@@ -73,6 +74,10 @@ COMMAND_RESULT_BYTES: Final = 1024 * 1024
 AGENT_COMMANDS: Final = 16
 IMAGE_PIECE_BYTES: Final = 1024 * 1024
 IMAGE_PIECES_IN_FLIGHT: Final = 4
+
+# The image references a hello lists (the controller keeps which node has which image from them); a host with
+# more lists the first ones, and a task needing another is simply not known to be pushable from it.
+HELLO_IMAGES: Final = 4096
 
 _CUT_MARK: Final = " [truncated]"
 
