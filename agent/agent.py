@@ -87,6 +87,7 @@ class Agent:
             parallel_operations=config.parallel_operations,
             policy=config.policy,
             images=self.images,
+            networks=self.network,
         )
         self.observer = Observer(
             runtime,

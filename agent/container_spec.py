@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from agent.health import docker_healthcheck
 from agent.runtime.base import ContainerSpec, MountKind, MountSpec, NetworkAttachment, PortBinding
 from dockyard import labels
-from dockyard.spec import schema, stacks
+from dockyard.spec import schema
 from dockyard.v1 import types_pb2 as pb
 
 # A spec's mount type -> the runtime's; an unset type is a named volume (the proto's default).
@@ -52,11 +52,11 @@ def container_spec(
     """Builds the container spec of a task; user labels come first so ours always win.
 
     `networks` (the first is the one it is created on), `dns` and `dns_search` come from the node's
-    NetworkPreparer, `file_mounts` (its secrets and configs) from its FilePreparer. On every network the
-    container also answers to the service's short name within its stack.
+    NetworkPreparer, `file_mounts` (its secrets and configs) from its FilePreparer. Aliases are the
+    preparer's alone: agent.network gives none, since Docker's embedded DNS would answer a service's short
+    name itself with this host's containers only (docs/design/network.md, "DNS").
     """
     spec = task.spec
-    alias = stacks.alias(spec)
     return ContainerSpec(
         name=container_name(task),
         image=spec.image,
@@ -71,9 +71,7 @@ def container_spec(
         entrypoint=tuple(spec.entrypoint) or None,
         hostname=spec.hostname,
         mounts=tuple(mount_spec(m) for m in spec.mounts) + tuple(file_mounts),
-        networks=tuple(
-            NetworkAttachment(a.network, a.aliases if alias in a.aliases else (*a.aliases, alias)) for a in networks
-        ),
+        networks=tuple(networks),
         dns=tuple(dns),
         dns_search=tuple(dns_search),
     )

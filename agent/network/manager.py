@@ -134,8 +134,12 @@ class NetworkManager:
         """The task's networks as Docker attachments, with the first network's gateway as its DNS server.
 
         Raises NetworkNotReady when a network has no subnet on this node yet (the controller sends the map
-        before the task, so this is a short wait) or its Docker network cannot be made now.
+        before the task, so this is a short wait) or its Docker network cannot be made now. Before any map
+        has come (from the controller or the state dir) the controller does not do cluster networking:
+        containers go on Docker's default bridge, as before it did.
         """
+        if self._map is None:
+            return Attachments()
         wanted = stacks.networks_of(task.spec)
         local: list[LocalNetwork] = []
         for name in wanted:

@@ -43,7 +43,7 @@ POSTROUTING_CHAIN: Final = "DOCKYARD-POSTROUTING"
 DOCKER_USER_CHAIN: Final = "DOCKER-USER"
 DNS_PORT: Final = 53
 # The label on the Docker networks this agent creates: its value is the cluster network's name.
-NETWORK_LABEL: Final = f"{labels.PREFIX}network"
+NETWORK_LABEL: Final = labels.NETWORK
 
 
 @dataclass(frozen=True, order=True)
@@ -229,11 +229,12 @@ def firewall(
     postrouting: list[Rule] = []
     for net in networks:
         here = str(net.subnet)
+        # Within the bridge too: with br_netfilter loaded (Docker loads it), switched frames pass FORWARD.
+        forward.append(("-s", here, "-d", here, "-j", "ACCEPT"))
         for peer in members.get(net.name, ()):
-            if peer == net.subnet:
-                continue  # within the bridge: switched, not routed
-            forward.append(("-s", here, "-d", str(peer), "-j", "ACCEPT"))
-            forward.append(("-s", str(peer), "-d", here, "-j", "ACCEPT"))
+            if peer != net.subnet:
+                forward.append(("-s", here, "-d", str(peer), "-j", "ACCEPT"))
+                forward.append(("-s", str(peer), "-d", here, "-j", "ACCEPT"))
         if net.internal:
             forward.append(("-s", here, "-j", "DROP"))
             forward.append(("-d", here, "-j", "DROP"))

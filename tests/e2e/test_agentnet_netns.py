@@ -75,8 +75,8 @@ class Lab:
         sh("ip", "-n", ns, "link", "set", "lo", "up")
         return ns
 
-    def container(self, host: str, network: str) -> str:
-        """A namespace standing in for a container on `network` of `host`: address .2 of the host's subnet."""
+    def container(self, host: str, network: str, index: int = 1) -> str:
+        """A namespace standing in for a container on `network` of `host`: address .(1 + index) of its subnet."""
         subnet = IPv4Network(SUBNETS[(network, host)])
         gateway = gateway_of(subnet)
         host_ns = self.ns(host)
@@ -85,10 +85,11 @@ class Lab:
             sh("ip", "-n", host_ns, "link", "add", bridge, "type", "bridge")
             sh("ip", "-n", host_ns, "addr", "add", f"{gateway}/{subnet.prefixlen}", "dev", bridge)
             sh("ip", "-n", host_ns, "link", "set", bridge, "up")
-        ns = self.add_ns(f"{host}-{network[:4]}")
-        sh("ip", "-n", host_ns, "link", "add", "c" + network[:4], "type", "veth", "peer", "name", "eth0", "netns", ns)
-        sh("ip", "-n", host_ns, "link", "set", "c" + network[:4], "master", bridge, "up")
-        sh("ip", "-n", ns, "addr", "add", f"{gateway + 1}/{subnet.prefixlen}", "dev", "eth0")
+        ns = self.add_ns(f"{host}-{network[:4]}{index}")
+        veth = f"c{network[:4]}{index}"
+        sh("ip", "-n", host_ns, "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns)
+        sh("ip", "-n", host_ns, "link", "set", veth, "master", bridge, "up")
+        sh("ip", "-n", ns, "addr", "add", f"{gateway + index}/{subnet.prefixlen}", "dev", "eth0")
         sh("ip", "-n", ns, "link", "set", "eth0", "up")
         sh("ip", "-n", ns, "route", "add", "default", "via", str(gateway))
         return ns
@@ -190,11 +191,15 @@ async def test_traffic_flows_direct_and_over_vxlan_and_networks_are_isolated(lab
     in_ns(h1, "iptables", "-N", "DOCKER-USER")
     in_ns(h1, "iptables", "-A", "FORWARD", "-j", "DOCKER-USER")
     in_ns(h1, "iptables", "-P", "FORWARD", "DROP")
+    # As Docker does (it loads br_netfilter): frames switched within a bridge pass FORWARD too.
+    in_ns(h1, "sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=1")
+    neighbour = lab.container("h1", "dockyard", index=2)
     for host in ADDRESSES:
         await apply(lab, host, 1)
     assert "-A DOCKER-USER -j DOCKYARD-FORWARD" in in_ns(h1, "iptables", "-S", "DOCKER-USER").stdout
 
     here = c[("h1", "dockyard")]
+    assert lab.reaches(neighbour, address_of("h1", "dockyard"))  # same bridge, same host
     assert lab.reaches(here, address_of("h2", "dockyard"))  # direct route
     assert lab.reaches(here, address_of("h3", "dockyard"))  # VXLAN
     assert lab.reaches(c[("h1", "shop_default")], address_of("h3", "shop_default"))  # VXLAN, other network

@@ -69,7 +69,7 @@ def test_no_entrypoint_keeps_the_images() -> None:
     assert container_spec(task_with("command: [x]"), "n1").entrypoint is None
 
 
-def test_networks_get_the_short_name_as_alias_and_dns_and_file_mounts_are_added() -> None:
+def test_networks_keep_the_preparers_aliases_and_dns_and_file_mounts_are_added() -> None:
     secret = MountSpec("bind", "/run/dockyard/files/abc", "/run/secrets/db_password", read_only=True)
     made = container_spec(
         app_task(),
@@ -80,7 +80,7 @@ def test_networks_get_the_short_name_as_alias_and_dns_and_file_mounts_are_added(
         file_mounts=[secret],
     )
     assert made.networks == (
-        NetworkAttachment("dky-shop_default", ("db",)),
+        NetworkAttachment("dky-shop_default"),
         NetworkAttachment("dky-shop_back", ("db", "primary")),
     )
     assert made.dns == ("10.128.0.1",)
@@ -89,9 +89,9 @@ def test_networks_get_the_short_name_as_alias_and_dns_and_file_mounts_are_added(
     assert len(made.mounts) == 5
 
 
-def test_a_service_outside_any_stack_answers_to_its_name() -> None:
+def test_no_alias_is_added_so_dockers_dns_forwards_short_names_to_the_agents() -> None:
     made = container_spec(task_with("command: [x]"), "n1", networks=[NetworkAttachment("dockyard")])
-    assert made.networks == (NetworkAttachment("dockyard", ("web",)),)
+    assert made.networks == (NetworkAttachment("dockyard"),)
 
 
 def test_only_named_volumes_are_created_and_our_labels_win_over_the_specs() -> None:

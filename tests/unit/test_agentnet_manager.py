@@ -9,6 +9,7 @@ import pytest
 
 from agent.network.manager import MAP_FILE, NetworkManager, NetworkNotReady
 from agent.network.plan import NETWORK_LABEL, HostPlan, bridge_name
+from agent.preparers import Attachments
 from agent.runtime.base import NetworkAttachment, NetworkInUse
 from agent.runtime.fake import FakeRuntime
 from dockyard import labels
@@ -50,9 +51,12 @@ def task(stack: str = "", name: str = "web", networks: tuple[str, ...] = ()) -> 
 async def test_prepare_waits_for_a_subnet_then_attaches_with_dns() -> None:
     runtime = FakeRuntime()
     manager = NetworkManager(runtime, "n1")
+    # A controller that never sent a map does no cluster networking: Docker's default bridge, as before.
+    assert await manager.prepare(task()) == Attachments()
+    assert manager.update_map(network_map(1, "shop_default"))
     with pytest.raises(NetworkNotReady, match="network dockyard has no subnet on this node yet"):
         await manager.prepare(task())
-    assert manager.update_map(network_map(1, "dockyard", "shop_default", "shop_back"))
+    assert manager.update_map(network_map(2, "dockyard", "shop_default", "shop_back"))
 
     plain = await manager.prepare(task())
     assert plain.networks == (NetworkAttachment("dockyard"),)

@@ -147,6 +147,7 @@ def test_internal_network_reaches_only_its_own_subnets() -> None:
     )
     forward = [" ".join(r) for r in p.plan(internal, "h1", UNDERLAY).firewall.forward]
     assert forward == [
+        "-s 10.128.6.0/24 -d 10.128.6.0/24 -j ACCEPT",
         "-s 10.128.6.0/24 -d 10.128.7.0/24 -j ACCEPT",
         "-s 10.128.7.0/24 -d 10.128.6.0/24 -j ACCEPT",
         "-s 10.128.6.0/24 -j DROP",
