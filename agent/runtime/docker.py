@@ -91,6 +91,9 @@ class _Errors:
         if exc.status == _CONNECTION_FAILED:
             return RuntimeUnavailable(message)
         if exc.status == 404:
+            if self.not_found is ContainerNotFound and "no such container" not in message.lower():
+                # Starting a container whose network is gone is a 404 too ("network X not found").
+                return RuntimeFailure(message)
             return self.not_found(message)
         if exc.status == 409:
             return self.conflict(message)
@@ -100,6 +103,10 @@ class _Errors:
 
 
 _CONTAINER_CALL = _Errors()
+
+
+class _Missing(RuntimeFailure):
+    """A volume or network that is not there (a 404 of its own calls); never leaves this module."""
 
 
 @contextlib.contextmanager
@@ -504,10 +511,10 @@ class DockerRuntime:
     async def remove_volume(self, name: str) -> None:
         """Removes the volume; a missing one is no error; raises VolumeInUse while a container mounts it."""
         try:
-            with _mapped_errors(_Errors(conflict=VolumeInUse)):
+            with _mapped_errors(_Errors(not_found=_Missing, conflict=VolumeInUse)):
                 volume = await self._volumes().get(name)
                 await volume.delete()
-        except ContainerNotFound:
+        except _Missing:
             return
 
     async def ensure_network(
@@ -549,10 +556,10 @@ class DockerRuntime:
         if match is None:
             return None
         try:
-            with _mapped_errors():
+            with _mapped_errors(_Errors(not_found=_Missing)):
                 data: _Json = await self._network_handle(str(match["Id"])).show()
                 return data
-        except ContainerNotFound:
+        except _Missing:
             return None
 
     async def list_networks(self, labels: Mapping[str, str]) -> list[NetworkInfo]:
@@ -570,9 +577,9 @@ class DockerRuntime:
         network = self._network_handle(str(existing["Id"]))
         try:
             # Docker says "has active endpoints" with a 403 (20.10) or a 409 (later).
-            with _mapped_errors(_Errors(conflict=NetworkInUse)):
+            with _mapped_errors(_Errors(not_found=_Missing, conflict=NetworkInUse)):
                 await network.delete()
-        except ContainerNotFound:
+        except _Missing:
             return
         except RuntimeFailure as exc:
             if "active endpoints" in str(exc):

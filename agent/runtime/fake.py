@@ -19,14 +19,17 @@ does after the first interval. Any other check stays "starting" until the test c
 
 A ``sh -c`` script of simple commands joined by `` && `` runs at once at start and exits with the first
 failing command's code (0 when all pass): ``exit N``, ``touch PATH``, ``echo WORDS > PATH``, ``test -e|-f
-PATH`` and ``grep -q[F][x] TEXT PATH``. They act on the container's files as Docker lays them out: named
-volumes (shared by every container mounting them, kept until remove_volume), bind mounts (the real host
-path), tmpfs (the container's own), a read-only mount refusing writes (exit 1), and the files Docker writes:
-/etc/hostname, /etc/resolv.conf (on a user-defined network Docker's embedded DNS 127.0.0.11 with the search
-domains; on the default bridge the spec's nameservers) and /proc/mounts (a line per mount). A container
-joins its networks when it starts, getting the next free address of each network's subnet, and leaves them
-when it exits. Images have ids ("sha256:" + a digest of the reference unless loaded with another), and
-save_image writes a `docker save` archive (manifest.json with RepoTags) that load_image reads back.
+PATH``, ``grep -q[F][x] TEXT PATH`` and ``nslookup -type=a NAME`` (found, as by Docker's embedded DNS,
+when a running container on a user-defined network shared with this one has that name, alias or short id).
+They act on the container's files as Docker lays them out: named volumes (shared by every container
+mounting them, kept until remove_volume), bind mounts (the real host path), tmpfs (the container's own), a
+read-only mount refusing writes (exit 1), and the files Docker writes: /etc/hostname, /etc/resolv.conf (on
+a user-defined network Docker's embedded DNS 127.0.0.11 with the search domains; on the default bridge the
+spec's nameservers) and /proc/mounts (a line per mount). A container joins its networks when it starts
+(one that no longer exists fails the start), getting the next free address of each network's subnet, and
+leaves them when it exits. Images have ids ("sha256:" + a digest of the reference unless loaded with
+another), and save_image writes a `docker save` archive (manifest.json with RepoTags) that load_image
+reads back.
 
 Other events, as Docker 20.10 emits them: create; start; remove of a running container gives
 kill, die 137, destroy, of a stopped one destroy. Stopping or starting a container that is already in
@@ -140,7 +143,7 @@ def _is_scripted(words: list[str]) -> bool:
     match words:
         case ["exit", code]:
             return _EXIT_COMMAND.match(f"exit {code}") is not None
-        case ["touch", _] | ["test", "-e" | "-f", _]:
+        case ["touch", _] | ["test", "-e" | "-f", _] | ["nslookup", "-type=a", _]:
             return True
         case ["echo", *_, ">", _]:
             return True
@@ -463,9 +466,6 @@ class FakeRuntime:
         if spec.name and any(c.name == spec.name.lstrip("/") for c in self._containers.values()):
             raise NameConflict(f'Conflict. The container name "/{spec.name.lstrip("/")}" is already in use')
         self._check_mounts(spec.mounts)
-        for attachment in spec.networks:
-            if attachment.network not in self._networks:
-                raise RuntimeFailure(f"network {attachment.network} not found")
         for mount in spec.mounts:
             # Docker creates a named volume that does not exist yet, without labels.
             if mount.kind == MountKind.VOLUME:
@@ -502,9 +502,10 @@ class FakeRuntime:
             container.error = f'exec: "{command[0]}": stat {command[0]}: no such file or directory'
             raise RuntimeFailure(container.error)
         for attachment in container.spec.networks:
-            # A network removed after the container was created (allowed while it was not running).
+            # Docker looks networks up at start, not at create: one missing (or removed since) fails the start.
             if attachment.network not in self._networks:
-                raise RuntimeFailure(f"network {attachment.network} not found")
+                container.error = f"network {attachment.network} not found"
+                raise RuntimeFailure(container.error)
         for attachment in container.spec.networks:
             container.addresses[attachment.network] = self._free_address(attachment.network)
         container.state = ContainerState.RUNNING
@@ -734,6 +735,8 @@ class FakeRuntime:
                 return 0 if self._write(container, path, " ".join(text) + "\n") else 1
             case ["test", _, path]:
                 return 0 if self._read(container, path) is not None else 1
+            case ["nslookup", _, name]:
+                return 0 if self._resolves(container, name) else 1
             case ["grep", flags, pattern, path]:
                 content = self._read(container, path)
                 if content is None:
@@ -745,6 +748,17 @@ class FakeRuntime:
                     found = any(pattern in line if "F" in flags else re.search(pattern, line) for line in lines)
                 return 0 if found else 1
         raise AssertionError(f"not a scripted command: {words}")
+
+    def _resolves(self, container: _Container, name: str) -> bool:
+        """Whether Docker's embedded DNS answers `name` to this container (user-defined networks only)."""
+        mine = {a.network for a in container.spec.networks}
+        for other in self._containers.values():
+            if other.state is not ContainerState.RUNNING:
+                continue
+            for attachment in other.spec.networks:
+                if attachment.network in mine and name in (other.name, other.id[:12], *attachment.aliases):
+                    return True
+        return False
 
     def _mount_at(self, container: _Container, path: str) -> tuple[MountSpec | None, str]:
         """The mount a path falls in (the deepest) and the path under the mount's root."""

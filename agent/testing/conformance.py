@@ -22,10 +22,17 @@ import abc
 import asyncio
 import contextlib
 import gc
+import io
+import ipaddress
+import json
+import shutil
+import tarfile
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
+from pathlib import Path
 from types import TracebackType
 from typing import Any, ClassVar, Generic, Literal, TypeVar
 
@@ -39,11 +46,16 @@ from agent.runtime.base import (
     HealthConfig,
     HealthStatus,
     ImageNotFound,
+    MountSpec,
     NameConflict,
+    NetworkAttachment,
+    NetworkInUse,
     PortBinding,
+    RegistryAuth,
     RuntimeEvent,
     RuntimeFailure,
     RuntimeUnavailable,
+    VolumeInUse,
 )
 
 __all__ = [
@@ -75,6 +87,8 @@ HEALTHCHECK_IMAGE = "dockyard-test-healthcheck:latest"
 IMAGE_CHECK = HealthConfig(
     ("CMD-SHELL", "echo image-check; exit 0"), interval_ns=100_000_000, timeout_ns=2_000_000_000, retries=2
 )
+# Docker's embedded DNS, the nameserver of every container on a user-defined network.
+EMBEDDED_DNS = "127.0.0.11"
 # Checks probe every 100 ms (the spec's minimum), so Docker settles within a fraction of a second.
 _FAST = {"interval_ns": 100_000_000, "timeout_ns": 2_000_000_000}
 
@@ -224,6 +238,13 @@ class RuntimeConformance(abc.ABC):
     def open_runtime(self) -> contextlib.AbstractAsyncContextManager[ContainerRuntime]:
         """Returns a context that connects a runtime to a working daemon that has `image`, and closes it on exit."""
 
+    async def remove_image(self, runtime: ContainerRuntime, image: str) -> bool:
+        """Removes an image a check loaded (the protocol has no call for it); False when the subclass cannot.
+
+        The save-and-load check runs only when the loaded copy can be removed again.
+        """
+        return False
+
     @abc.abstractmethod
     def open_outage(
         self, runtime: ContainerRuntime
@@ -244,6 +265,11 @@ class RuntimeConformance(abc.ABC):
             finally:
                 for info in await runtime.list(labels):
                     await runtime.remove(info.id)
+                # Volumes and networks go after the containers that used them.
+                for volume in await runtime.list_volumes(labels):
+                    await runtime.remove_volume(volume.name)
+                for network in await runtime.list_networks(labels):
+                    await runtime.remove_network(network.name)
 
     @contextlib.asynccontextmanager
     async def _trial_with_events(self) -> AsyncIterator[tuple[_Trial, EventLog]]:
@@ -505,6 +531,232 @@ class RuntimeConformance(abc.ABC):
             others = asyncio.all_tasks() - {asyncio.current_task()}
             assert not others, f"the subscription left tasks behind: {others}"
 
+    # --- images ----------------------------------------------------------------------------------
+
+    async def test_image_id_and_list_images(self) -> None:
+        """image_id() gives a present image's id (also untagged), None for a missing one; list_images names it."""
+        async with self._trial() as trial:
+            runtime = trial.runtime
+            image_id = await runtime.image_id(self.image)
+            assert image_id is not None and image_id.startswith("sha256:")
+            assert await runtime.image_id(self.image.removesuffix(":latest")) == image_id
+            assert await runtime.image_id(MISSING_IMAGE) is None
+            assert self.image in await runtime.list_images()
+
+    async def test_pull_with_credentials_of_an_unreachable_registry_fails_promptly(self) -> None:
+        """pull() with credentials raises ImageNotFound as without them, and never hangs."""
+        async with self._trial() as trial:
+            auth = RegistryAuth("127.0.0.1:1", "someone", "secret")
+            assert "secret" not in repr(auth)
+            async with asyncio.timeout(DEADLINE):
+                with _raises(ImageNotFound):
+                    await trial.runtime.pull(UNPULLABLE, auth)
+
+    async def test_saved_image_loads_back_under_another_name(self) -> None:
+        """save_image() streams a `docker save` archive that load_image() loads: same id, the archive's name.
+
+        The archive is renamed to a test-only reference before loading, and that copy is removed afterwards.
+        """
+        async with self._trial() as trial:
+            runtime = trial.runtime
+            copy = f"dockyard-test-roundtrip-{trial.labels[RUN_LABEL][:12]}:latest"
+            original = await runtime.image_id(self.image)
+            archive = bytearray()
+            async for chunk in runtime.save_image(self.image):
+                archive.extend(chunk)
+            with _raises(ImageNotFound):
+                async for _ in runtime.save_image(MISSING_IMAGE):
+                    pass
+            with _raises(RuntimeFailure):
+                await runtime.load_image(_chunks(b"not an image archive" * 100))
+            renamed = _renamed_archive(bytes(archive), self.image, copy)
+            if not await self.remove_image(runtime, copy):
+                return  # the subclass cannot clean a loaded copy up
+            try:
+                assert await runtime.load_image(_chunks(renamed)) == [copy]
+                assert await runtime.image_id(copy) == original
+                assert copy in await runtime.list_images()
+            finally:
+                await self.remove_image(runtime, copy)
+            assert await runtime.image_id(copy) is None
+
+    # --- volumes and mounts -------------------------------------------------------------------------
+
+    async def test_volumes_are_ensured_once_listed_by_label_and_removed(self) -> None:
+        """ensure_volume() creates once (a second call keeps the first labels); list by labels; remove is idempotent."""
+        async with self._trial() as trial:
+            runtime = trial.runtime
+            name = _unique("dy-test-vol")
+            made = await runtime.ensure_volume(name, {**trial.labels, "role": "data"})
+            assert (made.name, dict(made.labels)) == (name, {**trial.labels, "role": "data"})
+            again = await runtime.ensure_volume(name, {**trial.labels, "role": "other"})
+            assert again == made
+            assert await runtime.list_volumes({**trial.labels, "role": "data"}) == [made]
+            assert await runtime.list_volumes({**trial.labels, "role": "other"}) == []
+            await runtime.remove_volume(name)
+            await runtime.remove_volume(name)
+            assert await runtime.list_volumes(trial.labels) == []
+            with _raises(RuntimeFailure):
+                await runtime.ensure_volume("no spaces/allowed", trial.labels)
+
+    async def test_volume_data_outlives_its_container_and_removal_waits_for_the_last_user(self) -> None:
+        """What a container writes to a volume, the next container sees; remove_volume refuses while any mounts it."""
+        async with self._trial() as trial:
+            runtime = trial.runtime
+            name = _unique("dy-test-vol")
+            await runtime.ensure_volume(name, trial.labels)
+            mount = (MountSpec("volume", name, "/data"),)
+            writer = await runtime.create(trial.spec(("sh", "-c", "echo kept > /data/f && exit 0"), mounts=mount))
+            await runtime.start(writer)
+            await _wait_state(runtime, writer, ContainerState.EXITED)
+            assert (await runtime.inspect(writer)).exit_code == 0
+            with _raises(VolumeInUse):
+                await runtime.remove_volume(name)  # even by an exited container
+            await runtime.remove(writer)
+            reader = await runtime.create(trial.spec(("sh", "-c", "grep -qxF kept /data/f"), mounts=mount))
+            await runtime.start(reader)
+            await _wait_state(runtime, reader, ContainerState.EXITED)
+            assert (await runtime.inspect(reader)).exit_code == 0, "the replacement container found the data"
+            await runtime.remove(reader)
+            await runtime.remove_volume(name)
+            assert await runtime.list_volumes(trial.labels) == []
+
+    async def test_bind_tmpfs_and_read_only_mounts(self) -> None:
+        """A bind shows and takes host files, a tmpfs has its size, a read-only mount refuses writes (exit 1)."""
+        async with self._trial() as trial:
+            runtime = trial.runtime
+            volume = _unique("dy-test-vol")
+            await runtime.ensure_volume(volume, trial.labels)
+            host = Path(tempfile.mkdtemp(prefix="dockyard-bind-"))
+            try:
+                (host / "greeting").write_text("hello\n")
+                mounts = (
+                    MountSpec("bind", str(host), "/host"),
+                    MountSpec("tmpfs", "", "/scratch", tmpfs_size_bytes=1024 * 1024),
+                    MountSpec("volume", volume, "/ro", read_only=True),
+                    MountSpec("bind", str(host), "/host-ro", read_only=True),
+                )
+                script = (
+                    "grep -qxF hello /host/greeting && echo written > /host/out && touch /scratch/x"
+                    " && grep -qF ' /scratch tmpfs ' /proc/mounts && grep -qF size=1024k /proc/mounts"
+                    " && grep -qxF hello /host-ro/greeting"
+                )
+                fine = await runtime.create(trial.spec(("sh", "-c", script), mounts=mounts))
+                refused = [
+                    await runtime.create(trial.spec(("sh", "-c", f"touch {path}"), mounts=mounts))
+                    for path in ("/ro/x", "/host-ro/x")
+                ]
+                for container_id in (fine, *refused):
+                    await runtime.start(container_id)
+                    await _wait_state(runtime, container_id, ContainerState.EXITED)
+                assert (await runtime.inspect(fine)).exit_code == 0
+                assert (host / "out").read_text() == "written\n"
+                for container_id in refused:
+                    assert (await runtime.inspect(container_id)).exit_code == 1, "a read-only mount took a write"
+                assert not (host / "x").exists()
+                with _raises(RuntimeFailure):
+                    missing = (MountSpec("bind", str(host / "missing"), "/m"),)
+                    await runtime.create(trial.spec(mounts=missing))
+            finally:
+                for info in await runtime.list(trial.labels):
+                    await runtime.remove(info.id)
+                shutil.rmtree(host, ignore_errors=True)
+
+    # --- entrypoint, hostname, DNS -----------------------------------------------------------------
+
+    async def test_entrypoint_hostname_and_dns_on_the_default_bridge(self) -> None:
+        """The entrypoint runs with the command as arguments; hostname and dns/dns_search land in /etc."""
+        async with self._trial() as trial:
+            script = (
+                "grep -qxF named-host /etc/hostname && grep -qxF 'nameserver 10.0.0.53' /etc/resolv.conf"
+                " && grep -qxF 'search a.dockyard dockyard' /etc/resolv.conf && exit 7"
+            )
+            spec = trial.spec(
+                (script,),
+                entrypoint=("sh", "-c"),
+                hostname="named-host",
+                dns=("10.0.0.53",),
+                dns_search=("a.dockyard", "dockyard"),
+            )
+            container_id = await trial.runtime.create(spec)
+            await trial.runtime.start(container_id)
+            await _wait_state(trial.runtime, container_id, ContainerState.EXITED)
+            assert (await trial.runtime.inspect(container_id)).exit_code == 7
+
+    # --- networks ----------------------------------------------------------------------------------
+
+    async def test_networks_attach_address_alias_dns_and_removal(self) -> None:
+        """A bridge network: ensured once on its subnet and bridge; a container on it gets an address in the
+        subnet, answers to its aliases in Docker's embedded DNS (which a user-defined network's resolv.conf
+        names, with the search domains; the spec's dns are its upstreams); in-use networks are neither
+        removed nor recreated."""
+        async with self._trial() as trial:
+            runtime = trial.runtime
+            name, bridge = _unique("dy-test-net"), f"dky-t{trial.labels[RUN_LABEL][:8]}"
+            subnet, gateway = _test_subnet(trial.labels[RUN_LABEL])
+            made = await runtime.ensure_network(name, subnet, gateway, bridge, trial.labels, False)
+            assert (made.name, made.subnet, made.gateway, made.bridge) == (name, subnet, gateway, bridge)
+            assert dict(made.labels) == trial.labels
+            assert await runtime.ensure_network(name, subnet, gateway, bridge, trial.labels, False) == made
+            assert await runtime.list_networks(trial.labels) == [made]
+
+            server = await runtime.create(trial.spec(networks=(NetworkAttachment(name, ("db", "primary")),)))
+            await runtime.start(server)
+            info = await runtime.inspect(server)
+            assert set(info.addresses) == {name}
+            assert ipaddress.IPv4Address(info.addresses[name]) in ipaddress.IPv4Network(subnet)
+            assert info.addresses[name] != gateway
+            assert info.ip_address == info.addresses[name]
+
+            # Two clients: busybox's nslookup tries only the search domains' names when there are any. Only A
+            # records are asked for: the embedded DNS forwards a container name's AAAA query to the spec's dns
+            # (here a gateway with no server behind it), and busybox would wait for that answer.
+            lookup = (
+                "nslookup -type=a db && nslookup -type=a primary"
+                f" && grep -qxF 'nameserver {EMBEDDED_DNS}' /etc/resolv.conf"
+            )
+            searching = (
+                f"grep -qxF 'nameserver {EMBEDDED_DNS}' /etc/resolv.conf"
+                " && grep -qxF 'search a.dockyard dockyard' /etc/resolv.conf"
+            )
+            clients = [
+                await runtime.create(trial.spec(("sh", "-c", lookup), networks=(NetworkAttachment(name),))),
+                await runtime.create(
+                    trial.spec(
+                        ("sh", "-c", searching),
+                        networks=(NetworkAttachment(name),),
+                        dns=(gateway,),
+                        dns_search=("a.dockyard", "dockyard"),
+                    )
+                ),
+            ]
+            for client in clients:
+                await runtime.start(client)
+            for client, what in zip(clients, ("aliases resolved", "resolv.conf as Docker writes it"), strict=True):
+                await _wait_state(runtime, client, ContainerState.EXITED)
+                assert (await runtime.inspect(client)).exit_code == 0, what
+                assert (await runtime.inspect(client)).addresses == {}, "an exited container has no address"
+
+            with _raises(NetworkInUse):
+                await runtime.remove_network(name)
+            other_subnet, other_gateway = _test_subnet(trial.labels[RUN_LABEL], 1)
+            with _raises(NetworkInUse):
+                await runtime.ensure_network(name, other_subnet, other_gateway, bridge, trial.labels, False)
+            await runtime.remove(server)
+            moved = await runtime.ensure_network(name, other_subnet, other_gateway, bridge, trial.labels, False)
+            assert (moved.subnet, moved.gateway) == (other_subnet, other_gateway)
+            assert moved.id != made.id, "recreated on the new subnet"
+            await runtime.remove_network(name)
+            await runtime.remove_network(name)
+            assert await runtime.list_networks(trial.labels) == []
+            # Docker looks the network up at start: the container is created, and its start fails.
+            orphan = await runtime.create(trial.spec(networks=(NetworkAttachment(name),)))
+            with _raises(RuntimeFailure) as caught:
+                await runtime.start(orphan)
+            assert not isinstance(caught.value, ContainerNotFound)
+            assert f"network {name} not found" in str(caught.value)
+            assert (await runtime.inspect(orphan)).state is ContainerState.CREATED
+
     # --- daemon outages ---------------------------------------------------------------------------
 
     async def test_daemon_death_is_noticed(self) -> None:
@@ -598,3 +850,49 @@ class RuntimeConformance(abc.ABC):
             off = await trial.runtime.create(spec)
             await trial.runtime.start(off)
             assert (await trial.runtime.inspect(off)).health is None
+
+
+def _unique(prefix: str) -> str:
+    """A Docker object name no other check or run uses."""
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+def _test_subnet(seed: str, offset: int = 0) -> tuple[str, str]:
+    """A /24 for a check's network and its gateway: in 10.99.0.0/16, picked by the run's unique label.
+
+    Outside Docker's default pools (172.17-31, 192.168) and Dockyard's default --network-pool (10.128.0.0/9),
+    so a check does not collide with real work on the same daemon.
+    """
+    third = (int(seed[:4], 16) + offset) % 256
+    return f"10.99.{third}.0/24", f"10.99.{third}.1"
+
+
+async def _chunks(data: bytes, size: int = 256 * 1024) -> AsyncIterator[bytes]:
+    """Streams bytes in pieces, as an image push arrives."""
+    for offset in range(0, len(data), size):
+        yield data[offset : offset + size]
+
+
+def _renamed_archive(archive: bytes, old: str, new: str) -> bytes:
+    """A `docker save` archive with its image tagged `new` instead of `old` (manifest.json and repositories)."""
+    new_repo, _, new_tag = new.rpartition(":")
+    out = io.BytesIO()
+    with tarfile.open(fileobj=io.BytesIO(archive), mode="r:") as source, tarfile.open(fileobj=out, mode="w:") as target:
+        for member in source.getmembers():
+            extracted = source.extractfile(member) if member.isfile() else None
+            data = extracted.read() if extracted is not None else b""
+            if member.name == "manifest.json":
+                manifest = json.loads(data)
+                for entry in manifest:
+                    entry["RepoTags"] = [new if tag == old else tag for tag in entry.get("RepoTags") or []]
+                data = json.dumps(manifest).encode()
+            elif member.name == "repositories":
+                # {"repo": {"tag": "<top layer id>"}}: the same layer under the new name.
+                tags = next(iter(json.loads(data).values()))
+                data = json.dumps({new_repo: {new_tag: next(iter(tags.values()))}}).encode()
+            if member.isfile():
+                member.size = len(data)
+                target.addfile(member, io.BytesIO(data))
+            else:
+                target.addfile(member)
+    return out.getvalue()

@@ -37,6 +37,11 @@ class TestFakeRuntime(RuntimeConformance):
         finally:
             await runtime.close()
 
+    async def remove_image(self, runtime: ContainerRuntime, image: str) -> bool:
+        assert isinstance(runtime, FakeRuntime)
+        runtime.remove_image(image)
+        return True
+
     @contextlib.asynccontextmanager
     async def open_outage(self, runtime: ContainerRuntime) -> AsyncIterator[tuple[ContainerRuntime, Outage]]:
         assert isinstance(runtime, FakeRuntime)
@@ -86,6 +91,15 @@ class TestDockerRuntime(RuntimeConformance):
             yield runtime
         finally:
             await runtime.close()
+
+    async def remove_image(self, runtime: ContainerRuntime, image: str) -> bool:
+        # The protocol has no image removal; the CLI talks to the same daemon (DOCKER_HOST) as DockerRuntime.
+        result = await asyncio.to_thread(
+            subprocess.run, ["docker", "rmi", image], capture_output=True, text=True, check=False
+        )
+        if result.returncode != 0 and "No such image" not in result.stderr:
+            pytest.fail(f"docker rmi {image} failed: {result.stderr}")
+        return True
 
     @contextlib.asynccontextmanager
     async def open_outage(self, runtime: ContainerRuntime) -> AsyncIterator[tuple[ContainerRuntime, Outage]]:
