@@ -89,6 +89,7 @@ class Agent:
             images=self.images,
             networks=self.network,
         )
+        self.commands.register("volume_remove", self.worker.volumes.remove)
         self.observer = Observer(
             runtime,
             self.book,

@@ -205,6 +205,7 @@ class ControllerLink:
         self._reporter.clear()
         hello = apb.Hello(node_id=self._node_id, description=description, inventory=self._book.inventory())
         hello.images.extend(await self._worker.images.references())
+        hello.volumes.extend(await self._worker.volumes.names())
         welcome_within = self._period * MISSED_HEARTBEATS + self._connect_timeout
         try:
             async with self._clock.timeout(welcome_within):

@@ -31,6 +31,7 @@ from agent.runtime.base import (
 )
 from agent.step import Op, Step, next_step, start_report_stands
 from agent.task_book import TaskBook
+from agent.volumes import Volumes
 from dockyard import labels
 from dockyard.backoff import Backoff
 from dockyard.clock import Clock, SystemClock
@@ -93,6 +94,8 @@ class Worker:
         self._policy = policy or HostPolicy()
         self.images = images or Images(runtime, self._clock)
         """How a missing image is had: pulled with credentials, or waited for a push (agent/images.py)."""
+        self.volumes = Volumes(runtime, self._clock)
+        """The volumes this agent made: listed in the hello, removed on the controller's VolumeRemove."""
         # Whoever can apply services can make every task refused; one warning per service now and then is enough.
         self._refusal_logs = Throttle(self._clock, interval=60.0, burst=1)
         # A flapping health check changes its streak at every probe (10 a second at the shortest interval).

@@ -22,6 +22,7 @@ __all__ = [
     "HEALTH_OUTPUT_BYTES",
     "HELLO_IMAGES",
     "HELLO_TIMEOUT_SECONDS",
+    "HELLO_VOLUMES",
     "IMAGE_PIECES_IN_FLIGHT",
     "IMAGE_PIECE_BYTES",
     "NODE_LABELS",
@@ -78,6 +79,10 @@ IMAGE_PIECES_IN_FLIGHT: Final = 4
 # The image references a hello lists (the controller keeps which node has which image from them); a host with
 # more lists the first ones, and a task needing another is simply not known to be pushable from it.
 HELLO_IMAGES: Final = 4096
+
+# The Dockyard volumes a hello lists (the controller makes records of volumes it did not know); a host with more
+# lists the first ones by name.
+HELLO_VOLUMES: Final = 4096
 
 _CUT_MARK: Final = " [truncated]"
 
