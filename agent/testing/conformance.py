@@ -699,6 +699,9 @@ class RuntimeConformance(abc.ABC):
             assert dict(made.labels) == trial.labels
             assert await runtime.ensure_network(name, subnet, gateway, bridge, trial.labels, False) == made
             assert await runtime.list_networks(trial.labels) == [made]
+            with _raises(RuntimeFailure):
+                # Docker refuses a second network on a subnet that overlaps one it has.
+                await runtime.ensure_network(f"{name}-2", subnet, gateway, f"{bridge}x", trial.labels, False)
 
             server = await runtime.create(trial.spec(networks=(NetworkAttachment(name, ("db", "primary")),)))
             await runtime.start(server)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
@@ -13,6 +14,9 @@ from agent.runtime.base import (
     ContainerNotFound,
     ContainerSpec,
     ContainerState,
+    ImageNotFound,
+    NetworkAttachment,
+    RegistryAuth,
     RuntimeEvent,
     RuntimeFailure,
     RuntimeUnavailable,
@@ -315,3 +319,45 @@ async def test_events_are_filtered_by_labels(fake: FakeRuntime) -> None:
         stranger = await fake.create(make_spec("stranger", labels={"dockyard.node.id": "n2"}))
         event = await asyncio.wait_for(anext(other_node), WAIT)
         assert (event.container_id, event.action) == (stranger, "create")
+
+
+# --- what only the fake's controls show ----------------------------------------------------------------
+
+
+async def test_a_private_image_pulls_only_with_its_credentials_and_every_pull_records_them() -> None:
+    auth = RegistryAuth("registry.example.com", "ci", "s3cret")
+    fake = FakeRuntime(private={"registry.example.com/app:1": auth})
+    with pytest.raises(ImageNotFound, match="unauthorized"):
+        await fake.pull("registry.example.com/app:1")
+    with pytest.raises(ImageNotFound, match="unauthorized"):
+        await fake.pull("registry.example.com/app:1", RegistryAuth("registry.example.com", "ci", "wrong"))
+    await fake.pull("registry.example.com/app:1", auth)
+    assert await fake.has_image("registry.example.com/app:1")
+    assert [a for _, a in fake.pull_auths] == [None, RegistryAuth("registry.example.com", "ci", "wrong"), auth]
+
+
+async def test_networks_remember_masquerade_and_refuse_a_bridge_name_longer_than_linux_allows() -> None:
+    fake = FakeRuntime()
+    await fake.ensure_network("a", "10.1.0.0/24", "10.1.0.1", "dky-a", {}, masquerade=False)
+    await fake.ensure_network("b", "10.1.1.0/24", "10.1.1.1", "dky-b", {}, masquerade=True)
+    assert (fake.network_masquerades("a"), fake.network_masquerades("b")) == (False, True)
+    with pytest.raises(RuntimeFailure, match="longer than 15"):
+        await fake.ensure_network("c", "10.1.2.0/24", "10.1.2.1", "dky-0123456789ab", {}, masquerade=False)
+    with pytest.raises(RuntimeFailure, match="gateway"):
+        await fake.ensure_network("d", "10.1.3.0/24", "10.9.9.1", "dky-d", {}, masquerade=False)
+
+
+async def test_addresses_are_handed_out_lowest_first_and_freed_when_a_container_exits() -> None:
+    fake = FakeRuntime(images=["img"])
+    await fake.ensure_network("n", "10.2.0.0/29", "10.2.0.1", "dky-n", {}, masquerade=False)
+    spec = ContainerSpec(name="c-x", image="img", networks=(NetworkAttachment("n"),))
+    first = await fake.create(spec)
+    second = await fake.create(replace(spec, name="c-y"))
+    await fake.start(first)
+    await fake.start(second)
+    assert (await fake.inspect(first)).addresses == {"n": "10.2.0.2"}
+    assert (await fake.inspect(second)).addresses == {"n": "10.2.0.3"}
+    await fake.stop(first, 0)
+    third = await fake.create(replace(spec, name="c-z"))
+    await fake.start(third)
+    assert (await fake.inspect(third)).addresses == {"n": "10.2.0.2"}, "the exited container's address is free"
