@@ -427,8 +427,17 @@ class Worker:
         """
         for mount in volume_mounts(task.spec):
             await self._runtime.ensure_volume(mount.source, volume_labels(task.spec, mount))
-        attachments = await self._networks.prepare(task)
-        file_mounts = await self._files.mounts(task)
+        try:
+            attachments = await self._networks.prepare(task)
+            file_mounts = await self._files.mounts(task)
+        except RuntimeUnavailable:
+            raise
+        except RuntimeFailure as exc:
+            # Not ready yet (no subnet for a network here, file data not arrived): say so, and let the loop retry.
+            waiting = f"waiting: {exc}"
+            if (task.status.state, task.status.message) != (pb.TASK_STATE_PREPARING, waiting):
+                self._report(task, pb.TASK_STATE_PREPARING, waiting, "", 0, "")
+            raise
         spec = container_spec(
             task,
             self._node_id,

@@ -176,15 +176,22 @@ async def test_a_task_waits_in_preparing_for_its_network_and_files_then_reports_
     rig.assign(*_split(task))
     await rig.eventually(lambda: len(networks.prepared) >= 3, "the worker to try again and again")
     assert rig.state("t1") == pb.TASK_STATE_PREPARING
+    assert rig.status("t1").message == "waiting: network dockyard has no subnet on this node yet"
     assert rig.fake.count("create") == 0
 
     networks.ready = True
     await rig.eventually(lambda: rig.fake.count("create") == 0 and len(networks.prepared) >= 5, "more tries")
     assert rig.state("t1") == pb.TASK_STATE_PREPARING, "still waiting for the files"
+    assert rig.status("t1").message == "waiting: secret db_password has not arrived yet"
     secret = MountSpec("bind", str(tmp_path), "/run/secrets/db_password", read_only=True)
     files.data = (secret,)
     await rig.eventually(lambda: rig.state("t1") == pb.TASK_STATE_RUNNING, "t1 running")
 
+    waits = [s.message for t, s in rig.reporter.history if s.message.startswith("waiting: ")]
+    assert waits == [
+        "waiting: network dockyard has no subnet on this node yet",
+        "waiting: secret db_password has not arrived yet",
+    ], "each wait reported once, not at every try"
     status = rig.status("t1")
     assert dict(status.addresses) == {"dockyard": "10.128.3.2"}
     info = await rig.fake.inspect(status.container_id)
