@@ -196,8 +196,12 @@ class NetworkManager:
                         await self._wake.wait()
                 self._wake.clear()
         finally:
-            if self._dns is not None:
-                await self._dns.close()
+            await self.close()
+
+    async def close(self) -> None:
+        """Stops the DNS server's listeners; routes, rules and Docker networks stay (static stability)."""
+        if self._dns is not None:
+            await self._dns.close()
 
     async def reconcile(self) -> list[str]:
         """Makes Docker, the host and the DNS listeners match the newest map; returns (and logs) what failed."""
