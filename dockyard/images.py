@@ -1,7 +1,4 @@
-"""Image references as Docker reads them, for the controller and the agent alike (no Docker needed).
-
-The runtime adapters have their own copies for what Docker itself does (agent/runtime/docker.py registry_of,
-agent/runtime/fake.py normalize_image); these are the same rules for the code that never talks to Docker:
+"""Image references as Docker reads them, for the controller, the agent and its runtimes alike (no Docker needed):
 which registry credential an image needs, and whether two spellings name one image.
 """
 

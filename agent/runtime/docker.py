@@ -39,6 +39,7 @@ from agent.runtime.base import (
     VolumeInfo,
     VolumeInUse,
 )
+from dockyard.images import DEFAULT_REGISTRY, registry_of
 
 # aiodocker reports a failed connection as a DockerError with this pseudo HTTP status.
 _CONNECTION_FAILED = 900
@@ -62,8 +63,6 @@ _DAEMON_FAULTS = ("shutting down", "containerd.sock", "transport is closing")
 # The bridge driver's options: the host interface's name, and whether traffic leaving the subnet is NATed.
 BRIDGE_NAME_OPTION = "com.docker.network.bridge.name"
 MASQUERADE_OPTION = "com.docker.network.bridge.enable_ip_masquerade"
-# Docker Hub, the registry of an image reference without a host part.
-DEFAULT_REGISTRY = "docker.io"
 # How `docker load` names what it loaded in its progress stream.
 _LOADED_IMAGE = "Loaded image: "
 _LOADED_IMAGE_ID = "Loaded image ID: "
@@ -305,14 +304,6 @@ def _network_info(data: Mapping[str, Any]) -> NetworkInfo:
 def _masquerades(data: Mapping[str, Any]) -> bool:
     """Whether a network NATs what leaves it (Docker's default when the option is absent)."""
     return str((data.get("Options") or {}).get(MASQUERADE_OPTION, "true")).lower() == "true"
-
-
-def registry_of(image: str) -> str:
-    """The registry host of an image reference, as Docker reads it: docker.io when it names none."""
-    first, slash, _ = image.partition("/")
-    if slash and ("." in first or ":" in first or first == "localhost"):
-        return first
-    return DEFAULT_REGISTRY
 
 
 def _healthcheck(check: HealthConfig) -> _Json:

@@ -76,6 +76,7 @@ from agent.runtime.base import (
     VolumeInfo,
     VolumeInUse,
 )
+from dockyard.images import normalize_image
 
 DEFAULT_FACTS = HostFacts(
     hostname="fake-host",
@@ -107,14 +108,6 @@ DEFAULT_BRIDGE = "bridge"
 _MAX_INTERFACE_NAME = 15
 _SAVE_CHUNK = 64 * 1024
 _GREP_FLAGS = frozenset("qFx")
-
-
-def normalize_image(image: str) -> str:
-    """Spells an image reference the way Docker resolves it: an untagged name means ':latest'."""
-    if "@" in image:
-        return image
-    last_component = image.rsplit("/", 1)[-1]
-    return image if ":" in last_component else f"{image}:latest"
 
 
 def _argv(spec: ContainerSpec) -> tuple[str, ...]:
