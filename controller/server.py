@@ -16,6 +16,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from controller.api import reflection
 from controller.api.bounds import SERVER_OPTIONS
 from controller.api.handlers import add_agent_service, add_controller_api
+from controller.api.images import ImagePushes
 from controller.api.servicer import ControllerApi
 from controller.dispatcher.dispatcher import Dispatcher
 from controller.errors import StartupError, StoreDamaged
@@ -157,7 +158,15 @@ class Controller:
 
         # The API's plan runs the scheduler with the seed the scheduler role uses, so it predicts its nodes.
         add_controller_api(
-            ControllerApi(self.store, self._clock, new_id, join_tokens=self, scheduler_seed=self.config.seed), server
+            ControllerApi(
+                self.store,
+                self._clock,
+                new_id,
+                join_tokens=self,
+                scheduler_seed=self.config.seed,
+                images=ImagePushes(self.store, dispatcher.commands, dispatcher.images),
+            ),
+            server,
         )
         add_agent_service(dispatcher, server)
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -8,8 +8,9 @@ revision it saw, a bounded number of times in a row; OUT_OF_RANGE (the revision 
 
 from __future__ import annotations
 
+import asyncio
 import collections
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Final, Protocol, TypeVar
 
@@ -25,12 +26,23 @@ from dockyard.v1 import controller_pb2 as cpb
 from dockyard.v1 import controller_pb2_grpc as cpb_grpc
 from dockyard.v1 import types_pb2 as pb
 
-__all__ = ["DEFAULT_DEADLINE", "LIST_TRIES", "PAGE_SIZE", "WATCH_TRIES", "ApiError", "Client", "SpecKey"]
+__all__ = [
+    "DEFAULT_DEADLINE",
+    "LIST_TRIES",
+    "PAGE_SIZE",
+    "PUSH_DEADLINE",
+    "WATCH_TRIES",
+    "ApiError",
+    "Client",
+    "SpecKey",
+]
 
 T = TypeVar("T")
 R = TypeVar("R", bound="_Paged")
 
 DEFAULT_DEADLINE = 10.0
+# An image push streams the whole archive in one call: its deadline is that of the transfer.
+PUSH_DEADLINE: Final = 3600.0
 PAGE_SIZE = 1000  # the server's maximum; it may return fewer (its byte budget per page)
 
 # A page refused because the controller serves its most lists at once is asked for again, at most this many
@@ -294,6 +306,72 @@ class Client:
     async def join_token(self, rotate: bool = False) -> cpb.JoinTokenResponse:
         """Returns the cluster's join token and join port; rotate replaces the token first."""
         return await self._call(self._stub.GetJoinToken, cpb.GetJoinTokenRequest(rotate=rotate))
+
+    async def push_image(
+        self,
+        image: str,
+        image_id: str,
+        total: int,
+        pieces: AsyncIterable[bytes],
+        nodes: Sequence[str] = (),
+        *,
+        deadline: float = PUSH_DEADLINE,
+    ) -> AsyncGenerator[cpb.PushImageProgress, None]:
+        """Streams a `docker save` archive of `total` bytes to the nodes (none named: every ready one).
+
+        `pieces` are sent as they come (each at most dockyard.limits.IMAGE_PIECE_BYTES); yields each node's
+        progress, its last with done set. The whole push has `deadline` seconds.
+        """
+
+        call = self._stub.PushImage(timeout=deadline)
+        accepted = asyncio.Event()
+        finished = asyncio.Event()  # every node is done: the controller wants no more pieces
+
+        async def write() -> None:
+            first = cpb.PushImageRequest(image=image, image_id=image_id, total=total, nodes=nodes)
+            held: cpb.PushImageRequest | None = None
+            async for piece in pieces:
+                if finished.is_set():
+                    break
+                # Held back one: the last piece must say so, and only the next one (or the end) tells.
+                if held is None:
+                    first.data = piece
+                    held = first
+                    continue
+                await call.write(held)
+                if held is first:
+                    await accepted.wait()  # the rest only once the controller took the request
+                held = cpb.PushImageRequest(data=piece)
+            else:
+                held = held or first
+                held.last = True
+                await call.write(held)
+            await call.done_writing()
+
+        writer = asyncio.create_task(write())
+        targets: set[str] = set()
+        finals: set[str] = set()
+        try:
+            while True:
+                message = await call.read()
+                if message is grpc.aio.EOF:
+                    break
+                assert isinstance(message, cpb.PushImageProgress)
+                accepted.set()
+                targets.add(message.node_id)
+                if message.done:
+                    finals.add(message.node_id)
+                    if finals >= targets:
+                        finished.set()
+                yield message
+            if writer.done() and not writer.cancelled() and writer.exception() is not None:
+                raise writer.exception()  # type: ignore[misc]
+        except grpc.aio.AioRpcError as exc:
+            raise ApiError(_describe(exc, self.address, self._secure), _code(exc)) from None
+        finally:
+            writer.cancel()
+            await asyncio.gather(writer, return_exceptions=True)
+            call.cancel()
 
 
 def _event_key(event: cpb.WatchEvent) -> tuple[int, str, str, int]:

@@ -99,6 +99,28 @@ def _parsing_stream(
     return handle
 
 
+BidiBehaviour = Callable[[AsyncIterator[Message], Context], AsyncIterator[Message]]
+
+
+def _parsing_bidi(
+    method: MethodDescriptor, behaviour: BidiBehaviour
+) -> Callable[[AsyncIterator[bytes], Context], AsyncIterator[Message]]:
+    """The seam for a method with a stream of requests (PushImage): each request is parsed as a single one."""
+
+    async def handle(requests: AsyncIterator[bytes], context: Context) -> AsyncIterator[Message]:
+        async def parsed() -> AsyncIterator[Message]:
+            async for raw in requests:
+                yield await _parse(method, raw, context)
+
+        try:
+            async for response in behaviour(parsed(), context):
+                yield response
+        except StoreDamaged as exc:
+            await abort_store_damaged(context, exc)
+
+    return handle
+
+
 def add_controller_api(api: ControllerApi, server: grpc.aio.Server) -> None:
     """Serves every ControllerService method of `api` on `server`, each behind the parsing seam."""
     handlers: dict[str, grpc.RpcMethodHandler[bytes, Message]] = {}
@@ -106,9 +128,15 @@ def add_controller_api(api: ControllerApi, server: grpc.aio.Server) -> None:
         if not hasattr(api, method.name):
             # A method of the contract this controller does not serve yet: gRPC answers UNIMPLEMENTED.
             continue
-        assert not method.client_streaming, method.full_name  # requests are single messages
         response_class = message_factory.GetMessageClass(method.output_type)
-        if method.server_streaming:
+        if method.client_streaming:
+            assert method.server_streaming, method.full_name  # a stream of requests gets a stream of answers
+            handlers[method.name] = grpc.stream_stream_rpc_method_handler(
+                _parsing_bidi(method, getattr(api, method.name)),
+                request_deserializer=None,  # bytes in: _parsing_bidi parses each
+                response_serializer=response_class.SerializeToString,
+            )
+        elif method.server_streaming:
             handlers[method.name] = grpc.unary_stream_rpc_method_handler(
                 _parsing_stream(method, getattr(api, method.name)),
                 request_deserializer=None,  # bytes in: _parsing_stream parses

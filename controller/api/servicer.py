@@ -19,6 +19,7 @@ import structlog
 from controller.api.apply import plan_apply, pruned, scale_cause
 from controller.api.bounds import Gate, ReadCaps
 from controller.api.history import Resume, history_response, rollback_target
+from controller.api.images import ImagePushes
 from controller.api.paging import (
     Key,
     PageLimits,
@@ -128,6 +129,7 @@ class ControllerApi:
         watch_limits: WatchLimits | None = None,
         join_tokens: JoinTokens | None = None,
         scheduler_seed: int = 0,
+        images: ImagePushes | None = None,
     ) -> None:
         """Serves from `store`; `page_limits` bounds every list response, `caps` the expensive reads at once.
 
@@ -135,6 +137,7 @@ class ControllerApi:
         """
         self._store = store
         self._join_tokens = join_tokens
+        self._images = images  # None: no agent sessions to push through (PushImage is refused)
         self._clock = clock
         self._new_id = new_id
         self._limits = page_limits or PageLimits()
@@ -461,6 +464,17 @@ class ControllerApi:
             conditional=expected is not None,
         )
         return cpb.RemoveNodeResponse(node=node)
+
+    async def PushImage(
+        self, requests: AsyncIterator[cpb.PushImageRequest], context: Context
+    ) -> AsyncIterator[cpb.PushImageProgress]:
+        """Sends an image archive through the agents' sessions, with per-node progress (controller.api.images)."""
+        if self._images is None:
+            await abort(
+                context, grpc.StatusCode.FAILED_PRECONDITION, "this controller has no agent sessions to push through"
+            )
+        async for progress in self._images.push(requests, context):
+            yield progress
 
     async def GetJoinToken(self, request: cpb.GetJoinTokenRequest, context: Context) -> cpb.JoinTokenResponse:
         """Returns the join token; rotate replaces it first. FAILED_PRECONDITION when the controller has none."""

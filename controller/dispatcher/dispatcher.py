@@ -16,6 +16,7 @@ from controller.dispatcher.bounds import COMMIT_WINDOW_SECONDS, PENDING_STATUSES
 from controller.dispatcher.commands import CommandChannel
 from controller.dispatcher.committer import GroupCommitter, NodeIntent
 from controller.dispatcher.identity import IdentityError, node_identity
+from controller.dispatcher.images import ImageRegistry
 from controller.dispatcher.liveness import silent_nodes
 from controller.dispatcher.session import AgentSession
 from controller.errors import DAMAGED_RETRY_SECONDS, StoreDamaged
@@ -86,6 +87,8 @@ class Dispatcher(apb_grpc.AgentServiceServicer):
         self._sessions: dict[str, AgentSession] = {}
         self.commands = CommandChannel(self._sessions.get, clock)
         """Commands to the agents through their sessions (image loads, volume removals, ...)."""
+        self.images = ImageRegistry()
+        """Which node has which image (from hellos and pushes; in memory)."""
         self._last_seen: dict[str, datetime] = {}
         self._started = clock.now()
         self._specs = SpecCache(store)
@@ -179,6 +182,7 @@ class Dispatcher(apb_grpc.AgentServiceServicer):
         # Neither the node write nor the inventory is waited for: the welcome, the full set and the first
         # heartbeats do not depend on them (see docs/design/protocol.md, "A session").
         self._committer.write_node(node_id, self._registration(node_id, first.hello, context.peer(), now))
+        self.images.hello(node_id, first.hello.images)
         inventory = ((item.task_id, item.status) for item in first.hello.inventory)
         self._refuse_flood(node_id, self._committer.add_statuses(node_id, inventory))
         session.welcome(
@@ -249,7 +253,7 @@ class Dispatcher(apb_grpc.AgentServiceServicer):
 
         ALREADY_EXISTS while another session of the node is alive; PERMISSION_DENIED when the node was removed.
         """
-        session = AgentSession(node_id=node_id, session_id=uuid.uuid4().hex)
+        session = AgentSession(node_id=node_id, session_id=uuid.uuid4().hex, pushable=self.images.pushable)
         previous = self._sessions.get(node_id)
         if previous is not None:
             heard = self._last_seen.get(node_id)
@@ -422,6 +426,7 @@ class Dispatcher(apb_grpc.AgentServiceServicer):
                 removed = self._sessions.get(event.id)
                 if removed is not None:
                     removed.close(grpc.StatusCode.PERMISSION_DENIED, f"node {event.id} was removed from the cluster")
+                self.images.forget(event.id)
                 continue
             if event.kind is not Kind.TASK or not isinstance(event.obj, pb.Task):
                 continue

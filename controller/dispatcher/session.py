@@ -10,7 +10,7 @@ slowly its agent reads; past OUTBOX_BYTES the session is closed rather than buff
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -63,6 +63,9 @@ class AgentSession:
     _ready: asyncio.Event = field(default_factory=asyncio.Event)
     # Commands for the agent (see commands.py), written after the ack and before the changes.
     commands: CommandOutbox = field(default_factory=CommandOutbox)
+    # Whether some node has an image or a push brings it (images.py): such images of the tasks sent are listed
+    # in Assignments.pushable_images, so a task whose image is missing waits for the push.
+    pushable: Callable[[str], bool] = field(default=lambda _: False)
 
     @property
     def pending_bytes(self) -> int:
@@ -207,6 +210,8 @@ class AgentSession:
                 continue  # a missing spec (service deleted meanwhile): the agent stops what it cannot run
             self.sent_specs.add(key)
             assignments.specs.append(apb.ServiceRevisionSpec(service_id=key[0], revision=key[1], spec=spec))
+            if self.pushable(spec.image) and spec.image not in assignments.pushable_images:
+                assignments.pushable_images.append(spec.image)
 
     def _numbered(self, assignments: apb.Assignments) -> apb.Assignments:
         self.sequence += 1
