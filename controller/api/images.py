@@ -2,7 +2,7 @@
 
 The first request names the image, its id, the archive's size and the nodes (ids or host names; none: every
 ready node). Every request carries the next piece of the `docker save` archive, the last one says so. The
-controller sends each piece as an ImageLoad command (controller/dispatcher/commands.py) to every target in
+controller sends each piece as an ImageLoad command (controller.commands, served by the dispatcher) to every target in
 step: a target answers the first piece "present" when its Docker has the image (and gets nothing more), and
 acknowledges every other piece once its Docker took the one before; the next piece waits until every target
 still loading has fewer than IMAGE_PIECES_IN_FLIGHT unacknowledged, so the push goes at the pace of the
@@ -11,7 +11,7 @@ as fast as that, so nothing is buffered beyond the window.
 
 A target that fails (its agent's error, its session dropping, a deadline) is reported done with its error and
 the others go on. Progress goes back per node as PushImageProgress (bytes acknowledged, then done). Targets
-that loaded the image, or had it, are recorded in the image registry (controller/dispatcher/images.py).
+that loaded the image, or had it, are recorded in the image registry (controller/images.py).
 
 The caller sends the first request alone and waits for the first progress: once the request is accepted, one
 progress message per target (nothing done yet) says so. A refused first request is answered at once, with
@@ -33,8 +33,8 @@ import grpc
 import structlog
 
 from controller.api.status import Context, abort, abort_invalid
-from controller.dispatcher.commands import CommandCall, CommandChannel, CommandFailed
-from controller.dispatcher.images import IMAGE_REFERENCE_BYTES, ImageRegistry
+from controller.commands import CommandCall, CommandFailed, CommandSender
+from controller.images import IMAGE_REFERENCE_BYTES, ImageRegistry
 from controller.store.base import Store
 from dockyard.limits import IMAGE_PIECE_BYTES, IMAGE_PIECES_IN_FLIGHT
 from dockyard.spec.issues import Issue, index_path
@@ -102,7 +102,7 @@ class ImagePushes:
     def __init__(
         self,
         store: Store,
-        channel: CommandChannel,
+        channel: CommandSender,
         registry: ImageRegistry,
         *,
         idle_timeout: float = PUSH_IDLE_SECONDS,

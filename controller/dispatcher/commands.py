@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Final
 
 import structlog
 
+from controller.commands import CommandFailed, NodeUnavailable
 from dockyard.clock import Clock
 from dockyard.limits import COMMAND_RESULT_BYTES
 from dockyard.logs import Throttle
@@ -64,14 +65,6 @@ RESULTS_PER_CALL: Final = 64
 
 # A call with no result for this long fails: the agent is stuck or gone without its session ending yet.
 COMMAND_IDLE_SECONDS: Final = 60.0
-
-
-class CommandFailed(Exception):
-    """A command got no (complete) answer: the session ended, a bound was passed, or time ran out."""
-
-
-class NodeUnavailable(CommandFailed):
-    """The node has no live session to send a command on."""
 
 
 class CommandOutbox:

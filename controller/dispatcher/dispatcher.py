@@ -16,10 +16,10 @@ from controller.dispatcher.bounds import COMMIT_WINDOW_SECONDS, PENDING_STATUSES
 from controller.dispatcher.commands import CommandChannel
 from controller.dispatcher.committer import GroupCommitter, NodeIntent
 from controller.dispatcher.identity import IdentityError, node_identity
-from controller.dispatcher.images import ImageRegistry
 from controller.dispatcher.liveness import silent_nodes
 from controller.dispatcher.session import AgentSession
 from controller.errors import DAMAGED_RETRY_SECONDS, StoreDamaged
+from controller.images import ImageRegistry
 from controller.security.authority import ClusterAuthority
 from controller.security.join import renew
 from controller.store.base import ConflictError, Kind, Put, Store

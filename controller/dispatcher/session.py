@@ -63,8 +63,8 @@ class AgentSession:
     _ready: asyncio.Event = field(default_factory=asyncio.Event)
     # Commands for the agent (see commands.py), written after the ack and before the changes.
     commands: CommandOutbox = field(default_factory=CommandOutbox)
-    # Whether some node has an image or a push brings it (images.py): such images of the tasks sent are listed
-    # in Assignments.pushable_images, so a task whose image is missing waits for the push.
+    # Whether some node has an image or a push brings it (controller/images.py): such images of the tasks sent
+    # are listed in Assignments.pushable_images, so a task whose image is missing waits for the push.
     pushable: Callable[[str], bool] = field(default=lambda _: False)
 
     @property

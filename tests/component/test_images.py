@@ -105,7 +105,7 @@ async def test_named_nodes_only_and_a_name_that_is_no_node_is_refused(fake_clust
         # Again: h2 has it now, answers the first piece "present", and the push ends without the rest.
         again = [p async for p in client.push_image(APP, image_id, len(data), _pieces(data), ["h2"]) if p.done]
         assert [(p.hostname, p.error, p.already_present) for p in again] == [("h2", "", True)]
-        assert (await client.list_nodes())  # the connection outlived the early end
+        assert await client.list_nodes()  # the connection outlived the early end
     assert await fake_cluster.hosts["h2"].runtime.image_id(APP) == image_id
     assert await fake_cluster.hosts["h1"].runtime.image_id(APP) is None
 

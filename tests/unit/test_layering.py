@@ -37,7 +37,16 @@ ROOT = Path(__file__).resolve().parents[2]
 PRODUCT = ("dockyard", "agent", "controller")
 PACKAGES = (*PRODUCT, "deploy")
 ROLES = ("api", "orchestrator", "scheduler", "dispatcher")
-SHARED_CONTROLLER = ("controller.store", "controller.errors", "controller.ids", "controller.security")
+# The command channel's interface and the hosts' images are shared as the store is: the dispatcher serves them,
+# the api uses them (an image push, a volume removal), controller.server wires the one into the other.
+SHARED_CONTROLLER = (
+    "controller.store",
+    "controller.errors",
+    "controller.ids",
+    "controller.security",
+    "controller.commands",
+    "controller.images",
+)
 # The roles' modules that take their inputs (the time too) and return decisions, with no I/O.
 PURE_CORES = tuple(
     f"controller.{name}"

@@ -1,5 +1,8 @@
 """Which node has which image: the controller's memory of the hosts' Docker images.
 
+Shared like the store: the dispatcher fills it from hellos and lists pushable images from it, the API's
+image pushes record what they loaded (controller.server hands both the same one).
+
 Kept in memory only: it is rebuilt from the hellos (every agent lists its images when its session opens) and
 updated by push results, so a controller restart loses nothing that the next hellos do not bring back. A
 node's list is what its last hello said plus what pushes loaded since; an image removed on the host by hand
