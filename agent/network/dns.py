@@ -104,6 +104,17 @@ class NameTable:
         """The addresses of a fully qualified name (no trailing dot, any case), or None when it is not in the table."""
         return self._names.get(name.lower())
 
+    def snapshot(self) -> apb.DnsTable:
+        """The whole table as a full DnsTable of its version (what the agent keeps on disk)."""
+        return apb.DnsTable(
+            version=self.version,
+            full=True,
+            records=[
+                apb.DnsRecord(name=name, addresses=[str(a) for a in found])
+                for name, found in sorted(self._names.items())
+            ],
+        )
+
 
 def stacks_of_network(network: str) -> list[str]:
     """The stacks a network's name could belong to (`my_shop_default` -> ["my_shop", "my"]), longest first.

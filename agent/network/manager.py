@@ -36,14 +36,18 @@ from dockyard.spec import stacks
 from dockyard.v1 import agent_pb2 as apb
 from dockyard.v1 import types_pb2 as pb
 
-__all__ = ["MAP_FILE", "REPAIR_SECONDS", "HostSide", "NetworkManager", "NetworkNotReady"]
+__all__ = ["DNS_FILE", "MAP_FILE", "REPAIR_SECONDS", "HostSide", "NetworkManager", "NetworkNotReady"]
 
 log = structlog.get_logger()
 
 # How often the host is checked against the map even when nothing new arrived.
 REPAIR_SECONDS: Final = 30.0
-# The last map, so that a restarted agent knows its networks before the controller answers.
+# The last map and DNS table, so that a restarted agent knows its networks and names before (or without)
+# the controller's answer.
 MAP_FILE: Final = "network-map.pb"
+DNS_FILE: Final = "dns-table.pb"
+# Deltas come in bursts (the controller batches them for up to 200 ms); the table is written once per burst.
+DNS_SAVE_DELAY: Final = 1.0
 
 
 class NetworkNotReady(RuntimeFailure):
@@ -108,6 +112,7 @@ class NetworkManager:
         self.plan: HostPlan = empty_plan()
         self._ensured: dict[str, LocalNetwork] = {}  # Docker networks known to match the plan
         self._wake = asyncio.Event()
+        self._dns_save: asyncio.TimerHandle | None = None
         self.applied_version = 0  # the map version the host last fully matched (0: none)
 
     # -- input from the controller link --------------------------------------------------------------------
@@ -127,6 +132,15 @@ class NetworkManager:
         problems = self.table.apply(table)
         if problems and self._throttle.allow("dns-table") is not None:
             log.warning("dns table entries skipped", problems=problems[:5], count=len(problems))
+        if self._state_dir is not None and self._dns_save is None:
+            with contextlib.suppress(RuntimeError):  # no running loop (a synchronous caller): saved at close
+                self._dns_save = asyncio.get_running_loop().call_later(DNS_SAVE_DELAY, self.save_dns)
+
+    def save_dns(self) -> None:
+        """Writes the DNS table to the state dir now."""
+        self._dns_save = None
+        if self._state_dir is not None:
+            self._write(DNS_FILE, self.table.snapshot().SerializeToString())
 
     # -- NetworkPreparer ------------------------------------------------------------------------------------
 
@@ -167,23 +181,25 @@ class NetworkManager:
     # -- the loop ---------------------------------------------------------------------------------------------
 
     def load(self) -> None:
-        """Takes the map kept in the state dir, if any (the controller's next one replaces it)."""
+        """Takes the map and DNS table kept in the state dir, if any (the controller's next ones replace them)."""
+        saved_map = apb.NetworkMap()
+        if self._read(MAP_FILE, saved_map):
+            self.update_map(saved_map)
+        saved_table = apb.DnsTable()
+        if self._read(DNS_FILE, saved_table):
+            self.table.apply(saved_table)
+
+    def _read(self, name: str, message: apb.NetworkMap | apb.DnsTable) -> bool:
         if self._state_dir is None:
-            return
+            return False
         try:
-            data = (self._state_dir / MAP_FILE).read_bytes()
+            message.ParseFromString((self._state_dir / name).read_bytes())
         except FileNotFoundError:
-            return
-        except OSError as exc:
-            log.warning("network map not read", error=str(exc))
-            return
-        saved = apb.NetworkMap()
-        try:
-            saved.ParseFromString(data)
-        except DecodeError as exc:
-            log.warning("network map file damaged; waiting for the controller's", error=str(exc))
-            return
-        self.update_map(saved)
+            return False
+        except (OSError, DecodeError) as exc:
+            log.warning("kept network state not read; waiting for the controller's", file=name, error=str(exc))
+            return False
+        return True
 
     async def run(self) -> None:
         """Reconciles on every newer map and every repair period, until cancelled; never tears anything down."""
@@ -199,7 +215,10 @@ class NetworkManager:
             await self.close()
 
     async def close(self) -> None:
-        """Stops the DNS server's listeners; routes, rules and Docker networks stay (static stability)."""
+        """Keeps the DNS table, stops the DNS listeners; routes, rules and Docker networks stay (static stability)."""
+        if self._dns_save is not None:
+            self._dns_save.cancel()
+            self.save_dns()
         if self._dns is not None:
             await self._dns.close()
 
@@ -282,16 +301,19 @@ class NetworkManager:
         return problems
 
     def _save(self, network_map: apb.NetworkMap) -> None:
-        if self._state_dir is None:
-            return
-        path = self._state_dir / MAP_FILE
+        if self._state_dir is not None:
+            self._write(MAP_FILE, network_map.SerializeToString())
+
+    def _write(self, name: str, data: bytes) -> None:
+        assert self._state_dir is not None
+        path = self._state_dir / name
         try:
             tmp = path.with_suffix(".tmp")
-            tmp.write_bytes(network_map.SerializeToString())
+            tmp.write_bytes(data)
             os.replace(tmp, path)
         except OSError as exc:
-            if self._throttle.allow("save") is not None:
-                log.warning("network map not kept", error=str(exc))
+            if self._throttle.allow(f"save {name}") is not None:
+                log.warning("network state not kept", file=name, error=str(exc))
 
     @property
     def dns_addresses(self) -> Sequence[IPv4Address]:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.network.manager import MAP_FILE, NetworkManager, NetworkNotReady
+from agent.network.manager import DNS_FILE, MAP_FILE, NetworkManager, NetworkNotReady
 from agent.network.plan import NETWORK_LABEL, HostPlan, bridge_name
 from agent.preparers import Attachments
 from agent.runtime.base import NetworkAttachment, NetworkInUse
@@ -117,14 +117,23 @@ async def test_a_network_in_use_stays_until_its_containers_go() -> None:
     assert [n.name for n in await runtime.list_networks({labels.MANAGED: "true"})] == ["dockyard"]
 
 
-async def test_the_map_is_kept_and_read_back_after_a_restart(tmp_path: Path) -> None:
+async def test_the_map_and_dns_table_are_kept_and_read_back_after_a_restart(tmp_path: Path) -> None:
     first = NetworkManager(FakeRuntime(), "n1", state_dir=tmp_path)
     first.update_map(network_map(4, "dockyard"))
     assert (tmp_path / MAP_FILE).exists()
+    first.update_dns(
+        apb.DnsTable(version=3, full=True, records=[apb.DnsRecord(name="db.dockyard", addresses=["10.128.0.5"])])
+    )
+    first.update_dns(apb.DnsTable(version=4, records=[apb.DnsRecord(name="web.dockyard", addresses=["10.128.0.6"])]))
+    assert not (tmp_path / DNS_FILE).exists()  # written once per burst of deltas, or at close
+    await first.close()
 
     again = NetworkManager(FakeRuntime(), "n1", state_dir=tmp_path)
     again.load()
     assert again.plan.version == 4 and again.plan.network("dockyard") is not None
+    assert again.table.version == 4
+    assert [str(a) for a in again.table.lookup("web.dockyard") or ()] == ["10.128.0.6"]
+    assert [str(a) for a in again.table.lookup("db.dockyard") or ()] == ["10.128.0.5"]
     (tmp_path / MAP_FILE).write_bytes(b"\xff\xff garbage")
     damaged = NetworkManager(FakeRuntime(), "n1", state_dir=tmp_path)
     damaged.load()  # logged, not raised: the controller's map will come
