@@ -665,7 +665,8 @@ class RuntimeConformance(abc.ABC):
     # --- entrypoint, hostname, DNS -----------------------------------------------------------------
 
     async def test_entrypoint_hostname_and_dns_on_the_default_bridge(self) -> None:
-        """The entrypoint runs with the command as arguments; hostname and dns/dns_search land in /etc."""
+        """The entrypoint runs with the command as arguments (an empty one: the command alone); hostname and
+        dns/dns_search land in /etc."""
         async with self._trial() as trial:
             script = (
                 "grep -qxF named-host /etc/hostname && grep -qxF 'nameserver 10.0.0.53' /etc/resolv.conf"
@@ -678,10 +679,13 @@ class RuntimeConformance(abc.ABC):
                 dns=("10.0.0.53",),
                 dns_search=("a.dockyard", "dockyard"),
             )
-            container_id = await trial.runtime.create(spec)
-            await trial.runtime.start(container_id)
-            await _wait_state(trial.runtime, container_id, ContainerState.EXITED)
-            assert (await trial.runtime.inspect(container_id)).exit_code == 7
+            cleared = trial.spec(("sh", "-c", "exit 6"), entrypoint=())
+            container_ids = [await trial.runtime.create(spec), await trial.runtime.create(cleared)]
+            for container_id in container_ids:
+                await trial.runtime.start(container_id)
+                await _wait_state(trial.runtime, container_id, ContainerState.EXITED)
+            codes = [(await trial.runtime.inspect(c)).exit_code for c in container_ids]
+            assert codes == [7, 6], "an empty entrypoint runs the command itself"
 
     # --- networks ----------------------------------------------------------------------------------
 
@@ -703,13 +707,18 @@ class RuntimeConformance(abc.ABC):
                 # Docker refuses a second network on a subnet that overlaps one it has.
                 await runtime.ensure_network(f"{name}-2", subnet, gateway, f"{bridge}x", trial.labels, False)
 
-            server = await runtime.create(trial.spec(networks=(NetworkAttachment(name, ("db", "primary")),)))
+            # A second network, which the server joins too (connected between create and start).
+            second, (second_subnet, second_gateway) = f"{name}-b", _test_subnet(trial.labels[RUN_LABEL], 2)
+            await runtime.ensure_network(second, second_subnet, second_gateway, f"{bridge}b", trial.labels, True)
+            attachments = (NetworkAttachment(name, ("db", "primary")), NetworkAttachment(second))
+            server = await runtime.create(trial.spec(networks=attachments))
             await runtime.start(server)
             info = await runtime.inspect(server)
-            assert set(info.addresses) == {name}
+            assert set(info.addresses) == {name, second}
             assert ipaddress.IPv4Address(info.addresses[name]) in ipaddress.IPv4Network(subnet)
+            assert ipaddress.IPv4Address(info.addresses[second]) in ipaddress.IPv4Network(second_subnet)
             assert info.addresses[name] != gateway
-            assert info.ip_address == info.addresses[name]
+            assert info.ip_address in info.addresses.values()
 
             # Two clients: busybox's nslookup tries only the search domains' names when there are any. Only A
             # records are asked for: the embedded DNS forwards a container name's AAAA query to the spec's dns
@@ -746,6 +755,7 @@ class RuntimeConformance(abc.ABC):
             with _raises(NetworkInUse):
                 await runtime.ensure_network(name, other_subnet, other_gateway, bridge, trial.labels, False)
             await runtime.remove(server)
+            await runtime.remove_network(second)
             moved = await runtime.ensure_network(name, other_subnet, other_gateway, bridge, trial.labels, False)
             assert (moved.subnet, moved.gateway) == (other_subnet, other_gateway)
             assert moved.id != made.id, "recreated on the new subnet"
