@@ -166,7 +166,7 @@ class _Parsed:
 def plan(network_map: apb.NetworkMap, node_id: str, connected: Iterable[IPv4Network]) -> HostPlan:
     """Plans this host's networks, routes, VXLAN peers and firewall for the map; unusable entries go to problems."""
     problems: list[str] = []
-    entries = _parse(network_map, problems)
+    entries = _parse(network_map, node_id, problems)
     pool = _pool(network_map.pool, problems)
     cluster = [pool] if pool is not None else sorted({e.subnet for e in entries})
     # The host's own links, without the subnets the map hands out (our bridges are connected too).
@@ -274,7 +274,7 @@ HOOKS: Final = (
 )
 
 
-def _parse(network_map: apb.NetworkMap, problems: list[str]) -> list[_Parsed]:
+def _parse(network_map: apb.NetworkMap, node_id: str, problems: list[str]) -> list[_Parsed]:
     entries: list[_Parsed] = []
     seen: set[tuple[str, str]] = set()
     for index, item in enumerate(network_map.subnets):
@@ -289,8 +289,10 @@ def _parse(network_map: apb.NetworkMap, problems: list[str]) -> list[_Parsed]:
         except ValueError:
             address = None
         if address is None:
-            problems.append(f"{where}.node_address: {item.node_address!r} is not an IPv4 address; entry skipped")
-            continue
+            if item.node_id != node_id:  # our own address is never used: our subnets are on our bridges
+                problems.append(f"{where}.node_address: {item.node_address!r} is not an IPv4 address; entry skipped")
+                continue
+            address = IPv4Address(0)
         if subnet.prefixlen > 30:
             problems.append(f"{where}.subnet: {subnet} has no room for a gateway and containers; entry skipped")
             continue

@@ -95,6 +95,19 @@ def test_our_own_bridges_are_not_taken_for_an_underlay_link() -> None:
     assert [r.vxlan for r in got.routes] == [True]
 
 
+def test_our_own_entries_need_no_address() -> None:
+    unknown = apb.NetworkMap(
+        version=1,
+        pool=POOL,
+        subnets=[subnet("dockyard", "h1", "", "10.128.0.0/24"), subnet("dockyard", "h2", "", "10.128.1.0/24")],
+    )
+    got = p.plan(unknown, "h1", UNDERLAY)
+    assert [str(n.subnet) for n in got.networks] == ["10.128.0.0/24"]
+    assert got.routes == () and got.problems == (
+        "network_map.subnets[1].node_address: '' is not an IPv4 address; entry skipped",
+    )
+
+
 def test_bad_entries_are_skipped_with_their_field_named() -> None:
     bad = apb.NetworkMap(
         version=1,
