@@ -37,6 +37,7 @@ _BUILTINS = {
     "node": "dockyard.cli.node",
     "service": "dockyard.cli.service",
     "join-token": "dockyard.cli.security",
+    "image": "dockyard.cli.images",
 }
 
 
