@@ -24,6 +24,7 @@ from controller.ids import new_id
 from controller.orchestrator.role import Orchestrator
 from controller.reactor import Reactor
 from controller.scheduler.role import Scheduler
+from controller.sealing import Sealer
 from controller.security.authority import ClusterAuthority
 from controller.security.guard import Guard
 from controller.security.join import JoinServicer
@@ -71,6 +72,7 @@ class Controller:
         self._own_store = store is None
         self.store = store or SqliteStore(config.state_dir / STORE_FILE, history_limit=config.service_history)
         self.authority: ClusterAuthority | None = None
+        self.sealer: Sealer | None = None
         self.join_port = 0
         self._server: grpc.aio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -165,6 +167,7 @@ class Controller:
                 join_tokens=self,
                 scheduler_seed=self.config.seed,
                 images=ImagePushes(self.store, dispatcher.commands, dispatcher.images),
+                sealer=await self._open_sealer(),
             ),
             server,
         )
@@ -222,6 +225,14 @@ class Controller:
             tls=self.authority is not None,
             state_dir=str(self.config.state_dir),
         )
+
+    async def _open_sealer(self) -> Sealer:
+        """Opens the data key beside the CA key, made at the first start; refused when the store holds data
+        sealed with a key that is not there (a store restored without its data.key)."""
+        if self.sealer is None:
+            sealed = [*await self.store.list_objects(Kind.SECRET), *await self.store.list_objects(Kind.REGISTRY)]
+            self.sealer = Sealer.open(self.config.state_dir, sealed_objects=len(sealed))
+        return self.sealer
 
     @property
     def _join_listen(self) -> str:

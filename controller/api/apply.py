@@ -5,11 +5,18 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Final
+from typing import Final, TypeVar
 
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from controller.api.files import digest_of, file_spec_issues, new_config, new_secret
 from controller.orchestrator.rollout import resumed
-from controller.store.base import Put
+from controller.sealing import Sealer
+from controller.store.base import Check, Kind, Op, Put, Store
 from dockyard.spec.diff import same_task_spec
+from dockyard.spec.issues import Issue, index_path, key_path, service_path
+from dockyard.spec.stacks import CLUSTER_NETWORK, belongs, default_network, object_name_problem, stack_problem
+from dockyard.spec.validation import label_issues
 from dockyard.timestamps import to_timestamp
 from dockyard.v1 import controller_pb2 as cpb
 from dockyard.v1 import types_pb2 as pb
@@ -87,3 +94,246 @@ def pruned(specs: Sequence[pb.ServiceSpec], existing: Mapping[str, pb.Service]) 
     """Returns the stored services an apply with prune deletes: those the request does not name, by name."""
     names = {spec.name for spec in specs}
     return [existing[name] for name in sorted(existing) if name not in names]
+
+
+def pruned_of_stack(
+    specs: Sequence[pb.ServiceSpec], existing: Mapping[str, pb.Service], stack: str
+) -> list[pb.Service]:
+    """Returns what prune deletes: with a stack, only that stack's services the request does not name."""
+    candidates = pruned(specs, existing)
+    if not stack:
+        return candidates
+    return [s for s in candidates if s.spec.stack == stack]
+
+
+def request_stack(specs: Sequence[pb.ServiceSpec]) -> str:
+    """The stack a request without one deploys (PlanApply has no field for it): the specs' one stack, or ""."""
+    stacks = {spec.stack for spec in specs}
+    return stacks.pop() if len(stacks) == 1 else ""
+
+
+def with_stack(specs: Sequence[pb.ServiceSpec], stack: str) -> list[pb.ServiceSpec]:
+    """Returns the specs with an empty stack set to the request's (every service of the request belongs to it)."""
+    if not stack:
+        return list(specs)
+    out = []
+    for spec in specs:
+        filled = pb.ServiceSpec()
+        filled.CopyFrom(spec)
+        filled.stack = filled.stack or stack
+        out.append(filled)
+    return out
+
+
+@dataclass(frozen=True)
+class ObjectsView:
+    """The networks, volumes, secrets and configs in the store, by name: what an apply's references meet."""
+
+    networks: Mapping[str, pb.Network]
+    volumes: Mapping[str, pb.Volume]
+    secrets: Mapping[str, pb.Secret]
+    configs: Mapping[str, pb.Config]
+
+
+@dataclass(frozen=True)
+class ObjectPlan:
+    """The problems of an apply's objects and references, and the writes that make its objects."""
+
+    issues: list[Issue]
+    ops: list[Op]
+
+
+def plan_objects(
+    request: cpb.ApplyServiceRequest,
+    specs: Sequence[pb.ServiceSpec],
+    view: ObjectsView,
+    now: datetime,
+    new_id: Callable[[], str],
+    sealer: Sealer | None,
+) -> ObjectPlan:
+    """Decides the objects an apply makes (declared ones that do not exist yet, a stack's default network,
+    volumes mounted but not declared, as Compose makes them) and checks every reference of `specs`.
+
+    A reference to a network, secret or config that neither exists nor is declared is a problem at its
+    field's path; so is a declared secret or config that exists with other data (they are immutable).
+    Referenced secrets and configs that exist are Checked, so one removed meanwhile fails the commit.
+    """
+    issues: list[Issue] = []
+    stack = request.stack
+    if (problem := stack_problem(stack)) is not None:
+        issues.append(Issue("stack", problem))
+    for spec in specs:
+        if stack and spec.stack != stack:
+            issues.append(
+                Issue(
+                    key_path(service_path(spec.name), "stack"),
+                    f"is {spec.stack!r}, but the request deploys stack {stack!r}; give one stack per request",
+                )
+            )
+    declared = _Declared(
+        _declared(request.networks, "networks", issues),
+        _declared(request.volumes, "volumes", issues),
+        _declared(request.secrets, "secrets", issues),
+        _declared(request.configs, "configs", issues),
+    )
+    if (declared.secrets or any(spec.secrets for spec in specs)) and sealer is None:
+        issues.append(Issue("secrets", "this controller has no data key to seal secrets with"))
+    ops = _declared_ops(declared, stack, view, now, new_id, sealer, issues)
+    ops.extend(_reference_ops(specs, declared, view, to_timestamp(now), new_id, issues))
+    return ObjectPlan(issues, ops)
+
+
+@dataclass(frozen=True)
+class _Declared:
+    networks: dict[str, tuple[int, cpb.NetworkSpec]]
+    volumes: dict[str, tuple[int, cpb.VolumeSpec]]
+    secrets: dict[str, tuple[int, cpb.FileSpec]]
+    configs: dict[str, tuple[int, cpb.FileSpec]]
+
+
+def _declared_ops(
+    declared: _Declared,
+    stack: str,
+    view: ObjectsView,
+    now: datetime,
+    new_id: Callable[[], str],
+    sealer: Sealer | None,
+    issues: list[Issue],
+) -> list[Op]:
+    """The puts of the declared objects that do not exist yet; a secret or config with other data is a problem."""
+    ops: list[Op] = []
+    stamp = to_timestamp(now)
+    for name, (_, net) in declared.networks.items():
+        if name not in view.networks:
+            obj = pb.Network(id=new_id(), name=name, stack=_stack_of(stack, name), internal=net.internal)
+            obj.labels.update(net.labels)
+            obj.created_at.CopyFrom(stamp)
+            ops.append(Put(obj, expect_version=0))
+    for name, (_, vol) in declared.volumes.items():
+        if name not in view.volumes:
+            ops.append(Put(_new_volume(name, stack, vol.labels, stamp, new_id), expect_version=0))
+    for name, (i, file) in declared.secrets.items():
+        path = index_path("secrets", i)
+        issues.extend(file_spec_issues(file, path, "secret"))
+        current_secret = view.secrets.get(name)
+        if current_secret is not None:
+            if current_secret.digest != digest_of(file.data):
+                issues.append(Issue(path, _IMMUTABLE.format(what="secret", name=name)))
+        elif sealer is not None:
+            ops.append(Put(new_secret(file, stack, now, new_id, sealer), expect_version=0))
+    for name, (i, file) in declared.configs.items():
+        path = index_path("configs", i)
+        issues.extend(file_spec_issues(file, path, "config"))
+        current_config = view.configs.get(name)
+        if current_config is not None:
+            if current_config.digest != digest_of(file.data):
+                issues.append(Issue(path, _IMMUTABLE.format(what="config", name=name)))
+        else:
+            ops.append(Put(new_config(file, stack, now, new_id), expect_version=0))
+    return ops
+
+
+def _reference_ops(
+    specs: Sequence[pb.ServiceSpec],
+    declared: _Declared,
+    view: ObjectsView,
+    stamp: Timestamp,
+    new_id: Callable[[], str],
+    issues: list[Issue],
+) -> list[Op]:
+    """Checks each spec's references; returns the puts of what is made on first use and the checks."""
+    ops: list[Op] = []
+    made_networks = set(declared.networks)
+    made_volumes = set(declared.volumes)
+    checked: set[tuple[Kind, str]] = set()
+    for spec in specs:
+        base = service_path(spec.name)
+        if not spec.networks and spec.stack:
+            default = default_network(spec.stack)
+            if default not in view.networks and default not in made_networks:
+                made_networks.add(default)
+                obj = pb.Network(id=new_id(), name=default, stack=spec.stack)
+                obj.created_at.CopyFrom(stamp)
+                ops.append(Put(obj, expect_version=0))
+        for j, network in enumerate(spec.networks):
+            if network not in view.networks and network not in made_networks and network != CLUSTER_NETWORK:
+                issues.append(
+                    Issue(
+                        index_path(key_path(base, "networks"), j),
+                        f"network {network!r} does not exist; declare it in the file's networks or create it "
+                        "with `dockyard network create`",
+                    )
+                )
+        for mount in spec.mounts:
+            fresh = mount.source not in view.volumes and mount.source not in made_volumes
+            if mount.type in _VOLUME_TYPES and mount.source and fresh:
+                # Compose and `docker service create` make a mounted volume on first use; so does an apply.
+                made_volumes.add(mount.source)
+                volume = _new_volume(mount.source, spec.stack, mount.volume_labels, stamp, new_id)
+                ops.append(Put(volume, expect_version=0))
+        for field, kind, known, names in (
+            ("secrets", Kind.SECRET, view.secrets, declared.secrets),
+            ("configs", Kind.CONFIG, view.configs, declared.configs),
+        ):
+            for j, ref in enumerate(getattr(spec, field)):
+                current = known.get(ref.name)
+                if current is not None:
+                    if ref.name not in names and (kind, current.id) not in checked:
+                        checked.add((kind, current.id))
+                        ops.append(Check(kind, current.id, current.version))
+                elif ref.name not in names:
+                    issues.append(
+                        Issue(
+                            key_path(index_path(key_path(base, field), j), "name"),
+                            f"{kind} {ref.name!r} does not exist; declare it in the file's {field} or create it "
+                            f"with `dockyard {kind} create`",
+                        )
+                    )
+    return ops
+
+
+_IMMUTABLE: Final = "{what} {name!r} exists with other data; {what}s are immutable: create it under a new name"
+_VOLUME_TYPES: Final = frozenset({pb.Mount.TYPE_UNSPECIFIED, pb.Mount.TYPE_VOLUME})
+
+_S = TypeVar("_S", cpb.NetworkSpec, cpb.VolumeSpec, cpb.FileSpec)
+
+
+def _declared(items: Sequence[_S], field: str, issues: list[Issue]) -> dict[str, tuple[int, _S]]:
+    """Returns the request's objects of one field by name, noting bad and repeated names."""
+    out: dict[str, tuple[int, _S]] = {}
+    for i, item in enumerate(items):
+        path = index_path(field, i)
+        problem = object_name_problem(item.name)
+        if problem is not None:
+            issues.append(Issue(key_path(path, "name"), problem))
+            continue
+        if item.name in out:
+            issues.append(Issue(key_path(path, "name"), f"{item.name!r} is listed more than once; give it once"))
+            continue
+        out[item.name] = (i, item)
+        if not isinstance(item, cpb.FileSpec):
+            for key, value in item.labels.items():
+                issues.extend(label_issues(key, value, key_path(key_path(path, "labels"), key)))
+    return out
+
+
+def _stack_of(stack: str, name: str) -> str:
+    return stack if belongs(stack, name) else ""
+
+
+def _new_volume(
+    name: str, stack: str, labels: Mapping[str, str], stamp: Timestamp, new_id: Callable[[], str]
+) -> pb.Volume:
+    volume = pb.Volume(id=new_id(), name=name, stack=_stack_of(stack, name))
+    volume.labels.update(labels)
+    volume.created_at.CopyFrom(stamp)
+    return volume
+
+
+async def read_objects(store: Store) -> ObjectsView:
+    """Reads the store's networks, volumes, secrets and configs by name."""
+    nets = {o.name: o for o in await store.list_objects(Kind.NETWORK) if isinstance(o, pb.Network)}
+    vols = {o.name: o for o in await store.list_objects(Kind.VOLUME) if isinstance(o, pb.Volume)}
+    secs = {o.name: o for o in await store.list_objects(Kind.SECRET) if isinstance(o, pb.Secret)}
+    cfgs = {o.name: o for o in await store.list_objects(Kind.CONFIG) if isinstance(o, pb.Config)}
+    return ObjectsView(nets, vols, secs, cfgs)

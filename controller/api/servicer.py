@@ -16,8 +16,17 @@ from typing import Final, Protocol
 import grpc
 import structlog
 
-from controller.api.apply import plan_apply, pruned, scale_cause
+from controller.api.apply import (
+    plan_apply,
+    plan_objects,
+    pruned_of_stack,
+    read_objects,
+    request_stack,
+    scale_cause,
+    with_stack,
+)
 from controller.api.bounds import Gate, ReadCaps
+from controller.api.files import FilesApi
 from controller.api.history import Resume, history_response, rollback_target
 from controller.api.images import ImagePushes
 from controller.api.paging import (
@@ -30,6 +39,7 @@ from controller.api.paging import (
     read_page,
 )
 from controller.api.planning import PLAN_ROUNDS, planned_tasks, simulate
+from controller.api.stacks import StacksApi
 from controller.api.status import Context, Stale, abort, abort_invalid, abort_stale
 from controller.api.validation import (
     apply_errors,
@@ -44,6 +54,7 @@ from controller.api.watch import KINDS, WatchClosed, WatchFilter, WatchLimits, w
 from controller.api.writes import commit_or_abort, revision_stale, version_stale
 from controller.orchestrator import rollout
 from controller.scheduler.model import holds_resources, is_pending
+from controller.sealing import Sealer
 from controller.store.base import Check, Delete, Kind, NodeKey, Op, Put, Store, TaskKey, WatchExpired
 from controller.store.specs import SpecCache
 from dockyard.clock import Clock
@@ -112,7 +123,7 @@ class JoinTokens(Protocol):
         ...
 
 
-class ControllerApi:
+class ControllerApi(FilesApi, StacksApi):
     """Validates, then writes services; reads nodes and tasks. It never talks to the other roles.
 
     Its methods have the ControllerService signatures; controller.api.handlers registers them.
@@ -130,11 +141,14 @@ class ControllerApi:
         join_tokens: JoinTokens | None = None,
         scheduler_seed: int = 0,
         images: ImagePushes | None = None,
+        sealer: Sealer | None = None,
     ) -> None:
         """Serves from `store`; `page_limits` bounds every list response, `caps` the expensive reads at once.
 
         scheduler_seed is the scheduler role's tie-break seed: PlanApply places tasks with it, as the role will.
+        sealer seals secrets and registry passwords (None: those are refused).
         """
+        self._sealer = sealer
         self._store = store
         self._join_tokens = join_tokens
         self._images = images  # None: no agent sessions to push through (PushImage is refused)
@@ -158,9 +172,15 @@ class ControllerApi:
         it applies or prunes was created, changed in spec or replicas, or deleted after that store revision.
         """
         existing = {s.name: s for s in await self._store.list_services()}
-        removed = pruned(request.services, existing) if request.prune else []
-        await self._check_apply(request.services, existing, removed, context)
-        names = {spec.name for spec in request.services}
+        specs = with_stack(request.services, request.stack)
+        removed = pruned_of_stack(specs, existing, request.stack) if request.prune else []
+        await self._check_apply(specs, existing, removed, context)
+        objects = plan_objects(
+            request, specs, await read_objects(self._store), self._clock.now(), self._new_id, self._sealer
+        )
+        if objects.issues:
+            await abort_invalid(context, objects.issues)
+        names = {spec.name for spec in specs}
         issues = [
             Issue(key_path("if_revision", name), "names no service of this request; name one that it applies")
             for name in sorted(request.if_revision)
@@ -179,9 +199,10 @@ class ControllerApi:
             stale.extend(await self._moved_since(request.if_state_revision, moved, existing, context))
         if stale:
             await abort_stale(context, stale)
-        plan = plan_apply(request.services, existing, self._clock.now(), self._new_id)
+        plan = plan_apply(specs, existing, self._clock.now(), self._new_id)
         deletes: list[Op] = [Delete(Kind.SERVICE, s.id, expect_version=s.version) for s in removed]
-        if (plan.puts or deletes) and not request.dry_run:
+        made = [op for op in objects.ops if isinstance(op, Put)]
+        if (plan.puts or deletes or made) and not request.dry_run:
             written = {put.obj.id for put in plan.puts if isinstance(put.obj, pb.Service)}
             # A conditioned service that stays unchanged still conditions the whole batch.
             checks: list[Op] = [
@@ -191,7 +212,8 @@ class ControllerApi:
             ]
             subject = service_path(request.services[0].name) if len(request.services) == 1 else "services"
             conditional = bool(expected) or bool(request.if_state_revision)
-            await commit_or_abort(self._store, context, [*plan.puts, *deletes, *checks], subject, conditional)
+            ops = [*plan.puts, *objects.ops, *deletes, *checks]
+            await commit_or_abort(self._store, context, ops, subject, conditional)
         results = [*plan.results]
         results.extend(cpb.ApplyResult(service=s, action=cpb.ApplyResult.ACTION_REMOVED) for s in removed)
         return cpb.ApplyServiceResponse(results=results)
@@ -695,7 +717,7 @@ class ControllerApi:
         tasks = await self._store.list_tasks()
         nodes = await self._store.list_nodes()
         existing = {s.name: s for s in services}
-        removed = pruned(request.services, existing) if request.prune else []
+        removed = pruned_of_stack(request.services, existing, request_stack(request.services)) if request.prune else []
         await self._check_apply(request.services, existing, removed, context)
         now = self._clock.now()
         applied = plan_apply(request.services, existing, now, self._new_id)

@@ -28,6 +28,7 @@ from controller.api.paging import PageLimits
 from controller.api.servicer import ControllerApi
 from controller.ids import new_id
 from controller.security.authority import ClusterAuthority
+from controller.sealing import Sealer
 from controller.security.guard import Guard
 from controller.server import Controller, ControllerConfig
 from controller.store.sqlite import SqliteStore
@@ -212,6 +213,7 @@ async def start_api(root: Path, page_limits: PageLimits | None = None, **api_opt
     server = grpc.aio.server(
         options=list(SERVER_OPTIONS), interceptors=[Guard(store, authority.cluster_id, Throttle(clock))]
     )
+    api_options.setdefault("sealer", Sealer.open(root / "pki"))  # the data key beside the CA key, as the controller's
     add_controller_api(ControllerApi(store, clock, new_id, page_limits, **api_options), server)  # type: ignore[arg-type]
     port = server.add_secure_port("127.0.0.1:0", authority.server_credentials(client_certificates=True))
     await server.start()
