@@ -373,6 +373,61 @@ class Client:
             await asyncio.gather(writer, return_exceptions=True)
             call.cancel()
 
+    # --- secrets, configs, registry credentials, stacks ---
+
+    async def create_secret(self, name: str, data: bytes, labels: Mapping[str, str] | None = None) -> pb.Secret:
+        """Stores a secret (sealed by the controller); returns it without data."""
+        spec = cpb.FileSpec(name=name, data=data, labels=dict(labels or {}))
+        return await self._call(self._stub.CreateSecret, cpb.CreateSecretRequest(secret=spec))
+
+    async def list_secrets(self) -> list[pb.Secret]:
+        """Returns every secret, without data."""
+        return list((await self._call(self._stub.ListSecrets, cpb.ListSecretsRequest())).secrets)
+
+    async def remove_secret(self, name: str) -> pb.Secret:
+        """Deletes a secret (refused while a service uses it); returns what it was."""
+        return (await self._call(self._stub.RemoveSecret, cpb.RemoveSecretRequest(name=name))).secret
+
+    async def create_config(self, name: str, data: bytes, labels: Mapping[str, str] | None = None) -> pb.Config:
+        """Stores a config; returns it."""
+        spec = cpb.FileSpec(name=name, data=data, labels=dict(labels or {}))
+        return await self._call(self._stub.CreateConfig, cpb.CreateConfigRequest(config=spec))
+
+    async def list_configs(self) -> list[pb.Config]:
+        """Returns every config, without data."""
+        return list((await self._call(self._stub.ListConfigs, cpb.ListConfigsRequest())).configs)
+
+    async def get_config(self, name: str) -> pb.Config:
+        """Returns one config with its data."""
+        return await self._call(self._stub.GetConfig, cpb.GetConfigRequest(name=name))
+
+    async def remove_config(self, name: str) -> pb.Config:
+        """Deletes a config (refused while a service uses it); returns what it was."""
+        return (await self._call(self._stub.RemoveConfig, cpb.RemoveConfigRequest(name=name))).config
+
+    async def set_registry_credential(self, server: str, username: str, password: str) -> pb.RegistryCredential:
+        """Gives the controller the credentials of a registry (replacing any); returns them without the password."""
+        request = cpb.SetRegistryCredentialRequest(server=server, username=username, password=password)
+        return await self._call(self._stub.SetRegistryCredential, request)
+
+    async def list_registry_credentials(self) -> list[pb.RegistryCredential]:
+        """Returns every registry's server and username."""
+        request = cpb.ListRegistryCredentialsRequest()
+        return list((await self._call(self._stub.ListRegistryCredentials, request)).credentials)
+
+    async def remove_registry_credential(self, server: str) -> pb.RegistryCredential:
+        """Forgets a registry's credentials; returns what they were (without the password)."""
+        request = cpb.RemoveRegistryCredentialRequest(server=server)
+        return (await self._call(self._stub.RemoveRegistryCredential, request)).credential
+
+    async def list_stacks(self) -> list[cpb.Stack]:
+        """Returns every stack with its services and objects."""
+        return list((await self._call(self._stub.ListStacks, cpb.ListStacksRequest())).stacks)
+
+    async def remove_stack(self, name: str) -> cpb.Stack:
+        """Deletes a stack's services and its unused networks, secrets and configs; returns them (volumes: kept)."""
+        return (await self._call(self._stub.RemoveStack, cpb.RemoveStackRequest(name=name))).stack
+
 
 def _event_key(event: cpb.WatchEvent) -> tuple[int, str, str, int]:
     kind = event.WhichOneof("object") or ""

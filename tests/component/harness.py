@@ -27,8 +27,8 @@ from controller.api.handlers import add_controller_api
 from controller.api.paging import PageLimits
 from controller.api.servicer import ControllerApi
 from controller.ids import new_id
-from controller.security.authority import ClusterAuthority
 from controller.sealing import Sealer
+from controller.security.authority import ClusterAuthority
 from controller.security.guard import Guard
 from controller.server import Controller, ControllerConfig
 from controller.store.sqlite import SqliteStore

@@ -61,6 +61,18 @@ _DOCUMENTED: Final = {
     "ListServiceHistory": {Code.NOT_FOUND},  # no such service
     "RollbackService": {Code.NOT_FOUND, Code.FAILED_PRECONDITION},  # unknown; nothing to roll back to, if_revision
     "RebalanceService": {Code.NOT_FOUND, Code.FAILED_PRECONDITION},  # unknown; a global service or a job
+    "CreateSecret": {Code.ALREADY_EXISTS, Code.FAILED_PRECONDITION},  # name taken (immutable); no data key
+    "ListSecrets": set(),
+    "RemoveSecret": {Code.NOT_FOUND, Code.FAILED_PRECONDITION},  # unknown; a service uses it
+    "CreateConfig": {Code.ALREADY_EXISTS},  # name taken (immutable)
+    "ListConfigs": set(),
+    "GetConfig": {Code.NOT_FOUND},
+    "RemoveConfig": {Code.NOT_FOUND, Code.FAILED_PRECONDITION},  # unknown; a service uses it
+    "SetRegistryCredential": {Code.FAILED_PRECONDITION},  # no data key
+    "ListRegistryCredentials": set(),
+    "RemoveRegistryCredential": {Code.NOT_FOUND},
+    "ListStacks": set(),
+    "RemoveStack": {Code.NOT_FOUND},
 }
 ALLOWED: Final = {name: frozenset({Code.INVALID_ARGUMENT, *codes}) | AUTH | SIZE for name, codes in _DOCUMENTED.items()}
 # The methods this controller serves (the contract may name more: those answer UNIMPLEMENTED); a served
@@ -213,6 +225,13 @@ def _writes(method: MethodDescriptor) -> bool:
         "RemoveNode",
         "RollbackService",
         "RebalanceService",
+        "CreateSecret",
+        "RemoveSecret",
+        "CreateConfig",
+        "RemoveConfig",
+        "SetRegistryCredential",
+        "RemoveRegistryCredential",
+        "RemoveStack",
     }
 
 

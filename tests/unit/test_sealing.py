@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from controller.errors import StartupError
-from controller.sealing import DATA_KEY_FILE, KEY_BYTES, NONCE_BYTES, SealError, Sealer, secret_context
+from controller.sealing import DATA_KEY_FILE, KEY_BYTES, NONCE_BYTES, Sealer, SealError, secret_context
 
 DATA = b"hunter2\x00\xffbinary too"
 
