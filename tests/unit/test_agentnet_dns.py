@@ -8,6 +8,8 @@ import struct
 from ipaddress import IPv4Address, IPv4Network
 
 from dnslib import QTYPE, RCODE, DNSRecord
+from hypothesis import given
+from hypothesis import strategies as st
 
 from agent.network.dns import TTL_SECONDS, DnsServer, NameTable, Resolver, stacks_of_network, upstream_servers
 from dockyard.v1 import agent_pb2 as apb
@@ -173,3 +175,32 @@ async def test_garbage_and_responses_get_no_answer() -> None:
     assert await s.respond(b"\x00", None) is None
     response = DNSRecord.question("x.dockyard").reply().pack()
     assert await s.respond(response, None) is None
+
+
+names_st = st.sampled_from(["a.dockyard", "b.dockyard", "c.shop.dockyard", "d.dockyard"])
+addresses_st = st.lists(st.sampled_from(["10.128.0.2", "10.128.1.3", "10.128.2.4"]), max_size=3)
+
+
+@given(st.lists(st.tuples(st.booleans(), st.dictionaries(names_st, addresses_st, max_size=4)), max_size=12))
+def test_table_matches_a_model_of_full_tables_and_in_order_deltas(
+    messages: list[tuple[bool, dict[str, list[str]]]],
+) -> None:
+    t = NameTable()
+    model: dict[str, list[str]] = {}
+    for version, (full, records) in enumerate(messages, start=1):
+        t.apply(
+            apb.DnsTable(
+                version=version, full=full, records=[apb.DnsRecord(name=n, addresses=a) for n, a in records.items()]
+            )
+        )
+        if full:
+            model = {}
+        for name, addresses in records.items():
+            if addresses:
+                model[name] = list(dict.fromkeys(addresses))
+            else:
+                model.pop(name, None)
+        # A replayed delta changes nothing.
+        t.apply(apb.DnsTable(version=version, records=[apb.DnsRecord(name="a.dockyard", addresses=["10.9.9.9"])]))
+    assert {n: [str(a) for a in t.lookup(n) or ()] for n in model} == model
+    assert len(t) == len(model)
