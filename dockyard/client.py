@@ -197,11 +197,13 @@ class Client:
         if_revision: Mapping[str, int] | None = None,
         if_state_revision: int = 0,
         prune: bool = False,
+        extras: cpb.ApplyServiceRequest | None = None,
     ) -> cpb.ApplyServiceResponse:
         """Creates or updates services atomically; `if_revision` (name -> revision, 0: new) makes it conditional.
 
         `if_state_revision` (a plan's state revision; 0: no check) refuses the apply when a service of the
         request (or one prune would remove) changed since; `prune` also deletes every service not in `specs`.
+        `extras` (Deployment.extras()) adds the stack and the networks, volumes, secrets and configs to create.
         """
         request = cpb.ApplyServiceRequest(
             services=specs,
@@ -210,6 +212,8 @@ class Client:
             if_state_revision=if_state_revision,
             prune=prune,
         )
+        if extras is not None:
+            request.MergeFrom(extras)
         return await self._call(self._stub.ApplyService, request)
 
     async def plan(self, specs: list[pb.ServiceSpec], prune: bool = False) -> cpb.PlanApplyResponse:

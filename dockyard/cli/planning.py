@@ -17,7 +17,7 @@ import click
 
 from dockyard.cli.common import controller_option, output_option, run
 from dockyard.cli.exitcodes import ExitCode
-from dockyard.cli.workloads import file_option, load_specs
+from dockyard.cli.workloads import file_option, load_deployment
 from dockyard.client import Client
 from dockyard.v1 import controller_pb2 as cpb
 
@@ -151,7 +151,7 @@ def plan(path: Path, prune: bool, controller: str | None, output: str) -> None:
 
     Exit codes: 0 nothing would change, 1 error, 2 something would change.
     """
-    specs = load_specs(path)
+    specs = load_deployment(path).specs
     outcome = ExitCode.OK
 
     async def body(client: Client) -> None:

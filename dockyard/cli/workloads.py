@@ -15,7 +15,7 @@ from dockyard.cli.following import Mirror, wait_until
 from dockyard.cli.output import emit, emit_object
 from dockyard.cli.views import service_view, task_detail, task_view
 from dockyard.client import Client
-from dockyard.spec import SpecError, load_spec_file
+from dockyard.spec import Deployment, SpecError, load_deployment_file
 from dockyard.task_state import spec_key
 from dockyard.v1 import controller_pb2 as cpb
 from dockyard.v1 import types_pb2 as pb
@@ -78,10 +78,10 @@ def parse_if_revision(values: Sequence[str], names: Sequence[str]) -> tuple[int,
     return state_revision or 0, expected
 
 
-def load_specs(path: Path) -> list[pb.ServiceSpec]:
+def load_deployment(path: Path) -> Deployment:
     """Reads a spec file; an invalid one ends the command with every problem listed."""
     try:
-        return load_spec_file(path)
+        return load_deployment_file(path)
     except SpecError as exc:
         raise click.ClickException(f"{path}: invalid spec\n{exc}") from None
 
@@ -141,12 +141,17 @@ def apply(
     Exit codes: 0 converged, 1 error, 3 rolled back, 4 paused, 5 tasks cannot be placed, 6 timeout, 7 a job
     failed (docs/operations.md).
     """
-    specs = load_specs(path)
-    state_revision, expected = parse_if_revision(if_revision, [s.name for s in specs])
+    deployment = load_deployment(path)
+    state_revision, expected = parse_if_revision(if_revision, deployment.names)
 
     async def body(client: Client) -> None:
         response = await client.apply(
-            specs, dry_run=dry_run, if_revision=expected, if_state_revision=state_revision, prune=prune
+            deployment.specs,
+            dry_run=dry_run,
+            if_revision=expected,
+            if_state_revision=state_revision,
+            prune=prune,
+            extras=deployment.extras(),
         )
         # Services prune deleted come back as ACTION_REMOVED, as they were last: the controller's own account.
         applied = [r for r in response.results if r.action != cpb.ApplyResult.ACTION_REMOVED]

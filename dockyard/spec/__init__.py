@@ -7,7 +7,9 @@ field's default and limits are in one table, dockyard.spec.schema.
 The modules: schema (the field table), reader (YAML document to ServiceSpec), validation (checks of
 a ServiceSpec, shared with the controller's API), issues (Issue, SpecError, paths), loading (files
 and YAML), units (bytes, durations, CPUs, ports), writer (ServiceSpec to document), diff (what
-changed between two specs, field by field), dependencies (the depends_on graph: cycles, start order).
+changed between two specs, field by field), dependencies (the depends_on graph: cycles, start order),
+stacks (the naming rules of stacks, networks and DNS), deployment (a file's services with its stack,
+networks, volumes, secrets and configs).
 
 The names below are loaded on first use (PEP 562), not with the package: the agent needs only the
 schema table (defaults, the label prefix) and must not carry YAML, the reader and the validation
@@ -20,8 +22,9 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from dockyard.spec.deployment import Deployment
     from dockyard.spec.issues import Issue, SpecError
-    from dockyard.spec.loading import load_spec, load_spec_file
+    from dockyard.spec.loading import load_deployment, load_deployment_file, load_spec, load_spec_file
     from dockyard.spec.units import (
         format_bytes,
         format_cpus,
@@ -35,12 +38,15 @@ if TYPE_CHECKING:
     from dockyard.spec.writer import spec_to_document
 
 __all__ = [
+    "Deployment",
     "Issue",
     "SpecError",
     "format_bytes",
     "format_cpus",
     "format_duration",
     "format_port",
+    "load_deployment",
+    "load_deployment_file",
     "load_spec",
     "load_spec_file",
     "parse_bytes",
@@ -54,8 +60,11 @@ __all__ = [
 
 # Which module defines each exported name.
 _HOMES = {
+    "Deployment": "deployment",
     "Issue": "issues",
     "SpecError": "issues",
+    "load_deployment": "loading",
+    "load_deployment_file": "loading",
     "load_spec": "loading",
     "load_spec_file": "loading",
     "format_bytes": "units",

@@ -11,33 +11,63 @@ import re
 
 import yaml
 
+from dockyard.spec import schema
+from dockyard.spec.deployment import Deployment
 from dockyard.spec.issues import Issue, SpecError, index_path, key_path
-from dockyard.spec.reader import read_document
+from dockyard.spec.reader import ReadFile, read_deployment
 from dockyard.v1 import types_pb2 as pb
 
 
 def load_spec(text: str, source: str = "<spec>") -> list[pb.ServiceSpec]:
     """Returns the valid specs of a YAML document in file order; raises SpecError listing every problem.
 
-    `source` names the text in syntax errors and in problems with the document as a whole.
+    `source` names the text in syntax errors and in problems with the document as a whole. The
+    document's stack and top-level objects are checked but not returned: load_deployment returns them.
     """
-    specs, issues = read_document(parse_yaml(text, source), source)
-    if issues:
-        raise SpecError(str(issue) for issue in issues)
-    return specs
+    return load_deployment(text, source).specs
 
 
 def load_spec_file(path: str | os.PathLike[str]) -> list[pb.ServiceSpec]:
     """Reads a UTF-8 file and loads it like load_spec; an unreadable file raises SpecError naming it."""
+    return load_deployment_file(path).specs
+
+
+def load_deployment(text: str, source: str = "<spec>", base: str | os.PathLike[str] = ".") -> Deployment:
+    """Returns what a YAML document asks an apply for; raises SpecError listing every problem.
+
+    Files named by the document's secrets and configs are read relative to folder `base`.
+    """
+    deployment, issues = read_deployment(parse_yaml(text, source), source, files_under(base))
+    if issues:
+        raise SpecError(str(issue) for issue in issues)
+    return deployment
+
+
+def load_deployment_file(path: str | os.PathLike[str]) -> Deployment:
+    """Reads a UTF-8 file and loads it like load_deployment, relative to its folder; SpecError names a bad file."""
     source = os.fspath(path)
+    return load_deployment(read_text(source), source, os.path.dirname(source) or ".")
+
+
+def read_text(source: str) -> str:
+    """The text of a UTF-8 spec file; SpecError naming the file when it cannot be read."""
     try:
         with open(source, encoding="utf-8-sig") as file:
-            text = file.read()
+            return file.read()
     except UnicodeDecodeError as exc:
         raise SpecError([f"{source}: is not UTF-8 text (bad byte at offset {exc.start}); save it as UTF-8"]) from None
     except OSError as exc:
         raise SpecError([f"{source}: cannot read the file: {exc.strerror or exc}"]) from None
-    return load_spec(text, source)
+
+
+def files_under(base: str | os.PathLike[str]) -> ReadFile:
+    """Reads the files a spec names (secrets, configs), relative paths from folder `base`; OSError when it cannot."""
+
+    def read(name: str) -> bytes:
+        with open(os.path.join(base, os.path.expanduser(name)), "rb") as file:
+            return file.read(schema.FILE_BYTES.maximum + 1)
+
+    return read
 
 
 _MERGE_TAG = "tag:yaml.org,2002:merge"

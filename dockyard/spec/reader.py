@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 from google.protobuf.duration_pb2 import Duration
 
 from dockyard.spec import schema, validation
+from dockyard.spec.deployment import Deployment
 from dockyard.spec.issues import (
     Issue,
     closest,
@@ -74,17 +75,36 @@ _DEFAULT_PLACEMENT = pb.Placement(
 )
 
 
+# Reads a file a spec names (a secret's or config's `file`), at most schema.FILE_BYTES.maximum + 1 bytes;
+# raises OSError when it cannot.
+ReadFile = Callable[[str], bytes]
+
+
+def _no_files(name: str) -> bytes:
+    raise OSError(f"no files can be read here, so {name!r} cannot")
+
+
 def read_document(data: object, source: str) -> tuple[list[pb.ServiceSpec], list[Issue]]:
     """Converts a parsed document into specs in file order, with every problem found in it, in order.
 
     `source` names the file in problems about the document as a whole. The specs are only
     meaningful when no issues are returned.
     """
+    deployment, issues = read_deployment(data, source, _no_files)
+    return deployment.specs, issues
+
+
+def read_deployment(data: object, source: str, read_file: ReadFile) -> tuple[Deployment, list[Issue]]:
+    """Converts a parsed document into its services and declared objects, with every problem found, in order.
+
+    `read_file` reads the files its secrets and configs name. The result is only meaningful when no
+    issues are returned.
+    """
     reader = _Reader()
     specs = reader.document(data, source)
     # Cycles run between services, so they are found once every service is read.
     reader.issues.extend(validation.depends_on_issues([spec for spec in specs if spec.name]))
-    return specs, reader.issues
+    return Deployment(specs), reader.issues
 
 
 def default_spec(name: str) -> pb.ServiceSpec:

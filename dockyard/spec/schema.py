@@ -749,7 +749,13 @@ SERVICE_HISTORY = Limit(
     Unit.PLAIN,
     "The default of the controller's `--service-history`: older revisions are forgotten (the current one never).",
 )
-LIMITS = (SPEC_BYTES, REQUEST_REPLICAS, CLUSTER_REPLICAS, SERVICE_HISTORY)
+FILE_BYTES = Limit(
+    "secret or config size",
+    500 * KIB,
+    Unit.BYTES,
+    "The data of one secret or config, as Swarm allows: every node that runs a task using it holds it in memory.",
+)
+LIMITS = (SPEC_BYTES, REQUEST_REPLICAS, CLUSTER_REPLICAS, SERVICE_HISTORY, FILE_BYTES)
 
 
 @functools.cache
