@@ -10,6 +10,7 @@ import structlog
 from agent.commands import CommandHandlers
 from agent.config import AgentConfig
 from agent.disconnect import overdue
+from agent.files import FILES_DIR, Files
 from agent.identity import (
     TASK_BOOK_FILE,
     CertificateKeeper,
@@ -75,6 +76,7 @@ class Agent:
             clock=self.clock,
         )
         self.images = Images(runtime, self.clock)
+        self.files = Files(config.files_dir or config.state_dir / FILES_DIR, self.book, clock=self.clock)
         # What the controller may ask of this agent through its session; others register theirs here too.
         self.commands = CommandHandlers()
         self.commands.register("image_load", ImageLoader(runtime, self.images, self.clock))
@@ -88,6 +90,7 @@ class Agent:
             policy=config.policy,
             images=self.images,
             networks=self.network,
+            files=self.files,
         )
         self.commands.register("volume_remove", self.worker.volumes.remove)
         self.observer = Observer(
@@ -113,6 +116,7 @@ class Agent:
             guard=self.guard,
             network=self.network,
             commands=self.commands,
+            files=self.files,
         )
         self._facts: HostFacts | None = None
 
@@ -176,6 +180,7 @@ class Agent:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self.observer.run())
                 group.create_task(self.link.run())
+                group.create_task(self.files.run())
                 group.create_task(self._enforce_on_disconnect())
                 group.create_task(self.network.run())
                 if self.keeper is not None:

@@ -29,3 +29,5 @@ class AgentConfig:
     # Plaintext to a loopback controller run with --insecure; the node id then lives in state_dir/node-id.
     insecure: bool = False
     policy: HostPolicy = field(default_factory=HostPolicy)  # what specs may ask of this host
+    # The tmpfs for secret and config files (agent.files); None: <state_dir>/files, mounted there when needed.
+    files_dir: Path | None = None

@@ -21,6 +21,7 @@ import structlog
 
 from agent.commands import CommandHandlers, CommandRunner
 from agent.config import AgentConfig
+from agent.files import Files
 from agent.identity import ClusterGuard, ClusterMismatch, of_another_ca
 from agent.network.manager import NetworkManager
 from agent.reporter import Reporter
@@ -92,6 +93,7 @@ class ControllerLink:
         credentials: Callable[[], pki.Credentials | None] = lambda: None,
         guard: ClusterGuard | None = None,
         commands: CommandHandlers | None = None,
+        files: Files | None = None,
         network: NetworkManager | None = None,
     ) -> None:
         self._address = address
@@ -101,6 +103,7 @@ class ControllerLink:
         self._guard = guard
         # Each session runs the controller's commands with a runner of its own (agent/commands.py).
         self._commands = commands or CommandHandlers()
+        self._files = files  # keeps Assignments.files in memory (None: they are ignored)
         self._runner = CommandRunner(self._commands, clock=clock)  # replaced at each session
         self._node_id = node_id
         self._describe = describe
@@ -260,6 +263,8 @@ class ControllerLink:
     def _apply(self, assignments: apb.Assignments) -> None:
         self._worker.images.note(assignments)  # before the tasks are woken: they may need to know
         changed = self._book.apply(assignments)
+        if self._files is not None:
+            self._files.take(assignments)  # after the book: it keeps the data its tasks refer to
         missing = {
             spec_key(t)
             for t in assignments.tasks

@@ -76,6 +76,9 @@ class TaskBook:
     def save(self) -> None:
         """Writes the tasks and the specs they run atomically (write, rename).
 
+        Only those: never the file data or registry credentials an Assignments message carries (the secrets
+        stay in memory and on tmpfs, agent.files), which is why the message is built afresh here.
+
         No fsync: after a power cut an agent that finds the file torn adopts its containers from their labels.
         """
         used = {spec_key(t) for t in self._tasks.values()}
