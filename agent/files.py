@@ -153,13 +153,13 @@ class Files:
         self.sweep()
 
     def sweep(self) -> None:
-        """Forgets data no task of the book refers to, and removes the directories of tasks that left the book."""
+        """Forgets data no spec of the book refers to, and removes the directories of tasks that left the book.
+
+        Data is kept while the book keeps a spec that refers to it, not only while a task runs it: the
+        controller sends a file once per session, beside the spec, so a later task of that spec gets no copy.
+        """
         tasks = list(self._book)
-        used: set[FileKey] = set()
-        for task in tasks:
-            spec = self._book.spec_of(task)
-            if spec is not None:
-                used.update((kind, ref.name) for kind, ref in _refs(spec))
+        used = {(kind, ref.name) for spec in self._book.specs() for kind, ref in _refs(spec)}
         self._data = {key: data for key, data in self._data.items() if key in used}
         if self._tmpfs_problem is not None or not self._root.is_dir():
             return

@@ -112,6 +112,10 @@ class TaskBook:
         """Returns the spec of the revision the task runs, or None when the agent was never given it."""
         return self._specs.get(spec_key(task))
 
+    def specs(self) -> list[pb.ServiceSpec]:
+        """Returns every spec the book keeps: its tasks' and those sent in this session (see the module doc)."""
+        return list(self._specs.values())
+
     def with_spec(self, task: pb.Task) -> pb.Task | None:
         """Returns a copy of the task with its spec filled in, or None when the spec is not known."""
         spec = self.spec_of(task)

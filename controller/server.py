@@ -19,6 +19,7 @@ from controller.api.handlers import add_agent_service, add_controller_api
 from controller.api.images import ImagePushes
 from controller.api.servicer import ControllerApi
 from controller.dispatcher.dispatcher import Dispatcher
+from controller.dispatcher.files import FileSource
 from controller.errors import StartupError, StoreDamaged
 from controller.ids import new_id
 from controller.orchestrator.role import Orchestrator
@@ -139,6 +140,7 @@ class Controller:
             self.config.heartbeat_period,
             self.config.heartbeat_grace_periods,
             authority=self.authority,
+            files=FileSource(self.store, await self._open_sealer(), throttle),
         )
         orchestrator = Orchestrator(self.store, self._clock, new_id)
         scheduler = Scheduler(self.store, self._clock, self.config.seed)

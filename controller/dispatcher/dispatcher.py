@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime, timedelta
 
 import grpc
@@ -15,6 +15,7 @@ import structlog
 from controller.dispatcher.bounds import COMMIT_WINDOW_SECONDS, PENDING_STATUSES_PER_NODE, WRITE_STALL_SECONDS
 from controller.dispatcher.commands import CommandChannel
 from controller.dispatcher.committer import GroupCommitter, NodeIntent
+from controller.dispatcher.files import FileSource
 from controller.dispatcher.identity import IdentityError, node_identity
 from controller.dispatcher.liveness import silent_nodes
 from controller.dispatcher.session import AgentSession
@@ -72,8 +73,10 @@ class Dispatcher(apb_grpc.AgentServiceServicer):
         write_stall: float = WRITE_STALL_SECONDS,
         hello_timeout: float = HELLO_TIMEOUT_SECONDS,
         authority: ClusterAuthority | None = None,
+        files: FileSource | None = None,
     ) -> None:
         self._store = store
+        self._files = files  # the data of secrets, configs and registry credentials for assignments (None: none)
         # None only with --insecure: node ids then come from the hello, and there is no cluster id.
         self._authority = authority
         self._clock = clock
@@ -342,17 +345,28 @@ class Dispatcher(apb_grpc.AgentServiceServicer):
         session.synced_revision = snapshot_revision
         self._note_route_start(snapshot_revision)
         tasks = await self._store.list_tasks(node_id=session.node_id)
-        session.send_full(tasks, await self._specs.for_tasks(tasks))
+        session.send_full(tasks, await self._offer_files(session, await self._specs.for_tasks(tasks)))
         while True:
             held, session.backlog = session.backlog, []
             later = [(task, deleted) for revision, task, deleted in held if revision > snapshot_revision]
             specs = await self._specs.for_tasks(task for task, deleted in later if not deleted)
+            await self._offer_files(session, specs)
             for task, deleted in later:  # no await in this loop: nothing can slip in between
                 if session.wants(task, deleted):
                     session.on_task(task, deleted, specs)
             if not session.backlog:
                 session.backlog = None
                 return
+
+    async def _offer_files(
+        self, session: AgentSession, specs: Mapping[SpecKey, pb.ServiceSpec]
+    ) -> Mapping[SpecKey, pb.ServiceSpec]:
+        """Offers the session the file data and credentials of the specs it has not sent yet; returns specs."""
+        if self._files is not None:
+            fresh = [spec for key, spec in specs.items() if key not in session.sent_specs]
+            if fresh:
+                session.files.take_offer(await self._files.offer(fresh))
+        return specs
 
     def _registration(self, node_id: str, hello: apb.Hello, address: str, at: datetime) -> NodeIntent:
         """Returns the change a hello makes to its node: its facts from the hello, ready, seen now."""
@@ -446,6 +460,7 @@ class Dispatcher(apb_grpc.AgentServiceServicer):
                 spec = await self._specs.get(task.service_id, task.revision)
                 if spec is not None:
                     specs[spec_key(task)] = spec
+                await self._offer_files(session, specs)
             session.on_task(task, deleted, specs)
 
     async def _forget_readiness(self) -> None:

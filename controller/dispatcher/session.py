@@ -20,6 +20,7 @@ import structlog
 from controller.dispatcher.assignment import Fingerprint, belongs, fingerprint
 from controller.dispatcher.bounds import ASSIGNMENTS_CHUNK_BYTES, OUTBOX_BYTES
 from controller.dispatcher.commands import CommandOutbox
+from controller.dispatcher.files import SessionFiles
 from controller.store.specs import SpecKey
 from dockyard.limits import AGENT_MESSAGE_BYTES
 from dockyard.task_state import spec_key
@@ -66,6 +67,8 @@ class AgentSession:
     # Whether some node has an image or a push brings it (controller/images.py): such images of the tasks sent
     # are listed in Assignments.pushable_images, so a task whose image is missing waits for the push.
     pushable: Callable[[str], bool] = field(default=lambda _: False)
+    # The secrets, configs and registry credentials sent beside the specs (files.py), once each per session.
+    files: SessionFiles = field(default_factory=SessionFiles)
 
     @property
     def pending_bytes(self) -> int:
@@ -97,6 +100,7 @@ class AgentSession:
         chosen = [t for t in tasks if belongs(t, self.node_id)]
         self.sent = {t.id: fingerprint(t) for t in chosen}
         self.sent_specs = set()
+        self.files.reset()
         assignments = apb.Assignments(kind=apb.Assignments.KIND_FULL, tasks=chosen)
         self._attach_specs(assignments, {spec_key(t): specs.get(spec_key(t)) for t in chosen})
         size = assignments.ByteSize()
@@ -174,6 +178,7 @@ class AgentSession:
             self._ack = None
         out.extend(apb.ControllerMessage(command=c) for c in self.commands.take())
         out.extend(apb.ControllerMessage(assignments=a) for a in self._incremental())
+        self.files.taken()
         self._bytes = 0
         return out
 
@@ -210,6 +215,7 @@ class AgentSession:
                 continue  # a missing spec (service deleted meanwhile): the agent stops what it cannot run
             self.sent_specs.add(key)
             assignments.specs.append(apb.ServiceRevisionSpec(service_id=key[0], revision=key[1], spec=spec))
+            self.files.attach(assignments, spec)
             if self.pushable(spec.image) and spec.image not in assignments.pushable_images:
                 assignments.pushable_images.append(spec.image)
 

@@ -106,7 +106,7 @@ class FakeCluster:
             self.controller = None
 
     async def start_agent(
-        self, name: str, runtime: FakeRuntime | None = None, stranger_grace: float = 30.0
+        self, name: str, runtime: FakeRuntime | None = None, stranger_grace: float = 30.0, files_dir: Path | None = None
     ) -> HostUnderTest:
         """Starts an agent (a new one, or again on the same fake daemon and state)."""
         host = self.hosts.get(name) or HostUnderTest(name, runtime or FakeRuntime(images=[IMAGE]), self.root / name)
@@ -121,6 +121,7 @@ class FakeCluster:
             relist_period=0.5,
             stranger_grace=stranger_grace,
             insecure=self.insecure,
+            files_dir=files_dir,  # the tmpfs for secrets and configs (None: the agent's state dir, mounted there)
         )
         host.agent = Agent(config, host.runtime)
         host.task = asyncio.create_task(host.agent.run())

@@ -217,3 +217,35 @@ async def test_the_persisted_task_book_never_holds_the_data(tmp_path: Path, shm_
 def test_mount_spec_is_what_the_runtime_takes() -> None:
     # The FilePreparer contract: read-only binds, nothing else.
     assert MountSpec(MountKind.BIND, "/x", "/y", read_only=True).read_only
+
+
+@needs_shm
+async def test_data_stays_while_the_session_keeps_the_spec_for_a_later_task(tmp_path: Path, shm_root: Path) -> None:
+    book = TaskBook(tmp_path / "tasks.pb")
+    files = Files(shm_root, book)
+    first = assignments(("t-1", WEB), files=[secret("shop_db_password"), config("shop_nginx", b"x")])
+    book.apply(first)
+    files.take(first)
+    await files.mounts(with_spec(book, "t-1"))
+    book.forget("t-1")  # it failed and its container went
+    files.sweep()
+    # Its replacement runs the same spec: the controller sends neither the spec nor the files again.
+    replacement = apb.Assignments(kind=apb.Assignments.KIND_INCREMENTAL)
+    replacement.tasks.append(
+        pb.Task(
+            id="t-2",
+            service_id="s-shop_web",
+            service_name="shop_web",
+            revision=1,
+            desired_state=pb.DESIRED_STATE_RUNNING,
+        )
+    )
+    book.apply(replacement)
+    files.take(replacement)
+    mounts = await files.mounts(with_spec(book, "t-2"))
+    assert _read(Path(mounts[0].source)) == SECRET
+    assert _names(shm_root) == ["t-2"]
+
+
+def _read(path: Path) -> bytes:
+    return path.read_bytes()

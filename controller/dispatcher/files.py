@@ -1,0 +1,141 @@
+"""The file data and registry credentials an agent's assignments carry: only what its tasks use.
+
+When the dispatcher is about to send specs to a session, FileSource reads (and unseals) the secrets and
+configs those specs refer to and the credentials of their images' registries, and offers them to the
+session's SessionFiles. The session attaches them beside each spec it sends (session._attach_specs): the
+data of a file once per session (a full set starts over, as for specs), so an Assignments message carries
+exactly the files of the tasks it sends that the agent does not hold yet, and nothing any other node uses.
+What was offered and not attached is dropped once the session's messages are taken.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import structlog
+
+from controller.sealing import Sealer, SealError, registry_context, secret_context
+from controller.store.base import Kind, Store
+from dockyard.images import registry_of
+from dockyard.logs import Throttle
+from dockyard.v1 import agent_pb2 as apb
+from dockyard.v1 import types_pb2 as pb
+
+__all__ = ["FileKey", "FileSource", "Offer", "SessionFiles", "file_keys"]
+
+log = structlog.get_logger()
+
+FileKey = tuple["apb.FileData.Kind.ValueType", str]  # (FileData.Kind, name)
+
+
+def file_keys(spec: pb.ServiceSpec) -> list[FileKey]:
+    """The secrets and configs a spec refers to, as (kind, name)."""
+    keys = [(apb.FileData.KIND_SECRET, ref.name) for ref in spec.secrets]
+    keys.extend((apb.FileData.KIND_CONFIG, ref.name) for ref in spec.configs)
+    return keys
+
+
+@dataclass(frozen=True)
+class Offer:
+    """What FileSource found for some specs: file data by key, credentials by registry server."""
+
+    files: dict[FileKey, apb.FileData] = field(default_factory=dict)
+    auths: dict[str, apb.RegistryAuth] = field(default_factory=dict)
+
+
+class FileSource:
+    """Reads the data of secrets and configs and the registry credentials that specs need, unsealed."""
+
+    def __init__(self, store: Store, sealer: Sealer, throttle: Throttle | None = None) -> None:
+        """Reads from `store`, unseals with `sealer`; a value that does not unseal is logged (throttled), not sent."""
+        self._store = store
+        self._sealer = sealer
+        self._throttle = throttle
+
+    async def offer(self, specs: Iterable[pb.ServiceSpec]) -> Offer:
+        """Returns the file data and credentials the specs need (missing ones are left out: the task waits)."""
+        offer = Offer()
+        for spec in specs:
+            for key in file_keys(spec):
+                if key not in offer.files:
+                    item = await self._file(key)
+                    if item is not None:
+                        offer.files[key] = item
+            server = registry_of(spec.image)
+            if server not in offer.auths:
+                auth = await self._auth(server)
+                if auth is not None:
+                    offer.auths[server] = auth
+        return offer
+
+    async def _file(self, key: FileKey) -> apb.FileData | None:
+        kind, name = key
+        if kind == apb.FileData.KIND_SECRET:
+            secret = await self._store.get_object(Kind.SECRET, name)
+            if not isinstance(secret, pb.Secret):
+                return None
+            try:
+                data = self._sealer.unseal(secret.sealed, secret_context(secret.name))
+            except SealError as exc:
+                self._note_unsealable(str(exc))
+                return None
+            return apb.FileData(kind=kind, name=name, data=data, digest=secret.digest)
+        config = await self._store.get_object(Kind.CONFIG, name)
+        if not isinstance(config, pb.Config):
+            return None
+        return apb.FileData(kind=kind, name=name, data=config.data, digest=config.digest)
+
+    async def _auth(self, server: str) -> apb.RegistryAuth | None:
+        credential = await self._store.get_object(Kind.REGISTRY, server)
+        if not isinstance(credential, pb.RegistryCredential):
+            return None
+        try:
+            password = self._sealer.unseal(credential.sealed_password, registry_context(server))
+        except SealError as exc:
+            self._note_unsealable(str(exc))
+            return None
+        return apb.RegistryAuth(server=server, username=credential.username, password=password.decode())
+
+    def _note_unsealable(self, problem: str) -> None:
+        suppressed = self._throttle.allow("unsealable") if self._throttle is not None else 0
+        if suppressed is not None:
+            # `problem` names the object only, never its data.
+            log.error("stored data does not unseal with this controller's data key", problem=problem)
+
+
+@dataclass
+class SessionFiles:
+    """One session's side: what was offered for the specs about to be sent, and what the agent already got."""
+
+    offered: Offer = field(default_factory=Offer)
+    # With the digest: a file removed and made again under its name (with other data) is news.
+    sent_files: set[tuple[FileKey, str]] = field(default_factory=set)
+    sent_auths: set[str] = field(default_factory=set)
+
+    def take_offer(self, offer: Offer) -> None:
+        """Adds what FileSource found to what may be attached until the session's messages are next taken."""
+        self.offered.files.update(offer.files)
+        self.offered.auths.update(offer.auths)
+
+    def reset(self) -> None:
+        """A full set is being sent: the agent replaces what it held, so everything is sent again."""
+        self.sent_files = set()
+        self.sent_auths = set()
+
+    def attach(self, assignments: apb.Assignments, spec: pb.ServiceSpec) -> None:
+        """Adds the data of the spec's files and its registry's credentials, unless this session sent them."""
+        for key in file_keys(spec):
+            item = self.offered.files.get(key)
+            if item is not None and (key, item.digest) not in self.sent_files:
+                self.sent_files.add((key, item.digest))
+                assignments.files.append(item)
+        server = registry_of(spec.image)
+        auth = self.offered.auths.get(server)
+        if auth is not None and server not in self.sent_auths:
+            self.sent_auths.add(server)
+            assignments.registry_auths.append(auth)
+
+    def taken(self) -> None:
+        """The pending messages were taken: the offer is spent (it never outlives the messages it was for)."""
+        self.offered = Offer()
