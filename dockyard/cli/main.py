@@ -37,6 +37,10 @@ _BUILTINS = {
     "node": "dockyard.cli.node",
     "service": "dockyard.cli.service",
     "join-token": "dockyard.cli.security",
+    "secret": "dockyard.cli.secrets",
+    "config": "dockyard.cli.secrets",
+    "registry": "dockyard.cli.registry",
+    "stack": "dockyard.cli.stacks",
     "image": "dockyard.cli.images",
 }
 
