@@ -215,7 +215,9 @@ class Controller:
                 name="orchestrator",
             ),
             asyncio.create_task(
-                Reactor("scheduler", self.store, scheduler.reconcile, (Kind.NODE, Kind.TASK), self._clock).run(),
+                Reactor(
+                    "scheduler", self.store, scheduler.reconcile, (Kind.NODE, Kind.TASK, Kind.VOLUME), self._clock
+                ).run(),
                 name="scheduler",
             ),
         ]

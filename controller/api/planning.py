@@ -38,6 +38,7 @@ from dockyard.task_state import SpecKey, is_terminal, spec_key, unplaced_message
 from dockyard.timestamps import to_timestamp
 from dockyard.v1 import controller_pb2 as cpb
 from dockyard.v1 import types_pb2 as pb
+from dockyard.volumes import mounted_volumes
 
 __all__ = ["PLAN_ROUNDS", "PLAN_TASK_VISITS", "Simulation", "planned_tasks", "simulate"]
 
@@ -79,13 +80,16 @@ def simulate(
     others: Sequence[pb.Service] = (),
     max_rounds: int = PLAN_ROUNDS,
     max_visits: int = PLAN_TASK_VISITS,
+    volumes: Mapping[str, str] | None = None,
 ) -> Simulation:
     """Runs the roles on a copy of the state until nothing changes; see the module docstring.
 
     planned maps the id of every service to reconcile to the service as the apply leaves it (None: the
     apply removes it). tasks are every task of the cluster (they are copied, never changed); old_specs the
     specs of revisions that are no longer a service's current one (tasks still running them hold resources);
-    others the cluster's other services, which are not reconciled but may be depended on.
+    others the cluster's other services, which are not reconciled but may be depended on. volumes maps each
+    volume that lives on a node to its id (as the scheduler role reads the records); a volume the simulation
+    places first stays on that node for the rounds after, as the role pins it.
     """
     services = dict(planned)  # the planned services as the simulated rollouts leave them (Plan.service)
     everyone = {s.id: s for s in others}
@@ -107,7 +111,7 @@ def simulate(
     result = Simulation()
     stopped: dict[str, pb.Task] = {}
     reasons: dict[str, str] = {}
-    clock = now
+    clock, pins = now, dict(volumes or {})  # pins: as the scheduler role's commits leave the volume records
     visits = 0
     # Services whose inputs changed since their last pass (all at first): the reconciler is pure, so a pass
     # over the same service, tasks, dependencies and time would plan the same nothing again.
@@ -121,7 +125,7 @@ def simulate(
         result.rounds += 1
         touched: set[str] = set()
         _reconcile(services, everyone, held, facts, clock, new_id, stopped, dirty, wakes, touched)
-        _schedule(services, held, nodes, old_specs, clock, seed, reasons, touched)
+        _schedule(services, held, nodes, old_specs, clock, seed, reasons, touched, pins)
         _agents(held, _jobs(services, everyone), clock, touched)
         if touched:
             dirty = _affected(services, everyone, touched)
@@ -241,8 +245,12 @@ def _schedule(
     seed: int,
     reasons: dict[str, str],
     touched: set[str],
+    pins: dict[str, str],
 ) -> None:
-    """Places the pending tasks as the scheduler role does (same inputs, same seed); adds their services to touched."""
+    """Places the pending tasks as the scheduler role does (same inputs, same seed); adds their services to touched.
+
+    pins (volume name -> node id) gains the volumes of the tasks placed, as the role's commit pins them.
+    """
     tasks = list(held.values())
     pending = [t for t in tasks if is_pending(t)]
     if not pending:
@@ -259,12 +267,14 @@ def _schedule(
         if spec is not None:
             specs[key] = spec
     names = {n.id: n.description.hostname or n.id for n in nodes}
-    for decision in schedule(nodes, tasks, pending, specs, now, seed):
+    for decision in schedule(nodes, tasks, pending, specs, now, seed, volumes=pins):
         task = held[decision.task_id]
         if decision.node_id is None:
             reasons[task.id] = decision.reason
             continue
         reasons.pop(task.id, None)
+        for name in mounted_volumes(specs[spec_key(task)]):
+            pins.setdefault(name, decision.node_id)
         task.node_id = decision.node_id
         task.status.state = pb.TASK_STATE_ASSIGNED
         task.status.message = f"assigned to {names.get(decision.node_id, decision.node_id)}"

@@ -57,6 +57,7 @@ from controller.scheduler.model import holds_resources, is_pending
 from controller.sealing import Sealer
 from controller.store.base import Check, Delete, Kind, NodeKey, Op, Put, Store, TaskKey, WatchExpired
 from controller.store.specs import SpecCache
+from controller.volumes import pinned_nodes, volume_records
 from dockyard.clock import Clock
 from dockyard.logs import Throttle
 from dockyard.spec.dependencies import start_order
@@ -710,6 +711,10 @@ class ControllerApi(FilesApi, StacksApi):
         async with self._plans.hold(context, "PlanApply"):
             return await self._plan(request, context)
 
+    async def _volume_sites(self) -> dict[str, str]:
+        """Returns volume name -> node id of the volumes that live on a node, as the scheduler reads them."""
+        return pinned_nodes(volume_records(await self._store.list_objects(Kind.VOLUME)))
+
     async def _plan(self, request: cpb.PlanApplyRequest, context: Context) -> cpb.PlanApplyResponse:
         # One revision: SqliteStore answers these reads from memory without awaiting in between.
         state_revision = self._store.revision
@@ -729,7 +734,7 @@ class ControllerApi(FilesApi, StacksApi):
         )
         others = [s for s in services if s.id not in planned]
         simulation = await asyncio.to_thread(
-            functools.partial(simulate, others=others, max_rounds=PLAN_ROUNDS),
+            functools.partial(simulate, others=others, max_rounds=PLAN_ROUNDS, volumes=await self._volume_sites()),
             planned,
             tasks,
             nodes,

@@ -21,8 +21,9 @@ from controller.scheduler.filters import (
     NodeAvailable,
     Rejection,
     ResourcesFit,
+    VolumeOnNode,
 )
-from controller.scheduler.model import Decision, Demand, NodeState, holds_resources
+from controller.scheduler.model import Decision, Demand, NodeState, VolumeSite, holds_resources
 from controller.scheduler.reference import reference_schedule
 from controller.scheduler.scorers import (
     FewestTasks,
@@ -60,6 +61,8 @@ __all__ = [
     "ServiceSpread",
     "SpecKey",
     "Stack",
+    "VolumeOnNode",
+    "VolumeSite",
     "holds_resources",
     "placement_order",
     "reference_schedule",

@@ -88,6 +88,7 @@ def schedule(
     seed: int,
     *,
     stack: Stack = DEFAULT_STACK,
+    volumes: Mapping[str, str] | None = None,
 ) -> list[Decision]:
     """Returns one Decision per pending task: pinned ones, then the rest, each in placement_order.
 
@@ -99,12 +100,15 @@ def schedule(
     and the seed, not on the order of nodes, tasks or pending, nor on the ids of pending tasks and of services
     (see tie_break_id): a dry run that builds the same tasks with other ids gets the same nodes. now is
     accepted so time-aware filters can be added without an API change; the built-in ones do not use it.
+    volumes maps each volume that lives on a node already to that node's id (Volume.node_id): a task that
+    mounts one runs only there; a task placed with a volume that lives nowhere yet pins it to its node for
+    the tasks placed after it (the caller pins the records in the same commit, see controller.volumes).
 
     Cost: O(nodes + tasks) accounting; O(nodes) per distinct reservation/port/constraint/strategy shape; per
     run of one service O(nodes already holding it); O(log nodes) per placement; O(filters) per pinned task.
     """
     del now  # see the docstring
-    demands = Demands(specs)
+    demands = Demands(specs, volumes, {node.id: node for node in nodes})
     cluster = Cluster(nodes, tasks, demands, partial(ring_point, seed), {task.id for task in pending})
     # Pinned tasks go first: each has a single possible node, which a task free to go anywhere could
     # otherwise fill just before it.
@@ -116,7 +120,10 @@ def schedule(
         if isinstance(demand, str):
             decisions.append(Decision(task.id, None, demand))
         else:
-            decisions.append(place_pinned(cluster, stack.filters, task.id, task.node_id, demand))
+            decision = place_pinned(cluster, stack.filters, task.id, task.node_id, demand)
+            if decision.node_id is not None:
+                demands.pin(task, decision.node_id)
+            decisions.append(decision)
     shapes = ShapePools(cluster, stack)
     run: ServiceRun | None = None
     for task in free:
@@ -132,6 +139,7 @@ def schedule(
         if node is None:
             decisions.append(Decision(task.id, None, run.reason()))
         else:
+            demands.pin(task, node.id)
             decisions.append(Decision(task.id, node.id, ""))
     return decisions
 

@@ -192,6 +192,30 @@ class ResourcesFit:
         return _lacking(demand.cpu, demand.memory, cpu_short, memory_short)
 
 
+@lru_cache(maxsize=1024)
+def _volume_elsewhere(volume: str, node: str) -> Rejection:
+    detail = f"volume {volume} (it is on node {node})"
+    return Rejection(f"lacks {detail}", f"lack {detail}")
+
+
+class VolumeOnNode:
+    """Rejects every node but the one a mounted volume lives on (its data is there), naming volume and node."""
+
+    __slots__ = ()
+    name = "volumes"
+
+    def applies(self, demand: Demand) -> bool:
+        """Tells whether the demand mounts a volume that lives on a node already."""
+        return bool(demand.volumes)
+
+    def check(self, node: NodeState, demand: Demand) -> Rejection | None:
+        """Returns None when every such volume lives on this node, else names the first that does not."""
+        for site in demand.volumes:
+            if site.node_id != node.id:
+                return _volume_elsewhere(site.volume, site.node)
+        return None
+
+
 RejectionKey = tuple[int, Rejection]
 """A rejection and the position of the filter that gave it."""
 

@@ -15,6 +15,7 @@ from typing import NamedTuple
 from dockyard.constraints import ConstraintError, parse_constraint
 from dockyard.task_state import SpecKey, spec_key
 from dockyard.v1 import types_pb2 as pb
+from dockyard.volumes import mounted_volumes
 
 """A spec's key: (service id, service revision), as a task names the spec it runs."""
 
@@ -48,6 +49,14 @@ def holds_resources(task: pb.Task) -> bool:
     return bool(task.node_id) and task.status.state < pb.TASK_STATE_COMPLETE
 
 
+class VolumeSite(NamedTuple):
+    """Where a volume a task mounts lives: the node holding its data, as a reason names it ("h2, which is down")."""
+
+    volume: str
+    node_id: str
+    node: str
+
+
 class Demand(NamedTuple):
     """A task's footprint on a node and its service's placement rules.
 
@@ -62,6 +71,7 @@ class Demand(NamedTuple):
     constraints: tuple[str, ...] = ()  # normalised constraint texts; every one must hold on the node
     max_per_node: int = 0  # most tasks of the service one node may hold; 0 means no limit
     binpack: bool = False  # rank with the binpack strategy instead of spread
+    volumes: tuple[VolumeSite, ...] = ()  # the task's volumes that live on a node already, by name
 
 
 def host_ports(ports: Iterable[pb.PortMapping]) -> tuple[HostPort, ...]:
@@ -125,16 +135,46 @@ def missing_spec(task: pb.Task) -> str:
     return f"the spec of its service at revision {task.revision} is gone (was the service deleted?)"
 
 
+def _site_text(node_id: str, node: pb.Node | None) -> str:
+    """Returns how a reason names the node a volume lives on, with why it cannot take tasks if it cannot."""
+    if node is None:
+        return f"{node_id}, which is not in the cluster"
+    name = node.description.hostname or node.id
+    if node.status == pb.NODE_STATUS_DOWN:
+        return f"{name}, which is down"
+    if node.status != pb.NODE_STATUS_READY:
+        return f"{name}, which is not ready"
+    if node.availability == pb.NODE_AVAILABILITY_DRAIN:
+        return f"{name}, which is draining"
+    if node.availability == pb.NODE_AVAILABILITY_PAUSE:
+        return f"{name}, which is paused"
+    return name
+
+
 class Demands:
-    """Each task's demand and footprint for one call, computed once per (service, revision)."""
+    """Each task's demand and footprint for one call, computed once per (service, revision).
 
-    __slots__ = ("_demands", "_footprints", "_specs")
+    A demand also carries where the task's volumes live (VolumeSite): volumes pinned to a node before the
+    call (`volumes`: name -> node id), and those the call pins as it places a task that mounts an unpinned
+    one there (pin()), so the next task that mounts it goes to the same node.
+    """
 
-    def __init__(self, specs: Mapping[SpecKey, pb.ServiceSpec]) -> None:
-        """Reads specs lazily: only those of the tasks asked about."""
+    __slots__ = ("_demands", "_footprints", "_mounts", "_nodes", "_pins", "_sites", "_specs")
+
+    def __init__(
+        self,
+        specs: Mapping[SpecKey, pb.ServiceSpec],
+        volumes: Mapping[str, str] | None = None,
+        nodes: Mapping[str, pb.Node] | None = None,
+    ) -> None:
+        """Reads specs lazily: only those of the tasks asked about. nodes name a volume's node in reasons."""
         self._specs = specs
         self._demands: dict[SpecKey, Demand | str] = {}
         self._footprints: dict[SpecKey, Demand] = {}
+        self._mounts: dict[SpecKey, tuple[str, ...]] = {}
+        self._pins: dict[str, str] = dict(volumes or {})
+        self._nodes: Mapping[str, pb.Node] = nodes or {}
+        self._sites: dict[str, VolumeSite] = {}
 
     def of(self, task: pb.Task) -> Demand | str:
         """Returns a pending task's demand, or why it cannot be placed (spec gone, constraint unreadable)."""
@@ -143,7 +183,24 @@ class Demands:
         if found is None:
             spec = self._specs.get(key)
             found = self._demands[key] = missing_spec(task) if spec is None else demand(task.service_id, spec)
+            self._mounts[key] = mounted_volumes(spec) if spec is not None else ()
+        if self._pins and not isinstance(found, str) and (names := self._mounts[key]):
+            sites = tuple(self._site(name) for name in names if name in self._pins)
+            if sites:
+                return found._replace(volumes=sites)
         return found
+
+    def pin(self, task: pb.Task, node_id: str) -> None:
+        """Records that the task was placed on node_id: its volumes that lived nowhere yet live there now."""
+        for name in self._mounts.get(spec_key(task), ()):
+            self._pins.setdefault(name, node_id)
+
+    def _site(self, name: str) -> VolumeSite:
+        site = self._sites.get(name)
+        if site is None:
+            node_id = self._pins[name]
+            site = self._sites[name] = VolumeSite(name, node_id, _site_text(node_id, self._nodes.get(node_id)))
+        return site
 
     def held_by(self, task: pb.Task) -> Demand:
         """Returns what a task holds on its node; one whose spec is gone holds only its slot, nothing else."""

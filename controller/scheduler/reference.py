@@ -31,6 +31,7 @@ def reference_schedule(
     seed: int,
     *,
     stack: Stack = DEFAULT_STACK,
+    volumes: Mapping[str, str] | None = None,
 ) -> list[Decision]:
     """Returns the decisions engine.schedule() must return, computed in O(nodes) per task.
 
@@ -40,7 +41,7 @@ def reference_schedule(
     under the first filter that rejected it.
     """
     del now  # as in engine.schedule
-    demands = Demands(specs)
+    demands = Demands(specs, volumes, {node.id: node for node in nodes})
     cluster = Cluster(nodes, tasks, demands, partial(ring_point, seed), {task.id for task in pending})
     plan = []
     for task in sorted(pending, key=lambda t: (not t.node_id, *placement_order(t))):
@@ -58,6 +59,7 @@ def reference_schedule(
                 plan.append(Decision(task.id, None, pinned_reason(pinned, rejections[0])))
             else:
                 cluster.charge(pinned, demand)
+                demands.pin(task, pinned.id)
                 plan.append(Decision(task.id, pinned.id, ""))
             continue
         scorers = stack.scorers(demand)
@@ -79,5 +81,6 @@ def reference_schedule(
             plan.append(Decision(task.id, None, unplaced_reason(len(cluster.nodes), counts)))
         else:
             cluster.charge(cluster.nodes[best[3]], demand)
+            demands.pin(task, best[3])
             plan.append(Decision(task.id, best[3], ""))
     return plan

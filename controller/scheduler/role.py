@@ -4,18 +4,21 @@ cluster, runs the pure scheduler, commits its decisions."""
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import datetime
 
 import structlog
 
+from controller.ids import new_id
 from controller.scheduler import Decision, SpecKey, holds_resources, schedule
 from controller.scheduler.model import is_pending
 from controller.store.base import Action, Check, ConflictError, Event, Kind, Op, Put, Store
 from controller.store.follow import follow_nodes
 from controller.store.specs import SpecCache
+from controller.volumes import pin_ops, pinned_nodes, volume_records
 from dockyard.clock import Clock
-from dockyard.task_state import is_terminal, unplaced_message
+from dockyard.task_state import is_terminal, spec_key, unplaced_message
 from dockyard.timestamps import to_timestamp
 from dockyard.v1 import types_pb2 as pb
 
@@ -35,6 +38,7 @@ def needs_pass(
       node that can take tasks (ready, active) and changed what placement reads of it (it came up or back to
       active, its labels or its resources changed) may now pass the filters. Nodes are judged against
       nodes_before (the nodes as the earlier events left them).
+    - Only while some tasks wait unplaced: any change of a volume record (where a task that mounts it may run).
     - Anything else, notably a task moving through preparing, starting and running, changes nothing a pass
       would decide: the task held its node's resources since it was assigned.
     """
@@ -49,6 +53,9 @@ def needs_pass(
                     return True
             elif _frees_room(event.action, task):
                 room = True
+        elif event.kind == Kind.VOLUME:
+            # A volume made, moved, unpinned or removed may change where a task that mounts it can go.
+            room = True
         elif event.kind == Kind.NODE:
             after = event.obj if event.action == Action.PUT else None
             assert after is None or isinstance(after, pb.Node)
@@ -126,10 +133,17 @@ class Scheduler:
         # Only the tasks being placed and those holding a node matter; finished tasks may name old revisions
         # whose specs would cost a read each.
         specs = await self._specs_of(t for t in tasks if holds_resources(t) or is_pending(t))
+        volumes = volume_records(await self._store.list_objects(Kind.VOLUME))
         now = self._clock.now()
         # Pure CPU (a few hundred ms at 10,000 tasks): off the event loop, so reads, acks and API calls go on.
-        decisions = await asyncio.to_thread(schedule, nodes, tasks, pending, specs, now, self._seed)
-        ops = _ops(decisions, {t.id: t for t in pending}, self._nodes, now)
+        place = functools.partial(schedule, volumes=pinned_nodes(volumes))
+        decisions = await asyncio.to_thread(place, nodes, tasks, pending, specs, now, self._seed)
+        by_id = {t.id: t for t in pending}
+        ops = _ops(decisions, by_id, self._nodes, now)
+        # The volumes of the tasks placed go to their nodes in the same commit (or are Checked there), so a
+        # volume removed or pinned elsewhere meanwhile fails the commit and the pass runs again.
+        assigned = [(specs[spec_key(by_id[d.task_id])], d.node_id) for d in decisions if d.node_id is not None]
+        ops.extend(pin_ops(assigned, volumes, now, new_id))
         if ops:
             try:
                 await self._store.commit(ops)

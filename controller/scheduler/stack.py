@@ -30,6 +30,7 @@ from controller.scheduler.filters import (
     MaxReplicasPerNode,
     NodeAvailable,
     ResourcesFit,
+    VolumeOnNode,
 )
 from controller.scheduler.model import Demand
 from controller.scheduler.scorers import (
@@ -44,6 +45,7 @@ from controller.scheduler.scorers import (
 
 DEFAULT_FILTERS: tuple[Filter, ...] = (
     NodeAvailable(),  # two integer compares; rules out down, paused and drained nodes before anything else
+    VolumeOnNode(),  # a task whose volume holds data on one node runs there (nothing to check for most tasks)
     ConstraintsMatch(),  # the service's own rule about where it may run
     MaxReplicasPerNode(),  # the service's own rule about how many per node
     HostPortsFree(),  # contention: another task holds a port this one publishes

@@ -38,7 +38,8 @@ PRODUCT = ("dockyard", "agent", "controller")
 PACKAGES = (*PRODUCT, "deploy")
 ROLES = ("api", "orchestrator", "scheduler", "dispatcher")
 # The command channel's interface and the hosts' images are shared as the store is: the dispatcher serves them,
-# the api uses them (an image push, a volume removal), controller.server wires the one into the other.
+# the api uses them (an image push, a volume removal), controller.server wires the one into the other. The
+# volume records' rules (controller.volumes, pure) are shared by the scheduler, the dispatcher and the api.
 SHARED_CONTROLLER = (
     "controller.store",
     "controller.errors",
@@ -46,6 +47,7 @@ SHARED_CONTROLLER = (
     "controller.security",
     "controller.commands",
     "controller.images",
+    "controller.volumes",
 )
 # The roles' modules that take their inputs (the time too) and return decisions, with no I/O.
 PURE_CORES = tuple(

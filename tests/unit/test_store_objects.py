@@ -233,7 +233,7 @@ async def test_a_schema_3_file_is_migrated_and_keeps_its_data(tmp_path: Path) ->
 
 
 async def test_consumers_of_store_events_skip_named_kinds(store: SqliteStore) -> None:
-    await store.commit([Put(volume("v1", "data")), Put(network("n1", "dockyard"))])
+    await store.commit([Put(pb.Secret(id="s1", name="pw")), Put(network("n1", "dockyard"))])
     events = []
     async for event in store.watch(0):
         events.append(event)
@@ -241,7 +241,7 @@ async def test_consumers_of_store_events_skip_named_kinds(store: SqliteStore) ->
             break
     # The public Watch serves services, nodes and tasks only, with or without a kind filter.
     assert not any(WatchFilter().matches(e) for e in events)
-    assert not any(WatchFilter(service_ids=frozenset({"v1"})).matches(e) for e in events)
+    assert not any(WatchFilter(service_ids=frozenset({"s1"})).matches(e) for e in events)
     # The orchestrator, the scheduler and the node map followers see nothing to do.
     dirty = dirty_from(events, {}, (), ())
     assert not dirty.services and not dirty.nodes
