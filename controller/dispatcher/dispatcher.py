@@ -361,11 +361,9 @@ class Dispatcher(apb_grpc.AgentServiceServicer):
     async def _offer_files(
         self, session: AgentSession, specs: Mapping[SpecKey, pb.ServiceSpec]
     ) -> Mapping[SpecKey, pb.ServiceSpec]:
-        """Offers the session the file data and credentials of the specs it has not sent yet; returns specs."""
-        if self._files is not None:
-            fresh = [spec for key, spec in specs.items() if key not in session.sent_specs]
-            if fresh:
-                session.files.take_offer(await self._files.offer(fresh))
+        """Offers the session the file data and credentials the specs need (it sends what the agent lacks)."""
+        if self._files is not None and specs:
+            session.files.take_offer(await self._files.offer(specs.values()))
         return specs
 
     def _registration(self, node_id: str, hello: apb.Hello, address: str, at: datetime) -> NodeIntent:

@@ -1,10 +1,12 @@
 """The file data and registry credentials an agent's assignments carry: only what its tasks use.
 
-When the dispatcher is about to send specs to a session, FileSource reads (and unseals) the secrets and
-configs those specs refer to and the credentials of their images' registries, and offers them to the
-session's SessionFiles. The session attaches them beside each spec it sends (session._attach_specs): the
-data of a file once per session (a full set starts over, as for specs), so an Assignments message carries
-exactly the files of the tasks it sends that the agent does not hold yet, and nothing any other node uses.
+When the dispatcher is about to send tasks to a session, FileSource reads (and unseals) the secrets and
+configs their specs refer to and the credentials of their images' registries, and offers them to the
+session's SessionFiles. The session attaches them beside each spec it sends (session._attach_specs), and for
+a changed task whose spec the agent has, to the first message of the batch: the data of a file (by digest)
+and a registry's credentials once per session (a full set starts over, as for specs), so an Assignments
+message carries exactly what the tasks it sends need and the agent does not hold yet, nothing any other
+node uses.
 What was offered and not attached is dropped once the session's messages are taken.
 """
 
@@ -112,6 +114,9 @@ class SessionFiles:
     # With the digest: a file removed and made again under its name (with other data) is news.
     sent_files: set[tuple[FileKey, str]] = field(default_factory=set)
     sent_auths: set[str] = field(default_factory=set)
+    # Specs of tasks changed since the last take whose spec the agent already has: their files or credentials
+    # may still be news (a registry login after the spec was sent, a secret made again under its name).
+    wanted: list[pb.ServiceSpec] = field(default_factory=list)
 
     def take_offer(self, offer: Offer) -> None:
         """Adds what FileSource found to what may be attached until the session's messages are next taken."""
@@ -136,6 +141,17 @@ class SessionFiles:
             self.sent_auths.add(server)
             assignments.registry_auths.append(auth)
 
+    def want(self, spec: pb.ServiceSpec) -> None:
+        """Notes the spec of a changed task, for attach_wanted."""
+        self.wanted.append(spec)
+
+    def attach_wanted(self, assignments: apb.Assignments) -> None:
+        """Adds to the message what the wanted specs need and the agent was not sent yet."""
+        for spec in self.wanted:
+            self.attach(assignments, spec)
+        self.wanted = []
+
     def taken(self) -> None:
         """The pending messages were taken: the offer is spent (it never outlives the messages it was for)."""
         self.offered = Offer()
+        self.wanted = []

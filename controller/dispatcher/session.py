@@ -136,6 +136,8 @@ class AgentSession:
             self.sent[task.id] = print_
             key = spec_key(task)
             spec = specs.get(key)
+            if spec is not None:
+                self.files.want(spec)
             if spec is not None and key not in self.sent_specs and key not in self._specs:
                 self._specs[key] = spec
                 self._bytes += spec.ByteSize()
@@ -177,7 +179,10 @@ class AgentSession:
             out.append(apb.ControllerMessage(heartbeat_ack=apb.HeartbeatAck(received_at=to_timestamp(self._ack))))
             self._ack = None
         out.extend(apb.ControllerMessage(command=c) for c in self.commands.take())
-        out.extend(apb.ControllerMessage(assignments=a) for a in self._incremental())
+        changes = self._incremental()
+        if changes:
+            self.files.attach_wanted(changes[0])
+        out.extend(apb.ControllerMessage(assignments=a) for a in changes)
         self.files.taken()
         self._bytes = 0
         return out

@@ -106,3 +106,19 @@ async def test_the_source_unseals_what_specs_refer_to_and_nothing_else(tmp_path:
         ]
     finally:
         await store.close()
+
+
+def test_credentials_given_after_the_spec_was_sent_go_with_the_next_change_of_its_task() -> None:
+    session = AgentSession("n1", "s1")
+    session.send_full([task("t1", "with")], {("with", 1): WITH})  # nothing offered yet: no login, no secret
+    [full] = assignments(session)
+    assert not full.files and not full.registry_auths
+    # `dockyard registry login`, `dockyard secret create`; then the task is replaced (new generation).
+    session.files.take_offer(OFFER)
+    retried = task("t1", "with")
+    retried.generation = 1
+    session.on_task(retried, False, {("with", 1): WITH})
+    [change] = assignments(session)
+    assert not change.specs  # the agent has the spec
+    assert [a.server for a in change.registry_auths] == ["registry.example.com"]
+    assert [f.name for f in change.files] == ["pw"]
