@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import KW_ONLY, dataclass, field
 from typing import Any, Generic, TypeVar
 
+from dockyard.spec.stacks import MAX_STACK_BYTES
 from dockyard.spec.units import (
     KIB,
     MAX_UINT32,
@@ -31,6 +32,10 @@ T = TypeVar("T")
 _SECOND = NANOS_PER_SECOND
 _HOUR = 3600 * NANOS_PER_SECOND
 _DEFAULT_REPLICAS = 1
+# Where a secret's file goes when its target is not an absolute path, as in Swarm.
+SECRETS_DIR = "/run/secrets"
+# Linux's PATH_MAX, with the terminating NUL.
+_MAX_PATH_BYTES = 4095
 # Linux refuses a single argument or NAME=value string longer than MAX_ARG_STRLEN (128KiB with its NUL).
 _MAX_ARG_BYTES = 128 * KIB - 1
 
@@ -183,6 +188,25 @@ COMMAND = Field[None](
     max_bytes=_MAX_ARG_BYTES,
     max_bytes_of="each argument",
     note="no NUL characters",
+)
+ENTRYPOINT = Field[None](
+    "entrypoint",
+    "list of strings, or string",
+    None,
+    "The program the container starts instead of the image's ENTRYPOINT; `command` becomes its arguments.",
+    shown_default="the image's own entrypoint",
+    max_bytes=_MAX_ARG_BYTES,
+    max_bytes_of="each argument",
+    note="no NUL characters",
+)
+HOSTNAME = Field[str](
+    "hostname",
+    "string",
+    "",
+    "The container's hostname.",
+    shown_default="Docker's (the container id)",
+    max_bytes=63,
+    note="lowercase letters, digits, `-` and `.`; each part starting and ending with a letter or digit",
 )
 ENV = Field[None](
     "env",
@@ -356,6 +380,146 @@ LABELS = Field[None](
     reserved_prefix="dockyard.",
     note="keys not empty, without whitespace, control characters or `=`; values without NUL",
 )
+MOUNTS = Field[None](
+    "mounts",
+    "list of mounts",
+    None,
+    "Volumes, host paths and tmpfs the containers mount; `volumes` is accepted as Compose's spelling.",
+    shown_default="none",
+    note="see [mounts](#mounts)",
+)
+MOUNT_TYPE = Field[pb.Mount.Type.ValueType](
+    "mounts[].type",
+    "`volume`, `bind` or `tmpfs`",
+    pb.Mount.TYPE_VOLUME,
+    "`volume`: a named volume on the node, kept when tasks are replaced; `bind`: a host path, if the agent's"
+    " host policy allows it; `tmpfs`: memory, gone with the container.",
+    unit=Unit.CHOICE,
+    choices={"volume": pb.Mount.TYPE_VOLUME, "bind": pb.Mount.TYPE_BIND, "tmpfs": pb.Mount.TYPE_TMPFS},
+)
+MOUNT_SOURCE = Field[str](
+    "mounts[].source",
+    "string",
+    "",
+    "`volume`: the volume's name (a stack's declared volume is scoped: `<stack>_<name>`); `bind`: an absolute"
+    " host path; `tmpfs`: none.",
+    shown_default="required for `volume` and `bind`",
+    max_bytes=_MAX_PATH_BYTES,
+)
+MOUNT_TARGET = Field[str](
+    "mounts[].target",
+    "string",
+    "",
+    "Where the container sees it: an absolute path.",
+    shown_default="required",
+    max_bytes=_MAX_PATH_BYTES,
+    note="one mount, secret or config per target",
+)
+MOUNT_READ_ONLY = Field[bool](
+    "mounts[].read_only",
+    "boolean",
+    False,
+    "Mount it read-only (the short syntax's `:ro`).",
+)
+MOUNT_LABELS = Field[None](
+    "mounts[].labels",
+    "mapping",
+    None,
+    "`volume`: labels put on the volume when the agent creates it; a stack's declared volume gives its own.",
+    shown_default="none",
+)
+MOUNT_TMPFS = Field[None](
+    "mounts[].tmpfs",
+    "mapping",
+    None,
+    "`tmpfs` only: its options.",
+    shown_default="none",
+)
+MOUNT_TMPFS_SIZE = Bounded[int](
+    "mounts[].tmpfs.size",
+    "byte size",
+    0,
+    "The tmpfs's size; 0 is Docker's default (half the host's memory).",
+    unit=Unit.BYTES,
+    minimum=0,
+)
+NETWORKS = Field[None](
+    "networks",
+    "list of network names",
+    None,
+    "The networks the containers join and are found on by name.",
+    shown_default="the stack's `default` network, or the cluster network `dockyard` outside a stack",
+    note="see [networks](#networks)",
+)
+SECRETS = Field[None](
+    "secrets",
+    "list of names or mappings",
+    None,
+    "Secrets the containers get as files on tmpfs.",
+    shown_default="none",
+    note="see [secrets and configs](#secrets-and-configs)",
+)
+SECRET_SOURCE = Field[str](
+    "secrets[].source",
+    "string",
+    "",
+    "The secret's name (a stack's declared secret is scoped: `<stack>_<name>`).",
+    shown_default="required",
+)
+SECRET_TARGET = Field[str](
+    "secrets[].target",
+    "string",
+    "",
+    f"The file's path: a name under `{SECRETS_DIR}`, or an absolute path.",
+    shown_default=f"`{SECRETS_DIR}/<source>`",
+    max_bytes=_MAX_PATH_BYTES,
+)
+SECRET_UID = Ranged[int](
+    "secrets[].uid",
+    "integer",
+    0,
+    "The file's owner.",
+    minimum=0,
+    maximum=MAX_UINT32,
+)
+SECRET_GID = Ranged[int](
+    "secrets[].gid",
+    "integer",
+    0,
+    "The file's group.",
+    minimum=0,
+    maximum=MAX_UINT32,
+)
+SECRET_MODE = Ranged[int](
+    "secrets[].mode",
+    "integer (octal: `0440`)",
+    0o444,
+    "The file's permission bits.",
+    shown_default="`0444`",
+    minimum=0,
+    maximum=0o777,
+    note="written in octal with a leading 0, as `0440`",
+)
+CONFIGS = Field[None](
+    "configs",
+    "list of names or mappings",
+    None,
+    "Configs the containers get as read-only files.",
+    shown_default="none",
+    note="see [secrets and configs](#secrets-and-configs)",
+)
+CONFIG_SOURCE = dataclasses.replace(
+    SECRET_SOURCE, path="configs[].source", help=SECRET_SOURCE.help.replace("secret", "config")
+)
+CONFIG_TARGET = dataclasses.replace(
+    SECRET_TARGET,
+    path="configs[].target",
+    help="The file's absolute path.",
+    shown_default="`/<source>`",
+)
+CONFIG_UID = dataclasses.replace(SECRET_UID, path="configs[].uid")
+CONFIG_GID = dataclasses.replace(SECRET_GID, path="configs[].gid")
+CONFIG_MODE = dataclasses.replace(SECRET_MODE, path="configs[].mode")
 RESTART_CONDITION = Field[pb.RestartPolicy.Condition.ValueType](
     "restart.condition",
     "`none`, `on-failure` or `any`",
@@ -663,11 +827,24 @@ STOP_AFTER = Ranged[int](
     exclusive_minimum=True,
 )
 
+STACK = Field[str](
+    "stack",
+    "string",
+    "",
+    "The stack the service belongs to: its name is `<stack>_<service>`, and it finds the stack's other services"
+    " by their short names.",
+    shown_default="the file's `stack`, or none",
+    max_bytes=MAX_STACK_BYTES,
+    note="Compose's project names: lowercase letters, digits, `_` and `-`, starting with a letter or digit",
+)
+
 # Every field inside a service, in the order a spec file lists them and problems are reported.
 FIELDS: tuple[Field[Any], ...] = (
     IMAGE,
+    ENTRYPOINT,
     COMMAND,
     ENV,
+    HOSTNAME,
     PORTS,
     PORT_PUBLISHED,
     PORT_TARGET,
@@ -685,6 +862,27 @@ FIELDS: tuple[Field[Any], ...] = (
     CPU_RESERVATION,
     MEMORY_RESERVATION,
     LABELS,
+    MOUNTS,
+    MOUNT_TYPE,
+    MOUNT_SOURCE,
+    MOUNT_TARGET,
+    MOUNT_READ_ONLY,
+    MOUNT_LABELS,
+    MOUNT_TMPFS,
+    MOUNT_TMPFS_SIZE,
+    NETWORKS,
+    SECRETS,
+    SECRET_SOURCE,
+    SECRET_TARGET,
+    SECRET_UID,
+    SECRET_GID,
+    SECRET_MODE,
+    CONFIGS,
+    CONFIG_SOURCE,
+    CONFIG_TARGET,
+    CONFIG_UID,
+    CONFIG_GID,
+    CONFIG_MODE,
     RESTART,
     RESTART_CONDITION,
     RESTART_DELAY,
@@ -723,6 +921,7 @@ FIELDS: tuple[Field[Any], ...] = (
     STOP_GRACE_PERIOD,
     ON_DISCONNECT,
     STOP_AFTER,
+    STACK,
 )
 
 SPEC_BYTES = Limit(
@@ -855,3 +1054,19 @@ def _config_filled(given: pb.UpdateConfig, rows: tuple[Field[Any], ...]) -> pb.U
     if given.failure_action:
         config.failure_action = given.failure_action
     return config
+
+
+def secret_target(ref: pb.FileRef) -> str:
+    """The absolute path of a secret's file in the container: the target, under /run/secrets unless absolute."""
+    target = ref.target or ref.name
+    return target if target.startswith("/") else f"{SECRETS_DIR}/{target}"
+
+
+def config_target(ref: pb.FileRef) -> str:
+    """The absolute path of a config's file in the container: the target, or /<name>."""
+    return ref.target or f"/{ref.name}"
+
+
+def file_mode(ref: pb.FileRef) -> int:
+    """The permission bits of a secret's or config's file: the ref's, or the default 0444."""
+    return ref.mode if ref.HasField("mode") else SECRET_MODE.default

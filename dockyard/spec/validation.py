@@ -11,6 +11,7 @@ A check judges a value that is present. The pass over a proto decides what count
 
 from __future__ import annotations
 
+import posixpath
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
@@ -19,7 +20,7 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import Message
 
 from dockyard.constraints import ENGINE_LABELS, LABELS, Constraint, ConstraintError, parse_constraint
-from dockyard.spec import schema
+from dockyard.spec import schema, stacks
 from dockyard.spec.dependencies import find_cycle
 from dockyard.spec.issues import Issue, describe, index_path, key_path, quote, service_path
 from dockyard.spec.schema import Bounded, Field, Ranged
@@ -39,6 +40,8 @@ GLOBAL_REPLICAS_MESSAGE = "a global service runs one task per eligible node; rem
 
 # Lowercase RFC 1123 label, so the name can appear in container and DNS names.
 _DNS_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?\Z")
+# RFC 1123 host names, as Docker accepts them for a container's hostname.
+_HOSTNAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*\Z")
 # C0 controls and DEL: invisible in logs and terminals, and meaningless in names and keys.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # The same without the ones that count as whitespace, which constraint parsing explains better.
@@ -172,16 +175,38 @@ def memory_reservation_message(got: str) -> str:
 # --- Checks of single values, in the table's order --------------------------------------------------------
 
 
-def name_issues(name: str, path: str) -> Iterator[Issue]:
-    """Checks a service name, reported on the service's own path."""
+def name_issues(name: str, path: str, stack: str = "") -> Iterator[Issue]:
+    """Checks a service name, reported on the service's own path; a stack's service is `<stack>_<short name>`."""
     if not name:
         yield Issue(path, "service name must not be empty")
-    elif not _DNS_LABEL.match(name) or len(name) > (schema.NAME.max_bytes or len(name)):
+    elif stack and not stacks.belongs(stack, name):
+        yield Issue(
+            path,
+            f"a service of stack {quote(stack)} is named {quote(stacks.scoped(stack, '<service>'))}, got "
+            f"{describe(name)}; name it {quote(stacks.scoped(stack, name))} or change its stack",
+        )
+    elif not _is_label(short := stacks.short(stack, name)):
         yield Issue(
             path,
             f'service name must be 1 to {schema.NAME.max_bytes} lowercase letters, digits or "-", starting and '
-            f"ending with a letter or digit, got {describe(name)}",
+            f"ending with a letter or digit, got {describe(short)}",
         )
+
+
+def service_name_ok(name: str) -> bool:
+    """Whether `name` can name a service: a DNS label, or `<stack>_<DNS label>` of a valid stack."""
+    stack, separator, short = name.rpartition(stacks.SEPARATOR)
+    return _is_label(short) and (not separator or (bool(stack) and stacks.stack_problem(stack) is None))
+
+
+def _is_label(name: str) -> bool:
+    return bool(_DNS_LABEL.match(name)) and len(name) <= (schema.NAME.max_bytes or len(name))
+
+
+def stack_issues(stack: str, path: str) -> Iterator[Issue]:
+    """Checks a service's stack name ("" is none)."""
+    if (problem := stacks.stack_problem(stack)) is not None:
+        yield Issue(path, problem)
 
 
 def image_issues(image: str, path: str) -> Iterator[Issue]:
@@ -278,6 +303,121 @@ def protocol_issues(protocol: str, path: str) -> Iterator[Issue]:
     """Checks a port's protocol; the proto has no default, so it must be given."""
     if protocol not in schema.PORT_PROTOCOL.choices:
         yield Issue(path, protocol_message(describe(protocol)))
+
+
+def hostname_issues(hostname: str, path: str) -> Iterator[Issue]:
+    """Checks a container's hostname ("" is Docker's)."""
+    limit = schema.HOSTNAME.max_bytes or len(hostname)
+    if hostname and (not _HOSTNAME.match(hostname) or len(hostname) > limit):
+        yield Issue(
+            path,
+            f'must be a host name of at most {limit} letters, digits, "-" and ".", each part starting and ending '
+            f'with a letter or digit, like "db-1", got {describe(hostname)}',
+        )
+
+
+def container_path_issues(target: str, path: str, field: Field[Any]) -> Iterator[Issue]:
+    """Checks an absolute path: where a mount, secret or config appears in the container, or a bind's host path."""
+    if not target:
+        yield Issue(path, 'must not be empty; give an absolute path like "/data"')
+    elif "\0" in target or _CONTROL.search(target):
+        yield Issue(path, f"must not contain control characters, got {describe(target)}; remove them")
+    elif too_long := _length_problem(target, field.max_bytes):
+        yield Issue(path, f"{too_long}; use a shorter path")
+    elif not target.startswith("/"):
+        yield Issue(path, f'must be an absolute path, starting with "/", got {describe(target)}')
+    elif ".." in target.split("/"):
+        yield Issue(path, f'must not contain "..", got {describe(target)}; write the path it leads to')
+    elif posixpath.normpath(target) == "/":
+        yield Issue(path, 'must not be "/"; mount on a folder inside the container')
+
+
+def object_name_issues(name: str, path: str, kind: str) -> Iterator[Issue]:
+    """Checks the cluster-wide name of a network, volume, secret or config (`kind` says which) a service names."""
+    if (problem := stacks.object_name_problem(name)) is not None:
+        yield Issue(path, f"{kind} {problem}")
+
+
+def mount_issues(mount: pb.Mount, path: str) -> Iterator[Issue]:
+    """Checks one mount on its own; Targets checks that no two share a target."""
+    kind = mount.type or schema.MOUNT_TYPE.default
+    if kind not in schema.MOUNT_TYPE.choices.values():
+        yield Issue(key_path(path, "type"), choice_message(schema.MOUNT_TYPE, str(mount.type)))
+        return
+    source = key_path(path, "source")
+    if kind == pb.Mount.TYPE_VOLUME:
+        if not mount.source:
+            yield Issue(source, 'is required for a volume: name the volume, like "db-data:/var/lib/postgresql/data"')
+        else:
+            yield from object_name_issues(mount.source, source, "volume")
+    elif kind == pb.Mount.TYPE_BIND:
+        if mount.source:
+            yield from container_path_issues(mount.source, source, schema.MOUNT_SOURCE)
+        else:
+            yield Issue(source, 'is required for a bind mount: give the host path, like "/srv/data"')
+    elif mount.source:
+        yield Issue(source, "a tmpfs has no source; remove it")
+    yield from container_path_issues(mount.target, key_path(path, "target"), schema.MOUNT_TARGET)
+    if mount.tmpfs_size_bytes and kind != pb.Mount.TYPE_TMPFS:
+        yield Issue(key_path(path, "tmpfs"), 'applies only to type "tmpfs"; remove it')
+    elif mount.tmpfs_size_bytes < 0:
+        yield Issue(key_path(key_path(path, "tmpfs"), "size"), f"must not be negative, got {mount.tmpfs_size_bytes}")
+    labels = key_path(path, "labels")
+    if mount.volume_labels and kind != pb.Mount.TYPE_VOLUME:
+        yield Issue(labels, 'applies only to type "volume"; remove it')
+    else:
+        for key in sorted(mount.volume_labels):
+            yield from label_issues(key, mount.volume_labels[key], key_path(labels, key))
+
+
+def file_ref_issues(ref: pb.FileRef, path: str, section: str) -> Iterator[Issue]:
+    """Checks one entry of `secrets` or `configs` (`section`) on its own; Targets checks that no two share a path."""
+    kind = "secret" if section == "secrets" else "config"
+    source = key_path(path, "source")
+    if not ref.name:
+        yield Issue(source, f"is required: name the {kind}")
+    else:
+        yield from object_name_issues(ref.name, source, kind)
+    target = key_path(path, "target")
+    row = schema.SECRET_TARGET if section == "secrets" else schema.CONFIG_TARGET
+    if ref.target.startswith("/") or (ref.target and section == "configs"):
+        yield from container_path_issues(ref.target, target, row)
+    elif ref.target:
+        # A secret's relative target is a file under /run/secrets; it must stay there.
+        yield from container_path_issues(f"{schema.SECRETS_DIR}/{ref.target}", target, row)
+    if ref.HasField("mode") and ref.mode > schema.SECRET_MODE.maximum:
+        yield Issue(
+            key_path(path, "mode"),
+            f"must be permission bits from 0 to 0777, got 0{ref.mode:o}; write it in octal with a leading 0, as 0440",
+        )
+
+
+class Targets:
+    """The container paths a service's mounts, secrets and configs take, to refuse a second use of one."""
+
+    def __init__(self) -> None:
+        self._first_use: dict[str, str] = {}
+
+    def claim(self, target: str, owner: str, path: str) -> Iterator[Issue]:
+        """Records that `owner` (like "mounts[0]") uses `target`; yields an issue when an earlier one has it."""
+        key = posixpath.normpath(target)
+        first = self._first_use.setdefault(key, owner)
+        if first != owner:
+            yield Issue(path, f"{quote(key)} is already the target of {first}; give each its own path")
+
+
+class Names:
+    """The names a service's list (networks, secrets, configs) holds, to refuse one listed twice."""
+
+    def __init__(self, section: str) -> None:
+        self._section = section
+        self._first: dict[str, int] = {}
+
+    def claim(self, name: str, index: int, path: str) -> Iterator[Issue]:
+        """Records `name` at `index`; yields an issue when an earlier entry has it."""
+        first = self._first.setdefault(name, index)
+        if first != index:
+            yield Issue(path, f"{quote(name)} is already listed as {self._section}[{first}]; remove one")
 
 
 class HostPorts:
@@ -529,11 +669,11 @@ def choice_issues(field: Field[Any], number: int, path: str) -> Iterator[Issue]:
 
 def dependency_issues(name: str, dependent: str, path: str) -> Iterator[Issue]:
     """Checks the name of a service that `dependent` depends on; `path` is the dependency's own."""
-    if not _DNS_LABEL.match(name) or len(name) > (schema.NAME.max_bytes or len(name)):
+    if not service_name_ok(name):
         yield Issue(
             path,
             f'must name a service: 1 to {schema.NAME.max_bytes} lowercase letters, digits or "-", starting and '
-            f"ending with a letter or digit, got {describe(name)}",
+            f"ending with a letter or digit (a stack's: `<stack>_<service>`), got {describe(name)}",
         )
     elif name == dependent:
         yield Issue(path, "a service cannot depend on itself; remove it")
@@ -586,8 +726,12 @@ def service_issues(spec: pb.ServiceSpec) -> list[Issue]:
 
 def _service(spec: pb.ServiceSpec) -> Iterator[Issue]:
     base = service_path(spec.name)
-    yield from name_issues(spec.name, base)
+    stack_problems = list(stack_issues(spec.stack, key_path(base, "stack")))
+    yield from name_issues(spec.name, base, "" if stack_problems else spec.stack)
     yield from image_issues(spec.image, key_path(base, "image"))
+    entrypoint = key_path(base, "entrypoint")
+    for i, argument in enumerate(spec.entrypoint):
+        yield from argument_issues(argument, index_path(entrypoint, i))
     command = key_path(base, "command")
     for i, argument in enumerate(spec.command):
         yield from argument_issues(argument, index_path(command, i))
@@ -595,6 +739,7 @@ def _service(spec: pb.ServiceSpec) -> Iterator[Issue]:
     # A proto map has no order of its own; sorting keeps reports stable.
     for name in sorted(spec.env):
         yield from env_issues(name, spec.env[name], key_path(env, name))
+    yield from hostname_issues(spec.hostname, key_path(base, "hostname"))
     yield from _ports(spec.ports, key_path(base, "ports"))
     yield from mode_issues(spec.mode, key_path(base, "mode"))
     # An unknown mode reads as the default, replicated, as it does in a file.
@@ -604,6 +749,7 @@ def _service(spec: pb.ServiceSpec) -> Iterator[Issue]:
     labels = key_path(base, "labels")
     for key in sorted(spec.labels):
         yield from label_issues(key, spec.labels[key], key_path(labels, key))
+    yield from _files(spec, base)
     yield from _restart(spec.restart, spec.mode, key_path(base, "restart"))
     if spec.HasField("healthcheck"):
         yield from _healthcheck(spec.healthcheck, key_path(base, "healthcheck"))
@@ -624,7 +770,36 @@ def _service(spec: pb.ServiceSpec) -> Iterator[Issue]:
     if stop_after.seconds or stop_after.nanos:
         where = key_path(key_path(base, "on_disconnect"), "stop_after")
         yield from _duration(schema.STOP_AFTER, stop_after, where)
+    yield from stack_problems
     yield from size_issues(spec, base)
+
+
+def _files(spec: pb.ServiceSpec, base: str) -> Iterator[Issue]:
+    """Checks mounts, networks, secrets and configs, and that no two of them share a path in the container."""
+    targets = Targets()
+    mounts = key_path(base, "mounts")
+    for i, mount in enumerate(spec.mounts):
+        where = index_path(mounts, i)
+        problems = list(mount_issues(mount, where))
+        yield from problems
+        if not problems:
+            yield from targets.claim(mount.target, f"mounts[{i}]", key_path(where, "target"))
+    networks, names = key_path(base, "networks"), Names("networks")
+    for i, network in enumerate(spec.networks):
+        where = index_path(networks, i)
+        problems = list(object_name_issues(network, where, "network"))
+        yield from problems or names.claim(network, i, where)
+    for section, refs, place in (
+        ("secrets", spec.secrets, schema.secret_target),
+        ("configs", spec.configs, schema.config_target),
+    ):
+        path = key_path(base, section)
+        for i, ref in enumerate(refs):
+            where = index_path(path, i)
+            problems = list(file_ref_issues(ref, where, section))
+            yield from problems
+            if not problems:
+                yield from targets.claim(place(ref), f"{section}[{i}]", key_path(where, "target"))
 
 
 def _ports(ports: Sequence[pb.PortMapping], path: str) -> Iterator[Issue]:

@@ -22,6 +22,7 @@ from dockyard.v1 import types_pb2 as pb
 ROOT = Path(__file__).resolve().parents[2]
 SECOND = 10**9
 NAME_RULE = '1 to 63 lowercase letters, digits or "-", starting and ending with a letter or digit'
+STACK_RULE = "(a stack's: `<stack>_<service>`)"
 
 
 def seconds(value: float) -> Duration:
@@ -341,7 +342,7 @@ SERVICE_ERRORS = [
         "image: x\ndepends_on: [db, web, db, Db, 3]",
         "services.web.depends_on[1]: a service cannot depend on itself; remove it",
         'services.web.depends_on[2]: "db" is already listed as depends_on[0]; remove one',
-        f'services.web.depends_on[3]: must name a service: {NAME_RULE}, got "Db"',
+        f'services.web.depends_on[3]: must name a service: {NAME_RULE} {STACK_RULE}, got "Db"',
         "services.web.depends_on[4]: must be a service name, got 3; put the value in quotes",
     ),
     case(
@@ -450,7 +451,7 @@ def test_a_dependency_outside_the_file_is_left_to_the_controller() -> None:
         (
             {"depends_on": {"web": pb.Dependency(), "Db": pb.Dependency(), "db": pb.Dependency(condition=8)}},
             [
-                f'services.web.depends_on.Db: must name a service: {NAME_RULE}, got "Db"',
+                f'services.web.depends_on.Db: must name a service: {NAME_RULE} {STACK_RULE}, got "Db"',
                 "services.web.depends_on.db.condition: must be service_started, service_healthy or "
                 "service_completed_successfully, got 8",
                 "services.web.depends_on.web: a service cannot depend on itself; remove it",

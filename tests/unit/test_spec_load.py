@@ -407,10 +407,10 @@ SERVICE_ERRORS = [
     ),
     case(
         "unknown-field",
-        "image: x\nvolumes: [a]",
-        "services.web.volumes: unknown field; expected one of image, command, env, ports, mode, replicas, "
-        "placement, resources, labels, restart, healthcheck, update, rollback, depends_on, stop_grace_period, "
-        "on_disconnect",
+        "image: x\nulimits: [a]",
+        "services.web.ulimits: unknown field; expected one of image, entrypoint, command, env, hostname, ports, "
+        "mode, replicas, placement, resources, labels, mounts, networks, secrets, configs, restart, healthcheck, "
+        "update, rollback, depends_on, stop_grace_period, on_disconnect, stack",
     ),
     case(
         "replicas-negative",

@@ -49,14 +49,20 @@ def test_an_unknown_section_is_an_error() -> None:
 def test_the_table_lists_the_spec_fields_in_file_order() -> None:
     assert schema.children("") == (
         "image",
+        "entrypoint",
         "command",
         "env",
+        "hostname",
         "ports",
         "mode",
         "replicas",
         "placement",
         "resources",
         "labels",
+        "mounts",
+        "networks",
+        "secrets",
+        "configs",
         "restart",
         "healthcheck",
         "update",
@@ -64,7 +70,11 @@ def test_the_table_lists_the_spec_fields_in_file_order() -> None:
         "depends_on",
         "stop_grace_period",
         "on_disconnect",
+        "stack",
     )
+    assert schema.children("mounts[]") == ("type", "source", "target", "read_only", "labels", "tmpfs")
+    assert schema.children("secrets[]") == ("source", "target", "uid", "gid", "mode")
+    assert schema.children("configs[]") == schema.children("secrets[]")
     assert schema.children("ports[]") == ("published", "target", "protocol")
     assert schema.children("resources") == ("limits", "reservations")
     assert schema.children("restart") == ("condition", "delay", "max_attempts", "window", "max_delay")
