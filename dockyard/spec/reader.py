@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import shlex
 from collections.abc import Callable, Iterable, Mapping, MutableMapping
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from google.protobuf.duration_pb2 import Duration
 
-from dockyard.spec import schema, validation
+from dockyard.spec import schema, stacks, validation
 from dockyard.spec.deployment import Deployment
 from dockyard.spec.issues import (
     Issue,
@@ -35,13 +36,16 @@ from dockyard.spec.units import (
     DURATION_SHAPE,
     MAX_BYTES,
     MAX_UINT32,
+    MOUNT_SHAPE,
     PORT_SHAPE,
     format_cpus,
     parse_bytes,
     parse_duration_nanos,
+    parse_mount,
     parse_port,
     seconds_to_nanos,
 )
+from dockyard.v1 import controller_pb2 as cpb
 from dockyard.v1 import types_pb2 as pb
 
 Number = TypeVar("Number", bound=int | str)
@@ -73,6 +77,30 @@ _CONSTRAINT_EXAMPLE = '"node.labels.zone == a"'
 _DEFAULT_PLACEMENT = pb.Placement(
     max_replicas_per_node=schema.MAX_REPLICAS_PER_NODE.default, strategy=schema.STRATEGY.default
 )
+# Compose's name for mounts, read as mounts.
+_VOLUMES = "volumes"
+_MOUNTS_EXAMPLE = '["db-data:/var/lib/postgresql/data", "/srv/www:/usr/share/nginx/html:ro"]'
+# The top-level sections that declare a file's objects, with the keys each object may have.
+_SECTION_FIELDS = {
+    "networks": ("name", "external", "labels", "internal"),
+    "volumes": ("name", "external", "labels"),
+    "secrets": ("name", "external", "file", "labels"),
+    "configs": ("name", "external", "file", "content", "labels"),
+}
+_KINDS = {"networks": "network", "volumes": "volume", "secrets": "secret", "configs": "config"}
+_TOP_LEVEL = ("stack", "services", *_SECTION_FIELDS)
+_STACK_EXAMPLE = '"shop"'
+
+
+@dataclass
+class _Declared:
+    """An object a file declares in a top-level section, under the key services refer to it by."""
+
+    name: str  # cluster-wide
+    external: bool = False  # it exists already: the apply does not make it
+    labels: dict[str, str] = field(default_factory=dict)
+    internal: bool = False
+    data: bytes = b""
 
 
 # Reads a file a spec names (a secret's or config's `file`), at most schema.FILE_BYTES.maximum + 1 bytes;
@@ -100,11 +128,20 @@ def read_deployment(data: object, source: str, read_file: ReadFile) -> tuple[Dep
     `read_file` reads the files its secrets and configs name. The result is only meaningful when no
     issues are returned.
     """
-    reader = _Reader()
+    reader = _Reader(read_file)
     specs = reader.document(data, source)
     # Cycles run between services, so they are found once every service is read.
     reader.issues.extend(validation.depends_on_issues([spec for spec in specs if spec.name]))
-    return Deployment(specs), reader.issues
+    made = {section: [d for d in found.values() if not d.external] for section, found in reader.declared.items()}
+    deployment = Deployment(
+        specs,
+        stack=reader.stack,
+        networks=[cpb.NetworkSpec(name=d.name, labels=d.labels, internal=d.internal) for d in made["networks"]],
+        volumes=[cpb.VolumeSpec(name=d.name, labels=d.labels) for d in made["volumes"]],
+        secrets=[cpb.FileSpec(name=d.name, labels=d.labels, data=d.data) for d in made["secrets"]],
+        configs=[cpb.FileSpec(name=d.name, labels=d.labels, data=d.data) for d in made["configs"]],
+    )
+    return deployment, reader.issues
 
 
 def default_spec(name: str) -> pb.ServiceSpec:
@@ -124,8 +161,12 @@ def default_spec(name: str) -> pb.ServiceSpec:
 class _Reader:
     """Reads values and collects the problems found in them, in the order found."""
 
-    def __init__(self) -> None:
+    def __init__(self, read_file: ReadFile = _no_files) -> None:
         self.issues: list[Issue] = []
+        self.read_file = read_file
+        # The file's stack, and what its top-level sections declare, by the names services use.
+        self.stack = ""
+        self.declared: dict[str, dict[str, _Declared]] = {section: {} for section in _SECTION_FIELDS}
 
     def fail(self, path: str, message: str) -> None:
         """Records a problem at `path`."""
@@ -152,9 +193,11 @@ class _Reader:
             self.fail(source, f'must be a mapping with a top-level "services" key, got {describe(data)}')
             return []
         # Top-level "x-" keys are free for YAML anchors to share settings between services, as in Compose.
-        self.issues.extend(
-            unknown_fields({key: None for key in data if not str(key).startswith("x-")}, "", ("services",))
-        )
+        self.issues.extend(unknown_fields({key: None for key in data if not str(key).startswith("x-")}, "", _TOP_LEVEL))
+        self.stack = self.file_stack(data)
+        for section in _SECTION_FIELDS:
+            if section in data:
+                self.declare(section, data[section])
         if "services" not in data:
             self.fail("services", 'is required; put each service under a top-level "services:" mapping')
             return []
@@ -182,14 +225,20 @@ class _Reader:
             self.fail(path, f'must be a mapping of service fields with at least "image", got {describe(body)}')
             return None
         name_ok = self.passes(validation.name_issues(name, path))
-        self.issues.extend(unknown_fields(body, path, SERVICE_FIELDS, _SERVICE_HINTS))
+        known = {key: item for key, item in body.items() if key != _VOLUMES}
+        self.issues.extend(unknown_fields(known, path, SERVICE_FIELDS, _SERVICE_HINTS))
         # An invalid name may not even be storable (a lone surrogate); the spec is only kept when all is well.
-        spec = default_spec(name if name_ok else "")
+        spec = default_spec(stacks.scoped(self.stack, name) if name_ok else "")
+        spec.stack = self.stack
         self.image(body, key_path(path, "image"), spec)
+        if "entrypoint" in body:
+            spec.entrypoint.extend(self.command(body["entrypoint"], key_path(path, "entrypoint")))
         if "command" in body:
             spec.command.extend(self.command(body["command"], key_path(path, "command")))
         if "env" in body:
             self.string_map(body["env"], key_path(path, "env"), "env", "NAME", validation.env_issues, spec.env)
+        if "hostname" in body:
+            self.hostname(body["hostname"], key_path(path, "hostname"), spec)
         if "ports" in body:
             spec.ports.extend(self.ports(body["ports"], key_path(path, "ports")))
         self.mode_and_replicas(body, path, spec)
@@ -200,6 +249,7 @@ class _Reader:
         if "labels" in body:
             where = key_path(path, "labels")
             self.string_map(body["labels"], where, "labels", "key", validation.label_issues, spec.labels)
+        self.files(body, path, spec)
         if "restart" in body:
             self.restart(body["restart"], key_path(path, "restart"), spec)
         if "healthcheck" in body:
@@ -216,8 +266,372 @@ class _Reader:
                 spec.stop_grace_period.FromNanoseconds(nanos)
         if "on_disconnect" in body:
             self.on_disconnect(body["on_disconnect"], key_path(path, "on_disconnect"), spec.on_disconnect)
+        if "stack" in body:
+            self.service_stack(body["stack"], key_path(path, "stack"))
         self.passes(validation.size_issues(spec, path))
         return spec
+
+    # --- The stack and its objects ---------------------------------------------------------------------
+
+    def file_stack(self, data: Mapping[object, object]) -> str:
+        """The file's stack: the top-level `stack`, or the one stack its services name; "" for none."""
+        if "stack" in data:
+            value = data["stack"]
+            if not isinstance(value, str):
+                self.fail("stack", f"must be a stack name like {_STACK_EXAMPLE}, got {got_string(value)}")
+            elif self.text(value, "stack") and self.passes(validation.stack_issues(value, "stack")):
+                return value
+            return ""
+        services = data.get("services")
+        named = {
+            body["stack"]
+            for body in (services.values() if isinstance(services, dict) else ())
+            if isinstance(body, dict) and isinstance(body.get("stack"), str)
+        }
+        stack = named.pop() if len(named) == 1 else ""
+        return stack if self.text(stack, "stack") and stacks.stack_problem(stack) is None else ""
+
+    def service_stack(self, value: object, path: str) -> None:
+        """Checks a service's own `stack`, which must be the file's: one file deploys one stack."""
+        if not isinstance(value, str):
+            self.fail(path, f"must be a stack name like {_STACK_EXAMPLE}, got {got_string(value)}")
+        elif value == self.stack or not self.text(value, path) or not self.passes(validation.stack_issues(value, path)):
+            return
+        elif self.stack:
+            self.fail(path, f"is {quote(value)}, but the file deploys stack {quote(self.stack)}; remove it")
+        else:
+            self.fail(path, 'the services of one file belong to one stack; give it once, as the top-level "stack"')
+
+    def declare(self, section: str, value: object) -> None:
+        """Reads a top-level section: the networks, volumes, secrets or configs the file's services use."""
+        kind = _KINDS[section]
+        if value is None:
+            return
+        if not isinstance(value, dict):
+            self.fail(section, f"must be a mapping from {kind} names to their settings, got {got(value)}")
+            return
+        for key, body in value.items():
+            if not isinstance(key, str):
+                self.fail(section, f"{kind} name {describe(key)} must be a string; put it in quotes")
+                continue
+            where = key_path(section, key)
+            if self.text(key, where) and (declared := self.declaration(section, key, body, where)) is not None:
+                self.declared[section][key] = declared
+
+    def declaration(self, section: str, key: str, body: object, path: str) -> _Declared | None:
+        """Reads one declared object; None when its name is refused."""
+        kind = _KINDS[section]
+        if body is None:
+            body = {}
+        if not isinstance(body, dict):
+            example = "{file: ./db_password.txt}" if section in ("secrets", "configs") else "{labels: {team: web}}"
+            self.fail(path, f"must be a mapping like {example}, or empty, got {got(body)}")
+            return None
+        self.issues.extend(unknown_fields(body, path, _SECTION_FIELDS[section]))
+        declared = _Declared(name=stacks.scoped(self.stack, key))
+        if "external" in body:
+            declared.external = self.boolean(body["external"], key_path(path, "external")) is True
+            if declared.external:
+                declared.name = key  # an existing object is named as it is, not scoped
+        name_path = path
+        if "name" in body:
+            name_path = key_path(path, "name")
+            if not isinstance(body["name"], str):
+                self.fail(name_path, f"must be a {kind} name, got {got_string(body['name'])}")
+                return None
+            if not self.text(body["name"], name_path):
+                return None
+            declared.name = body["name"]
+        if not self.passes(validation.object_name_issues(declared.name, name_path, kind)):
+            return None
+        if "labels" in body:
+            where = key_path(path, "labels")
+            self.string_map(body["labels"], where, "labels", "key", validation.label_issues, declared.labels)
+        if "internal" in body:
+            declared.internal = self.boolean(body["internal"], key_path(path, "internal")) is True
+        given = [source for source in ("file", "content") if source in body]
+        if declared.external:
+            for extra in (*given, *(k for k in ("labels", "internal") if k in body)):
+                self.fail(
+                    key_path(path, extra), f"cannot be given for an external {kind}, which exists already; remove it"
+                )
+        elif section in ("secrets", "configs"):
+            if not given:
+                content = " or content: TEXT" if section == "configs" else ""
+                self.fail(
+                    path,
+                    f"needs file: PATH (the file holding the {kind}){content}, or external: true for one made "
+                    f"with `dockyard {kind} create`",
+                )
+            elif len(given) > 1:
+                self.fail(key_path(path, "content"), "cannot be combined with file; keep one of them")
+            elif given == ["file"]:
+                declared.data = self.file_data(body["file"], key_path(path, "file"))
+            elif not isinstance(content := body["content"], str):
+                self.fail(key_path(path, "content"), f"must be the config's text, got {got_string(content)}")
+            elif self.text(content, key_path(path, "content")):
+                declared.data = content.encode()
+                self.file_size(len(declared.data), key_path(path, "content"), "the content")
+        return declared
+
+    def file_data(self, value: object, path: str) -> bytes:
+        """Reads the file a secret or config names; b"" when it cannot."""
+        if not isinstance(value, str) or not value:
+            self.fail(path, f'must be the path of a file, like "./db_password.txt", got {got_string(value)}')
+            return b""
+        if not self.text(value, path):
+            return b""
+        try:
+            data = self.read_file(value)
+        except OSError as exc:
+            self.fail(
+                path,
+                f"cannot read {describe(value)}: {exc.strerror or exc}; give a readable file (a relative path "
+                "starts at the spec file's folder)",
+            )
+            return b""
+        return data if self.file_size(len(data), path, describe(value)) else b""
+
+    def file_size(self, size: int, path: str, what: str) -> bool:
+        """Tells whether data of `size` bytes fits a secret or config; records the problem otherwise."""
+        limit = schema.FILE_BYTES
+        if size <= limit.maximum:
+            return True
+        self.fail(path, f"{what} is larger than {limit.shown}, the most a secret or config holds; make it smaller")
+        return False
+
+    def resolve(self, section: str, name: str) -> str:
+        """The cluster-wide name a service's reference means: the declared object's, else the name as written."""
+        declared = self.declared[section].get(name)
+        if declared is not None:
+            return declared.name
+        if section == "networks" and name == stacks.DEFAULT_NETWORK:
+            return stacks.default_network(self.stack)
+        return name
+
+    # --- Mounts, networks, secrets and configs -----------------------------------------------------------
+
+    def files(self, body: Mapping[object, object], path: str, spec: pb.ServiceSpec) -> None:
+        """Reads mounts (or Compose's volumes), networks, secrets and configs; no two may share a target."""
+        targets = validation.Targets()
+        given = [key for key in ("mounts", _VOLUMES) if key in body]
+        if len(given) > 1:
+            self.fail(key_path(path, _VOLUMES), 'is Compose\'s name for "mounts"; write one of them')
+        elif given:
+            spec.mounts.extend(self.mounts(body[given[0]], key_path(path, given[0]), given[0], targets))
+        if "networks" in body:
+            spec.networks.extend(self.networks(body["networks"], key_path(path, "networks")))
+        for section, place in (("secrets", schema.secret_target), ("configs", schema.config_target)):
+            if section in body:
+                refs = self.file_refs(body[section], key_path(path, section), section, place, targets)
+                getattr(spec, section).extend(refs)
+
+    def mounts(self, value: object, path: str, section: str, targets: validation.Targets) -> list[pb.Mount]:
+        """Reads the list of mounts, in the short syntax or as mappings."""
+        if not isinstance(value, list):
+            self.fail(path, f"must be a list of mounts like {_MOUNTS_EXAMPLE}, got {got(value)}")
+            return []
+        mounts = []
+        for i, item in enumerate(value):
+            where = index_path(path, i)
+            mount = self.mount(item, where)
+            if (
+                mount is not None
+                and self.passes(validation.mount_issues(mount, where))
+                and self.passes(targets.claim(mount.target, f"{section}[{i}]", key_path(where, "target")))
+            ):
+                mounts.append(mount)
+        return mounts
+
+    def mount(self, value: object, path: str) -> pb.Mount | None:
+        """Reads one mount; a declared volume's source becomes its cluster-wide name, with its labels."""
+        mount = pb.Mount()
+        if isinstance(value, str):
+            try:
+                kind, mount.source, mount.target, mount.read_only = parse_mount(value)
+            except ValueError as exc:
+                self.fail(path, str(exc))
+                return None
+            mount.type = schema.MOUNT_TYPE.choices[kind]
+        elif isinstance(value, dict):
+            if not self.mount_fields(value, path, mount):
+                return None
+        else:
+            self.fail(path, f"{MOUNT_SHAPE}, got {got(value)}")
+            return None
+        declared = self.declared["volumes"].get(mount.source) if mount.type == pb.Mount.TYPE_VOLUME else None
+        if declared is not None:
+            mount.source = declared.name
+            if not mount.volume_labels:
+                mount.volume_labels.update(declared.labels)
+        return mount
+
+    def mount_fields(self, value: Mapping[object, object], path: str, mount: pb.Mount) -> bool:
+        """Reads the long form of a mount into `mount`; tells whether it can be checked further."""
+        self.known(value, path, "mounts[]")
+        ok = True
+        mount.type = schema.MOUNT_TYPE.default
+        if "type" in value:
+            field = schema.MOUNT_TYPE
+            kind = self.choice(value["type"], key_path(path, "type"), field, self.choice_wording(field))
+            ok = kind is not None
+            mount.type = kind if kind is not None else mount.type
+        for key in ("source", "target"):
+            if key not in value:
+                continue
+            item = value[key]
+            if not isinstance(item, str):
+                self.fail(key_path(path, key), f"must be a string, got {got_string(item)}")
+                ok = False
+            elif self.text(item, key_path(path, key)):
+                setattr(mount, key, item)
+            else:
+                ok = False
+        if "target" not in value:
+            self.fail(key_path(path, "target"), 'is required; give the absolute path in the container, like "/data"')
+            ok = False
+        if "read_only" in value:
+            mount.read_only = self.boolean(value["read_only"], key_path(path, "read_only")) is True
+        if "labels" in value:
+            where = key_path(path, "labels")
+            self.string_map(value["labels"], where, "labels", "key", validation.label_issues, mount.volume_labels)
+        if "tmpfs" in value:
+            ok = self.tmpfs(value["tmpfs"], key_path(path, "tmpfs"), mount) and ok
+        return ok
+
+    def tmpfs(self, value: object, path: str, mount: pb.Mount) -> bool:
+        """Reads a tmpfs mount's options."""
+        if not isinstance(value, dict):
+            self.fail(path, f"must be a mapping like {{size: 64MiB}}, got {got(value)}")
+            return False
+        self.known(value, path, "mounts[].tmpfs")
+        if "size" not in value:
+            return True
+        where, size = key_path(path, "size"), value["size"]
+        if isinstance(size, int) and not isinstance(size, bool) and 0 <= size <= MAX_BYTES:
+            mount.tmpfs_size_bytes = size
+            return True
+        if isinstance(size, str):
+            try:
+                mount.tmpfs_size_bytes = parse_bytes(size)
+                return True
+            except ValueError as exc:
+                self.fail(where, str(exc))
+                return False
+        self.fail(where, f"must be a size like 64MiB, got {got(size)}")
+        return False
+
+    def networks(self, value: object, path: str) -> list[str]:
+        """Reads the list of networks by name; a declared network's name becomes its cluster-wide one."""
+        if not isinstance(value, list):
+            self.fail(path, f"must be a list of network names like [front, back], got {got(value)}")
+            return []
+        names, networks = validation.Names("networks"), []
+        for i, item in enumerate(value):
+            where = index_path(path, i)
+            if not isinstance(item, str):
+                self.fail(where, f"must be a network name, got {got_string(item)}")
+                continue
+            if not self.text(item, where):
+                continue
+            name = self.resolve("networks", item)
+            if self.passes(validation.object_name_issues(name, where, "network")) and self.passes(
+                names.claim(name, i, where)
+            ):
+                networks.append(name)
+        return networks
+
+    def file_refs(
+        self,
+        value: object,
+        path: str,
+        section: str,
+        place: Callable[[pb.FileRef], str],
+        targets: validation.Targets,
+    ) -> list[pb.FileRef]:
+        """Reads a service's secrets or configs: names, or mappings with source, target, uid, gid and mode."""
+        kind = _KINDS[section]
+        if not isinstance(value, list):
+            self.fail(
+                path,
+                f"must be a list of {kind} names, or of mappings like {{source: db_password, mode: 0400}}, "
+                f"got {got(value)}",
+            )
+            return []
+        refs = []
+        for i, item in enumerate(value):
+            where = index_path(path, i)
+            ref = self.file_ref(item, where, section)
+            if (
+                ref is not None
+                and self.passes(validation.file_ref_issues(ref, where, section))
+                and self.passes(targets.claim(place(ref), f"{section}[{i}]", key_path(where, "target")))
+            ):
+                refs.append(ref)
+        return refs
+
+    def file_ref(self, value: object, path: str, section: str) -> pb.FileRef | None:
+        """Reads one secret or config of a service; None when it cannot be checked further."""
+        kind = _KINDS[section]
+        body: Mapping[object, object]
+        if isinstance(value, str):
+            body = {"source": value}
+        elif isinstance(value, dict):
+            self.known(value, path, f"{section}[]")
+            body = value
+            if "source" not in body:
+                self.fail(key_path(path, "source"), f"is required; name the {kind}")
+                return None
+        else:
+            self.fail(path, f"must be a {kind} name or a mapping with source and target, got {got(value)}")
+            return None
+        source = body["source"]
+        where = path if isinstance(value, str) else key_path(path, "source")
+        if not isinstance(source, str):
+            self.fail(where, f"must be a {kind} name, got {got_string(source)}")
+            return None
+        if not self.text(source, where):
+            return None
+        ref = pb.FileRef(name=self.resolve(section, source))
+        if "target" in body:
+            target = body["target"]
+            if not isinstance(target, str):
+                self.fail(key_path(path, "target"), f"must be a path, got {got_string(target)}")
+                return None
+            if not self.text(target, key_path(path, "target")):
+                return None
+            ref.target = target
+        elif ref.name != source:
+            # In the container the file keeps the name the file gave it, as with `docker stack deploy`.
+            ref.target = source if section == "secrets" else f"/{source}"
+        for key in ("uid", "gid"):
+            if key in body and (number := self.owner(body[key], key_path(path, key))) is not None:
+                setattr(ref, key, number)
+        if "mode" in body and (mode := self.mode(body["mode"], key_path(path, "mode"))) is not None:
+            ref.mode = mode
+        return ref
+
+    def owner(self, value: object, path: str) -> int | None:
+        """Reads a uid or gid: a number, or a string of digits as Compose writes them."""
+        if isinstance(value, str) and value.isascii() and value.isdigit():
+            value = int(value)
+        return self.uint32(value, path, lambda shown: f"must be a numeric id from 0 to {MAX_UINT32}, got {shown}")
+
+    def mode(self, value: object, path: str) -> int | None:
+        """Reads permission bits: an octal number (0440), or a string of octal digits ("0440")."""
+        if isinstance(value, str) and value and all(c in "01234567" for c in value):
+            return int(value, 8)
+        if isinstance(value, str):
+            self.fail(path, f"must be octal permission bits like 0440, got {describe(value)}")
+            return None
+        return self.uint32(value, path, lambda shown: f"must be permission bits like 0440, got {shown}")
+
+    def hostname(self, value: object, path: str, spec: pb.ServiceSpec) -> None:
+        """Reads the containers' hostname."""
+        if not isinstance(value, str):
+            self.fail(path, f'must be a host name like "db-1", got {got_string(value)}')
+        elif self.text(value, path) and self.passes(validation.hostname_issues(value, path)):
+            spec.hostname = value
 
     # --- Text -------------------------------------------------------------------------------------------
 
@@ -765,7 +1179,7 @@ class _Reader:
                     self.fail(where, f"{quote(item)} is already listed as depends_on[{first_index[item]}]; remove one")
                 elif self.text(item, where) and self.passes(validation.dependency_issues(item, dependent, where)):
                     first_index[item] = i
-                    depends_on[item].condition = started
+                    depends_on[stacks.scoped(self.stack, item)].condition = started
             return
         if not isinstance(value, dict):
             self.fail(
@@ -781,7 +1195,7 @@ class _Reader:
             # Read even under a refused name, so that every mistake of the entry is reported at once.
             condition = self.dependency(entry, where)
             if name_ok and condition is not None:
-                depends_on[name].condition = condition
+                depends_on[stacks.scoped(self.stack, name)].condition = condition
 
     def dependency(self, value: object, path: str) -> pb.Dependency.Condition.ValueType | None:
         """Reads one dependency of the long form; returns its condition, or None when it is refused."""

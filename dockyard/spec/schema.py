@@ -206,7 +206,7 @@ HOSTNAME = Field[str](
     "The container's hostname.",
     shown_default="Docker's (the container id)",
     max_bytes=63,
-    note="lowercase letters, digits, `-` and `.`; each part starting and ending with a letter or digit",
+    note="letters, digits, `-` and `.`; each part starting and ending with a letter or digit",
 )
 ENV = Field[None](
     "env",

@@ -141,6 +141,43 @@ def format_port(host_port: int, container_port: int, protocol: str, *, implied_p
     return text if protocol == implied_protocol else f"{text}/{protocol}"
 
 
+MOUNT_SHAPE = 'must be "VOLUME:/path[:ro]" or "/host/path:/path[:ro]", or a mapping with type, source and target'
+# Compose's mount options Docker's local volumes and Dockyard's agent do not apply.
+_UNSUPPORTED_MOUNT_OPTIONS = ("z", "Z", "nocopy", "cached", "delegated", "consistent")
+
+
+def parse_mount(text: str) -> tuple[str, str, str, bool]:
+    """Splits Compose's short syntax "SOURCE:TARGET[:ro|rw]" into (kind, source, target, read_only).
+
+    kind is "bind" when SOURCE is a path (starts with "/", "." or "~"), else "volume". Paths are returned
+    unchecked; raises ValueError for anything that is not the short syntax, anonymous volumes included.
+    """
+    parts = text.split(":")
+    if len(parts) == 1:
+        raise ValueError(
+            f"an anonymous volume is not supported, got {describe(text)}; name it, like {describe('data:' + text)}"
+        )
+    if len(parts) > 3 or not parts[0] or not parts[1]:
+        raise ValueError(f"{MOUNT_SHAPE}, got {describe(text)}")
+    source, target = parts[0], parts[1]
+    read_only = False
+    if len(parts) == 3:
+        for option in parts[2].split(","):
+            if option in ("ro", "rw"):
+                read_only = option == "ro"
+            elif option in _UNSUPPORTED_MOUNT_OPTIONS:
+                raise ValueError(f"the option {describe(option)} is not supported, got {describe(text)}; remove it")
+            else:
+                raise ValueError(f'unknown option {describe(option)} in {describe(text)}; use "ro" or "rw"')
+    kind = "bind" if source.startswith(("/", ".", "~")) else "volume"
+    return kind, source, target, read_only
+
+
+def format_mount(source: str, target: str, read_only: bool) -> str:
+    """Writes a volume or bind mount in the short syntax parse_mount reads back."""
+    return f"{source}:{target}:ro" if read_only else f"{source}:{target}"
+
+
 def parse_duration_nanos(text: str) -> int:
     """Parses "500ms", "1m30s", "2h", "1.5s" or a bare number of seconds into whole nanoseconds."""
     match = _DURATION.match(text)

@@ -122,7 +122,7 @@ NUL_IN_EVERY_STRING = [
         "depends-on",
         'services: {web: {image: x, depends_on: {"db\\0": {condition: "service_started\\0"}}}}',
         'services.web.depends_on["db\\u0000"]: must name a service: 1 to 63 lowercase letters, digits or "-", '
-        "starting and ending with a letter or digit (a stack's: `<stack>_<service>`), got \"db\\u0000\"",
+        'starting and ending with a letter or digit (a stack\'s: `<stack>_<service>`), got "db\\u0000"',
         'services.web.depends_on["db\\u0000"].condition: must be service_started, service_healthy or '
         'service_completed_successfully, got "service_started\\u0000"; did you mean "service_started"?',
     ),

@@ -1080,7 +1080,7 @@ DOCUMENT_ERRORS = [
     case(
         "services-missing",
         "web: {image: x}\n",
-        'web: unknown field; the only field allowed here is "services"',
+        "web: unknown field; expected one of stack, services, networks, volumes, secrets, configs",
         'services: is required; put each service under a top-level "services:" mapping',
     ),
     case(
