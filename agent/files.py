@@ -4,8 +4,9 @@ The controller sends the data of the secrets and configs that this node's tasks 
 each once per session, all of them again with a full set). Files keeps it in memory only: the task book
 never holds it (agent.task_book writes tasks and specs, which carry names, never data). Before a task's
 container is created, its files are written under `<root>/<task id>/` with the reference's uid, gid and mode,
-and bound read-only at their targets: a secret at /run/secrets/<target or short name> (an absolute target
-as given), a config at its target or /<short name>. Short names are the names within the task's stack.
+and bound read-only at their targets (dockyard.spec.schema.secret_target and config_target: a secret under
+/run/secrets unless its target is absolute, a config at its target or /<name>; a spec file's reader sets a
+stack's references' targets to their short names, as `docker stack deploy` mounts them).
 
 `root` must be a tmpfs, so nothing in clear reaches a disk: `ensure_tmpfs` mounts one there when it is not
 one already (statfs tells), and while it is not, every task with files waits in PREPARING saying why. A
@@ -31,22 +32,18 @@ import structlog
 from agent.runtime.base import MountKind, MountSpec, RuntimeFailure
 from agent.task_book import TaskBook
 from dockyard.clock import Clock, SystemClock
-from dockyard.spec.stacks import short
+from dockyard.spec import schema
 from dockyard.v1 import agent_pb2 as apb
 from dockyard.v1 import types_pb2 as pb
 
-__all__ = ["FILES_DIR", "SECRETS_DIR", "TMPFS_MAGIC", "Files", "FilesNotReady", "file_target", "is_tmpfs"]
+__all__ = ["FILES_DIR", "TMPFS_MAGIC", "Files", "FilesNotReady", "file_target", "is_tmpfs"]
 
 log = structlog.get_logger()
 
 # The tmpfs under the agent's state dir, unless --files-dir (AgentConfig.files_dir) names another place.
 FILES_DIR: Final = "files"
-# Where a secret is mounted unless its reference gives an absolute target (Docker's and Compose's place).
-SECRETS_DIR: Final = "/run/secrets"
 # statfs(2)'s f_type of a tmpfs (linux/magic.h).
 TMPFS_MAGIC: Final = 0x01021994
-# The default mode of a mounted file (FileRef.mode unset), as Swarm's.
-DEFAULT_MODE: Final = 0o444
 # How often directories of tasks that left the book are swept, besides every assignment.
 SWEEP_SECONDS: Final = 5.0
 
@@ -78,14 +75,9 @@ def _mount_tmpfs(path: Path) -> None:
     )
 
 
-def file_target(spec: pb.ServiceSpec, kind: int, ref: pb.FileRef) -> str:
+def file_target(kind: int, ref: pb.FileRef) -> str:
     """Returns where a secret or config is mounted in the task's container."""
-    name = short(spec.stack, ref.name)
-    if kind == apb.FileData.KIND_SECRET:
-        if ref.target.startswith("/"):
-            return ref.target
-        return f"{SECRETS_DIR}/{ref.target or name}"
-    return ref.target or f"/{name}"
+    return schema.secret_target(ref) if kind == apb.FileData.KIND_SECRET else schema.config_target(ref)
 
 
 def _refs(spec: pb.ServiceSpec) -> Iterable[tuple[int, pb.FileRef]]:
@@ -194,12 +186,11 @@ class Files:
             path = directory / f"{index}-{_kind_word(kind)}-{ref.name}"
             data = self._data.get((kind, ref.name))
             if data is not None:
-                mode = ref.mode if ref.HasField("mode") else DEFAULT_MODE
-                await asyncio.to_thread(_write, path, data, ref.uid, ref.gid, mode)
+                await asyncio.to_thread(_write, path, data, ref.uid, ref.gid, schema.file_mode(ref))
             elif not path.exists():
                 # Written before this agent restarted (the tmpfs outlives it): used as it is; otherwise wait.
                 raise FilesNotReady(f"waiting for the data of {_kind_word(kind)} {ref.name!r} from the controller")
-            mounts.append(MountSpec(MountKind.BIND, str(path), file_target(task.spec, kind, ref), read_only=True))
+            mounts.append(MountSpec(MountKind.BIND, str(path), file_target(kind, ref), read_only=True))
         return tuple(mounts)
 
 

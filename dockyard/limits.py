@@ -19,7 +19,6 @@ __all__ = [
     "CONTAINER_ID_BYTES",
     "CONTROLLER_PORT",
     "DEFAULT_CONTROLLER",
-    "FILE_DATA_BYTES",
     "HEALTH_OUTPUT_BYTES",
     "HELLO_IMAGES",
     "HELLO_TIMEOUT_SECONDS",
@@ -50,10 +49,6 @@ STATUS_TEXT_BYTES: Final = 2048
 # The last health probe's output as a task's status carries it: enough for the line that says why (Docker
 # keeps 4 KiB per probe), small enough that a status report with health stays one small message.
 HEALTH_OUTPUT_BYTES: Final = 512
-
-# The data of one secret or config, as Docker's own limit (500 KiB): every one a task uses travels in the
-# assignments of its node and sits in the agent's memory and tmpfs.
-FILE_DATA_BYTES: Final = 500 * 1024
 
 # A container id as Docker makes it is 64 hex characters.
 CONTAINER_ID_BYTES: Final = 128

@@ -20,6 +20,7 @@ from dockyard.spec.validation import label_issues
 from dockyard.timestamps import to_timestamp
 from dockyard.v1 import controller_pb2 as cpb
 from dockyard.v1 import types_pb2 as pb
+from dockyard.volumes import is_volume_mount
 
 # The change_cause of a revision an apply writes (history shows it); scale and rollback write their own.
 APPLY_CAUSE: Final = "apply"
@@ -266,7 +267,7 @@ def _reference_ops(
                 )
         for mount in spec.mounts:
             fresh = mount.source not in view.volumes and mount.source not in made_volumes
-            if mount.type in _VOLUME_TYPES and mount.source and fresh:
+            if is_volume_mount(mount) and fresh:
                 # Compose and `docker service create` make a mounted volume on first use; so does an apply.
                 made_volumes.add(mount.source)
                 volume = _new_volume(mount.source, spec.stack, mount.volume_labels, stamp, new_id)
@@ -293,7 +294,6 @@ def _reference_ops(
 
 
 _IMMUTABLE: Final = "{what} {name!r} exists with other data; {what}s are immutable: create it under a new name"
-_VOLUME_TYPES: Final = frozenset({pb.Mount.TYPE_UNSPECIFIED, pb.Mount.TYPE_VOLUME})
 
 _S = TypeVar("_S", cpb.NetworkSpec, cpb.VolumeSpec, cpb.FileSpec)
 

@@ -26,8 +26,8 @@ from controller.sealing import Sealer, registry_context, secret_context
 from controller.store.base import Delete, Kind, Put, Store
 from dockyard.clock import Clock
 from dockyard.images import DEFAULT_REGISTRY
-from dockyard.limits import FILE_DATA_BYTES
 from dockyard.spec.issues import Issue, key_path
+from dockyard.spec.schema import FILE_BYTES
 from dockyard.spec.stacks import belongs, object_name_problem
 from dockyard.spec.validation import label_issues
 from dockyard.timestamps import to_timestamp
@@ -85,11 +85,11 @@ def file_spec_issues(spec: cpb.FileSpec, path: str, what: str) -> list[Issue]:
         issues.extend(label_issues(key, value, key_path(key_path(path, "labels"), key)))
     if not spec.data:
         issues.append(Issue(key_path(path, "data"), f"is empty; a {what} needs at least one byte"))
-    elif len(spec.data) > FILE_DATA_BYTES:
+    elif len(spec.data) > FILE_BYTES.maximum:
         issues.append(
             Issue(
                 key_path(path, "data"),
-                f"{len(spec.data)} bytes, more than the {FILE_DATA_BYTES} a {what} may hold; mount large files "
+                f"{len(spec.data)} bytes, more than the {FILE_BYTES.maximum} a {what} may hold; mount large files "
                 "from a volume instead",
             )
         )

@@ -16,7 +16,7 @@ import click
 from dockyard.cli.common import controller_option, output_option, run
 from dockyard.cli.output import emit, emit_object
 from dockyard.client import Client
-from dockyard.limits import FILE_DATA_BYTES
+from dockyard.spec.schema import FILE_BYTES
 from dockyard.timestamps import from_timestamp
 from dockyard.v1 import types_pb2 as pb
 
@@ -44,15 +44,15 @@ def read_data(source: str, stdin: BinaryIO | None = None) -> bytes:
     """Reads FILE, or standard input for "-", refusing more than a secret or config may hold."""
     try:
         if source == "-":
-            data = (stdin or sys.stdin.buffer).read(FILE_DATA_BYTES + 1)
+            data = (stdin or sys.stdin.buffer).read(FILE_BYTES.maximum + 1)
         else:
             with open(source, "rb") as handle:
-                data = handle.read(FILE_DATA_BYTES + 1)
+                data = handle.read(FILE_BYTES.maximum + 1)
     except OSError as exc:
         raise click.BadParameter(f"{source}: {exc.strerror or exc}", param_hint="--file") from None
-    if len(data) > FILE_DATA_BYTES:
+    if len(data) > FILE_BYTES.maximum:
         raise click.BadParameter(
-            f"{source}: more than the {FILE_DATA_BYTES} bytes a secret or config may hold", param_hint="--file"
+            f"{source}: more than the {FILE_BYTES.maximum} bytes a secret or config may hold", param_hint="--file"
         )
     return data
 

@@ -11,16 +11,10 @@ import structlog
 from controller.sealing import Sealer, secret_context
 from controller.store.base import Kind
 from dockyard.client import ApiError
-from dockyard.spec.validation import service_issues
 from dockyard.v1 import controller_pb2 as cpb
 from dockyard.v1 import controller_pb2_grpc as cpb_grpc
 from dockyard.v1 import types_pb2 as pb
 from tests.component.harness import ApiUnderTest, start_api
-
-# Until dockyard.spec.validation accepts a stack's "<stack>_<service>" names (the spec helper's part of issue 10),
-# the stack tests below cannot apply; they run as soon as it does.
-_STACK_NAMES_VALID = not service_issues(pb.ServiceSpec(name="shop_web", stack="shop", image="app:1", replicas=1))
-stacks_named = pytest.mark.skipif(not _STACK_NAMES_VALID, reason="stack service names not valid on this main yet")
 
 SECRET = b"s3cr3t-\x00-\xfe-only-here"
 PASSWORD = "registry-pa55word-only-here"
@@ -158,7 +152,6 @@ async def test_registry_credentials_never_serve_the_password(api: ApiUnderTest) 
     assert PASSWORD.encode() not in stored.sealed_password
 
 
-@stacks_named
 async def test_apply_makes_the_stack_objects_in_its_transaction(api: ApiUnderTest) -> None:
     response = await apply(api, shop())
     assert {r.service.name for r in response.results} == {"shop_web", "shop_db"}
@@ -193,7 +186,6 @@ async def test_apply_makes_the_stack_objects_in_its_transaction(api: ApiUnderTes
     ]
 
 
-@stacks_named
 async def test_a_changed_secret_or_config_is_refused_as_immutable(api: ApiUnderTest) -> None:
     await apply(api, shop())
     request = shop(secret=b"rotated")
@@ -240,7 +232,6 @@ async def test_a_mounted_volume_is_made_on_first_use_and_dry_run_makes_nothing(a
     assert (volume.name, volume.stack, dict(volume.labels), volume.node_id) == ("cache", "", {"k": "v"}, "")
 
 
-@stacks_named
 async def test_a_service_of_another_stack_in_a_stack_request_is_refused(api: ApiUnderTest) -> None:
     request = cpb.ApplyServiceRequest(services=[spec("other_web", "other")], stack="shop")
     details = await apply_refused(api, request)
@@ -250,7 +241,6 @@ async def test_a_service_of_another_stack_in_a_stack_request_is_refused(api: Api
     )
 
 
-@stacks_named
 async def test_prune_with_a_stack_prunes_only_that_stack(api: ApiUnderTest) -> None:
     async with api.client() as client:
         await client.apply([spec("loose")])
@@ -264,7 +254,6 @@ async def test_prune_with_a_stack_prunes_only_that_stack(api: ApiUnderTest) -> N
     assert [s.name for s in await api.store.list_services()] == ["blog_web", "loose", "shop_web"]
 
 
-@stacks_named
 async def test_remove_stack_removes_services_and_unused_objects_and_keeps_volumes(api: ApiUnderTest) -> None:
     await apply(api, shop())
     async with api.client() as client:
@@ -291,7 +280,6 @@ async def test_remove_stack_removes_services_and_unused_objects_and_keeps_volume
     ]
 
 
-@stacks_named
 async def test_no_response_or_log_carries_the_secret(api: ApiUnderTest) -> None:
     answers: list[bytes] = []
     with structlog.testing.capture_logs() as logs:
@@ -321,7 +309,6 @@ def _with_missing_secret() -> cpb.ApplyServiceRequest:
     return request
 
 
-@stacks_named
 async def test_without_a_data_key_secrets_and_credentials_are_refused(tmp_path: Path) -> None:
     server = await start_api(tmp_path, sealer=None)
     try:

@@ -64,7 +64,7 @@ def config(name: str, data: bytes) -> apb.FileData:
 WEB = _spec(
     "shop_web",
     "shop",
-    secrets=[pb.FileRef(name="shop_db_password", uid=1000, gid=1001, mode=0o400)],
+    secrets=[pb.FileRef(name="shop_db_password", target="db_password", uid=1000, gid=1001, mode=0o400)],
     configs=[pb.FileRef(name="shop_nginx", target="/etc/nginx/nginx.conf")],
 )
 PLAIN = _spec("plain")
@@ -80,12 +80,15 @@ def with_spec(book: TaskBook, task_id: str) -> pb.Task:
 
 def test_targets_follow_swarm_and_compose() -> None:
     secret_kind, config_kind = apb.FileData.KIND_SECRET, apb.FileData.KIND_CONFIG
-    assert file_target(WEB, secret_kind, pb.FileRef(name="shop_db_password")) == "/run/secrets/db_password"
-    assert file_target(WEB, secret_kind, pb.FileRef(name="shop_pw", target="pw.txt")) == "/run/secrets/pw.txt"
-    assert file_target(WEB, secret_kind, pb.FileRef(name="shop_pw", target="/etc/pw")) == "/etc/pw"
-    assert file_target(PLAIN, secret_kind, pb.FileRef(name="token")) == "/run/secrets/token"
-    assert file_target(WEB, config_kind, pb.FileRef(name="shop_nginx")) == "/nginx"
-    assert file_target(WEB, config_kind, pb.FileRef(name="shop_nginx", target="/etc/n.conf")) == "/etc/n.conf"
+    # A spec file's reader gives a stack's reference its short name as target.
+    assert (
+        file_target(secret_kind, pb.FileRef(name="shop_db_password", target="db_password"))
+        == "/run/secrets/db_password"
+    )
+    assert file_target(secret_kind, pb.FileRef(name="shop_pw", target="/etc/pw")) == "/etc/pw"
+    assert file_target(secret_kind, pb.FileRef(name="token")) == "/run/secrets/token"
+    assert file_target(config_kind, pb.FileRef(name="nginx")) == "/nginx"
+    assert file_target(config_kind, pb.FileRef(name="shop_nginx", target="/etc/n.conf")) == "/etc/n.conf"
 
 
 def test_statfs_tells_a_tmpfs_from_a_disk(tmp_path: Path) -> None:
