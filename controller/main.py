@@ -14,6 +14,7 @@ import click
 import structlog
 
 from controller.errors import EXIT_CONFIG, StartupError
+from controller.network.allocate import DEFAULT_POOL, parse_pool
 from controller.security.authority import ClusterAuthority
 from controller.server import Controller, ControllerConfig
 from controller.store.sqlite import STORE_FILE, BackupError, backup_file, restore_file
@@ -59,6 +60,13 @@ def _lifetime(text: str) -> datetime.timedelta:
             f"{text!r}: at least {format_duration(pki.MIN_CERT_LIFETIME.total_seconds())}", param_hint="--cert-lifetime"
         )
     return lifetime
+
+
+def _pool(text: str) -> str:
+    try:
+        return str(parse_pool(text))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--network-pool") from None
 
 
 @click.group(
@@ -119,6 +127,14 @@ def _lifetime(text: str) -> datetime.timedelta:
     show_default=True,
     help="Revisions kept per service for `dockyard history` and `dockyard rollback` (the current one always).",
 )
+@click.option(
+    "--network-pool",
+    default=DEFAULT_POOL,
+    show_default=True,
+    help="IPv4 range (CIDR, /8 to /24) every network's per-host /24 subnets are taken from; "
+    "changing it affects new subnets only.",
+    callback=lambda ctx, param, value: _pool(value),
+)
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info")
 @click.option("--log-format", type=click.Choice(["console", "json"]), default="console")
 @click.pass_context
@@ -133,6 +149,7 @@ def main(
     heartbeat_period: float,
     heartbeat_grace: float,
     service_history: int,
+    network_pool: str,
     log_level: str,
     log_format: str,
 ) -> None:
@@ -155,6 +172,7 @@ def main(
         init=init,
         cert_lifetime=_lifetime(cert_lifetime),
         service_history=service_history,
+        network_pool=network_pool,
     )
     try:
         asyncio.run(_serve(config))

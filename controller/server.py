@@ -22,6 +22,8 @@ from controller.dispatcher.dispatcher import Dispatcher
 from controller.dispatcher.files import FileSource
 from controller.errors import StartupError, StoreDamaged
 from controller.ids import new_id
+from controller.network.allocate import DEFAULT_POOL, parse_pool
+from controller.network.role import NetworkRole
 from controller.orchestrator.role import Orchestrator
 from controller.reactor import Reactor
 from controller.scheduler.role import Scheduler
@@ -60,6 +62,8 @@ class ControllerConfig:
     cert_lifetime: datetime.timedelta = pki.DEFAULT_CERT_LIFETIME
     # Revisions kept per service (the current one always), for history and rollback.
     service_history: int = SERVICE_HISTORY.maximum
+    # The address pool every network's per-node subnets come from (controller/network/allocate.py).
+    network_pool: str = DEFAULT_POOL
 
 
 class Controller:
@@ -134,6 +138,7 @@ class Controller:
                 init=make_ca,
                 addresses=tuple(dict.fromkeys(host_of(a) for a in (self.config.listen, self._join_listen))),
             )
+        network_role = await self._network_role()
         dispatcher = Dispatcher(
             self.store,
             self._clock,
@@ -141,9 +146,8 @@ class Controller:
             self.config.heartbeat_grace_periods,
             authority=self.authority,
             files=FileSource(self.store, await self._open_sealer(), throttle),
+            network_pool=str(network_role.pool),
         )
-        orchestrator = Orchestrator(self.store, self._clock, new_id)
-        scheduler = Scheduler(self.store, self._clock, self.config.seed)
         interceptors = [] if self.authority is None else [Guard(self.store, self.authority.cluster_id, throttle)]
         # gRPC sets SO_REUSEPORT by default, and then a second controller on the same address shares it
         # silently and the kernel splits the connections between two clusters.
@@ -208,7 +212,7 @@ class Controller:
                 Reactor(
                     "orchestrator",
                     self.store,
-                    orchestrator.reconcile,
+                    Orchestrator(self.store, self._clock, new_id).reconcile,
                     (Kind.SERVICE, Kind.TASK, Kind.NODE),
                     self._clock,
                 ).run(),
@@ -216,9 +220,17 @@ class Controller:
             ),
             asyncio.create_task(
                 Reactor(
-                    "scheduler", self.store, scheduler.reconcile, (Kind.NODE, Kind.TASK, Kind.VOLUME), self._clock
+                    "scheduler",
+                    self.store,
+                    Scheduler(self.store, self._clock, self.config.seed).reconcile,
+                    (Kind.NODE, Kind.TASK, Kind.VOLUME),
+                    self._clock,
                 ).run(),
                 name="scheduler",
+            ),
+            asyncio.create_task(
+                Reactor("network", self.store, network_role.reconcile, NetworkRole.KINDS, self._clock).run(),
+                name="network",
             ),
         ]
         log.info(
@@ -237,6 +249,16 @@ class Controller:
             sealed = [*await self.store.list_objects(Kind.SECRET), *await self.store.list_objects(Kind.REGISTRY)]
             self.sealer = Sealer.open(self.config.state_dir, sealed_objects=len(sealed))
         return self.sealer
+
+    async def _network_role(self) -> NetworkRole:
+        """The network role over --network-pool, the cluster network made (StartupError for a bad pool)."""
+        try:
+            pool = parse_pool(self.config.network_pool)
+        except ValueError as exc:
+            raise StartupError(f"--network-pool: {exc}") from None
+        role = NetworkRole(self.store, self._clock, pool, new_id)
+        await role.ensure_cluster_network()  # it exists from the start, before any service can need it
+        return role
 
     @property
     def _join_listen(self) -> str:

@@ -14,8 +14,11 @@ __all__ = [
     "ASSIGNMENTS_CHUNK_BYTES",
     "COMMIT_BATCH_STATUSES",
     "COMMIT_WINDOW_SECONDS",
+    "NETWORK_NAME_BYTES",
     "OUTBOX_BYTES",
     "PENDING_STATUSES_PER_NODE",
+    "PUBLISH_WINDOW_SECONDS",
+    "TASK_ADDRESSES",
     "WRITE_STALL_SECONDS",
 ]
 
@@ -46,3 +49,13 @@ ASSIGNMENTS_CHUNK_BYTES: Final = 4 * 1024 * 1024
 # closed (RESOURCE_EXHAUSTED) and the agent re-dials, rather than the controller holding its messages. The
 # agent itself gives up on a silent controller after 3 heartbeat periods, so a healthy agent is never near it.
 WRITE_STALL_SECONDS: Final = 10.0
+
+# Network maps and DNS changes are published to the sessions at most this long after the change that makes
+# them: a burst (a deploy's tasks turning healthy, many nodes joining) goes out as one message per session,
+# and a change still reaches every agent well within a second.
+PUBLISH_WINDOW_SECONDS: Final = 0.1
+
+# A task's status may name at most this many networks with an address; the rest, and any entry that is not
+# an IPv4 address on a network name of sane length, are dropped.
+TASK_ADDRESSES: Final = 32
+NETWORK_NAME_BYTES: Final = 255

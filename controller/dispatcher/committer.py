@@ -13,6 +13,7 @@ ids cost only memory and are refused unread. Every written status is stamped wit
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -20,7 +21,13 @@ from datetime import datetime
 
 import structlog
 
-from controller.dispatcher.bounds import COMMIT_BATCH_STATUSES, COMMIT_WINDOW_SECONDS, PENDING_STATUSES_PER_NODE
+from controller.dispatcher.bounds import (
+    COMMIT_BATCH_STATUSES,
+    COMMIT_WINDOW_SECONDS,
+    NETWORK_NAME_BYTES,
+    PENDING_STATUSES_PER_NODE,
+    TASK_ADDRESSES,
+)
 from controller.dispatcher.status import judge_status
 from controller.errors import StoreDamaged
 from controller.store.base import ConflictError, Put, Store
@@ -305,3 +312,24 @@ def bound_status_text(status: pb.TaskStatus) -> None:
     status.health.output = clean_text(status.health.output, HEALTH_OUTPUT_BYTES)
     status.error = clean_text(status.error, STATUS_TEXT_BYTES)
     status.container_id = clean_text(status.container_id, CONTAINER_ID_BYTES)
+    bound_addresses(status)
+
+
+def bound_addresses(status: pb.TaskStatus) -> None:
+    """Keeps, in place, at most TASK_ADDRESSES of the reported addresses: IPv4 ones, on sanely named networks."""
+    kept: dict[str, str] = {}
+    for network in sorted(status.addresses):
+        address = status.addresses[network]
+        if len(kept) < TASK_ADDRESSES and 0 < len(network.encode()) <= NETWORK_NAME_BYTES and _is_ipv4(address):
+            kept[network] = address
+    if len(kept) != len(status.addresses):
+        status.ClearField("addresses")
+        status.addresses.update(kept)
+
+
+def _is_ipv4(text: str) -> bool:
+    try:
+        ipaddress.IPv4Address(text)
+    except ValueError:
+        return False
+    return True

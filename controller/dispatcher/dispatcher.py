@@ -18,9 +18,11 @@ from controller.dispatcher.committer import GroupCommitter, NodeIntent
 from controller.dispatcher.files import FileSource
 from controller.dispatcher.identity import IdentityError, node_identity
 from controller.dispatcher.liveness import silent_nodes
+from controller.dispatcher.networks import NetworkPublisher
 from controller.dispatcher.session import AgentSession
 from controller.errors import DAMAGED_RETRY_SECONDS, StoreDamaged
 from controller.images import ImageRegistry
+from controller.network.allocate import DEFAULT_POOL
 from controller.security.authority import ClusterAuthority
 from controller.security.join import renew
 from controller.store.base import ConflictError, Kind, Put, Store
@@ -74,6 +76,7 @@ class Dispatcher(apb_grpc.AgentServiceServicer):
         hello_timeout: float = HELLO_TIMEOUT_SECONDS,
         authority: ClusterAuthority | None = None,
         files: FileSource | None = None,
+        network_pool: str = DEFAULT_POOL,
     ) -> None:
         self._store = store
         self._files = files  # the data of secrets, configs and registry credentials for assignments (None: none)
@@ -92,6 +95,9 @@ class Dispatcher(apb_grpc.AgentServiceServicer):
         """Commands to the agents through their sessions (image loads, volume removals, ...)."""
         self.images = ImageRegistry()
         """Which node has which image (from hellos and pushes; in memory)."""
+        # Network maps and the DNS table for every session (networks.py); it follows the router's events.
+        self.networks = NetworkPublisher(store, clock, self._sessions, network_pool)
+        self._networks_loading = asyncio.Lock()
         self._last_seen: dict[str, datetime] = {}
         self._started = clock.now()
         self._specs = SpecCache(store)
@@ -119,7 +125,9 @@ class Dispatcher(apb_grpc.AgentServiceServicer):
         self._store.on_damage(self._close_all)
         self._note_route_start(self._store.revision)
         await self._forget_readiness()
+        await self._load_networks()
         async with asyncio.TaskGroup() as group:
+            group.create_task(self._outlast_damage("network publishing", self.networks.run))
             group.create_task(self._outlast_damage("status commit", self._committer.run))
             group.create_task(self._outlast_damage("routing", self._route_changes))
             group.create_task(self._outlast_damage("heartbeat watch", self._watch_heartbeats))
@@ -309,6 +317,9 @@ class Dispatcher(apb_grpc.AgentServiceServicer):
     async def _sync(self, session: AgentSession) -> None:
         """Sends a new session its full set beside reading and writing, so its heartbeats never wait for it."""
         try:
+            # Its map and DNS table first, and the gate its tasks wait at for their subnets.
+            await self._load_networks()
+            self.networks.greet(session)
             await self._send_full(session)
         except StoreDamaged as exc:
             session.close(grpc.StatusCode.UNAVAILABLE, str(exc))
@@ -415,6 +426,13 @@ class Dispatcher(apb_grpc.AgentServiceServicer):
 
         return intent
 
+    async def _load_networks(self) -> None:
+        """Loads the network view once, before the router routes: it follows the router's events from there."""
+        async with self._networks_loading:
+            if not self.networks.ready.is_set():
+                self._note_route_start(self._store.revision)
+                await self.networks.load()
+
     def _note_route_start(self, revision: int) -> None:
         """Makes the router, until it subscribes, start no later than `revision` (a full set read at it)."""
         if not self._routing and (self._route_from is None or revision < self._route_from):
@@ -426,14 +444,17 @@ class Dispatcher(apb_grpc.AgentServiceServicer):
         self._routing = True
         async for event in follow(self._store, self._route_from):
             if isinstance(event, Resync):
+                await self.networks.load()
                 # Too far behind to replay: resend every session its full set instead, closing those whose
                 # node was removed meanwhile (their delete event is among those skipped).
                 for live in list(self._sessions.values()):
                     if self._authority is not None and await self._store.get_node(live.node_id) is None:
                         live.close(grpc.StatusCode.PERMISSION_DENIED, f"node {live.node_id} was removed")
                         continue
+                    self.networks.greet(live)
                     await self._send_full(live)
                 continue
+            self.networks.on_event(event)
             if event.kind is Kind.NODE and event.action.value == "delete":
                 removed = self._sessions.get(event.id)
                 if removed is not None:

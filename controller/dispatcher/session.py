@@ -21,6 +21,7 @@ from controller.dispatcher.assignment import Fingerprint, belongs, fingerprint
 from controller.dispatcher.bounds import ASSIGNMENTS_CHUNK_BYTES, OUTBOX_BYTES
 from controller.dispatcher.commands import CommandOutbox
 from controller.dispatcher.files import SessionFiles
+from controller.network.dns import merge_dns
 from controller.store.specs import SpecKey
 from dockyard.limits import AGENT_MESSAGE_BYTES
 from dockyard.task_state import spec_key
@@ -69,6 +70,15 @@ class AgentSession:
     pushable: Callable[[str], bool] = field(default=lambda _: False)
     # The secrets, configs and registry credentials sent beside the specs (files.py), once each per session.
     files: SessionFiles = field(default_factory=SessionFiles)
+    # Networks (controller/dispatcher/networks.py): a task the agent has not seen yet goes only once the gate
+    # says its node has a subnet of each of its networks, so its NetworkMap always arrives first; until then
+    # it is held (task id -> (task, spec)). The map and DNS table wait here for the writer, ahead of tasks.
+    gate: Callable[[pb.Task, pb.ServiceSpec | None], bool] = field(default=lambda task, spec: True)
+    held: dict[str, tuple[pb.Task, pb.ServiceSpec | None]] = field(default_factory=dict)
+    greeted: bool = False  # given its full map and DNS table: deltas may follow
+    map_content: bytes | None = None  # what the last map queued said (its subnets and pool), to send only news
+    _map: apb.NetworkMap | None = None
+    _dns: apb.DnsTable | None = None
 
     @property
     def pending_bytes(self) -> int:
@@ -98,6 +108,8 @@ class AgentSession:
         dropped. `specs` must hold each chosen task's spec.
         """
         chosen = [t for t in tasks if belongs(t, self.node_id)]
+        self.held = {t.id: (t, specs.get(spec_key(t))) for t in chosen if self._holds(t, specs.get(spec_key(t)))}
+        chosen = [t for t in chosen if t.id not in self.held]
         self.sent = {t.id: fingerprint(t) for t in chosen}
         self.sent_specs = set()
         self.files.reset()
@@ -125,7 +137,7 @@ class AgentSession:
         """Tells whether a change to this task is news for the agent (so its spec may be needed)."""
         if not deleted and belongs(task, self.node_id):
             return self.sent.get(task.id) != fingerprint(task)
-        return task.id in self.sent
+        return task.id in self.sent or task.id in self.held
 
     def on_task(self, task: pb.Task, deleted: bool, specs: Mapping[SpecKey, pb.ServiceSpec]) -> None:
         """Records a change to this task as pending when it matters to the agent (the latest per task wins)."""
@@ -133,9 +145,13 @@ class AgentSession:
             print_ = fingerprint(task)
             if self.sent.get(task.id) == print_:
                 return
-            self.sent[task.id] = print_
             key = spec_key(task)
             spec = specs.get(key)
+            if self._holds(task, spec):
+                self.held[task.id] = (task, spec)
+                return
+            self.held.pop(task.id, None)
+            self.sent[task.id] = print_
             if spec is not None:
                 self.files.want(spec)
             if spec is not None and key not in self.sent_specs and key not in self._specs:
@@ -144,6 +160,35 @@ class AgentSession:
             self._set_change(task.id, task)
         elif self.sent.pop(task.id, None) is not None:
             self._set_change(task.id, None)
+        else:
+            self.held.pop(task.id, None)  # never sent: the agent has nothing to remove
+
+    def _holds(self, task: pb.Task, spec: pb.ServiceSpec | None) -> bool:
+        """Tells whether a task must wait for its node's subnets: new to the agent, to be run, not covered yet."""
+        return (
+            task.id not in self.sent
+            and task.desired_state == pb.DESIRED_STATE_RUNNING
+            and task.status.state <= pb.TASK_STATE_ASSIGNED
+            and not self.gate(task, spec)
+        )
+
+    def release_held(self) -> None:
+        """Queues the held tasks the gate now lets through (after a map that covers them was queued)."""
+        for task, spec in list(self.held.values()):
+            self.on_task(task, False, {spec_key(task): spec} if spec is not None else {})
+
+    def network_map(self, network_map: apb.NetworkMap, content: bytes) -> None:
+        """Queues the node's network map unless it says what the last one queued said (content: its subnets)."""
+        if content == self.map_content:
+            return
+        self.map_content = content
+        self._map = network_map
+        self._ready.set()
+
+    def dns(self, table: apb.DnsTable) -> None:
+        """Queues a DNS table (full) or delta, merged with one not yet written."""
+        self._dns = merge_dns(self._dns, table)
+        self._ready.set()
 
     def _set_change(self, task_id: str, change: pb.Task | None) -> None:
         if task_id in self._changes:
@@ -172,12 +217,18 @@ class AgentSession:
         if self._welcome is not None:
             out.append(apb.ControllerMessage(welcome=self._welcome))
             self._welcome = None
+        if self._map is not None:  # before any task that needs it
+            out.append(apb.ControllerMessage(network_map=self._map))
+            self._map = None
         if self._full is not None:
             out.append(apb.ControllerMessage(assignments=self._numbered(self._full)))
             self._full = None
         if self._ack is not None:
             out.append(apb.ControllerMessage(heartbeat_ack=apb.HeartbeatAck(received_at=to_timestamp(self._ack))))
             self._ack = None
+        if self._dns is not None:
+            out.append(apb.ControllerMessage(dns=self._dns))
+            self._dns = None
         out.extend(apb.ControllerMessage(command=c) for c in self.commands.take())
         changes = self._incremental()
         if changes:

@@ -68,11 +68,16 @@ def _state_text(state: int) -> str:
 
 
 def _same(a: pb.TaskStatus, b: pb.TaskStatus) -> bool:
-    return (a.state, a.message, a.error, a.exit_code, a.container_id, a.cause) == (
-        b.state,
-        b.message,
-        b.error,
-        b.exit_code,
-        b.container_id,
-        b.cause,
-    ) and a.health == b.health
+    return (
+        (a.state, a.message, a.error, a.exit_code, a.container_id, a.cause)
+        == (
+            b.state,
+            b.message,
+            b.error,
+            b.exit_code,
+            b.container_id,
+            b.cause,
+        )
+        and a.health == b.health
+        and a.addresses == b.addresses
+    )  # addresses: service discovery's news

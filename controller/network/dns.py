@@ -13,9 +13,19 @@ import ipaddress
 from collections.abc import Iterable, Mapping
 
 from dockyard.spec.stacks import dns_name
+from dockyard.v1 import agent_pb2 as apb
 from dockyard.v1 import types_pb2 as pb
 
-__all__ = ["DnsIndex", "Records", "counts", "dns_delta", "dns_records", "task_addresses"]
+__all__ = [
+    "DnsIndex",
+    "Records",
+    "counts",
+    "dns_delta",
+    "dns_message",
+    "dns_records",
+    "merge_dns",
+    "task_addresses",
+]
 
 # name -> the addresses it answers, sorted, never empty
 Records = dict[str, tuple[str, ...]]
@@ -135,3 +145,25 @@ class DnsIndex:
                     now[name].update(self._tasks[task_id][1])
         current = {name: _sorted(addresses) for name, addresses in now.items() if addresses}
         return dns_delta({n: a for n, a in published.items() if n in dirty}, current)
+
+
+def dns_message(records: Mapping[str, tuple[str, ...]], version: int, full: bool) -> apb.DnsTable:
+    """Returns a DnsTable of the records, by name; in a delta, a name with no addresses is gone."""
+    return apb.DnsTable(
+        version=version,
+        full=full,
+        records=[apb.DnsRecord(name=name, addresses=records[name]) for name in sorted(records)],
+    )
+
+
+def merge_dns(pending: apb.DnsTable | None, table: apb.DnsTable) -> apb.DnsTable:
+    """Returns what one message must say to mean `pending` then `table` (a full table replaces all before it)."""
+    if pending is None or table.full:
+        return table
+    merged = {r.name: tuple(r.addresses) for r in pending.records}
+    for record in table.records:
+        if record.addresses or not pending.full:
+            merged[record.name] = tuple(record.addresses)
+        else:
+            merged.pop(record.name, None)  # a full table simply leaves a gone name out
+    return dns_message(merged, table.version, pending.full)
