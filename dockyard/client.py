@@ -424,6 +424,21 @@ class Client:
         request = cpb.RemoveRegistryCredentialRequest(server=server)
         return (await self._call(self._stub.RemoveRegistryCredential, request)).credential
 
+    async def create_network(
+        self, name: str, labels: Mapping[str, str] | None = None, internal: bool = False
+    ) -> pb.Network:
+        """Makes a network of no stack; returns it (its subnets come as tasks joining it are placed)."""
+        spec = cpb.NetworkSpec(name=name, labels=dict(labels or {}), internal=internal)
+        return await self._call(self._stub.CreateNetwork, cpb.CreateNetworkRequest(network=spec))
+
+    async def list_networks(self) -> list[pb.Network]:
+        """Returns every network with its subnets, by name."""
+        return list((await self._call(self._stub.ListNetworks, cpb.ListNetworksRequest())).networks)
+
+    async def remove_network(self, name: str) -> pb.Network:
+        """Deletes a network (refused while a service joins it); returns what it was."""
+        return (await self._call(self._stub.RemoveNetwork, cpb.RemoveNetworkRequest(name=name))).network
+
     async def list_stacks(self) -> list[cpb.Stack]:
         """Returns every stack with its services and objects."""
         return list((await self._call(self._stub.ListStacks, cpb.ListStacksRequest())).stacks)

@@ -29,6 +29,7 @@ from controller.api.bounds import Gate, ReadCaps
 from controller.api.files import FilesApi
 from controller.api.history import Resume, history_response, rollback_target
 from controller.api.images import ImagePushes
+from controller.api.networks import NetworksApi
 from controller.api.paging import (
     Key,
     PageLimits,
@@ -124,7 +125,7 @@ class JoinTokens(Protocol):
         ...
 
 
-class ControllerApi(FilesApi, StacksApi):
+class ControllerApi(FilesApi, StacksApi, NetworksApi):
     """Validates, then writes services; reads nodes and tasks. It never talks to the other roles.
 
     Its methods have the ControllerService signatures; controller.api.handlers registers them.

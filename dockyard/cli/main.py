@@ -42,6 +42,7 @@ _BUILTINS = {
     "registry": "dockyard.cli.registry",
     "stack": "dockyard.cli.stacks",
     "image": "dockyard.cli.images",
+    "network": "dockyard.cli.networks",
 }
 
 
