@@ -51,6 +51,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import ipaddress
 import random
 import secrets
 import shutil
@@ -58,6 +59,7 @@ import tempfile
 from collections import Counter, deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 
@@ -83,6 +85,7 @@ from dockyard.backoff import Backoff
 from dockyard.channels import open_channel, open_server_tls_channel
 from dockyard.clock import Clock, SystemClock
 from dockyard.limits import CONNECT_TIMEOUT_SECONDS
+from dockyard.spec.stacks import networks_of
 from dockyard.task_state import is_terminal
 from dockyard.timestamps import seconds, to_timestamp
 from dockyard.v1 import agent_pb2 as apb
@@ -178,6 +181,10 @@ class SimHost:
         self._clock = clock
         self._containers: dict[str, ContainerInfo] = {}
         self.reported: Counter[int] = Counter()  # how many times each state was reported
+        # Networks: the newest NetworkMap, and the addresses a running task reports on the networks of its spec
+        # that this node has a subnet of (as the real worker reports its container's): one per task, in order.
+        self.network_map: apb.NetworkMap | None = None
+        self._addresses: dict[str, dict[str, str]] = {}
         # Kept up to date on every change, because benchmarks ask for it far more often than anything changes.
         self._running: dict[str, Slot] = {}  # task id -> its slot
 
@@ -254,11 +261,25 @@ class SimHost:
             message=message,
             error=error,
             container_id=_container_id(task.id) if task.id in self._containers else "",
+            addresses=self._task_addresses(task) if state == pb.TASK_STATE_RUNNING else {},
         )
         status.timestamp.CopyFrom(to_timestamp(self._clock.now()))
         self.book.set_status(task.id, status)
         self.reporter.report(task.id, status)
         self.reported[state] += 1
+
+    def _task_addresses(self, task: pb.Task) -> dict[str, str]:
+        """The imaginary container's address on each of its networks this node has a subnet of (kept per task)."""
+        spec = self.book.spec_of(task)
+        if spec is None or self.network_map is None:
+            return {}
+        given = self._addresses.setdefault(task.id, {})
+        for subnet in self.network_map.subnets:
+            if subnet.node_id == self.node_id and subnet.network in networks_of(spec) and subnet.network not in given:
+                # .1 is the gateway; hosts from .2 on, one per task ever started here (enough for tests).
+                network = ipaddress.IPv4Network(subnet.subnet)
+                given[subnet.network] = str(network.network_address + 2 + len(self._addresses) % 250)
+        return dict(given)
 
 
 def _container_id(task_id: str) -> str:
@@ -338,6 +359,12 @@ class SimAgent:
         # The longest wait for a word from the controller within a session (reset by Fleet.reset_lag): the
         # margin left before MISSED_HEARTBEATS periods end the session.
         self.longest_silence = 0.0
+        # Service discovery as this agent was told it: name -> addresses, and when (the fleet clock's now(), the
+        # time the controller stamps statuses with) each name last changed, so a test can measure how soon a
+        # change reaches every agent.
+        self.dns: dict[str, tuple[str, ...]] = {}
+        self.dns_changed_at: dict[str, datetime] = {}
+        self.dns_version = 0
 
     @property
     def reconnects(self) -> int:
@@ -465,6 +492,28 @@ class SimAgent:
             session.heard = now
             if message.HasField("assignments"):
                 self._wake(self.host.apply(message.assignments))
+            elif message.HasField("network_map"):
+                current = self.host.network_map
+                if current is None or message.network_map.version >= current.version:
+                    self.host.network_map = message.network_map
+            elif message.HasField("dns"):
+                self._take_dns(message.dns, self._clock.now())
+
+    def _take_dns(self, table: apb.DnsTable, now: datetime) -> None:
+        """Applies a full DNS table or a delta, as the agent's DNS server does (an older version is ignored)."""
+        if table.version < self.dns_version:
+            return
+        self.dns_version = table.version
+        after = {} if table.full else dict(self.dns)
+        for record in table.records:
+            if record.addresses:
+                after[record.name] = tuple(record.addresses)
+            else:
+                after.pop(record.name, None)
+        for name in after.keys() | self.dns.keys():
+            if after.get(name) != self.dns.get(name):
+                self.dns_changed_at[name] = now
+        self.dns = after
 
     async def _heartbeat(self, session: _Session, period: float) -> None:
         while True:
