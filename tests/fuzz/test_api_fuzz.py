@@ -73,6 +73,9 @@ _DOCUMENTED: Final = {
     "RemoveRegistryCredential": {Code.NOT_FOUND},
     "ListStacks": set(),
     "RemoveStack": {Code.NOT_FOUND},
+    "CreateNetwork": {Code.ALREADY_EXISTS},  # name taken (or the cluster network's)
+    "ListNetworks": set(),
+    "RemoveNetwork": {Code.NOT_FOUND, Code.FAILED_PRECONDITION},  # unknown; the cluster network, or a service joins it
 }
 ALLOWED: Final = {name: frozenset({Code.INVALID_ARGUMENT, *codes}) | AUTH | SIZE for name, codes in _DOCUMENTED.items()}
 # The methods this controller serves (the contract may name more: those answer UNIMPLEMENTED); a served
@@ -232,6 +235,8 @@ def _writes(method: MethodDescriptor) -> bool:
         "SetRegistryCredential",
         "RemoveRegistryCredential",
         "RemoveStack",
+        "CreateNetwork",
+        "RemoveNetwork",
     }
 
 
