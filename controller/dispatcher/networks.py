@@ -74,9 +74,9 @@ class NetworkPublisher:
         self._dns.take_changes({})
         self._published = self._dns.records()
         self._loaded_at = self.revision = revision
-        self._maps_dirty = True
+        # Nothing to publish: a session is greeted with the whole view (after a reload, by the router).
+        self._maps_dirty = False
         self.ready.set()
-        self._wake.set()
 
     def on_event(self, event: Event) -> None:
         """Moves the view past one store event (events the last load already read are skipped)."""
