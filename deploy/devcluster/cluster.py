@@ -319,6 +319,8 @@ class DevCluster:
                 host.address = layout.host_address(free[0], name)
             state.save(record)
             await network.create_bridge(record.bridge, record.bridge_address)
+        # Hosts reach each other's containers through the bridge: let the machine's FORWARD chain pass it.
+        await network.accept_bridged_traffic(record.bridge)
         self._say(f"cluster {self.cluster_id}: bridge {record.bridge} {layout.subnet(free[0])}")
 
     async def _save_images(self) -> None:
@@ -576,6 +578,9 @@ class DevCluster:
             await asyncio.gather(*(self._teardown_host(name) for name in self.hosts))
             await self._attempt("stop controller", procs.stop(record.controller, signal.SIGTERM, 5.0))
             await self._attempt(f"delete bridge {record.bridge}", network.delete_link(record.bridge))
+            await self._attempt(
+                f"remove the FORWARD rule of {record.bridge}", network.remove_bridged_traffic_rule(record.bridge)
+            )
             # The keeper goes last of the processes: it reaps what the others left as zombies.
             await self._attempt("stop keeper", self._stop_keeper())
             swept: list[str] = []
@@ -843,6 +848,9 @@ async def sweep(cluster_id: str, state_dir: Path | None = None) -> list[str]:
     for name in network.links_with_prefix(prefix):
         if await network.delete_link(name):
             removed.append(f"link {name}")
+    bridge = layout.bridge_name(cluster_id)
+    if await network.remove_bridged_traffic_rule(bridge):
+        removed.append(f"iptables rule FORWARD {' '.join(network.bridge_forward_rule(bridge))}")
     markers = [f"--cluster {cluster_id}", f"/{layout.PREFIX}{cluster_id}/"]
     if state_dir is not None:
         markers.append(f"{state_dir}/")
@@ -876,6 +884,9 @@ def find_leftovers(cluster_id: str, state_dir: Path, netns_inodes: Sequence[int]
     found = [f"netns {n}" for n in network.namespaces_with_prefix(prefix)]
     found += [f"link {n}" for n in network.links_with_prefix(prefix)]
     found += [f"cgroup {n}" for n in cgroups.cgroups_with_prefix(prefix)]
+    bridge = layout.bridge_name(cluster_id)
+    if network.bridged_traffic_rule_present(bridge):
+        found.append(f"iptables rule FORWARD {' '.join(network.bridge_forward_rule(bridge))}")
     points = set(mounts.mounts_containing(prefix)) | set(mounts.mounts_under(state_dir))
     found += [f"mount {p}" for p in sorted(points)]
     pids: dict[int, str] = {}

@@ -3,7 +3,8 @@
 --iptables=false (and so no --ip-masq): dockerd would otherwise install NAT/MASQUERADE rules and load
 br_netfilter, which is machine-wide; the dev cluster must never NAT anything out, and containers only
 need to reach their own host (published ports still work through docker-proxy on the host's addresses).
---ip-forward=false keeps forwarding off in the namespace (network.create_host turns it off).
+--ip-forward=false leaves forwarding as network.create_host set it (off); the agent turns it on for the
+container subnets it routes between hosts (agent/network/host.py), as it does on a real host.
 """
 
 from __future__ import annotations

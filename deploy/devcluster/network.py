@@ -1,8 +1,16 @@
 """The dev cluster's network: one bridge in the root namespace, one namespace per host joined to it by a veth pair.
 
-Nothing is routed anywhere else: the namespaces get no default route, only the connected /24, and IP
-forwarding is off inside them, so a container can reach its own host and nothing beyond it. No NAT rule
-is added anywhere.
+Nothing is routed anywhere else: the namespaces get no default route, only the connected /24 (plus the
+routes the agents add to each other's container subnets), so a container reaches its own host and the other
+hosts' containers and nothing beyond them. No NAT rule is added anywhere.
+
+One rule is added in the machine's own namespace: `FORWARD -i <bridge> -o <bridge> -j ACCEPT`, first in the
+chain. Docker (on the machine) loads br_netfilter, so frames the bridge switches between two hosts pass the
+machine's iptables FORWARD chain, whose policy Docker sets to DROP: without the rule host-to-host traffic
+(other than to the controller, which is INPUT) is dropped. It matches only frames that enter and leave the
+cluster's own bridge, so nothing else on the machine is affected; `down` and the sweep remove it. (Moving the
+bridge into a namespace of its own would avoid the rule, but the controller and the CLI reach the hosts
+through the bridge's address in the machine's namespace: that would need another veth and routes.)
 """
 
 from __future__ import annotations
@@ -11,6 +19,8 @@ import contextlib
 import fcntl
 import json
 import os
+import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -75,6 +85,41 @@ async def create_bridge(name: str, address: str) -> None:
     await run("ip", "link", "set", name, "up")
 
 
+def bridge_forward_rule(bridge: str) -> list[str]:
+    """The FORWARD rule's match and target (after the chain) that lets the bridge switch frames between its ports."""
+    return ["-i", bridge, "-o", bridge, "-j", "ACCEPT"]
+
+
+async def accept_bridged_traffic(bridge: str) -> None:
+    """Puts the bridge's FORWARD rule first in the machine's FORWARD chain, once (see the module docstring)."""
+    if shutil.which("iptables") is None:
+        return  # no iptables: no Docker rules either, and nothing filters bridged frames
+    present = await run("iptables", "-w", "-C", "FORWARD", *bridge_forward_rule(bridge), check=False)
+    if present.code != 0:
+        await run("iptables", "-w", "-I", "FORWARD", "1", *bridge_forward_rule(bridge))
+
+
+async def remove_bridged_traffic_rule(bridge: str) -> bool:
+    """Deletes every copy of the bridge's FORWARD rule; returns False when there was none."""
+    if shutil.which("iptables") is None:
+        return False
+    removed = False
+    # Bounded: a rule inserted twice (two racing `up`s cannot, but a hand-made copy can) goes too.
+    for _ in range(10):
+        if (await run("iptables", "-w", "-D", "FORWARD", *bridge_forward_rule(bridge), check=False)).code != 0:
+            break
+        removed = True
+    return removed
+
+
+def bridged_traffic_rule_present(bridge: str) -> bool:
+    """Tells whether the bridge's FORWARD rule is still in the machine's FORWARD chain (for leftover checks)."""
+    if shutil.which("iptables") is None:
+        return False
+    argv = ["iptables", "-w", "-C", "FORWARD", *bridge_forward_rule(bridge)]
+    return subprocess.run(argv, capture_output=True, check=False).returncode == 0
+
+
 async def create_host(netns: str, veth: str, bridge: str, address: str) -> None:
     """Creates the host's namespace and its link to the bridge (eth0 inside, `veth` outside)."""
     await run("ip", "netns", "add", netns)
@@ -84,7 +129,8 @@ async def create_host(netns: str, veth: str, bridge: str, address: str) -> None:
     await run("ip", "-n", netns, "addr", "add", f"{address}/24", "dev", "eth0")
     await run("ip", "-n", netns, "link", "set", "eth0", "up")
     await run("ip", "-n", netns, "link", "set", "lo", "up")
-    # Forwarding off: containers must not reach past their host (no route out, and no replies leaking out).
+    # Forwarding off until the agent turns it on for its container subnets (agent/network/host.py): with no
+    # default route, forwarding only ever reaches the connected /24 and the other hosts' container subnets.
     await run(*nsenter_argv(netns, ["sh", "-c", "echo 0 > /proc/sys/net/ipv4/ip_forward"]))
 
 
