@@ -8,13 +8,14 @@ import grpc
 import pytest
 import structlog
 
-from controller.sealing import Sealer, secret_context
+from controller.errors import StartupError
+from controller.sealing import DATA_KEY_FILE, Sealer, secret_context
 from controller.store.base import Kind
 from dockyard.client import ApiError
 from dockyard.v1 import controller_pb2 as cpb
 from dockyard.v1 import controller_pb2_grpc as cpb_grpc
 from dockyard.v1 import types_pb2 as pb
-from tests.component.harness import ApiUnderTest, start_api
+from tests.component.harness import ApiUnderTest, FakeCluster, start_api
 
 SECRET = b"s3cr3t-\x00-\xfe-only-here"
 PASSWORD = "registry-pa55word-only-here"
@@ -320,3 +321,26 @@ async def test_without_a_data_key_secrets_and_credentials_are_refused(tmp_path: 
         assert "secrets: this controller has no data key to seal secrets with" in details.splitlines()
     finally:
         await server.close()
+
+
+async def test_plan_with_prune_of_a_stack_plans_only_that_stacks_removals(api: ApiUnderTest) -> None:
+    async with api.client() as client:
+        await client.apply([spec("loose")])
+        await apply(api, shop())
+        plan = await client.plan([spec("shop_web", "shop")], prune=True)
+    removed = [p.name for p in plan.services if p.action == cpb.ServicePlan.ACTION_REMOVE]
+    assert removed == ["shop_db"]
+
+
+async def test_a_controller_whose_store_has_secrets_refuses_to_start_without_its_data_key(tmp_path: Path) -> None:
+    cluster = FakeCluster(root=tmp_path)
+    await cluster.start_controller()
+    try:
+        async with cluster.client() as client:
+            await client.create_secret("pw", SECRET)
+    finally:
+        await cluster.stop_controller()
+    (tmp_path / "controller" / DATA_KEY_FILE).unlink()
+    with pytest.raises(StartupError, match=r"data.key: missing, and the store holds 1 secret"):
+        await cluster.start_controller()
+    await cluster.close()
