@@ -60,7 +60,9 @@ def ls(controller: str | None, output: str) -> None:
 
 @network.command()
 @click.argument("name")
-@click.option("--label", "labels", multiple=True, metavar="KEY=VALUE", help="A label for the network (repeatable).")
+@click.option(
+    "--label", "-l", "labels", multiple=True, metavar="KEY=VALUE", help="A label for the network (repeatable)."
+)
 @click.option("--internal", is_flag=True, help="No traffic in or out of the cluster's networks (Compose's internal).")
 @controller_option
 @output_option
