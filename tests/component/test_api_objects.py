@@ -128,6 +128,9 @@ async def test_configs_are_served_with_data_by_get_only(api: ApiUnderTest) -> No
         got = await client.get_config("nginx")
         await refused(client.create_config("nginx", b"other"), grpc.StatusCode.ALREADY_EXISTS)
         await refused(client.get_config("nope"), grpc.StatusCode.NOT_FOUND)
+        await refused(client.remove_config("nope"), grpc.StatusCode.NOT_FOUND)
+        error = await refused(client.create_config("cfg", b"", {"": "v"}), grpc.StatusCode.INVALID_ARGUMENT)
+        assert [line.split(":")[0] for line in str(error).splitlines()] == ['config.labels[""]', "config.data"]
     assert created.data == b"server {}" and got.data == b"server {}"
     assert [c.name for c in listed] == ["nginx"] and listed[0].data == b""
 
