@@ -40,7 +40,7 @@ __all__ = ["FILES_DIR", "TMPFS_MAGIC", "Files", "FilesNotReady", "file_target", 
 
 log = structlog.get_logger()
 
-# The tmpfs under the agent's state dir, unless --files-dir (AgentConfig.files_dir) names another place.
+# The tmpfs under the agent's state dir, unless AgentConfig.files_dir names another place.
 FILES_DIR: Final = "files"
 # statfs(2)'s f_type of a tmpfs (linux/magic.h).
 TMPFS_MAGIC: Final = 0x01021994
@@ -177,7 +177,7 @@ class Files:
         refs = list(_refs(task.spec))
         if not refs:
             return ()
-        if self._tmpfs_problem is not None and not self.ensure_tmpfs():
+        if self._tmpfs_problem is not None and not await asyncio.to_thread(self.ensure_tmpfs):
             raise FilesNotReady(f"secrets and configs need a tmpfs: {self._tmpfs_problem}")
         directory = self._root / task.id
         mounts: list[MountSpec] = []
