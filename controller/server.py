@@ -173,6 +173,7 @@ class Controller:
                 join_tokens=self,
                 scheduler_seed=self.config.seed,
                 images=ImagePushes(self.store, dispatcher.commands, dispatcher.images),
+                commands=dispatcher.commands,
                 sealer=await self._open_sealer(),
             ),
             server,

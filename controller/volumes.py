@@ -11,25 +11,21 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import Final
 
 from controller.store.base import Check, Kind, Op, Put
+from dockyard.limits import HELLO_VOLUMES
 from dockyard.spec.stacks import object_name_problem
 from dockyard.timestamps import to_timestamp
 from dockyard.v1 import types_pb2 as pb
 from dockyard.volumes import is_volume_mount, mounted_volumes
 
 __all__ = [
-    "MAX_REPORTED_VOLUMES",
     "pin_ops",
     "pinned_nodes",
     "reported_ops",
     "users_of",
     "volume_records",
 ]
-
-# At most this many names of one hello are looked at: an agent cannot make the controller write without bound.
-MAX_REPORTED_VOLUMES: Final = 1000
 
 
 def volume_records(objects: Iterable[object]) -> dict[str, pb.Volume]:
@@ -101,11 +97,11 @@ def reported_ops(
     """Returns the writes a hello's volume names make: a record on the node for each one without a record, and
     the node for each unpinned record (conditioned on its version). Records pinned elsewhere are left alone
     (two hosts with a volume of one name: the record keeps the one it names). Names that are not valid object
-    names, and those past MAX_REPORTED_VOLUMES, are skipped.
+    names, and those past HELLO_VOLUMES (what an agent lists at most), are skipped.
     """
     ops: list[Op] = []
     stamp = to_timestamp(now)
-    for name in dict.fromkeys(names[:MAX_REPORTED_VOLUMES]):
+    for name in dict.fromkeys(names[:HELLO_VOLUMES]):
         if object_name_problem(name) is not None:
             continue
         record = records.get(name)

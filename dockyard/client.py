@@ -439,6 +439,18 @@ class Client:
         """Deletes a network (refused while a service joins it); returns what it was."""
         return (await self._call(self._stub.RemoveNetwork, cpb.RemoveNetworkRequest(name=name))).network
 
+    async def list_volumes(self, node_id: str = "") -> list[pb.Volume]:
+        """Returns every volume record by name, or those on one node."""
+        return list((await self._call(self._stub.ListVolumes, cpb.ListVolumesRequest(node_id=node_id))).volumes)
+
+    async def remove_volume(self, name: str, *, force: bool = False) -> pb.Volume:
+        """Removes a volume from its node, then its record (refused while a service mounts it); returns it.
+
+        force forgets the record when its node is down or gone (the data stays on that host).
+        """
+        request = cpb.RemoveVolumeRequest(name=name, force=force)
+        return (await self._call(self._stub.RemoveVolume, request)).volume
+
     async def list_stacks(self) -> list[cpb.Stack]:
         """Returns every stack with its services and objects."""
         return list((await self._call(self._stub.ListStacks, cpb.ListStacksRequest())).stacks)

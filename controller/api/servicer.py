@@ -51,8 +51,10 @@ from controller.api.validation import (
     replicas_error,
     scale_errors,
 )
+from controller.api.volumes import VolumesApi
 from controller.api.watch import KINDS, WatchClosed, WatchFilter, WatchLimits, watch_responses
 from controller.api.writes import commit_or_abort, revision_stale, version_stale
+from controller.commands import CommandSender
 from controller.orchestrator import rollout
 from controller.scheduler.model import holds_resources, is_pending
 from controller.sealing import Sealer
@@ -125,7 +127,7 @@ class JoinTokens(Protocol):
         ...
 
 
-class ControllerApi(FilesApi, StacksApi, NetworksApi):
+class ControllerApi(FilesApi, StacksApi, NetworksApi, VolumesApi):
     """Validates, then writes services; reads nodes and tasks. It never talks to the other roles.
 
     Its methods have the ControllerService signatures; controller.api.handlers registers them.
@@ -144,6 +146,7 @@ class ControllerApi(FilesApi, StacksApi, NetworksApi):
         scheduler_seed: int = 0,
         images: ImagePushes | None = None,
         sealer: Sealer | None = None,
+        commands: CommandSender | None = None,
     ) -> None:
         """Serves from `store`; `page_limits` bounds every list response, `caps` the expensive reads at once.
 
@@ -154,6 +157,7 @@ class ControllerApi(FilesApi, StacksApi, NetworksApi):
         self._store = store
         self._join_tokens = join_tokens
         self._images = images  # None: no agent sessions to push through (PushImage is refused)
+        self._commands = commands  # None: no agent sessions (RemoveVolume of a placed volume needs --force)
         self._clock = clock
         self._new_id = new_id
         self._limits = page_limits or PageLimits()

@@ -21,6 +21,7 @@ from controller.dispatcher.liveness import silent_nodes
 from controller.dispatcher.networks import NetworkPublisher
 from controller.dispatcher.session import AgentSession
 from controller.errors import DAMAGED_RETRY_SECONDS, StoreDamaged
+from controller.ids import new_id
 from controller.images import ImageRegistry
 from controller.network.allocate import DEFAULT_POOL
 from controller.security.authority import ClusterAuthority
@@ -29,6 +30,7 @@ from controller.store.base import ConflictError, Kind, Put, Store
 from controller.store.follow import Resync, follow
 from controller.store.retry import retry_on_conflict
 from controller.store.specs import SpecCache, SpecKey
+from controller.volumes import reported_ops, volume_records
 from dockyard.clock import Clock
 from dockyard.limits import (
     CONNECT_TIMEOUT_SECONDS,
@@ -99,6 +101,7 @@ class Dispatcher(apb_grpc.AgentServiceServicer):
         self.networks = NetworkPublisher(store, clock, self._sessions, network_pool)
         self._networks_loading = asyncio.Lock()
         self._last_seen: dict[str, datetime] = {}
+        self._volume_writes: set[asyncio.Task[None]] = set()  # records for volumes hellos reported
         self._started = clock.now()
         self._specs = SpecCache(store)
         # Where the change router starts: the oldest of the revision at run() and the full sets read before it
@@ -194,6 +197,8 @@ class Dispatcher(apb_grpc.AgentServiceServicer):
         # heartbeats do not depend on them (see docs/design/protocol.md, "A session").
         self._committer.write_node(node_id, self._registration(node_id, first.hello, context.peer(), now))
         self.images.hello(node_id, first.hello.images)
+        if first.hello.volumes:
+            self._record_volumes(node_id, list(first.hello.volumes))
         inventory = ((item.task_id, item.status) for item in first.hello.inventory)
         self._refuse_flood(node_id, self._committer.add_statuses(node_id, inventory))
         session.welcome(
@@ -499,6 +504,26 @@ class Dispatcher(apb_grpc.AgentServiceServicer):
 
         with contextlib.suppress(ConflictError):
             await retry_on_conflict(attempt)
+
+    def _record_volumes(self, node_id: str, names: list[str]) -> None:
+        """Gives each volume a hello reports and that has no record one on its node (controller.volumes), in the
+        background: the session does not wait for it, and a failure is logged (the next hello tries again)."""
+
+        async def attempt() -> None:
+            records = volume_records(await self._store.list_objects(Kind.VOLUME))
+            ops = reported_ops(node_id, names, records, self._clock.now(), new_id)
+            if ops:
+                await self._store.commit(ops)
+
+        async def record() -> None:
+            try:
+                await retry_on_conflict(attempt)
+            except (ConflictError, StoreDamaged) as exc:
+                log.warning("reported volumes not recorded", node_id=node_id, error=str(exc))
+
+        task = asyncio.create_task(record())
+        self._volume_writes.add(task)
+        task.add_done_callback(self._volume_writes.discard)
 
     def _close_stalled(self) -> None:
         """Closes the sessions whose write has not completed within the write-stall limit: readers that stopped."""

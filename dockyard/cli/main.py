@@ -43,6 +43,7 @@ _BUILTINS = {
     "stack": "dockyard.cli.stacks",
     "image": "dockyard.cli.images",
     "network": "dockyard.cli.networks",
+    "volume": "dockyard.cli.volumes",
 }
 
 
