@@ -58,6 +58,9 @@ class NetworkPublisher:
         self._hosts: dict[str, str] = {}  # node id -> address the other nodes reach it at
         self._dns = DnsIndex()
         self._published: Records = {}
+        # The revision the published table is as of: a greeting's full table says it, so the next delta (made
+        # of later events) always has a higher version and no agent drops it as old news.
+        self._published_version = 0
         self._maps_dirty = False
         self._wake = asyncio.Event()
 
@@ -73,7 +76,7 @@ class NetworkPublisher:
         self._dns.reset(services, tasks)
         self._dns.take_changes({})
         self._published = self._dns.records()
-        self._loaded_at = self.revision = revision
+        self._loaded_at = self.revision = self._published_version = revision
         # Nothing to publish: a session is greeted with the whole view (after a reload, by the router).
         self._maps_dirty = False
         self.ready.set()
@@ -126,7 +129,7 @@ class NetworkPublisher:
         session.gate = partial(self.covers, session.node_id)
         session.map_content = None
         self._send_map(session, {})
-        session.dns(dns_message(self._published, self.revision, full=True))
+        session.dns(dns_message(self._published, self._published_version, full=True))
         session.greeted = True
 
     def _send_map(self, session: AgentSession, built: dict[frozenset[str], tuple[apb.NetworkMap, bytes]]) -> None:
@@ -157,6 +160,7 @@ class NetworkPublisher:
                 self._send_map(session, built)
                 session.release_held()
         delta = self._dns.take_changes(self._published)
+        self._published_version = self.revision
         if delta:
             for name, addresses in delta.items():
                 if addresses:

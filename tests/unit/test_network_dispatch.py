@@ -168,3 +168,23 @@ async def test_publisher_sends_maps_only_to_changed_sessions_and_dns_deltas_to_a
         publisher.on_event(Event(revision + 2, Kind.NODE, Action.PUT, "n2", moved))
         publisher.publish()
         assert sessions["n1"].take() == [] and sessions["n2"].take() == []
+
+
+async def test_a_session_greeted_before_a_publish_gets_the_delta_at_a_newer_version() -> None:
+    # Agents drop a delta whose version is not above their table's: a greeting's full table must carry the
+    # version of what was published, not of changes still waiting for the window.
+    async with SqliteStore(":memory:") as store:
+        await store.commit([Put(pb.Service(id="svc", name="web", spec=pb.ServiceSpec(name="web")))])
+        sessions = {"n1": AgentSession(node_id="n1", session_id="s", backlog=None)}
+        publisher = NetworkPublisher(store, FakeClock(), sessions, "10.128.0.0/9")
+        await publisher.load()
+        running = task("t1", state=pb.TASK_STATE_RUNNING)
+        running.status.addresses["dockyard"] = "10.128.0.2"
+        publisher.on_event(Event(store.revision + 1, Kind.TASK, Action.PUT, "t1", running))
+        publisher.greet(sessions["n1"])  # while the change waits for the window
+        (greeting,) = [m.dns for m in sessions["n1"].take() if m.HasField("dns")]
+        assert greeting.full and list(greeting.records) == []
+        publisher.publish()
+        (delta,) = [m.dns for m in sessions["n1"].take() if m.HasField("dns")]
+        assert not delta.full and delta.version > greeting.version
+        assert [(r.name, list(r.addresses)) for r in delta.records] == [("web.dockyard", ["10.128.0.2"])]
