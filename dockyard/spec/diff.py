@@ -22,7 +22,7 @@ from typing import Any, Final
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import Message
 
-from dockyard.spec import schema
+from dockyard.spec import schema, stacks
 from dockyard.spec.issues import index_path, key_path
 from dockyard.spec.schema import Field
 from dockyard.v1 import controller_pb2
@@ -61,10 +61,14 @@ def spec_fields(spec: pb.ServiceSpec) -> dict[str, str]:
 
 def _fields(spec: pb.ServiceSpec) -> Iterator[_Entry]:
     yield _leaf(schema.IMAGE, spec.image)
+    if spec.entrypoint:
+        yield _leaf(schema.ENTRYPOINT, _list(spec.entrypoint))
     if spec.command:
         yield _leaf(schema.COMMAND, _list(spec.command))
     for name in sorted(spec.env):
         yield _keyed(schema.ENV, "env", name, spec.env[name])
+    if spec.hostname:
+        yield _leaf(schema.HOSTNAME, spec.hostname)
     for i, port in enumerate(spec.ports):
         where = index_path("ports", i)
         yield _indexed(schema.PORT_PUBLISHED, key_path(where, "published"), i, str(port.host_port))
@@ -76,6 +80,11 @@ def _fields(spec: pb.ServiceSpec) -> Iterator[_Entry]:
     yield from _resources(spec.resources)
     for key in sorted(spec.labels):
         yield _keyed(schema.LABELS, "labels", key, spec.labels[key])
+    yield from _mounts(spec.mounts)
+    # In effect: the default network is joined whether it is spelt out or left out.
+    yield _leaf(schema.NETWORKS, _list(stacks.networks_of(spec)))
+    yield from _file_refs(spec.secrets, "secrets", schema.SECRET_TARGET)
+    yield from _file_refs(spec.configs, "configs", schema.CONFIG_TARGET)
     yield from _restart(spec.restart)
     if spec.HasField("healthcheck"):
         yield from _healthcheck(spec.healthcheck)
@@ -90,6 +99,50 @@ def _fields(spec: pb.ServiceSpec) -> Iterator[_Entry]:
     # An unset or zero deadline is on_disconnect: keep, which has no stop_after.
     if stop_after := spec.on_disconnect.stop_after.ToNanoseconds():
         yield _leaf(schema.STOP_AFTER, schema.STOP_AFTER.shown(stop_after))
+    if spec.stack:
+        yield _leaf(schema.STACK, spec.stack)
+
+
+def _mounts(mounts: Sequence[pb.Mount]) -> Iterator[_Entry]:
+    for i, mount in enumerate(mounts):
+        where = index_path("mounts", i)
+        kind = mount.type or schema.MOUNT_TYPE.default
+        values: list[tuple[Field[Any], str, str]] = [
+            (schema.MOUNT_TYPE, "type", _choice(schema.MOUNT_TYPE, kind)),
+            (schema.MOUNT_SOURCE, "source", mount.source),
+            (schema.MOUNT_TARGET, "target", mount.target),
+            (schema.MOUNT_READ_ONLY, "read_only", _bool(mount.read_only)),
+        ]
+        values += [
+            (schema.MOUNT_LABELS, key_path("labels", key), mount.volume_labels[key])
+            for key in sorted(mount.volume_labels)
+        ]
+        if mount.tmpfs_size_bytes:
+            values.append(
+                (schema.MOUNT_TMPFS_SIZE, "tmpfs.size", schema.MOUNT_TMPFS_SIZE.shown(mount.tmpfs_size_bytes))
+            )
+        for row, name, value in values:
+            # All of one mount's fields together, in the mounts' order.
+            yield ((_ROW[schema.MOUNTS.path], i, f"{_ROW[row.path]:04d}{name}", 0), f"{where}.{name}", value)
+
+
+def _file_refs(refs: Sequence[pb.FileRef], section: str, target_row: Field[Any]) -> Iterator[_Entry]:
+    place = schema.secret_target if section == "secrets" else schema.config_target
+    rows = {row.name: row for row in schema.FIELDS if row.path.startswith(f"{section}[].")}
+    section_row = schema.SECRETS if section == "secrets" else schema.CONFIGS
+    for i, ref in enumerate(refs):
+        where = index_path(section, i)
+        # Targets and modes in effect: a default spelt out is no change.
+        values = {
+            "source": ref.name,
+            "target": place(ref),
+            "uid": str(ref.uid),
+            "gid": str(ref.gid),
+            "mode": f"0{schema.file_mode(ref):o}",
+        }
+        for name, value in values.items():
+            row = target_row if name == "target" else rows[name]
+            yield ((_ROW[section_row.path], i, f"{_ROW[row.path]:04d}", 0), key_path(where, name), value)
 
 
 def _placement(placement: pb.Placement) -> Iterator[_Entry]:
@@ -201,8 +254,18 @@ def _number(value: float) -> str:
 # task is replaced (Docker's own restart policy is always off), when a task may start, and whether the
 # controller spreads tasks by itself. A task's container is made from the other fields (agent/container_spec.py;
 # stop_grace_period and on_disconnect are the agent's, placement's constraints and spread decide where it
-# runs), so revisions that differ only in these run the same tasks: such a change is no rollout.
-CONTROLLER_ONLY: Final = ("replicas", "update", "rollback", "restart", "depends_on", "placement.rebalance")
+# runs), so revisions that differ only in these run the same tasks: such a change is no rollout. The stack is
+# part of the service's name (validation), so it changes alone only when a service joins the stack its name
+# already spells; its containers keep running.
+CONTROLLER_ONLY: Final = (
+    "replicas",
+    "update",
+    "rollback",
+    "restart",
+    "depends_on",
+    "placement.rebalance",
+    "stack",
+)
 
 
 def task_spec(spec: pb.ServiceSpec) -> pb.ServiceSpec:

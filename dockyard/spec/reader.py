@@ -108,6 +108,10 @@ class _Declared:
 ReadFile = Callable[[str], bytes]
 
 
+def _unchecked(key: str, value: str, path: str) -> Iterable[Issue]:
+    return ()
+
+
 def _no_files(name: str) -> bytes:
     raise OSError(f"no files can be read here, so {name!r} cannot")
 
@@ -405,7 +409,7 @@ class _Reader:
         declared = self.declared[section].get(name)
         if declared is not None:
             return declared.name
-        if section == "networks" and name == stacks.DEFAULT_NETWORK:
+        if section == "networks" and name == stacks.DEFAULT_NETWORK and self.stack:
             return stacks.default_network(self.stack)
         return name
 
@@ -493,8 +497,9 @@ class _Reader:
         if "read_only" in value:
             mount.read_only = self.boolean(value["read_only"], key_path(path, "read_only")) is True
         if "labels" in value:
+            # Checked with the rest of the mount (validation.mount_issues), in the table's order.
             where = key_path(path, "labels")
-            self.string_map(value["labels"], where, "labels", "key", validation.label_issues, mount.volume_labels)
+            self.string_map(value["labels"], where, "labels", "key", _unchecked, mount.volume_labels)
         if "tmpfs" in value:
             ok = self.tmpfs(value["tmpfs"], key_path(path, "tmpfs"), mount) and ok
         return ok

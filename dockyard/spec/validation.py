@@ -358,16 +358,16 @@ def mount_issues(mount: pb.Mount, path: str) -> Iterator[Issue]:
     elif mount.source:
         yield Issue(source, "a tmpfs has no source; remove it")
     yield from container_path_issues(mount.target, key_path(path, "target"), schema.MOUNT_TARGET)
-    if mount.tmpfs_size_bytes and kind != pb.Mount.TYPE_TMPFS:
-        yield Issue(key_path(path, "tmpfs"), 'applies only to type "tmpfs"; remove it')
-    elif mount.tmpfs_size_bytes < 0:
-        yield Issue(key_path(key_path(path, "tmpfs"), "size"), f"must not be negative, got {mount.tmpfs_size_bytes}")
     labels = key_path(path, "labels")
     if mount.volume_labels and kind != pb.Mount.TYPE_VOLUME:
         yield Issue(labels, 'applies only to type "volume"; remove it')
     else:
         for key in sorted(mount.volume_labels):
             yield from label_issues(key, mount.volume_labels[key], key_path(labels, key))
+    if mount.tmpfs_size_bytes and kind != pb.Mount.TYPE_TMPFS:
+        yield Issue(key_path(path, "tmpfs"), 'applies only to type "tmpfs"; remove it')
+    elif mount.tmpfs_size_bytes < 0:
+        yield Issue(key_path(key_path(path, "tmpfs"), "size"), f"must not be negative, got {mount.tmpfs_size_bytes}")
 
 
 def file_ref_issues(ref: pb.FileRef, path: str, section: str) -> Iterator[Issue]:

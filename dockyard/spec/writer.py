@@ -8,24 +8,35 @@ from typing import Any
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import Message
 
-from dockyard.spec import schema
+from dockyard.spec import schema, stacks
 from dockyard.spec.schema import Field
-from dockyard.spec.units import format_bytes, format_duration_nanos, format_port
+from dockyard.spec.units import format_bytes, format_duration_nanos, format_mount, format_port
 from dockyard.spec.validation import dependency_issues
 from dockyard.v1 import types_pb2 as pb
 
 
+def document_name(spec: pb.ServiceSpec) -> str:
+    """The key of `spec` under `services` in a file: its name within its stack."""
+    return stacks.short(spec.stack, spec.name)
+
+
 def spec_to_document(spec: pb.ServiceSpec) -> dict[str, Any]:
-    """Returns the body of `spec` under `services.<name>`, leaving out fields that hold their default.
+    """Returns the body of `spec` under `services.<document_name>`, leaving out fields that hold their default.
 
     Unset fields count as defaults. For any valid spec in the form load_spec returns,
-    load_spec(yaml.safe_dump({"services": {spec.name: spec_to_document(spec)}})) gives back `spec`.
+    load_spec(yaml.safe_dump({"services": {document_name(spec): spec_to_document(spec)}})) gives back
+    `spec`. Networks, volumes, secrets and configs are written by their cluster-wide names, which a file
+    that does not declare them reads as written.
     """
     document: dict[str, Any] = {"image": spec.image}
+    if spec.entrypoint:
+        document["entrypoint"] = list(spec.entrypoint)
     if spec.command:
         document["command"] = list(spec.command)
     if spec.env:
         document["env"] = dict(sorted(spec.env.items()))
+    if spec.hostname:
+        document["hostname"] = spec.hostname
     if spec.ports:
         document["ports"] = [_port(port) for port in spec.ports]
     mode = spec.mode or schema.MODE.default
@@ -41,6 +52,14 @@ def spec_to_document(spec: pb.ServiceSpec) -> dict[str, Any]:
         document["resources"] = resources
     if spec.labels:
         document["labels"] = dict(sorted(spec.labels.items()))
+    if spec.mounts:
+        document["mounts"] = [_mount(mount) for mount in spec.mounts]
+    if spec.networks:
+        document["networks"] = list(spec.networks)
+    if spec.secrets:
+        document["secrets"] = [_file_ref(ref) for ref in spec.secrets]
+    if spec.configs:
+        document["configs"] = [_file_ref(ref) for ref in spec.configs]
     if restart := _restart(spec.restart):
         document["restart"] = restart
     # A healthcheck with nothing in it is kept as {}, which load_spec reads back as set.
@@ -52,12 +71,50 @@ def spec_to_document(spec: pb.ServiceSpec) -> dict[str, Any]:
     if spec.HasField("rollback"):
         document["rollback"] = _config(schema.rollback_config(spec), "rollback")
     if spec.depends_on:
-        document["depends_on"] = _depends_on(spec.depends_on, spec.name)
+        document["depends_on"] = _depends_on(spec.depends_on, spec.stack, spec.name)
     if _differs(spec.HasField("stop_grace_period"), spec.stop_grace_period, schema.STOP_GRACE_PERIOD):
         document["stop_grace_period"] = format_duration_nanos(spec.stop_grace_period.ToNanoseconds())
     # An unset or zero deadline means "keep", the default.
     if stop_after := spec.on_disconnect.stop_after.ToNanoseconds():
         document["on_disconnect"] = {"stop_after": format_duration_nanos(stop_after)}
+    if spec.stack:
+        document["stack"] = spec.stack
+    return document
+
+
+def _mount(mount: pb.Mount) -> str | dict[str, Any]:
+    kind = mount.type or schema.MOUNT_TYPE.default
+    implied = pb.Mount.TYPE_BIND if mount.source.startswith(("/", ".", "~")) else pb.Mount.TYPE_VOLUME
+    plain = ":" not in mount.source + mount.target and mount.source and mount.target
+    if kind == implied and plain and not mount.volume_labels and not mount.tmpfs_size_bytes:
+        return format_mount(mount.source, mount.target, mount.read_only)
+    # The long form writes whatever the short syntax cannot, an invalid mount included, for load_spec to report.
+    document: dict[str, Any] = {"type": schema.MOUNT_TYPE.choice_name(kind)}
+    if mount.source:
+        document["source"] = mount.source
+    document["target"] = mount.target
+    if mount.read_only:
+        document["read_only"] = True
+    if mount.volume_labels:
+        document["labels"] = dict(sorted(mount.volume_labels.items()))
+    if mount.tmpfs_size_bytes:
+        document["tmpfs"] = {"size": format_bytes(mount.tmpfs_size_bytes)}
+    return document
+
+
+def _file_ref(ref: pb.FileRef) -> str | dict[str, Any]:
+    if not (ref.target or ref.uid or ref.gid or ref.HasField("mode")):
+        return ref.name
+    document: dict[str, Any] = {"source": ref.name}
+    if ref.target:
+        document["target"] = ref.target
+    if ref.uid:
+        document["uid"] = ref.uid
+    if ref.gid:
+        document["gid"] = ref.gid
+    if ref.HasField("mode"):
+        # Permission bits read best in octal; the reader takes an octal string as YAML's 0440.
+        document["mode"] = f"0{ref.mode:o}"
     return document
 
 
@@ -161,12 +218,16 @@ def _config(config: pb.UpdateConfig, block: str) -> dict[str, Any]:
     return document
 
 
-def _depends_on(depends_on: Mapping[str, pb.Dependency], dependent: str) -> list[str] | dict[str, Any]:
-    """Compose's short form when every condition is service_started, its long form otherwise."""
+def _depends_on(depends_on: Mapping[str, pb.Dependency], stack: str, dependent: str) -> list[str] | dict[str, Any]:
+    """Compose's short form when every condition is service_started, its long form otherwise.
+
+    A stack's file names the stack's services by their short names.
+    """
     field = schema.DEPENDS_ON_CONDITION
-    conditions = {name: depends_on[name].condition or field.default for name in sorted(depends_on)}
+    conditions = {stacks.short(stack, name): depends_on[name].condition or field.default for name in sorted(depends_on)}
     # A name load_spec must refuse goes in the long form, where it is reported by name as the API does.
-    names_ok = not any(any(dependency_issues(name, dependent, "")) for name in conditions)
+    shown = stacks.short(stack, dependent)
+    names_ok = not any(any(dependency_issues(name, shown, "")) for name in conditions)
     if names_ok and all(condition == field.default for condition in conditions.values()):
         return list(conditions)
     return {name: {"condition": field.choice_name(condition)} for name, condition in conditions.items()}

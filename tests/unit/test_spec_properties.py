@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 from google.protobuf.duration_pb2 import Duration
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from dockyard.constraints import Constraint, ConstraintError, parse_constraint
@@ -20,6 +20,7 @@ from dockyard.spec import (
     parse_bytes,
     schema,
     spec_to_document,
+    stacks,
     validate_service,
 )
 from dockyard.spec.diff import spec_changes, spec_fields
@@ -31,6 +32,7 @@ from dockyard.spec.units import (
     seconds_to_nanos,
 )
 from dockyard.spec.validation import Constraints
+from dockyard.spec.writer import document_name
 from dockyard.v1 import types_pb2 as pb
 
 # libyaml's emitter, when present, keeps the many dumps below cheap; the loader under test stays the same.
@@ -85,6 +87,49 @@ constraint_subjects = st.tuples(st.sampled_from(["labels", "engine.labels"]), co
     st.sampled_from(["hostname", "id"]), st.just("")
 )
 spacing = st.sampled_from(["", " ", "  "])
+
+
+# Cluster-wide names of networks, volumes, secrets and configs; "default" is a stack file's default network.
+object_names = st.from_regex(r"[a-z0-9][a-z0-9_.-]{1,10}", fullmatch=True).filter(lambda name: name != "default")
+container_paths = (
+    st.lists(st.text(ALNUM + "_.-", min_size=1, max_size=6), min_size=1, max_size=3)
+    .map(lambda parts: "/p/" + "/".join(parts))
+    .filter(lambda path: not any(part in (".", "..") for part in path.split("/")))
+)
+hostnames = st.from_regex(r"[a-z0-9]([a-z0-9-]{0,8}[a-z0-9])?(\.[a-z0-9]{1,5}){0,2}", fullmatch=True)
+
+
+@st.composite
+def mount_lists(draw: st.DrawFn, targets: list[str]) -> list[pb.Mount]:
+    """Valid mounts in the form load_spec returns them (the type always explicit), on the given targets."""
+    mounts = []
+    for target in targets:
+        kind = draw(st.sampled_from([pb.Mount.TYPE_VOLUME, pb.Mount.TYPE_BIND, pb.Mount.TYPE_TMPFS]))
+        mount = pb.Mount(type=kind, target=target, read_only=draw(st.booleans()))
+        if kind == pb.Mount.TYPE_VOLUME:
+            mount.source = draw(object_names)
+            mount.volume_labels.update(draw(st.dictionaries(label_keys, free_text, max_size=2)))
+        elif kind == pb.Mount.TYPE_BIND:
+            mount.source = draw(container_paths).replace("/p/", "/srv/", 1)
+        else:
+            mount.tmpfs_size_bytes = draw(st.sampled_from([0, 1, 64 * MIB]) | st.integers(0, MAX_BYTES))
+        mounts.append(mount)
+    return mounts
+
+
+@st.composite
+def file_ref_lists(draw: st.DrawFn, targets: list[str]) -> list[pb.FileRef]:
+    """Valid secrets or configs: on the given targets, or at their default paths under unique names."""
+    refs = []
+    names = draw(st.lists(object_names, min_size=len(targets), max_size=len(targets), unique=True))
+    for name, target in zip(names, targets, strict=True):
+        ref = pb.FileRef(name=name, uid=draw(UINT32), gid=draw(UINT32))
+        if draw(st.booleans()):
+            ref.target = target
+        if draw(st.booleans()):
+            ref.mode = draw(st.integers(0, 0o777))
+        refs.append(ref)
+    return refs
 
 
 @st.composite
@@ -224,13 +269,23 @@ def valid_specs(draw: st.DrawFn) -> pb.ServiceSpec:
     delay = draw(st.integers(0, HOUR))
     max_delay = draw(st.none() | st.integers(delay, HOUR))
     name = draw(names)
+    stack = draw(st.sampled_from(["", "shop", "my_stack-2"]))
     depends_on = draw(
         st.dictionaries(names.filter(lambda other: other != name), st.sampled_from(DEPENDENCY_CONDITIONS))
     )
+    targets = draw(st.lists(container_paths, max_size=6, unique=True))
+    split = sorted(draw(st.lists(st.integers(0, len(targets)), min_size=2, max_size=2)))
     spec = pb.ServiceSpec(
-        name=name,
+        name=stacks.scoped(stack, name),
+        stack=stack,
         image=draw(images),
+        entrypoint=draw(st.lists(free_text, max_size=2)),
         command=draw(st.lists(free_text, max_size=4)),
+        hostname=draw(st.just("") | hostnames),
+        mounts=draw(mount_lists(targets[: split[0]])),
+        networks=draw(st.lists(object_names, max_size=3, unique=True)),
+        secrets=draw(file_ref_lists(targets[split[0] : split[1]])),
+        configs=draw(file_ref_lists(targets[split[1] :])),
         env=draw(st.dictionaries(env_names, free_text, max_size=4)),
         ports=draw(port_lists()),
         mode=mode,
@@ -249,7 +304,9 @@ def valid_specs(draw: st.DrawFn) -> pb.ServiceSpec:
         healthcheck=draw(healthchecks()),
         update=draw(update_configs("update")),
         rollback=draw(update_configs("rollback")),
-        depends_on={other: pb.Dependency(condition=condition) for other, condition in depends_on.items()},
+        depends_on={
+            stacks.scoped(stack, other): pb.Dependency(condition=condition) for other, condition in depends_on.items()
+        },
         stop_grace_period=duration(draw(st.integers(0, HOUR))),
         on_disconnect=None if stop_after is None else pb.OnDisconnect(stop_after=duration(stop_after)),
     )
@@ -258,13 +315,22 @@ def valid_specs(draw: st.DrawFn) -> pb.ServiceSpec:
 
 def dump(specs: list[pb.ServiceSpec]) -> str:
     """Writes specs as a YAML file, the way a user would keep them."""
-    document = {"services": {spec.name: spec_to_document(spec) for spec in specs}}
+    document = {"services": {document_name(spec): spec_to_document(spec) for spec in specs}}
     return yaml.dump(document, Dumper=DUMPER, sort_keys=False)
 
 
 @settings(max_examples=40, deadline=None)
 @given(st.lists(valid_specs(), min_size=1, max_size=2, unique_by=lambda spec: spec.name))
 def test_valid_specs_round_trip_through_yaml(specs: list[pb.ServiceSpec]) -> None:
+    # The services of one file belong to one stack.
+    for spec in specs[1:]:
+        old, spec.stack = spec.stack, specs[0].stack
+        spec.name = stacks.scoped(spec.stack, stacks.short(old, spec.name))
+        conditions = {stacks.short(old, other): dependency.condition for other, dependency in spec.depends_on.items()}
+        spec.ClearField("depends_on")
+        for other, condition in conditions.items():
+            spec.depends_on[stacks.scoped(spec.stack, other)].condition = condition
+    assume(len({spec.name for spec in specs}) == len(specs))
     # Two services of one file that wait for each other would be a cycle, which a file refuses.
     if len(specs) == 2 and specs[0].name in specs[1].depends_on:
         specs[0].depends_on.pop(specs[1].name, None)
@@ -330,11 +396,30 @@ def test_what_changed_agrees_with_the_writer(spec: pb.ServiceSpec, other: pb.Ser
         generic = re.sub(r"\[\d+\]", "[]", change.path)
         generic = re.sub(r"^(env|labels)(\.[^.]+|\[.*\])$", r"\1", generic)
         generic = re.sub(r"^depends_on(\.[^.]+|\[.*\])\.condition$", "depends_on.*.condition", generic)
+        generic = re.sub(r"^mounts\[\]\.labels(\.[^.]+|\[.*\])$", "mounts[].labels", generic)
         assert generic in rows, change.path
     assert (changes == []) == (spec_fields(spec) == spec_fields(other))
 
 
 any_text = st.text(max_size=12)
+some_paths = st.sampled_from(["/data", "/data/", "data", "/", "/a/../b", "", "/run/secrets/pw", "/x:y"]) | any_text
+writable_mounts = st.builds(
+    pb.Mount,
+    type=st.sampled_from([0, 1, 2, 3, 7]),
+    source=st.sampled_from(["db-data", "/srv", "./rel", "a", ""]) | any_text,
+    target=some_paths,
+    read_only=st.booleans(),
+    tmpfs_size_bytes=st.integers(0, MAX_BYTES),
+    volume_labels=st.dictionaries(any_text, any_text, max_size=2),
+)
+writable_file_refs = st.builds(
+    pb.FileRef,
+    name=st.sampled_from(["pw", "p", ""]) | any_text,
+    target=st.sampled_from(["", "pw", "../pw", "/etc/pw", "/data"]) | any_text,
+    uid=UINT32,
+    gid=UINT32,
+    mode=st.none() | st.integers(0, 0o7777),
+)
 int64 = st.integers(-(2**63), 2**63 - 1)
 int32 = st.integers(-(2**31), 2**31 - 1)
 any_durations = st.none() | st.builds(Duration, seconds=int64, nanos=int32)
@@ -353,8 +438,10 @@ any_specs = st.builds(
     pb.ServiceSpec,
     name=any_text,
     image=any_text,
+    entrypoint=st.lists(any_text, max_size=2),
     command=st.lists(any_text, max_size=3),
     env=st.dictionaries(any_text, any_text, max_size=3),
+    hostname=st.sampled_from(["", "db-1", "Db.x", "-x", "a..b"]) | any_text,
     ports=st.lists(st.builds(pb.PortMapping, host_port=UINT32, container_port=UINT32, protocol=any_text), max_size=4),
     mode=int32,
     replicas=UINT32,
@@ -374,6 +461,10 @@ any_specs = st.builds(
         memory_reservation_bytes=int64,
     ),
     labels=st.dictionaries(any_text, any_text, max_size=3),
+    mounts=st.lists(writable_mounts, max_size=3),
+    networks=st.lists(st.sampled_from(["front", "a", "_x", "front"]) | any_text, max_size=3),
+    secrets=st.lists(writable_file_refs, max_size=2),
+    configs=st.lists(writable_file_refs, max_size=2),
     restart=st.none()
     | st.builds(
         pb.RestartPolicy,
@@ -623,8 +714,10 @@ writable_specs = st.builds(
     pb.ServiceSpec,
     name=any_text,
     image=any_text,
+    entrypoint=st.lists(any_text, max_size=2),
     command=st.lists(any_text, max_size=3),
     env=st.dictionaries(any_text, any_text, max_size=3),
+    hostname=st.sampled_from(["", "db-1", "Db.x", "-x", "a..b"]) | any_text,
     ports=st.lists(st.builds(pb.PortMapping, host_port=UINT32, container_port=UINT32, protocol=any_text), max_size=4),
     mode=int32,
     replicas=UINT32,
@@ -644,6 +737,10 @@ writable_specs = st.builds(
         memory_reservation_bytes=st.integers(0, MAX_BYTES),
     ),
     labels=st.dictionaries(any_text, any_text, max_size=3),
+    mounts=st.lists(writable_mounts, max_size=3),
+    networks=st.lists(st.sampled_from(["front", "a", "_x", "front"]) | any_text, max_size=3),
+    secrets=st.lists(writable_file_refs, max_size=2),
+    configs=st.lists(writable_file_refs, max_size=2),
     restart=st.none()
     | st.builds(
         pb.RestartPolicy,
