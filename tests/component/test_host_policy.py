@@ -48,3 +48,22 @@ async def test_a_privileged_port_is_refused_by_the_agent_and_ps_shows_why(fake_c
     line = next(line for line in table.stdout.splitlines() if line.startswith(task.id[:12]))
     assert "rejected" in line
     assert line.rstrip().endswith(expected)
+
+
+async def test_a_bind_mount_is_refused_by_default_naming_the_mount_and_the_setting(fake_cluster: FakeCluster) -> None:
+    host = await fake_cluster.start_agent("h1")  # the default policy: no host path may be bound
+    spec = pb.ServiceSpec(name="web", image=IMAGE, replicas=1)
+    spec.mounts.add(type=pb.Mount.TYPE_BIND, source="/etc", target="/host-etc", read_only=True)
+    async with fake_cluster.client() as client:
+        await eventually(client.list_nodes, what="node registered")
+        await client.apply([spec])
+
+        async def rejected() -> list[pb.Task]:
+            return [t for t in await client.list_tasks("web", True) if t.status.state == pb.TASK_STATE_REJECTED]
+
+        task, *_ = await eventually(rejected, what="a rejected task")
+    assert task.status.error == refusal(spec, HostPolicy())
+    assert 'services.web.mounts[0].source: bind mount of host path "/etc" is not allowed' in task.status.error
+    assert "--allow-bind-paths" in task.status.error
+    assert task.status.cause == pb.TaskStatus.CAUSE_HOST
+    assert host.runtime.count("create") == 0
