@@ -351,7 +351,13 @@ def mount_issues(mount: pb.Mount, path: str) -> Iterator[Issue]:
         else:
             yield from object_name_issues(mount.source, source, "volume")
     elif kind == pb.Mount.TYPE_BIND:
-        if mount.source:
+        if mount.source and not mount.source.startswith("/"):
+            # Compose resolves "./data" against the project folder; a spec stored in the cluster has no folder.
+            yield Issue(
+                source,
+                f'must be an absolute host path, got {describe(mount.source)}; write the full path, like "/srv/data"',
+            )
+        elif mount.source:
             yield from container_path_issues(mount.source, source, schema.MOUNT_SOURCE)
         else:
             yield Issue(source, 'is required for a bind mount: give the host path, like "/srv/data"')
@@ -382,8 +388,12 @@ def file_ref_issues(ref: pb.FileRef, path: str, section: str) -> Iterator[Issue]
     row = schema.SECRET_TARGET if section == "secrets" else schema.CONFIG_TARGET
     if ref.target.startswith("/") or (ref.target and section == "configs"):
         yield from container_path_issues(ref.target, target, row)
-    elif ref.target:
+    elif ".." in ref.target.split("/"):
         # A secret's relative target is a file under /run/secrets; it must stay there.
+        yield Issue(
+            target, f'must not contain "..", got {describe(ref.target)}; name a file under {schema.SECRETS_DIR}'
+        )
+    elif ref.target:
         yield from container_path_issues(f"{schema.SECRETS_DIR}/{ref.target}", target, row)
     if ref.HasField("mode") and ref.mode > schema.SECRET_MODE.maximum:
         yield Issue(
