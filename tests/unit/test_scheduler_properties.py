@@ -44,6 +44,7 @@ CONSTRAINTS = [
 ]
 INVALID_CONSTRAINT = "node.labels.zone = a"
 ZONES = [None, "a", "b"]
+VOLUMES = ["va", "vb", "vc"]
 
 
 def nano(cpus: float) -> int:
@@ -129,6 +130,10 @@ def task_strategy(
     for port, protocol in draw(st.lists(st.sampled_from(PORTS), max_size=2, unique=True)):
         spec.ports.add(host_port=port, container_port=8000 + port, protocol=protocol)
     spec.placement.CopyFrom(placements[service_id])
+    # Mostly no volume; else one or two, shared between services, some living on a node already.
+    if draw(st.integers(0, 2)) == 0:
+        for name in draw(st.lists(st.sampled_from(VOLUMES), min_size=1, max_size=2, unique=True)):
+            spec.mounts.add(type=pb.Mount.TYPE_VOLUME, source=name, target=f"/{name}")
     if placed:
         task.node_id = draw(st.sampled_from([*node_ids, "", "elsewhere"]))
         task.status.state = draw(st.sampled_from(list(pb.TaskState.values())))
@@ -147,6 +152,7 @@ class Cluster:
     tasks: list[pb.Task]
     pending: list[pb.Task]
     specs: dict[SpecKey, pb.ServiceSpec]
+    volumes: dict[str, str]  # volume name -> the node it lives on (absent: nowhere yet)
 
     def spec(self, task: pb.Task) -> pb.ServiceSpec | None:
         """The spec a task runs, None when it is gone."""
@@ -164,7 +170,8 @@ def clusters(draw: st.DrawFn, max_pending: int = 12) -> Cluster:
         draw(task_strategy(f"p{i}", 100 + i, node_ids, False, rules)) for i in range(draw(st.integers(0, max_pending)))
     ]
     specs = {(t.service_id, t.revision): spec for t, spec in current + pending if spec is not None}
-    return Cluster(nodes, [t for t, _ in current + pending], [t for t, _ in pending], specs)
+    volumes = {name: node_id for name in VOLUMES if (node_id := draw(st.sampled_from(["", "", *node_ids, "ghost"])))}
+    return Cluster(nodes, [t for t, _ in current + pending], [t for t, _ in pending], specs, volumes)
 
 
 def placements(decisions: list[Decision], pending: list[pb.Task]) -> dict[str, list[pb.Task]]:
@@ -346,7 +353,24 @@ def test_engine_plan_equals_the_reference(
     """Shared pools and per-service runs give exactly the plan of re-judging every node for every task."""
     stack = Stack(spread=scorers, binpack=binpack_scorers)
     inputs = (cluster.nodes, cluster.tasks, cluster.pending, cluster.specs, NOW, seed)
-    assert schedule(*inputs, stack=stack) == reference_schedule(*inputs, stack=stack)
+    volumes = cluster.volumes
+    assert schedule(*inputs, stack=stack, volumes=volumes) == reference_schedule(*inputs, stack=stack, volumes=volumes)
+
+
+@given(clusters(max_pending=20), st.integers(0, 2**32))
+def test_a_volume_s_tasks_all_go_where_it_lives(cluster: Cluster, seed: int) -> None:
+    """Every task placed with a volume goes to the node it lives on, or else where the first of them went."""
+    decisions = schedule(
+        cluster.nodes, cluster.tasks, cluster.pending, cluster.specs, NOW, seed, volumes=cluster.volumes
+    )
+    pending = {t.id: t for t in cluster.pending}
+    where = dict(cluster.volumes)
+    for decision in decisions:
+        spec = cluster.spec(pending[decision.task_id])
+        if decision.node_id is None or spec is None:
+            continue
+        for mount in spec.mounts:
+            assert where.setdefault(mount.source, decision.node_id) == decision.node_id, mount.source
 
 
 def satisfied(text: str, node: pb.Node) -> bool:
