@@ -216,9 +216,18 @@ class Client:
             request.MergeFrom(extras)
         return await self._call(self._stub.ApplyService, request)
 
-    async def plan(self, specs: list[pb.ServiceSpec], prune: bool = False) -> cpb.PlanApplyResponse:
-        """Returns what applying `specs` would do now (the controller writes nothing)."""
-        return await self._call(self._stub.PlanApply, cpb.PlanApplyRequest(services=specs, prune=prune))
+    async def plan(
+        self, specs: list[pb.ServiceSpec], prune: bool = False, extras: cpb.ApplyServiceRequest | None = None
+    ) -> cpb.PlanApplyResponse:
+        """Returns what applying `specs` (with `extras`, as apply takes them) would do now; writes nothing."""
+        request = cpb.PlanApplyRequest(services=specs, prune=prune)
+        if extras is not None:
+            request.stack = extras.stack
+            request.networks.extend(extras.networks)
+            request.volumes.extend(extras.volumes)
+            request.secrets.extend(extras.secrets)
+            request.configs.extend(extras.configs)
+        return await self._call(self._stub.PlanApply, request)
 
     async def history(self, service: str) -> list[cpb.ServiceRevision]:
         """Returns the kept revisions of a service (name or id), newest first."""

@@ -727,10 +727,23 @@ class ControllerApi(FilesApi, StacksApi, NetworksApi, VolumesApi):
         tasks = await self._store.list_tasks()
         nodes = await self._store.list_nodes()
         existing = {s.name: s for s in services}
-        removed = pruned_of_stack(request.services, existing, request_stack(request.services)) if request.prune else []
-        await self._check_apply(request.services, existing, removed, context)
+        specs = with_stack(request.services, request.stack)
+        stack = request.stack or request_stack(specs)
+        removed = pruned_of_stack(specs, existing, stack) if request.prune else []
+        await self._check_apply(specs, existing, removed, context)
         now = self._clock.now()
-        applied = plan_apply(request.services, existing, now, self._new_id)
+        # The objects the apply would make are checked as the apply checks them (references, immutability).
+        extras = cpb.ApplyServiceRequest(
+            stack=request.stack,
+            networks=request.networks,
+            volumes=request.volumes,
+            secrets=request.secrets,
+            configs=request.configs,
+        )
+        objects = plan_objects(extras, specs, await read_objects(self._store), now, self._new_id, self._sealer)
+        if objects.issues:
+            await abort_invalid(context, objects.issues)
+        applied = plan_apply(specs, existing, now, self._new_id)
         planned: dict[str, pb.Service | None] = {r.service.id: r.service for r in applied.results}
         planned.update((s.id, None) for s in removed)
         # The specs of the revisions tasks run now, for what they hold on their nodes.
@@ -757,7 +770,7 @@ class ControllerApi(FilesApi, StacksApi, NetworksApi, VolumesApi):
                     suppressed=suppressed,
                 )
         names = {n.id: n.description.hostname or n.id for n in nodes}
-        order = start_order(dependency_graph(request.services, existing, {s.name for s in removed}))
+        order = start_order(dependency_graph(specs, existing, {s.name for s in removed}))
         plans: list[cpb.ServicePlan] = []
         for result in applied.results:
             service = result.service

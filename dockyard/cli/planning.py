@@ -151,12 +151,12 @@ def plan(path: Path, prune: bool, controller: str | None, output: str) -> None:
 
     Exit codes: 0 nothing would change, 1 error, 2 something would change.
     """
-    specs = load_deployment(path).specs
+    deployment = load_deployment(path)
     outcome = ExitCode.OK
 
     async def body(client: Client) -> None:
         nonlocal outcome
-        response = await client.plan(specs, prune=prune)
+        response = await client.plan(deployment.specs, prune=prune, extras=deployment.extras())
         if has_changes(response):
             outcome = ExitCode.CHANGES
         if output == "json":

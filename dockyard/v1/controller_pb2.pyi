@@ -880,19 +880,41 @@ class PlanApplyRequest(_message.Message):
 
     SERVICES_FIELD_NUMBER: _builtins.int
     PRUNE_FIELD_NUMBER: _builtins.int
+    STACK_FIELD_NUMBER: _builtins.int
+    NETWORKS_FIELD_NUMBER: _builtins.int
+    VOLUMES_FIELD_NUMBER: _builtins.int
+    SECRETS_FIELD_NUMBER: _builtins.int
+    CONFIGS_FIELD_NUMBER: _builtins.int
     prune: _builtins.bool
     """as ApplyServiceRequest.prune"""
+    stack: _builtins.str
+    """As in ApplyServiceRequest: the file's stack and the objects it declares, so the plan checks the
+    services' references as the apply would.
+    """
     @_builtins.property
     def services(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.ServiceSpec]: ...
+    @_builtins.property
+    def networks(self) -> _containers.RepeatedCompositeFieldContainer[Global___NetworkSpec]: ...
+    @_builtins.property
+    def volumes(self) -> _containers.RepeatedCompositeFieldContainer[Global___VolumeSpec]: ...
+    @_builtins.property
+    def secrets(self) -> _containers.RepeatedCompositeFieldContainer[Global___FileSpec]: ...
+    @_builtins.property
+    def configs(self) -> _containers.RepeatedCompositeFieldContainer[Global___FileSpec]: ...
     def __init__(
         self,
         *,
         services: _abc.Iterable[_types_pb2.ServiceSpec] | None = ...,
         prune: _builtins.bool = ...,
+        stack: _builtins.str = ...,
+        networks: _abc.Iterable[Global___NetworkSpec] | None = ...,
+        volumes: _abc.Iterable[Global___VolumeSpec] | None = ...,
+        secrets: _abc.Iterable[Global___FileSpec] | None = ...,
+        configs: _abc.Iterable[Global___FileSpec] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["prune", b"prune", "services", b"services"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["configs", b"configs", "networks", b"networks", "prune", b"prune", "secrets", b"secrets", "services", b"services", "stack", b"stack", "volumes", b"volumes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -347,3 +347,23 @@ async def test_a_controller_whose_store_has_secrets_refuses_to_start_without_its
     with pytest.raises(StartupError, match=r"data.key: missing, and the store holds 1 secret"):
         await cluster.start_controller()
     await cluster.close()
+
+
+async def test_a_plan_checks_the_references_of_a_file_as_the_apply_does(api: ApiUnderTest) -> None:
+    request = shop()
+    extras = cpb.ApplyServiceRequest(
+        stack=request.stack,
+        networks=request.networks,
+        volumes=request.volumes,
+        secrets=request.secrets,
+        configs=request.configs,
+    )
+    async with api.client() as client:
+        planned = await client.plan(list(request.services), extras=extras)
+        assert sorted(s.name for s in planned.services) == ["shop_db", "shop_web"]
+        # Without the file's declarations the same services refer to objects that do not exist.
+        error = await refused(client.plan(list(request.services)), grpc.StatusCode.INVALID_ARGUMENT)
+        assert "shop_db_password" in str(error) and "shop_front" in str(error)
+    # A plan writes nothing: no object was made.
+    assert await api.store.get_object(Kind.SECRET, "shop_db_password") is None
+    assert await api.store.get_object(Kind.NETWORK, "shop_front") is None
