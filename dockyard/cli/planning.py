@@ -17,7 +17,7 @@ import click
 
 from dockyard.cli.common import controller_option, output_option, run
 from dockyard.cli.exitcodes import ExitCode
-from dockyard.cli.workloads import file_option, load_deployment
+from dockyard.cli.workloads import file_option, format_options, load_deployment
 from dockyard.client import Client
 from dockyard.v1 import controller_pb2 as cpb
 
@@ -143,15 +143,24 @@ def plan_document(response: cpb.PlanApplyResponse) -> dict[str, Any]:
 
 @click.command()
 @file_option
+@format_options
 @click.option("--prune", is_flag=True, help="Also plan the removal of every service that is not in the file.")
 @controller_option
 @output_option
-def plan(path: Path, prune: bool, controller: str | None, output: str) -> None:
+def plan(
+    path: Path,
+    file_format: str,
+    stack: str,
+    ignore_unsupported: bool,
+    prune: bool,
+    controller: str | None,
+    output: str,
+) -> None:
     """Show what `apply -f FILE` would change now, computed by the controller's scheduler; change nothing.
 
     Exit codes: 0 nothing would change, 1 error, 2 something would change.
     """
-    deployment = load_deployment(path)
+    deployment = load_deployment(path, file_format, stack, ignore_unsupported)
     outcome = ExitCode.OK
 
     async def body(client: Client) -> None:

@@ -15,7 +15,8 @@ from dockyard.cli.following import Mirror, wait_until
 from dockyard.cli.output import emit, emit_object
 from dockyard.cli.views import service_view, task_detail, task_view
 from dockyard.client import Client
-from dockyard.spec import Deployment, SpecError, load_deployment_file
+from dockyard.spec import Deployment, SpecError
+from dockyard.spec.compose import FORMAT_AUTO, FORMATS, load_any_file
 from dockyard.task_state import spec_key
 from dockyard.v1 import controller_pb2 as cpb
 from dockyard.v1 import types_pb2 as pb
@@ -78,12 +79,45 @@ def parse_if_revision(values: Sequence[str], names: Sequence[str]) -> tuple[int,
     return state_revision or 0, expected
 
 
-def load_deployment(path: Path) -> Deployment:
-    """Reads a spec file; an invalid one ends the command with every problem listed."""
+def load_deployment(
+    path: Path, file_format: str = FORMAT_AUTO, stack: str = "", ignore_unsupported: bool = False
+) -> Deployment:
+    """Reads a spec file, ours or Compose; an invalid one ends the command with every problem listed.
+
+    What was read as Compose, and the unsupported keys left out, are said on stderr (stdout stays for --output).
+    """
     try:
-        return load_deployment_file(path)
+        loaded = load_any_file(path, file_format=file_format, stack=stack, ignore_unsupported=ignore_unsupported)
     except SpecError as exc:
         raise click.ClickException(f"{path}: invalid spec\n{exc}") from None
+    if loaded.reason:
+        click.echo(f"{path}: read as a Compose file of stack {loaded.deployment.stack} ({loaded.reason})", err=True)
+    for warning in loaded.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    return loaded.deployment
+
+
+def format_options(fn: F) -> F:
+    """Adds --format, --stack and --ignore-unsupported: how the spec file is read (docs/compose.md)."""
+    fn = click.option(
+        "--ignore-unsupported",
+        is_flag=True,
+        help="Compose: leave out the keys Dockyard does not support, warning of each, instead of refusing the file.",
+    )(fn)
+    fn = click.option(
+        "--stack",
+        default="",
+        metavar="NAME",
+        help="Compose: the stack's name (default: the file's top-level name, else its folder's name).",
+    )(fn)
+    return click.option(
+        "--format",
+        "file_format",
+        type=click.Choice(FORMATS),
+        default=FORMAT_AUTO,
+        show_default=True,
+        help="The file's format: compose, dockyard, or auto (Compose's file names and keys mean compose).",
+    )(fn)
 
 
 def file_option(fn: F) -> F:
@@ -111,6 +145,7 @@ def timeout_option(default: float) -> Callable[[F], F]:
 
 @click.command()
 @file_option
+@format_options
 @click.option("--detach", "-d", is_flag=True, help="Return once the change is stored; do not wait for the rollout.")
 @click.option("--dry-run", is_flag=True, help="Validate and show what would change; change nothing (see `plan`).")
 @click.option(
@@ -128,6 +163,9 @@ def timeout_option(default: float) -> Callable[[F], F]:
 @output_option
 def apply(
     path: Path,
+    file_format: str,
+    stack: str,
+    ignore_unsupported: bool,
     detach: bool,
     dry_run: bool,
     if_revision: tuple[str, ...],
@@ -141,7 +179,7 @@ def apply(
     Exit codes: 0 converged, 1 error, 3 rolled back, 4 paused, 5 tasks cannot be placed, 6 timeout, 7 a job
     failed (docs/operations.md).
     """
-    deployment = load_deployment(path)
+    deployment = load_deployment(path, file_format, stack, ignore_unsupported)
     state_revision, expected = parse_if_revision(if_revision, deployment.names)
 
     async def body(client: Client) -> None:
