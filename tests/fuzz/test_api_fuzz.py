@@ -76,6 +76,9 @@ _DOCUMENTED: Final = {
     "CreateNetwork": {Code.ALREADY_EXISTS},  # name taken (or the cluster network's)
     "ListNetworks": set(),
     "RemoveNetwork": {Code.NOT_FOUND, Code.FAILED_PRECONDITION},  # unknown; the cluster network, or a service joins it
+    "ListVolumes": set(),
+    # unknown; a service mounts it, its node is down or not connected, or the node refused
+    "RemoveVolume": {Code.NOT_FOUND, Code.FAILED_PRECONDITION},
 }
 ALLOWED: Final = {name: frozenset({Code.INVALID_ARGUMENT, *codes}) | AUTH | SIZE for name, codes in _DOCUMENTED.items()}
 # The methods this controller serves (the contract may name more: those answer UNIMPLEMENTED); a served
@@ -237,6 +240,7 @@ def _writes(method: MethodDescriptor) -> bool:
         "RemoveStack",
         "CreateNetwork",
         "RemoveNetwork",
+        "RemoveVolume",
     }
 
 

@@ -48,6 +48,8 @@ SHARED_CONTROLLER = (
     "controller.commands",
     "controller.images",
     "controller.volumes",
+    # The data key: the API seals what it stores, the dispatcher unseals what it hands the agents.
+    "controller.sealing",
 )
 # The roles' modules that take their inputs (the time too) and return decisions, with no I/O.
 PURE_CORES = tuple(
