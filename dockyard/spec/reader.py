@@ -90,6 +90,11 @@ _SECTION_FIELDS = {
 _KINDS = {"networks": "network", "volumes": "volume", "secrets": "secret", "configs": "config"}
 _TOP_LEVEL = ("stack", "services", *_SECTION_FIELDS)
 _STACK_EXAMPLE = '"shop"'
+# Compose's top-level keys, where our file has another.
+_FILE_HINTS = {
+    "name": 'did you mean "stack"? (Compose\'s project name is the stack)',
+    "version": "remove it; the file has no version",
+}
 
 
 @dataclass
@@ -197,7 +202,8 @@ class _Reader:
             self.fail(source, f'must be a mapping with a top-level "services" key, got {describe(data)}')
             return []
         # Top-level "x-" keys are free for YAML anchors to share settings between services, as in Compose.
-        self.issues.extend(unknown_fields({key: None for key in data if not str(key).startswith("x-")}, "", _TOP_LEVEL))
+        top_level = {key: None for key in data if not str(key).startswith("x-")}
+        self.issues.extend(unknown_fields(top_level, "", _TOP_LEVEL, _FILE_HINTS))
         self.stack = self.file_stack(data)
         for section in _SECTION_FIELDS:
             if section in data:

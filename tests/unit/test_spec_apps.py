@@ -415,6 +415,12 @@ SERVICE_ERRORS = [
 ]
 DOCUMENT_ERRORS = [
     document_case(
+        "compose-keys",
+        'name: shop\nversion: "3"\nservices: {web: {image: x}}',
+        'name: unknown field; did you mean "stack"? (Compose\'s project name is the stack)',
+        "version: unknown field; remove it; the file has no version",
+    ),
+    document_case(
         "top-stack-bad",
         "stack: My Shop\nservices: {web: {image: x}}",
         'stack: stack name must be lowercase letters, digits, "_" or "-", starting with a letter or digit, '
