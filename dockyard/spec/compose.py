@@ -861,7 +861,11 @@ class _Translator:
             health = self.mapping(body["healthcheck"], key_path(path, "healthcheck"), '{test: ["CMD", "true"]}')
             if health is not None:
                 self.keys(health, key_path(path, "healthcheck"), _HEALTH_KEYS, _HEALTH_KEYS)
-                ours["healthcheck"] = {key: _typed(value) for key, value in health.items() if key in _HEALTH_KEYS}
+                ours["healthcheck"] = {
+                    key: _typed(value) if key == "retries" else value
+                    for key, value in health.items()
+                    if key in _HEALTH_KEYS
+                }
         if "depends_on" in body:
             ours["depends_on"] = self.depends_on(body["depends_on"], key_path(path, "depends_on"))
         self.entrypoint_and_hostname(body, path, extras)

@@ -8,7 +8,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dockyard.spec.compose import load_compose, read_compose
+from dockyard.spec.compose import FORMAT_COMPOSE, FORMAT_DOCKYARD, detect_format, load_compose, read_compose
 from dockyard.spec.issues import SpecError
 
 # Keys from every level of a Compose file, so that random documents reach deep into the reader.
@@ -99,3 +99,13 @@ def test_any_yaml_text_reads_or_raises_spec_error(tmp_path: Path, document: obje
     except SpecError as exc:
         errors = exc.errors
     assert errors
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.one_of(documents, compose_like), st.sampled_from(["spec.yaml", "compose.yaml", "a/docker-compose.yml"]))
+def test_detection_always_decides(document: object, name: str) -> None:
+    file_format, reason = detect_format(document, name)
+    assert file_format in (FORMAT_COMPOSE, FORMAT_DOCKYARD)
+    assert reason
+    if name != "spec.yaml":
+        assert file_format == FORMAT_COMPOSE
