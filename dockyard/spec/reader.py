@@ -326,6 +326,14 @@ class _Reader:
                 continue
             where = key_path(section, key)
             if self.text(key, where) and (declared := self.declaration(section, key, body, where)) is not None:
+                first = next((k for k, d in self.declared[section].items() if d.name == declared.name), None)
+                if first is not None:
+                    self.fail(
+                        where,
+                        f"is named {quote(declared.name)} in the cluster, as {key_path(section, first)} is already; "
+                        "give each its own name",
+                    )
+                    continue
                 self.declared[section][key] = declared
 
     def declaration(self, section: str, key: str, body: object, path: str) -> _Declared | None:
@@ -410,13 +418,23 @@ class _Reader:
         self.fail(path, f"{what} is larger than {limit.shown}, the most a secret or config holds; make it smaller")
         return False
 
-    def resolve(self, section: str, name: str) -> str:
-        """The cluster-wide name a service's reference means: the declared object's, else the name as written."""
+    def resolve(self, section: str, name: str, path: str) -> str:
+        """The cluster-wide name a service's reference means: the declared object's, else the name as written.
+
+        A name the file does not declare but nearly does is most likely a typo, and is refused.
+        """
         declared = self.declared[section].get(name)
         if declared is not None:
             return declared.name
         if section == "networks" and name == stacks.DEFAULT_NETWORK and self.stack:
             return stacks.default_network(self.stack)
+        if (guess := closest(name, list(self.declared[section]))) is not None:
+            kind = _KINDS[section]
+            self.fail(
+                path,
+                f"{quote(name)} is not declared under the top-level {section}; did you mean {quote(guess)}? "
+                f"(a {kind} that exists outside the file is declared with external: true)",
+            )
         return name
 
     # --- Mounts, networks, secrets and configs -----------------------------------------------------------
@@ -469,8 +487,12 @@ class _Reader:
         else:
             self.fail(path, f"{MOUNT_SHAPE}, got {got(value)}")
             return None
-        declared = self.declared["volumes"].get(mount.source) if mount.type == pb.Mount.TYPE_VOLUME else None
-        if declared is not None:
+        if mount.type != pb.Mount.TYPE_VOLUME or not mount.source:
+            return mount
+        declared = self.declared["volumes"].get(mount.source)
+        if declared is None:
+            mount.source = self.resolve("volumes", mount.source, key_path(path, "source"))
+        else:
             mount.source = declared.name
             if not mount.volume_labels:
                 mount.volume_labels.update(declared.labels)
@@ -545,7 +567,7 @@ class _Reader:
                 continue
             if not self.text(item, where):
                 continue
-            name = self.resolve("networks", item)
+            name = self.resolve("networks", item, where)
             if self.passes(validation.object_name_issues(name, where, "network")) and self.passes(
                 names.claim(name, i, where)
             ):
@@ -603,7 +625,7 @@ class _Reader:
             return None
         if not self.text(source, where):
             return None
-        ref = pb.FileRef(name=self.resolve(section, source))
+        ref = pb.FileRef(name=self.resolve(section, source, where))
         if "target" in body:
             target = body["target"]
             if not isinstance(target, str):

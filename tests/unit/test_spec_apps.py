@@ -415,6 +415,29 @@ SERVICE_ERRORS = [
 ]
 DOCUMENT_ERRORS = [
     document_case(
+        "volume-typo",
+        "volumes: {db-data: {}}\nservices: {web: {image: x, mounts: ['db_data:/x']}}",
+        'services.web.mounts[0].source: "db_data" is not declared under the top-level volumes; did you mean '
+        '"db-data"? (a volume that exists outside the file is declared with external: true)',
+    ),
+    document_case(
+        "network-typo",
+        "networks: {front: {}}\nservices: {web: {image: x, networks: [frnt]}}",
+        'services.web.networks[0]: "frnt" is not declared under the top-level networks; did you mean "front"? '
+        "(a network that exists outside the file is declared with external: true)",
+    ),
+    document_case(
+        "secret-typo",
+        "secrets: {db_password: {external: true}}\nservices: {web: {image: x, secrets: [{source: db_pasword}]}}",
+        'services.web.secrets[0].source: "db_pasword" is not declared under the top-level secrets; did you mean '
+        '"db_password"? (a secret that exists outside the file is declared with external: true)',
+    ),
+    document_case(
+        "same-cluster-name",
+        "networks: {a1: {name: x1}, b1: {name: x1}}\nservices: {web: {image: x}}",
+        'networks.b1: is named "x1" in the cluster, as networks.a1 is already; give each its own name',
+    ),
+    document_case(
         "compose-keys",
         'name: shop\nversion: "3"\nservices: {web: {image: x}}',
         'name: unknown field; did you mean "stack"? (Compose\'s project name is the stack)',
