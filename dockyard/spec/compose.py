@@ -483,6 +483,8 @@ def _checked(deployment: Deployment, translator: _Translator, found: list[Issue]
     seen = {str(issue) for issue in found}
     issues = []
     for spec in deployment.specs:
+        if not spec.name:
+            continue
         for issue in validation.service_issues(spec):
             mapped = Issue(translator.compose_path(issue.path), issue.message)
             if str(mapped) not in seen:
@@ -636,7 +638,8 @@ class _Translator:
             extras = self.extras.get(short)
             if extras is not None:
                 spec.MergeFrom(extras)
-            if self.stack:
+            # A refused name is empty: that service is reported already and goes no further.
+            if self.stack and short:
                 spec.stack = self.stack
                 spec.name = stacks.scoped(self.stack, short)
                 self.renamed[service_path(spec.name)] = service_path(short)

@@ -522,6 +522,12 @@ services:
     assert dict(two.env) == {"A": "2"}
 
 
+def test_a_refused_service_name_is_reported_once(tmp_path: Path) -> None:
+    found = errors("services: {celery_worker: {image: x}, web: {image: y}}", tmp_path)
+    assert len(found) == 1
+    assert found[0].startswith('services.celery_worker: service name must be 1 to 63 lowercase letters, digits or "-"')
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
