@@ -24,6 +24,7 @@ from dockyard.spec import (
     validate_service,
 )
 from dockyard.spec.diff import spec_changes, spec_fields
+from dockyard.spec.reader import read_deployment
 from dockyard.spec.units import (
     MAX_BYTES,
     MAX_DURATION_SECONDS,
@@ -831,3 +832,95 @@ def test_constraint_checks_agree_with_the_quadratic_reference(texts: list[str]) 
             else:
                 found.append(f"{i}: does not parse")
     assert found == reference_conflicts(texts)
+
+
+mount_items = (
+    st.sampled_from(["data:/x", "/srv:/y:ro", "./rel:/z", "/anon", "a:b:c:d", "db-data:/x:z", "dat:/x"])
+    | st.fixed_dictionaries(
+        {},
+        optional={
+            "type": st.sampled_from(["volume", "bind", "tmpfs", "npipe"]) | yaml_scalars,
+            "source": st.sampled_from(["data", "/srv", ""]) | yaml_scalars,
+            "target": st.sampled_from(["/x", "x", "/", "/a/../b"]) | yaml_scalars,
+            "read_only": st.booleans() | yaml_scalars,
+            "labels": yaml_values,
+            "tmpfs": st.fixed_dictionaries({}, optional={"size": st.sampled_from(["64m", "lots", -1, 0])})
+            | yaml_values,
+        },
+    )
+    | yaml_values
+)
+file_items = (
+    st.sampled_from(["pw", "pwd", "cfg", ""])
+    | st.fixed_dictionaries(
+        {},
+        optional={
+            "source": st.sampled_from(["pw", "cfg"]) | yaml_scalars,
+            "target": st.sampled_from(["pw", "/etc/pw", "../x", "/x"]) | yaml_scalars,
+            "uid": st.sampled_from(["999", "x", -1, 0]) | yaml_scalars,
+            "mode": st.sampled_from([0o400, 0o1000, "0440", "0x"]) | yaml_scalars,
+        },
+    )
+    | yaml_values
+)
+app_fields = st.fixed_dictionaries(
+    {"image": st.just("x")},
+    optional={
+        "entrypoint": st.lists(yaml_scalars, max_size=3) | yaml_values,
+        "hostname": st.sampled_from(["db-1", "-x", "a..b"]) | yaml_values,
+        "mounts": st.lists(mount_items, max_size=3) | yaml_values,
+        "volumes": st.lists(mount_items, max_size=2),
+        "networks": st.lists(st.sampled_from(["front", "frnt", "default", "a"]) | yaml_scalars, max_size=3)
+        | yaml_values,
+        "secrets": st.lists(file_items, max_size=3) | yaml_values,
+        "configs": st.lists(file_items, max_size=2) | yaml_values,
+        "stack": st.sampled_from(["shop", "Shop", ""]) | yaml_scalars,
+    },
+)
+declarations = st.dictionaries(
+    st.sampled_from(["front", "data", "pw", "cfg", "default", "a"]),
+    st.none()
+    | st.fixed_dictionaries(
+        {},
+        optional={
+            "external": st.booleans() | yaml_scalars,
+            "name": st.sampled_from(["x1", "a", "front"]) | yaml_scalars,
+            "labels": yaml_values,
+            "internal": st.booleans() | yaml_scalars,
+            "file": st.sampled_from(["pw.txt", "missing.txt"]) | yaml_scalars,
+            "content": yaml_scalars,
+        },
+    )
+    | yaml_values,
+    max_size=3,
+)
+app_documents = st.fixed_dictionaries(
+    {"services": st.dictionaries(st.sampled_from(["web", "db"]), app_fields, min_size=1)},
+    optional={
+        "stack": st.sampled_from(["shop", "My Shop"]) | yaml_scalars,
+        "networks": declarations | yaml_values,
+        "volumes": declarations,
+        "secrets": declarations,
+        "configs": declarations,
+    },
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(app_documents)
+def test_the_new_keys_and_sections_only_ever_give_spec_errors(document: dict[str, Any]) -> None:
+    def read(name: str) -> bytes:
+        if name == "pw.txt":
+            return b"hunter2"
+        raise FileNotFoundError(2, "No such file or directory")
+
+    deployment, issues = read_deployment(document, "app.yaml", read)
+    for issue in issues:
+        assert issue.path and issue.message and "\n" not in str(issue)
+    if not issues:
+        # A valid file gives valid specs, all of the file's one stack, and extras named for it.
+        for spec in deployment.specs:
+            assert validate_service(spec) == []
+            assert spec.stack == deployment.stack
+        for made in (*deployment.networks, *deployment.volumes, *deployment.secrets, *deployment.configs):
+            assert made.name
