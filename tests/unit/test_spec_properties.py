@@ -922,5 +922,7 @@ def test_the_new_keys_and_sections_only_ever_give_spec_errors(document: dict[str
         for spec in deployment.specs:
             assert validate_service(spec) == []
             assert spec.stack == deployment.stack
-        for made in (*deployment.networks, *deployment.volumes, *deployment.secrets, *deployment.configs):
-            assert made.name
+        names = [made.name for made in deployment.networks]
+        names += [made.name for made in deployment.volumes]
+        names += [made.name for made in (*deployment.secrets, *deployment.configs)]
+        assert all(names)
