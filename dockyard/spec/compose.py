@@ -38,7 +38,7 @@ import os
 import re
 import shlex
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 from dockyard.constraints import ConstraintError, parse_constraint
@@ -499,6 +499,8 @@ class _Declared:
 
     name: str
     external: bool
+    # The labels the file gives it; a volume's are put on it by the agent that creates it.
+    labels: dict[str, str] = field(default_factory=dict)
 
 
 class _Translator:
@@ -685,9 +687,17 @@ class _Translator:
                 declared = self.declared(section, key, definition, path, known)
                 if declared is None:
                     continue
+                first = next((other for other, known in table.items() if known.name == declared.name), None)
+                if first is not None:
+                    self.fail(
+                        path,
+                        f"is named {quote(declared.name)} in the cluster, as {key_path(section, first)} is already; "
+                        "give each its own name",
+                    )
+                    continue
                 table[key] = declared
                 if not declared.external:
-                    self.create(section, declared.name, definition, path)
+                    declared.labels = self.create(section, declared.name, definition, path)
 
     def declared(
         self, section: str, key: str, definition: Mapping[object, object], path: str, known: set[str]
@@ -742,8 +752,8 @@ class _Translator:
                     )
         return _Declared(cluster, external)
 
-    def create(self, section: str, name: str, definition: Mapping[object, object], path: str) -> None:
-        """Adds the object the file declares to the request's extras."""
+    def create(self, section: str, name: str, definition: Mapping[object, object], path: str) -> dict[str, str]:
+        """Adds the object the file declares to the request's extras; returns its labels."""
         labels = self.labels(definition.get("labels"), key_path(path, "labels")) if "labels" in definition else {}
         if section == "networks":
             internal = definition.get("internal", False)
@@ -758,6 +768,7 @@ class _Translator:
             if data is not None:
                 target = self.secret_specs if section == "secrets" else self.config_specs
                 target.append(cpb.FileSpec(name=name, labels=labels, data=data))
+        return labels
 
     def file_data(self, section: str, definition: Mapping[object, object], path: str) -> bytes | None:
         """Reads a secret's or config's data from its file, environment variable or (configs) content."""
@@ -1345,9 +1356,26 @@ class _Translator:
             return None
         declared = self.volumes.get(source)
         if declared is None:
-            self.fail(source_path, f"volume {quote(source)} is not declared in the top-level volumes; add it there")
+            self.undeclared("volumes", source, source_path)
             return None
-        return pb.Mount(type=pb.Mount.TYPE_VOLUME, source=declared.name, target=target, read_only=read_only)
+        return pb.Mount(
+            type=pb.Mount.TYPE_VOLUME,
+            source=declared.name,
+            target=target,
+            read_only=read_only,
+            volume_labels=declared.labels,
+        )
+
+    def undeclared(self, section: str, name: str, path: str) -> None:
+        """Records a reference to a network, volume, secret or config the file does not declare (Compose refuses it)."""
+        table = {"networks": self.networks, "volumes": self.volumes, "secrets": self.secrets, "configs": self.configs}
+        guess = closest(name, sorted(table[section]))
+        advice = f"did you mean {quote(guess)}? Or declare" if guess else "declare"
+        self.fail(
+            path,
+            f"{section[:-1]} {quote(name)} is not declared in the top-level {section}; {advice} it there "
+            "(with external: true for one that exists outside the file)",
+        )
 
     def size(self, value: object, path: str) -> int | None:
         """Reads a size in Docker's units with the spec's own parser."""
@@ -1404,7 +1432,7 @@ class _Translator:
                 self.note(extras, "networks", at)
                 extras.networks.append(stacks.default_network(self.stack))
             else:
-                self.fail(at, f"network {quote(name)} is not declared in the top-level networks; add it there")
+                self.undeclared("networks", name, at)
 
     def file_refs(self, section: str, value: object, path: str, extras: pb.ServiceSpec) -> None:
         """Reads a service's secrets or configs, short (a name) or long (source, target, uid, gid, mode)."""
@@ -1455,10 +1483,7 @@ class _Translator:
                 continue
             declared = table.get(source)
             if declared is None:
-                self.fail(
-                    source_path,
-                    f"{section[:-1]} {quote(source)} is not declared in the top-level {section}; add it there",
-                )
+                self.undeclared(section, source, source_path)
                 continue
             ref.name = declared.name
             if not ref.target:

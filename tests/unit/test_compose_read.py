@@ -439,6 +439,23 @@ def test_undeclared_references_are_errors(tmp_path: Path) -> None:
     ]
 
 
+def test_a_near_miss_is_guessed_and_a_name_is_declared_once(tmp_path: Path) -> None:
+    found = errors("services: {web: {image: nginx, volumes: [dta:/data]}}\nvolumes: {data: }", tmp_path)
+    assert found == [
+        'services.web.volumes[0]: volume "dta" is not declared in the top-level volumes; did you mean "data"? '
+        "Or declare it there (with external: true for one that exists outside the file)"
+    ]
+    twice = errors("services: {web: {image: nginx}}\nvolumes: {a: {name: shared}, b: {name: shared}}", tmp_path)
+    assert twice == ['volumes.b: is named "shared" in the cluster, as volumes.a is already; give each its own name']
+
+
+def test_a_declared_volume_s_labels_go_on_its_mounts(tmp_path: Path) -> None:
+    web = spec(
+        "services: {web: {image: nginx, volumes: [data:/data]}}\nvolumes: {data: {labels: [backup=daily]}}", tmp_path
+    )
+    assert dict(web.mounts[0].volume_labels) == {"backup": "daily"}
+
+
 def test_mount_checks_use_the_spec_rules_on_compose_paths(tmp_path: Path) -> None:
     found = errors(
         "services: {web: {image: nginx, volumes: ['data:relative'], tmpfs: [/t:size=lots]}}\nvolumes: {data: }",
