@@ -14,7 +14,15 @@ from typing import Any
 import pytest
 from google.protobuf.duration_pb2 import Duration
 
-from dockyard.spec import SpecError, load_spec, load_spec_file, schema, spec_to_document, validate_service
+from dockyard.spec import (
+    SpecError,
+    load_deployment,
+    load_spec,
+    load_spec_file,
+    schema,
+    spec_to_document,
+    validate_service,
+)
 from dockyard.spec.reader import default_spec
 from dockyard.spec.validation import depends_on_issues
 from dockyard.v1 import types_pb2 as pb
@@ -570,3 +578,14 @@ def test_the_files_in_the_spec_docs_load() -> None:
     assert files
     for block in files:
         assert load_spec(block)
+
+
+def test_the_stack_files_in_the_spec_docs_load(tmp_path: Path) -> None:
+    text = (ROOT / "docs" / "spec.md").read_text(encoding="utf-8")
+    files = [block for block in re.findall(r"```yaml\n(.*?)```", text, re.S) if block.startswith("stack:")]
+    assert files
+    # The files their secrets and configs name, beside the spec.
+    for name in re.findall(r"file: \./([\w.-]+)", "".join(files)):
+        (tmp_path / name).write_text("example")
+    for block in files:
+        assert load_deployment(block, "spec.md", tmp_path).specs
