@@ -421,6 +421,8 @@ class DevCluster:
             self.join_address,
             "--state-dir",
             str(self.state_dir / CONTROLLER_DIR),
+            "--network-pool",
+            layout.NETWORK_POOL,
         ]
         if init:
             argv.append("--init")

@@ -21,6 +21,11 @@ HOST_OFFSET = 10
 MAX_HOSTS = 50
 # Docker's default bridge inside host hN; it lives in the host's own namespace, so clusters never collide.
 DOCKER_BIP = "172.30.{index}.1/24"
+# The controller's --network-pool: container subnets (one /24 per network and host). The default pool
+# (10.128.0.0/9) holds the hosts' own 10.213.0.0/16 link, whose addresses the agents' isolation rules would then
+# treat as another network's; this one is clear of it and of DOCKER_BIP. Container subnets exist only inside the
+# hosts' namespaces, so parallel clusters may share it.
+NETWORK_POOL = "10.214.0.0/16"
 # sun_path holds 108 bytes with the terminating NUL.
 UNIX_PATH_MAX = 107
 # The longest socket path dockerd's managed containerd makes under the exec root.

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import subprocess
 import sys
@@ -32,6 +33,13 @@ def test_names_carry_the_cluster_prefix_and_fit_in_ifnamsiz() -> None:
     assert layout.host_address(3, "h2") == "10.213.3.12"
     assert layout.bridge_address(3) == "10.213.3.1"
     assert layout.docker_bip("h7") == "172.30.7.1/24"
+
+
+def test_the_container_pool_is_clear_of_the_hosts_link_and_their_docker_bridges() -> None:
+    pool = ipaddress.ip_network(layout.NETWORK_POOL)
+    links = ipaddress.ip_network(f"{layout.SUBNET_BASE}.0.0/16")
+    bips = [ipaddress.ip_interface(layout.docker_bip(layout.host_name(i))).network for i in (1, layout.MAX_HOSTS)]
+    assert not any(pool.overlaps(other) for other in (links, *bips))
 
 
 @pytest.mark.parametrize("name", ["h0", "x1", "h01", "h", "H1"])
