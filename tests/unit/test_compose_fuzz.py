@@ -66,7 +66,7 @@ compose_like = st.fixed_dictionaries(
 VARIABLES = {"A": "1", "B": ""}
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.one_of(documents, compose_like), st.booleans())
 def test_any_document_reads_or_raises_spec_error(document: object, ignore: bool) -> None:
     errors: list[str] = []
@@ -85,7 +85,7 @@ def test_any_document_reads_or_raises_spec_error(document: object, ignore: bool)
 
 
 @settings(
-    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+    max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
 )
 @given(compose_like)
 def test_any_yaml_text_reads_or_raises_spec_error(tmp_path: Path, document: object) -> None:
