@@ -131,8 +131,8 @@ def test_a_target_differing_only_in_controller_settings_is_the_current_spec() ->
     refusal = rollback_target(service(3, 2, tuned), revisions, 2)
     assert isinstance(refusal, Issue)
     assert refusal.message.startswith(
-        "revision 2 of 'web' has the current spec (apart from replicas, update, rollback, restart, depends_on and "
-        "placement.rebalance)"
+        "revision 2 of 'web' has the current spec (apart from replicas, update, rollback, restart, depends_on, "
+        "placement.rebalance and stack)"
     )
 
 
