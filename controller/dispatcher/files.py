@@ -7,7 +7,8 @@ a changed task whose spec the agent has, to the first message of the batch: the 
 and a registry's credentials once per session (a full set starts over, as for specs), so an Assignments
 message carries exactly what the tasks it sends need and the agent does not hold yet, nothing any other
 node uses.
-What was offered and not attached is dropped once the session's messages are taken.
+What was offered and not attached is dropped once the session's messages are taken, except what tasks held
+at the network gate need: they are released later (NetworkPublisher.publish) without a new offer.
 """
 
 from __future__ import annotations
@@ -151,7 +152,16 @@ class SessionFiles:
             self.attach(assignments, spec)
         self.wanted = []
 
-    def taken(self) -> None:
-        """The pending messages were taken: the offer is spent (it never outlives the messages it was for)."""
-        self.offered = Offer()
+    def taken(self, held: Iterable[pb.ServiceSpec] = ()) -> None:
+        """The pending messages were taken: the offer is spent, but for what the `held` specs need (their tasks wait
+        for a network map and are then sent with no new offer; without it their agent would wait for the data)."""
+        kept = Offer()
+        for spec in held:
+            for key in file_keys(spec):
+                if key in self.offered.files:
+                    kept.files[key] = self.offered.files[key]
+            server = registry_of(spec.image)
+            if server in self.offered.auths:
+                kept.auths[server] = self.offered.auths[server]
+        self.offered = kept
         self.wanted = []

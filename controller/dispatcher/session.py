@@ -234,7 +234,7 @@ class AgentSession:
         if changes:
             self.files.attach_wanted(changes[0])
         out.extend(apb.ControllerMessage(assignments=a) for a in changes)
-        self.files.taken()
+        self.files.taken(spec for _, spec in self.held.values() if spec is not None)
         self._bytes = 0
         return out
 
