@@ -7,9 +7,12 @@ after they happen, a map only to the sessions whose map changed and a DNS delta 
 are store revisions, so they grow across sessions and controller restarts and an agent can ignore an older
 map or table.
 
-The gate (`covers`) is how an assigned task never reaches its agent before its subnet: a session holds back a
+The gate (`gate`) is how an assigned task never reaches its agent before its subnet: a session holds back a
 task the agent has not seen while its node lacks a subnet of one of its networks (see session.py), and every
-map published to a session is followed by releasing what it now covers, so the map is written first.
+map published to a session is followed by releasing what it now covers, so the map is written first. What
+counts is the map queued for the session, not the view: when the view already has the subnet but the
+session's map does not, the gate queues the session's map at once (ahead of the task) instead of letting
+the task wait for the publish window.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from controller.network.dns import DnsIndex, Records, dns_message
 from controller.network.maps import covers, network_map, participation, peer_host
 from controller.store.base import Action, Event, Kind, Store
 from dockyard.clock import Clock
+from dockyard.spec.stacks import networks_of
 from dockyard.v1 import agent_pb2 as apb
 from dockyard.v1 import types_pb2 as pb
 
@@ -119,14 +123,25 @@ class NetworkPublisher:
         self._maps_dirty = True
         self._wake.set()
 
-    def covers(self, node_id: str, task: pb.Task, spec: pb.ServiceSpec | None) -> bool:
-        """The session gate: whether the node has, in the view, a subnet of every network of the task's spec."""
+    def gate(self, session: AgentSession, task: pb.Task, spec: pb.ServiceSpec | None) -> bool:
+        """The session gate: whether the session's queued map has a subnet of every network of the task's spec.
+
+        When only the view has them yet, the session's map is queued now, so the task may follow it.
+        """
         del task
-        return covers(self._networks, node_id, spec)
+        if spec is None:
+            return True
+        needed = {name for name in networks_of(spec) if name in self._networks}
+        if needed <= session.map_networks:
+            return True
+        if not covers(self._networks, session.node_id, spec):
+            return False  # the network role has not given the subnet yet: a later map releases the task
+        self._send_map(session, {})
+        return True
 
     def greet(self, session: AgentSession) -> None:
         """Queues a session's whole map and DNS table, and fits it with the gate; call once the view is ready."""
-        session.gate = partial(self.covers, session.node_id)
+        session.gate = partial(self.gate, session)
         session.map_content = None
         self._send_map(session, {})
         session.dns(dns_message(self._published, self._published_version, full=True))
@@ -141,6 +156,7 @@ class NetworkPublisher:
             content = apb.NetworkMap(pool=message.pool, subnets=message.subnets).SerializeToString(deterministic=True)
             entry = built[names] = (message, content)
         session.network_map(*entry)
+        session.map_networks = names
 
     async def run(self) -> None:
         """Publishes what changed, at most one window after it changed, until cancelled."""

@@ -77,6 +77,7 @@ class AgentSession:
     held: dict[str, tuple[pb.Task, pb.ServiceSpec | None]] = field(default_factory=dict)
     greeted: bool = False  # given its full map and DNS table: deltas may follow
     map_content: bytes | None = None  # what the last map queued said (its subnets and pool), to send only news
+    map_networks: frozenset[str] = frozenset()  # the networks in which that map gives this node a subnet
     _map: apb.NetworkMap | None = None
     _dns: apb.DnsTable | None = None
 

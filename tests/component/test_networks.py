@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 
 import pytest
 
+from agent.agent import Agent
+from agent.runtime.base import HealthStatus
 from agent.testing.fleet import Fleet, FleetConfig, FleetJoin, SimAgent
 from controller.network.allocate import DEFAULT_POOL
 from dockyard.client import ApiError, Client
@@ -22,7 +25,7 @@ from dockyard.spec.stacks import CLUSTER_NETWORK
 from dockyard.timestamps import from_timestamp
 from dockyard.v1 import controller_pb2 as cpb
 from dockyard.v1 import types_pb2 as pb
-from tests.component.harness import FakeCluster
+from tests.component.harness import IMAGE, FakeCluster, HostUnderTest, running
 from tests.polling import eventually
 
 POOL = ipaddress.IPv4Network(DEFAULT_POOL)
@@ -158,3 +161,56 @@ async def test_network_api_and_refusals(fake_cluster: FakeCluster) -> None:
         removed = await client.remove_network("backend")
         assert removed.name == "backend"
         assert [n.name for n in await client.list_networks()] == [CLUSTER_NETWORK]
+
+
+async def test_real_agents_learn_a_name_when_its_task_turns_healthy_and_lose_it_when_unhealthy(
+    fake_cluster: FakeCluster,
+) -> None:
+    # Real agents (agent.Agent on fake runtimes): the worker reports the container's address, the agent's
+    # network manager keeps the DNS table its server answers from.
+    hosts = [await fake_cluster.start_agent(name) for name in ("h1", "h2")]
+    check = pb.HealthCheck(test=["CMD-SHELL", "probe-set-by-the-test"])
+    async with fake_cluster.client() as client:
+        await client.apply([pb.ServiceSpec(name="db", image=IMAGE, replicas=1, healthcheck=check)])
+
+        async def starting() -> list[pb.Task]:
+            # Its container runs and has its address; the task is not RUNNING until its health check passes.
+            tasks = await client.list_tasks(service="db")
+            started = [t for t in tasks if t.status.health.state == pb.TaskHealth.STATE_STARTING]
+            return started if started and started[0].status.addresses else []
+
+        (task,) = await eventually(starting, within=10, what="db running, its health starting, its address reported")
+        address = task.status.addresses[CLUSTER_NETWORK]
+        (cluster,) = [n for n in await client.list_networks() if n.name == CLUSTER_NETWORK]
+        assert ipaddress.IPv4Address(address) in ipaddress.IPv4Network(cluster.subnets[task.node_id])
+        name = "db.dockyard"
+        assert all(_agent(h).network.table.lookup(name) is None for h in hosts), "starting: not answered yet"
+
+        (host,) = [h for h in hosts if h.name == _hostname(await client.list_nodes(), task.node_id)]
+        (container,) = await running(host, "db")
+        healthy_at = datetime.now(UTC)
+        host.runtime.set_health(container.id, HealthStatus.HEALTHY)
+        want = (ipaddress.IPv4Address(address),)
+        await eventually(
+            lambda: _async(all(_agent(h).network.table.lookup(name) == want for h in hosts)),
+            within=5,
+            what="db answered by every agent",
+        )
+        ms = (datetime.now(UTC) - healthy_at).total_seconds() * 1000
+        print(f"\nDNS: a container turning healthy was answered by every agent within {ms:.0f} ms")
+
+        host.runtime.set_health(container.id, HealthStatus.UNHEALTHY)
+        await eventually(
+            lambda: _async(all(_agent(h).network.table.lookup(name) is None for h in hosts)),
+            within=5,
+            what="db no longer answered once unhealthy",
+        )
+
+
+def _agent(host: HostUnderTest) -> Agent:
+    assert host.agent is not None
+    return host.agent
+
+
+def _hostname(nodes: list[pb.Node], node_id: str) -> str:
+    return next(n.description.hostname for n in nodes if n.id == node_id)

@@ -188,3 +188,31 @@ async def test_a_session_greeted_before_a_publish_gets_the_delta_at_a_newer_vers
         (delta,) = [m.dns for m in sessions["n1"].take() if m.HasField("dns")]
         assert not delta.full and delta.version > greeting.version
         assert [(r.name, list(r.addresses)) for r in delta.records] == [("web.dockyard", ["10.128.0.2"])]
+
+
+async def test_a_task_whose_subnet_is_in_the_view_but_not_yet_sent_brings_its_map_along() -> None:
+    # The real controller's race: the subnet is committed, the task assigned, and the publish window not over.
+    async with SqliteStore(":memory:") as store:
+        net = pb.Network(id="net", name="dockyard")
+        spec = pb.ServiceSpec(name="web", image="img:1")
+        await store.commit([Put(net), Put(pb.Service(id="svc", name="web", revision=1, spec_revision=1, spec=spec))])
+        sessions = {"n1": AgentSession(node_id="n1", session_id="s", backlog=None)}
+        publisher = NetworkPublisher(store, FakeClock(), sessions, "10.128.0.0/9")
+        await publisher.load()
+        session = sessions["n1"]
+        publisher.greet(session)
+        session.take()
+        specs = {("svc", 1): spec}
+        session.on_task(task("early"), False, specs)
+        assert set(session.held) == {"early"} and session.take() == []  # no subnet anywhere yet: held
+
+        given = pb.Network(id="net", name="dockyard", subnets={"n1": "10.128.0.0/24"})
+        publisher.on_event(Event(store.revision + 1, Kind.NETWORK, Action.PUT, "net", given))
+        session.on_task(task("late"), False, specs)  # before any publish
+        messages = session.take()
+        assert kinds(messages) == ["network_map", "assignments"]
+        assert [s.subnet for s in messages[0].network_map.subnets] == ["10.128.0.0/24"]
+        assert [t.id for t in messages[1].assignments.tasks] == ["late"]
+        publisher.publish()  # the held one follows; the map is not sent twice
+        messages = session.take()
+        assert kinds(messages) == ["assignments"] and [t.id for t in messages[0].assignments.tasks] == ["early"]
