@@ -97,3 +97,17 @@ def test_format_option_overrides_detection(api: ApiInThread, tmp_path: Path) -> 
     stack_on_ours = dockyard(api, "plan", "-f", str(ours), "--format", "dockyard", "--stack", "x")
     assert stack_on_ours.exit_code == 1
     assert "--stack: applies to Compose files" in stack_on_ours.output
+
+
+@pytest.mark.parametrize(
+    "name", sorted(p.parent.name for p in CORPUS.glob("*/compose.yaml") if p.parent.name != "unsupported")
+)
+def test_every_corpus_file_is_a_request_the_controller_accepts(api: ApiInThread, tmp_path: Path, name: str) -> None:
+    path = copy_example(tmp_path, name)
+    # The monitoring stack uses an external secret, which must exist before the stack refers to it.
+    secret = tmp_path / "grafana-admin.txt"
+    secret.write_text("admin")
+    assert dockyard(api, "secret", "create", "grafana_admin", "-f", str(secret)).exit_code == 0
+    result = dockyard(api, "apply", "-f", str(path), "--dry-run", "--output", "json")
+    assert result.exit_code == 0, result.output
+    assert {row["action"] for row in json.loads(result.stdout)} == {"created"}
