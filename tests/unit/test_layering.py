@@ -1,8 +1,8 @@
 """Which code may import which, and what each package says it exports.
 
 * The agent is what every host installs: it never imports the controller.
-* The controller's roles (api, orchestrator, scheduler, dispatcher) never import each other's I/O. From the
-  controller they import only the shared modules (`controller.store`, `controller.errors`, `controller.ids`,
+* The controller's roles (api, orchestrator, scheduler, dispatcher, network) never import each other's I/O.
+  From the controller they import only the shared modules (`controller.store`, `controller.errors`, `controller.ids`,
   `controller.security`) and other roles' pure cores (PURE_CORES): the reconciler's and the scheduler's
   decisions, which the api runs as a dry run for `plan` and whose rollback rule it shares. A pure core does
   no I/O: it imports nothing but the standard library's pure parts, `dockyard` and other pure cores.
@@ -36,7 +36,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 PRODUCT = ("dockyard", "agent", "controller")
 PACKAGES = (*PRODUCT, "deploy")
-ROLES = ("api", "orchestrator", "scheduler", "dispatcher")
+ROLES = ("api", "orchestrator", "scheduler", "dispatcher", "network")
 # The command channel's interface and the hosts' images are shared as the store is: the dispatcher serves them,
 # the api uses them (an image push, a volume removal), controller.server wires the one into the other. The
 # volume records' rules (controller.volumes, pure) are shared by the scheduler, the dispatcher and the api.
@@ -69,6 +69,10 @@ PURE_CORES = tuple(
         "scheduler.reference",
         "scheduler.scorers",
         "scheduler.stack",
+        # Subnet allocation, maps and DNS records: the network role decides with them, the dispatcher sends them.
+        "network.allocate",
+        "network.dns",
+        "network.maps",
     )
 )
 # What a pure core may import besides dockyard and the other pure cores: no clock, no sockets, no files.
@@ -82,6 +86,7 @@ PURE_STDLIB = (
     "functools",
     "hashlib",
     "heapq",
+    "ipaddress",
     "itertools",
     "math",
     "typing",
