@@ -14,6 +14,7 @@ __all__ = [
     "ASSIGNMENTS_CHUNK_BYTES",
     "COMMIT_BATCH_STATUSES",
     "COMMIT_WINDOW_SECONDS",
+    "MAP_INTERVAL_SECONDS",
     "NETWORK_NAME_BYTES",
     "OUTBOX_BYTES",
     "PENDING_STATUSES_PER_NODE",
@@ -54,6 +55,11 @@ WRITE_STALL_SECONDS: Final = 10.0
 # them: a burst (a deploy's tasks turning healthy, many nodes joining) goes out as one message per session,
 # and a change still reaches every agent well within a second.
 PUBLISH_WINDOW_SECONDS: Final = 0.1
+
+# A change of other nodes' subnets (a node joined, left or got a subnet of a shared network) goes out to the
+# sessions at most this often, as every round sends each session its whole map; a subnet a task waits for
+# goes with the task at once instead (controller/dispatcher/networks.py, the gate).
+MAP_INTERVAL_SECONDS: Final = 1.0
 
 # A task's status may name at most this many networks with an address; the rest, and any entry that is not
 # an IPv4 address on a network name of sane length, are dropped.

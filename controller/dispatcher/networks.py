@@ -18,12 +18,13 @@ the task wait for the publish window.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Mapping
 from functools import partial
 
 import structlog
 
-from controller.dispatcher.bounds import PUBLISH_WINDOW_SECONDS
+from controller.dispatcher.bounds import MAP_INTERVAL_SECONDS, PUBLISH_WINDOW_SECONDS
 from controller.dispatcher.session import AgentSession
 from controller.network.dns import DnsIndex, Records, dns_message
 from controller.network.maps import covers, network_map, participation, peer_host
@@ -48,6 +49,7 @@ class NetworkPublisher:
         sessions: Mapping[str, AgentSession],
         pool: str,
         window: float = PUBLISH_WINDOW_SECONDS,
+        map_interval: float = MAP_INTERVAL_SECONDS,
     ) -> None:
         """Publishes to the live `sessions` (the dispatcher's own registry, by node id) the maps of `pool`."""
         self._store = store
@@ -66,6 +68,11 @@ class NetworkPublisher:
         # of later events) always has a higher version and no agent drops it as old news.
         self._published_version = 0
         self._maps_dirty = False
+        # Peers' map changes go out at most once per map interval: every round sends each session its whole map
+        # (71 KB at 1,000 nodes), so a wave of joins must not send them ten times a second. A task's own
+        # subnet never waits for it (see gate).
+        self._map_interval = map_interval
+        self._maps_due = 0.0
         self._wake = asyncio.Event()
 
     async def load(self) -> None:
@@ -159,9 +166,15 @@ class NetworkPublisher:
         session.map_networks = names
 
     async def run(self) -> None:
-        """Publishes what changed, at most one window after it changed, until cancelled."""
+        """Publishes what changed, at most one window after it changed (maps: one map interval), until cancelled."""
         while True:
-            await self._wake.wait()
+            if self._maps_dirty:
+                # Maps held back by the map interval: go when it is over, or sooner for DNS news.
+                with contextlib.suppress(TimeoutError):
+                    async with self._clock.timeout(max(0.0, self._maps_due - self._clock.monotonic())):
+                        await self._wake.wait()
+            else:
+                await self._wake.wait()
             await self._clock.sleep(self._window)
             self._wake.clear()
             self.publish()
@@ -169,11 +182,15 @@ class NetworkPublisher:
     def publish(self) -> None:
         """Sends every greeted session its changed map (then the tasks it lets through) and the DNS delta."""
         sessions = [s for s in self._sessions.values() if s.greeted and not s.closed.is_set()]
-        if self._maps_dirty:
+        if self._maps_dirty and self._clock.monotonic() >= self._maps_due:
             self._maps_dirty = False
+            self._maps_due = self._clock.monotonic() + self._map_interval
             built: dict[frozenset[str], tuple[apb.NetworkMap, bytes]] = {}
             for session in sessions:
                 self._send_map(session, built)
+        for session in sessions:
+            if session.held:
+                # Within the map interval too: the gate sends a session its own map when the view covers a task.
                 session.release_held()
         delta = self._dns.take_changes(self._published)
         self._published_version = self.revision

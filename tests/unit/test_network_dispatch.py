@@ -216,3 +216,45 @@ async def test_a_task_whose_subnet_is_in_the_view_but_not_yet_sent_brings_its_ma
         publisher.publish()  # the held one follows; the map is not sent twice
         messages = session.take()
         assert kinds(messages) == ["assignments"] and [t.id for t in messages[0].assignments.tasks] == ["early"]
+
+
+async def test_peer_changes_wait_for_the_map_interval_but_held_tasks_do_not() -> None:
+    async with SqliteStore(":memory:") as store:
+        net = pb.Network(id="net", name="dockyard", subnets={"n1": "10.128.0.0/24"})
+        spec = pb.ServiceSpec(name="web", image="img:1", networks=["back"])
+        back = pb.Network(id="back", name="back")
+        service = pb.Service(id="svc", name="web", revision=1, spec_revision=1, spec=spec)
+        await store.commit([Put(net), Put(back), Put(service)])
+        clock = FakeClock()
+        sessions = {"n1": AgentSession(node_id="n1", session_id="s", backlog=None)}
+        publisher = NetworkPublisher(store, clock, sessions, "10.128.0.0/9", map_interval=1.0)
+        await publisher.load()
+        session = sessions["n1"]
+        publisher.greet(session)
+        session.take()
+        publisher.publish()  # a round: the next map round is due a second later
+        session.on_task(task("t"), False, {("svc", 1): spec})
+        assert set(session.held) == {"t"}
+        revision = store.revision
+        # A peer joins (no hurry) and the network role gives n1 its subnet of `back` (a task waits for it).
+        grown = pb.Network(id="net", name="dockyard", subnets={"n1": "10.128.0.0/24", "n2": "10.128.1.0/24"})
+        publisher.on_event(Event(revision + 1, Kind.NETWORK, Action.PUT, "net", grown))
+        given = pb.Network(id="back", name="back", subnets={"n1": "10.128.2.0/24"})
+        publisher.on_event(Event(revision + 2, Kind.NETWORK, Action.PUT, "back", given))
+        publisher.publish()
+        messages = session.take()
+        assert kinds(messages) == ["network_map", "assignments"]  # its own map, whole, with the task
+        assert {(s.network, s.node_id) for s in messages[0].network_map.subnets} == {
+            ("dockyard", "n1"),
+            ("dockyard", "n2"),
+            ("back", "n1"),
+        }
+        # Another peer: its subnet waits for the interval, then goes.
+        more = pb.Network(id="net", name="dockyard", subnets={**grown.subnets, "n3": "10.128.3.0/24"})
+        publisher.on_event(Event(revision + 3, Kind.NETWORK, Action.PUT, "net", more))
+        publisher.publish()
+        assert session.take() == []
+        await clock.advance(1.0)
+        publisher.publish()
+        (late,) = session.take()
+        assert len(late.network_map.subnets) == 4
