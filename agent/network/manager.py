@@ -268,18 +268,29 @@ class NetworkManager:
 
     async def _ensure(self, network: LocalNetwork) -> None:
         try:
-            await self._runtime.ensure_network(
-                network.name,
-                str(network.subnet),
-                str(network.gateway),
-                network.bridge,
-                network.labels,
-                # Docker's NAT to the outside; cluster traffic is exempted by DOCKYARD-POSTROUTING.
-                masquerade=not network.internal,
-            )
-        except RuntimeFailure as exc:
-            raise NetworkNotReady(f"docker network {network.name} ({network.subnet}) not ready: {exc}") from exc
+            await self._make(network)
+        except RuntimeFailure:
+            # A network the map dropped may still hold this subnet ("Pool overlaps"): the controller gives a
+            # removed network's subnet to the next one, and the loop would remove the old Docker network only on
+            # its next pass, up to REPAIR_SECONDS later. Or a concurrent caller made this one meanwhile. Remove
+            # what is stale and unused now, and try once more.
+            await self._remove_stale(self.plan)
+            try:
+                await self._make(network)
+            except RuntimeFailure as exc:
+                raise NetworkNotReady(f"docker network {network.name} ({network.subnet}) not ready: {exc}") from exc
         self._ensured[network.name] = network
+
+    async def _make(self, network: LocalNetwork) -> None:
+        await self._runtime.ensure_network(
+            network.name,
+            str(network.subnet),
+            str(network.gateway),
+            network.bridge,
+            network.labels,
+            # Docker's NAT to the outside; cluster traffic is exempted by DOCKYARD-POSTROUTING.
+            masquerade=not network.internal,
+        )
 
     async def _remove_stale(self, current: HostPlan) -> list[str]:
         try:
