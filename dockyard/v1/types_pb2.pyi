@@ -1629,7 +1629,9 @@ class Secret(_message.Message):
     name: _builtins.str
     version: _builtins.int
     digest: _builtins.str
-    """"sha256:<hex>" of the data, so two can be compared without reading them"""
+    """"hmac-sha256:<hex>" of the data under a key derived from the controller's data key: two can be
+    compared without reading them, and it cannot be checked against guesses without that key.
+    """
     size: _builtins.int
     """bytes"""
     stack: _builtins.str
