@@ -9,11 +9,12 @@ from agent.runtime.base import ContainerSpec, MountKind, MountSpec, NetworkAttac
 from dockyard import labels
 from dockyard.spec import schema
 from dockyard.v1 import types_pb2 as pb
+from dockyard.volumes import VOLUME_MOUNT_TYPES, is_volume_mount
 
-# A spec's mount type -> the runtime's; an unset type is a named volume (the proto's default).
-_MOUNT_KINDS = {
-    pb.Mount.TYPE_UNSPECIFIED: MountKind.VOLUME,
-    pb.Mount.TYPE_VOLUME: MountKind.VOLUME,
+# A spec's mount type -> the runtime's; which types name a volume is dockyard.volumes' rule. A type missing
+# here (a newer controller's) is refused by the host policy (agent/policy.py) before any container is made.
+MOUNT_KINDS = {
+    **{kind: MountKind.VOLUME for kind in VOLUME_MOUNT_TYPES},
     pb.Mount.TYPE_BIND: MountKind.BIND,
     pb.Mount.TYPE_TMPFS: MountKind.TMPFS,
 }
@@ -78,8 +79,13 @@ def container_spec(
 
 
 def mount_spec(mount: pb.Mount) -> MountSpec:
-    """Returns the runtime's mount for a spec's: a VOLUME mount names the Docker volume by its cluster-wide name."""
-    kind = _MOUNT_KINDS.get(mount.type, MountKind.VOLUME)
+    """Returns the runtime's mount for a spec's: a VOLUME mount names the Docker volume by its cluster-wide name.
+
+    Raises ValueError for a mount type this agent does not know (the host policy refuses such a task first).
+    """
+    kind = MOUNT_KINDS.get(mount.type)
+    if kind is None:
+        raise ValueError(f"mount type {mount.type} of {mount.target!r} is not known to this agent")
     return MountSpec(
         kind=kind,
         source="" if kind is MountKind.TMPFS else mount.source,
@@ -90,8 +96,8 @@ def mount_spec(mount: pb.Mount) -> MountSpec:
 
 
 def volume_mounts(spec: pb.ServiceSpec) -> list[pb.Mount]:
-    """Returns the spec's mounts of named volumes, which the agent creates before the container."""
-    return [m for m in spec.mounts if _MOUNT_KINDS.get(m.type, MountKind.VOLUME) is MountKind.VOLUME]
+    """Returns the spec's mounts of named volumes, which the agent creates before the container (not anonymous ones)."""
+    return [m for m in spec.mounts if is_volume_mount(m)]
 
 
 def volume_labels(spec: pb.ServiceSpec, mount: pb.Mount) -> dict[str, str]:

@@ -17,7 +17,7 @@ import posixpath
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
-from agent.container_spec import port_protocol
+from agent.container_spec import MOUNT_KINDS, port_protocol
 from dockyard.limits import STATUS_TEXT_BYTES, truncate_text
 from dockyard.spec import schema
 from dockyard.spec.issues import Issue, index_path, key_path, quote, service_path
@@ -290,9 +290,19 @@ def _ports(spec: pb.ServiceSpec, policy: HostPolicy) -> Iterator[Issue]:
 
 
 def _mounts(spec: pb.ServiceSpec, policy: HostPolicy) -> Iterator[Issue]:
-    """Bind mounts: their host path must lie under an allowed directory; volumes and tmpfs stay in Docker."""
+    """Bind mounts: their host path must lie under an allowed directory; volumes and tmpfs stay in Docker.
+
+    A mount type this agent does not know (sent by a newer controller) is refused rather than guessed at.
+    """
     allowed = policy.settings()[BIND_PATHS.name]
     for index, mount in enumerate(spec.mounts):
+        if mount.type not in MOUNT_KINDS:
+            yield Issue(
+                key_path(index_path(key_path(service_path(spec.name), "mounts"), index), "type"),
+                f"mount type {mount.type} is not known to this agent; upgrade the agent on this host, or keep the "
+                f"service off it with a placement constraint",
+            )
+            continue
         if mount.type != pb.Mount.TYPE_BIND or policy.allows_bind(mount.source):
             continue
         path = key_path(index_path(key_path(service_path(spec.name), "mounts"), index), "source")

@@ -1,5 +1,5 @@
 """Which mounts of a spec name a volume: the one rule the scheduler, the controller's volume records and the
-API share (the agent maps mount types itself, in agent/container_spec.py)."""
+API and the agent share (agent/container_spec.py maps mount types to the runtime's with it)."""
 
 from __future__ import annotations
 

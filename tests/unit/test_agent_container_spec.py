@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
-from agent.container_spec import DEFAULT_STOP_GRACE, container_spec, stop_grace, volume_labels, volume_mounts
-from agent.runtime.base import MountSpec, NetworkAttachment
+import pytest
+
+from agent.container_spec import (
+    DEFAULT_STOP_GRACE,
+    container_spec,
+    mount_spec,
+    stop_grace,
+    volume_labels,
+    volume_mounts,
+)
+from agent.runtime.base import MountKind, MountSpec, NetworkAttachment
 from dockyard import labels
 from dockyard.spec import load_spec
 from dockyard.v1 import types_pb2 as pb
@@ -108,3 +117,14 @@ def test_only_named_volumes_are_created_and_our_labels_win_over_the_specs() -> N
         labels.MANAGED: "true",
         labels.VOLUME: "data",
     }
+
+
+def test_an_anonymous_volume_is_not_created_and_an_unknown_mount_type_is_not_a_volume() -> None:
+    spec = pb.ServiceSpec(name="cache")
+    anonymous = pb.Mount(type=pb.Mount.TYPE_VOLUME, target="/scratch")
+    newer = pb.Mount(type=pb.Mount.Type.ValueType(99), source="x", target="/x")
+    spec.mounts.extend([anonymous, newer, pb.Mount(source="data", target="/d")])
+    assert [m.source for m in volume_mounts(spec)] == ["data"], "dockyard.volumes.is_volume_mount decides"
+    assert mount_spec(anonymous) == MountSpec(MountKind.VOLUME, "", "/scratch")
+    with pytest.raises(ValueError, match="mount type 99 of '/x' is not known"):
+        mount_spec(newer)

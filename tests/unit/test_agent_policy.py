@@ -378,3 +378,14 @@ async def test_a_resumed_task_past_prepare_is_checked_again_before_create(tmp_pa
         assert fake.count("create") == 0
     finally:
         await strict.close()
+
+
+def test_a_mount_type_the_agent_does_not_know_is_refused_not_taken_for_a_volume() -> None:
+    spec = mounting(
+        pb.Mount(type=pb.Mount.TYPE_VOLUME, source="data", target="/d"),
+        pb.Mount(type=pb.Mount.Type.ValueType(99), source="x", target="/x"),
+    )
+    assert [str(issue) for issue in check(spec, HostPolicy())] == [
+        "services.web.mounts[1].type: mount type 99 is not known to this agent; upgrade the agent on this host, "
+        "or keep the service off it with a placement constraint"
+    ]
