@@ -8,23 +8,32 @@ the nonce (12 bytes) followed by the ciphertext and its tag. The associated data
 The store alone never holds the data in clear, so a copy of controller.db is not a copy of the secrets;
 a backup needs data.key too, and a store restored without it cannot be unsealed (the controller refuses
 to start then rather than make a new key beside data it can never open: Sealer.open's sealed_objects).
+
+A sealed object's digest (Secret.digest) is an HMAC-SHA256 under a second key derived from the data key
+(HKDF), not a plain hash: a plain hash of a password served by every API call could be checked against
+guesses offline. Two digests made by one controller compare as the data does.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 from pathlib import Path
 from typing import Final
 
 import structlog
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from controller.errors import StartupError
 from dockyard import pki
 
 __all__ = [
     "DATA_KEY_FILE",
+    "DIGEST_PREFIX",
     "KEY_BYTES",
     "NONCE_BYTES",
     "SealError",
@@ -38,6 +47,9 @@ log = structlog.get_logger()
 DATA_KEY_FILE: Final = "data.key"
 KEY_BYTES: Final = 32
 NONCE_BYTES: Final = 12
+DIGEST_PREFIX: Final = "hmac-sha256:"
+# HKDF's info for the digest key: a key for one purpose, never the sealing key itself.
+_DIGEST_INFO: Final = b"dockyard data digest v1"
 
 
 class SealError(Exception):
@@ -52,6 +64,7 @@ class Sealer:
         if len(key) != KEY_BYTES:
             raise ValueError(f"a data key is {KEY_BYTES} bytes, not {len(key)}")
         self._aead = AESGCM(key)
+        self._digest_key = HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=None, info=_DIGEST_INFO).derive(key)
 
     @classmethod
     def open(cls, state_dir: Path, *, sealed_objects: int = 0) -> Sealer:
@@ -85,6 +98,12 @@ class Sealer:
         """Returns data encrypted under a fresh nonce, bound to `what` (such as "secret:db_password")."""
         nonce = os.urandom(NONCE_BYTES)
         return nonce + self._aead.encrypt(nonce, data, what.encode())
+
+    def digest(self, data: bytes, what: str) -> str:
+        """Returns "hmac-sha256:<hex>" of data bound to `what`, under the key derived from the data key."""
+        context = what.encode()
+        message = len(context).to_bytes(4, "big") + context + data
+        return DIGEST_PREFIX + hmac.new(self._digest_key, message, hashlib.sha256).hexdigest()
 
     def unseal(self, sealed: bytes, what: str) -> bytes:
         """Returns the data sealed for `what`; SealError when it was sealed with another key or for another object."""

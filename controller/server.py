@@ -15,6 +15,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from controller.api import reflection
 from controller.api.bounds import SERVER_OPTIONS
+from controller.api.files import redigest_secrets
 from controller.api.handlers import add_agent_service, add_controller_api
 from controller.api.images import ImagePushes
 from controller.api.servicer import ControllerApi
@@ -249,6 +250,7 @@ class Controller:
         if self.sealer is None:
             sealed = [*await self.store.list_objects(Kind.SECRET), *await self.store.list_objects(Kind.REGISTRY)]
             self.sealer = Sealer.open(self.config.state_dir, sealed_objects=len(sealed))
+            await redigest_secrets(self.store, self.sealer)  # a store made when secret digests were plain sha256
         return self.sealer
 
     async def _network_role(self) -> NetworkRole:

@@ -9,7 +9,7 @@ from typing import Final, TypeVar
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from controller.api.files import digest_of, file_spec_issues, new_config, new_secret
+from controller.api.files import digest_of, file_spec_issues, new_config, new_secret, same_secret_data
 from controller.orchestrator.rollout import resumed
 from controller.sealing import Sealer
 from controller.store.base import Check, Kind, Op, Put, Store
@@ -218,7 +218,7 @@ def _declared_ops(
         issues.extend(file_spec_issues(file, path, "secret"))
         current_secret = view.secrets.get(name)
         if current_secret is not None:
-            if current_secret.digest != digest_of(file.data):
+            if sealer is not None and not same_secret_data(current_secret, file.data, sealer):
                 issues.append(Issue(path, _IMMUTABLE.format(what="secret", name=name)))
         elif sealer is not None:
             ops.append(Put(new_secret(file, stack, now, new_id, sealer), expect_version=0))

@@ -5,6 +5,11 @@ served: every response goes through public_secret / public_credential, which cle
 the dispatcher unseals them, for the agents whose tasks use them (controller.dispatcher.files). A config's
 data is not secret and is served by GetConfig.
 
+Digests: a secret's is Sealer.digest (an HMAC under a key derived from the data key: its data is sealed, so
+its digest must not let anyone check a guess); a config's is a plain sha256 of its data (digest_of), which
+the API serves anyway. The rule: a digest is keyed exactly when the data is sealed. FileData.digest copies
+the object's, and agents and the dispatcher use it only as an opaque "same data" key.
+
 Secrets and configs are immutable (rotate by a new name, as Swarm); removing one is refused while a service's
 spec refers to it, naming the services.
 """
@@ -22,8 +27,8 @@ import grpc
 from controller.api.bounds import Gate
 from controller.api.status import Context, abort, abort_invalid
 from controller.api.writes import commit_or_abort
-from controller.sealing import Sealer, registry_context, secret_context
-from controller.store.base import Delete, Kind, Put, Store
+from controller.sealing import DIGEST_PREFIX, Sealer, SealError, registry_context, secret_context
+from controller.store.base import ConflictError, Delete, Kind, Op, Put, Store
 from dockyard.clock import Clock
 from dockyard.images import DEFAULT_REGISTRY
 from dockyard.spec.issues import Issue, key_path
@@ -43,6 +48,8 @@ __all__ = [
     "normalize_server",
     "public_credential",
     "public_secret",
+    "redigest_secrets",
+    "same_secret_data",
     "users_of",
 ]
 
@@ -55,8 +62,41 @@ _PASSWORD_BYTES: Final = 8192
 
 
 def digest_of(data: bytes) -> str:
-    """Returns the digest a Secret or Config carries: "sha256:<hex>" of its data."""
+    """Returns the digest a Config carries: "sha256:<hex>" of its data (a secret's is Sealer.digest)."""
     return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def same_secret_data(secret: pb.Secret, data: bytes, sealer: Sealer) -> bool:
+    """True when `data` is the stored secret's data, by digest (a store made before keyed digests: by sha256)."""
+    if secret.digest.startswith(DIGEST_PREFIX):
+        return secret.digest == sealer.digest(data, secret_context(secret.name))
+    return secret.digest == digest_of(data)
+
+
+async def redigest_secrets(store: Store, sealer: Sealer) -> int:
+    """Replaces the plain sha256 digests of secrets stored before keyed digests; returns how many it replaced.
+
+    Each is recomputed from its sealed data; one that does not open keeps its digest (the dispatcher reports
+    it when a task needs it). A secret changed meanwhile is left for the next start.
+    """
+    ops: list[Op] = []
+    for secret in await store.list_objects(Kind.SECRET):
+        if not isinstance(secret, pb.Secret) or secret.digest.startswith(DIGEST_PREFIX):
+            continue
+        try:
+            data = sealer.unseal(secret.sealed, secret_context(secret.name))
+        except SealError:
+            continue
+        updated = pb.Secret()
+        updated.CopyFrom(secret)
+        updated.digest = sealer.digest(data, secret_context(secret.name))
+        ops.append(Put(updated, expect_version=secret.version))
+    if ops:
+        try:
+            await store.commit(ops)
+        except ConflictError:
+            return 0
+    return len(ops)
 
 
 def public_secret(secret: pb.Secret) -> pb.Secret:
@@ -108,7 +148,7 @@ def new_secret(spec: cpb.FileSpec, stack: str, now: datetime, new_id: Callable[[
         name=spec.name,
         labels=dict(spec.labels),
         created_at=to_timestamp(now),
-        digest=digest_of(spec.data),
+        digest=sealer.digest(spec.data, secret_context(spec.name)),
         size=len(spec.data),
         stack=_stack_of(spec.name, stack),
         sealed=sealer.seal(spec.data, secret_context(spec.name)),

@@ -34,7 +34,7 @@ def file_view(obj: pb.Secret | pb.Config) -> dict[str, Any]:
         "stack": obj.stack or None,
         "size": obj.size,
         "digest": obj.digest,
-        "short_digest": obj.digest.removeprefix("sha256:")[:12],
+        "short_digest": obj.digest.partition(":")[2][:12],  # without "sha256:" or "hmac-sha256:"
         "labels": dict(obj.labels),
         "created": created.isoformat() if created else None,
     }

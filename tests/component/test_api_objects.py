@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import grpc
 import pytest
 import structlog
 
+from controller.api.files import redigest_secrets
 from controller.errors import StartupError
 from controller.sealing import DATA_KEY_FILE, Sealer, secret_context
-from controller.store.base import Kind
+from controller.store.base import Kind, Put
 from dockyard.client import ApiError
 from dockyard.v1 import controller_pb2 as cpb
 from dockyard.v1 import controller_pb2_grpc as cpb_grpc
@@ -73,7 +75,11 @@ async def test_a_secret_is_stored_sealed_and_never_served(api: ApiUnderTest) -> 
     for answer in (created, *listed, removed):
         assert answer.sealed == b""
         assert SECRET not in answer.SerializeToString()
-    assert created.name == "db_password" and created.size == len(SECRET) and created.digest.startswith("sha256:")
+    assert created.name == "db_password" and created.size == len(SECRET)
+    # Keyed by the data key: a digest served to every caller cannot be checked against guesses offline.
+    assert created.digest.startswith("hmac-sha256:") and hashlib.sha256(SECRET).hexdigest() not in created.digest
+    key = Sealer.open(api.credentials_dir.parent / "pki")
+    assert created.digest == key.digest(SECRET, secret_context("db_password"))
     assert [s.name for s in listed] == ["db_password"]
     assert removed.id == created.id
     assert await api.store.get_object(Kind.SECRET, "db_password") is None
@@ -200,6 +206,58 @@ async def test_a_changed_secret_or_config_is_refused_as_immutable(api: ApiUnderT
         "new name",
         "configs[0]: config 'shop_nginx' exists with other data; configs are immutable: create it under a new name",
     ]
+
+
+async def legacy_secret(api: ApiUnderTest, name: str, data: bytes) -> pb.Secret:
+    """Stores a secret as a store made before keyed digests holds it: digest the plain sha256 of its data."""
+    sealer = Sealer.open(api.credentials_dir.parent / "pki")
+    sealed = sealer.seal(data, secret_context(name))
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    await api.store.commit([Put(pb.Secret(id="legacy", name=name, stack="shop", digest=digest, sealed=sealed))])
+    stored = await api.store.get_object(Kind.SECRET, name)
+    assert isinstance(stored, pb.Secret)
+    return stored
+
+
+async def test_a_secret_stored_with_a_plain_digest_is_still_compared_by_its_data(api: ApiUnderTest) -> None:
+    await legacy_secret(api, "shop_db_password", SECRET)
+    await apply(api, shop())  # the same data: no immutability refusal
+    details = await apply_refused(api, shop(secret=b"rotated"))
+    assert "secret 'shop_db_password' exists with other data" in details
+
+
+async def test_plain_digests_are_replaced_from_the_sealed_data(api: ApiUnderTest) -> None:
+    before = await legacy_secret(api, "shop_db_password", SECRET)
+    sealer = Sealer.open(api.credentials_dir.parent / "pki")
+    assert await redigest_secrets(api.store, sealer) == 1
+    after = await api.store.get_object(Kind.SECRET, "shop_db_password")
+    assert isinstance(after, pb.Secret)
+    assert after.digest == sealer.digest(SECRET, secret_context("shop_db_password"))
+    assert after.sealed == before.sealed and after.id == before.id
+    assert await redigest_secrets(api.store, sealer) == 0  # done once
+    await apply(api, shop())
+    assert "exists with other data" in await apply_refused(api, shop(secret=b"rotated"))
+
+
+async def test_a_controller_replaces_plain_secret_digests_at_start(tmp_path: Path) -> None:
+    cluster = FakeCluster(root=tmp_path)
+    await cluster.start_controller()
+    try:
+        assert cluster.controller is not None
+        async with cluster.client() as client:
+            created = await client.create_secret("pw", SECRET)
+        legacy = await cluster.controller.store.get_object(Kind.SECRET, "pw")
+        assert isinstance(legacy, pb.Secret)
+        legacy.digest = "sha256:" + hashlib.sha256(SECRET).hexdigest()
+        await cluster.controller.store.commit([Put(legacy)])
+        await cluster.stop_controller()
+        await cluster.start_controller()
+        async with cluster.client() as client:
+            [listed] = await client.list_secrets()
+        assert listed.digest == created.digest and listed.digest.startswith("hmac-sha256:")
+    finally:
+        await cluster.stop_controller()
+        await cluster.close()
 
 
 async def test_references_to_missing_objects_are_refused_naming_the_field(api: ApiUnderTest) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import stat
 from pathlib import Path
 
@@ -70,3 +71,14 @@ def test_a_damaged_key_file_stops_the_start(tmp_path: Path) -> None:
     (tmp_path / DATA_KEY_FILE).write_bytes(b"short")
     with pytest.raises(StartupError, match="not a data key"):
         Sealer.open(tmp_path)
+
+
+def test_a_digest_is_keyed_by_the_data_key_and_bound_to_the_object(tmp_path: Path) -> None:
+    sealer = Sealer.open(tmp_path / "a")
+    digest = sealer.digest(DATA, secret_context("pw"))
+    assert digest.startswith("hmac-sha256:") and len(digest) == len("hmac-sha256:") + 64
+    assert digest == Sealer.open(tmp_path / "a").digest(DATA, secret_context("pw"))  # stable across starts
+    assert hashlib.sha256(DATA).hexdigest() not in digest  # not a plain hash a guess can be checked against
+    assert digest != sealer.digest(DATA + b"!", secret_context("pw"))
+    assert digest != sealer.digest(DATA, secret_context("other"))
+    assert digest != Sealer.open(tmp_path / "b").digest(DATA, secret_context("pw"))  # another controller's key
