@@ -23,6 +23,7 @@ import ctypes.util
 import os
 import shutil
 import subprocess
+import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Final
@@ -111,6 +112,9 @@ class Files:
         self._check = check
         self._data: dict[FileKey, bytes] = {}
         self._tmpfs_problem: str | None = "not checked yet"
+        # ensure_tmpfs runs in worker threads (asyncio.to_thread), one per task being created: without the lock
+        # two tasks could both find no tmpfs and mount a second one over the first, hiding the files on it.
+        self._tmpfs_lock = threading.Lock()
 
     @property
     def root(self) -> Path:
@@ -118,7 +122,11 @@ class Files:
         return self._root
 
     def ensure_tmpfs(self) -> bool:
-        """Makes root a tmpfs (mounting one when it is not); False, logged, when it cannot."""
+        """Makes root a tmpfs (mounting one when it is not); False, logged, when it cannot. Thread-safe."""
+        with self._tmpfs_lock:
+            return self._ensure_tmpfs()
+
+    def _ensure_tmpfs(self) -> bool:
         try:
             self._root.mkdir(mode=0o700, parents=True, exist_ok=True)
             if not self._check(self._root):

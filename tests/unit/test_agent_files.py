@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import stat
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -252,3 +254,32 @@ async def test_data_stays_while_the_session_keeps_the_spec_for_a_later_task(tmp_
 
 def _read(path: Path) -> bytes:
     return path.read_bytes()
+
+
+async def test_two_tasks_at_once_mount_one_tmpfs_not_one_over_the_other(tmp_path: Path) -> None:
+    book = TaskBook(tmp_path / "tasks.pb")
+    mounted: list[Path] = []
+    checked = threading.Event()  # set when a check finds no tmpfs while a mount is under way
+    mounting = threading.Event()
+
+    def check(_: Path) -> bool:
+        if mounting.is_set():
+            checked.set()
+        return bool(mounted)
+
+    def mount(path: Path) -> None:
+        mounting.set()
+        # Give the other task's thread the chance to look while this mount is under way; with the lock it
+        # cannot, so this waits the (short) bound and goes on.
+        checked.wait(timeout=0.3)
+        mounted.append(path)
+        mounting.clear()
+
+    files = Files(tmp_path / "files", book, mount=mount, check=check)
+    message = assignments(("t-web", WEB), ("t-db", WEB), files=[secret("shop_db_password"), config("shop_nginx", b"x")])
+    book.apply(message)
+    files.take(message)
+    web, db = await asyncio.gather(files.mounts(with_spec(book, "t-web")), files.mounts(with_spec(book, "t-db")))
+    assert mounted == [tmp_path / "files"], "one tmpfs, mounted once"
+    assert not checked.is_set(), "nobody looked at the mount point while it was being mounted"
+    assert [Path(m.source).parent.name for m in web + db] == ["t-web", "t-web", "t-db", "t-db"]
