@@ -9,8 +9,9 @@ its volume; the web containers are shells.
 
 Every claim is checked where it is true or false: in the containers (`docker exec` through each host's own
 dockerd: nslookup, nc, cat), on each host's dockerd (containers counted per host), and on disk (every file of the
-cluster's state dir read for the secret's bytes). The DNS test prints how long a stopped task's address stayed
-in the answers (`-s` shows it).
+cluster's state dir read for the secret's bytes). Another stack's containers resolve the db's full name but
+cannot reach it (stacks are isolated). The DNS test prints how long a stopped task's address stayed in the
+answers (`-s` shows it); the module's teardown prints every measured time.
 """
 
 from __future__ import annotations
@@ -420,6 +421,20 @@ def test_an_image_the_controller_does_not_know_fails_with_the_reason_then_runs_o
     assert wait_for(failing, within=WITHIN, what="the pull failures, with the reason")
     assert push_from(apps, source, image) == {source: "present", **dict.fromkeys(others, "loaded")}
     runs_everywhere(apps, service, marker)
+
+    # Stacks are isolated: this stack's containers find shop's db by its full name (DNS is cluster-wide) but
+    # cannot reach it, neither on the db's host nor across hosts (shop's web containers can: the test above).
+    found = apps.db()
+    assert found is not None
+    db_host, db = found
+    db_address = db.addresses[NETWORK]
+    token = apps.sh(db_host, db, "cat /data/token").strip()
+    for host in (db_host, next(other for other in h.hosts if other != db_host)):
+        [container] = h.running(host, service)
+        answer = apps.sh(host, container, f"busybox nslookup db.{STACK}.dockyard.", check=False)
+        assert addresses_of(answer) == {db_address}
+        dialled = apps.sh(host, container, f"nc -w 1 {db_address} {DB_PORT} </dev/null; echo exit=$?", check=False)
+        assert token not in dialled and "exit=0" not in dialled, f"another stack reached db from {host}: {dialled!r}"
     h.cli("rm", service)
 
 
