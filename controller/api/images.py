@@ -19,6 +19,10 @@ nothing else of the caller's in flight. Once accepted, the push reads the caller
 it ends (at most DRAIN_PIECES more pieces), also when every target finished early (all had the image): gRPC
 ends a call badly for both sides (INTERNAL, and a GOAWAY for the whole connection) when the server finishes
 while requests are still arriving, so a caller stops sending as soon as every target is done.
+
+Every read of the caller's stream waits at most PUSH_CALLER_IDLE_SECONDS: a caller that stalls (sends no next
+piece) would otherwise hold one of the PUSHES_AT_ONCE slots for ever. The push then ends DEADLINE_EXCEEDED
+saying so, every target still loading fails with the same reason, and the slot is free.
 """
 
 from __future__ import annotations
@@ -36,13 +40,14 @@ from controller.api.status import Context, abort, abort_invalid
 from controller.commands import CommandCall, CommandFailed, CommandSender
 from controller.images import IMAGE_REFERENCE_BYTES, ImageRegistry
 from controller.store.base import Store
+from dockyard.clock import Clock, SystemClock
 from dockyard.limits import IMAGE_PIECE_BYTES, IMAGE_PIECES_IN_FLIGHT
 from dockyard.spec.issues import Issue, index_path
 from dockyard.v1 import agent_pb2 as apb
 from dockyard.v1 import controller_pb2 as cpb
 from dockyard.v1 import types_pb2 as pb
 
-__all__ = ["PUSHES_AT_ONCE", "PUSH_IDLE_SECONDS", "ImagePushes"]
+__all__ = ["PUSHES_AT_ONCE", "PUSH_CALLER_IDLE_SECONDS", "PUSH_IDLE_SECONDS", "ImagePushes"]
 
 log = structlog.get_logger("controller.api")
 
@@ -51,6 +56,10 @@ PUSHES_AT_ONCE: Final = 4
 
 # A target that answers nothing for this long fails (its Docker may take a while to load the last piece).
 PUSH_IDLE_SECONDS: Final = 300.0
+
+# A caller that sends no next piece for this long, while the push waits for one, ends the push (it holds a slot).
+# The CLI spools `docker save` to a file first and sends from it, so a healthy caller's gaps are far shorter.
+PUSH_CALLER_IDLE_SECONDS: Final = 120.0
 
 # The largest archive a push may announce (Docker images of tens of GB exist; beyond this, use a registry).
 MAX_ARCHIVE_BYTES: Final = 64 * 1024**3
@@ -96,6 +105,10 @@ class _Refused(Exception):
         self.issue = issue
 
 
+class _Stalled(Exception):
+    """The caller sent nothing for the idle timeout: the push ends, freeing its slot."""
+
+
 class ImagePushes:
     """Runs PushImage calls over the dispatcher's command channel."""
 
@@ -107,19 +120,26 @@ class ImagePushes:
         *,
         idle_timeout: float = PUSH_IDLE_SECONDS,
         at_once: int = PUSHES_AT_ONCE,
+        caller_idle: float = PUSH_CALLER_IDLE_SECONDS,
+        clock: Clock | None = None,
     ) -> None:
         self._store = store
         self._channel = channel
         self._registry = registry
         self._idle = idle_timeout
         self._slots = at_once
+        self._caller_idle = caller_idle
+        self._clock: Clock = clock or SystemClock()
         self._running = 0
 
     async def push(
         self, requests: AsyncIterator[cpb.PushImageRequest], context: Context
     ) -> AsyncIterator[cpb.PushImageProgress]:
         """Streams the archive to the targets; yields per-node progress, each node's last with done set."""
-        first = await anext(requests, None)
+        try:
+            first = await self._next(requests)
+        except _Stalled as exc:
+            await abort(context, grpc.StatusCode.DEADLINE_EXCEEDED, str(exc))
         if first is None:
             await abort_invalid(context, [Issue("image", "the stream is empty; its first message names the image")])
         issues = _first_issues(first)
@@ -207,17 +227,7 @@ class ImagePushes:
                     waiter.cancel()
                 if waiter.done() and not waiter.cancelled():
                     yield waiter.result().progress(total)
-            error = sender.exception() if sender.done() else None
-            if error is None or isinstance(error, _Refused):
-                await _drain(requests)
-            if isinstance(error, _Refused):
-                for target in targets:
-                    if not target.done:
-                        target.error = f"push refused: {error}"
-                        target.done = True
-                await abort_invalid(context, [error.issue])
-            if error is not None:
-                raise error
+            await self._end(sender.exception() if sender.done() else None, requests, targets, context)
         finally:
             sender.cancel()
             for target in targets:
@@ -233,6 +243,28 @@ class ImagePushes:
                 present=[t.node_id for t in targets if t.present],
                 failed={t.node_id: t.error for t in targets if t.error},
             )
+
+    async def _end(
+        self,
+        error: BaseException | None,
+        requests: AsyncIterator[cpb.PushImageRequest],
+        targets: list[_Target],
+        context: Context,
+    ) -> None:
+        """Ends the push as its sender ended: the caller drained unless it stalled; a refusal or stall aborts."""
+        if error is None or isinstance(error, _Refused):
+            await self._drain(requests)
+        if isinstance(error, _Refused | _Stalled):
+            reason = "refused" if isinstance(error, _Refused) else "cancelled"
+            for target in targets:
+                if not target.done:
+                    target.error = f"push {reason}: {error}"
+                    target.done = True
+            if isinstance(error, _Refused):
+                await abort_invalid(context, [error.issue])
+            await abort(context, grpc.StatusCode.DEADLINE_EXCEEDED, str(error))
+        if error is not None:
+            raise error
 
     async def _send(
         self,
@@ -252,7 +284,7 @@ class ImagePushes:
                 await changed.wait()
             if all(t.done for t in targets):
                 return  # nobody wants more: the caller's stream is left unread and ended by the call
-            request = await anext(requests, None)
+            request = await self._next(requests)
             if request is None:
                 raise _Refused(
                     Issue("last", f"the stream ended after {offset} of {first.total} bytes, with no last piece")
@@ -269,6 +301,26 @@ class ImagePushes:
                 except CommandFailed as exc:
                     target.call.fail(str(exc))  # its reader reports it
             index += 1
+
+    async def _next(self, requests: AsyncIterator[cpb.PushImageRequest]) -> cpb.PushImageRequest | None:
+        """The caller's next request (None at its end); _Stalled when none comes within the caller idle timeout."""
+        try:
+            async with self._clock.timeout(self._caller_idle):
+                return await anext(requests, None)
+        except TimeoutError:
+            raise _Stalled(
+                f"the caller sent nothing for {self._caller_idle:g} s while the push waited for its next piece; "
+                "the push is cancelled: check the connection and push again"
+            ) from None
+
+    async def _drain(self, requests: AsyncIterator[cpb.PushImageRequest]) -> None:
+        """Reads what the caller still sends, up to its end, DRAIN_PIECES pieces or a stall (module docstring)."""
+        for _ in range(DRAIN_PIECES):
+            try:
+                if await self._next(requests) is None:
+                    return
+            except _Stalled:
+                return
 
     async def _read(self, target: _Target, updates: asyncio.Queue[_Target], changed: asyncio.Event, image: str) -> None:
         """Follows one target's results: acks move it on, its done result (or failure) ends it."""
@@ -298,13 +350,6 @@ class ImagePushes:
             self._registry.add(target.node_id, image)
         updates.put_nowait(_snapshot(target))
         changed.set()
-
-
-async def _drain(requests: AsyncIterator[cpb.PushImageRequest]) -> None:
-    """Reads what the caller still sends, up to its end or DRAIN_PIECES pieces (see the module docstring)."""
-    for _ in range(DRAIN_PIECES):
-        if await anext(requests, None) is None:
-            return
 
 
 def _snapshot(target: _Target) -> _Target:

@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
+import grpc
 import pytest
 
-from controller.api.images import ImagePushes
+from controller.api.images import PUSH_CALLER_IDLE_SECONDS, ImagePushes
 from controller.commands import CommandFailed, NodeUnavailable
 from controller.images import ImageRegistry
 from controller.store.base import Put
 from controller.store.sqlite import SqliteStore
+from dockyard.clock import FakeClock
 from dockyard.limits import IMAGE_PIECES_IN_FLIGHT
 from dockyard.v1 import agent_pb2 as apb
 from dockyard.v1 import controller_pb2 as cpb
@@ -164,3 +166,79 @@ def test_a_bad_first_request_names_its_field(first: cpb.PushImageRequest, proble
     from controller.api.images import _first_issues
 
     assert any(str(issue).startswith(problem) for issue in _first_issues(first)), _first_issues(first)
+
+
+class Aborted(Exception):
+    pass
+
+
+class RecordingContext:
+    def __init__(self) -> None:
+        self.aborted: tuple[object, str] | None = None
+
+    async def abort(self, code: object, message: str) -> None:
+        self.aborted = (code, message)
+        raise Aborted(message)
+
+    async def abort_with_status(self, status: object) -> None:
+        self.aborted = (status.code, status.details)  # type: ignore[attr-defined]
+        raise Aborted(status.details)  # type: ignore[attr-defined]
+
+
+async def _stalled_after(pieces: int) -> AsyncIterator[cpb.PushImageRequest]:
+    """A caller that sends `pieces` of a longer archive, then nothing (its stream stays open)."""
+    yield cpb.PushImageRequest(image="app:1", image_id="sha256:ab", total=100, data=b"x" * 10)
+    for _ in range(1, pieces):
+        yield cpb.PushImageRequest(data=b"x" * 10)
+    await asyncio.Event().wait()
+    yield cpb.PushImageRequest()  # never reached
+
+
+@pytest.mark.parametrize("pieces", [1, 3])
+async def test_a_caller_that_stalls_ends_the_push_and_frees_its_slot(pieces: int) -> None:
+    clock = FakeClock()
+    async with SqliteStore(":memory:") as store:
+        await store.commit([Put(_node("a"))])
+        sender = FakeSender(offline=set())
+        pushes = ImagePushes(store, sender, ImageRegistry(), at_once=1, clock=clock)
+        context = RecordingContext()
+        seen: list[cpb.PushImageProgress] = []
+        reader = asyncio.create_task(_collect(pushes.push(_stalled_after(pieces), context), seen))  # type: ignore[arg-type]
+        await _settle()
+        a = sender.calls["a"]
+        for acked in range(1, pieces + 1):
+            a.results.put_nowait(apb.CommandResult(data=str(10 * acked).encode()))
+        await _settle()
+        assert len(a.sent) == pieces and not reader.done()
+        await clock.advance(PUSH_CALLER_IDLE_SECONDS - 1)
+        assert not reader.done(), "a caller within the idle timeout keeps its push"
+        await clock.advance(1)
+        with pytest.raises(Aborted):
+            await asyncio.wait_for(reader, 1.0)
+        assert context.aborted is not None
+        code, message = context.aborted
+        assert code == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert f"the caller sent nothing for {PUSH_CALLER_IDLE_SECONDS:g} s" in message and "push again" in message
+        assert a.closed, "the target's load is ended"
+        # The one slot is free again: the next push is accepted.
+        again = pushes.push(_requests(1), FakeContext())  # type: ignore[arg-type]
+        first = await asyncio.wait_for(anext(again), 1.0)
+        assert first.node_id == "a" and not first.done
+        await again.aclose()
+
+
+async def test_a_caller_that_never_sends_its_first_request_is_ended() -> None:
+    clock = FakeClock()
+
+    async def silent() -> AsyncIterator[cpb.PushImageRequest]:
+        await asyncio.Event().wait()
+        yield cpb.PushImageRequest()
+
+    async with SqliteStore(":memory:") as store:
+        pushes = ImagePushes(store, FakeSender(offline=set()), ImageRegistry(), clock=clock)
+        context = RecordingContext()
+        reader = asyncio.create_task(_collect(pushes.push(silent(), context), []))  # type: ignore[arg-type]
+        await clock.advance(PUSH_CALLER_IDLE_SECONDS)
+        with pytest.raises(Aborted):
+            await asyncio.wait_for(reader, 1.0)
+    assert context.aborted is not None and context.aborted[0] == grpc.StatusCode.DEADLINE_EXCEEDED
