@@ -26,6 +26,7 @@ from agent.runtime.base import (
     HealthStatus,
     ImageNotFound,
     NameConflict,
+    NotDockyards,
     RuntimeFailure,
     RuntimeUnavailable,
 )
@@ -426,7 +427,11 @@ class Worker:
         A preparer that is not ready yet raises RuntimeFailure: the loop retries, and the task stays PREPARING.
         """
         for mount in volume_mounts(task.spec):
-            await self._runtime.ensure_volume(mount.source, volume_labels(task.spec, mount))
+            try:
+                await self._runtime.ensure_volume(mount.source, volume_labels(task.spec, mount))
+            except NotDockyards as exc:
+                # Another tool's volume of that name: its data is never mounted. This host's fault; another may do.
+                raise _Rejected(pb.TASK_STATE_REJECTED, str(exc), cause=_HOST) from exc
         try:
             attachments = await self._networks.prepare(task)
             file_mounts = await self._files.mounts(task)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from dockyard.spec.schema import LABELS
 
 # Users may not set labels under this prefix (the spec's table reserves it), so these are always ours.
@@ -20,3 +22,12 @@ GENERATION = f"{PREFIX}generation"
 VOLUME = f"{PREFIX}volume"
 NETWORK = f"{PREFIX}network"
 STACK = f"{PREFIX}stack"
+
+
+def is_dockyards(object_labels: Mapping[str, str]) -> bool:
+    """Tells whether a Docker volume or network carrying these labels is Dockyard's (MANAGED), so it may be reused.
+
+    One of another tool's (`docker compose` names its networks `<project>_default`, as a stack's are) is never
+    reused, recreated or removed by the runtime: the agent refuses it and says so.
+    """
+    return object_labels.get(MANAGED) == "true"

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
+from dockyard.labels import MANAGED
+
 
 @dataclass(frozen=True)
 class PortBinding:
@@ -226,6 +228,27 @@ class NetworkInUse(RuntimeFailure):
     """The network cannot be removed or recreated: a container is still attached to it."""
 
 
+class NotDockyards(RuntimeFailure):
+    """A volume or network of the name asked for exists on the host but is not Dockyard's (labels.is_dockyards).
+
+    ensure_volume and ensure_network raise it rather than mount someone else's data or remove their network.
+    """
+
+
+# What the operator can do about another tool's object of a name Dockyard needs: the runtimes' one wording.
+_FOREIGN_FIXES = {
+    "network": "remove or rename it",
+    "volume": "remove or rename it on this host, or keep the service off this host with a placement constraint",
+}
+
+
+def not_dockyards(kind: str, name: str) -> NotDockyards:
+    """The refusal of another tool's "volume" or "network", naming it and what the host's operator can do."""
+    return NotDockyards(
+        f"{kind} {name} exists on this host and is not Dockyard's (no {MANAGED} label); {_FOREIGN_FIXES[kind]}"
+    )
+
+
 class ContainerRuntime(Protocol):
     """The operations the agent needs from a container engine; every call is idempotent where it can be."""
 
@@ -270,7 +293,10 @@ class ContainerRuntime(Protocol):
         ...
 
     async def ensure_volume(self, name: str, labels: Mapping[str, str]) -> VolumeInfo:
-        """Creates the local volume unless it exists (an existing one keeps its labels and data)."""
+        """Creates the local volume unless it exists (an existing one keeps its labels and data).
+
+        An existing one that is not Dockyard's (dockyard.labels.is_dockyards) raises NotDockyards: never mounted.
+        """
         ...
 
     async def list_volumes(self, labels: Mapping[str, str]) -> list[VolumeInfo]:
@@ -287,7 +313,8 @@ class ContainerRuntime(Protocol):
         """Creates a bridge network on `subnet` with that gateway and bridge interface unless it exists as such.
 
         One of that name with another subnet, gateway or bridge is recreated when no container is attached
-        to it, else NetworkInUse is raised. `masquerade` False turns off Docker's NAT for traffic leaving it.
+        to it, else NetworkInUse is raised. One of that name that is not Dockyard's (dockyard.labels.is_dockyards)
+        is neither reused nor removed: NotDockyards. `masquerade` False turns off Docker's NAT for traffic leaving it.
         """
         ...
 

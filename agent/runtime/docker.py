@@ -38,8 +38,10 @@ from agent.runtime.base import (
     RuntimeUnavailable,
     VolumeInfo,
     VolumeInUse,
+    not_dockyards,
 )
 from dockyard.images import DEFAULT_REGISTRY, registry_of
+from dockyard.labels import is_dockyards
 
 # aiodocker reports a failed connection as a DockerError with this pseudo HTTP status.
 _CONNECTION_FAILED = 900
@@ -485,11 +487,22 @@ class DockerRuntime:
             await _close_quietly(client)
 
     async def ensure_volume(self, name: str, labels: Mapping[str, str]) -> VolumeInfo:
-        """Creates the local volume unless it exists (Docker's create returns an existing one as it is)."""
+        """Creates the local volume unless it exists; raises NotDockyards for an existing one that is not Dockyard's."""
+        try:
+            with _mapped_errors(_Errors(not_found=_Missing)):
+                existing = await (await self._volumes().get(name)).show()
+        except _Missing:
+            existing = None
+        if existing is not None and not is_dockyards(existing.get("Labels") or {}):
+            raise not_dockyards("volume", name)
         with _mapped_errors():
+            # Docker's create returns an existing volume as it is, even one another tool made meanwhile.
             volume = await self._volumes().create({"Name": name, "Driver": "local", "Labels": dict(labels)})
             data = await volume.show()
-        return VolumeInfo(str(data["Name"]), dict(data.get("Labels") or {}))
+        found = dict(data.get("Labels") or {})
+        if found != dict(labels) and not is_dockyards(found):
+            raise not_dockyards("volume", name)
+        return VolumeInfo(str(data["Name"]), found)
 
     async def list_volumes(self, labels: Mapping[str, str]) -> list[VolumeInfo]:
         """Returns the volumes carrying all the given labels, by name."""
@@ -511,8 +524,14 @@ class DockerRuntime:
     async def ensure_network(
         self, name: str, subnet: str, gateway: str, bridge: str, labels: Mapping[str, str], masquerade: bool
     ) -> NetworkInfo:
-        """Creates the bridge network unless one of that name has this subnet, gateway, bridge and NAT."""
+        """Creates the bridge network unless one of that name has this subnet, gateway, bridge and NAT.
+
+        One of that name that is not Dockyard's (`docker compose` names its networks as a stack's are) is
+        neither reused nor removed: NotDockyards.
+        """
         existing = await self._network(name)
+        if existing is not None and not is_dockyards(existing.get("Labels") or {}):
+            raise not_dockyards("network", name)
         if existing is not None:
             info = _network_info(existing)
             if (info.subnet, info.gateway, info.bridge, _masquerades(existing)) == (

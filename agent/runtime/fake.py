@@ -75,8 +75,10 @@ from agent.runtime.base import (
     RuntimeUnavailable,
     VolumeInfo,
     VolumeInUse,
+    not_dockyards,
 )
 from dockyard.images import normalize_image
+from dockyard.labels import is_dockyards
 
 DEFAULT_FACTS = HostFacts(
     hostname="fake-host",
@@ -378,13 +380,16 @@ class FakeRuntime:
             yield archive[offset : offset + _SAVE_CHUNK]
 
     async def ensure_volume(self, name: str, labels: Mapping[str, str]) -> VolumeInfo:
-        """Creates the volume unless it exists; an existing one keeps its labels and files."""
+        """Creates the volume unless it exists; an existing one keeps its labels and files; NotDockyards if not ours."""
         await self._serve("ensure_volume", name)
         if not _VALID_VOLUME_NAME.match(name):
             raise RuntimeFailure(
                 f'create {name}: "{name}" includes invalid characters for a local volume name, '
                 "only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed"
             )
+        existing = self._volumes.get(name)
+        if existing is not None and not is_dockyards(existing.labels):
+            raise not_dockyards("volume", name)
         volume = self._volumes.setdefault(name, _Volume(dict(labels)))
         return VolumeInfo(name, dict(volume.labels))
 
@@ -410,7 +415,10 @@ class FakeRuntime:
     async def ensure_network(
         self, name: str, subnet: str, gateway: str, bridge: str, labels: Mapping[str, str], masquerade: bool
     ) -> NetworkInfo:
-        """Creates the bridge network unless it exists as asked; recreates one that differs when unused."""
+        """Creates the bridge network unless it exists as asked; recreates one that differs when unused.
+
+        One that is not Dockyard's is neither reused nor recreated: NotDockyards.
+        """
         await self._serve("ensure_network", name, subnet)
         try:
             network = ipaddress.IPv4Network(subnet)
@@ -421,6 +429,8 @@ class FakeRuntime:
         if len(bridge) > _MAX_INTERFACE_NAME:
             raise RuntimeFailure(f"bridge name {bridge!r} is longer than {_MAX_INTERFACE_NAME} characters")
         existing = self._networks.get(name)
+        if existing is not None and not is_dockyards(existing.info.labels):
+            raise not_dockyards("network", name)
         if existing is not None:
             info = existing.info
             if (info.subnet, info.gateway, info.bridge) == (str(network), gateway, bridge):

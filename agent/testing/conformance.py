@@ -50,6 +50,7 @@ from agent.runtime.base import (
     NameConflict,
     NetworkAttachment,
     NetworkInUse,
+    NotDockyards,
     PortBinding,
     RegistryAuth,
     RuntimeEvent,
@@ -57,6 +58,7 @@ from agent.runtime.base import (
     RuntimeUnavailable,
     VolumeInUse,
 )
+from dockyard import labels as dockyard_labels
 
 __all__ = [
     "DEADLINE",
@@ -257,8 +259,12 @@ class RuntimeConformance(abc.ABC):
 
     @contextlib.asynccontextmanager
     async def _trial(self) -> AsyncIterator[_Trial]:
-        """Opens a runtime for one check and removes every container the check made."""
-        labels = {RUN_LABEL: uuid.uuid4().hex}
+        """Opens a runtime for one check and removes every container the check made.
+
+        The labels mark what the check makes as Dockyard's (dockyard.labels.MANAGED), as the agent marks its own:
+        a runtime reuses only such volumes and networks.
+        """
+        labels = {RUN_LABEL: uuid.uuid4().hex, dockyard_labels.MANAGED: "true"}
         async with self.open_runtime() as runtime:
             try:
                 yield _Trial(runtime, labels, self.image)
@@ -599,6 +605,21 @@ class RuntimeConformance(abc.ABC):
             with _raises(RuntimeFailure):
                 await runtime.ensure_volume("no spaces/allowed", trial.labels)
 
+    async def test_another_tools_volume_is_never_reused(self) -> None:
+        """ensure_volume() of a name another tool's volume has (no MANAGED label) raises NotDockyards, naming it."""
+        async with self._trial() as trial:
+            runtime = trial.runtime
+            name = _unique("dy-test-vol")
+            theirs = {RUN_LABEL: trial.labels[RUN_LABEL], "com.docker.compose.project": "shop"}
+            made = await runtime.ensure_volume(name, theirs)  # a new volume takes whatever labels it is given
+            try:
+                with _raises(NotDockyards) as caught:
+                    await runtime.ensure_volume(name, trial.labels)
+                assert str(caught.value).startswith(f"volume {name} exists on this host and is not Dockyard's")
+                assert await runtime.list_volumes({RUN_LABEL: trial.labels[RUN_LABEL]}) == [made], "left as it was"
+            finally:
+                await runtime.remove_volume(name)
+
     async def test_volume_data_outlives_its_container_and_removal_waits_for_the_last_user(self) -> None:
         """What a container writes to a volume, the next container sees; remove_volume refuses while any mounts it."""
         async with self._trial() as trial:
@@ -769,6 +790,28 @@ class RuntimeConformance(abc.ABC):
             assert not isinstance(caught.value, ContainerNotFound)
             assert f"network {name} not found" in str(caught.value)
             assert (await runtime.inspect(orphan)).state is ContainerState.CREATED
+
+    async def test_another_tools_network_is_neither_reused_nor_removed(self) -> None:
+        """ensure_network() of a name another tool's network has (`docker compose` names them `<project>_default`)
+        raises NotDockyards, whether its settings match or differ, and the network stays as it was."""
+        async with self._trial() as trial:
+            runtime = trial.runtime
+            name, bridge = _unique("dy-test-net"), f"dky-f{trial.labels[RUN_LABEL][:8]}"
+            subnet, gateway = _test_subnet(trial.labels[RUN_LABEL], 7)
+            other_subnet, other_gateway = _test_subnet(trial.labels[RUN_LABEL], 8)
+            theirs = {RUN_LABEL: trial.labels[RUN_LABEL], "com.docker.compose.network": "default"}
+            made = await runtime.ensure_network(name, subnet, gateway, bridge, theirs, False)
+            try:
+                for asked_subnet, asked_gateway in ((subnet, gateway), (other_subnet, other_gateway)):
+                    with _raises(NotDockyards) as caught:
+                        await runtime.ensure_network(name, asked_subnet, asked_gateway, bridge, trial.labels, False)
+                    assert str(caught.value) == (
+                        f"network {name} exists on this host and is not Dockyard's "
+                        f"(no {dockyard_labels.MANAGED} label); remove or rename it"
+                    )
+                assert await runtime.list_networks({RUN_LABEL: trial.labels[RUN_LABEL]}) == [made], "not recreated"
+            finally:
+                await runtime.remove_network(name)
 
     # --- daemon outages ---------------------------------------------------------------------------
 

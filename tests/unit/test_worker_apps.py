@@ -35,7 +35,9 @@ class ScriptedNetworks:
         self.prepared.append(task.id)
         if not self.ready:
             raise RuntimeFailure("network dockyard has no subnet on this node yet")
-        await self.fake.ensure_network(DOCKER_NETWORK, "10.128.3.0/24", "10.128.3.1", "dky-0a1b2c3d", {}, False)
+        await self.fake.ensure_network(
+            DOCKER_NETWORK, "10.128.3.0/24", "10.128.3.1", "dky-0a1b2c3d", {labels.MANAGED: "true"}, False
+        )
         return Attachments((NetworkAttachment(DOCKER_NETWORK),), ("10.128.3.1",), ("dockyard",))
 
     def network_name(self, docker_name: str) -> str | None:
@@ -104,6 +106,28 @@ async def test_a_named_volume_is_created_with_its_labels_and_outlives_the_contai
     rig.assign(*_split(with_mounts(again, mount)))
     await rig.eventually(lambda: rig.state("t2") == pb.TASK_STATE_COMPLETE, "t2 complete, its grep found the data")
     assert rig.fake.volume_files("shop_db-data") == {"f": "kept\n"}
+
+
+async def test_another_tools_volume_of_the_name_is_never_mounted_and_the_task_moves(
+    tmp_path: Path, rigs: list[Rig]
+) -> None:
+    rig = make_rig(tmp_path)
+    rigs.append(rig)
+    await rig.fake.ensure_volume("shop_db-data", {"com.docker.compose.project": "shop"})
+    mount = pb.Mount(type=pb.Mount.TYPE_VOLUME, source="shop_db-data", target="/data")
+    rig.assign(*_split(with_mounts(make_task(), mount)))
+    await rig.eventually(lambda: rig.state("t1") == pb.TASK_STATE_REJECTED, "t1 rejected")
+    await rig.quiet()
+
+    status = rig.status("t1")
+    assert status.error == (
+        f"volume shop_db-data exists on this host and is not Dockyard's (no {labels.MANAGED} label); remove or "
+        "rename it on this host, or keep the service off this host with a placement constraint"
+    )
+    assert status.cause == pb.TaskStatus.CAUSE_HOST, "another host may run it"
+    assert "create" not in [call[0] for call in rig.fake.calls], "no container mounts the stranger's data"
+    [volume] = await rig.fake.list_volumes({})
+    assert volume.labels == {"com.docker.compose.project": "shop"}, "left as it was"
 
 
 def _split(task: pb.Task) -> tuple[pb.Task, list[apb.ServiceRevisionSpec]]:
