@@ -74,6 +74,7 @@ class Agent:
             dns=DnsServer(NameTable(), clock=self.clock) if host_network is not None else None,
             state_dir=config.state_dir,
             clock=self.clock,
+            book=self.book,
         )
         self.images = Images(runtime, self.clock)
         self.files = Files(config.files_dir or config.state_dir / FILES_DIR, self.book, clock=self.clock)

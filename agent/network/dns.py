@@ -8,9 +8,12 @@ know to the container's `dns` servers from the container's own address; that wor
 Answers:
 * `<name>.dockyard` in the table: its A records (TTL `TTL_SECONDS`); AAAA and other types: no data.
 * Any other `.dockyard` name: NXDOMAIN, at once.
-* A bare name (`db`): resolved within the querying container's stack. Docker writes `options ndots:0`,
-  so glibc asks the bare name first and musl (Alpine) never tries the search list at all; the query's
-  source address tells which local network, and so which stack, it came from.
+* A bare name (`db`): resolved within the querying container's stack only (`db.<stack>.dockyard`, or
+  `db.dockyard` for a container of no stack), never another stack's. Docker writes `options ndots:0`, so
+  glibc asks the bare name first and musl (Alpine) never tries the search list at all; the query's source
+  address tells which local network it came from, and the local tasks on that network (their specs' stack,
+  or the asking container's own address when stacks share the network) which stack: `asking_stack`. When
+  that cannot be told exactly, NXDOMAIN.
 * `name.more` not under `.dockyard` but present as `name.more.dockyard` (the `dockyard` search domain, for
   resolvers that skip it): that record.
 * Anything else: forwarded to the host's resolvers (/etc/resolv.conf); a bare name that is not ours is
@@ -37,10 +40,11 @@ from dnslib import QTYPE, RCODE, RR, A, DNSError, DNSRecord
 from agent.network.plan import DNS_PORT
 from dockyard.clock import Clock, SystemClock
 from dockyard.logs import Throttle
-from dockyard.spec.stacks import DNS_DOMAIN, SEPARATOR
+from dockyard.spec.stacks import DNS_DOMAIN, networks_of, qualified_dns_name
 from dockyard.v1 import agent_pb2 as apb
+from dockyard.v1 import types_pb2 as pb
 
-__all__ = ["TTL_SECONDS", "DnsServer", "NameTable", "Resolver", "upstream_servers"]
+__all__ = ["TTL_SECONDS", "DnsServer", "LocalTask", "NameTable", "Resolver", "asking_stack", "upstream_servers"]
 
 log = structlog.get_logger()
 
@@ -116,23 +120,38 @@ class NameTable:
         )
 
 
-def stacks_of_network(network: str) -> list[str]:
-    """The stacks a network's name could belong to (`my_shop_default` -> ["my_shop", "my"]), longest first.
+@dataclass(frozen=True)
+class LocalTask:
+    """A task of this node as the DNS server needs it: its spec and its addresses (cluster network -> IPv4)."""
 
-    A stack's network is `<stack>_<name>` and both parts may contain `_`, so every split is a candidate;
-    the table decides which one names a service.
+    spec: pb.ServiceSpec
+    addresses: Mapping[str, str]
+
+
+def asking_stack(network: str, source: IPv4Address, tasks: Iterable[LocalTask]) -> str | None:
+    """The stack of the container asking from `source` on local network `network` ("": none); None if unknown.
+
+    A network's name does not tell its stack (`my_shop_default` may be stack `my`'s or `my_shop`'s, and a
+    stack may join another's network or the cluster network), so the local tasks on it decide: the task whose
+    address is `source`, else the one stack all the network's local tasks belong to.
     """
-    parts = network.split(SEPARATOR)
-    return [SEPARATOR.join(parts[:i]) for i in range(len(parts) - 1, 0, -1)]
+    stacks: set[str] = set()
+    for task in tasks:
+        if network not in networks_of(task.spec):
+            continue
+        if task.addresses.get(network) == str(source):
+            return task.spec.stack
+        stacks.add(task.spec.stack)
+    return stacks.pop() if len(stacks) == 1 else None
 
 
 class Resolver:
     """Turns a query into an answer from the table, or says it must be forwarded; pure, no sockets."""
 
-    def __init__(self, table: NameTable, network_of: Callable[[IPv4Address], str | None]) -> None:
+    def __init__(self, table: NameTable, stack_of: Callable[[IPv4Address], str | None]) -> None:
         self._table = table
-        # Which local network an address is on (by subnet), for bare names; None: not a container of ours.
-        self._network_of = network_of
+        # The stack of the container at a source address ("": none), for bare names; None: cannot be told.
+        self._stack_of = stack_of
 
     def answer(self, query: DNSRecord, source: IPv4Address | None) -> DNSRecord | None:
         """The reply to `query` from `source`, or None when the name is not ours to answer (forward it)."""
@@ -157,17 +176,13 @@ class Resolver:
     def _find(self, name: str, source: IPv4Address | None) -> tuple[IPv4Address, ...] | None:
         if name.endswith(_SUFFIX):
             return self._table.lookup(name)
-        candidates: list[str] = []
-        if "." not in name and name and source is not None:
-            network = self._network_of(source)
-            if network is not None:
-                candidates += [f"{name}.{stack}{_SUFFIX}" for stack in stacks_of_network(network)]
-        candidates.append(f"{name}{_SUFFIX}")
-        for candidate in candidates:
-            found = self._table.lookup(candidate)
-            if found is not None:
-                return found
-        return None
+        if "." in name:
+            return self._table.lookup(f"{name}{_SUFFIX}")  # `db.shop`, for resolvers that skip the search list
+        if not name or source is None:
+            return None
+        stack = self._stack_of(source)
+        # Only the asker's own stack: never another stack's service, nor a name outside the stack.
+        return None if stack is None else self._table.lookup(qualified_dns_name(name, stack))
 
 
 def upstream_servers(resolv_conf: str, exclude: Iterable[IPv4Address] = ()) -> list[tuple[str, int]]:
@@ -227,7 +242,9 @@ class DnsServer:
         self._socket = socket_factory
         self._listeners: dict[IPv4Address, _Listener] = {}
         self._networks: dict[IPv4Network, str] = {}
-        self.resolver = Resolver(table, self._network_of)
+        # Which local tasks there are, to tell a bare name's stack (asking_stack); the NetworkManager sets it.
+        self.local_tasks: Callable[[], Iterable[LocalTask]] = tuple
+        self.resolver = Resolver(table, self._stack_of)
         self._upstreams = upstreams or (
             lambda: upstream_servers(_read_resolv_conf(resolv_conf), exclude=self._listeners)
         )
@@ -237,8 +254,9 @@ class DnsServer:
         """The addresses it listens on now."""
         return sorted(self._listeners)
 
-    def _network_of(self, address: IPv4Address) -> str | None:
-        return next((name for subnet, name in self._networks.items() if address in subnet), None)
+    def _stack_of(self, address: IPv4Address) -> str | None:
+        network = next((name for subnet, name in self._networks.items() if address in subnet), None)
+        return None if network is None else asking_stack(network, address, self.local_tasks())
 
     async def listen_on(self, addresses: Iterable[IPv4Address], networks: Mapping[IPv4Network, str]) -> list[str]:
         """Listens on exactly these addresses; `networks` maps local subnets to network names. Returns failures."""

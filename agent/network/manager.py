@@ -25,10 +25,11 @@ from typing import Final, Protocol
 import structlog
 from google.protobuf.message import DecodeError
 
-from agent.network.dns import DnsServer, NameTable
+from agent.network.dns import DnsServer, LocalTask, NameTable
 from agent.network.plan import NETWORK_LABEL, HostPlan, LocalNetwork, empty_plan, plan
 from agent.preparers import Attachments
 from agent.runtime.base import NetworkAttachment, NetworkInfo, NetworkInUse, RuntimeFailure
+from agent.task_book import TaskBook
 from dockyard import labels
 from dockyard.clock import Clock, SystemClock
 from dockyard.logs import Throttle
@@ -97,12 +98,16 @@ class NetworkManager:
         state_dir: Path | None = None,
         clock: Clock | None = None,
         repair_seconds: float = REPAIR_SECONDS,
+        book: TaskBook | None = None,
     ) -> None:
+        """`book` (this node's tasks) tells the DNS server the stack of a container asking a bare name."""
         self._runtime = runtime
         self._node_id = node_id
         self._host = host
         self.table = dns.table if dns is not None else NameTable()
         self._dns = dns
+        if dns is not None and book is not None:
+            dns.local_tasks = lambda: local_tasks(book)
         self._state_dir = state_dir
         self._clock: Clock = clock or SystemClock()
         self._repair = repair_seconds
@@ -330,3 +335,13 @@ class NetworkManager:
     def dns_addresses(self) -> Sequence[IPv4Address]:
         """Where the DNS server should listen now (the local gateways)."""
         return self.plan.dns_addresses
+
+
+def local_tasks(book: TaskBook) -> list[LocalTask]:
+    """The book's tasks whose spec is known, with the addresses the worker last reported for them."""
+    found: list[LocalTask] = []
+    for task in book:
+        spec = book.spec_of(task)
+        if spec is not None:
+            found.append(LocalTask(spec, task.status.addresses))
+    return found

@@ -109,9 +109,12 @@ def networks_of(spec: pb.ServiceSpec) -> tuple[str, ...]:
 
 def dns_name(spec: pb.ServiceSpec) -> str:
     """The name service discovery answers for the service: `<short>.<stack>.dockyard`, or `<name>.dockyard`."""
-    if spec.stack:
-        return f"{short(spec.stack, spec.name)}.{spec.stack}.{DNS_DOMAIN}"
-    return f"{spec.name}.{DNS_DOMAIN}"
+    return qualified_dns_name(short(spec.stack, spec.name), spec.stack)
+
+
+def qualified_dns_name(name: str, stack: str) -> str:
+    """The full DNS name of `name` as seen from within `stack`: `<name>.<stack>.dockyard`, or `<name>.dockyard`."""
+    return f"{name}.{stack}.{DNS_DOMAIN}" if stack else f"{name}.{DNS_DOMAIN}"
 
 
 def dns_search(spec: pb.ServiceSpec) -> tuple[str, ...]:

@@ -31,6 +31,7 @@ from agent.network.dns import DnsServer, NameTable
 from agent.network.host import HostNetwork
 from agent.network.manager import NetworkManager
 from agent.runtime.docker import DockerRuntime
+from agent.task_book import TaskBook
 from dockyard.v1 import agent_pb2 as apb
 from dockyard.v1 import types_pb2 as pb
 from tests.conftest import require_docker
@@ -171,6 +172,8 @@ async def test_containers_on_two_dockerds_resolve_and_reach_each_other_by_networ
 ) -> None:
     managers: dict[str, NetworkManager] = {}
     runtimes: dict[str, DockerRuntime] = {}
+    # Each host's tasks, from which its DNS server tells the stack of a container asking a bare name.
+    books = {host: TaskBook(hosts.root / f"{host}-tasks.pb") for host in HOSTS}
     try:
         for host in HOSTS:
             runtimes[host] = DockerRuntime(hosts.url(host))
@@ -178,7 +181,9 @@ async def test_containers_on_two_dockerds_resolve_and_reach_each_other_by_networ
             dns = DnsServer(
                 NameTable(), socket_factory=lambda kind, path=path: create_socket(path, socket.AF_INET, kind, flags=0)
             )
-            managers[host] = NetworkManager(runtimes[host], host, host=HostNetwork(netns=hosts.ns(host)), dns=dns)
+            managers[host] = NetworkManager(
+                runtimes[host], host, host=HostNetwork(netns=hosts.ns(host)), dns=dns, book=books[host]
+            )
             managers[host].update_map(network_map())
             assert await managers[host].reconcile() == []
 
@@ -187,6 +192,7 @@ async def test_containers_on_two_dockerds_resolve_and_reach_each_other_by_networ
                 name=f"{stack}_{name}" if stack else name, stack=stack, image=test_image, command=["sleep", "300"]
             )
             task = pb.Task(id=f"{host}{name}{stack}".ljust(12, "0"), service_name=spec.name, slot=1, spec=spec)
+            books[host].upsert(task)
             attached = await managers[host].prepare(task)
             made = container_spec(
                 task, host, networks=attached.networks, dns=attached.dns, dns_search=attached.dns_search

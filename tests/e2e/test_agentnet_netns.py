@@ -29,10 +29,11 @@ import pytest
 from dnslib import RCODE, DNSRecord
 from pyroute2.netns import create_socket
 
-from agent.network.dns import DnsServer, NameTable
+from agent.network.dns import DnsServer, LocalTask, NameTable
 from agent.network.host import HostNetwork
 from agent.network.plan import HOOKS, VXLAN_DEVICE, bridge_name, gateway_of, plan
 from dockyard.v1 import agent_pb2 as apb
+from dockyard.v1 import types_pb2 as pb
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or any(shutil.which(t) is None for t in ("ip", "nsenter", "iptables", "busybox")),
@@ -230,6 +231,8 @@ async def test_dns_server_in_a_namespace_answers_containers_and_follows_deltas(l
     server = DnsServer(
         table, upstreams=lambda: [], socket_factory=lambda kind: create_socket(lab.ns("h1"), socket.AF_INET, kind)
     )
+    # The container is a task of no stack on the cluster network: its bare names are `<name>.dockyard`.
+    server.local_tasks = lambda: [LocalTask(pb.ServiceSpec(name="app"), {})]
     gateway = gateway_of(IPv4Network(SUBNETS[("dockyard", "h1")]))
     try:
         assert await server.listen_on([gateway], {IPv4Network(SUBNETS[("dockyard", "h1")]): "dockyard"}) == []

@@ -11,8 +11,17 @@ from dnslib import QTYPE, RCODE, DNSRecord
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.network.dns import TTL_SECONDS, DnsServer, NameTable, Resolver, stacks_of_network, upstream_servers
+from agent.network.dns import (
+    TTL_SECONDS,
+    DnsServer,
+    LocalTask,
+    NameTable,
+    Resolver,
+    asking_stack,
+    upstream_servers,
+)
 from dockyard.v1 import agent_pb2 as apb
+from dockyard.v1 import types_pb2 as pb
 
 LOOPBACK = IPv4Address("127.0.0.1")
 
@@ -60,9 +69,38 @@ def test_bad_records_are_skipped_and_named() -> None:
     assert names(t, "ok.dockyard") == {"ok.dockyard": ["10.0.0.1"]}
 
 
-def test_stacks_of_network_every_split_longest_first() -> None:
-    assert stacks_of_network("my_shop_default") == ["my_shop", "my"]
-    assert stacks_of_network("dockyard") == []
+def spec(name: str, stack: str = "", *networks: str) -> pb.ServiceSpec:
+    return pb.ServiceSpec(name=f"{stack}_{name}" if stack else name, stack=stack, networks=networks)
+
+
+# This node's tasks: stack shop on shop_default, stack my_shop on my_shop_default, a service of no stack on the
+# cluster network, and on the shared network `shop_public` stack shop's web and stack my_shop's api (joined as an
+# external network), told apart by their addresses.
+LOCAL = [
+    LocalTask(spec("web", "shop", "shop_default", "shop_public"), {"shop_public": "10.128.9.2"}),
+    LocalTask(spec("api", "my_shop", "my_shop_public"), {}),
+    LocalTask(spec("web", "my_shop"), {}),
+    LocalTask(spec("api", "my_shop", "shop_public"), {"shop_public": "10.128.9.3"}),
+    LocalTask(spec("cron"), {}),
+]
+SUBNETS = {
+    IPv4Network("10.128.3.0/24"): "shop_default",
+    IPv4Network("10.128.0.0/24"): "dockyard",
+    IPv4Network("10.128.8.0/24"): "my_shop_default",
+    IPv4Network("10.128.9.0/24"): "shop_public",
+}
+
+
+def test_the_asking_stack_is_the_local_tasks_on_the_network_or_the_asking_containers_own() -> None:
+    source = IPv4Address("10.128.8.7")
+    assert asking_stack("my_shop_default", source, LOCAL) == "my_shop", "not `my`, whatever the name suggests"
+    assert asking_stack("shop_default", IPv4Address("10.128.3.2"), LOCAL) == "shop"
+    assert asking_stack("dockyard", IPv4Address("10.128.0.2"), LOCAL) == "", "the cluster network: no stack"
+    # Two stacks share shop_public: only the container's own address tells, and an unknown one tells nothing.
+    assert asking_stack("shop_public", IPv4Address("10.128.9.2"), LOCAL) == "shop"
+    assert asking_stack("shop_public", IPv4Address("10.128.9.3"), LOCAL) == "my_shop"
+    assert asking_stack("shop_public", IPv4Address("10.128.9.4"), LOCAL) is None
+    assert asking_stack("elsewhere", source, LOCAL) is None, "no task of ours on it"
 
 
 def resolver() -> Resolver:
@@ -73,16 +111,17 @@ def resolver() -> Resolver:
             True,
             db__shop__dockyard=["10.128.3.5"],
             db__dockyard=["10.128.0.7"],
+            db__my__dockyard=["10.128.7.7"],
             web__my_shop__dockyard=["10.128.8.2"],
             api__dockyard=["10.128.0.9", "10.128.1.9"],
         )
     )
-    subnets = {
-        IPv4Network("10.128.3.0/24"): "shop_default",
-        IPv4Network("10.128.0.0/24"): "dockyard",
-        IPv4Network("10.128.8.0/24"): "my_shop_back",
-    }
-    return Resolver(t, lambda a: next((n for s, n in subnets.items() if a in s), None))
+
+    def stack_of(address: IPv4Address) -> str | None:
+        network = next((n for s, n in SUBNETS.items() if address in s), None)
+        return None if network is None else asking_stack(network, address, LOCAL)
+
+    return Resolver(t, stack_of)
 
 
 def ask(r: Resolver, name: str, source: str = "10.128.3.2", qtype: str = "A") -> tuple[int, list[str]] | None:
@@ -98,11 +137,19 @@ def test_answers_names_bare_names_by_stack_and_forwards_the_rest() -> None:
     assert ask(r, "API.Dockyard.") == (RCODE.NOERROR, ["10.128.0.9", "10.128.1.9"])
     assert ask(r, "gone.dockyard") == (RCODE.NXDOMAIN, [])
     assert ask(r, "api.dockyard", qtype="AAAA") == (RCODE.NOERROR, [])  # the name exists, no IPv6
-    # A bare name resolves within the asking container's stack, then outside any stack.
+    # A bare name resolves within the asking container's stack only.
     assert ask(r, "db", source="10.128.3.2") == (RCODE.NOERROR, ["10.128.3.5"])
-    assert ask(r, "db", source="10.128.0.2") == (RCODE.NOERROR, ["10.128.0.7"])
+    assert ask(r, "db", source="10.128.0.2") == (RCODE.NOERROR, ["10.128.0.7"]), "no stack: db.dockyard"
     assert ask(r, "web", source="10.128.8.3") == (RCODE.NOERROR, ["10.128.8.2"])
     assert ask(r, "web", source="10.128.3.2") == (RCODE.NXDOMAIN, [])  # another stack's: not found, not leaked
+    # Stack my_shop has no db: neither stack my's db.my.dockyard nor the stackless db.dockyard answers.
+    assert ask(r, "db", source="10.128.8.3") == (RCODE.NXDOMAIN, [])
+    assert ask(r, "api", source="10.128.3.2") == (RCODE.NXDOMAIN, []), "not the stackless api.dockyard either"
+    # On a shared network the asker's own address decides; an address no task of ours has gets nothing.
+    assert ask(r, "db", source="10.128.9.2") == (RCODE.NOERROR, ["10.128.3.5"])
+    assert ask(r, "web", source="10.128.9.3") == (RCODE.NOERROR, ["10.128.8.2"])
+    assert ask(r, "db", source="10.128.9.4") == (RCODE.NXDOMAIN, [])
+    assert ask(r, "db", source="192.0.2.1") == (RCODE.NXDOMAIN, []), "not from a network of ours"
     # `dockyard` as a search domain, for resolvers that do not search: db.shop -> db.shop.dockyard.
     assert ask(r, "db.shop", source="192.0.2.1") == (RCODE.NOERROR, ["10.128.3.5"])
     assert ask(r, "example.com") is None  # forwarded

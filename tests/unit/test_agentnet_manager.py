@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-from ipaddress import IPv4Network
+from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
 import pytest
+from dnslib import RCODE, DNSRecord
 
+from agent.network.dns import DnsServer, NameTable
 from agent.network.manager import DNS_FILE, MAP_FILE, NetworkManager, NetworkNotReady
 from agent.network.plan import NETWORK_LABEL, HostPlan, bridge_name
 from agent.preparers import Attachments
 from agent.runtime.base import NetworkAttachment, NetworkInUse
 from agent.runtime.fake import FakeRuntime
+from agent.task_book import TaskBook
 from dockyard import labels
 from dockyard.v1 import agent_pb2 as apb
 from dockyard.v1 import types_pb2 as pb
@@ -146,3 +149,28 @@ def test_dns_updates_reach_the_table() -> None:
         apb.DnsTable(version=1, full=True, records=[apb.DnsRecord(name="web.dockyard", addresses=["10.128.0.2"])])
     )
     assert [str(a) for a in manager.table.lookup("web.dockyard") or ()] == ["10.128.0.2"]
+
+
+async def test_the_dns_server_tells_a_bare_names_stack_from_the_book_of_this_nodes_tasks(tmp_path: Path) -> None:
+    book = TaskBook(tmp_path / "tasks.pb")
+    table = NameTable()
+    table.apply(
+        apb.DnsTable(
+            version=1,
+            full=True,
+            records=[
+                apb.DnsRecord(name="db.my.dockyard", addresses=["10.128.7.7"]),
+                apb.DnsRecord(name="db.my_shop.dockyard", addresses=["10.128.0.5"]),
+            ],
+        )
+    )
+    dns = DnsServer(table, upstreams=lambda: [])
+    NetworkManager(FakeRuntime(), "n1", dns=dns, book=book)
+    await dns.listen_on([], {IPv4Network("10.128.0.0/24"): "my_shop_default"})
+    question = DNSRecord.question("db").pack()
+    source = IPv4Address("10.128.0.3")
+    # No task of this node on my_shop_default: its stack cannot be told, and stack my's db is not answered.
+    assert DNSRecord.parse(await dns.respond(question, source) or b"").header.rcode == RCODE.NXDOMAIN
+    book.upsert(task("my_shop", "web"))
+    reply = DNSRecord.parse(await dns.respond(question, source) or b"")
+    assert [str(rr.rdata) for rr in reply.rr] == ["10.128.0.5"]
