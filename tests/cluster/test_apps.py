@@ -249,6 +249,35 @@ def test_db_data_survives_a_killed_container_and_a_restarted_agent(apps: Apps) -
     )
 
 
+def test_db_waits_for_its_dead_host_and_returns_there_with_its_data_and_secret(apps: Apps) -> None:
+    h = apps.h
+    found = apps.db()
+    assert found is not None
+    db_host, db = found
+    data = f"rows-{secrets.token_hex(6)}"
+    apps.sh(db_host, db, f"echo {data} > /data/rows")
+
+    h.kill(db_host)  # a crash: the host's tmpfs (the secret's file) goes with it, the volume stays on its disk
+    reason = f"volume {VOLUME} (it is on node {db_host}"  # ", which is down)" follows
+
+    def waits_for_its_volume() -> bool:
+        return any(reason in detail for detail in messages(apps, DB).values())
+
+    assert wait_for(waits_for_its_volume, within=WITHIN, what="the db to wait for its volume's node")
+    assert all(h.running(host, DB) == [] for host in h.hosts if host != db_host), "it must not start elsewhere"
+
+    revived_at = time.monotonic()
+    h.revive(db_host)
+    back = wait_for(apps.db, within=WITHIN, what="the db on its revived host")
+    assert back is not None
+    apps.measured["db_back_after_revive_seconds"] = round(time.monotonic() - revived_at, 2)
+    assert back[0] == db_host
+    assert apps.sh(db_host, back[1], "cat /data/rows").strip() == data
+    # The secret came again from the controller (the agent keeps it in memory only, and the tmpfs was cleared).
+    assert apps.sh(db_host, back[1], "cat /run/secrets/db_password").encode() == apps.secret
+    wait_for(lambda: all(len(h.running(host, WEB)) == 1 for host in h.hosts), within=WITHIN, what="web x3 again")
+
+
 # ----- (d) a secret reaches only the containers that use it, never a disk ---------------------------------------
 
 
