@@ -52,6 +52,14 @@ log = structlog.get_logger()
 TTL_SECONDS: Final = 2
 # How long a forwarded query may take before the client gets SERVFAIL (clients retry after ~5 s themselves).
 FORWARD_TIMEOUT_SECONDS: Final = 2.0
+# Forwarded queries in flight at once (each holds a task and a UDP socket for up to FORWARD_TIMEOUT_SECONDS);
+# beyond it a query gets SERVFAIL at once, so a container flooding foreign names costs bounded memory and fds.
+# 256 in 2 s is over 100 forwards a second when upstreams are slow, far above real containers' needs.
+MAX_FORWARDS_IN_FLIGHT: Final = 256
+# TCP clients: connections held open at once (a new one beyond is closed at once), and how long one may sit
+# between queries (or mid-message) before it is closed (RFC 7766 suggests seconds; resolvers retry).
+MAX_TCP_CONNECTIONS: Final = 64
+TCP_IDLE_SECONDS: Final = 10.0
 # Names and addresses the controller sends are bounded so a bad table costs bounded memory.
 MAX_NAME_BYTES: Final = 253
 MAX_ADDRESSES: Final = 512
@@ -234,7 +242,11 @@ class DnsServer:
         upstreams: Callable[[], Sequence[tuple[str, int]]] | None = None,
         socket_factory: SocketFactory = default_socket,
         resolv_conf: Path = Path("/etc/resolv.conf"),
+        max_forwards: int = MAX_FORWARDS_IN_FLIGHT,
+        max_tcp_connections: int = MAX_TCP_CONNECTIONS,
+        tcp_idle_seconds: float = TCP_IDLE_SECONDS,
     ) -> None:
+        """Serves `table`; the limits default to this module's constants (tests make them small)."""
         self.table = table
         self.port = port
         self._clock: Clock = clock or SystemClock()
@@ -242,6 +254,11 @@ class DnsServer:
         self._socket = socket_factory
         self._listeners: dict[IPv4Address, _Listener] = {}
         self._networks: dict[IPv4Network, str] = {}
+        self._max_forwards = max_forwards
+        self._max_tcp = max_tcp_connections
+        self._tcp_idle = tcp_idle_seconds
+        self.forwards_in_flight = 0
+        self.tcp_connections = 0
         # Which local tasks there are, to tell a bare name's stack (asking_stack); the NetworkManager sets it.
         self.local_tasks: Callable[[], Iterable[LocalTask]] = tuple
         self.resolver = Resolver(table, self._stack_of)
@@ -334,35 +351,61 @@ class DnsServer:
             return reply
         return await self.forward(query, data)
 
-    async def forward(self, query: DNSRecord, data: bytes) -> bytes:
-        """Asks the host's resolvers; SERVFAIL when none answers in time."""
-        servers = list(self._upstreams())
-        if servers:
-            try:
-                async with self._clock.timeout(FORWARD_TIMEOUT_SECONDS):
-                    return await _ask(servers, data, query.header.id)
-            except (TimeoutError, OSError) as exc:
-                if self._throttle.allow("forward") is not None:
-                    log.warning("dns forward failed", name=str(query.q.qname), error=str(exc) or "timeout")
-        reply = query.reply()
-        reply.header.ra = 1
-        reply.header.rcode = RCODE.SERVFAIL
-        return bytes(reply.pack())
+    def reserve_forward(self) -> bool:
+        """Takes one of the in-flight forward slots; False (logged, rate-limited) when all are taken."""
+        if self.forwards_in_flight >= self._max_forwards:
+            suppressed = self._throttle.allow("forward limit")
+            if suppressed is not None:
+                log.warning("dns forwards at their limit; answering SERVFAIL", limit=self._max_forwards)
+            return False
+        self.forwards_in_flight += 1
+        return True
+
+    async def forward(self, query: DNSRecord, data: bytes, *, reserved: bool = False) -> bytes:
+        """Asks the host's resolvers; SERVFAIL when none answers in time or the in-flight forwards are at their limit.
+
+        `reserved`: the caller already holds a slot from reserve_forward() (released here either way).
+        """
+        if not reserved and not self.reserve_forward():
+            return _servfail(query)
+        try:
+            servers = list(self._upstreams())
+            if servers:
+                try:
+                    async with self._clock.timeout(FORWARD_TIMEOUT_SECONDS):
+                        return await _ask(servers, data, query.header.id)
+                except (TimeoutError, OSError) as exc:
+                    if self._throttle.allow("forward") is not None:
+                        log.warning("dns forward failed", name=str(query.q.qname), error=str(exc) or "timeout")
+            return _servfail(query)
+        finally:
+            self.forwards_in_flight -= 1
 
     async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.tcp_connections >= self._max_tcp:
+            if self._throttle.allow("tcp limit") is not None:
+                log.warning("dns tcp connections at their limit; closing a new one", limit=self._max_tcp)
+            writer.close()
+            return
+        self.tcp_connections += 1
         source = _address(writer.get_extra_info("peername"))
         try:
             while True:
-                (length,) = struct.unpack("!H", await reader.readexactly(2))
-                reply = await self.respond(await reader.readexactly(length), source)
+                # A client that sends nothing (or half a message) is dropped after the idle time.
+                async with self._clock.timeout(self._tcp_idle):
+                    (length,) = struct.unpack("!H", await reader.readexactly(2))
+                    data = await reader.readexactly(length)
+                reply = await self.respond(data, source)
                 if reply is None:
                     return
                 reply = reply[:_MAX_TCP_MESSAGE]
                 writer.write(struct.pack("!H", len(reply)) + reply)
-                await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
+                async with self._clock.timeout(self._tcp_idle):
+                    await writer.drain()  # nor does one that never reads its answers hold us
+        except (asyncio.IncompleteReadError, ConnectionError, TimeoutError):
             pass
         finally:
+            self.tcp_connections -= 1
             writer.close()
 
 
@@ -382,12 +425,16 @@ class _Udp(asyncio.DatagramProtocol):
         if reply is not None:
             self._send(reply, addr)
         elif query is not None:
+            # The slot is taken before the task exists, so a flood makes no tasks beyond the limit.
+            if not self._server.reserve_forward():
+                self._send(_servfail(query), addr)
+                return
             task = asyncio.get_running_loop().create_task(self._forward(query, data, addr))
             self._pending.add(task)
             task.add_done_callback(self._pending.discard)
 
     async def _forward(self, query: DNSRecord, data: bytes, addr: tuple[str | Any, int]) -> None:
-        self._send(await self._server.forward(query, data), addr)
+        self._send(await self._server.forward(query, data, reserved=True), addr)
 
     def _send(self, reply: bytes, addr: tuple[str | Any, int]) -> None:
         if self._transport is not None and not self._transport.is_closing():
@@ -430,6 +477,13 @@ async def _ask(servers: Sequence[tuple[str, int]], data: bytes, query_id: int) -
         finally:
             transport.close()
     raise last
+
+
+def _servfail(query: DNSRecord) -> bytes:
+    reply = query.reply()
+    reply.header.ra = 1
+    reply.header.rcode = RCODE.SERVFAIL
+    return bytes(reply.pack())
 
 
 def _address(peer: object) -> IPv4Address | None:

@@ -5,13 +5,16 @@ from __future__ import annotations
 import asyncio
 import socket
 import struct
+from collections.abc import Callable
 from ipaddress import IPv4Address, IPv4Network
 
+import pytest
 from dnslib import QTYPE, RCODE, DNSRecord
 from hypothesis import given
 from hypothesis import strategies as st
 
 from agent.network.dns import (
+    FORWARD_TIMEOUT_SECONDS,
     TTL_SECONDS,
     DnsServer,
     LocalTask,
@@ -20,10 +23,20 @@ from agent.network.dns import (
     asking_stack,
     upstream_servers,
 )
+from dockyard.clock import FakeClock
 from dockyard.v1 import agent_pb2 as apb
 from dockyard.v1 import types_pb2 as pb
 
 LOOPBACK = IPv4Address("127.0.0.1")
+
+
+async def eventually(check: Callable[[], bool], what: str) -> None:
+    """Polls a synchronous condition on the event loop, a bounded number of turns."""
+    for _ in range(500):
+        if check():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"never: {what}")
 
 
 def table(version: int, full: bool, **records: list[str]) -> apb.DnsTable:
@@ -251,3 +264,64 @@ def test_table_matches_a_model_of_full_tables_and_in_order_deltas(
         t.apply(apb.DnsTable(version=version, records=[apb.DnsRecord(name="a.dockyard", addresses=["10.9.9.9"])]))
     assert {n: [str(a) for a in t.lookup(n) or ()] for n in model} == model
     assert len(t) == len(model)
+
+
+async def test_forwards_in_flight_are_bounded_and_the_rest_get_servfail_at_once() -> None:
+    clock = FakeClock()
+    upstream = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # a resolver that never answers
+    upstream.bind(("127.0.0.1", 0))
+    upstream.setblocking(False)
+    s = DnsServer(
+        NameTable(), port=free_port(), clock=clock, upstreams=lambda: [upstream.getsockname()], max_forwards=2
+    )
+    try:
+        assert await s.listen_on([LOOPBACK], {}) == []
+        asked = [asyncio.create_task(query_udp(s.port, f"n{i}.example.com")) for i in range(2)]
+        await eventually(lambda: s.forwards_in_flight == 2, what="two forwards in flight")
+        refused = await query_udp(s.port, "n2.example.com")  # answered at once, no third forward made
+        assert refused.header.rcode == RCODE.SERVFAIL and s.forwards_in_flight == 2
+        await clock.advance(FORWARD_TIMEOUT_SECONDS)
+        assert [(await a).header.rcode for a in asked] == [RCODE.SERVFAIL, RCODE.SERVFAIL]
+        assert s.forwards_in_flight == 0, "slots released"
+        forwarded = sorted(str(DNSRecord.parse(upstream.recv(4096)).q.qname) for _ in range(2))
+        assert forwarded == ["n0.example.com.", "n1.example.com."]
+        with pytest.raises(BlockingIOError):
+            upstream.recv(4096)
+    finally:
+        await s.close()
+        upstream.close()
+
+
+async def test_tcp_connections_are_capped_and_an_idle_one_is_closed() -> None:
+    clock = FakeClock()
+    t = NameTable()
+    t.apply(table(1, True, web__dockyard=["10.128.0.2"]))
+    s = DnsServer(t, port=free_port(), clock=clock, upstreams=lambda: [], max_tcp_connections=2, tcp_idle_seconds=5)
+    wire = DNSRecord.question("web.dockyard").pack()
+
+    async def query(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> list[str]:
+        writer.write(struct.pack("!H", len(wire)) + wire)
+        (length,) = struct.unpack("!H", await reader.readexactly(2))
+        return [str(rr.rdata) for rr in DNSRecord.parse(await reader.readexactly(length)).rr]
+
+    try:
+        assert await s.listen_on([LOOPBACK], {}) == []
+        first = await asyncio.open_connection("127.0.0.1", s.port)
+        second = await asyncio.open_connection("127.0.0.1", s.port)
+        assert await query(*first) == ["10.128.0.2"] and await query(*second) == ["10.128.0.2"]
+        third_reader, third_writer = await asyncio.open_connection("127.0.0.1", s.port)
+        async with asyncio.timeout(5):
+            assert await third_reader.read() == b"", "closed at once: two are open"
+        third_writer.close()
+        # Idle connections are closed after the idle time (virtual), and the slots come back.
+        await clock.advance(5)
+        async with asyncio.timeout(5):
+            assert await first[0].read() == b"" and await second[0].read() == b""
+        await eventually(lambda: s.tcp_connections == 0, what="slots released")
+        again = await asyncio.open_connection("127.0.0.1", s.port)
+        assert await query(*again) == ["10.128.0.2"]
+        again[1].close()
+        for _, writer in (first, second):
+            writer.close()
+    finally:
+        await s.close()
