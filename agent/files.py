@@ -1,17 +1,20 @@
 """Secrets and configs on the node: kept in memory, written to a tmpfs, bound read-only into containers.
 
-The controller sends the data of the secrets and configs that this node's tasks use (Assignments.files,
-each once per session, all of them again with a full set). Files keeps it in memory only: the task book
-never holds it (agent.task_book writes tasks and specs, which carry names, never data). Before a task's
-container is created, its files are written under `<root>/<task id>/` with the reference's uid, gid and mode,
-and bound read-only at their targets (dockyard.spec.schema.secret_target and config_target: a secret under
-/run/secrets unless its target is absolute, a config at its target or /<name>; a spec file's reader sets a
-stack's references' targets to their short names, as `docker stack deploy` mounts them).
+The controller sends the data of the secrets and configs that this node's tasks use (Assignments.files, each
+once per session, all of them again with a full set), in messages of files alone just before the message whose
+tasks and specs need them (a full set's too), so no message outgrows the session's limit. Files keeps it in
+memory only: the task book never holds it (agent.task_book writes tasks and specs, which carry names, never
+data). Before a task's container is created, its files are written under `<root>/<task id>/` with the
+reference's uid, gid and mode, and bound read-only at their targets (dockyard.spec.schema.secret_target and
+config_target: a secret under /run/secrets unless its target is absolute, a config at its target or /<name>; a
+spec file's reader sets a stack's references' targets to their short names, as `docker stack deploy` mounts
+them).
 
 `root` must be a tmpfs, so nothing in clear reaches a disk: `ensure_tmpfs` mounts one there when it is not
 one already (statfs tells), and while it is not, every task with files waits in PREPARING saying why. A
 task's directory goes once the task has left the task book; memory keeps the data only while a task of the
-book refers to it.
+book refers to it, or while it waits for the message that says who uses it: data of a message without tasks
+or specs is kept until a message that has some has been taken.
 """
 
 from __future__ import annotations
@@ -111,6 +114,8 @@ class Files:
         self._mount = mount
         self._check = check
         self._data: dict[FileKey, bytes] = {}
+        # Data from messages of files alone, ahead of the tasks and specs that use it: kept by sweep until then.
+        self._ahead: set[FileKey] = set()
         self._tmpfs_problem: str | None = "not checked yet"
         # ensure_tmpfs runs in worker threads (asyncio.to_thread), one per task being created: without the lock
         # two tasks could both find no tmpfs and mount a second one over the first, hiding the files on it.
@@ -145,12 +150,26 @@ class Files:
         return True
 
     def take(self, assignments: apb.Assignments) -> None:
-        """Keeps the file data of an Assignments message (a full set replaces what was kept), then sweeps."""
+        """Keeps the file data of an Assignments message, then sweeps once the message says which data is used.
+
+        A message of files alone comes ahead of the tasks and specs that use its data: that data is kept
+        until the next message with tasks, specs or removals (a full set included) has been taken. A full set
+        replaces what was kept, but for the data that came ahead of it.
+        """
         if assignments.kind == apb.Assignments.KIND_FULL:
-            self._data = {}
+            self._data = {key: data for key, data in self._data.items() if key in self._ahead}
         for item in assignments.files:
-            self._data[(item.kind, item.name)] = bytes(item.data)
-        self.sweep()
+            key = (item.kind, item.name)
+            self._data[key] = bytes(item.data)
+            self._ahead.add(key)
+        if (
+            assignments.kind == apb.Assignments.KIND_FULL
+            or assignments.tasks
+            or assignments.specs
+            or (assignments.removed_task_ids)
+        ):
+            self._ahead = set()
+            self.sweep()
 
     def sweep(self) -> None:
         """Forgets data no spec of the book refers to, and removes the directories of tasks that left the book.
@@ -160,7 +179,7 @@ class Files:
         """
         tasks = list(self._book)
         used = {(kind, ref.name) for spec in self._book.specs() for kind, ref in _refs(spec)}
-        self._data = {key: data for key, data in self._data.items() if key in used}
+        self._data = {key: data for key, data in self._data.items() if key in used or key in self._ahead}
         if self._tmpfs_problem is not None or not self._root.is_dir():
             return
         live = {task.id for task in tasks}

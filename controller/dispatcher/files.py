@@ -2,11 +2,13 @@
 
 When the dispatcher is about to send tasks to a session, FileSource reads (and unseals) the secrets and
 configs their specs refer to and the credentials of their images' registries, and offers them to the
-session's SessionFiles. The session attaches them beside each spec it sends (session._attach_specs), and for
-a changed task whose spec the agent has, to the first message of the batch: the data of a file (by digest)
-and a registry's credentials once per session (a full set starts over, as for specs), so an Assignments
-message carries exactly what the tasks it sends need and the agent does not hold yet, nothing any other
-node uses.
+session's SessionFiles. The session sends them with each spec it sends (session._attach_specs), and for a
+changed task whose spec the agent has, with the first message of the batch: the data of a file (by digest)
+and a registry's credentials once per session (a full set starts over, as for specs), so the agent gets
+exactly what the tasks sent need and it does not hold yet, nothing any other node uses. Credentials go in
+the Assignments message with the spec; file data (up to FILE_BYTES each, any number of them) goes in
+incremental Assignments messages of its own just before it, chunked as the tasks are, so no message
+outgrows the agent's limit however many files a node's tasks use.
 What was offered and not attached is dropped once the session's messages are taken, except what tasks held
 at the network gate need: they are released later (NetworkPublisher.publish) without a new offer.
 """
@@ -118,6 +120,8 @@ class SessionFiles:
     # Specs of tasks changed since the last take whose spec the agent already has: their files or credentials
     # may still be news (a registry login after the spec was sent, a secret made again under its name).
     wanted: list[pb.ServiceSpec] = field(default_factory=list)
+    # The files count() has added to the session's pending bytes since the last take: each counts once.
+    counted: set[tuple[FileKey, str]] = field(default_factory=set)
 
     def take_offer(self, offer: Offer) -> None:
         """Adds what FileSource found to what may be attached until the session's messages are next taken."""
@@ -128,29 +132,46 @@ class SessionFiles:
         """A full set is being sent: the agent replaces what it held, so everything is sent again."""
         self.sent_files = set()
         self.sent_auths = set()
+        self.counted = set()
 
-    def attach(self, assignments: apb.Assignments, spec: pb.ServiceSpec) -> None:
-        """Adds the data of the spec's files and its registry's credentials, unless this session sent them."""
+    def attach(self, assignments: apb.Assignments, spec: pb.ServiceSpec) -> list[apb.FileData]:
+        """Adds the spec's registry credentials unless this session sent them; returns the data of its files this
+        session has not sent, now counted as sent: the caller sends it in messages of its own ahead of this one."""
+        files: list[apb.FileData] = []
         for key in file_keys(spec):
             item = self.offered.files.get(key)
             if item is not None and (key, item.digest) not in self.sent_files:
                 self.sent_files.add((key, item.digest))
-                assignments.files.append(item)
+                files.append(item)
         server = registry_of(spec.image)
         auth = self.offered.auths.get(server)
         if auth is not None and server not in self.sent_auths:
             self.sent_auths.add(server)
             assignments.registry_auths.append(auth)
+        return files
+
+    def count(self, spec: pb.ServiceSpec) -> int:
+        """Returns the bytes of the spec's offered files not sent and not counted since the last take (outbox bound)."""
+        size = 0
+        for key in file_keys(spec):
+            item = self.offered.files.get(key)
+            sent = (key, item.digest) if item is not None else None
+            if item is not None and sent not in self.sent_files and sent not in self.counted:
+                self.counted.add((key, item.digest))
+                size += item.ByteSize()
+        return size
 
     def want(self, spec: pb.ServiceSpec) -> None:
         """Notes the spec of a changed task, for attach_wanted."""
         self.wanted.append(spec)
 
-    def attach_wanted(self, assignments: apb.Assignments) -> None:
-        """Adds to the message what the wanted specs need and the agent was not sent yet."""
+    def attach_wanted(self, assignments: apb.Assignments) -> list[apb.FileData]:
+        """Adds to the message the credentials the wanted specs need; returns their file data (see attach)."""
+        files: list[apb.FileData] = []
         for spec in self.wanted:
-            self.attach(assignments, spec)
+            files.extend(self.attach(assignments, spec))
         self.wanted = []
+        return files
 
     def taken(self, held: Iterable[pb.ServiceSpec] = ()) -> None:
         """The pending messages were taken: the offer is spent, but for what the `held` specs need (their tasks wait
@@ -165,3 +186,4 @@ class SessionFiles:
                 kept.auths[server] = self.offered.auths[server]
         self.offered = kept
         self.wanted = []
+        self.counted = set()

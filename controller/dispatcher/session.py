@@ -4,7 +4,12 @@ Nothing is queued per event. The session keeps the welcome, at most one full set
 and one pending change per task id; when the writer is free it takes all of it as a few messages (the
 changes as one Assignments message, or several of at most ASSIGNMENTS_CHUNK_BYTES). A burst of changes to
 one node therefore goes out as one message, and what a session holds is bounded by the node's tasks however
-slowly its agent reads; past OUTBOX_BYTES the session is closed rather than buffered.
+slowly its agent reads; past OUTBOX_BYTES (file data included) the session is closed rather than buffered.
+
+The data of secrets and configs goes in incremental Assignments messages of its own (files only, chunked
+at ASSIGNMENTS_CHUNK_BYTES), each batch just before the message whose tasks need it, also before a full set:
+a node whose tasks use many large files never gets a message over AGENT_MESSAGE_BYTES. The agent keeps
+such data until the next message with tasks or specs says which of it is used (agent/files.py).
 """
 
 from __future__ import annotations
@@ -57,11 +62,12 @@ class AgentSession:
     # What waits for the writer, in the order it is written: welcome, full set, ack, changes.
     _welcome: apb.Welcome | None = None
     _full: apb.Assignments | None = None
+    _full_files: list[apb.FileData] = field(default_factory=list)  # the file data the full set's tasks need
     _ack: datetime | None = None
     # Per task id: the task to upsert, or None to remove it; and the specs those tasks need, once per revision.
     _changes: dict[str, pb.Task | None] = field(default_factory=dict)
     _specs: dict[SpecKey, pb.ServiceSpec] = field(default_factory=dict)
-    _bytes: int = 0  # the size of _full, _changes and _specs
+    _bytes: int = 0  # the size of _full, _changes and _specs, and of the file data they bring
     _ready: asyncio.Event = field(default_factory=asyncio.Event)
     # Commands for the agent (see commands.py), written after the ack and before the changes.
     commands: CommandOutbox = field(default_factory=CommandOutbox)
@@ -115,15 +121,16 @@ class AgentSession:
         self.sent_specs = set()
         self.files.reset()
         assignments = apb.Assignments(kind=apb.Assignments.KIND_FULL, tasks=chosen)
-        self._attach_specs(assignments, {spec_key(t): specs.get(spec_key(t)) for t in chosen})
+        files = self._attach_specs(assignments, {spec_key(t): specs.get(spec_key(t)) for t in chosen})
         size = assignments.ByteSize()
         if size > AGENT_MESSAGE_BYTES:
             # Nothing smaller can be sent that still means "everything else goes"; say so where it is seen.
             log.error("full assignment set too large for the agent", node_id=self.node_id, bytes=size)
         self._full = assignments
+        self._full_files = files
         self._changes = {}
         self._specs = {}
-        self._bytes = size
+        self._bytes = size + sum(item.ByteSize() for item in files)
         self._ready.set()
         self._check_bound()
 
@@ -155,6 +162,7 @@ class AgentSession:
             self.sent[task.id] = print_
             if spec is not None:
                 self.files.want(spec)
+                self._bytes += self.files.count(spec)
             if spec is not None and key not in self.sent_specs and key not in self._specs:
                 self._specs[key] = spec
                 self._bytes += spec.ByteSize()
@@ -222,8 +230,9 @@ class AgentSession:
             out.append(apb.ControllerMessage(network_map=self._map))
             self._map = None
         if self._full is not None:
+            out.extend(self._file_messages(self._full_files))
             out.append(apb.ControllerMessage(assignments=self._numbered(self._full)))
-            self._full = None
+            self._full, self._full_files = None, []
         if self._ack is not None:
             out.append(apb.ControllerMessage(heartbeat_ack=apb.HeartbeatAck(received_at=to_timestamp(self._ack))))
             self._ack = None
@@ -231,19 +240,20 @@ class AgentSession:
             out.append(apb.ControllerMessage(dns=self._dns))
             self._dns = None
         out.extend(apb.ControllerMessage(command=c) for c in self.commands.take())
-        changes = self._incremental()
-        if changes:
-            self.files.attach_wanted(changes[0])
-        out.extend(apb.ControllerMessage(assignments=a) for a in changes)
+        for files, change in self._incremental():
+            out.extend(self._file_messages(files))
+            out.append(apb.ControllerMessage(assignments=self._numbered(change)))
         self.files.taken(spec for _, spec in self.held.values() if spec is not None)
         self._bytes = 0
         return out
 
-    def _incremental(self) -> list[apb.Assignments]:
-        """Turns pending changes into as few Assignments messages as the chunk size allows."""
+    def _incremental(self) -> list[tuple[list[apb.FileData], apb.Assignments]]:
+        """Turns pending changes into as few Assignments messages as the chunk size allows (not numbered yet),
+        each with the file data its tasks need and the agent lacks, to be sent ahead of it."""
         changes, self._changes = self._changes, {}
         specs, self._specs = self._specs, {}
-        messages: list[apb.Assignments] = []
+        messages: list[tuple[list[apb.FileData], apb.Assignments]] = []
+        files: list[apb.FileData] = []
         current = apb.Assignments(kind=apb.Assignments.KIND_INCREMENTAL)
         size = 0
         for task_id, change in changes.items():
@@ -252,8 +262,8 @@ class AgentSession:
             spec = specs.get(key) if key is not None and key not in self.sent_specs else None
             grown += spec.ByteSize() if spec is not None else 0
             if size and size + grown > ASSIGNMENTS_CHUNK_BYTES:
-                messages.append(self._numbered(current))
-                current = apb.Assignments(kind=apb.Assignments.KIND_INCREMENTAL)
+                messages.append((files, current))
+                files, current = [], apb.Assignments(kind=apb.Assignments.KIND_INCREMENTAL)
                 size = 0
             size += grown
             if change is None:
@@ -261,20 +271,42 @@ class AgentSession:
                 continue
             current.tasks.append(change)
             if key is not None:
-                self._attach_specs(current, {key: spec})
+                files.extend(self._attach_specs(current, {key: spec}))
         if size:
-            messages.append(self._numbered(current))
+            messages.append((files, current))
+        if messages:
+            # Changed tasks whose spec the agent has may still need news: it goes ahead of the first message.
+            messages[0][0][:0] = self.files.attach_wanted(messages[0][1])
         return messages
 
-    def _attach_specs(self, assignments: apb.Assignments, specs: Mapping[SpecKey, pb.ServiceSpec | None]) -> None:
+    def _attach_specs(
+        self, assignments: apb.Assignments, specs: Mapping[SpecKey, pb.ServiceSpec | None]
+    ) -> list[apb.FileData]:
+        """Adds the specs the agent lacks (with credentials and pushable images); returns their files' data."""
+        files: list[apb.FileData] = []
         for key, spec in specs.items():
             if key in self.sent_specs or spec is None:
                 continue  # a missing spec (service deleted meanwhile): the agent stops what it cannot run
             self.sent_specs.add(key)
             assignments.specs.append(apb.ServiceRevisionSpec(service_id=key[0], revision=key[1], spec=spec))
-            self.files.attach(assignments, spec)
+            files.extend(self.files.attach(assignments, spec))
             if self.pushable(spec.image) and spec.image not in assignments.pushable_images:
                 assignments.pushable_images.append(spec.image)
+        return files
+
+    def _file_messages(self, files: list[apb.FileData]) -> list[apb.ControllerMessage]:
+        """File data as numbered incremental Assignments of files alone, each at most about ASSIGNMENTS_CHUNK_BYTES
+        (one file, at most FILE_BYTES, always fits)."""
+        chunks: list[apb.Assignments] = []
+        size = 0
+        for item in files:
+            grown = item.ByteSize()
+            if not chunks or size + grown > ASSIGNMENTS_CHUNK_BYTES:
+                chunks.append(apb.Assignments(kind=apb.Assignments.KIND_INCREMENTAL))
+                size = 0
+            chunks[-1].files.append(item)
+            size += grown
+        return [apb.ControllerMessage(assignments=self._numbered(chunk)) for chunk in chunks]
 
     def _numbered(self, assignments: apb.Assignments) -> apb.Assignments:
         self.sequence += 1

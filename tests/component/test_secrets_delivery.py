@@ -91,6 +91,36 @@ async def test_a_secret_reaches_only_the_containers_that_use_it_and_no_disk(
         await eventually(lambda: _no_secret_files(shm / "h1"), within=15, what="h1's files swept")
 
 
+async def test_a_new_session_sends_the_data_ahead_of_its_full_set_and_later_tasks_read_it(
+    fake_cluster: FakeCluster, shm: Path
+) -> None:
+    await fake_cluster.start_agent("h1", files_dir=shm / "h1")
+    async with fake_cluster.client() as client:
+        await eventually(lambda: _ready(client, 1), what="a ready node")
+        await client.create_secret("db_password", SECRET.encode())
+        reader = service(
+            "reader",
+            "h1",
+            ["sh", "-c", f"grep -qF {SECRET_TAIL} /run/secrets/db_password && sleep 3600"],
+            secrets=[pb.FileRef(name="db_password")],
+        )
+        await client.apply([reader])
+        await eventually(lambda: _running_count(client, "reader", 1), what="one reader running")
+    # A new session: the full set comes with the secret's data in a message of its own ahead of it.
+    await fake_cluster.stop_controller()
+    await fake_cluster.start_controller()
+    async with fake_cluster.client() as client:
+        await eventually(lambda: _ready(client, 1), what="h1 back")
+        # The agent has the spec and the data from that session: a second task of it reads the secret too.
+        await client.scale("reader", 2)
+        await eventually(lambda: _running_count(client, "reader", 2), what="two readers running")
+
+
+async def _running_count(client: Client, name: str, count: int) -> bool:
+    tasks = await client.list_tasks(name)
+    return len([t for t in tasks if t.status.state == pb.TASK_STATE_RUNNING]) == count
+
+
 async def _ready(client: Client, count: int) -> bool:
     nodes = await client.list_nodes()
     return len([n for n in nodes if n.status == pb.NODE_STATUS_READY]) == count

@@ -283,3 +283,44 @@ async def test_two_tasks_at_once_mount_one_tmpfs_not_one_over_the_other(tmp_path
     assert mounted == [tmp_path / "files"], "one tmpfs, mounted once"
     assert not checked.is_set(), "nobody looked at the mount point while it was being mounted"
     assert [Path(m.source).parent.name for m in web + db] == ["t-web", "t-web", "t-db", "t-db"]
+
+
+def files_only(*files: apb.FileData) -> apb.Assignments:
+    """A message of file data alone, as the controller sends ahead of the tasks that use it."""
+    return apb.Assignments(kind=apb.Assignments.KIND_INCREMENTAL, files=files)
+
+
+@needs_shm
+@pytest.mark.parametrize("full", [True, False])
+async def test_data_sent_ahead_of_its_tasks_is_kept_for_them(tmp_path: Path, shm_root: Path, full: bool) -> None:
+    book = TaskBook(tmp_path / "tasks.pb")
+    files = Files(shm_root, book)
+    if not full:
+        start = assignments(files=[])
+        book.apply(start)
+        files.take(start)
+    # Two messages of files alone (chunked), then the one with the task and its spec, as link._apply takes them.
+    for message in (files_only(secret("shop_db_password")), files_only(config("shop_nginx", b"server {}"))):
+        assert not book.apply(message)
+        files.take(message)
+    files.sweep()  # a periodic sweep in between keeps data whose tasks have not arrived yet
+    tasks = assignments(("t-web", WEB), files=[], full=full)
+    book.apply(tasks)
+    files.take(tasks)
+    mounts = await files.mounts(with_spec(book, "t-web"))
+    assert sorted(_read(Path(m.source)) for m in mounts) == [SECRET, b"server {}"]
+
+
+@needs_shm
+async def test_data_sent_ahead_that_no_task_uses_is_forgotten_at_the_next_tasks(tmp_path: Path, shm_root: Path) -> None:
+    book = TaskBook(tmp_path / "tasks.pb")
+    files = Files(shm_root, book)
+    files.take(files_only(secret("shop_db_password")))
+    plain = assignments(("t-plain", PLAIN), files=[], full=False)
+    book.apply(plain)
+    files.take(plain)
+    late = assignments(("t-web", WEB), files=[config("shop_nginx", b"x")], full=False)
+    book.apply(late)
+    files.take(late)
+    with pytest.raises(FilesNotReady, match="shop_db_password"):
+        await files.mounts(with_spec(book, "t-web"))

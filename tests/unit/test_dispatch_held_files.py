@@ -41,9 +41,9 @@ def test_a_held_task_is_released_with_the_files_and_credentials_offered_when_it_
     covered = True
     session.network_map(apb.NetworkMap(version=3), b"covers n1")
     session.release_held()
-    _, message = session.take()
+    _, data, message = session.take()
     assert [t.id for t in message.assignments.tasks] == ["db1"]
-    assert [(f.name, f.data) for f in message.assignments.files] == [("shop_db_password", b"s3cret")]
+    assert [(f.name, f.data) for f in data.assignments.files] == [("shop_db_password", b"s3cret")]
     assert [a.server for a in message.assignments.registry_auths] == ["registry.example"]
     # Spent once sent: nothing is kept for tasks no longer held.
     assert session.files.offered == Offer()

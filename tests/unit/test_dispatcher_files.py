@@ -1,9 +1,14 @@
-"""The dispatcher's side of file data: offered per spec, attached once per session, only beside the specs sent."""
+"""The dispatcher's side of file data: offered per spec, sent once per session, only with the specs sent.
+
+File data goes in messages of files alone just ahead of the message whose tasks need it (credentials go in that
+message), chunked, and counts toward the session's outbox.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from controller.dispatcher.bounds import ASSIGNMENTS_CHUNK_BYTES, OUTBOX_BYTES
 from controller.dispatcher.files import FileSource, Offer
 from controller.dispatcher.session import AgentSession
 from controller.sealing import Sealer, registry_context, secret_context
@@ -38,12 +43,23 @@ def assignments(session: AgentSession) -> list[apb.Assignments]:
     return [m.assignments for m in session.take() if m.HasField("assignments")]
 
 
-def test_files_go_beside_the_spec_that_uses_them_once_per_session() -> None:
+def files_only(message: apb.Assignments) -> bool:
+    """A message of file data alone: incremental, no tasks, specs, removals or credentials."""
+    return (
+        message.kind == apb.Assignments.KIND_INCREMENTAL
+        and bool(message.files)
+        and not (message.tasks or message.specs or message.removed_task_ids or message.registry_auths)
+    )
+
+
+def test_files_go_ahead_of_the_spec_that_uses_them_once_per_session() -> None:
     session = AgentSession("n1", "s1")
     session.files.take_offer(OFFER)
     session.send_full([task("t1", "with"), task("t2", "without")], {("with", 1): WITH, ("without", 1): WITHOUT})
-    [full] = assignments(session)
-    assert [f.name for f in full.files] == ["pw"] and full.files[0].data == SECRET
+    [data, full] = assignments(session)
+    assert files_only(data) and [f.name for f in data.files] == ["pw"] and data.files[0].data == SECRET
+    assert full.kind == apb.Assignments.KIND_FULL and not full.files
+    assert data.sequence + 1 == full.sequence
     assert [a.server for a in full.registry_auths] == ["registry.example.com"]
     # A second task of the same spec: the agent has both the spec and its file already.
     session.files.take_offer(OFFER)
@@ -53,7 +69,7 @@ def test_files_go_beside_the_spec_that_uses_them_once_per_session() -> None:
     # A new full set starts over: everything again.
     session.files.take_offer(OFFER)
     session.send_full([task("t1", "with")], {("with", 1): WITH})
-    [again] = assignments(session)
+    [again, _] = assignments(session)
     assert [f.name for f in again.files] == ["pw"]
 
 
@@ -118,7 +134,82 @@ def test_credentials_given_after_the_spec_was_sent_go_with_the_next_change_of_it
     retried = task("t1", "with")
     retried.generation = 1
     session.on_task(retried, False, {("with", 1): WITH})
-    [change] = assignments(session)
+    [data, change] = assignments(session)
     assert not change.specs  # the agent has the spec
     assert [a.server for a in change.registry_auths] == ["registry.example.com"]
-    assert [f.name for f in change.files] == ["pw"]
+    assert files_only(data) and [f.name for f in data.files] == ["pw"] and not change.files
+
+
+def big_configs(count: int, size: int) -> tuple[pb.ServiceSpec, Offer]:
+    """A spec using `count` configs of `size` bytes each, and the offer of their data."""
+    spec = pb.ServiceSpec(name="big", image="nginx:1", configs=[pb.FileRef(name=f"c{i}") for i in range(count)])
+    files = {
+        (apb.FileData.KIND_CONFIG, f"c{i}"): apb.FileData(
+            kind=apb.FileData.KIND_CONFIG, name=f"c{i}", data=bytes([i]) * size, digest=f"d{i}"
+        )
+        for i in range(count)
+    }
+    return spec, Offer(files=files)
+
+
+def test_many_large_files_go_in_messages_within_the_chunk_size_ahead_of_their_tasks() -> None:
+    # 40 files of 500 KB: 20 MB, five times the chunk size. Before, they all rode in one message with the task.
+    spec, offer = big_configs(40, 500_000)
+    for full in (True, False):
+        session = AgentSession("n1", "s1")
+        if not full:
+            session.send_full([], {})
+            session.take()
+        session.files.take_offer(offer)
+        if full:
+            session.send_full([task("t1", "big")], {("big", 1): spec})
+        else:
+            session.on_task(task("t1", "big"), False, {("big", 1): spec})
+        messages = [m.assignments for m in session.take()]
+        *data, last = messages
+        assert [m.sequence for m in messages] == sorted(m.sequence for m in messages)
+        assert all(files_only(m) for m in data) and len(data) >= 5
+        assert all(m.ByteSize() <= ASSIGNMENTS_CHUNK_BYTES + 1024 for m in messages)
+        assert sorted(f.name for m in data for f in m.files) == sorted(f"c{i}" for i in range(40))
+        assert [t.id for t in last.tasks] == ["t1"] and not last.files
+        assert last.kind == (apb.Assignments.KIND_FULL if full else apb.Assignments.KIND_INCREMENTAL)
+
+
+def test_chunked_tasks_each_get_their_own_files_just_ahead() -> None:
+    # Two specs whose tasks do not fit in one message: each chunk's files come right before that chunk.
+    session = AgentSession("n1", "s1")
+    session.send_full([], {})
+    session.take()
+    specs = {}
+    for name in ("a", "b"):
+        spec = pb.ServiceSpec(name=name, image="nginx:1", configs=[pb.FileRef(name=f"{name}-conf")])
+        spec.env["PAD"] = "x" * (ASSIGNMENTS_CHUNK_BYTES * 3 // 4)  # each spec fills most of a chunk
+        specs[(name, 1)] = spec
+        item = apb.FileData(kind=apb.FileData.KIND_CONFIG, name=f"{name}-conf", data=name.encode(), digest=name)
+        session.files.take_offer(Offer(files={(item.kind, item.name): item}))
+    for name in ("a", "b"):
+        session.on_task(task(f"t-{name}", name), False, specs)
+    messages = [m.assignments for m in session.take()]
+    shape = [[f.name for f in m.files] or [t.id for t in m.tasks] for m in messages]
+    assert shape == [["a-conf"], ["t-a"], ["b-conf"], ["t-b"]]
+
+
+def test_pending_file_data_counts_toward_the_outbox_bound() -> None:
+    # An agent that stopped reading: tasks using large files pile up; the data counts, so the session closes.
+    session = AgentSession("n1", "s1")
+    session.send_full([], {})
+    session.take()
+    size = 500_000
+    count = OUTBOX_BYTES // size + 2
+    for i in range(count):
+        spec, offer = big_configs(1, size)
+        spec.name = f"s{i}"
+        spec.configs[0].name = f"s{i}"
+        item = next(iter(offer.files.values()))
+        item.name = f"s{i}"
+        session.files.take_offer(Offer(files={(item.kind, item.name): item}))
+        session.on_task(task(f"t{i}", f"s{i}"), False, {(f"s{i}", 1): spec})
+        if session.closed.is_set():
+            break
+    assert session.closed.is_set(), session.pending_bytes
+    assert "bytes of assignments waiting" in session.close_reason
