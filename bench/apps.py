@@ -10,7 +10,9 @@ round so machine noise hits both alike:
   the cluster network `dockyard`, which every host has had since it joined.
 
 Each deploy is one `dockyard apply -f FILE` (the CLI, which waits until every task runs), timed from start to
-exit; the services (and the stack's network and volume) are removed between rounds, untimed. Printed: the median
+exit; the services (and the stack's network and volume) are removed between rounds, untimed, and their
+containers are waited for (a stack deployed right after another's removal also waits for the old Docker
+networks to go: their subnets are reused). Printed: the median
 of each, the added time (with - without; the CLI's own start-up is in both, so the difference is what networks
 and volumes add) and the ratio of medians.
 
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import statistics
@@ -42,7 +45,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.fleet import machine, pct  # noqa: E402
+from bench.fleet import machine, pct, until  # noqa: E402
 from deploy.devcluster import procs  # noqa: E402
 from deploy.devcluster.cluster import DevCluster  # noqa: E402
 
@@ -115,6 +118,19 @@ def docker(cluster: DevCluster, host: str, *args: str) -> str:
     return subprocess.run(argv, capture_output=True, text=True, check=True).stdout
 
 
+def containers_of(cluster: DevCluster, service: str) -> list[str]:
+    """Ids of the service's containers (running or not) on every host."""
+    found: list[str] = []
+    for host in cluster.hosts:
+        found += docker(cluster, host, "ps", "-aq", "--filter", f"label=dockyard.service.name={service}").split()
+    return found
+
+
+def all_gone(cluster: DevCluster, services: tuple[str, ...]) -> bool:
+    """Tells whether no host has a container of these services any more."""
+    return not any(containers_of(cluster, service) for service in services)
+
+
 def web_container(cluster: DevCluster, service: str) -> tuple[str, str]:
     """(host, container id) of a running container of the service."""
     for host in cluster.hosts:
@@ -178,6 +194,12 @@ async def main() -> None:
                 cli(env, "rm", f"{prefix}-web", f"{prefix}-db")
                 if round_ < args.rounds - 1:
                     cli(env, "stack", "rm", stack)
+                    # Untimed: the removed containers stop (1 s grace) before the next round. The next stack gets
+                    # the subnets this one had, and its Docker networks can replace the old ones only then; that
+                    # wait (a deploy right after a removal) is not what networks and volumes add to a deploy.
+                    removed = (f"{stack}_web", f"{stack}_db", f"{prefix}-web", f"{prefix}-db")
+                    if await until(functools.partial(all_gone, cluster, removed), within=60) is None:
+                        raise SystemExit(f"containers of {', '.join(removed)} still there after 60 s")
             last = f"b{args.rounds - 1}"
             host, container = web_container(cluster, f"{last}_web")
             gateway = json.loads(docker(cluster, host, "inspect", "-f", "{{json .HostConfig.Dns}}", container))[0]
