@@ -40,7 +40,7 @@ from agent.runtime.base import (
     VolumeInUse,
     not_dockyards,
 )
-from dockyard.images import DEFAULT_REGISTRY, registry_of
+from dockyard.images import DEFAULT_REGISTRY, names_registry
 from dockyard.labels import is_dockyards
 
 # aiodocker reports a failed connection as a DockerError with this pseudo HTTP status.
@@ -424,7 +424,7 @@ class DockerRuntime:
         if auth is not None:
             credentials = {"username": auth.username, "password": auth.password}
             # aiodocker takes the credentials' server from the reference, so it must name its registry.
-            if registry_of(image) == DEFAULT_REGISTRY and not image.startswith(f"{DEFAULT_REGISTRY}/"):
+            if not names_registry(image):
                 reference = f"{DEFAULT_REGISTRY}/{image}"
         try:
             with _mapped_errors(_Errors(not_found=ImageNotFound)):

@@ -30,7 +30,7 @@ from controller.api.writes import commit_or_abort
 from controller.sealing import DIGEST_PREFIX, Sealer, SealError, registry_context, secret_context
 from controller.store.base import ConflictError, Delete, Kind, Op, Put, Store
 from dockyard.clock import Clock
-from dockyard.images import DEFAULT_REGISTRY
+from dockyard.images import normalize_registry
 from dockyard.spec.issues import Issue, key_path
 from dockyard.spec.schema import FILE_BYTES
 from dockyard.spec.stacks import belongs, object_name_problem
@@ -45,7 +45,6 @@ __all__ = [
     "file_spec_issues",
     "new_config",
     "new_secret",
-    "normalize_server",
     "public_credential",
     "public_secret",
     "redigest_secrets",
@@ -53,8 +52,6 @@ __all__ = [
     "users_of",
 ]
 
-# Docker Hub's spellings, all one registry for credentials (what `docker login` stores under).
-_DOCKER_HUB: Final = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io", "registry.hub.docker.com"})
 # A registry as an image reference names it: host (or IPv4) and an optional port.
 _SERVER: Final = re.compile(r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:[0-9]{1,5})?\Z")
 _USERNAME_BYTES: Final = 255
@@ -179,17 +176,10 @@ def users_of(kind: Kind, name: str, services: Iterable[pb.Service]) -> list[str]
     return sorted(users)
 
 
-def normalize_server(server: str) -> str:
-    """Returns a registry as image references name it: no scheme or path, lower case, Docker Hub as docker.io."""
-    host = server.strip().lower()
-    host = host.removeprefix("https://").removeprefix("http://").split("/", 1)[0]
-    return DEFAULT_REGISTRY if host in _DOCKER_HUB else host
-
-
 def registry_issues(request: cpb.SetRegistryCredentialRequest) -> list[Issue]:
-    """Returns the problems of a SetRegistryCredentialRequest (the server as normalize_server reads it)."""
+    """Returns the problems of a SetRegistryCredentialRequest (the server as normalize_registry reads it)."""
     issues: list[Issue] = []
-    if not _SERVER.match(normalize_server(request.server)):
+    if not _SERVER.match(normalize_registry(request.server)):
         issues.append(
             Issue(
                 "server",
@@ -316,7 +306,7 @@ class FilesApi:
         issues = registry_issues(request)
         if issues:
             await abort_invalid(context, issues)
-        server = normalize_server(request.server)
+        server = normalize_registry(request.server)
         current = await self._store.get_object(Kind.REGISTRY, server)
         credential = pb.RegistryCredential(
             server=server,
@@ -347,7 +337,7 @@ class FilesApi:
         """Forgets a registry's credentials; agents keep what they were sent until their next full set."""
         if not request.server:
             await abort_invalid(context, [Issue("server", "is required; give a registry server")])
-        server = normalize_server(request.server)
+        server = normalize_registry(request.server)
         current = await self._store.get_object(Kind.REGISTRY, server)
         if not isinstance(current, pb.RegistryCredential):
             await abort(

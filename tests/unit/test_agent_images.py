@@ -13,7 +13,7 @@ from agent.images import PULL_RETRY_SECONDS, ImageLoader, Images, ImageUnavailab
 from agent.runtime.base import RegistryAuth
 from agent.runtime.fake import FakeRuntime
 from dockyard.clock import FakeClock
-from dockyard.images import normalize_image, registry_of
+from dockyard.images import names_registry, normalize_image, normalize_registry, registry_of
 from dockyard.v1 import agent_pb2 as apb
 from dockyard.v1 import types_pb2 as pb
 from tests.unit.test_worker import bare, make_rig, make_task
@@ -36,6 +36,33 @@ def test_references_are_read_as_docker_lists_them() -> None:
     assert registry_of("nginx") == "docker.io"
     assert registry_of("localhost:5000/app") == "localhost:5000"
     assert registry_of(PRIVATE) == "registry.example.com"
+
+
+@pytest.mark.parametrize(
+    ("image", "registry"),
+    [
+        ("nginx", "docker.io"),
+        ("library/nginx:1", "docker.io"),
+        ("docker.io/library/nginx", "docker.io"),
+        ("index.docker.io/library/nginx", "docker.io"),
+        ("registry-1.docker.io/team/app", "docker.io"),
+        ("Registry.Example.com/x", "registry.example.com"),
+        ("Registry.Example.com:5000/team/x:1", "registry.example.com:5000"),
+        ("MyHost/x", "myhost"),  # an upper-case first component is a host to Docker too
+        ("localhost:5000/app", "localhost:5000"),
+    ],
+)
+def test_an_image_names_its_registry_as_credentials_are_kept(image: str, registry: str) -> None:
+    # One rule for the API's servers and the images' registries, so a credential is found however either is spelt.
+    assert registry_of(image) == registry
+    assert normalize_registry(registry) == registry
+    assert names_registry(image) == (image.partition("/")[0].lower() not in ("nginx", "library"))
+
+
+def test_a_registry_server_is_normalized_as_docker_login_spells_it() -> None:
+    assert normalize_registry("https://index.docker.io/v1/") == "docker.io"
+    assert normalize_registry(" https://Registry.Example.com:5000/v2/ ") == "registry.example.com:5000"
+    assert normalize_registry("registry.hub.docker.com") == "docker.io"
 
 
 async def test_a_private_pull_gets_the_credentials_of_its_registry_only() -> None:

@@ -213,3 +213,21 @@ def test_pending_file_data_counts_toward_the_outbox_bound() -> None:
             break
     assert session.closed.is_set(), session.pending_bytes
     assert "bytes of assignments waiting" in session.close_reason
+
+
+async def test_credentials_are_found_however_the_image_spells_its_registry(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "db")
+    await store.open()
+    sealer = Sealer.open(tmp_path)
+    try:
+        for server in ("docker.io", "registry.example.com"):
+            sealed = sealer.seal(b"pa55", registry_context(server))
+            await store.commit([Put(pb.RegistryCredential(server=server, username="u", sealed_password=sealed))])
+        specs = [
+            pb.ServiceSpec(name="hub", image="index.docker.io/team/app:1"),
+            pb.ServiceSpec(name="mixed", image="Registry.Example.com/x:1"),
+        ]
+        offer = await FileSource(store, sealer).offer(specs)
+        assert sorted(offer.auths) == ["docker.io", "registry.example.com"]
+    finally:
+        await store.close()
