@@ -1,13 +1,16 @@
-"""The dockyard-agent command: with no subcommand it runs the agent; `join` makes this host a node first."""
+"""The dockyard-agent command: with no subcommand it runs the agent; `join` makes this host a node first;
+`cleanup-network` removes Dockyard's network state from a host whose node is gone."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import signal
 import socket
 import sys
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 import click
 
@@ -18,6 +21,9 @@ from dockyard import logs, pki
 from dockyard.addresses import is_loopback
 from dockyard.config_file import EXIT_CONFIG, config_option
 from dockyard.limits import DEFAULT_CONTROLLER
+
+if TYPE_CHECKING:
+    from agent.network.cleanup import Cleanup
 
 PROG = "dockyard-agent"
 DEFAULT_STATE_DIR = Path("/var/lib/dockyard/agent")
@@ -223,6 +229,71 @@ def join_command(
     click.echo(
         f"joined cluster {membership.cluster_id} as node {membership.node_id}; controller {membership.controller}"
     )
+
+
+@main.command("cleanup-network")
+@click.option("--state-dir", type=_STATE_DIR_TYPE, default=None, help=f"The agent's state dir [{DEFAULT_STATE_DIR}].")
+@click.option("--docker-url", default=None, help="Docker socket, e.g. unix:///var/run/docker.sock.")
+@click.option(
+    "--docker-networks/--no-docker-networks",
+    default=True,
+    show_default=True,
+    help="Also remove Dockyard's Docker networks that no container uses.",
+)
+@click.option(
+    "--netns",
+    default=None,
+    help="Clean this named network namespace (ip netns) instead of this process's, for a host kept in one.",
+)
+@click.option("--output", "-o", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.pass_context
+def cleanup_network_command(
+    ctx: click.Context,
+    state_dir: Path | None,
+    docker_url: str | None,
+    docker_networks: bool,
+    netns: str | None,
+    output: str,
+) -> None:
+    """Remove Dockyard's network state from this host: run it with the agent stopped, once its node is removed.
+
+    Removes the routes of Dockyard's protocol, the dky-vxlan device, the DOCKYARD-* chains and the jumps to
+    them, Dockyard's Docker networks no container uses, and the network map and DNS table in the state dir.
+    The agent never does this by itself (docs/design/network.md, "Cleaning a host"). Exits 1 if anything
+    could not be removed (listed), 0 otherwise.
+    """
+    directory = state_dir if state_dir is not None else ctx.find_root().obj
+    assert isinstance(directory, Path)
+    logs.configure("info", "console", component="agent")  # to stderr: stdout is the answer (-o json)
+    done = asyncio.run(_clean_network(directory, docker_url, netns, docker_networks))
+    if output == "json":
+        click.echo(json.dumps(dataclasses.asdict(done), indent=2))
+    else:
+        click.echo("cleared: the routes of Dockyard's protocol, dky-vxlan, the DOCKYARD-* chains and their jumps")
+        for name in done.networks_removed:
+            click.echo(f"docker network {name} removed")
+        for name in done.networks_in_use:
+            click.echo(f"docker network {name} kept: containers still use it; remove them and run this again")
+        for path in done.files_removed:
+            click.echo(f"{path} removed")
+        for problem in done.problems:
+            click.echo(f"{PROG}: {problem}", err=True)
+    if done.problems:
+        ctx.exit(1)
+
+
+async def _clean_network(state_dir: Path, docker_url: str | None, netns: str | None, docker: bool) -> Cleanup:
+    # Imported here, as in _run: `join` and `--help` need neither netlink nor Docker's client.
+    from agent.network.cleanup import clean_host
+    from agent.network.host import HostNetwork
+    from agent.runtime.docker import DockerRuntime
+
+    runtime = DockerRuntime(docker_url) if docker else None
+    try:
+        return await clean_host(HostNetwork(netns=netns), runtime, state_dir)
+    finally:
+        if runtime is not None:
+            await runtime.close()
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ veth, as a Docker container would.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import secrets
 import shutil
@@ -24,14 +25,23 @@ import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
 
 import pytest
+import structlog
+from click.testing import CliRunner
 from dnslib import RCODE, DNSRecord
 from pyroute2.netns import create_socket
 
+from agent.main import main as agent_main
+from agent.network.cleanup import Cleanup, clean_host
 from agent.network.dns import DnsServer, LocalTask, NameTable
 from agent.network.host import HostNetwork
-from agent.network.plan import HOOKS, VXLAN_DEVICE, bridge_name, gateway_of, plan
+from agent.network.manager import DNS_FILE, MAP_FILE
+from agent.network.plan import HOOKS, NETWORK_LABEL, ROUTE_PROTOCOL, VXLAN_DEVICE, bridge_name, gateway_of, plan
+from agent.runtime.base import ContainerSpec, NetworkAttachment
+from agent.runtime.fake import FakeRuntime
+from dockyard import labels
 from dockyard.v1 import agent_pb2 as apb
 from dockyard.v1 import types_pb2 as pb
 
@@ -258,3 +268,73 @@ async def test_dns_server_in_a_namespace_answers_containers_and_follows_deltas(l
             client.close()
     finally:
         await server.close()
+
+
+def _host_state(lab: Lab, host: str) -> tuple[str, str, str]:
+    """Our routes, the VXLAN device and every iptables rule of the host, as text."""
+    ns = lab.ns(host)
+    routes = in_ns(ns, "ip", "route", "show", "proto", str(ROUTE_PROTOCOL)).stdout
+    device = in_ns(ns, "ip", "-o", "link", "show", VXLAN_DEVICE, check=False).stdout
+    rules = in_ns(ns, "iptables-save").stdout
+    return routes, device, rules
+
+
+async def test_cleaning_a_removed_hosts_network_leaves_nothing_of_ours(lab: Lab, tmp_path: Path) -> None:
+    await apply(lab, "h1", 1)
+    routes, device, rules = _host_state(lab, "h1")
+    assert routes and device and "DOCKYARD-FORWARD" in rules, "the host has our state to clean"
+    (tmp_path / MAP_FILE).write_bytes(network_map(1).SerializeToString())
+    (tmp_path / DNS_FILE).write_bytes(b"")
+    runtime = FakeRuntime(images=["app:1"])
+    ours = {labels.MANAGED: "true", NETWORK_LABEL: "shop_default"}
+    await runtime.ensure_network("shop_default", "10.128.3.0/24", "10.128.3.1", "dky-aaaa", ours, False)
+    await runtime.ensure_network(
+        "dockyard", "10.128.0.0/24", "10.128.0.1", "dky-bbbb", {**ours, NETWORK_LABEL: "d"}, False
+    )
+    await runtime.ensure_network("other_default", "10.77.0.0/24", "10.77.0.1", "br-compose", {}, False)
+    used = await runtime.create(ContainerSpec("app-1", "app:1", networks=(NetworkAttachment("dockyard"),)))
+    await runtime.start(used)
+
+    done = await clean_host(HostNetwork(netns=lab.ns("h1")), runtime, tmp_path)
+
+    assert done.problems == []
+    assert (done.networks_removed, done.networks_in_use) == (["shop_default"], ["dockyard"])
+    assert sorted(done.files_removed) == sorted(str(tmp_path / name) for name in (DNS_FILE, MAP_FILE))
+    assert [n.name for n in await runtime.list_networks({})] == ["dockyard", "other_default"], "another's is kept"
+    routes, device, rules = _host_state(lab, "h1")
+    assert (routes, device) == ("", "")
+    assert "DOCKYARD" not in rules
+    assert "-A POSTROUTING" not in rules or "DOCKYARD-POSTROUTING" not in rules
+    # Idempotent: a second run finds nothing and fails at nothing.
+    again = await clean_host(HostNetwork(netns=lab.ns("h1")), None, tmp_path)
+    assert again == Cleanup()
+
+
+def test_cleanup_network_command_cleans_the_named_namespace(lab: Lab, tmp_path: Path) -> None:
+    asyncio.run(apply(lab, "h2", 1))
+    (tmp_path / MAP_FILE).write_bytes(b"")
+    saved = structlog.get_config()  # the command sends logs to the runner's stderr; later tests keep theirs
+    try:
+        result = CliRunner().invoke(
+            agent_main,
+            [
+                "cleanup-network",
+                "--state-dir",
+                str(tmp_path),
+                "--netns",
+                lab.ns("h2"),
+                "--no-docker-networks",
+                "-ojson",
+            ],
+        )
+    finally:
+        structlog.configure(**saved)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == {
+        "networks_removed": [],
+        "networks_in_use": [],
+        "files_removed": [str(tmp_path / MAP_FILE)],
+        "problems": [],
+    }
+    routes, device, rules = _host_state(lab, "h2")
+    assert (routes, device) == ("", "") and "DOCKYARD" not in rules
