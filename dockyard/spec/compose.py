@@ -44,7 +44,7 @@ from typing import Final
 from dockyard.constraints import ConstraintError, parse_constraint
 from dockyard.spec import reader, stacks, validation
 from dockyard.spec.deployment import Deployment
-from dockyard.spec.interpolate import interpolate, parse_dotenv, project_variables, read_text
+from dockyard.spec.interpolate import interpolate, parse_dotenv, project_variables
 from dockyard.spec.issues import (
     Issue,
     SpecError,
@@ -56,8 +56,8 @@ from dockyard.spec.issues import (
     quote,
     service_path,
 )
-from dockyard.spec.loading import load_deployment_file, parse_yaml
-from dockyard.spec.units import parse_bytes
+from dockyard.spec.loading import load_deployment_file, parse_yaml, read_text
+from dockyard.spec.units import byte_size
 from dockyard.v1 import controller_pb2 as cpb
 from dockyard.v1 import types_pb2 as pb
 
@@ -1289,9 +1289,11 @@ class _Translator:
             else:
                 self.fail(key_path(path, "type"), f"must be volume, bind or tmpfs, got {got(kind)}")
             return None
+        # A bind's source is never made on the host and a volume is mounted as Docker does by default (nocopy
+        # and create_host_path are not read), so of these options only a tmpfs's size is supported.
         for key, known, supported in (
-            ("bind", _BIND_KEYS, {"create_host_path"}),
-            ("volume", _VOLUME_OPTION_KEYS, {"nocopy"}),
+            ("bind", _BIND_KEYS, set[str]()),
+            ("volume", _VOLUME_OPTION_KEYS, set[str]()),
             ("tmpfs", _TMPFS_KEYS, {"size"}),
         ):
             if key in item:
@@ -1331,7 +1333,7 @@ class _Translator:
         for option in filter(None, (parts[2] if len(parts) == 3 else "").split(",")):
             if option in ("ro", "rw"):
                 read_only = option == "ro"
-            elif option != "nocopy":
+            else:
                 self.unsupported_key(path, f"the mount option {describe(option)}")
         kind = "bind" if _is_path(source) else "volume"
         return self.mount_of(kind, source, target, read_only, path, path)
@@ -1378,14 +1380,12 @@ class _Translator:
         )
 
     def size(self, value: object, path: str) -> int | None:
-        """Reads a size in Docker's units with the spec's own parser."""
-        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-            return value
-        if not isinstance(value, str):
+        """Reads a size in Docker's units with the spec's own rule (units.byte_size: bytes up to MAX_BYTES)."""
+        if isinstance(value, bool) or not isinstance(value, int | str):
             self.fail(path, f"must be a size like 64m, got {got(value)}")
             return None
         try:
-            return parse_bytes(str(_docker_size(value)))
+            return byte_size(_docker_size(value))
         except ValueError as exc:
             self.fail(path, str(exc))
             return None

@@ -19,6 +19,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 from dockyard.spec.issues import Issue, SpecError, describe, index_path, key_path
+from dockyard.spec.loading import read_text
 
 # The file beside a Compose file that holds default values for its variables.
 DOTENV = ".env"
@@ -307,17 +308,6 @@ class _Chain(Mapping[str, str]):
 
     def __len__(self) -> int:
         return len(set(self._first) | set(self._second))
-
-
-def read_text(path: str) -> str:
-    """Reads a UTF-8 text file; raises SpecError naming it when it cannot be read."""
-    try:
-        with open(path, encoding="utf-8-sig") as file:
-            return file.read()
-    except UnicodeDecodeError as exc:
-        raise SpecError([f"{path}: is not UTF-8 text (bad byte at offset {exc.start}); save it as UTF-8"]) from None
-    except OSError as exc:
-        raise SpecError([f"{path}: cannot read the file: {exc.strerror or exc}"]) from None
 
 
 def project_variables(directory: str, environ: Mapping[str, str] | None = None) -> dict[str, str]:

@@ -38,6 +38,7 @@ from dockyard.spec.units import (
     MAX_UINT32,
     MOUNT_SHAPE,
     PORT_SHAPE,
+    byte_size,
     format_cpus,
     parse_bytes,
     parse_duration_nanos,
@@ -540,19 +541,12 @@ class _Reader:
         self.known(value, path, "mounts[].tmpfs")
         if "size" not in value:
             return True
-        where, size = key_path(path, "size"), value["size"]
-        if isinstance(size, int) and not isinstance(size, bool) and 0 <= size <= MAX_BYTES:
-            mount.tmpfs_size_bytes = size
-            return True
-        if isinstance(size, str):
-            try:
-                mount.tmpfs_size_bytes = parse_bytes(size)
-                return True
-            except ValueError as exc:
-                self.fail(where, str(exc))
-                return False
-        self.fail(where, f"must be a size like 64MiB, got {got(size)}")
-        return False
+        try:
+            mount.tmpfs_size_bytes = byte_size(value["size"])
+        except ValueError as exc:
+            self.fail(key_path(path, "size"), str(exc))
+            return False
+        return True
 
     def networks(self, value: object, path: str) -> list[str]:
         """Reads the list of networks by name; a declared network's name becomes its cluster-wide one."""

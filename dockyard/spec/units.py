@@ -10,7 +10,7 @@ import math
 import re
 from fractions import Fraction
 
-from dockyard.spec.issues import describe
+from dockyard.spec.issues import describe, got
 
 KIB = 1024
 MIB = 1024**2
@@ -85,6 +85,17 @@ def parse_bytes(text: str) -> int:
     if size > MAX_BYTES:
         raise ValueError(f"is too large, got {describe(text)}; the maximum is {MAX_BYTES} bytes")
     return size
+
+
+def byte_size(value: object) -> int:
+    """Reads a byte size written as a whole number of bytes or as text ("64MiB"): 0 to MAX_BYTES, else ValueError."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if not 0 <= value <= MAX_BYTES:
+            raise ValueError(f"must be 0 to {MAX_BYTES} bytes, got {describe(value)}")
+        return value
+    if isinstance(value, str):
+        return parse_bytes(value)
+    raise ValueError(f"must be a size like 64MiB, got {got(value)}")
 
 
 def format_bytes(n: int, *, approximate: bool = False) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from dockyard.spec.compose import FORMAT_COMPOSE, FORMAT_DOCKYARD, detect_format, load_compose, read_compose
@@ -66,8 +66,18 @@ compose_like = st.fixed_dictionaries(
 VARIABLES = {"A": "1", "B": ""}
 
 
+# Inputs that once escaped as something other than SpecError, run first on every run.
+HUGE_TMPFS = {
+    "services": {"web": {"image": "nginx", "volumes": [{"type": "tmpfs", "target": "/t", "tmpfs": {"size": 10**23}}]}}
+}
+HUGE_SHORT_TMPFS = {"services": {"web": {"image": "nginx", "tmpfs": ["/t:size=99999999999999999999999"]}}}
+
+
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.one_of(documents, compose_like), st.booleans())
+@example(HUGE_TMPFS, False)
+@example(HUGE_TMPFS, True)
+@example(HUGE_SHORT_TMPFS, False)
 def test_any_document_reads_or_raises_spec_error(document: object, ignore: bool) -> None:
     errors: list[str] = []
     try:

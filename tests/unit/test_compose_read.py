@@ -497,6 +497,41 @@ services:
     assert all(w.endswith("ignored") for w in loaded.warnings)
 
 
+def test_mount_options_that_are_not_read_are_unsupported(tmp_path: Path) -> None:
+    # nocopy and create_host_path were accepted and silently not applied; now they are listed like any other.
+    text = """
+services:
+  web:
+    image: nginx
+    volumes:
+      - data:/data:nocopy
+      - {type: volume, source: data, target: /v, volume: {nocopy: true}}
+      - {type: bind, source: /srv, target: /srv, bind: {create_host_path: true}}
+volumes: {data: }
+"""
+    found = errors(text, tmp_path)
+    assert [line.split(": ", 1)[0] for line in found] == [
+        "services.web.volumes[0]",
+        "services.web.volumes[1].volume.nocopy",
+        "services.web.volumes[2].bind.create_host_path",
+    ]
+    assert '"nocopy"' in found[0] and all("not supported by Dockyard" in line for line in found)
+    loaded = read(text, tmp_path, ignore_unsupported=True)
+    web = loaded.deployment.specs[0]
+    # With --ignore-unsupported each mount is read without the option, as for the short form's other options.
+    assert [m.target for m in web.mounts] == ["/data", "/v", "/srv"]
+
+
+@pytest.mark.parametrize("size", ["99999999999999999999999", "'99999999999999999999999'", "-1", "'1e30g'"])
+def test_a_tmpfs_size_beyond_what_a_mount_holds_is_refused_on_its_path(tmp_path: Path, size: str) -> None:
+    # An integer beyond int64 used to crash the apply (protobuf: "Value out of range").
+    found = errors(
+        f"services: {{web: {{image: nginx, volumes: [{{type: tmpfs, target: /t, tmpfs: {{size: {size}}}}}]}}}}",
+        tmp_path,
+    )
+    assert len(found) == 1 and found[0].startswith("services.web.volumes[0].tmpfs.size: "), found
+
+
 def test_unknown_keys_are_errors_even_when_ignoring_unsupported(tmp_path: Path) -> None:
     found = errors("services: {web: {image: nginx, enviroment: {A: b}}}", tmp_path, ignore_unsupported=True)
     assert found == ['services.web.enviroment: is not a Compose key here; did you mean "environment"?']

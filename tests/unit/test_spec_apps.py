@@ -239,6 +239,12 @@ SERVICE_ERRORS = [
         'services.web.mounts[0].tmpfs.size: must be a size like 512MiB or 2GiB, got "lots"',
     ),
     service_case(
+        "m-long-tmpfs-huge",
+        "mounts: [{type: tmpfs, target: /x, tmpfs: {size: 99999999999999999999999}}]",
+        "",
+        "services.web.mounts[0].tmpfs.size: must be 0 to 9223372036854775807 bytes, got 99999999999999999999999",
+    ),
+    service_case(
         "m-long-tmpfs-notmap",
         "mounts: [{type: tmpfs, target: /x, tmpfs: 64m}]",
         "",
