@@ -131,6 +131,16 @@ class AgentSession:
         self._changes = {}
         self._specs = {}
         self._bytes = size + sum(item.ByteSize() for item in files)
+        if self._bytes > OUTBOX_BYTES:
+            # Not a slow reader: this node's tasks need more than a session may hold at once. Say so.
+            log.error(
+                "full assignment set and file data too large for a session", node_id=self.node_id, bytes=self._bytes
+            )
+            self.close(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"the node's tasks need {self._bytes} bytes of assignments and secret or config data at once, more "
+                f"than a session holds ({OUTBOX_BYTES}); run fewer of them on this node",
+            )
         self._ready.set()
         self._check_bound()
 

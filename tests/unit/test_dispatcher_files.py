@@ -231,3 +231,13 @@ async def test_credentials_are_found_however_the_image_spells_its_registry(tmp_p
         assert sorted(offer.auths) == ["docker.io", "registry.example.com"]
     finally:
         await store.close()
+
+
+def test_a_full_set_whose_file_data_a_session_cannot_hold_closes_it_saying_why() -> None:
+    size = 500_000
+    spec, offer = big_configs(OUTBOX_BYTES // size + 1, size)
+    session = AgentSession("n1", "s1")
+    session.files.take_offer(offer)
+    session.send_full([task("t1", "big")], {("big", 1): spec})
+    assert session.closed.is_set()
+    assert "the node's tasks need" in session.close_reason and "run fewer of them on this node" in session.close_reason
