@@ -107,8 +107,12 @@ def pruned_of_stack(
     return [s for s in candidates if s.spec.stack == stack]
 
 
-def request_stack(specs: Sequence[pb.ServiceSpec]) -> str:
-    """The stack a request without one deploys (PlanApply has no field for it): the specs' one stack, or ""."""
+def request_stack(stack: str, specs: Sequence[pb.ServiceSpec]) -> str:
+    """The stack a request deploys, which is all that its prune may delete: its stack field, else the specs' one
+    stack, else "" (the whole cluster). Apply and plan both use it, so a plan shows what the apply prunes.
+    """
+    if stack:
+        return stack
     stacks = {spec.stack for spec in specs}
     return stacks.pop() if len(stacks) == 1 else ""
 

@@ -179,7 +179,8 @@ class ControllerApi(FilesApi, StacksApi, NetworksApi, VolumesApi):
         """
         existing = {s.name: s for s in await self._store.list_services()}
         specs = with_stack(request.services, request.stack)
-        removed = pruned_of_stack(specs, existing, request.stack) if request.prune else []
+        stack = request_stack(request.stack, specs)
+        removed = pruned_of_stack(specs, existing, stack) if request.prune else []
         await self._check_apply(specs, existing, removed, context)
         objects = plan_objects(
             request, specs, await read_objects(self._store), self._clock.now(), self._new_id, self._sealer
@@ -728,7 +729,7 @@ class ControllerApi(FilesApi, StacksApi, NetworksApi, VolumesApi):
         nodes = await self._store.list_nodes()
         existing = {s.name: s for s in services}
         specs = with_stack(request.services, request.stack)
-        stack = request.stack or request_stack(specs)
+        stack = request_stack(request.stack, specs)
         removed = pruned_of_stack(specs, existing, stack) if request.prune else []
         await self._check_apply(specs, existing, removed, context)
         now = self._clock.now()

@@ -393,6 +393,22 @@ async def test_plan_with_prune_of_a_stack_plans_only_that_stacks_removals(api: A
     assert removed == ["shop_db"]
 
 
+async def test_prune_of_stacked_specs_without_a_stack_field_prunes_only_their_stack_as_the_plan_says(
+    api: ApiUnderTest,
+) -> None:
+    async with api.client() as client:
+        await client.apply([spec("loose")])
+        await apply(api, shop())
+        await apply(api, cpb.ApplyServiceRequest(services=[spec("blog_web", "blog")], stack="blog"))
+        # The specs say their stack; the request's stack field is empty.
+        plan = await client.plan([spec("shop_web", "shop")], prune=True)
+        planned = sorted(p.name for p in plan.services if p.action == cpb.ServicePlan.ACTION_REMOVE)
+        response = await client.apply([spec("shop_web", "shop")], prune=True)
+    removed = sorted(r.service.name for r in response.results if r.action == cpb.ApplyResult.ACTION_REMOVED)
+    assert removed == planned == ["shop_db"]
+    assert [s.name for s in await api.store.list_services()] == ["blog_web", "loose", "shop_web"]
+
+
 async def test_a_controller_whose_store_has_secrets_refuses_to_start_without_its_data_key(tmp_path: Path) -> None:
     cluster = FakeCluster(root=tmp_path)
     await cluster.start_controller()
