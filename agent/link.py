@@ -49,6 +49,8 @@ REDIAL_CAP = REDIAL_CAP_SECONDS
 _Call = grpc.aio.StreamStreamCall[apb.AgentMessage, apb.ControllerMessage]
 # What ends a session or a dial in the ordinary course of a network's life; anything else is logged as a bug.
 _EXPECTED = (grpc.aio.AioRpcError, asyncio.InvalidStateError, OSError, TimeoutError)
+# How the controller words its refusal of a removed node (controller/security/guard.py, the dispatcher).
+_REMOVED = "was removed from the cluster"
 
 
 def session_channel_options(connect_timeout: float) -> list[tuple[str, int]]:
@@ -115,6 +117,7 @@ class ControllerLink:
         self._clock: Clock = clock or SystemClock()
         # The "not this cluster's controller" line comes at most once a minute while it lasts.
         self._foreign = Throttle(self._clock, interval=60.0, burst=1)
+        self._removed = Throttle(self._clock, interval=60.0, burst=1)  # likewise "this node was removed"
         self._probe: asyncio.Task[None] | None = None
         self._options = session_channel_options(connect_timeout)
         self._heard = 0.0  # monotonic time of the controller's last message in this session
@@ -141,6 +144,7 @@ class ControllerLink:
                 log.warning("docker not answering; no hello without this host's facts", error=str(exc))
             except _EXPECTED as exc:
                 detail = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else str(exc) or type(exc).__name__
+                self._say_if_removed(exc, detail or "")
                 if self.connected.is_set():
                     log.warning("controller session lost", controller=self._address, error=detail)
                 else:
@@ -158,6 +162,24 @@ class ControllerLink:
                     self.disconnected_since = self._clock.monotonic()
                 self.connected.clear()
             await self._clock.sleep(backoff.next_delay())
+
+    def _say_if_removed(self, exc: BaseException, detail: str) -> None:
+        """Says how to clean this host when the controller refuses the node as removed (at most once a minute).
+
+        Nothing is torn down here: a controller restored from a store older than this node's join says the
+        same, and the node's containers and network must outlive that (docs/design/network.md).
+        """
+        refused = isinstance(exc, grpc.aio.AioRpcError) and exc.code() == grpc.StatusCode.PERMISSION_DENIED
+        if not refused or _REMOVED not in detail or self._removed.allow("removed") is None:
+            return
+        log.error(
+            "this node was removed from the cluster",
+            controller=self._address,
+            error=detail,
+            containers="kept, with their network; nothing is torn down",
+            fix="join this host again (dockyard-agent join --rejoin), or stop the agent and clean the host with "
+            "`dockyard-agent cleanup-network`",
+        )
 
     def _probe_if_foreign(self) -> None:
         """After a failed dial, checks beside the redials (at most once a minute) whether the server there is

@@ -15,10 +15,12 @@ from pathlib import Path
 
 import grpc
 import pytest
+from structlog.testing import capture_logs
 
 import agent.link as link_module
 from agent.link import REDIAL_BASE, REDIAL_CAP, ControllerLink, session_channel_options
 from agent.reporter import Reporter
+from agent.runtime.base import ContainerSpec, ContainerState
 from agent.runtime.fake import FakeRuntime
 from agent.task_book import TaskBook
 from agent.worker import Worker
@@ -311,3 +313,34 @@ async def test_redials_come_at_jittered_delays_capped_at_the_redial_cap(
     assert len(set(gaps[5:])) > 1, "delays are jittered"
     assert len(link.dials) >= 60 / REDIAL_CAP
     assert link.disconnected_for() == 60
+
+
+class RemovedController(apb_grpc.AgentServiceServicer):
+    """Refuses every session as the controller refuses a removed node."""
+
+    def __init__(self) -> None:
+        self.refused = 0
+
+    async def Session(  # type: ignore[override]
+        self, request_iterator: object, context: grpc.aio.ServicerContext[apb.AgentMessage, apb.ControllerMessage]
+    ) -> None:
+        del request_iterator
+        self.refused += 1
+        await context.abort(grpc.StatusCode.PERMISSION_DENIED, "node n1 was removed from the cluster")
+
+
+async def test_a_removed_node_is_told_how_to_clean_its_host_and_nothing_is_torn_down(tmp_path: Path) -> None:
+    clock = FakeClock()
+    controller = RemovedController()
+    with capture_logs() as logs:
+        async with serving(controller) as address, linked(address, tmp_path, clock) as side:
+            container = await side.runtime.create(ContainerSpec(name="app-1", image=IMAGE))
+            await side.runtime.start(container)
+            await until(lambda: controller.refused >= 1, "a refused session")
+            await clock.advance(REDIAL_CAP)
+            await until(lambda: controller.refused >= 2, "a second refused session")
+            assert (await side.runtime.inspect(container)).state is ContainerState.RUNNING
+    said = [entry for entry in logs if entry["event"] == "this node was removed from the cluster"]
+    assert len(said) == 1, "once a minute, not at every redial"
+    assert "dockyard-agent cleanup-network" in said[0]["fix"]
+    assert said[0]["log_level"] == "error"
