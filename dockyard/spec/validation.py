@@ -32,11 +32,16 @@ from dockyard.spec.units import (
     format_duration_nanos,
 )
 from dockyard.v1 import types_pb2 as pb
+from dockyard.volumes import is_volume_mount
 
 IMAGE_EXAMPLE = '"nginx:1.27"'
 JOB_CONDITION_MESSAGE = "a job runs to completion; use on-failure or none"
 ROLLBACK_ROLLBACK_MESSAGE = "a rollback cannot itself roll back; use pause or continue"
 GLOBAL_REPLICAS_MESSAGE = "a global service runs one task per eligible node; remove replicas or use mode: replicated"
+GLOBAL_VOLUME_MESSAGE = (
+    "a global service runs a task on every node, but a named volume lives on one node; use a bind or tmpfs "
+    "mount, or mode: replicated"
+)
 
 # Lowercase RFC 1123 label, so the name can appear in container and DNS names.
 _DNS_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?\Z")
@@ -794,6 +799,9 @@ def _files(spec: pb.ServiceSpec, base: str) -> Iterator[Issue]:
         yield from problems
         if not problems:
             yield from targets.claim(mount.target, f"mounts[{i}]", key_path(where, "target"))
+            if spec.mode == pb.SERVICE_MODE_GLOBAL and is_volume_mount(mount):
+                # A named volume lives on the node of its first task, so every other node's task would wait.
+                yield Issue(key_path(where, "source"), GLOBAL_VOLUME_MESSAGE)
     networks, names = key_path(base, "networks"), Names("networks")
     for i, network in enumerate(spec.networks):
         where = index_path(networks, i)

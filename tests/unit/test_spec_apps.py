@@ -848,6 +848,23 @@ def spec(**fields: Any) -> pb.ServiceSpec:
             ],
             id="file-refs",
         ),
+        pytest.param(
+            pb.ServiceSpec(
+                name="web",
+                image="x",
+                mode=pb.SERVICE_MODE_GLOBAL,
+                mounts=[
+                    pb.Mount(type=pb.Mount.TYPE_BIND, source="/srv", target="/srv"),
+                    pb.Mount(type=pb.Mount.TYPE_TMPFS, target="/tmp"),
+                    pb.Mount(type=pb.Mount.TYPE_VOLUME, source="data", target="/data"),
+                ],
+            ),
+            [
+                "services.web.mounts[2].source: a global service runs a task on every node, but a named volume lives "
+                "on one node; use a bind or tmpfs mount, or mode: replicated"
+            ],
+            id="global-named-volume",
+        ),
         pytest.param(spec(hostname="Web.example"), [], id="hostname-upper"),
         pytest.param(
             spec(hostname="x" * 64),

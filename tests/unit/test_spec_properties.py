@@ -101,11 +101,15 @@ hostnames = st.from_regex(r"[a-z0-9]([a-z0-9-]{0,8}[a-z0-9])?(\.[a-z0-9]{1,5}){0
 
 
 @st.composite
-def mount_lists(draw: st.DrawFn, targets: list[str]) -> list[pb.Mount]:
-    """Valid mounts in the form load_spec returns them (the type always explicit), on the given targets."""
+def mount_lists(draw: st.DrawFn, targets: list[str], named_volumes: bool = True) -> list[pb.Mount]:
+    """Valid mounts in the form load_spec returns them (the type always explicit), on the given targets.
+
+    Without named_volumes (a global service may mount none), volumes are left out.
+    """
     mounts = []
+    kinds = [pb.Mount.TYPE_VOLUME] if named_volumes else []
     for target in targets:
-        kind = draw(st.sampled_from([pb.Mount.TYPE_VOLUME, pb.Mount.TYPE_BIND, pb.Mount.TYPE_TMPFS]))
+        kind = draw(st.sampled_from([*kinds, pb.Mount.TYPE_BIND, pb.Mount.TYPE_TMPFS]))
         mount = pb.Mount(type=kind, target=target, read_only=draw(st.booleans()))
         if kind == pb.Mount.TYPE_VOLUME:
             mount.source = draw(object_names)
@@ -283,7 +287,7 @@ def valid_specs(draw: st.DrawFn) -> pb.ServiceSpec:
         entrypoint=draw(st.lists(free_text, max_size=2)),
         command=draw(st.lists(free_text, max_size=4)),
         hostname=draw(st.just("") | hostnames),
-        mounts=draw(mount_lists(targets[: split[0]])),
+        mounts=draw(mount_lists(targets[: split[0]], named_volumes=mode != pb.SERVICE_MODE_GLOBAL)),
         networks=draw(st.lists(object_names, max_size=3, unique=True)),
         secrets=draw(file_ref_lists(targets[split[0] : split[1]])),
         configs=draw(file_ref_lists(targets[split[1] :])),
