@@ -12,10 +12,17 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from controller.api.files import digest_of, file_spec_issues, new_config, new_secret, same_secret_data
 from controller.orchestrator.rollout import resumed
 from controller.sealing import Sealer
-from controller.store.base import Check, Kind, Op, Put, Store
+from controller.store.base import Kind, Op, Put, Store
 from dockyard.spec.diff import same_task_spec
 from dockyard.spec.issues import Issue, index_path, key_path, service_path
-from dockyard.spec.stacks import CLUSTER_NETWORK, belongs, default_network, object_name_problem, stack_problem
+from dockyard.spec.stacks import (
+    CLUSTER_NETWORK,
+    belongs,
+    default_network,
+    networks_of,
+    object_name_problem,
+    stack_problem,
+)
 from dockyard.spec.validation import label_issues
 from dockyard.timestamps import to_timestamp
 from dockyard.v1 import controller_pb2 as cpb
@@ -155,13 +162,17 @@ def plan_objects(
     now: datetime,
     new_id: Callable[[], str],
     sealer: Sealer | None,
+    existing: Mapping[str, pb.Service],
 ) -> ObjectPlan:
     """Decides the objects an apply makes (declared ones that do not exist yet, a stack's default network,
     volumes mounted but not declared, as Compose makes them) and checks every reference of `specs`.
 
     A reference to a network, secret or config that neither exists nor is declared is a problem at its
     field's path; so is a declared secret or config that exists with other data (they are immutable).
-    Referenced secrets and configs that exist are Checked, so one removed meanwhile fails the commit.
+    An existing network, secret or config that a spec refers to and its stored service (`existing`, by name)
+    did not is written unchanged (conditioned on its version), so its removal and this apply cannot both
+    commit: a removal judges users from the services it read and Checks them, which a new service escapes.
+    A reference the stored service had already needs nothing: the removal saw it and refuses.
     """
     issues: list[Issue] = []
     stack = request.stack
@@ -184,7 +195,7 @@ def plan_objects(
     if (declared.secrets or any(spec.secrets for spec in specs)) and sealer is None:
         issues.append(Issue("secrets", "this controller has no data key to seal secrets with"))
     ops = _declared_ops(declared, stack, view, now, new_id, sealer, issues)
-    ops.extend(_reference_ops(specs, declared, view, to_timestamp(now), new_id, issues))
+    ops.extend(_reference_ops(specs, declared, view, to_timestamp(now), new_id, issues, existing))
     return ObjectPlan(issues, ops)
 
 
@@ -245,14 +256,29 @@ def _reference_ops(
     stamp: Timestamp,
     new_id: Callable[[], str],
     issues: list[Issue],
+    existing: Mapping[str, pb.Service],
 ) -> list[Op]:
-    """Checks each spec's references; returns the puts of what is made on first use and the checks."""
+    """Checks each spec's references; returns the puts of what is made on first use and of what is held."""
     ops: list[Op] = []
     made_networks = set(declared.networks)
     made_volumes = set(declared.volumes)
-    checked: set[tuple[Kind, str]] = set()
+    held: set[str] = set()
+
+    def hold(obj: pb.Network | pb.Secret | pb.Config) -> None:
+        if obj.id not in held:
+            held.add(obj.id)
+            ops.append(Put(obj, expect_version=obj.version))
+
     for spec in specs:
         base = service_path(spec.name)
+        stored = existing.get(spec.name)
+        old = stored.spec if stored is not None else None
+        for network in networks_of(spec):
+            current_network = view.networks.get(network)
+            # The cluster network cannot be removed, and it is written often (a subnet per node).
+            fresh = old is None or network not in networks_of(old)
+            if current_network is not None and network != CLUSTER_NETWORK and fresh:
+                hold(current_network)
         if not spec.networks and spec.stack:
             default = default_network(spec.stack)
             if default not in view.networks and default not in made_networks:
@@ -283,9 +309,8 @@ def _reference_ops(
             for j, ref in enumerate(getattr(spec, field)):
                 current = known.get(ref.name)
                 if current is not None:
-                    if ref.name not in names and (kind, current.id) not in checked:
-                        checked.add((kind, current.id))
-                        ops.append(Check(kind, current.id, current.version))
+                    if old is None or all(r.name != ref.name for r in getattr(old, field)):
+                        hold(current)
                 elif ref.name not in names:
                     issues.append(
                         Issue(

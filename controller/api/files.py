@@ -26,7 +26,7 @@ import grpc
 
 from controller.api.bounds import Gate
 from controller.api.status import Context, abort, abort_invalid
-from controller.api.writes import commit_or_abort
+from controller.api.writes import commit_or_abort, still_as_read
 from controller.sealing import DIGEST_PREFIX, Sealer, SealError, registry_context, secret_context
 from controller.store.base import ConflictError, Delete, Kind, Op, Put, Store
 from dockyard.clock import Clock
@@ -284,7 +284,8 @@ class FilesApi:
         return found
 
     async def _remove(self, kind: Kind, obj: pb.Secret | pb.Config, context: Context) -> None:
-        users = users_of(kind, obj.name, await self._store.list_services())
+        services = await self._store.list_services()
+        users = users_of(kind, obj.name, services)
         if users:
             await abort(
                 context,
@@ -292,9 +293,10 @@ class FilesApi:
                 f"name: {kind} {obj.name!r} is used by service(s) {', '.join(users)}; remove it from their specs "
                 "(apply them without it) first",
             )
-        await commit_or_abort(
-            self._store, context, [Delete(kind, obj.id, expect_version=obj.version)], f"{kind}s.{obj.name}", False
-        )
+        # An apply that gives a service the reference meanwhile changes that service or (a new reference) writes
+        # the object: either way this commit fails, never leaving a service naming a file that is gone.
+        ops = [Delete(kind, obj.id, expect_version=obj.version), *still_as_read(services)]
+        await commit_or_abort(self._store, context, ops, f"{kind}s.{obj.name}", False)
 
     # --- registry credentials -------------------------------------------------------------------------
 

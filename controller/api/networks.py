@@ -15,7 +15,7 @@ import grpc
 
 from controller.api.bounds import Gate
 from controller.api.status import Context, abort, abort_invalid
-from controller.api.writes import commit_or_abort
+from controller.api.writes import commit_or_abort, still_as_read
 from controller.store.base import Delete, Kind, Put, Store
 from dockyard.clock import Clock
 from dockyard.spec.issues import Issue, key_path
@@ -93,7 +93,8 @@ class NetworksApi:
                 f"name: {CLUSTER_NETWORK!r} is the cluster network, which services without networks join; "
                 "it cannot be removed",
             )
-        users = network_users(network.name, await self._store.list_services())
+        services = await self._store.list_services()
+        users = network_users(network.name, services)
         if users:
             await abort(
                 context,
@@ -104,7 +105,8 @@ class NetworksApi:
         await commit_or_abort(
             self._store,
             context,
-            [Delete(Kind.NETWORK, network.id, expect_version=network.version)],
+            # As for secrets: a concurrent apply that joins a service to the network fails this commit, or it.
+            [Delete(Kind.NETWORK, network.id, expect_version=network.version), *still_as_read(services)],
             f"networks.{network.name}",
             False,
         )

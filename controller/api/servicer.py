@@ -183,7 +183,7 @@ class ControllerApi(FilesApi, StacksApi, NetworksApi, VolumesApi):
         removed = pruned_of_stack(specs, existing, stack) if request.prune else []
         await self._check_apply(specs, existing, removed, context)
         objects = plan_objects(
-            request, specs, await read_objects(self._store), self._clock.now(), self._new_id, self._sealer
+            request, specs, await read_objects(self._store), self._clock.now(), self._new_id, self._sealer, existing
         )
         if objects.issues:
             await abort_invalid(context, objects.issues)
@@ -741,7 +741,8 @@ class ControllerApi(FilesApi, StacksApi, NetworksApi, VolumesApi):
             secrets=request.secrets,
             configs=request.configs,
         )
-        objects = plan_objects(extras, specs, await read_objects(self._store), now, self._new_id, self._sealer)
+        view = await read_objects(self._store)
+        objects = plan_objects(extras, specs, view, now, self._new_id, self._sealer, existing)
         if objects.issues:
             await abort_invalid(context, objects.issues)
         applied = plan_apply(specs, existing, now, self._new_id)

@@ -16,7 +16,7 @@ import grpc
 
 from controller.api.bounds import Gate
 from controller.api.status import Context, abort, abort_invalid
-from controller.api.writes import commit_or_abort
+from controller.api.writes import commit_or_abort, still_as_read
 from controller.store.base import Delete, Kind, NamedObject, Op, Store, object_id
 from dockyard.spec.issues import Issue
 from dockyard.spec.stacks import networks_of, stack_problem
@@ -119,5 +119,7 @@ class StacksApi:
                     ops.append(Delete(kind, object_id(obj), expect_version=obj.version))
                     removed.objects.setdefault(kind, []).append(obj)
         removed.objects[Kind.VOLUME] = members.objects.get(Kind.VOLUME, [])
+        # The objects' users were judged from `left`: a service given one of them meanwhile fails this commit.
+        ops.extend(still_as_read(left))
         await commit_or_abort(self._store, context, ops, f"stacks.{request.name}", False)
         return cpb.RemoveStackResponse(stack=_message(request.name, removed))

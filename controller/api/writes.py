@@ -8,15 +8,15 @@ caught too.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import grpc
 
 from controller.api.status import Context, Stale, abort, abort_stale
-from controller.store.base import ConflictError, Op, Store
+from controller.store.base import Check, ConflictError, Kind, Op, Store
 from dockyard.v1 import types_pb2 as pb
 
-__all__ = ["commit_or_abort", "revision_stale", "version_stale"]
+__all__ = ["commit_or_abort", "revision_stale", "still_as_read", "version_stale"]
 
 
 def revision_stale(subject: str, expected: int | None, service: pb.Service | None) -> Stale | None:
@@ -53,3 +53,8 @@ async def commit_or_abort(store: Store, context: Context, ops: Sequence[Op], sub
         if conditional:
             await abort_stale(context, [Stale(subject, "changed while this request ran")])
         await abort(context, grpc.StatusCode.ABORTED, f"{subject}: changed while this request ran; try again")
+
+
+def still_as_read(services: Iterable[pb.Service]) -> list[Op]:
+    """Returns a Check of each service: a removal that found no user among them commits only if none changed."""
+    return [Check(Kind.SERVICE, s.id, s.version) for s in services]

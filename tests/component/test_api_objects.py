@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import grpc
@@ -441,3 +442,87 @@ async def test_a_plan_checks_the_references_of_a_file_as_the_apply_does(api: Api
     # A plan writes nothing: no object was made.
     assert await api.store.get_object(Kind.SECRET, "shop_db_password") is None
     assert await api.store.get_object(Kind.NETWORK, "shop_front") is None
+
+
+def after_first_read(api: ApiUnderTest, write: Callable[[], Awaitable[object]]) -> None:
+    """Makes `write` happen just after the next list_services returns: a request racing the one that read."""
+    store = api.store
+    original = store.list_services
+    fired = False
+
+    async def racing() -> list[pb.Service]:
+        nonlocal fired
+        services = await original()
+        if not fired:
+            fired = True
+            await write()
+        return services
+
+    store.list_services = racing  # type: ignore[method-assign]
+
+
+@pytest.mark.parametrize("kind", ["secret", "config", "network"])
+async def test_a_removal_and_an_apply_creating_a_user_never_both_commit(api: ApiUnderTest, kind: str) -> None:
+    fields = {
+        "secret": {"secrets": [pb.FileRef(name="obj")]},
+        "config": {"configs": [pb.FileRef(name="obj")]},
+        "network": {"networks": ["obj"]},
+    }[kind]
+    async with api.client() as client:
+        await {"secret": client.create_secret, "config": client.create_config}.get(
+            kind, lambda name, _: client.create_network(name)
+        )("obj", b"x")
+        remove = {"secret": client.remove_secret, "config": client.remove_config, "network": client.remove_network}
+        # The apply lands between the removal's read of the services (no user yet) and its commit.
+        after_first_read(api, lambda: client.apply([spec("user", **fields)]))
+        error = await refused(remove[kind]("obj"), grpc.StatusCode.ABORTED)
+    assert "changed while this request ran; try again" in str(error)
+    assert await api.store.get_object(getattr(Kind, kind.upper()), "obj") is not None
+    assert [s.name for s in await api.store.list_services()] == ["user"]
+
+
+async def test_a_removal_fails_when_a_service_it_read_changes_before_its_commit(api: ApiUnderTest) -> None:
+    async with api.client() as client:
+        await client.create_secret("pw", b"x")
+        await client.apply([spec("web")])
+    [web] = await api.store.list_services()
+
+    async def rollback_like_write() -> None:
+        # Not an apply (which writes the secret too): a write of the service alone gives it the reference.
+        changed = pb.Service()
+        changed.CopyFrom(web)
+        changed.spec.secrets.append(pb.FileRef(name="pw"))
+        await api.store.commit([Put(changed, expect_version=web.version)])
+
+    after_first_read(api, rollback_like_write)
+    async with api.client() as client:
+        await refused(client.remove_secret("pw"), grpc.StatusCode.ABORTED)
+    assert await api.store.get_object(Kind.SECRET, "pw") is not None
+
+
+async def test_remove_stack_fails_when_a_service_left_joins_its_network_meanwhile(api: ApiUnderTest) -> None:
+    await apply(api, shop())
+    async with api.client() as client:
+        await client.apply([spec("outsider")])
+    outsider = next(s for s in await api.store.list_services() if s.name == "outsider")
+
+    async def join() -> None:
+        changed = pb.Service()
+        changed.CopyFrom(outsider)
+        changed.spec.networks.append("shop_front")
+        await api.store.commit([Put(changed, expect_version=outsider.version)])
+
+    after_first_read(api, join)
+    async with api.client() as client:
+        await refused(client.remove_stack("shop"), grpc.StatusCode.ABORTED)
+    assert await api.store.get_object(Kind.NETWORK, "shop_front") is not None
+
+
+async def test_an_apply_keeping_its_references_writes_no_object(api: ApiUnderTest) -> None:
+    await apply(api, shop())
+    network = await api.store.get_object(Kind.NETWORK, "shop_front")
+    request = shop()
+    request.services[0].replicas = 3  # a change, but not of its references
+    await apply(api, request)
+    # Held only for a new reference: a network's subnets are written often, and a needless write could conflict.
+    assert await api.store.get_object(Kind.NETWORK, "shop_front") == network
