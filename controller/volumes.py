@@ -22,6 +22,7 @@ from dockyard.volumes import is_volume_mount, mounted_volumes
 __all__ = [
     "pin_ops",
     "pinned_nodes",
+    "removing_volumes",
     "reported_ops",
     "users_of",
     "volume_records",
@@ -36,6 +37,11 @@ def volume_records(objects: Iterable[object]) -> dict[str, pb.Volume]:
 def pinned_nodes(records: Mapping[str, pb.Volume]) -> dict[str, str]:
     """Returns volume name -> node id of every record that is pinned to a node: what the scheduler filters on."""
     return {name: record.node_id for name, record in records.items() if record.node_id}
+
+
+def removing_volumes(records: Mapping[str, pb.Volume]) -> frozenset[str]:
+    """Returns the names of the volumes being removed: the scheduler places no task that mounts one."""
+    return frozenset(name for name, record in records.items() if record.removing)
 
 
 def users_of(name: str, services: Iterable[pb.Service]) -> list[str]:

@@ -12,7 +12,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from controller.api.files import digest_of, file_spec_issues, new_config, new_secret, same_secret_data
 from controller.orchestrator.rollout import resumed
 from controller.sealing import Sealer
-from controller.store.base import Kind, Op, Put, Store
+from controller.store.base import Check, Kind, Op, Put, Store
 from dockyard.spec.diff import same_task_spec
 from dockyard.spec.issues import Issue, index_path, key_path, service_path
 from dockyard.spec.stacks import (
@@ -27,7 +27,7 @@ from dockyard.spec.validation import label_issues
 from dockyard.timestamps import to_timestamp
 from dockyard.v1 import controller_pb2 as cpb
 from dockyard.v1 import types_pb2 as pb
-from dockyard.volumes import is_volume_mount
+from dockyard.volumes import is_volume_mount, mounted_volumes
 
 # The change_cause of a revision an apply writes (history shows it); scale and rollback write their own.
 APPLY_CAUSE: Final = "apply"
@@ -172,7 +172,9 @@ def plan_objects(
     An existing network, secret or config that a spec refers to and its stored service (`existing`, by name)
     did not is written unchanged (conditioned on its version), so its removal and this apply cannot both
     commit: a removal judges users from the services it read and Checks them, which a new service escapes.
-    A reference the stored service had already needs nothing: the removal saw it and refuses.
+    A reference the stored service had already needs nothing: the removal saw it and refuses. A volume being
+    removed is refused at the mount's path; an existing one newly mounted is Checked (RemoveVolume marks it
+    `removing` before it reads the users, so a Check is enough there).
     """
     issues: list[Issue] = []
     stack = request.stack
@@ -295,13 +297,23 @@ def _reference_ops(
                         "with `dockyard network create`",
                     )
                 )
-        for mount in spec.mounts:
-            fresh = mount.source not in view.volumes and mount.source not in made_volumes
-            if is_volume_mount(mount) and fresh:
+        for i, mount in enumerate(spec.mounts):
+            record = view.volumes.get(mount.source)
+            if not is_volume_mount(mount):
+                continue
+            fresh = old is None or mount.source not in mounted_volumes(old)
+            if record is None and mount.source not in made_volumes:
                 # Compose and `docker service create` make a mounted volume on first use; so does an apply.
                 made_volumes.add(mount.source)
                 volume = _new_volume(mount.source, spec.stack, mount.volume_labels, stamp, new_id)
                 ops.append(Put(volume, expect_version=0))
+            elif record is not None and record.removing:
+                path = key_path(index_path(key_path(base, "mounts"), i), "source")
+                issues.append(Issue(path, _REMOVING.format(name=mount.source)))
+            elif record is not None and fresh and record.id not in held:
+                # RemoveVolume marks the record before it reads the users: a mark after this read fails the commit.
+                held.add(record.id)
+                ops.append(Check(Kind.VOLUME, record.id, record.version))
         for field, kind, known, names in (
             ("secrets", Kind.SECRET, view.secrets, declared.secrets),
             ("configs", Kind.CONFIG, view.configs, declared.configs),
@@ -322,6 +334,10 @@ def _reference_ops(
     return ops
 
 
+_REMOVING: Final = (
+    "volume {name!r} is being removed; apply once `dockyard volume rm {name}` has ended (if it was interrupted, "
+    "run it again), or mount another volume"
+)
 _IMMUTABLE: Final = "{what} {name!r} exists with other data; {what}s are immutable: create it under a new name"
 
 _S = TypeVar("_S", cpb.NetworkSpec, cpb.VolumeSpec, cpb.FileSpec)

@@ -1,8 +1,11 @@
 """Volumes: the API's list and remove (records are made by apply, by placement and by agents' hellos).
 
-RemoveVolume is refused while a service mounts the volume, naming the services. A volume that was never
-placed has no data anywhere: its record goes at once. Otherwise the node that holds it is sent a VolumeRemove
-through the command channel; the record is marked `removing` meanwhile and deleted once the node confirms
+RemoveVolume is refused while a service mounts the volume, naming the services. The record is marked
+`removing` before the users are read that decide (an apply refuses a volume being removed, or fails its Check
+of one it read before the mark; the scheduler places no task on it), and the delete Checks the services read.
+A volume that was never placed has no data anywhere: its record goes at once. Otherwise the node that holds it
+is sent a VolumeRemove through the command channel; the record stays marked meanwhile and is deleted once the
+node confirms
 (a node that refuses, say because a container still uses the volume, leaves the record as it was and the
 error names why). A node that is down or not connected cannot confirm: the removal is refused unless
 `force`, which forgets the record (the data stays on that host, as the message says).
@@ -17,7 +20,7 @@ import structlog
 
 from controller.api.bounds import Gate
 from controller.api.status import Context, abort, abort_invalid
-from controller.api.writes import commit_or_abort
+from controller.api.writes import commit_or_abort, still_as_read
 from controller.commands import CommandFailed, CommandSender, NodeUnavailable
 from controller.store.base import Delete, Kind, Put, Store
 from controller.volumes import users_of
@@ -64,33 +67,30 @@ class VolumesApi:
                 context, grpc.StatusCode.NOT_FOUND, f"name: volume {request.name!r} not found; see `dockyard volume ls`"
             )
         volume = found
-        users = users_of(volume.name, await self._store.list_services())
-        if users:
+        # Refused at once when a service mounts it (a mark an interrupted removal left goes too, so the service's
+        # tasks can be placed again).
+        await self._refuse_users(volume, await self._store.list_services(), volume.removing, "", context)
+        node = await self._store.get_node(volume.node_id) if volume.node_id else None
+        where = (node.description.hostname or node.id) if node is not None else volume.node_id
+        unreachable = await self._unreachable(node, volume.node_id) if volume.node_id else None
+        if unreachable is not None and not request.force:
             await abort(
                 context,
                 grpc.StatusCode.FAILED_PRECONDITION,
-                f"name: volume {volume.name!r} is mounted by service(s) {', '.join(users)}; remove them, or the "
-                "mount from their specs (apply them without it), first",
+                f"name: volume {volume.name!r} is on node {where}, which {unreachable}; try again once it is "
+                f"back, or use --force to forget the volume (its data stays on {where})",
             )
-        if not volume.node_id:
-            # Never placed: no host holds data of it.
-            await self._forget(volume, context)
-            return cpb.RemoveVolumeResponse(volume=volume)
-        node = await self._store.get_node(volume.node_id)
-        where = node.description.hostname or node.id if node is not None else volume.node_id
-        unreachable = await self._unreachable(node, volume.node_id)
-        if unreachable is not None:
-            if not request.force:
-                await abort(
-                    context,
-                    grpc.StatusCode.FAILED_PRECONDITION,
-                    f"name: volume {volume.name!r} is on node {where}, which {unreachable}; try again once it is "
-                    f"back, or use --force to forget the volume (its data stays on {where})",
-                )
-            log.info("volume forgotten", volume=volume.name, node=where, why=unreachable)
-            await self._forget(volume, context)
-            return cpb.RemoveVolumeResponse(volume=volume)
+        # Marked first: from here an apply refuses the volume (one that read it before fails its Check) and the
+        # scheduler places nothing on it, so the users read next are all it can have.
         marked = await self._mark(volume, True, context)
+        services = await self._store.list_services()
+        await self._refuse_users(marked, services, True, "", context)
+        if not volume.node_id or unreachable is not None:
+            # Never placed (no host holds data of it), or forced: only the record goes.
+            if unreachable is not None:
+                log.info("volume forgotten", volume=volume.name, node=where, why=unreachable)
+            await self._forget(marked, services, context)
+            return cpb.RemoveVolumeResponse(volume=volume)
         try:
             error = await self._remove_on(volume)
         except NodeUnavailable:
@@ -107,8 +107,27 @@ class VolumesApi:
             await abort(
                 context, grpc.StatusCode.FAILED_PRECONDITION, f"name: volume {volume.name!r}: node {where}: {error}"
             )
-        await self._forget(marked, context)
+        # Read again just before the record goes: a write that is not an apply (a rollback) may have added a mount.
+        services = await self._store.list_services()
+        await self._refuse_users(marked, services, True, f" (its data on node {where} is removed already)", context)
+        await self._forget(marked, services, context)
         return cpb.RemoveVolumeResponse(volume=marked)
+
+    async def _refuse_users(
+        self, volume: pb.Volume, services: list[pb.Service], unmark: bool, note: str, context: Context
+    ) -> None:
+        """Ends the RPC naming the services that mount the volume, if any; unmark: clears `removing` first."""
+        users = users_of(volume.name, services)
+        if not users:
+            return
+        if unmark:
+            await self._mark(volume, False, context)
+        await abort(
+            context,
+            grpc.StatusCode.FAILED_PRECONDITION,
+            f"name: volume {volume.name!r} is mounted by service(s) {', '.join(users)}{note}; remove them, or the "
+            "mount from their specs (apply them without it), first",
+        )
 
     async def _unreachable(self, node: pb.Node | None, node_id: str) -> str | None:
         """Returns why the volume's node cannot remove it now ("is down", ...), or None when it can be asked."""
@@ -151,11 +170,12 @@ class VolumesApi:
         )
         return marked
 
-    async def _forget(self, volume: pb.Volume, context: Context) -> None:
+    async def _forget(self, volume: pb.Volume, services: list[pb.Service], context: Context) -> None:
+        """Deletes the record, only if it and the services its users were judged from are as read."""
         await commit_or_abort(
             self._store,
             context,
-            [Delete(Kind.VOLUME, volume.id, expect_version=volume.version)],
+            [Delete(Kind.VOLUME, volume.id, expect_version=volume.version), *still_as_read(services)],
             _subject(volume.name),
             False,
         )

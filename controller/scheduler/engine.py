@@ -12,7 +12,7 @@ import hashlib
 import heapq
 from bisect import bisect_left, insort
 from collections import Counter, OrderedDict
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Container, Iterable, Mapping, Sequence
 from datetime import datetime
 from functools import lru_cache, partial
 
@@ -89,6 +89,7 @@ def schedule(
     *,
     stack: Stack = DEFAULT_STACK,
     volumes: Mapping[str, str] | None = None,
+    removing: Container[str] = (),
 ) -> list[Decision]:
     """Returns one Decision per pending task: pinned ones, then the rest, each in placement_order.
 
@@ -103,12 +104,13 @@ def schedule(
     volumes maps each volume that lives on a node already to that node's id (Volume.node_id): a task that
     mounts one runs only there; a task placed with a volume that lives nowhere yet pins it to its node for
     the tasks placed after it (the caller pins the records in the same commit, see controller.volumes).
+    A task that mounts a volume named in `removing` (being removed) stays unplaced, saying so.
 
     Cost: O(nodes + tasks) accounting; O(nodes) per distinct reservation/port/constraint/strategy shape; per
     run of one service O(nodes already holding it); O(log nodes) per placement; O(filters) per pinned task.
     """
     del now  # see the docstring
-    demands = Demands(specs, volumes, {node.id: node for node in nodes})
+    demands = Demands(specs, volumes, {node.id: node for node in nodes}, removing)
     cluster = Cluster(nodes, tasks, demands, partial(ring_point, seed), {task.id for task in pending})
     # Pinned tasks go first: each has a single possible node, which a task free to go anywhere could
     # otherwise fill just before it.

@@ -151,6 +151,14 @@ def _site_text(node_id: str, node: pb.Node | None) -> str:
     return name
 
 
+def removing_reason(volume: str) -> str:
+    """Returns why a task that mounts a volume being removed (Volume.removing) is not placed."""
+    return (
+        f"volume {volume} is being removed (if no `dockyard volume rm {volume}` is running, run it again: it clears "
+        "the mark while a service mounts the volume)"
+    )
+
+
 class Demands:
     """Each task's demand and footprint for one call, computed once per (service, revision).
 
@@ -159,15 +167,18 @@ class Demands:
     one there (pin()), so the next task that mounts it goes to the same node.
     """
 
-    __slots__ = ("_demands", "_footprints", "_mounts", "_nodes", "_pins", "_sites", "_specs")
+    __slots__ = ("_demands", "_footprints", "_mounts", "_nodes", "_pins", "_removing", "_sites", "_specs")
 
     def __init__(
         self,
         specs: Mapping[SpecKey, pb.ServiceSpec],
         volumes: Mapping[str, str] | None = None,
         nodes: Mapping[str, pb.Node] | None = None,
+        removing: Container[str] = (),
     ) -> None:
-        """Reads specs lazily: only those of the tasks asked about. nodes name a volume's node in reasons."""
+        """Reads specs lazily: only those of the tasks asked about. nodes name a volume's node in reasons; a task
+        that mounts a volume in `removing` (being removed) is not placed."""
+        self._removing = removing
         self._specs = specs
         self._demands: dict[SpecKey, Demand | str] = {}
         self._footprints: dict[SpecKey, Demand] = {}
@@ -184,6 +195,10 @@ class Demands:
             spec = self._specs.get(key)
             found = self._demands[key] = missing_spec(task) if spec is None else demand(task.service_id, spec)
             self._mounts[key] = mounted_volumes(spec) if spec is not None else ()
+        if self._removing and not isinstance(found, str):
+            for name in self._mounts[key]:
+                if name in self._removing:
+                    return removing_reason(name)
         if self._pins and not isinstance(found, str) and (names := self._mounts[key]):
             sites = tuple(self._site(name) for name in names if name in self._pins)
             if sites:

@@ -10,7 +10,7 @@ shared pools, no per-service runs, no caching of judgements.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Container, Mapping, Sequence
 from datetime import datetime
 from functools import partial
 
@@ -32,6 +32,7 @@ def reference_schedule(
     *,
     stack: Stack = DEFAULT_STACK,
     volumes: Mapping[str, str] | None = None,
+    removing: Container[str] = (),
 ) -> list[Decision]:
     """Returns the decisions engine.schedule() must return, computed in O(nodes) per task.
 
@@ -41,7 +42,7 @@ def reference_schedule(
     under the first filter that rejected it.
     """
     del now  # as in engine.schedule
-    demands = Demands(specs, volumes, {node.id: node for node in nodes})
+    demands = Demands(specs, volumes, {node.id: node for node in nodes}, removing)
     cluster = Cluster(nodes, tasks, demands, partial(ring_point, seed), {task.id for task in pending})
     plan = []
     for task in sorted(pending, key=lambda t: (not t.node_id, *placement_order(t))):

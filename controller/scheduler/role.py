@@ -16,7 +16,7 @@ from controller.scheduler.model import is_pending
 from controller.store.base import Action, Check, ConflictError, Event, Kind, Op, Put, Store
 from controller.store.follow import follow_nodes
 from controller.store.specs import SpecCache
-from controller.volumes import pin_ops, pinned_nodes, volume_records
+from controller.volumes import pin_ops, pinned_nodes, removing_volumes, volume_records
 from dockyard.clock import Clock
 from dockyard.task_state import is_terminal, spec_key, unplaced_message
 from dockyard.timestamps import to_timestamp
@@ -136,7 +136,7 @@ class Scheduler:
         volumes = volume_records(await self._store.list_objects(Kind.VOLUME))
         now = self._clock.now()
         # Pure CPU (a few hundred ms at 10,000 tasks): off the event loop, so reads, acks and API calls go on.
-        place = functools.partial(schedule, volumes=pinned_nodes(volumes))
+        place = functools.partial(schedule, volumes=pinned_nodes(volumes), removing=removing_volumes(volumes))
         decisions = await asyncio.to_thread(place, nodes, tasks, pending, specs, now, self._seed)
         by_id = {t.id: t for t in pending}
         ops = _ops(decisions, by_id, self._nodes, now)

@@ -4,16 +4,18 @@ agents; and PlanApply's reason for a task whose volume lives on a node that is d
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
 import pytest
 from click.testing import CliRunner
 
+from controller.api.apply import ObjectsView, plan_objects
 from controller.commands import CommandFailed, NodeUnavailable
-from controller.store.base import Kind, Put
+from controller.store.base import Check, Kind, Put
 from dockyard.cli.main import cli
 from dockyard.client import ApiError
 from dockyard.v1 import agent_pb2 as apb
@@ -22,6 +24,7 @@ from dockyard.v1 import types_pb2 as pb
 from tests.component.harness import ApiInThread, ApiUnderTest, start_api
 
 DATA = "shop_db-data"
+NOW = datetime(2025, 1, 1, tzinfo=UTC)
 
 
 @dataclass
@@ -213,6 +216,93 @@ async def test_plan_keeps_a_new_volume_s_replicas_together(api: ApiUnderTest) ->
         plan = await client.plan([spec])
     nodes = {t.node_name for t in plan.services[0].tasks}
     assert len(nodes) == 1 and nodes <= {"h1", "h3"}, nodes
+
+
+def after_first_read(api: ApiUnderTest, write: Callable[[], Awaitable[object]]) -> None:
+    """Makes `write` happen just after the next list_services returns: a request racing the one that read."""
+    store = api.store
+    original = store.list_services
+    fired = False
+
+    async def racing() -> list[pb.Service]:
+        nonlocal fired
+        services = await original()
+        if not fired:
+            fired = True
+            await write()
+        return services
+
+    store.list_services = racing  # type: ignore[method-assign]
+
+
+async def test_an_apply_landing_after_the_first_read_of_users_stops_the_removal(
+    api: ApiUnderTest, sender: FakeSender
+) -> None:
+    await volume_on(api, DATA, "n1")
+    async with api.client() as client:
+        after_first_read(api, lambda: client.apply([mounting("db", DATA)]))
+        message = await refused(client.remove_volume(DATA), grpc.StatusCode.FAILED_PRECONDITION)
+    assert "mounted by service(s) db;" in message
+    assert sender.sent == [], "the node was never asked"
+    kept = await api.store.get_object(Kind.VOLUME, DATA)
+    assert isinstance(kept, pb.Volume) and not kept.removing
+
+
+async def test_a_service_given_the_mount_during_the_removal_keeps_the_record(
+    api: ApiUnderTest, sender: FakeSender
+) -> None:
+    await volume_on(api, DATA, "n1")
+    await api.store.commit([Put(pb.Service(id="s1", name="backup", spec=mounting("backup", "other")))])
+    opened = sender.open
+
+    def open_and_race(node_id: str, command: apb.Command, *, idle_timeout: float | None = None) -> FakeCall:
+        # While the node removes the volume, a write that is not an apply (a rollback) gives a service the mount.
+        call = opened(node_id, command)
+        answer = call._iterate
+
+        async def racing() -> AsyncIterator[apb.CommandResult]:
+            await api.store.commit([Put(pb.Service(id="s1", name="backup", spec=mounting("backup", DATA)))])
+            async for result in answer():
+                yield result
+
+        call._iterate = racing  # type: ignore[method-assign]
+        return call
+
+    sender.open = open_and_race  # type: ignore[method-assign]
+    async with api.client() as client:
+        message = await refused(client.remove_volume(DATA), grpc.StatusCode.FAILED_PRECONDITION)
+    assert "mounted by service(s) backup (its data on node h1 is removed already)" in message
+    kept = await api.store.get_object(Kind.VOLUME, DATA)
+    assert isinstance(kept, pb.Volume) and not kept.removing
+
+
+async def test_an_interrupted_removal_s_mark_is_cleared_by_a_refused_one(api: ApiUnderTest, sender: FakeSender) -> None:
+    await api.store.commit(
+        [
+            Put(pb.Volume(id="v1", name=DATA, node_id="n1", removing=True)),
+            Put(pb.Service(id="s1", name="shop_db", spec=mounting("shop_db", DATA))),
+        ]
+    )
+    async with api.client() as client:
+        await refused(client.remove_volume(DATA), grpc.StatusCode.FAILED_PRECONDITION)
+    kept = await api.store.get_object(Kind.VOLUME, DATA)
+    assert isinstance(kept, pb.Volume) and not kept.removing and sender.sent == []
+
+
+async def test_apply_refuses_a_volume_being_removed_and_checks_one_it_newly_mounts(api: ApiUnderTest) -> None:
+    await api.store.commit([Put(pb.Volume(id="v1", name=DATA, node_id="n1", removing=True))])
+    async with api.client() as client:
+        message = await refused(client.apply([mounting("db", DATA)]), grpc.StatusCode.INVALID_ARGUMENT)
+    assert message.startswith(f"services.db.mounts[0].source: volume '{DATA}' is being removed; ")
+    assert await api.store.list_services() == []
+    # A volume not being removed: a new mount of it is Checked, a mount the stored service had already is not.
+    view = ObjectsView({}, {"kept": pb.Volume(id="v2", name="kept", version=7)}, {}, {})
+    stored = {"b": pb.Service(name="b", spec=mounting("b", "kept"))}
+    specs = [mounting("a", "kept"), mounting("b", "kept")]
+    plan = plan_objects(cpb.ApplyServiceRequest(services=specs), specs, view, NOW, lambda: "x", None, {})
+    assert plan.ops == [Check(Kind.VOLUME, "v2", 7)]
+    again = plan_objects(cpb.ApplyServiceRequest(services=specs[1:]), specs[1:], view, NOW, lambda: "x", None, stored)
+    assert again.ops == []
 
 
 @pytest.fixture

@@ -55,10 +55,11 @@ def both(
     tasks: list[pb.Task],
     specs: dict[tuple[str, int], pb.ServiceSpec],
     volumes: dict[str, str] | None = None,
+    removing: frozenset[str] = frozenset(),
 ) -> dict[str, Decision]:
     """Runs the engine and the reference; they must agree, and the engine's decisions are returned by task id."""
-    fast = schedule(nodes, tasks, tasks, specs, NOW, 7, volumes=volumes)
-    slow = reference_schedule(nodes, tasks, tasks, specs, NOW, 7, volumes=volumes)
+    fast = schedule(nodes, tasks, tasks, specs, NOW, 7, volumes=volumes, removing=removing)
+    slow = reference_schedule(nodes, tasks, tasks, specs, NOW, 7, volumes=volumes, removing=removing)
     assert fast == slow
     return {d.task_id: d for d in fast}
 
@@ -190,3 +191,25 @@ async def test_a_volume_repinned_meanwhile_fails_the_commit(store: SqliteStore) 
     await store.commit([Put(moved)])
     with pytest.raises(ConflictError):
         await store.commit(pin_ops([(service.spec, "n1")], records, NOW, lambda: "x"))
+
+
+def test_a_task_mounting_a_volume_being_removed_is_not_placed_and_says_so() -> None:
+    tasks = [pending("t1", "db"), pending("t2", "web", node_id="n1"), pending("t3", "web2")]
+    specs = {("db", 1): spec("db", DATA), ("web", 1): spec("web", DATA), ("web2", 1): spec("web2", "other")}
+    decisions = both(NODES, tasks, specs, volumes={DATA: "n1"}, removing=frozenset({DATA}))
+    reason = f"volume {DATA} is being removed (if no `dockyard volume rm {DATA}` is running, run it again: it clears "
+    assert decisions["t1"].node_id is None and decisions["t1"].reason.startswith(reason)
+    assert decisions["t2"].node_id is None and decisions["t2"].reason.startswith(reason)
+    assert decisions["t3"].node_id is not None
+
+
+async def test_the_role_places_nothing_on_a_volume_being_removed(store: SqliteStore) -> None:
+    service = pb.Service(id="db", name="db", revision=1, spec=spec("db", DATA))
+    volume = pb.Volume(id="v1", name=DATA, removing=True)
+    await store.commit([Put(n) for n in NODES] + [Put(service), Put(volume), Put(pending("t1", "db"))])
+    await Scheduler(store, FakeClock(NOW)).reconcile(None)
+    task = await store.get_task("t1")
+    assert task is not None and not task.node_id
+    assert f"volume {DATA} is being removed" in task.status.message
+    record = await store.get_object(Kind.VOLUME, DATA)
+    assert isinstance(record, pb.Volume) and not record.node_id, "not pinned either"
