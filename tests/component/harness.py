@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import grpc
+from click.testing import CliRunner, Result
 
 from agent.agent import Agent
 from agent.config import AgentConfig
@@ -34,6 +35,7 @@ from controller.server import Controller, ControllerConfig
 from controller.store.sqlite import SqliteStore
 from dockyard import labels, pki
 from dockyard.channels import open_channel
+from dockyard.cli.main import cli
 from dockyard.client import Client
 from dockyard.clock import SystemClock
 from dockyard.logs import Throttle
@@ -247,3 +249,25 @@ class ApiInThread:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=10)
         self._loop.close()
+
+    def __enter__(self) -> ApiInThread:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def run_cli(api: ApiInThread, *args: str, stdin: bytes | None = None) -> Result:
+    """Runs `dockyard *args` in-process against `api` as its admin; exceptions propagate to the test."""
+    return CliRunner().invoke(
+        cli,
+        ["--credentials", str(api.api.credentials_dir), *args, "--controller", api.api.address],
+        input=stdin,
+        catch_exceptions=False,
+    )
+
+
+def ok(result: Result) -> Result:
+    """`result`, once the command exited 0 (else the assertion shows its output)."""
+    assert result.exit_code == 0, result.output
+    return result

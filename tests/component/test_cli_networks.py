@@ -3,46 +3,18 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
-from click.testing import CliRunner, Result
 
 from controller.store.base import Put
-from dockyard.cli.main import cli
 from dockyard.v1 import types_pb2 as pb
-from tests.component.harness import ApiInThread
+from tests.component.harness import ApiInThread, ok, run_cli
 
 
-@pytest.fixture
-def api(tmp_path: Path) -> Iterator[ApiInThread]:
-    server = ApiInThread(tmp_path)
-    try:
-        yield server
-    finally:
-        server.close()
-
-
-def dockyard(api: ApiInThread, *args: str) -> Result:
-    return CliRunner().invoke(
-        cli,
-        ["--credentials", str(api.api.credentials_dir), *args, "--controller", api.api.address],
-        catch_exceptions=False,
-    )
-
-
-def ok(result: Result) -> Result:
-    assert result.exit_code == 0, result.output
-    return result
-
-
-def test_network_create_ls_rm(api: ApiInThread) -> None:
+def test_network_create_ls_rm(cli_api: ApiInThread) -> None:
     # The API alone runs no network role: the cluster network with a subnet is written as the role would.
     cluster = pb.Network(id="c", name="dockyard", subnets={"n1": "10.128.0.0/24"})
-    api.run(api.api.store.commit([Put(cluster)]))
+    cli_api.run(cli_api.api.store.commit([Put(cluster)]))
     created = json.loads(
-        ok(dockyard(api, "network", "create", "backend", "-l", "team=a", "--internal", "-o", "json")).stdout
+        ok(run_cli(cli_api, "network", "create", "backend", "-l", "team=a", "--internal", "-o", "json")).stdout
     )
     assert (created["name"], created["internal"], created["labels"], created["subnets"]) == (
         "backend",
@@ -50,24 +22,24 @@ def test_network_create_ls_rm(api: ApiInThread) -> None:
         {"team": "a"},
         {},
     )
-    assert "created network front" in ok(dockyard(api, "network", "create", "front")).stdout
-    listed = json.loads(ok(dockyard(api, "network", "ls", "--output", "json")).stdout)
+    assert "created network front" in ok(run_cli(cli_api, "network", "create", "front")).stdout
+    listed = json.loads(ok(run_cli(cli_api, "network", "ls", "--output", "json")).stdout)
     assert [(r["name"], r["nodes"], r["subnets"]) for r in listed] == [
         ("backend", 0, {}),
         ("dockyard", 1, {"n1": "10.128.0.0/24"}),
         ("front", 0, {}),
     ]
-    table = ok(dockyard(api, "network", "ls")).stdout
+    table = ok(run_cli(cli_api, "network", "ls")).stdout
     assert table.splitlines()[0].split() == ["NAME", "STACK", "INTERNAL", "HOSTS", "ID"]
-    again = dockyard(api, "network", "create", "backend")
+    again = run_cli(cli_api, "network", "create", "backend")
     assert again.exit_code == 1 and "network 'backend' exists" in again.output
-    bad = dockyard(api, "network", "create", "x", "-l", "novalue")
+    bad = run_cli(cli_api, "network", "create", "x", "-l", "novalue")
     assert bad.exit_code == 2 and "KEY=VALUE" in bad.output
-    refused = dockyard(api, "network", "rm", "dockyard")
+    refused = run_cli(cli_api, "network", "rm", "dockyard")
     assert refused.exit_code == 1 and "cluster network" in refused.output
-    removed = json.loads(ok(dockyard(api, "network", "rm", "front", "-o", "json")).stdout)
+    removed = json.loads(ok(run_cli(cli_api, "network", "rm", "front", "-o", "json")).stdout)
     assert removed["name"] == "front"
-    assert [r["name"] for r in json.loads(ok(dockyard(api, "network", "ls", "-o", "json")).stdout)] == [
+    assert [r["name"] for r in json.loads(ok(run_cli(cli_api, "network", "ls", "-o", "json")).stdout)] == [
         "backend",
         "dockyard",
     ]

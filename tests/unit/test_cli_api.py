@@ -5,38 +5,18 @@ prints and how it exits."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-import pytest
-from click.testing import CliRunner, Result
+from click.testing import Result
 
 from controller.store.base import Put
 from dockyard.cli.exitcodes import ExitCode
-from dockyard.cli.main import cli
 from dockyard.v1 import types_pb2 as pb
-from tests.component.harness import ApiInThread
+from tests.component.harness import ApiInThread, run_cli
 from tests.polling import wait_for
 
 S = pb.UpdateStatus
-
-
-@pytest.fixture
-def api(tmp_path: Path) -> Iterator[ApiInThread]:
-    server = ApiInThread(tmp_path)
-    try:
-        yield server
-    finally:
-        server.close()
-
-
-def dockyard(api: ApiInThread, *args: str) -> Result:
-    return CliRunner().invoke(
-        cli,
-        ["--credentials", str(api.api.credentials_dir), *args, "--controller", api.api.address],
-        catch_exceptions=False,
-    )
 
 
 def spec_file(tmp_path: Path, image: str = "app:1", replicas: int = 2) -> str:
@@ -45,12 +25,12 @@ def spec_file(tmp_path: Path, image: str = "app:1", replicas: int = 2) -> str:
     return str(path)
 
 
-def stored(api: ApiInThread) -> pb.Service:
-    [service] = api.run(api.api.store.list_services())
+def stored(cli_api: ApiInThread) -> pb.Service:
+    [service] = cli_api.run(cli_api.api.store.list_services())
     return service
 
 
-def run_tasks(api: ApiInThread, service: pb.Service, revision: int, count: int = 2) -> None:
+def run_tasks(cli_api: ApiInThread, service: pb.Service, revision: int, count: int = 2) -> None:
     """Writes `count` running tasks of the service at `revision`, as the orchestrator and agents would."""
     tasks = []
     for slot in range(1, count + 1):
@@ -60,28 +40,28 @@ def run_tasks(api: ApiInThread, service: pb.Service, revision: int, count: int =
         task.desired_state = pb.DESIRED_STATE_RUNNING
         task.status.state = pb.TASK_STATE_RUNNING
         tasks.append(task)
-    api.run(api.api.store.commit([Put(t) for t in tasks]))
+    cli_api.run(cli_api.api.store.commit([Put(t) for t in tasks]))
 
 
-def set_status(api: ApiInThread, state: pb.UpdateStatus.State.ValueType, message: str = "", **fields: int) -> None:
+def set_status(cli_api: ApiInThread, state: pb.UpdateStatus.State.ValueType, message: str = "", **fields: int) -> None:
     """Writes the service's update status (and any other fields given) as the orchestrator would."""
-    service = stored(api)
+    service = stored(cli_api)
     service.update_status.state = state
     service.update_status.to_revision = fields.pop("to_revision", service.spec_revision)
     service.update_status.message = message
     for name, value in fields.items():
         setattr(service, name, value)
-    api.run(api.api.store.commit([Put(service)]))
+    cli_api.run(cli_api.api.store.commit([Put(service)]))
 
 
 def test_apply_waits_and_exits_0_once_the_rollout_completed_with_every_task_healthy(
-    api: ApiInThread, tmp_path: Path
+    cli_api: ApiInThread, tmp_path: Path
 ) -> None:
-    assert dockyard(api, "apply", "-f", spec_file(tmp_path), "-d").exit_code == 0
-    run_tasks(api, stored(api), revision=1)
-    set_status(api, S.STATE_COMPLETED)
+    assert run_cli(cli_api, "apply", "-f", spec_file(tmp_path), "-d").exit_code == 0
+    run_tasks(cli_api, stored(cli_api), revision=1)
+    set_status(cli_api, S.STATE_COMPLETED)
 
-    applied = dockyard(api, "apply", "-f", spec_file(tmp_path), "-o", "json")
+    applied = run_cli(cli_api, "apply", "-f", spec_file(tmp_path), "-o", "json")
 
     assert applied.exit_code == 0, applied.output
     document = json.loads(applied.stdout)
@@ -99,16 +79,16 @@ def test_apply_waits_and_exits_0_once_the_rollout_completed_with_every_task_heal
 
 
 def test_apply_that_rolled_back_exits_3_with_the_reason_though_every_task_runs(
-    api: ApiInThread, tmp_path: Path
+    cli_api: ApiInThread, tmp_path: Path
 ) -> None:
-    assert dockyard(api, "apply", "-f", spec_file(tmp_path), "-d").exit_code == 0
-    run_tasks(api, stored(api), revision=1)
+    assert run_cli(cli_api, "apply", "-f", spec_file(tmp_path), "-d").exit_code == 0
+    run_tasks(cli_api, stored(cli_api), revision=1)
     with ThreadPoolExecutor(1) as pool:
-        applying: Future[Result] = pool.submit(dockyard, api, "apply", "-f", spec_file(tmp_path, image="app:2"))
-        wait_for(lambda: stored(api).spec_revision == 2, 10, "the apply to be stored")
+        applying: Future[Result] = pool.submit(run_cli, cli_api, "apply", "-f", spec_file(tmp_path, image="app:2"))
+        wait_for(lambda: stored(cli_api).spec_revision == 2, 10, "the apply to be stored")
         # The orchestrator's rollback: revision 1's spec again as revision 3, which the old tasks run.
         set_status(
-            api,
+            cli_api,
             S.STATE_ROLLBACK_COMPLETED,
             "rollback to revision 1: 2 of 2 tasks failed",
             to_revision=3,
@@ -125,15 +105,15 @@ def test_apply_that_rolled_back_exits_3_with_the_reason_though_every_task_runs(
     assert "rollback_completed" in applied.stdout  # the final table's rollout column
 
 
-def test_apply_whose_rollout_pauses_exits_4(api: ApiInThread, tmp_path: Path) -> None:
-    assert dockyard(api, "apply", "-f", spec_file(tmp_path), "-d").exit_code == 0
-    run_tasks(api, stored(api), revision=1)
+def test_apply_whose_rollout_pauses_exits_4(cli_api: ApiInThread, tmp_path: Path) -> None:
+    assert run_cli(cli_api, "apply", "-f", spec_file(tmp_path), "-d").exit_code == 0
+    run_tasks(cli_api, stored(cli_api), revision=1)
     with ThreadPoolExecutor(1) as pool:
         applying: Future[Result] = pool.submit(
-            dockyard, api, "apply", "-f", spec_file(tmp_path, image="app:2"), "-o", "json"
+            run_cli, cli_api, "apply", "-f", spec_file(tmp_path, image="app:2"), "-o", "json"
         )
-        wait_for(lambda: stored(api).spec_revision == 2, 10, "the apply to be stored")
-        set_status(api, S.STATE_PAUSED, "update paused: 1 of 2 tasks failed")  # as the orchestrator would
+        wait_for(lambda: stored(cli_api).spec_revision == 2, 10, "the apply to be stored")
+        set_status(cli_api, S.STATE_PAUSED, "update paused: 1 of 2 tasks failed")  # as the orchestrator would
         applied = applying.result(timeout=30)
 
     assert applied.exit_code == ExitCode.PAUSED
@@ -142,46 +122,46 @@ def test_apply_whose_rollout_pauses_exits_4(api: ApiInThread, tmp_path: Path) ->
     assert document["reason"] == "web: rollout paused: update paused: 1 of 2 tasks failed"
 
 
-def test_apply_times_out_with_exit_6_saying_what_is_missing(api: ApiInThread, tmp_path: Path) -> None:
-    applied = dockyard(api, "apply", "-f", spec_file(tmp_path, replicas=1), "--timeout", "1")
+def test_apply_times_out_with_exit_6_saying_what_is_missing(cli_api: ApiInThread, tmp_path: Path) -> None:
+    applied = run_cli(cli_api, "apply", "-f", spec_file(tmp_path, replicas=1), "--timeout", "1")
     assert applied.exit_code == ExitCode.TIMEOUT
     assert "Error: timed out after 1s: web: 0/1 updated, 0 healthy" in applied.stderr
 
 
-def test_detach_returns_at_once_with_the_stored_change(api: ApiInThread, tmp_path: Path) -> None:
-    applied = dockyard(api, "apply", "-f", spec_file(tmp_path), "--detach", "-o", "json")
+def test_detach_returns_at_once_with_the_stored_change(cli_api: ApiInThread, tmp_path: Path) -> None:
+    applied = run_cli(cli_api, "apply", "-f", spec_file(tmp_path), "--detach", "-o", "json")
     assert applied.exit_code == 0, applied.output
     assert json.loads(applied.stdout) == [{"service": "web", "action": "created", "revision": 1}]
 
 
-def test_a_bare_if_revision_of_0_means_no_service_of_the_file_exists_yet(api: ApiInThread, tmp_path: Path) -> None:
-    created = dockyard(api, "apply", "-f", spec_file(tmp_path), "-d", "--if-revision", "0")
+def test_a_bare_if_revision_of_0_means_no_service_of_the_file_exists_yet(cli_api: ApiInThread, tmp_path: Path) -> None:
+    created = run_cli(cli_api, "apply", "-f", spec_file(tmp_path), "-d", "--if-revision", "0")
     assert created.exit_code == 0, created.output
-    again = dockyard(api, "apply", "-f", spec_file(tmp_path, image="app:2"), "-d", "--if-revision", "0")
+    again = run_cli(cli_api, "apply", "-f", spec_file(tmp_path, image="app:2"), "-d", "--if-revision", "0")
     assert again.exit_code == ExitCode.ERROR
     assert "services.web: exists at revision 1, expected it not to exist" in again.output
-    assert stored(api).spec.image == "app:1"
+    assert stored(cli_api).spec.image == "app:1"
 
 
-def test_plan_prints_the_change_and_exits_2_then_0_once_applied(api: ApiInThread, tmp_path: Path) -> None:
-    planned = dockyard(api, "plan", "-f", spec_file(tmp_path))
+def test_plan_prints_the_change_and_exits_2_then_0_once_applied(cli_api: ApiInThread, tmp_path: Path) -> None:
+    planned = run_cli(cli_api, "plan", "-f", spec_file(tmp_path))
     assert planned.exit_code == ExitCode.CHANGES, planned.output
     assert "+ web: create (revision 1)" in planned.stdout
     # No node has joined: the scheduler says why the tasks cannot be placed.
     assert "    ! web.1 cannot be placed: " in planned.stdout
-    document = json.loads(dockyard(api, "plan", "-f", spec_file(tmp_path), "-o", "json").stdout)
+    document = json.loads(run_cli(cli_api, "plan", "-f", spec_file(tmp_path), "-o", "json").stdout)
     state = document["state_revision"]
     assert f"planned against state revision {state} (apply with --if-revision {state})" in planned.stdout
     assert [t["kind"] for t in document["services"][0]["tasks"]] == ["unplaced", "unplaced"]
 
-    applied = dockyard(api, "apply", "-f", spec_file(tmp_path), "-d", "--if-revision", str(state))
+    applied = run_cli(cli_api, "apply", "-f", spec_file(tmp_path), "-d", "--if-revision", str(state))
     assert applied.exit_code == 0, applied.output
-    stale = dockyard(api, "apply", "-f", spec_file(tmp_path, image="app:2"), "-d", "--if-revision", str(state))
+    stale = run_cli(cli_api, "apply", "-f", spec_file(tmp_path, image="app:2"), "-d", "--if-revision", str(state))
     assert stale.exit_code == ExitCode.ERROR, stale.output
-    assert stored(api).spec.image == "app:1"
-    fresh_state = json.loads(dockyard(api, "plan", "-f", spec_file(tmp_path, image="app:2"), "-o", "json").stdout)
-    fresh = dockyard(
-        api,
+    assert stored(cli_api).spec.image == "app:1"
+    fresh_state = json.loads(run_cli(cli_api, "plan", "-f", spec_file(tmp_path, image="app:2"), "-o", "json").stdout)
+    fresh = run_cli(
+        cli_api,
         "apply",
         "-f",
         spec_file(tmp_path, image="app:2"),
@@ -190,49 +170,51 @@ def test_plan_prints_the_change_and_exits_2_then_0_once_applied(api: ApiInThread
         str(fresh_state["state_revision"]),
     )
     assert fresh.exit_code == 0, fresh.output
-    assert stored(api).spec.image == "app:2"
+    assert stored(cli_api).spec.image == "app:2"
 
-    updated = dockyard(api, "plan", "-f", spec_file(tmp_path, image="app:3"))
+    updated = run_cli(cli_api, "plan", "-f", spec_file(tmp_path, image="app:3"))
     assert updated.exit_code == ExitCode.CHANGES
     assert "~ web: update (revision 3)\n    image: app:2 -> app:3\n" in updated.stdout
-    assert dockyard(api, "plan", "-f", spec_file(tmp_path, image="app:2")).exit_code == ExitCode.CHANGES  # unplaced
+    assert run_cli(cli_api, "plan", "-f", spec_file(tmp_path, image="app:2")).exit_code == ExitCode.CHANGES  # unplaced
 
 
-def test_history_and_a_detached_rollback(api: ApiInThread, tmp_path: Path) -> None:
-    assert dockyard(api, "apply", "-f", spec_file(tmp_path), "-d").exit_code == 0
-    assert dockyard(api, "apply", "-f", spec_file(tmp_path, image="app:2"), "-d").exit_code == 0
+def test_history_and_a_detached_rollback(cli_api: ApiInThread, tmp_path: Path) -> None:
+    assert run_cli(cli_api, "apply", "-f", spec_file(tmp_path), "-d").exit_code == 0
+    assert run_cli(cli_api, "apply", "-f", spec_file(tmp_path, image="app:2"), "-d").exit_code == 0
 
-    rolled = dockyard(api, "rollback", "web", "-d", "-o", "json")
+    rolled = run_cli(cli_api, "rollback", "web", "-d", "-o", "json")
     assert rolled.exit_code == 0, rolled.output
     assert json.loads(rolled.stdout) == {"service": "web", "action": "rolled back", "revision": 3}
-    assert stored(api).spec.image == "app:1"
+    assert stored(cli_api).spec.image == "app:1"
 
-    history = json.loads(dockyard(api, "history", "web", "-o", "json").stdout)
+    history = json.loads(run_cli(cli_api, "history", "web", "-o", "json").stdout)
     assert [(r["revision"], r["current"], r["summary"]) for r in history] == [
         (3, True, "image: app:2 -> app:1"),
         (2, False, "image: app:1 -> app:2"),
         (1, False, "created"),
     ]
     assert history[0]["change_cause"].startswith("rollback to revision 1")
-    table = dockyard(api, "history", "web")
+    table = run_cli(cli_api, "history", "web")
     assert table.exit_code == 0
     assert table.stdout.splitlines()[1].startswith("*")
 
 
-def test_a_detached_rebalance_is_stored(api: ApiInThread, tmp_path: Path) -> None:
-    assert dockyard(api, "apply", "-f", spec_file(tmp_path), "-d").exit_code == 0
-    asked = dockyard(api, "service", "rebalance", "web", "-d")
+def test_a_detached_rebalance_is_stored(cli_api: ApiInThread, tmp_path: Path) -> None:
+    assert run_cli(cli_api, "apply", "-f", spec_file(tmp_path), "-d").exit_code == 0
+    asked = run_cli(cli_api, "service", "rebalance", "web", "-d")
     assert asked.exit_code == 0, asked.output
-    assert stored(api).rebalance_generation == 1
+    assert stored(cli_api).rebalance_generation == 1
 
 
-def test_a_rollback_to_the_current_spec_of_a_paused_rollout_says_it_resumed(api: ApiInThread, tmp_path: Path) -> None:
-    assert dockyard(api, "apply", "-f", spec_file(tmp_path), "-d").exit_code == 0
-    assert dockyard(api, "apply", "-f", spec_file(tmp_path, image="app:2"), "-d").exit_code == 0
-    set_status(api, S.STATE_PAUSED, "update paused: 1 of 2 tasks failed")
+def test_a_rollback_to_the_current_spec_of_a_paused_rollout_says_it_resumed(
+    cli_api: ApiInThread, tmp_path: Path
+) -> None:
+    assert run_cli(cli_api, "apply", "-f", spec_file(tmp_path), "-d").exit_code == 0
+    assert run_cli(cli_api, "apply", "-f", spec_file(tmp_path, image="app:2"), "-d").exit_code == 0
+    set_status(cli_api, S.STATE_PAUSED, "update paused: 1 of 2 tasks failed")
 
-    resumed = dockyard(api, "rollback", "web", "--to", "2", "-d", "-o", "json")
+    resumed = run_cli(cli_api, "rollback", "web", "--to", "2", "-d", "-o", "json")
 
     assert resumed.exit_code == 0, resumed.output
     assert json.loads(resumed.stdout) == {"service": "web", "action": "resumed", "revision": 2}
-    assert stored(api).update_status.state == S.STATE_UPDATING
+    assert stored(cli_api).update_status.state == S.STATE_UPDATING
