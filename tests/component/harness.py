@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import io
 import threading
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -39,6 +39,7 @@ from dockyard.cli.main import cli
 from dockyard.client import Client
 from dockyard.clock import SystemClock
 from dockyard.logs import Throttle
+from dockyard.v1 import types_pb2 as pb
 
 IMAGE = "dockyard-test:latest"
 T = TypeVar("T")
@@ -271,3 +272,20 @@ def ok(result: Result) -> Result:
     """`result`, once the command exited 0 (else the assertion shows its output)."""
     assert result.exit_code == 0, result.output
     return result
+
+
+def after_first_read(api: ApiUnderTest, write: Callable[[], Awaitable[object]]) -> None:
+    """Makes `write` happen just after the next list_services returns: a request racing the one that read."""
+    store = api.store
+    original = store.list_services
+    fired = False
+
+    async def racing() -> list[pb.Service]:
+        nonlocal fired
+        services = await original()
+        if not fired:
+            fired = True
+            await write()
+        return services
+
+    store.list_services = racing  # type: ignore[method-assign]

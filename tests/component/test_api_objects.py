@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import grpc
@@ -18,7 +17,7 @@ from dockyard.client import ApiError
 from dockyard.v1 import controller_pb2 as cpb
 from dockyard.v1 import controller_pb2_grpc as cpb_grpc
 from dockyard.v1 import types_pb2 as pb
-from tests.component.harness import ApiUnderTest, FakeCluster, start_api
+from tests.component.harness import ApiUnderTest, FakeCluster, after_first_read, start_api
 
 SECRET = b"s3cr3t-\x00-\xfe-only-here"
 PASSWORD = "registry-pa55word-only-here"
@@ -444,37 +443,21 @@ async def test_a_plan_checks_the_references_of_a_file_as_the_apply_does(api: Api
     assert await api.store.get_object(Kind.NETWORK, "shop_front") is None
 
 
-def after_first_read(api: ApiUnderTest, write: Callable[[], Awaitable[object]]) -> None:
-    """Makes `write` happen just after the next list_services returns: a request racing the one that read."""
-    store = api.store
-    original = store.list_services
-    fired = False
-
-    async def racing() -> list[pb.Service]:
-        nonlocal fired
-        services = await original()
-        if not fired:
-            fired = True
-            await write()
-        return services
-
-    store.list_services = racing  # type: ignore[method-assign]
-
-
 @pytest.mark.parametrize("kind", ["secret", "config", "network"])
 async def test_a_removal_and_an_apply_creating_a_user_never_both_commit(api: ApiUnderTest, kind: str) -> None:
-    fields = {
+    users: dict[str, dict[str, object]] = {
         "secret": {"secrets": [pb.FileRef(name="obj")]},
         "config": {"configs": [pb.FileRef(name="obj")]},
         "network": {"networks": ["obj"]},
-    }[kind]
+    }
+    fields = users[kind]
     async with api.client() as client:
         await {"secret": client.create_secret, "config": client.create_config}.get(
             kind, lambda name, _: client.create_network(name)
         )("obj", b"x")
         remove = {"secret": client.remove_secret, "config": client.remove_config, "network": client.remove_network}
         # The apply lands between the removal's read of the services (no user yet) and its commit.
-        after_first_read(api, lambda: client.apply([spec("user", **fields)]))
+        after_first_read(api, lambda: client.apply([spec("user", "", **fields)]))
         error = await refused(remove[kind]("obj"), grpc.StatusCode.ABORTED)
     assert "changed while this request ran; try again" in str(error)
     assert await api.store.get_object(getattr(Kind, kind.upper()), "obj") is not None

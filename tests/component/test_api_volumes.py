@@ -4,7 +4,7 @@ agents; and PlanApply's reason for a task whose volume lives on a node that is d
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,7 +21,7 @@ from dockyard.client import ApiError
 from dockyard.v1 import agent_pb2 as apb
 from dockyard.v1 import controller_pb2 as cpb
 from dockyard.v1 import types_pb2 as pb
-from tests.component.harness import ApiInThread, ApiUnderTest, start_api
+from tests.component.harness import ApiInThread, ApiUnderTest, after_first_read, start_api
 
 DATA = "shop_db-data"
 NOW = datetime(2025, 1, 1, tzinfo=UTC)
@@ -216,23 +216,6 @@ async def test_plan_keeps_a_new_volume_s_replicas_together(api: ApiUnderTest) ->
         plan = await client.plan([spec])
     nodes = {t.node_name for t in plan.services[0].tasks}
     assert len(nodes) == 1 and nodes <= {"h1", "h3"}, nodes
-
-
-def after_first_read(api: ApiUnderTest, write: Callable[[], Awaitable[object]]) -> None:
-    """Makes `write` happen just after the next list_services returns: a request racing the one that read."""
-    store = api.store
-    original = store.list_services
-    fired = False
-
-    async def racing() -> list[pb.Service]:
-        nonlocal fired
-        services = await original()
-        if not fired:
-            fired = True
-            await write()
-        return services
-
-    store.list_services = racing  # type: ignore[method-assign]
 
 
 async def test_an_apply_landing_after_the_first_read_of_users_stops_the_removal(
