@@ -8,9 +8,8 @@ import click
 
 from dockyard.cli.common import controller_option, output_option, run
 from dockyard.cli.output import emit, emit_object
-from dockyard.cli.views import task_detail, task_view
+from dockyard.cli.views import TASK_COLUMNS, ps_rows
 from dockyard.client import ApiError, Client
-from dockyard.task_state import spec_key
 from dockyard.v1 import controller_pb2 as cpb
 
 __all__ = ["stack"]
@@ -61,7 +60,6 @@ def stack_ls(controller: str | None, output: str) -> None:
 @output_option
 def stack_ps(name: str, show_all: bool, controller: str | None, output: str) -> None:
     """List the tasks of the stack NAME's services."""
-    from dockyard.cli.workloads import TASK_COLUMNS
 
     async def body(client: Client) -> None:
         found = [s for s in await client.list_stacks() if s.name == name]
@@ -70,13 +68,7 @@ def stack_ps(name: str, show_all: bool, controller: str | None, output: str) -> 
         nodes = {n.id: n for n in await client.list_nodes()}
         tasks = [t for service in found[0].services for t in await client.list_tasks(service, show_all)]
         specs = await client.specs_for(tasks)
-        rows = [task_view(t, nodes, specs.get(spec_key(t))) for t in tasks]
-        for row in rows:
-            row["short_id"] = row["id"][:12]
-            row["short_container"] = (row["container_id"] or "")[:12]
-            row["try"] = row["attempt"] + 1
-            row["detail"] = task_detail(row)
-        emit(rows, TASK_COLUMNS, output)
+        emit(ps_rows(tasks, nodes, specs), TASK_COLUMNS, output)
 
     run(body, controller)
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from dockyard.cli.rollout import rollout_name
 from dockyard.spec import format_port, schema
-from dockyard.task_state import desired_name, state_name
+from dockyard.task_state import SpecKey, desired_name, spec_key, state_name
 from dockyard.timestamps import from_timestamp
 from dockyard.v1 import types_pb2 as pb
 
@@ -76,6 +76,34 @@ def _cause(task: pb.Task) -> str | None:
         return None
     cause = task.status.cause or pb.TaskStatus.CAUSE_TASK  # unspecified is the task's own (types.proto)
     return _enum(cause, pb.TaskStatus.Cause, "CAUSE_")
+
+
+# The columns of `dockyard ps` and `dockyard stack ps`, over ps_rows.
+TASK_COLUMNS = [
+    ("ID", "short_id"),
+    ("NAME", "name"),
+    ("NODE", "node"),
+    ("DESIRED", "desired_state"),
+    ("STATE", "state"),
+    ("HEALTH", "health"),
+    ("TRY", "try"),
+    ("CONTAINER", "short_container"),
+    ("REV", "revision"),
+    ("MESSAGE", "detail"),
+]
+
+
+def ps_rows(
+    tasks: Iterable[pb.Task], nodes: Mapping[str, pb.Node], specs: Mapping[SpecKey, pb.ServiceSpec]
+) -> list[dict[str, Any]]:
+    """The rows of `dockyard ps` and `stack ps`: each task's view with its short ids, try number and MESSAGE."""
+    rows = [task_view(t, nodes, specs.get(spec_key(t))) for t in tasks]
+    for row in rows:
+        row["short_id"] = row["id"][:12]
+        row["short_container"] = (row["container_id"] or "")[:12]
+        row["try"] = row["attempt"] + 1
+        row["detail"] = task_detail(row)
+    return rows
 
 
 def task_detail(row: Mapping[str, Any]) -> str:

@@ -13,11 +13,10 @@ from dockyard.cli.deploying import Target, choose_display, finish, wait_for_depl
 from dockyard.cli.exitcodes import ExitCode, Failed
 from dockyard.cli.following import Mirror, wait_until
 from dockyard.cli.output import emit, emit_object
-from dockyard.cli.views import service_view, task_detail, task_view
+from dockyard.cli.views import TASK_COLUMNS, ps_rows, service_view
 from dockyard.client import Client
 from dockyard.spec import Deployment, SpecError
 from dockyard.spec.compose import FORMAT_AUTO, FORMATS, load_any_file
-from dockyard.task_state import spec_key
 from dockyard.v1 import controller_pb2 as cpb
 from dockyard.v1 import types_pb2 as pb
 
@@ -26,19 +25,6 @@ F = TypeVar("F", bound=Callable[..., Any])
 # How long apply, rollback, scale and rebalance wait by default: a 20-replica rolling update with health
 # checks takes minutes, not seconds.
 DEPLOY_TIMEOUT: Final = 600.0
-
-TASK_COLUMNS = [
-    ("ID", "short_id"),
-    ("NAME", "name"),
-    ("NODE", "node"),
-    ("DESIRED", "desired_state"),
-    ("STATE", "state"),
-    ("HEALTH", "health"),
-    ("TRY", "try"),
-    ("CONTAINER", "short_container"),
-    ("REV", "revision"),
-    ("MESSAGE", "detail"),
-]
 
 
 def _action(result: cpb.ApplyResult) -> str:
@@ -258,13 +244,7 @@ def ps(service: str, show_all: bool, controller: str | None, output: str) -> Non
         nodes = {n.id: n for n in await client.list_nodes()}
         tasks = await client.list_tasks(service=service, include_finished=show_all)
         specs = await client.specs_for(tasks)
-        rows = [task_view(t, nodes, specs.get(spec_key(t))) for t in tasks]
-        for row in rows:
-            row["short_id"] = row["id"][:12]
-            row["short_container"] = (row["container_id"] or "")[:12]
-            row["try"] = row["attempt"] + 1
-            row["detail"] = task_detail(row)
-        emit(rows, TASK_COLUMNS, output)
+        emit(ps_rows(tasks, nodes, specs), TASK_COLUMNS, output)
 
     run(body, controller)
 
