@@ -503,6 +503,21 @@ class _Declared:
     labels: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class _Service:
+    """One Compose service as the file gives it: its name, body and deploy section, and where they are."""
+
+    name: str
+    body: Mapping[object, object]
+    path: str
+    deploy: Mapping[object, object]
+
+    @property
+    def deploy_path(self) -> str:
+        """Where the deploy section is (or would be) in the file."""
+        return key_path(self.path, "deploy")
+
+
 class _Translator:
     """Checks a Compose document's keys and builds the equivalent document of our own format."""
 
@@ -867,10 +882,11 @@ class _Translator:
         if "ports" in body:
             ours["ports"] = self.ports(body["ports"], key_path(path, "ports"), name)
         self.deploy(deploy, deploy_path, name, ours)
-        labels = self.service_labels(body, deploy, path, deploy_path, name)
+        service = _Service(name, body, path, deploy)
+        labels = self.service_labels(service)
         if labels:
             ours["labels"] = labels
-        self.restart(body, deploy, path, deploy_path, name, ours)
+        self.restart(service, ours)
         if "healthcheck" in body:
             health = self.mapping(body["healthcheck"], key_path(path, "healthcheck"), '{test: ["CMD", "true"]}')
             if health is not None:
@@ -1130,18 +1146,14 @@ class _Translator:
                 ours[section] = translated
         return ours
 
-    def service_labels(
-        self,
-        body: Mapping[object, object],
-        deploy: Mapping[object, object],
-        path: str,
-        deploy_path: str,
-        service: str,
-    ) -> dict[str, str]:
+    def service_labels(self, service: _Service) -> dict[str, str]:
         """Merges the container labels and deploy.labels (winning) into the service's labels."""
         labels: dict[str, str] = {}
-        base = key_path(service_path(service), "labels")
-        for source, where in ((body, key_path(path, "labels")), (deploy, key_path(deploy_path, "labels"))):
+        base = key_path(service_path(service.name), "labels")
+        for source, where in (
+            (service.body, key_path(service.path, "labels")),
+            (service.deploy, key_path(service.deploy_path, "labels")),
+        ):
             if "labels" not in source:
                 continue
             for key, value, at in self.pairs(source["labels"], where, "key"):
@@ -1149,19 +1161,12 @@ class _Translator:
                 self.map_path(key_path(base, key), at)
         return labels
 
-    def restart(
-        self,
-        body: Mapping[object, object],
-        deploy: Mapping[object, object],
-        path: str,
-        deploy_path: str,
-        service: str,
-        ours: dict[str, object],
-    ) -> None:
+    def restart(self, service: _Service, ours: dict[str, object]) -> None:
         """Translates deploy.restart_policy, or else restart, into our restart policy."""
-        base = key_path(service_path(service), "restart")
+        base = key_path(service_path(service.name), "restart")
+        body, path, deploy = service.body, service.path, service.deploy
         if "restart_policy" in deploy:
-            where = key_path(deploy_path, "restart_policy")
+            where = key_path(service.deploy_path, "restart_policy")
             policy = self.mapping(deploy["restart_policy"], where, "{condition: on-failure}")
             if policy is not None:
                 self.keys(policy, where, _RESTART_POLICY_KEYS, _RESTART_POLICY_KEYS)
