@@ -35,6 +35,7 @@ from agent.task_book import TaskBook
 from dockyard.v1 import agent_pb2 as apb
 from dockyard.v1 import types_pb2 as pb
 from tests.conftest import require_docker
+from tests.e2e.netns import Namespaces, in_ns
 
 pytestmark = pytest.mark.docker
 
@@ -56,27 +57,15 @@ def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 
 
 @dataclass
-class Hosts:
-    prefix: str
+class Hosts(Namespaces):
     root: Path
     daemons: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
-    namespaces: list[str] = field(default_factory=list)
-
-    def ns(self, host: str) -> str:
-        return f"{self.prefix}{host}"
 
     def url(self, host: str) -> str:
         return f"unix://{self.root / host}/docker.sock"
 
-    def add_ns(self, host: str) -> str:
-        name = self.ns(host)
-        sh("ip", "netns", "add", name)
-        self.namespaces.append(name)
-        sh("ip", "-n", name, "link", "set", "lo", "up")
-        return name
-
     def in_ns(self, host: str, *argv: str) -> subprocess.CompletedProcess[str]:
-        return sh("nsenter", f"--net=/var/run/netns/{self.ns(host)}", "--", *argv)
+        return in_ns(self.ns(host), *argv)
 
     def start(self, image: str) -> None:
         sw = self.add_ns("sw")
@@ -138,8 +127,7 @@ class Hosts:
             except subprocess.TimeoutExpired:
                 daemon.kill()
                 daemon.wait(5)
-        for name in reversed(self.namespaces):
-            sh("ip", "netns", "del", name, check=False)
+        self.remove_namespaces()
         shutil.rmtree(self.root, ignore_errors=True)
 
 

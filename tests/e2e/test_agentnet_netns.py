@@ -23,7 +23,6 @@ import shutil
 import socket
 import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
@@ -44,6 +43,7 @@ from agent.runtime.fake import FakeRuntime
 from dockyard import labels
 from dockyard.v1 import agent_pb2 as apb
 from dockyard.v1 import types_pb2 as pb
+from tests.e2e.netns import Namespaces, in_ns
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or any(shutil.which(t) is None for t in ("ip", "nsenter", "iptables", "busybox")),
@@ -65,27 +65,7 @@ def sh(*argv: str) -> str:
     return subprocess.run(argv, check=True, capture_output=True, text=True).stdout
 
 
-def in_ns(ns: str, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["nsenter", f"--net=/var/run/netns/{ns}", "--", *argv], check=check, capture_output=True, text=True
-    )
-
-
-@dataclass
-class Lab:
-    prefix: str
-    namespaces: list[str] = field(default_factory=list)
-
-    def ns(self, name: str) -> str:
-        return f"{self.prefix}{name}"
-
-    def add_ns(self, name: str) -> str:
-        ns = self.ns(name)
-        sh("ip", "netns", "add", ns)
-        self.namespaces.append(ns)
-        sh("ip", "-n", ns, "link", "set", "lo", "up")
-        return ns
-
+class Lab(Namespaces):
     def container(self, host: str, network: str, index: int = 1) -> str:
         """A namespace standing in for a container on `network` of `host`: address .(1 + index) of its subnet."""
         subnet = IPv4Network(SUBNETS[(network, host)])
@@ -140,8 +120,7 @@ def lab() -> Iterator[Lab]:
             in_ns(ns, "sysctl", "-qw", "net.ipv4.ip_forward=0")
         yield lab
     finally:
-        for ns in reversed(lab.namespaces):
-            subprocess.run(["ip", "netns", "del", ns], check=False, capture_output=True)
+        lab.remove_namespaces()
 
 
 def network_map(version: int, hosts: tuple[str, ...] = ("h1", "h2", "h3")) -> apb.NetworkMap:
