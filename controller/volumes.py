@@ -82,15 +82,20 @@ def pin_ops(
                 made.created_at.CopyFrom(stamp)
                 ops.append(Put(made, expect_version=0))
             elif not record.node_id:
-                pinned = pb.Volume()
-                pinned.CopyFrom(record)
-                pinned.node_id = node_id
-                ops.append(Put(pinned, expect_version=record.version))
+                ops.append(_pinned(record, node_id))
             elif record.node_id == node_id:
                 ops.append(Check(Kind.VOLUME, record.id, record.version))
             else:
                 raise ValueError(f"volume {name} is on node {record.node_id}, not {node_id}")
     return ops
+
+
+def _pinned(record: pb.Volume, node_id: str) -> Put:
+    """The write pinning an unpinned volume record to node_id, conditioned on the version read."""
+    pinned = pb.Volume()
+    pinned.CopyFrom(record)
+    pinned.node_id = node_id
+    return Put(pinned, expect_version=record.version)
 
 
 def reported_ops(
@@ -116,8 +121,5 @@ def reported_ops(
             made.created_at.CopyFrom(stamp)
             ops.append(Put(made, expect_version=0))
         elif not record.node_id:
-            pinned = pb.Volume()
-            pinned.CopyFrom(record)
-            pinned.node_id = node_id
-            ops.append(Put(pinned, expect_version=record.version))
+            ops.append(_pinned(record, node_id))
     return ops
