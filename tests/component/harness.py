@@ -268,6 +268,13 @@ def run_cli(api: ApiInThread, *args: str, stdin: bytes | None = None) -> Result:
     )
 
 
+async def cluster_cli(cluster: FakeCluster, *args: str) -> Result:
+    """Runs `dockyard *args` in-process against `cluster` as its admin, on a thread of its own (the CLI runs
+    its own event loop); exceptions propagate to the test."""
+    command = ["--credentials", str(cluster.credentials_dir), *args, "--controller", f"127.0.0.1:{cluster.port}"]
+    return await asyncio.to_thread(CliRunner().invoke, cli, command, catch_exceptions=False)
+
+
 def ok(result: Result) -> Result:
     """`result`, once the command exited 0 (else the assertion shows its output)."""
     assert result.exit_code == 0, result.output

@@ -6,19 +6,17 @@ checks (["CMD-SHELL", "exit N"] settles at once); tests/e2e/test_cli_deploy.py d
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import Result
 
 from dockyard.cli.exitcodes import ExitCode
-from dockyard.cli.main import cli
 from dockyard.v1 import types_pb2 as pb
-from tests.component.harness import IMAGE, FakeCluster
+from tests.component.harness import IMAGE, FakeCluster, cluster_cli
 from tests.polling import eventually
 
 HEALTHY = '["CMD-SHELL", "exit 0"]'
@@ -41,12 +39,6 @@ async def one_host(tmp_path: Path) -> AsyncIterator[FakeCluster]:
         yield cluster
     finally:
         await cluster.close()
-
-
-async def dockyard(cluster: FakeCluster, *args: str) -> Result:
-    """Runs the CLI in-process on a thread of its own (it runs its own event loop)."""
-    command = ["--credentials", str(cluster.credentials_dir), *args, "--controller", f"127.0.0.1:{cluster.port}"]
-    return await asyncio.to_thread(CliRunner().invoke, cli, command, catch_exceptions=False)
 
 
 def parsed(result: Result) -> Any:
@@ -73,52 +65,52 @@ def web(path: Path, check: str = HEALTHY, version: str = "one", replicas: int = 
 async def test_apply_rolls_out_healthy_and_a_failing_rollout_rolls_back_with_exit_3(
     one_host: FakeCluster, tmp_path: Path
 ) -> None:
-    created = await dockyard(one_host, "apply", "-f", web(tmp_path / "one.yaml"), "-o", "json")
+    created = await cluster_cli(one_host, "apply", "-f", web(tmp_path / "one.yaml"), "-o", "json")
     assert created.exit_code == ExitCode.OK, created.output
     [row] = parsed(created)["services"]
     assert (row["action"], row["healthy"], row["failed"]) == ("created", 2, 0)
 
-    updated = await dockyard(one_host, "apply", "-f", web(tmp_path / "two.yaml", version="two"), "-o", "json")
+    updated = await cluster_cli(one_host, "apply", "-f", web(tmp_path / "two.yaml", version="two"), "-o", "json")
     assert updated.exit_code == ExitCode.OK, updated.output
     assert parsed(updated)["services"][0]["rollout"] == "completed"
 
-    bad = await dockyard(one_host, "apply", "-f", web(tmp_path / "bad.yaml", check=SICK, version="three"))
+    bad = await cluster_cli(one_host, "apply", "-f", web(tmp_path / "bad.yaml", check=SICK, version="three"))
     assert bad.exit_code == ExitCode.ROLLED_BACK, bad.output
     assert "Error: web: rolled back: rollback to revision 2" in bad.stderr
 
-    tasks = parsed(await dockyard(one_host, "ps", "web", "-o", "json"))
+    tasks = parsed(await cluster_cli(one_host, "ps", "web", "-o", "json"))
     assert [(t["state"], t["health"]) for t in tasks] == [("running", "healthy")] * 2
-    inspected = parsed(await dockyard(one_host, "service", "inspect", "web", "-o", "json"))
+    inspected = parsed(await cluster_cli(one_host, "service", "inspect", "web", "-o", "json"))
     assert (inspected["rollout"], inspected["spec"]["env"]) == ("rollback_completed", {"VERSION": "two"})
-    failed = parsed(await dockyard(one_host, "ps", "web", "--all", "-o", "json"))
+    failed = parsed(await cluster_cli(one_host, "ps", "web", "--all", "-o", "json"))
     assert any(t["cause"] == "unhealthy" and "no answer on /up" in t["error"] for t in failed)
 
-    history = parsed(await dockyard(one_host, "history", "web", "-o", "json"))
+    history = parsed(await cluster_cli(one_host, "history", "web", "-o", "json"))
     assert [r["revision"] for r in history] == [4, 3, 2, 1]
     assert {"path": "env.VERSION", "old": "three", "new": "two"} in history[0]["changes"]
 
-    back = await dockyard(one_host, "rollback", "web", "--to", "1", "-o", "json")
+    back = await cluster_cli(one_host, "rollback", "web", "--to", "1", "-o", "json")
     assert back.exit_code == ExitCode.OK, back.output
-    inspected = parsed(await dockyard(one_host, "service", "inspect", "web", "-o", "json"))
+    inspected = parsed(await cluster_cli(one_host, "service", "inspect", "web", "-o", "json"))
     assert inspected["spec"]["env"] == {"VERSION": "one"}
 
 
 async def test_plan_then_apply_at_its_state_revision(one_host: FakeCluster, tmp_path: Path) -> None:
     path = web(tmp_path / "one.yaml")
-    planned = await dockyard(one_host, "plan", "-f", path, "-o", "json")
+    planned = await cluster_cli(one_host, "plan", "-f", path, "-o", "json")
     assert planned.exit_code == ExitCode.CHANGES, planned.output
     document = parsed(planned)
     assert [(t["kind"], t["node"]) for t in document["services"][0]["tasks"]] == [("start", "h1")] * 2
-    applied = await dockyard(one_host, "apply", "-f", path, "--if-revision", str(document["state_revision"]))
+    applied = await cluster_cli(one_host, "apply", "-f", path, "--if-revision", str(document["state_revision"]))
     assert applied.exit_code == ExitCode.OK, applied.output
-    again = await dockyard(one_host, "plan", "-f", path)
+    again = await cluster_cli(one_host, "plan", "-f", path)
     assert again.exit_code == ExitCode.OK, again.output
 
 
 async def test_a_job_is_waited_for_by_its_exit(one_host: FakeCluster, tmp_path: Path) -> None:
     path = tmp_path / "job.yaml"
     path.write_text(f'services:\n  migrate:\n    image: {IMAGE}\n    command: ["sh", "-c", "exit 0"]\n    mode: job\n')
-    done = await dockyard(one_host, "apply", "-f", str(path), "-o", "json")
+    done = await cluster_cli(one_host, "apply", "-f", str(path), "-o", "json")
     assert done.exit_code == ExitCode.OK, done.output
     assert parsed(done)["services"][0]["completed"] == 1
 
@@ -127,13 +119,13 @@ async def test_a_job_is_waited_for_by_its_exit(one_host: FakeCluster, tmp_path: 
         f'services:\n  broken:\n    image: {IMAGE}\n    command: ["sh", "-c", "exit 3"]\n    mode: job\n'
         "    restart: {condition: none}\n"
     )
-    failed = await dockyard(one_host, "apply", "-f", str(broken))
+    failed = await cluster_cli(one_host, "apply", "-f", str(broken))
     assert failed.exit_code == ExitCode.JOB_FAILED, failed.output
     assert "Error: broken: job failed: broken.1: failed (exit 3): exited with code 3" in failed.stderr
 
 
 async def test_service_rebalance_waits_until_the_spread_holds(one_host: FakeCluster, tmp_path: Path) -> None:
-    created = await dockyard(one_host, "apply", "-f", web(tmp_path / "web.yaml", replicas=4))
+    created = await cluster_cli(one_host, "apply", "-f", web(tmp_path / "web.yaml", replicas=4))
     assert created.exit_code == ExitCode.OK, created.output
     await one_host.start_agent("h2")
     async with one_host.client() as client:
@@ -142,12 +134,12 @@ async def test_service_rebalance_waits_until_the_spread_holds(one_host: FakeClus
             return sum(n.status == pb.NODE_STATUS_READY for n in await client.list_nodes()) == 2
 
         await eventually(both_ready, what="h2 ready")
-    tasks = parsed(await dockyard(one_host, "ps", "web", "-o", "json"))
+    tasks = parsed(await cluster_cli(one_host, "ps", "web", "-o", "json"))
     assert [t["node"] for t in tasks] == ["h1"] * 4  # nothing moves by itself
 
-    moved = await dockyard(one_host, "service", "rebalance", "web", "-o", "json")
+    moved = await cluster_cli(one_host, "service", "rebalance", "web", "-o", "json")
     assert moved.exit_code == ExitCode.OK, moved.output
     assert parsed(moved)["outcome"] == "ok"
-    tasks = parsed(await dockyard(one_host, "ps", "web", "-o", "json"))
+    tasks = parsed(await cluster_cli(one_host, "ps", "web", "-o", "json"))
     assert sorted(t["node"] for t in tasks) == ["h1", "h1", "h2", "h2"]
     assert all(t["state"] == "running" and t["health"] == "healthy" for t in tasks)
