@@ -11,6 +11,7 @@ import pytest
 from agent.commands import PARTS_PER_COMMAND, RESULTS_WAITING, CommandHandlers, CommandRunner, Incoming
 from controller.dispatcher.commands import (
     RESULTS_PER_CALL,
+    CommandCall,
     CommandChannel,
     CommandFailed,
     CommandOutbox,
@@ -154,13 +155,18 @@ async def test_calls_per_node_are_bounded() -> None:
     channel.open("n1", _volume())
 
 
-async def test_a_second_part_waits_for_room_in_the_outbox_until_the_writer_takes() -> None:
+def _second_part_into_a_full_outbox() -> tuple[AgentSession, CommandCall, asyncio.Task[None]]:
+    """A call whose first part fills its session's outbox (100 bytes), and the task sending its second part."""
     session = _session()
     session.commands = CommandOutbox(limit=100)
-    channel = _channel(session)
     piece = apb.ImageLoad(image="a", data=b"x" * 80)
-    call = channel.open("n1", apb.Command(image_load=piece))
+    call = _channel(session).open("n1", apb.Command(image_load=piece))
     sender = asyncio.create_task(call.send(apb.Command(image_load=piece)))
+    return session, call, sender
+
+
+async def test_a_second_part_waits_for_room_in_the_outbox_until_the_writer_takes() -> None:
+    session, call, sender = _second_part_into_a_full_outbox()
     for _ in range(5):
         await asyncio.sleep(0)
     assert not sender.done(), "the outbox is full: the part must wait"
@@ -170,12 +176,7 @@ async def test_a_second_part_waits_for_room_in_the_outbox_until_the_writer_takes
 
 
 async def test_a_sender_waiting_for_room_fails_when_the_session_ends() -> None:
-    session = _session()
-    session.commands = CommandOutbox(limit=100)
-    channel = _channel(session)
-    piece = apb.ImageLoad(image="a", data=b"x" * 80)
-    call = channel.open("n1", apb.Command(image_load=piece))
-    sender = asyncio.create_task(call.send(apb.Command(image_load=piece)))
+    session, _, sender = _second_part_into_a_full_outbox()
     await asyncio.sleep(0)
     session.close(grpc.StatusCode.RESOURCE_EXHAUSTED, "the agent read nothing for 10s")
     with pytest.raises(CommandFailed, match="read nothing"):
