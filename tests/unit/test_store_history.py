@@ -17,8 +17,9 @@ import pytest
 
 from controller.errors import StoreDamaged
 from controller.store.base import Action, Delete, Event, Kind, Put
-from controller.store.sqlite import _SCHEMA, SqliteStore, _layout, restore_file
+from controller.store.sqlite import SqliteStore, restore_file
 from dockyard.v1 import types_pb2 as pb
+from tests.store_schema import assert_current_schema
 
 DEADLINE = 5.0
 BIG = 200 * 1024
@@ -387,14 +388,7 @@ async def test_a_schema_1_file_is_migrated_on_open(tmp_path: Path) -> None:
         # The migrated store works on: a scale adds a small row and no body.
         await store.commit([Put(scaled(current, 99))])
         assert await count(store, "specs") == 3
-    with sqlite3.connect(path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone() == (4,)
-        fresh = sqlite3.connect(":memory:", isolation_level=None)
-        fresh.executescript(_SCHEMA)
-        assert _layout(conn) == _layout(fresh)
-        indexes = {row[0] for row in conn.execute("SELECT name FROM sqlite_schema WHERE type = 'index'")}
-        fresh_indexes = {row[0] for row in fresh.execute("SELECT name FROM sqlite_schema WHERE type = 'index'")}
-        assert indexes == fresh_indexes
+    assert_current_schema(path, indexes=True)
     assert path.stat().st_size < size_before / 4, "vacuumed: the copies' pages are given back"
     async with SqliteStore(path) as reopened:
         assert (await reopened.get_service("web")) is not None

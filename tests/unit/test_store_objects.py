@@ -26,8 +26,9 @@ from controller.store.base import (
     Put,
 )
 from controller.store.follow import follow_nodes
-from controller.store.sqlite import _SCHEMA, SqliteStore, _layout
+from controller.store.sqlite import SqliteStore
 from dockyard.v1 import types_pb2 as pb
+from tests.store_schema import assert_current_schema
 
 DEADLINE = 5.0
 
@@ -223,13 +224,7 @@ async def test_a_schema_3_file_is_migrated_and_keeps_its_data(tmp_path: Path) ->
         await store.commit([Put(record)])
     async with SqliteStore(path) as store:
         assert await store.get_object(Kind.VOLUME, "data") == record
-    with sqlite3.connect(path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone() == (4,)
-        fresh = sqlite3.connect(":memory:", isolation_level=None)
-        fresh.executescript(_SCHEMA)
-        assert _layout(conn) == _layout(fresh)
-        fresh.close()
-    conn.close()
+    assert_current_schema(path)
 
 
 async def test_consumers_of_store_events_skip_named_kinds(store: SqliteStore) -> None:

@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 
 from controller.store.base import Delete, Kind, Put
-from controller.store.sqlite import _SCHEMA, SqliteStore, _layout
+from controller.store.sqlite import SqliteStore
 from dockyard.timestamps import to_timestamp
 from dockyard.v1 import types_pb2 as pb
+from tests.store_schema import assert_current_schema
 
 T0 = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
 
@@ -121,10 +122,4 @@ async def test_a_schema_2_file_is_migrated_with_what_it_knows(tmp_path: Path) ->
         third = written(3, "app:3", "apply", T0)
         revision = await store.commit([Put(third)])
         assert (await store.list_service_history("svc-web"))[0].store_revision == revision
-    with sqlite3.connect(path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone() == (4,)
-        fresh = sqlite3.connect(":memory:", isolation_level=None)
-        fresh.executescript(_SCHEMA)
-        assert _layout(conn) == _layout(fresh)
-        fresh.close()
-    conn.close()
+    assert_current_schema(path)
