@@ -23,7 +23,8 @@ from controller.dispatcher.session import AgentSession
 from controller.errors import DAMAGED_RETRY_SECONDS, StoreDamaged
 from controller.ids import new_id
 from controller.images import ImageRegistry
-from controller.network.allocate import DEFAULT_POOL
+from controller.network.allocate import DEFAULT_POOL, host_in_pool, parse_pool
+from controller.network.maps import peer_host
 from controller.security.authority import ClusterAuthority
 from controller.security.join import renew
 from controller.store.base import ConflictError, Kind, Put, Store
@@ -99,6 +100,7 @@ class Dispatcher(apb_grpc.AgentServiceServicer):
         """Which node has which image (from hellos and pushes; in memory)."""
         # Network maps and the DNS table for every session (networks.py); it follows the router's events.
         self.networks = NetworkPublisher(store, clock, self._sessions, network_pool)
+        self._pool = parse_pool(network_pool)  # a host inside it is refused at hello
         self._networks_loading = asyncio.Lock()
         self._last_seen: dict[str, datetime] = {}
         self._volume_writes: set[asyncio.Task[None]] = set()  # records for volumes hellos reported
@@ -186,6 +188,12 @@ class Dispatcher(apb_grpc.AgentServiceServicer):
         if self._store.damage is not None:
             # The agent keeps its containers and re-dials; the controller is out of service meanwhile.
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(self._store.damage))
+            return
+        refused = host_in_pool(peer_host(context.peer()), self._pool)
+        if refused is not None:
+            if self._throttle.allow(f"address in pool:{node_id}") is not None:
+                log.error("node refused: its address is inside the network pool", node_id=node_id, why=refused)
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"hello: {refused}")
             return
         session = await self._register(node_id, context)
         if session is None:

@@ -32,6 +32,7 @@ __all__ = [
     "Allocation",
     "Pair",
     "allocate",
+    "host_in_pool",
     "parse_pool",
     "updated_networks",
     "wanted_pairs",
@@ -65,6 +66,25 @@ def parse_pool(text: str) -> ipaddress.IPv4Network:
             f"{text!r}: a pool larger than a /8 is not supported; use a prefix between /8 and /{SUBNET_PREFIX}"
         )
     return pool
+
+
+def host_in_pool(host: str, pool: ipaddress.IPv4Network) -> str | None:
+    """Returns why a node at `host` (its address as the controller sees it) cannot join, or None when it can.
+
+    Agents drop and do not masquerade traffic of the pool's addresses that is not between cluster subnets, so a
+    host whose own address is inside the pool would lose its LAN (and the controller) to its own rules.
+    """
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return None  # not an IP address (a Unix socket in tests): nothing the pool's rules can cut off
+    if address not in pool:
+        return None
+    return (
+        f"this node's address {host} is inside the cluster's address pool {pool}, whose traffic the agents' rules "
+        "drop outside cluster networks; start the controller with a --network-pool that holds no host's address "
+        "(see docs/operations.md, Networks)"
+    )
 
 
 @dataclass(frozen=True)

@@ -326,3 +326,29 @@ async def test_after_the_startup_window_a_dead_node_is_down_within_a_quarter_per
     # The grace is 3 periods; rounds come every quarter period, the commit window adds a little.
     assert rig.clock.monotonic() - dead_since <= 3 * PERIOD + PERIOD / 4 + WINDOW + PERIOD / 4
     assert {n.id for n in await rig.store.list_nodes() if n.status == pb.NODE_STATUS_DOWN} == {"n2"}
+
+
+@dataclass
+class StreamFrom(FakeStream):
+    """A session from another address."""
+
+    address: str = "127.0.0.1"
+
+    def peer(self) -> str:
+        return f"ipv4:{self.address}:40000"
+
+
+async def test_a_node_whose_address_is_inside_the_network_pool_is_refused_at_hello() -> None:
+    async with SqliteStore(":memory:") as store:
+        dispatcher = Dispatcher(store, FakeClock(), PERIOD, commit_window=WINDOW, network_pool="10.128.0.0/9")
+        inside = StreamFrom(address="10.200.3.4")
+        inside.send(hello=apb.Hello(node_id="n1", description=pb.NodeDescription(hostname="h1")))
+        with pytest.raises(Aborted):
+            # The bound only matters when the hello is wrongly taken: the session would then run on.
+            await asyncio.wait_for(dispatcher.Session(None, cast(Any, inside)), 10)
+        assert inside.aborted is not None
+        code, details = inside.aborted
+        assert code == grpc.StatusCode.FAILED_PRECONDITION
+        assert details.startswith("hello: this node's address 10.200.3.4 is inside the cluster's address pool ")
+        assert "--network-pool" in details
+        assert await store.list_nodes() == [], "nothing of the node was written"

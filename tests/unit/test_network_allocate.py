@@ -14,6 +14,7 @@ from controller.network.allocate import (
     Allocation,
     Pair,
     allocate,
+    host_in_pool,
     parse_pool,
     updated_networks,
     wanted_pairs,
@@ -181,3 +182,12 @@ def test_every_wanted_pair_served_while_the_pool_has_room(state: tuple[list[pb.N
             ipaddress.IPv4Network(s) for s in after.values()
         }
         assert len(taken) == 2 ** (24 - SMALL_POOL.prefixlen)
+
+
+def test_a_host_inside_the_pool_is_refused_naming_the_flag() -> None:
+    pool = ipaddress.IPv4Network("10.128.0.0/9")
+    why = host_in_pool("10.128.0.7", pool)
+    assert why is not None and "10.128.0.7 is inside the cluster's address pool 10.128.0.0/9" in why
+    assert "--network-pool" in why
+    for outside in ("10.127.255.255", "192.168.1.5", "fd00::1", "", "unix:/tmp/x"):
+        assert host_in_pool(outside, pool) is None, outside
