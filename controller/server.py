@@ -23,7 +23,7 @@ from controller.dispatcher.dispatcher import Dispatcher
 from controller.dispatcher.files import FileSource
 from controller.errors import StartupError, StoreDamaged
 from controller.ids import new_id
-from controller.network.allocate import DEFAULT_POOL, parse_pool
+from controller.network.allocate import DEFAULT_POOL, outside_pool, parse_pool
 from controller.network.role import NetworkRole
 from controller.orchestrator.role import Orchestrator
 from controller.reactor import Reactor
@@ -41,6 +41,7 @@ from dockyard.limits import DEFAULT_CONTROLLER
 from dockyard.logs import Throttle
 from dockyard.spec.schema import SERVICE_HISTORY
 from dockyard.v1 import agent_pb2, agent_pb2_grpc, controller_pb2
+from dockyard.v1 import types_pb2 as pb
 
 log = structlog.get_logger()
 
@@ -259,6 +260,9 @@ class Controller:
             pool = parse_pool(self.config.network_pool)
         except ValueError as exc:
             raise StartupError(f"--network-pool: {exc}") from None
+        networks = [n for n in await self.store.list_objects(Kind.NETWORK) if isinstance(n, pb.Network)]
+        if (refused := outside_pool(networks, pool)) is not None:
+            raise StartupError(refused)
         role = NetworkRole(self.store, self._clock, pool, new_id)
         await role.ensure_cluster_network()  # it exists from the start, before any service can need it
         return role

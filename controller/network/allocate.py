@@ -33,6 +33,7 @@ __all__ = [
     "Pair",
     "allocate",
     "host_in_pool",
+    "outside_pool",
     "parse_pool",
     "updated_networks",
     "wanted_pairs",
@@ -85,6 +86,35 @@ def host_in_pool(host: str, pool: ipaddress.IPv4Network) -> str | None:
         "drop outside cluster networks; start the controller with a --network-pool that holds no host's address "
         "(see docs/operations.md, Networks)"
     )
+
+
+def outside_pool(networks: Iterable[pb.Network], pool: ipaddress.IPv4Network) -> str | None:
+    """Returns why the controller cannot start over `pool` while stored subnets lie outside it, or None.
+
+    The agents' rules (isolation, no masquerade) cover the map's pool only, so such a subnet would run
+    unprotected; the controller refuses to start rather than leave it so (or renumber running containers).
+    """
+    outside = sorted(
+        f"{network.name}@{node_id} {subnet}"
+        for network in networks
+        for node_id, subnet in network.subnets.items()
+        if not _within(subnet, pool)
+    )
+    if not outside:
+        return None
+    shown = ", ".join(outside[:5]) + (f" and {len(outside) - 5} more" if len(outside) > 5 else "")
+    return (
+        f"--network-pool {pool}: stored subnets lie outside it ({shown}); start with a --network-pool that holds "
+        "them (the previous pool, or one containing both), or remove those networks and nodes first"
+    )
+
+
+def _within(subnet: str, pool: ipaddress.IPv4Network) -> bool:
+    try:
+        network = ipaddress.ip_network(subnet, strict=False)
+    except ValueError:
+        return True  # unreadable: the allocator replaces it with a subnet of the pool
+    return isinstance(network, ipaddress.IPv4Network) and network.subnet_of(pool)
 
 
 @dataclass(frozen=True)

@@ -13,13 +13,16 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
 from agent.agent import Agent
 from agent.runtime.base import HealthStatus
 from agent.testing.fleet import Fleet, FleetConfig, FleetJoin, SimAgent
+from controller.errors import StartupError
 from controller.network.allocate import DEFAULT_POOL
+from controller.store.base import Put
 from dockyard.client import ApiError, Client
 from dockyard.spec.stacks import CLUSTER_NETWORK
 from dockyard.timestamps import from_timestamp
@@ -214,3 +217,20 @@ def _agent(host: HostUnderTest) -> Agent:
 
 def _hostname(nodes: list[pb.Node], node_id: str) -> str:
     return next(n.description.hostname for n in nodes if n.id == node_id)
+
+
+async def test_a_controller_refuses_a_pool_that_leaves_stored_subnets_outside(tmp_path: Path) -> None:
+    cluster = FakeCluster(root=tmp_path)
+    await cluster.start_controller()
+    try:
+        assert cluster.controller is not None
+        network = pb.Network(id="net1", name="shop_default", subnets={"n1": "10.128.5.0/24"})
+        node = pb.Node(id="n1", status=pb.NODE_STATUS_READY)  # a subnet of a node not in the cluster is released
+        await cluster.controller.store.commit([Put(node), Put(network)])
+    finally:
+        await cluster.stop_controller()
+    with pytest.raises(StartupError, match=r"^--network-pool 10\.214\.0\.0/16: stored subnets lie outside it "):
+        await cluster.start_controller(network_pool="10.214.0.0/16")
+    await cluster.stop_controller()  # closes the store the refused start opened
+    await cluster.start_controller()  # the pool that holds them starts
+    await cluster.close()

@@ -15,6 +15,7 @@ from controller.network.allocate import (
     Pair,
     allocate,
     host_in_pool,
+    outside_pool,
     parse_pool,
     updated_networks,
     wanted_pairs,
@@ -191,3 +192,18 @@ def test_a_host_inside_the_pool_is_refused_naming_the_flag() -> None:
     assert "--network-pool" in why
     for outside in ("10.127.255.255", "192.168.1.5", "fd00::1", "", "unix:/tmp/x"):
         assert host_in_pool(outside, pool) is None, outside
+
+
+def test_stored_subnets_outside_the_pool_are_listed_with_what_to_do() -> None:
+    pool = ipaddress.IPv4Network("10.214.0.0/16")
+    networks = [
+        pb.Network(name="shop_default", subnets={"n1": "10.128.0.0/24", "n2": "10.214.1.0/24"}),
+        pb.Network(name=CLUSTER_NETWORK, subnets={"n1": "10.128.1.0/24", "n3": "not a subnet"}),
+    ]
+    why = outside_pool(networks, pool)
+    assert why == (
+        "--network-pool 10.214.0.0/16: stored subnets lie outside it (dockyard@n1 10.128.1.0/24, shop_default@n1 "
+        "10.128.0.0/24); start with a --network-pool that holds them (the previous pool, or one containing both), "
+        "or remove those networks and nodes first"
+    )
+    assert outside_pool(networks, ipaddress.IPv4Network("10.0.0.0/8")) is None
