@@ -229,6 +229,10 @@ async def whole_session(joined: Joined, messages: list[apb.AgentMessage | bytes]
             async for _ in call:
                 pass
         except grpc.aio.AioRpcError as error:
+            if error.code() == Code.INTERNAL and "execute_batch" in (error.details() or ""):
+                # A write raced the controller ending the session: grpc.aio fails the client's own send with a
+                # local INTERNAL; how the controller ended the session is the call's status.
+                return await call.code(), await call.details() or ""
             return error.code(), f"{error.details()} {error.debug_error_string()}"
         return await call.code(), await call.details()
 
