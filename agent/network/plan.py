@@ -13,7 +13,6 @@ Every name and number the host sees is defined here, once, so that a host can be
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
@@ -312,13 +311,3 @@ def _pool(text: str, problems: list[str]) -> IPv4Network | None:
     except ValueError:
         problems.append(f"network_map.pool: {text!r} is not an IPv4 CIDR; isolating by the subnets listed instead")
         return None
-
-
-def connected_subnets(addresses: Iterable[str]) -> list[IPv4Network]:
-    """The on-link subnets of the host's interface addresses ("10.0.0.5/24" -> 10.0.0.0/24), loopback left out."""
-    subnets: list[IPv4Network] = []
-    for text in addresses:
-        interface = ipaddress.ip_interface(text)
-        if isinstance(interface, ipaddress.IPv4Interface) and not interface.is_loopback:
-            subnets.append(interface.network)
-    return subnets
